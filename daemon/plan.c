@@ -1,0 +1,496 @@
+/* Least-Loaded Assignment (DESIGN.md section 2).
+ *
+ * The planner runs once per step on the daemon's critical path, so it allocates nothing after
+ * llep__plan_init() and works in O(N log N + (N + P) * P) for N experts on P devices. */
+#include "plan.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A range as the planner makes it, in visiting order, before it is grouped by expert. */
+typedef struct raw_range {
+    uint32_t expert, device;
+    uint64_t start, end;
+} raw_range;
+
+struct llep_plan_ws {
+    uint32_t *order;      /* [N] experts sorted by load, largest first */
+    uint32_t *tmp;        /* [N] merge-sort scratch */
+    uint64_t *pending;    /* [P] native load not yet visited */
+    uint64_t *assigned;   /* [P] tokens given so far */
+    raw_range *raw;       /* [max ranges] */
+    uint32_t *helper_of;  /* [P] last expert that made a transfer to this device, + 1 */
+};
+
+/* Each expert gets at most one native range and one range that ends its spill; every other
+ * range fills a device to capacity, which happens at most once per device. */
+static uint32_t max_ranges(uint32_t n, uint32_t p) {
+    return 2 * n + p;
+}
+
+void llep__plan_params_default(llep_plan_params *ret) {
+    ret->alpha = LLEP_DEFAULT_ALPHA;
+    ret->lambda = LLEP_DEFAULT_LAMBDA;
+    ret->min_tokens = LLEP_DEFAULT_MIN_TOKENS;
+    ret->policy = LLEP_POLICY_AUTO;
+}
+
+int llep__plan_params_check(const llep_plan_params *params, char *err, size_t errlen) {
+    const char *what = NULL;
+
+    if (!params)
+        what = "no parameters";
+    else if (!(params->alpha > 0) || !isfinite(params->alpha))
+        what = "alpha must be a finite number > 0";
+    else if (!(params->lambda > 0) || !isfinite(params->lambda))
+        what = "lambda must be a finite number > 0";
+    else if (params->policy != LLEP_POLICY_AUTO && params->policy != LLEP_POLICY_EP &&
+             params->policy != LLEP_POLICY_LLEP)
+        what = "unknown policy";
+    if (!what)
+        return 0;
+    if (err && errlen)
+        snprintf(err, errlen, "%s", what);
+    return -EINVAL;
+}
+
+int llep__plan_init(llep_plan *p, uint32_t n, uint32_t np) {
+    memset(p, 0, sizeof(*p));
+    if (np == 0 || n == 0 || n % np != 0 || n > LLEP_MAX_EXPERTS || np > LLEP_MAX_DEVICES)
+        return -EINVAL;
+
+    p->num_experts = n;
+    p->num_devices = np;
+    p->experts_per_device = n / np;
+    p->ws = calloc(1, sizeof(*p->ws));
+    p->loads = calloc(n, sizeof(*p->loads));
+    p->native_loads = calloc(np, sizeof(*p->native_loads));
+    p->device_loads = calloc(np, sizeof(*p->device_loads));
+    p->range_off = calloc((size_t)n + 1, sizeof(*p->range_off));
+    p->ranges = calloc(max_ranges(n, np), sizeof(*p->ranges));
+    p->transfers = calloc(max_ranges(n, np), sizeof(*p->transfers));
+    if (!p->ws || !p->loads || !p->native_loads || !p->device_loads || !p->range_off ||
+        !p->ranges || !p->transfers)
+        goto fail;
+    p->ws->order = calloc(n, sizeof(*p->ws->order));
+    p->ws->tmp = calloc(n, sizeof(*p->ws->tmp));
+    p->ws->pending = calloc(np, sizeof(*p->ws->pending));
+    p->ws->assigned = calloc(np, sizeof(*p->ws->assigned));
+    p->ws->raw = calloc(max_ranges(n, np), sizeof(*p->ws->raw));
+    p->ws->helper_of = calloc(np, sizeof(*p->ws->helper_of));
+    if (!p->ws->order || !p->ws->tmp || !p->ws->pending || !p->ws->assigned || !p->ws->raw ||
+        !p->ws->helper_of)
+        goto fail;
+    p->imbalance = 1.0;
+    p->capacity = 1;
+    return 0;
+
+fail:
+    llep__plan_fini(p);
+    return -ENOMEM;
+}
+
+void llep__plan_fini(llep_plan *p) {
+    if (p->ws) {
+        free(p->ws->order);
+        free(p->ws->tmp);
+        free(p->ws->pending);
+        free(p->ws->assigned);
+        free(p->ws->raw);
+        free(p->ws->helper_of);
+        free(p->ws);
+    }
+    free(p->loads);
+    free(p->native_loads);
+    free(p->device_loads);
+    free(p->range_off);
+    free(p->ranges);
+    free(p->transfers);
+    memset(p, 0, sizeof(*p));
+}
+
+/* Larger load first; equal loads by lower expert id, so the order is total and every
+ * participant visits experts identically. */
+static inline int visits_before(const uint64_t *loads, uint32_t a, uint32_t b) {
+    return loads[a] > loads[b] || (loads[a] == loads[b] && a < b);
+}
+
+/* Bottom-up merge sort: stable, no recursion, no allocation, and a comparison the compiler can
+ * inline (qsort's callback costs more than the whole plan at N = 128). */
+static void sort_experts(const uint64_t *loads, uint32_t *order, uint32_t *tmp, uint32_t n) {
+    uint32_t *src = order, *dst = tmp;
+
+    for (uint32_t i = 0; i < n; i++)
+        order[i] = i;
+    /* Insertion-sort runs of 8 first: cheaper than merging tiny runs. */
+    const uint32_t run = 8;
+    for (uint32_t lo = 0; lo < n; lo += run) {
+        uint32_t hi = lo + run < n ? lo + run : n;
+        for (uint32_t i = lo + 1; i < hi; i++) {
+            uint32_t v = order[i], j = i;
+            while (j > lo && visits_before(loads, v, order[j - 1])) {
+                order[j] = order[j - 1];
+                j--;
+            }
+            order[j] = v;
+        }
+    }
+    for (uint32_t width = run; width < n; width *= 2) {
+        for (uint32_t lo = 0; lo < n; lo += 2 * width) {
+            uint32_t mid = lo + width < n ? lo + width : n;
+            uint32_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+            uint32_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = visits_before(loads, src[j], src[i]) ? src[j++] : src[i++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        uint32_t *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != order)
+        memcpy(order, src, n * sizeof(*order));
+}
+
+/* Sums loads per native device; returns -EOVERFLOW when the total leaves 64 bits. */
+static int native_loads(llep_plan *p, const uint64_t *loads) {
+    uint64_t total = 0;
+
+    for (uint32_t d = 0; d < p->num_devices; d++) {
+        uint64_t sum = 0;
+        for (uint32_t i = 0; i < p->experts_per_device; i++) {
+            uint64_t l = loads[d * p->experts_per_device + i];
+            if (__builtin_add_overflow(sum, l, &sum))
+                return -EOVERFLOW;
+        }
+        p->native_loads[d] = sum;
+        if (__builtin_add_overflow(total, sum, &total))
+            return -EOVERFLOW;
+    }
+    p->total = total;
+    return 0;
+}
+
+static double imbalance_of(const llep_plan *p) {
+    uint64_t max = 0;
+
+    if (p->total == 0)
+        return 1.0;
+    for (uint32_t d = 0; d < p->num_devices; d++)
+        if (p->native_loads[d] > max)
+            max = p->native_loads[d];
+    return (double)max * p->num_devices / (double)p->total;
+}
+
+/* cap = alpha * floor(total / P), at least 1 and clamped to 64 bits. */
+static uint64_t capacity_of(const llep_plan *p, double alpha) {
+    double cap = floor(alpha * (double)(p->total / p->num_devices));
+
+    if (cap < 1)
+        return 1;
+    if (cap >= 18446744073709551615.0)
+        return UINT64_MAX;
+    return (uint64_t)cap;
+}
+
+typedef struct lla_state {
+    llep_plan *p;
+    struct llep_plan_ws *ws;
+    uint64_t cap, min_tokens;
+    uint32_t nraw;
+} lla_state;
+
+static inline uint64_t eff(const lla_state *s, uint32_t d) {
+    return s->ws->assigned[d] + s->ws->pending[d];
+}
+
+/* Room under the capacity; 0 when the device is at or over it. */
+static inline uint64_t room(const lla_state *s, uint32_t d) {
+    uint64_t e = eff(s, d);
+    return e < s->cap ? s->cap - e : 0;
+}
+
+static void give(lla_state *s, uint32_t expert, uint32_t device, uint64_t start, uint64_t n) {
+    raw_range *r = &s->ws->raw[s->nraw++];
+
+    r->expert = expert;
+    r->device = device;
+    r->start = start;
+    r->end = start + n;
+    s->ws->assigned[device] += n;
+}
+
+/* Least effective load among the devices other than `native`; ties to the lower index. */
+static uint32_t least_loaded_other(const lla_state *s, uint32_t native) {
+    uint32_t best = UINT32_MAX;
+    uint64_t best_eff = 0;
+
+    for (uint32_t d = 0; d < s->p->num_devices; d++) {
+        if (d == native)
+            continue;
+        uint64_t e = eff(s, d);
+        if (best == UINT32_MAX || e < best_eff) {
+            best = d;
+            best_eff = e;
+        }
+    }
+    return best;
+}
+
+/* Spills r tokens of `expert` starting at offset o (DESIGN.md section 2, step 5).
+ *
+ * The design orders the other devices by effective load and takes the first whose chunk
+ * c = min(r, room) is positive and not small (c >= m, or c == r). Room shrinks as effective
+ * load grows, so c is largest on the least-loaded device: if that device does not qualify,
+ * none does. The first qualifying device is therefore always the least-loaded one, and the
+ * forced assignment goes to the same device, which makes the scan a single argmin. */
+static void spill(lla_state *s, uint32_t expert, uint32_t native, uint64_t o, uint64_t r) {
+    while (r > 0) {
+        uint32_t g = least_loaded_other(s, native);
+        uint64_t c = room(s, g);
+        if (c > r)
+            c = r;
+        if (c == 0 || (c < s->min_tokens && c < r))
+            c = r; /* nobody qualifies: force all of r onto the least-loaded device */
+        give(s, expert, g, o, c);
+        o += c;
+        r -= c;
+    }
+}
+
+static void lla(llep_plan *p, uint64_t min_tokens, lla_state *s) {
+    struct llep_plan_ws *ws = p->ws;
+
+    s->p = p;
+    s->ws = ws;
+    s->cap = p->capacity;
+    s->min_tokens = min_tokens;
+    s->nraw = 0;
+    memcpy(ws->pending, p->native_loads, p->num_devices * sizeof(*ws->pending));
+    memset(ws->assigned, 0, p->num_devices * sizeof(*ws->assigned));
+    sort_experts(p->loads, ws->order, ws->tmp, p->num_experts);
+
+    for (uint32_t i = 0; i < p->num_experts; i++) {
+        uint32_t e = ws->order[i];
+        uint64_t l = p->loads[e];
+        if (l == 0)
+            break; /* sorted: only empty experts remain */
+        uint32_t n = llep__plan_native(p, e);
+        ws->pending[n] -= l;
+        if (p->num_devices == 1) {
+            give(s, e, n, 0, l);
+            continue;
+        }
+        uint64_t avail = room(s, n);
+        if (avail >= l) {
+            give(s, e, n, 0, l);
+        } else if (avail > 0) {
+            give(s, e, n, 0, avail);
+            spill(s, e, n, avail, l - avail);
+        } else {
+            spill(s, e, n, 0, l);
+        }
+    }
+}
+
+/* The plan for EP: each loaded expert entirely on its native device. */
+static uint32_t ep_ranges(llep_plan *p) {
+    raw_range *raw = p->ws->raw;
+    uint32_t nraw = 0;
+
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        if (p->loads[e] > 0)
+            raw[nraw++] = (raw_range){ e, llep__plan_native(p, e), 0, p->loads[e] };
+    return nraw;
+}
+
+/* Groups the raw ranges by expert (counting sort; stable, so each expert's ranges stay in
+ * offset order), derives device loads, and lists one transfer per (expert, helper). */
+static void finish(llep_plan *p, uint32_t nraw) {
+    const raw_range *raw = p->ws->raw;
+    uint32_t *off = p->range_off;
+    uint32_t *helper_of = p->ws->helper_of;
+
+    memset(off, 0, ((size_t)p->num_experts + 1) * sizeof(*off));
+    for (uint32_t i = 0; i < nraw; i++)
+        off[raw[i].expert + 1]++;
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        off[e + 1] += off[e];
+
+    memset(p->device_loads, 0, p->num_devices * sizeof(*p->device_loads));
+    memset(helper_of, 0, p->num_devices * sizeof(*helper_of));
+    p->num_transfers = 0;
+    /* off[e] is used as the fill cursor and restored afterwards by shifting. */
+    for (uint32_t i = 0; i < nraw; i++) {
+        const raw_range *r = &raw[i];
+        uint32_t native = llep__plan_native(p, r->expert);
+        p->ranges[off[r->expert]++] = (llep_range){ r->device, r->start, r->end };
+        p->device_loads[r->device] += r->end - r->start;
+        if (r->device != native && helper_of[r->device] != r->expert + 1) {
+            helper_of[r->device] = r->expert + 1;
+            p->transfers[p->num_transfers++] = (llep_transfer){ r->expert, native, r->device };
+        }
+    }
+    for (uint32_t e = p->num_experts; e > 0; e--)
+        off[e] = off[e - 1];
+    off[0] = 0;
+    p->num_ranges = nraw;
+}
+
+int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params) {
+    llep_plan_params defaults;
+    int r;
+
+    if (!p || !p->ws || !loads)
+        return -EINVAL;
+    if (!params) {
+        llep__plan_params_default(&defaults);
+        params = &defaults;
+    }
+    r = llep__plan_params_check(params, NULL, 0);
+    if (r < 0)
+        return r;
+
+    /* Check the total before touching the previous result. */
+    uint64_t total = 0;
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        if (__builtin_add_overflow(total, loads[e], &total))
+            return -EOVERFLOW;
+
+    memcpy(p->loads, loads, p->num_experts * sizeof(*loads));
+    r = native_loads(p, loads);
+    if (r < 0)
+        return r; /* unreachable once the total fits, kept for safety of the sums */
+    p->imbalance = imbalance_of(p);
+    p->capacity = capacity_of(p, params->alpha);
+
+    int use_llep = params->policy == LLEP_POLICY_LLEP ||
+                   (params->policy == LLEP_POLICY_AUTO && p->imbalance >= params->lambda);
+    if (p->total == 0)
+        use_llep = 0;
+
+    uint32_t nraw;
+    if (use_llep) {
+        lla_state s;
+        lla(p, params->min_tokens, &s);
+        nraw = s.nraw;
+        p->mode = LLEP_PLAN_LLEP;
+    } else {
+        nraw = ep_ranges(p);
+        p->mode = LLEP_PLAN_EP;
+    }
+    finish(p, nraw);
+    return 0;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -EINVAL;
+}
+
+static int validate_ranges(const llep_plan *p, uint64_t *sums, char *err, size_t errlen) {
+    if (p->range_off[0] != 0 || p->range_off[p->num_experts] != p->num_ranges)
+        return fail(err, errlen, "range offsets do not span %u ranges", p->num_ranges);
+    for (uint32_t e = 0; e < p->num_experts; e++) {
+        uint64_t next = 0;
+        uint32_t native = llep__plan_native(p, e);
+        if (p->range_off[e] > p->range_off[e + 1])
+            return fail(err, errlen, "expert %u: range offsets decrease", e);
+        for (uint32_t i = p->range_off[e]; i < p->range_off[e + 1]; i++) {
+            const llep_range *r = &p->ranges[i];
+            if (r->device >= p->num_devices)
+                return fail(err, errlen, "expert %u: device %u out of range", e, r->device);
+            if (r->start != next || r->end <= r->start)
+                return fail(err, errlen, "expert %u: range [%llu, %llu) does not continue at %llu",
+                            e, (unsigned long long)r->start, (unsigned long long)r->end,
+                            (unsigned long long)next);
+            if (p->mode == LLEP_PLAN_EP && r->device != native)
+                return fail(err, errlen, "expert %u: EP plan places it on device %u, not %u", e,
+                            r->device, native);
+            sums[r->device] += r->end - r->start;
+            next = r->end;
+        }
+        if (next != p->loads[e])
+            return fail(err, errlen, "expert %u: ranges cover %llu of %llu tokens", e,
+                        (unsigned long long)next, (unsigned long long)p->loads[e]);
+    }
+    return 0;
+}
+
+/* A transfer must exist for a pair exactly when some range of the expert runs on a device
+ * other than its native one. */
+static int range_on(const llep_plan *p, uint32_t e, uint32_t d) {
+    for (uint32_t i = p->range_off[e]; i < p->range_off[e + 1]; i++)
+        if (p->ranges[i].device == d)
+            return 1;
+    return 0;
+}
+
+static int transfer_listed(const llep_plan *p, uint32_t e, uint32_t d) {
+    int n = 0;
+
+    for (uint32_t t = 0; t < p->num_transfers; t++)
+        n += p->transfers[t].expert == e && p->transfers[t].dst == d;
+    return n;
+}
+
+static int validate_transfers(const llep_plan *p, char *err, size_t errlen) {
+    for (uint32_t t = 0; t < p->num_transfers; t++) {
+        const llep_transfer *x = &p->transfers[t];
+        if (x->expert >= p->num_experts || x->dst >= p->num_devices)
+            return fail(err, errlen, "transfer %u out of range", t);
+        if (x->src != llep__plan_native(p, x->expert) || x->dst == x->src)
+            return fail(err, errlen, "transfer %u: expert %u %u -> %u is not native -> helper", t,
+                        x->expert, x->src, x->dst);
+        if (!range_on(p, x->expert, x->dst))
+            return fail(err, errlen, "transfer of expert %u to device %u has no range there",
+                        x->expert, x->dst);
+    }
+    for (uint32_t i = 0; i < p->num_ranges; i++) {
+        /* Find the expert of range i through the offsets. */
+        uint32_t lo = 0, hi = p->num_experts;
+        while (hi - lo > 1) {
+            uint32_t mid = (lo + hi) / 2;
+            if (p->range_off[mid] <= i)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        uint32_t d = p->ranges[i].device;
+        if (d != llep__plan_native(p, lo) && transfer_listed(p, lo, d) != 1)
+            return fail(err, errlen, "expert %u on helper %u needs exactly one transfer, has %d",
+                        lo, d, transfer_listed(p, lo, d));
+    }
+    return 0;
+}
+
+int llep__plan_validate(const llep_plan *p, char *err, size_t errlen) {
+    uint64_t sums[LLEP_MAX_DEVICES] = { 0 };
+    int r;
+
+    if (!p || !p->ws)
+        return fail(err, errlen, "plan not initialised");
+    r = validate_ranges(p, sums, err, errlen);
+    if (r < 0)
+        return r;
+    for (uint32_t d = 0; d < p->num_devices; d++)
+        if (sums[d] != p->device_loads[d])
+            return fail(err, errlen, "device %u: load %llu but its ranges sum to %llu", d,
+                        (unsigned long long)p->device_loads[d], (unsigned long long)sums[d]);
+    if (p->mode == LLEP_PLAN_EP && p->num_transfers != 0)
+        return fail(err, errlen, "EP plan lists %u transfers", p->num_transfers);
+    return validate_transfers(p, err, errlen);
+}

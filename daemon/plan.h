@@ -1,0 +1,91 @@
+/* Least-Loaded Assignment planner (DESIGN.md section 2).
+ *
+ * Pure computation: no I/O, no allocation after llep__plan_init(), nothing that knows about
+ * devices beyond their count. Every participant that feeds the same loads and parameters gets
+ * the same plan, byte for byte. */
+#ifndef LLEP_PLAN_H
+#define LLEP_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llep/types.h"
+
+/* Upper bounds that keep every index in 32 bits and the workspace reasonable. */
+#define LLEP_MAX_EXPERTS 65536u
+#define LLEP_MAX_DEVICES 4096u
+
+enum llep_plan_mode { LLEP_PLAN_EP = 0, LLEP_PLAN_LLEP = 1 };
+
+typedef struct llep_plan_params {
+    double alpha;          /* capacity factor, > 0 */
+    double lambda;         /* imbalance threshold for LLEP_POLICY_AUTO, > 0 */
+    uint64_t min_tokens;   /* m: smallest chunk worth a separate GEMM */
+    enum llep_policy policy;
+} llep_plan_params;
+
+/* One slice [start, end) of an expert's tokens (in the global token order) computed on
+ * `device`. */
+typedef struct llep_range {
+    uint32_t device;
+    uint64_t start, end;
+} llep_range;
+
+/* The weights of `expert` are copied from its native device `src` to helper `dst`. */
+typedef struct llep_transfer {
+    uint32_t expert, src, dst;
+} llep_transfer;
+
+typedef struct llep_plan {
+    uint32_t num_experts;      /* N */
+    uint32_t num_devices;      /* P; N is a multiple of P */
+    uint32_t experts_per_device; /* M = N / P */
+
+    /* Result of the last llep__plan_compute(). */
+    enum llep_plan_mode mode;
+    double imbalance;          /* max(native device load) / mean; 1.0 when nothing is routed */
+    uint64_t capacity;         /* per-device capacity used by LLA (reported for EP too) */
+    uint64_t total;            /* sum of loads */
+    uint64_t *loads;           /* [N] copy of the input loads */
+    uint64_t *native_loads;    /* [P] device loads under EP placement */
+    uint64_t *device_loads;    /* [P] device loads under this plan */
+    /* Expert e's ranges are ranges[range_off[e] .. range_off[e+1]), in token order, covering
+     * [0, loads[e]) exactly once. Experts with no load have none. */
+    uint32_t *range_off;       /* [N + 1] */
+    llep_range *ranges;
+    uint32_t num_ranges;
+    /* One transfer per (expert, helper) pair, in the order the planner made them. */
+    llep_transfer *transfers;
+    uint32_t num_transfers;
+
+    /* Workspace sized once by llep__plan_init(); not part of the result. */
+    struct llep_plan_ws *ws;
+} llep_plan;
+
+/* Fills params with the DESIGN.md defaults and policy AUTO. */
+void llep__plan_params_default(llep_plan_params *ret);
+
+/* Checks alpha, lambda and policy; returns 0 or -EINVAL and, when err is not NULL, a message. */
+int llep__plan_params_check(const llep_plan_params *params, char *err, size_t errlen);
+
+/* Allocates a plan and its workspace for N experts on P devices. Returns 0, -EINVAL (P = 0,
+ * N not a multiple of P, or over the limits) or -ENOMEM. */
+int llep__plan_init(llep_plan *p, uint32_t num_experts, uint32_t num_devices);
+void llep__plan_fini(llep_plan *p);
+
+/* Computes the plan for loads[N]. Returns 0, -EINVAL for bad parameters or -EOVERFLOW when
+ * the loads do not sum within 64 bits. On error the previous result is left untouched. */
+int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params);
+
+/* Native (EP) device of expert e. */
+static inline uint32_t llep__plan_native(const llep_plan *p, uint32_t expert) {
+    return expert / p->experts_per_device;
+}
+
+/* Checks every invariant of a computed plan: ranges cover each loaded expert exactly once and
+ * in order, device ids are in range, transfers are exactly the (expert, non-native device)
+ * pairs of the ranges, device loads equal the sums of the ranges, EP plans keep everything
+ * native. Returns 0 or -EINVAL with a description in err. */
+int llep__plan_validate(const llep_plan *p, char *err, size_t errlen);
+
+#endif
