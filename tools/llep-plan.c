@@ -1,0 +1,240 @@
+/* llep-plan: prints the Least-Loaded Assignment plan for given per-expert loads.
+ *
+ *   llep-plan --devices P [--alpha A] [--min-tokens M] [--lambda L] [--policy auto|ep|llep]
+ *             [--json] [--loads-file F | LOAD...]
+ *
+ * Exit status: 0 on success, 2 for any usage error or bad input, 1 when writing fails. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llep-config.h"
+#include "loads.h"
+#include "parse-number.h"
+#include "plan-print.h"
+#include "plan.h"
+
+#define EXIT_USAGE 2
+
+typedef struct options {
+    uint32_t devices;
+    int have_devices;
+    llep_plan_params params;
+    int json;
+    const char *loads_file;
+} options;
+
+static const char *prog = "llep-plan";
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) {
+    va_list ap;
+
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help'.\n", prog);
+    return -EINVAL;
+}
+
+static void help(void) {
+    printf("Usage: %s --devices P [OPTION]... [--loads-file F | LOAD...]\n"
+           "Print the Least-Loaded Assignment plan for per-expert loads (token-slots routed to\n"
+           "each expert). N = the number of loads; expert e is native to device e / (N / P).\n\n"
+           "  -d, --devices P       number of devices (N must be a multiple of P)\n"
+           "  -a, --alpha A         capacity factor, > 0 (default %g)\n"
+           "  -m, --min-tokens M    smallest chunk worth a separate GEMM (default %u)\n"
+           "  -l, --lambda L        imbalance threshold for LLEP, > 0 (default %g)\n"
+           "  -p, --policy P        auto (LLEP when imbalance >= lambda), ep or llep\n"
+           "  -f, --loads-file F    read loads separated by white space from F ('-': stdin)\n"
+           "  -j, --json            print the plan as JSON (DESIGN.md section 6)\n"
+           "  -h, --help            show this help\n"
+           "  -V, --version         show the version\n\n"
+           "Exit status: 0 on success, 2 on bad usage or input, 1 if output fails.\n",
+           prog, LLEP_DEFAULT_ALPHA, LLEP_DEFAULT_MIN_TOKENS, LLEP_DEFAULT_LAMBDA);
+}
+
+/* Parses a positive finite double option, naming the option in the error. */
+static int positive_double(const char *name, const char *arg, double *ret) {
+    double v;
+
+    if (llep__parse_double(arg, &v) < 0)
+        return usage_error("--%s: '%s' is not a finite number", name, arg);
+    if (!(v > 0))
+        return usage_error("--%s must be > 0, got '%s'", name, arg);
+    *ret = v;
+    return 0;
+}
+
+static int parse_policy(const char *arg, enum llep_policy *ret) {
+    if (strcmp(arg, "auto") == 0)
+        *ret = LLEP_POLICY_AUTO;
+    else if (strcmp(arg, "ep") == 0)
+        *ret = LLEP_POLICY_EP;
+    else if (strcmp(arg, "llep") == 0)
+        *ret = LLEP_POLICY_LLEP;
+    else
+        return usage_error("--policy: '%s' is not one of auto, ep, llep", arg);
+    return 0;
+}
+
+static int parse_option(int c, const char *arg, options *o) {
+    uint64_t v;
+    int r;
+
+    switch (c) {
+    case 'd':
+        r = llep__parse_u32(arg, &o->devices);
+        if (r < 0)
+            return usage_error("--devices: '%s' is not a device count", arg);
+        if (o->devices == 0 || o->devices > LLEP_MAX_DEVICES)
+            return usage_error("--devices must be between 1 and %u, got %s", LLEP_MAX_DEVICES,
+                               arg);
+        o->have_devices = 1;
+        return 0;
+    case 'a':
+        return positive_double("alpha", arg, &o->params.alpha);
+    case 'l':
+        return positive_double("lambda", arg, &o->params.lambda);
+    case 'm':
+        if (llep__parse_u64(arg, &v) < 0)
+            return usage_error("--min-tokens: '%s' is not a non-negative integer", arg);
+        o->params.min_tokens = v;
+        return 0;
+    case 'p':
+        return parse_policy(arg, &o->params.policy);
+    case 'f':
+        o->loads_file = arg;
+        return 0;
+    case 'j':
+        o->json = 1;
+        return 0;
+    default:
+        return usage_error("unknown option");
+    }
+}
+
+/* Returns 1 when the program should exit 0 at once (--help, --version), 0 to go on, or a
+ * negative errno on a usage error (already reported). */
+static int parse_args(int argc, char **argv, options *o) {
+    static const struct option longopts[] = {
+        { "devices", required_argument, NULL, 'd' },
+        { "alpha", required_argument, NULL, 'a' },
+        { "min-tokens", required_argument, NULL, 'm' },
+        { "lambda", required_argument, NULL, 'l' },
+        { "policy", required_argument, NULL, 'p' },
+        { "loads-file", required_argument, NULL, 'f' },
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+
+    memset(o, 0, sizeof(*o));
+    llep__plan_params_default(&o->params);
+    opterr = 0;
+    /* '+' stops at the first load, so nothing after it is taken for an option. */
+    while ((c = getopt_long(argc, argv, "+:d:a:m:l:p:f:jhV", longopts, NULL)) != -1) {
+        if (c == 'h') {
+            help();
+            return 1;
+        }
+        if (c == 'V') {
+            printf("llep-plan %s\n", LLEP_VERSION);
+            return 1;
+        }
+        /* A negative load looks like an option to getopt; name it as the bad load it is. */
+        if (c == '?' && optopt >= '0' && optopt <= '9')
+            return usage_error("load '%s' is negative", argv[optind - 1]);
+        if (c == '?')
+            return usage_error("unknown option '%s'", argv[optind - 1]);
+        if (c == ':')
+            return usage_error("option '%s' needs a value", argv[optind - 1]);
+        int r = parse_option(c, optarg, o);
+        if (r < 0)
+            return r;
+    }
+    if (!o->have_devices)
+        return usage_error("--devices is required");
+    if (o->loads_file && optind < argc)
+        return usage_error("give loads either with --loads-file or as arguments, not both");
+    return 0;
+}
+
+static int read_loads(int argc, char **argv, const options *o, llep_loads *l) {
+    char err[256];
+    int r = 0;
+
+    l->max = LLEP_MAX_EXPERTS;
+    if (o->loads_file && strcmp(o->loads_file, "-") == 0)
+        r = llep__loads_read_file(l, "/dev/stdin", err, sizeof(err));
+    else if (o->loads_file)
+        r = llep__loads_read_file(l, o->loads_file, err, sizeof(err));
+    else
+        for (int i = optind; i < argc && r == 0; i++)
+            r = llep__loads_add(l, argv[i], err, sizeof(err));
+    if (r == -E2BIG)
+        return usage_error("too many experts: at most %u loads", LLEP_MAX_EXPERTS);
+    if (r < 0)
+        return usage_error("%s", err);
+    if (l->n == 0)
+        return usage_error("no loads given");
+    if (l->n % o->devices != 0)
+        return usage_error("%zu experts cannot be split evenly over %u devices (N must be a "
+                           "multiple of P)", l->n, o->devices);
+    return 0;
+}
+
+static int run(const options *o, const llep_loads *l) {
+    llep_plan plan;
+    char err[256];
+    int r = llep__plan_init(&plan, (uint32_t)l->n, o->devices);
+
+    if (r < 0) {
+        fprintf(stderr, "%s: cannot set up a plan: %s\n", prog, strerror(-r));
+        return 1;
+    }
+    r = llep__plan_compute(&plan, l->v, &o->params);
+    if (r == -EOVERFLOW) {
+        usage_error("the loads add up to more than 2^64 - 1 token-slots");
+        llep__plan_fini(&plan);
+        return EXIT_USAGE;
+    }
+    if (r == 0)
+        r = llep__plan_validate(&plan, err, sizeof(err));
+    if (r < 0) {
+        /* Parameters were checked above, so this is a bug in the planner: say so loudly. */
+        fprintf(stderr, "%s: internal error: invalid plan: %s\n", prog, err);
+        llep__plan_fini(&plan);
+        return 1;
+    }
+    r = o->json ? llep__plan_print_json(&plan, stdout)
+                : llep__plan_print_report(&plan, &o->params, stdout);
+    llep__plan_fini(&plan);
+    if (r < 0 || fflush(stdout) != 0) {
+        fprintf(stderr, "%s: writing the plan failed\n", prog);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    options o;
+    llep_loads loads = { 0 };
+    int r = parse_args(argc, argv, &o);
+
+    if (r != 0)
+        return r > 0 ? 0 : EXIT_USAGE;
+    if (read_loads(argc, argv, &o, &loads) < 0) {
+        llep__loads_free(&loads);
+        return EXIT_USAGE;
+    }
+    r = run(&o, &loads);
+    llep__loads_free(&loads);
+    return r;
+}
