@@ -1,0 +1,325 @@
+/* Tests of the llep-plan command: its JSON must parse and equal the in-library plan, its
+ * readable report must say what it computed, and every kind of bad input must exit 2 with a
+ * message naming the problem. The binary's path comes from $LLEP_PLAN (set by meson). */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "loads.h"
+#include "plan.h"
+
+extern char **environ;
+
+typedef struct result {
+    int status;   /* exit code, or -1 when killed */
+    char *out, *err;
+} result;
+
+static char *slurp(int fd) {
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    ssize_t n;
+
+    ck_assert_ptr_nonnull(buf);
+    lseek(fd, 0, SEEK_SET);
+    while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)n;
+        if (cap - len < 2) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            ck_assert_ptr_nonnull(buf);
+        }
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+static int temp_fd(void) {
+    char path[] = "/tmp/llep-test-XXXXXX";
+    int fd = mkstemp(path);
+
+    ck_assert_int_ge(fd, 0);
+    unlink(path);
+    return fd;
+}
+
+/* Runs llep-plan with args (NULL-terminated, without argv[0]); stdin_text may be NULL. */
+static result run_plan(const char *stdin_text, const char *const *args) {
+    const char *exe = getenv("LLEP_PLAN");
+    char *argv[64];
+    int n = 0, in = temp_fd(), out = temp_fd(), err = temp_fd();
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    result r;
+
+    ck_assert_msg(exe != NULL, "LLEP_PLAN is not set");
+    argv[n++] = (char *)exe;
+    while (*args && n < 63)
+        argv[n++] = (char *)*args++;
+    argv[n] = NULL;
+    if (stdin_text) {
+        ck_assert_int_eq(write(in, stdin_text, strlen(stdin_text)), (ssize_t)strlen(stdin_text));
+        lseek(in, 0, SEEK_SET);
+    }
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in, 0);
+    posix_spawn_file_actions_adddup2(&fa, out, 1);
+    posix_spawn_file_actions_adddup2(&fa, err, 2);
+    ck_assert_int_eq(posix_spawn(&pid, exe, &fa, NULL, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    r.out = slurp(out);
+    r.err = slurp(err);
+    close(in);
+    close(out);
+    close(err);
+    return r;
+}
+
+static void result_free(result *r) {
+    free(r->out);
+    free(r->err);
+}
+
+/* ---- JSON equals the library's plan ---------------------------------------------------- */
+
+static int64_t jint(json_object *o, const char *key) {
+    json_object *v;
+    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
+    ck_assert_msg(json_object_is_type(v, json_type_int), "'%s' is not an integer", key);
+    return json_object_get_int64(v);
+}
+
+static json_object *jarr(json_object *o, const char *key) {
+    json_object *v;
+    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
+    ck_assert_msg(json_object_is_type(v, json_type_array), "'%s' is not an array", key);
+    return v;
+}
+
+static void compare_json(const char *text, const llep_plan *p) {
+    json_object *root = json_tokener_parse(text), *v;
+
+    ck_assert_msg(root != NULL, "output is not JSON: %s", text);
+    ck_assert(json_object_object_get_ex(root, "mode", &v));
+    ck_assert_str_eq(json_object_get_string(v), p->mode == LLEP_PLAN_LLEP ? "llep" : "ep");
+    ck_assert(json_object_object_get_ex(root, "imbalance", &v));
+    ck_assert_double_eq_tol(json_object_get_double(v), p->imbalance, 1e-5 * p->imbalance);
+    ck_assert_int_eq(jint(root, "capacity"), (int64_t)p->capacity);
+    ck_assert_int_eq(jint(root, "devices"), p->num_devices);
+
+    json_object *dl = jarr(root, "device_loads");
+    ck_assert_uint_eq(json_object_array_length(dl), p->num_devices);
+    for (uint32_t d = 0; d < p->num_devices; d++)
+        ck_assert_int_eq(json_object_get_int64(json_object_array_get_idx(dl, d)),
+                         (int64_t)p->device_loads[d]);
+
+    json_object *as = jarr(root, "assignments");
+    ck_assert_uint_eq(json_object_array_length(as), p->num_ranges);
+    size_t k = 0;
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        for (uint32_t i = p->range_off[e]; i < p->range_off[e + 1]; i++, k++) {
+            json_object *a = json_object_array_get_idx(as, k);
+            ck_assert_int_eq(jint(a, "expert"), e);
+            ck_assert_int_eq(jint(a, "device"), p->ranges[i].device);
+            ck_assert_int_eq(jint(a, "start"), (int64_t)p->ranges[i].start);
+            ck_assert_int_eq(jint(a, "end"), (int64_t)p->ranges[i].end);
+        }
+
+    json_object *ts = jarr(root, "transfers");
+    ck_assert_uint_eq(json_object_array_length(ts), p->num_transfers);
+    for (uint32_t t = 0; t < p->num_transfers; t++) {
+        json_object *x = json_object_array_get_idx(ts, t);
+        ck_assert_int_eq(jint(x, "expert"), p->transfers[t].expert);
+        ck_assert_int_eq(jint(x, "src"), p->transfers[t].src);
+        ck_assert_int_eq(jint(x, "dst"), p->transfers[t].dst);
+    }
+    json_object_put(root);
+}
+
+/* Random skewed loads through the command line and through a file on stdin. */
+START_TEST(json_matches_library)
+{
+    static const uint32_t devs[] = { 1, 2, 4, 8 };
+    uint64_t seed = 1234 + (uint64_t)_i;
+
+    for (int iter = 0; iter < 10; iter++) {
+        uint32_t np = devs[iter % 4], n = np * (1 + iter % 5);
+        uint64_t loads[64];
+        char words[64][24], text[64 * 24] = "", devarg[16];
+        const char *args[80];
+        int na = 0;
+
+        for (uint32_t e = 0; e < n; e++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            loads[e] = (seed >> 40) % 5000 + (e == (uint32_t)iter % n ? 40000 : 0);
+            snprintf(words[e], sizeof(words[e]), "%llu", (unsigned long long)loads[e]);
+            strcat(text, words[e]);
+            strcat(text, e % 7 == 6 ? "\n" : " \t");
+        }
+        snprintf(devarg, sizeof(devarg), "%u", np);
+        llep_plan p;
+        llep_plan_params pp;
+        llep__plan_params_default(&pp);
+        pp.min_tokens = 100;
+        ck_assert_int_eq(llep__plan_init(&p, n, np), 0);
+        ck_assert_int_eq(llep__plan_compute(&p, loads, &pp), 0);
+
+        args[na++] = "--json";
+        args[na++] = "--devices";
+        args[na++] = devarg;
+        args[na++] = "--min-tokens=100";
+        for (uint32_t e = 0; e < n; e++)
+            args[na++] = words[e];
+        args[na] = NULL;
+        result r = run_plan(NULL, args);
+        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+        compare_json(r.out, &p);
+        result_free(&r);
+
+        const char *fargs[] = { "--json", "-d", devarg, "-m", "100", "--loads-file", "-", NULL };
+        r = run_plan(text, fargs);
+        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+        compare_json(r.out, &p);
+        result_free(&r);
+        llep__plan_fini(&p);
+    }
+}
+END_TEST
+
+START_TEST(report_is_readable)
+{
+    const char *args[] = { "-d", "2", "--min-tokens", "1", "60", "20", "10", "10", NULL };
+    result r = run_plan(NULL, args);
+
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "mode       llep"));
+    ck_assert_ptr_nonnull(strstr(r.out, "capacity   50 token-slots"));
+    ck_assert_ptr_nonnull(strstr(r.out, "LLEP load"));
+    ck_assert_ptr_nonnull(strstr(r.out, "expert     0  device 0 -> 1"));
+    ck_assert_str_eq(r.err, "");
+    result_free(&r);
+
+    const char *balanced[] = { "-d", "2", "10", "10", "10", "10", NULL };
+    r = run_plan(NULL, balanced);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "mode       ep (imbalance < lambda)"));
+    ck_assert_ptr_nonnull(strstr(r.out, "weight transfers: 0"));
+    result_free(&r);
+}
+END_TEST
+
+/* ---- bad input: exit 2 and a message naming the problem -------------------------------- */
+
+typedef struct bad_case {
+    const char *stdin_text;
+    const char *args[8];
+    const char *says;
+} bad_case;
+
+static const bad_case bad_cases[] = {
+    { NULL, { "-d", "2", "1", "abc", NULL }, "'abc' is not a non-negative integer" },
+    { NULL, { "-d", "2", "1", "2.5", NULL }, "'2.5' is not a non-negative integer" },
+    { NULL, { "-d", "2", "1", "-3", NULL }, "'-3' is negative" },
+    { NULL, { "-d", "2", "-3", "1", NULL }, "'-3' is negative" },
+    { NULL, { "-d", "3", "1", "2", NULL }, "cannot be split evenly over 3 devices" },
+    { NULL, { "-d", "0", "1", "2", NULL }, "--devices must be between 1" },
+    { NULL, { "-d", "x", "1", NULL }, "--devices: 'x'" },
+    { NULL, { "1", "2", NULL }, "--devices is required" },
+    { NULL, { "-d", "1", "--alpha", "0", "1", NULL }, "--alpha must be > 0" },
+    { NULL, { "-d", "1", "--alpha", "-1", "1", NULL }, "--alpha must be > 0" },
+    { NULL, { "-d", "1", "--alpha", "nan", "1", NULL }, "--alpha: 'nan' is not a finite" },
+    { NULL, { "-d", "1", "--lambda", "0", "1", NULL }, "--lambda must be > 0" },
+    { NULL, { "-d", "1", "--min-tokens", "-5", "1", NULL }, "--min-tokens: '-5'" },
+    { NULL, { "-d", "1", "--policy", "fast", "1", NULL }, "'fast' is not one of" },
+    { NULL, { "-d", "2", "18446744073709551615", "1", NULL }, "add up to more than 2^64" },
+    { NULL, { "-d", "1", "18446744073709551616", NULL }, "does not fit in 64 bits" },
+    { NULL, { "-d", "1", NULL }, "no loads given" },
+    { NULL, { "-d", "1", "--frobnicate", "1", NULL }, "unknown option '--frobnicate'" },
+    { NULL, { "-d", NULL }, "needs a value" },
+    { NULL, { "-d", "1", "-f", "/nonexistent/loads", NULL }, "No such file" },
+    { NULL, { "-d", "1", "-f", "-", "7", NULL }, "not both" },
+    { "1 2\n3 x4\n", { "-d", "1", "-f", "-", NULL }, "line 2: load 'x4'" },
+    { "", { "-d", "1", "-f", "-", NULL }, "no loads given" },
+};
+
+START_TEST(bad_input_exits_2)
+{
+    const bad_case *c = &bad_cases[_i];
+    result r = run_plan(c->stdin_text, c->args);
+
+    ck_assert_msg(r.status == 2, "case %d: exit %d, stderr: %s", _i, r.status, r.err);
+    ck_assert_msg(strstr(r.err, c->says) != NULL, "case %d: stderr '%s' lacks '%s'", _i, r.err,
+                  c->says);
+    ck_assert_str_eq(r.out, "");
+    result_free(&r);
+}
+END_TEST
+
+/* More experts than the planner supports. */
+START_TEST(too_many_experts_exits_2)
+{
+    size_t n = LLEP_MAX_EXPERTS + 1;
+    char *text = malloc(2 * n + 1);
+
+    for (size_t i = 0; i < n; i++)
+        memcpy(text + 2 * i, "1 ", 2);
+    text[2 * n] = '\0';
+    const char *args[] = { "-d", "1", "-f", "-", NULL };
+    result r = run_plan(text, args);
+    ck_assert_int_eq(r.status, 2);
+    ck_assert_ptr_nonnull(strstr(r.err, "too many experts"));
+    result_free(&r);
+    free(text);
+}
+END_TEST
+
+/* The loads parser on its own: line numbers and limits. */
+START_TEST(loads_parser)
+{
+    llep_loads l = { .max = 3 };
+    char err[128];
+
+    ck_assert_int_eq(llep__loads_parse(&l, "1\n 2\t\r\n3", 8, err, sizeof(err)), 0);
+    ck_assert_uint_eq(l.n, 3);
+    ck_assert_uint_eq(l.v[2], 3);
+    ck_assert_int_eq(llep__loads_parse(&l, "4", 1, err, sizeof(err)), -E2BIG);
+    llep__loads_free(&l);
+    ck_assert_int_eq(llep__loads_parse(&l, "1\n\n2 3\0", 7, err, sizeof(err)), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "line 3"));
+    llep__loads_free(&l);
+    ck_assert_int_eq(llep__loads_parse(&l, "1 +2", 4, err, sizeof(err)), -EINVAL);
+    llep__loads_free(&l);
+}
+END_TEST
+
+static Suite *tool_suite(void) {
+    Suite *s = suite_create("llep-plan");
+    TCase *tc = tcase_create("cli");
+
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, json_matches_library, 0, 2);
+    tcase_add_test(tc, report_is_readable);
+    tcase_add_loop_test(tc, bad_input_exits_2, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
+    tcase_add_test(tc, too_many_experts_exits_2);
+    tcase_add_test(tc, loads_parser);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(tool_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
