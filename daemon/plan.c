@@ -124,8 +124,6 @@ static inline int visits_before(const uint64_t *loads, uint32_t a, uint32_t b) {
 static void sort_experts(const uint64_t *loads, uint32_t *order, uint32_t *tmp, uint32_t n) {
     uint32_t *src = order, *dst = tmp;
 
-    for (uint32_t i = 0; i < n; i++)
-        order[i] = i;
     /* Insertion-sort runs of 8 first: cheaper than merging tiny runs. */
     const uint32_t run = 8;
     for (uint32_t lo = 0; lo < n; lo += run) {
@@ -244,60 +242,103 @@ static uint32_t least_loaded_other(const lla_state *s, uint32_t native) {
     return best;
 }
 
-/* Spills r tokens of `expert` starting at offset o (DESIGN.md section 2, step 5).
+/* Spills r tokens of `expert` starting at offset o (DESIGN.md section 2, step 5). Returns
+ * the number of forced assignments made (0 or 1).
  *
  * The design orders the other devices by effective load and takes the first whose chunk
  * c = min(r, room) is positive and not small (c >= m, or c == r). Room shrinks as effective
  * load grows, so c is largest on the least-loaded device: if that device does not qualify,
  * none does. The first qualifying device is therefore always the least-loaded one, and the
  * forced assignment goes to the same device, which makes the scan a single argmin. */
-static void spill(lla_state *s, uint32_t expert, uint32_t native, uint64_t o, uint64_t r) {
+static int spill(lla_state *s, uint32_t expert, uint32_t native, uint64_t o, uint64_t r) {
+    int forced = 0;
+
     while (r > 0) {
         uint32_t g = least_loaded_other(s, native);
         uint64_t c = room(s, g);
         if (c > r)
             c = r;
-        if (c == 0 || (c < s->min_tokens && c < r))
+        if (c == 0 || (c < s->min_tokens && c < r)) {
             c = r; /* nobody qualifies: force all of r onto the least-loaded device */
+            forced = 1;
+        }
         give(s, expert, g, o, c);
         o += c;
         r -= c;
     }
+    return forced;
 }
 
-static void lla(llep_plan *p, uint64_t min_tokens, lla_state *s) {
-    struct llep_plan_ws *ws = p->ws;
-
+static void lla_reset(llep_plan *p, uint64_t min_tokens, lla_state *s) {
     s->p = p;
-    s->ws = ws;
+    s->ws = p->ws;
     s->cap = p->capacity;
     s->min_tokens = min_tokens;
     s->nraw = 0;
-    memcpy(ws->pending, p->native_loads, p->num_devices * sizeof(*ws->pending));
-    memset(ws->assigned, 0, p->num_devices * sizeof(*ws->assigned));
-    sort_experts(p->loads, ws->order, ws->tmp, p->num_experts);
+    memcpy(s->ws->pending, p->native_loads, p->num_devices * sizeof(*s->ws->pending));
+    memset(s->ws->assigned, 0, p->num_devices * sizeof(*s->ws->assigned));
+}
 
-    for (uint32_t i = 0; i < p->num_experts; i++) {
-        uint32_t e = ws->order[i];
+/* Visits the experts of order[0..n) (sorted, loaded) as step 4 says. With stop_on_force, gives
+ * up at the first forced assignment and returns -EAGAIN. */
+static int visit(lla_state *s, const uint32_t *order, uint32_t n, int stop_on_force) {
+    llep_plan *p = s->p;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t e = order[i];
         uint64_t l = p->loads[e];
-        if (l == 0)
-            break; /* sorted: only empty experts remain */
-        uint32_t n = llep__plan_native(p, e);
-        ws->pending[n] -= l;
-        if (p->num_devices == 1) {
-            give(s, e, n, 0, l);
-            continue;
-        }
-        uint64_t avail = room(s, n);
+        uint32_t nat = llep__plan_native(p, e);
+        s->ws->pending[nat] -= l;
+        uint64_t avail = p->num_devices == 1 ? l : room(s, nat);
+        int forced = 0;
         if (avail >= l) {
-            give(s, e, n, 0, l);
+            give(s, e, nat, 0, l);
         } else if (avail > 0) {
-            give(s, e, n, 0, avail);
-            spill(s, e, n, avail, l - avail);
+            give(s, e, nat, 0, avail);
+            forced = spill(s, e, nat, avail, l - avail);
         } else {
-            spill(s, e, n, 0, l);
+            forced = spill(s, e, nat, 0, l);
         }
+        if (forced && stop_on_force)
+            return -EAGAIN;
     }
+    return 0;
+}
+
+/* Least-Loaded Assignment, with a shortcut that gives exactly the same plan.
+ *
+ * An expert whose native device is at or under capacity when visited keeps all its tokens and
+ * leaves every effective load as it was (pending falls by l, assigned rises by l). Helpers
+ * are only ever filled up to the capacity, except by a forced assignment. So as long as no
+ * assignment is forced, only the experts of devices that start over capacity change anything,
+ * and only they need sorting and visiting; the rest simply stay native. If an assignment is
+ * forced, a device may go over capacity later, and the full visit runs instead. Under skew
+ * this sorts a handful of experts rather than all N. */
+static void lla(llep_plan *p, uint64_t min_tokens, lla_state *s) {
+    struct llep_plan_ws *ws = p->ws;
+    uint32_t n = 0;
+
+    lla_reset(p, min_tokens, s);
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        if (p->loads[e] > 0 && p->native_loads[llep__plan_native(p, e)] > s->cap)
+            ws->order[n++] = e;
+    sort_experts(p->loads, ws->order, ws->tmp, n);
+    if (visit(s, ws->order, n, 1) == 0) {
+        for (uint32_t e = 0; e < p->num_experts; e++) {
+            uint32_t nat = llep__plan_native(p, e);
+            if (p->loads[e] > 0 && p->native_loads[nat] <= s->cap)
+                give(s, e, nat, 0, p->loads[e]);
+        }
+        return;
+    }
+
+    lla_reset(p, min_tokens, s);
+    n = 0;
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        if (p->loads[e] > 0)
+            ws->order[n++] = e;
+    sort_experts(p->loads, ws->order, ws->tmp, n);
+    visit(s, ws->order, n, 0);
 }
 
 /* The plan for EP: each loaded expert entirely on its native device. */

@@ -1,0 +1,191 @@
+/* llep-bench-plan: how long one Least-Loaded Assignment takes.
+ *
+ *   llep-bench-plan [--iterations N] [--json]
+ *
+ * For each model shape (N experts, P devices, K, tokens per device) and each routing scenario
+ * of DESIGN.md section 7, routes the tokens at random (seeded) to get per-expert loads, then
+ * times llep__plan_compute() call by call on the daemon's default parameters and prints the
+ * median, 99th percentile and minimum. The planner runs once per step on the daemon's critical
+ * path, so these are the figures docs/PERFORMANCE.md records. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "parse-number.h"
+#include "plan.h"
+
+typedef struct shape {
+    const char *name;
+    uint32_t experts, devices, top_k, tokens_per_device;
+} shape;
+
+typedef struct scenario {
+    const char *name;
+    double hot_share;  /* share of token-slots routed to the hot experts; 0: balanced */
+    uint32_t hot;      /* experts 0 .. hot-1 */
+} scenario;
+
+static const shape shapes[] = {
+    { "gpt-oss-120b", 128, 8, 4, 32768 },
+    { "kimi-k2/64", 384, 64, 8, 16384 },
+};
+
+static const scenario scenarios[] = {
+    { "balanced", 0, 0 },
+    { "30%-16", 0.30, 16 }, { "30%-4", 0.30, 4 }, { "30%-1", 0.30, 1 },
+    { "50%-16", 0.50, 16 }, { "50%-4", 0.50, 4 }, { "50%-1", 0.50, 1 },
+    { "80%-16", 0.80, 16 }, { "80%-4", 0.80, 4 }, { "80%-1", 0.80, 1 },
+    { "95%-16", 0.95, 16 }, { "95%-4", 0.95, 4 }, { "95%-1", 0.95, 1 },
+};
+
+static uint64_t rng = 0x5eed;
+
+static uint64_t next_random(void) {
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Routes every token-slot: with probability hot_share to a uniformly chosen hot expert, else
+ * to a uniformly chosen other expert (all experts when balanced). */
+static void route(const shape *sh, const scenario *sc, uint64_t *loads) {
+    uint64_t slots = (uint64_t)sh->devices * sh->tokens_per_device * sh->top_k;
+    uint64_t threshold = (uint64_t)(sc->hot_share * 18446744073709551615.0);
+
+    memset(loads, 0, sh->experts * sizeof(*loads));
+    for (uint64_t i = 0; i < slots; i++) {
+        uint64_t r = next_random();
+        if (sc->hot && r < threshold)
+            loads[r % sc->hot]++;
+        else if (sc->hot)
+            loads[sc->hot + (next_random() % (sh->experts - sc->hot))]++;
+        else
+            loads[r % sh->experts]++;
+    }
+}
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct figures {
+    double median_us, p99_us, min_us, imbalance;
+    int llep;
+    uint32_t transfers;
+} figures;
+
+static int measure(const shape *sh, const scenario *sc, uint32_t iterations, figures *ret) {
+    uint64_t *loads = calloc(sh->experts, sizeof(*loads));
+    double *t = calloc(iterations, sizeof(*t));
+    llep_plan plan;
+    llep_plan_params pp;
+    int r = -ENOMEM;
+
+    if (!loads || !t)
+        goto out;
+    r = llep__plan_init(&plan, sh->experts, sh->devices);
+    if (r < 0)
+        goto out;
+    llep__plan_params_default(&pp);
+    route(sh, sc, loads);
+    for (uint32_t i = 0; i < iterations && r == 0; i++) {
+        double t0 = now_ns();
+        r = llep__plan_compute(&plan, loads, &pp);
+        t[i] = now_ns() - t0;
+    }
+    if (r == 0) {
+        qsort(t, iterations, sizeof(*t), cmp_double);
+        ret->median_us = t[iterations / 2] / 1e3;
+        ret->p99_us = t[(size_t)(iterations * 0.99)] / 1e3;
+        ret->min_us = t[0] / 1e3;
+        ret->imbalance = plan.imbalance;
+        ret->llep = plan.mode == LLEP_PLAN_LLEP;
+        ret->transfers = plan.num_transfers;
+    }
+    llep__plan_fini(&plan);
+out:
+    free(loads);
+    free(t);
+    return r;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "Usage: llep-bench-plan [--iterations N] [--json]\n"
+               "Times the Least-Loaded Assignment planner on DESIGN.md section 7 scenarios.\n");
+}
+
+int main(int argc, char **argv) {
+    static const struct option longopts[] = {
+        { "iterations", required_argument, NULL, 'n' },
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    uint32_t iterations = 20000;
+    int json = 0, c;
+
+    while ((c = getopt_long(argc, argv, "n:jh", longopts, NULL)) != -1) {
+        if (c == 'n' && (llep__parse_u32(optarg, &iterations) < 0 || iterations < 100)) {
+            fprintf(stderr, "llep-bench-plan: --iterations: '%s' is not a count >= 100\n", optarg);
+            return 2;
+        } else if (c == 'j') {
+            json = 1;
+        } else if (c == 'h') {
+            usage(stdout);
+            return 0;
+        } else if (c != 'n') {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "llep-bench-plan: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+
+    if (json)
+        printf("[");
+    else
+        printf("%-14s %4s %3s %-9s %5s %9s %6s %10s %10s %10s\n", "shape", "N", "P", "scenario",
+               "mode", "imbalance", "xfers", "median_us", "p99_us", "min_us");
+    int first = 1;
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+        for (size_t k = 0; k < sizeof(scenarios) / sizeof(scenarios[0]); k++) {
+            const shape *sh = &shapes[s];
+            const scenario *sc = &scenarios[k];
+            figures f = { 0 };
+            int r = measure(sh, sc, iterations, &f);
+            if (r < 0) {
+                fprintf(stderr, "llep-bench-plan: %s %s: %s\n", sh->name, sc->name, strerror(-r));
+                return 1;
+            }
+            if (json)
+                printf("%s\n {\"shape\": \"%s\", \"experts\": %u, \"devices\": %u, "
+                       "\"scenario\": \"%s\", \"mode\": \"%s\", \"imbalance\": %.4f, "
+                       "\"transfers\": %u, \"median_us\": %.3f, \"p99_us\": %.3f, "
+                       "\"min_us\": %.3f}",
+                       first ? "" : ",", sh->name, sh->experts, sh->devices, sc->name,
+                       f.llep ? "llep" : "ep", f.imbalance, f.transfers, f.median_us, f.p99_us,
+                       f.min_us);
+            else
+                printf("%-14s %4u %3u %-9s %5s %9.3f %6u %10.3f %10.3f %10.3f\n", sh->name,
+                       sh->experts, sh->devices, sc->name, f.llep ? "llep" : "ep", f.imbalance,
+                       f.transfers, f.median_us, f.p99_us, f.min_us);
+            fflush(stdout);
+            first = 0;
+        }
+    if (json)
+        printf("\n]\n");
+    return 0;
+}
