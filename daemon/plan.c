@@ -428,6 +428,14 @@ int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_para
         p->mode = LLEP_PLAN_EP;
     }
     finish(p, nraw);
+#ifndef NDEBUG
+    /* Debug builds (and so every test run) check each plan; an invalid one is a planner bug. */
+    char err[256];
+    if (llep__plan_validate(p, err, sizeof(err)) < 0) {
+        fprintf(stderr, "llep: planner bug: invalid plan: %s\n", err);
+        abort();
+    }
+#endif
     return 0;
 }
 
