@@ -1,0 +1,601 @@
+/* llepd's options and config file (see config.h for the syntax). One table describes every
+ * key, so the command line, the config file and --help cannot drift apart. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "llep/types.h"
+#include "parse-number.h"
+#include "plan.h"
+
+/* A setter parses value into c; on a bad value it returns -EINVAL (or -ERANGE) and leaves c
+ * alone, and the table's `expect` text tells the user what would have been right. */
+typedef int (*config_setter)(llep_config *c, const char *value);
+
+typedef struct config_key {
+    const char *name;
+    const char *arg;      /* for --help */
+    const char *expect;   /* completes "expected ..." in errors */
+    const char *help;
+    config_setter set;
+} config_key;
+
+static int set_socket(llep_config *c, const char *value) {
+    char *s;
+
+    if (!value[0] || strlen(value) > LLEP_SOCKET_PATH_MAX)
+        return -EINVAL;
+    s = strdup(value);
+    if (!s)
+        return -ENOMEM;
+    free(c->socket_path);
+    c->socket_path = s;
+    return 0;
+}
+
+static int set_backend(llep_config *c, const char *value) {
+    if (strcmp(value, "cpu") == 0)
+        c->backend = LLEP_BACKEND_CPU;
+    else if (strcmp(value, "cuda") == 0)
+        c->backend = LLEP_BACKEND_CUDA;
+    else if (strcmp(value, "auto") == 0)
+        c->backend = LLEP_BACKEND_AUTO;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static int set_devices(llep_config *c, const char *value) {
+    uint32_t v;
+    int r;
+
+    if (strcmp(value, "auto") == 0) {
+        c->devices = 0;
+        return 0;
+    }
+    r = llep__parse_u32(value, &v);
+    if (r < 0)
+        return r;
+    if (v < 1 || v > LLEP_MAX_DEVICES)
+        return -ERANGE;
+    c->devices = v;
+    return 0;
+}
+
+static int set_device_memory(llep_config *c, const char *value) {
+    uint64_t v;
+    int r;
+
+    if (strcmp(value, "auto") == 0) {
+        c->device_memory = 0;
+        return 0;
+    }
+    r = llep__parse_size(value, &v);
+    if (r < 0)
+        return r;
+    if (v == 0)
+        return -ERANGE;
+    c->device_memory = v;
+    return 0;
+}
+
+/* alpha and lambda: the planner accepts any finite number > 0 (llep__plan_params_check). */
+static int parse_positive(const char *value, double *ret) {
+    double v;
+    int r = llep__parse_double(value, &v);
+
+    if (r < 0)
+        return r;
+    if (!(v > 0))
+        return -ERANGE;
+    *ret = v;
+    return 0;
+}
+
+static int set_alpha(llep_config *c, const char *value) {
+    return parse_positive(value, &c->alpha);
+}
+
+static int set_lambda(llep_config *c, const char *value) {
+    return parse_positive(value, &c->lambda);
+}
+
+static int set_min_tokens(llep_config *c, const char *value) {
+    return llep__parse_u32(value, &c->min_tokens);
+}
+
+static const char *const log_level_names[] = {
+    [LLEP_LOG_ERR] = "err",
+    [LLEP_LOG_WARNING] = "warning",
+    [LLEP_LOG_NOTICE] = "notice",
+    [LLEP_LOG_INFO] = "info",
+    [LLEP_LOG_DEBUG] = "debug",
+};
+
+static int set_log_level(llep_config *c, const char *value) {
+    for (int l = LLEP_LOG_ERR; l <= LLEP_LOG_DEBUG; l++)
+        if (strcmp(value, log_level_names[l]) == 0) {
+            c->log_level = (enum llep_log_level)l;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+static const config_key keys[] = {
+    { "socket", "PATH", "a path of 1 to 107 bytes",
+      "unix socket to listen on", set_socket },
+    { "backend", "cpu|cuda|auto", "cpu, cuda or auto",
+      "device backend (auto: cuda when GPUs are present)", set_backend },
+    { "devices", "N|auto", "auto or an integer from 1 to 4096",
+      "logical CPU devices, or GPUs to use", set_devices },
+    { "device-memory", "SIZE|auto", "auto or a size > 0 like 512M, 16G or 1T",
+      "memory budget per device", set_device_memory },
+    { "alpha", "X", "a finite number > 0",
+      "capacity factor of Least-Loaded Assignment (default 1.0)", set_alpha },
+    { "lambda", "X", "a finite number > 0",
+      "imbalance that switches a step from EP to LLEP (default 1.3)", set_lambda },
+    { "min-tokens", "N", "an integer from 0 to 4294967295",
+      "smallest token chunk worth a separate GEMM (default 1024)", set_min_tokens },
+    { "log-level", "LEVEL", "err, warning, notice, info or debug",
+      "most verbose messages to log (default notice)", set_log_level },
+};
+
+/* Finds a key; '_' matches '-' so `min_tokens` works as well as `min-tokens`. len lets the
+ * caller pass the name part of "--name=value" without copying it. */
+static const config_key *find_key(const char *name, size_t len) {
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        const char *k = keys[i].name;
+        size_t j = 0;
+
+        for (; j < len && k[j]; j++)
+            if (k[j] != name[j] && !(k[j] == '-' && name[j] == '_'))
+                break;
+        if (j == len && !k[j])
+            return &keys[i];
+    }
+    return NULL;
+}
+
+/* Writes s into out as a quoted, printable, bounded excerpt, so whatever bytes a file holds,
+ * error messages stay one readable line. */
+static void quote(char *out, size_t outlen, const char *s, size_t len) {
+    static const size_t shown = 64;
+    size_t o = 0;
+
+    if (outlen < 8) {
+        if (outlen)
+            out[0] = '\0';
+        return;
+    }
+    out[o++] = '\'';
+    for (size_t i = 0; i < len && i < shown && o + 6 < outlen; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\' && ch != '\'')
+            out[o++] = (char)ch;
+        else
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", ch);
+    }
+    if (len > shown && o + 4 < outlen) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o++] = '\'';
+    out[o] = '\0';
+}
+
+static void set_error(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_error(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+void llep__config_init(llep_config *c) {
+    *c = (llep_config){
+        .backend = LLEP_BACKEND_AUTO,
+        .alpha = LLEP_DEFAULT_ALPHA,
+        .lambda = LLEP_DEFAULT_LAMBDA,
+        .min_tokens = LLEP_DEFAULT_MIN_TOKENS,
+        .log_level = LLEP_LOG_NOTICE,
+    };
+}
+
+void llep__config_fini(llep_config *c) {
+    free(c->socket_path);
+    free(c->config_file);
+    c->socket_path = c->config_file = NULL;
+}
+
+/* Applies value to key k; on failure writes "bad value ... for <what>: expected ...". */
+static int apply(llep_config *c, const config_key *k, const char *value, const char *what,
+                 char *err, size_t errlen) {
+    char q[300];
+    int r = k->set(c, value);
+
+    if (r == -ENOMEM) {
+        set_error(err, errlen, "out of memory setting %s", what);
+        return r;
+    }
+    if (r < 0) {
+        quote(q, sizeof(q), value, strlen(value));
+        set_error(err, errlen, "bad value %s for %s: expected %s", q, what, k->expect);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int llep__config_set(llep_config *c, const char *key, const char *value,
+                     char *err, size_t errlen) {
+    const config_key *k = find_key(key, strlen(key));
+    char q[300], what[128];
+
+    if (!k) {
+        quote(q, sizeof(q), key, strlen(key));
+        set_error(err, errlen, "unknown key %s", q);
+        return -ENOENT;
+    }
+    snprintf(what, sizeof(what), "key '%s'", k->name);
+    return apply(c, k, value, what, err, errlen);
+}
+
+static bool is_blank(char ch) {
+    return ch == ' ' || ch == '\t';
+}
+
+/* Trims blanks at both ends of [*s, *s + *len). */
+static void trim(const char **s, size_t *len) {
+    while (*len && is_blank(**s)) {
+        (*s)++;
+        (*len)--;
+    }
+    while (*len && is_blank((*s)[*len - 1]))
+        (*len)--;
+}
+
+/* One `key = value` line (already known not to be blank or a comment). */
+static int parse_line(llep_config *c, const char *name, unsigned lineno, const char *line,
+                      size_t len, char *err, size_t errlen) {
+    const char *eq = memchr(line, '=', len), *key = line, *value;
+    size_t key_len, value_len;
+    const config_key *k;
+    char q[300], what[128], *v;
+    int r;
+
+    if (!eq) {
+        quote(q, sizeof(q), line, len);
+        set_error(err, errlen, "%s:%u: expected 'key = value', got %s", name, lineno, q);
+        return -EINVAL;
+    }
+    key_len = (size_t)(eq - line);
+    value = eq + 1;
+    value_len = len - key_len - 1;
+    trim(&key, &key_len);
+    trim(&value, &value_len);
+    if (key_len == 0) {
+        set_error(err, errlen, "%s:%u: missing key before '='", name, lineno);
+        return -EINVAL;
+    }
+    quote(q, sizeof(q), key, key_len);
+    if (key_len == 6 && memcmp(key, "config", 6) == 0) {
+        set_error(err, errlen, "%s:%u: key 'config' cannot be used in a config file", name,
+                  lineno);
+        return -EINVAL;
+    }
+    k = find_key(key, key_len);
+    if (!k) {
+        set_error(err, errlen, "%s:%u: unknown key %s", name, lineno, q);
+        return -ENOENT;
+    }
+    if (value_len == 0) {
+        set_error(err, errlen, "%s:%u: missing value for key '%s'", name, lineno, k->name);
+        return -EINVAL;
+    }
+    v = strndup(value, value_len);
+    if (!v) {
+        set_error(err, errlen, "%s:%u: out of memory", name, lineno);
+        return -ENOMEM;
+    }
+    snprintf(what, sizeof(what), "key '%s'", k->name);
+    r = apply(c, k, v, what, err, errlen);
+    free(v);
+    if (r < 0 && err && errlen) {
+        /* Put the location in front of the message apply() wrote. */
+        char *tail = strdup(err);
+
+        if (tail) {
+            set_error(err, errlen, "%s:%u: %s", name, lineno, tail);
+            free(tail);
+        }
+    }
+    return r;
+}
+
+int llep__config_parse_text(llep_config *c, const char *name, const char *text, size_t len,
+                            char *err, size_t errlen) {
+    unsigned lineno = 0;
+    size_t pos = 0;
+
+    while (pos < len) {
+        const char *line = text + pos, *nl = memchr(line, '\n', len - pos);
+        size_t line_len = nl ? (size_t)(nl - line) : len - pos;
+        const char *s = line;
+        size_t n = line_len;
+        int r;
+
+        pos += line_len + (nl ? 1 : 0);
+        lineno++;
+        if (memchr(line, '\0', line_len)) {
+            set_error(err, errlen, "%s:%u: line contains a NUL byte", name, lineno);
+            return -EINVAL;
+        }
+        if (n && s[n - 1] == '\r')  /* files written on Windows */
+            n--;
+        trim(&s, &n);
+        if (n == 0 || s[0] == '#')
+            continue;
+        r = parse_line(c, name, lineno, s, n, err, errlen);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int llep__config_load_file(llep_config *c, const char *path, char *err, size_t errlen) {
+    char *text = NULL;
+    size_t len = 0;
+    int fd, r;
+
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        r = -errno;
+        set_error(err, errlen, "%s: cannot open: %s", path, strerror(-r));
+        return r;
+    }
+    /* Read up to one byte past the limit to tell a full-size file from a bigger one, and do
+     * not trust st_size: /proc files and pipes report 0. */
+    text = malloc(LLEP_CONFIG_FILE_MAX + 1);
+    if (!text) {
+        r = -ENOMEM;
+        set_error(err, errlen, "%s: out of memory", path);
+        goto out;
+    }
+    for (;;) {
+        ssize_t n = read(fd, text + len, LLEP_CONFIG_FILE_MAX + 1 - len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            set_error(err, errlen, "%s: cannot read: %s", path, strerror(-r));
+            goto out;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > LLEP_CONFIG_FILE_MAX) {
+            r = -EFBIG;
+            set_error(err, errlen, "%s: larger than %u bytes, not a config file", path,
+                      LLEP_CONFIG_FILE_MAX);
+            goto out;
+        }
+    }
+    r = llep__config_parse_text(c, path, text, len, err, errlen);
+out:
+    free(text);
+    close(fd);
+    return r;
+}
+
+/* One option of the command line: --name=value or --name value, split without copying. */
+typedef struct arg_option {
+    const char *name;     /* after "--" */
+    size_t name_len;
+    const char *value;    /* NULL for flags */
+    const char *arg;      /* the argv element, for messages */
+} arg_option;
+
+static bool arg_is(const arg_option *o, const char *name) {
+    return o->name_len == strlen(name) && memcmp(o->name, name, o->name_len) == 0;
+}
+
+/* Splits argv into options, checking the syntax only. */
+static int split_args(int argc, char *const *argv, arg_option *opts, int *ret_n,
+                      char *err, size_t errlen) {
+    char q[300];
+    int n = 0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *eq;
+        arg_option *o = &opts[n];
+
+        if (strcmp(a, "-h") == 0) {
+            *o = (arg_option){ .name = "help", .name_len = 4, .arg = a };
+            n++;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
+            quote(q, sizeof(q), a, strlen(a));
+            set_error(err, errlen, "unexpected argument %s (llepd takes only options)", q);
+            return -EINVAL;
+        }
+        o->arg = a;
+        o->name = a + 2;
+        eq = strchr(o->name, '=');
+        o->name_len = eq ? (size_t)(eq - o->name) : strlen(o->name);
+        o->value = eq ? eq + 1 : NULL;
+        n++;
+        if (arg_is(o, "help") || arg_is(o, "version")) {
+            if (eq) {
+                set_error(err, errlen, "option '--%.*s' takes no value", (int)o->name_len,
+                          o->name);
+                return -EINVAL;
+            }
+            continue;
+        }
+        if (!arg_is(o, "config") && !find_key(o->name, o->name_len)) {
+            quote(q, sizeof(q), a, strlen(a));
+            set_error(err, errlen, "unknown option %s", q);
+            return -ENOENT;
+        }
+        if (!o->value) {
+            if (i + 1 >= argc) {
+                set_error(err, errlen, "option '--%.*s' needs a value", (int)o->name_len,
+                          o->name);
+                return -EINVAL;
+            }
+            o->value = argv[++i];
+        }
+    }
+    *ret_n = n;
+    return 0;
+}
+
+int llep__config_parse_args(llep_config *c, int argc, char *const *argv,
+                            char *err, size_t errlen) {
+    arg_option *opts;
+    const char *config = NULL;
+    int n = 0, r;
+
+    if (argc < 1)
+        return llep__config_finish(c, err, errlen);
+    opts = calloc((size_t)argc, sizeof(*opts));
+    if (!opts) {
+        set_error(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r = split_args(argc, argv, opts, &n, err, errlen);
+    if (r < 0)
+        goto out;
+
+    for (int i = 0; i < n; i++) {
+        if (arg_is(&opts[i], "help"))
+            c->help = true;
+        else if (arg_is(&opts[i], "version"))
+            c->version = true;
+        else if (arg_is(&opts[i], "config")) {
+            if (config) {
+                set_error(err, errlen, "option '--config' given more than once");
+                r = -EINVAL;
+                goto out;
+            }
+            config = opts[i].value;
+        }
+    }
+    if (c->help || c->version)
+        goto out;
+
+    if (config) {
+        if (!config[0]) {
+            set_error(err, errlen, "bad value '' for option '--config': expected a file");
+            r = -EINVAL;
+            goto out;
+        }
+        free(c->config_file);
+        c->config_file = strdup(config);
+        if (!c->config_file) {
+            set_error(err, errlen, "out of memory");
+            r = -ENOMEM;
+            goto out;
+        }
+        r = llep__config_load_file(c, config, err, errlen);
+        if (r < 0)
+            goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        const config_key *k = find_key(opts[i].name, opts[i].name_len);
+        char what[128];
+
+        if (!k)  /* --config, handled above */
+            continue;
+        snprintf(what, sizeof(what), "option '--%s'", k->name);
+        r = apply(c, k, opts[i].value, what, err, errlen);
+        if (r < 0)
+            goto out;
+    }
+    r = llep__config_finish(c, err, errlen);
+out:
+    free(opts);
+    return r;
+}
+
+int llep__socket_path_default(char **ret) {
+    const char *env = getenv("LLEP_SOCKET"), *xdg;
+    char *path;
+
+    if (env && env[0])
+        path = strdup(env);
+    else if (geteuid() == 0)
+        path = strdup(LLEP_SOCKET_SYSTEM);
+    else {
+        xdg = getenv("XDG_RUNTIME_DIR");
+        if (!xdg || xdg[0] != '/')
+            return -ENXIO;
+        if (asprintf(&path, "%s/llep/llepd.sock", xdg) < 0)
+            path = NULL;
+    }
+    if (!path)
+        return -ENOMEM;
+    if (strlen(path) > LLEP_SOCKET_PATH_MAX) {
+        free(path);
+        return -ENAMETOOLONG;
+    }
+    *ret = path;
+    return 0;
+}
+
+int llep__config_finish(llep_config *c, char *err, size_t errlen) {
+    int r;
+
+    if (c->socket_path)
+        return 0;
+    r = llep__socket_path_default(&c->socket_path);
+    if (r == -ENXIO)
+        set_error(err, errlen, "no socket path: give --socket, or set $LLEP_SOCKET or "
+                               "$XDG_RUNTIME_DIR");
+    else if (r == -ENAMETOOLONG)
+        set_error(err, errlen, "default socket path is longer than %u bytes: give --socket",
+                  LLEP_SOCKET_PATH_MAX);
+    else if (r < 0)
+        set_error(err, errlen, "out of memory");
+    return r;
+}
+
+void llep__config_usage(FILE *f, const char *program) {
+    fprintf(f, "Usage: %s [OPTION...]\n\nThe llep daemon: runs MoE layers for its clients.\n\n",
+            program);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        fprintf(f, "  --%s %-*s %s\n", keys[i].name, (int)(28 - strlen(keys[i].name)),
+                keys[i].arg, keys[i].help);
+    fprintf(f, "  --config %-*s %s\n", 22, "FILE",
+            "read `key = value` lines with the keys above first");
+    fprintf(f, "  -h, --help %-*s %s\n", 20, "", "show this help");
+    fprintf(f, "      --version %-*s %s\n", 16, "", "show the version");
+}
+
+const char *llep__backend_name(enum llep_backend_kind backend) {
+    switch (backend) {
+    case LLEP_BACKEND_AUTO: return "auto";
+    case LLEP_BACKEND_CPU: return "cpu";
+    case LLEP_BACKEND_CUDA: return "cuda";
+    }
+    return "unknown";
+}
+
+const char *llep__log_level_name(enum llep_log_level level) {
+    if (level < LLEP_LOG_ERR || level > LLEP_LOG_DEBUG)
+        return "unknown";
+    return log_level_names[level];
+}

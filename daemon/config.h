@@ -1,0 +1,102 @@
+/* llepd's options: command line and --config FILE, with the same keys.
+ *
+ *   --socket PATH          unix socket (default: $LLEP_SOCKET, else /run/llep/llepd.sock for
+ *                          root, else $XDG_RUNTIME_DIR/llep/llepd.sock)
+ *   --backend cpu|cuda|auto
+ *   --devices N|auto       logical devices (cpu) or GPUs to use (cuda)
+ *   --device-memory SIZE|auto   memory budget per device, K/M/G/T suffixes (1024-based)
+ *   --alpha X              LLA capacity factor, default for layers that set none
+ *   --lambda X             imbalance threshold, likewise
+ *   --min-tokens N         smallest chunk worth a GEMM, likewise
+ *   --log-level err|warning|notice|info|debug
+ *   --config FILE          read `key = value` lines first; the command line overrides them
+ *
+ * A config file has one `key = value` per line, keys as the long options without "--" ('_'
+ * may stand for '-'); lines whose first non-blank character is '#' are comments, blank lines
+ * are ignored, and there are no trailing comments (a '#' after a value is part of it, so the
+ * value is rejected rather than silently cut). Unknown keys and bad values are errors naming
+ * FILE:LINE and the key.
+ *
+ * Nothing here prints or exits: every function returns 0 or a negative errno and puts a
+ * sentence for the user in err, so llepd's main() decides how to report it and tests can
+ * check it. */
+#ifndef LLEP_CONFIG_H
+#define LLEP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Same values as the protocol's Backend enum. */
+enum llep_backend_kind { LLEP_BACKEND_AUTO = 0, LLEP_BACKEND_CPU = 1, LLEP_BACKEND_CUDA = 2 };
+
+/* syslog priorities, so they can go to sd_journal_print() and the "<N>" stderr prefix as
+ * they are. */
+enum llep_log_level {
+    LLEP_LOG_ERR = 3,
+    LLEP_LOG_WARNING = 4,
+    LLEP_LOG_NOTICE = 5,
+    LLEP_LOG_INFO = 6,
+    LLEP_LOG_DEBUG = 7,
+};
+
+#define LLEP_SOCKET_SYSTEM "/run/llep/llepd.sock"
+/* sun_path holds 108 bytes including the terminating NUL. */
+#define LLEP_SOCKET_PATH_MAX 107u
+/* Config files are a few lines; anything bigger is not one. */
+#define LLEP_CONFIG_FILE_MAX (1u << 20)
+
+typedef struct llep_config {
+    char *socket_path;            /* NULL until set or llep__config_finish() picks the default */
+    char *config_file;            /* --config FILE, or NULL */
+    enum llep_backend_kind backend;
+    uint32_t devices;             /* 0: the backend decides */
+    uint64_t device_memory;       /* bytes per device; 0: the backend decides */
+    double alpha;                 /* LLEP_DEFAULT_ALPHA unless set */
+    double lambda;                /* LLEP_DEFAULT_LAMBDA unless set */
+    uint32_t min_tokens;          /* LLEP_DEFAULT_MIN_TOKENS unless set */
+    enum llep_log_level log_level; /* LLEP_LOG_NOTICE unless set */
+    bool help, version;           /* --help / --version given: main() prints and exits */
+} llep_config;
+
+/* Defaults of DESIGN.md and llep/types.h; no socket path yet. */
+void llep__config_init(llep_config *c);
+void llep__config_fini(llep_config *c);
+
+/* Sets one key (as in a config file: "alpha", "device-memory", ...) from text. Returns 0,
+ * -ENOENT for an unknown key, -EINVAL for a bad value, -ENOMEM; err says which and why, e.g.
+ * "bad value 'x' for key 'alpha': expected a finite number > 0". "config" is not a key. */
+int llep__config_set(llep_config *c, const char *key, const char *value,
+                     char *err, size_t errlen);
+
+/* Parses the text of a config file; name (the path) prefixes every error as "name:LINE: ".
+ * Stops at the first error. */
+int llep__config_parse_text(llep_config *c, const char *name, const char *text, size_t len,
+                            char *err, size_t errlen);
+
+/* Reads and parses a config file (at most LLEP_CONFIG_FILE_MAX bytes). */
+int llep__config_load_file(llep_config *c, const char *path, char *err, size_t errlen);
+
+/* Parses llepd's command line: loads --config FILE first, then applies the other options in
+ * order, so the command line wins whatever the order; then llep__config_finish(). With
+ * --help or --version it only records them and returns 0 (without reading any file). */
+int llep__config_parse_args(llep_config *c, int argc, char *const *argv,
+                            char *err, size_t errlen);
+
+/* Fills in what depends on the environment: the default socket path when none was set. */
+int llep__config_finish(llep_config *c, char *err, size_t errlen);
+
+/* The default socket path: $LLEP_SOCKET when set and not empty, else LLEP_SOCKET_SYSTEM when
+ * running as root, else $XDG_RUNTIME_DIR/llep/llepd.sock (XDG_RUNTIME_DIR must be absolute).
+ * Returns 0 with a malloc()ed path, -ENXIO when none applies, -ENAMETOOLONG over
+ * LLEP_SOCKET_PATH_MAX, -ENOMEM. Also what llep_connect(NULL) uses. */
+int llep__socket_path_default(char **ret);
+
+/* Usage text for --help. */
+void llep__config_usage(FILE *f, const char *program);
+
+const char *llep__backend_name(enum llep_backend_kind backend);
+const char *llep__log_level_name(enum llep_log_level level);
+
+#endif

@@ -1,0 +1,459 @@
+/* llepd options and config file: every option, every bad value, file errors with lines. */
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "llep/types.h"
+
+static char tmpdir[64];
+static char err[512];
+
+static void setup(void) {
+    const char *base = getenv("TMPDIR");
+
+    snprintf(tmpdir, sizeof(tmpdir), "%s/test-config-XXXXXX", base && base[0] ? base : "/tmp");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    /* Tests of the default socket path set what they need. */
+    unsetenv("LLEP_SOCKET");
+    err[0] = '\0';
+}
+
+static void teardown(void) {
+    char cmd[128];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Writes a config file in the test's directory and returns its path (static buffer). */
+static char *write_file(const char *name, const char *text, size_t len) {
+    static char path[128];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(text, 1, len, f), len);
+    ck_assert_int_eq(fclose(f), 0);
+    return path;
+}
+
+#define ARGV(...) ((char *const[]){ "llepd", __VA_ARGS__, NULL })
+#define ARGC(...) ((int)(sizeof((const char *[]){ "llepd", __VA_ARGS__ }) / sizeof(char *)))
+#define PARSE(c, ...) llep__config_parse_args((c), ARGC(__VA_ARGS__), ARGV(__VA_ARGS__), err, \
+                                              sizeof(err))
+
+START_TEST(test_defaults) {
+    llep_config c;
+
+    llep__config_init(&c);
+    ck_assert_ptr_null(c.socket_path);
+    ck_assert_int_eq(c.backend, LLEP_BACKEND_AUTO);
+    ck_assert_uint_eq(c.devices, 0);
+    ck_assert_uint_eq(c.device_memory, 0);
+    ck_assert(c.alpha == LLEP_DEFAULT_ALPHA);
+    ck_assert(c.lambda == LLEP_DEFAULT_LAMBDA);
+    ck_assert_uint_eq(c.min_tokens, LLEP_DEFAULT_MIN_TOKENS);
+    ck_assert_int_eq(c.log_level, LLEP_LOG_NOTICE);
+
+    setenv("LLEP_SOCKET", "/tmp/x.sock", 1);
+    ck_assert_int_eq(llep__config_parse_args(&c, 1, (char *const[]){ "llepd", NULL }, err,
+                                             sizeof(err)), 0);
+    ck_assert_str_eq(c.socket_path, "/tmp/x.sock");
+    ck_assert(!c.help && !c.version);
+    llep__config_fini(&c);
+    llep__config_fini(&c);  /* harmless twice */
+}
+END_TEST
+
+START_TEST(test_every_option) {
+    llep_config c;
+
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--socket", "/run/x/s.sock", "--backend", "cpu", "--devices",
+                           "8", "--device-memory", "16G", "--alpha", "1.5", "--lambda=2",
+                           "--min-tokens", "512", "--log-level", "debug"), 0);
+    ck_assert_str_eq(c.socket_path, "/run/x/s.sock");
+    ck_assert_int_eq(c.backend, LLEP_BACKEND_CPU);
+    ck_assert_uint_eq(c.devices, 8);
+    ck_assert_uint_eq(c.device_memory, 16ull << 30);
+    ck_assert(c.alpha == 1.5);
+    ck_assert(c.lambda == 2.0);
+    ck_assert_uint_eq(c.min_tokens, 512);
+    ck_assert_int_eq(c.log_level, LLEP_LOG_DEBUG);
+
+    /* --key=value, '_' for '-', later options win, auto resets. */
+    ck_assert_int_eq(PARSE(&c, "--backend=cuda", "--devices=auto", "--device_memory=auto",
+                           "--min_tokens=0", "--log-level=err", "--socket=a", "--socket=b"),
+                     0);
+    ck_assert_int_eq(c.backend, LLEP_BACKEND_CUDA);
+    ck_assert_uint_eq(c.devices, 0);
+    ck_assert_uint_eq(c.device_memory, 0);
+    ck_assert_uint_eq(c.min_tokens, 0);
+    ck_assert_int_eq(c.log_level, LLEP_LOG_ERR);
+    ck_assert_str_eq(c.socket_path, "b");
+
+    ck_assert_int_eq(PARSE(&c, "--backend", "auto", "--log-level", "warning"), 0);
+    ck_assert_int_eq(c.backend, LLEP_BACKEND_AUTO);
+    ck_assert_int_eq(c.log_level, LLEP_LOG_WARNING);
+    ck_assert_int_eq(PARSE(&c, "--log-level", "notice"), 0);
+    ck_assert_int_eq(c.log_level, LLEP_LOG_NOTICE);
+    ck_assert_int_eq(PARSE(&c, "--log-level", "info", "--devices", "4096",
+                           "--device-memory", "1"), 0);
+    ck_assert_int_eq(c.log_level, LLEP_LOG_INFO);
+    ck_assert_uint_eq(c.devices, 4096);
+    ck_assert_uint_eq(c.device_memory, 1);
+    /* A value may start with "--" when it is given separately. */
+    ck_assert_int_eq(PARSE(&c, "--socket", "--weird"), 0);
+    ck_assert_str_eq(c.socket_path, "--weird");
+    llep__config_fini(&c);
+}
+END_TEST
+
+START_TEST(test_bad_values) {
+    static char *const bad[][2] = {
+        { "--socket", "" },
+        { "--socket", "/a/very/long/path/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock" },
+        { "--backend", "gpu" }, { "--backend", "CPU" }, { "--backend", "" },
+        { "--devices", "0" }, { "--devices", "4097" }, { "--devices", "-1" },
+        { "--devices", "8x" }, { "--devices", "1.5" }, { "--devices", "99999999999999999999" },
+        { "--device-memory", "0" }, { "--device-memory", "16Q" }, { "--device-memory", "-1G" },
+        { "--device-memory", "17179869184G" }, { "--device-memory", "1.5G" },
+        { "--alpha", "0" }, { "--alpha", "-1" }, { "--alpha", "nan" }, { "--alpha", "inf" },
+        { "--alpha", "1e999" }, { "--alpha", "x" }, { "--alpha", "1.0 " },
+        { "--lambda", "0" }, { "--lambda", "-0.5" }, { "--lambda", "NaN" },
+        { "--lambda", "" },
+        { "--min-tokens", "-1" }, { "--min-tokens", "4294967296" }, { "--min-tokens", "1k" },
+        { "--log-level", "error" }, { "--log-level", "DEBUG" }, { "--log-level", "7" },
+        { "--log-level", "warn" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        llep_config c;
+        char expect[64];
+
+        llep__config_init(&c);
+        ck_assert_msg(PARSE(&c, bad[i][0], bad[i][1]) == -EINVAL, "%s %s", bad[i][0],
+                      bad[i][1]);
+        snprintf(expect, sizeof(expect), "for option '%s': expected ", bad[i][0]);
+        ck_assert_msg(strstr(err, "bad value '") == err && strstr(err, expect), "%s", err);
+        llep__config_fini(&c);
+    }
+}
+END_TEST
+
+START_TEST(test_error_messages) {
+    llep_config c;
+
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--alpha", "abc"), -EINVAL);
+    ck_assert_str_eq(err, "bad value 'abc' for option '--alpha': expected a finite number > 0");
+    ck_assert_int_eq(PARSE(&c, "--device-memory=16 G"), -EINVAL);
+    ck_assert_str_eq(err, "bad value '16 G' for option '--device-memory': expected auto or a "
+                          "size > 0 like 512M, 16G or 1T");
+    ck_assert_int_eq(PARSE(&c, "--backend", "gpu\x1b[2J"), -EINVAL);
+    ck_assert_str_eq(err, "bad value 'gpu\\x1b[2J' for option '--backend': expected cpu, cuda "
+                          "or auto");
+    ck_assert_int_eq(PARSE(&c, "--frobnicate", "1"), -ENOENT);
+    ck_assert_str_eq(err, "unknown option '--frobnicate'");
+    ck_assert_int_eq(PARSE(&c, "--alpha"), -EINVAL);
+    ck_assert_str_eq(err, "option '--alpha' needs a value");
+    ck_assert_int_eq(PARSE(&c, "foo"), -EINVAL);
+    ck_assert_str_eq(err, "unexpected argument 'foo' (llepd takes only options)");
+    ck_assert_int_eq(PARSE(&c, "-x"), -EINVAL);
+    ck_assert_int_eq(PARSE(&c, "--"), -EINVAL);
+    ck_assert_int_eq(PARSE(&c, "--help=yes"), -EINVAL);
+    ck_assert_str_eq(err, "option '--help' takes no value");
+    ck_assert_int_eq(PARSE(&c, "--config"), -EINVAL);
+    ck_assert_int_eq(PARSE(&c, "--config="), -EINVAL);
+    /* A failed option leaves the earlier value alone. */
+    ck_assert_int_eq(PARSE(&c, "--alpha", "2", "--alpha", "-2"), -EINVAL);
+    ck_assert(c.alpha == 2.0);
+    llep__config_fini(&c);
+}
+END_TEST
+
+START_TEST(test_help_version) {
+    llep_config c;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f;
+
+    llep__config_init(&c);
+    /* --help wins over anything else, even a config file that does not exist. */
+    ck_assert_int_eq(PARSE(&c, "--config", "/nonexistent", "-h"), 0);
+    ck_assert(c.help);
+    ck_assert_ptr_null(c.socket_path);
+    llep__config_fini(&c);
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--version"), 0);
+    ck_assert(c.version && !c.help);
+    ck_assert_int_eq(PARSE(&c, "--help"), 0);
+    ck_assert(c.help);
+    llep__config_fini(&c);
+
+    f = open_memstream(&text, &len);
+    llep__config_usage(f, "llepd");
+    fclose(f);
+    for (const char *const *o = (const char *const[]){ "--socket", "--backend", "--devices",
+             "--device-memory", "--alpha", "--lambda", "--min-tokens", "--log-level",
+             "--config", "--help", "--version", NULL }; *o; o++)
+        ck_assert_msg(strstr(text, *o), "%s missing from usage", *o);
+    free(text);
+
+    ck_assert_str_eq(llep__backend_name(LLEP_BACKEND_CUDA), "cuda");
+    ck_assert_str_eq(llep__backend_name((enum llep_backend_kind)9), "unknown");
+    ck_assert_str_eq(llep__log_level_name(LLEP_LOG_WARNING), "warning");
+    ck_assert_str_eq(llep__log_level_name((enum llep_log_level)0), "unknown");
+}
+END_TEST
+
+START_TEST(test_config_file) {
+    static const char text[] =
+        "# llepd configuration\n"
+        "\n"
+        "socket = /run/llep/test.sock\n"
+        "   backend=cpu   \n"
+        "\tdevices = 4\r\n"
+        "device-memory = 512M\n"
+        "  # indented comment\n"
+        "alpha = 1.25\n"
+        "lambda = 1.5\n"
+        "min_tokens = 64\n"
+        "log-level = info";   /* no final newline */
+    llep_config c;
+    char *path = write_file("llepd.conf", text, sizeof(text) - 1);
+
+    llep__config_init(&c);
+    ck_assert_int_eq(llep__config_load_file(&c, path, err, sizeof(err)), 0);
+    ck_assert_str_eq(c.socket_path, "/run/llep/test.sock");
+    ck_assert_int_eq(c.backend, LLEP_BACKEND_CPU);
+    ck_assert_uint_eq(c.devices, 4);
+    ck_assert_uint_eq(c.device_memory, 512ull << 20);
+    ck_assert(c.alpha == 1.25);
+    ck_assert(c.lambda == 1.5);
+    ck_assert_uint_eq(c.min_tokens, 64);
+    ck_assert_int_eq(c.log_level, LLEP_LOG_INFO);
+    llep__config_fini(&c);
+
+    /* The command line wins over the file, before or after --config. */
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--devices", "2", "--config", path, "--alpha=3"), 0);
+    ck_assert_str_eq(c.config_file, path);
+    ck_assert_uint_eq(c.devices, 2);
+    ck_assert(c.alpha == 3.0);
+    ck_assert(c.lambda == 1.5);
+    ck_assert_str_eq(c.socket_path, "/run/llep/test.sock");
+    llep__config_fini(&c);
+
+    /* Empty and comment-only files are fine. */
+    llep__config_init(&c);
+    ck_assert_int_eq(llep__config_parse_text(&c, "x", "", 0, err, sizeof(err)), 0);
+    ck_assert_int_eq(llep__config_parse_text(&c, "x", "#\n\n  \n", 6, err, sizeof(err)), 0);
+    llep__config_fini(&c);
+}
+END_TEST
+
+/* Each broken file fails with FILE:LINE naming the key. */
+START_TEST(test_config_file_errors) {
+    static const struct { const char *text; int r; const char *msg; } cases[] = {
+        { "alpha = 1\n\nfrobnicate = 2\n", -ENOENT, "F:3: unknown key 'frobnicate'" },
+        { "backend = cpu\nalpha = fast\n", -EINVAL,
+          "F:2: bad value 'fast' for key 'alpha': expected a finite number > 0" },
+        { "# c\nlambda = 1.3 # the default\n", -EINVAL,
+          "F:2: bad value '1.3 # the default' for key 'lambda': expected a finite number > 0" },
+        { "devices 8\n", -EINVAL, "F:1: expected 'key = value', got 'devices 8'" },
+        { "\n\n = 8\n", -EINVAL, "F:3: missing key before '='" },
+        { "devices =\n", -EINVAL, "F:1: missing value for key 'devices'" },
+        { "devices = 0\n", -EINVAL,
+          "F:1: bad value '0' for key 'devices': expected auto or an integer from 1 to 4096" },
+        { "config = /etc/other.conf\n", -EINVAL,
+          "F:1: key 'config' cannot be used in a config file" },
+        { "log-level = loud\n", -EINVAL,
+          "F:1: bad value 'loud' for key 'log-level': expected err, warning, notice, info or "
+          "debug" },
+        { "device-memory = 1T\ndevice-memory = 99999999T\n", -EINVAL,
+          "F:2: bad value '99999999T' for key 'device-memory': expected auto or a size > 0 "
+          "like 512M, 16G or 1T" },
+        { "min-tokens = 1\nmin-tokens = 2\nMIN-TOKENS = 3\n", -ENOENT,
+          "F:3: unknown key 'MIN-TOKENS'" },
+        { "a\xff\x01 = 1\n", -ENOENT, "F:1: unknown key 'a\\xff\\x01'" },
+        { "--alpha = 1\n", -ENOENT, "F:1: unknown key '--alpha'" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        llep_config c;
+
+        llep__config_init(&c);
+        ck_assert_int_eq(llep__config_parse_text(&c, "F", cases[i].text, strlen(cases[i].text),
+                                                 err, sizeof(err)), cases[i].r);
+        ck_assert_str_eq(err, cases[i].msg);
+        llep__config_fini(&c);
+    }
+}
+END_TEST
+
+START_TEST(test_config_file_io_errors) {
+    static const char nul[] = "alpha = 1\nlambda = 1\0\n";
+    llep_config c;
+    char *path;
+    char expect[256], *big;
+
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--config", "/nonexistent/llepd.conf"), -ENOENT);
+    ck_assert_str_eq(err, "/nonexistent/llepd.conf: cannot open: No such file or directory");
+    ck_assert_int_eq(llep__config_load_file(&c, tmpdir, err, sizeof(err)), -EISDIR);
+    ck_assert_ptr_nonnull(strstr(err, "cannot read"));
+
+    path = write_file("nul.conf", nul, sizeof(nul) - 1);
+    ck_assert_int_eq(llep__config_load_file(&c, path, err, sizeof(err)), -EINVAL);
+    snprintf(expect, sizeof(expect), "%s:2: line contains a NUL byte", path);
+    ck_assert_str_eq(err, expect);
+
+    /* A file error through --config names the file and line too. */
+    path = write_file("bad.conf", "alpha = 1\nbackend = tpu\n", 24);
+    ck_assert_int_eq(PARSE(&c, "--config", path), -EINVAL);
+    snprintf(expect, sizeof(expect),
+             "%s:2: bad value 'tpu' for key 'backend': expected cpu, cuda or auto", path);
+    ck_assert_str_eq(err, expect);
+    ck_assert_int_eq(PARSE(&c, "--config", path, "--config", path), -EINVAL);
+    ck_assert_str_eq(err, "option '--config' given more than once");
+
+    big = malloc(LLEP_CONFIG_FILE_MAX + 1);
+    memset(big, '\n', LLEP_CONFIG_FILE_MAX + 1);
+    path = write_file("big.conf", big, LLEP_CONFIG_FILE_MAX);
+    ck_assert_int_eq(llep__config_load_file(&c, path, err, sizeof(err)), 0);
+    path = write_file("big.conf", big, LLEP_CONFIG_FILE_MAX + 1);
+    ck_assert_int_eq(llep__config_load_file(&c, path, err, sizeof(err)), -EFBIG);
+    free(big);
+
+    if (geteuid() != 0) {
+        path = write_file("secret.conf", "alpha = 1\n", 10);
+        ck_assert_int_eq(chmod(path, 0), 0);
+        ck_assert_int_eq(llep__config_load_file(&c, path, err, sizeof(err)), -EACCES);
+    }
+    llep__config_fini(&c);
+}
+END_TEST
+
+START_TEST(test_config_set) {
+    llep_config c;
+
+    llep__config_init(&c);
+    ck_assert_int_eq(llep__config_set(&c, "lambda", "2.5", err, sizeof(err)), 0);
+    ck_assert(c.lambda == 2.5);
+    ck_assert_int_eq(llep__config_set(&c, "min_tokens", "7", err, sizeof(err)), 0);
+    ck_assert_uint_eq(c.min_tokens, 7);
+    ck_assert_int_eq(llep__config_set(&c, "policy", "ep", err, sizeof(err)), -ENOENT);
+    ck_assert_str_eq(err, "unknown key 'policy'");
+    ck_assert_int_eq(llep__config_set(&c, "config", "x", err, sizeof(err)), -ENOENT);
+    ck_assert_int_eq(llep__config_set(&c, "alpha", "0", err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "bad value '0' for key 'alpha': expected a finite number > 0");
+    /* Long values are cut short in messages. */
+    {
+        char v[200];
+
+        memset(v, '9', sizeof(v) - 1);
+        v[sizeof(v) - 1] = '\0';
+        ck_assert_int_eq(llep__config_set(&c, "devices", v, err, sizeof(err)), -EINVAL);
+        ck_assert_ptr_nonnull(strstr(err, "9999...' for key 'devices'"));
+    }
+    /* A tiny error buffer is filled safely; none at all is fine. */
+    {
+        char tiny[4];
+
+        ck_assert_int_eq(llep__config_set(&c, "alpha", "x", tiny, sizeof(tiny)), -EINVAL);
+        ck_assert_str_eq(tiny, "bad");
+        ck_assert_int_eq(llep__config_set(&c, "alpha", "x", NULL, 0), -EINVAL);
+    }
+    llep__config_fini(&c);
+}
+END_TEST
+
+START_TEST(test_default_socket) {
+    char *path = NULL;
+    llep_config c;
+
+    setenv("LLEP_SOCKET", "/srv/llep.sock", 1);
+    ck_assert_int_eq(llep__socket_path_default(&path), 0);
+    ck_assert_str_eq(path, "/srv/llep.sock");
+    free(path);
+
+    /* An empty $LLEP_SOCKET counts as unset. */
+    setenv("LLEP_SOCKET", "", 1);
+    setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
+    ck_assert_int_eq(llep__socket_path_default(&path), 0);
+    ck_assert_str_eq(path, geteuid() == 0 ? "/run/llep/llepd.sock"
+                                          : "/run/user/1000/llep/llepd.sock");
+    free(path);
+
+    if (geteuid() != 0) {
+        unsetenv("XDG_RUNTIME_DIR");
+        ck_assert_int_eq(llep__socket_path_default(&path), -ENXIO);
+        setenv("XDG_RUNTIME_DIR", "relative/dir", 1);
+        ck_assert_int_eq(llep__socket_path_default(&path), -ENXIO);
+        llep__config_init(&c);
+        ck_assert_int_eq(PARSE(&c, "--alpha", "1"), -ENXIO);
+        ck_assert_str_eq(err, "no socket path: give --socket, or set $LLEP_SOCKET or "
+                              "$XDG_RUNTIME_DIR");
+        /* An explicit --socket needs no environment. */
+        ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s"), 0);
+        llep__config_fini(&c);
+    }
+
+    setenv("LLEP_SOCKET", "/a/very/long/path/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock", 1);
+    ck_assert_int_eq(llep__socket_path_default(&path), -ENAMETOOLONG);
+    llep__config_init(&c);
+    ck_assert_int_eq(llep__config_finish(&c, err, sizeof(err)), -ENAMETOOLONG);
+    ck_assert_ptr_nonnull(strstr(err, "give --socket"));
+    llep__config_fini(&c);
+}
+END_TEST
+
+/* Running as root (as in CI containers), the system path is the default. */
+START_TEST(test_default_socket_root) {
+    char *path = NULL;
+
+    if (geteuid() != 0)
+        return;
+    unsetenv("XDG_RUNTIME_DIR");
+    ck_assert_int_eq(llep__socket_path_default(&path), 0);
+    ck_assert_str_eq(path, LLEP_SOCKET_SYSTEM);
+    free(path);
+}
+END_TEST
+
+static Suite *config_suite(void) {
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("core");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_every_option);
+    tcase_add_test(tc, test_bad_values);
+    tcase_add_test(tc, test_error_messages);
+    tcase_add_test(tc, test_help_version);
+    tcase_add_test(tc, test_config_file);
+    tcase_add_test(tc, test_config_file_errors);
+    tcase_add_test(tc, test_config_file_io_errors);
+    tcase_add_test(tc, test_config_set);
+    tcase_add_test(tc, test_default_socket);
+    tcase_add_test(tc, test_default_socket_root);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(config_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_ENV);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
