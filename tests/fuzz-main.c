@@ -361,6 +361,11 @@ int main(int argc, char **argv) {
         run_one(seeds.items[i].data, seeds.items[i].size);
     }
 
+    /* Mutants of a corpus entry may be as long as that entry: a valid arena image is bigger
+     * than the random inputs need to be. */
+    for (size_t i = 0; i < seeds.n; i++)
+        if (seeds.items[i].size > max_len)
+            max_len = seeds.items[i].size;
     rng_state = seed;
     buf = xmalloc(max_len);
     for (; done < runs; done++) {

@@ -1,11 +1,14 @@
-/* Framing codec: round trips, arbitrary splits, oversize, garbage, the protocol version. */
+/* Framing codec: round trips, arbitrary splits, oversize, garbage, the protocol version; and
+ * the checks of decoded messages (validate.c). */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "frame.h"
+#include "validate.h"
 
 /* Encodes f into a new buffer, failing the test on error. */
 static uint8_t *encode(const Llep__Frame *f, size_t *ret_len) {
@@ -520,6 +523,209 @@ START_TEST(test_names) {
 }
 END_TEST
 
+/* A small valid desc: N=8 K=2 D=16 H=32 f32. */
+static void make_desc(Llep__LayerDesc *d) {
+    llep__layer_desc__init(d);
+    d->num_experts = 8;
+    d->top_k = 2;
+    d->hidden = 16;
+    d->inter = 32;
+}
+
+START_TEST(test_desc_check) {
+    Llep__LayerDesc d;
+    char err[256];
+
+    make_desc(&d);
+    ck_assert_int_eq(llep__layer_desc_check(&d, err, sizeof(err)), 0);
+    d.top_k = 8;
+    ck_assert_int_eq(llep__layer_desc_check(&d, err, sizeof(err)), 0);
+    d.top_k = 9;
+    ck_assert_int_eq(llep__layer_desc_check(&d, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "top_k 9 is outside [1, num_experts = 8]");
+
+    /* Each field out of range in turn. */
+    for (int field = 0; field < 16; field++) {
+        make_desc(&d);
+        switch (field) {
+        case 0: d.num_experts = 0; break;
+        case 1: d.num_experts = LLEP_LAYER_MAX_EXPERTS + 1; break;
+        case 2: d.top_k = 0; break;
+        case 3: d.hidden = 0; break;
+        case 4: d.inter = LLEP_LAYER_MAX_DIM + 1; break;
+        case 5: d.dtype = (Llep__DType)2; break;
+        case 6: d.act = (Llep__Activation)-1; break;
+        case 7: d.policy = (Llep__Policy)3; break;
+        case 8: d.scope = (Llep__Scope)7; break;
+        case 9: d.act_alpha = NAN; break;
+        case 10: d.act_limit = -1.0f; break;
+        case 11: d.alpha = INFINITY; break;
+        case 12: d.lambda = -0.5f; break;
+        case 13: d.group = LLEP_LAYER_MAX_GROUP + 1; break;
+        case 14: d.inter = 0; break;
+        case 15: d.hidden = LLEP_LAYER_MAX_DIM + 1; break;
+        }
+        ck_assert_msg(llep__layer_desc_check(&d, err, sizeof(err)) == -EINVAL, "field %d",
+                      field);
+    }
+    ck_assert_int_eq(llep__layer_desc_check(NULL, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "missing layer description");
+
+    /* The largest accepted shape has sizes that fit comfortably in 64 bits. */
+    make_desc(&d);
+    d.num_experts = d.top_k = LLEP_LAYER_MAX_EXPERTS;
+    d.hidden = d.inter = LLEP_LAYER_MAX_DIM;
+    ck_assert_int_eq(llep__layer_desc_check(&d, err, sizeof(err)), 0);
+    {
+        llep_layer_bytes b;
+
+        llep__layer_bytes_of(&d, &b);
+        ck_assert_uint_eq(b.w_gate, UINT64_C(1) << 58);
+        ck_assert_uint_eq(b.b_down, UINT64_C(1) << 38);
+    }
+}
+END_TEST
+
+START_TEST(test_desc_shape) {
+    Llep__LayerDesc a, b;
+    char buf[128];
+
+    make_desc(&a);
+    make_desc(&b);
+    b.policy = LLEP__POLICY__POLICY_EP;   /* not part of the shape */
+    b.alpha = 2.0f;
+    ck_assert(llep__layer_desc_same_shape(&a, &b));
+    b.top_k = 4;
+    ck_assert(!llep__layer_desc_same_shape(&a, &b));
+    ck_assert(!llep__layer_desc_same_shape(&a, NULL));
+    llep__layer_desc_format_shape(&a, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "N=8 K=2 D=16 H=32 f32 swiglu");
+
+    make_desc(&b);
+    a.act = b.act = LLEP__ACTIVATION__ACT_SWIGLU_OAI;
+    b.act_alpha = 1.702f;   /* the default spelled out equals 0 */
+    ck_assert(llep__layer_desc_same_shape(&a, &b));
+    b.act_limit = 5.0f;
+    ck_assert(!llep__layer_desc_same_shape(&a, &b));
+    b.dtype = LLEP__DTYPE__DTYPE_BF16;
+    llep__layer_desc_format_shape(&b, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "N=8 K=2 D=16 H=32 bf16 swiglu_oai (alpha 1.702, limit 5)");
+    llep__layer_desc_format_shape(NULL, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "(no shape)");
+}
+END_TEST
+
+START_TEST(test_layer_create_check) {
+    /* f32 N=8 D=16 H=32: weights 16 KiB each, biases 1 KiB (gate, up) and 512 B (down). */
+    Llep__LayerCreate lc;
+    Llep__LayerDesc d;
+    Llep__TensorRef w[6];
+    llep_arena_geom g;
+    llep_arena a;
+    uint64_t t;
+    char err[256];
+
+    ck_assert_int_eq(llep__arena_layout(64 << 10, 0, 0, &g), 0);
+    ck_assert_int_eq(llep__arena_create(&g, &a), 0);
+    t = g.tensor_offset;
+    make_desc(&d);
+    llep__layer_create__init(&lc);
+    lc.name = (char *)"moe0";
+    lc.desc = &d;
+    for (int i = 0; i < 6; i++)
+        llep__tensor_ref__init(&w[i]);
+    w[0].offset = t;            w[0].bytes = 16384;
+    w[1].offset = t + 16384;    w[1].bytes = 16384;
+    w[2].offset = t + 32768;    w[2].bytes = 16384;
+    w[3].offset = t + 49152;    w[3].bytes = 1024;
+    w[4].offset = t + 50176;    w[4].bytes = 1024;
+    w[5].offset = t + 51200;    w[5].bytes = 512;
+    lc.w_gate = &w[0];
+    lc.w_up = &w[1];
+    lc.w_down = &w[2];
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), 0);
+    lc.b_gate = &w[3];
+    lc.b_up = &w[4];
+    lc.b_down = &w[5];
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), 0);
+
+    ck_assert_int_eq(llep__layer_create_check(&lc, NULL, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "no arena to read the weights from: send arena_setup first");
+    lc.w_up = NULL;
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "w_up is missing");
+    lc.w_up = &w[1];
+    w[5].bytes = 511;
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "b_down has 511 bytes, the shape needs 512");
+    w[5].bytes = 512;
+    w[2].offset = t + 2;
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "w_down offset"));
+    w[2].offset = g.arena_size - 16000;
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "outside the tensor space"));
+    w[2].offset = 0;
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    w[2].offset = UINT64_MAX - 8;
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    w[2].offset = t + 32768;
+    d.dtype = LLEP__DTYPE__DTYPE_BF16;   /* now every size is twice what bf16 needs */
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "w_gate has 16384 bytes, the shape needs 8192");
+    d.dtype = LLEP__DTYPE__DTYPE_F32;
+    lc.name = (char *)"bad name";
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    lc.name = (char *)"moe0";
+    lc.desc = NULL;
+    ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
+    ck_assert_int_eq(llep__layer_create_check(NULL, &a, err, sizeof(err)), -EINVAL);
+    llep__arena_unmap(&a);
+}
+END_TEST
+
+START_TEST(test_attach_and_arena_setup) {
+    Llep__LayerAttach la;
+    Llep__LayerDesc d;
+    Llep__ArenaSetup s;
+    Llep__ArenaReply r;
+    llep_arena_geom g, back;
+    char err[256];
+
+    llep__layer_attach__init(&la);
+    la.name = (char *)"moe0";
+    ck_assert_int_eq(llep__layer_attach_check(&la, err, sizeof(err)), 0);
+    make_desc(&d);
+    d.top_k = 0;
+    la.desc = &d;
+    ck_assert_int_eq(llep__layer_attach_check(&la, err, sizeof(err)), -EINVAL);
+    la.name = NULL;   /* proto3 strings decode as "", but a handler may pass NULL */
+    ck_assert_int_eq(llep__layer_attach_check(&la, err, sizeof(err)), -EINVAL);
+    ck_assert_int_eq(llep__layer_attach_check(NULL, err, sizeof(err)), -EINVAL);
+
+    llep__arena_setup__init(&s);
+    s.tensor_bytes = 1 << 20;
+    ck_assert_int_eq(llep__arena_setup_check(&s, 1 << 30, &g, err, sizeof(err)), 0);
+    ck_assert_uint_eq(g.tensor_size, 1 << 20);
+    ck_assert_uint_eq(g.sq_entries, LLEP_RING_DEFAULT_ENTRIES);
+    ck_assert_int_eq(llep__arena_setup_check(&s, 1 << 19, &g, err, sizeof(err)), -ENOMEM);
+    ck_assert_str_eq(err, "arena of 1048576 tensor bytes is over this daemon's limit of "
+                          "524288");
+    s.sq_entries = 100;
+    ck_assert_int_eq(llep__arena_setup_check(&s, 1 << 30, &g, err, sizeof(err)), -EINVAL);
+    s.sq_entries = 64;
+    ck_assert_int_eq(llep__arena_setup_check(&s, 1 << 30, &g, err, sizeof(err)), 0);
+    ck_assert_int_eq(llep__arena_setup_check(NULL, 1 << 30, &g, err, sizeof(err)), -EINVAL);
+
+    /* The geometry survives a trip through ArenaReply. */
+    llep__arena_reply__init(&r);
+    llep__arena_reply_set_geom(&r, &g);
+    ck_assert_uint_eq(r.ring_version, LLEP_RING_VERSION);
+    llep__arena_reply_get_geom(&r, &back);
+    ck_assert_mem_eq(&g, &back, sizeof(g));
+}
+END_TEST
+
 static Suite *frame_suite(void) {
     Suite *s = suite_create("frame");
     TCase *tc = tcase_create("core");
@@ -539,6 +745,13 @@ static Suite *frame_suite(void) {
     tcase_add_test(tc, test_status_errno);
     tcase_add_test(tc, test_body_names);
     tcase_add_test(tc, test_names);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("validate");
+    tcase_add_test(tc, test_desc_check);
+    tcase_add_test(tc, test_desc_shape);
+    tcase_add_test(tc, test_layer_create_check);
+    tcase_add_test(tc, test_attach_and_arena_setup);
     suite_add_tcase(s, tc);
     return s;
 }
