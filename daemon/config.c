@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -583,6 +584,80 @@ void llep__config_usage(FILE *f, const char *program) {
             "read `key = value` lines with the keys above first");
     fprintf(f, "  -h, --help %-*s %s\n", 20, "", "show this help");
     fprintf(f, "      --version %-*s %s\n", 16, "", "show the version");
+}
+
+static const char *const policy_names[] = {
+    [LLEP_POLICY_AUTO] = "auto",
+    [LLEP_POLICY_EP] = "ep",
+    [LLEP_POLICY_LLEP] = "llep",
+};
+
+const char *llep__policy_name(int policy) {
+    if (policy < LLEP_POLICY_AUTO || policy > LLEP_POLICY_LLEP)
+        return "unknown";
+    return policy_names[policy];
+}
+
+int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
+                        char *err, size_t errlen) {
+    llep_setting s = { 0 };
+    const char *expect;
+    char q[300];
+    int r;
+
+    if (strcmp(key, "alpha") == 0 || strcmp(key, "lambda") == 0) {
+        s.key = key[0] == 'a' ? LLEP_SETTING_ALPHA : LLEP_SETTING_LAMBDA;
+        expect = "a finite number > 0";
+        r = parse_positive(value, &s.value);
+    } else if (strcmp(key, "min_tokens") == 0 || strcmp(key, "min-tokens") == 0) {
+        s.key = LLEP_SETTING_MIN_TOKENS;
+        expect = "an integer from 0 to 4294967295";
+        r = llep__parse_u32(value, &s.min_tokens);
+    } else if (strcmp(key, "policy") == 0) {
+        s.key = LLEP_SETTING_POLICY;
+        expect = "auto, ep or llep";
+        r = -EINVAL;
+        for (int p = LLEP_POLICY_AUTO; p <= LLEP_POLICY_LLEP; p++)
+            if (strcmp(value, policy_names[p]) == 0) {
+                s.policy = p;
+                r = 0;
+            }
+    } else {
+        quote(q, sizeof(q), key, strlen(key));
+        set_error(err, errlen, "unknown setting %s: expected alpha, lambda, min_tokens or "
+                               "policy", q);
+        return -ENOENT;
+    }
+    if (r < 0) {
+        quote(q, sizeof(q), value, strlen(value));
+        set_error(err, errlen, "bad value %s for %s: expected %s", q, key, expect);
+        return -EINVAL;
+    }
+    *ret = s;
+    return 0;
+}
+
+void llep__setting_format(const llep_setting *s, char *buf, size_t len) {
+    switch (s->key) {
+    case LLEP_SETTING_ALPHA:
+    case LLEP_SETTING_LAMBDA:
+        /* Shortest form that reads back as the same double. */
+        for (int prec = 1; prec <= 17; prec++) {
+            snprintf(buf, len, "%.*g", prec, s->value);
+            if (strtod(buf, NULL) == s->value)
+                break;
+        }
+        break;
+    case LLEP_SETTING_MIN_TOKENS:
+        snprintf(buf, len, "%" PRIu32, s->min_tokens);
+        break;
+    case LLEP_SETTING_POLICY:
+        snprintf(buf, len, "%s", llep__policy_name(s->policy));
+        break;
+    default:
+        snprintf(buf, len, "?");
+        break;
+    }
 }
 
 const char *llep__backend_name(enum llep_backend_kind backend) {

@@ -93,6 +93,34 @@ int llep__config_finish(llep_config *c, char *err, size_t errlen);
  * LLEP_SOCKET_PATH_MAX, -ENOMEM. Also what llep_connect(NULL) uses. */
 int llep__socket_path_default(char **ret);
 
+/* `llepctl set [LAYER] KEY=VALUE` (SetRequest): the settings a running daemon accepts, for
+ * one layer or as the default of all layers. Parsed here, with the same rules as the config
+ * file, so llepctl's values and llepd's options cannot disagree. */
+enum llep_setting_key {
+    LLEP_SETTING_ALPHA,
+    LLEP_SETTING_LAMBDA,
+    LLEP_SETTING_MIN_TOKENS,
+    LLEP_SETTING_POLICY,
+};
+
+typedef struct llep_setting {
+    enum llep_setting_key key;
+    double value;                 /* alpha, lambda: finite and > 0 */
+    uint32_t min_tokens;
+    int policy;                   /* enum llep_policy */
+} llep_setting;
+
+/* Parses KEY (alpha, lambda, min_tokens or min-tokens, policy) and VALUE (policy: auto, ep or
+ * llep). Returns 0, -ENOENT for an unknown key or -EINVAL for a bad value, with a sentence in
+ * err. */
+int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
+                        char *err, size_t errlen);
+
+/* Writes the setting's value as llepctl shows it (SetReply.value): "1.5", "1024", "llep". */
+void llep__setting_format(const llep_setting *s, char *buf, size_t len);
+
+const char *llep__policy_name(int policy);
+
 /* Usage text for --help. */
 void llep__config_usage(FILE *f, const char *program);
 

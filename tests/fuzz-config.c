@@ -3,7 +3,7 @@
  *
  * The input is parsed as a config file; then its lines become argv for the command-line
  * parser (without --config, which would read files named by the input); then each line goes
- * through every number parser. Crashes, sanitizer reports, leaks, or an error without a
+ * through every number parser, and each KEY=VALUE line through the llepctl setting parser. Crashes, sanitizer reports, leaks, or an error without a
  * message are bugs. */
 #include <errno.h>
 #include <math.h>
@@ -68,6 +68,20 @@ numbers:
         if (llep__parse_double(argv[i], &d) == 0 && !isfinite(d))
             abort();   /* NaN or infinity got through */
         (void)llep__parse_size(argv[i], &u64);
+    }
+    /* llepctl set KEY=VALUE, split at the first '='. */
+    for (int i = 1; i < argc; i++) {
+        char *eq = strchr(argv[i], '='), buf[64];
+        llep_setting st;
+
+        if (!eq)
+            continue;
+        *eq = '\0';
+        err[0] = '\0';
+        r = llep__setting_parse(argv[i], eq + 1, &st, err, sizeof(err));
+        check_message(r, err);
+        if (r == 0)
+            llep__setting_format(&st, buf, sizeof(buf));
     }
     free(text);
     return 0;

@@ -428,6 +428,56 @@ START_TEST(test_default_socket_root) {
 }
 END_TEST
 
+START_TEST(test_settings) {
+    llep_setting st;
+    char buf[64];
+
+    ck_assert_int_eq(llep__setting_parse("alpha", "1.5", &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st.key, LLEP_SETTING_ALPHA);
+    ck_assert(st.value == 1.5);
+    llep__setting_format(&st, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "1.5");
+    ck_assert_int_eq(llep__setting_parse("lambda", "1.3", &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st.key, LLEP_SETTING_LAMBDA);
+    llep__setting_format(&st, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "1.3");
+    ck_assert_int_eq(llep__setting_parse("lambda", "0.1", &st, err, sizeof(err)), 0);
+    st.value = 1.0 / 3.0;
+    llep__setting_format(&st, buf, sizeof(buf));
+    ck_assert(strtod(buf, NULL) == 1.0 / 3.0);
+    ck_assert_int_eq(llep__setting_parse("min_tokens", "2048", &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st.key, LLEP_SETTING_MIN_TOKENS);
+    ck_assert_uint_eq(st.min_tokens, 2048);
+    llep__setting_format(&st, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "2048");
+    ck_assert_int_eq(llep__setting_parse("min-tokens", "0", &st, err, sizeof(err)), 0);
+    for (int p = LLEP_POLICY_AUTO; p <= LLEP_POLICY_LLEP; p++) {
+        ck_assert_int_eq(llep__setting_parse("policy", llep__policy_name(p), &st, err,
+                                             sizeof(err)), 0);
+        ck_assert_int_eq(st.key, LLEP_SETTING_POLICY);
+        ck_assert_int_eq(st.policy, p);
+        llep__setting_format(&st, buf, sizeof(buf));
+        ck_assert_str_eq(buf, llep__policy_name(p));
+    }
+    ck_assert_str_eq(llep__policy_name(LLEP_POLICY_LLEP), "llep");
+    ck_assert_str_eq(llep__policy_name(7), "unknown");
+
+    st.key = LLEP_SETTING_MIN_TOKENS;
+    st.min_tokens = 5;
+    ck_assert_int_eq(llep__setting_parse("policy", "LLEP", &st, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "bad value 'LLEP' for policy: expected auto, ep or llep");
+    ck_assert_uint_eq(st.min_tokens, 5);   /* untouched on error */
+    ck_assert_int_eq(llep__setting_parse("alpha", "0", &st, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "bad value '0' for alpha: expected a finite number > 0");
+    ck_assert_int_eq(llep__setting_parse("lambda", "nan", &st, err, sizeof(err)), -EINVAL);
+    ck_assert_int_eq(llep__setting_parse("min_tokens", "-1", &st, err, sizeof(err)), -EINVAL);
+    ck_assert_int_eq(llep__setting_parse("min_tokens", "1e3", &st, err, sizeof(err)), -EINVAL);
+    ck_assert_int_eq(llep__setting_parse("devices", "8", &st, err, sizeof(err)), -ENOENT);
+    ck_assert_str_eq(err, "unknown setting 'devices': expected alpha, lambda, min_tokens or "
+                          "policy");
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("core");
@@ -444,6 +494,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_config_set);
     tcase_add_test(tc, test_default_socket);
     tcase_add_test(tc, test_default_socket_root);
+    tcase_add_test(tc, test_settings);
     suite_add_tcase(s, tc);
     return s;
 }
