@@ -1,6 +1,6 @@
 /* Shared-memory arena and rings: layout, validation of hostile arenas, ring order and
  * corruption, concurrent producers/consumers in threads and in processes, eventfd wake-ups,
- * submission checks. */
+ * submission checks, and handing the arena over a unix socket (fdpass.c). */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -9,10 +9,14 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fdpass.h"
 #include "ring.h"
 
 static void make_arena(llep_arena *a, uint64_t tensor_bytes, uint32_t sq, uint32_t cq) {
@@ -581,6 +585,122 @@ START_TEST(test_routing_check) {
 }
 END_TEST
 
+/* Open descriptors of this process, to prove nothing leaked. */
+static int count_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+
+    ck_assert_ptr_nonnull(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* The hand-over llepd does with ArenaReply: memfd plus two eventfds, then both sides talk
+ * through the rings and wake each other through the passed eventfds. */
+START_TEST(test_fdpass_arena) {
+    llep_arena daemon, client;
+    llep_sqe e = { .tag = 42 }, out;
+    int sv[2], fds[3], got[LLEP_FDPASS_MAX];
+    size_t nfds = 0;
+    char buf[16], err[256];
+    uint64_t count;
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    make_arena(&daemon, 4096, 4, 4);
+    fds[0] = daemon.fd;
+    fds[1] = llep__eventfd_open(true);
+    fds[2] = llep__eventfd_open(true);
+    ck_assert_int_eq(llep__send_with_fds(sv[0], "arena-reply", 11, fds, 3), 11);
+
+    ck_assert_int_eq(llep__recv_with_fds(sv[1], buf, sizeof(buf), got, 3, &nfds), 11);
+    ck_assert_uint_eq(nfds, 3);
+    ck_assert_mem_eq(buf, "arena-reply", 11);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(fcntl(got[i], F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+    ck_assert_int_eq(llep__arena_map(got[0], &daemon.geom, &client, err, sizeof(err)), 0);
+    close(got[0]);   /* the mapping stays */
+
+    ck_assert_int_eq(llep__sq_push(&client, &e), 0);
+    ck_assert_int_eq(llep__eventfd_signal(got[1]), 0);
+    ck_assert_int_eq(llep__eventfd_wait(fds[1], &count), 0);
+    ck_assert_uint_eq(count, 1);
+    ck_assert_int_eq(llep__sq_pop(&daemon, &out), 0);
+    ck_assert_uint_eq(out.tag, 42);
+
+    /* Plain data comes through with no descriptors. */
+    ck_assert_int_eq(llep__send_with_fds(sv[0], "x", 1, NULL, 0), 1);
+    ck_assert_int_eq(llep__recv_with_fds(sv[1], buf, sizeof(buf), got, 3, &nfds), 1);
+    ck_assert_uint_eq(nfds, 0);
+
+    /* A closed peer reads as 0 bytes, and writing to it is -EPIPE, not SIGPIPE. */
+    close(sv[0]);
+    ck_assert_int_eq(llep__recv_with_fds(sv[1], buf, sizeof(buf), got, 3, &nfds), 0);
+    signal(SIGPIPE, SIG_DFL);
+    ck_assert_int_eq(llep__send_with_fds(sv[1], "x", 1, NULL, 0), -EPIPE);
+
+    for (int i = 1; i < 3; i++) {
+        close(fds[i]);
+        close(got[i]);
+    }
+    close(sv[1]);
+    llep__arena_unmap(&client);
+    llep__arena_unmap(&daemon);
+}
+END_TEST
+
+/* A peer sending more descriptors than expected gets -EPROTO, and none of them stays open. */
+START_TEST(test_fdpass_hostile) {
+    int sv[2], fds[4], got[LLEP_FDPASS_MAX], before;
+    size_t nfds = 99;
+    char buf[16];
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    for (int i = 0; i < 4; i++)
+        fds[i] = llep__eventfd_open(false);
+    before = count_fds();
+    ck_assert_int_eq(llep__send_with_fds(sv[0], "abc", 3, fds, 4), 3);
+    ck_assert_int_eq(llep__recv_with_fds(sv[1], buf, sizeof(buf), got, 3, &nfds), -EPROTO);
+    ck_assert_uint_eq(nfds, 99);
+    ck_assert_int_eq(count_fds(), before);
+
+    /* Over the hard limit on the sending side. */
+    ck_assert_int_eq(llep__send_with_fds(sv[0], "abc", 3, fds, LLEP_FDPASS_MAX + 1), -EINVAL);
+    ck_assert_int_eq(llep__send_with_fds(sv[0], "abc", 0, fds, 1), -EINVAL);
+    ck_assert_int_eq(llep__send_with_fds(sv[0], "abc", 3, NULL, 1), -EINVAL);
+    ck_assert_int_eq(llep__send_with_fds(-1, "abc", 3, NULL, 0), -EBADF);
+    for (int i = 0; i < 4; i++)
+        close(fds[i]);
+    close(sv[0]);
+    close(sv[1]);
+}
+END_TEST
+
+/* On a full non-blocking socket the sender gets -EAGAIN or a partial count, never a hang. */
+START_TEST(test_fdpass_nonblocking) {
+    static char big[1 << 16];
+    int sv[2], fd = llep__eventfd_open(false);
+    ssize_t n;
+    size_t total = 0;
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+    for (;;) {
+        n = llep__send_with_fds(sv[0], big, sizeof(big), &fd, 1);
+        if (n < 0)
+            break;
+        ck_assert_int_gt(n, 0);
+        total += (size_t)n;
+        ck_assert_uint_lt(total, 1u << 30);
+    }
+    ck_assert_int_eq(n, -EAGAIN);
+    ck_assert_uint_gt(total, 0);
+    close(fd);
+    close(sv[0]);
+    close(sv[1]);
+}
+END_TEST
+
 static Suite *ring_suite(void) {
     Suite *s = suite_create("ring");
     TCase *tc = tcase_create("core");
@@ -599,6 +719,12 @@ static Suite *ring_suite(void) {
     tcase_add_test(tc, test_check_span);
     tcase_add_test(tc, test_sqe_check);
     tcase_add_test(tc, test_routing_check);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("fdpass");
+    tcase_add_test(tc, test_fdpass_arena);
+    tcase_add_test(tc, test_fdpass_hostile);
+    tcase_add_test(tc, test_fdpass_nonblocking);
     suite_add_tcase(s, tc);
     return s;
 }
