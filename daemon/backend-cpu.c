@@ -1,0 +1,332 @@
+/* The CPU backend: P logical devices on a pool of host threads.
+ *
+ * Operations are queued per device and run when the engine calls sync(): the caller and the
+ * pool's workers take whole devices off a shared counter and run each device's queue in
+ * order, so a device's operations never run concurrently with each other while different
+ * devices run in parallel. Each operation's cost is the thread CPU time it used
+ * (CLOCK_THREAD_CPUTIME_ID), which is the device's busy time even when more devices than
+ * cores share the machine (DESIGN.md section 7).
+ *
+ * OpenBLAS is put in single-threaded mode: its own thread pool would compete with the device
+ * threads, and the CPU time of its workers would not show in the device's thread clock. */
+#include "backend.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Set by the build when the BLAS is OpenBLAS; its cblas.h is not the only one we accept. */
+#ifdef LLEP_HAVE_OPENBLAS_THREADS
+void openblas_set_num_threads(int num_threads);
+#endif
+
+enum op_kind { OP_COPY, OP_GATHER, OP_CHUNK, OP_COMBINE };
+
+typedef struct cpu_op {
+    enum op_kind kind;
+    union {
+        struct {
+            void *dst;
+            const void *src;
+            size_t bytes;
+        } copy;
+        struct {
+            void *dst;
+            const void *const *src;
+            size_t n, row_bytes;
+        } gather;
+        llep_expert_chunk chunk;
+        llep_combine combine;
+    } u;
+} cpu_op;
+
+typedef struct cpu_device {
+    cpu_op *ops;
+    size_t n, cap;
+    uint64_t busy_ns;
+} cpu_device;
+
+typedef struct cpu_backend {
+    llep_backend base;
+    cpu_device *dev;
+    pthread_t *workers;
+    uint32_t nworkers;
+    pthread_mutex_t lock;
+    pthread_cond_t start, done;
+    uint64_t generation;  /* bumped by sync() to start the workers */
+    uint32_t active;      /* workers still in the current generation */
+    int stop;
+    atomic_uint next_dev; /* next device to take in the current generation */
+} cpu_backend;
+
+static uint64_t thread_cpu_ns(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void run_op(const cpu_op *op) {
+    switch (op->kind) {
+    case OP_COPY:
+        memcpy(op->u.copy.dst, op->u.copy.src, op->u.copy.bytes);
+        break;
+    case OP_GATHER:
+        llep__k_gather_rows(op->u.gather.dst, op->u.gather.src, op->u.gather.n,
+                            op->u.gather.row_bytes);
+        break;
+    case OP_CHUNK:
+        llep__k_expert_ffn(&op->u.chunk);
+        break;
+    case OP_COMBINE:
+        llep__k_combine(&op->u.combine);
+        break;
+    }
+}
+
+static void run_device(cpu_device *d) {
+    for (size_t i = 0; i < d->n; i++) {
+        uint64_t t0 = thread_cpu_ns();
+        run_op(&d->ops[i]);
+        d->busy_ns += thread_cpu_ns() - t0;
+    }
+}
+
+/* Takes devices off the shared counter until none is left. */
+static void run_devices(cpu_backend *b) {
+    for (;;) {
+        uint32_t d = atomic_fetch_add(&b->next_dev, 1);
+        if (d >= b->base.num_devices)
+            return;
+        run_device(&b->dev[d]);
+    }
+}
+
+static void *worker_main(void *arg) {
+    cpu_backend *b = arg;
+
+    /* Generation 0 is the one before the first sync(): a worker that starts late must still
+     * see that sync's generation as new. */
+    uint64_t seen = 0;
+
+    pthread_mutex_lock(&b->lock);
+    for (;;) {
+        while (!b->stop && b->generation == seen)
+            pthread_cond_wait(&b->start, &b->lock);
+        if (b->stop)
+            break;
+        seen = b->generation;
+        pthread_mutex_unlock(&b->lock);
+        run_devices(b);
+        pthread_mutex_lock(&b->lock);
+        if (--b->active == 0)
+            pthread_cond_signal(&b->done);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+static void cpu_destroy(llep_backend *base) {
+    cpu_backend *b = (cpu_backend *)base;
+
+    if (!b)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->stop = 1;
+    pthread_cond_broadcast(&b->start);
+    pthread_mutex_unlock(&b->lock);
+    for (uint32_t i = 0; i < b->nworkers; i++)
+        pthread_join(b->workers[i], NULL);
+    pthread_cond_destroy(&b->done);
+    pthread_cond_destroy(&b->start);
+    pthread_mutex_destroy(&b->lock);
+    if (b->dev)
+        for (uint32_t d = 0; d < b->base.num_devices; d++)
+            free(b->dev[d].ops);
+    free(b->dev);
+    free(b->workers);
+    free(b);
+}
+
+static uint32_t default_threads(uint32_t num_devices) {
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (ncpu < 1)
+        ncpu = 1;
+    return (uint64_t)ncpu < num_devices ? (uint32_t)ncpu : num_devices;
+}
+
+static int cpu_create(const llep_backend_options *opt, llep_backend **ret) {
+    cpu_backend *b;
+
+    if (!opt || opt->num_devices == 0 || !ret)
+        return -EINVAL;
+    b = calloc(1, sizeof(*b));
+    if (!b)
+        return -ENOMEM;
+    b->base.ops = &llep__backend_cpu;
+    b->base.num_devices = opt->num_devices;
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->start, NULL);
+    pthread_cond_init(&b->done, NULL);
+    atomic_init(&b->next_dev, 0);
+    b->dev = calloc(opt->num_devices, sizeof(*b->dev));
+    if (!b->dev)
+        goto nomem;
+
+#ifdef LLEP_HAVE_OPENBLAS_THREADS
+    openblas_set_num_threads(1);
+#endif
+    /* The thread that calls sync() works too, so the pool holds one thread fewer. */
+    uint32_t threads = opt->threads ? opt->threads : default_threads(opt->num_devices);
+    if (threads > opt->num_devices)
+        threads = opt->num_devices;
+    if (threads > 1) {
+        b->workers = calloc(threads - 1, sizeof(*b->workers));
+        if (!b->workers)
+            goto nomem;
+        for (uint32_t i = 0; i < threads - 1; i++) {
+            if (pthread_create(&b->workers[i], NULL, worker_main, b) != 0)
+                goto nomem;
+            b->nworkers++;
+        }
+    }
+    *ret = &b->base;
+    return 0;
+
+nomem:
+    cpu_destroy(&b->base);
+    return -ENOMEM;
+}
+
+static int cpu_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret) {
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    void *p;
+
+    if (dev >= base->num_devices || rounded < bytes)
+        return -EINVAL;
+    p = aligned_alloc(64, rounded ? rounded : 64);
+    if (!p)
+        return -ENOMEM;
+    *ret = p;
+    return 0;
+}
+
+static void cpu_free(llep_backend *base, uint32_t dev, void *ptr) {
+    free(ptr);
+}
+
+static cpu_op *push(llep_backend *base, uint32_t dev) {
+    cpu_backend *b = (cpu_backend *)base;
+
+    if (dev >= base->num_devices)
+        return NULL;
+    cpu_device *d = &b->dev[dev];
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? 2 * d->cap : 64;
+        cpu_op *ops = realloc(d->ops, cap * sizeof(*ops));
+        if (!ops)
+            return NULL;
+        d->ops = ops;
+        d->cap = cap;
+    }
+    return &d->ops[d->n++];
+}
+
+static int cpu_copy(llep_backend *base, uint32_t dev, void *dst, const void *src, size_t bytes) {
+    cpu_op *op = push(base, dev);
+
+    if (!op)
+        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+    op->kind = OP_COPY;
+    op->u.copy.dst = dst;
+    op->u.copy.src = src;
+    op->u.copy.bytes = bytes;
+    return 0;
+}
+
+static int cpu_gather(llep_backend *base, uint32_t dev, void *dst, const void *const *src,
+                      size_t n, size_t row_bytes) {
+    cpu_op *op = push(base, dev);
+
+    if (!op)
+        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+    op->kind = OP_GATHER;
+    op->u.gather.dst = dst;
+    op->u.gather.src = src;
+    op->u.gather.n = n;
+    op->u.gather.row_bytes = row_bytes;
+    return 0;
+}
+
+static int cpu_run_chunk(llep_backend *base, uint32_t dev, const llep_expert_chunk *c) {
+    cpu_op *op = push(base, dev);
+
+    if (!op)
+        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+    op->kind = OP_CHUNK;
+    op->u.chunk = *c;
+    return 0;
+}
+
+static int cpu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
+    cpu_op *op = push(base, dev);
+
+    if (!op)
+        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+    op->kind = OP_COMBINE;
+    op->u.combine = *c;
+    return 0;
+}
+
+static int cpu_sync(llep_backend *base) {
+    cpu_backend *b = (cpu_backend *)base;
+    int queued = 0;
+
+    for (uint32_t d = 0; d < base->num_devices; d++)
+        queued |= b->dev[d].n > 0;
+    if (!queued)
+        return 0;
+
+    pthread_mutex_lock(&b->lock);
+    atomic_store(&b->next_dev, 0);
+    b->active = b->nworkers;
+    b->generation++;
+    pthread_cond_broadcast(&b->start);
+    pthread_mutex_unlock(&b->lock);
+
+    run_devices(b);
+
+    pthread_mutex_lock(&b->lock);
+    while (b->active > 0)
+        pthread_cond_wait(&b->done, &b->lock);
+    pthread_mutex_unlock(&b->lock);
+
+    for (uint32_t d = 0; d < base->num_devices; d++)
+        b->dev[d].n = 0;
+    return 0;
+}
+
+static uint64_t cpu_busy_ns(const llep_backend *base, uint32_t dev) {
+    const cpu_backend *b = (const cpu_backend *)base;
+
+    return dev < base->num_devices ? b->dev[dev].busy_ns : 0;
+}
+
+const llep_backend_ops llep__backend_cpu = {
+    .name = "cpu",
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy = cpu_copy,
+    .gather = cpu_gather,
+    .run_chunk = cpu_run_chunk,
+    .combine = cpu_combine,
+    .sync = cpu_sync,
+    .busy_ns = cpu_busy_ns,
+};

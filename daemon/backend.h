@@ -1,0 +1,61 @@
+/* The device backend interface (DESIGN.md section 3).
+ *
+ * A backend owns P logical devices. The engine asks it for device memory, queues work on a
+ * device, and waits: every queued operation runs asynchronously, in order per device (like a
+ * CUDA stream), and is only guaranteed done after sync(). The engine never learns whether the
+ * devices are host threads or GPUs; the operations are the kernels of moe-cpu.h, whose
+ * contracts the CUDA kernels share.
+ *
+ * Memory budgets are not the backend's business: the engine charges every buffer it
+ * allocates against the device's budget before asking the backend for it. */
+#ifndef LLEP_BACKEND_H
+#define LLEP_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe-cpu.h"
+
+typedef struct llep_backend llep_backend;
+
+typedef struct llep_backend_options {
+    uint32_t num_devices;
+    uint32_t threads;      /* host threads for the devices' work; 0: min(P, online CPUs) */
+} llep_backend_options;
+
+typedef struct llep_backend_ops {
+    const char *name;
+    int (*create)(const llep_backend_options *opt, llep_backend **ret);
+    void (*destroy)(llep_backend *b);
+
+    /* Device memory, 64-byte aligned. alloc returns 0 or -ENOMEM. */
+    int (*alloc)(llep_backend *b, uint32_t dev, size_t bytes, void **ret);
+    void (*free)(llep_backend *b, uint32_t dev, void *ptr);
+
+    /* Queued on `dev`. copy: bytes from src (memory of any device, or the host) to dst on
+     * dev. gather: n rows of row_bytes into dst on dev from src[i] (any device). The pointer
+     * arrays and structs are read when the operation runs, so they must live until sync(). */
+    int (*copy)(llep_backend *b, uint32_t dev, void *dst, const void *src, size_t bytes);
+    int (*gather)(llep_backend *b, uint32_t dev, void *dst, const void *const *src, size_t n,
+                  size_t row_bytes);
+    int (*run_chunk)(llep_backend *b, uint32_t dev, const llep_expert_chunk *c);
+    int (*combine)(llep_backend *b, uint32_t dev, const llep_combine *c);
+
+    /* Runs or waits for everything queued; returns 0 or the first error of those operations. */
+    int (*sync)(llep_backend *b);
+
+    /* Device time the device's own work has used since create, in nanoseconds. */
+    uint64_t (*busy_ns)(const llep_backend *b, uint32_t dev);
+} llep_backend_ops;
+
+/* Every backend instance starts with this header. */
+struct llep_backend {
+    const llep_backend_ops *ops;
+    uint32_t num_devices;
+};
+
+/* P logical devices on host threads; GEMMs through OpenBLAS in single-threaded mode; busy
+ * time is the thread CPU time of each device's operations. */
+extern const llep_backend_ops llep__backend_cpu;
+
+#endif

@@ -1,0 +1,648 @@
+/* The MoE step engine (engine.h): counting, planning, dispatch, weight transfers, expert
+ * chunks and combine, with every device buffer charged to a budget. */
+#include "engine.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ALIGN 64u
+
+/* A device as the engine sees it: its native experts and what is charged to it. */
+typedef struct engine_device {
+    void *native;          /* [M] expert blocks */
+    uint64_t native_bytes;
+    uint64_t used, peak, budget;
+    /* Buffers of the current step. */
+    void *x;               /* [rows][D], layer dtype: rows dispatched here */
+    float *y;              /* [rows][D]: results of those rows */
+    void *scratch;
+    uint64_t x_bytes, y_bytes, scratch_bytes;
+    uint64_t rows;         /* rows in the current step */
+    uint32_t max_chunk;    /* largest chunk in the current step */
+    uint32_t received;     /* transfers to this device in the current step */
+    size_t row_base;       /* this device's first entry in gather_src */
+} engine_device;
+
+struct llep_engine {
+    llep_engine_config cfg;   /* weight pointers cleared after creation */
+    llep_ffn_shape shape;
+    uint32_t n, k, d, h, p, m;
+    size_t esz;
+    int has_bg, has_bu, has_bd;
+    uint64_t expert_bytes;
+    uint64_t off_up, off_down, off_bg, off_bu, off_bd;
+
+    llep_backend *be;
+    engine_device *dev;
+    llep_engine_device_stats *dstats;
+    llep_plan plan;
+    int planned;
+    char err[256];
+
+    /* Step workspace on the host, sized for N experts and grown with the slot count. */
+    uint64_t *loads;          /* [N] */
+    uint64_t *rank;           /* [N] next rank within each expert */
+    uint32_t *cur_range;      /* [N] range holding that rank */
+    uint64_t *chunk_row;      /* [max ranges] first row of each range on its device */
+    void **recv;              /* [max ranges] received weight blocks, by transfer */
+    uint64_t *busy0;          /* [P] backend busy time at the start of the step */
+    size_t *home_base;        /* [P] each home device's first entry in combine_src */
+    const void **gather_src;  /* [slots] source row of each dispatched row */
+    const float **combine_src;/* [slots] result row of each (token, k) */
+    size_t slot_cap;
+};
+
+static int set_error(llep_engine *e, int r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int set_error(llep_engine *e, int r, const char *fmt, ...) {
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(e->err, sizeof(e->err), fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+static uint64_t monotonic_ns(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t align_up(uint64_t v) {
+    return (v + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
+}
+
+void llep__engine_config_default(llep_engine_config *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->dtype = LLEP_DTYPE_F32;
+    cfg->act = LLEP_ACT_SWIGLU;
+    cfg->act_alpha = LLEP_ACT_DEFAULT_ALPHA;
+    cfg->act_limit = LLEP_ACT_DEFAULT_LIMIT;
+    llep__plan_params_default(&cfg->plan);
+}
+
+/* Charges bytes to device d and allocates them; -ENOMEM when over its budget. */
+static int dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **ret) {
+    engine_device *dv = &e->dev[d];
+    int r;
+
+    *ret = NULL;
+    if (bytes == 0)
+        return 0;
+    if (bytes > SIZE_MAX || dv->used + bytes > dv->budget)
+        return -ENOMEM;
+    r = e->be->ops->alloc(e->be, d, (size_t)bytes, ret);
+    if (r < 0)
+        return r;
+    dv->used += bytes;
+    if (dv->used > dv->peak)
+        dv->peak = dv->used;
+    return 0;
+}
+
+static void dev_free(llep_engine *e, uint32_t d, void **ptr, uint64_t bytes) {
+    if (!*ptr)
+        return;
+    e->be->ops->free(e->be, d, *ptr);
+    e->dev[d].used -= bytes;
+    *ptr = NULL;
+}
+
+static int check_config(const llep_engine_config *c, char *err, size_t errlen) {
+    const char *what = NULL;
+
+    if (!c)
+        what = "no configuration";
+    else if (c->num_experts == 0 || c->top_k == 0 || c->hidden == 0 || c->inter == 0)
+        what = "num_experts, top_k, hidden and inter must be > 0";
+    else if (c->top_k > 4096 || c->hidden > (1u << 24) || c->inter > (1u << 24))
+        what = "top_k, hidden or inter is too large";
+    else if (c->num_devices == 0 || c->num_experts % c->num_devices != 0)
+        what = "num_experts must be a multiple of num_devices (> 0)";
+    else if (c->num_experts > LLEP_MAX_EXPERTS || c->num_devices > LLEP_MAX_DEVICES)
+        what = "too many experts or devices";
+    else if (c->dtype != LLEP_DTYPE_F32 && c->dtype != LLEP_DTYPE_BF16)
+        what = "unknown dtype";
+    else if (c->act != LLEP_ACT_SWIGLU && c->act != LLEP_ACT_SWIGLU_OAI)
+        what = "unknown activation";
+    else if (!(c->act_alpha >= 0) || !isfinite(c->act_alpha) || !(c->act_limit >= 0) ||
+             !isfinite(c->act_limit))
+        what = "act_alpha and act_limit must be finite and >= 0";
+    else if (!c->w_gate || !c->w_up || !c->w_down)
+        what = "weights missing";
+    if (what) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s", what);
+        return -EINVAL;
+    }
+    return llep__plan_params_check(&c->plan, err, errlen);
+}
+
+/* Lays out one expert block: gate, up, down, then the biases present, each 64-aligned. */
+static void expert_layout(llep_engine *e) {
+    uint64_t dh = (uint64_t)e->d * e->h * e->esz, off = align_up(dh);
+
+    e->off_up = off;
+    off += align_up(dh);
+    e->off_down = off;
+    off += align_up(dh);
+    e->off_bg = off;
+    off += e->has_bg ? align_up((uint64_t)e->h * e->esz) : 0;
+    e->off_bu = off;
+    off += e->has_bu ? align_up((uint64_t)e->h * e->esz) : 0;
+    e->off_bd = off;
+    off += e->has_bd ? align_up((uint64_t)e->d * e->esz) : 0;
+    e->expert_bytes = off;
+}
+
+static int alloc_host(llep_engine *e) {
+    uint32_t maxr = 2 * e->n + e->p;
+
+    e->dev = calloc(e->p, sizeof(*e->dev));
+    e->dstats = calloc(e->p, sizeof(*e->dstats));
+    e->loads = calloc(e->n, sizeof(*e->loads));
+    e->rank = calloc(e->n, sizeof(*e->rank));
+    e->cur_range = calloc(e->n, sizeof(*e->cur_range));
+    e->chunk_row = calloc(maxr, sizeof(*e->chunk_row));
+    e->recv = calloc(maxr, sizeof(*e->recv));
+    e->busy0 = calloc(e->p, sizeof(*e->busy0));
+    e->home_base = calloc(e->p, sizeof(*e->home_base));
+    if (!e->dev || !e->dstats || !e->loads || !e->rank || !e->cur_range || !e->chunk_row ||
+        !e->recv || !e->busy0 || !e->home_base)
+        return -ENOMEM;
+    return 0;
+}
+
+/* Copies device d's native experts from the host configuration into its memory. */
+static int upload_native(llep_engine *e, const llep_engine_config *c, uint32_t d) {
+    const llep_backend_ops *ops = e->be->ops;
+    uint64_t dh = (uint64_t)e->d * e->h * e->esz;
+    int r = 0;
+
+    for (uint32_t i = 0; i < e->m && r == 0; i++) {
+        uint64_t x = (uint64_t)d * e->m + i;
+        char *blk = (char *)e->dev[d].native + i * e->expert_bytes;
+        r = ops->copy(e->be, d, blk, (const char *)c->w_gate + x * dh, dh);
+        if (r == 0)
+            r = ops->copy(e->be, d, blk + e->off_up, (const char *)c->w_up + x * dh, dh);
+        if (r == 0)
+            r = ops->copy(e->be, d, blk + e->off_down, (const char *)c->w_down + x * dh, dh);
+        if (r == 0 && e->has_bg)
+            r = ops->copy(e->be, d, blk + e->off_bg, (const char *)c->b_gate + x * e->h * e->esz,
+                          e->h * e->esz);
+        if (r == 0 && e->has_bu)
+            r = ops->copy(e->be, d, blk + e->off_bu, (const char *)c->b_up + x * e->h * e->esz,
+                          e->h * e->esz);
+        if (r == 0 && e->has_bd)
+            r = ops->copy(e->be, d, blk + e->off_bd, (const char *)c->b_down + x * e->d * e->esz,
+                          e->d * e->esz);
+    }
+    return r;
+}
+
+int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err, size_t errlen) {
+    llep_engine *e;
+    int r;
+
+    if (!ret)
+        return -EINVAL;
+    *ret = NULL;
+    r = check_config(cfg, err, errlen);
+    if (r < 0)
+        return r;
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    e->cfg = *cfg;
+    e->n = cfg->num_experts;
+    e->k = cfg->top_k;
+    e->d = cfg->hidden;
+    e->h = cfg->inter;
+    e->p = cfg->num_devices;
+    e->m = e->n / e->p;
+    e->esz = llep__dtype_size(cfg->dtype);
+    e->has_bg = cfg->b_gate != NULL;
+    e->has_bu = cfg->b_up != NULL;
+    e->has_bd = cfg->b_down != NULL;
+    e->shape = (llep_ffn_shape){
+        .hidden = e->d, .inter = e->h, .dtype = cfg->dtype, .act = cfg->act,
+        .act_alpha = cfg->act_alpha > 0 ? cfg->act_alpha : LLEP_ACT_DEFAULT_ALPHA,
+        .act_limit = cfg->act_limit > 0 ? cfg->act_limit : LLEP_ACT_DEFAULT_LIMIT,
+    };
+    expert_layout(e);
+    if (!e->cfg.backend)
+        e->cfg.backend = &llep__backend_cpu;
+    if (!e->cfg.token_budget)
+        e->cfg.token_budget = LLEP_ENGINE_DEFAULT_TOKEN_BUDGET;
+
+    r = alloc_host(e);
+    if (r == 0)
+        r = llep__plan_init(&e->plan, e->n, e->p);
+    if (r < 0) {
+        snprintf(err, errlen, "out of host memory");
+        goto fail;
+    }
+    llep_backend_options bo = { .num_devices = e->p, .threads = cfg->threads };
+    r = e->cfg.backend->create(&bo, &e->be);
+    if (r < 0) {
+        snprintf(err, errlen, "%s backend: %s", e->cfg.backend->name, strerror(-r));
+        goto fail;
+    }
+
+    for (uint32_t d = 0; d < e->p; d++) {
+        engine_device *dv = &e->dev[d];
+        dv->native_bytes = (uint64_t)e->m * e->expert_bytes;
+        dv->budget = cfg->mem_budget ? cfg->mem_budget : dv->native_bytes + e->cfg.token_budget;
+        r = dev_alloc(e, d, dv->native_bytes, &dv->native);
+        if (r < 0) {
+            snprintf(err, errlen, "device %u: native weights need %" PRIu64
+                     " bytes, its budget is %" PRIu64, d, dv->native_bytes, dv->budget);
+            goto fail;
+        }
+        r = upload_native(e, cfg, d);
+        if (r < 0) {
+            snprintf(err, errlen, "device %u: cannot queue the weight upload", d);
+            goto fail;
+        }
+    }
+    r = e->be->ops->sync(e->be);
+    if (r < 0) {
+        snprintf(err, errlen, "weight upload failed: %s", strerror(-r));
+        goto fail;
+    }
+    /* The layer no longer needs the caller's host copies. */
+    e->cfg.w_gate = e->cfg.w_up = e->cfg.w_down = NULL;
+    e->cfg.b_gate = e->cfg.b_up = e->cfg.b_down = NULL;
+    *ret = e;
+    return 0;
+
+fail:
+    llep__engine_free(e);
+    return r;
+}
+
+void llep__engine_free(llep_engine *e) {
+    if (!e)
+        return;
+    if (e->be) {
+        e->be->ops->sync(e->be);
+        for (uint32_t d = 0; d < e->p; d++)
+            dev_free(e, d, &e->dev[d].native, e->dev[d].native_bytes);
+        e->be->ops->destroy(e->be);
+    }
+    llep__plan_fini(&e->plan);
+    free(e->dev);
+    free(e->dstats);
+    free(e->loads);
+    free(e->rank);
+    free(e->cur_range);
+    free(e->chunk_row);
+    free(e->recv);
+    free(e->busy0);
+    free(e->home_base);
+    free(e->gather_src);
+    free(e->combine_src);
+    free(e);
+}
+
+const char *llep__engine_error(const llep_engine *e) {
+    return e ? e->err : "no engine";
+}
+
+const llep_plan *llep__engine_plan(const llep_engine *e) {
+    return e && e->planned ? &e->plan : NULL;
+}
+
+uint64_t llep__engine_expert_bytes(const llep_engine *e) {
+    return e->expert_bytes;
+}
+
+int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes) {
+    if (!e || dev >= e->p)
+        return -EINVAL;
+    if (bytes < e->dev[dev].used)
+        return set_error(e, -ENOMEM, "device %u already holds %" PRIu64 " bytes", dev,
+                         e->dev[dev].used);
+    e->dev[dev].budget = bytes;
+    return 0;
+}
+
+/* Checks the batches and counts the per-expert loads; returns the slot count in *ret. */
+static int count_loads(llep_engine *e, const llep_engine_batch *b, uint64_t *ret) {
+    uint64_t slots = 0;
+
+    memset(e->loads, 0, e->n * sizeof(*e->loads));
+    for (uint32_t p = 0; p < e->p; p++) {
+        e->home_base[p] = slots;
+        if (b[p].tokens == 0)
+            continue;
+        if (!b[p].x || !b[p].topk_idx || !b[p].topk_w || !b[p].y)
+            return set_error(e, -EINVAL, "batch %u: %u tokens but a NULL buffer", p,
+                             b[p].tokens);
+        size_t n = (size_t)b[p].tokens * e->k;
+        if (llep__k_count_loads(b[p].topk_idx, n, e->n, e->loads) < 0) {
+            for (size_t i = 0; i < n; i++)
+                if (b[p].topk_idx[i] < 0 || (uint32_t)b[p].topk_idx[i] >= e->n)
+                    return set_error(e, -EINVAL, "batch %u: topk_idx[%zu] = %d is not an "
+                                     "expert (N = %u)", p, i, b[p].topk_idx[i], e->n);
+        }
+        slots += n;
+    }
+    *ret = slots;
+    return 0;
+}
+
+static int reserve_slots(llep_engine *e, uint64_t slots) {
+    if (slots <= e->slot_cap)
+        return 0;
+    if (slots > SIZE_MAX / sizeof(void *))
+        return -ENOMEM;
+    const void **g = realloc(e->gather_src, slots * sizeof(*g));
+    if (!g)
+        return -ENOMEM;
+    e->gather_src = g;
+    const float **c = realloc(e->combine_src, slots * sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    e->combine_src = c;
+    e->slot_cap = slots;
+    return 0;
+}
+
+/* Places each range's rows on its device (experts in id order, each expert's ranges in token
+ * order) and derives every device's step buffers from the plan. */
+static void layout(llep_engine *e) {
+    const llep_plan *pl = &e->plan;
+    size_t base = 0;
+
+    for (uint32_t d = 0; d < e->p; d++) {
+        engine_device *dv = &e->dev[d];
+        dv->rows = 0;
+        dv->max_chunk = 0;
+        dv->received = 0;
+    }
+    for (uint32_t i = 0; i < pl->num_ranges; i++) {
+        const llep_range *r = &pl->ranges[i];
+        engine_device *dv = &e->dev[r->device];
+        uint64_t len = r->end - r->start;
+        e->chunk_row[i] = dv->rows;
+        dv->rows += len;
+        if (len > dv->max_chunk)
+            dv->max_chunk = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
+    }
+    for (uint32_t t = 0; t < pl->num_transfers; t++)
+        e->dev[pl->transfers[t].dst].received++;
+    for (uint32_t d = 0; d < e->p; d++) {
+        engine_device *dv = &e->dev[d];
+        dv->row_base = base;
+        base += dv->rows;
+        dv->x_bytes = dv->rows * e->d * e->esz;
+        dv->y_bytes = dv->rows * e->d * sizeof(float);
+        dv->scratch_bytes = llep__ffn_scratch_bytes(&e->shape, dv->max_chunk);
+    }
+}
+
+/* Fails before anything is allocated when some device's step buffers exceed its budget. */
+static int check_budgets(llep_engine *e) {
+    for (uint32_t d = 0; d < e->p; d++) {
+        engine_device *dv = &e->dev[d];
+        uint64_t w = (uint64_t)dv->received * e->expert_bytes;
+        uint64_t need = w + dv->x_bytes + dv->y_bytes + dv->scratch_bytes;
+        if (dv->used + need > dv->budget)
+            return set_error(e, -ENOMEM,
+                             "device %u: the %s step needs %" PRIu64 " bytes (received weights "
+                             "%" PRIu64 ", token rows %" PRIu64 ", results %" PRIu64
+                             ", intermediates %" PRIu64 ") on top of the %" PRIu64
+                             " it holds, over its budget of %" PRIu64 " bytes",
+                             d, e->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need, w,
+                             dv->x_bytes, dv->y_bytes, dv->scratch_bytes, dv->used, dv->budget);
+    }
+    return 0;
+}
+
+static void free_step(llep_engine *e) {
+    for (uint32_t t = 0; t < e->plan.num_transfers; t++)
+        dev_free(e, e->plan.transfers[t].dst, &e->recv[t], e->expert_bytes);
+    for (uint32_t d = 0; d < e->p; d++) {
+        engine_device *dv = &e->dev[d];
+        dev_free(e, d, &dv->x, dv->x_bytes);
+        dev_free(e, d, (void **)&dv->y, dv->y_bytes);
+        dev_free(e, d, &dv->scratch, dv->scratch_bytes);
+    }
+}
+
+static int alloc_step(llep_engine *e) {
+    int r = 0;
+
+    for (uint32_t t = 0; t < e->plan.num_transfers && r == 0; t++)
+        r = dev_alloc(e, e->plan.transfers[t].dst, e->expert_bytes, &e->recv[t]);
+    for (uint32_t d = 0; d < e->p && r == 0; d++) {
+        engine_device *dv = &e->dev[d];
+        r = dev_alloc(e, d, dv->x_bytes, &dv->x);
+        if (r == 0)
+            r = dev_alloc(e, d, dv->y_bytes, (void **)&dv->y);
+        if (r == 0)
+            r = dev_alloc(e, d, dv->scratch_bytes, &dv->scratch);
+    }
+    return r;
+}
+
+/* Sends every token-slot to the row its plan range gives it, in the global token order:
+ * home devices in order, then tokens, then k (DESIGN.md section 2). Fills the sources the
+ * gathers read and the result rows the combines read; counts rows crossing devices. */
+static uint64_t route_slots(llep_engine *e, const llep_engine_batch *b) {
+    const llep_plan *pl = &e->plan;
+    uint64_t crossing = 0;
+
+    memset(e->rank, 0, e->n * sizeof(*e->rank));
+    for (uint32_t x = 0; x < e->n; x++)
+        e->cur_range[x] = pl->range_off[x];
+    for (uint32_t p = 0; p < e->p; p++) {
+        size_t n = (size_t)b[p].tokens * e->k;
+        const char *xs = b[p].x;
+        const float **csrc = e->combine_src + e->home_base[p];
+        for (size_t s = 0; s < n; s++) {
+            uint32_t x = (uint32_t)b[p].topk_idx[s];
+            uint64_t r = e->rank[x]++;
+            uint32_t i = e->cur_range[x];
+            while (r >= pl->ranges[i].end)
+                i++;
+            e->cur_range[x] = i;
+            uint32_t d = pl->ranges[i].device;
+            uint64_t row = e->chunk_row[i] + (r - pl->ranges[i].start);
+            e->gather_src[e->dev[d].row_base + row] = xs + (s / e->k) * e->d * e->esz;
+            csrc[s] = e->dev[d].y + row * e->d;
+            if (d != p) {
+                crossing++;
+                e->dstats[d].token_bytes_in += (uint64_t)e->d * e->esz;
+            }
+        }
+    }
+    return crossing;
+}
+
+/* The weight block range i of expert x runs with: native, or the copy on its helper. */
+static const char *range_weights(llep_engine *e, uint32_t x, uint32_t d) {
+    uint32_t native = llep__plan_native(&e->plan, x);
+
+    if (d == native)
+        return (const char *)e->dev[d].native + (uint64_t)(x - native * e->m) * e->expert_bytes;
+    for (uint32_t t = 0; t < e->plan.num_transfers; t++)
+        if (e->plan.transfers[t].expert == x && e->plan.transfers[t].dst == d)
+            return e->recv[t];
+    return NULL; /* the plan validator rules this out */
+}
+
+/* Queues each device's work: weights received, rows gathered, then its expert chunks. */
+static int queue_compute(llep_engine *e) {
+    const llep_backend_ops *ops = e->be->ops;
+    const llep_plan *pl = &e->plan;
+    int r = 0;
+
+    for (uint32_t t = 0; t < pl->num_transfers && r == 0; t++) {
+        const llep_transfer *tr = &pl->transfers[t];
+        r = ops->copy(e->be, tr->dst, e->recv[t], range_weights(e, tr->expert, tr->src),
+                      e->expert_bytes);
+        e->dstats[tr->dst].experts_received++;
+        e->dstats[tr->dst].weight_bytes_in += e->expert_bytes;
+    }
+    for (uint32_t d = 0; d < e->p && r == 0; d++)
+        if (e->dev[d].rows)
+            r = ops->gather(e->be, d, e->dev[d].x, e->gather_src + e->dev[d].row_base,
+                            e->dev[d].rows, e->d * e->esz);
+    for (uint32_t x = 0; x < e->n && r == 0; x++) {
+        for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1] && r == 0; i++) {
+            uint32_t d = pl->ranges[i].device;
+            engine_device *dv = &e->dev[d];
+            const char *w = range_weights(e, x, d);
+            llep_expert_chunk c = {
+                .shape = e->shape,
+                .rows = (uint32_t)(pl->ranges[i].end - pl->ranges[i].start),
+                .w_gate = w, .w_up = w + e->off_up, .w_down = w + e->off_down,
+                .b_gate = e->has_bg ? w + e->off_bg : NULL,
+                .b_up = e->has_bu ? w + e->off_bu : NULL,
+                .b_down = e->has_bd ? w + e->off_bd : NULL,
+                .x = (const char *)dv->x + e->chunk_row[i] * e->d * e->esz,
+                .y = dv->y + e->chunk_row[i] * e->d,
+                .scratch = dv->scratch,
+            };
+            r = ops->run_chunk(e->be, d, &c);
+            e->dstats[d].chunks++;
+        }
+    }
+    return r;
+}
+
+static int queue_combine(llep_engine *e, const llep_engine_batch *b) {
+    for (uint32_t p = 0; p < e->p; p++) {
+        if (b[p].tokens == 0)
+            continue;
+        llep_combine c = {
+            .tokens = b[p].tokens, .top_k = e->k, .hidden = e->d, .dtype = e->cfg.dtype,
+            .topk_w = b[p].topk_w, .src = e->combine_src + e->home_base[p], .y = b[p].y,
+        };
+        int r = e->be->ops->combine(e->be, p, &c);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static void begin_stats(llep_engine *e) {
+    memset(e->dstats, 0, e->p * sizeof(*e->dstats));
+    for (uint32_t d = 0; d < e->p; d++) {
+        e->busy0[d] = e->be->ops->busy_ns(e->be, d);
+        e->dev[d].peak = e->dev[d].used;
+    }
+}
+
+static void end_stats(llep_engine *e, uint64_t slots, uint64_t crossing, uint64_t t0,
+                      llep_engine_stats *s) {
+    const llep_plan *pl = &e->plan;
+
+    memset(s, 0, sizeof(*s));
+    s->mode = pl->mode;
+    s->imbalance = pl->imbalance;
+    s->capacity = pl->capacity;
+    s->slots = slots;
+    s->transfers = pl->num_transfers;
+    s->weight_bytes_moved = (uint64_t)pl->num_transfers * e->expert_bytes;
+    /* A crossing row goes out in the layer's dtype and its result comes back in float32. */
+    s->token_bytes_moved = crossing * e->d * (e->esz + sizeof(float));
+    for (uint32_t d = 0; d < e->p; d++) {
+        llep_engine_device_stats *ds = &e->dstats[d];
+        ds->rows = pl->device_loads[d];
+        ds->busy_ns = e->be->ops->busy_ns(e->be, d) - e->busy0[d];
+        ds->held_bytes = e->dev[d].native_bytes;
+        ds->peak_bytes = e->dev[d].peak;
+        ds->budget_bytes = e->dev[d].budget;
+        if (ds->busy_ns > s->makespan_ns)
+            s->makespan_ns = ds->busy_ns;
+    }
+    s->num_devices = e->p;
+    s->devices = e->dstats;
+    s->wall_ns = monotonic_ns() - t0;
+}
+
+int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
+                      const llep_plan_params *params, llep_engine_stats *ret_stats) {
+    uint64_t t0 = monotonic_ns(), slots, crossing;
+    char msg[160];
+    int r;
+
+    if (!e)
+        return -EINVAL;
+    e->err[0] = '\0';
+    if (!batches)
+        return set_error(e, -EINVAL, "no batches");
+    if (!params)
+        params = &e->cfg.plan;
+    r = llep__plan_params_check(params, msg, sizeof(msg));
+    if (r < 0)
+        return set_error(e, r, "plan parameters: %s", msg);
+    r = count_loads(e, batches, &slots);
+    if (r < 0)
+        return r;
+    if (reserve_slots(e, slots) < 0)
+        return set_error(e, -ENOMEM, "out of host memory for %" PRIu64 " token-slots", slots);
+    r = llep__plan_compute(&e->plan, e->loads, params);
+    if (r < 0)
+        return set_error(e, r, "planning failed: %s", strerror(-r));
+    e->planned = 1;
+
+    begin_stats(e);
+    layout(e);
+    r = check_budgets(e);
+    if (r < 0)
+        return r;
+    r = alloc_step(e);
+    if (r < 0) {
+        free_step(e);
+        return set_error(e, r, "out of device memory while allocating the step's buffers");
+    }
+    crossing = route_slots(e, batches);
+    r = queue_compute(e);
+    /* Whatever was queued reads buffers freed below, so it must finish first. */
+    int rs = e->be->ops->sync(e->be);
+    if (r == 0)
+        r = rs;
+    if (r == 0)
+        r = queue_combine(e, batches);
+    rs = e->be->ops->sync(e->be);
+    if (r == 0)
+        r = rs;
+    free_step(e);
+    if (r < 0)
+        return set_error(e, r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+    if (ret_stats)
+        end_stats(e, slots, crossing, t0, ret_stats);
+    return 0;
+}

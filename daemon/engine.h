@@ -1,0 +1,116 @@
+/* The MoE step engine: one layer's experts on P logical devices (DESIGN.md section 3).
+ *
+ * A step takes one batch per home device, counts the per-expert loads, plans (EP or LLEP,
+ * plan.h), dispatches every token-slot's row to the device that computes its slice of the
+ * expert (in the global token order of DESIGN.md section 2), copies spilled experts' weights
+ * and biases to their helpers, runs each device's expert chunks, and combines the results
+ * back into each home device's output, summing k = 0..K-1 in order. The combine never
+ * depends on the plan, so EP and LLEP give the same outputs up to the GEMM library's
+ * rounding for different row counts (docs/PERFORMANCE.md).
+ *
+ * Every device buffer the engine allocates is charged to that device's budget. A step whose
+ * buffers would not fit fails with -ENOMEM before any output is written; the engine stays
+ * usable. One step at a time per engine; distinct engines are independent. */
+#ifndef LLEP_ENGINE_H
+#define LLEP_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "llep/types.h"
+#include "plan.h"
+
+typedef struct llep_engine llep_engine;
+
+/* Bytes each device may use beyond its native weights when no budget is given. */
+#define LLEP_ENGINE_DEFAULT_TOKEN_BUDGET (1ull << 30)
+
+typedef struct llep_engine_config {
+    uint32_t num_experts, top_k, hidden, inter;  /* N, K, D, H */
+    enum llep_dtype dtype;                       /* of weights, biases, x and y */
+    enum llep_act act;
+    float act_alpha, act_limit;                  /* 0: 1.702 and 7.0 */
+    /* Host memory, row-major, experts contiguous: w_gate, w_up [N][D][H]; w_down [N][H][D];
+     * b_gate, b_up [N][H]; b_down [N][D]. Each bias may be NULL. Copied at creation. */
+    const void *w_gate, *w_up, *w_down;
+    const void *b_gate, *b_up, *b_down;
+
+    uint32_t num_devices;                        /* P; N must be a multiple of P */
+    /* Per-device budget in bytes; 0: native weights + token_budget. */
+    uint64_t mem_budget;
+    uint64_t token_budget;                       /* 0: LLEP_ENGINE_DEFAULT_TOKEN_BUDGET */
+    llep_plan_params plan;                       /* defaults for steps given no params */
+
+    const llep_backend_ops *backend;             /* NULL: the CPU backend */
+    uint32_t threads;                            /* CPU backend threads; 0: min(P, CPUs) */
+} llep_engine_config;
+
+/* Fills cfg with the defaults: f32, SWIGLU, default activation and plan parameters, CPU
+ * backend. Shapes, weights and devices are left zero for the caller. */
+void llep__engine_config_default(llep_engine_config *cfg);
+
+/* One home device's tokens for a step. x and y are [tokens][D] in the layer's dtype; tokens
+ * = 0 needs no pointers. */
+typedef struct llep_engine_batch {
+    uint32_t tokens;
+    const void *x;
+    const int32_t *topk_idx;   /* [tokens][K], each in [0, N) */
+    const float *topk_w;       /* [tokens][K] */
+    void *y;
+} llep_engine_batch;
+
+typedef struct llep_engine_device_stats {
+    uint64_t rows;             /* token-slots computed here (the plan's device load) */
+    uint32_t chunks;           /* expert chunks run here */
+    uint32_t experts_received; /* spilled experts whose weights were copied here */
+    uint64_t busy_ns;          /* device time of this device's work in the step */
+    uint64_t weight_bytes_in;  /* received expert weights and biases */
+    uint64_t token_bytes_in;   /* rows dispatched here from other home devices */
+    uint64_t held_bytes;       /* held between steps (native weights) */
+    uint64_t peak_bytes;       /* highest use during the step, held bytes included */
+    uint64_t budget_bytes;
+} llep_engine_device_stats;
+
+typedef struct llep_engine_stats {
+    enum llep_plan_mode mode;
+    double imbalance;          /* max native device load / mean */
+    uint64_t capacity;         /* the plan's per-device capacity */
+    uint64_t slots;            /* token-slots in the step (sum of tokens x K) */
+    uint32_t transfers;        /* (expert, helper) weight copies */
+    uint64_t weight_bytes_moved;
+    uint64_t token_bytes_moved;  /* rows crossing devices, dispatch and combine */
+    uint64_t makespan_ns;      /* largest device busy time */
+    uint64_t wall_ns;          /* wall time of the whole step */
+    uint32_t num_devices;
+    const llep_engine_device_stats *devices;  /* [P], valid until the next step or free */
+} llep_engine_stats;
+
+/* Checks the configuration, creates the backend and copies each device's native experts to
+ * it. Returns 0, -EINVAL (message in err) or -ENOMEM (a device's budget cannot hold its
+ * native weights, or the host is out of memory). */
+int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err, size_t errlen);
+void llep__engine_free(llep_engine *e);
+
+/* Runs one step over batches[0..P). params: NULL for the configuration's. Returns 0,
+ * -EINVAL (bad batch or expert index, or bad parameters), -ENOMEM (a device budget or the
+ * host; nothing written to any y), or -EOVERFLOW. On failure llep__engine_error() says why.
+ * ret_stats may be NULL. */
+int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
+                      const llep_plan_params *params, llep_engine_stats *ret_stats);
+
+/* The message of the last failed call; "" after a successful step. */
+const char *llep__engine_error(const llep_engine *e);
+
+/* The plan of the last step that got as far as planning. */
+const llep_plan *llep__engine_plan(const llep_engine *e);
+
+/* Bytes one expert's weights and biases take on a device: each present tensor (gate, up,
+ * down, then the biases) starts on a 64-byte boundary. */
+uint64_t llep__engine_expert_bytes(const llep_engine *e);
+
+/* Changes a device's budget; fails with -EINVAL for a bad device and -ENOMEM when the device
+ * already holds more. */
+int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes);
+
+#endif
