@@ -1,0 +1,134 @@
+/* libllep-client: run MoE layers in llepd from an inference process (DESIGN.md section 5).
+ *
+ * A client is one connection to llepd with its own shared-memory arena. Layers are created
+ * (with weights) or attached (by name) through the client; forwards go through the arena's
+ * submission ring and never touch the socket on the way. Link with `pkg-config llep-client`.
+ *
+ * Conventions:
+ *   - Every int-returning call returns 0 (or a count where stated) or a negative errno-style
+ *     code; llep_strerror() names it and llep_client_error() gives the sentence that says
+ *     what was wrong (the daemon's message when the daemon refused).
+ *   - Arguments are checked before anything is sent: a bad one gives -EINVAL.
+ *   - A client handle is thread-safe: several threads may create layers, submit, wait and
+ *     forward on one client (and its layers) at once. llep_disconnect() and
+ *     llep_layer_release() must not race with other calls on the handle they free.
+ *   - When llepd goes away (it stops, it is drained, the connection breaks), every later call
+ *     on that client returns -ECONNRESET, and submissions in flight complete with it.
+ *   - The caller's buffers are ordinary memory: the library copies inputs into the arena and
+ *     outputs back out, so nothing has to be allocated specially. */
+#ifndef LLEP_CLIENT_H
+#define LLEP_CLIENT_H
+
+#include <stdint.h>
+
+#include "llep/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct llep_client llep_client; /* opaque */
+typedef struct llep_layer llep_layer;   /* opaque */
+
+/* A layer's shape and policy (DESIGN.md sections 4 and 5). Weight layout is row-major with
+ * experts contiguous: w_gate and w_up [N][D][H], w_down [N][H][D], b_gate and b_up [N][H],
+ * b_down [N][D], in `dtype` (bf16 as raw 16-bit words). */
+typedef struct llep_layer_desc {
+    uint32_t num_experts, top_k, hidden, inter;   /* N, K, D, H */
+    enum llep_dtype dtype;
+    enum llep_act act;
+    float act_alpha, act_limit;                   /* 0: 1.702 and 7.0 */
+    const void *w_gate, *w_up, *w_down;           /* NULL: attach to an existing layer */
+    const void *b_gate, *b_up, *b_down;           /* may be NULL */
+    enum llep_policy policy;                      /* AUTO: LLEP when imbalance >= lambda */
+    float alpha, lambda;                          /* 0: daemon defaults */
+    uint32_t min_tokens;                          /* 0: daemon default */
+    uint32_t group;                               /* 0: opportunistic batching */
+    enum llep_scope scope;                        /* NODE: this daemon's devices; CLUSTER: all */
+} llep_layer_desc;
+
+/* Connects to llepd at socket_path (NULL: $LLEP_SOCKET, else /run/llep/llepd.sock as root,
+ * else $XDG_RUNTIME_DIR/llep/llepd.sock). Returns 0 with a client in *ret, or -ENOENT /
+ * -ECONNREFUSED (no daemon there), -EACCES, -EPROTONOSUPPORT (the daemon speaks another
+ * protocol version), -ENOMEM, ... and *ret set to NULL. Why a connect failed is in
+ * llep_client_error(NULL), per thread. */
+LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret);
+
+/* Closes the connection and frees the client, and every layer handle of it not yet released
+ * (the daemon drops their references). Submissions still in flight are abandoned. NULL is
+ * fine. */
+LLEP_EXTERN void llep_disconnect(llep_client *c);
+
+/* With weights (d->w_gate, w_up and w_down all set): creates the layer `name` in the daemon,
+ * which copies the weights before this returns (the caller may free them then); -EEXIST when
+ * the name is taken. Without weights (all three NULL): attaches to the existing layer `name`;
+ * its shape (N, K, D, H, dtype, activation) must equal d's, else -EINVAL with both shapes in
+ * the message; -ENOENT when there is no such layer. d may be NULL to attach to whatever shape
+ * the layer has (see llep_layer_get_desc()). The policy fields of d apply only on creation.
+ * Returns 0 with a handle in *ret, or a negative errno (-ENOMEM when the devices cannot hold
+ * the weights). */
+LLEP_EXTERN int llep_layer_create(llep_client *c, const char *name, const llep_layer_desc *d,
+                                  llep_layer **ret);
+
+/* Drops this client's reference (the daemon frees the layer with the last one) and frees the
+ * handle. Wait for the layer's submissions first. NULL is fine. */
+LLEP_EXTERN void llep_layer_release(llep_layer *l);
+
+/* Runs the layer on `tokens` tokens and blocks until y is written:
+ *   x         [tokens][D] in the layer's dtype
+ *   topk_idx  [tokens][K] expert ids in [0, N)
+ *   topk_w    [tokens][K] finite gate weights
+ *   y         [tokens][D] in the layer's dtype; written only on success
+ * y[t] = sum over k of topk_w[t][k] * FFN_{topk_idx[t][k]}(x[t]) (DESIGN.md section 4).
+ * tokens 0 returns 0 at once without contacting the daemon (the pointers may then be NULL).
+ * The daemon checks the routing: an expert id out of range or a non-finite weight gives
+ * -EINVAL with the daemon's message naming the entry. Equivalent to llep_submit() followed
+ * by llep_wait(..., -1). */
+LLEP_EXTERN int llep_forward(llep_layer *l, uint32_t tokens, const void *x,
+                             const int32_t *topk_idx, const float *topk_w, void *y);
+
+/* Asynchronous forward on the same ring. llep_submit() copies x, topk_idx and topk_w into
+ * the arena, queues the submission and returns a ticket in *ret_ticket without waiting for
+ * the result; several submissions (of one or many layers, from one or many threads) may be in
+ * flight, and the daemon may batch them into one step. y must stay valid and untouched until
+ * llep_wait() has returned for the ticket: the library writes it when the completion arrives,
+ * possibly from another thread's llep_wait().
+ *
+ * llep_submit() blocks only while the arena or the rings are full of earlier submissions
+ * (until enough of them complete) or while it grows the arena. Every ticket must be waited
+ * for once with llep_wait(), which frees it; tickets are unique per client. tokens 0 gives a
+ * ticket that is already complete. Argument errors return -EINVAL and no ticket. */
+LLEP_EXTERN int llep_submit(llep_layer *l, uint32_t tokens, const void *x,
+                            const int32_t *topk_idx, const float *topk_w, void *y,
+                            uint64_t *ret_ticket);
+
+/* Waits up to timeout_ms (-1: as long as it takes, 0: just look) for the submission with this
+ * ticket. Returns its result, 0 or a negative errno (as llep_forward()), and frees the
+ * ticket; or -EAGAIN when it has not completed in time, in which case the ticket stays valid
+ * and may be waited for again. -EINVAL for a ticket this client does not know (never issued
+ * or already waited for). -ETIMEDOUT is a result, not a wait timeout: the daemon gave up a
+ * collective (group) step. */
+LLEP_EXTERN int llep_wait(llep_client *c, uint64_t ticket, int timeout_ms);
+
+/* The layer as the daemon holds it: shape, and the policy with the daemon's effective alpha,
+ * lambda and min_tokens filled in. Weight and bias pointers are NULL. Returns 0 or -EINVAL. */
+LLEP_EXTERN int llep_layer_get_desc(const llep_layer *l, llep_layer_desc *ret);
+
+/* The client a layer handle belongs to (for llep_wait() and llep_client_error()). */
+LLEP_EXTERN llep_client *llep_layer_client(const llep_layer *l);
+
+/* Name of an error code returned by this library: llep_strerror(-EINVAL) is "invalid
+ * argument". Codes it does not know give a generic text, never NULL. 0 is "success". */
+LLEP_EXTERN const char *llep_strerror(int err);
+
+/* The sentence explaining the last failed call on c: the daemon's message when the daemon
+ * refused, else what the library found wrong. "" when nothing has failed. With NULL: why the
+ * last llep_connect() of this thread failed. The text is valid until the next call on c;
+ * with several threads it belongs to whichever call failed last. */
+LLEP_EXTERN const char *llep_client_error(const llep_client *c);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,119 @@
+/* libllep-client internals shared by its files: the client and layer handles, the lock
+ * discipline, the arena allocator and the progress loop.
+ *
+ * Locking: one mutex per client guards everything in it. The only things done without it
+ * are the copies a caller makes of its own arguments and the sleep in poll(): one waiting
+ * thread at a time (the "poller") sleeps on the socket, the completion eventfd and an
+ * internal wake-up eventfd; the other waiters sleep on the condition variable and are woken
+ * when the poller comes back. Whoever reaps completions copies each output to its owner's
+ * buffer, so a thread's result may arrive through another thread's wait. */
+#ifndef LLEP_CLIENT_INTERNAL_H
+#define LLEP_CLIENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conn.h"
+#include "llep/client.h"
+#include "ring.h"
+
+#define LLEP_CLIENT_ERROR_MAX 512u
+/* Arena blocks start on a cache line, so no two submissions share one. */
+#define LLEP_CLIENT_ALIGN 64u
+/* Smallest tensor space asked for, so small layers and batches do not regrow it often. */
+#define LLEP_CLIENT_MIN_ARENA (1u << 20)
+/* How long a failed completion waits for the SubmissionError frame explaining it; the
+ * daemon sends that frame before it completes, so it is normally there already. */
+#define LLEP_CLIENT_ERROR_FRAME_WAIT_MS 200
+
+/* A span of the tensor space in use, by absolute arena offset. */
+typedef struct llep_block {
+    uint64_t offset, size;
+} llep_block;
+
+/* One submission from llep_submit() until llep_wait() collects it. */
+typedef struct llep_ticket {
+    uint64_t id;
+    bool done;                /* status is final (y written when it is 0) */
+    bool in_flight;           /* in the rings: its block is in use, a completion will come */
+    int status;
+    char *message;            /* the daemon's SubmissionError, or NULL */
+    void *y;                  /* the caller's output */
+    uint64_t y_offset, y_bytes;
+    uint64_t block;           /* arena offset of its block */
+} llep_ticket;
+
+struct llep_layer {
+    llep_client *client;
+    llep_layer *prev, *next;
+    uint32_t id;              /* the daemon's layer_id */
+    char *name;
+    llep_layer_desc desc;     /* as the daemon holds it; no pointers */
+    uint32_t elem_size;       /* of x and y */
+};
+
+struct llep_client {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;      /* waiters other than the poller; CLOCK_MONOTONIC */
+    llep_conn conn;
+    int dead;                 /* 0, or -ECONNRESET once the connection is lost (sticky) */
+    char error[LLEP_CLIENT_ERROR_MAX];
+    char notice[256];         /* the last Notice from the daemon */
+
+    bool have_arena;
+    llep_arena arena;
+    int sq_efd, cq_efd;       /* -1 without an arena */
+    uint32_t ring_limit;      /* most submissions in flight: min(sq, cq entries) */
+    llep_block *blocks;       /* sorted by offset */
+    size_t nblocks, blocks_cap;
+
+    llep_ticket *tickets;     /* unordered; few, so searched linearly */
+    size_t ntickets, tickets_cap;
+    uint64_t last_ticket;
+    uint32_t in_flight;
+
+    bool poller;              /* a thread sleeps in poll() without the lock */
+    int wake_efd;             /* makes the poller come back */
+
+    llep_layer *layers;       /* handles not yet released */
+};
+
+/* Records why a call failed (printf-style) and returns r. Lock held. */
+int llep__client_fail(llep_client *c, int r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Milliseconds on CLOCK_MONOTONIC; deadlines are in these, -1 meaning none. */
+int64_t llep__client_now_ms(void);
+
+/* One round of progress, lock held: reads the socket, reaps completions, and when neither
+ * brought anything, sleeps until something may have happened or the deadline passes. Returns
+ * 0 (look again), -EAGAIN (deadline passed) or c->dead. */
+int llep__client_progress(llep_client *c, int64_t deadline_ms);
+
+/* Sends a control request and waits for its reply, handling frames the daemon sends on its
+ * own meanwhile; checks the reply's body and status. Returns 0 with the reply (free it with
+ * llep__frame_free()) or a negative errno with the reason recorded in c->error. A broken
+ * connection makes the client dead. Lock held throughout. */
+int llep__client_request(llep_client *c, Llep__Frame *req, Llep__Frame__BodyCase expected,
+                         Llep__Frame **ret);
+
+/* The ticket with this id, or NULL. Pointers into the table last until a ticket is added or
+ * removed. */
+llep_ticket *llep__ticket_find(llep_client *c, uint64_t id);
+
+/* Reserves `size` bytes of tensor space, growing the arena (which needs nothing in flight)
+ * when they can never fit, or waiting for submissions to complete while they merely do not
+ * fit now. `submission` asks for room for several such blocks when it grows. Lock held, may
+ * be dropped while waiting. Returns 0 with the absolute offset, or a negative errno. */
+int llep__arena_reserve(llep_client *c, uint64_t size, bool submission, uint64_t *ret_offset);
+void llep__arena_release(llep_client *c, uint64_t offset);
+
+/* Unmaps the arena and closes its eventfds. */
+void llep__arena_drop(llep_client *c);
+
+static inline uint64_t llep__align_up(uint64_t v, uint64_t a) {
+    return (v + a - 1) / a * a;
+}
+
+#endif

@@ -1,0 +1,766 @@
+/* llepctl: inspects and tunes a running llepd.
+ *
+ *   llepctl [--socket PATH] [--json] VERB [ARG]...
+ *
+ * Each verb is one request and one reply on the control socket (proto/llep.proto), rendered
+ * as a readable table or, with --json, as one JSON object on one line.
+ *
+ * Exit status: 0 on success, 1 when llepd refuses or cannot be reached (with its message),
+ * 2 for usage errors. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "conn.h"
+#include "llep-config.h"
+#include "plan-print.h"
+#include "plan.h"
+
+#define EXIT_DAEMON 1
+#define EXIT_USAGE 2
+#define BAR_WIDTH 40
+
+static const char *prog = "llepctl";
+
+typedef struct ctl {
+    llep_conn conn;
+    bool connected;
+    const char *socket_path;      /* NULL: the default */
+    bool json;
+    char err[512];
+} ctl;
+
+static void frame_freep(Llep__Frame **f) {
+    llep__frame_free(*f);
+}
+#define _cleanup_frame_ __attribute__((cleanup(frame_freep)))
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...) {
+    va_list ap;
+
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help'.\n", prog);
+    return EXIT_USAGE;
+}
+
+static int daemon_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int daemon_error(const char *fmt, ...) {
+    va_list ap;
+
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return EXIT_DAEMON;
+}
+
+/* Sends one request and checks its reply. Returns 0 with the reply, or prints llepd's message
+ * and returns EXIT_DAEMON. */
+static int request(ctl *x, Llep__Frame *req, Llep__Frame__BodyCase expected,
+                   Llep__Frame **ret) {
+    Llep__Frame *reply = NULL;
+    int r;
+
+    if (!x->connected) {
+        r = llep__conn_open(&x->conn, x->socket_path, LLEP__PEER_KIND__PEER_KIND_CTL, prog,
+                            10000, x->err, sizeof(x->err));
+        if (r < 0)
+            return daemon_error("%s", x->err);
+        x->connected = true;
+    }
+    r = llep__conn_request(&x->conn, req, -1, NULL, NULL, &reply, x->err, sizeof(x->err));
+    if (r < 0)
+        return daemon_error("%s", x->err);
+    r = llep__conn_reply_check(reply, expected, x->err, sizeof(x->err));
+    if (r < 0) {
+        llep__frame_free(reply);
+        return daemon_error("%s", x->err);
+    }
+    *ret = reply;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Output helpers. */
+
+/* A JSON string, escaped as RFC 8259 asks. */
+static void json_str(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+/* A JSON number; JSON has no NaN or infinity, so those become null. */
+static void json_double(double v) {
+    if (isfinite(v))
+        printf("%.6g", v);
+    else
+        fputs("null", stdout);
+}
+
+static void json_u64_array(const uint64_t *v, size_t n) {
+    putchar('[');
+    for (size_t i = 0; i < n; i++)
+        printf("%s%" PRIu64, i ? ", " : "", v[i]);
+    putchar(']');
+}
+
+/* 1536 -> "1.5 KiB". */
+static const char *fmt_bytes(uint64_t v, char *buf, size_t len) {
+    static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+    double d = (double)v;
+    int u = 0;
+
+    while (d >= 1024 && u < 5) {
+        d /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%" PRIu64 " B", v);
+    else
+        snprintf(buf, len, "%.1f %s", d, unit[u]);
+    return buf;
+}
+
+/* Microseconds as "850 us", "12.3 ms", "4.2 s". */
+static const char *fmt_us(uint64_t us, char *buf, size_t len) {
+    if (us < 1000)
+        snprintf(buf, len, "%" PRIu64 " us", us);
+    else if (us < 1000000)
+        snprintf(buf, len, "%.1f ms", us / 1e3);
+    else
+        snprintf(buf, len, "%.1f s", us / 1e6);
+    return buf;
+}
+
+static const char *fmt_uptime(uint64_t us, char *buf, size_t len) {
+    uint64_t s = us / 1000000;
+
+    if (s >= 86400)
+        snprintf(buf, len, "%" PRIu64 "d %02" PRIu64 "h %02" PRIu64 "m", s / 86400,
+                 s % 86400 / 3600, s % 3600 / 60);
+    else if (s >= 3600)
+        snprintf(buf, len, "%" PRIu64 "h %02" PRIu64 "m %02" PRIu64 "s", s / 3600,
+                 s % 3600 / 60, s % 60);
+    else
+        snprintf(buf, len, "%" PRIu64 "m %02" PRIu64 "s", s / 60, s % 60);
+    return buf;
+}
+
+static void bar(uint64_t v, uint64_t max) {
+    int n = max ? (int)((long double)v * BAR_WIDTH / max + 0.5L) : 0;
+
+    if (v > 0 && n == 0)
+        n = 1; /* any load shows at least a sliver */
+    for (int i = 0; i < n; i++)
+        putchar('#');
+}
+
+static const char *backend_name(Llep__Backend b) {
+    return b == LLEP__BACKEND__BACKEND_CPU ? "cpu" : b == LLEP__BACKEND__BACKEND_CUDA ? "cuda"
+                                                                                       : "auto";
+}
+
+static const char *dtype_name(Llep__DType d) {
+    return d == LLEP__DTYPE__DTYPE_BF16 ? "bf16" : "f32";
+}
+
+static const char *act_name(Llep__Activation a) {
+    return a == LLEP__ACTIVATION__ACT_SWIGLU_OAI ? "swiglu_oai" : "swiglu";
+}
+
+static const char *scope_name(Llep__Scope s) {
+    return s == LLEP__SCOPE__SCOPE_CLUSTER ? "cluster" : "node";
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Verbs. Each gets the arguments after the verb, already counted against the table. */
+
+static int verb_status(ctl *x, char **argv) {
+    Llep__StatusRequest sr = LLEP__STATUS_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__StatusReply *s;
+    char buf[64];
+    int r;
+
+    req.body_case = LLEP__FRAME__BODY_STATUS;
+    req.status = &sr;
+    r = request(x, &req, LLEP__FRAME__BODY_STATUS_REPLY, &reply);
+    if (r)
+        return r;
+    s = reply->status_reply;
+    if (x->json) {
+        fputs("{\"daemon_version\": ", stdout);
+        json_str(s->daemon_version);
+        printf(", \"protocol_version\": %" PRIu32 ", \"pid\": %" PRIu32
+               ", \"uptime_us\": %" PRIu64 ", \"backend\": \"%s\", \"devices\": %" PRIu32
+               ", \"clients\": %" PRIu32 ", \"layers\": %" PRIu32 ", \"draining\": %s}\n",
+               s->protocol_version, s->pid, s->uptime_us, backend_name(s->backend), s->devices,
+               s->clients, s->layers, s->draining ? "true" : "false");
+        return 0;
+    }
+    printf("llepd %s (protocol %" PRIu32 "), pid %" PRIu32 "\n", s->daemon_version,
+           s->protocol_version, s->pid);
+    printf("  state     %s\n", s->draining ? "draining" : "serving");
+    printf("  uptime    %s\n", fmt_uptime(s->uptime_us, buf, sizeof(buf)));
+    printf("  backend   %s\n", backend_name(s->backend));
+    printf("  devices   %" PRIu32 "\n", s->devices);
+    printf("  clients   %" PRIu32 "\n", s->clients);
+    printf("  layers    %" PRIu32 "\n", s->layers);
+    return 0;
+}
+
+static void devices_json(const Llep__DevicesReply *d) {
+    fputs("{\"devices\": [", stdout);
+    for (size_t i = 0; i < d->n_devices; i++) {
+        const Llep__DeviceInfo *v = d->devices[i];
+
+        printf("%s{\"index\": %" PRIu32 ", \"name\": ", i ? ", " : "", v->index);
+        json_str(v->name);
+        printf(", \"memory_budget\": %" PRIu64 ", \"memory_used\": %" PRIu64
+               ", \"memory_peak\": %" PRIu64 ", \"last_step_tokens\": %" PRIu64
+               ", \"last_step_busy_ns\": %" PRIu64 ", \"foreign_experts\": [",
+               v->memory_budget, v->memory_used, v->memory_peak, v->last_step_tokens,
+               v->last_step_busy_ns);
+        for (size_t k = 0; k < v->n_foreign_experts; k++)
+            printf("%s{\"layer_id\": %" PRIu32 ", \"expert\": %" PRIu32 "}", k ? ", " : "",
+                   v->foreign_experts[k]->layer_id, v->foreign_experts[k]->expert);
+        fputs("]}", stdout);
+    }
+    fputs("]}\n", stdout);
+}
+
+static int verb_devices(ctl *x, char **argv) {
+    Llep__DevicesRequest dr = LLEP__DEVICES_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__DevicesReply *d;
+    char b1[32], b2[32], b3[32], b4[32];
+    int r;
+
+    req.body_case = LLEP__FRAME__BODY_DEVICES;
+    req.devices = &dr;
+    r = request(x, &req, LLEP__FRAME__BODY_DEVICES_REPLY, &reply);
+    if (r)
+        return r;
+    d = reply->devices_reply;
+    if (x->json) {
+        devices_json(d);
+        return 0;
+    }
+    printf("%-6s %-20s %12s %12s %12s %12s %12s  %s\n", "DEVICE", "NAME", "BUDGET", "USED",
+           "PEAK", "LAST TOKENS", "LAST BUSY", "FOREIGN EXPERTS");
+    for (size_t i = 0; i < d->n_devices; i++) {
+        const Llep__DeviceInfo *v = d->devices[i];
+
+        printf("%-6" PRIu32 " %-20s %12s %12s %12s %12" PRIu64 " %12s  ", v->index, v->name,
+               v->memory_budget ? fmt_bytes(v->memory_budget, b1, sizeof(b1)) : "-",
+               fmt_bytes(v->memory_used, b2, sizeof(b2)),
+               fmt_bytes(v->memory_peak, b3, sizeof(b3)), v->last_step_tokens,
+               fmt_us(v->last_step_busy_ns / 1000, b4, sizeof(b4)));
+        if (v->n_foreign_experts == 0)
+            fputs("-", stdout);
+        for (size_t k = 0; k < v->n_foreign_experts; k++)
+            printf("%s%" PRIu32 ":%" PRIu32, k ? " " : "", v->foreign_experts[k]->layer_id,
+                   v->foreign_experts[k]->expert);
+        putchar('\n');
+    }
+    if (d->n_devices)
+        printf("(foreign experts as LAYER_ID:EXPERT)\n");
+    return 0;
+}
+
+/* Asks for every layer; shared by `layers` and `plan` (which needs the layer's shape). */
+static int get_layers(ctl *x, Llep__Frame **ret) {
+    Llep__LayersRequest lr = LLEP__LAYERS_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+
+    req.body_case = LLEP__FRAME__BODY_LAYERS;
+    req.layers = &lr;
+    return request(x, &req, LLEP__FRAME__BODY_LAYERS_REPLY, ret);
+}
+
+static void layer_json(const Llep__LayerInfo *l) {
+    const Llep__LayerDesc *d = l->desc;
+    Llep__LayerDesc none = LLEP__LAYER_DESC__INIT;
+
+    if (!d)
+        d = &none;
+    printf("{\"layer_id\": %" PRIu32 ", \"name\": ", l->layer_id);
+    json_str(l->name);
+    printf(", \"num_experts\": %" PRIu32 ", \"top_k\": %" PRIu32 ", \"hidden\": %" PRIu32
+           ", \"inter\": %" PRIu32 ", \"dtype\": \"%s\", \"act\": \"%s\", \"policy\": \"%s\""
+           ", \"alpha\": ", d->num_experts, d->top_k, d->hidden, d->inter,
+           dtype_name(d->dtype), act_name(d->act), llep__policy_name((int)d->policy));
+    json_double(d->alpha);
+    fputs(", \"lambda\": ", stdout);
+    json_double(d->lambda);
+    printf(", \"min_tokens\": %" PRIu32 ", \"group\": %" PRIu32 ", \"scope\": \"%s\""
+           ", \"refs\": %" PRIu32 ", \"steps\": %" PRIu64 ", \"weight_bytes\": %" PRIu64 "}",
+           d->min_tokens, d->group, scope_name(d->scope), l->refs, l->steps, l->weight_bytes);
+}
+
+static int verb_layers(ctl *x, char **argv) {
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__LayersReply *ls;
+    char b[32];
+    int r;
+
+    r = get_layers(x, &reply);
+    if (r)
+        return r;
+    ls = reply->layers_reply;
+    if (x->json) {
+        fputs("{\"layers\": [", stdout);
+        for (size_t i = 0; i < ls->n_layers; i++) {
+            fputs(i ? ", " : "", stdout);
+            layer_json(ls->layers[i]);
+        }
+        fputs("]}\n", stdout);
+        return 0;
+    }
+    if (ls->n_layers == 0) {
+        printf("no layers\n");
+        return 0;
+    }
+    printf("%-4s %-20s %6s %4s %6s %6s %-5s %-10s %-6s %6s %6s %8s %5s %4s %8s %10s\n", "ID",
+           "NAME", "N", "K", "D", "H", "DTYPE", "ACT", "POLICY", "ALPHA", "LAMBDA", "MIN_TOK",
+           "GROUP", "REFS", "STEPS", "WEIGHTS");
+    for (size_t i = 0; i < ls->n_layers; i++) {
+        const Llep__LayerInfo *l = ls->layers[i];
+        Llep__LayerDesc none = LLEP__LAYER_DESC__INIT;
+        const Llep__LayerDesc *d = l->desc ? l->desc : &none;
+
+        printf("%-4" PRIu32 " %-20s %6" PRIu32 " %4" PRIu32 " %6" PRIu32 " %6" PRIu32
+               " %-5s %-10s %-6s %6.3g %6.3g %8" PRIu32 " %5" PRIu32 " %4" PRIu32 " %8" PRIu64
+               " %10s\n",
+               l->layer_id, l->name, d->num_experts, d->top_k, d->hidden, d->inter,
+               dtype_name(d->dtype), act_name(d->act), llep__policy_name((int)d->policy),
+               (double)d->alpha, (double)d->lambda, d->min_tokens, d->group, l->refs, l->steps,
+               fmt_bytes(l->weight_bytes, b, sizeof(b)));
+    }
+    return 0;
+}
+
+static int verb_experts(ctl *x, char **argv) {
+    Llep__ExpertsRequest er = LLEP__EXPERTS_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__ExpertsReply *e;
+    uint64_t max = 0, total = 0;
+    int r;
+
+    er.layer = argv[0];
+    req.body_case = LLEP__FRAME__BODY_EXPERTS;
+    req.experts = &er;
+    r = request(x, &req, LLEP__FRAME__BODY_EXPERTS_REPLY, &reply);
+    if (r)
+        return r;
+    e = reply->experts_reply;
+    if (x->json) {
+        fputs("{\"layer\": ", stdout);
+        json_str(e->layer);
+        printf(", \"steps\": %" PRIu32 ", \"loads\": ", e->steps);
+        json_u64_array(e->loads, e->n_loads);
+        fputs(", \"last_loads\": ", stdout);
+        json_u64_array(e->last_loads, e->n_last_loads);
+        fputs("}\n", stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < e->n_loads; i++) {
+        max = e->loads[i] > max ? e->loads[i] : max;
+        total += e->loads[i];
+    }
+    printf("layer %s: %zu experts, token-slots over the last %" PRIu32 " step%s\n", e->layer,
+           e->n_loads, e->steps, e->steps == 1 ? "" : "s");
+    printf("%6s %12s %6s %10s  %s\n", "EXPERT", "LOAD", "SHARE", "LAST STEP", "");
+    for (size_t i = 0; i < e->n_loads; i++) {
+        printf("%6zu %12" PRIu64 " %5.1f%% %10" PRIu64 "  ", i, e->loads[i],
+               total ? 100.0 * (double)e->loads[i] / (double)total : 0.0,
+               i < e->n_last_loads ? e->last_loads[i] : 0);
+        bar(e->loads[i], max);
+        putchar('\n');
+    }
+    if (total)
+        printf("busiest expert / mean: %.3f\n",
+               (double)max * (double)e->n_loads / (double)total);
+    return 0;
+}
+
+/* Rebuilds an llep_plan from the wire so plan-print.c renders it exactly as llep-plan does.
+ * The message lacks N (experts without load have no ranges), so it comes from the layer. */
+static int plan_from_message(const Llep__Plan *m, uint32_t n, llep_plan *p, char *err,
+                             size_t errlen) {
+    uint32_t np = m->devices;
+    uint32_t *count;
+    int r;
+
+    if (llep__plan_init(p, n, np) < 0) {
+        snprintf(err, errlen, "a plan of %" PRIu32 " experts on %" PRIu32 " devices", n, np);
+        return -EPROTO;
+    }
+    if (m->n_device_loads != np || m->n_assignments > 2 * (size_t)n + np ||
+        m->n_transfers > 2 * (size_t)n + np) {
+        snprintf(err, errlen, "%zu device loads, %zu assignments and %zu transfers for %" PRIu32
+                 " experts on %" PRIu32 " devices", m->n_device_loads, m->n_assignments,
+                 m->n_transfers, n, np);
+        return -EPROTO;
+    }
+    p->mode = m->mode == LLEP__PLAN_MODE__PLAN_MODE_LLEP ? LLEP_PLAN_LLEP : LLEP_PLAN_EP;
+    p->imbalance = m->imbalance;
+    p->capacity = m->capacity;
+    memcpy(p->device_loads, m->device_loads, np * sizeof(uint64_t));
+
+    /* Group the ranges by expert (counting sort, stable, so each expert's stay in order). */
+    count = p->range_off;
+    for (size_t i = 0; i < m->n_assignments; i++) {
+        const Llep__PlanRange *a = m->assignments[i];
+
+        if (a->expert >= n || a->device >= np || a->start >= a->end) {
+            snprintf(err, errlen, "assignment %zu (expert %" PRIu32 ", device %" PRIu32
+                     ", [%" PRIu64 ", %" PRIu64 "))", i, a->expert, a->device, a->start,
+                     a->end);
+            return -EPROTO;
+        }
+        count[a->expert + 1]++;
+    }
+    for (uint32_t e = 0; e < n; e++)
+        count[e + 1] += count[e];
+    for (size_t i = 0; i < m->n_assignments; i++) {
+        const Llep__PlanRange *a = m->assignments[i];
+        uint32_t at = p->range_off[a->expert]++;
+
+        p->ranges[at] = (llep_range){ .device = a->device, .start = a->start, .end = a->end };
+        if (a->end > p->loads[a->expert])
+            p->loads[a->expert] = a->end;
+    }
+    /* The loop above advanced each expert's offset to the next expert's: shift back. */
+    memmove(p->range_off + 1, p->range_off, n * sizeof(uint32_t));
+    p->range_off[0] = 0;
+    p->num_ranges = (uint32_t)m->n_assignments;
+    for (uint32_t e = 0; e < n; e++) {
+        p->native_loads[llep__plan_native(p, e)] += p->loads[e];
+        p->total += p->loads[e];
+    }
+    for (size_t i = 0; i < m->n_transfers; i++) {
+        const Llep__PlanTransfer *t = m->transfers[i];
+
+        p->transfers[i] = (llep_transfer){ .expert = t->expert, .src = t->src, .dst = t->dst };
+    }
+    p->num_transfers = (uint32_t)m->n_transfers;
+    r = llep__plan_validate(p, err, errlen);
+    return r < 0 ? -EPROTO : 0;
+}
+
+static const Llep__LayerInfo *find_layer(const Llep__LayersReply *ls, const char *name) {
+    for (size_t i = 0; i < ls->n_layers; i++)
+        if (ls->layers[i]->name && strcmp(ls->layers[i]->name, name) == 0)
+            return ls->layers[i];
+    return NULL;
+}
+
+static int verb_plan(ctl *x, char **argv) {
+    Llep__PlanRequest pr = LLEP__PLAN_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *layers = NULL;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__LayerInfo *info;
+    const Llep__PlanReply *pl;
+    llep_plan_params params;
+    llep_plan plan;
+    char err[256];
+    int r;
+
+    pr.layer = argv[0];
+    req.body_case = LLEP__FRAME__BODY_PLAN;
+    req.plan = &pr;
+    r = request(x, &req, LLEP__FRAME__BODY_PLAN_REPLY, &reply);
+    if (r)
+        return r;
+    pl = reply->plan_reply;
+    if (!pl->plan)
+        return daemon_error("layer '%s' has not run a step yet: no plan", argv[0]);
+    r = get_layers(x, &layers);
+    if (r)
+        return r;
+    info = find_layer(layers->layers_reply, argv[0]);
+    if (!info || !info->desc)
+        return daemon_error("layer '%s' went away", argv[0]);
+    r = plan_from_message(pl->plan, info->desc->num_experts, &plan, err, sizeof(err));
+    if (r < 0) {
+        llep__plan_fini(&plan);
+        return daemon_error("llepd sent an inconsistent plan for layer '%s': %s", argv[0], err);
+    }
+    if (x->json)
+        r = llep__plan_print_json(&plan, stdout);
+    else {
+        llep__plan_params_default(&params);
+        params.policy = (enum llep_policy)info->desc->policy;
+        if (info->desc->alpha > 0)
+            params.alpha = info->desc->alpha;
+        if (info->desc->lambda > 0)
+            params.lambda = info->desc->lambda;
+        if (info->desc->min_tokens > 0)
+            params.min_tokens = info->desc->min_tokens;
+        printf("layer %s, step %" PRIu64 "\n", argv[0], pl->step);
+        r = llep__plan_print_report(&plan, &params, stdout);
+    }
+    llep__plan_fini(&plan);
+    return r < 0 ? daemon_error("cannot write the plan") : 0;
+}
+
+static void stats_json(const Llep__StatsReply *s) {
+    printf("{\"steps\": %" PRIu64 ", \"ep_steps\": %" PRIu64 ", \"llep_steps\": %" PRIu64
+           ", \"latency_p50_us\": %" PRIu64 ", \"latency_p99_us\": %" PRIu64
+           ", \"weight_bytes_moved\": %" PRIu64 ", \"token_bytes_moved\": %" PRIu64
+           ", \"device_peak_memory\": ",
+           s->steps, s->ep_steps, s->llep_steps, s->latency_p50_us, s->latency_p99_us,
+           s->weight_bytes_moved, s->token_bytes_moved);
+    json_u64_array(s->device_peak_memory, s->n_device_peak_memory);
+    fputs(", \"layers\": [", stdout);
+    for (size_t i = 0; i < s->n_layers; i++) {
+        const Llep__LayerStats *l = s->layers[i];
+
+        printf("%s{\"layer_id\": %" PRIu32 ", \"name\": ", i ? ", " : "", l->layer_id);
+        json_str(l->name);
+        printf(", \"steps\": %" PRIu64 ", \"ep_steps\": %" PRIu64 ", \"llep_steps\": %" PRIu64
+               ", \"imbalance_last\": ", l->steps, l->ep_steps, l->llep_steps);
+        json_double(l->imbalance_last);
+        fputs(", \"imbalance_mean\": ", stdout);
+        json_double(l->imbalance_mean);
+        fputs(", \"imbalance_max\": ", stdout);
+        json_double(l->imbalance_max);
+        printf(", \"latency_p50_us\": %" PRIu64 ", \"latency_p99_us\": %" PRIu64
+               ", \"tokens\": %" PRIu64 ", \"weight_bytes_moved\": %" PRIu64
+               ", \"token_bytes_moved\": %" PRIu64 "}",
+               l->latency_p50_us, l->latency_p99_us, l->tokens, l->weight_bytes_moved,
+               l->token_bytes_moved);
+    }
+    fputs("]}\n", stdout);
+}
+
+static int verb_stats(ctl *x, char **argv) {
+    Llep__StatsRequest sr = LLEP__STATS_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__StatsReply *s;
+    char b1[32], b2[32];
+    int r;
+
+    req.body_case = LLEP__FRAME__BODY_STATS;
+    req.stats = &sr;
+    r = request(x, &req, LLEP__FRAME__BODY_STATS_REPLY, &reply);
+    if (r)
+        return r;
+    s = reply->stats_reply;
+    if (x->json) {
+        stats_json(s);
+        return 0;
+    }
+    printf("steps          %" PRIu64 " (EP %" PRIu64 ", LLEP %" PRIu64 ")\n", s->steps,
+           s->ep_steps, s->llep_steps);
+    printf("step latency   p50 %s, p99 %s\n", fmt_us(s->latency_p50_us, b1, sizeof(b1)),
+           fmt_us(s->latency_p99_us, b2, sizeof(b2)));
+    printf("bytes moved    weights %s, tokens %s\n",
+           fmt_bytes(s->weight_bytes_moved, b1, sizeof(b1)),
+           fmt_bytes(s->token_bytes_moved, b2, sizeof(b2)));
+    printf("peak memory   ");
+    for (size_t i = 0; i < s->n_device_peak_memory; i++)
+        printf(" %zu: %s%s", i, fmt_bytes(s->device_peak_memory[i], b1, sizeof(b1)),
+               i + 1 < s->n_device_peak_memory ? "," : "");
+    printf("%s\n", s->n_device_peak_memory ? "" : " -");
+    if (s->n_layers == 0)
+        return 0;
+    printf("\n%-4s %-20s %8s %8s %8s %9s %9s %9s %10s %10s %10s %10s\n", "ID", "NAME",
+           "STEPS", "EP", "LLEP", "IMB LAST", "IMB MEAN", "IMB MAX", "P50", "P99", "TOKENS",
+           "W MOVED");
+    for (size_t i = 0; i < s->n_layers; i++) {
+        const Llep__LayerStats *l = s->layers[i];
+
+        printf("%-4" PRIu32 " %-20s %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %9.3f %9.3f %9.3f"
+               " %10s %10s %10" PRIu64 " %10s\n",
+               l->layer_id, l->name, l->steps, l->ep_steps, l->llep_steps, l->imbalance_last,
+               l->imbalance_mean, l->imbalance_max,
+               fmt_us(l->latency_p50_us, b1, sizeof(b1)),
+               fmt_us(l->latency_p99_us, b2, sizeof(b2)), l->tokens,
+               fmt_bytes(l->weight_bytes_moved, b1, sizeof(b1)));
+    }
+    return 0;
+}
+
+static int verb_set(ctl *x, char **argv) {
+    Llep__SetRequest sr = LLEP__SET_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    char *assign = argv[1] ? argv[1] : argv[0];
+    char *layer = argv[1] ? argv[0] : NULL;
+    char *eq = strchr(assign, '=');
+    char key[64];
+    int r;
+
+    /* Only the form is checked here; the daemon parses the value with the same rules as its
+     * config file, so llepctl cannot accept what llepd would refuse, or the reverse. */
+    if (!eq || eq == assign || !eq[1])
+        return usage_error("set: expected KEY=VALUE, got '%s'", assign);
+    if ((size_t)(eq - assign) >= sizeof(key))
+        return usage_error("set: key '%.*s' is too long", (int)(eq - assign), assign);
+    memcpy(key, assign, (size_t)(eq - assign));
+    key[eq - assign] = '\0';
+    sr.layer = layer ? layer : "";
+    sr.key = key;
+    sr.value = eq + 1;
+    req.body_case = LLEP__FRAME__BODY_SET;
+    req.set = &sr;
+    r = request(x, &req, LLEP__FRAME__BODY_SET_REPLY, &reply);
+    if (r)
+        return r;
+    if (x->json) {
+        fputs("{\"layer\": ", stdout);
+        if (layer)
+            json_str(layer);
+        else
+            fputs("null", stdout);
+        fputs(", \"key\": ", stdout);
+        json_str(key);
+        fputs(", \"value\": ", stdout);
+        json_str(reply->set_reply->value);
+        fputs("}\n", stdout);
+    } else if (layer)
+        printf("%s of layer %s is now %s\n", key, layer, reply->set_reply->value);
+    else
+        printf("default %s is now %s\n", key, reply->set_reply->value);
+    return 0;
+}
+
+static int verb_drain(ctl *x, char **argv) {
+    Llep__DrainRequest dr = LLEP__DRAIN_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__DrainReply *d;
+    int r;
+
+    req.body_case = LLEP__FRAME__BODY_DRAIN;
+    req.drain = &dr;
+    r = request(x, &req, LLEP__FRAME__BODY_DRAIN_REPLY, &reply);
+    if (r)
+        return r;
+    d = reply->drain_reply;
+    if (x->json)
+        printf("{\"steps_finished\": %" PRIu32 ", \"submissions_refused\": %" PRIu32 "}\n",
+               d->steps_finished, d->submissions_refused);
+    else
+        printf("drained: %" PRIu32 " step%s finished, %" PRIu32 " submission%s refused\n",
+               d->steps_finished, d->steps_finished == 1 ? "" : "s", d->submissions_refused,
+               d->submissions_refused == 1 ? "" : "s");
+    return 0;
+}
+
+typedef struct verb {
+    const char *name;
+    int min_args, max_args;
+    const char *args;
+    const char *help;
+    int (*run)(ctl *x, char **argv);
+} verb;
+
+static const verb verbs[] = {
+    { "status", 0, 0, "", "version, uptime, backend, devices, clients, layers", verb_status },
+    { "devices", 0, 0, "", "per-device memory, last step, foreign experts", verb_devices },
+    { "layers", 0, 0, "", "every layer: shape, policy, references, steps", verb_layers },
+    { "experts", 1, 1, "LAYER", "per-expert load over the last steps, as bars", verb_experts },
+    { "plan", 1, 1, "LAYER", "the last plan of LAYER (--json: DESIGN.md section 6)",
+      verb_plan },
+    { "stats", 0, 0, "", "steps, EP vs LLEP, p50/p99 latency, bytes moved, peak memory",
+      verb_stats },
+    { "set", 1, 2, "[LAYER] KEY=VALUE",
+      "set alpha, lambda, min_tokens or policy (of LAYER, else the default)", verb_set },
+    { "drain", 0, 0, "", "finish the running steps, refuse new work", verb_drain },
+};
+
+static void help(void) {
+    printf("Usage: %s [--socket PATH] [--json] VERB [ARG]...\n"
+           "Inspect and tune a running llepd.\n\nVerbs:\n", prog);
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+        printf("  %-8s %-17s %s\n", verbs[i].name, verbs[i].args, verbs[i].help);
+    printf("\nOptions:\n"
+           "  -s, --socket PATH   llepd's socket (default: $LLEP_SOCKET, else\n"
+           "                      %s as root, else $XDG_RUNTIME_DIR/llep/llepd.sock)\n"
+           "  -j, --json          print one JSON object instead of text\n"
+           "  -h, --help          show this help\n"
+           "  -V, --version       show the version\n\n"
+           "Exit status: 0 on success, 1 when llepd refuses or cannot be reached, 2 on bad "
+           "usage.\n", LLEP_SOCKET_SYSTEM);
+}
+
+int main(int argc, char **argv) {
+    static const struct option options[] = {
+        { "socket", required_argument, NULL, 's' },
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 },
+    };
+    ctl x = { .conn.fd = -1 };
+    const verb *v = NULL;
+    int opt, nargs, r;
+
+    while ((opt = getopt_long(argc, argv, "s:jhV", options, NULL)) != -1) {
+        switch (opt) {
+        case 's':
+            if (!optarg[0])
+                return usage_error("--socket needs a path");
+            x.socket_path = optarg;
+            break;
+        case 'j':
+            x.json = true;
+            break;
+        case 'h':
+            help();
+            return 0;
+        case 'V':
+            printf("%s %s\n", prog, LLEP_VERSION);
+            return 0;
+        default:
+            fprintf(stderr, "Try '%s --help'.\n", prog);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc)
+        return usage_error("no verb given");
+    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
+        if (strcmp(argv[optind], verbs[i].name) == 0)
+            v = &verbs[i];
+    if (!v)
+        return usage_error("unknown verb '%s'", argv[optind]);
+    nargs = argc - optind - 1;
+    if (nargs < v->min_args || nargs > v->max_args)
+        return usage_error("%s takes %s%s", v->name, v->args[0] ? "" : "no arguments",
+                           v->args);
+    /* argv is NULL-terminated, so a verb can tell an optional argument is absent. */
+    r = v->run(&x, argv + optind + 1);
+    if (x.connected)
+        llep__conn_close(&x.conn);
+    if (r == 0 && (fflush(stdout) != 0 || ferror(stdout)))
+        r = daemon_error("cannot write the output");
+    return r;
+}
