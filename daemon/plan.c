@@ -439,6 +439,26 @@ int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_para
     return 0;
 }
 
+int llep__plan_copy(llep_plan *dst, const llep_plan *src) {
+    uint32_t n = src->num_experts, np = src->num_devices;
+
+    if (!dst->ws || dst->num_experts != n || dst->num_devices != np)
+        return -EINVAL;
+    dst->mode = src->mode;
+    dst->imbalance = src->imbalance;
+    dst->capacity = src->capacity;
+    dst->total = src->total;
+    memcpy(dst->loads, src->loads, n * sizeof(*dst->loads));
+    memcpy(dst->native_loads, src->native_loads, np * sizeof(*dst->native_loads));
+    memcpy(dst->device_loads, src->device_loads, np * sizeof(*dst->device_loads));
+    memcpy(dst->range_off, src->range_off, ((size_t)n + 1) * sizeof(*dst->range_off));
+    memcpy(dst->ranges, src->ranges, src->num_ranges * sizeof(*dst->ranges));
+    memcpy(dst->transfers, src->transfers, src->num_transfers * sizeof(*dst->transfers));
+    dst->num_ranges = src->num_ranges;
+    dst->num_transfers = src->num_transfers;
+    return 0;
+}
+
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {

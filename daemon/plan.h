@@ -77,6 +77,10 @@ void llep__plan_fini(llep_plan *p);
  * the loads do not sum within 64 bits. On error the previous result is left untouched. */
 int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params);
 
+/* Copies the result of src into dst, which was initialised for the same N and P. Returns 0 or
+ * -EINVAL when the sizes differ. No allocation. */
+int llep__plan_copy(llep_plan *dst, const llep_plan *src);
+
 /* Native (EP) device of expert e. */
 static inline uint32_t llep__plan_native(const llep_plan *p, uint32_t expert) {
     return expert / p->experts_per_device;

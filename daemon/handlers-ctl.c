@@ -1,0 +1,428 @@
+/* Handlers of llepctl's requests: devices, layers, experts, plan, stats, set and drain. They
+ * only read the loop thread's copies of the figures (sched.c updates them after each step),
+ * never an engine a step may be using. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "handlers.h"
+#include "layer.h"
+#include "log.h"
+#include "server.h"
+
+#define MSG_MAX 512
+
+static void reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body, void *msg) {
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    f.id = id;
+    f.body_case = body;
+    f.status_reply = msg; /* the oneof's members share one slot */
+    llepd_session_send(s, &f);
+}
+
+/* Native weight bytes a layer holds on each device. */
+static uint64_t layer_held(const llepd_layer *l) {
+    if (!l->engine)
+        return 0;
+    return llep__engine_expert_bytes(l->engine) * (l->desc.num_experts / l->srv->devices);
+}
+
+void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
+    llepd_server *srv = s->srv;
+    uint32_t np = srv->devices;
+    Llep__DevicesReply dr = LLEP__DEVICES_REPLY__INIT;
+    Llep__DeviceInfo *info = calloc(np, sizeof(*info));
+    Llep__DeviceInfo **ptrs = calloc(np, sizeof(*ptrs));
+    char (*names)[16] = calloc(np, sizeof(*names));
+    uint32_t nforeign = 0;
+
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        if (srv->layers[i]->have_plan)
+            nforeign += srv->layers[i]->last_plan.num_transfers;
+    Llep__ForeignExpert *fe = calloc(nforeign + 1, sizeof(*fe));
+    Llep__ForeignExpert **fep = calloc(nforeign + 1, sizeof(*fep));
+    if (!info || !ptrs || !names || !fe || !fep) {
+        dr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        dr.message = (char *)"llepd is out of memory";
+        reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
+        goto out;
+    }
+    uint32_t k = 0;
+    for (uint32_t d = 0; d < np; d++) {
+        Llep__DeviceInfo *di = &info[d];
+        llep__device_info__init(di);
+        snprintf(names[d], sizeof(names[d]), "cpu%u", d);
+        di->index = d;
+        di->name = names[d];
+        di->memory_peak = srv->device_peak[d];
+        di->last_step_tokens = srv->last_dev_tokens[d];
+        di->last_step_busy_ns = srv->last_dev_busy_ns[d];
+        di->foreign_experts = &fep[k];
+        for (uint32_t i = 0; i < srv->nlayers; i++) {
+            const llepd_layer *l = srv->layers[i];
+            di->memory_used += layer_held(l);
+            if (!srv->device_memory && l->engine)
+                di->memory_budget += l->last_dev[d].budget_bytes;
+            if (!l->have_plan)
+                continue;
+            for (uint32_t t = 0; t < l->last_plan.num_transfers; t++)
+                if (l->last_plan.transfers[t].dst == d) {
+                    llep__foreign_expert__init(&fe[k]);
+                    fe[k].layer_id = l->id;
+                    fe[k].expert = l->last_plan.transfers[t].expert;
+                    fep[k] = &fe[k];
+                    k++;
+                    di->n_foreign_experts++;
+                }
+        }
+        if (srv->device_memory)
+            di->memory_budget = srv->device_memory;
+        ptrs[d] = di;
+    }
+    dr.message = (char *)"";
+    dr.n_devices = np;
+    dr.devices = ptrs;
+    reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
+out:
+    free(info);
+    free(ptrs);
+    free(names);
+    free(fe);
+    free(fep);
+}
+
+/* The layer's desc with the tunables now in effect filled in. */
+static void effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {
+    llep_plan_params pp;
+
+    *ret = l->desc;
+    llepd_layer_params(l, &pp);
+    ret->alpha = (float)pp.alpha;
+    ret->lambda = (float)pp.lambda;
+    ret->min_tokens = (uint32_t)pp.min_tokens;
+    ret->policy = (Llep__Policy)pp.policy;
+}
+
+void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
+    llepd_server *srv = s->srv;
+    Llep__LayersReply lr = LLEP__LAYERS_REPLY__INIT;
+    uint32_t n = srv->nlayers;
+    Llep__LayerInfo *info = calloc(n + 1, sizeof(*info));
+    Llep__LayerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
+    Llep__LayerDesc *descs = calloc(n + 1, sizeof(*descs));
+
+    lr.message = (char *)"";
+    if (!info || !ptrs || !descs) {
+        lr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        lr.message = (char *)"llepd is out of memory";
+        n = 0;
+    }
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const llepd_layer *l = srv->layers[i];
+        if (l->dead || l->creating)
+            continue;
+        llep__layer_info__init(&info[k]);
+        effective_desc(l, &descs[k]);
+        info[k].layer_id = l->id;
+        info[k].name = (char *)l->name;
+        info[k].desc = &descs[k];
+        info[k].refs = (uint32_t)l->refs;
+        info[k].steps = l->steps;
+        info[k].weight_bytes = l->engine ? llep__engine_expert_bytes(l->engine) *
+                                               l->desc.num_experts : 0;
+        ptrs[k] = &info[k];
+        k++;
+    }
+    lr.n_layers = k;
+    lr.layers = ptrs;
+    reply(s, f->id, LLEP__FRAME__BODY_LAYERS_REPLY, &lr);
+    free(info);
+    free(ptrs);
+    free(descs);
+}
+
+/* Looks a layer up by name for experts and plan; replies NOT_FOUND itself. */
+static llepd_layer *named_layer(llepd_session *s, const char *name, char *err, size_t errlen) {
+    llepd_layer *l = name ? llepd_layer_find(s->srv, name) : NULL;
+
+    if (!l || l->creating)
+        snprintf(err, errlen, "no layer named '%s'", name ? name : "");
+    return l && !l->creating ? l : NULL;
+}
+
+void llepd_handle_experts(llepd_session *s, const Llep__Frame *f) {
+    Llep__ExpertsReply er = LLEP__EXPERTS_REPLY__INIT;
+    char err[MSG_MAX] = "";
+    llepd_layer *l = named_layer(s, f->experts->layer, err, sizeof(err));
+    uint64_t *sum = NULL;
+
+    er.message = err;
+    if (!l) {
+        er.status = LLEP__STATUS__STATUS_NOT_FOUND;
+        reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+        return;
+    }
+    uint32_t n = l->desc.num_experts;
+    sum = calloc(n, sizeof(*sum));
+    if (!sum) {
+        er.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        snprintf(err, sizeof(err), "llepd is out of memory");
+        reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+        return;
+    }
+    uint32_t w = l->steps < LLEPD_LOAD_WINDOW ? (uint32_t)l->steps : LLEPD_LOAD_WINDOW;
+    for (uint32_t i = 0; i < w; i++)
+        for (uint32_t e = 0; e < n; e++)
+            sum[e] += l->load_hist[(size_t)i * n + e];
+    er.layer = l->name;
+    er.steps = w;
+    er.n_loads = n;
+    er.loads = sum;
+    er.n_last_loads = l->steps ? n : 0;
+    er.last_loads = l->last_loads;
+    reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+    free(sum);
+}
+
+void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
+    Llep__PlanReply pr = LLEP__PLAN_REPLY__INIT;
+    Llep__Plan plan = LLEP__PLAN__INIT;
+    char err[MSG_MAX] = "";
+    llepd_layer *l = named_layer(s, f->plan->layer, err, sizeof(err));
+    Llep__PlanRange *ranges = NULL, **rp = NULL;
+    Llep__PlanTransfer *xfers = NULL, **xp = NULL;
+
+    pr.message = err;
+    if (!l) {
+        pr.status = LLEP__STATUS__STATUS_NOT_FOUND;
+        reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+        return;
+    }
+    pr.layer = l->name;
+    if (!l->have_plan) {
+        reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr); /* step 0, no plan yet */
+        return;
+    }
+    const llep_plan *p = &l->last_plan;
+    ranges = calloc(p->num_ranges + 1, sizeof(*ranges));
+    rp = calloc(p->num_ranges + 1, sizeof(*rp));
+    xfers = calloc(p->num_transfers + 1, sizeof(*xfers));
+    xp = calloc(p->num_transfers + 1, sizeof(*xp));
+    if (!ranges || !rp || !xfers || !xp) {
+        pr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        snprintf(err, sizeof(err), "llepd is out of memory");
+        reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+        goto out;
+    }
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        for (uint32_t i = p->range_off[e]; i < p->range_off[e + 1]; i++) {
+            llep__plan_range__init(&ranges[i]);
+            ranges[i].expert = e;
+            ranges[i].device = p->ranges[i].device;
+            ranges[i].start = p->ranges[i].start;
+            ranges[i].end = p->ranges[i].end;
+            rp[i] = &ranges[i];
+        }
+    for (uint32_t t = 0; t < p->num_transfers; t++) {
+        llep__plan_transfer__init(&xfers[t]);
+        xfers[t].expert = p->transfers[t].expert;
+        xfers[t].src = p->transfers[t].src;
+        xfers[t].dst = p->transfers[t].dst;
+        xp[t] = &xfers[t];
+    }
+    plan.mode = p->mode == LLEP_PLAN_LLEP ? LLEP__PLAN_MODE__PLAN_MODE_LLEP
+                                          : LLEP__PLAN_MODE__PLAN_MODE_EP;
+    plan.imbalance = p->imbalance;
+    plan.capacity = p->capacity;
+    plan.devices = p->num_devices;
+    plan.n_device_loads = p->num_devices;
+    plan.device_loads = p->device_loads;
+    plan.n_assignments = p->num_ranges;
+    plan.assignments = rp;
+    plan.n_transfers = p->num_transfers;
+    plan.transfers = xp;
+    pr.step = l->last_plan_step;
+    pr.plan = &plan;
+    reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+out:
+    free(ranges);
+    free(rp);
+    free(xfers);
+    free(xp);
+}
+
+void llepd_handle_stats(llepd_session *s, const Llep__Frame *f) {
+    llepd_server *srv = s->srv;
+    Llep__StatsReply sr = LLEP__STATS_REPLY__INIT;
+    uint32_t n = srv->nlayers;
+    Llep__LayerStats *ls = calloc(n + 1, sizeof(*ls));
+    Llep__LayerStats **lp = calloc(n + 1, sizeof(*lp));
+
+    sr.message = (char *)"";
+    if (!ls || !lp) {
+        sr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        sr.message = (char *)"llepd is out of memory";
+        n = 0;
+    }
+    sr.steps = srv->steps;
+    sr.ep_steps = srv->ep_steps;
+    sr.llep_steps = srv->llep_steps;
+    sr.latency_p50_us = llepd_latency_percentile(&srv->latency, 50);
+    sr.latency_p99_us = llepd_latency_percentile(&srv->latency, 99);
+    sr.weight_bytes_moved = srv->weight_bytes_moved;
+    sr.token_bytes_moved = srv->token_bytes_moved;
+    sr.n_device_peak_memory = srv->devices;
+    sr.device_peak_memory = srv->device_peak;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const llepd_layer *l = srv->layers[i];
+        if (l->dead || l->creating)
+            continue;
+        llep__layer_stats__init(&ls[k]);
+        ls[k].layer_id = l->id;
+        ls[k].name = (char *)l->name;
+        ls[k].steps = l->steps;
+        ls[k].ep_steps = l->ep_steps;
+        ls[k].llep_steps = l->llep_steps;
+        ls[k].imbalance_last = l->imbalance_last;
+        ls[k].imbalance_mean = l->steps ? l->imbalance_sum / (double)l->steps : 0;
+        ls[k].imbalance_max = l->imbalance_max;
+        ls[k].latency_p50_us = llepd_latency_percentile(&l->latency, 50);
+        ls[k].latency_p99_us = llepd_latency_percentile(&l->latency, 99);
+        ls[k].tokens = l->tokens;
+        ls[k].weight_bytes_moved = l->weight_bytes_moved;
+        ls[k].token_bytes_moved = l->token_bytes_moved;
+        lp[k] = &ls[k];
+        k++;
+    }
+    sr.n_layers = k;
+    sr.layers = lp;
+    reply(s, f->id, LLEP__FRAME__BODY_STATS_REPLY, &sr);
+    free(ls);
+    free(lp);
+}
+
+static void apply_setting(llepd_server *srv, llepd_layer *l, const llep_setting *st) {
+    switch (st->key) {
+    case LLEP_SETTING_ALPHA:
+        if (l) {
+            l->tun.params.alpha = st->value;
+            l->tun.own_alpha = true;
+        } else {
+            srv->cfg.alpha = st->value;
+        }
+        break;
+    case LLEP_SETTING_LAMBDA:
+        if (l) {
+            l->tun.params.lambda = st->value;
+            l->tun.own_lambda = true;
+        } else {
+            srv->cfg.lambda = st->value;
+        }
+        break;
+    case LLEP_SETTING_MIN_TOKENS:
+        if (l) {
+            l->tun.params.min_tokens = st->min_tokens;
+            l->tun.own_min_tokens = true;
+        } else {
+            srv->cfg.min_tokens = st->min_tokens;
+        }
+        break;
+    case LLEP_SETTING_POLICY:
+        if (l) {
+            l->tun.params.policy = (enum llep_policy)st->policy;
+            l->tun.own_policy = true;
+        } else {
+            srv->default_policy = (enum llep_policy)st->policy;
+        }
+        break;
+    }
+}
+
+void llepd_handle_set(llepd_session *s, const Llep__Frame *f) {
+    const Llep__SetRequest *rq = f->set;
+    Llep__SetReply sr = LLEP__SET_REPLY__INIT;
+    char err[MSG_MAX] = "", value[64] = "";
+    llepd_layer *l = NULL;
+    llep_setting st;
+    int r = 0;
+
+    if (rq->layer && rq->layer[0] && !(l = named_layer(s, rq->layer, err, sizeof(err))))
+        r = -ENOENT;
+    if (r == 0)
+        r = llep__setting_parse(rq->key ? rq->key : "", rq->value ? rq->value : "", &st, err,
+                                sizeof(err));
+    if (r == 0) {
+        apply_setting(s->srv, l, &st);
+        llep__setting_format(&st, value, sizeof(value));
+        log_notice("client %llu (uid %u) set %s%s%s=%s", (unsigned long long)s->id,
+                   (unsigned)s->cred.uid, l ? l->name : "", l ? " " : "", rq->key, value);
+    }
+    sr.status = llep__status_from_errno(r);
+    sr.message = err;
+    sr.value = value;
+    reply(s, f->id, LLEP__FRAME__BODY_SET_REPLY, &sr);
+}
+
+typedef struct llepd_drain_waiter {
+    llepd_session *s;
+    uint64_t frame_id;
+    uint64_t steps_at_start;
+    uint32_t refused_at_start;
+} llepd_drain_waiter;
+
+/* Answers the drain requests once no step runs or waits. */
+void llepd_drain_check(llepd_server *srv) {
+    if (!srv->ndrain_waiters || srv->running_steps || srv->running_creates)
+        return;
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        if (srv->layers[i]->queued)
+            return;
+    for (uint32_t i = 0; i < srv->ndrain_waiters; i++) {
+        llepd_drain_waiter *w = &srv->drain_waiters[i];
+        Llep__DrainReply dr = LLEP__DRAIN_REPLY__INIT;
+        dr.message = (char *)"";
+        dr.steps_finished = (uint32_t)(srv->steps - w->steps_at_start);
+        dr.submissions_refused = srv->refused - w->refused_at_start;
+        reply(w->s, w->frame_id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
+        llepd_session_unref(w->s);
+    }
+    srv->ndrain_waiters = 0;
+}
+
+void llepd_handle_drain(llepd_session *s, const Llep__Frame *f) {
+    llepd_server *srv = s->srv;
+    llepd_drain_waiter *v = realloc(srv->drain_waiters,
+                                    (srv->ndrain_waiters + 1) * sizeof(*v));
+
+    if (!v) {
+        Llep__DrainReply dr = LLEP__DRAIN_REPLY__INIT;
+        dr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        dr.message = (char *)"llepd is out of memory";
+        reply(s, f->id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
+        return;
+    }
+    srv->drain_waiters = v;
+    v[srv->ndrain_waiters++] = (llepd_drain_waiter){ s, f->id, srv->steps, srv->refused };
+    llepd_session_ref(s);
+    if (!srv->draining) {
+        srv->draining = true;
+        log_notice("draining on request of client %llu (uid %u)", (unsigned long long)s->id,
+                   (unsigned)s->cred.uid);
+        Llep__Notice notice = LLEP__NOTICE__INIT;
+        Llep__Frame nf = LLEP__FRAME__INIT;
+        notice.status = LLEP__STATUS__STATUS_SHUTTING_DOWN;
+        notice.message = (char *)"llepd is draining: no new submissions or layers";
+        nf.body_case = LLEP__FRAME__BODY_NOTICE;
+        nf.notice = &notice;
+        for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next) {
+            llepd_session *o = llepd_container_of(i, llepd_session, link);
+            if (o->kind == LLEP__PEER_KIND__PEER_KIND_CLIENT)
+                llepd_session_send(o, &nf);
+        }
+    }
+    llepd_drain_check(srv);
+}

@@ -1,0 +1,362 @@
+/* One handler per request, dispatched from a table that also says who may send it. Each
+ * handler checks its message first (proto/validate.h) and answers every request, with a
+ * status and a sentence naming the problem when it cannot serve it. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "handlers.h"
+#include "layer.h"
+#include "llep-config.h"
+#include "log.h"
+#include "server.h"
+#include "validate.h"
+
+#define MSG_MAX 512
+
+/* Who may send a request. */
+enum { ANY = 0, CLIENT = 1, CTL = 2, ADMIN = 4 };
+
+typedef void (*handler_fn)(llepd_session *s, const Llep__Frame *f);
+
+typedef struct handler {
+    Llep__Frame__BodyCase body;
+    handler_fn fn;
+    int who;
+} handler;
+
+static void reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body, void *msg) {
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    f.id = id;
+    f.body_case = body;
+    /* Every body member of the oneof shares one storage slot. */
+    f.hello_reply = msg;
+    llepd_session_send(s, &f);
+}
+
+static void reply_error(llepd_session *s, uint64_t id, int err, const char *msg) {
+    Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
+
+    er.status = llep__status_from_errno(err);
+    er.message = (char *)msg;
+    reply(s, id, LLEP__FRAME__BODY_ERROR, &er);
+}
+
+/* ---- connection set-up ------------------------------------------------------------------- */
+
+static void handle_hello(llepd_session *s, const Llep__Frame *f) {
+    Llep__HelloReply hr = LLEP__HELLO_REPLY__INIT;
+    char err[MSG_MAX] = "";
+    int r = llep__frame_check_hello(f, err, sizeof(err));
+
+    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hr.daemon_version = (char *)LLEP_VERSION;
+    hr.client_id = s->id;
+    if (r == 0 && s->state != SESSION_HELLO) {
+        r = -EPROTO;
+        snprintf(err, sizeof(err), "Hello sent twice");
+    }
+    if (r == 0 && f->hello->kind != LLEP__PEER_KIND__PEER_KIND_CLIENT &&
+        f->hello->kind != LLEP__PEER_KIND__PEER_KIND_CTL) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "Hello.kind must be client or ctl");
+    }
+    hr.status = llep__status_from_errno(r);
+    hr.message = err;
+    reply(s, f->id, LLEP__FRAME__BODY_HELLO_REPLY, &hr);
+    if (r < 0) {
+        llepd_session_close(s, err);
+        return;
+    }
+    s->state = SESSION_READY;
+    s->kind = f->hello->kind;
+    snprintf(s->program, sizeof(s->program), "%s",
+             f->hello->program && f->hello->program[0] ? f->hello->program : "?");
+    log_debug("client %llu is %s (%s)", (unsigned long long)s->id, s->program,
+              s->kind == LLEP__PEER_KIND__PEER_KIND_CTL ? "ctl" : "client");
+}
+
+/* Arenas above this are refused: a typo must not make the daemon map a terabyte. */
+#define MAX_TENSOR_BYTES (UINT64_C(64) << 30)
+
+static void handle_arena_setup(llepd_session *s, const Llep__Frame *f) {
+    Llep__ArenaReply ar = LLEP__ARENA_REPLY__INIT;
+    llep_arena_geom g;
+    char err[MSG_MAX] = "";
+    int r;
+
+    if (s->inflight || s->creating) {
+        r = -EBUSY;
+        snprintf(err, sizeof(err), "cannot replace the arena while %u submissions and %u "
+                 "layer creations are in flight", s->inflight, s->creating);
+    } else {
+        r = llep__arena_setup_check(f->arena_setup, MAX_TENSOR_BYTES, &g, err, sizeof(err));
+    }
+    if (r == 0) {
+        r = llepd_session_set_arena(s, &g);
+        if (r < 0)
+            snprintf(err, sizeof(err), "cannot create the arena: %s", strerror(-r));
+    }
+    ar.status = llep__status_from_errno(r);
+    ar.message = err;
+    if (r < 0) {
+        reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &ar);
+        return;
+    }
+    llep__arena_reply_set_geom(&ar, &s->arena.geom);
+    ar.fd_count = 3;
+    Llep__Frame out = LLEP__FRAME__INIT;
+    out.id = f->id;
+    out.body_case = LLEP__FRAME__BODY_ARENA_REPLY;
+    out.arena_reply = &ar;
+    int fds[3] = { s->arena.fd, llepd_session_sq_fd(s), s->cq_efd };
+    r = llepd_session_send_fds(s, &out, fds, 3);
+    if (r < 0) {
+        snprintf(err, sizeof(err), "could not pass the arena descriptors: %s", strerror(-r));
+        llepd_session_close(s, err);
+    }
+}
+
+/* ---- layers ------------------------------------------------------------------------------ */
+
+static int add_layer_ref(llepd_session *s, llepd_layer *l) {
+    if (s->nlayers == s->cap_layers) {
+        uint32_t cap = s->cap_layers ? 2 * s->cap_layers : 4;
+        uint32_t *v = realloc(s->layers, cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        s->layers = v;
+        s->cap_layers = cap;
+    }
+    s->layers[s->nlayers++] = l->id;
+    l->refs++;
+    return 0;
+}
+
+static void send_layer_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body,
+                             const llepd_layer *l, int status, const char *msg, bool created) {
+    Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
+    Llep__LayerDesc d = l->desc;
+
+    lr.status = llep__status_from_errno(status);
+    lr.message = (char *)(msg ? msg : "");
+    if (status == 0) {
+        lr.layer_id = l->id;
+        lr.created = created;
+        lr.desc = &d;
+    }
+    reply(s, id, body, &lr);
+}
+
+typedef struct attach_waiter {
+    llepd_list link;
+    llepd_session *s;
+    uint64_t frame_id;
+} attach_waiter;
+
+void llepd_layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id, int status,
+                         const char *msg) {
+    char err[MSG_MAX];
+
+    if (status == 0 && creator->state != SESSION_CLOSING && add_layer_ref(creator, l) < 0)
+        status = -ENOMEM;
+    if (creator->state != SESSION_CLOSING) {
+        snprintf(err, sizeof(err), "%s", msg ? msg : "");
+        send_layer_reply(creator, frame_id, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, l, status,
+                         err, true);
+    }
+    while (!llepd_list_empty(&l->attach_waiters)) {
+        attach_waiter *w = llepd_container_of(l->attach_waiters.next, attach_waiter, link);
+        llepd_list_remove(&w->link);
+        if (w->s->state != SESSION_CLOSING) {
+            int r = status;
+            if (r == 0)
+                r = add_layer_ref(w->s, l);
+            snprintf(err, sizeof(err), "layer '%s' could not be created: %s", l->name,
+                     msg ? msg : "");
+            send_layer_reply(w->s, w->frame_id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, l, r,
+                             r ? err : "", false);
+        }
+        llepd_session_unref(w->s);
+        free(w);
+    }
+    if (status < 0 || l->refs == 0) {
+        l->dead = true;
+        llepd_layer_maybe_destroy(l);
+    }
+}
+
+static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
+    const Llep__LayerCreate *lc = f->layer_create;
+    char err[MSG_MAX] = "";
+    llepd_layer *l = NULL;
+    int r = llep__layer_create_check(lc, s->have_arena ? &s->arena : NULL, err, sizeof(err));
+
+    if (r == 0 && s->srv->draining) {
+        r = -ESHUTDOWN;
+        snprintf(err, sizeof(err), "llepd is draining and creates no layers");
+    }
+    if (r == 0 && lc->desc->num_experts % s->srv->devices != 0) {
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "num_experts %u is not a multiple of the daemon's %u devices",
+                 lc->desc->num_experts, s->srv->devices);
+    }
+    if (r == 0 && llepd_layer_find(s->srv, lc->name)) {
+        r = -EEXIST;
+        snprintf(err, sizeof(err), "layer '%s' exists; attach to it with NULL weights",
+                 lc->name);
+    }
+    if (r == 0 && !(l = llepd_layer_new(s->srv, lc->name, lc->desc))) {
+        r = -ENOMEM;
+        snprintf(err, sizeof(err), "llepd is out of memory");
+    }
+    if (r == 0) {
+        r = llepd_layer_start_create(l, s, f->id, lc);
+        if (r < 0) {
+            snprintf(err, sizeof(err), "cannot start creating the layer: %s", strerror(-r));
+            l->creating = false;
+            l->dead = true;
+            llepd_layer_maybe_destroy(l);
+        }
+    }
+    if (r < 0) {
+        Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
+        lr.status = llep__status_from_errno(r);
+        lr.message = err;
+        reply(s, f->id, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, &lr);
+    }
+}
+
+static void handle_layer_attach(llepd_session *s, const Llep__Frame *f) {
+    const Llep__LayerAttach *la = f->layer_attach;
+    char err[MSG_MAX] = "", have[160], want[160];
+    llepd_layer *l = NULL;
+    int r = llep__layer_attach_check(la, err, sizeof(err));
+
+    if (r == 0 && !(l = llepd_layer_find(s->srv, la->name))) {
+        r = -ENOENT;
+        snprintf(err, sizeof(err), "no layer named '%s'", la->name);
+    }
+    if (r == 0 && la->desc && !llep__layer_desc_same_shape(&l->desc, la->desc)) {
+        llep__layer_desc_format_shape(&l->desc, have, sizeof(have));
+        llep__layer_desc_format_shape(la->desc, want, sizeof(want));
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "layer '%s' has shape %s, asked for %s", la->name, have,
+                 want);
+    }
+    if (r == 0 && l->creating) {
+        attach_waiter *w = calloc(1, sizeof(*w));
+        if (w) {
+            w->s = s;
+            w->frame_id = f->id;
+            llepd_session_ref(s);
+            llepd_list_append(&l->attach_waiters, &w->link);
+            return; /* answered by llepd_layer_created() */
+        }
+        r = -ENOMEM;
+    }
+    if (r == 0)
+        r = add_layer_ref(s, l);
+    if (r < 0 && !err[0])
+        snprintf(err, sizeof(err), "%s", strerror(-r));
+    if (r < 0) {
+        Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
+        lr.status = llep__status_from_errno(r);
+        lr.message = err;
+        reply(s, f->id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, &lr);
+        return;
+    }
+    send_layer_reply(s, f->id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, l, 0, "", false);
+}
+
+static void handle_layer_release(llepd_session *s, const Llep__Frame *f) {
+    Llep__LayerReleaseReply rr = LLEP__LAYER_RELEASE_REPLY__INIT;
+    char err[MSG_MAX] = "";
+    uint32_t id = f->layer_release->layer_id;
+    uint32_t i = 0;
+
+    while (i < s->nlayers && s->layers[i] != id)
+        i++;
+    if (i == s->nlayers) {
+        rr.status = LLEP__STATUS__STATUS_NOT_FOUND;
+        snprintf(err, sizeof(err), "this client holds no layer with id %u", id);
+    } else {
+        s->layers[i] = s->layers[--s->nlayers];
+        llepd_layer *l = llepd_layer_by_id(s->srv, id);
+        if (l)
+            llepd_layer_unref(l);
+    }
+    rr.message = err;
+    reply(s, f->id, LLEP__FRAME__BODY_LAYER_RELEASE_REPLY, &rr);
+}
+
+/* ---- inspection (llepctl) ---------------------------------------------------------------- */
+
+static void handle_status(llepd_session *s, const Llep__Frame *f) {
+    Llep__StatusReply sr = LLEP__STATUS_REPLY__INIT;
+    llepd_server *srv = s->srv;
+
+    sr.message = (char *)"";
+    sr.daemon_version = (char *)LLEP_VERSION;
+    sr.protocol_version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    sr.uptime_us = (llepd_now_ns() - srv->start_ns) / 1000;
+    sr.backend = (Llep__Backend)srv->backend;
+    sr.devices = srv->devices;
+    for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next)
+        sr.clients += llepd_container_of(i, llepd_session, link)->kind ==
+                      LLEP__PEER_KIND__PEER_KIND_CLIENT;
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        sr.layers += !srv->layers[i]->dead;
+    sr.draining = srv->draining;
+    sr.pid = (uint32_t)getpid();
+    reply(s, f->id, LLEP__FRAME__BODY_STATUS_REPLY, &sr);
+}
+
+static const handler handlers[] = {
+    { LLEP__FRAME__BODY_ARENA_SETUP, handle_arena_setup, CLIENT },
+    { LLEP__FRAME__BODY_LAYER_CREATE, handle_layer_create, CLIENT },
+    { LLEP__FRAME__BODY_LAYER_ATTACH, handle_layer_attach, CLIENT },
+    { LLEP__FRAME__BODY_LAYER_RELEASE, handle_layer_release, CLIENT },
+    { LLEP__FRAME__BODY_STATUS, handle_status, ANY },
+    { LLEP__FRAME__BODY_DEVICES, llepd_handle_devices, ANY },
+    { LLEP__FRAME__BODY_LAYERS, llepd_handle_layers, ANY },
+    { LLEP__FRAME__BODY_EXPERTS, llepd_handle_experts, ANY },
+    { LLEP__FRAME__BODY_PLAN, llepd_handle_plan, ANY },
+    { LLEP__FRAME__BODY_STATS, llepd_handle_stats, ANY },
+    { LLEP__FRAME__BODY_SET, llepd_handle_set, ADMIN },
+    { LLEP__FRAME__BODY_DRAIN, llepd_handle_drain, ADMIN },
+};
+
+void llepd_handle_frame(llepd_session *s, const Llep__Frame *f) {
+    char err[MSG_MAX];
+
+    if (s->state == SESSION_HELLO || f->body_case == LLEP__FRAME__BODY_HELLO) {
+        handle_hello(s, f);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++) {
+        const handler *h = &handlers[i];
+        if (h->body != f->body_case)
+            continue;
+        if ((h->who & CLIENT) && s->kind != LLEP__PEER_KIND__PEER_KIND_CLIENT) {
+            snprintf(err, sizeof(err), "%s is for clients; this connection said it is llepctl",
+                     llep__frame_body_name(f->body_case));
+            reply_error(s, f->id, -EPROTO, err);
+            return;
+        }
+        if ((h->who & ADMIN) && !s->admin) {
+            snprintf(err, sizeof(err), "%s needs root or membership of group llep (uid %u)",
+                     llep__frame_body_name(f->body_case), (unsigned)s->cred.uid);
+            reply_error(s, f->id, -EPERM, err);
+            return;
+        }
+        h->fn(s, f);
+        return;
+    }
+    snprintf(err, sizeof(err), "%s is not a request llepd serves",
+             llep__frame_body_name(f->body_case));
+    reply_error(s, f->id, -EPROTO, err);
+}

@@ -1,0 +1,239 @@
+/* Layers: created by name with weights, attached by name, reference-counted, freed with the
+ * last reference. Creating one copies the weights into every device, which can take seconds
+ * for a real model, so it runs on the thread pool while the loop keeps serving others. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layer.h"
+#include "log.h"
+#include "validate.h"
+
+llepd_layer *llepd_layer_find(llepd_server *srv, const char *name) {
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        if (!srv->layers[i]->dead && strcmp(srv->layers[i]->name, name) == 0)
+            return srv->layers[i];
+    return NULL;
+}
+
+llepd_layer *llepd_layer_by_id(llepd_server *srv, uint32_t id) {
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        if (srv->layers[i]->id == id)
+            return srv->layers[i];
+    return NULL;
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+    llepd_layer *l = h->data;
+
+    llep__engine_free(l->engine);
+    if (l->have_plan)
+        llep__plan_fini(&l->last_plan);
+    free(l->load_hist);
+    free(l->last_loads);
+    free(l->last_dev);
+    free(l);
+}
+
+static void layer_destroy(llepd_layer *l) {
+    llepd_server *srv = l->srv;
+
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        if (srv->layers[i] == l) {
+            memmove(&srv->layers[i], &srv->layers[i + 1],
+                    (srv->nlayers - i - 1) * sizeof(*srv->layers));
+            srv->nlayers--;
+            break;
+        }
+    log_info("layer '%s' freed", l->name);
+    if (uv_is_closing((uv_handle_t *)&l->group_timer))
+        on_timer_closed((uv_handle_t *)&l->group_timer); /* closed by a stop already */
+    else
+        uv_close((uv_handle_t *)&l->group_timer, on_timer_closed);
+}
+
+/* A layer without references goes once no step or creation uses it. */
+void llepd_layer_maybe_destroy(llepd_layer *l) {
+    if (l->refs > 0 || l->running || l->creating || l->queued)
+        return;
+    layer_destroy(l);
+}
+
+void llepd_layer_unref(llepd_layer *l) {
+    if (l->refs > 0)
+        l->refs--;
+    if (l->refs == 0)
+        l->dead = true; /* no new attaches; a new layer may take the name */
+    llepd_layer_maybe_destroy(l);
+}
+
+void llepd_layer_free_all(llepd_server *srv) {
+    while (srv->nlayers > 0) {
+        llepd_layer *l = srv->layers[srv->nlayers - 1];
+        srv->nlayers--;
+        uv_handle_t *t = (uv_handle_t *)&l->group_timer;
+        if (uv_is_closing(t) || !uv_is_active(t))
+            on_timer_closed(t); /* the loop has ended: no callback will come */
+    }
+    free(srv->layers);
+    srv->layers = NULL;
+}
+
+/* Effective plan parameters of a step: the layer's own values, else the daemon's. */
+void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret) {
+    const llep_config *c = &l->srv->cfg;
+
+    ret->alpha = l->tun.own_alpha ? l->tun.params.alpha : c->alpha;
+    ret->lambda = l->tun.own_lambda ? l->tun.params.lambda : c->lambda;
+    ret->min_tokens = l->tun.own_min_tokens ? l->tun.params.min_tokens : c->min_tokens;
+    ret->policy = l->tun.own_policy ? l->tun.params.policy : l->srv->default_policy;
+}
+
+/* Bytes the other layers' native weights hold on each device. */
+static uint64_t others_held(const llepd_server *srv, const llepd_layer *self) {
+    uint64_t sum = 0;
+
+    for (uint32_t i = 0; i < srv->nlayers; i++) {
+        const llepd_layer *o = srv->layers[i];
+        if (o != self && o->engine)
+            sum += llep__engine_expert_bytes(o->engine) * (o->desc.num_experts / srv->devices);
+    }
+    return sum;
+}
+
+llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__LayerDesc *d) {
+    llepd_layer *l = calloc(1, sizeof(*l));
+    uint32_t n = d->num_experts;
+
+    if (!l)
+        return NULL;
+    l->load_hist = calloc((size_t)n * LLEPD_LOAD_WINDOW, sizeof(*l->load_hist));
+    l->last_loads = calloc(n, sizeof(*l->last_loads));
+    l->last_dev = calloc(srv->devices, sizeof(*l->last_dev));
+    if (srv->nlayers == srv->cap_layers) {
+        uint32_t cap = srv->cap_layers ? 2 * srv->cap_layers : 8;
+        llepd_layer **v = realloc(srv->layers, cap * sizeof(*v));
+        if (v) {
+            srv->layers = v;
+            srv->cap_layers = cap;
+        }
+    }
+    if (!l->load_hist || !l->last_loads || !l->last_dev || srv->nlayers == srv->cap_layers) {
+        free(l->load_hist);
+        free(l->last_loads);
+        free(l->last_dev);
+        free(l);
+        return NULL;
+    }
+    l->srv = srv;
+    l->id = srv->next_layer_id++;
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    l->desc = *d;
+    l->desc.base.descriptor = &llep__layer_desc__descriptor;
+    l->tun.params.alpha = d->alpha;
+    l->tun.params.lambda = d->lambda;
+    l->tun.params.min_tokens = d->min_tokens;
+    l->tun.params.policy = (enum llep_policy)d->policy;
+    l->tun.own_alpha = d->alpha > 0;
+    l->tun.own_lambda = d->lambda > 0;
+    l->tun.own_min_tokens = d->min_tokens > 0;
+    l->tun.own_policy = d->policy != LLEP__POLICY__POLICY_AUTO;
+    l->creating = true;
+    llepd_list_init(&l->queue);
+    llepd_list_init(&l->attach_waiters);
+    uv_timer_init(srv->loop, &l->group_timer);
+    l->group_timer.data = l;
+    srv->layers[srv->nlayers++] = l;
+    return l;
+}
+
+/* ---- creation on the thread pool --------------------------------------------------------- */
+
+typedef struct create_work {
+    uv_work_t req;
+    llepd_layer *layer;
+    llepd_session *session;
+    uint64_t frame_id;
+    llep_engine_config cfg;
+    llep_engine *engine;
+    int r;
+    char err[256];
+} create_work;
+
+static void create_run(uv_work_t *req) {
+    create_work *w = req->data;
+    w->r = llep__engine_new(&w->cfg, &w->engine, w->err, sizeof(w->err));
+}
+
+static const void *tensor(llepd_session *s, const Llep__TensorRef *t) {
+    return t && t->bytes ? llep__arena_ptr(&s->arena, t->offset) : NULL;
+}
+
+static void create_done(uv_work_t *req, int status) {
+    create_work *w = req->data;
+    llepd_layer *l = w->layer;
+    llepd_session *s = w->session;
+    llepd_server *srv = l->srv;
+
+    srv->running_creates--;
+    s->creating--;
+    l->creating = false;
+    if (status == 0 && w->r == 0) {
+        l->engine = w->engine;
+        log_info("layer '%s' created (N=%u K=%u D=%u H=%u) by client %llu", l->name,
+                 l->desc.num_experts, l->desc.top_k, l->desc.hidden, l->desc.inter,
+                 (unsigned long long)s->id);
+        llepd_layer_created(l, s, w->frame_id, 0, NULL);
+    } else {
+        int r = status < 0 ? -ECANCELED : w->r;
+        log_warning("layer '%s': creation failed: %s", l->name, w->err);
+        llepd_layer_created(l, s, w->frame_id, r, w->err);
+    }
+    llepd_session_unref(s);
+    free(w);
+    llepd_server_check_idle(srv);
+}
+
+int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id,
+                             const Llep__LayerCreate *lc) {
+    llepd_server *srv = l->srv;
+    create_work *w = calloc(1, sizeof(*w));
+
+    if (!w)
+        return -ENOMEM;
+    llep__engine_config_default(&w->cfg);
+    w->cfg.num_experts = l->desc.num_experts;
+    w->cfg.top_k = l->desc.top_k;
+    w->cfg.hidden = l->desc.hidden;
+    w->cfg.inter = l->desc.inter;
+    w->cfg.dtype = (enum llep_dtype)l->desc.dtype;
+    w->cfg.act = (enum llep_act)l->desc.act;
+    w->cfg.act_alpha = l->desc.act_alpha;
+    w->cfg.act_limit = l->desc.act_limit;
+    w->cfg.w_gate = tensor(s, lc->w_gate);
+    w->cfg.w_up = tensor(s, lc->w_up);
+    w->cfg.w_down = tensor(s, lc->w_down);
+    w->cfg.b_gate = tensor(s, lc->b_gate);
+    w->cfg.b_up = tensor(s, lc->b_up);
+    w->cfg.b_down = tensor(s, lc->b_down);
+    w->cfg.num_devices = srv->devices;
+    if (srv->device_memory) {
+        uint64_t held = others_held(srv, l);
+        w->cfg.mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;
+    }
+    llepd_layer_params(l, &w->cfg.plan);
+    w->layer = l;
+    w->session = s;
+    w->frame_id = frame_id;
+    w->req.data = w;
+    int r = uv_queue_work(srv->loop, &w->req, create_run, create_done);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    llepd_session_ref(s);
+    s->creating++;
+    srv->running_creates++;
+    return 0;
+}

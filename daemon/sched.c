@@ -1,0 +1,410 @@
+/* Scheduling steps: which queued submissions form a layer's next step, running it on the
+ * thread pool, and reporting the results.
+ *
+ * A layer runs one step at a time. Opportunistic batching (group 0) takes everything queued
+ * when the previous step ends; collective batching (group n) waits for one submission from each
+ * of n clients and fails the waiting ones with -ETIMEDOUT when they do not all come in time. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layer.h"
+#include "log.h"
+#include "server.h"
+
+#define DEFAULT_GROUP_TIMEOUT_MS 5000u
+
+/* Where one home device's tokens come from: a slice of one submission, or (when several
+ * submissions share the home) a staging copy that is scattered back after the step. */
+typedef struct home {
+    llepd_sub **subs;
+    uint32_t nsubs, first_token, tokens;   /* first_token: slice start when nsubs == 1 */
+    void *x, *y;
+    int32_t *idx;
+    float *w;
+} home;
+
+typedef struct step_work {
+    uv_work_t req;
+    llepd_layer *layer;
+    llepd_sub **subs;
+    uint32_t nsubs;
+    home *homes;                  /* [P] */
+    llep_engine_batch *batches;   /* [P] */
+    llep_plan_params params;
+    llep_engine_stats stats;
+    llep_engine_device_stats *dev;  /* [P] copied out of the engine */
+    uint64_t t0, slots;
+    int r;
+    char err[256];
+} step_work;
+
+static size_t elem_size(const llepd_layer *l) {
+    return l->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4;
+}
+
+/* Splits the step's tokens over the P home devices. With no more submissions than devices,
+ * each submission gets homes in proportion to its tokens and is cut into contiguous slices,
+ * which need no copy. With more, whole submissions go to the home with the fewest tokens,
+ * and a home with several gets a staging copy. */
+static int assign_homes(step_work *w, uint32_t np) {
+    uint32_t m = w->nsubs;
+
+    for (uint32_t i = 0; i < m; i++) {
+        uint32_t h;
+        if (m <= np) {
+            h = i;
+        } else {
+            h = 0;
+            for (uint32_t d = 1; d < np; d++)
+                if (w->homes[d].tokens < w->homes[h].tokens)
+                    h = d;
+        }
+        home *hm = &w->homes[h];
+        llepd_sub **v = realloc(hm->subs, (hm->nsubs + 1) * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        hm->subs = v;
+        hm->subs[hm->nsubs++] = w->subs[i];
+        hm->tokens += w->subs[i]->sqe.tokens;
+    }
+    if (m >= np || m == 0)
+        return 0;
+    /* Fewer submissions than devices: hand the idle homes to the largest slices. */
+    uint32_t used = m;
+    while (used < np) {
+        uint32_t best = UINT32_MAX;
+        for (uint32_t d = 0; d < used; d++)
+            if (w->homes[d].tokens > 1 &&
+                (best == UINT32_MAX || w->homes[d].tokens > w->homes[best].tokens))
+                best = d;
+        if (best == UINT32_MAX)
+            break;
+        home *a = &w->homes[best], *b = &w->homes[used];
+        b->subs = malloc(sizeof(*b->subs));
+        if (!b->subs)
+            return -ENOMEM;
+        b->subs[0] = a->subs[0];
+        b->nsubs = 1;
+        b->tokens = a->tokens / 2;
+        a->tokens -= b->tokens;
+        b->first_token = a->first_token + a->tokens;
+        used++;
+    }
+    return 0;
+}
+
+static int stage_home(home *h, const llepd_layer *l, llep_engine_batch *b) {
+    size_t es = elem_size(l), d = l->desc.hidden, k = l->desc.top_k;
+
+    b->tokens = h->tokens;
+    if (h->tokens == 0)
+        return 0;
+    if (h->nsubs == 1) {
+        const llepd_sub *s = h->subs[0];
+        size_t t0 = h->first_token;
+        b->x = (const char *)s->x + t0 * d * es;
+        b->topk_idx = s->topk_idx + t0 * k;
+        b->topk_w = s->topk_w + t0 * k;
+        b->y = (char *)s->y + t0 * d * es;
+        return 0;
+    }
+    h->x = malloc(h->tokens * d * es);
+    h->y = malloc(h->tokens * d * es);
+    h->idx = malloc(h->tokens * k * sizeof(*h->idx));
+    h->w = malloc(h->tokens * k * sizeof(*h->w));
+    if (!h->x || !h->y || !h->idx || !h->w)
+        return -ENOMEM;
+    size_t t = 0;
+    for (uint32_t i = 0; i < h->nsubs; i++) {
+        const llepd_sub *s = h->subs[i];
+        size_t n = s->sqe.tokens;
+        memcpy((char *)h->x + t * d * es, s->x, n * d * es);
+        memcpy(h->idx + t * k, s->topk_idx, n * k * sizeof(*h->idx));
+        memcpy(h->w + t * k, s->topk_w, n * k * sizeof(*h->w));
+        t += n;
+    }
+    b->x = h->x;
+    b->y = h->y;
+    b->topk_idx = h->idx;
+    b->topk_w = h->w;
+    return 0;
+}
+
+static void unstage_home(const home *h, const llepd_layer *l) {
+    size_t es = elem_size(l), d = l->desc.hidden, t = 0;
+
+    if (h->nsubs < 2 || !h->y)
+        return;
+    for (uint32_t i = 0; i < h->nsubs; i++) {
+        size_t n = h->subs[i]->sqe.tokens;
+        memcpy(h->subs[i]->y, (const char *)h->y + t * d * es, n * d * es);
+        t += n;
+    }
+}
+
+static void step_run(uv_work_t *req) {
+    step_work *w = req->data;
+    llepd_layer *l = w->layer;
+    uint32_t np = l->srv->devices;
+
+    w->r = assign_homes(w, np);
+    for (uint32_t h = 0; h < np && w->r == 0; h++)
+        w->r = stage_home(&w->homes[h], l, &w->batches[h]);
+    if (w->r < 0) {
+        snprintf(w->err, sizeof(w->err), "llepd is out of memory staging the step");
+        return;
+    }
+    w->r = llep__engine_step(l->engine, w->batches, &w->params, &w->stats);
+    if (w->r < 0) {
+        snprintf(w->err, sizeof(w->err), "%s", llep__engine_error(l->engine));
+        return;
+    }
+    for (uint32_t h = 0; h < np; h++)
+        unstage_home(&w->homes[h], l);
+    memcpy(w->dev, w->stats.devices, np * sizeof(*w->dev));
+}
+
+static void record_step(llepd_layer *l, const step_work *w, uint64_t lat_us) {
+    llepd_server *srv = l->srv;
+    uint32_t np = srv->devices, n = l->desc.num_experts;
+    const llep_plan *p = llep__engine_plan(l->engine);
+
+    l->steps++;
+    srv->steps++;
+    if (w->stats.mode == LLEP_PLAN_LLEP) {
+        l->llep_steps++;
+        srv->llep_steps++;
+    } else {
+        l->ep_steps++;
+        srv->ep_steps++;
+    }
+    l->imbalance_last = w->stats.imbalance;
+    l->imbalance_sum += w->stats.imbalance;
+    if (w->stats.imbalance > l->imbalance_max)
+        l->imbalance_max = w->stats.imbalance;
+    l->weight_bytes_moved += w->stats.weight_bytes_moved;
+    l->token_bytes_moved += w->stats.token_bytes_moved;
+    srv->weight_bytes_moved += w->stats.weight_bytes_moved;
+    srv->token_bytes_moved += w->stats.token_bytes_moved;
+    llepd_latency_add(&l->latency, lat_us);
+    llepd_latency_add(&srv->latency, lat_us);
+    memcpy(l->last_dev, w->dev, np * sizeof(*l->last_dev));
+
+    uint64_t *row = &l->load_hist[(size_t)((l->steps - 1) % LLEPD_LOAD_WINDOW) * n];
+    memcpy(row, p->loads, n * sizeof(*row));
+    memcpy(l->last_loads, p->loads, n * sizeof(*row));
+    if (!l->have_plan && llep__plan_init(&l->last_plan, n, np) == 0)
+        l->have_plan = true;
+    if (l->have_plan && llep__plan_copy(&l->last_plan, p) == 0)
+        l->last_plan_step = l->steps;
+
+    /* Device figures: this step's peak plus what the other layers hold there. */
+    for (uint32_t d = 0; d < np; d++) {
+        uint64_t others = 0;
+        for (uint32_t i = 0; i < srv->nlayers; i++) {
+            const llepd_layer *o = srv->layers[i];
+            if (o != l)
+                others += o->last_dev[d].held_bytes;
+        }
+        uint64_t peak = w->dev[d].peak_bytes + others;
+        if (peak > srv->device_peak[d])
+            srv->device_peak[d] = peak;
+        srv->last_dev_tokens[d] = w->dev[d].rows;
+        srv->last_dev_busy_ns[d] = w->dev[d].busy_ns;
+    }
+}
+
+static void step_free(step_work *w, uint32_t np) {
+    for (uint32_t h = 0; h < np; h++) {
+        home *hm = &w->homes[h];
+        free(hm->subs);
+        free(hm->x);
+        free(hm->y);
+        free(hm->idx);
+        free(hm->w);
+    }
+    free(w->homes);
+    free(w->batches);
+    free(w->dev);
+    free(w->subs);
+    free(w);
+}
+
+static void step_done(uv_work_t *req, int status) {
+    step_work *w = req->data;
+    llepd_layer *l = w->layer;
+    llepd_server *srv = l->srv;
+    uint64_t lat_us = (llepd_now_ns() - w->t0) / 1000;
+
+    if (status < 0 && w->r == 0) {
+        w->r = -ECANCELED;
+        snprintf(w->err, sizeof(w->err), "step cancelled");
+    }
+    if (w->r == 0)
+        record_step(l, w, lat_us);
+    else
+        log_warning("layer '%s': step of %u submissions failed: %s", l->name, w->nsubs, w->err);
+    for (uint32_t i = 0; i < w->nsubs; i++) {
+        llepd_sub *sub = w->subs[i];
+        if (w->r == 0)
+            l->tokens += sub->sqe.tokens;
+        sub->status = w->r;
+        snprintf(sub->error, sizeof(sub->error), "%.255s", w->r ? w->err : "");
+        llepd_sub_complete(sub, w->r == 0 ? l->steps : 0);
+    }
+    step_free(w, srv->devices);
+    l->running = false;
+    srv->running_steps--;
+    llepd_sched_kick(l);
+    llepd_layer_maybe_destroy(l);
+    llepd_drain_check(srv);
+    llepd_server_check_idle(srv);
+}
+
+/* ---- choosing a step --------------------------------------------------------------------- */
+
+static uint32_t group_of(const llepd_layer *l) {
+    return l->desc.group;
+}
+
+/* Moves the submissions of the next step out of the queue into w->subs. Returns how many,
+ * 0 when the batching rule says wait. */
+static uint32_t take_step(llepd_layer *l, llepd_sub **out) {
+    uint32_t n = 0, group = group_of(l);
+
+    if (group == 0) {
+        while (!llepd_list_empty(&l->queue)) {
+            llepd_sub *s = llepd_container_of(l->queue.next, llepd_sub, link);
+            llepd_list_remove(&s->link);
+            out[n++] = s;
+        }
+        l->queued = 0;
+        return n;
+    }
+    /* Collective: the first submission of each of `group` distinct clients. */
+    for (llepd_list *i = l->queue.next; i != &l->queue && n < group; i = i->next) {
+        llepd_sub *s = llepd_container_of(i, llepd_sub, link);
+        bool seen = false;
+        for (uint32_t j = 0; j < n && !seen; j++)
+            seen = out[j]->session == s->session;
+        if (!seen)
+            out[n++] = s;
+    }
+    if (n < group)
+        return 0;
+    for (uint32_t j = 0; j < n; j++)
+        llepd_list_remove(&out[j]->link);
+    l->queued -= n;
+    return n;
+}
+
+static void on_group_timeout(uv_timer_t *t) {
+    llepd_layer *l = t->data;
+    char why[320];
+    uint32_t timeout = l->desc.group_timeout_ms ? l->desc.group_timeout_ms
+                                                : DEFAULT_GROUP_TIMEOUT_MS;
+
+    l->group_timer_armed = false;
+    snprintf(why, sizeof(why), "collective step of layer '%s' waited %u ms for %u clients and "
+             "got fewer", l->name, timeout, l->desc.group);
+    llepd_sched_fail_queued(l, -ETIMEDOUT, why);
+}
+
+static void arm_group_timer(llepd_layer *l) {
+    uint32_t timeout = l->desc.group_timeout_ms ? l->desc.group_timeout_ms
+                                                : DEFAULT_GROUP_TIMEOUT_MS;
+    if (l->group_timer_armed || l->queued == 0 || uv_is_closing((uv_handle_t *)&l->group_timer))
+        return;
+    l->group_timer_armed = true;
+    uv_timer_start(&l->group_timer, on_group_timeout, timeout, 0);
+}
+
+void llepd_sched_kick(llepd_layer *l) {
+    llepd_server *srv = l->srv;
+    uint32_t np = srv->devices;
+
+    if (l->running || l->queued == 0 || !l->engine)
+        return;
+    llepd_sub **subs = malloc(l->queued * sizeof(*subs));
+    step_work *w = calloc(1, sizeof(*w));
+    if (w) {
+        w->homes = calloc(np, sizeof(*w->homes));
+        w->batches = calloc(np, sizeof(*w->batches));
+        w->dev = calloc(np, sizeof(*w->dev));
+    }
+    if (!subs || !w || !w->homes || !w->batches || !w->dev) {
+        free(subs);
+        if (w)
+            step_free(w, np);
+        llepd_sched_fail_queued(l, -ENOMEM, "llepd is out of memory starting a step");
+        return;
+    }
+    uint32_t n = take_step(l, subs);
+    if (n == 0) {
+        free(subs);
+        step_free(w, np);
+        arm_group_timer(l);
+        return;
+    }
+    if (l->group_timer_armed) {
+        uv_timer_stop(&l->group_timer);
+        l->group_timer_armed = false;
+    }
+    w->layer = l;
+    w->subs = subs;
+    w->nsubs = n;
+    w->t0 = llepd_now_ns();
+    llepd_layer_params(l, &w->params);
+    w->req.data = w;
+    l->running = true;
+    srv->running_steps++;
+    int r = uv_queue_work(srv->loop, &w->req, step_run, step_done);
+    if (r < 0) {
+        w->r = r;
+        snprintf(w->err, sizeof(w->err), "cannot queue the step: %s", uv_strerror(r));
+        step_done(&w->req, 0);
+        return;
+    }
+    /* Collective layers may already hold the next group. */
+    arm_group_timer(l);
+}
+
+void llepd_sched_submit(llepd_sub *sub) {
+    llepd_layer *l = sub->layer;
+
+    llepd_list_append(&l->queue, &sub->link);
+    l->queued++;
+    llepd_sched_kick(l);
+}
+
+void llepd_sched_fail_queued(llepd_layer *l, int status, const char *why) {
+    while (!llepd_list_empty(&l->queue)) {
+        llepd_sub *s = llepd_container_of(l->queue.next, llepd_sub, link);
+        llepd_list_remove(&s->link);
+        l->queued--;
+        s->status = status;
+        snprintf(s->error, sizeof(s->error), "%.255s", why);
+        llepd_sub_complete(s, 0);
+    }
+    llepd_layer_maybe_destroy(l);
+    llepd_server_check_idle(l->srv);
+}
+
+void llepd_sched_drop_session(llepd_server *srv, llepd_session *sess) {
+    for (uint32_t i = 0; i < srv->nlayers; i++) {
+        llepd_layer *l = srv->layers[i];
+        llepd_list *it = l->queue.next;
+        while (it != &l->queue) {
+            llepd_sub *s = llepd_container_of(it, llepd_sub, link);
+            it = it->next;
+            if (s->session != sess)
+                continue;
+            llepd_list_remove(&s->link);
+            l->queued--;
+            s->status = -ECONNRESET;
+            llepd_sub_complete(s, 0); /* the session is closing: only frees */
+        }
+    }
+}

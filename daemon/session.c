@@ -1,0 +1,280 @@
+/* One session per connection: reading frames, sending replies, the client's arena and its
+ * submission ring.
+ *
+ * Nothing a peer sends may crash the daemon or disturb another session: every frame is
+ * decoded and checked before use, a protocol violation ends only that connection, and a
+ * session's memory stays alive while a step still reads or writes its arena. */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fdpass.h"
+#include "log.h"
+#include "server.h"
+#include "validate.h"
+
+static void on_handle_closed(uv_handle_t *h) {
+    llepd_session *s = h->data;
+    s->open_handles--;
+    llepd_session_unref(s);
+}
+
+void llepd_session_ref(llepd_session *s) {
+    s->refs++;
+}
+
+void llepd_session_unref(llepd_session *s) {
+    if (--s->refs > 0)
+        return;
+    llep__frame_decoder_fini(&s->dec);
+    llep__arena_unmap(&s->arena);
+    if (s->cq_efd >= 0)
+        close(s->cq_efd);
+    free(s->layers);
+    free(s);
+}
+
+static void close_handle(llepd_session *s, uv_handle_t *h) {
+    if (uv_is_closing(h))
+        return;
+    llepd_session_ref(s); /* dropped in on_handle_closed */
+    uv_close(h, on_handle_closed);
+}
+
+void llepd_session_close(llepd_session *s, const char *why) {
+    if (s->state == SESSION_CLOSING)
+        return;
+    log_info("client %llu (%s, pid %d) closing: %s", (unsigned long long)s->id, s->program,
+             (int)s->cred.pid, why);
+    s->state = SESSION_CLOSING;
+    llepd_list_remove(&s->link);
+    s->srv->nsessions--;
+
+    /* Queued submissions are dropped; ones in a running step finish and are then discarded
+     * (they hold a reference, so the arena stays mapped until then). */
+    llepd_sched_drop_session(s->srv, s);
+    for (uint32_t i = 0; i < s->nlayers; i++) {
+        llepd_layer *l = llepd_layer_by_id(s->srv, s->layers[i]);
+        if (l)
+            llepd_layer_unref(l);
+    }
+    s->nlayers = 0;
+
+    close_handle(s, (uv_handle_t *)&s->pipe);
+    close_handle(s, (uv_handle_t *)&s->retry);
+    llepd_session_unwatch(s);
+    llepd_session_unref(s); /* the session's own reference */
+    llepd_server_check_idle(s->srv);
+}
+
+static void on_write(uv_write_t *req, int status) {
+    llepd_session *s = req->data;
+
+    free(req);
+    if (status < 0 && s->state != SESSION_CLOSING)
+        llepd_session_close(s, uv_strerror(status));
+    llepd_session_unref(s);
+}
+
+/* Writes what the socket takes at once and queues the rest, so a slow reader costs memory,
+ * not the event loop's time. */
+static void send_bytes(llepd_session *s, uint8_t *buf, size_t len, size_t already) {
+    uv_buf_t b = uv_buf_init((char *)buf + already, (unsigned)(len - already));
+    int r = 0;
+
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&s->pipe) == 0 && b.len > 0) {
+        r = uv_try_write((uv_stream_t *)&s->pipe, &b, 1);
+        if (r > 0) {
+            b.base += r;
+            b.len -= (unsigned)r;
+        } else if (r != UV_EAGAIN) {
+            free(buf);
+            llepd_session_close(s, uv_strerror(r));
+            return;
+        }
+    }
+    if (b.len == 0) {
+        free(buf);
+        return;
+    }
+    /* The request carries the whole buffer so on_write can free it. */
+    uv_write_t *req = malloc(sizeof(*req) + b.len);
+    if (!req) {
+        free(buf);
+        llepd_session_close(s, "out of memory");
+        return;
+    }
+    memcpy(req + 1, b.base, b.len);
+    free(buf);
+    b.base = (char *)(req + 1);
+    req->data = s;
+    llepd_session_ref(s);
+    r = uv_write(req, (uv_stream_t *)&s->pipe, &b, 1, on_write);
+    if (r < 0) {
+        llepd_session_unref(s);
+        free(req);
+        llepd_session_close(s, uv_strerror(r));
+    }
+}
+
+void llepd_session_send(llepd_session *s, const Llep__Frame *f) {
+    uint8_t *buf;
+    size_t len;
+
+    if (s->state == SESSION_CLOSING)
+        return;
+    int r = llep__frame_encode_alloc(f, &buf, &len);
+    if (r < 0) {
+        log_error("client %llu: cannot encode a %s frame: %s", (unsigned long long)s->id,
+                  llep__frame_body_name(f->body_case), strerror(-r));
+        llepd_session_close(s, "reply could not be encoded");
+        return;
+    }
+    send_bytes(s, buf, len, 0);
+}
+
+/* The one frame that carries descriptors (ArenaReply). It goes out with sendmsg() on the raw
+ * socket, which is only in order with libuv's writes while nothing is queued; a client waits
+ * for each reply before the next request, so the queue is empty in practice, and otherwise
+ * the client is told to ask again. */
+int llepd_session_send_fds(llepd_session *s, const Llep__Frame *f, const int *fds, size_t nfds) {
+    uv_os_fd_t fd;
+    uint8_t *buf;
+    size_t len;
+
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&s->pipe) != 0)
+        return -EAGAIN;
+    int r = llep__frame_encode_alloc(f, &buf, &len);
+    if (r < 0)
+        return r;
+    r = uv_fileno((uv_handle_t *)&s->pipe, &fd);
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    ssize_t n = llep__send_with_fds(fd, buf, len, fds, nfds);
+    if (n < 0) {
+        free(buf);
+        return (int)n;
+    }
+    send_bytes(s, buf, len, (size_t)n);
+    return 0;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    static char slab[LLEP_FRAME_READ_MAX];
+    (void)h;
+    (void)suggested;
+    /* One loop thread, and every read is fed to the decoder before the next: one buffer. */
+    *buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    llepd_session *s = stream->data;
+    Llep__Frame *f;
+    int r;
+
+    if (nread == UV_EOF || nread == UV_ECONNRESET) {
+        llepd_session_close(s, llep__frame_decoder_pending(&s->dec) ? "closed mid-frame"
+                                                                     : "disconnected");
+        return;
+    }
+    if (nread < 0) {
+        llepd_session_close(s, uv_strerror((int)nread));
+        return;
+    }
+    r = llep__frame_decoder_feed(&s->dec, buf->base, (size_t)nread);
+    /* Keep a reference: a handler may close the session while we loop. */
+    llepd_session_ref(s);
+    while (r == 0 && s->state != SESSION_CLOSING) {
+        r = llep__frame_decoder_next(&s->dec, &f);
+        if (r <= 0)
+            break;
+        llepd_handle_frame(s, f);
+        llep__frame_free(f);
+        r = 0;
+    }
+    if (r < 0 && s->state != SESSION_CLOSING) {
+        /* Undecodable frames get an error reply naming the problem, then the connection
+         * ends: after garbage the peer's idea of the protocol cannot be trusted. */
+        Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
+        Llep__Frame out = LLEP__FRAME__INIT;
+        char msg[256];
+        snprintf(msg, sizeof(msg), "bad frame: %s", llep__frame_decoder_error(&s->dec));
+        er.status = LLEP__STATUS__STATUS_PROTOCOL;
+        er.message = msg;
+        out.body_case = LLEP__FRAME__BODY_ERROR;
+        out.error = &er;
+        llepd_session_send(s, &out);
+        llepd_session_close(s, msg);
+    }
+    llepd_session_unref(s);
+}
+
+/* Root, the daemon's own user, and members of group llep may change settings and drain. */
+static bool is_admin(const llepd_server *srv, const struct ucred *c) {
+    if (c->uid == 0 || c->uid == geteuid())
+        return true;
+    if (srv->admin_gid == (gid_t)-1)
+        return false;
+    if (c->gid == srv->admin_gid)
+        return true;
+    struct passwd *pw = getpwuid(c->uid);
+    struct group *g = getgrgid(srv->admin_gid);
+    if (!pw || !g)
+        return false;
+    for (char **m = g->gr_mem; *m; m++)
+        if (strcmp(*m, pw->pw_name) == 0)
+            return true;
+    return false;
+}
+
+/* Connections from users who are neither the daemon's user, root, nor in its group are
+ * refused; the socket's mode keeps them out already, this guards a socket made more open. */
+static bool may_connect(const llepd_server *srv, const struct ucred *c) {
+    return is_admin(srv, c);
+}
+
+void llepd_session_accept(llepd_server *srv) {
+    llepd_session *s = calloc(1, sizeof(*s));
+    uv_os_fd_t fd;
+    socklen_t len = sizeof(s->cred);
+
+    if (!s) {
+        log_error("out of memory accepting a connection");
+        return;
+    }
+    s->srv = srv;
+    s->cq_efd = -1;
+    s->arena.fd = -1; /* a zeroed arena would name fd 0 */
+    s->refs = 1;
+    s->id = srv->next_session_id++;
+    snprintf(s->program, sizeof(s->program), "?");
+    llep__frame_decoder_init(&s->dec, 0);
+    uv_pipe_init(srv->loop, &s->pipe, 0);
+    uv_timer_init(srv->loop, &s->retry);
+    s->pipe.data = s->retry.data = s;
+    llepd_list_init(&s->link);
+    llepd_list_append(&srv->sessions, &s->link);
+    srv->nsessions++;
+    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&s->pipe) < 0 ||
+        uv_fileno((uv_handle_t *)&s->pipe, &fd) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &s->cred, &len) < 0) {
+        llepd_session_close(s, "accept failed");
+        return;
+    }
+    s->admin = is_admin(srv, &s->cred);
+    if (!may_connect(srv, &s->cred)) {
+        log_warning("refused a connection from uid %u: not root, the daemon's user or in "
+                    "group llep", (unsigned)s->cred.uid);
+        llepd_session_close(s, "not allowed");
+        return;
+    }
+    uv_read_start((uv_stream_t *)&s->pipe, alloc_cb, on_read);
+    log_debug("client %llu connected (pid %d, uid %u)", (unsigned long long)s->id,
+              (int)s->cred.pid, (unsigned)s->cred.uid);
+}

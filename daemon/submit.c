@@ -1,0 +1,269 @@
+/* The hot path of a session: its arena, the submission ring and completions.
+ *
+ * A client pushes a submission and signals the eventfd only when the daemon said it was going
+ * to sleep (proto/ring.h), so a busy client costs no syscalls per submission. Every entry is
+ * copied out of shared memory and checked before use: the client can rewrite the arena at any
+ * moment, so nothing in it is trusted twice. */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+typedef struct llepd_sq_watch {
+    uv_poll_t poll;
+    int fd;
+    llepd_session *s;
+} llepd_sq_watch;
+
+static void on_watch_closed(uv_handle_t *h) {
+    llepd_sq_watch *w = h->data;
+    llepd_session *s = w->s;
+
+    close(w->fd);
+    free(w);
+    llepd_session_unref(s);
+}
+
+void llepd_session_unwatch(llepd_session *s) {
+    llepd_sq_watch *w = s->sq_watch;
+
+    if (!w)
+        return;
+    s->sq_watch = NULL;
+    llepd_session_ref(s);
+    uv_close((uv_handle_t *)&w->poll, on_watch_closed);
+}
+
+int llepd_session_sq_fd(const llepd_session *s) {
+    return s->sq_watch ? s->sq_watch->fd : -1;
+}
+
+static void on_sq_event(uv_poll_t *h, int status, int events) {
+    llepd_sq_watch *w = h->data;
+    uint64_t n;
+
+    (void)events;
+    if (status < 0) {
+        llepd_session_close(w->s, uv_strerror(status));
+        return;
+    }
+    llep__eventfd_wait(w->fd, &n); /* non-blocking: resets the counter */
+    llepd_session_drain(w->s);
+}
+
+static void on_retry(uv_timer_t *t) {
+    llepd_session_drain(t->data);
+}
+
+int llepd_session_set_arena(llepd_session *s, const llep_arena_geom *g) {
+    llep_arena a;
+    int sq_fd = -1, cq_fd = -1, r;
+    llepd_sq_watch *w = calloc(1, sizeof(*w));
+
+    if (!w)
+        return -ENOMEM;
+    r = llep__arena_create(g, &a);
+    if (r < 0)
+        goto fail;
+    sq_fd = llep__eventfd_open(true);
+    cq_fd = llep__eventfd_open(false);
+    if (sq_fd < 0 || cq_fd < 0) {
+        r = sq_fd < 0 ? sq_fd : cq_fd;
+        llep__arena_unmap(&a);
+        goto fail;
+    }
+    r = uv_poll_init(s->srv->loop, &w->poll, sq_fd);
+    if (r < 0) {
+        llep__arena_unmap(&a);
+        goto fail;
+    }
+    /* Replace the old arena only now that the new one is complete. */
+    llepd_session_unwatch(s);
+    if (s->have_arena)
+        llep__arena_unmap(&s->arena);
+    if (s->cq_efd >= 0)
+        close(s->cq_efd);
+    s->arena = a;
+    s->cq_efd = cq_fd;
+    s->have_arena = true;
+    w->fd = sq_fd;
+    w->s = s;
+    w->poll.data = w;
+    s->sq_watch = w;
+    uv_poll_start(&w->poll, UV_READABLE, on_sq_event);
+    /* Announce that we sleep until signalled, or the client's first push would wait for a
+     * wake-up it never sends. */
+    llep__ring_prepare_sleep(&s->arena.sq);
+    return 0;
+
+fail:
+    if (sq_fd >= 0)
+        close(sq_fd);
+    if (cq_fd >= 0)
+        close(cq_fd);
+    free(w);
+    return r;
+}
+
+/* Completions the client has not taken yet, as the producer sees them; UINT32_MAX when the
+ * client's index is impossible. */
+static uint32_t cq_backlog(const llepd_session *s) {
+    const llep_ring *cq = &s->arena.cq;
+    uint32_t used = cq->prod - atomic_load_explicit(&cq->ctl->tail, memory_order_acquire);
+    return used > cq->entries ? UINT32_MAX : used;
+}
+
+static void send_submission_error(llepd_session *s, const llep_sqe *e, int status,
+                                  const char *msg) {
+    Llep__SubmissionError se = LLEP__SUBMISSION_ERROR__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    se.tag = e->tag;
+    se.layer_id = e->layer_id;
+    se.status = llep__status_from_errno(status);
+    se.message = (char *)msg;
+    f.body_case = LLEP__FRAME__BODY_SUBMISSION_ERROR;
+    f.submission_error = &se;
+    llepd_session_send(s, &f);
+}
+
+/* Completes one submission of session s. The error frame goes first, so it is on the socket
+ * by the time the client sees the failed completion. */
+static void complete(llepd_session *s, const llep_sqe *e, int status, const char *msg,
+                     uint64_t step) {
+    llep_cqe c = { .tag = e->tag, .status = status, .layer_id = e->layer_id, .step = step };
+
+    if (s->state == SESSION_CLOSING || !s->have_arena)
+        return;
+    if (status < 0)
+        send_submission_error(s, e, status, msg);
+    int r = llep__cq_push(&s->arena, &c);
+    if (r < 0) {
+        /* Admission control keeps room for every completion, so a full or corrupt ring means
+         * the client broke the protocol. */
+        llepd_session_close(s, "completion ring corrupt or overrun");
+        return;
+    }
+    if (llep__ring_need_wake(&s->arena.cq))
+        llep__eventfd_signal(s->cq_efd);
+}
+
+void llepd_sub_complete(llepd_sub *sub, uint64_t step) {
+    llepd_session *s = sub->session;
+
+    complete(s, &sub->sqe, sub->status, sub->error, step);
+    s->inflight--;
+    free(sub->topk_idx);
+    free(sub->topk_w);
+    free(sub);
+    /* Room in the completion ring may let more submissions in. */
+    if (s->state != SESSION_CLOSING && s->have_arena)
+        llepd_session_drain(s);
+    llepd_session_unref(s); /* the submission's reference, after the last use of s */
+}
+
+static bool holds_layer(const llepd_session *s, uint32_t id) {
+    for (uint32_t i = 0; i < s->nlayers; i++)
+        if (s->layers[i] == id)
+            return true;
+    return false;
+}
+
+/* Copies the routing out of the arena and checks it; returns the new submission or NULL after
+ * completing the entry with an error. */
+static llepd_sub *accept_entry(llepd_session *s, const llep_sqe *e) {
+    char err[200];
+    llepd_layer *l = holds_layer(s, e->layer_id) ? llepd_layer_by_id(s->srv, e->layer_id) : NULL;
+    int r;
+
+    if (s->srv->draining) {
+        s->srv->refused++;
+        complete(s, e, -ESHUTDOWN, "llepd is shutting down and takes no new work", 0);
+        return NULL;
+    }
+    if (!l || !l->engine) {
+        snprintf(err, sizeof(err), "layer id %u is not held by this client", e->layer_id);
+        complete(s, e, -ENOENT, err, 0);
+        return NULL;
+    }
+    llep_sqe_shape shape = { .top_k = l->desc.top_k, .hidden = l->desc.hidden,
+                             .elem_size = l->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4 };
+    r = llep__sqe_check(&s->arena, e, &shape, err, sizeof(err));
+    if (r < 0) {
+        complete(s, e, r, err, 0);
+        return NULL;
+    }
+    llepd_sub *sub = calloc(1, sizeof(*sub));
+    size_t slots = (size_t)e->tokens * l->desc.top_k;
+    if (!sub || (slots && (!(sub->topk_idx = malloc(slots * sizeof(int32_t))) ||
+                           !(sub->topk_w = malloc(slots * sizeof(float)))))) {
+        if (sub) {
+            free(sub->topk_idx);
+            free(sub);
+        }
+        complete(s, e, -ENOMEM, "llepd is out of memory", 0);
+        return NULL;
+    }
+    if (slots) {
+        memcpy(sub->topk_idx, llep__arena_ptr(&s->arena, e->topk_idx_offset), slots * 4);
+        memcpy(sub->topk_w, llep__arena_ptr(&s->arena, e->topk_w_offset), slots * 4);
+    }
+    r = llep__routing_check(sub->topk_idx, sub->topk_w, e->tokens, l->desc.top_k,
+                            l->desc.num_experts, err, sizeof(err));
+    if (r < 0) {
+        free(sub->topk_idx);
+        free(sub->topk_w);
+        free(sub);
+        complete(s, e, r, err, 0);
+        return NULL;
+    }
+    sub->sqe = *e;
+    sub->session = s;
+    sub->layer = l;
+    sub->x = llep__arena_ptr(&s->arena, e->x_offset);
+    sub->y = llep__arena_ptr(&s->arena, e->y_offset);
+    sub->enqueued_ns = llepd_now_ns();
+    return sub;
+}
+
+void llepd_session_drain(llepd_session *s) {
+    llep_ring *sq = &s->arena.sq;
+    llep_sqe e;
+
+    if (!s->have_arena || s->state == SESSION_CLOSING)
+        return;
+    llep__ring_finish_sleep(sq);
+    for (;;) {
+        uint32_t backlog = cq_backlog(s);
+        if (backlog == UINT32_MAX) {
+            llepd_session_close(s, "completion ring corrupt");
+            return;
+        }
+        /* Take a submission only when its completion is sure to fit. */
+        if (s->inflight + backlog >= s->arena.geom.cq_entries) {
+            uv_timer_start(&s->retry, on_retry, 1, 0);
+            return;
+        }
+        int r = llep__sq_pop(&s->arena, &e);
+        if (r == -EAGAIN) {
+            if (llep__ring_prepare_sleep(sq))
+                return;
+            continue;
+        }
+        if (r < 0) {
+            llepd_session_close(s, "submission ring corrupt");
+            return;
+        }
+        llepd_sub *sub = accept_entry(s, &e);
+        if (!sub)
+            continue;
+        s->inflight++;
+        llepd_session_ref(s);
+        llepd_sched_submit(sub);
+    }
+}
