@@ -7,6 +7,11 @@
  * (CLOCK_THREAD_CPUTIME_ID), which is the device's busy time even when more devices than
  * cores share the machine (DESIGN.md section 7).
  *
+ * Freed device memory is kept in a small per-device cache and handed out again, as GPU
+ * runtimes' caching allocators do: a step's buffers are much alike from one step to the next,
+ * and fresh pages would cost every step its page faults. The engine's budget accounting is by
+ * requested bytes and does not see the cache.
+ *
  * OpenBLAS is put in single-threaded mode: its own thread pool would compete with the device
  * threads, and the CPU time of its workers would not show in the device's thread clock. */
 #include "backend.h"
@@ -44,10 +49,19 @@ typedef struct cpu_op {
     } u;
 } cpu_op;
 
+/* Freed blocks kept per device; beyond either limit the oldest are released. */
+#define CACHE_BLOCKS 16u
+#define CACHE_BYTES (UINT64_C(1) << 30)
+/* Each block starts with a header that records its capacity, one alignment unit long. */
+#define BLOCK_HEADER 64u
+
 typedef struct cpu_device {
     cpu_op *ops;
     size_t n, cap;
     uint64_t busy_ns;
+    void *cache[CACHE_BLOCKS];  /* block bases, oldest first */
+    uint32_t ncache;
+    uint64_t cache_bytes;
 } cpu_device;
 
 typedef struct cpu_backend {
@@ -145,8 +159,11 @@ static void cpu_destroy(llep_backend *base) {
     pthread_cond_destroy(&b->start);
     pthread_mutex_destroy(&b->lock);
     if (b->dev)
-        for (uint32_t d = 0; d < b->base.num_devices; d++)
+        for (uint32_t d = 0; d < b->base.num_devices; d++) {
             free(b->dev[d].ops);
+            for (uint32_t i = 0; i < b->dev[d].ncache; i++)
+                free(b->dev[d].cache[i]);
+        }
     free(b->dev);
     free(b->workers);
     free(b);
@@ -203,21 +220,68 @@ nomem:
     return -ENOMEM;
 }
 
-static int cpu_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret) {
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    void *p;
+static size_t block_cap(const void *base) {
+    size_t cap;
+    memcpy(&cap, base, sizeof(cap));
+    return cap;
+}
 
-    if (dev >= base->num_devices || rounded < bytes)
+static void cache_drop(cpu_device *d, uint32_t i) {
+    d->cache_bytes -= block_cap(d->cache[i]);
+    memmove(&d->cache[i], &d->cache[i + 1], (d->ncache - i - 1) * sizeof(d->cache[0]));
+    d->ncache--;
+}
+
+static int cpu_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret) {
+    cpu_backend *b = (cpu_backend *)base;
+    size_t cap = (bytes + 63) & ~(size_t)63;
+
+    if (dev >= base->num_devices || cap < bytes || cap > SIZE_MAX - BLOCK_HEADER)
         return -EINVAL;
-    p = aligned_alloc(64, rounded ? rounded : 64);
-    if (!p)
-        return -ENOMEM;
-    *ret = p;
+    if (cap == 0)
+        cap = 64;
+    /* Reuse the smallest cached block that fits without wasting more than half of it. */
+    cpu_device *d = &b->dev[dev];
+    uint32_t best = UINT32_MAX;
+    for (uint32_t i = 0; i < d->ncache; i++) {
+        size_t c = block_cap(d->cache[i]);
+        if (c >= cap && c / 2 <= cap && (best == UINT32_MAX || c < block_cap(d->cache[best])))
+            best = i;
+    }
+    char *blk;
+    if (best != UINT32_MAX) {
+        blk = d->cache[best];
+        cache_drop(d, best);
+    } else {
+        blk = aligned_alloc(64, cap + BLOCK_HEADER);
+        if (!blk)
+            return -ENOMEM;
+        memcpy(blk, &cap, sizeof(cap));
+    }
+    *ret = blk + BLOCK_HEADER;
     return 0;
 }
 
 static void cpu_free(llep_backend *base, uint32_t dev, void *ptr) {
-    free(ptr);
+    cpu_backend *b = (cpu_backend *)base;
+    char *blk;
+
+    if (!ptr)
+        return;
+    blk = (char *)ptr - BLOCK_HEADER;
+    if (dev >= base->num_devices || block_cap(blk) > CACHE_BYTES) {
+        free(blk);
+        return;
+    }
+    cpu_device *d = &b->dev[dev];
+    while (d->ncache > 0 &&
+           (d->ncache == CACHE_BLOCKS || d->cache_bytes + block_cap(blk) > CACHE_BYTES)) {
+        void *old = d->cache[0];
+        cache_drop(d, 0); /* reads the block's header, so before free() */
+        free(old);
+    }
+    d->cache[d->ncache++] = blk;
+    d->cache_bytes += block_cap(blk);
 }
 
 static cpu_op *push(llep_backend *base, uint32_t dev) {

@@ -594,7 +594,7 @@ static void end_stats(llep_engine *e, uint64_t slots, uint64_t crossing, uint64_
 
 int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
                       const llep_plan_params *params, llep_engine_stats *ret_stats) {
-    uint64_t t0 = monotonic_ns(), slots, crossing;
+    uint64_t t0 = monotonic_ns(), slots = 0, crossing;
     char msg[160];
     int r;
 

@@ -97,7 +97,7 @@ void llep__k_expert_ffn(const llep_expert_chunk *c);
 void llep__k_combine(const llep_combine *c);
 
 /* The activation on one tile: g[i] = act(g[i], u[i]) for i < n. */
-void llep__k_activate(float *g, const float *u, size_t n, enum llep_act act, float alpha,
+void llep__k_activate(float *restrict g, const float *restrict u, size_t n, enum llep_act act, float alpha,
                       float limit);
 
 #endif

@@ -1,0 +1,706 @@
+/* llep-bench: EP against LLEP on the engine, for the scenarios of DESIGN.md section 7.
+ *
+ * Every scenario runs the same inputs under EP and under LLEP (policy AUTO with lambda, as in
+ * the paper), on the CPU backend with scaled-down shapes. Busy times are per-device thread
+ * CPU times, so the makespan is meaningful even with more logical devices than cores. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "engine.h"
+#include "moe-cpu.h"
+#include "plan.h"
+
+typedef struct preset {
+    const char *name;
+    uint32_t n, d, h, k, tokens;
+} preset;
+
+static const preset presets[] = {
+    { "gpt-oss-120b", 128, 2880, 2880, 4, 32768 },
+    { "gpt-oss-20b", 32, 2880, 2880, 4, 32768 },
+    { "deepseek-v3", 256, 7168, 2048, 8, 16384 },
+    { "kimi-k2", 384, 7168, 2048, 8, 16384 },
+};
+
+/* share = 0: balanced; else share of the slots evenly into experts 0..hot-1. */
+typedef struct scenario {
+    const char *name;
+    double share;
+    uint32_t hot;
+} scenario;
+
+static const scenario scenarios[] = {
+    { "balanced", 0, 0 },
+    { "30%-16", 0.30, 16 }, { "30%-4", 0.30, 4 }, { "30%-1", 0.30, 1 },
+    { "50%-16", 0.50, 16 }, { "50%-4", 0.50, 4 }, { "50%-1", 0.50, 1 },
+    { "80%-16", 0.80, 16 }, { "80%-4", 0.80, 4 }, { "80%-1", 0.80, 1 },
+    { "95%-16", 0.95, 16 }, { "95%-4", 0.95, 4 }, { "95%-1", 0.95, 1 },
+};
+#define NSCEN (sizeof(scenarios) / sizeof(scenarios[0]))
+
+enum format { FMT_TABLE, FMT_JSON, FMT_CSV };
+
+typedef struct options {
+    const preset *preset;
+    int scenario;          /* -1: all */
+    uint32_t devices, tokens, scale, repeat;
+    double alpha, lambda;
+    uint64_t min_tokens;
+    int min_tokens_set, tokens_set;
+    enum format format;
+    const char *plot;
+} options;
+
+/* One policy's figures for a scenario over its repeats. */
+typedef struct run {
+    enum llep_plan_mode mode;
+    uint64_t makespan_ns, wall_ns;
+    double balance;         /* mean device busy / max */
+    uint64_t peak_max;      /* largest device peak */
+    uint64_t *peak;         /* [P] */
+    uint64_t *busy;         /* [P] */
+    uint64_t *rows;         /* [P] */
+    uint64_t weight_bytes, token_bytes;
+    uint64_t slots;
+    uint32_t transfers;
+    double ffn_gflops;      /* expert FLOPs / summed device busy time */
+} run;
+
+typedef struct result {
+    const scenario *scen;
+    double imbalance;       /* ideal speedup bound: EP max device load / (total / P) */
+    run ep, llep;
+    double gemm_gflops;     /* plain cblas_sgemm on the LLEP plan's chunk shapes */
+    double diff;            /* relative L2 difference of the EP and LLEP outputs */
+} result;
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("llep-bench: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(EXIT_FAILURE);
+}
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        die("out of memory (%zu x %zu bytes)", n, size);
+    return p;
+}
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rng_sym(uint64_t *s) { /* [-1, 1) */
+    return (float)((double)(rng_next(s) >> 11) / 4503599627370496.0 - 1.0);
+}
+
+static uint64_t cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "Usage: llep-bench [--preset gpt-oss-120b|gpt-oss-20b|deepseek-v3|kimi-k2]\n"
+        "                  [--scenario NAME|all] [--devices P] [--tokens T] [--scale S]\n"
+        "                  [--alpha A] [--lambda L] [--min-tokens M] [--repeat R]\n"
+        "                  [--json|--csv] [--plot FILE.png]\n"
+        "\n"
+        "Runs the scenarios of DESIGN.md section 7 under EP and LLEP on the same inputs (CPU\n"
+        "backend, float32) and prints makespan, speedup, ideal bound, balance efficiency, peak\n"
+        "memory and weight bytes moved.\n"
+        "  --preset      model shape (default gpt-oss-120b)\n"
+        "  --scenario    balanced, 30%%-16, 30%%-4, 30%%-1, 50%%-..., 80%%-..., 95%%-1 or all\n"
+        "                (X%%-h: X %% of all token-slots evenly into h hot experts)\n"
+        "  --devices     logical devices P (default 8)\n"
+        "  --scale       divide D and H by S (default 8)\n"
+        "  --tokens      tokens per device (default: the preset's divided by S)\n"
+        "  --min-tokens  LLA's m (default 1024 scaled like the tokens)\n"
+        "  --alpha, --lambda  LLA parameters (defaults 1.0, 1.3)\n"
+        "  --repeat      steps per policy and scenario; each device's least busy time is kept\n"
+        "                (default 5)\n"
+        "  --plot        draw speedup and peak memory per scenario with gnuplot\n"
+        "Environment: LLEP_BENCH_THREADS host threads running the devices (default 1, so\n"
+        "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n");
+}
+
+static uint32_t parse_u32(const char *opt, const char *s, uint32_t min) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < min || v > UINT32_MAX)
+        die("%s: '%s' is not an integer >= %u", opt, s, min);
+    return (uint32_t)v;
+}
+
+static double parse_pos(const char *opt, const char *s) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v > 0) || !isfinite(v))
+        die("%s: '%s' is not a number > 0", opt, s);
+    return v;
+}
+
+static void parse_options(int argc, char **argv, options *o) {
+    static const struct option longopts[] = {
+        { "preset", required_argument, NULL, 'p' },
+        { "scenario", required_argument, NULL, 's' },
+        { "devices", required_argument, NULL, 'P' },
+        { "tokens", required_argument, NULL, 'T' },
+        { "scale", required_argument, NULL, 'S' },
+        { "alpha", required_argument, NULL, 'a' },
+        { "lambda", required_argument, NULL, 'l' },
+        { "min-tokens", required_argument, NULL, 'm' },
+        { "repeat", required_argument, NULL, 'r' },
+        { "json", no_argument, NULL, 'j' },
+        { "csv", no_argument, NULL, 'c' },
+        { "plot", required_argument, NULL, 'o' },
+        { "help", no_argument, NULL, 'h' },
+        { 0 },
+    };
+    int c;
+
+    *o = (options){ .preset = &presets[0], .scenario = -1, .devices = 8, .scale = 8,
+                    .repeat = 5, .alpha = LLEP_DEFAULT_ALPHA, .lambda = LLEP_DEFAULT_LAMBDA };
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'p':
+            o->preset = NULL;
+            for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
+                if (strcmp(optarg, presets[i].name) == 0)
+                    o->preset = &presets[i];
+            if (!o->preset)
+                die("--preset: unknown preset '%s'", optarg);
+            break;
+        case 's':
+            o->scenario = -2;
+            if (strcmp(optarg, "all") == 0)
+                o->scenario = -1;
+            for (size_t i = 0; i < NSCEN; i++)
+                if (strcmp(optarg, scenarios[i].name) == 0)
+                    o->scenario = (int)i;
+            if (o->scenario == -2)
+                die("--scenario: unknown scenario '%s' (see --help)", optarg);
+            break;
+        case 'P': o->devices = parse_u32("--devices", optarg, 1); break;
+        case 'T': o->tokens = parse_u32("--tokens", optarg, 1); o->tokens_set = 1; break;
+        case 'S': o->scale = parse_u32("--scale", optarg, 1); break;
+        case 'a': o->alpha = parse_pos("--alpha", optarg); break;
+        case 'l': o->lambda = parse_pos("--lambda", optarg); break;
+        case 'm':
+            o->min_tokens = parse_u32("--min-tokens", optarg, 0);
+            o->min_tokens_set = 1;
+            break;
+        case 'r': o->repeat = parse_u32("--repeat", optarg, 1); break;
+        case 'j': o->format = FMT_JSON; break;
+        case 'c': o->format = FMT_CSV; break;
+        case 'o': o->plot = optarg; break;
+        case 'h': usage(stdout); exit(EXIT_SUCCESS);
+        default: usage(stderr); exit(EXIT_FAILURE);
+        }
+    }
+    if (optind < argc)
+        die("unexpected argument '%s'", argv[optind]);
+    if (o->preset->n % o->devices)
+        die("--devices: %s has %u experts, not a multiple of %u", o->preset->name, o->preset->n,
+            o->devices);
+    if (!o->tokens_set)
+        o->tokens = o->preset->tokens / o->scale ? o->preset->tokens / o->scale : 1;
+    if (!o->min_tokens_set) {
+        o->min_tokens = (uint64_t)LLEP_DEFAULT_MIN_TOKENS * o->tokens / o->preset->tokens;
+        if (o->min_tokens < 1)
+            o->min_tokens = 1;
+    }
+}
+
+/* The bench's layer and inputs, shared by every scenario. */
+typedef struct bench {
+    options o;
+    uint32_t n, k, d, h, p, t;
+    uint32_t threads;       /* host threads running the devices */
+    llep_engine *eng;
+    float *ref_w;           /* [N][gate, up, down][D * H] for the plain-GEMM yardstick */
+    float **x, **topk_w, **y_ep, **y_llep;
+    int32_t **idx;
+    int32_t *slot_expert;   /* [P * T * K] */
+    llep_engine_batch *batches;
+} bench;
+
+static void make_engine(bench *b) {
+    size_t wn = (size_t)b->n * b->d * b->h;
+    float *wg = malloc(wn * sizeof(float)), *wu = malloc(wn * sizeof(float));
+    float *wd = malloc(wn * sizeof(float));
+    uint64_t rng = 42;
+    char err[256];
+
+    if (!wg || !wu || !wd)
+        die("out of memory for %zu weights", 3 * wn);
+    for (size_t i = 0; i < wn; i++) {
+        wg[i] = rng_sym(&rng) / sqrtf((float)b->d);
+        wu[i] = rng_sym(&rng) / sqrtf((float)b->d);
+        wd[i] = rng_sym(&rng) / sqrtf((float)b->h);
+    }
+    b->ref_w = xcalloc(3 * wn, sizeof(float));
+    for (size_t e = 0; e < b->n; e++) {
+        size_t dh = (size_t)b->d * b->h;
+        memcpy(b->ref_w + (3 * e + 0) * dh, wg + e * dh, dh * sizeof(float));
+        memcpy(b->ref_w + (3 * e + 1) * dh, wu + e * dh, dh * sizeof(float));
+        memcpy(b->ref_w + (3 * e + 2) * dh, wd + e * dh, dh * sizeof(float));
+    }
+    llep_engine_config cfg;
+    llep__engine_config_default(&cfg);
+    cfg.num_experts = b->n;
+    cfg.top_k = b->k;
+    cfg.hidden = b->d;
+    cfg.inter = b->h;
+    cfg.w_gate = wg;
+    cfg.w_up = wu;
+    cfg.w_down = wd;
+    cfg.num_devices = b->p;
+    cfg.mem_budget = UINT64_C(1) << 62; /* the bench measures memory, it does not limit it */
+    cfg.threads = b->threads;
+    int r = llep__engine_new(&cfg, &b->eng, err, sizeof(err));
+    free(wg);
+    free(wu);
+    free(wd);
+    if (r < 0)
+        die("engine: %s", err);
+}
+
+static void make_inputs(bench *b) {
+    size_t rows = b->t, slots = (size_t)b->t * b->k;
+    uint64_t rng = 7;
+
+    b->x = xcalloc(b->p, sizeof(*b->x));
+    b->topk_w = xcalloc(b->p, sizeof(*b->topk_w));
+    b->y_ep = xcalloc(b->p, sizeof(*b->y_ep));
+    b->y_llep = xcalloc(b->p, sizeof(*b->y_llep));
+    b->idx = xcalloc(b->p, sizeof(*b->idx));
+    b->batches = xcalloc(b->p, sizeof(*b->batches));
+    b->slot_expert = xcalloc(slots * b->p, sizeof(*b->slot_expert));
+    for (uint32_t p = 0; p < b->p; p++) {
+        b->x[p] = xcalloc(rows * b->d, sizeof(float));
+        b->y_ep[p] = xcalloc(rows * b->d, sizeof(float));
+        b->y_llep[p] = xcalloc(rows * b->d, sizeof(float));
+        b->topk_w[p] = xcalloc(slots, sizeof(float));
+        b->idx[p] = xcalloc(slots, sizeof(int32_t));
+        for (size_t i = 0; i < rows * b->d; i++)
+            b->x[p][i] = rng_sym(&rng);
+        for (size_t i = 0; i < slots; i++)
+            b->topk_w[p][i] = (rng_sym(&rng) + 1) / 2;
+    }
+}
+
+/* Routes the slots so that each expert gets exactly the scenario's load, spread at random
+ * over home devices, tokens and k. */
+static void route(bench *b, const scenario *s) {
+    size_t total = (size_t)b->p * b->t * b->k, pos = 0;
+    uint32_t hot = s->share > 0 ? (s->hot < b->n ? s->hot : b->n - 1) : 0;
+    size_t hot_slots = (size_t)llround(s->share * (double)total);
+    uint64_t rng = 1234;
+
+    for (uint32_t e = 0; e < hot; e++) {
+        size_t c = hot_slots / hot + (e < hot_slots % hot);
+        for (size_t i = 0; i < c; i++)
+            b->slot_expert[pos++] = (int32_t)e;
+    }
+    size_t cold = total - pos, nc = b->n - hot;
+    for (uint32_t e = hot; e < b->n; e++) {
+        size_t c = cold / nc + (e - hot < cold % nc);
+        for (size_t i = 0; i < c; i++)
+            b->slot_expert[pos++] = (int32_t)e;
+    }
+    for (size_t i = total - 1; i > 0; i--) {
+        size_t j = rng_next(&rng) % (i + 1);
+        int32_t v = b->slot_expert[i];
+        b->slot_expert[i] = b->slot_expert[j];
+        b->slot_expert[j] = v;
+    }
+    for (uint32_t p = 0; p < b->p; p++)
+        memcpy(b->idx[p], b->slot_expert + (size_t)p * b->t * b->k,
+               (size_t)b->t * b->k * sizeof(int32_t));
+}
+
+/* Takes a step's figures; busy times keep, per device, the least seen over the repeats. */
+static void add_step(bench *b, const llep_engine_stats *st, run *r, int first) {
+    r->mode = st->mode;
+    r->wall_ns = first || st->wall_ns < r->wall_ns ? st->wall_ns : r->wall_ns;
+    r->slots = st->slots;
+    r->peak_max = 0;
+    for (uint32_t d = 0; d < b->p; d++) {
+        uint64_t busy = st->devices[d].busy_ns;
+        r->busy[d] = first || busy < r->busy[d] ? busy : r->busy[d];
+        r->peak[d] = st->devices[d].peak_bytes;
+        r->rows[d] = st->devices[d].rows;
+        if (r->peak[d] > r->peak_max)
+            r->peak_max = r->peak[d];
+    }
+    r->weight_bytes = st->weight_bytes_moved;
+    r->token_bytes = st->token_bytes_moved;
+    r->transfers = st->transfers;
+}
+
+static void finish_run(bench *b, run *r) {
+    uint64_t sum = 0;
+
+    r->makespan_ns = 0;
+    for (uint32_t d = 0; d < b->p; d++) {
+        sum += r->busy[d];
+        if (r->busy[d] > r->makespan_ns)
+            r->makespan_ns = r->busy[d];
+    }
+    r->balance = r->makespan_ns ? (double)sum / b->p / (double)r->makespan_ns : 1.0;
+    r->ffn_gflops = sum ? (double)(r->slots * 6 * (uint64_t)b->d * b->h) / (double)sum : 0;
+}
+
+/* Runs one policy `repeat` times on the same inputs, writing the outputs to y. The timing is
+ * noisy on a shared machine, and noise only ever adds CPU time, so each device's busy time is
+ * the least it took over the repeats; the makespan is the largest of these. */
+static void run_policy(bench *b, enum llep_policy pol, float **y, run *out, const char *label,
+                       size_t si, size_t ns) {
+    llep_plan_params pp = { .alpha = b->o.alpha, .lambda = b->o.lambda,
+                            .min_tokens = b->o.min_tokens, .policy = pol };
+    llep_engine_stats st;
+
+    out->peak = xcalloc(b->p, sizeof(uint64_t));
+    out->busy = xcalloc(b->p, sizeof(uint64_t));
+    out->rows = xcalloc(b->p, sizeof(uint64_t));
+    for (uint32_t p = 0; p < b->p; p++)
+        b->batches[p] = (llep_engine_batch){ b->t, b->x[p], b->idx[p], b->topk_w[p], y[p] };
+    for (uint32_t i = 0; i < b->o.repeat; i++) {
+        fprintf(stderr, "[%zu/%zu] %s: %s step %u/%u\n", si + 1, ns, label,
+                pol == LLEP_POLICY_EP ? "EP" : "LLEP", i + 1, b->o.repeat);
+        if (llep__engine_step(b->eng, b->batches, &pp, &st) < 0)
+            die("step failed: %s", llep__engine_error(b->eng));
+        add_step(b, &st, out, i == 0);
+    }
+    finish_run(b, out);
+}
+
+/* Plain cblas_sgemm on the GEMMs the engine ran for the last plan: per chunk, the three GEMMs
+ * of each tile of at most LLEP_FFN_TILE_ROWS rows, with each expert's own weight matrices and
+ * the chunk's rows streamed like the engine's, timed on this thread's CPU clock. The engine's
+ * expert throughput is compared with this, so the ratio shows what the rest of its work
+ * (dispatch, activation, combine, bookkeeping) costs. */
+static double plain_gemm_gflops(bench *b, const float *wts) {
+    const llep_plan *pl = llep__engine_plan(b->eng);
+    size_t dh = (size_t)b->d * b->h, tile = LLEP_FFN_TILE_ROWS;
+    uint64_t max_rows = 1, flops = 0, ns = 0, rng = 3;
+
+    for (uint32_t i = 0; i < pl->num_ranges; i++)
+        if (pl->ranges[i].end - pl->ranges[i].start > max_rows)
+            max_rows = pl->ranges[i].end - pl->ranges[i].start;
+    float *x = xcalloc(max_rows * b->d, sizeof(float)), *y = xcalloc(max_rows * b->d, sizeof(float));
+    float *g = xcalloc(tile * b->h, sizeof(float)), *u = xcalloc(tile * b->h, sizeof(float));
+    for (size_t i = 0; i < max_rows * b->d; i++)
+        x[i] = y[i] = rng_sym(&rng);
+    for (size_t i = 0; i < tile * b->h; i++)
+        g[i] = u[i] = rng_sym(&rng);
+
+    /* Like the engine's busy times, the least of `repeat` passes. */
+    for (uint32_t rep = 0; rep < b->o.repeat; rep++) {
+        uint64_t pass_ns = 0;
+        flops = 0;
+        for (uint32_t e = 0; e < b->n; e++) {
+            const float *wg = wts + 3 * e * dh, *wu = wg + dh, *wd = wu + dh;
+            for (uint32_t i = pl->range_off[e]; i < pl->range_off[e + 1]; i++) {
+                uint64_t rows = pl->ranges[i].end - pl->ranges[i].start;
+                for (uint64_t r0 = 0; r0 < rows; r0 += tile) {
+                    int m = (int)(rows - r0 < tile ? rows - r0 : tile);
+                    const float *xa = x + r0 * b->d;
+                    uint64_t t0 = cpu_ns();
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)b->h,
+                                (int)b->d, 1, xa, (int)b->d, wg, (int)b->h, 0, g, (int)b->h);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)b->h,
+                                (int)b->d, 1, xa, (int)b->d, wu, (int)b->h, 0, u, (int)b->h);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)b->d,
+                                (int)b->h, 1, g, (int)b->h, wd, (int)b->d, 0, y + r0 * b->d,
+                                (int)b->d);
+                    pass_ns += cpu_ns() - t0;
+                    flops += 6 * (uint64_t)m * b->d * b->h;
+                }
+            }
+        }
+        if (rep == 0 || pass_ns < ns)
+            ns = pass_ns;
+    }
+    free(x);
+    free(y);
+    free(g);
+    free(u);
+    return ns ? (double)flops / (double)ns : 0;
+}
+
+static double output_diff(bench *b) {
+    double num = 0, den = 0;
+    for (uint32_t p = 0; p < b->p; p++)
+        for (size_t i = 0; i < (size_t)b->t * b->d; i++) {
+            double e = b->y_ep[p][i], l = b->y_llep[p][i];
+            num += (e - l) * (e - l);
+            den += e * e;
+        }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void run_scenario(bench *b, size_t si, size_t idx, size_t ns, result *res) {
+    const scenario *s = &scenarios[si];
+
+    route(b, s);
+    res->scen = s;
+    run_policy(b, LLEP_POLICY_EP, b->y_ep, &res->ep, s->name, idx, ns);
+    res->imbalance = llep__engine_plan(b->eng)->imbalance;
+    run_policy(b, LLEP_POLICY_AUTO, b->y_llep, &res->llep, s->name, idx, ns);
+    res->gemm_gflops = plain_gemm_gflops(b, b->ref_w);
+    res->diff = output_diff(b);
+}
+
+static double mib(uint64_t bytes) {
+    return (double)bytes / (1024.0 * 1024.0);
+}
+
+static double speedup(const result *r) {
+    return r->llep.makespan_ns ? (double)r->ep.makespan_ns / (double)r->llep.makespan_ns : 0;
+}
+
+static void print_header(const bench *b, FILE *f, const char *prefix) {
+    const preset *ps = b->o.preset;
+    const char *core = "unknown";
+#ifdef LLEP_HAVE_OPENBLAS_CORENAME
+    core = openblas_get_corename();
+#endif
+    fprintf(f, "%s%s scaled by %u: N %u, D %u (of %u), H %u (of %u), K %u; P %u devices, "
+            "%u tokens per device (of %u); float32\n", prefix, ps->name, b->o.scale, b->n, b->d,
+            ps->d, b->h, ps->h, b->k, b->p, b->t, ps->tokens);
+    fprintf(f, "%sLLEP: policy auto, alpha %g, lambda %g, m %" PRIu64 "; EP: policy ep\n",
+            prefix, b->o.alpha, b->o.lambda, b->o.min_tokens);
+    fprintf(f, "%sbusy time = per-device CPU time (thread CPU clock of each device's work); "
+            "each device's least over %u steps, makespan = the largest; devices run on %u host "
+            "thread(s) of %ld CPUs; OpenBLAS core %s\n",
+            prefix, b->o.repeat, b->threads, sysconf(_SC_NPROCESSORS_ONLN), core);
+}
+
+static void print_table(const bench *b, const result *res, size_t nres) {
+    print_header(b, stdout, "");
+    printf("peak = largest per-device peak (weights + token buffers); GEMM eff = engine "
+           "expert FLOP/s (all device work) / plain cblas_sgemm on the same chunk shapes\n\n");
+    printf("%-9s %4s %9s %9s %7s %6s %6s %6s %6s %9s %9s %8s %5s %9s\n", "scenario", "mode",
+           "EP ms", "LLEP ms", "speedup", "ideal", "%ideal", "bal.EP", "bal.LL", "peak EP",
+           "peak LL", "w moved", "GEMM", "EP-LL");
+    printf("%-9s %4s %9s %9s %7s %6s %6s %6s %6s %9s %9s %8s %5s %9s\n", "", "", "", "", "", "",
+           "", "", "", "MiB", "MiB", "MiB", "eff", "rel L2");
+    for (size_t i = 0; i < nres; i++) {
+        const result *r = &res[i];
+        double sp = speedup(r);
+        printf("%-9s %4s %9.1f %9.1f %7.2f %6.2f %5.0f%% %6.3f %6.3f %9.1f %9.1f %8.1f %5.2f %9.2g\n",
+               r->scen->name, r->llep.mode == LLEP_PLAN_LLEP ? "llep" : "ep",
+               r->ep.makespan_ns / 1e6, r->llep.makespan_ns / 1e6, sp, r->imbalance,
+               100 * sp / r->imbalance, r->ep.balance, r->llep.balance, mib(r->ep.peak_max),
+               mib(r->llep.peak_max), mib(r->llep.weight_bytes),
+               r->gemm_gflops > 0 ? r->llep.ffn_gflops / r->gemm_gflops : 0, r->diff);
+    }
+}
+
+static void print_csv(const bench *b, const result *res, size_t nres) {
+    print_header(b, stdout, "# ");
+    printf("scenario,mode,ep_makespan_ms,llep_makespan_ms,speedup,ideal,ep_balance,"
+           "llep_balance,ep_peak_bytes,llep_peak_bytes,weight_bytes_moved,llep_token_bytes_moved,"
+           "engine_gflops,plain_sgemm_gflops,ep_llep_rel_l2\n");
+    for (size_t i = 0; i < nres; i++) {
+        const result *r = &res[i];
+        printf("%s,%s,%.3f,%.3f,%.4f,%.4f,%.4f,%.4f,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
+               ",%.2f,%.2f,%.3g\n", r->scen->name, r->llep.mode == LLEP_PLAN_LLEP ? "llep" : "ep",
+               r->ep.makespan_ns / 1e6, r->llep.makespan_ns / 1e6, speedup(r), r->imbalance,
+               r->ep.balance, r->llep.balance, r->ep.peak_max, r->llep.peak_max,
+               r->llep.weight_bytes, r->llep.token_bytes, r->llep.ffn_gflops, r->gemm_gflops,
+               r->diff);
+    }
+}
+
+static void json_u64s(const char *name, const uint64_t *v, uint32_t n, const char *sep) {
+    printf("\"%s\": [", name);
+    for (uint32_t i = 0; i < n; i++)
+        printf("%s%" PRIu64, i ? ", " : "", v[i]);
+    printf("]%s", sep);
+}
+
+static void json_run(const bench *b, const char *name, const run *r, const char *sep) {
+    printf("    \"%s\": {\"mode\": \"%s\", \"makespan_ns\": %" PRIu64 ", \"wall_ns\": %" PRIu64
+           ", \"balance\": %.4f, \"transfers\": %u, \"weight_bytes_moved\": %" PRIu64
+           ", \"token_bytes_moved\": %" PRIu64 ", \"gflops\": %.2f, ", name,
+           r->mode == LLEP_PLAN_LLEP ? "llep" : "ep", r->makespan_ns, r->wall_ns, r->balance,
+           r->transfers, r->weight_bytes, r->token_bytes, r->ffn_gflops);
+    json_u64s("busy_ns", r->busy, b->p, ", ");
+    json_u64s("rows", r->rows, b->p, ", ");
+    json_u64s("peak_bytes", r->peak, b->p, "");
+    printf("}%s\n", sep);
+}
+
+static void print_json(const bench *b, const result *res, size_t nres) {
+    const preset *ps = b->o.preset;
+    printf("{\"preset\": \"%s\", \"scale\": %u, \"experts\": %u, \"hidden\": %u, \"inter\": %u, "
+           "\"top_k\": %u, \"devices\": %u, \"tokens_per_device\": %u, \"dtype\": \"f32\",\n"
+           " \"alpha\": %g, \"lambda\": %g, \"min_tokens\": %" PRIu64 ", \"repeat\": %u,\n"
+           " \"busy_time\": \"per-device thread CPU time\",\n \"scenarios\": [\n",
+           ps->name, b->o.scale, b->n, b->d, b->h, b->k, b->p, b->t, b->o.alpha, b->o.lambda,
+           b->o.min_tokens, b->o.repeat);
+    for (size_t i = 0; i < nres; i++) {
+        const result *r = &res[i];
+        printf("  {\"scenario\": \"%s\", \"speedup\": %.4f, \"ideal\": %.4f, "
+               "\"plain_sgemm_gflops\": %.2f, \"ep_llep_rel_l2\": %.3g,\n", r->scen->name,
+               speedup(r), r->imbalance, r->gemm_gflops, r->diff);
+        json_run(b, "ep", &r->ep, ",");
+        json_run(b, "llep", &r->llep, "");
+        printf("  }%s\n", i + 1 < nres ? "," : "");
+    }
+    printf(" ]}\n");
+}
+
+/* Draws speedup (with the ideal bound) and peak memory per scenario through gnuplot. */
+static int plot(const bench *b, const result *res, size_t nres, const char *file) {
+    char data[] = "/tmp/llep-bench-XXXXXX";
+    int fd = mkstemp(data);
+    if (fd < 0) {
+        fprintf(stderr, "llep-bench: --plot: cannot create a data file: %s\n", strerror(errno));
+        return -1;
+    }
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        unlink(data);
+        return -1;
+    }
+    for (size_t i = 0; i < nres; i++)
+        fprintf(f, "\"%s\" %.4f %.4f %.3f %.3f\n", res[i].scen->name, speedup(&res[i]),
+                res[i].imbalance, mib(res[i].ep.peak_max), mib(res[i].llep.peak_max));
+    fclose(f);
+
+    FILE *g = popen("gnuplot 1>&2", "w");
+    if (!g) {
+        unlink(data);
+        return -1;
+    }
+    fprintf(g,
+        "set terminal pngcairo size 1200,900 noenhanced\n"
+        "set output '%s'\n"
+        "set multiplot layout 2,1 title '%s scaled by %u, P %u, %u tokens/device: EP vs LLEP "
+        "(busy = per-device CPU time)'\n"
+        "set style data histograms\nset style histogram clustered gap 1\n"
+        "set style fill solid 0.8 border -1\nset grid ytics\nset xtics rotate by -30\n"
+        "set key top left\n"
+        "set ylabel 'speedup over EP'\n"
+        "plot '%s' using 2:xtic(1) title 'LLEP speedup', '' using 3 title 'ideal bound'\n"
+        "set ylabel 'peak memory per device (MiB)'\n"
+        "plot '%s' using 4:xtic(1) title 'EP', '' using 5 title 'LLEP'\n"
+        "unset multiplot\n",
+        file, b->o.preset->name, b->o.scale, b->p, b->t, data, data);
+    int st = pclose(g);
+    unlink(data);
+    if (st != 0) {
+        fprintf(stderr, "llep-bench: --plot: gnuplot failed (status %d); is gnuplot (with the "
+                "pngcairo terminal) installed? No plot written.\n", st);
+        return -1;
+    }
+    fprintf(stderr, "llep-bench: plot written to %s\n", file);
+    return 0;
+}
+
+static int have_gnuplot(void) {
+    return system("command -v gnuplot >/dev/null 2>&1") == 0;
+}
+
+int main(int argc, char **argv) {
+    bench b = { 0 };
+
+    parse_options(argc, argv, &b.o);
+    const preset *ps = b.o.preset;
+    b.n = ps->n;
+    b.k = ps->k;
+    b.d = ps->d / b.o.scale ? ps->d / b.o.scale : 1;
+    b.h = ps->h / b.o.scale ? ps->h / b.o.scale : 1;
+    b.p = b.o.devices;
+    b.t = b.o.tokens;
+    const char *th = getenv("LLEP_BENCH_THREADS");
+    /* One thread by default: devices then run one at a time, so no device's CPU time is
+     * inflated by another device of the same run competing for the core or its caches
+     * (which would penalise LLEP, whose devices all work at once, more than EP). */
+    b.threads = th && *th ? parse_u32("LLEP_BENCH_THREADS", th, 1) : 1;
+    if (b.o.plot && !have_gnuplot())
+        fprintf(stderr, "llep-bench: gnuplot not found in PATH: --plot %s will be skipped\n",
+                b.o.plot);
+
+    print_header(&b, stderr, "llep-bench: ");
+    make_engine(&b);
+    make_inputs(&b);
+
+    size_t first = b.o.scenario >= 0 ? (size_t)b.o.scenario : 0;
+    size_t nres = b.o.scenario >= 0 ? 1 : NSCEN;
+    result *res = xcalloc(nres, sizeof(*res));
+
+    /* One unmeasured step so first-touch page faults do not land on the first scenario. */
+    route(&b, &scenarios[0]);
+    for (uint32_t p = 0; p < b.p; p++)
+        b.batches[p] = (llep_engine_batch){ b.t, b.x[p], b.idx[p], b.topk_w[p], b.y_ep[p] };
+    if (llep__engine_step(b.eng, b.batches, NULL, NULL) < 0)
+        die("warm-up step failed: %s", llep__engine_error(b.eng));
+
+    for (size_t i = 0; i < nres; i++)
+        run_scenario(&b, first + i, i, nres, &res[i]);
+
+    if (b.o.format == FMT_JSON)
+        print_json(&b, res, nres);
+    else if (b.o.format == FMT_CSV)
+        print_csv(&b, res, nres);
+    else
+        print_table(&b, res, nres);
+    int rc = EXIT_SUCCESS;
+    if (b.o.plot && have_gnuplot() && plot(&b, res, nres, b.o.plot) < 0)
+        rc = EXIT_FAILURE;
+
+    for (size_t i = 0; i < nres; i++) {
+        run *rs[2] = { &res[i].ep, &res[i].llep };
+        for (int j = 0; j < 2; j++) {
+            free(rs[j]->peak);
+            free(rs[j]->busy);
+            free(rs[j]->rows);
+        }
+    }
+    free(res);
+    for (uint32_t p = 0; p < b.p; p++) {
+        free(b.x[p]);
+        free(b.y_ep[p]);
+        free(b.y_llep[p]);
+        free(b.topk_w[p]);
+        free(b.idx[p]);
+    }
+    free(b.x);
+    free(b.y_ep);
+    free(b.y_llep);
+    free(b.topk_w);
+    free(b.idx);
+    free(b.batches);
+    free(b.slot_expert);
+    free(b.ref_w);
+    llep__engine_free(b.eng);
+    return rc;
+}
