@@ -1,0 +1,287 @@
+/* llep-demo: several inference processes sharing one MoE layer in llepd under skewed routing.
+ *
+ *   llep-demo [--socket PATH] [--layer NAME] [--policy auto|ep|llep] [--clients C]
+ *             [--forwards F] [--tokens T] [--hot-share X] [--experts N] [--top-k K]
+ *             [--hidden D] [--inter H] [--check] [--json]
+ *
+ * The parent creates the layer with random (seeded) weights, then C client processes attach
+ * to it by name and each runs F forwards of T tokens, routing X of the token-slots to expert 0
+ * and the rest uniformly. With --check each client compares its first forward with a float64
+ * reference of DESIGN.md section 4. Prints each client's latency and throughput; the daemon's
+ * own figures come from `llepctl stats`. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "llep/client.h"
+#include "parse-number.h"
+
+typedef struct opts {
+    const char *socket, *layer;
+    enum llep_policy policy;
+    uint32_t clients, forwards, tokens, n, k, d, h;
+    double hot;
+    int check, json;
+} opts;
+
+static uint64_t rng = 12345;
+
+static float frand(void) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static float *rand_vec(size_t n, float scale) {
+    float *v = malloc(n * sizeof(*v));
+    for (size_t i = 0; v && i < n; i++)
+        v[i] = frand() * scale;
+    return v;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int usage(const char *msg) {
+    if (msg)
+        fprintf(stderr, "llep-demo: %s\nTry 'llep-demo --help'.\n", msg);
+    else
+        printf("Usage: llep-demo [--socket PATH] [--layer NAME] [--policy auto|ep|llep]\n"
+               "                 [--clients C] [--forwards F] [--tokens T] [--hot-share X]\n"
+               "                 [--experts N] [--top-k K] [--hidden D] [--inter H]\n"
+               "                 [--check] [--json]\n"
+               "Runs C client processes that share one layer in llepd under skewed routing.\n");
+    return msg ? 2 : 0;
+}
+
+static int parse_u32_opt(const char *name, const char *arg, uint32_t *ret) {
+    if (llep__parse_u32(arg, ret) < 0 || *ret == 0) {
+        fprintf(stderr, "llep-demo: --%s: '%s' is not a positive integer\n", name, arg);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, opts *o) {
+    static const struct option lo[] = {
+        { "socket", 1, NULL, 's' }, { "layer", 1, NULL, 'L' }, { "policy", 1, NULL, 'p' },
+        { "clients", 1, NULL, 'c' }, { "forwards", 1, NULL, 'f' }, { "tokens", 1, NULL, 't' },
+        { "hot-share", 1, NULL, 'x' }, { "experts", 1, NULL, 'n' }, { "top-k", 1, NULL, 'k' },
+        { "hidden", 1, NULL, 'd' }, { "inter", 1, NULL, 'i' }, { "check", 0, NULL, 'C' },
+        { "json", 0, NULL, 'j' }, { "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 },
+    };
+    int c, r = 0;
+
+    *o = (opts){ NULL, "demo", LLEP_POLICY_AUTO, 4, 50, 256, 32, 4, 256, 256, 0.8, 0, 0 };
+    opterr = 0;
+    while (r == 0 && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 's': o->socket = optarg; break;
+        case 'L': o->layer = optarg; break;
+        case 'p':
+            if (strcmp(optarg, "auto") == 0)
+                o->policy = LLEP_POLICY_AUTO;
+            else if (strcmp(optarg, "ep") == 0)
+                o->policy = LLEP_POLICY_EP;
+            else if (strcmp(optarg, "llep") == 0)
+                o->policy = LLEP_POLICY_LLEP;
+            else
+                return usage("--policy must be auto, ep or llep");
+            break;
+        case 'c': r = parse_u32_opt("clients", optarg, &o->clients); break;
+        case 'f': r = parse_u32_opt("forwards", optarg, &o->forwards); break;
+        case 't': r = parse_u32_opt("tokens", optarg, &o->tokens); break;
+        case 'n': r = parse_u32_opt("experts", optarg, &o->n); break;
+        case 'k': r = parse_u32_opt("top-k", optarg, &o->k); break;
+        case 'd': r = parse_u32_opt("hidden", optarg, &o->d); break;
+        case 'i': r = parse_u32_opt("inter", optarg, &o->h); break;
+        case 'x':
+            if (llep__parse_double(optarg, &o->hot) < 0 || o->hot < 0 || o->hot > 1)
+                return usage("--hot-share must be a number in [0, 1]");
+            break;
+        case 'C': o->check = 1; break;
+        case 'j': o->json = 1; break;
+        case 'h': usage(NULL); return 1;
+        default: return usage("unknown option or missing value");
+        }
+    }
+    if (r < 0)
+        return 2;
+    if (optind < argc)
+        return usage("unexpected argument");
+    if (o->k > o->n)
+        return usage("--top-k must not exceed --experts");
+    return 0;
+}
+
+typedef struct weights {
+    float *wg, *wu, *wd;
+} weights;
+
+static int make_weights(const opts *o, weights *w) {
+    size_t ndh = (size_t)o->n * o->d * o->h;
+    float s = 1.0f / sqrtf((float)o->d);
+
+    rng = 2026;
+    w->wg = rand_vec(ndh, s);
+    w->wu = rand_vec(ndh, s);
+    w->wd = rand_vec(ndh, 1.0f / sqrtf((float)o->h));
+    return w->wg && w->wu && w->wd ? 0 : -ENOMEM;
+}
+
+/* float64 reference of DESIGN.md section 4 (SWIGLU, no biases) for one forward. */
+static double check_output(const opts *o, const weights *w, uint32_t t, const float *x,
+                           const int32_t *idx, const float *g, const float *y) {
+    double num = 0, den = 0, *a = malloc(o->h * sizeof(*a)), *ref = calloc(o->d, sizeof(*ref));
+
+    for (uint32_t i = 0; i < t; i++) {
+        memset(ref, 0, o->d * sizeof(*ref));
+        for (uint32_t k = 0; k < o->k; k++) {
+            size_t e = (size_t)idx[i * o->k + k];
+            for (uint32_t j = 0; j < o->h; j++) {
+                double gg = 0, uu = 0;
+                for (uint32_t q = 0; q < o->d; q++) {
+                    gg += (double)x[(size_t)i * o->d + q] * w->wg[(e * o->d + q) * o->h + j];
+                    uu += (double)x[(size_t)i * o->d + q] * w->wu[(e * o->d + q) * o->h + j];
+                }
+                a[j] = gg / (1 + exp(-gg)) * uu;
+            }
+            for (uint32_t q = 0; q < o->d; q++) {
+                double s = 0;
+                for (uint32_t j = 0; j < o->h; j++)
+                    s += a[j] * w->wd[(e * o->h + j) * o->d + q];
+                ref[q] += g[i * o->k + k] * s;
+            }
+        }
+        for (uint32_t q = 0; q < o->d; q++) {
+            double dlt = y[(size_t)i * o->d + q] - ref[q];
+            num += dlt * dlt;
+            den += ref[q] * ref[q];
+        }
+    }
+    free(a);
+    free(ref);
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static void route(const opts *o, uint32_t t, int32_t *idx, float *g) {
+    for (uint32_t i = 0; i < t * o->k; i++) {
+        double u = (frand() + 1) / 2;
+        idx[i] = u < o->hot ? 0 : (int32_t)(1 + (rng >> 24) % (o->n - 1));
+        g[i] = 1.0f / (float)o->k;
+    }
+}
+
+/* One client process: attach, run the forwards, print one line. Returns the exit code. */
+static int run_client(const opts *o, const weights *w, uint32_t id) {
+    llep_client *c;
+    llep_layer *l;
+    uint32_t t = o->tokens;
+    int r = llep_connect(o->socket, &c);
+
+    if (r < 0) {
+        fprintf(stderr, "client %u: connect: %s: %s\n", id, llep_strerror(r),
+                llep_client_error(NULL));
+        return 1;
+    }
+    r = llep_layer_create(c, o->layer, NULL, &l);
+    if (r < 0) {
+        fprintf(stderr, "client %u: attach '%s': %s\n", id, o->layer, llep_client_error(c));
+        llep_disconnect(c);
+        return 1;
+    }
+    rng = 7777 + id;
+    float *x = rand_vec((size_t)t * o->d, 1.0f), *g = malloc((size_t)t * o->k * 4);
+    float *y = malloc((size_t)t * o->d * 4);
+    int32_t *idx = malloc((size_t)t * o->k * 4);
+    double err = -1, t0 = now_s(), worst = 0;
+    for (uint32_t f = 0; f < o->forwards && r == 0; f++) {
+        route(o, t, idx, g);
+        double s = now_s();
+        r = llep_forward(l, t, x, idx, g, y);
+        double lat = now_s() - s;
+        worst = lat > worst ? lat : worst;
+        if (r == 0 && f == 0 && o->check)
+            err = check_output(o, w, t, x, idx, g, y);
+    }
+    double el = now_s() - t0;
+    if (r < 0)
+        fprintf(stderr, "client %u: forward: %s: %s\n", id, llep_strerror(r),
+                llep_client_error(c));
+    else if (o->json)
+        printf("{\"client\": %u, \"forwards\": %u, \"tokens_per_s\": %.1f, \"mean_ms\": %.3f, "
+               "\"max_ms\": %.3f, \"check_rel_l2\": %.3g}\n", id, o->forwards,
+               (double)t * o->forwards / el, el / o->forwards * 1e3, worst * 1e3, err);
+    else
+        printf("  client %u  %4u forwards of %u tokens  %9.0f tokens/s  mean %7.3f ms  max "
+               "%7.3f ms%s\n", id, o->forwards, t, (double)t * o->forwards / el,
+               el / o->forwards * 1e3, worst * 1e3,
+               err < 0 ? "" : err < 1e-5 ? "  (matches float64 reference)" : "  (MISMATCH)");
+    fflush(stdout);
+    free(x);
+    free(g);
+    free(y);
+    free(idx);
+    llep_layer_release(l);
+    llep_disconnect(c);
+    return r < 0 || (err >= 1e-5) ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    opts o;
+    weights w = { 0 };
+    llep_client *c;
+    llep_layer *l;
+    int r = parse_opts(argc, argv, &o);
+
+    if (r != 0)
+        return r == 1 ? 0 : 2;
+    if (make_weights(&o, &w) < 0) {
+        fprintf(stderr, "llep-demo: out of memory\n");
+        return 1;
+    }
+    r = llep_connect(o.socket, &c);
+    if (r < 0) {
+        fprintf(stderr, "llep-demo: connect: %s: %s\n", llep_strerror(r), llep_client_error(NULL));
+        return 1;
+    }
+    llep_layer_desc d = { .num_experts = o.n, .top_k = o.k, .hidden = o.d, .inter = o.h,
+                          .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU, .w_gate = w.wg,
+                          .w_up = w.wu, .w_down = w.wd, .policy = o.policy };
+    r = llep_layer_create(c, o.layer, &d, &l);
+    if (r < 0) {
+        fprintf(stderr, "llep-demo: create layer '%s': %s\n", o.layer, llep_client_error(c));
+        llep_disconnect(c);
+        return 1;
+    }
+    if (!o.json)
+        printf("layer '%s': N=%u K=%u D=%u H=%u, policy %s; %u clients, %.0f%% of token-slots "
+               "to expert 0\n", o.layer, o.n, o.k, o.d, o.h,
+               o.policy == LLEP_POLICY_EP ? "ep" : o.policy == LLEP_POLICY_LLEP ? "llep" : "auto",
+               o.clients, o.hot * 100);
+    fflush(stdout);
+    int failed = 0;
+    for (uint32_t i = 0; i < o.clients; i++) {
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(run_client(&o, &w, i));
+        failed += pid < 0;
+    }
+    int st;
+    while (wait(&st) > 0)
+        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    llep_layer_release(l);
+    llep_disconnect(c);
+    free(w.wg);
+    free(w.wu);
+    free(w.wd);
+    return failed ? 1 : 0;
+}
