@@ -211,6 +211,8 @@ static void poller_sleep(llep_client *c, int timeout_ms) {
         /* Only the poller reads these two, and only after poll() said they are readable, so
          * the reads cannot block. The arena cannot have changed meanwhile: replacing it
          * waits for the poller to leave. */
+        if (n > 0 && p[0].revents)
+            c->socket_ready = true;
         if (n > 0 && (p[1].revents & POLLIN))
             llep__eventfd_wait(c->wake_efd, &count);
         if (n > 0 && (p[2].revents & POLLIN))
@@ -222,11 +224,37 @@ static void poller_sleep(llep_client *c, int timeout_ms) {
     pthread_cond_broadcast(&c->cond);
 }
 
+static int64_t now_ns(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Watches the completion ring for a moment; true when something arrived. */
+static bool spin_for_completion(llep_client *c) {
+    int64_t end;
+
+    if (!c->have_arena || c->in_flight == 0)
+        return false;
+    end = now_ns() + LLEP_CLIENT_SPIN_NS;
+    do {
+        /* Non-zero: completions, or a corrupt ring that reap() reports. */
+        if (llep__ring_pending(&c->arena.cq) != 0)
+            return true;
+    } while (now_ns() < end);
+    return false;
+}
+
 int llep__client_progress(llep_client *c, int64_t deadline_ms) {
     int timeout_ms;
 
-    if (!c->dead)
+    /* The socket is read only when poll() found it readable (the poller watches it), or when
+     * a failed completion needs its message: the fast path makes no socket calls. */
+    if (!c->dead && c->socket_ready) {
+        c->socket_ready = false;
         pump_socket(c, 0);
+    }
     if (reap(c) > 0) {
         pthread_cond_broadcast(&c->cond);
         /* The poller may be waiting for one of the submissions just completed. */
@@ -247,7 +275,7 @@ int llep__client_progress(llep_client *c, int64_t deadline_ms) {
     }
     if (c->poller)
         cond_wait_until(c, deadline_ms);
-    else
+    else if (!spin_for_completion(c))
         poller_sleep(c, timeout_ms);
     return 0;
 }
@@ -262,6 +290,9 @@ int llep__client_request(llep_client *c, Llep__Frame *req, Llep__Frame__BodyCase
         return llep__client_fail(c, c->dead, "the connection to llepd is lost%s%s",
                                  c->notice[0] ? ": " : "", c->notice);
     r = llep__conn_request(&c->conn, req, -1, handle_async, c, &reply, err, sizeof(err));
+    /* Frames that came in the same read as the reply wait in the decoder. */
+    if (llep__frame_decoder_pending(&c->conn.dec) > 0)
+        c->socket_ready = true;
     if (r == -ECONNRESET || r == -EPROTO) {
         connection_lost(c, err);
         return c->dead;

@@ -153,9 +153,11 @@ int llep__conn_send(llep_conn *c, Llep__Frame *f, char *err, size_t errlen) {
     }
     free(buf);
     if (off < len) {
-        if (r == -ECONNRESET)
+        if (r == -ECONNRESET) {
             c->eof = true;
-        set_error(err, errlen, "cannot send to llepd: %s", strerror(-r));
+            set_error(err, errlen, "llepd closed the connection");
+        } else
+            set_error(err, errlen, "cannot send to llepd: %s", strerror(-r));
         return r < 0 ? r : -EIO;
     }
     return 0;

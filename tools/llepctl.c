@@ -564,7 +564,7 @@ static int verb_stats(ctl *x, char **argv) {
     Llep__Frame req = LLEP__FRAME__INIT;
     _cleanup_frame_ Llep__Frame *reply = NULL;
     const Llep__StatsReply *s;
-    char b1[32], b2[32];
+    char b1[32], b2[32], b3[32];
     int r;
 
     req.body_case = LLEP__FRAME__BODY_STATS;
@@ -603,7 +603,7 @@ static int verb_stats(ctl *x, char **argv) {
                l->imbalance_mean, l->imbalance_max,
                fmt_us(l->latency_p50_us, b1, sizeof(b1)),
                fmt_us(l->latency_p99_us, b2, sizeof(b2)), l->tokens,
-               fmt_bytes(l->weight_bytes_moved, b1, sizeof(b1)));
+               fmt_bytes(l->weight_bytes_moved, b3, sizeof(b3)));
     }
     return 0;
 }

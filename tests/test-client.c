@@ -1,0 +1,852 @@
+/* libllep-client: argument checks without a daemon, a fake daemon for the connection's edge
+ * cases, and, when $LLEPD names the daemon binary, a private llepd for forwards checked
+ * against a float64 reference of DESIGN.md section 4. */
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "llep/client.h"
+
+/* ---------------------------------------------------------------------------------------- */
+/* Helpers: temp directory, a private llepd, random layers and the reference. */
+
+static char tmpdir[32];
+static char sock_path[64];
+static pid_t llepd_pid = -1;
+
+static void make_tmpdir(void) {
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-client-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    snprintf(sock_path, sizeof(sock_path), "%s/llepd.sock", tmpdir);
+}
+
+static void remove_tmpdir(void) {
+    unlink(sock_path);
+    rmdir(tmpdir);
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+
+    nanosleep(&ts, NULL);
+}
+
+/* Starts $LLEPD on a socket of its own and waits until it accepts connections. */
+static void llepd_start(void) {
+    const char *bin = getenv("LLEPD");
+    llep_client *c = NULL;
+
+    make_tmpdir();
+    llepd_pid = fork();
+    ck_assert_int_ge(llepd_pid, 0);
+    if (llepd_pid == 0) {
+        execl(bin, bin, "--socket", sock_path, "--backend", "cpu", "--devices", "4",
+              "--log-level", "warning", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        if (llep_connect(sock_path, &c) == 0) {
+            llep_disconnect(c);
+            return;
+        }
+        sleep_ms(10);
+    }
+    ck_abort_msg("llepd did not start listening on %s", sock_path);
+}
+
+/* Stops it with SIGTERM and checks that it exits 0 in time. */
+static int llepd_stop(void) {
+    int status = -1;
+
+    if (llepd_pid <= 0)
+        return 0;
+    kill(llepd_pid, SIGTERM);
+    for (int i = 0; i < 500; i++) {
+        if (waitpid(llepd_pid, &status, WNOHANG) == llepd_pid) {
+            llepd_pid = -1;
+            return status;
+        }
+        sleep_ms(10);
+    }
+    kill(llepd_pid, SIGKILL);
+    waitpid(llepd_pid, &status, 0);
+    llepd_pid = -1;
+    return -1;
+}
+
+static void setup_daemon(void) {
+    llepd_start();
+}
+
+static void teardown_daemon(void) {
+    llepd_stop();
+    remove_tmpdir();
+}
+
+/* Per thread, so the threads of test_threads do not share (and race on) one generator. */
+static _Thread_local uint64_t rng_state = 0x9e3779b97f4a7c15u;
+
+static uint64_t rng_next(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Uniform in [-1, 1). */
+static float rng_float(void) {
+    return (float)((double)(rng_next() >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+static float *random_floats(size_t n, float scale) {
+    float *v = malloc(n * sizeof(float));
+
+    ck_assert_ptr_nonnull(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = rng_float() * scale;
+    return v;
+}
+
+/* A float32 layer with biases and the desc that creates it. */
+typedef struct test_layer {
+    llep_layer_desc d;
+    float *w_gate, *w_up, *w_down, *b_gate, *b_up, *b_down;
+} test_layer;
+
+static void test_layer_init(test_layer *t, uint32_t n, uint32_t k, uint32_t dd, uint32_t h,
+                            enum llep_act act) {
+    memset(t, 0, sizeof(*t));
+    t->d.num_experts = n;
+    t->d.top_k = k;
+    t->d.hidden = dd;
+    t->d.inter = h;
+    t->d.dtype = LLEP_DTYPE_F32;
+    t->d.act = act;
+    t->w_gate = random_floats((size_t)n * dd * h, 1.0f / sqrtf((float)dd));
+    t->w_up = random_floats((size_t)n * dd * h, 1.0f / sqrtf((float)dd));
+    t->w_down = random_floats((size_t)n * h * dd, 1.0f / sqrtf((float)h));
+    t->b_gate = random_floats((size_t)n * h, 0.1f);
+    t->b_up = random_floats((size_t)n * h, 0.1f);
+    t->b_down = random_floats((size_t)n * dd, 0.1f);
+    t->d.w_gate = t->w_gate;
+    t->d.w_up = t->w_up;
+    t->d.w_down = t->w_down;
+    t->d.b_gate = t->b_gate;
+    t->d.b_up = t->b_up;
+    t->d.b_down = t->b_down;
+}
+
+static void test_layer_fini(test_layer *t) {
+    free(t->w_gate);
+    free(t->w_up);
+    free(t->w_down);
+    free(t->b_gate);
+    free(t->b_up);
+    free(t->b_down);
+}
+
+/* One batch of routed tokens and room for its output. skew > 0 sends that share of the
+ * slots to expert 0. */
+typedef struct batch {
+    uint32_t tokens;
+    float *x, *w, *y;
+    int32_t *idx;
+} batch;
+
+static void batch_init(batch *b, const test_layer *t, uint32_t tokens, double skew) {
+    uint32_t n = t->d.num_experts, k = t->d.top_k;
+
+    b->tokens = tokens;
+    b->x = random_floats((size_t)tokens * t->d.hidden, 1.0f);
+    b->w = random_floats((size_t)tokens * k, 1.0f);
+    b->y = calloc((size_t)tokens * t->d.hidden + 1, sizeof(float));
+    b->idx = malloc(((size_t)tokens * k + 1) * sizeof(int32_t));
+    ck_assert_ptr_nonnull(b->y);
+    ck_assert_ptr_nonnull(b->idx);
+    for (size_t i = 0; i < (size_t)tokens * k; i++) {
+        double u = (double)(rng_next() >> 11) / (double)(1ull << 53);
+
+        b->idx[i] = u < skew ? 0 : (int32_t)(rng_next() % n);
+    }
+}
+
+static void batch_fini(batch *b) {
+    free(b->x);
+    free(b->w);
+    free(b->y);
+    free(b->idx);
+}
+
+/* DESIGN.md section 4, written out plainly in float64. */
+static void reference(const test_layer *t, const batch *b, double *out) {
+    uint32_t dd = t->d.hidden, h = t->d.inter, k = t->d.top_k;
+    double alpha = t->d.act_alpha ? t->d.act_alpha : 1.702, limit = t->d.act_limit ? t->d.act_limit : 7.0;
+    double *a = malloc(h * sizeof(double));
+
+    for (uint32_t tok = 0; tok < b->tokens; tok++) {
+        const float *x = b->x + (size_t)tok * dd;
+        double *y = out + (size_t)tok * dd;
+
+        for (uint32_t j = 0; j < dd; j++)
+            y[j] = 0;
+        for (uint32_t s = 0; s < k; s++) {
+            uint32_t e = (uint32_t)b->idx[(size_t)tok * k + s];
+            double gw = b->w[(size_t)tok * k + s];
+            const float *wg = t->w_gate + (size_t)e * dd * h, *wu = t->w_up + (size_t)e * dd * h;
+            const float *wd = t->w_down + (size_t)e * h * dd;
+
+            for (uint32_t i = 0; i < h; i++) {
+                double g = t->b_gate[(size_t)e * h + i], u = t->b_up[(size_t)e * h + i];
+
+                for (uint32_t j = 0; j < dd; j++) {
+                    g += (double)x[j] * wg[(size_t)j * h + i];
+                    u += (double)x[j] * wu[(size_t)j * h + i];
+                }
+                if (t->d.act == LLEP_ACT_SWIGLU)
+                    a[i] = g / (1 + exp(-g)) * u;
+                else {
+                    double gc = g < limit ? g : limit;
+                    double uc = u < -limit ? -limit : u > limit ? limit : u;
+
+                    a[i] = (uc + 1) * gc / (1 + exp(-alpha * gc));
+                }
+            }
+            for (uint32_t j = 0; j < dd; j++) {
+                double v = t->b_down[(size_t)e * dd + j];
+
+                for (uint32_t i = 0; i < h; i++)
+                    v += a[i] * wd[(size_t)i * dd + j];
+                y[j] += gw * v;
+            }
+        }
+    }
+    free(a);
+}
+
+/* Relative L2 error of the batch's output against the reference. */
+static double rel_error(const test_layer *t, const batch *b) {
+    size_t n = (size_t)b->tokens * t->d.hidden;
+    double *ref = malloc(n * sizeof(double)), num = 0, den = 0;
+
+    reference(t, b, ref);
+    for (size_t i = 0; i < n; i++) {
+        num += (b->y[i] - ref[i]) * (b->y[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    free(ref);
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void assert_matches(const test_layer *t, const batch *b) {
+    double err = rel_error(t, b);
+
+    ck_assert_msg(err <= 1e-5, "relative L2 error %g over 1e-5", err);
+}
+
+static llep_client *connect_ok(void) {
+    llep_client *c = NULL;
+    int r = llep_connect(sock_path, &c);
+
+    ck_assert_msg(r == 0, "llep_connect: %s: %s", llep_strerror(r), llep_client_error(NULL));
+    return c;
+}
+
+static llep_layer *create_ok(llep_client *c, const char *name, const llep_layer_desc *d) {
+    llep_layer *l = NULL;
+    int r = llep_layer_create(c, name, d, &l);
+
+    ck_assert_msg(r == 0, "llep_layer_create(%s): %s: %s", name, llep_strerror(r),
+                  llep_client_error(c));
+    return l;
+}
+
+static void forward_ok(llep_layer *l, batch *b) {
+    int r = llep_forward(l, b->tokens, b->x, b->idx, b->w, b->y);
+
+    ck_assert_msg(r == 0, "llep_forward: %s: %s", llep_strerror(r),
+                  llep_client_error(llep_layer_client(l)));
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Without a daemon. */
+
+START_TEST(test_null_arguments) {
+    llep_layer_desc d = { 0 };
+    uint64_t ticket;
+
+    ck_assert_int_eq(llep_connect(NULL, NULL), -EINVAL);
+    ck_assert_str_ne(llep_client_error(NULL), "");
+    ck_assert_int_eq(llep_layer_create(NULL, "x", &d, NULL), -EINVAL);
+    ck_assert_int_eq(llep_forward(NULL, 1, NULL, NULL, NULL, NULL), -EINVAL);
+    ck_assert_int_eq(llep_submit(NULL, 1, NULL, NULL, NULL, NULL, &ticket), -EINVAL);
+    ck_assert_int_eq(llep_wait(NULL, 1, 0), -EINVAL);
+    ck_assert_int_eq(llep_layer_get_desc(NULL, &d), -EINVAL);
+    ck_assert_ptr_null(llep_layer_client(NULL));
+    llep_layer_release(NULL);
+    llep_disconnect(NULL);
+}
+END_TEST
+
+START_TEST(test_strerror) {
+    static const int codes[] = { EINVAL, ENOMEM, EPROTO, EPROTONOSUPPORT, ENOENT, EEXIST,
+                                 EPERM, EACCES, ETIMEDOUT, ESHUTDOWN, EIO, ECONNRESET,
+                                 ECONNREFUSED, EAGAIN, ENAMETOOLONG, ENXIO, EMSGSIZE };
+
+    ck_assert_str_eq(llep_strerror(0), "success");
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        ck_assert_ptr_nonnull(llep_strerror(-codes[i]));
+        ck_assert_str_ne(llep_strerror(-codes[i]), "unknown error");
+    }
+    ck_assert_str_eq(llep_strerror(-12345), "unknown error");
+    ck_assert_str_eq(llep_strerror(7), "unknown error");
+}
+END_TEST
+
+START_TEST(test_connect_missing_socket) {
+    llep_client *c = (llep_client *)1;
+
+    ck_assert_int_eq(llep_connect("/nonexistent/llep/llepd.sock", &c), -ENOENT);
+    ck_assert_ptr_null(c);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(NULL), "/nonexistent/llep/llepd.sock"));
+}
+END_TEST
+
+START_TEST(test_connect_refused) {
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    llep_client *c = NULL;
+    int fd;
+
+    make_tmpdir();
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+    /* A socket file nobody listens on any more. */
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    close(fd);
+    ck_assert_int_eq(llep_connect(sock_path, &c), -ECONNREFUSED);
+    ck_assert_ptr_null(c);
+    remove_tmpdir();
+}
+END_TEST
+
+START_TEST(test_connect_default_path) {
+    llep_client *c = NULL;
+
+    /* With $LLEP_SOCKET set, NULL means that path. */
+    setenv("LLEP_SOCKET", "/nonexistent/env/llepd.sock", 1);
+    ck_assert_int_eq(llep_connect(NULL, &c), -ENOENT);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(NULL), "/nonexistent/env/llepd.sock"));
+    unsetenv("LLEP_SOCKET");
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------------- */
+/* A fake daemon: answers Hello as told, then does what the test asks. */
+
+enum fake_mode { FAKE_OK, FAKE_BAD_VERSION, FAKE_CLOSE_AFTER_HELLO, FAKE_GARBAGE };
+
+typedef struct fake {
+    int listen_fd;
+    enum fake_mode mode;
+    pthread_t thread;
+} fake;
+
+static Llep__Frame *read_frame(int fd) {
+    llep_frame_decoder d;
+    Llep__Frame *f = NULL;
+    uint8_t buf[4096];
+
+    llep__frame_decoder_init(&d, 0);
+    for (;;) {
+        ssize_t n;
+        int r = llep__frame_decoder_next(&d, &f);
+
+        if (r != 0)
+            break;
+        n = read(fd, buf, sizeof(buf));
+        if (n <= 0)
+            break;
+        llep__frame_decoder_feed(&d, buf, (size_t)n);
+    }
+    llep__frame_decoder_fini(&d);
+    return f;
+}
+
+static void write_frame(int fd, const Llep__Frame *f) {
+    uint8_t *buf;
+    size_t len;
+
+    ck_assert_int_eq(llep__frame_encode_alloc(f, &buf, &len), 0);
+    ck_assert_int_eq(write(fd, buf, len), (ssize_t)len);
+    free(buf);
+}
+
+static void *fake_run(void *arg) {
+    fake *fk = arg;
+    Llep__HelloReply hr = LLEP__HELLO_REPLY__INIT;
+    Llep__Frame reply = LLEP__FRAME__INIT, *f;
+    int fd = accept(fk->listen_fd, NULL, NULL);
+
+    f = read_frame(fd);
+    if (!f || f->body_case != LLEP__FRAME__BODY_HELLO) {
+        close(fd);
+        return NULL;
+    }
+    reply.id = f->id;
+    llep__frame_free(f);
+    reply.body_case = LLEP__FRAME__BODY_HELLO_REPLY;
+    reply.hello_reply = &hr;
+    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hr.daemon_version = "fake";
+    if (fk->mode == FAKE_BAD_VERSION) {
+        hr.status = LLEP__STATUS__STATUS_VERSION_MISMATCH;
+        hr.version = 99;
+        hr.message = "protocol version mismatch: llepd speaks 99";
+    }
+    write_frame(fd, &reply);
+    if (fk->mode == FAKE_GARBAGE) {
+        /* A length prefix far over the limit. */
+        static const uint8_t junk[] = { 0xff, 0xff, 0xff, 0x7f, 1, 2, 3 };
+
+        f = read_frame(fd);
+        llep__frame_free(f);
+        ck_assert_int_eq(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+        sleep_ms(50);
+    }
+    close(fd);
+    return NULL;
+}
+
+static void fake_start(fake *fk, enum fake_mode mode) {
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+    make_tmpdir();
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+    fk->mode = mode;
+    fk->listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    ck_assert_int_eq(bind(fk->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(fk->listen_fd, 4), 0);
+    ck_assert_int_eq(pthread_create(&fk->thread, NULL, fake_run, fk), 0);
+}
+
+static void fake_stop(fake *fk) {
+    pthread_join(fk->thread, NULL);
+    close(fk->listen_fd);
+    remove_tmpdir();
+}
+
+START_TEST(test_version_mismatch) {
+    llep_client *c = NULL;
+    fake fk;
+
+    fake_start(&fk, FAKE_BAD_VERSION);
+    ck_assert_int_eq(llep_connect(sock_path, &c), -EPROTONOSUPPORT);
+    ck_assert_ptr_null(c);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(NULL), "99"));
+    fake_stop(&fk);
+}
+END_TEST
+
+/* Everything the library checks itself, and then a daemon that hangs up: -ECONNRESET. */
+START_TEST(test_argument_checks) {
+    test_layer t;
+    llep_layer_desc d;
+    llep_layer *l = (llep_layer *)1;
+    llep_client *c;
+    fake fk;
+
+    fake_start(&fk, FAKE_CLOSE_AFTER_HELLO);
+    c = connect_ok();
+    test_layer_init(&t, 8, 2, 4, 4, LLEP_ACT_SWIGLU);
+
+    ck_assert_int_eq(llep_layer_create(c, "x", &t.d, NULL), -EINVAL);
+    ck_assert_int_eq(llep_layer_create(c, NULL, &t.d, &l), -EINVAL);
+    ck_assert_ptr_null(l);
+    ck_assert_int_eq(llep_layer_create(c, "", &t.d, &l), -EINVAL);
+    ck_assert_int_eq(llep_layer_create(c, "has space", &t.d, &l), -EINVAL);
+    ck_assert_str_ne(llep_client_error(c), "");
+
+    d = t.d;
+    d.w_up = NULL;    /* some weights but not all */
+    ck_assert_int_eq(llep_layer_create(c, "x", &d, &l), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(c), "w_gate"));
+    d = t.d;
+    d.top_k = 9;      /* K > N */
+    ck_assert_int_eq(llep_layer_create(c, "x", &d, &l), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(c), "top_k"));
+    d = t.d;
+    d.num_experts = 0;
+    ck_assert_int_eq(llep_layer_create(c, "x", &d, &l), -EINVAL);
+    d = t.d;
+    d.dtype = (enum llep_dtype)7;
+    ck_assert_int_eq(llep_layer_create(c, "x", &d, &l), -EINVAL);
+    d = t.d;
+    d.alpha = NAN;
+    ck_assert_int_eq(llep_layer_create(c, "x", &d, &l), -EINVAL);
+    d = t.d;
+    d.w_gate = d.w_up = d.w_down = NULL;  /* attach with biases: meaningless */
+    ck_assert_int_eq(llep_layer_create(c, "x", &d, &l), -EINVAL);
+    ck_assert_int_eq(llep_wait(c, 12345, 0), -EINVAL);
+
+    /* The fake daemon has hung up: the first request finds out, and every call after. */
+    ck_assert_int_eq(llep_layer_create(c, "x", &t.d, &l), -ECONNRESET);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(c), "closed"));
+    ck_assert_int_eq(llep_layer_create(c, "x", NULL, &l), -ECONNRESET);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+    fake_stop(&fk);
+}
+END_TEST
+
+START_TEST(test_garbage_from_daemon) {
+    test_layer t;
+    llep_layer *l = NULL;
+    llep_client *c;
+    fake fk;
+
+    fake_start(&fk, FAKE_GARBAGE);
+    c = connect_ok();
+    test_layer_init(&t, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
+    ck_assert_int_eq(llep_layer_create(c, "x", NULL, &l), -ECONNRESET);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(c), "bad frame"));
+    ck_assert_int_eq(llep_layer_create(c, "x", &t.d, &l), -ECONNRESET);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+    fake_stop(&fk);
+}
+END_TEST
+
+/* ---------------------------------------------------------------------------------------- */
+/* Against a real llepd. */
+
+START_TEST(test_forward_reference) {
+    static const enum llep_act acts[] = { LLEP_ACT_SWIGLU, LLEP_ACT_SWIGLU_OAI };
+    llep_client *c = connect_ok();
+
+    for (int a = 0; a < 2; a++) {
+        llep_layer_desc got;
+        test_layer t;
+        llep_layer *l;
+        batch b;
+
+        test_layer_init(&t, 8, 2, 16, 24, acts[a]);
+        l = create_ok(c, a ? "oai" : "swiglu", &t.d);
+        ck_assert_int_eq(llep_layer_get_desc(l, &got), 0);
+        ck_assert_uint_eq(got.num_experts, 8);
+        ck_assert_uint_eq(got.top_k, 2);
+        ck_assert_uint_eq(got.hidden, 16);
+        ck_assert_uint_eq(got.inter, 24);
+        ck_assert_ptr_null(got.w_gate);
+        ck_assert_ptr_eq(llep_layer_client(l), c);
+
+        for (uint32_t tokens = 1; tokens <= 65; tokens += 32) {
+            batch_init(&b, &t, tokens, 0.5);
+            forward_ok(l, &b);
+            assert_matches(&t, &b);
+            batch_fini(&b);
+        }
+        ck_assert_int_eq(llep_forward(l, 0, NULL, NULL, NULL, NULL), 0);
+        llep_layer_release(l);
+        test_layer_fini(&t);
+    }
+    llep_disconnect(c);
+}
+END_TEST
+
+START_TEST(test_attach) {
+    llep_client *c1 = connect_ok(), *c2 = connect_ok();
+    llep_layer *l1, *l2, *l3 = (llep_layer *)1;
+    llep_layer_desc d;
+    test_layer t;
+    batch b;
+    int r;
+
+    test_layer_init(&t, 8, 2, 8, 12, LLEP_ACT_SWIGLU);
+    l1 = create_ok(c1, "shared", &t.d);
+
+    /* Created twice: -EEXIST. */
+    ck_assert_int_eq(llep_layer_create(c2, "shared", &t.d, &l3), -EEXIST);
+    ck_assert_ptr_null(l3);
+
+    /* Attach by name with the same shape, and with no desc at all. */
+    d = t.d;
+    d.w_gate = d.w_up = d.w_down = d.b_gate = d.b_up = d.b_down = NULL;
+    l2 = create_ok(c2, "shared", &d);
+    l3 = create_ok(c2, "shared", NULL);
+    ck_assert_int_eq(llep_layer_get_desc(l3, &d), 0);
+    ck_assert_uint_eq(d.hidden, 8);
+    ck_assert_uint_eq(d.inter, 12);
+
+    batch_init(&b, &t, 20, 0.3);
+    forward_ok(l2, &b);
+    assert_matches(&t, &b);
+    memset(b.y, 0, 20 * 8 * sizeof(float));
+    forward_ok(l3, &b);
+    assert_matches(&t, &b);
+    batch_fini(&b);
+
+    /* A different shape: -EINVAL naming both. */
+    d = t.d;
+    d.w_gate = d.w_up = d.w_down = d.b_gate = d.b_up = d.b_down = NULL;
+    d.inter = 16;
+    l3 = (llep_layer *)1;
+    r = llep_layer_create(c2, "shared", &d, &l3);
+    ck_assert_int_eq(r, -EINVAL);
+    ck_assert_ptr_null(l3);
+    ck_assert_msg(strstr(llep_client_error(c2), "H=12") && strstr(llep_client_error(c2), "H=16"),
+                  "message does not name both shapes: %s", llep_client_error(c2));
+
+    /* No such layer. */
+    ck_assert_int_eq(llep_layer_create(c2, "nosuch", NULL, &l3), -ENOENT);
+
+    /* The creator leaving does not take the layer from the other client. */
+    llep_layer_release(l1);
+    llep_disconnect(c1);
+    batch_init(&b, &t, 5, 0);
+    forward_ok(l2, &b);
+    assert_matches(&t, &b);
+    batch_fini(&b);
+    llep_layer_release(l2);
+    llep_disconnect(c2);
+    test_layer_fini(&t);
+}
+END_TEST
+
+/* Several submissions in flight on one client, collected out of order. */
+START_TEST(test_async) {
+    enum { COUNT = 12 };
+    llep_client *c = connect_ok();
+    uint64_t tickets[COUNT], zero;
+    batch b[COUNT];
+    test_layer t;
+    llep_layer *l;
+
+    test_layer_init(&t, 16, 4, 16, 16, LLEP_ACT_SWIGLU);
+    l = create_ok(c, "async", &t.d);
+    for (int i = 0; i < COUNT; i++) {
+        batch_init(&b[i], &t, 1 + 13 * (uint32_t)i, 0.4);
+        ck_assert_int_eq(llep_submit(l, b[i].tokens, b[i].x, b[i].idx, b[i].w, b[i].y,
+                                     &tickets[i]), 0);
+    }
+    for (int i = 0; i < COUNT; i++)
+        for (int j = 0; j < i; j++)
+            ck_assert_uint_ne(tickets[i], tickets[j]);
+    ck_assert_int_eq(llep_submit(l, 0, NULL, NULL, NULL, NULL, &zero), 0);
+    ck_assert_int_eq(llep_wait(c, zero, 0), 0);
+    ck_assert_int_eq(llep_wait(c, zero, 0), -EINVAL);  /* collected already */
+    ck_assert_int_eq(llep_submit(l, 1, b[0].x, b[0].idx, b[0].w, b[0].y, NULL), -EINVAL);
+    for (int i = COUNT - 1; i >= 0; i--) {
+        int r = llep_wait(c, tickets[i], -1);
+
+        ck_assert_msg(r == 0, "ticket %d: %s: %s", i, llep_strerror(r), llep_client_error(c));
+        assert_matches(&t, &b[i]);
+        batch_fini(&b[i]);
+    }
+    llep_layer_release(l);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+}
+END_TEST
+
+typedef struct worker {
+    llep_layer *l;
+    const test_layer *t;
+    int failures;
+} worker;
+
+static void *worker_run(void *arg) {
+    worker *w = arg;
+
+    for (int i = 0; i < 15; i++) {
+        batch b;
+        uint64_t ticket;
+
+        batch_init(&b, w->t, 3 + (uint32_t)i, 0.5);
+        if (i % 2)
+            w->failures += llep_forward(w->l, b.tokens, b.x, b.idx, b.w, b.y) != 0;
+        else
+            w->failures += llep_submit(w->l, b.tokens, b.x, b.idx, b.w, b.y, &ticket) != 0 ||
+                           llep_wait(llep_layer_client(w->l), ticket, -1) != 0;
+        w->failures += rel_error(w->t, &b) > 1e-5;
+        batch_fini(&b);
+    }
+    return NULL;
+}
+
+/* Threads sharing one client: each gets its own results. */
+START_TEST(test_threads) {
+    enum { THREADS = 4 };
+    llep_client *c = connect_ok();
+    pthread_t th[THREADS];
+    worker w[THREADS];
+    test_layer t;
+    llep_layer *l;
+
+    test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
+    l = create_ok(c, "threads", &t.d);
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (worker){ .l = l, .t = &t };
+        ck_assert_int_eq(pthread_create(&th[i], NULL, worker_run, &w[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(w[i].failures, 0);
+    }
+    llep_layer_release(l);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+}
+END_TEST
+
+/* Bad routing is refused with the daemon's message; the client keeps working. */
+START_TEST(test_submission_errors) {
+    llep_client *c = connect_ok();
+    test_layer t;
+    llep_layer *l;
+    batch b;
+    int r;
+
+    test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
+    l = create_ok(c, "errors", &t.d);
+    batch_init(&b, &t, 10, 0);
+    b.idx[7] = 8;
+    r = llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y);
+    ck_assert_int_eq(r, -EINVAL);
+    ck_assert_msg(strstr(llep_client_error(c), "8"), "message: %s", llep_client_error(c));
+    b.idx[7] = -1;
+    ck_assert_int_eq(llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y), -EINVAL);
+    b.idx[7] = 1;
+    b.w[3] = INFINITY;
+    ck_assert_int_eq(llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y), -EINVAL);
+    ck_assert_str_ne(llep_client_error(c), "");
+    b.w[3] = NAN;
+    ck_assert_int_eq(llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y), -EINVAL);
+    b.w[3] = 0.5f;
+    ck_assert_int_eq(llep_forward(l, b.tokens, b.x, NULL, b.w, b.y), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(llep_client_error(c), "topk_idx"));
+    forward_ok(l, &b);
+    assert_matches(&t, &b);
+    batch_fini(&b);
+    llep_layer_release(l);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+}
+END_TEST
+
+/* Weights and batches larger than the first arena make the client grow it. */
+START_TEST(test_arena_growth) {
+    llep_client *c = connect_ok();
+    uint64_t tickets[3];
+    batch small, big[3];
+    test_layer t;
+    llep_layer *l;
+
+    /* 8 experts x 64 x 256 x 3 tensors x 4 bytes = 1.5 MiB of weights. */
+    test_layer_init(&t, 8, 2, 64, 256, LLEP_ACT_SWIGLU);
+    l = create_ok(c, "big", &t.d);
+    batch_init(&small, &t, 2, 0);
+    forward_ok(l, &small);
+    assert_matches(&t, &small);
+    /* 3000 tokens x 64 x 4 bytes x (x + y) = 1.5 MiB: more than is free beside a small one
+     * in flight, so the client waits for it, then grows. */
+    ck_assert_int_eq(llep_submit(l, small.tokens, small.x, small.idx, small.w, small.y,
+                                 &tickets[0]), 0);
+    batch_init(&big[0], &t, 3000, 0.2);
+    ck_assert_int_eq(llep_submit(l, 3000, big[0].x, big[0].idx, big[0].w, big[0].y,
+                                 &tickets[1]), 0);
+    ck_assert_int_eq(llep_wait(c, tickets[1], -1), 0);
+    ck_assert_int_eq(llep_wait(c, tickets[0], -1), 0);
+    assert_matches(&t, &big[0]);
+    batch_fini(&big[0]);
+    batch_fini(&small);
+    for (int i = 0; i < 3; i++) {
+        batch_init(&big[i], &t, 2000, 0.5);
+        ck_assert_int_eq(llep_submit(l, 2000, big[i].x, big[i].idx, big[i].w, big[i].y,
+                                     &tickets[i]), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(llep_wait(c, tickets[i], -1), 0);
+        assert_matches(&t, &big[i]);
+        batch_fini(&big[i]);
+    }
+    llep_layer_release(l);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+}
+END_TEST
+
+/* When llepd stops, calls return -ECONNRESET, and it exits 0. */
+START_TEST(test_daemon_goes_away) {
+    llep_client *c = connect_ok();
+    llep_layer *l, *l2;
+    test_layer t;
+    batch b;
+
+    test_layer_init(&t, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
+    l = create_ok(c, "bye", &t.d);
+    batch_init(&b, &t, 3, 0);
+    forward_ok(l, &b);
+    ck_assert_int_eq(llepd_stop(), 0);
+    ck_assert_int_eq(llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y), -ECONNRESET);
+    ck_assert_int_eq(llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y), -ECONNRESET);
+    ck_assert_int_eq(llep_layer_create(c, "bye", NULL, &l2), -ECONNRESET);
+    ck_assert_str_ne(llep_client_error(c), "");
+    llep_layer_release(l);
+    llep_disconnect(c);
+    batch_fini(&b);
+    test_layer_fini(&t);
+}
+END_TEST
+
+static Suite *client_suite(void) {
+    Suite *s = suite_create("client");
+    TCase *tc = tcase_create("no daemon");
+    TCase *td = tcase_create("llepd");
+
+    tcase_add_test(tc, test_null_arguments);
+    tcase_add_test(tc, test_strerror);
+    tcase_add_test(tc, test_connect_missing_socket);
+    tcase_add_test(tc, test_connect_refused);
+    tcase_add_test(tc, test_connect_default_path);
+    tcase_add_test(tc, test_version_mismatch);
+    tcase_add_test(tc, test_argument_checks);
+    tcase_add_test(tc, test_garbage_from_daemon);
+    suite_add_tcase(s, tc);
+
+    if (getenv("LLEPD") && getenv("LLEPD")[0]) {
+        tcase_add_checked_fixture(td, setup_daemon, teardown_daemon);
+        tcase_set_timeout(td, 60);
+        tcase_add_test(td, test_forward_reference);
+        tcase_add_test(td, test_attach);
+        tcase_add_test(td, test_async);
+        tcase_add_test(td, test_threads);
+        tcase_add_test(td, test_submission_errors);
+        tcase_add_test(td, test_arena_growth);
+        tcase_add_test(td, test_daemon_goes_away);
+        suite_add_tcase(s, td);
+    } else {
+        fprintf(stderr, "LLEPD is not set: skipping the tests against a running llepd\n");
+    }
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(client_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_ENV);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
