@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,13 +111,18 @@ static void handle_async(void *userdata, Llep__Frame *f) {
         const Llep__SubmissionError *se = f->submission_error;
         llep_ticket *t = llep__ticket_find(c, se->tag);
 
-        if (t && !t->done && !t->message && se->message)
+        /* The frame may be read before the failed completion or, when reap() goes looking
+         * for it, just after. */
+        if (t && !t->message && se->message && se->message[0])
             t->message = strdup(se->message);
     } else if (f->body_case == LLEP__FRAME__BODY_NOTICE && f->notice) {
-        snprintf(c->notice, sizeof(c->notice), "%s",
-                 f->notice->message && f->notice->message[0]
-                     ? f->notice->message
-                     : llep_strerror(llep__status_to_errno(f->notice->status)));
+        const char *what = llep_strerror(llep__status_to_errno(f->notice->status));
+
+        /* "llepd is shutting down: SIGTERM" */
+        if (f->notice->message && f->notice->message[0])
+            snprintf(c->notice, sizeof(c->notice), "%s: %s", what, f->notice->message);
+        else
+            snprintf(c->notice, sizeof(c->notice), "%s", what);
     }
     llep__frame_free(f);
 }
@@ -189,39 +195,34 @@ static void cond_wait_until(llep_client *c, int64_t deadline_ms) {
 }
 
 /* The poller's sleep: until the daemon completes something (completion eventfd), says
- * something (socket), another thread needs it back (wake eventfd), or the deadline. */
+ * something (socket), another thread needs it back (wake eventfd), or the timeout. */
 static void poller_sleep(llep_client *c, int timeout_ms) {
     struct pollfd p[3] = {
         { .fd = c->conn.fd, .events = POLLIN },
         { .fd = c->wake_efd, .events = POLLIN },
         { .fd = c->have_arena ? c->cq_efd : -1, .events = POLLIN },
     };
-    bool sleep;
     uint64_t count;
     int n;
 
-    c->poller = true;
-    sleep = !c->have_arena || llep__ring_prepare_sleep(&c->arena.cq);
-    if (sleep) {
-        pthread_mutex_unlock(&c->lock);
-        do
-            n = poll(p, 3, timeout_ms);
-        while (n < 0 && errno == EINTR);
-        pthread_mutex_lock(&c->lock);
-        /* Only the poller reads these two, and only after poll() said they are readable, so
-         * the reads cannot block. The arena cannot have changed meanwhile: replacing it
-         * waits for the poller to leave. */
-        if (n > 0 && p[0].revents)
-            c->socket_ready = true;
-        if (n > 0 && (p[1].revents & POLLIN))
-            llep__eventfd_wait(c->wake_efd, &count);
-        if (n > 0 && (p[2].revents & POLLIN))
-            llep__eventfd_wait(c->cq_efd, &count);
-        if (c->have_arena)
-            llep__ring_finish_sleep(&c->arena.cq);
-    }
-    c->poller = false;
-    pthread_cond_broadcast(&c->cond);
+    if (c->have_arena && !llep__ring_prepare_sleep(&c->arena.cq))
+        return;
+    pthread_mutex_unlock(&c->lock);
+    do
+        n = poll(p, 3, timeout_ms);
+    while (n < 0 && errno == EINTR);
+    pthread_mutex_lock(&c->lock);
+    /* Only the poller reads these two, and only after poll() said they are readable, so the
+     * reads cannot block. The arena cannot have changed meanwhile: replacing it waits for the
+     * poller to leave. */
+    if (n > 0 && p[0].revents)
+        c->socket_ready = true;
+    if (n > 0 && (p[1].revents & POLLIN))
+        llep__eventfd_wait(c->wake_efd, &count);
+    if (n > 0 && (p[2].revents & POLLIN))
+        llep__eventfd_wait(c->cq_efd, &count);
+    if (c->have_arena)
+        llep__ring_finish_sleep(&c->arena.cq);
 }
 
 static int64_t now_ns(void) {
@@ -231,19 +232,30 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Watches the completion ring for a moment; true when something arrived. */
+/* Watches the completion ring for a moment, as the poller (so the arena stays put) but
+ * without the lock, so other threads can submit meanwhile. It reads only the daemon's head, an
+ * atomic, against a copy of our index: should another thread reap meanwhile, the two differ
+ * and the caller merely looks again sooner. True when something arrived. */
 static bool spin_for_completion(llep_client *c) {
+    _Atomic uint32_t *head;
+    uint32_t cons;
     int64_t end;
+    bool seen = false;
 
     if (!c->have_arena || c->in_flight == 0)
         return false;
+    head = &c->arena.cq.ctl->head;
+    cons = c->arena.cq.cons;
+    pthread_mutex_unlock(&c->lock);
     end = now_ns() + LLEP_CLIENT_SPIN_NS;
     do {
-        /* Non-zero: completions, or a corrupt ring that reap() reports. */
-        if (llep__ring_pending(&c->arena.cq) != 0)
-            return true;
+        if (atomic_load_explicit(head, memory_order_acquire) != cons) {
+            seen = true;
+            break;
+        }
     } while (now_ns() < end);
-    return false;
+    pthread_mutex_lock(&c->lock);
+    return seen;
 }
 
 int llep__client_progress(llep_client *c, int64_t deadline_ms) {
@@ -273,10 +285,15 @@ int llep__client_progress(llep_client *c, int64_t deadline_ms) {
             return -EAGAIN;
         timeout_ms = left > 1000000 ? 1000000 : (int)left;
     }
-    if (c->poller)
+    if (c->poller) {
         cond_wait_until(c, deadline_ms);
-    else if (!spin_for_completion(c))
+        return 0;
+    }
+    c->poller = true;
+    if (!spin_for_completion(c) && !c->dead)
         poller_sleep(c, timeout_ms);
+    c->poller = false;
+    pthread_cond_broadcast(&c->cond);
     return 0;
 }
 

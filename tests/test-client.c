@@ -43,17 +43,17 @@ static void sleep_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
-/* Starts $LLEPD on a socket of its own and waits until it accepts connections. */
-static void llepd_start(void) {
+/* Starts $LLEPD on a socket of its own, with an extra option when `option` is not NULL, and
+ * waits until it accepts connections. */
+static void llepd_start_with(const char *option, const char *value) {
     const char *bin = getenv("LLEPD");
     llep_client *c = NULL;
 
-    make_tmpdir();
     llepd_pid = fork();
     ck_assert_int_ge(llepd_pid, 0);
     if (llepd_pid == 0) {
         execl(bin, bin, "--socket", sock_path, "--backend", "cpu", "--devices", "4",
-              "--log-level", "warning", (char *)NULL);
+              "--log-level", "warning", option, value, (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) {
@@ -64,6 +64,11 @@ static void llepd_start(void) {
         sleep_ms(10);
     }
     ck_abort_msg("llepd did not start listening on %s", sock_path);
+}
+
+static void llepd_start(void) {
+    make_tmpdir();
+    llepd_start_with(NULL, NULL);
 }
 
 /* Stops it with SIGTERM and checks that it exits 0 in time. */
@@ -801,10 +806,142 @@ START_TEST(test_daemon_goes_away) {
     ck_assert_int_eq(llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y), -ECONNRESET);
     ck_assert_int_eq(llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y), -ECONNRESET);
     ck_assert_int_eq(llep_layer_create(c, "bye", NULL, &l2), -ECONNRESET);
-    ck_assert_str_ne(llep_client_error(c), "");
+    /* The daemon's Notice says why it went. */
+    ck_assert_msg(strstr(llep_client_error(c), "shutting down"), "message: %s",
+                  llep_client_error(c));
     llep_layer_release(l);
     llep_disconnect(c);
     batch_fini(&b);
+    test_layer_fini(&t);
+}
+END_TEST
+
+/* bf16 storage: x, y and weights as raw bfloat16 words, within 1e-2 of the reference. */
+static uint16_t to_bf16(float f) {
+    uint32_t u;
+
+    memcpy(&u, &f, 4);
+    u += 0x7fff + ((u >> 16) & 1);    /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static float from_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Rounds a float array to bf16 in place, returning the bf16 words. */
+static uint16_t *round_bf16(float *v, size_t n) {
+    uint16_t *h = malloc(n * sizeof(uint16_t));
+
+    for (size_t i = 0; i < n; i++) {
+        h[i] = to_bf16(v[i]);
+        v[i] = from_bf16(h[i]);
+    }
+    return h;
+}
+
+START_TEST(test_bf16) {
+    llep_client *c = connect_ok();
+    uint16_t *wg, *wu, *wd, *x, *y;
+    size_t nw, nx;
+    llep_layer_desc d;
+    test_layer t;
+    llep_layer *l;
+    batch b;
+    int r;
+
+    test_layer_init(&t, 8, 2, 16, 16, LLEP_ACT_SWIGLU);
+    nw = (size_t)8 * 16 * 16;
+    wg = round_bf16(t.w_gate, nw);
+    wu = round_bf16(t.w_up, nw);
+    wd = round_bf16(t.w_down, nw);
+    /* No biases: zero them for the reference. */
+    memset(t.b_gate, 0, 8 * 16 * sizeof(float));
+    memset(t.b_up, 0, 8 * 16 * sizeof(float));
+    memset(t.b_down, 0, 8 * 16 * sizeof(float));
+    d = t.d;
+    d.dtype = LLEP_DTYPE_BF16;
+    d.w_gate = wg;
+    d.w_up = wu;
+    d.w_down = wd;
+    d.b_gate = d.b_up = d.b_down = NULL;
+    l = create_ok(c, "bf16", &d);
+
+    batch_init(&b, &t, 33, 0.3);
+    nx = (size_t)33 * 16;
+    x = round_bf16(b.x, nx);
+    y = calloc(nx, sizeof(uint16_t));
+    r = llep_forward(l, b.tokens, x, b.idx, b.w, y);
+    ck_assert_msg(r == 0, "forward: %s", llep_client_error(c));
+    for (size_t i = 0; i < nx; i++)
+        b.y[i] = from_bf16(y[i]);
+    ck_assert_msg(rel_error(&t, &b) <= 1e-2, "bf16 error %g", rel_error(&t, &b));
+    free(x);
+    free(y);
+    free(wg);
+    free(wu);
+    free(wd);
+    batch_fini(&b);
+    llep_layer_release(l);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+}
+END_TEST
+
+/* llep_wait with a zero timeout looks and leaves the ticket; disconnecting with submissions
+ * in flight abandons them cleanly (no leak, no crash, the daemon serves on). */
+START_TEST(test_wait_timeout_and_abandon) {
+    llep_client *c = connect_ok(), *c2;
+    uint64_t tickets[4];
+    batch b[4];
+    test_layer t;
+    llep_layer *l;
+    int r;
+
+    test_layer_init(&t, 8, 2, 32, 32, LLEP_ACT_SWIGLU);
+    l = create_ok(c, "abandon", &t.d);
+    for (int i = 0; i < 4; i++) {
+        batch_init(&b[i], &t, 500, 0.5);
+        ck_assert_int_eq(llep_submit(l, 500, b[i].x, b[i].idx, b[i].w, b[i].y, &tickets[i]), 0);
+    }
+    r = llep_wait(c, tickets[0], 0);
+    ck_assert_msg(r == 0 || r == -EAGAIN, "wait: %s", llep_strerror(r));
+    if (r == -EAGAIN)
+        ck_assert_int_eq(llep_wait(c, tickets[0], -1), 0);
+    assert_matches(&t, &b[0]);
+    llep_disconnect(c);   /* three still in flight, and the layer not released */
+
+    c2 = connect_ok();
+    l = create_ok(c2, "abandon", &t.d);   /* freed with its last reference: create again */
+    forward_ok(l, &b[1]);
+    assert_matches(&t, &b[1]);
+    llep_disconnect(c2);
+    for (int i = 0; i < 4; i++)
+        batch_fini(&b[i]);
+    test_layer_fini(&t);
+}
+END_TEST
+
+/* Weights the devices cannot hold: -ENOMEM with the daemon's message. */
+START_TEST(test_device_memory) {
+    llep_client *c;
+    llep_layer *l = (llep_layer *)1;
+    test_layer t;
+    int r;
+
+    llepd_stop();
+    llepd_start_with("--device-memory", "64K");
+    c = connect_ok();
+    test_layer_init(&t, 8, 2, 64, 256, LLEP_ACT_SWIGLU);  /* 192 KiB per device */
+    r = llep_layer_create(c, "huge", &t.d, &l);
+    ck_assert_msg(r == -ENOMEM, "create: %s: %s", llep_strerror(r), llep_client_error(c));
+    ck_assert_ptr_null(l);
+    ck_assert_str_ne(llep_client_error(c), "");
+    llep_disconnect(c);
     test_layer_fini(&t);
 }
 END_TEST
@@ -833,6 +970,9 @@ static Suite *client_suite(void) {
         tcase_add_test(td, test_threads);
         tcase_add_test(td, test_submission_errors);
         tcase_add_test(td, test_arena_growth);
+        tcase_add_test(td, test_bf16);
+        tcase_add_test(td, test_wait_timeout_and_abandon);
+        tcase_add_test(td, test_device_memory);
         tcase_add_test(td, test_daemon_goes_away);
         suite_add_tcase(s, td);
     } else {
