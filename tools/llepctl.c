@@ -382,9 +382,11 @@ static int verb_experts(ctl *x, char **argv) {
         json_str(e->layer);
         printf(", \"steps\": %" PRIu32 ", \"loads\": ", e->steps);
         json_u64_array(e->loads, e->n_loads);
-        fputs(", \"last_loads\": ", stdout);
-        json_u64_array(e->last_loads, e->n_last_loads);
-        fputs("}\n", stdout);
+        /* Before the first step there are no last loads: zeros, one per expert as always. */
+        fputs(", \"last_loads\": [", stdout);
+        for (size_t i = 0; i < e->n_loads; i++)
+            printf("%s%" PRIu64, i ? ", " : "", i < e->n_last_loads ? e->last_loads[i] : 0);
+        fputs("]}\n", stdout);
         return 0;
     }
     for (size_t i = 0; i < e->n_loads; i++) {
@@ -701,7 +703,7 @@ static void help(void) {
     printf("Usage: %s [--socket PATH] [--json] VERB [ARG]...\n"
            "Inspect and tune a running llepd.\n\nVerbs:\n", prog);
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-        printf("  %-8s %-17s %s\n", verbs[i].name, verbs[i].args, verbs[i].help);
+        printf("  %-8s %-18s %s\n", verbs[i].name, verbs[i].args, verbs[i].help);
     printf("\nOptions:\n"
            "  -s, --socket PATH   llepd's socket (default: $LLEP_SOCKET, else\n"
            "                      %s as root, else $XDG_RUNTIME_DIR/llep/llepd.sock)\n"
