@@ -6,6 +6,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -791,6 +792,47 @@ START_TEST(test_arena_growth) {
 }
 END_TEST
 
+/* More than the daemon will map (it caps tensor space): -ENOMEM before the client reads a
+ * byte of the (small) buffers, and the arena it had keeps working. Then weights large enough
+ * that the client hands their pages back after the upload, and a second layer reusing them. */
+START_TEST(test_arena_limits) {
+    llep_client *c = connect_ok();
+    test_layer t, t2;
+    llep_layer *l, *l2;
+    batch b;
+    int r;
+
+    test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
+    l = create_ok(c, "small", &t.d);
+    batch_init(&b, &t, 4, 0);
+    r = llep_forward(l, UINT32_MAX, b.x, b.idx, b.w, b.y);
+    ck_assert_msg(r == -ENOMEM, "forward: %s: %s", llep_strerror(r), llep_client_error(c));
+    forward_ok(l, &b);
+    assert_matches(&t, &b);
+    batch_fini(&b);
+
+    /* 8 experts x 128 x 512 x 3 tensors x 4 bytes = 6 MiB. */
+    test_layer_init(&t2, 8, 2, 128, 512, LLEP_ACT_SWIGLU);
+    l2 = create_ok(c, "large", &t2.d);
+    batch_init(&b, &t2, 6, 0.5);
+    forward_ok(l2, &b);
+    assert_matches(&t2, &b);
+    batch_fini(&b);
+    llep_layer_release(l2);
+    llep_layer_release(l);
+    t2.w_gate[5] += 1.0f;   /* different weights, same name: must not read stale pages */
+    l2 = create_ok(c, "large", &t2.d);
+    batch_init(&b, &t2, 300, 0.5);
+    forward_ok(l2, &b);
+    assert_matches(&t2, &b);
+    batch_fini(&b);
+    llep_layer_release(l2);
+    llep_disconnect(c);
+    test_layer_fini(&t);
+    test_layer_fini(&t2);
+}
+END_TEST
+
 /* When llepd stops, calls return -ECONNRESET, and it exits 0. */
 START_TEST(test_daemon_goes_away) {
     llep_client *c = connect_ok();
@@ -970,6 +1012,7 @@ static Suite *client_suite(void) {
         tcase_add_test(td, test_threads);
         tcase_add_test(td, test_submission_errors);
         tcase_add_test(td, test_arena_growth);
+        tcase_add_test(td, test_arena_limits);
         tcase_add_test(td, test_bf16);
         tcase_add_test(td, test_wait_timeout_and_abandon);
         tcase_add_test(td, test_device_memory);
