@@ -295,6 +295,10 @@ void llepd_handle_stats(llepd_session *s, const Llep__Frame *f) {
         ls[k].tokens = l->tokens;
         ls[k].weight_bytes_moved = l->weight_bytes_moved;
         ls[k].token_bytes_moved = l->token_bytes_moved;
+        ls[k].makespan_mean_us = l->steps ? l->makespan_ns_sum / l->steps / 1000 : 0;
+        ls[k].balance_mean = l->steps ? l->balance_sum / (double)l->steps : 0;
+        ls[k].n_device_peak_memory = srv->devices;
+        ls[k].device_peak_memory = l->peak;
         lp[k] = &ls[k];
         k++;
     }

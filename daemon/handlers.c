@@ -89,7 +89,7 @@ static void handle_arena_setup(llepd_session *s, const Llep__Frame *f) {
     int r;
 
     if (s->inflight || s->creating) {
-        r = -EBUSY;
+        r = -EINVAL; /* the protocol has no "busy": the request is wrong at this moment */
         snprintf(err, sizeof(err), "cannot replace the arena while %u submissions and %u "
                  "layer creations are in flight", s->inflight, s->creating);
     } else {

@@ -33,6 +33,7 @@ static void on_timer_closed(uv_handle_t *h) {
     free(l->load_hist);
     free(l->last_loads);
     free(l->last_dev);
+    free(l->peak);
     free(l);
 }
 
@@ -111,6 +112,7 @@ llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__La
     l->load_hist = calloc((size_t)n * LLEPD_LOAD_WINDOW, sizeof(*l->load_hist));
     l->last_loads = calloc(n, sizeof(*l->last_loads));
     l->last_dev = calloc(srv->devices, sizeof(*l->last_dev));
+    l->peak = calloc(srv->devices, sizeof(*l->peak));
     if (srv->nlayers == srv->cap_layers) {
         uint32_t cap = srv->cap_layers ? 2 * srv->cap_layers : 8;
         llepd_layer **v = realloc(srv->layers, cap * sizeof(*v));
@@ -119,10 +121,12 @@ llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__La
             srv->cap_layers = cap;
         }
     }
-    if (!l->load_hist || !l->last_loads || !l->last_dev || srv->nlayers == srv->cap_layers) {
+    if (!l->load_hist || !l->last_loads || !l->last_dev || !l->peak ||
+        srv->nlayers == srv->cap_layers) {
         free(l->load_hist);
         free(l->last_loads);
         free(l->last_dev);
+        free(l->peak);
         free(l);
         return NULL;
     }

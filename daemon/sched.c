@@ -14,6 +14,8 @@
 #include "server.h"
 
 #define DEFAULT_GROUP_TIMEOUT_MS 5000u
+/* Steps up to this many tokens run on the loop thread (see llepd_sched_kick). */
+#define INLINE_STEP_TOKENS 16u
 
 /* Where one home device's tokens come from: a slice of one submission, or (when several
  * submissions share the home) a staging copy that is scattered back after the step. */
@@ -188,6 +190,14 @@ static void record_step(llepd_layer *l, const step_work *w, uint64_t lat_us) {
     l->token_bytes_moved += w->stats.token_bytes_moved;
     srv->weight_bytes_moved += w->stats.weight_bytes_moved;
     srv->token_bytes_moved += w->stats.token_bytes_moved;
+    l->makespan_ns_sum += w->stats.makespan_ns;
+    uint64_t busy_sum = 0;
+    for (uint32_t d = 0; d < np; d++) {
+        busy_sum += w->dev[d].busy_ns;
+        if (w->dev[d].peak_bytes > l->peak[d])
+            l->peak[d] = w->dev[d].peak_bytes;
+    }
+    l->balance_sum += w->stats.makespan_ns ? (double)busy_sum / np / w->stats.makespan_ns : 1;
     llepd_latency_add(&l->latency, lat_us);
     llepd_latency_add(&srv->latency, lat_us);
     memcpy(l->last_dev, w->dev, np * sizeof(*l->last_dev));
@@ -360,6 +370,15 @@ void llepd_sched_kick(llepd_layer *l) {
     w->req.data = w;
     l->running = true;
     srv->running_steps++;
+    /* A tiny step costs less than the two thread hand-offs of the pool: run it here. */
+    uint64_t tokens = 0;
+    for (uint32_t i = 0; i < n; i++)
+        tokens += subs[i]->sqe.tokens;
+    if (tokens <= INLINE_STEP_TOKENS) {
+        step_run(&w->req);
+        step_done(&w->req, 0);
+        return;
+    }
     int r = uv_queue_work(srv->loop, &w->req, step_run, step_done);
     if (r < 0) {
         w->r = r;

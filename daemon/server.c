@@ -224,8 +224,11 @@ void llepd_server_stop(llepd_server *srv, const char *why) {
 
     Llep__Notice notice = LLEP__NOTICE__INIT;
     Llep__Frame f = LLEP__FRAME__INIT;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "llepd is stopping (%s): running steps finish, no new work",
+             why);
     notice.status = LLEP__STATUS__STATUS_SHUTTING_DOWN;
-    notice.message = (char *)why;
+    notice.message = msg;
     f.body_case = LLEP__FRAME__BODY_NOTICE;
     f.notice = &notice;
     for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next)

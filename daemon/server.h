@@ -151,6 +151,9 @@ struct llepd_layer {
     uint64_t steps, ep_steps, llep_steps, tokens;
     double imbalance_last, imbalance_sum, imbalance_max;
     uint64_t weight_bytes_moved, token_bytes_moved;
+    uint64_t makespan_ns_sum;
+    double balance_sum;
+    uint64_t *peak;                 /* [P] highest use of this layer's steps */
     llepd_latency latency;
     uint64_t *load_hist;            /* [LLEPD_LOAD_WINDOW][N] loads of the recent steps */
     uint64_t *last_loads;           /* [N] in the last step */

@@ -1,64 +1,49 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds llep (release), and shows what Least-Loaded
-# Assignment does on the paper's routing scenarios (DESIGN.md section 7) for the gpt-oss-120b
-# shape: 128 experts on 8 devices, top-4, 32K tokens per device.
+# The main job: installs what is missing, builds llep (release), starts llepd on the CPU
+# backend, and runs a demo in which several client processes share one MoE layer under skewed
+# routing, first with policy EP and then with LLEP; prints the daemon's EP vs LLEP figures
+# (llepctl stats) and the last LLEP plan, then stops the daemon.
 #
-#   bash scripts/demo.sh
+#   bash scripts/demo.sh          (LLEP_BUILD_DIR=dir to build elsewhere than build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 build=${LLEP_BUILD_DIR:-build}
 [ -d "$build/meson-private" ] || meson setup "$build" -Dbuildtype=release >/dev/null
+echo "building in $build ..."
 ninja -C "$build" >/dev/null
 
-experts=128 devices=8 top_k=4 tokens=32768
-slots=$((devices * tokens * top_k))
-plan=("$build/tools/llep-plan" --devices "$devices")
-tmp=$(mktemp)
-trap 'rm -f "$tmp"' EXIT
-
-# Loads for "X % of all token-slots evenly into h hot experts (0..h-1), the rest evenly over
-# the others"; balanced spreads everything evenly. Remainders go to the lowest ids.
-loads() { # share_percent hot
-  awk -v n="$experts" -v s="$slots" -v x="$1" -v h="$2" 'BEGIN {
-    hot = (h > 0) ? int(s * x / 100) : 0; cold = s - hot; c = n - h
-    for (e = 0; e < n; e++) {
-      if (e < h) v = int(hot / h) + (e < hot % h)
-      else       v = int(cold / c) + ((e - h) < cold % c)
-      printf "%d\n", v
-    }
-  }'
+devices=4
+run=$(mktemp -d)
+sock="$run/llepd.sock"
+llepctl=("$build/tools/llepctl" --socket "$sock")
+"$build/daemon/llepd" --socket "$sock" --backend cpu --devices "$devices" --log-level notice \
+  2> "$run/llepd.log" &
+daemon=$!
+cleanup() {
+  kill "$daemon" 2>/dev/null || true
+  wait "$daemon" 2>/dev/null || true
+  rm -rf "$run"
 }
-
-echo "llep demo: ${experts} experts on ${devices} devices, top-${top_k}, ${tokens} tokens per device"
-echo "(${slots} token-slots per step; alpha 1, lambda 1.3, min-tokens 1024)"
+trap cleanup EXIT
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+"${llepctl[@]}" status
 echo
-printf '%-10s %-5s %9s %12s %12s %9s %9s %6s\n' scenario mode imbalance "EP max" "LLEP max" \
-  "ideal" "achieved" xfers
-for sc in 0:0 30:16 30:4 30:1 50:16 50:4 50:1 80:16 80:4 80:1 95:16 95:4 95:1; do
-  x=${sc%:*} h=${sc#*:}
-  name=$([ "$h" = 0 ] && echo balanced || echo "${x}%-${h}")
-  loads "$x" "$h" > "$tmp"
-  "${plan[@]}" --json --loads-file "$tmp" | python3 -c '
-import json, sys
-p = json.load(sys.stdin)
-name, path, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
-loads = [int(w) for w in open(path).read().split()]
-per = len(loads) // devices
-ep_max = max(sum(loads[d * per:(d + 1) * per]) for d in range(devices))
-mean = sum(loads) / devices
-imb, mode, xfers = p["imbalance"], p["mode"], len(p["transfers"])
-mx = max(p["device_loads"])
-print(f"{name:<10} {mode:<5} {imb:9.3f} {ep_max:12d} {mx:12d} "
-      f"{ep_max / mean:8.2f}x {ep_max / mx:8.2f}x {xfers:6d}")
-' "$name" "$tmp" "$devices"
-done
-cat <<'TXT'
 
-ideal:    EP's busiest device / the mean, the speedup bound of perfect balance
-achieved: EP's busiest device / this plan's busiest device (token-slots, not yet measured time)
+# 4 processes x 12 forwards of 1024 tokens, 80 % of the token-slots to expert 0, on a layer of
+# 32 experts (K 4, D 512, H 512); min-tokens scaled to the small batches. Each client checks
+# its first output against a float64 reference.
+"$build/tools/llep-demo" --socket "$sock" --compare --layer demo --clients 4 --forwards 12 \
+  --tokens 1024 --hot-share 0.8 --experts 32 --top-k 4 --hidden 512 --inter 512 \
+  --min-tokens 64 --check \
+  --then "echo; ${llepctl[*]} stats; echo; ${llepctl[*]} devices; echo; ${llepctl[*]} plan demo-llep"
 
-The plan in full for 95 % of the token-slots into expert 0:
-TXT
-loads 95 1 | "${plan[@]}" --loads-file -
+echo
+echo "Busy times are per-device CPU time (thread CPU clock): on a CPU the $devices logical"
+echo "devices share this machine's $(nproc) cores, so compare makespans, not wall time."
+kill -TERM "$daemon"
+wait "$daemon"
+echo "llepd stopped (exit $?)"
+trap - EXIT
+rm -rf "$run"

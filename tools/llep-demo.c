@@ -1,14 +1,17 @@
 /* llep-demo: several inference processes sharing one MoE layer in llepd under skewed routing.
  *
- *   llep-demo [--socket PATH] [--layer NAME] [--policy auto|ep|llep] [--clients C]
- *             [--forwards F] [--tokens T] [--hot-share X] [--experts N] [--top-k K]
- *             [--hidden D] [--inter H] [--check] [--json]
+ *   llep-demo [--socket PATH] [--layer NAME] [--policy auto|ep|llep | --compare]
+ *             [--clients C] [--forwards F] [--tokens T] [--hot-share X] [--experts N]
+ *             [--top-k K] [--hidden D] [--inter H] [--min-tokens M] [--check]
+ *             [--then CMD] [--json]
  *
  * The parent creates the layer with random (seeded) weights, then C client processes attach
  * to it by name and each runs F forwards of T tokens, routing X of the token-slots to expert 0
  * and the rest uniformly. With --check each client compares its first forward with a float64
- * reference of DESIGN.md section 4. Prints each client's latency and throughput; the daemon's
- * own figures come from `llepctl stats`. */
+ * reference of DESIGN.md section 4. --compare creates two layers with the same weights,
+ * NAME-ep (policy ep) and NAME-llep (policy llep), and runs the same clients on each in turn.
+ * --then runs a shell command once the clients are done, while the layers still exist (to
+ * show `llepctl stats` for them). Prints each client's latency and throughput. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -25,9 +28,10 @@
 typedef struct opts {
     const char *socket, *layer;
     enum llep_policy policy;
-    uint32_t clients, forwards, tokens, n, k, d, h;
+    uint32_t clients, forwards, tokens, n, k, d, h, min_tokens;
     double hot;
-    int check, json;
+    int check, json, compare;
+    const char *then;
 } opts;
 
 static uint64_t rng = 12345;
@@ -56,8 +60,8 @@ static int usage(const char *msg) {
     else
         printf("Usage: llep-demo [--socket PATH] [--layer NAME] [--policy auto|ep|llep]\n"
                "                 [--clients C] [--forwards F] [--tokens T] [--hot-share X]\n"
-               "                 [--experts N] [--top-k K] [--hidden D] [--inter H]\n"
-               "                 [--check] [--json]\n"
+               "                 [--experts N] [--top-k K] [--hidden D] [--inter H] [--min-tokens M]\n"
+               "                 [--compare] [--check] [--then CMD] [--json]\n"
                "Runs C client processes that share one layer in llepd under skewed routing.\n");
     return msg ? 2 : 0;
 }
@@ -76,11 +80,14 @@ static int parse_opts(int argc, char **argv, opts *o) {
         { "clients", 1, NULL, 'c' }, { "forwards", 1, NULL, 'f' }, { "tokens", 1, NULL, 't' },
         { "hot-share", 1, NULL, 'x' }, { "experts", 1, NULL, 'n' }, { "top-k", 1, NULL, 'k' },
         { "hidden", 1, NULL, 'd' }, { "inter", 1, NULL, 'i' }, { "check", 0, NULL, 'C' },
-        { "json", 0, NULL, 'j' }, { "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 },
+        { "min-tokens", 1, NULL, 'm' },
+        { "json", 0, NULL, 'j' }, { "compare", 0, NULL, 'P' }, { "then", 1, NULL, 'T' },
+        { "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 },
     };
     int c, r = 0;
 
-    *o = (opts){ NULL, "demo", LLEP_POLICY_AUTO, 4, 50, 256, 32, 4, 256, 256, 0.8, 0, 0 };
+    *o = (opts){ NULL, "demo", LLEP_POLICY_AUTO, 4, 50, 256, 32, 4, 256, 256, 0, 0.8, 0, 0, 0,
+                 NULL };
     opterr = 0;
     while (r == 0 && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -103,11 +110,14 @@ static int parse_opts(int argc, char **argv, opts *o) {
         case 'k': r = parse_u32_opt("top-k", optarg, &o->k); break;
         case 'd': r = parse_u32_opt("hidden", optarg, &o->d); break;
         case 'i': r = parse_u32_opt("inter", optarg, &o->h); break;
+        case 'm': r = parse_u32_opt("min-tokens", optarg, &o->min_tokens); break;
         case 'x':
             if (llep__parse_double(optarg, &o->hot) < 0 || o->hot < 0 || o->hot > 1)
                 return usage("--hot-share must be a number in [0, 1]");
             break;
         case 'C': o->check = 1; break;
+        case 'P': o->compare = 1; break;
+        case 'T': o->then = optarg; break;
         case 'j': o->json = 1; break;
         case 'h': usage(NULL); return 1;
         default: return usage("unknown option or missing value");
@@ -181,7 +191,7 @@ static void route(const opts *o, uint32_t t, int32_t *idx, float *g) {
 }
 
 /* One client process: attach, run the forwards, print one line. Returns the exit code. */
-static int run_client(const opts *o, const weights *w, uint32_t id) {
+static int run_client(const opts *o, const weights *w, const char *name, uint32_t id) {
     llep_client *c;
     llep_layer *l;
     uint32_t t = o->tokens;
@@ -192,9 +202,9 @@ static int run_client(const opts *o, const weights *w, uint32_t id) {
                 llep_client_error(NULL));
         return 1;
     }
-    r = llep_layer_create(c, o->layer, NULL, &l);
+    r = llep_layer_create(c, name, NULL, &l);
     if (r < 0) {
-        fprintf(stderr, "client %u: attach '%s': %s\n", id, o->layer, llep_client_error(c));
+        fprintf(stderr, "client %u: attach '%s': %s\n", id, name, llep_client_error(c));
         llep_disconnect(c);
         return 1;
     }
@@ -235,11 +245,47 @@ static int run_client(const opts *o, const weights *w, uint32_t id) {
     return r < 0 || (err >= 1e-5) ? 1 : 0;
 }
 
+static const char *policy_name(enum llep_policy p) {
+    return p == LLEP_POLICY_EP ? "ep" : p == LLEP_POLICY_LLEP ? "llep" : "auto";
+}
+
+/* Creates one layer and runs the client processes on it; returns failures. The layer handle
+ * stays open (in *ret) so the layer outlives its clients until --then has run. */
+static int run_layer(const opts *o, const weights *w, llep_client *c, const char *name,
+                     enum llep_policy policy, llep_layer **ret) {
+    llep_layer_desc d = { .num_experts = o->n, .top_k = o->k, .hidden = o->d, .inter = o->h,
+                          .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU, .w_gate = w->wg,
+                          .w_up = w->wu, .w_down = w->wd, .policy = policy,
+                          .min_tokens = o->min_tokens };
+    int r = llep_layer_create(c, name, &d, ret);
+
+    if (r < 0) {
+        fprintf(stderr, "llep-demo: create layer '%s': %s\n", name, llep_client_error(c));
+        return 1;
+    }
+    if (!o->json)
+        printf("layer '%s': N=%u K=%u D=%u H=%u, policy %s; %u clients, %.0f%% of token-slots "
+               "to expert 0\n", name, o->n, o->k, o->d, o->h, policy_name(policy), o->clients,
+               o->hot * 100);
+    fflush(stdout);
+    int failed = 0, st;
+    for (uint32_t i = 0; i < o->clients; i++) {
+        pid_t pid = fork();
+        if (pid == 0)
+            _exit(run_client(o, w, name, i));
+        failed += pid < 0;
+    }
+    while (wait(&st) > 0)
+        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    return failed;
+}
+
 int main(int argc, char **argv) {
     opts o;
     weights w = { 0 };
     llep_client *c;
-    llep_layer *l;
+    llep_layer *l[2] = { NULL, NULL };
+    char names[2][160];
     int r = parse_opts(argc, argv, &o);
 
     if (r != 0)
@@ -253,32 +299,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "llep-demo: connect: %s: %s\n", llep_strerror(r), llep_client_error(NULL));
         return 1;
     }
-    llep_layer_desc d = { .num_experts = o.n, .top_k = o.k, .hidden = o.d, .inter = o.h,
-                          .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU, .w_gate = w.wg,
-                          .w_up = w.wu, .w_down = w.wd, .policy = o.policy };
-    r = llep_layer_create(c, o.layer, &d, &l);
-    if (r < 0) {
-        fprintf(stderr, "llep-demo: create layer '%s': %s\n", o.layer, llep_client_error(c));
-        llep_disconnect(c);
-        return 1;
-    }
-    if (!o.json)
-        printf("layer '%s': N=%u K=%u D=%u H=%u, policy %s; %u clients, %.0f%% of token-slots "
-               "to expert 0\n", o.layer, o.n, o.k, o.d, o.h,
-               o.policy == LLEP_POLICY_EP ? "ep" : o.policy == LLEP_POLICY_LLEP ? "llep" : "auto",
-               o.clients, o.hot * 100);
-    fflush(stdout);
     int failed = 0;
-    for (uint32_t i = 0; i < o.clients; i++) {
-        pid_t pid = fork();
-        if (pid == 0)
-            _exit(run_client(&o, &w, i));
-        failed += pid < 0;
+    if (o.compare) {
+        snprintf(names[0], sizeof(names[0]), "%s-ep", o.layer);
+        snprintf(names[1], sizeof(names[1]), "%s-llep", o.layer);
+        failed += run_layer(&o, &w, c, names[0], LLEP_POLICY_EP, &l[0]);
+        failed += failed ? 0 : run_layer(&o, &w, c, names[1], LLEP_POLICY_LLEP, &l[1]);
+    } else {
+        failed += run_layer(&o, &w, c, o.layer, o.policy, &l[0]);
     }
-    int st;
-    while (wait(&st) > 0)
-        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-    llep_layer_release(l);
+    if (o.then && !failed) {
+        fflush(stdout);
+        int st = system(o.then);
+        failed += st != 0;
+    }
+    llep_layer_release(l[0]);
+    llep_layer_release(l[1]);
     llep_disconnect(c);
     free(w.wg);
     free(w.wu);

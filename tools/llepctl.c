@@ -554,9 +554,14 @@ static void stats_json(const Llep__StatsReply *s) {
         json_double(l->imbalance_max);
         printf(", \"latency_p50_us\": %" PRIu64 ", \"latency_p99_us\": %" PRIu64
                ", \"tokens\": %" PRIu64 ", \"weight_bytes_moved\": %" PRIu64
-               ", \"token_bytes_moved\": %" PRIu64 "}",
+               ", \"token_bytes_moved\": %" PRIu64 ", \"makespan_mean_us\": %" PRIu64
+               ", \"balance_mean\": ",
                l->latency_p50_us, l->latency_p99_us, l->tokens, l->weight_bytes_moved,
-               l->token_bytes_moved);
+               l->token_bytes_moved, l->makespan_mean_us);
+        json_double(l->balance_mean);
+        fputs(", \"device_peak_memory\": ", stdout);
+        json_u64_array(l->device_peak_memory, l->n_device_peak_memory);
+        fputs("}", stdout);
     }
     fputs("]}\n", stdout);
 }
@@ -566,7 +571,7 @@ static int verb_stats(ctl *x, char **argv) {
     Llep__Frame req = LLEP__FRAME__INIT;
     _cleanup_frame_ Llep__Frame *reply = NULL;
     const Llep__StatsReply *s;
-    char b1[32], b2[32], b3[32];
+    char b1[32], b2[32], b3[32], b4[32];
     int r;
 
     req.body_case = LLEP__FRAME__BODY_STATS;
@@ -593,19 +598,29 @@ static int verb_stats(ctl *x, char **argv) {
     printf("%s\n", s->n_device_peak_memory ? "" : " -");
     if (s->n_layers == 0)
         return 0;
-    printf("\n%-4s %-20s %8s %8s %8s %9s %9s %9s %10s %10s %10s %10s\n", "ID", "NAME",
-           "STEPS", "EP", "LLEP", "IMB LAST", "IMB MEAN", "IMB MAX", "P50", "P99", "TOKENS",
-           "W MOVED");
+    /* Makespan is the slowest device's busy time per step and balance the mean device's busy
+     * time over the slowest's: the figures that say whether LLEP evened the devices out. */
+    printf("\n%-4s %-16s %6s %6s %6s %9s %10s %8s %10s %10s %10s\n", "ID", "NAME", "STEPS",
+           "EP", "LLEP", "IMB MEAN", "MAKESPAN", "BALANCE", "P50", "P99", "W MOVED");
     for (size_t i = 0; i < s->n_layers; i++) {
         const Llep__LayerStats *l = s->layers[i];
 
-        printf("%-4" PRIu32 " %-20s %8" PRIu64 " %8" PRIu64 " %8" PRIu64 " %9.3f %9.3f %9.3f"
-               " %10s %10s %10" PRIu64 " %10s\n",
-               l->layer_id, l->name, l->steps, l->ep_steps, l->llep_steps, l->imbalance_last,
-               l->imbalance_mean, l->imbalance_max,
-               fmt_us(l->latency_p50_us, b1, sizeof(b1)),
-               fmt_us(l->latency_p99_us, b2, sizeof(b2)), l->tokens,
-               fmt_bytes(l->weight_bytes_moved, b3, sizeof(b3)));
+        printf("%-4" PRIu32 " %-16s %6" PRIu64 " %6" PRIu64 " %6" PRIu64 " %9.3f %10s %8.3f"
+               " %10s %10s %10s\n",
+               l->layer_id, l->name, l->steps, l->ep_steps, l->llep_steps, l->imbalance_mean,
+               fmt_us(l->makespan_mean_us, b1, sizeof(b1)), l->balance_mean,
+               fmt_us(l->latency_p50_us, b2, sizeof(b2)),
+               fmt_us(l->latency_p99_us, b3, sizeof(b3)),
+               fmt_bytes(l->weight_bytes_moved, b4, sizeof(b4)));
+    }
+    printf("\npeak memory per device\n");
+    for (size_t i = 0; i < s->n_layers; i++) {
+        const Llep__LayerStats *l = s->layers[i];
+
+        printf("  %-16s", l->name);
+        for (size_t d = 0; d < l->n_device_peak_memory; d++)
+            printf(" %10s", fmt_bytes(l->device_peak_memory[d], b1, sizeof(b1)));
+        printf("\n");
     }
     return 0;
 }
