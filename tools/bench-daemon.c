@@ -100,11 +100,13 @@ static void inputs_free(inputs *in) {
 
 typedef struct figures {
     double rtt_median, rtt_p99, rtt_min;
+    double step_median;          /* the same 1-token step on an in-process engine */
     double daemon_ms, engine_ms, overhead;
     uint32_t iterations, tokens, devices;
 } figures;
 
 static int bench_rtt(llep_client *c, uint32_t iterations, figures *f) {
+    /* f->devices must be set: the in-process comparison uses as many devices. */
     shape s;
     inputs in;
     llep_layer *l;
@@ -129,6 +131,34 @@ static int bench_rtt(llep_client *c, uint32_t iterations, figures *f) {
         f->rtt_min = t[0];
         llep_layer_release(l);
     }
+    /* The step alone, in process, tells the engine's share of the round trip apart. */
+    llep_engine_config cfg;
+    llep_engine *e = NULL;
+    char err[256];
+    llep__engine_config_default(&cfg);
+    cfg.num_experts = s.n;
+    cfg.top_k = s.k;
+    cfg.hidden = s.d;
+    cfg.inter = s.h;
+    cfg.w_gate = s.wg;
+    cfg.w_up = s.wu;
+    cfg.w_down = s.wd;
+    cfg.num_devices = f->devices;
+    if (r == 0)
+        r = llep__engine_new(&cfg, &e, err, sizeof(err));
+    llep_engine_batch *b = calloc(f->devices, sizeof(*b));
+    if (r == 0 && b) {
+        b[0] = (llep_engine_batch){ 1, in.x, in.idx, in.w, in.y };
+        for (uint32_t i = 0; r == 0 && i < iterations; i++) {
+            double t0 = now_us();
+            r = llep__engine_step(e, b, NULL, NULL);
+            t[i] = now_us() - t0;
+        }
+        qsort(t, iterations, sizeof(*t), cmp_double);
+        f->step_median = t[iterations / 2];
+    }
+    free(b);
+    llep__engine_free(e);
     free(t);
     inputs_free(&in);
     shape_free(&s);
@@ -254,15 +284,19 @@ int main(int argc, char **argv) {
     llep_disconnect(cl);
     if (json)
         printf("{\"rtt_1token_us\": {\"median\": %.2f, \"p99\": %.2f, \"min\": %.2f, "
-               "\"iterations\": %u}, \"overhead\": {\"tokens\": %u, \"devices\": %u, "
+               "\"iterations\": %u, \"engine_step_median\": %.2f}, \"overhead\": "
+               "{\"tokens\": %u, \"devices\": %u, "
                "\"daemon_ms\": %.3f, \"engine_ms\": %.3f, \"overhead\": %.4f}}\n",
-               f.rtt_median, f.rtt_p99, f.rtt_min, f.iterations, f.tokens, f.devices,
+               f.rtt_median, f.rtt_p99, f.rtt_min, f.iterations, f.step_median, f.tokens,
+               f.devices,
                f.daemon_ms, f.engine_ms, f.overhead);
     else
         printf("1-token round trip through llepd (%u forwards): median %.1f us, p99 %.1f us, "
-               "min %.1f us\n%u-token forward, %u devices: llepd %.3f ms, in-process engine "
+               "min %.1f us (the step alone, in process: median %.1f us)\n"
+               "%u-token forward, %u devices: llepd %.3f ms, in-process engine "
                "%.3f ms (medians of %u): overhead %+.1f %%\n",
-               f.iterations, f.rtt_median, f.rtt_p99, f.rtt_min, f.tokens, f.devices,
+               f.iterations, f.rtt_median, f.rtt_p99, f.rtt_min, f.step_median, f.tokens,
+               f.devices,
                f.daemon_ms, f.engine_ms, reps, f.overhead * 100);
     return 0;
 }
