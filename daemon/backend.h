@@ -21,6 +21,12 @@ typedef struct llep_backend llep_backend;
 typedef struct llep_backend_options {
     uint32_t num_devices;
     uint32_t threads;      /* host threads for the devices' work; 0: min(P, online CPUs) */
+    /* Backend-specific device spec (backend-select.h: "cuda:0,1", "cuda:0x4"); NULL: the
+     * backend's default placement of the P logical devices. Read only by create(). */
+    const char *devices;
+    /* Set by llep__backend_select: bytes each logical device may use (free GPU memory shared
+     * by the logical devices on it); 0: no figure. Backends ignore it. */
+    uint64_t mem_per_device;
 } llep_backend_options;
 
 typedef struct llep_backend_ops {
@@ -57,5 +63,10 @@ struct llep_backend {
 /* P logical devices on host threads; GEMMs through OpenBLAS in single-threaded mode; busy
  * time is the thread CPU time of each device's operations. */
 extern const llep_backend_ops llep__backend_cpu;
+
+/* Logical devices on GPUs (backend-cuda.c; only in builds with LLEP_HAVE_CUDA): cuBLAS expert
+ * GEMMs, the kernels of moe-cuda.h, NCCL weight transfers between GPUs, device-to-device
+ * copies between logical devices sharing a GPU; busy time from CUDA events. */
+extern const llep_backend_ops llep__backend_cuda;
 
 #endif

@@ -250,7 +250,8 @@ int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err
         snprintf(err, errlen, "out of host memory");
         goto fail;
     }
-    llep_backend_options bo = { .num_devices = e->p, .threads = cfg->threads };
+    llep_backend_options bo = { .num_devices = e->p, .threads = cfg->threads,
+                                .devices = cfg->backend_devices };
     r = e->cfg.backend->create(&bo, &e->be);
     if (r < 0) {
         snprintf(err, errlen, "%s backend: %s", e->cfg.backend->name, strerror(-r));

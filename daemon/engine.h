@@ -44,6 +44,8 @@ typedef struct llep_engine_config {
 
     const llep_backend_ops *backend;             /* NULL: the CPU backend */
     uint32_t threads;                            /* CPU backend threads; 0: min(P, CPUs) */
+    const char *backend_devices;                 /* device spec for the backend ("cuda:0x4",
+                                                    backend-select.h); NULL: its default */
 } llep_engine_config;
 
 /* Fills cfg with the defaults: f32, SWIGLU, default activation and plan parameters, CPU
