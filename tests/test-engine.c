@@ -773,6 +773,21 @@ START_TEST(test_backend_cpu_ops) {
     ck_assert_int_eq(b->ops->sync(b), 0);
     b->ops->free(b, 0, a);
     b->ops->free(b, 2, c);
+
+    /* Freed blocks are cached and handed out again; more than the cache holds are released
+     * (the sanitizers check that nothing is used after it is freed or leaked). */
+    void *blk[40];
+    for (int i = 0; i < 40; i++) {
+        ck_assert_int_eq(b->ops->alloc(b, 1, 100 + 64 * (size_t)i, &blk[i]), 0);
+        memset(blk[i], i, 100 + 64 * (size_t)i);
+    }
+    for (int i = 0; i < 40; i++)
+        b->ops->free(b, 1, blk[i]);
+    void *again = NULL;
+    ck_assert_int_eq(b->ops->alloc(b, 1, 64 * 39 + 100, &again), 0);
+    ck_assert_ptr_eq(again, blk[39]);
+    memset(again, 0, 64 * 39 + 100);
+    b->ops->free(b, 1, again);
     b->ops->destroy(b);
 }
 END_TEST

@@ -503,7 +503,7 @@ static void print_header(const bench *b, FILE *f, const char *prefix) {
 static void print_table(const bench *b, const result *res, size_t nres) {
     print_header(b, stdout, "");
     printf("peak = largest per-device peak (weights + token buffers); GEMM eff = engine "
-           "expert FLOP/s (all device work) / plain cblas_sgemm on the same chunk shapes\n\n");
+           "expert FLOP/s (all device work) / plain cblas_sgemm on the same GEMMs\n\n");
     printf("%-9s %4s %9s %9s %7s %6s %6s %6s %6s %9s %9s %8s %5s %9s\n", "scenario", "mode",
            "EP ms", "LLEP ms", "speedup", "ideal", "%ideal", "bal.EP", "bal.LL", "peak EP",
            "peak LL", "w moved", "GEMM", "EP-LL");
@@ -607,7 +607,7 @@ static int plot(const bench *b, const result *res, size_t nres, const char *file
         "(busy = per-device CPU time)'\n"
         "set style data histograms\nset style histogram clustered gap 1\n"
         "set style fill solid 0.8 border -1\nset grid ytics\nset xtics rotate by -30\n"
-        "set key top left\n"
+        "set key top left\nset yrange [0:*]\n"
         "set ylabel 'speedup over EP'\n"
         "plot '%s' using 2:xtic(1) title 'LLEP speedup', '' using 3 title 'ideal bound'\n"
         "set ylabel 'peak memory per device (MiB)'\n"
