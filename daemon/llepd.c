@@ -1,12 +1,16 @@
 /* llepd: the per-node daemon that owns the devices and runs MoE layer steps for its clients.
  *
- * main() only wires the subsystems together in order (options, log, server, signals) and
- * tears them down in reverse; the work is in server.c, session.c, handlers*.c and sched.c. */
+ * main() only wires the subsystems together in order (options, log, server, signals, systemd
+ * notifications) and tears them down in reverse; the work is in server.c, session.c,
+ * handlers*.c, sched.c and notify.c. */
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 #include <uv.h>
@@ -14,6 +18,7 @@
 #include "config.h"
 #include "llep-config.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 /* Logical devices of the CPU backend when --devices is not given. */
@@ -22,6 +27,7 @@
 typedef struct daemon_state {
     llepd_server srv;
     uv_signal_t sigterm, sigint, sighup;
+    llepd_notify notify;
     const char *config_file;
     int exit_code;
 } daemon_state;
@@ -30,17 +36,33 @@ static daemon_state *state_of(llepd_server *srv) {
     return llepd_container_of(srv, daemon_state, srv);
 }
 
-static void close_signals(llepd_server *srv) {
+/* Once stopped and idle, the handles main() opened are closed so the loop runs dry. */
+static void close_handles(llepd_server *srv) {
     daemon_state *d = state_of(srv);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sighup, NULL);
+    llepd_notify_close(&d->notify);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum) {
     daemon_state *d = h->data;
-    sd_notify(0, "STOPPING=1");
-    llepd_server_stop(&d->srv, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    const char *why = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+
+    llepd_notify_stopping(&d->notify, why);
+    llepd_server_stop(&d->srv, why);
+}
+
+/* The settings that only a restart changes: say so rather than ignore an edit silently. */
+static void note_restart_only(const llepd_server *srv, const llep_config *file) {
+    if (file->socket_path && strcmp(file->socket_path, srv->socket_path) != 0)
+        log_notice("reload: a new 'socket' takes effect at the next start");
+    if (file->backend != LLEP_BACKEND_AUTO && file->backend != srv->backend)
+        log_notice("reload: a new 'backend' takes effect at the next start");
+    if (file->devices && file->devices != srv->devices)
+        log_notice("reload: a new 'devices' takes effect at the next start");
+    if (file->device_memory && file->device_memory != srv->device_memory)
+        log_notice("reload: a new 'device-memory' takes effect at the next start");
 }
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
@@ -56,12 +78,13 @@ static void on_reload(uv_signal_t *h, int signum) {
         log_notice("SIGHUP: no --config file to reload");
         return;
     }
-    sd_notify(0, "RELOADING=1");
+    llepd_notify_reloading(&d->notify);
     llep__config_init(&c);
     int r = llep__config_load_file(&c, d->config_file, err, sizeof(err));
     if (r < 0) {
         log_error("reload refused, keeping the settings in force: %s", err);
     } else {
+        note_restart_only(&d->srv, &c);
         d->srv.cfg.alpha = c.alpha;
         d->srv.cfg.lambda = c.lambda;
         d->srv.cfg.min_tokens = c.min_tokens;
@@ -72,7 +95,7 @@ static void on_reload(uv_signal_t *h, int signum) {
                    llep__log_level_name(c.log_level));
     }
     llep__config_fini(&c);
-    sd_notify(0, "READY=1");
+    llepd_notify_reloaded(&d->notify, r < 0 ? err : NULL);
 }
 
 static int choose_backend(llep_config *cfg) {
@@ -88,18 +111,40 @@ static int choose_backend(llep_config *cfg) {
     return 0;
 }
 
-/* systemd socket activation hands over the listening socket as fd 3. */
-static int inherited_socket(void) {
-    int n = sd_listen_fds(1);
+/* systemd socket activation hands over the listening socket as fd 3 (llepd.socket). Returns
+ * the descriptor, -1 when there is none (llepd then binds --socket itself), or a negative
+ * errno below -1. The socket's own address replaces the configured path, so the log and
+ * `llepctl status` name the socket clients really use. */
+static int inherited_socket(llep_config *cfg) {
+    struct sockaddr_un sa;
+    socklen_t len = sizeof(sa);
+    int n = sd_listen_fds(1), fd = SD_LISTEN_FDS_START;
+
     if (n < 0) {
         log_error("LISTEN_FDS: %s", strerror(-n));
         return n;
     }
+    if (n == 0)
+        return -1;
     if (n > 1) {
         log_error("socket activation passed %d sockets; llepd uses exactly one", n);
         return -EINVAL;
     }
-    return n == 1 ? SD_LISTEN_FDS_START : -1;
+    if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0) {
+        log_error("socket activation: fd %d is not a listening unix stream socket", fd);
+        return -ENOTSOCK;
+    }
+    memset(&sa, 0, sizeof(sa));
+    if (getsockname(fd, (struct sockaddr *)&sa, &len) == 0 && sa.sun_path[0] &&
+        len > offsetof(struct sockaddr_un, sun_path)) {
+        char *path = strndup(sa.sun_path, len - offsetof(struct sockaddr_un, sun_path));
+
+        if (path) {
+            free(cfg->socket_path);
+            cfg->socket_path = path;
+        }
+    }
+    return fd;
 }
 
 static int start_signals(daemon_state *d, uv_loop_t *loop) {
@@ -124,10 +169,13 @@ static int run(llep_config *cfg, const char *config_file) {
     if (!d)
         return 1;
     d->config_file = config_file;
+    fd = inherited_socket(cfg);
+    if (fd < -1) {
+        free(d);
+        return 1;
+    }
     r = llepd_server_init(&d->srv, loop, cfg, err, sizeof(err));
     if (r == 0)
-        r = fd = inherited_socket();
-    if (r >= -1)
         r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
     if (r < 0) {
         log_error("%s", err[0] ? err : strerror(-r));
@@ -136,16 +184,19 @@ static int run(llep_config *cfg, const char *config_file) {
         return 1;
     }
     r = start_signals(d, loop);
+    if (r == 0)
+        r = llepd_notify_init(&d->notify, &d->srv);
     if (r < 0) {
-        log_error("signals: %s", uv_strerror(r));
+        log_error("signals and timers: %s", uv_strerror(r));
         llepd_server_fini(&d->srv);
         free(d);
         return 1;
     }
-    d->srv.on_idle_after_stop = close_signals;
+    d->srv.on_idle_after_stop = close_handles;
     log_notice("llepd %s listening on %s: backend cpu, %u devices%s", LLEP_VERSION,
                d->srv.socket_path, d->srv.devices, fd >= 0 ? " (socket activation)" : "");
-    sd_notify(0, "READY=1");
+    /* The socket listens already: a client connecting after READY=1 is accepted. */
+    llepd_notify_ready(&d->notify);
     uv_run(loop, UV_RUN_DEFAULT);
     llepd_server_fini(&d->srv);
     uv_loop_close(loop);

@@ -1,0 +1,635 @@
+/* llepd as a systemd service, without systemd: the test plays systemd's part.
+ *
+ *   notify      a datagram socket bound here is $NOTIFY_SOCKET: READY=1 only once the daemon's
+ *               socket accepts, STATUS= lines that follow clients, layers and steps,
+ *               WATCHDOG=1 at half of $WATCHDOG_USEC (and none without it), RELOADING=1 and
+ *               READY=1 around SIGHUP (a refused reload keeps the old settings and says why in
+ *               STATUS=), STOPPING=1 on SIGTERM.
+ *   activation  the test creates the listening socket and hands it over as fd 3 with
+ *               $LISTEN_FDS and $LISTEN_PID, as llepd.socket does; a client runs a forward
+ *               through it (forward-check, $FORWARD_CHECK), and llepd leaves the socket file
+ *               to its owner when it stops; a $LISTEN_PID of another process or an fd 3 that
+ *               is not a listening socket are not taken for an activation socket.
+ *   peercred    (`test-service peercred`, root only, else skipped with 77): with the socket
+ *               opened to everyone, a connection from `nobody` is still refused through
+ *               SO_PEERCRED, while root's is accepted.
+ *
+ * $LLEPD names the daemon binary, $LLEPCTL llepctl. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "llep/client.h"
+
+/* Generous: the daemon runs under AddressSanitizer on a loaded 2-core machine. */
+#define WAIT_MS 10000
+
+static char tmpdir[32], sock_path[64], notify_path[64], log_path[64], conf_path[64];
+static int notify_fd = -1;
+static pid_t llepd_pid = -1;
+
+static void sleep_ms(int ms) {
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+
+    nanosleep(&ts, NULL);
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- systemd's side: the notification socket ------------------------------------------- */
+
+static void setup(void) {
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-service-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    snprintf(sock_path, sizeof(sock_path), "%s/llepd.sock", tmpdir);
+    snprintf(notify_path, sizeof(notify_path), "%s/notify", tmpdir);
+    snprintf(log_path, sizeof(log_path), "%s/llepd.log", tmpdir);
+    snprintf(conf_path, sizeof(conf_path), "%s/llepd.conf", tmpdir);
+    notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ck_assert_int_ge(notify_fd, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", notify_path);
+    ck_assert_int_eq(bind(notify_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+}
+
+/* Stops the daemon if a test left it running, and removes what the tests made. */
+static void teardown(void) {
+    char cmd[256];
+
+    if (llepd_pid > 0) {
+        kill(llepd_pid, SIGKILL);
+        waitpid(llepd_pid, NULL, 0);
+        llepd_pid = -1;
+    }
+    close(notify_fd);
+    notify_fd = -1;
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* The next notification, NUL-terminated in buf; false when none came within timeout_ms. */
+static bool notify_recv(char *buf, size_t len, int timeout_ms) {
+    struct pollfd p = { .fd = notify_fd, .events = POLLIN };
+    ssize_t n;
+
+    if (poll(&p, 1, timeout_ms) <= 0)
+        return false;
+    n = recv(notify_fd, buf, len - 1, 0);
+    ck_assert_int_ge(n, 0);
+    buf[n] = '\0';
+    return true;
+}
+
+/* Whether the message has the line `line` ("READY=1"), or a line starting with it when it
+ * ends in '=' ("STATUS="). */
+static const char *has_line(const char *msg, const char *line) {
+    size_t len = strlen(line);
+    bool prefix = len && line[len - 1] == '=';
+
+    for (const char *p = msg; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        const char *end = strchr(p, '\n');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+
+        if (prefix ? n >= len && strncmp(p, line, len) == 0 : n == len && !strncmp(p, line, len))
+            return p;
+    }
+    return NULL;
+}
+
+/* Receives until a message has `line` (and, when `status_part` is given, a STATUS= line that
+ * contains it), skipping the others; the matching message is left in buf. */
+static bool notify_wait(const char *line, const char *status_part, char *buf, size_t len,
+                        int timeout_ms) {
+    long long deadline = now_ms() + timeout_ms;
+
+    for (;;) {
+        long long left = deadline - now_ms();
+
+        if (left <= 0 || !notify_recv(buf, len, (int)left))
+            return false;
+        if (!has_line(buf, line))
+            continue;
+        if (!status_part)
+            return true;
+        const char *st = has_line(buf, "STATUS=");
+        if (st && strstr(st, status_part))
+            return true;
+    }
+}
+
+/* Counts the messages with `line` arriving within ms. */
+static int notify_count(const char *line, int ms) {
+    long long deadline = now_ms() + ms;
+    char buf[1024];
+    int count = 0;
+
+    for (;;) {
+        long long left = deadline - now_ms();
+
+        if (left <= 0 || !notify_recv(buf, sizeof(buf), (int)left))
+            return count;
+        count += has_line(buf, line) != NULL;
+    }
+}
+
+/* ---- the daemon -------------------------------------------------------------------------- */
+
+typedef struct daemon_opts {
+    const char *watchdog_usec;    /* $WATCHDOG_USEC, or NULL */
+    const char *watchdog_pid;     /* $WATCHDOG_PID, or NULL */
+    int listen_fd;                /* handed over as fd 3 when >= 0 */
+    const char *listen_pid;       /* $LISTEN_PID; NULL: the daemon's own pid */
+    bool config;                  /* --config conf_path */
+} daemon_opts;
+
+/* In the child: what systemd would do before exec. */
+static void exec_llepd(const daemon_opts *o) {
+    const char *exe = getenv("LLEPD");
+    const char *argv[16];
+    char pid[32];
+    int a = 0, log_fd;
+
+    log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log_fd < 0 || dup2(log_fd, STDERR_FILENO) < 0)
+        _exit(126);
+    setenv("NOTIFY_SOCKET", notify_path, 1);
+    if (o->watchdog_usec)
+        setenv("WATCHDOG_USEC", o->watchdog_usec, 1);
+    if (o->watchdog_pid)
+        setenv("WATCHDOG_PID", o->watchdog_pid, 1);
+    if (o->listen_fd >= 0) {
+        if (o->listen_fd != 3 && dup2(o->listen_fd, 3) < 0)
+            _exit(126);
+        fcntl(3, F_SETFD, 0); /* not close-on-exec: the daemon inherits it */
+        snprintf(pid, sizeof(pid), "%ld", (long)getpid());
+        setenv("LISTEN_FDS", "1", 1);
+        setenv("LISTEN_PID", o->listen_pid ? o->listen_pid : pid, 1);
+    }
+    argv[a++] = exe;
+    argv[a++] = "--socket";
+    argv[a++] = sock_path;
+    argv[a++] = "--backend";
+    argv[a++] = "cpu";
+    argv[a++] = "--devices";
+    argv[a++] = "2";
+    argv[a++] = "--log-level";
+    argv[a++] = "info";
+    if (o->config) {
+        argv[a++] = "--config";
+        argv[a++] = conf_path;
+    }
+    argv[a] = NULL;
+    execv(exe, (char *const *)argv);
+    _exit(127);
+}
+
+static void start_llepd(const daemon_opts *o) {
+    ck_assert_msg(getenv("LLEPD") != NULL, "LLEPD is not set");
+    llepd_pid = fork();
+    ck_assert_int_ge(llepd_pid, 0);
+    if (llepd_pid == 0)
+        exec_llepd(o);
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+static bool file_contains(const char *path, const char *needle) {
+    char buf[65536];
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (!f)
+        return false;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* SIGTERM; the daemon must exit 0 in time. */
+static void stop_llepd(void) {
+    int st = -1;
+
+    ck_assert_int_eq(kill(llepd_pid, SIGTERM), 0);
+    for (int i = 0; i < WAIT_MS / 10; i++) {
+        if (waitpid(llepd_pid, &st, WNOHANG) == llepd_pid) {
+            llepd_pid = -1;
+            ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "llepd exit status %d", st);
+            return;
+        }
+        sleep_ms(10);
+    }
+    ck_abort_msg("llepd did not exit within %d ms of SIGTERM", WAIT_MS);
+}
+
+static int unix_connect(const char *path) {
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    ck_assert_int_ge(fd, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -errno;
+    }
+    return fd;
+}
+
+/* Waits for READY=1 and checks that a client can connect and say Hello at once, with no
+ * retry: systemd starts the units that need llepd as soon as READY=1 arrives. */
+static void wait_ready(const char *path) {
+    char buf[1024];
+    llep_client *c = NULL;
+    int r;
+
+    ck_assert_msg(notify_wait("READY=1", NULL, buf, sizeof(buf), WAIT_MS),
+                  "no READY=1 within %d ms", WAIT_MS);
+    ck_assert_msg(has_line(buf, "STATUS="), "READY=1 without STATUS=: '%s'", buf);
+    r = llep_connect(path, &c);
+    ck_assert_msg(r == 0, "connect right after READY=1: %s (%s)", llep_strerror(r),
+                  llep_client_error(NULL));
+    llep_disconnect(c);
+}
+
+/* ---- notify ------------------------------------------------------------------------------ */
+
+START_TEST(test_ready_after_listen) {
+    daemon_opts o = { .listen_fd = -1 };
+    char buf[1024];
+
+    start_llepd(&o);
+    /* The first message is READY=1: nothing claims readiness before the socket exists. */
+    ck_assert_msg(notify_recv(buf, sizeof(buf), WAIT_MS), "no notification at all");
+    ck_assert_msg(has_line(buf, "READY=1"), "first notification is not READY=1: '%s'", buf);
+    ck_assert_int_ge(unix_connect(sock_path), 0);
+    ck_assert_msg(has_line(buf, "STATUS=0 clients, 0 layers, 0 steps"), "'%s'", buf);
+    stop_llepd();
+}
+END_TEST
+
+START_TEST(test_status_follows_figures) {
+    daemon_opts o = { .listen_fd = -1 };
+    char buf[1024];
+    llep_client *c = NULL;
+
+    start_llepd(&o);
+    wait_ready(sock_path);
+    ck_assert_int_eq(llep_connect(sock_path, &c), 0);
+    ck_assert_msg(notify_wait("STATUS=", "1 client, 0 layers, 0 steps", buf, sizeof(buf), WAIT_MS),
+                  "no STATUS= with one client");
+    llep_disconnect(c);
+    ck_assert_msg(notify_wait("STATUS=", "0 clients, 0 layers, 0 steps", buf, sizeof(buf), WAIT_MS),
+                  "no STATUS= after the client left");
+    stop_llepd();
+}
+END_TEST
+
+/* A forward makes a layer and a step; the STATUS= line shows both (forward-check releases its
+ * layer when done, so the layer count goes back to 0 and the step count stays). */
+START_TEST(test_status_counts_steps) {
+    daemon_opts o = { .listen_fd = -1 };
+    const char *fc = getenv("FORWARD_CHECK");
+    char buf[1024], cmd[512];
+
+    ck_assert_msg(fc != NULL, "FORWARD_CHECK is not set");
+    start_llepd(&o);
+    wait_ready(sock_path);
+    snprintf(cmd, sizeof(cmd), "'%s' '%s' >/dev/null", fc, sock_path);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_msg(notify_wait("STATUS=", "0 clients, 0 layers, 1 step", buf, sizeof(buf), WAIT_MS),
+                  "no STATUS= with the step");
+    stop_llepd();
+}
+END_TEST
+
+START_TEST(test_watchdog_pings) {
+    daemon_opts o = { .listen_fd = -1, .watchdog_usec = "200000" };
+    int n;
+
+    start_llepd(&o);
+    wait_ready(sock_path);
+    /* Every 100 ms: about 10 in a second; a loaded machine may delay some. */
+    n = notify_count("WATCHDOG=1", 1000);
+    ck_assert_msg(n >= 5 && n <= 12, "%d WATCHDOG=1 in 1 s with WatchdogSec=200ms", n);
+    ck_assert(file_contains(log_path, "WATCHDOG=1 every 100 ms"));
+    stop_llepd();
+}
+END_TEST
+
+START_TEST(test_no_watchdog_unless_asked) {
+    daemon_opts o = { .listen_fd = -1 };
+
+    start_llepd(&o);
+    wait_ready(sock_path);
+    ck_assert_int_eq(notify_count("WATCHDOG=1", 500), 0);
+    stop_llepd();
+}
+END_TEST
+
+/* $WATCHDOG_PID names another process: the watchdog is not llepd's to feed. */
+START_TEST(test_watchdog_other_pid) {
+    daemon_opts o = { .listen_fd = -1, .watchdog_usec = "100000", .watchdog_pid = "1" };
+
+    start_llepd(&o);
+    wait_ready(sock_path);
+    ck_assert_int_eq(notify_count("WATCHDOG=1", 500), 0);
+    stop_llepd();
+}
+END_TEST
+
+START_TEST(test_stopping_on_sigterm) {
+    daemon_opts o = { .listen_fd = -1, .watchdog_usec = "2000000" };
+    char buf[1024];
+    int st;
+
+    start_llepd(&o);
+    wait_ready(sock_path);
+    ck_assert_int_eq(kill(llepd_pid, SIGTERM), 0);
+    ck_assert_msg(notify_wait("STOPPING=1", "stopping (SIGTERM)", buf, sizeof(buf), WAIT_MS),
+                  "no STOPPING=1 after SIGTERM");
+    ck_assert_int_eq(waitpid(llepd_pid, &st, 0), llepd_pid);
+    llepd_pid = -1;
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "exit status %d", st);
+    /* Nothing after STOPPING=1 claims readiness again. */
+    while (notify_recv(buf, sizeof(buf), 0))
+        ck_assert_msg(!has_line(buf, "READY=1"), "READY=1 after STOPPING=1");
+}
+END_TEST
+
+/* The alpha layer `name` runs with, as `llepctl --json layers` reports it ($LLEPCTL). */
+static double layer_alpha(const char *name) {
+    const char *ctl = getenv("LLEPCTL");
+    char cmd[256], out[8192], key[96];
+    const char *p;
+    size_t n;
+    FILE *f;
+
+    ck_assert_msg(ctl != NULL, "LLEPCTL is not set");
+    snprintf(cmd, sizeof(cmd), "'%s' --socket '%s' --json layers", ctl, sock_path);
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    n = fread(out, 1, sizeof(out) - 1, f);
+    out[n] = '\0';
+    ck_assert_int_eq(pclose(f), 0);
+    snprintf(key, sizeof(key), "\"name\": \"%s\"", name);
+    p = strstr(out, key);
+    ck_assert_msg(p != NULL, "no layer %s in: %s", name, out);
+    p = strstr(p, "\"alpha\": ");
+    ck_assert_msg(p != NULL, "no alpha in: %s", out);
+    return strtod(p + strlen("\"alpha\": "), NULL);
+}
+
+START_TEST(test_reload) {
+    daemon_opts o = { .listen_fd = -1, .config = true };
+    static float w[4 * 4 * 4];
+    llep_layer_desc d = { .num_experts = 4, .top_k = 1, .hidden = 4, .inter = 4,
+                          .w_gate = w, .w_up = w, .w_down = w };
+    llep_client *holder = NULL;
+    llep_layer *l = NULL;
+    char buf[1024];
+
+    write_file(conf_path, "# test\nalpha = 1.5\n");
+    start_llepd(&o);
+    wait_ready(sock_path);
+    /* A client keeps a layer (with the daemon's default alpha) through the reloads. */
+    ck_assert_int_eq(llep_connect(sock_path, &holder), 0);
+    ck_assert_int_eq(llep_layer_create(holder, "held", &d, &l), 0);
+    ck_assert_double_eq_tol(layer_alpha("held"), 1.5, 1e-6);
+
+    write_file(conf_path, "alpha = 2.5\n");
+    ck_assert_int_eq(kill(llepd_pid, SIGHUP), 0);
+    ck_assert_msg(notify_wait("RELOADING=1", NULL, buf, sizeof(buf), WAIT_MS), "no RELOADING=1");
+    ck_assert_msg(has_line(buf, "MONOTONIC_USEC="), "RELOADING=1 without MONOTONIC_USEC: '%s'",
+                  buf);
+    ck_assert_msg(notify_wait("READY=1", NULL, buf, sizeof(buf), WAIT_MS), "no READY=1 after reload");
+    ck_assert_ptr_null(strstr(buf, "refused"));
+    ck_assert_double_eq_tol(layer_alpha("held"), 2.5, 1e-6);
+
+    /* A bad file is refused whole: the settings in force stay, and STATUS= says why. */
+    write_file(conf_path, "alpha = 3\nlambda = -1\n");
+    ck_assert_int_eq(kill(llepd_pid, SIGHUP), 0);
+    ck_assert_msg(notify_wait("RELOADING=1", NULL, buf, sizeof(buf), WAIT_MS), "no RELOADING=1");
+    ck_assert_msg(notify_wait("READY=1", "last reload refused", buf, sizeof(buf), WAIT_MS),
+                  "no READY=1 with the refusal after a bad reload");
+    ck_assert_msg(strstr(buf, "llepd.conf:2") != NULL, "refusal without FILE:LINE: '%s'", buf);
+    ck_assert_double_eq_tol(layer_alpha("held"), 2.5, 1e-6);
+    ck_assert(file_contains(log_path, "reload refused"));
+
+    /* The client that held the layer through both reloads is still connected. */
+    float x[4] = { 1, 2, 3, 4 }, y[4], tw = 1;
+    int32_t idx = 0;
+    ck_assert_int_eq(llep_forward(l, 1, x, &idx, &tw, y), 0);
+
+    write_file(conf_path, "alpha = 1\n");
+    ck_assert_int_eq(kill(llepd_pid, SIGHUP), 0);
+    ck_assert_msg(notify_wait("READY=1", NULL, buf, sizeof(buf), WAIT_MS), "no READY=1");
+    ck_assert_ptr_null(strstr(buf, "refused"));
+    llep_disconnect(holder);
+    stop_llepd();
+}
+END_TEST
+
+/* ---- socket activation ------------------------------------------------------------------- */
+
+static int make_listener(const char *path) {
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    ck_assert_int_ge(fd, 0);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(listen(fd, 16), 0);
+    return fd;
+}
+
+START_TEST(test_activation_forward) {
+    char act_path[64], cmd[512];
+    const char *fc = getenv("FORWARD_CHECK");
+    struct stat st;
+    int lfd;
+
+    ck_assert_msg(fc != NULL, "FORWARD_CHECK is not set");
+    snprintf(act_path, sizeof(act_path), "%s/activated.sock", tmpdir);
+    lfd = make_listener(act_path);
+    daemon_opts o = { .listen_fd = lfd };
+    start_llepd(&o);
+    close(lfd);
+    wait_ready(act_path);
+    snprintf(cmd, sizeof(cmd), "'%s' '%s'", fc, act_path);
+    ck_assert_int_eq(system(cmd), 0);
+    /* It served the socket it was given, did not bind --socket, and says which it serves. */
+    ck_assert_int_eq(stat(sock_path, &st), -1);
+    ck_assert(file_contains(log_path, "(socket activation)"));
+    ck_assert(file_contains(log_path, act_path));
+    stop_llepd();
+    /* The socket belongs to whoever made it (llepd.socket): llepd leaves it in place. */
+    ck_assert_int_eq(stat(act_path, &st), 0);
+    ck_assert(S_ISSOCK(st.st_mode));
+}
+END_TEST
+
+/* $LISTEN_PID of another process: the descriptors are not llepd's, so it binds --socket. */
+START_TEST(test_activation_other_pid) {
+    char act_path[64];
+    int lfd;
+
+    snprintf(act_path, sizeof(act_path), "%s/activated.sock", tmpdir);
+    lfd = make_listener(act_path);
+    daemon_opts o = { .listen_fd = lfd, .listen_pid = "1" };
+    start_llepd(&o);
+    close(lfd);
+    wait_ready(sock_path);
+    ck_assert(!file_contains(log_path, "(socket activation)"));
+    stop_llepd();
+}
+END_TEST
+
+/* fd 3 is not a listening socket: llepd refuses to start rather than serve nothing. */
+START_TEST(test_activation_not_a_socket) {
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC), st;
+
+    daemon_opts o = { .listen_fd = fd };
+    start_llepd(&o);
+    close(fd);
+    ck_assert_int_eq(waitpid(llepd_pid, &st, 0), llepd_pid);
+    llepd_pid = -1;
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d", st);
+    ck_assert(file_contains(log_path, "not a listening unix stream socket"));
+}
+END_TEST
+
+/* ---- who may connect --------------------------------------------------------------------- */
+
+/* In a child that becomes `nobody` (no supplementary groups): can it talk to llepd? Returns
+ * the child's exit status: 0 connected and said Hello, 3 refused, others for test errors. */
+static int connect_as_nobody(void) {
+    pid_t pid = fork();
+    int st;
+
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        llep_client *c = NULL;
+        char buf[16];
+        int fd;
+
+        if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+            setresuid(65534, 65534, 65534) < 0)
+            _exit(10);
+        /* At the socket level: the kernel accepts, llepd reads SO_PEERCRED and hangs up
+         * without a word. */
+        fd = unix_connect(sock_path);
+        if (fd < 0)
+            _exit(11);
+        if (send(fd, "\0\0\0\0", 4, MSG_NOSIGNAL) < 0 && errno != EPIPE &&
+            errno != ECONNRESET)
+            _exit(12);
+        ssize_t n = read(fd, buf, sizeof(buf));
+        close(fd);
+        if (n > 0)
+            _exit(13);
+        /* And through the library: the connect fails. */
+        if (llep_connect(sock_path, &c) == 0) {
+            llep_disconnect(c);
+            _exit(0);
+        }
+        _exit(3);
+    }
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert(WIFEXITED(st));
+    return WEXITSTATUS(st);
+}
+
+START_TEST(test_nobody_refused) {
+    daemon_opts o = { .listen_fd = -1 };
+    llep_client *c = NULL;
+
+    ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+    start_llepd(&o);
+    wait_ready(sock_path);
+    /* The daemon made it 0660; open it to everyone so only SO_PEERCRED stands in the way. */
+    ck_assert_int_eq(chmod(sock_path, 0666), 0);
+    ck_assert_int_eq(connect_as_nobody(), 3);
+    ck_assert_msg(file_contains(log_path, "refused a connection from uid 65534"),
+                  "llepd did not log the refusal");
+    /* Root is let in. */
+    ck_assert_int_eq(llep_connect(sock_path, &c), 0);
+    llep_disconnect(c);
+    stop_llepd();
+}
+END_TEST
+
+static Suite *service_suite(bool peercred) {
+    Suite *s = suite_create("service");
+    TCase *t;
+
+    if (peercred) {
+        t = tcase_create("peercred");
+        tcase_add_checked_fixture(t, setup, teardown);
+        tcase_set_timeout(t, 60);
+        tcase_add_test(t, test_nobody_refused);
+        suite_add_tcase(s, t);
+        return s;
+    }
+    t = tcase_create("notify");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, test_ready_after_listen);
+    tcase_add_test(t, test_status_follows_figures);
+    tcase_add_test(t, test_status_counts_steps);
+    tcase_add_test(t, test_watchdog_pings);
+    tcase_add_test(t, test_no_watchdog_unless_asked);
+    tcase_add_test(t, test_watchdog_other_pid);
+    tcase_add_test(t, test_stopping_on_sigterm);
+    tcase_add_test(t, test_reload);
+    suite_add_tcase(s, t);
+
+    t = tcase_create("activation");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, test_activation_forward);
+    tcase_add_test(t, test_activation_other_pid);
+    tcase_add_test(t, test_activation_not_a_socket);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(int argc, char **argv) {
+    bool peercred = argc > 1 && strcmp(argv[1], "peercred") == 0;
+    SRunner *sr;
+    int failed;
+
+    if (peercred && geteuid() != 0) {
+        printf("SKIP: changing to uid nobody needs root\n");
+        return 77; /* meson: skipped */
+    }
+    sr = srunner_create(service_suite(peercred));
+    srunner_run_all(sr, CK_ENV);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
