@@ -16,6 +16,7 @@
 
 #include <cblas.h>
 
+#include "backend-select.h"
 #include "engine.h"
 #include "moe-cpu.h"
 #include "plan.h"
@@ -59,6 +60,7 @@ typedef struct options {
     int min_tokens_set, tokens_set;
     enum format format;
     const char *plot;
+    enum llep_backend_kind backend;
 } options;
 
 /* One policy's figures for a scenario over its repeats. */
@@ -124,7 +126,7 @@ static void usage(FILE *f) {
         "Usage: llep-bench [--preset gpt-oss-120b|gpt-oss-20b|deepseek-v3|kimi-k2]\n"
         "                  [--scenario NAME|all] [--devices P] [--tokens T] [--scale S]\n"
         "                  [--alpha A] [--lambda L] [--min-tokens M] [--repeat R]\n"
-        "                  [--json|--csv] [--plot FILE.png]\n"
+        "                  [--json|--csv] [--plot FILE.png] [--backend cpu|cuda|auto]\n"
         "\n"
         "Runs the scenarios of DESIGN.md section 7 under EP and LLEP on the same inputs (CPU\n"
         "backend, float32) and prints makespan, speedup, ideal bound, balance efficiency, peak\n"
@@ -140,6 +142,8 @@ static void usage(FILE *f) {
         "  --repeat      steps per policy and scenario; each device's least busy time is kept\n"
         "                (default 5)\n"
         "  --plot        draw speedup and peak memory per scenario with gnuplot\n"
+        "  --backend     cpu (default), cuda (P logical devices over the visible GPUs, e.g.\n"
+        "                --devices 8 on one GPU is cuda:0x8; busy time from CUDA events) or auto\n"
         "Environment: LLEP_BENCH_THREADS host threads running the devices (default 1, so\n"
         "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n");
 }
@@ -176,13 +180,15 @@ static void parse_options(int argc, char **argv, options *o) {
         { "json", no_argument, NULL, 'j' },
         { "csv", no_argument, NULL, 'c' },
         { "plot", required_argument, NULL, 'o' },
+        { "backend", required_argument, NULL, 'B' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
     int c;
 
     *o = (options){ .preset = &presets[0], .scenario = -1, .devices = 8, .scale = 8,
-                    .repeat = 5, .alpha = LLEP_DEFAULT_ALPHA, .lambda = LLEP_DEFAULT_LAMBDA };
+                    .repeat = 5, .alpha = LLEP_DEFAULT_ALPHA, .lambda = LLEP_DEFAULT_LAMBDA,
+                    .backend = LLEP_BACKEND_CPU };
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
         case 'p':
@@ -216,6 +222,16 @@ static void parse_options(int argc, char **argv, options *o) {
         case 'j': o->format = FMT_JSON; break;
         case 'c': o->format = FMT_CSV; break;
         case 'o': o->plot = optarg; break;
+        case 'B':
+            if (strcmp(optarg, "cpu") == 0)
+                o->backend = LLEP_BACKEND_CPU;
+            else if (strcmp(optarg, "cuda") == 0)
+                o->backend = LLEP_BACKEND_CUDA;
+            else if (strcmp(optarg, "auto") == 0)
+                o->backend = LLEP_BACKEND_AUTO;
+            else
+                die("--backend: '%s' is not cpu, cuda or auto", optarg);
+            break;
         case 'h': usage(stdout); exit(EXIT_SUCCESS);
         default: usage(stderr); exit(EXIT_FAILURE);
         }
@@ -239,6 +255,7 @@ typedef struct bench {
     options o;
     uint32_t n, k, d, h, p, t;
     uint32_t threads;       /* host threads running the devices */
+    const llep_backend_ops *ops;  /* the engine's backend */
     llep_engine *eng;
     float *ref_w;           /* [N][gate, up, down][D * H] for the plain-GEMM yardstick */
     float **x, **topk_w, **y_ep, **y_llep;
@@ -261,8 +278,9 @@ static void make_engine(bench *b) {
         wu[i] = rng_sym(&rng) / sqrtf((float)b->d);
         wd[i] = rng_sym(&rng) / sqrtf((float)b->h);
     }
-    b->ref_w = xcalloc(3 * wn, sizeof(float));
-    for (size_t e = 0; e < b->n; e++) {
+    /* The plain-GEMM yardstick runs on the host, so only the CPU backend has one. */
+    b->ref_w = b->ops == &llep__backend_cpu ? xcalloc(3 * wn, sizeof(float)) : NULL;
+    for (size_t e = 0; b->ref_w && e < b->n; e++) {
         size_t dh = (size_t)b->d * b->h;
         memcpy(b->ref_w + (3 * e + 0) * dh, wg + e * dh, dh * sizeof(float));
         memcpy(b->ref_w + (3 * e + 1) * dh, wu + e * dh, dh * sizeof(float));
@@ -280,6 +298,7 @@ static void make_engine(bench *b) {
     cfg.num_devices = b->p;
     cfg.mem_budget = UINT64_C(1) << 62; /* the bench measures memory, it does not limit it */
     cfg.threads = b->threads;
+    cfg.backend = b->ops;
     int r = llep__engine_new(&cfg, &b->eng, err, sizeof(err));
     free(wg);
     free(wu);
@@ -471,7 +490,7 @@ static void run_scenario(bench *b, size_t si, size_t idx, size_t ns, result *res
     run_policy(b, LLEP_POLICY_EP, b->y_ep, &res->ep, s->name, idx, ns);
     res->imbalance = llep__engine_plan(b->eng)->imbalance;
     run_policy(b, LLEP_POLICY_AUTO, b->y_llep, &res->llep, s->name, idx, ns);
-    res->gemm_gflops = plain_gemm_gflops(b, b->ref_w);
+    res->gemm_gflops = b->ref_w ? plain_gemm_gflops(b, b->ref_w) : 0;
     res->diff = output_diff(b);
 }
 
@@ -494,6 +513,12 @@ static void print_header(const bench *b, FILE *f, const char *prefix) {
             ps->d, b->h, ps->h, b->k, b->p, b->t, ps->tokens);
     fprintf(f, "%sLLEP: policy auto, alpha %g, lambda %g, m %" PRIu64 "; EP: policy ep\n",
             prefix, b->o.alpha, b->o.lambda, b->o.min_tokens);
+    if (b->ops != &llep__backend_cpu)
+        fprintf(f, "%sbackend %s: busy time = CUDA event time of each device's work (logical "
+                "devices sharing a GPU run one at a time); each device's least over %u steps, "
+                "makespan = the largest; no plain-GEMM yardstick (GEMM column 0)\n",
+                prefix, b->ops->name, b->o.repeat);
+    else
     fprintf(f, "%sbusy time = per-device CPU time (thread CPU clock of each device's work); "
             "each device's least over %u steps, makespan = the largest; devices run on %u host "
             "thread(s) of %ld CPUs; OpenBLAS core %s\n",
@@ -649,6 +674,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "llep-bench: gnuplot not found in PATH: --plot %s will be skipped\n",
                 b.o.plot);
 
+    char spec[16], msg[256];
+    llep_backend_options bo;
+    snprintf(spec, sizeof(spec), "%u", b.p);
+    if (llep__backend_select(b.o.backend, spec, &b.ops, &bo, msg, sizeof(msg)) < 0)
+        die("%s", msg);
+    fprintf(stderr, "llep-bench: %s\n", msg);
     print_header(&b, stderr, "llep-bench: ");
     make_engine(&b);
     make_inputs(&b);

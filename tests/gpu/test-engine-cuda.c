@@ -1,0 +1,415 @@
+/* The engine on the CUDA backend against the CPU backend on the same inputs (DESIGN.md
+ * section 4): every output within 1e-5 relative L2 error of a float64 reference for float32
+ * storage and 1e-2 for bf16, CUDA and CPU within the same bounds of each other, EP and LLEP
+ * within 1e-6 of each other (float32), no NaN; device budgets still fail a step cleanly with
+ * -ENOMEM; busy times are positive where devices worked.
+ *
+ * Logical devices share one GPU (cuda:0xP), so this runs on a single GPU; with several GPUs,
+ * --spec cuda:0,1,... runs the same checks across them (NCCL weight transfers).
+ * Exits 77 (skipped, for meson) when no GPU is visible, 1 on any failure. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "backend-select.h"
+#include "engine.h"
+#include "moe-cpu.h"
+
+static int failures;
+
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...) {
+    va_list ap;
+
+    va_start(ap, fmt);
+    fputs("FAIL: ", stdout);
+    vprintf(fmt, ap);
+    fputc('\n', stdout);
+    va_end(ap);
+    failures++;
+}
+
+static uint64_t rng_state = 99;
+
+static uint64_t rng(void) {
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rsym(void) {
+    return (float)((double)(rng() >> 11) / 4503599627370496.0 - 1.0);
+}
+
+typedef struct tcase {
+    uint32_t n, k, d, h, p;
+    enum llep_dtype dtype;
+    enum llep_act act;
+    int biases;
+    double hot_share;      /* share of slots into expert 0 */
+    /* Values as float32 after rounding to the storage type, and their stored form. */
+    float *w[3], *b[3];
+    void *sw[3], *sb[3];
+    uint32_t *tokens;
+    float **x;
+    void **sx;
+    int32_t **idx;
+    float **tw;
+    double **ref;
+} tcase;
+
+static void *xmalloc(size_t n) {
+    void *p = calloc(1, n ? n : 1);
+    if (!p) {
+        printf("FAIL: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+/* Fills v with values, rounds them to the storage type and writes the stored form. */
+static void *stored(float *v, size_t n, enum llep_dtype t) {
+    void *s = xmalloc(n * llep__dtype_size(t));
+    if (t == LLEP_DTYPE_BF16) {
+        llep__f32_to_bf16_n(s, v, n);
+        llep__bf16_to_f32_n(v, s, n);
+    } else {
+        memcpy(s, v, n * sizeof(float));
+    }
+    return s;
+}
+
+static double act_ref(double g, double u, enum llep_act act) {
+    if (act == LLEP_ACT_SWIGLU)
+        return g / (1 + exp(-g)) * u;
+    double lim = LLEP_ACT_DEFAULT_LIMIT, al = LLEP_ACT_DEFAULT_ALPHA;
+    double gc = g < lim ? g : lim, uc = u < -lim ? -lim : (u > lim ? lim : u);
+    return (uc + 1) * gc / (1 + exp(-al * gc));
+}
+
+static void make_case(tcase *c) {
+    size_t dh = (size_t)c->d * c->h;
+    for (int i = 0; i < 3; i++) {
+        size_t n = (size_t)c->n * dh;
+        c->w[i] = xmalloc(n * sizeof(float));
+        for (size_t j = 0; j < n; j++)
+            c->w[i][j] = rsym() / sqrtf((float)(i == 2 ? c->h : c->d));
+        c->sw[i] = stored(c->w[i], n, c->dtype);
+        size_t bn = (size_t)c->n * (i == 2 ? c->d : c->h);
+        c->b[i] = xmalloc(bn * sizeof(float));
+        for (size_t j = 0; j < bn; j++)
+            c->b[i][j] = c->biases ? rsym() * 0.3f : 0.0f;
+        c->sb[i] = c->biases ? stored(c->b[i], bn, c->dtype) : NULL;
+    }
+    c->tokens = xmalloc(c->p * sizeof(*c->tokens));
+    c->x = xmalloc(c->p * sizeof(*c->x));
+    c->sx = xmalloc(c->p * sizeof(*c->sx));
+    c->idx = xmalloc(c->p * sizeof(*c->idx));
+    c->tw = xmalloc(c->p * sizeof(*c->tw));
+    c->ref = xmalloc(c->p * sizeof(*c->ref));
+    for (uint32_t p = 0; p < c->p; p++) {
+        /* Uneven batches, one of them empty. */
+        uint32_t t = p == 1 ? 0 : 100 + (uint32_t)(rng() % 400);
+        c->tokens[p] = t;
+        c->x[p] = xmalloc((size_t)t * c->d * sizeof(float));
+        for (size_t i = 0; i < (size_t)t * c->d; i++)
+            c->x[p][i] = rsym() * 2;
+        c->sx[p] = stored(c->x[p], (size_t)t * c->d, c->dtype);
+        c->idx[p] = xmalloc((size_t)t * c->k * sizeof(int32_t));
+        c->tw[p] = xmalloc((size_t)t * c->k * sizeof(float));
+        for (size_t s = 0; s < (size_t)t * c->k; s++) {
+            int hot = (double)(rng() % 1000) < c->hot_share * 1000;
+            c->idx[p][s] = hot ? 0 : (int32_t)(rng() % c->n);
+            c->tw[p][s] = (rsym() + 1) / 2;
+        }
+        /* A token that picks the same expert twice. */
+        if (t > 0 && c->k > 1)
+            c->idx[p][1] = c->idx[p][0];
+    }
+}
+
+/* y[t] = sum_k w[t][k] FFN_{idx[t][k]}(x[t]) in float64 (DESIGN.md section 4). */
+static void make_reference(tcase *c) {
+    size_t dh = (size_t)c->d * c->h;
+    double *a = xmalloc(c->h * sizeof(double));
+    for (uint32_t p = 0; p < c->p; p++) {
+        c->ref[p] = xmalloc((size_t)c->tokens[p] * c->d * sizeof(double));
+        for (uint32_t t = 0; t < c->tokens[p]; t++) {
+            const float *x = c->x[p] + (size_t)t * c->d;
+            double *y = c->ref[p] + (size_t)t * c->d;
+            for (uint32_t k = 0; k < c->k; k++) {
+                uint32_t e = (uint32_t)c->idx[p][(size_t)t * c->k + k];
+                double w = c->tw[p][(size_t)t * c->k + k];
+                const float *wg = c->w[0] + e * dh, *wu = c->w[1] + e * dh;
+                const float *wd = c->w[2] + e * dh;
+                for (uint32_t j = 0; j < c->h; j++) {
+                    double g = c->b[0][(size_t)e * c->h + j], u = c->b[1][(size_t)e * c->h + j];
+                    for (uint32_t i = 0; i < c->d; i++) {
+                        g += (double)x[i] * wg[(size_t)i * c->h + j];
+                        u += (double)x[i] * wu[(size_t)i * c->h + j];
+                    }
+                    a[j] = act_ref(g, u, c->act);
+                }
+                for (uint32_t i = 0; i < c->d; i++) {
+                    double v = c->b[2][(size_t)e * c->d + i];
+                    for (uint32_t j = 0; j < c->h; j++)
+                        v += a[j] * wd[(size_t)j * c->d + i];
+                    y[i] += w * v;
+                }
+            }
+        }
+    }
+    free(a);
+}
+
+static void free_case(tcase *c) {
+    for (int i = 0; i < 3; i++) {
+        free(c->w[i]);
+        free(c->sw[i]);
+        free(c->b[i]);
+        free(c->sb[i]);
+    }
+    for (uint32_t p = 0; p < c->p; p++) {
+        free(c->x[p]);
+        free(c->sx[p]);
+        free(c->idx[p]);
+        free(c->tw[p]);
+        free(c->ref[p]);
+    }
+    free(c->tokens);
+    free(c->x);
+    free(c->sx);
+    free(c->idx);
+    free(c->tw);
+    free(c->ref);
+}
+
+static llep_engine *make_engine(const tcase *c, const llep_backend_ops *ops, const char *spec,
+                                uint64_t budget) {
+    llep_engine_config cfg;
+    llep_engine *e = NULL;
+    char err[256];
+
+    llep__engine_config_default(&cfg);
+    cfg.num_experts = c->n;
+    cfg.top_k = c->k;
+    cfg.hidden = c->d;
+    cfg.inter = c->h;
+    cfg.dtype = c->dtype;
+    cfg.act = c->act;
+    cfg.w_gate = c->sw[0];
+    cfg.w_up = c->sw[1];
+    cfg.w_down = c->sw[2];
+    cfg.b_gate = c->sb[0];
+    cfg.b_up = c->sb[1];
+    cfg.b_down = c->sb[2];
+    cfg.num_devices = c->p;
+    cfg.mem_budget = budget;
+    cfg.backend = ops;
+    cfg.backend_devices = spec;
+    if (llep__engine_new(&cfg, &e, err, sizeof(err)) < 0) {
+        fail("%s engine (%s): %s", ops->name, spec ? spec : "default", err);
+        return NULL;
+    }
+    return e;
+}
+
+/* Runs one step; outputs as float32 in y[p]. */
+static int step(const tcase *c, llep_engine *e, enum llep_policy pol, float **y,
+                llep_engine_stats *st) {
+    llep_engine_batch *b = xmalloc(c->p * sizeof(*b));
+    void **raw = xmalloc(c->p * sizeof(*raw));
+    llep_plan_params pp;
+
+    llep__plan_params_default(&pp);
+    pp.policy = pol;
+    pp.min_tokens = 16;
+    for (uint32_t p = 0; p < c->p; p++) {
+        raw[p] = xmalloc((size_t)c->tokens[p] * c->d * llep__dtype_size(c->dtype));
+        b[p] = (llep_engine_batch){ c->tokens[p], c->sx[p], c->idx[p], c->tw[p], raw[p] };
+    }
+    int r = llep__engine_step(e, b, &pp, st);
+    for (uint32_t p = 0; p < c->p; p++) {
+        size_t n = (size_t)c->tokens[p] * c->d;
+        if (c->dtype == LLEP_DTYPE_BF16)
+            llep__bf16_to_f32_n(y[p], raw[p], n);
+        else
+            memcpy(y[p], raw[p], n * sizeof(float));
+        free(raw[p]);
+    }
+    free(raw);
+    free(b);
+    return r;
+}
+
+static double rel_l2(const tcase *c, float **y, double **ref_d, float **ref_f, int *nan) {
+    double num = 0, den = 0;
+    for (uint32_t p = 0; p < c->p; p++)
+        for (size_t i = 0; i < (size_t)c->tokens[p] * c->d; i++) {
+            double r = ref_d ? ref_d[p][i] : ref_f[p][i];
+            if (!isfinite(y[p][i]))
+                *nan = 1;
+            num += (y[p][i] - r) * (y[p][i] - r);
+            den += r * r;
+        }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static float **alloc_y(const tcase *c) {
+    float **y = xmalloc(c->p * sizeof(*y));
+    for (uint32_t p = 0; p < c->p; p++)
+        y[p] = xmalloc((size_t)c->tokens[p] * c->d * sizeof(float) + 1);
+    return y;
+}
+
+static void free_y(const tcase *c, float **y) {
+    for (uint32_t p = 0; p < c->p; p++)
+        free(y[p]);
+    free(y);
+}
+
+static void run_case(tcase *c, const char *spec) {
+    char name[160];
+    double tol = c->dtype == LLEP_DTYPE_BF16 ? 1e-2 : 1e-5;
+
+    snprintf(name, sizeof(name), "P=%u %s %s %s biases=%d hot=%.2f", c->p, spec,
+             c->dtype ? "bf16" : "f32", c->act ? "swiglu_oai" : "swiglu", c->biases,
+             c->hot_share);
+    make_case(c);
+    make_reference(c);
+    llep_engine *cpu = make_engine(c, &llep__backend_cpu, NULL, 0);
+    llep_engine *gpu = make_engine(c, &llep__backend_cuda, spec, 0);
+    if (!cpu || !gpu)
+        goto out;
+    float **y_cpu = alloc_y(c), **y_ep = alloc_y(c), **y_ll = alloc_y(c);
+    llep_engine_stats st;
+    int nan = 0;
+    if (step(c, cpu, LLEP_POLICY_LLEP, y_cpu, NULL) < 0)
+        fail("%s: CPU step: %s", name, llep__engine_error(cpu));
+    if (step(c, gpu, LLEP_POLICY_EP, y_ep, &st) < 0)
+        fail("%s: CUDA EP step: %s", name, llep__engine_error(gpu));
+    if (step(c, gpu, LLEP_POLICY_LLEP, y_ll, &st) < 0)
+        fail("%s: CUDA LLEP step: %s", name, llep__engine_error(gpu));
+    double e_cpu = rel_l2(c, y_cpu, c->ref, NULL, &nan);
+    double e_ep = rel_l2(c, y_ep, c->ref, NULL, &nan);
+    double e_ll = rel_l2(c, y_ll, c->ref, NULL, &nan);
+    double e_x = rel_l2(c, y_ll, NULL, y_cpu, &nan);
+    double e_pl = rel_l2(c, y_ll, NULL, y_ep, &nan);
+    uint64_t busy_rows = 0;
+    for (uint32_t d = 0; d < st.num_devices; d++)
+        busy_rows += st.devices[d].rows && st.devices[d].busy_ns > 0;
+    if (nan)
+        fail("%s: NaN or infinity in an output", name);
+    if (!(e_ep <= tol) || !(e_ll <= tol))
+        fail("%s: CUDA vs float64: EP %.3g, LLEP %.3g > %.0e", name, e_ep, e_ll, tol);
+    if (!(e_x <= 2 * tol))
+        fail("%s: CUDA vs CPU backend %.3g > %.0e", name, e_x, 2 * tol);
+    if (c->dtype == LLEP_DTYPE_F32 && !(e_pl <= 1e-6))
+        fail("%s: EP vs LLEP on CUDA %.3g > 1e-6", name, e_pl);
+    if (c->hot_share > 0.5 && st.transfers == 0)
+        fail("%s: a skewed LLEP step moved no weights", name);
+    if (busy_rows == 0)
+        fail("%s: no device reported busy time", name);
+    printf("engine    %-52s vs f64: CPU %.2e CUDA-EP %.2e CUDA-LLEP %.2e; CUDA-CPU %.2e; "
+           "EP-LLEP %.2e; %u transfers, makespan %.3f ms\n", name, e_cpu, e_ep, e_ll, e_x,
+           e_pl, st.transfers, (double)st.makespan_ns / 1e6);
+    free_y(c, y_cpu);
+    free_y(c, y_ep);
+    free_y(c, y_ll);
+out:
+    llep__engine_free(cpu);
+    llep__engine_free(gpu);
+    free_case(c);
+}
+
+/* A budget too small for the skewed step's token buffers fails it with -ENOMEM, writes no
+ * output, and the engine works again once the budget is raised. */
+static void budget_case(const char *spec, uint32_t p) {
+    tcase c = { .n = 16, .k = 4, .d = 128, .h = 256, .p = p, .dtype = LLEP_DTYPE_F32,
+                .act = LLEP_ACT_SWIGLU_OAI, .biases = 1, .hot_share = 0.9 };
+    make_case(&c);
+    make_reference(&c);
+    llep_engine *gpu = make_engine(&c, &llep__backend_cuda, spec, 0);
+    if (!gpu) {
+        free_case(&c);
+        return;
+    }
+    uint64_t native = llep__engine_expert_bytes(gpu) * (c.n / c.p);
+    for (uint32_t d = 0; d < c.p; d++)
+        llep__engine_set_budget(gpu, d, native + 4096);
+    float **y = alloc_y(&c);
+    int r = step(&c, gpu, LLEP_POLICY_EP, y, NULL);
+    if (r != -ENOMEM)
+        fail("budget %s: step returned %d, not -ENOMEM", spec, r);
+    for (uint32_t d = 0; d < c.p; d++)
+        llep__engine_set_budget(gpu, d, UINT64_C(1) << 34);
+    int nan = 0;
+    r = step(&c, gpu, LLEP_POLICY_LLEP, y, NULL);
+    if (r < 0 || !(rel_l2(&c, y, c.ref, NULL, &nan) <= 1e-5) || nan)
+        fail("budget %s: step after raising the budget: %d (%s)", spec, r,
+             llep__engine_error(gpu));
+    else
+        printf("budget    %s: -ENOMEM over budget, then a correct step ok\n", spec);
+    free_y(&c, y);
+    llep__engine_free(gpu);
+    free_case(&c);
+}
+
+int main(int argc, char **argv) {
+    const char *multi = NULL;
+    char spec4[32], spec8[32];
+    int n = 0;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--spec") == 0 && i + 1 < argc) {
+            multi = argv[++i];
+        } else {
+            fprintf(stderr, "usage: test-gpu-engine [--spec cuda:0,1,...]\n");
+            return 2;
+        }
+    }
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("SKIP: no GPU visible\n");
+        return 77;
+    }
+    snprintf(spec4, sizeof(spec4), "cuda:0x4");
+    snprintf(spec8, sizeof(spec8), "cuda:0x8");
+    static const double shares[] = { 0.0, 0.9 };
+    for (int t = 0; t < 2; t++)
+        for (int a = 0; a < 2; a++)
+            for (int s = 0; s < 2; s++) {
+                tcase c = { .n = 16, .k = 4, .d = 256, .h = 384, .p = 4,
+                            .dtype = (enum llep_dtype)t, .act = (enum llep_act)a,
+                            .biases = a == 1, .hot_share = shares[s] };
+                run_case(&c, spec4);
+            }
+    tcase c8 = { .n = 32, .k = 4, .d = 256, .h = 512, .p = 8, .dtype = LLEP_DTYPE_BF16,
+                 .act = LLEP_ACT_SWIGLU_OAI, .biases = 1, .hot_share = 0.95 };
+    run_case(&c8, spec8);
+    tcase c8f = { .n = 32, .k = 4, .d = 256, .h = 512, .p = 8, .dtype = LLEP_DTYPE_F32,
+                  .act = LLEP_ACT_SWIGLU, .biases = 0, .hot_share = 0.8 };
+    run_case(&c8f, spec8);
+    budget_case(spec4, 4);
+    if (multi) {
+        llep_device_spec ds;
+        char msg[160];
+        uint32_t gpu_of[64], nd = 0;
+        if (llep__device_spec_parse(multi, &ds, msg, sizeof(msg)) < 0 ||
+            llep__device_spec_map(&ds, (uint32_t)n, 0, gpu_of, 64, &nd, msg, sizeof(msg)) < 0) {
+            fail("--spec %s: %s", multi, msg);
+        } else {
+            tcase cm = { .n = 8 * nd, .k = 4, .d = 256, .h = 384, .p = nd,
+                         .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU_OAI, .biases = 1,
+                         .hot_share = 0.9 };
+            run_case(&cm, multi);
+        }
+    }
+    printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
+    return failures ? 1 : 0;
+}
