@@ -586,9 +586,10 @@ static void print_json(const bench *b, const result *res, size_t nres) {
     printf("{\"preset\": \"%s\", \"scale\": %u, \"experts\": %u, \"hidden\": %u, \"inter\": %u, "
            "\"top_k\": %u, \"devices\": %u, \"tokens_per_device\": %u, \"dtype\": \"f32\",\n"
            " \"alpha\": %g, \"lambda\": %g, \"min_tokens\": %" PRIu64 ", \"repeat\": %u,\n"
-           " \"busy_time\": \"per-device thread CPU time\",\n \"scenarios\": [\n",
+           " \"busy_time\": \"%s\",\n \"scenarios\": [\n",
            ps->name, b->o.scale, b->n, b->d, b->h, b->k, b->p, b->t, b->o.alpha, b->o.lambda,
-           b->o.min_tokens, b->o.repeat);
+           b->o.min_tokens, b->o.repeat, b->ops == &llep__backend_cpu ?
+           "per-device thread CPU time" : "per-device CUDA event time");
     for (size_t i = 0; i < nres; i++) {
         const result *r = &res[i];
         printf("  {\"scenario\": \"%s\", \"speedup\": %.4f, \"ideal\": %.4f, "

@@ -624,6 +624,12 @@ static void gemm_rate(llep_backend *be, uint32_t experts, uint32_t rows) {
 int main(int argc, char **argv) {
     int rate = 1, n = 0;
 
+    cudaError_t probe = cudaGetDeviceCount(&n);
+    if (probe != cudaSuccess || n == 0) {
+        printf("SKIP: no GPU visible (%s)\n",
+               probe != cudaSuccess ? cudaGetErrorString(probe) : "no device");
+        return 77;
+    }
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--no-rate") == 0) {
             rate = 0;
@@ -638,10 +644,6 @@ int main(int argc, char **argv) {
             fprintf(stderr, "usage: test-gpu-kernels [--no-rate] [--json FILE]\n");
             return 2;
         }
-    }
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("SKIP: no GPU visible (%s)\n", cudaGetErrorString(cudaGetLastError()));
-        return 77;
     }
     CUDA_OK(cudaSetDevice(0));
 

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# The GPU run of issue 6, on a machine with one (or more) NVIDIA GPU(s), in about 8 minutes on
+# one H200:
+#   1. builds llep with CUDA (release, warnings as errors) in $BUILD (default build-gpu)
+#   2. every CUDA kernel against its CPU twin, the CUDA backend's expert chunk against float64
+#      (DESIGN.md section 4 tolerances), and the GEMM rate check (expert chunks vs one cuBLAS
+#      GEMM of the same total size, target >= 70 %)            tests/gpu/test-kernels.c
+#   3. the engine on the CUDA backend against the CPU backend on the same inputs, with 4 and 8
+#      logical devices on GPU 0 (and across GPUs when there are several)
+#                                                               tests/gpu/test-engine-cuda.c
+#   4. llep-bench, gpt-oss-120b shape (D = H = 2880, N = 128, K = 4), all scenarios, EP vs LLEP,
+#      on cuda:0x4 and cuda:0x8 (target: LLEP at >= 90 % of the ideal speedup in the 95 %
+#      scenarios)
+# and prints a short table last. Full results go to $OUT when it is set (else to
+# $BUILD/gpu-results): build and test logs, kernels.json, bench-cuda-0x4.json, bench-cuda-0x8.json,
+# summary.txt.
+#
+#   bash tests/gpu/run.sh [--dry-run] [--build-only] [--skip-build] [--tokens T] [--repeat R]
+#                         [--build-dir DIR] [--help]
+#
+# Exit status: 0 all checks passed (targets are reported, not enforced), 1 a check failed,
+# 2 bad arguments, 3 no GPU visible, 4 the build failed, 124 a step ran out of time.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+build=${BUILD:-build-gpu}
+tokens=4096      # tokens per logical device (gpt-oss-120b's is 32768; scaled for the 8 minutes)
+repeat=2
+dry=0
+build_only=0
+skip_build=0
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+die_usage() {
+    echo "run.sh: $*" >&2
+    echo "run.sh: see --help" >&2
+    exit 2
+}
+
+positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die_usage "$1 needs a positive integer, not '$2'"; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+    --dry-run) dry=1 ;;
+    --build-only) build_only=1 ;;
+    --skip-build) skip_build=1 ;;
+    --tokens) [ $# -ge 2 ] || die_usage "--tokens needs a value"; positive --tokens "$2"; tokens=$2; shift ;;
+    --repeat) [ $# -ge 2 ] || die_usage "--repeat needs a value"; positive --repeat "$2"; repeat=$2; shift ;;
+    --build-dir) [ $# -ge 2 ] || die_usage "--build-dir needs a value"; build=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die_usage "unknown argument '$1'" ;;
+    esac
+    shift
+done
+[ $build_only = 1 ] && [ $skip_build = 1 ] && die_usage "--build-only and --skip-build exclude each other"
+
+cd "$root"
+case $build in /*) ;; *) build=$root/$build ;; esac
+out=${OUT:-$build/gpu-results}
+t_start=$(date +%s)
+
+say() { printf '\n== %s (%ds)\n' "$*" $(( $(date +%s) - t_start )); }
+
+# Runs a step under a time limit, its output also in a log under $out; in a dry run, prints it.
+step() {
+    local limit=$1 log=$2
+    shift 2
+    if [ $dry = 1 ]; then
+        printf 'would run (limit %ss, log %s): %s\n' "$limit" "$log" "$*"
+        return 0
+    fi
+    local rc=0
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$log" || rc=${PIPESTATUS[0]}
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        echo "run.sh: '$*' ran out of its ${limit}s; see $out/$log" >&2
+        exit 124
+    fi
+    return "$rc"
+}
+
+say "llep GPU run: build $build, results $out, $tokens tokens per device, repeat $repeat"
+[ $dry = 1 ] || mkdir -p "$out"
+
+# ---- 0. what is here ----
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH=/usr/local/cuda/bin:$PATH
+fi
+if [ $skip_build = 0 ] && ! command -v nvcc >/dev/null 2>&1; then
+    echo "run.sh: nvcc not found (looked in PATH and /usr/local/cuda/bin): the CUDA toolkit is needed to build" >&2
+    [ $dry = 1 ] || exit 4
+fi
+gpus=0
+if [ $build_only = 0 ]; then
+    if ! command -v nvidia-smi >/dev/null 2>&1; then
+        echo "run.sh: nvidia-smi not found; assuming one GPU (the tests say so if there is none)" >&2
+        gpus=1
+    elif nvidia-smi -L >/dev/null 2>&1; then
+        gpus=$(nvidia-smi -L | grep -c '^GPU ' || true)
+        nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader |
+            { [ $dry = 1 ] && cat || tee "$out/gpus.txt"; }
+    fi
+    if [ "$gpus" = 0 ]; then
+        echo "run.sh: no GPU visible (nvidia-smi -L lists none): this run needs one; --build-only builds without" >&2
+        [ $dry = 1 ] || exit 3
+    fi
+fi
+
+# ---- 1. build ----
+if [ $skip_build = 0 ]; then
+    say "1. build with CUDA (release, -Dwerror=true)"
+    opts=(-Dcuda=enabled -Dbuildtype=release -Dwerror=true)
+    if [ -d "$build/meson-private" ]; then
+        step 120 meson-setup.log meson setup --reconfigure "$build" "${opts[@]}" || exit 4
+    else
+        step 120 meson-setup.log meson setup "$build" "${opts[@]}" || exit 4
+    fi
+    step 300 build.log ninja -C "$build" tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench || exit 4
+    if [ $dry = 0 ] && grep -q 'warning' "$out/build.log"; then
+        echo "run.sh: the build printed warnings (see $out/build.log)" >&2
+        exit 4
+    fi
+fi
+[ $build_only = 1 ] && { say "built; --build-only stops here"; exit 0; }
+
+for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench; do
+    if [ $dry = 0 ] && [ ! -x "$build/$exe" ]; then
+        echo "run.sh: $build/$exe is missing; build first (without --skip-build)" >&2
+        exit 4
+    fi
+done
+
+failed=()
+check() {  # name, then the step's arguments; a failure is noted and the run goes on
+    local name=$1 rc=0
+    shift
+    step "$@" || rc=$?
+    if [ "$rc" = 3 ] || [ "$rc" = 77 ]; then
+        echo "run.sh: $name: no GPU visible to the test" >&2
+        exit 3
+    fi
+    [ "$rc" = 0 ] || failed+=("$name (exit $rc)")
+}
+
+# ---- 2. kernels ----
+say "2. kernels against their CPU twins, expert chunk against float64, GEMM rate"
+check kernels 150 kernels.log "$build/tests/test-gpu-kernels" --json "$out/kernels.json"
+
+# ---- 3. engine ----
+say "3. engine: CUDA backend against the CPU backend (cuda:0x4, cuda:0x8)"
+engine_args=()
+if [ "$gpus" -gt 1 ]; then
+    engine_args=(--spec "cuda:$(seq -s, 0 $((gpus > 8 ? 7 : gpus - 1)))")
+fi
+check engine 150 engine.log "$build/tests/test-gpu-engine" "${engine_args[@]}"
+
+# ---- 4. bench ----
+for p in 4 8; do
+    say "4. llep-bench gpt-oss-120b, --backend cuda --devices $p (cuda:0x$p), all scenarios"
+    rc=0
+    if [ $dry = 1 ]; then
+        step 170 "bench-cuda-0x$p.log" "$build/tools/llep-bench" --backend cuda --devices "$p" \
+            --preset gpt-oss-120b --scale 1 --tokens "$tokens" --repeat "$repeat" --scenario all --json
+    else
+        # Only the GPU's own devices: CUDA_VISIBLE_DEVICES=0 makes --devices P mean cuda:0xP.
+        CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --kill-after=10 170 \
+            "$build/tools/llep-bench" --backend cuda --devices "$p" --preset gpt-oss-120b \
+            --scale 1 --tokens "$tokens" --repeat "$repeat" --scenario all --json \
+            >"$out/bench-cuda-0x$p.json" 2>"$out/bench-cuda-0x$p.log" || rc=$?
+        tail -n 3 "$out/bench-cuda-0x$p.log"
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            echo "run.sh: llep-bench --devices $p ran out of its 170s; see $out/bench-cuda-0x$p.log" >&2
+            exit 124
+        fi
+        [ "$rc" = 0 ] || failed+=("llep-bench cuda:0x$p (exit $rc)")
+    fi
+done
+
+[ $dry = 1 ] && { say "dry run: nothing was run"; exit 0; }
+
+# ---- the short table ----
+say "summary"
+python3 "$here/summary.py" "$out" "${#failed[@]}" "${failed[@]}" | tee "$out/summary.txt"
+echo "full results: $out"
+[ ${#failed[@]} = 0 ]
