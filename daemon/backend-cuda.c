@@ -18,16 +18,17 @@
  *             gather kernel of moe-cuda.h.
  *   chunk     gate and up projections in one strided-batched cuBLAS GEMM, the fused bias and
  *             activation kernel, the down projection, the down bias; bf16 inputs with float32
- *             accumulation, or float32 throughout (no TF32), in tiles of
- *             LLEP_FFN_TILE_ROWS rows inside the scratch the engine sized with
- *             llep__ffn_scratch_bytes().
+ *             accumulation, or float32 throughout (no TF32). Tiles of GPU_TILE_ROWS rows in a
+ *             per-GPU buffer of the backend's own (small tiles leave cuBLAS far from its
+ *             peak); where that buffer cannot be had, tiles of LLEP_FFN_TILE_ROWS rows inside
+ *             the scratch the engine sized with llep__ffn_scratch_bytes().
  *   combine   the combine kernel into device staging, copied back to pinned memory and into
  *             the caller's output by sync().
  *
  * Device memory comes from cudaMalloc through a per-GPU cache of freed blocks (the engine's
  * budgets count requested bytes, as with the CPU backend); when cudaMalloc fails the cache is
  * released and the allocation retried. Staging (pointer arrays, packed rows, combine output)
- * is the backend's own and is not charged to the budgets. */
+ * and the per-GPU tile buffer are the backend's own and are not charged to the budgets. */
 #include "backend.h"
 
 #include <errno.h>
@@ -52,6 +53,10 @@
 /* Staging blocks start at this size and double. */
 #define STAGE_MIN (UINT64_C(1) << 20)
 #define STAGE_ALIGN 256u
+/* Rows per GEMM when the GPU's own tile buffer is available: large enough that cuBLAS runs
+ * near its peak (at D = H = 2880, 4096 rows take 2 x 47 MB of float32 intermediates and 24 MB
+ * of bf16 activations per GPU). */
+#define GPU_TILE_ROWS 4096u
 
 int llep__cuda_visible_gpus(char *why, size_t whylen);
 uint64_t llep__cuda_free_bytes(uint32_t gpu);
@@ -76,6 +81,10 @@ typedef struct gpu_ctx {
     int xfer_dirty;          /* transfers issued since xfer_done was last recorded */
     ncclComm_t comm;         /* weight transfers between GPUs; NULL with one GPU */
     stage dstage;            /* device staging */
+    /* Intermediates of GPU_TILE_ROWS-row tiles, shared by the GPU's logical devices (their
+     * chunks run one at a time on the compute stream); NULL until a chunk needs it. */
+    void *tile;
+    size_t tile_bytes;
 } gpu_ctx;
 
 typedef struct op_time {
@@ -547,16 +556,50 @@ static size_t floats_padded(size_t n) {
     return (n + 15) & ~(size_t)15;
 }
 
+/* Bytes of intermediates for tiles of `tile` rows: g and u (float32, [tile][H]) and, for
+ * bf16, the activation in bf16. Within llep__ffn_scratch_bytes() of the same rows, so the
+ * engine's scratch holds the LLEP_FFN_TILE_ROWS-row layout. */
+static size_t tile_bytes(const llep_ffn_shape *s, size_t tile) {
+    size_t h = s->inter;
+    return (2 * floats_padded(tile * h) + (s->dtype == LLEP_DTYPE_BF16 ? tile * h / 2 + 1 : 0)) *
+           sizeof(float);
+}
+
+/* The intermediates for a chunk and their tile size: the GPU's tile buffer (grown on first
+ * need), or the engine's scratch. */
+static float *chunk_tiles(gpu_ctx *g, const llep_expert_chunk *c, size_t *ret_tile) {
+    size_t tile = c->rows < GPU_TILE_ROWS ? c->rows : GPU_TILE_ROWS;
+    size_t need = tile_bytes(&c->shape, tile);
+
+    if (tile > LLEP_FFN_TILE_ROWS && need > g->tile_bytes) {
+        /* cudaFree waits for the GPU, so nothing still reads the old buffer. */
+        cudaFree(g->tile);
+        g->tile = NULL;
+        g->tile_bytes = 0;
+        if (cudaMalloc(&g->tile, need) == cudaSuccess) {
+            g->tile_bytes = need;
+        } else {
+            cudaGetLastError();
+            g->tile = NULL;
+        }
+    }
+    if (tile > LLEP_FFN_TILE_ROWS && g->tile) {
+        *ret_tile = tile;
+        return g->tile;
+    }
+    *ret_tile = tile < LLEP_FFN_TILE_ROWS ? tile : LLEP_FFN_TILE_ROWS;
+    return c->scratch;
+}
+
 /* One tile of m rows starting at row r0: g and u (float32, [m][H]) and the activation a (in
- * g for float32, bf16 in its own section) inside the chunk's scratch, laid out within the
- * bounds llep__ffn_scratch_bytes() gave the CPU twin for the same rows. */
-static int ffn_tile(cuda_backend *b, gpu_ctx *g, const llep_expert_chunk *c, size_t r0,
-                    size_t m, size_t tile) {
+ * g for float32, bf16 after u) in the intermediates buf laid out for `tile` rows. */
+static int ffn_tile(cuda_backend *b, gpu_ctx *g, const llep_expert_chunk *c, float *buf,
+                    size_t r0, size_t m, size_t tile) {
     const llep_ffn_shape *s = &c->shape;
     int bf = s->dtype == LLEP_DTYPE_BF16;
     cudaDataType_t wt = bf ? CUDA_R_16BF : CUDA_R_32F;
     size_t d = s->hidden, h = s->inter, esz = bf ? 2 : 4;
-    float *gb = c->scratch, *ub = gb + floats_padded(tile * h);
+    float *gb = buf, *ub = gb + floats_padded(tile * h);
     void *ab = bf ? (void *)(ub + floats_padded(tile * h)) : (void *)gb;
     const char *x = (const char *)c->x + r0 * d * esz;
     float *y = c->y + r0 * d;
@@ -605,11 +648,12 @@ static int cu_run_chunk(llep_backend *base, uint32_t dev, const llep_expert_chun
     if (r < 0)
         return r;
     gpu_ctx *g = &b->gpus[b->dev[dev].gpu];
-    size_t tile = c->rows < LLEP_FFN_TILE_ROWS ? c->rows : LLEP_FFN_TILE_ROWS;
+    size_t tile;
+    float *buf = chunk_tiles(g, c, &tile);
     op_time *t = time_begin(b, dev);
     for (size_t r0 = 0; r0 < c->rows && r == 0; r0 += tile) {
         size_t m = c->rows - r0 < tile ? c->rows - r0 : tile;
-        r = ffn_tile(b, g, c, r0, m, tile);
+        r = ffn_tile(b, g, c, buf, r0, m, tile);
     }
     time_end(b, dev, t);
     return r;
@@ -727,6 +771,7 @@ static void cu_destroy(llep_backend *base) {
         gpu_ctx *x = &b->gpus[g];
         cudaSetDevice(x->id);
         stage_release(&x->dstage, 1);
+        cudaFree(x->tile);
         if (x->comm)
             ncclCommDestroy(x->comm);
         if (x->blas)
