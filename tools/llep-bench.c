@@ -393,28 +393,39 @@ static void finish_run(bench *b, run *r) {
     r->ffn_gflops = sum ? (double)(r->slots * 6 * (uint64_t)b->d * b->h) / (double)sum : 0;
 }
 
-/* Runs one policy `repeat` times on the same inputs, writing the outputs to y. The timing is
- * noisy on a shared machine, and noise only ever adds CPU time, so each device's busy time is
- * the least it took over the repeats; the makespan is the largest of these. */
-static void run_policy(bench *b, enum llep_policy pol, float **y, run *out, const char *label,
-                       size_t si, size_t ns) {
+/* One step of one policy on the scenario's inputs, writing the outputs to y. */
+static void step_policy(bench *b, enum llep_policy pol, float **y, run *out, int first) {
     llep_plan_params pp = { .alpha = b->o.alpha, .lambda = b->o.lambda,
                             .min_tokens = b->o.min_tokens, .policy = pol };
     llep_engine_stats st;
 
-    out->peak = xcalloc(b->p, sizeof(uint64_t));
-    out->busy = xcalloc(b->p, sizeof(uint64_t));
-    out->rows = xcalloc(b->p, sizeof(uint64_t));
     for (uint32_t p = 0; p < b->p; p++)
         b->batches[p] = (llep_engine_batch){ b->t, b->x[p], b->idx[p], b->topk_w[p], y[p] };
-    for (uint32_t i = 0; i < b->o.repeat; i++) {
-        fprintf(stderr, "[%zu/%zu] %s: %s step %u/%u\n", si + 1, ns, label,
-                pol == LLEP_POLICY_EP ? "EP" : "LLEP", i + 1, b->o.repeat);
-        if (llep__engine_step(b->eng, b->batches, &pp, &st) < 0)
-            die("step failed: %s", llep__engine_error(b->eng));
-        add_step(b, &st, out, i == 0);
+    if (llep__engine_step(b->eng, b->batches, &pp, &st) < 0)
+        die("step failed: %s", llep__engine_error(b->eng));
+    add_step(b, &st, out, first);
+}
+
+/* Runs EP and LLEP `repeat` times each, alternating, so both see the same spells of noise
+ * from whatever else the machine runs. Noise only ever adds CPU time, so each device's busy
+ * time is the least it took over the repeats; the makespan is the largest of these. */
+static void run_pair(bench *b, result *res, const char *label, size_t si, size_t ns) {
+    run *runs[2] = { &res->ep, &res->llep };
+
+    for (int j = 0; j < 2; j++) {
+        runs[j]->peak = xcalloc(b->p, sizeof(uint64_t));
+        runs[j]->busy = xcalloc(b->p, sizeof(uint64_t));
+        runs[j]->rows = xcalloc(b->p, sizeof(uint64_t));
     }
-    finish_run(b, out);
+    for (uint32_t i = 0; i < b->o.repeat; i++) {
+        fprintf(stderr, "[%zu/%zu] %s: EP and LLEP, step %u/%u\n", si + 1, ns, label, i + 1,
+                b->o.repeat);
+        step_policy(b, LLEP_POLICY_EP, b->y_ep, &res->ep, i == 0);
+        res->imbalance = llep__engine_plan(b->eng)->imbalance;
+        step_policy(b, LLEP_POLICY_AUTO, b->y_llep, &res->llep, i == 0);
+    }
+    finish_run(b, &res->ep);
+    finish_run(b, &res->llep);
 }
 
 /* Plain cblas_sgemm on the GEMMs the engine ran for the last plan: per chunk, the three GEMMs
@@ -487,9 +498,7 @@ static void run_scenario(bench *b, size_t si, size_t idx, size_t ns, result *res
 
     route(b, s);
     res->scen = s;
-    run_policy(b, LLEP_POLICY_EP, b->y_ep, &res->ep, s->name, idx, ns);
-    res->imbalance = llep__engine_plan(b->eng)->imbalance;
-    run_policy(b, LLEP_POLICY_AUTO, b->y_llep, &res->llep, s->name, idx, ns);
+    run_pair(b, res, s->name, idx, ns);
     res->gemm_gflops = b->ref_w ? plain_gemm_gflops(b, b->ref_w) : 0;
     res->diff = output_diff(b);
 }
