@@ -5,6 +5,7 @@
  * handlers*.c, sched.c and notify.c. */
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,9 @@ typedef struct daemon_state {
     uv_signal_t sigterm, sigint, sighup;
     llepd_notify notify;
     const char *config_file;
+    int argc;                       /* the command line, re-applied over the file on SIGHUP */
+    char **argv;
+    bool activated;                 /* the socket came from systemd (llepd.socket) */
     int exit_code;
 } daemon_state;
 
@@ -54,20 +58,23 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
 }
 
 /* The settings that only a restart changes: say so rather than ignore an edit silently. */
-static void note_restart_only(const llepd_server *srv, const llep_config *file) {
-    if (file->socket_path && strcmp(file->socket_path, srv->socket_path) != 0)
+static void note_restart_only(const daemon_state *d, const llep_config *next) {
+    const llepd_server *srv = &d->srv;
+
+    if (!d->activated && next->socket_path && strcmp(next->socket_path, srv->socket_path) != 0)
         log_notice("reload: a new 'socket' takes effect at the next start");
-    if (file->backend != LLEP_BACKEND_AUTO && file->backend != srv->backend)
+    if (next->backend != LLEP_BACKEND_AUTO && next->backend != srv->backend)
         log_notice("reload: a new 'backend' takes effect at the next start");
-    if (file->devices && file->devices != srv->devices)
+    if (next->devices && next->devices != srv->devices)
         log_notice("reload: a new 'devices' takes effect at the next start");
-    if (file->device_memory && file->device_memory != srv->device_memory)
+    if (next->device_memory && next->device_memory != srv->device_memory)
         log_notice("reload: a new 'device-memory' takes effect at the next start");
 }
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
- * alpha, lambda, min_tokens and the log level. A file with any error is refused whole and the
- * settings in force stay. */
+ * alpha, lambda, min_tokens and the log level. The settings are rebuilt as at start, the file
+ * first and the command line over it, so an option given to llepd keeps winning. A file with
+ * any error is refused whole and the settings in force stay. */
 static void on_reload(uv_signal_t *h, int signum) {
     daemon_state *d = h->data;
     llep_config c;
@@ -80,11 +87,11 @@ static void on_reload(uv_signal_t *h, int signum) {
     }
     llepd_notify_reloading(&d->notify);
     llep__config_init(&c);
-    int r = llep__config_load_file(&c, d->config_file, err, sizeof(err));
+    int r = llep__config_parse_args(&c, d->argc, d->argv, err, sizeof(err));
     if (r < 0) {
         log_error("reload refused, keeping the settings in force: %s", err);
     } else {
-        note_restart_only(&d->srv, &c);
+        note_restart_only(d, &c);
         d->srv.cfg.alpha = c.alpha;
         d->srv.cfg.lambda = c.lambda;
         d->srv.cfg.min_tokens = c.min_tokens;
@@ -160,7 +167,7 @@ static int start_signals(daemon_state *d, uv_loop_t *loop) {
     return r;
 }
 
-static int run(llep_config *cfg, const char *config_file) {
+static int run(llep_config *cfg, int argc, char **argv) {
     daemon_state *d = calloc(1, sizeof(*d));
     uv_loop_t *loop = uv_default_loop();
     char err[512] = "";
@@ -168,12 +175,15 @@ static int run(llep_config *cfg, const char *config_file) {
 
     if (!d)
         return 1;
-    d->config_file = config_file;
+    d->config_file = cfg->config_file;
+    d->argc = argc;
+    d->argv = argv;
     fd = inherited_socket(cfg);
     if (fd < -1) {
         free(d);
         return 1;
     }
+    d->activated = fd >= 0;
     r = llepd_server_init(&d->srv, loop, cfg, err, sizeof(err));
     if (r == 0)
         r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
@@ -229,7 +239,7 @@ int main(int argc, char **argv) {
     llep__log_init(cfg.log_level);
     r = choose_backend(&cfg);
     if (r == 0)
-        r = run(&cfg, cfg.config_file);
+        r = run(&cfg, argc, argv);
     else
         r = 1;
     llep__config_fini(&cfg);

@@ -159,6 +159,7 @@ typedef struct daemon_opts {
     int listen_fd;                /* handed over as fd 3 when >= 0 */
     const char *listen_pid;       /* $LISTEN_PID; NULL: the daemon's own pid */
     bool config;                  /* --config conf_path */
+    const char *option, *value;   /* one more option and its value, or NULL */
 } daemon_opts;
 
 /* In the child: what systemd would do before exec. */
@@ -196,6 +197,10 @@ static void exec_llepd(const daemon_opts *o) {
     if (o->config) {
         argv[a++] = "--config";
         argv[a++] = conf_path;
+    }
+    if (o->option) {
+        argv[a++] = o->option;
+        argv[a++] = o->value;
     }
     argv[a] = NULL;
     execv(exe, (char *const *)argv);
@@ -381,10 +386,11 @@ START_TEST(test_stopping_on_sigterm) {
 }
 END_TEST
 
-/* The alpha layer `name` runs with, as `llepctl --json layers` reports it ($LLEPCTL). */
-static double layer_alpha(const char *name) {
+/* A tunable (alpha, lambda) layer `name` runs with, as `llepctl --json layers` reports it
+ * ($LLEPCTL). */
+static double layer_tunable(const char *name, const char *tunable) {
     const char *ctl = getenv("LLEPCTL");
-    char cmd[256], out[8192], key[96];
+    char cmd[256], out[8192], key[96], field[32];
     const char *p;
     size_t n;
     FILE *f;
@@ -399,13 +405,15 @@ static double layer_alpha(const char *name) {
     snprintf(key, sizeof(key), "\"name\": \"%s\"", name);
     p = strstr(out, key);
     ck_assert_msg(p != NULL, "no layer %s in: %s", name, out);
-    p = strstr(p, "\"alpha\": ");
-    ck_assert_msg(p != NULL, "no alpha in: %s", out);
-    return strtod(p + strlen("\"alpha\": "), NULL);
+    snprintf(field, sizeof(field), "\"%s\": ", tunable);
+    p = strstr(p, field);
+    ck_assert_msg(p != NULL, "no %s in: %s", tunable, out);
+    return strtod(p + strlen(field), NULL);
 }
 
+/* As at start, the file first and the command line over it: --lambda keeps winning. */
 START_TEST(test_reload) {
-    daemon_opts o = { .listen_fd = -1, .config = true };
+    daemon_opts o = { .listen_fd = -1, .config = true, .option = "--lambda", .value = "1.7" };
     static float w[4 * 4 * 4];
     llep_layer_desc d = { .num_experts = 4, .top_k = 1, .hidden = 4, .inter = 4,
                           .w_gate = w, .w_up = w, .w_down = w };
@@ -413,22 +421,25 @@ START_TEST(test_reload) {
     llep_layer *l = NULL;
     char buf[1024];
 
-    write_file(conf_path, "# test\nalpha = 1.5\n");
+    write_file(conf_path, "# test\nalpha = 1.5\nlambda = 1.2\n");
     start_llepd(&o);
     wait_ready(sock_path);
     /* A client keeps a layer (with the daemon's default alpha) through the reloads. */
     ck_assert_int_eq(llep_connect(sock_path, &holder), 0);
     ck_assert_int_eq(llep_layer_create(holder, "held", &d, &l), 0);
-    ck_assert_double_eq_tol(layer_alpha("held"), 1.5, 1e-6);
+    ck_assert_double_eq_tol(layer_tunable("held", "alpha"), 1.5, 1e-6);
+    ck_assert_double_eq_tol(layer_tunable("held", "lambda"), 1.7, 1e-6);
 
-    write_file(conf_path, "alpha = 2.5\n");
+    write_file(conf_path, "alpha = 2.5\nlambda = 1.1\ndevice-memory = 1G\n");
     ck_assert_int_eq(kill(llepd_pid, SIGHUP), 0);
     ck_assert_msg(notify_wait("RELOADING=1", NULL, buf, sizeof(buf), WAIT_MS), "no RELOADING=1");
     ck_assert_msg(has_line(buf, "MONOTONIC_USEC="), "RELOADING=1 without MONOTONIC_USEC: '%s'",
                   buf);
     ck_assert_msg(notify_wait("READY=1", NULL, buf, sizeof(buf), WAIT_MS), "no READY=1 after reload");
     ck_assert_ptr_null(strstr(buf, "refused"));
-    ck_assert_double_eq_tol(layer_alpha("held"), 2.5, 1e-6);
+    ck_assert_double_eq_tol(layer_tunable("held", "alpha"), 2.5, 1e-6);
+    ck_assert_double_eq_tol(layer_tunable("held", "lambda"), 1.7, 1e-6);
+    ck_assert(file_contains(log_path, "a new 'device-memory' takes effect at the next start"));
 
     /* A bad file is refused whole: the settings in force stay, and STATUS= says why. */
     write_file(conf_path, "alpha = 3\nlambda = -1\n");
@@ -437,7 +448,7 @@ START_TEST(test_reload) {
     ck_assert_msg(notify_wait("READY=1", "last reload refused", buf, sizeof(buf), WAIT_MS),
                   "no READY=1 with the refusal after a bad reload");
     ck_assert_msg(strstr(buf, "llepd.conf:2") != NULL, "refusal without FILE:LINE: '%s'", buf);
-    ck_assert_double_eq_tol(layer_alpha("held"), 2.5, 1e-6);
+    ck_assert_double_eq_tol(layer_tunable("held", "alpha"), 2.5, 1e-6);
     ck_assert(file_contains(log_path, "reload refused"));
 
     /* The client that held the layer through both reloads is still connected. */
