@@ -221,7 +221,7 @@ END_TEST
 START_TEST(random_steps) {
     rnd_state = 0xabcdefu + (uint64_t)_i * 7919u;
     static const uint32_t ps[] = { 1, 2, 4, 8, 16 };
-    for (int it = 0; it < 60; it++) {
+    for (int it = 0; it < 25; it++) {
         uint32_t p = ps[rnd() % 5];
         uint32_t n = p * (1 + (uint32_t)(rnd() % 8));
         uint32_t k = 1 + (uint32_t)(rnd() % 4);

@@ -6,7 +6,9 @@
  *
  * Logical devices share one GPU (cuda:0xP), so this runs on a single GPU; with several GPUs,
  * --spec cuda:0,1,... runs the same checks across them (NCCL weight transfers).
- * Exits 77 (skipped, for meson) when no GPU is visible, 1 on any failure. */
+ * Exits 77 (skipped, for meson) when no GPU is visible, 1 on any failure.
+ * --self-test-cpu puts the CPU backend where the CUDA backend goes, so that the harness itself
+ * (reference, tolerances, budget case) is tested on machines without a GPU. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -21,6 +23,8 @@
 #include "moe-cpu.h"
 
 static int failures;
+/* The backend under test: CUDA, or the CPU backend for --self-test-cpu. */
+static const llep_backend_ops *under_test = &llep__backend_cuda;
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...) {
@@ -134,10 +138,12 @@ static void make_case(tcase *c) {
     }
 }
 
-/* y[t] = sum_k w[t][k] FFN_{idx[t][k]}(x[t]) in float64 (DESIGN.md section 4). */
+/* y[t] = sum_k w[t][k] FFN_{idx[t][k]}(x[t]) in float64 (DESIGN.md section 4), with loops
+ * that read every weight matrix row by row. */
 static void make_reference(tcase *c) {
     size_t dh = (size_t)c->d * c->h;
-    double *a = xmalloc(c->h * sizeof(double));
+    double *g = xmalloc(c->h * sizeof(double)), *u = xmalloc(c->h * sizeof(double));
+    double *v = xmalloc(c->d * sizeof(double));
     for (uint32_t p = 0; p < c->p; p++) {
         c->ref[p] = xmalloc((size_t)c->tokens[p] * c->d * sizeof(double));
         for (uint32_t t = 0; t < c->tokens[p]; t++) {
@@ -149,23 +155,29 @@ static void make_reference(tcase *c) {
                 const float *wg = c->w[0] + e * dh, *wu = c->w[1] + e * dh;
                 const float *wd = c->w[2] + e * dh;
                 for (uint32_t j = 0; j < c->h; j++) {
-                    double g = c->b[0][(size_t)e * c->h + j], u = c->b[1][(size_t)e * c->h + j];
-                    for (uint32_t i = 0; i < c->d; i++) {
-                        g += (double)x[i] * wg[(size_t)i * c->h + j];
-                        u += (double)x[i] * wu[(size_t)i * c->h + j];
+                    g[j] = c->b[0][(size_t)e * c->h + j];
+                    u[j] = c->b[1][(size_t)e * c->h + j];
+                }
+                for (uint32_t i = 0; i < c->d; i++)
+                    for (uint32_t j = 0; j < c->h; j++) {
+                        g[j] += (double)x[i] * wg[(size_t)i * c->h + j];
+                        u[j] += (double)x[i] * wu[(size_t)i * c->h + j];
                     }
-                    a[j] = act_ref(g, u, c->act);
+                for (uint32_t i = 0; i < c->d; i++)
+                    v[i] = c->b[2][(size_t)e * c->d + i];
+                for (uint32_t j = 0; j < c->h; j++) {
+                    double a = act_ref(g[j], u[j], c->act);
+                    for (uint32_t i = 0; i < c->d; i++)
+                        v[i] += a * wd[(size_t)j * c->d + i];
                 }
-                for (uint32_t i = 0; i < c->d; i++) {
-                    double v = c->b[2][(size_t)e * c->d + i];
-                    for (uint32_t j = 0; j < c->h; j++)
-                        v += a[j] * wd[(size_t)j * c->d + i];
-                    y[i] += w * v;
-                }
+                for (uint32_t i = 0; i < c->d; i++)
+                    y[i] += w * v[i];
             }
         }
     }
-    free(a);
+    free(g);
+    free(u);
+    free(v);
 }
 
 static void free_case(tcase *c) {
@@ -284,7 +296,7 @@ static void run_case(tcase *c, const char *spec) {
     make_case(c);
     make_reference(c);
     llep_engine *cpu = make_engine(c, &llep__backend_cpu, NULL, 0);
-    llep_engine *gpu = make_engine(c, &llep__backend_cuda, spec, 0);
+    llep_engine *gpu = make_engine(c, under_test, spec, 0);
     if (!cpu || !gpu)
         goto out;
     float **y_cpu = alloc_y(c), **y_ep = alloc_y(c), **y_ll = alloc_y(c);
@@ -335,7 +347,7 @@ static void budget_case(const char *spec, uint32_t p) {
                 .act = LLEP_ACT_SWIGLU_OAI, .biases = 1, .hot_share = 0.9 };
     make_case(&c);
     make_reference(&c);
-    llep_engine *gpu = make_engine(&c, &llep__backend_cuda, spec, 0);
+    llep_engine *gpu = make_engine(&c, under_test, spec, 0);
     if (!gpu) {
         free_case(&c);
         return;
@@ -369,12 +381,17 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--spec") == 0 && i + 1 < argc) {
             multi = argv[++i];
+        } else if (strcmp(argv[i], "--self-test-cpu") == 0) {
+            under_test = &llep__backend_cpu;
         } else {
-            fprintf(stderr, "usage: test-gpu-engine [--spec cuda:0,1,...]\n");
+            fprintf(stderr, "usage: test-gpu-engine [--spec cuda:0,1,...] [--self-test-cpu]\n");
             return 2;
         }
     }
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    if (under_test == &llep__backend_cpu) {
+        n = 1;
+        printf("self-test: the CPU backend stands in for CUDA\n");
+    } else if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
         printf("SKIP: no GPU visible\n");
         return 77;
     }
