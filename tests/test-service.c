@@ -4,7 +4,8 @@
  *               socket accepts, STATUS= lines that follow clients, layers and steps,
  *               WATCHDOG=1 at half of $WATCHDOG_USEC (and none without it), RELOADING=1 and
  *               READY=1 around SIGHUP (a refused reload keeps the old settings and says why in
- *               STATUS=), STOPPING=1 on SIGTERM.
+ *               STATUS=), STOPPING=1 on SIGTERM; log lines carry "<N>" priorities when
+ *               stderr is the journal's stream ($JOURNAL_STREAM).
  *   activation  the test creates the listening socket and hands it over as fd 3 with
  *               $LISTEN_FDS and $LISTEN_PID, as llepd.socket does; a client runs a forward
  *               through it (forward-check, $FORWARD_CHECK), and llepd leaves the socket file
@@ -160,6 +161,7 @@ typedef struct daemon_opts {
     const char *listen_pid;       /* $LISTEN_PID; NULL: the daemon's own pid */
     bool config;                  /* --config conf_path */
     const char *option, *value;   /* one more option and its value, or NULL */
+    int journal;                  /* 1: $JOURNAL_STREAM names stderr; -1: another stream */
 } daemon_opts;
 
 /* In the child: what systemd would do before exec. */
@@ -172,6 +174,16 @@ static void exec_llepd(const daemon_opts *o) {
     log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log_fd < 0 || dup2(log_fd, STDERR_FILENO) < 0)
         _exit(126);
+    if (o->journal) {
+        struct stat st;
+        char js[64];
+
+        if (fstat(STDERR_FILENO, &st) < 0)
+            _exit(126);
+        snprintf(js, sizeof(js), "%llu:%llu", (unsigned long long)st.st_dev,
+                 (unsigned long long)st.st_ino + (o->journal < 0));
+        setenv("JOURNAL_STREAM", js, 1);
+    }
     setenv("NOTIFY_SOCKET", notify_path, 1);
     if (o->watchdog_usec)
         setenv("WATCHDOG_USEC", o->watchdog_usec, 1);
@@ -364,6 +376,28 @@ START_TEST(test_watchdog_other_pid) {
     wait_ready(sock_path);
     ck_assert_int_eq(notify_count("WATCHDOG=1", 500), 0);
     stop_llepd();
+}
+END_TEST
+
+/* With stderr connected to the journal, lines carry "<N>" syslog priorities (journalctl -p);
+ * a $JOURNAL_STREAM inherited from elsewhere does not count. */
+START_TEST(test_journal_priorities) {
+    daemon_opts o = { .listen_fd = -1, .journal = 1 };
+
+    start_llepd(&o);
+    wait_ready(sock_path);
+    stop_llepd();
+    ck_assert_msg(file_contains(log_path, "<5>llepd "), "no '<5>' (notice) prefix on the start line");
+    ck_assert(file_contains(log_path, "<5>stopping: SIGTERM"));
+    ck_assert(!file_contains(log_path, "llepd: notice:"));
+
+    o.journal = -1;
+    ck_assert_int_eq(unlink(log_path), 0);
+    start_llepd(&o);
+    wait_ready(sock_path);
+    stop_llepd();
+    ck_assert(file_contains(log_path, "llepd: notice: stopping: SIGTERM"));
+    ck_assert(!file_contains(log_path, "<5>"));
 }
 END_TEST
 
@@ -616,6 +650,7 @@ static Suite *service_suite(bool peercred) {
     tcase_add_test(t, test_no_watchdog_unless_asked);
     tcase_add_test(t, test_watchdog_other_pid);
     tcase_add_test(t, test_stopping_on_sigterm);
+    tcase_add_test(t, test_journal_priorities);
     tcase_add_test(t, test_reload);
     suite_add_tcase(s, t);
 
