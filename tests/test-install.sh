@@ -101,10 +101,14 @@ grep -q '^llep:x:[0-9]*:[0-9]*:.*:/usr/sbin/nologin$' "$sroot/etc/passwd" || fai
 grep -q '^llep:x:' "$sroot/etc/group" || fail "no group llep"
 uid=$(awk -F: '$1 == "llep" { print $3 }' "$sroot/etc/passwd")
 gid=$(awk -F: '$1 == "llep" { print $3 }' "$sroot/etc/group")
-systemd-tmpfiles --root="$sroot" --create "$tmpfiles" >/dev/null 2>&1 || fail "systemd-tmpfiles"
-[ "$(stat -c '%a %u %g' "$sroot/run/llep")" = "750 $uid $gid" ] ||
-    fail "/run/llep is $(stat -c '%a %u %g' "$sroot/run/llep"), not 750 $uid $gid"
-note "sysusers.d and tmpfiles.d: user llep ($uid), /run/llep 0750 llep:llep"
+if [ "$(id -u)" -eq 0 ]; then
+    systemd-tmpfiles --root="$sroot" --create "$tmpfiles" >/dev/null 2>&1 || fail "systemd-tmpfiles"
+    [ "$(stat -c '%a %u %g' "$sroot/run/llep")" = "750 $uid $gid" ] ||
+        fail "/run/llep is $(stat -c '%a %u %g' "$sroot/run/llep"), not 750 $uid $gid"
+    note "sysusers.d and tmpfiles.d: user llep ($uid), /run/llep 0750 llep:llep"
+else
+    note "sysusers.d: user llep ($uid); tmpfiles.d not applied (giving /run/llep to llep needs root)"
+fi
 
 # ---- llepd.conf documents every option ------------------------------------------------------
 conf=$(root "$sysconfdir/llep/llepd.conf")

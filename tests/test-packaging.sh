@@ -15,8 +15,9 @@
 #     the packaged llepctl, llep-plan and llep-demo (--check: outputs match a float64
 #     reference), and a program built against the -dev package's headers and llep-client.pc
 #     (PKG_CONFIG_SYSROOT_DIR) runs a forward through it with the packaged library.
-# Exit status 0 when all holds, 77 (skip) without dpkg-buildpackage/debhelper or git, 1 on
-# failure. DEB_BUILD_OPTIONS is passed on (default "nocheck": the suites run in `meson test`).
+# Exit status 0 when all holds, 77 (skip) when not root or without dpkg-buildpackage/debhelper
+# or git, 1 on failure. DEB_BUILD_OPTIONS is passed on (default "nocheck": the suites run in
+# `meson test`).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,6 +33,9 @@ if [ ! -d "$what" ]; then tools+=(dpkg-buildpackage dh git); fi
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { echo "test-packaging: SKIP: $tool not found"; exit 77; }
 done
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test-packaging: SKIP: installing into a scratch root with dpkg needs root"; exit 77
+fi
 if [ ! -d "$what" ] && ! git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
     echo "test-packaging: SKIP: $src is not a git checkout"; exit 77
 fi
