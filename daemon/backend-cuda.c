@@ -505,6 +505,9 @@ static int cu_gather(llep_backend *base, uint32_t dev, void *dst, const void *co
     cuda_device *dv = &b->dev[dev];
     gpu_ctx *g = &b->gpus[dv->gpu];
     size_t host_rows = 0;
+    /* Weight transfers start now, so they run while the host packs rows. */
+    if (b->nxfers)
+        flush_xfers(b);
     for (size_t i = 0; i < n; i++)
         host_rows += find_block(b, src[i]) < 0;
     if (b->error)

@@ -16,7 +16,13 @@
 # summary.txt.
 #
 #   bash tests/gpu/run.sh [--dry-run] [--build-only] [--skip-build] [--tokens T] [--repeat R]
-#                         [--build-dir DIR] [--help]
+#                         [--budget SECONDS] [--build-dir DIR] [--self-test-cpu] [--help]
+#
+# --self-test-cpu runs the whole script where there is no GPU: the test programs with the CPU
+# backend standing in for CUDA and llep-bench on the CPU backend at a small scale, to check the
+# script itself (its steps, logs, JSON and table).
+#
+# Every step has its own time limit, and none runs past the whole run's budget (default 480 s).
 #
 # Exit status: 0 all checks passed (targets are reported, not enforced), 1 a check failed,
 # 2 bad arguments, 3 no GPU visible, 4 the build failed, 124 a step ran out of time.
@@ -27,6 +33,8 @@ root=$(cd "$here/../.." && pwd)
 build=${BUILD:-build-gpu}
 tokens=4096      # tokens per logical device (gpt-oss-120b's is 32768; scaled for the 8 minutes)
 repeat=2
+budget=480
+selftest=0
 dry=0
 build_only=0
 skip_build=0
@@ -46,10 +54,12 @@ positive() { [[ $2 =~ ^[1-9][0-9]*$ ]] || die_usage "$1 needs a positive integer
 while [ $# -gt 0 ]; do
     case $1 in
     --dry-run) dry=1 ;;
+    --self-test-cpu) selftest=1 ;;
     --build-only) build_only=1 ;;
     --skip-build) skip_build=1 ;;
     --tokens) [ $# -ge 2 ] || die_usage "--tokens needs a value"; positive --tokens "$2"; tokens=$2; shift ;;
     --repeat) [ $# -ge 2 ] || die_usage "--repeat needs a value"; positive --repeat "$2"; repeat=$2; shift ;;
+    --budget) [ $# -ge 2 ] || die_usage "--budget needs a value"; positive --budget "$2"; budget=$2; shift ;;
     --build-dir) [ $# -ge 2 ] || die_usage "--build-dir needs a value"; build=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die_usage "unknown argument '$1'" ;;
@@ -62,12 +72,25 @@ cd "$root"
 case $build in /*) ;; *) build=$root/$build ;; esac
 out=${OUT:-$build/gpu-results}
 t_start=$(date +%s)
+deadline=$((t_start + budget))
+
+# The limit of a step: its own, or what is left of the run's budget if that is less.
+limit_of() {
+    local left=$((deadline - $(date +%s)))
+    if [ "$left" -le 5 ]; then
+        echo "run.sh: the run's budget of ${budget}s is spent; stopping before '$2'" >&2
+        exit 124
+    fi
+    echo $(($1 < left ? $1 : left))
+}
 
 say() { printf '\n== %s (%ds)\n' "$*" $(( $(date +%s) - t_start )); }
 
 # Runs a step under a time limit, its output also in a log under $out; in a dry run, prints it.
 step() {
-    local limit=$1 log=$2
+    local limit log=$2
+    # A subshell's exit does not end the script, and errexit is off in `step ... || ...`.
+    limit=$(limit_of "$1" "$3") || exit 124
     shift 2
     if [ $dry = 1 ]; then
         printf 'would run (limit %ss, log %s): %s\n' "$limit" "$log" "$*"
@@ -94,7 +117,9 @@ if [ $skip_build = 0 ] && ! command -v nvcc >/dev/null 2>&1; then
     [ $dry = 1 ] || exit 4
 fi
 gpus=0
-if [ $build_only = 0 ]; then
+if [ $build_only = 0 ] && [ $selftest = 1 ]; then
+    echo "run.sh: self-test: the CPU backend stands in for CUDA; no GPU figures come out of this" >&2
+elif [ $build_only = 0 ]; then
     if ! command -v nvidia-smi >/dev/null 2>&1; then
         echo "run.sh: nvidia-smi not found; assuming one GPU (the tests say so if there is none)" >&2
         gpus=1
@@ -147,7 +172,9 @@ check() {  # name, then the step's arguments; a failure is noted and the run goe
 
 # ---- 2. kernels ----
 say "2. kernels against their CPU twins, expert chunk against float64, GEMM rate"
-check kernels 150 kernels.log "$build/tests/test-gpu-kernels" --json "$out/kernels.json"
+self_args=()
+[ $selftest = 1 ] && self_args=(--self-test-cpu)
+check kernels 150 kernels.log "$build/tests/test-gpu-kernels" --json "$out/kernels.json" "${self_args[@]}"
 
 # ---- 3. engine ----
 say "3. engine: CUDA backend against the CPU backend (cuda:0x4, cuda:0x8)"
@@ -155,24 +182,29 @@ engine_args=()
 if [ "$gpus" -gt 1 ]; then
     engine_args=(--spec "cuda:$(seq -s, 0 $((gpus > 8 ? 7 : gpus - 1)))")
 fi
-check engine 150 engine.log "$build/tests/test-gpu-engine" "${engine_args[@]}"
+check engine 150 engine.log "$build/tests/test-gpu-engine" "${engine_args[@]}" "${self_args[@]}"
 
 # ---- 4. bench ----
+bench_args=(--backend cuda --scale 1 --tokens "$tokens" --repeat "$repeat")
+[ $selftest = 1 ] && bench_args=(--backend cpu --scale 32 --tokens 256 --repeat 1)
+# Only the first GPU: with CUDA_VISIBLE_DEVICES naming one GPU, --devices P is cuda:0xP.
+first_gpu=${CUDA_VISIBLE_DEVICES:-0}
+first_gpu=${first_gpu%%,*}
 for p in 4 8; do
     say "4. llep-bench gpt-oss-120b, --backend cuda --devices $p (cuda:0x$p), all scenarios"
     rc=0
     if [ $dry = 1 ]; then
-        step 170 "bench-cuda-0x$p.log" "$build/tools/llep-bench" --backend cuda --devices "$p" \
-            --preset gpt-oss-120b --scale 1 --tokens "$tokens" --repeat "$repeat" --scenario all --json
+        step 170 "bench-cuda-0x$p.log" "$build/tools/llep-bench" --devices "$p" \
+            --preset gpt-oss-120b "${bench_args[@]}" --scenario all --json
     else
-        # Only the GPU's own devices: CUDA_VISIBLE_DEVICES=0 makes --devices P mean cuda:0xP.
-        CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} timeout --kill-after=10 170 \
-            "$build/tools/llep-bench" --backend cuda --devices "$p" --preset gpt-oss-120b \
-            --scale 1 --tokens "$tokens" --repeat "$repeat" --scenario all --json \
+        blimit=$(limit_of 170 llep-bench) || exit 124
+        CUDA_VISIBLE_DEVICES=$first_gpu timeout --kill-after=10 "$blimit" \
+            "$build/tools/llep-bench" --devices "$p" --preset gpt-oss-120b "${bench_args[@]}" \
+            --scenario all --json \
             >"$out/bench-cuda-0x$p.json" 2>"$out/bench-cuda-0x$p.log" || rc=$?
         tail -n 3 "$out/bench-cuda-0x$p.log"
         if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-            echo "run.sh: llep-bench --devices $p ran out of its 170s; see $out/bench-cuda-0x$p.log" >&2
+            echo "run.sh: llep-bench --devices $p ran out of its ${blimit}s; see $out/bench-cuda-0x$p.log" >&2
             exit 124
         fi
         [ "$rc" = 0 ] || failed+=("llep-bench cuda:0x$p (exit $rc)")
