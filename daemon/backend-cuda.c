@@ -572,7 +572,8 @@ static size_t tile_bytes(const llep_ffn_shape *s, size_t tile) {
  * need), or the engine's scratch. */
 static float *chunk_tiles(gpu_ctx *g, const llep_expert_chunk *c, size_t *ret_tile) {
     size_t tile = c->rows < GPU_TILE_ROWS ? c->rows : GPU_TILE_ROWS;
-    size_t need = tile_bytes(&c->shape, tile);
+    /* Sized for full tiles at once: each regrowth would wait for the whole GPU. */
+    size_t need = tile_bytes(&c->shape, GPU_TILE_ROWS);
 
     if (tile > LLEP_FFN_TILE_ROWS && need > g->tile_bytes) {
         /* cudaFree waits for the GPU, so nothing still reads the old buffer. */
