@@ -235,7 +235,7 @@ static void test_bias_act(enum llep_act act, enum llep_dtype bias_t, enum llep_d
     else
         memcpy(got, raw, n * sizeof(float));
     /* expf against the twin's polynomial: a few ulp; a bf16 result: one bf16 rounding. */
-    double tol = out_t == LLEP_DTYPE_BF16 ? 8e-3 : 2e-6;
+    double tol = out_t == LLEP_DTYPE_BF16 ? 8e-3 : 1e-5;
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(got[i])) {
@@ -332,7 +332,9 @@ static void test_combine(enum llep_dtype t) {
     for (size_t i = 0; i < (size_t)tokens * d; i++) {
         double a = t ? llep__bf16_to_f32(((uint16_t *)got)[i]) : ((float *)got)[i];
         double b = t ? llep__bf16_to_f32(((uint16_t *)want)[i]) : ((float *)want)[i];
-        double err = fabs(a - b) / fmax(1e-3, fabs(b));
+        /* Relative to the size of the terms (values of order 1): where the K terms cancel,
+         * a fused multiply-add changes the result by a few ulp of the terms, not of it. */
+        double err = fabs(a - b) / fmax(1.0, fabs(b));
         worst = err > worst ? err : worst;
     }
     /* Same order of the sum; only fused multiply-adds differ (and one bf16 rounding). */
