@@ -38,7 +38,10 @@
 /* Generous: the daemon runs under AddressSanitizer on a loaded 2-core machine. */
 #define WAIT_MS 10000
 
-static char tmpdir[32], sock_path[64], notify_path[64], log_path[64], conf_path[64];
+/* Every test works in its own directory under basedir; basedir is made and removed by the
+ * runner's process, so even a failed test (whose process ends at the failed assertion, and
+ * whose daemon Check kills with the test's process group) leaves nothing behind. */
+static char basedir[32], tmpdir[48], sock_path[64], notify_path[64], log_path[64], conf_path[64];
 static int notify_fd = -1;
 static pid_t llepd_pid = -1;
 
@@ -57,10 +60,26 @@ static long long now_ms(void) {
 
 /* ---- systemd's side: the notification socket ------------------------------------------- */
 
+static void make_basedir(void) {
+    snprintf(basedir, sizeof(basedir), "/tmp/test-service-XXXXXX");
+    if (!mkdtemp(basedir) || chmod(basedir, 0755) < 0) { /* 0755: nobody must pass */
+        perror("test-service: mkdtemp");
+        exit(1);
+    }
+}
+
+static void remove_basedir(void) {
+    char cmd[64];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", basedir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "test-service: could not remove %s\n", basedir);
+}
+
 static void setup(void) {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-service-XXXXXX");
+    snprintf(tmpdir, sizeof(tmpdir), "%s/t-XXXXXX", basedir);
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
     snprintf(sock_path, sizeof(sock_path), "%s/llepd.sock", tmpdir);
     snprintf(notify_path, sizeof(notify_path), "%s/notify", tmpdir);
@@ -72,9 +91,9 @@ static void setup(void) {
     ck_assert_int_eq(bind(notify_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 }
 
-/* Stops the daemon if a test left it running, and removes what the tests made. */
+/* Stops the daemon if a test left it running, and removes what the test made. */
 static void teardown(void) {
-    char cmd[256];
+    char cmd[128];
 
     if (llepd_pid > 0) {
         kill(llepd_pid, SIGKILL);
@@ -634,6 +653,7 @@ static Suite *service_suite(bool peercred) {
 
     if (peercred) {
         t = tcase_create("peercred");
+        tcase_add_unchecked_fixture(t, make_basedir, remove_basedir);
         tcase_add_checked_fixture(t, setup, teardown);
         tcase_set_timeout(t, 60);
         tcase_add_test(t, test_nobody_refused);
@@ -641,6 +661,7 @@ static Suite *service_suite(bool peercred) {
         return s;
     }
     t = tcase_create("notify");
+    tcase_add_unchecked_fixture(t, make_basedir, remove_basedir);
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_set_timeout(t, 60);
     tcase_add_test(t, test_ready_after_listen);
@@ -655,6 +676,7 @@ static Suite *service_suite(bool peercred) {
     suite_add_tcase(s, t);
 
     t = tcase_create("activation");
+    tcase_add_unchecked_fixture(t, make_basedir, remove_basedir);
     tcase_add_checked_fixture(t, setup, teardown);
     tcase_set_timeout(t, 60);
     tcase_add_test(t, test_activation_forward);
