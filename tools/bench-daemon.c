@@ -19,19 +19,16 @@
 #include "engine.h"
 #include "llep/client.h"
 #include "parse-number.h"
+#include "tool-random.h"
 
 static uint64_t rng = 99;
 
 static float frand(void) {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return llep__tool_frand(&rng);
 }
 
 static float *rand_vec(size_t n, float scale) {
-    float *v = malloc(n * sizeof(*v));
-    for (size_t i = 0; v && i < n; i++)
-        v[i] = frand() * scale;
-    return v;
+    return llep__tool_rand_vec(&rng, n, scale);
 }
 
 static double now_us(void) {
@@ -60,6 +57,26 @@ static void shape_free(shape *s) {
     free(s->wg);
     free(s->wu);
     free(s->wd);
+}
+
+/* An in-process engine with the layer's weights on the CPU backend, for comparison. */
+static int engine_for(const shape *s, uint32_t devices, llep_engine **ret) {
+    llep_engine_config cfg;
+    char err[256];
+
+    llep__engine_config_default(&cfg);
+    cfg.num_experts = s->n;
+    cfg.top_k = s->k;
+    cfg.hidden = s->d;
+    cfg.inter = s->h;
+    cfg.w_gate = s->wg;
+    cfg.w_up = s->wu;
+    cfg.w_down = s->wd;
+    cfg.num_devices = devices;
+    int r = llep__engine_new(&cfg, ret, err, sizeof(err));
+    if (r < 0)
+        fprintf(stderr, "llep-bench-daemon: engine: %s\n", err);
+    return r;
 }
 
 static int create_layer(llep_client *c, const char *name, const shape *s, llep_layer **ret) {
@@ -132,20 +149,9 @@ static int bench_rtt(llep_client *c, uint32_t iterations, figures *f) {
         llep_layer_release(l);
     }
     /* The step alone, in process, tells the engine's share of the round trip apart. */
-    llep_engine_config cfg;
     llep_engine *e = NULL;
-    char err[256];
-    llep__engine_config_default(&cfg);
-    cfg.num_experts = s.n;
-    cfg.top_k = s.k;
-    cfg.hidden = s.d;
-    cfg.inter = s.h;
-    cfg.w_gate = s.wg;
-    cfg.w_up = s.wu;
-    cfg.w_down = s.wd;
-    cfg.num_devices = f->devices;
     if (r == 0)
-        r = llep__engine_new(&cfg, &e, err, sizeof(err));
+        r = engine_for(&s, f->devices, &e);
     llep_engine_batch *b = calloc(f->devices, sizeof(*b));
     if (r == 0 && b) {
         b[0] = (llep_engine_batch){ 1, in.x, in.idx, in.w, in.y };
@@ -176,8 +182,6 @@ static int bench_overhead(llep_client *c, uint32_t devices, uint32_t tokens, uin
     inputs in;
     llep_layer *l = NULL;
     llep_engine *e = NULL;
-    llep_engine_config cfg;
-    char err[256];
     double *td = calloc(reps, sizeof(*td)), *te = calloc(reps, sizeof(*te));
     int r = shape_make(&s, 32, 4, 512, 512);
 
@@ -185,18 +189,8 @@ static int bench_overhead(llep_client *c, uint32_t devices, uint32_t tokens, uin
         r = inputs_make(&in, &s, tokens);
     if (r == 0)
         r = create_layer(c, "bench-overhead", &s, &l);
-    if (r == 0) {
-        llep__engine_config_default(&cfg);
-        cfg.num_experts = s.n;
-        cfg.top_k = s.k;
-        cfg.hidden = s.d;
-        cfg.inter = s.h;
-        cfg.w_gate = s.wg;
-        cfg.w_up = s.wu;
-        cfg.w_down = s.wd;
-        cfg.num_devices = devices;
-        r = llep__engine_new(&cfg, &e, err, sizeof(err));
-    }
+    if (r == 0)
+        r = engine_for(&s, devices, &e);
     /* The in-process engine gets the tokens split evenly over its home devices, as llepd
      * splits one submission. */
     llep_engine_batch *b = calloc(devices, sizeof(*b));

@@ -24,6 +24,7 @@
 
 #include "llep/client.h"
 #include "parse-number.h"
+#include "tool-random.h"
 
 typedef struct opts {
     const char *socket, *layer;
@@ -37,15 +38,11 @@ typedef struct opts {
 static uint64_t rng = 12345;
 
 static float frand(void) {
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    return llep__tool_frand(&rng);
 }
 
 static float *rand_vec(size_t n, float scale) {
-    float *v = malloc(n * sizeof(*v));
-    for (size_t i = 0; v && i < n; i++)
-        v[i] = frand() * scale;
-    return v;
+    return llep__tool_rand_vec(&rng, n, scale);
 }
 
 static double now_s(void) {
