@@ -138,10 +138,9 @@ extern "C" int llep__cu_permute_rows(void *dst, const void *src, const uint32_t 
 
 /* ---- activation with biases ---- */
 
-/* 1 / (1 + exp(-x)), exactly 0 below -88 as in the CPU twin. */
+/* 1 / (1 + exp(-x)) with expf, as in the CPU twin: 0 once exp(-x) overflows, never NaN. */
 static __device__ float sigmoid(float x) {
-    float s = 1.0f / (1.0f + expf(-x));
-    return x < -88.0f ? 0.0f : s;
+    return 1.0f / (1.0f + expf(-x));
 }
 
 /* The comparisons are written as in llep__k_activate, so NaN handling matches too. */

@@ -234,7 +234,7 @@ static void test_bias_act(enum llep_act act, enum llep_dtype bias_t, enum llep_d
         llep__bf16_to_f32_n(got, raw, n);
     else
         memcpy(got, raw, n * sizeof(float));
-    /* expf against the twin's polynomial: a few ulp; a bf16 result: one bf16 rounding. */
+    /* CUDA's expf against glibc's: a few ulp; a bf16 result: one bf16 rounding. */
     double tol = out_t == LLEP_DTYPE_BF16 ? 8e-3 : 1e-5;
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
