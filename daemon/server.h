@@ -88,6 +88,7 @@ struct llepd_session {
     uint32_t nlayers, cap_layers;
 
     uint32_t inflight;              /* submissions queued or in a running step */
+    bool in_drain, drain_again;     /* llepd_session_drain() is running / must run once more */
     uint32_t creating;              /* layer creations reading this arena */
     int refs;                       /* the session itself, handles, in-flight work */
     int open_handles;

@@ -231,7 +231,27 @@ static llepd_sub *accept_entry(llepd_session *s, const llep_sqe *e) {
     return sub;
 }
 
+static void drain_once(llepd_session *s);
+
+/* Small steps complete inside llepd_sched_submit(), and a completion makes room for more
+ * submissions; taking them there would nest drains as deep as the ring is long. So a drain
+ * requested while one runs is only noted, and the running one goes round again. */
 void llepd_session_drain(llepd_session *s) {
+    if (s->in_drain) {
+        s->drain_again = true;
+        return;
+    }
+    llepd_session_ref(s);
+    s->in_drain = true;
+    do {
+        s->drain_again = false;
+        drain_once(s);
+    } while (s->drain_again);
+    s->in_drain = false;
+    llepd_session_unref(s);
+}
+
+static void drain_once(llepd_session *s) {
     llep_ring *sq = &s->arena.sq;
     llep_sqe e;
 
