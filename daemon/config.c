@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "llep/types.h"
@@ -555,6 +556,24 @@ int llep__socket_path_default(char **ret) {
     }
     *ret = path;
     return 0;
+}
+
+int llep__socket_path_connect_default(char **ret) {
+    struct stat st;
+    int r = llep__socket_path_default(ret);
+
+    /* A user in group llep talks to the system daemon; without a daemon of their own (no
+     * socket at the per-user path) that is the one to reach. */
+    if (getenv("LLEP_SOCKET") && getenv("LLEP_SOCKET")[0])
+        return r;
+    if (r == 0 && stat(*ret, &st) == 0)
+        return 0;
+    if (stat(LLEP_SOCKET_SYSTEM, &st) < 0 || !S_ISSOCK(st.st_mode))
+        return r;
+    if (r == 0)
+        free(*ret);
+    *ret = strdup(LLEP_SOCKET_SYSTEM);
+    return *ret ? 0 : -ENOMEM;
 }
 
 int llep__config_finish(llep_config *c, char *err, size_t errlen) {

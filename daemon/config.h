@@ -93,6 +93,10 @@ int llep__config_finish(llep_config *c, char *err, size_t errlen);
  * LLEP_SOCKET_PATH_MAX, -ENOMEM. Also what llep_connect(NULL) uses. */
 int llep__socket_path_default(char **ret);
 
+/* Where a client connects by default: as llep__socket_path_default(), except that a user
+ * without a socket at the per-user path, where LLEP_SOCKET_SYSTEM exists, gets that one. */
+int llep__socket_path_connect_default(char **ret);
+
 /* `llepctl set [LAYER] KEY=VALUE` (SetRequest): the settings a running daemon accepts, for
  * one layer or as the default of all layers. Parsed here, with the same rules as the config
  * file, so llepctl's values and llepd's options cannot disagree. */

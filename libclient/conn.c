@@ -331,7 +331,7 @@ int llep__conn_open(llep_conn *c, const char *path, Llep__PeerKind kind, const c
     c->fd = -1;
     llep__frame_decoder_init(&c->dec, 0);
     if (!path) {
-        r = llep__socket_path_default(&default_path);
+        r = llep__socket_path_connect_default(&default_path);
         if (r < 0) {
             set_error(err, errlen, r == -ENXIO
                           ? "no llepd socket: set $LLEP_SOCKET or $XDG_RUNTIME_DIR"
