@@ -53,11 +53,22 @@ static int set_backend(llep_config *c, const char *value) {
     return 0;
 }
 
+/* A count, "auto", or a device spec naming GPUs ("cuda:0x4", "cuda:0,1", "cpu:8"), which
+ * llepd checks against the machine when it picks the backend (backend-select.h). */
 static int set_devices(llep_config *c, const char *value) {
     uint32_t v;
     int r;
 
+    c->devices_spec[0] = '\0';
     if (strcmp(value, "auto") == 0) {
+        c->devices = 0;
+        return 0;
+    }
+    if (strncmp(value, "cpu:", 4) == 0 || strncmp(value, "cuda", 4) == 0) {
+        if (strlen(value) >= sizeof(c->devices_spec) ||
+            strspn(value, "abcdefghijklmnopqrstuvwxyz0123456789:,") != strlen(value))
+            return -EINVAL;
+        snprintf(c->devices_spec, sizeof(c->devices_spec), "%s", value);
         c->devices = 0;
         return 0;
     }
@@ -134,8 +145,8 @@ static const config_key keys[] = {
       "unix socket to listen on", set_socket },
     { "backend", "cpu|cuda|auto", "cpu, cuda or auto",
       "device backend (auto: cuda when GPUs are present)", set_backend },
-    { "devices", "N|auto", "auto or an integer from 1 to 4096",
-      "logical CPU devices, or GPUs to use", set_devices },
+    { "devices", "N|auto|SPEC", "auto, an integer from 1 to 4096, or a spec like cuda:0x4",
+      "logical devices; SPEC: cpu:N, cuda, cuda:0,1, cuda:0x4", set_devices },
     { "device-memory", "SIZE|auto", "auto or a size > 0 like 512M, 16G or 1T",
       "memory budget per device", set_device_memory },
     { "alpha", "X", "a finite number > 0",

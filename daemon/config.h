@@ -52,6 +52,7 @@ typedef struct llep_config {
     char *config_file;            /* --config FILE, or NULL */
     enum llep_backend_kind backend;
     uint32_t devices;             /* 0: the backend decides */
+    char devices_spec[128];       /* "cuda:0x4", "cpu:8", ...; "" when a count or auto */
     uint64_t device_memory;       /* bytes per device; 0: the backend decides */
     double alpha;                 /* LLEP_DEFAULT_ALPHA unless set */
     double lambda;                /* LLEP_DEFAULT_LAMBDA unless set */

@@ -53,7 +53,8 @@ void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
     for (uint32_t d = 0; d < np; d++) {
         Llep__DeviceInfo *di = &info[d];
         llep__device_info__init(di);
-        snprintf(names[d], sizeof(names[d]), "cpu%u", d);
+        snprintf(names[d], sizeof(names[d]), "%.8s%u",
+                 srv->backend == LLEP_BACKEND_CUDA ? "cuda" : "cpu", d);
         di->index = d;
         di->name = names[d];
         di->memory_peak = srv->device_peak[d];

@@ -222,6 +222,8 @@ int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id
     w->cfg.b_up = tensor(s, lc->b_up);
     w->cfg.b_down = tensor(s, lc->b_down);
     w->cfg.num_devices = srv->devices;
+    w->cfg.backend = srv->backend_ops;
+    w->cfg.backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
     if (srv->device_memory) {
         uint64_t held = others_held(srv, l);
         w->cfg.mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;

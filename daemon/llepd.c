@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "backend-select.h"
 #include "config.h"
 #include "llep-config.h"
 #include "log.h"
@@ -105,16 +106,28 @@ static void on_reload(uv_signal_t *h, int signum) {
     llepd_notify_reloaded(&d->notify, r < 0 ? err : NULL);
 }
 
-static int choose_backend(llep_config *cfg) {
-    if (cfg->backend == LLEP_BACKEND_CUDA) {
-        log_error("--backend cuda: this llepd has no CUDA backend yet; use --backend cpu");
-        return -ENODEV;
+/* Picks the backend and its devices (backend-select.h): --backend cuda without a usable GPU
+ * is an error, auto falls back to the CPU and says so. The choice goes into cfg for the
+ * server; the spec text stays in cfg->devices_spec for every engine the layers create. */
+static int choose_backend(llep_config *cfg, const llep_backend_ops **ret_ops) {
+    llep_backend_options bo;
+    char count[16] = "", msg[256] = "";
+    const char *spec = cfg->devices_spec[0] ? cfg->devices_spec : NULL;
+
+    if (!spec && cfg->devices) {
+        snprintf(count, sizeof(count), "%u", cfg->devices);
+        spec = count;
     }
-    if (cfg->backend == LLEP_BACKEND_AUTO)
-        log_notice("backend auto: no CUDA backend in this build, using the CPU backend");
-    cfg->backend = LLEP_BACKEND_CPU;
-    if (cfg->devices == 0)
-        cfg->devices = CPU_DEFAULT_DEVICES;
+    int r = llep__backend_select(cfg->backend, spec, ret_ops, &bo, msg, sizeof(msg));
+    if (r < 0) {
+        log_error("%s", msg);
+        return r;
+    }
+    log_notice("%s", msg);
+    cfg->backend = strcmp((*ret_ops)->name, "cuda") == 0 ? LLEP_BACKEND_CUDA : LLEP_BACKEND_CPU;
+    cfg->devices = bo.num_devices ? bo.num_devices : CPU_DEFAULT_DEVICES;
+    if (bo.mem_per_device && (!cfg->device_memory || cfg->device_memory > bo.mem_per_device))
+        cfg->device_memory = bo.mem_per_device;
     return 0;
 }
 
@@ -167,7 +180,7 @@ static int start_signals(daemon_state *d, uv_loop_t *loop) {
     return r;
 }
 
-static int run(llep_config *cfg, int argc, char **argv) {
+static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **argv) {
     daemon_state *d = calloc(1, sizeof(*d));
     uv_loop_t *loop = uv_default_loop();
     char err[512] = "";
@@ -185,6 +198,7 @@ static int run(llep_config *cfg, int argc, char **argv) {
     }
     d->activated = fd >= 0;
     r = llepd_server_init(&d->srv, loop, cfg, err, sizeof(err));
+    d->srv.backend_ops = ops;
     if (r == 0)
         r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
     if (r < 0) {
@@ -237,11 +251,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     llep__log_init(cfg.log_level);
-    r = choose_backend(&cfg);
+    const llep_backend_ops *ops;
+    r = choose_backend(&cfg, &ops);
     if (r == 0)
-        r = run(&cfg, argc, argv);
+        r = run(&cfg, ops, argc, argv);
     else
-        r = 1;
+        r = r == -EINVAL ? 2 : 1;
     llep__config_fini(&cfg);
     return r;
 }

@@ -55,7 +55,7 @@ int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg
     srv->next_session_id = 1;
     srv->next_layer_id = 1;
     srv->start_ns = llepd_now_ns();
-    srv->backend = LLEP_BACKEND_CPU;
+    srv->backend = cfg->backend;
     srv->devices = cfg->devices;
     srv->device_memory = cfg->device_memory;
     struct group *g = getgrnam("llep");

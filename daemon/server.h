@@ -218,6 +218,7 @@ struct llepd_server {
 
     /* Devices: every layer's engine has these P logical devices. */
     enum llep_backend_kind backend;
+    const llep_backend_ops *backend_ops;  /* every layer's engine runs on this backend */
     uint32_t devices;
     uint64_t device_memory;         /* per device, all layers together */
 

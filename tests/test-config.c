@@ -98,6 +98,14 @@ START_TEST(test_every_option) {
     ck_assert_int_eq(c.log_level, LLEP_LOG_ERR);
     ck_assert_str_eq(c.socket_path, "b");
 
+    /* A device spec is kept as text for the backend to check; a count clears it. */
+    ck_assert_int_eq(PARSE(&c, "--devices", "cuda:0x4,1x4"), 0);
+    ck_assert_str_eq(c.devices_spec, "cuda:0x4,1x4");
+    ck_assert_uint_eq(c.devices, 0);
+    ck_assert_int_eq(PARSE(&c, "--devices", "cuda:0x4", "--devices", "3"), 0);
+    ck_assert_str_eq(c.devices_spec, "");
+    ck_assert_uint_eq(c.devices, 3);
+
     ck_assert_int_eq(PARSE(&c, "--backend", "auto", "--log-level", "warning"), 0);
     ck_assert_int_eq(c.backend, LLEP_BACKEND_AUTO);
     ck_assert_int_eq(c.log_level, LLEP_LOG_WARNING);
@@ -123,6 +131,7 @@ START_TEST(test_bad_values) {
         { "--backend", "gpu" }, { "--backend", "CPU" }, { "--backend", "" },
         { "--devices", "0" }, { "--devices", "4097" }, { "--devices", "-1" },
         { "--devices", "8x" }, { "--devices", "1.5" }, { "--devices", "99999999999999999999" },
+        { "--devices", "cuda:0;rm" }, { "--devices", "cuda:0 x4" }, { "--devices", "CUDA:0" },
         { "--device-memory", "0" }, { "--device-memory", "16Q" }, { "--device-memory", "-1G" },
         { "--device-memory", "17179869184G" }, { "--device-memory", "1.5G" },
         { "--alpha", "0" }, { "--alpha", "-1" }, { "--alpha", "nan" }, { "--alpha", "inf" },
@@ -271,7 +280,7 @@ START_TEST(test_config_file_errors) {
         { "\n\n = 8\n", -EINVAL, "F:3: missing key before '='" },
         { "devices =\n", -EINVAL, "F:1: missing value for key 'devices'" },
         { "devices = 0\n", -EINVAL,
-          "F:1: bad value '0' for key 'devices': expected auto or an integer from 1 to 4096" },
+          "F:1: bad value '0' for key 'devices': expected auto, an integer from 1 to 4096, or a spec like cuda:0x4" },
         { "config = /etc/other.conf\n", -EINVAL,
           "F:1: key 'config' cannot be used in a config file" },
         { "log-level = loud\n", -EINVAL,
