@@ -94,18 +94,6 @@ out:
     free(fep);
 }
 
-/* The layer's desc with the tunables now in effect filled in. */
-static void effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {
-    llep_plan_params pp;
-
-    *ret = l->desc;
-    llepd_layer_params(l, &pp);
-    ret->alpha = (float)pp.alpha;
-    ret->lambda = (float)pp.lambda;
-    ret->min_tokens = (uint32_t)pp.min_tokens;
-    ret->policy = (Llep__Policy)pp.policy;
-}
-
 void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
     llepd_server *srv = s->srv;
     Llep__LayersReply lr = LLEP__LAYERS_REPLY__INIT;
@@ -126,7 +114,7 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
         if (l->dead || l->creating)
             continue;
         llep__layer_info__init(&info[k]);
-        effective_desc(l, &descs[k]);
+        llepd_layer_effective_desc(l, &descs[k]);
         info[k].layer_id = l->id;
         info[k].name = (char *)l->name;
         info[k].desc = &descs[k];

@@ -139,7 +139,9 @@ static int add_layer_ref(llepd_session *s, llepd_layer *l) {
 static void send_layer_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body,
                              const llepd_layer *l, int status, const char *msg, bool created) {
     Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
-    Llep__LayerDesc d = l->desc;
+    Llep__LayerDesc d;
+
+    llepd_layer_effective_desc(l, &d);
 
     lr.status = llep__status_from_errno(status);
     lr.message = (char *)(msg ? msg : "");

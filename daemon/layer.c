@@ -91,6 +91,17 @@ void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret) {
     ret->policy = l->tun.own_policy ? l->tun.params.policy : l->srv->default_policy;
 }
 
+void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {
+    llep_plan_params pp;
+
+    *ret = l->desc;
+    llepd_layer_params(l, &pp);
+    ret->alpha = (float)pp.alpha;
+    ret->lambda = (float)pp.lambda;
+    ret->min_tokens = (uint32_t)pp.min_tokens;
+    ret->policy = (Llep__Policy)pp.policy;
+}
+
 /* Bytes the other layers' native weights hold on each device. */
 static uint64_t others_held(const llepd_server *srv, const llepd_layer *self) {
     uint64_t sum = 0;

@@ -21,6 +21,9 @@ void llepd_layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame_
 /* The plan parameters a step of this layer uses now. */
 void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret);
 
+/* The layer's desc with the tunables now in effect filled in (what clients and llepctl see). */
+void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret);
+
 /* Frees the layer when nothing references or uses it any more. */
 void llepd_layer_maybe_destroy(llepd_layer *l);
 

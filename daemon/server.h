@@ -79,6 +79,7 @@ struct llepd_session {
     char program[64];
     struct ucred cred;
     bool admin;                     /* root or a member of the daemon's group */
+    bool refused;                   /* may not connect: answered with a refusal, then closed */
 
     llep_arena arena;
     bool have_arena;

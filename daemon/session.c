@@ -165,6 +165,28 @@ int llepd_session_send_fds(llepd_session *s, const Llep__Frame *f, const int *fd
     return 0;
 }
 
+/* The answer to a peer that may not connect: a HelloReply saying why, then the end. */
+static void refuse(llepd_session *s, uint64_t id) {
+    Llep__HelloReply hr = LLEP__HELLO_REPLY__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    char msg[200];
+
+    snprintf(msg, sizeof(msg), "uid %u may not use llepd: it serves root, its own user and "
+             "members of group llep", (unsigned)s->cred.uid);
+    hr.status = LLEP__STATUS__STATUS_PERMISSION;
+    hr.message = msg;
+    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    f.id = id;
+    f.body_case = LLEP__FRAME__BODY_HELLO_REPLY;
+    f.hello_reply = &hr;
+    llepd_session_send(s, &f);
+    llepd_session_close(s, "not allowed");
+}
+
+static void on_refused_timeout(uv_timer_t *t) {
+    llepd_session_close(t->data, "not allowed (said nothing)");
+}
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     static char slab[LLEP_FRAME_READ_MAX];
     (void)h;
@@ -194,10 +216,15 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         r = llep__frame_decoder_next(&s->dec, &f);
         if (r <= 0)
             break;
-        llepd_handle_frame(s, f);
+        if (s->refused)
+            refuse(s, f->id);
+        else
+            llepd_handle_frame(s, f);
         llep__frame_free(f);
         r = 0;
     }
+    if (r < 0 && s->refused)
+        refuse(s, 0);
     if (r < 0 && s->state != SESSION_CLOSING) {
         /* Undecodable frames get an error reply naming the problem, then the connection
          * ends: after garbage the peer's idea of the protocol cannot be trusted. */
@@ -271,8 +298,10 @@ void llepd_session_accept(llepd_server *srv) {
     if (!may_connect(srv, &s->cred)) {
         log_warning("refused a connection from uid %u: not root, the daemon's user or in "
                     "group llep", (unsigned)s->cred.uid);
-        llepd_session_close(s, "not allowed");
-        return;
+        /* Tell the peer why in answer to its Hello; one that says nothing goes after a
+         * second, so refused peers cannot pile up. */
+        s->refused = true;
+        uv_timer_start(&s->retry, on_refused_timeout, 1000, 0);
     }
     uv_read_start((uv_stream_t *)&s->pipe, alloc_cb, on_read);
     log_debug("client %llu connected (pid %d, uid %u)", (unsigned long long)s->id,

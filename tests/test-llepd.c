@@ -307,7 +307,7 @@ static void fill_desc(Llep__LayerDesc *d, const layer *L, uint32_t group, Llep__
     d->inter = L->h;
     d->act = L->oai ? LLEP__ACTIVATION__ACT_SWIGLU_OAI : LLEP__ACTIVATION__ACT_SWIGLU;
     d->group = group;
-    d->group_timeout_ms = 300;
+    d->group_timeout_ms = 1000; /* long enough for a loaded CI machine */
     d->policy = pol;
     d->min_tokens = 1;
 }
