@@ -2,7 +2,8 @@
 """Summarises a meson test log: each Check suite's own summary line, then one line
 'N passed, N failed' counting Check tests individually and every other test (fuzz targets,
 scripts) as one. A suite that failed after its checks passed (a sanitizer report at exit, a
-crash) counts as one more failure."""
+crash) counts as one more failure. An optional second argument is the exit status of the
+packaging test run outside meson (0 passed, 77 skipped, else failed)."""
 import json
 import re
 import sys
@@ -10,8 +11,8 @@ import sys
 CHECK = re.compile(r"(\d+)%: Checks: (\d+), Failures: (\d+), Errors: (\d+)")
 
 
-def main(path):
-    passed = failed = 0
+def main(path, packaging=None):
+    passed = failed = skipped = 0
     try:
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
@@ -34,9 +35,15 @@ def main(path):
             print(f"{r['name']}: {r.get('result')}")
             passed += ok
             failed += not ok
-    print(f"{passed} passed, {failed} failed")
+    if packaging is not None:
+        print(f"packaging: {'OK' if packaging == 0 else 'SKIP' if packaging == 77 else 'FAIL'}")
+        passed += packaging == 0
+        skipped += packaging == 77
+        failed += packaging not in (0, 77)
+    print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
     return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "build-test/meson-logs/testlog.json"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "build-test/meson-logs/testlog.json",
+                  int(sys.argv[2]) if len(sys.argv) > 2 else None))
