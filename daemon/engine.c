@@ -397,7 +397,7 @@ static void layout(llep_engine *e) {
         e->chunk_row[i] = dv->rows;
         dv->rows += len;
         if (len > dv->max_chunk)
-            dv->max_chunk = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
+            dv->max_chunk = (uint32_t)len; /* check_sizes() bounds len */
     }
     for (uint32_t t = 0; t < pl->num_transfers; t++)
         e->dev[pl->transfers[t].dst].received++;
@@ -409,6 +409,17 @@ static void layout(llep_engine *e) {
         dv->y_bytes = dv->rows * e->d * sizeof(float);
         dv->scratch_bytes = llep__ffn_scratch_bytes(&e->shape, dv->max_chunk);
     }
+}
+
+/* A chunk's rows are counted in 32 bits by the kernels; a plan range over that cannot run. */
+static int check_sizes(llep_engine *e) {
+    const llep_plan *pl = &e->plan;
+
+    for (uint32_t i = 0; i < pl->num_ranges; i++)
+        if (pl->ranges[i].end - pl->ranges[i].start > UINT32_MAX)
+            return set_error(e, -E2BIG, "expert chunk of %" PRIu64 " rows exceeds 2^32 - 1",
+                             pl->ranges[i].end - pl->ranges[i].start);
+    return 0;
 }
 
 /* Fails before anything is allocated when some device's step buffers exceed its budget. */
@@ -619,6 +630,9 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         return set_error(e, r, "planning failed: %s", strerror(-r));
     e->planned = 1;
 
+    r = check_sizes(e);
+    if (r < 0)
+        return r;
     begin_stats(e);
     layout(e);
     r = check_budgets(e);

@@ -96,7 +96,7 @@ void llep__engine_free(llep_engine *e);
 
 /* Runs one step over batches[0..P). params: NULL for the configuration's. Returns 0,
  * -EINVAL (bad batch or expert index, or bad parameters), -ENOMEM (a device budget or the
- * host), or -EOVERFLOW. On failure llep__engine_error() says why. Every check and every
+ * host), -E2BIG (one expert's slice over 2^32 - 1 rows) or -EOVERFLOW. On failure llep__engine_error() says why. Every check and every
  * device allocation comes before the combine, so a failed step writes no y; the one
  * exception is the host running out of memory while the combines themselves are queued.
  * ret_stats may be NULL. */
