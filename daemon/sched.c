@@ -37,7 +37,7 @@ typedef struct step_work {
     llep_plan_params params;
     llep_engine_stats stats;
     llep_engine_device_stats *dev;  /* [P] copied out of the engine */
-    uint64_t t0, slots;
+    uint64_t t0;
     int r;
     char err[256];
 } step_work;
