@@ -2,6 +2,7 @@
  * key, so the command line, the config file and --help cannot drift apart. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -140,6 +141,185 @@ static int set_log_level(llep_config *c, const char *value) {
     return -EINVAL;
 }
 
+/* ---- cluster membership ----------------------------------------------------------------- */
+
+static int set_node_id(llep_config *c, const char *value) {
+    uint32_t v;
+    int r = llep__parse_u32(value, &v);
+
+    if (r < 0)
+        return r;
+    if (v > LLEP_NODE_ID_MAX)
+        return -ERANGE;
+    c->node_id = v;
+    c->have_node_id = true;
+    return 0;
+}
+
+/* HOST:PORT with HOST a numeric IPv4 address or [IPv6]. Names are not resolved: a daemon
+ * must not block on DNS at start, and peers compare addresses as written. The reason for a
+ * refusal goes into detail. */
+static int parse_host_port(const char *s, size_t len, llep_peer_addr *ret, char *detail,
+                           size_t detail_len) {
+    char host[LLEP_PEER_HOST_MAX + 2], port[8];
+    const char *colon;
+    size_t hlen;
+    uint32_t p;
+    unsigned char bin[16];
+
+    memset(ret, 0, sizeof(*ret));
+    if (len && s[0] == '[') {
+        const char *close = memchr(s, ']', len);
+        if (!close || close + 1 >= s + len || close[1] != ':') {
+            snprintf(detail, detail_len, "an IPv6 address needs the form [ADDR]:PORT");
+            return -EINVAL;
+        }
+        hlen = (size_t)(close - s - 1);
+        colon = close + 1;
+        ret->ipv6 = true;
+        if (hlen == 0 || hlen >= sizeof(host)) {
+            snprintf(detail, detail_len, "bad IPv6 address");
+            return -EINVAL;
+        }
+        memcpy(host, s + 1, hlen);
+    } else {
+        colon = NULL;
+        for (size_t i = len; i > 0; i--)
+            if (s[i - 1] == ':') {
+                colon = s + i - 1;
+                break;
+            }
+        if (!colon) {
+            snprintf(detail, detail_len, "missing ':PORT'");
+            return -EINVAL;
+        }
+        hlen = (size_t)(colon - s);
+        if (hlen == 0 || hlen >= sizeof(host)) {
+            snprintf(detail, detail_len, "missing or overlong host");
+            return -EINVAL;
+        }
+        memcpy(host, s, hlen);
+    }
+    host[hlen] = '\0';
+    if (inet_pton(ret->ipv6 ? AF_INET6 : AF_INET, host, bin) != 1) {
+        snprintf(detail, detail_len, "'%.*s' is not a numeric %s address", (int)hlen, host,
+                 ret->ipv6 ? "IPv6" : "IPv4");
+        return -EINVAL;
+    }
+    inet_ntop(ret->ipv6 ? AF_INET6 : AF_INET, bin, ret->host, sizeof(ret->host));
+    size_t plen = len - (size_t)(colon + 1 - s);
+    if (plen == 0 || plen >= sizeof(port)) {
+        snprintf(detail, detail_len, "missing or overlong port");
+        return -EINVAL;
+    }
+    memcpy(port, colon + 1, plen);
+    port[plen] = '\0';
+    if (llep__parse_u32(port, &p) < 0 || p < 1 || p > 65535) {
+        snprintf(detail, detail_len, "port '%s' is not an integer from 1 to 65535", port);
+        return -EINVAL;
+    }
+    ret->port = (uint16_t)p;
+    return 0;
+}
+
+static int cmp_peer_id(const void *a, const void *b) {
+    const llep_peer_addr *x = a, *y = b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* ID=HOST:PORT,... : every node, sorted by id; ids and addresses unique. All or nothing: a bad
+ * entry leaves the list in force alone. */
+static int set_peers(llep_config *c, const char *value) {
+    llep_peer_addr list[LLEP_MAX_NODES];
+    uint32_t n = 0;
+    const char *p = value;
+
+    for (;;) {
+        const char *end = strchr(p, ','), *eq;
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char idtext[16];
+        uint32_t id;
+
+        if (n == LLEP_MAX_NODES) {
+            snprintf(c->detail, sizeof(c->detail), "more than %u nodes", LLEP_MAX_NODES);
+            return -EINVAL;
+        }
+        eq = memchr(p, '=', len);
+        if (len == 0 || !eq) {
+            snprintf(c->detail, sizeof(c->detail), "node %u: expected ID=HOST:PORT", n + 1);
+            return -EINVAL;
+        }
+        size_t idlen = (size_t)(eq - p);
+        if (idlen == 0 || idlen >= sizeof(idtext)) {
+            snprintf(c->detail, sizeof(c->detail), "node %u: missing or overlong ID", n + 1);
+            return -EINVAL;
+        }
+        memcpy(idtext, p, idlen);
+        idtext[idlen] = '\0';
+        if (llep__parse_u32(idtext, &id) < 0 || id > LLEP_NODE_ID_MAX) {
+            snprintf(c->detail, sizeof(c->detail), "node %u: ID '%s' is not an integer from 0 "
+                     "to %u", n + 1, idtext, LLEP_NODE_ID_MAX);
+            return -EINVAL;
+        }
+        char why[120] = "";
+        if (parse_host_port(eq + 1, len - idlen - 1, &list[n], why, sizeof(why)) < 0) {
+            snprintf(c->detail, sizeof(c->detail), "node %u: %s", id, why);
+            return -EINVAL;
+        }
+        list[n++].id = id;
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    qsort(list, n, sizeof(list[0]), cmp_peer_id);
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t j = i + 1; j < n; j++) {
+            if (list[i].id == list[j].id) {
+                snprintf(c->detail, sizeof(c->detail), "node id %u appears twice", list[i].id);
+                return -EINVAL;
+            }
+            if (list[i].port == list[j].port && strcmp(list[i].host, list[j].host) == 0) {
+                snprintf(c->detail, sizeof(c->detail), "nodes %u and %u have the same address",
+                         list[i].id, list[j].id);
+                return -EINVAL;
+            }
+        }
+    memcpy(c->peers, list, n * sizeof(list[0]));
+    c->npeers = n;
+    return 0;
+}
+
+static int set_listen_peers(llep_config *c, const char *value) {
+    llep_peer_addr a;
+    int r = parse_host_port(value, strlen(value), &a, c->detail, sizeof(c->detail));
+
+    if (r < 0)
+        return r;
+    c->listen_peers = a;
+    c->have_listen_peers = true;
+    return 0;
+}
+
+static int parse_ms(const char *value, uint32_t lo, uint32_t hi, uint32_t *ret) {
+    uint32_t v;
+    int r = llep__parse_u32(value, &v);
+
+    if (r < 0)
+        return r;
+    if (v < lo || v > hi)
+        return -ERANGE;
+    *ret = v;
+    return 0;
+}
+
+static int set_peer_heartbeat_ms(llep_config *c, const char *value) {
+    return parse_ms(value, 10, 600000, &c->peer_heartbeat_ms);
+}
+
+static int set_peer_timeout_ms(llep_config *c, const char *value) {
+    return parse_ms(value, 20, 3600000, &c->peer_timeout_ms);
+}
+
 static const config_key keys[] = {
     { "socket", "PATH", "a path of 1 to 107 bytes",
       "unix socket to listen on", set_socket },
@@ -157,6 +337,16 @@ static const config_key keys[] = {
       "smallest token chunk worth a separate GEMM (default 1024)", set_min_tokens },
     { "log-level", "LEVEL", "err, warning, notice, info or debug",
       "most verbose messages to log (default notice)", set_log_level },
+    { "node-id", "ID", "an integer from 0 to 65535",
+      "this node's id in the cluster (with --peers)", set_node_id },
+    { "peers", "ID=HOST:PORT,...", "ID=HOST:PORT,... with numeric addresses",
+      "every node of the cluster, this one included", set_peers },
+    { "listen-peers", "HOST:PORT", "HOST:PORT with a numeric address ([ADDR] for IPv6)",
+      "accept peer links here (default: this node's entry in --peers)", set_listen_peers },
+    { "peer-heartbeat-ms", "N", "an integer from 10 to 600000",
+      "heartbeat interval on peer links (default 1000)", set_peer_heartbeat_ms },
+    { "peer-timeout-ms", "N", "an integer from 20 to 3600000",
+      "silence after which a peer is down (default 5000)", set_peer_timeout_ms },
 };
 
 /* Finds a key; '_' matches '-' so `min_tokens` works as well as `min-tokens`. len lets the
@@ -223,6 +413,8 @@ void llep__config_init(llep_config *c) {
         .lambda = LLEP_DEFAULT_LAMBDA,
         .min_tokens = LLEP_DEFAULT_MIN_TOKENS,
         .log_level = LLEP_LOG_NOTICE,
+        .peer_heartbeat_ms = LLEP_PEER_HEARTBEAT_MS_DEFAULT,
+        .peer_timeout_ms = LLEP_PEER_TIMEOUT_MS_DEFAULT,
     };
 }
 
@@ -236,15 +428,18 @@ void llep__config_fini(llep_config *c) {
 static int apply(llep_config *c, const config_key *k, const char *value, const char *what,
                  char *err, size_t errlen) {
     char q[300];
-    int r = k->set(c, value);
+    int r;
 
+    c->detail[0] = '\0';
+    r = k->set(c, value);
     if (r == -ENOMEM) {
         set_error(err, errlen, "out of memory setting %s", what);
         return r;
     }
     if (r < 0) {
         quote(q, sizeof(q), value, strlen(value));
-        set_error(err, errlen, "bad value %s for %s: expected %s", q, what, k->expect);
+        set_error(err, errlen, "bad value %s for %s: expected %s%s%s", q, what, k->expect,
+                  c->detail[0] ? ": " : "", c->detail);
         return -EINVAL;
     }
     return 0;
@@ -587,9 +782,68 @@ int llep__socket_path_connect_default(char **ret) {
     return *ret ? 0 : -ENOMEM;
 }
 
-int llep__config_finish(llep_config *c, char *err, size_t errlen) {
-    int r;
+const llep_peer_addr *llep__config_listen_addr(const llep_config *c) {
+    if (!c->have_node_id)
+        return NULL;
+    if (c->have_listen_peers)
+        return &c->listen_peers;
+    for (uint32_t i = 0; i < c->npeers; i++)
+        if (c->peers[i].id == c->node_id)
+            return &c->peers[i];
+    return NULL;
+}
 
+void llep__peer_addr_format(const llep_peer_addr *a, char *buf, size_t len) {
+    snprintf(buf, len, a->ipv6 ? "[%s]:%u" : "%s:%u", a->host, (unsigned)a->port);
+}
+
+uint64_t llep__peers_hash(const llep_config *c) {
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    char entry[LLEP_PEER_HOST_MAX + 32], addr[LLEP_PEER_HOST_MAX + 16];
+
+    for (uint32_t i = 0; i < c->npeers; i++) {
+        llep__peer_addr_format(&c->peers[i], addr, sizeof(addr));
+        snprintf(entry, sizeof(entry), "%u=%s,", c->peers[i].id, addr);
+        for (const char *p = entry; *p; p++) {
+            h ^= (unsigned char)*p;
+            h *= UINT64_C(0x100000001b3);
+        }
+    }
+    return h;
+}
+
+/* The cluster options that only make sense together. */
+static int check_cluster(const llep_config *c, char *err, size_t errlen) {
+    if (c->npeers && !c->have_node_id) {
+        set_error(err, errlen, "'peers' needs 'node-id': which of the nodes is this one?");
+        return -EINVAL;
+    }
+    if (c->have_node_id && !c->npeers) {
+        set_error(err, errlen, "'node-id' needs 'peers', the list of the cluster's nodes");
+        return -EINVAL;
+    }
+    if (c->have_listen_peers && !c->npeers) {
+        set_error(err, errlen, "'listen-peers' needs 'node-id' and 'peers'");
+        return -EINVAL;
+    }
+    if (c->have_node_id && !llep__config_listen_addr(c)) {
+        set_error(err, errlen, "'peers' has no entry for this node (node-id %u): add "
+                  "%u=HOST:PORT or give 'listen-peers'", c->node_id, c->node_id);
+        return -EINVAL;
+    }
+    if (c->peer_timeout_ms <= c->peer_heartbeat_ms) {
+        set_error(err, errlen, "'peer-timeout-ms' (%u) must be larger than "
+                  "'peer-heartbeat-ms' (%u)", c->peer_timeout_ms, c->peer_heartbeat_ms);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int llep__config_finish(llep_config *c, char *err, size_t errlen) {
+    int r = check_cluster(c, err, errlen);
+
+    if (r < 0)
+        return r;
     if (c->socket_path)
         return 0;
     r = llep__socket_path_default(&c->socket_path);

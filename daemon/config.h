@@ -9,6 +9,13 @@
  *   --lambda X             imbalance threshold, likewise
  *   --min-tokens N         smallest chunk worth a GEMM, likewise
  *   --log-level err|warning|notice|info|debug
+ *   --node-id ID           this daemon's node id in the cluster (0 to 65535)
+ *   --peers ID=HOST:PORT,...   every node of the cluster, this one included; HOST is a
+ *                          numeric IPv4 address or an IPv6 address in brackets
+ *   --listen-peers HOST:PORT   where to accept peer links (default: this node's own entry
+ *                          in --peers, e.g. 0.0.0.0:PORT to accept on every interface)
+ *   --peer-heartbeat-ms N  heartbeat interval on peer links (default 1000)
+ *   --peer-timeout-ms N    silence after which a peer shows as down (default 5000)
  *   --config FILE          read `key = value` lines first; the command line overrides them
  *
  * A config file has one `key = value` per line, keys as the long options without "--" ('_'
@@ -44,6 +51,22 @@ enum llep_log_level {
 #define LLEP_SOCKET_SYSTEM "/run/llep/llepd.sock"
 /* sun_path holds 108 bytes including the terminating NUL. */
 #define LLEP_SOCKET_PATH_MAX 107u
+/* Cluster membership (daemon/cluster.h): node ids, entries in --peers, addresses. */
+#define LLEP_NODE_ID_MAX 65535u
+#define LLEP_MAX_NODES 64u
+#define LLEP_PEER_HOST_MAX 46u          /* INET6_ADDRSTRLEN, without brackets */
+#define LLEP_PEER_HEARTBEAT_MS_DEFAULT 1000u
+#define LLEP_PEER_TIMEOUT_MS_DEFAULT 5000u
+
+/* One node of --peers, or the --listen-peers address (id unused). host is the address as
+ * inet_ntop() writes it, so two spellings of one address compare equal. */
+typedef struct llep_peer_addr {
+    uint32_t id;
+    bool ipv6;
+    char host[LLEP_PEER_HOST_MAX];
+    uint16_t port;
+} llep_peer_addr;
+
 /* Config files are a few lines; anything bigger is not one. */
 #define LLEP_CONFIG_FILE_MAX (1u << 20)
 
@@ -58,6 +81,16 @@ typedef struct llep_config {
     double lambda;                /* LLEP_DEFAULT_LAMBDA unless set */
     uint32_t min_tokens;          /* LLEP_DEFAULT_MIN_TOKENS unless set */
     enum llep_log_level log_level; /* LLEP_LOG_NOTICE unless set */
+    /* Cluster membership: none of it set means a single-node daemon. Fixed arrays, so the
+     * server's by-value copy of the config owns nothing. */
+    bool have_node_id;
+    uint32_t node_id;
+    llep_peer_addr peers[LLEP_MAX_NODES];  /* sorted by id, ids and addresses unique */
+    uint32_t npeers;
+    bool have_listen_peers;
+    llep_peer_addr listen_peers;
+    uint32_t peer_heartbeat_ms, peer_timeout_ms;
+    char detail[160];             /* why the last value was bad, when "expected" is not enough */
     bool help, version;           /* --help / --version given: main() prints and exits */
 } llep_config;
 
@@ -85,7 +118,10 @@ int llep__config_load_file(llep_config *c, const char *path, char *err, size_t e
 int llep__config_parse_args(llep_config *c, int argc, char *const *argv,
                             char *err, size_t errlen);
 
-/* Fills in what depends on the environment: the default socket path when none was set. */
+/* Fills in what depends on the environment: the default socket path when none was set.
+ * Also checks the options that only make sense together: node-id and peers go together, this
+ * node must have an entry in peers unless listen-peers is given, and peer-timeout-ms must
+ * exceed peer-heartbeat-ms (-EINVAL naming them). */
 int llep__config_finish(llep_config *c, char *err, size_t errlen);
 
 /* The default socket path: $LLEP_SOCKET when set and not empty, else LLEP_SOCKET_SYSTEM when
@@ -97,6 +133,17 @@ int llep__socket_path_default(char **ret);
 /* Where a client connects by default: as llep__socket_path_default(), except that a user
  * without a socket at the per-user path, where LLEP_SOCKET_SYSTEM exists, gets that one. */
 int llep__socket_path_connect_default(char **ret);
+
+/* The address this node accepts peer links on: --listen-peers, else its own --peers entry;
+ * NULL when the daemon is not in a cluster. */
+const llep_peer_addr *llep__config_listen_addr(const llep_config *c);
+
+/* "127.0.0.1:7000" or "[::1]:7000". */
+void llep__peer_addr_format(const llep_peer_addr *a, char *buf, size_t len);
+
+/* FNV-1a 64 of the canonical peers list ("ID=HOST:PORT," sorted by id). Peers exchange it in
+ * their hello, so two daemons started with different lists refuse each other. */
+uint64_t llep__peers_hash(const llep_config *c);
 
 /* `llepctl set [LAYER] KEY=VALUE` (SetRequest): the settings a running daemon accepts, for
  * one layer or as the default of all layers. Parsed here, with the same rules as the config

@@ -211,7 +211,8 @@ START_TEST(test_help_version) {
     fclose(f);
     for (const char *const *o = (const char *const[]){ "--socket", "--backend", "--devices",
              "--device-memory", "--alpha", "--lambda", "--min-tokens", "--log-level",
-             "--config", "--help", "--version", NULL }; *o; o++)
+             "--node-id", "--peers", "--listen-peers", "--peer-heartbeat-ms",
+             "--peer-timeout-ms", "--config", "--help", "--version", NULL }; *o; o++)
         ck_assert_msg(strstr(text, *o), "%s missing from usage", *o);
     free(text);
 
@@ -487,6 +488,167 @@ START_TEST(test_settings) {
 }
 END_TEST
 
+/* Cluster membership: node-id, peers (sorted, canonical addresses), listen-peers, the
+ * heartbeat and timeout, and the options that only go together. */
+START_TEST(test_cluster_options) {
+    llep_config c;
+    char addr[64];
+
+    llep__config_init(&c);
+    ck_assert(!c.have_node_id && c.npeers == 0);
+    ck_assert_uint_eq(c.peer_heartbeat_ms, 1000);
+    ck_assert_uint_eq(c.peer_timeout_ms, 5000);
+    ck_assert_ptr_null(llep__config_listen_addr(&c));
+    ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s", "--node-id", "1", "--peers",
+                           "2=127.0.0.3:7002,0=127.0.0.1:7000,1=[::1]:7001",
+                           "--peer-heartbeat-ms", "50", "--peer-timeout-ms", "200"), 0);
+    ck_assert(c.have_node_id);
+    ck_assert_uint_eq(c.node_id, 1);
+    ck_assert_uint_eq(c.npeers, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        ck_assert_uint_eq(c.peers[i].id, i);
+    ck_assert_str_eq(c.peers[0].host, "127.0.0.1");
+    ck_assert_uint_eq(c.peers[0].port, 7000);
+    ck_assert(c.peers[1].ipv6 && !c.peers[0].ipv6);
+    ck_assert_uint_eq(c.peer_heartbeat_ms, 50);
+    ck_assert_uint_eq(c.peer_timeout_ms, 200);
+    /* This node listens on its own entry unless listen-peers says otherwise. */
+    llep__peer_addr_format(llep__config_listen_addr(&c), addr, sizeof(addr));
+    ck_assert_str_eq(addr, "[::1]:7001");
+    uint64_t h = llep__peers_hash(&c);
+    llep__config_fini(&c);
+
+    /* Order and spelling of the list do not change the hash; a different list does. */
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s", "--node-id", "5", "--peers",
+                           "0=127.0.0.1:7000,1=[0:0::1]:7001,2=127.0.0.3:7002",
+                           "--listen-peers", "0.0.0.0:7100"), 0);
+    ck_assert_uint_eq(llep__peers_hash(&c), h);
+    llep__peer_addr_format(llep__config_listen_addr(&c), addr, sizeof(addr));
+    ck_assert_str_eq(addr, "0.0.0.0:7100");
+    ck_assert_int_eq(PARSE(&c, "--peers", "0=127.0.0.1:7000,1=[::1]:7001,2=127.0.0.3:7003",
+                           "--node-id", "0"), 0);
+    ck_assert_uint_ne(llep__peers_hash(&c), h);
+    llep__config_fini(&c);
+
+    /* The same keys in a config file. */
+    static const char text[] = "node_id = 2\npeers = 0=10.0.0.1:7000,2=10.0.0.2:7000\n"
+                               "peer-timeout-ms = 3000\n";
+    llep__config_init(&c);
+    ck_assert_int_eq(llep__config_parse_text(&c, "F", text, sizeof(text) - 1, err,
+                                             sizeof(err)), 0);
+    ck_assert_uint_eq(c.node_id, 2);
+    ck_assert_uint_eq(c.npeers, 2);
+    ck_assert_str_eq(c.peers[1].host, "10.0.0.2");
+    ck_assert_uint_eq(c.peer_timeout_ms, 3000);
+    llep__config_fini(&c);
+}
+END_TEST
+
+START_TEST(test_cluster_errors) {
+    static const struct { char *opt, *value; const char *msg; } bad[] = {
+        { "--node-id", "65536", "bad value '65536' for option '--node-id': expected an "
+          "integer from 0 to 65535" },
+        { "--node-id", "-1", NULL },
+        { "--peers", "", "bad value '' for option '--peers': expected ID=HOST:PORT,... with "
+          "numeric addresses: node 1: expected ID=HOST:PORT" },
+        { "--peers", "0=127.0.0.1:7000,", "bad value '0=127.0.0.1:7000,' for option "
+          "'--peers': expected ID=HOST:PORT,... with numeric addresses: node 2: expected "
+          "ID=HOST:PORT" },
+        { "--peers", "x=127.0.0.1:7000", "bad value 'x=127.0.0.1:7000' for option '--peers': "
+          "expected ID=HOST:PORT,... with numeric addresses: node 1: ID 'x' is not an integer "
+          "from 0 to 65535" },
+        { "--peers", "0=localhost:7000", "bad value '0=localhost:7000' for option '--peers': "
+          "expected ID=HOST:PORT,... with numeric addresses: node 0: 'localhost' is not a "
+          "numeric IPv4 address" },
+        { "--peers", "0=127.0.0.1:70000", "bad value '0=127.0.0.1:70000' for option "
+          "'--peers': expected ID=HOST:PORT,... with numeric addresses: node 0: port '70000' "
+          "is not an integer from 1 to 65535" },
+        { "--peers", "0=127.0.0.1", NULL },
+        { "--peers", "0=127.0.0.1:", NULL },
+        { "--peers", "0=127.0.0.1:0", NULL },
+        { "--peers", "0=127.0.0.1:+80", NULL },
+        { "--peers", "0=::1:7000", NULL },
+        { "--peers", "0=[::1]7000", NULL },
+        { "--peers", "0=[]:7000", NULL },
+        { "--peers", "0=[127.0.0.1]:7000", NULL },
+        { "--peers", "=127.0.0.1:7000", NULL },
+        { "--peers", "0=127.0.0.1:7000,,1=127.0.0.1:7001", NULL },
+        { "--peers", "0=127.0.0.1:7000 ,1=127.0.0.1:7001", NULL },
+        { "--peers", "1=127.0.0.1:7000,1=127.0.0.2:7000", "bad value "
+          "'1=127.0.0.1:7000,1=127.0.0.2:7000' for option '--peers': expected ID=HOST:PORT,"
+          "... with numeric addresses: node id 1 appears twice" },
+        { "--peers", "1=127.0.0.1:7000,2=127.0.0.1:7000", "bad value "
+          "'1=127.0.0.1:7000,2=127.0.0.1:7000' for option '--peers': expected ID=HOST:PORT,"
+          "... with numeric addresses: nodes 1 and 2 have the same address" },
+        { "--listen-peers", "127.0.0.1", NULL },
+        { "--listen-peers", "host:80", NULL },
+        { "--peer-heartbeat-ms", "9", NULL },
+        { "--peer-heartbeat-ms", "1s", NULL },
+        { "--peer-timeout-ms", "0", NULL },
+        { "--peer-timeout-ms", "3600001", NULL },
+    };
+    llep_config c;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char expect[64];
+
+        llep__config_init(&c);
+        ck_assert_msg(PARSE(&c, bad[i].opt, bad[i].value) == -EINVAL, "%s %s", bad[i].opt,
+                      bad[i].value);
+        snprintf(expect, sizeof(expect), "for option '%s': expected ", bad[i].opt);
+        ck_assert_msg(strstr(err, "bad value '") == err && strstr(err, expect), "%s", err);
+        if (bad[i].msg)
+            ck_assert_str_eq(err, bad[i].msg);
+        ck_assert(!c.have_node_id && c.npeers == 0 && !c.have_listen_peers);
+        llep__config_fini(&c);
+    }
+
+    /* Too many nodes. */
+    char *many = malloc(65 * 24);
+    size_t len = 0;
+    ck_assert_ptr_nonnull(many);
+    for (int i = 0; i < 65; i++)
+        len += (size_t)sprintf(many + len, "%s%d=127.0.0.1:%d", i ? "," : "", i, 7000 + i);
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--peers", many), -EINVAL);
+    ck_assert_msg(strstr(err, ": more than 64 nodes"), "%s", err);
+    llep__config_fini(&c);
+    free(many);
+
+    /* Options that only make sense together. */
+    static const struct { char *a, *b, *c, *d; const char *msg; } pairs[] = {
+        { "--node-id", "0", "--socket", "/tmp/s",
+          "'node-id' needs 'peers', the list of the cluster's nodes" },
+        { "--peers", "0=127.0.0.1:7000", "--socket", "/tmp/s",
+          "'peers' needs 'node-id': which of the nodes is this one?" },
+        { "--node-id", "3", "--peers", "0=127.0.0.1:7000,1=127.0.0.1:7001",
+          "'peers' has no entry for this node (node-id 3): add 3=HOST:PORT or give "
+          "'listen-peers'" },
+        { "--listen-peers", "0.0.0.0:7000", "--socket", "/tmp/s",
+          "'listen-peers' needs 'node-id' and 'peers'" },
+        { "--peer-heartbeat-ms", "500", "--peer-timeout-ms", "500",
+          "'peer-timeout-ms' (500) must be larger than 'peer-heartbeat-ms' (500)" },
+    };
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        llep__config_init(&c);
+        ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s", pairs[i].a, pairs[i].b, pairs[i].c,
+                               pairs[i].d), -EINVAL);
+        ck_assert_str_eq(err, pairs[i].msg);
+        llep__config_fini(&c);
+    }
+
+    /* In a file: FILE:LINE and the key. */
+    llep__config_init(&c);
+    const char *dup = "\npeers = 0=1.2.3.4:5,0=1.2.3.5:5\n";
+    ck_assert_int_eq(llep__config_parse_text(&c, "F", dup, strlen(dup), err, sizeof(err)),
+                     -EINVAL);
+    ck_assert_str_eq(err, "F:2: bad value '0=1.2.3.4:5,0=1.2.3.5:5' for key 'peers': expected "
+                          "ID=HOST:PORT,... with numeric addresses: node id 0 appears twice");
+    llep__config_fini(&c);
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("core");
@@ -504,6 +666,8 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_default_socket);
     tcase_add_test(tc, test_default_socket_root);
     tcase_add_test(tc, test_settings);
+    tcase_add_test(tc, test_cluster_options);
+    tcase_add_test(tc, test_cluster_errors);
     suite_add_tcase(s, tc);
     return s;
 }
