@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "handlers.h"
 #include "layer.h"
 #include "llep-config.h"
@@ -330,6 +331,7 @@ static const handler handlers[] = {
     { LLEP__FRAME__BODY_STATS, llepd_handle_stats, ANY },
     { LLEP__FRAME__BODY_SET, llepd_handle_set, ADMIN },
     { LLEP__FRAME__BODY_DRAIN, llepd_handle_drain, ADMIN },
+    { LLEP__FRAME__BODY_PEERS, llepd_handle_peers, ANY },
 };
 
 void llepd_handle_frame(llepd_session *s, const Llep__Frame *f) {

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "backend-select.h"
+#include "cluster.h"
 #include "config.h"
 #include "llep-config.h"
 #include "log.h"
@@ -48,6 +49,7 @@ static void close_handles(llepd_server *srv) {
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sighup, NULL);
     llepd_notify_close(&d->notify);
+    llepd_cluster_close(srv->cluster);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum) {
@@ -70,6 +72,11 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
         log_notice("reload: a new 'devices' takes effect at the next start");
     if (next->device_memory && next->device_memory != srv->device_memory)
         log_notice("reload: a new 'device-memory' takes effect at the next start");
+    if (next->have_node_id != srv->cfg.have_node_id || next->node_id != srv->cfg.node_id ||
+        llep__peers_hash(next) != llep__peers_hash(&srv->cfg) ||
+        next->peer_heartbeat_ms != srv->cfg.peer_heartbeat_ms ||
+        next->peer_timeout_ms != srv->cfg.peer_timeout_ms)
+        log_notice("reload: new cluster settings take effect at the next start");
 }
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
@@ -201,8 +208,11 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     d->srv.backend_ops = ops;
     if (r == 0)
         r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
+    if (r == 0)
+        r = llepd_cluster_init(&d->srv, err, sizeof(err));
     if (r < 0) {
         log_error("%s", err[0] ? err : strerror(-r));
+        llepd_cluster_fini(d->srv.cluster);
         llepd_server_fini(&d->srv);
         free(d);
         return 1;
@@ -212,6 +222,7 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
         r = llepd_notify_init(&d->notify, &d->srv);
     if (r < 0) {
         log_error("signals and timers: %s", uv_strerror(r));
+        llepd_cluster_fini(d->srv.cluster);
         llepd_server_fini(&d->srv);
         free(d);
         return 1;
@@ -222,6 +233,7 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     /* The socket listens already: a client connecting after READY=1 is accepted. */
     llepd_notify_ready(&d->notify);
     uv_run(loop, UV_RUN_DEFAULT);
+    llepd_cluster_fini(d->srv.cluster);
     llepd_server_fini(&d->srv);
     uv_loop_close(loop);
     free(d);

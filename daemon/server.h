@@ -242,6 +242,8 @@ struct llepd_server {
     uint32_t ndrain_waiters;
 
     void (*on_idle_after_stop)(llepd_server *srv);  /* called when stopping and nothing runs */
+
+    struct llepd_cluster *cluster;  /* peer links (cluster.h); set up and closed by llepd.c */
 };
 
 uint64_t llepd_now_ns(void);

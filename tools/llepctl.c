@@ -692,6 +692,88 @@ static int verb_drain(ctl *x, char **argv) {
     return 0;
 }
 
+static const char *peer_state_name(Llep__PeerState s) {
+    switch (s) {
+    case LLEP__PEER_STATE__PEER_STATE_CONNECTING: return "connecting";
+    case LLEP__PEER_STATE__PEER_STATE_UP: return "up";
+    case LLEP__PEER_STATE__PEER_STATE_DOWN: return "down";
+    default: return "unknown";
+    }
+}
+
+static void peers_json(const Llep__PeersReply *p) {
+    printf("{\"clustered\": %s", p->clustered ? "true" : "false");
+    if (p->clustered) {
+        printf(", \"node_id\": %" PRIu32 ", \"listen_address\": ", p->node_id);
+        json_str(p->listen_address);
+        printf(", \"heartbeat_ms\": %" PRIu32 ", \"timeout_ms\": %" PRIu32, p->heartbeat_ms,
+               p->timeout_ms);
+    }
+    fputs(", \"peers\": [", stdout);
+    for (size_t i = 0; i < p->n_peers; i++) {
+        const Llep__PeerInfo *v = p->peers[i];
+
+        printf("%s{\"node_id\": %" PRIu32 ", \"address\": ", i ? ", " : "", v->node_id);
+        json_str(v->address);
+        printf(", \"state\": \"%s\", \"outgoing\": %s, \"rtt_last_ns\": %" PRIu64
+               ", \"rtt_smoothed_ns\": %" PRIu64 ", \"bytes_sent\": %" PRIu64
+               ", \"bytes_received\": %" PRIu64 ", \"last_seen_us\": ",
+               peer_state_name(v->state), v->outgoing ? "true" : "false", v->rtt_last_ns,
+               v->rtt_smoothed_ns, v->bytes_sent, v->bytes_received);
+        if (v->seen)
+            printf("%" PRIu64, v->last_seen_us);
+        else
+            fputs("null", stdout);
+        printf(", \"state_us\": %" PRIu64 ", \"links_up\": %" PRIu32 ", \"last_error\": ",
+               v->state_us, v->links_up);
+        json_str(v->last_error);
+        putchar('}');
+    }
+    fputs("]}\n", stdout);
+}
+
+static int verb_peers(ctl *x, char **argv) {
+    Llep__PeersRequest pr = LLEP__PEERS_REQUEST__INIT;
+    Llep__Frame req = LLEP__FRAME__INIT;
+    _cleanup_frame_ Llep__Frame *reply = NULL;
+    const Llep__PeersReply *p;
+    char b1[32], b2[32], b3[32], b4[32], b5[32];
+    int r;
+
+    (void)argv;
+    req.body_case = LLEP__FRAME__BODY_PEERS;
+    req.peers = &pr;
+    r = request(x, &req, LLEP__FRAME__BODY_PEERS_REPLY, &reply);
+    if (r)
+        return r;
+    p = reply->peers_reply;
+    if (x->json) {
+        peers_json(p);
+        return 0;
+    }
+    if (!p->clustered) {
+        printf("not in a cluster (llepd runs without --node-id and --peers)\n");
+        return 0;
+    }
+    printf("node %" PRIu32 ", peer links on %s, heartbeat %" PRIu32 " ms, peer timeout %" PRIu32
+           " ms\n", p->node_id, p->listen_address, p->heartbeat_ms, p->timeout_ms);
+    printf("%-5s %-24s %-10s %10s %10s %10s %10s %10s  %s\n", "NODE", "ADDRESS", "STATE",
+           "RTT", "SRTT", "SENT", "RECEIVED", "LAST SEEN", "LAST ERROR");
+    for (size_t i = 0; i < p->n_peers; i++) {
+        const Llep__PeerInfo *v = p->peers[i];
+
+        printf("%-5" PRIu32 " %-24s %-10s %10s %10s %10s %10s %10s  %s\n", v->node_id,
+               v->address, peer_state_name(v->state),
+               v->rtt_last_ns ? fmt_us(v->rtt_last_ns / 1000, b1, sizeof(b1)) : "-",
+               v->rtt_smoothed_ns ? fmt_us(v->rtt_smoothed_ns / 1000, b2, sizeof(b2)) : "-",
+               fmt_bytes(v->bytes_sent, b3, sizeof(b3)),
+               fmt_bytes(v->bytes_received, b4, sizeof(b4)),
+               v->seen ? fmt_us(v->last_seen_us, b5, sizeof(b5)) : "never",
+               v->last_error && v->last_error[0] ? v->last_error : "-");
+    }
+    return 0;
+}
+
 typedef struct verb {
     const char *name;
     int min_args, max_args;
@@ -712,6 +794,7 @@ static const verb verbs[] = {
     { "set", 1, 2, "[LAYER] KEY=VALUE",
       "set alpha, lambda, min_tokens or policy (of LAYER, else the default)", verb_set },
     { "drain", 0, 0, "", "finish the running steps, refuse new work", verb_drain },
+    { "peers", 0, 0, "", "cluster peers: state, round trip, bytes, last seen", verb_peers },
 };
 
 static void help(void) {

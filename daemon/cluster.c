@@ -1,0 +1,823 @@
+/* Cluster membership: peer links, their hello, heartbeats and states (see cluster.h). */
+#include "cluster.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llep-config.h"
+#include "log.h"
+
+/* Connections that have not said hello yet; more than this at once are closed unread. */
+#define MAX_UNIDENTIFIED 16u
+#define ADDR_MAX (LLEP_PEER_HOST_MAX + 16)
+#define MSG_MAX 256
+
+enum link_state {
+    LINK_CONNECTING,   /* dialling: TCP connect in progress */
+    LINK_HELLO,        /* connected, hello not yet done */
+    LINK_UP,
+    LINK_CLOSING,      /* shutting down after a last message, or its handle is closing */
+};
+
+typedef struct cluster_peer cluster_peer;
+
+typedef struct cluster_link {
+    llepd_cluster *cl;
+    llepd_list node;            /* in cl->links until its handle has closed */
+    cluster_peer *peer;         /* the dialled peer, or the one an incoming hello named */
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_shutdown_t shutdown_req;
+    llep_frame_decoder dec;
+    enum link_state state;
+    bool outgoing;
+    uint64_t started_ns;        /* when it was made, then when it began closing */
+    uint64_t rx_unattributed;   /* bytes received before the hello named the peer */
+    char remote[ADDR_MAX];      /* for logs */
+} cluster_link;
+
+struct cluster_peer {
+    llep_peer_addr addr;
+    char address[ADDR_MAX];
+    struct sockaddr_storage sa;
+    bool outgoing;              /* this node has the lower id and dials */
+    Llep__PeerState state;
+    uint64_t state_since_ns;
+    cluster_link *link;         /* dialling, in hello or up; NULL when there is none */
+    uint64_t next_dial_ns;
+    uint32_t backoff_ms;
+    uint64_t hb_seq;
+    uint64_t rtt_last_ns, rtt_srtt_ns;
+    uint64_t bytes_sent, bytes_received;
+    uint64_t last_seen_ns;
+    bool seen;
+    uint32_t links_up;
+    char last_error[MSG_MAX];
+};
+
+struct llepd_cluster {
+    llepd_server *srv;
+    uv_loop_t *loop;
+    bool enabled, closed;
+    uint32_t node_id;
+    uint64_t peers_hash;
+    uint64_t heartbeat_ns, timeout_ns;
+    char listen_address[ADDR_MAX];
+    cluster_peer *peers;        /* every node but this one, by id */
+    uint32_t npeers;
+    uv_tcp_t listener;
+    bool listening;
+    uv_timer_t tick;
+    bool ticking;
+    llepd_list links;
+};
+
+static void link_send(cluster_link *l, const Llep__Frame *f);
+
+/* ---- peers ------------------------------------------------------------------------------- */
+
+static cluster_peer *peer_by_id(llepd_cluster *cl, uint32_t id) {
+    for (uint32_t i = 0; i < cl->npeers; i++)
+        if (cl->peers[i].addr.id == id)
+            return &cl->peers[i];
+    return NULL;
+}
+
+static void peer_set_state(cluster_peer *p, Llep__PeerState state) {
+    if (p->state == state)
+        return;
+    p->state = state;
+    p->state_since_ns = llepd_now_ns();
+}
+
+/* The next dial after a failed or lost link: soon after a link that was up, then doubling
+ * up to the peer timeout, so a node that comes back is found within about one timeout. */
+static void peer_schedule_dial(llepd_cluster *cl, cluster_peer *p, bool was_up) {
+    uint32_t first = (uint32_t)(cl->heartbeat_ns / 1000000u);
+    uint32_t cap = (uint32_t)(cl->timeout_ns / 1000000u);
+
+    if (was_up || p->backoff_ms == 0)
+        p->backoff_ms = first;
+    p->next_dial_ns = llepd_now_ns() + (uint64_t)p->backoff_ms * 1000000u;
+    p->backoff_ms = p->backoff_ms > cap / 2 ? cap : 2 * p->backoff_ms;
+}
+
+/* ---- links: closing ---------------------------------------------------------------------- */
+
+static void on_link_closed(uv_handle_t *h) {
+    cluster_link *l = h->data;
+
+    llepd_list_remove(&l->node);
+    llep__frame_decoder_fini(&l->dec);
+    free(l);
+}
+
+static void link_close_handle(cluster_link *l) {
+    if (!uv_is_closing((uv_handle_t *)&l->tcp))
+        uv_close((uv_handle_t *)&l->tcp, on_link_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    (void)status;
+    link_close_handle(req->data);
+}
+
+/* Detaches the link from its peer (the peer is down when the link was up) and closes it:
+ * after what was queued has been written when flush is set (a refusal or error reply the
+ * other end should read), else at once. */
+static void link_end(cluster_link *l, const char *why, bool flush) {
+    llepd_cluster *cl = l->cl;
+    cluster_peer *p = l->peer;
+    bool was_up = l->state == LINK_UP, connected = l->state != LINK_CONNECTING;
+
+    if (l->state == LINK_CLOSING)
+        return;
+    l->state = LINK_CLOSING;
+    l->started_ns = llepd_now_ns();
+    if (p && p->link == l) {
+        p->link = NULL;
+        snprintf(p->last_error, sizeof(p->last_error), "%s", why);
+        if (was_up) {
+            log_warning("peer node %u (%s) down: %s", p->addr.id, p->address, why);
+            peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_DOWN);
+        } else {
+            log_info("peer node %u (%s): link not up: %s", p->addr.id, p->address, why);
+        }
+        if (p->outgoing && !cl->closed)
+            peer_schedule_dial(cl, p, was_up);
+    }
+    if (connected)
+        uv_read_stop((uv_stream_t *)&l->tcp);
+    if (flush && connected) {
+        l->shutdown_req.data = l;
+        if (uv_shutdown(&l->shutdown_req, (uv_stream_t *)&l->tcp, on_shutdown) == 0)
+            return;
+    }
+    link_close_handle(l);
+}
+
+/* Answers a frame that cannot be served with an ErrorReply, logs it and closes the link. */
+static void link_fail(cluster_link *l, uint64_t id, int err, const char *msg) {
+    Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    log_warning("peer link %s: %s", l->remote, msg);
+    er.status = llep__status_from_errno(err);
+    er.message = (char *)msg;
+    f.id = id;
+    f.body_case = LLEP__FRAME__BODY_ERROR;
+    f.error = &er;
+    link_send(l, &f);
+    link_end(l, msg, true);
+}
+
+/* ---- links: sending ---------------------------------------------------------------------- */
+
+static void on_write(uv_write_t *req, int status) {
+    cluster_link *l = req->data;
+
+    free(req);
+    if (status < 0 && l->state != LINK_CLOSING)
+        link_end(l, uv_strerror(status), false);
+}
+
+static void link_send(cluster_link *l, const Llep__Frame *f) {
+    uint8_t *buf;
+    size_t len;
+    uv_write_t *req;
+
+    if (l->state == LINK_CLOSING || l->state == LINK_CONNECTING)
+        return;
+    int r = llep__frame_encode_alloc(f, &buf, &len);
+    if (r < 0) {
+        log_error("peer link %s: cannot encode a %s frame: %s", l->remote,
+                  llep__frame_body_name(f->body_case), strerror(-r));
+        link_end(l, "a frame could not be encoded", false);
+        return;
+    }
+    /* The request carries the frame, so on_write frees both at once. */
+    req = malloc(sizeof(*req) + len);
+    if (!req) {
+        free(buf);
+        link_end(l, "out of memory", false);
+        return;
+    }
+    memcpy(req + 1, buf, len);
+    free(buf);
+    req->data = l;
+    uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)len);
+    r = uv_write(req, (uv_stream_t *)&l->tcp, &b, 1, on_write);
+    if (r < 0) {
+        free(req);
+        link_end(l, uv_strerror(r), false);
+        return;
+    }
+    if (l->peer)
+        l->peer->bytes_sent += len;
+}
+
+/* ---- links: hello ------------------------------------------------------------------------ */
+
+static void link_up(cluster_link *l, cluster_peer *p) {
+    l->state = LINK_UP;
+    l->peer = p;
+    p->link = l;
+    p->links_up++;
+    p->backoff_ms = 0;
+    p->last_seen_ns = llepd_now_ns();
+    p->seen = true;
+    p->last_error[0] = '\0';
+    peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_UP);
+    log_notice("peer node %u (%s) up (%s %s)", p->addr.id, p->address,
+               l->outgoing ? "dialled" : "incoming from", l->remote);
+}
+
+static void send_hello(cluster_link *l) {
+    Llep__PeerHello h = LLEP__PEER_HELLO__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.node_id = l->cl->node_id;
+    h.peer_id = l->peer->addr.id;
+    h.peers_hash = l->cl->peers_hash;
+    h.daemon_version = (char *)LLEP_VERSION;
+    f.id = 1;
+    f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
+    f.peer_hello = &h;
+    link_send(l, &f);
+}
+
+/* Why an incoming PeerHello is refused, or 0 with *ret_peer. */
+static int check_hello(llepd_cluster *cl, const Llep__PeerHello *h, cluster_peer **ret_peer,
+                       char *msg, size_t len) {
+    uint32_t want = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    cluster_peer *p;
+
+    if (h->version != want) {
+        snprintf(msg, len, "protocol version mismatch: node %" PRIu32 " speaks version %" PRIu32
+                 ", node %u speaks version %u", h->node_id, h->version, cl->node_id, want);
+        return -EPROTONOSUPPORT;
+    }
+    if (h->node_id == cl->node_id) {
+        snprintf(msg, len, "node id %u is this node's own id", cl->node_id);
+        return -EINVAL;
+    }
+    p = peer_by_id(cl, h->node_id);
+    if (!p) {
+        snprintf(msg, len, "unknown node id %" PRIu32 ": not in node %u's peers list",
+                 h->node_id, cl->node_id);
+        return -ENOENT;
+    }
+    if (h->peer_id != cl->node_id) {
+        snprintf(msg, len, "node %" PRIu32 " dialled node %" PRIu32 " but reached node %u at "
+                 "%s: the peers lists differ", h->node_id, h->peer_id, cl->node_id,
+                 cl->listen_address);
+        return -EINVAL;
+    }
+    if (p->outgoing) {
+        snprintf(msg, len, "node %" PRIu32 " dialled node %u, but the lower id dials the "
+                 "higher: node %u dials node %" PRIu32, h->node_id, cl->node_id, cl->node_id,
+                 h->node_id);
+        return -EINVAL;
+    }
+    if (h->peers_hash != cl->peers_hash) {
+        snprintf(msg, len, "node %" PRIu32 " has a different peers list (hash %016" PRIx64
+                 ", node %u has %016" PRIx64 "): every node needs the same --peers",
+                 h->node_id, h->peers_hash, cl->node_id, cl->peers_hash);
+        return -EINVAL;
+    }
+    *ret_peer = p;
+    return 0;
+}
+
+static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
+    llepd_cluster *cl = l->cl;
+    Llep__PeerHelloReply hr = LLEP__PEER_HELLO_REPLY__INIT;
+    Llep__Frame out = LLEP__FRAME__INIT;
+    cluster_peer *p = NULL;
+    char msg[MSG_MAX] = "";
+    int r = check_hello(cl, f->peer_hello, &p, msg, sizeof(msg));
+
+    hr.status = llep__status_from_errno(r);
+    hr.message = msg;
+    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hr.node_id = cl->node_id;
+    hr.peers_hash = cl->peers_hash;
+    out.id = f->id;
+    out.body_case = LLEP__FRAME__BODY_PEER_HELLO_REPLY;
+    out.peer_hello_reply = &hr;
+    if (r < 0) {
+        log_warning("refused a peer link from %s: %s", l->remote, msg);
+        link_send(l, &out);
+        link_end(l, msg, true);
+        return;
+    }
+    /* A node dialling again has restarted or lost its link: the new link wins. */
+    if (p->link) {
+        char why[MSG_MAX];
+        snprintf(why, sizeof(why), "replaced by a new link from %s", l->remote);
+        link_end(p->link, why, false);
+    }
+    p->bytes_received += l->rx_unattributed;
+    l->rx_unattributed = 0;
+    l->peer = p;
+    link_send(l, &out);
+    link_up(l, p);
+}
+
+static void handle_peer_hello_reply(cluster_link *l, const Llep__Frame *f) {
+    const Llep__PeerHelloReply *h = f->peer_hello_reply;
+    uint32_t want = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    cluster_peer *p = l->peer;
+    char msg[MSG_MAX];
+
+    if (h->status != LLEP__STATUS__STATUS_OK)
+        snprintf(msg, sizeof(msg), "node %u refused the link: %s", p->addr.id,
+                 h->message && h->message[0] ? h->message : "no reason given");
+    else if (h->version != want)
+        snprintf(msg, sizeof(msg), "protocol version mismatch: node %u speaks version %" PRIu32
+                 ", this node speaks version %u", p->addr.id, h->version, want);
+    else if (h->node_id != p->addr.id)
+        snprintf(msg, sizeof(msg), "%s answered as node %" PRIu32 ", expected node %u",
+                 p->address, h->node_id, p->addr.id);
+    else if (h->peers_hash != l->cl->peers_hash)
+        snprintf(msg, sizeof(msg), "node %u has a different peers list", p->addr.id);
+    else {
+        link_up(l, p);
+        return;
+    }
+    log_error("peer link to %s: %s", p->address, msg);
+    link_end(l, msg, false);
+}
+
+/* ---- links: heartbeats and dispatch ------------------------------------------------------ */
+
+static void send_heartbeat(cluster_link *l, uint64_t now) {
+    Llep__Heartbeat hb = LLEP__HEARTBEAT__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    hb.seq = ++l->peer->hb_seq;
+    hb.sent_ns = now;
+    f.id = hb.seq;
+    f.body_case = LLEP__FRAME__BODY_HEARTBEAT;
+    f.heartbeat = &hb;
+    link_send(l, &f);
+}
+
+static void handle_heartbeat(cluster_link *l, const Llep__Frame *f) {
+    Llep__HeartbeatReply ack = LLEP__HEARTBEAT_REPLY__INIT;
+    Llep__Frame out = LLEP__FRAME__INIT;
+
+    ack.seq = f->heartbeat->seq;
+    ack.sent_ns = f->heartbeat->sent_ns;
+    out.id = f->id;
+    out.body_case = LLEP__FRAME__BODY_HEARTBEAT_REPLY;
+    out.heartbeat_reply = &ack;
+    link_send(l, &out);
+}
+
+static void handle_heartbeat_reply(cluster_link *l, const Llep__Frame *f) {
+    cluster_peer *p = l->peer;
+    uint64_t now = llepd_now_ns(), sent = f->heartbeat_reply->sent_ns;
+
+    /* Only our own clock's values are meaningful; anything else is ignored, not trusted. */
+    if (sent == 0 || sent > now || f->heartbeat_reply->seq > p->hb_seq)
+        return;
+    p->rtt_last_ns = now - sent;
+    p->rtt_srtt_ns = p->rtt_srtt_ns ? (7 * p->rtt_srtt_ns + p->rtt_last_ns) / 8 : p->rtt_last_ns;
+}
+
+/* Peer frames go through this dispatch only: a peer can never reach the unix socket's
+ * handlers (client and llepctl requests). */
+static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
+    Llep__Frame__BodyCase body = f->body_case;
+    char msg[MSG_MAX];
+
+    if (l->peer && l->state == LINK_UP) {
+        l->peer->last_seen_ns = llepd_now_ns();
+        l->peer->seen = true;
+    }
+    if (body == LLEP__FRAME__BODY_ERROR || body == LLEP__FRAME__BODY_NOTICE) {
+        const char *m = body == LLEP__FRAME__BODY_ERROR ? f->error->message : f->notice->message;
+        snprintf(msg, sizeof(msg), "the peer sent %s: %s", llep__frame_body_name(body),
+                 m && m[0] ? m : "no message");
+        log_warning("peer link %s: %s", l->remote, msg);
+        link_end(l, msg, false);
+        return;
+    }
+    if (l->state == LINK_HELLO) {
+        Llep__Frame__BodyCase want = l->outgoing ? LLEP__FRAME__BODY_PEER_HELLO_REPLY
+                                                 : LLEP__FRAME__BODY_PEER_HELLO;
+        if (body != want) {
+            snprintf(msg, sizeof(msg), "the first message on a peer link must be %s, got %s",
+                     llep__frame_body_name(want), llep__frame_body_name(body));
+            link_fail(l, f->id, -EPROTO, msg);
+        } else if (l->outgoing) {
+            handle_peer_hello_reply(l, f);
+        } else {
+            handle_peer_hello(l, f);
+        }
+        return;
+    }
+    if (body == LLEP__FRAME__BODY_HEARTBEAT)
+        handle_heartbeat(l, f);
+    else if (body == LLEP__FRAME__BODY_HEARTBEAT_REPLY)
+        handle_heartbeat_reply(l, f);
+    else {
+        snprintf(msg, sizeof(msg), "%s is not served on a peer link",
+                 llep__frame_body_name(body));
+        link_fail(l, f->id, -EPROTO, msg);
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    (void)h;
+    if (suggested > LLEP_FRAME_READ_MAX)
+        suggested = LLEP_FRAME_READ_MAX;
+    buf->base = malloc(suggested);
+    buf->len = buf->base ? suggested : 0;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    cluster_link *l = stream->data;
+    Llep__Frame *f;
+    char msg[MSG_MAX];
+    int r = 0;
+
+    if (nread < 0) {
+        free(buf->base);
+        link_end(l, nread == UV_EOF ? "the peer closed the link" : uv_strerror((int)nread),
+                 false);
+        return;
+    }
+    if (l->peer)
+        l->peer->bytes_received += (uint64_t)nread;
+    else
+        l->rx_unattributed += (uint64_t)nread;
+    if (nread > 0)
+        r = llep__frame_decoder_feed(&l->dec, buf->base, (size_t)nread);
+    free(buf->base);
+    while (r >= 0 && l->state != LINK_CLOSING) {
+        r = llep__frame_decoder_next(&l->dec, &f);
+        if (r <= 0)
+            break;
+        link_dispatch(l, f);
+        llep__frame_free(f);
+    }
+    if (r < 0 && l->state != LINK_CLOSING) {
+        snprintf(msg, sizeof(msg), "bad frame: %s", llep__frame_decoder_error(&l->dec));
+        link_fail(l, 0, -EPROTO, msg);
+    }
+}
+
+/* ---- links: making them ------------------------------------------------------------------ */
+
+static cluster_link *link_new(llepd_cluster *cl, bool outgoing) {
+    cluster_link *l = calloc(1, sizeof(*l));
+
+    if (!l)
+        return NULL;
+    if (uv_tcp_init(cl->loop, &l->tcp) < 0) {
+        free(l);
+        return NULL;
+    }
+    l->cl = cl;
+    l->tcp.data = l;
+    l->outgoing = outgoing;
+    l->started_ns = llepd_now_ns();
+    llep__frame_decoder_init(&l->dec, 0);
+    llepd_list_append(&cl->links, &l->node);
+    return l;
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+    cluster_link *l = req->data;
+    char msg[MSG_MAX];
+
+    if (l->state == LINK_CLOSING)
+        return;
+    if (status < 0) {
+        snprintf(msg, sizeof(msg), "dialling %s: %s", l->remote, uv_strerror(status));
+        link_end(l, msg, false);
+        return;
+    }
+    l->state = LINK_HELLO;
+    uv_tcp_nodelay(&l->tcp, 1);
+    int r = uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read);
+    if (r < 0) {
+        link_end(l, uv_strerror(r), false);
+        return;
+    }
+    send_hello(l);
+}
+
+static void peer_dial(llepd_cluster *cl, cluster_peer *p) {
+    cluster_link *l = link_new(cl, true);
+
+    if (!l) {
+        snprintf(p->last_error, sizeof(p->last_error), "out of memory");
+        peer_schedule_dial(cl, p, false);
+        return;
+    }
+    l->peer = p;
+    l->state = LINK_CONNECTING;
+    snprintf(l->remote, sizeof(l->remote), "%s", p->address);
+    p->link = l;
+    l->connect_req.data = l;
+    int r = uv_tcp_connect(&l->connect_req, &l->tcp, (const struct sockaddr *)&p->sa,
+                           on_connect);
+    if (r < 0) {
+        char msg[MSG_MAX];
+        snprintf(msg, sizeof(msg), "dialling %s: %s", p->address, uv_strerror(r));
+        link_end(l, msg, false);
+    }
+}
+
+static uint32_t count_unidentified(llepd_cluster *cl) {
+    uint32_t n = 0;
+
+    for (llepd_list *i = cl->links.next; i != &cl->links; i = i->next) {
+        cluster_link *l = llepd_container_of(i, cluster_link, node);
+        n += !l->outgoing && !l->peer && l->state != LINK_CLOSING;
+    }
+    return n;
+}
+
+static void format_sockaddr(const struct sockaddr_storage *ss, char *buf, size_t len) {
+    char host[LLEP_PEER_HOST_MAX] = "?";
+
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        uv_ip6_name(a, host, sizeof(host));
+        snprintf(buf, len, "[%s]:%u", host, (unsigned)ntohs(a->sin6_port));
+    } else {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        uv_ip4_name(a, host, sizeof(host));
+        snprintf(buf, len, "%s:%u", host, (unsigned)ntohs(a->sin_port));
+    }
+}
+
+static void on_peer_connection(uv_stream_t *listener, int status) {
+    llepd_cluster *cl = listener->data;
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+
+    if (status < 0) {
+        log_warning("accepting a peer link failed: %s", uv_strerror(status));
+        return;
+    }
+    cluster_link *l = link_new(cl, false);
+    if (!l)
+        return; /* the connection stays in the backlog; the next one tries again */
+    l->state = LINK_HELLO;
+    if (uv_accept(listener, (uv_stream_t *)&l->tcp) < 0) {
+        link_end(l, "accept failed", false);
+        return;
+    }
+    memset(&ss, 0, sizeof(ss));
+    if (uv_tcp_getpeername(&l->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+        format_sockaddr(&ss, l->remote, sizeof(l->remote));
+    else
+        snprintf(l->remote, sizeof(l->remote), "?");
+    if (cl->closed || count_unidentified(cl) > MAX_UNIDENTIFIED) {
+        log_warning("peer link from %s closed unread: %s", l->remote,
+                    cl->closed ? "stopping" : "too many links without a hello");
+        link_end(l, "too many links", false);
+        return;
+    }
+    uv_tcp_nodelay(&l->tcp, 1);
+    if (uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read) < 0)
+        link_end(l, "cannot read", false);
+}
+
+/* ---- the heartbeat tick ------------------------------------------------------------------ */
+
+/* Every heartbeat interval: heartbeats on the links that are up, the peer timeout, links stuck
+ * in dialling, hello or shutdown, and the dials that are due. */
+static void tick(llepd_cluster *cl) {
+    uint64_t now = llepd_now_ns();
+    char msg[MSG_MAX];
+
+    for (llepd_list *i = cl->links.next, *next; i != &cl->links; i = next) {
+        cluster_link *l = llepd_container_of(i, cluster_link, node);
+        next = i->next;
+        if (now - l->started_ns <= cl->timeout_ns)
+            continue;
+        if (l->state == LINK_CLOSING)
+            link_close_handle(l); /* the other end does not read our last message */
+        else if (l->state != LINK_UP)
+            link_end(l, l->state == LINK_CONNECTING ? "no connection within the peer timeout"
+                                                    : "no hello within the peer timeout",
+                     false);
+    }
+    for (uint32_t i = 0; i < cl->npeers; i++) {
+        cluster_peer *p = &cl->peers[i];
+
+        if (p->link && p->link->state == LINK_UP) {
+            if (now - p->last_seen_ns > cl->timeout_ns) {
+                snprintf(msg, sizeof(msg), "nothing heard for %" PRIu64 " ms (peer timeout %"
+                         PRIu64 " ms)", (now - p->last_seen_ns) / 1000000u,
+                         cl->timeout_ns / 1000000u);
+                link_end(p->link, msg, false);
+            } else {
+                send_heartbeat(p->link, now);
+            }
+        }
+        if (p->state == LLEP__PEER_STATE__PEER_STATE_CONNECTING &&
+            now - p->state_since_ns > cl->timeout_ns) {
+            log_warning("peer node %u (%s) down: not up within the peer timeout%s%s",
+                        p->addr.id, p->address, p->last_error[0] ? ": " : "", p->last_error);
+            peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_DOWN);
+        }
+        if (p->outgoing && !p->link && now >= p->next_dial_ns)
+            peer_dial(cl, p);
+    }
+}
+
+static void on_tick(uv_timer_t *t) {
+    tick(t->data);
+}
+
+/* ---- set-up and teardown ----------------------------------------------------------------- */
+
+static int peer_sockaddr(const llep_peer_addr *a, struct sockaddr_storage *ss) {
+    memset(ss, 0, sizeof(*ss));
+    if (a->ipv6)
+        return uv_ip6_addr(a->host, a->port, (struct sockaddr_in6 *)ss);
+    return uv_ip4_addr(a->host, a->port, (struct sockaddr_in *)ss);
+}
+
+static int start_listening(llepd_cluster *cl, const llep_peer_addr *a, char *err,
+                           size_t errlen) {
+    struct sockaddr_storage ss;
+    int r = peer_sockaddr(a, &ss);
+
+    if (r == 0)
+        r = uv_tcp_init(cl->loop, &cl->listener);
+    if (r < 0)
+        goto fail;
+    cl->listener.data = cl;
+    cl->listening = true;
+    r = uv_tcp_bind(&cl->listener, (const struct sockaddr *)&ss, 0);
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&cl->listener, 64, on_peer_connection);
+    if (r == 0)
+        return 0;
+fail:
+    snprintf(err, errlen, "listening for peers on %s: %s", cl->listen_address,
+             uv_strerror(r));
+    return r;
+}
+
+int llepd_cluster_init(llepd_server *srv, char *err, size_t errlen) {
+    const llep_config *cfg = &srv->cfg;
+    const llep_peer_addr *listen_addr = llep__config_listen_addr(cfg);
+    llepd_cluster *cl = calloc(1, sizeof(*cl));
+    int r;
+
+    srv->cluster = cl;
+    if (!cl) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    cl->srv = srv;
+    cl->loop = srv->loop;
+    llepd_list_init(&cl->links);
+    if (!cfg->have_node_id || !listen_addr)
+        return 0;
+    cl->enabled = true;
+    cl->node_id = cfg->node_id;
+    cl->peers_hash = llep__peers_hash(cfg);
+    cl->heartbeat_ns = (uint64_t)cfg->peer_heartbeat_ms * 1000000u;
+    cl->timeout_ns = (uint64_t)cfg->peer_timeout_ms * 1000000u;
+    llep__peer_addr_format(listen_addr, cl->listen_address, sizeof(cl->listen_address));
+    cl->peers = calloc(cfg->npeers ? cfg->npeers : 1, sizeof(*cl->peers));
+    if (!cl->peers) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    uint64_t now = llepd_now_ns();
+    for (uint32_t i = 0; i < cfg->npeers; i++) {
+        if (cfg->peers[i].id == cl->node_id)
+            continue;
+        cluster_peer *p = &cl->peers[cl->npeers++];
+        p->addr = cfg->peers[i];
+        llep__peer_addr_format(&p->addr, p->address, sizeof(p->address));
+        r = peer_sockaddr(&p->addr, &p->sa);
+        if (r < 0) {
+            snprintf(err, errlen, "peer node %u: bad address %s", p->addr.id, p->address);
+            return r;
+        }
+        p->outgoing = cl->node_id < p->addr.id;
+        p->state = LLEP__PEER_STATE__PEER_STATE_CONNECTING;
+        p->state_since_ns = now;
+    }
+    r = start_listening(cl, listen_addr, err, errlen);
+    if (r < 0)
+        return r;
+    r = uv_timer_init(cl->loop, &cl->tick);
+    if (r == 0) {
+        cl->tick.data = cl;
+        cl->ticking = true;
+        uint64_t ms = cfg->peer_heartbeat_ms;
+        r = uv_timer_start(&cl->tick, on_tick, ms, ms);
+    }
+    if (r < 0) {
+        snprintf(err, errlen, "peer heartbeat timer: %s", uv_strerror(r));
+        return r;
+    }
+    log_notice("cluster: node %u of %u, peer links on %s, heartbeat %u ms, peer timeout %u ms",
+               cl->node_id, cl->npeers + 1, cl->listen_address, cfg->peer_heartbeat_ms,
+               cfg->peer_timeout_ms);
+    tick(cl); /* dial the higher ids now rather than one interval later */
+    return 0;
+}
+
+void llepd_cluster_close(llepd_cluster *cl) {
+    if (!cl || cl->closed)
+        return;
+    cl->closed = true;
+    if (cl->ticking)
+        uv_close((uv_handle_t *)&cl->tick, NULL);
+    if (cl->listening)
+        uv_close((uv_handle_t *)&cl->listener, NULL);
+    cl->ticking = cl->listening = false;
+    for (llepd_list *i = cl->links.next; i != &cl->links; i = i->next) {
+        cluster_link *l = llepd_container_of(i, cluster_link, node);
+        l->state = LINK_CLOSING;
+        if (l->peer && l->peer->link == l)
+            l->peer->link = NULL;
+        link_close_handle(l);
+    }
+}
+
+void llepd_cluster_fini(llepd_cluster *cl) {
+    if (!cl)
+        return;
+    /* Links whose handles never finished closing (an error path that did not run the loop)
+     * are freed here; after a normal stop the list is empty. */
+    while (!llepd_list_empty(&cl->links)) {
+        cluster_link *l = llepd_container_of(cl->links.next, cluster_link, node);
+        llepd_list_remove(&l->node);
+        llep__frame_decoder_fini(&l->dec);
+        free(l);
+    }
+    free(cl->peers);
+    free(cl);
+}
+
+/* ---- llepctl peers ----------------------------------------------------------------------- */
+
+void llepd_handle_peers(llepd_session *s, const Llep__Frame *f) {
+    llepd_cluster *cl = s->srv->cluster;
+    Llep__PeersReply pr = LLEP__PEERS_REPLY__INIT;
+    Llep__Frame out = LLEP__FRAME__INIT;
+    uint32_t n = cl && cl->enabled ? cl->npeers : 0;
+    Llep__PeerInfo *info = calloc(n + 1, sizeof(*info));
+    Llep__PeerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
+    uint64_t now = llepd_now_ns();
+
+    pr.message = (char *)"";
+    if (!info || !ptrs) {
+        pr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        pr.message = (char *)"llepd is out of memory";
+        n = 0;
+    } else if (cl && cl->enabled) {
+        pr.clustered = true;
+        pr.node_id = cl->node_id;
+        pr.listen_address = cl->listen_address;
+        pr.heartbeat_ms = (uint32_t)(cl->heartbeat_ns / 1000000u);
+        pr.timeout_ms = (uint32_t)(cl->timeout_ns / 1000000u);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const cluster_peer *p = &cl->peers[i];
+        Llep__PeerInfo *pi = &info[i];
+
+        llep__peer_info__init(pi);
+        pi->node_id = p->addr.id;
+        pi->address = (char *)p->address;
+        pi->state = p->state;
+        pi->outgoing = p->outgoing;
+        pi->rtt_last_ns = p->rtt_last_ns;
+        pi->rtt_smoothed_ns = p->rtt_srtt_ns;
+        pi->bytes_sent = p->bytes_sent;
+        pi->bytes_received = p->bytes_received;
+        pi->seen = p->seen;
+        pi->last_seen_us = p->seen ? (now - p->last_seen_ns) / 1000u : 0;
+        pi->state_us = (now - p->state_since_ns) / 1000u;
+        pi->links_up = p->links_up;
+        pi->last_error = (char *)p->last_error;
+        ptrs[i] = pi;
+    }
+    pr.n_peers = n;
+    pr.peers = ptrs;
+    out.id = f->id;
+    out.body_case = LLEP__FRAME__BODY_PEERS_REPLY;
+    out.peers_reply = &pr;
+    llepd_session_send(s, &out);
+    free(info);
+    free(ptrs);
+}

@@ -1,0 +1,46 @@
+/* Cluster membership: TCP links between the llepd daemons of --peers (DESIGN.md section 3).
+ *
+ * Every node knows the whole list of nodes (--node-id, --peers) and accepts peer links on its
+ * own entry's address (or --listen-peers). For each pair of nodes the one with the lower id
+ * dials the higher one, so a pair has exactly one link and neither side has to pick between
+ * two; a node that dials again (it restarted, or its old link has not timed out yet here)
+ * replaces its old link. A link carries the control socket's framing (proto/frame.h) and only
+ * the peer messages of proto/llep.proto: PeerHello / PeerHelloReply first (protocol version,
+ * node ids, a hash of the peers list, so two daemons configured differently refuse each
+ * other), then Heartbeat / HeartbeatReply from both ends every --peer-heartbeat-ms. A peer from
+ * which nothing has arrived for --peer-timeout-ms is down and its link is closed; the dialling
+ * side dials again with a backoff that doubles from the heartbeat interval up to the peer
+ * timeout.
+ *
+ * Nothing a peer sends may crash the daemon or disturb its clients: a bad hello gets a reply
+ * naming the problem and the link is closed, garbage gets an ErrorReply and a close, and the
+ * unix socket's sessions never see any of it.
+ *
+ * Everything here runs on the event-loop thread. */
+#ifndef LLEPD_CLUSTER_H
+#define LLEPD_CLUSTER_H
+
+#include <stddef.h>
+
+#include "server.h"
+
+typedef struct llepd_cluster llepd_cluster;
+
+/* Sets up membership from srv->cfg and stores it in srv->cluster: listens for peer links and
+ * starts dialling the peers with higher ids. A daemon without --node-id gets a cluster that
+ * does nothing (llepctl peers says so). Returns 0, or a negative errno with a sentence in err
+ * (the peer address cannot be bound, ...); on error srv->cluster is still set, for
+ * llepd_cluster_fini(). */
+int llepd_cluster_init(llepd_server *srv, char *err, size_t errlen);
+
+/* Closes the listener, every link and the heartbeat timer, so the loop can run dry (called
+ * once the server has stopped and is idle). Safe to call twice and with NULL. */
+void llepd_cluster_close(llepd_cluster *cl);
+
+/* Frees what is left after the loop has ended; NULL is fine. */
+void llepd_cluster_fini(llepd_cluster *cl);
+
+/* `llepctl peers` (PeersRequest), from handlers.c's table. */
+void llepd_handle_peers(llepd_session *s, const Llep__Frame *f);
+
+#endif

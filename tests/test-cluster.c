@@ -1,0 +1,599 @@
+/* Cluster membership end to end: llepd processes ($LLEPD) on loopback link up, show each other
+ * in `llepctl peers` with round-trip times, see a SIGKILLed node go down within the peer
+ * timeout and come back when it restarts; bad peer input (wrong version, unknown node, a node
+ * that should be dialled, a different peers list, garbage, a client request, silence) gets a
+ * reply naming the problem and a close, is logged, and the daemon keeps serving its unix
+ * socket throughout.
+ *
+ * Ports are picked by binding port 0 on 127.0.0.1; only loopback addresses are used. Heartbeats
+ * every 50 ms and a 400 ms peer timeout keep the whole suite to a few seconds. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "frame.h"
+
+#define NODES 3
+#define HEARTBEAT_MS "50"
+#define TIMEOUT_MS 400
+#define TIMEOUT_MS_TEXT "400"
+
+static char tmpdir[64];
+static char llepctl[PATH_MAX];
+static char peers[256];
+static uint16_t ports[NODES];
+static pid_t pids[NODES];
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+    nanosleep(&ts, NULL);
+}
+
+static void sock_path(int node, char *buf, size_t len) {
+    snprintf(buf, len, "%s/s%d.sock", tmpdir, node);
+}
+
+static void log_path(int node, char *buf, size_t len) {
+    snprintf(buf, len, "%s/log%d", tmpdir, node);
+}
+
+/* A free port on 127.0.0.1: bind port 0 and keep what the kernel picked. */
+static uint16_t free_port(void) {
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static void setup(void) {
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+    ck_assert_int_gt(n, 0);
+    self[n] = '\0';
+    /* The test runs from build/tests; llepctl is built in build/tools. */
+    snprintf(llepctl, sizeof(llepctl), "%s/../tools/llepctl", dirname(self));
+    ck_assert_msg(access(llepctl, X_OK) == 0, "no llepctl at %s", llepctl);
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-cluster-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    size_t len = 0;
+    for (int i = 0; i < NODES; i++) {
+        ports[i] = free_port();
+        for (int j = 0; j < i; j++)
+            if (ports[j] == ports[i])
+                ports[i] = free_port();
+        len += (size_t)snprintf(peers + len, sizeof(peers) - len, "%s%d=127.0.0.1:%u",
+                                i ? "," : "", i, ports[i]);
+        pids[i] = -1;
+    }
+}
+
+static void teardown(void) {
+    char cmd[128];
+
+    for (int i = 0; i < NODES; i++)
+        if (pids[i] > 0) {
+            kill(pids[i], SIGKILL);
+            waitpid(pids[i], NULL, 0);
+        }
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+/* ---- the unix socket: raw frames ---------------------------------------------------------- */
+
+static void send_frame(int fd, const Llep__Frame *f) {
+    uint8_t *buf;
+    size_t len;
+
+    ck_assert_int_eq(llep__frame_encode_alloc(f, &buf, &len), 0);
+    ck_assert_int_eq(write(fd, buf, len), (ssize_t)len);
+    free(buf);
+}
+
+/* The next frame, or NULL when the other end closed. Fails the test after 3 s. */
+static Llep__Frame *recv_frame(int fd, llep_frame_decoder *dec) {
+    Llep__Frame *f = NULL;
+    uint8_t buf[4096];
+    uint64_t deadline = now_ms() + 3000;
+
+    for (;;) {
+        int r = llep__frame_decoder_next(dec, &f);
+        ck_assert_msg(r >= 0, "decoding: %s", llep__frame_decoder_error(dec));
+        if (r == 1)
+            return f;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        uint64_t now = now_ms();
+        ck_assert_msg(now < deadline, "no frame within 3 s");
+        if (poll(&p, 1, (int)(deadline - now)) <= 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof(buf));
+        if (n <= 0)
+            return NULL;
+        ck_assert_int_eq(llep__frame_decoder_feed(dec, buf, (size_t)n), 0);
+    }
+}
+
+static int connect_unix(int node) {
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    ck_assert_int_ge(fd, 0);
+    sock_path(node, sa.sun_path, sizeof(sa.sun_path));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* PeersRequest on node's unix socket, as llepctl would send it. The caller frees the frame. */
+static Llep__Frame *query_peers(int node) {
+    Llep__Hello h = LLEP__HELLO__INIT;
+    Llep__PeersRequest pr = LLEP__PEERS_REQUEST__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT, *reply;
+    llep_frame_decoder dec;
+    int fd = connect_unix(node);
+
+    ck_assert_msg(fd >= 0, "node %d does not answer on its unix socket", node);
+    llep__frame_decoder_init(&dec, 0);
+    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.program = (char *)"test-cluster";
+    h.kind = LLEP__PEER_KIND__PEER_KIND_CTL;
+    f.id = 1;
+    f.body_case = LLEP__FRAME__BODY_HELLO;
+    f.hello = &h;
+    send_frame(fd, &f);
+    reply = recv_frame(fd, &dec);
+    ck_assert_ptr_nonnull(reply);
+    ck_assert_int_eq(reply->body_case, LLEP__FRAME__BODY_HELLO_REPLY);
+    ck_assert_int_eq(reply->hello_reply->status, LLEP__STATUS__STATUS_OK);
+    llep__frame_free(reply);
+    f.id = 2;
+    f.body_case = LLEP__FRAME__BODY_PEERS;
+    f.peers = &pr;
+    send_frame(fd, &f);
+    reply = recv_frame(fd, &dec);
+    ck_assert_ptr_nonnull(reply);
+    ck_assert_int_eq(reply->body_case, LLEP__FRAME__BODY_PEERS_REPLY);
+    ck_assert_int_eq(reply->peers_reply->status, LLEP__STATUS__STATUS_OK);
+    llep__frame_decoder_fini(&dec);
+    close(fd);
+    return reply;
+}
+
+static const Llep__PeerInfo *find_peer(const Llep__PeersReply *r, uint32_t id) {
+    for (size_t i = 0; i < r->n_peers; i++)
+        if (r->peers[i]->node_id == id)
+            return r->peers[i];
+    return NULL;
+}
+
+/* Waits until node sees peer in state (with an RTT when up); returns the milliseconds it took.
+ * Fails after limit_ms. */
+static uint64_t wait_state(int node, uint32_t peer, Llep__PeerState state, uint64_t limit_ms) {
+    uint64_t start = now_ms();
+
+    for (;;) {
+        Llep__Frame *f = query_peers(node);
+        const Llep__PeerInfo *p = find_peer(f->peers_reply, peer);
+        ck_assert_ptr_nonnull(p);
+        bool ok = p->state == state &&
+                  (state != LLEP__PEER_STATE__PEER_STATE_UP || p->rtt_last_ns > 0);
+        Llep__PeerState seen = p->state;
+        llep__frame_free(f);
+        uint64_t took = now_ms() - start;
+        if (ok)
+            return took;
+        ck_assert_msg(took < limit_ms, "node %d: peer %u still in state %d after %llu ms, "
+                      "waiting for %d", node, peer, seen, (unsigned long long)took, state);
+        sleep_ms(20);
+    }
+}
+
+/* ---- daemons ------------------------------------------------------------------------------ */
+
+static void start_node(int node, const char *peer_list) {
+    char sock[128], logf[128], id[16];
+    const char *bin = getenv("LLEPD");
+
+    ck_assert_ptr_nonnull(bin);
+    sock_path(node, sock, sizeof(sock));
+    log_path(node, logf, sizeof(logf));
+    snprintf(id, sizeof(id), "%d", node);
+    pids[node] = fork();
+    ck_assert_int_ge(pids[node], 0);
+    if (pids[node] == 0) {
+        int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 2);
+        execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "1", "--node-id", id,
+              "--peers", peer_list, "--peer-heartbeat-ms", HEARTBEAT_MS, "--peer-timeout-ms",
+              TIMEOUT_MS_TEXT, "--log-level", "info", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        int fd = connect_unix(node);
+        if (fd >= 0) {
+            close(fd);
+            return;
+        }
+        ck_assert_msg(waitpid(pids[node], NULL, WNOHANG) == 0, "llepd node %d exited", node);
+        sleep_ms(10);
+    }
+    ck_abort_msg("llepd node %d did not start", node);
+}
+
+/* SIGTERM: the peer links are closed with everything else and llepd exits 0. */
+static void stop_node(int node) {
+    int status;
+
+    ck_assert_int_eq(kill(pids[node], SIGTERM), 0);
+    ck_assert_int_eq(waitpid(pids[node], &status, 0), pids[node]);
+    pids[node] = -1;
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "llepd node %d: status 0x%x after SIGTERM", node, status);
+}
+
+static bool log_has(int node, const char *text) {
+    char path[128], buf[65536];
+    int fd;
+    ssize_t n;
+
+    log_path(node, path, sizeof(path));
+    fd = open(path, O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    return strstr(buf, text) != NULL;
+}
+
+/* llepctl with the given arguments; stdout into out. Returns the exit status. */
+static int run_llepctl(int node, const char *a1, const char *a2, char *out, size_t cap) {
+    char sock[128];
+    int pipefd[2], status;
+    size_t len = 0;
+    ssize_t n;
+
+    sock_path(node, sock, sizeof(sock));
+    ck_assert_int_eq(pipe(pipefd), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        execl(llepctl, llepctl, "--socket", sock, a1, a2, (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    while (len + 1 < cap && (n = read(pipefd[0], out + len, cap - 1 - len)) > 0)
+        len += (size_t)n;
+    out[len] = '\0';
+    close(pipefd[0]);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* ---- three nodes -------------------------------------------------------------------------- */
+
+static void check_peers_json(int node) {
+    char out[8192];
+    json_object *o, *v, *list;
+
+    ck_assert_int_eq(run_llepctl(node, "--json", "peers", out, sizeof(out)), 0);
+    o = json_tokener_parse(out);
+    ck_assert_msg(o != NULL, "not JSON: %s", out);
+    ck_assert(json_object_object_get_ex(o, "clustered", &v) && json_object_get_boolean(v));
+    ck_assert(json_object_object_get_ex(o, "node_id", &v));
+    ck_assert_int_eq(json_object_get_int(v), node);
+    ck_assert(json_object_object_get_ex(o, "timeout_ms", &v));
+    ck_assert_int_eq(json_object_get_int(v), TIMEOUT_MS);
+    ck_assert(json_object_object_get_ex(o, "peers", &list));
+    ck_assert_uint_eq(json_object_array_length(list), NODES - 1);
+    for (size_t i = 0; i < NODES - 1; i++) {
+        json_object *p = json_object_array_get_idx(list, i);
+        int id;
+        char addr[64];
+
+        ck_assert(json_object_object_get_ex(p, "node_id", &v));
+        id = json_object_get_int(v);
+        ck_assert_int_ne(id, node);
+        ck_assert(json_object_object_get_ex(p, "address", &v));
+        snprintf(addr, sizeof(addr), "127.0.0.1:%u", ports[id]);
+        ck_assert_str_eq(json_object_get_string(v), addr);
+        ck_assert(json_object_object_get_ex(p, "state", &v));
+        ck_assert_str_eq(json_object_get_string(v), "up");
+        ck_assert(json_object_object_get_ex(p, "outgoing", &v));
+        ck_assert(json_object_get_boolean(v) == (node < id));
+        ck_assert(json_object_object_get_ex(p, "rtt_last_ns", &v));
+        ck_assert_int_gt(json_object_get_int64(v), 0);
+        ck_assert(json_object_object_get_ex(p, "rtt_smoothed_ns", &v));
+        ck_assert_int_gt(json_object_get_int64(v), 0);
+        ck_assert(json_object_object_get_ex(p, "bytes_sent", &v));
+        ck_assert_int_gt(json_object_get_int64(v), 0);
+        ck_assert(json_object_object_get_ex(p, "bytes_received", &v));
+        ck_assert_int_gt(json_object_get_int64(v), 0);
+        ck_assert(json_object_object_get_ex(p, "last_seen_us", &v));
+        ck_assert(json_object_is_type(v, json_type_int));
+        ck_assert_int_lt(json_object_get_int64(v), TIMEOUT_MS * 1000);
+    }
+    json_object_put(o);
+
+    ck_assert_int_eq(run_llepctl(node, "peers", NULL, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "STATE") && strstr(out, " up "), "%s", out);
+}
+
+START_TEST(three_nodes_down_and_back) {
+    for (int i = 0; i < NODES; i++)
+        start_node(i, peers);
+    for (int i = 0; i < NODES; i++)
+        for (int j = 0; j < NODES; j++)
+            if (i != j)
+                wait_state(i, (uint32_t)j, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
+    for (int i = 0; i < NODES; i++)
+        check_peers_json(i);
+
+    /* SIGKILL: no goodbye. The others see the link drop (or hear nothing for the timeout). */
+    ck_assert_int_eq(kill(pids[2], SIGKILL), 0);
+    ck_assert_int_eq(waitpid(pids[2], NULL, 0), pids[2]);
+    pids[2] = -1;
+    for (int i = 0; i < 2; i++) {
+        uint64_t took = wait_state(i, 2, LLEP__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
+        ck_assert_msg(took <= TIMEOUT_MS + 200, "node %d saw node 2 down after %llu ms", i,
+                      (unsigned long long)took);
+    }
+    /* Nodes 0 and 1 keep their own link and serve their clients. */
+    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 1000);
+    Llep__Frame *f = query_peers(0);
+    const Llep__PeerInfo *p2 = find_peer(f->peers_reply, 2);
+    ck_assert_uint_eq(p2->links_up, 1);
+    ck_assert_str_ne(p2->last_error, "");
+    llep__frame_free(f);
+
+    /* Restarted, it is dialled by node 0 (backoff at most the peer timeout) and dials node 1. */
+    start_node(2, peers);
+    for (int i = 0; i < 2; i++) {
+        wait_state(i, 2, LLEP__PEER_STATE__PEER_STATE_UP, 4 * TIMEOUT_MS);
+        wait_state(2, (uint32_t)i, LLEP__PEER_STATE__PEER_STATE_UP, 4 * TIMEOUT_MS);
+    }
+    f = query_peers(0);
+    p2 = find_peer(f->peers_reply, 2);
+    ck_assert_uint_eq(p2->links_up, 2);
+    ck_assert_str_eq(p2->last_error, "");
+    llep__frame_free(f);
+    ck_assert(log_has(0, "peer node 2 (127.0.0.1:"));
+    ck_assert(log_has(1, "down"));
+
+    for (int i = 0; i < NODES; i++)
+        stop_node(i);
+}
+END_TEST
+
+/* ---- bad peer input ----------------------------------------------------------------------- */
+
+static int connect_peer_port(int node) {
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(ports[node]),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+/* Sends bytes on a new peer link to node 1; expects one reply of body want with status and a
+ * message containing text, then the close. */
+static void expect_refusal(const void *bytes, size_t len, Llep__Frame__BodyCase want,
+                           Llep__Status status, const char *text) {
+    llep_frame_decoder dec;
+    int fd = connect_peer_port(1);
+    Llep__Frame *f;
+
+    llep__frame_decoder_init(&dec, 0);
+    ck_assert_int_eq(write(fd, bytes, len), (ssize_t)len);
+    f = recv_frame(fd, &dec);
+    ck_assert_msg(f != NULL, "no reply to a refused peer link (%s)", text);
+    ck_assert_int_eq(f->body_case, want);
+    const char *msg = want == LLEP__FRAME__BODY_ERROR ? f->error->message
+                                                      : f->peer_hello_reply->message;
+    Llep__Status st = want == LLEP__FRAME__BODY_ERROR ? f->error->status
+                                                      : f->peer_hello_reply->status;
+    ck_assert_int_eq(st, status);
+    ck_assert_msg(strstr(msg, text), "'%s' lacks '%s'", msg, text);
+    llep__frame_free(f);
+    ck_assert_ptr_null(recv_frame(fd, &dec)); /* closed */
+    llep__frame_decoder_fini(&dec);
+    close(fd);
+
+    /* The daemon serves its unix socket all along. */
+    f = query_peers(1);
+    ck_assert(f->peers_reply->clustered);
+    llep__frame_free(f);
+}
+
+static void expect_hello_refused(uint32_t version, uint32_t node_id, uint32_t peer_id,
+                                 uint64_t hash, Llep__Status status, const char *text) {
+    Llep__PeerHello h = LLEP__PEER_HELLO__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    uint8_t *buf;
+    size_t len;
+
+    h.version = version;
+    h.node_id = node_id;
+    h.peer_id = peer_id;
+    h.peers_hash = hash;
+    f.id = 1;
+    f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
+    f.peer_hello = &h;
+    ck_assert_int_eq(llep__frame_encode_alloc(&f, &buf, &len), 0);
+    expect_refusal(buf, len, LLEP__FRAME__BODY_PEER_HELLO_REPLY, status, text);
+    free(buf);
+}
+
+START_TEST(bad_peer_input) {
+    static const uint8_t garbage[] = { 5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff };
+    static const uint8_t oversize[] = { 0xff, 0xff, 0xff, 0x7f };
+    const uint32_t v = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+
+    /* Node 1 alone: its peers are down, its peer port is open. */
+    start_node(1, peers);
+    expect_hello_refused(v + 41, 0, 1, 0, LLEP__STATUS__STATUS_VERSION_MISMATCH,
+                         "protocol version mismatch: node 0 speaks version 42");
+    expect_hello_refused(v, 7, 1, 0, LLEP__STATUS__STATUS_NOT_FOUND, "unknown node id 7");
+    expect_hello_refused(v, 1, 1, 0, LLEP__STATUS__STATUS_INVALID, "this node's own id");
+    expect_hello_refused(v, 2, 1, 0, LLEP__STATUS__STATUS_INVALID,
+                         "the lower id dials the higher: node 1 dials node 2");
+    expect_hello_refused(v, 0, 2, 0, LLEP__STATUS__STATUS_INVALID,
+                         "node 0 dialled node 2 but reached node 1");
+    expect_hello_refused(v, 0, 1, 0, LLEP__STATUS__STATUS_INVALID, "different peers list");
+    expect_refusal(garbage, sizeof(garbage), LLEP__FRAME__BODY_ERROR,
+                   LLEP__STATUS__STATUS_PROTOCOL, "bad frame");
+    expect_refusal(oversize, sizeof(oversize), LLEP__FRAME__BODY_ERROR,
+                   LLEP__STATUS__STATUS_PROTOCOL, "bad frame");
+
+    /* A client's request is not served on a peer link, before or instead of a hello. */
+    Llep__StatusRequest sr = LLEP__STATUS_REQUEST__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    uint8_t *buf;
+    size_t len;
+    f.id = 9;
+    f.body_case = LLEP__FRAME__BODY_STATUS;
+    f.status = &sr;
+    ck_assert_int_eq(llep__frame_encode_alloc(&f, &buf, &len), 0);
+    expect_refusal(buf, len, LLEP__FRAME__BODY_ERROR, LLEP__STATUS__STATUS_PROTOCOL,
+                   "the first message on a peer link must be peer_hello, got status");
+    free(buf);
+
+    /* Silence: closed after the peer timeout. */
+    int fd = connect_peer_port(1);
+    llep_frame_decoder dec;
+    llep__frame_decoder_init(&dec, 0);
+    uint64_t start = now_ms();
+    ck_assert_ptr_null(recv_frame(fd, &dec));
+    ck_assert_uint_le(now_ms() - start, 3 * TIMEOUT_MS);
+    llep__frame_decoder_fini(&dec);
+    close(fd);
+
+    ck_assert(log_has(1, "refused a peer link from 127.0.0.1:"));
+    ck_assert(log_has(1, "unknown node id 7"));
+    ck_assert(log_has(1, "protocol version mismatch"));
+    ck_assert(log_has(1, "bad frame"));
+    stop_node(1);
+}
+END_TEST
+
+/* A node whose peers list differs from the others' refuses them, with the reason in both
+ * logs and in llepctl peers; it shows them down, and the others stay linked. */
+START_TEST(different_peers_list) {
+    char other[sizeof(peers) + 32];
+
+    start_node(0, peers);
+    start_node(1, peers);
+    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
+    /* Node 2's list names a fourth node: same ids and addresses for 0-2, different hash. */
+    snprintf(other, sizeof(other), "%s,3=127.0.0.1:1", peers);
+    start_node(2, other);
+    /* Node 0 dials node 2 and is refused; the reason shows in llepctl peers. */
+    for (uint64_t start = now_ms();; sleep_ms(20)) {
+        Llep__Frame *f = query_peers(0);
+        const Llep__PeerInfo *p = find_peer(f->peers_reply, 2);
+        bool refused = strstr(p->last_error, "different peers list") != NULL;
+        ck_assert_int_ne(p->state, LLEP__PEER_STATE__PEER_STATE_UP);
+        llep__frame_free(f);
+        if (refused)
+            break;
+        ck_assert_msg(now_ms() - start < 3000, "node 0 was not refused by node 2");
+    }
+    wait_state(2, 0, LLEP__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
+    wait_state(2, 1, LLEP__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
+    ck_assert(log_has(2, "refused a peer link from 127.0.0.1:"));
+    ck_assert(log_has(1, "different peers list"));
+    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 1000);
+    for (int i = 0; i < NODES; i++)
+        stop_node(i);
+}
+END_TEST
+
+/* Without --node-id the reply says so; llepctl prints it. */
+START_TEST(not_clustered) {
+    char sock[128], out[1024];
+    const char *bin = getenv("LLEPD");
+
+    sock_path(0, sock, sizeof(sock));
+    pids[0] = fork();
+    ck_assert_int_ge(pids[0], 0);
+    if (pids[0] == 0) {
+        execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "1", "--log-level",
+              "warning", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        int fd = connect_unix(0);
+        if (fd >= 0) {
+            close(fd);
+            break;
+        }
+        sleep_ms(10);
+    }
+    Llep__Frame *f = query_peers(0);
+    ck_assert(!f->peers_reply->clustered);
+    ck_assert_uint_eq(f->peers_reply->n_peers, 0);
+    llep__frame_free(f);
+    ck_assert_int_eq(run_llepctl(0, "peers", NULL, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "not in a cluster"), "%s", out);
+    ck_assert_int_eq(run_llepctl(0, "--json", "peers", out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "{\"clustered\": false, \"peers\": []}\n");
+    stop_node(0);
+}
+END_TEST
+
+static Suite *cluster_suite(void) {
+    Suite *s = suite_create("cluster");
+    TCase *tc = tcase_create("membership");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, three_nodes_down_and_back);
+    tcase_add_test(tc, bad_peer_input);
+    tcase_add_test(tc, different_peers_list);
+    tcase_add_test(tc, not_clustered);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(cluster_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_ENV);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
