@@ -427,8 +427,9 @@ static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
     else if (body == LLEP__FRAME__BODY_HEARTBEAT_REPLY)
         handle_heartbeat_reply(l, f);
     else {
-        snprintf(msg, sizeof(msg), "%s is not served on a peer link",
-                 llep__frame_body_name(body));
+        snprintf(msg, sizeof(msg), "%s %s", llep__frame_body_name(body),
+                 body == LLEP__FRAME__BODY_PEER_HELLO ? "sent twice"
+                                                      : "is not served on a peer link");
         link_fail(l, f->id, -EPROTO, msg);
     }
 }
