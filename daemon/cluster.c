@@ -14,6 +14,8 @@
 #define MAX_UNIDENTIFIED 16u
 #define ADDR_MAX (LLEP_PEER_HOST_MAX + 16)
 #define MSG_MAX 256
+/* Bytes queued on a link that the other end does not read; past this it is closed. */
+#define MAX_WRITE_QUEUE (8u << 20)
 
 enum link_state {
     LINK_CONNECTING,   /* dialling: TCP connect in progress */
@@ -191,6 +193,10 @@ static void link_send(cluster_link *l, const Llep__Frame *f) {
 
     if (l->state == LINK_CLOSING || l->state == LINK_CONNECTING)
         return;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&l->tcp) > MAX_WRITE_QUEUE) {
+        link_end(l, "the peer does not read what this node sends", false);
+        return;
+    }
     int r = llep__frame_encode_alloc(f, &buf, &len);
     if (r < 0) {
         log_error("peer link %s: cannot encode a %s frame: %s", l->remote,
