@@ -511,6 +511,19 @@ static void on_connect(uv_connect_t *req, int status) {
         link_end(l, msg, false);
         return;
     }
+    /* Dialling a local port nobody listens on can connect the socket to itself (TCP
+     * simultaneous open, when the kernel picks that port as the source). */
+    struct sockaddr_storage self, other;
+    int n1 = sizeof(self), n2 = sizeof(other);
+    memset(&self, 0, sizeof(self));
+    memset(&other, 0, sizeof(other));
+    if (uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&self, &n1) == 0 &&
+        uv_tcp_getpeername(&l->tcp, (struct sockaddr *)&other, &n2) == 0 && n1 == n2 &&
+        memcmp(&self, &other, (size_t)n1) == 0) {
+        snprintf(msg, sizeof(msg), "dialling %s: connected to itself", l->remote);
+        link_end(l, msg, false);
+        return;
+    }
     l->state = LINK_HELLO;
     uv_tcp_nodelay(&l->tcp, 1);
     int r = uv_read_start((uv_stream_t *)&l->tcp, on_alloc, on_read);

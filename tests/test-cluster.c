@@ -5,7 +5,7 @@
  * reply naming the problem and a close, is logged, and the daemon keeps serving its unix
  * socket throughout.
  *
- * Ports are picked by binding port 0 on 127.0.0.1; only loopback addresses are used. Heartbeats
+ * Ports are picked free on 127.0.0.1 below the ephemeral range; only loopback is used. Heartbeats
  * every 100 ms and a 1 s peer timeout keep the whole suite to a few seconds, with room for a
  * loaded machine (a SIGKILLed node's links drop at once; the timeout matters for silence). */
 #include <arpa/inet.h>
@@ -61,17 +61,29 @@ static void log_path(int node, char *buf, size_t len) {
     snprintf(buf, len, "%s/log%d", tmpdir, node);
 }
 
-/* A free port on 127.0.0.1: bind port 0 and keep what the kernel picked. */
+/* A free port on 127.0.0.1 below the kernel's ephemeral range (32768 and up on Linux), so
+ * that no outgoing connection of the daemons (or anything else) takes it between this check
+ * and the daemon's bind, and a daemon dialling a node that is not up yet cannot connect to
+ * itself. A random start and a bounded search. */
 static uint16_t free_port(void) {
+    static unsigned seed;
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
 
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)now_ms();
+    for (int attempt = 0; attempt < 200; attempt++) {
+        uint16_t port = (uint16_t)(20000 + rand_r(&seed) % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0), r;
+
+        ck_assert_int_ge(fd, 0);
+        sa.sin_port = htons(port);
+        r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (r == 0)
+            return port;
+    }
+    ck_abort_msg("no free port on 127.0.0.1 in 20000-31999");
+    return 0;
 }
 
 static void setup(void) {
