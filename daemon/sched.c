@@ -399,10 +399,21 @@ void llepd_sched_submit(llepd_sub *sub) {
 }
 
 void llepd_sched_fail_queued(llepd_layer *l, int status, const char *why) {
-    while (!llepd_list_empty(&l->queue)) {
-        llepd_sub *s = llepd_container_of(l->queue.next, llepd_sub, link);
+    llepd_list failing;
+
+    /* Completing a submission drains its client's ring (llepd_sub_complete), which may queue
+     * that client's next submission here: fail only those queued now, not the newcomers. */
+    llepd_list_init(&failing);
+    if (!llepd_list_empty(&l->queue)) {
+        failing.next = l->queue.next;
+        failing.prev = l->queue.prev;
+        failing.next->prev = failing.prev->next = &failing;
+        llepd_list_init(&l->queue);
+        l->queued = 0;
+    }
+    while (!llepd_list_empty(&failing)) {
+        llepd_sub *s = llepd_container_of(failing.next, llepd_sub, link);
         llepd_list_remove(&s->link);
-        l->queued--;
         s->status = status;
         snprintf(s->error, sizeof(s->error), "%.255s", why);
         llepd_sub_complete(s, 0);
