@@ -73,6 +73,7 @@ typedef struct cpu_backend {
     pthread_cond_t start, done;
     uint64_t generation;  /* bumped by sync() to start the workers */
     uint32_t active;      /* workers still in the current generation */
+    uint32_t tickets;     /* workers the current generation still wants */
     int stop;
     atomic_uint next_dev; /* next device to take in the current generation */
 } cpu_backend;
@@ -129,11 +130,16 @@ static void *worker_main(void *arg) {
 
     pthread_mutex_lock(&b->lock);
     for (;;) {
-        while (!b->stop && b->generation == seen)
+        /* A generation that wants fewer workers than there are leaves the rest asleep; a
+         * worker that wakes without a ticket skips that generation. */
+        while (!b->stop && (b->generation == seen || b->tickets == 0)) {
+            seen = b->generation;
             pthread_cond_wait(&b->start, &b->lock);
+        }
         if (b->stop)
             break;
         seen = b->generation;
+        b->tickets--;
         pthread_mutex_unlock(&b->lock);
         run_devices(b);
         pthread_mutex_lock(&b->lock);
@@ -347,21 +353,49 @@ static int cpu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) 
     return 0;
 }
 
+/* Work below this many FLOPs in the expert chunks runs on the calling thread alone. */
+#define INLINE_FLOPS 1000000.0
+
+/* FLOPs of the queued expert chunks (gate, up and down GEMMs: 6 D H per row). */
+static double queued_flops(const cpu_backend *b) {
+    double flops = 0;
+
+    for (uint32_t d = 0; d < b->base.num_devices; d++)
+        for (size_t i = 0; i < b->dev[d].n; i++) {
+            const cpu_op *op = &b->dev[d].ops[i];
+            if (op->kind == OP_CHUNK)
+                flops += 6.0 * op->u.chunk.rows * op->u.chunk.shape.hidden *
+                         op->u.chunk.shape.inter;
+        }
+    return flops;
+}
+
+/* Runs the queued work: this thread takes devices too, and wakes only as many workers as
+ * there are other devices with work, none when the work is tiny. On an idle machine a
+ * sleeping thread takes tens of microseconds to wake, more than a few-token step's work; each
+ * device's busy time is its own thread CPU time either way. */
 static int cpu_sync(llep_backend *base) {
     cpu_backend *b = (cpu_backend *)base;
-    int queued = 0;
+    uint32_t busy = 0;
 
     for (uint32_t d = 0; d < base->num_devices; d++)
-        queued |= b->dev[d].n > 0;
-    if (!queued)
+        busy += b->dev[d].n > 0;
+    if (busy == 0)
         return 0;
+    uint32_t helpers = busy - 1 < b->nworkers ? busy - 1 : b->nworkers;
+    if (helpers > 0 && queued_flops(b) < INLINE_FLOPS)
+        helpers = 0;
 
-    pthread_mutex_lock(&b->lock);
     atomic_store(&b->next_dev, 0);
-    b->active = b->nworkers;
-    b->generation++;
-    pthread_cond_broadcast(&b->start);
-    pthread_mutex_unlock(&b->lock);
+    if (helpers > 0) {
+        pthread_mutex_lock(&b->lock);
+        b->active = helpers;
+        b->tickets = helpers;
+        b->generation++;
+        for (uint32_t i = 0; i < helpers; i++)
+            pthread_cond_signal(&b->start);
+        pthread_mutex_unlock(&b->lock);
+    }
 
     run_devices(b);
 
