@@ -28,6 +28,17 @@
 #ifdef LLEP_HAVE_OPENBLAS_THREADS
 void openblas_set_num_threads(int num_threads);
 #endif
+#ifdef LLEP_HAVE_OPENBLAS_CORENAME
+char *openblas_get_corename(void);
+#endif
+
+const char *llep__backend_cpu_blas_core(void) {
+#ifdef LLEP_HAVE_OPENBLAS_CORENAME
+    return openblas_get_corename();
+#else
+    return NULL;
+#endif
+}
 
 enum op_kind { OP_COPY, OP_GATHER, OP_CHUNK, OP_COMBINE };
 

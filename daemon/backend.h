@@ -64,6 +64,10 @@ struct llep_backend {
  * time is the thread CPU time of each device's operations. */
 extern const llep_backend_ops llep__backend_cpu;
 
+/* The kernel family the BLAS picked for this CPU ("Haswell", "SkylakeX", "Prescott", ...), or
+ * NULL when the BLAS does not say. */
+const char *llep__backend_cpu_blas_core(void);
+
 /* Logical devices on GPUs (backend-cuda.c; only in builds with LLEP_HAVE_CUDA): cuBLAS expert
  * GEMMs, the kernels of moe-cuda.h, NCCL weight transfers between GPUs, device-to-device
  * copies between logical devices sharing a GPU; busy time from CUDA events. */

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <systemd/sd-daemon.h>
@@ -113,6 +114,22 @@ static void on_reload(uv_signal_t *h, int signum) {
     llepd_notify_reloaded(&d->notify, r < 0 ? err : NULL);
 }
 
+/* OpenBLAS falls back to its oldest x86 kernels (Prescott, SSE3) on CPUs newer than it knows,
+ * about 5x slower than what the CPU can do (docs/PERFORMANCE.md); say how to fix that. */
+static void check_blas_core(void) {
+    const char *core = llep__backend_cpu_blas_core();
+
+    if (!core)
+        return;
+    log_info("CPU backend: OpenBLAS uses its %s kernels", core);
+#if defined(__x86_64__)
+    if (strcasecmp(core, "Prescott") == 0 && __builtin_cpu_supports("avx2"))
+        log_notice("OpenBLAS did not recognise this CPU and uses its slow Prescott kernels; "
+                   "start llepd with OPENBLAS_CORETYPE=%s for about 5x faster expert GEMMs",
+                   __builtin_cpu_supports("avx512f") ? "SkylakeX" : "Haswell");
+#endif
+}
+
 /* Picks the backend and its devices (backend-select.h): --backend cuda without a usable GPU
  * is an error, auto falls back to the CPU and says so. The choice goes into cfg for the
  * server; the spec text stays in cfg->devices_spec for every engine the layers create. */
@@ -132,6 +149,8 @@ static int choose_backend(llep_config *cfg, const llep_backend_ops **ret_ops) {
     }
     log_notice("%s", msg);
     cfg->backend = strcmp((*ret_ops)->name, "cuda") == 0 ? LLEP_BACKEND_CUDA : LLEP_BACKEND_CPU;
+    if (cfg->backend == LLEP_BACKEND_CPU)
+        check_blas_core();
     cfg->devices = bo.num_devices ? bo.num_devices : CPU_DEFAULT_DEVICES;
     if (bo.mem_per_device && (!cfg->device_memory || cfg->device_memory > bo.mem_per_device))
         cfg->device_memory = bo.mem_per_device;
