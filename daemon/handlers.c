@@ -115,7 +115,15 @@ static void handle_arena_setup(llepd_session *s, const Llep__Frame *f) {
     out.arena_reply = &ar;
     int fds[3] = { s->arena.fd, llepd_session_sq_fd(s), s->cq_efd };
     r = llepd_session_send_fds(s, &out, fds, 3);
-    if (r < 0) {
+    if (r == -EAGAIN) {
+        /* Earlier replies still fill the socket; the descriptors must not overtake them. The
+         * arena made for this request waits unused until the client asks again. */
+        Llep__ArenaReply busy = LLEP__ARENA_REPLY__INIT;
+        busy.status = LLEP__STATUS__STATUS_INVALID;
+        busy.message = (char *)"replies to this client are still queued on the socket; read "
+                               "them and ask for the arena again";
+        reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &busy);
+    } else if (r < 0) {
         snprintf(err, sizeof(err), "could not pass the arena descriptors: %s", strerror(-r));
         llepd_session_close(s, err);
     }

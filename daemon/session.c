@@ -139,8 +139,8 @@ void llepd_session_send(llepd_session *s, const Llep__Frame *f) {
 
 /* The one frame that carries descriptors (ArenaReply). It goes out with sendmsg() on the raw
  * socket, which is only in order with libuv's writes while nothing is queued; a client waits
- * for each reply before the next request, so the queue is empty in practice, and otherwise
- * the client is told to ask again. */
+ * for each reply before the next request, so the queue is empty in practice. -EAGAIN when it
+ * is not, or when the socket takes nothing now: the caller tells the client to ask again. */
 int llepd_session_send_fds(llepd_session *s, const Llep__Frame *f, const int *fds, size_t nfds) {
     uv_os_fd_t fd;
     uint8_t *buf;
