@@ -668,6 +668,57 @@ START_TEST(bad_requests_are_named)
 END_TEST
 
 /* A client killed mid-step takes nothing down with it. */
+/* A client that corrupts its own ring loses its connection, and only that: another client's
+ * forwards go on. An arena request while submissions are in flight is refused, not obeyed. */
+START_TEST(hostile_client_is_cut_off)
+{
+    rawc good, bad;
+    layer L;
+    char err[256];
+
+    seed = 23;
+    start_daemon("2");
+    layer_make(&L, 4, 2, 8, 8, 0, 0);
+    rc_start(&good, 4 << 20);
+    uint32_t id = rc_create(&good, "shared", &L, 0, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    ck_assert_msg(id, "%s", err);
+
+    /* While a collective step waits (group 2 with one client), the arena cannot change. */
+    rc_start(&bad, 4 << 20);
+    uint32_t cid = rc_create(&bad, "coll", &L, 2, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    ck_assert_msg(cid, "%s", err);
+    float x[8 * 4], w[8];
+    int32_t idx[8];
+    for (int i = 0; i < 32; i++)
+        x[i] = frand();
+    make_routing(&L, 4, 0.5, idx, w);
+    rc_submit(&bad, cid, &L, 4, x, idx, w, 0, NULL);
+    usleep(20000);
+    Llep__ArenaSetup as = LLEP__ARENA_SETUP__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    as.tensor_bytes = 1 << 20;
+    f.body_case = LLEP__FRAME__BODY_ARENA_SETUP;
+    f.arena_setup = &as;
+    Llep__Frame *r = rc_reply(&bad, rc_send(&bad, &f), NULL, NULL);
+    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_ARENA_REPLY);
+    ck_assert_int_eq(r->arena_reply->status, LLEP__STATUS__STATUS_INVALID);
+    ck_assert_ptr_nonnull(strstr(r->arena_reply->message, "in flight"));
+    llep__frame_free(r);
+
+    /* Now the ring: a head a million entries ahead of the tail is impossible. */
+    atomic_store(&bad.arena.sq.ctl->head, bad.arena.sq.prod + 1000000u);
+    llep__eventfd_signal(bad.sq_efd);
+    Llep__Frame *g;
+    while ((g = rc_recv(&bad, NULL, NULL)))
+        llep__frame_free(g); /* the daemon hangs up on it */
+    check_forward(&good, id, &L, 16, 0.5, NULL);
+    layer_free(&L);
+    rc_close(&bad);
+    rc_close(&good);
+    stop_daemon();
+}
+END_TEST
+
 START_TEST(client_killed_mid_step)
 {
     rawc c;
@@ -828,6 +879,7 @@ static Suite *llepd_suite(void) {
     tcase_add_test(tc, bad_frames_get_error_replies);
     tcase_add_test(tc, bad_requests_are_named);
     tcase_add_test(tc, client_killed_mid_step);
+    tcase_add_test(tc, hostile_client_is_cut_off);
     tcase_add_test(tc, eight_clients_share_a_layer);
     tcase_add_test(tc, collective_batching);
     tcase_add_test(tc, sigterm_ends_connections);
