@@ -75,7 +75,11 @@ static void print_header(const llep_plan *p, const llep_plan_params *pp, FILE *f
         why = p->total ? "imbalance < lambda" : "nothing routed";
     fprintf(f, "  mode       %s (%s)\n", mode_name(p->mode), why);
     fprintf(f, "  imbalance  %.3f  (busiest device's EP load / mean)\n", p->imbalance);
-    fprintf(f, "  capacity   %" PRIu64 " token-slots per device\n\n", p->capacity);
+    fprintf(f, "  capacity   %" PRIu64 " token-slots per device\n", p->capacity);
+    if (llep__plan_min_tokens(p, pp) != pp->min_tokens)
+        fprintf(f, "  min-tokens %" PRIu64 " used (capacity / devices, --scale-min-tokens)\n",
+                llep__plan_min_tokens(p, pp));
+    fputc('\n', f);
 }
 
 static void print_devices(const llep_plan *p, FILE *f) {

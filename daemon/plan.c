@@ -37,6 +37,7 @@ void llep__plan_params_default(llep_plan_params *ret) {
     ret->lambda = LLEP_DEFAULT_LAMBDA;
     ret->min_tokens = LLEP_DEFAULT_MIN_TOKENS;
     ret->policy = LLEP_POLICY_AUTO;
+    ret->scale_min_tokens = false;
 }
 
 int llep__plan_params_check(const llep_plan_params *params, char *err, size_t errlen) {
@@ -420,7 +421,7 @@ int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_para
     uint32_t nraw;
     if (use_llep) {
         lla_state s;
-        lla(p, params->min_tokens, &s);
+        lla(p, llep__plan_min_tokens(p, params), &s);
         nraw = s.nraw;
         p->mode = LLEP_PLAN_LLEP;
     } else {
@@ -437,6 +438,14 @@ int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_para
     }
 #endif
     return 0;
+}
+
+uint64_t llep__plan_min_tokens(const llep_plan *p, const llep_plan_params *params) {
+    uint64_t m = params->min_tokens;
+
+    if (params->scale_min_tokens && m > p->capacity / p->num_devices)
+        m = p->capacity / p->num_devices;
+    return m;
 }
 
 int llep__plan_copy(llep_plan *dst, const llep_plan *src) {

@@ -6,6 +6,7 @@
 #ifndef LLEP_PLAN_H
 #define LLEP_PLAN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,6 +23,11 @@ typedef struct llep_plan_params {
     double lambda;         /* imbalance threshold for LLEP_POLICY_AUTO, > 0 */
     uint64_t min_tokens;   /* m: smallest chunk worth a separate GEMM */
     enum llep_policy policy;
+    /* Beyond DESIGN.md section 2, off by default: use at most capacity / P as m. With small
+     * batches (decode) the capacity falls below the default m of 1024, every helper's room
+     * counts as a small chunk, and section 2 forces whole remainders onto single devices
+     * (docs/PERFORMANCE.md). At the paper's batch sizes capacity / P exceeds m: no change. */
+    bool scale_min_tokens;
 } llep_plan_params;
 
 /* One slice [start, end) of an expert's tokens (in the global token order) computed on
@@ -76,6 +82,10 @@ void llep__plan_fini(llep_plan *p);
 /* Computes the plan for loads[N]. Returns 0, -EINVAL for bad parameters or -EOVERFLOW when
  * the loads do not sum within 64 bits. On error the previous result is left untouched. */
 int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params);
+
+/* The m a plan with these parameters uses: params->min_tokens, capped at the plan's
+ * capacity / P when params->scale_min_tokens is set. Valid after llep__plan_compute(). */
+uint64_t llep__plan_min_tokens(const llep_plan *p, const llep_plan_params *params);
 
 /* Copies the result of src into dst, which was initialised for the same N and P. Returns 0 or
  * -EINVAL when the sizes differ. No allocation. */

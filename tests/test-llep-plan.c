@@ -209,6 +209,14 @@ START_TEST(report_is_readable)
     ck_assert_str_eq(r.err, "");
     result_free(&r);
 
+    const char *scaled[] = { "-d", "4", "-m", "30", "--scale-min-tokens", "100", "0", "0", "0",
+                             NULL };
+    r = run_plan(NULL, scaled);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "min-tokens 6 used"));
+    ck_assert_ptr_nonnull(strstr(r.out, "expert     0  device 0 -> 1 2 3"));
+    result_free(&r);
+
     const char *balanced[] = { "-d", "2", "10", "10", "10", "10", NULL };
     r = run_plan(NULL, balanced);
     ck_assert_int_eq(r.status, 0);

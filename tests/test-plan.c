@@ -160,6 +160,27 @@ START_TEST(small_chunks_force_assignment)
 }
 END_TEST
 
+/* The same load with --scale-min-tokens: m is capped at capacity / P (25 / 4 = 6), so each
+ * helper's room of 25 is no longer a small chunk and the hot expert spreads evenly. */
+START_TEST(scaled_min_tokens_spread_small_batches)
+{
+    llep_plan p;
+    uint64_t loads[4] = { 100, 0, 0, 0 };
+    llep_plan_params pp = params(1.0, 1.3, 30, LLEP_POLICY_AUTO);
+
+    pp.scale_min_tokens = true;
+    plan_or_die(&p, 4, 4, loads, &pp);
+    ck_assert_uint_eq(llep__plan_min_tokens(&p, &pp), 6);
+    want_range w[] = { { 0, 0, 0, 25 }, { 0, 1, 25, 50 }, { 0, 2, 50, 75 }, { 0, 3, 75, 100 } };
+    expect_ranges(&p, w, 4);
+    /* A capacity of at least P m leaves m as it is. */
+    pp.min_tokens = 5;
+    ck_assert_int_eq(llep__plan_compute(&p, loads, &pp), 0);
+    ck_assert_uint_eq(llep__plan_min_tokens(&p, &pp), 5);
+    llep__plan_fini(&p);
+}
+END_TEST
+
 /* e0 = 60, e1 = 45, e2 = 35 on three devices, m = 12, policy LLEP (imbalance 1.29 < 1.3).
  * cap = floor(140 / 3) = 46.
  * e0: native [0, 46); 14 spill; device 2 (eff 35) has room 11 < m while 14 remain: forced,
@@ -548,6 +569,8 @@ START_TEST(random_invariants)
                                      rnd_below(3) == 0 ? LLEP_POLICY_LLEP : LLEP_POLICY_AUTO);
         llep_plan p;
 
+        pp.scale_min_tokens = rnd_below(4) == 0;
+
         make_loads(s, loads, n, np);
         plan_or_die(&p, n, np, loads, &pp);
         ck_assert_msg(llep__plan_validate(&p, err, sizeof(err)) == 0, "%s", err);
@@ -559,7 +582,7 @@ START_TEST(random_invariants)
                       (unsigned long long)max_of(p.native_loads, np));
         if (p.mode == LLEP_PLAN_LLEP) {
             llep_runs++;
-            check_against_reference(&p, pp.min_tokens);
+            check_against_reference(&p, llep__plan_min_tokens(&p, &pp));
         } else {
             ck_assert_uint_eq(p.num_transfers, 0);
         }
@@ -603,6 +626,7 @@ static Suite *plan_suite(void) {
     tcase_add_test(hand, native_full_spills_everything);
     tcase_add_test(hand, spill_over_several_helpers);
     tcase_add_test(hand, small_chunks_force_assignment);
+    tcase_add_test(hand, scaled_min_tokens_spread_small_batches);
     tcase_add_test(hand, forced_assignment_twice);
     tcase_add_test(hand, small_final_chunk_is_taken);
     tcase_add_test(hand, ties_visit_lower_expert_first);

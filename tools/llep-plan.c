@@ -1,7 +1,7 @@
 /* llep-plan: prints the Least-Loaded Assignment plan for given per-expert loads.
  *
- *   llep-plan --devices P [--alpha A] [--min-tokens M] [--lambda L] [--policy auto|ep|llep]
- *             [--json] [--loads-file F | LOAD...]
+ *   llep-plan --devices P [--alpha A] [--min-tokens M] [--scale-min-tokens] [--lambda L]
+ *             [--policy auto|ep|llep] [--json] [--loads-file F | LOAD...]
  *
  * Exit status: 0 on success, 2 for any usage error or bad input, 1 when writing fails. */
 #include <errno.h>
@@ -48,6 +48,8 @@ static void help(void) {
            "  -d, --devices P       number of devices (N must be a multiple of P)\n"
            "  -a, --alpha A         capacity factor, > 0 (default %g)\n"
            "  -m, --min-tokens M    smallest chunk worth a separate GEMM (default %u)\n"
+           "  -s, --scale-min-tokens  use at most capacity / P as M (small batches; not in\n"
+           "                        the paper's algorithm)\n"
            "  -l, --lambda L        imbalance threshold for LLEP, > 0 (default %g)\n"
            "  -p, --policy P        auto (LLEP when imbalance >= lambda), ep or llep\n"
            "  -f, --loads-file F    read loads separated by white space from F ('-': stdin)\n"
@@ -113,6 +115,9 @@ static int parse_option(int c, const char *arg, options *o) {
     case 'j':
         o->json = 1;
         return 0;
+    case 's':
+        o->params.scale_min_tokens = true;
+        return 0;
     default:
         return usage_error("unknown option");
     }
@@ -129,6 +134,7 @@ static int parse_args(int argc, char **argv, options *o) {
         { "policy", required_argument, NULL, 'p' },
         { "loads-file", required_argument, NULL, 'f' },
         { "json", no_argument, NULL, 'j' },
+        { "scale-min-tokens", no_argument, NULL, 's' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -139,7 +145,7 @@ static int parse_args(int argc, char **argv, options *o) {
     llep__plan_params_default(&o->params);
     opterr = 0;
     /* '+' stops at the first load, so nothing after it is taken for an option. */
-    while ((c = getopt_long(argc, argv, "+:d:a:m:l:p:f:jhV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+:d:a:m:l:p:f:jshV", longopts, NULL)) != -1) {
         if (c == 'h') {
             help();
             return 1;
