@@ -120,6 +120,16 @@ static int set_lambda(llep_config *c, const char *value) {
     return parse_positive(value, &c->lambda);
 }
 
+static int set_scale_min_tokens(llep_config *c, const char *value) {
+    if (strcmp(value, "yes") == 0 || strcmp(value, "true") == 0 || strcmp(value, "1") == 0)
+        c->scale_min_tokens = true;
+    else if (strcmp(value, "no") == 0 || strcmp(value, "false") == 0 || strcmp(value, "0") == 0)
+        c->scale_min_tokens = false;
+    else
+        return -EINVAL;
+    return 0;
+}
+
 static int set_min_tokens(llep_config *c, const char *value) {
     return llep__parse_u32(value, &c->min_tokens);
 }
@@ -335,6 +345,9 @@ static const config_key keys[] = {
       "imbalance that switches a step from EP to LLEP (default 1.3)", set_lambda },
     { "min-tokens", "N", "an integer from 0 to 4294967295",
       "smallest token chunk worth a separate GEMM (default 1024)", set_min_tokens },
+    { "scale-min-tokens", "yes|no", "yes or no",
+      "use at most capacity / devices as min-tokens (small batches; default no)",
+      set_scale_min_tokens },
     { "log-level", "LEVEL", "err, warning, notice, info or debug",
       "most verbose messages to log (default notice)", set_log_level },
     { "node-id", "ID", "an integer from 0 to 65535",

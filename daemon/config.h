@@ -80,6 +80,7 @@ typedef struct llep_config {
     double alpha;                 /* LLEP_DEFAULT_ALPHA unless set */
     double lambda;                /* LLEP_DEFAULT_LAMBDA unless set */
     uint32_t min_tokens;          /* LLEP_DEFAULT_MIN_TOKENS unless set */
+    bool scale_min_tokens;        /* cap m at capacity / P (plan.h); false unless set */
     enum llep_log_level log_level; /* LLEP_LOG_NOTICE unless set */
     /* Cluster membership: none of it set means a single-node daemon. Fixed arrays, so the
      * server's by-value copy of the config owns nothing. */

@@ -81,7 +81,7 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
 }
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
- * alpha, lambda, min_tokens and the log level. The settings are rebuilt as at start, the file
+ * alpha, lambda, min_tokens, scale_min_tokens and the log level. The settings are rebuilt as at start, the file
  * first and the command line over it, so an option given to llepd keeps winning. A file with
  * any error is refused whole and the settings in force stay. */
 static void on_reload(uv_signal_t *h, int signum) {
@@ -104,6 +104,7 @@ static void on_reload(uv_signal_t *h, int signum) {
         d->srv.cfg.alpha = c.alpha;
         d->srv.cfg.lambda = c.lambda;
         d->srv.cfg.min_tokens = c.min_tokens;
+        d->srv.cfg.scale_min_tokens = c.scale_min_tokens;
         d->srv.cfg.log_level = c.log_level;
         llep__log_set_level(c.log_level);
         log_notice("reloaded %s: alpha %g, lambda %g, min-tokens %u, log-level %s",

@@ -98,6 +98,13 @@ START_TEST(test_every_option) {
     ck_assert_int_eq(c.log_level, LLEP_LOG_ERR);
     ck_assert_str_eq(c.socket_path, "b");
 
+    /* scale-min-tokens takes yes/no (true/false, 1/0); the default is the paper's rule. */
+    ck_assert(!c.scale_min_tokens);
+    ck_assert_int_eq(PARSE(&c, "--scale-min-tokens", "yes"), 0);
+    ck_assert(c.scale_min_tokens);
+    ck_assert_int_eq(PARSE(&c, "--scale-min-tokens=no"), 0);
+    ck_assert(!c.scale_min_tokens);
+
     /* A device spec is kept as text for the backend to check; a count clears it. */
     ck_assert_int_eq(PARSE(&c, "--devices", "cuda:0x4,1x4"), 0);
     ck_assert_str_eq(c.devices_spec, "cuda:0x4,1x4");
@@ -131,6 +138,7 @@ START_TEST(test_bad_values) {
         { "--backend", "gpu" }, { "--backend", "CPU" }, { "--backend", "" },
         { "--devices", "0" }, { "--devices", "4097" }, { "--devices", "-1" },
         { "--devices", "8x" }, { "--devices", "1.5" }, { "--devices", "99999999999999999999" },
+        { "--scale-min-tokens", "maybe" }, { "--scale-min-tokens", "" },
         { "--devices", "cuda:0;rm" }, { "--devices", "cuda:0 x4" }, { "--devices", "CUDA:0" },
         { "--device-memory", "0" }, { "--device-memory", "16Q" }, { "--device-memory", "-1G" },
         { "--device-memory", "17179869184G" }, { "--device-memory", "1.5G" },
