@@ -120,14 +120,18 @@ static int set_lambda(llep_config *c, const char *value) {
     return parse_positive(value, &c->lambda);
 }
 
-static int set_scale_min_tokens(llep_config *c, const char *value) {
+static int parse_yes_no(const char *value, bool *ret) {
     if (strcmp(value, "yes") == 0 || strcmp(value, "true") == 0 || strcmp(value, "1") == 0)
-        c->scale_min_tokens = true;
+        *ret = true;
     else if (strcmp(value, "no") == 0 || strcmp(value, "false") == 0 || strcmp(value, "0") == 0)
-        c->scale_min_tokens = false;
+        *ret = false;
     else
         return -EINVAL;
     return 0;
+}
+
+static int set_scale_min_tokens(llep_config *c, const char *value) {
+    return parse_yes_no(value, &c->scale_min_tokens);
 }
 
 static int set_min_tokens(llep_config *c, const char *value) {
@@ -919,10 +923,14 @@ int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
                 s.policy = p;
                 r = 0;
             }
+    } else if (strcmp(key, "scale_min_tokens") == 0 || strcmp(key, "scale-min-tokens") == 0) {
+        s.key = LLEP_SETTING_SCALE_MIN_TOKENS;
+        expect = "yes or no";
+        r = parse_yes_no(value, &s.flag);
     } else {
         quote(q, sizeof(q), key, strlen(key));
-        set_error(err, errlen, "unknown setting %s: expected alpha, lambda, min_tokens or "
-                               "policy", q);
+        set_error(err, errlen, "unknown setting %s: expected alpha, lambda, min_tokens, "
+                               "policy or scale_min_tokens", q);
         return -ENOENT;
     }
     if (r < 0) {
@@ -950,6 +958,9 @@ void llep__setting_format(const llep_setting *s, char *buf, size_t len) {
         break;
     case LLEP_SETTING_POLICY:
         snprintf(buf, len, "%s", llep__policy_name(s->policy));
+        break;
+    case LLEP_SETTING_SCALE_MIN_TOKENS:
+        snprintf(buf, len, "%s", s->flag ? "yes" : "no");
         break;
     default:
         snprintf(buf, len, "?");

@@ -154,6 +154,7 @@ enum llep_setting_key {
     LLEP_SETTING_LAMBDA,
     LLEP_SETTING_MIN_TOKENS,
     LLEP_SETTING_POLICY,
+    LLEP_SETTING_SCALE_MIN_TOKENS,
 };
 
 typedef struct llep_setting {
@@ -161,10 +162,11 @@ typedef struct llep_setting {
     double value;                 /* alpha, lambda: finite and > 0 */
     uint32_t min_tokens;
     int policy;                   /* enum llep_policy */
+    bool flag;                    /* scale_min_tokens */
 } llep_setting;
 
-/* Parses KEY (alpha, lambda, min_tokens or min-tokens, policy) and VALUE (policy: auto, ep or
- * llep). Returns 0, -ENOENT for an unknown key or -EINVAL for a bad value, with a sentence in
+/* Parses KEY (alpha, lambda, min_tokens or min-tokens, policy, scale_min_tokens) and VALUE
+ * (policy: auto, ep or llep; scale_min_tokens: yes or no). Returns 0, -ENOENT for an unknown key or -EINVAL for a bad value, with a sentence in
  * err. */
 int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
                         char *err, size_t errlen);

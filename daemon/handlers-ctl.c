@@ -332,6 +332,14 @@ static void apply_setting(llepd_server *srv, llepd_layer *l, const llep_setting 
             srv->default_policy = (enum llep_policy)st->policy;
         }
         break;
+    case LLEP_SETTING_SCALE_MIN_TOKENS:
+        if (l) {
+            l->tun.params.scale_min_tokens = st->flag;
+            l->tun.own_scale_min_tokens = true;
+        } else {
+            srv->cfg.scale_min_tokens = st->flag;
+        }
+        break;
     }
 }
 

@@ -89,7 +89,8 @@ void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret) {
     ret->lambda = l->tun.own_lambda ? l->tun.params.lambda : c->lambda;
     ret->min_tokens = l->tun.own_min_tokens ? l->tun.params.min_tokens : c->min_tokens;
     ret->policy = l->tun.own_policy ? l->tun.params.policy : l->srv->default_policy;
-    ret->scale_min_tokens = c->scale_min_tokens;
+    ret->scale_min_tokens = l->tun.own_scale_min_tokens ? l->tun.params.scale_min_tokens
+                                                        : c->scale_min_tokens;
 }
 
 void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {

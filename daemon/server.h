@@ -129,7 +129,7 @@ void llepd_session_unwatch(llepd_session *s);
 /* A layer's tunables: the daemon default unless the layer or `llepctl set LAYER` set one. */
 typedef struct llepd_tunables {
     llep_plan_params params;
-    bool own_alpha, own_lambda, own_min_tokens, own_policy;
+    bool own_alpha, own_lambda, own_min_tokens, own_policy, own_scale_min_tokens;
 } llepd_tunables;
 
 struct llepd_layer {

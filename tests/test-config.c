@@ -491,8 +491,18 @@ START_TEST(test_settings) {
     ck_assert_int_eq(llep__setting_parse("min_tokens", "-1", &st, err, sizeof(err)), -EINVAL);
     ck_assert_int_eq(llep__setting_parse("min_tokens", "1e3", &st, err, sizeof(err)), -EINVAL);
     ck_assert_int_eq(llep__setting_parse("devices", "8", &st, err, sizeof(err)), -ENOENT);
-    ck_assert_str_eq(err, "unknown setting 'devices': expected alpha, lambda, min_tokens or "
-                          "policy");
+    ck_assert_str_eq(err, "unknown setting 'devices': expected alpha, lambda, min_tokens, "
+                          "policy or scale_min_tokens");
+    ck_assert_int_eq(llep__setting_parse("scale_min_tokens", "yes", &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st.key, LLEP_SETTING_SCALE_MIN_TOKENS);
+    ck_assert(st.flag);
+    llep__setting_format(&st, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "yes");
+    ck_assert_int_eq(llep__setting_parse("scale-min-tokens", "no", &st, err, sizeof(err)), 0);
+    ck_assert(!st.flag);
+    ck_assert_int_eq(llep__setting_parse("scale_min_tokens", "on", &st, err, sizeof(err)),
+                     -EINVAL);
+    ck_assert_str_eq(err, "bad value 'on' for scale_min_tokens: expected yes or no");
 }
 END_TEST
 
