@@ -38,6 +38,7 @@ void llep__plan_params_default(llep_plan_params *ret) {
     ret->min_tokens = LLEP_DEFAULT_MIN_TOKENS;
     ret->policy = LLEP_POLICY_AUTO;
     ret->scale_min_tokens = false;
+    ret->devices_per_node = 0;
 }
 
 int llep__plan_params_check(const llep_plan_params *params, char *err, size_t errlen) {
@@ -203,6 +204,7 @@ typedef struct lla_state {
     llep_plan *p;
     struct llep_plan_ws *ws;
     uint64_t cap, min_tokens;
+    uint32_t per_node;     /* devices per node; P when the plan is flat */
     uint32_t nraw;
 } lla_state;
 
@@ -226,13 +228,14 @@ static void give(lla_state *s, uint32_t expert, uint32_t device, uint64_t start,
     s->ws->assigned[device] += n;
 }
 
-/* Least effective load among the devices other than `native`; ties to the lower index. */
-static uint32_t least_loaded_other(const lla_state *s, uint32_t native) {
+/* Least effective load among devices [lo, hi) other than `skip`; ties to the lower index.
+ * UINT32_MAX when the span holds no other device. */
+static uint32_t least_loaded_in(const lla_state *s, uint32_t lo, uint32_t hi, uint32_t skip) {
     uint32_t best = UINT32_MAX;
     uint64_t best_eff = 0;
 
-    for (uint32_t d = 0; d < s->p->num_devices; d++) {
-        if (d == native)
+    for (uint32_t d = lo; d < hi; d++) {
+        if (d == skip)
             continue;
         uint64_t e = eff(s, d);
         if (best == UINT32_MAX || e < best_eff) {
@@ -243,23 +246,66 @@ static uint32_t least_loaded_other(const lla_state *s, uint32_t native) {
     return best;
 }
 
-/* Spills r tokens of `expert` starting at offset o (DESIGN.md section 2, step 5). Returns
- * the number of forced assignments made (0 or 1).
+/* Of two candidates (either may be UINT32_MAX), the one with less effective load; ties to the
+ * lower index. */
+static uint32_t less_loaded(const lla_state *s, uint32_t a, uint32_t b) {
+    if (a == UINT32_MAX)
+        return b;
+    if (b == UINT32_MAX)
+        return a;
+    if (eff(s, b) < eff(s, a) || (eff(s, b) == eff(s, a) && b < a))
+        return b;
+    return a;
+}
+
+/* The chunk of r tokens device d may take under the capacity rule of section 2, step 5: its
+ * room capped at r, and 0 when that is nothing or a small chunk (< m while r > c). */
+static uint64_t chunk_for(const lla_state *s, uint32_t d, uint64_t r) {
+    uint64_t c = room(s, d);
+
+    if (c > r)
+        c = r;
+    if (c < s->min_tokens && c < r)
+        return 0;
+    return c;
+}
+
+/* Picks the next helper for r spilled tokens of an expert native to `native` and sets
+ * *ret_c to its chunk, or to 0 when nobody qualifies (a forced assignment).
  *
- * The design orders the other devices by effective load and takes the first whose chunk
- * c = min(r, room) is positive and not small (c >= m, or c == r). Room shrinks as effective
- * load grows, so c is largest on the least-loaded device: if that device does not qualify,
- * none does. The first qualifying device is therefore always the least-loaded one, and the
- * forced assignment goes to the same device, which makes the scan a single argmin. */
+ * Section 2 orders the other devices by effective load and takes the first whose chunk
+ * qualifies. Room shrinks as effective load grows, so a device qualifies only if the
+ * least-loaded one does: the first qualifying device is always the least-loaded, and the
+ * forced assignment goes to the same device, which makes the scan a single argmin.
+ * Hierarchically the native device's own node is tried first and the other nodes after, each
+ * by the same argmin; when neither qualifies, the forced assignment still goes to the
+ * least-loaded device of all. With one node (or one device per node) one of the two spans is
+ * empty and this is exactly the flat choice. */
+static uint32_t pick_helper(const lla_state *s, uint32_t native, uint64_t r, uint64_t *ret_c) {
+    uint32_t lo = native / s->per_node * s->per_node, hi = lo + s->per_node;
+    uint32_t near = least_loaded_in(s, lo, hi, native);
+
+    *ret_c = near != UINT32_MAX ? chunk_for(s, near, r) : 0;
+    if (*ret_c > 0)
+        return near;
+    /* Other nodes: below lo first, so that ties still go to the lower index. */
+    uint32_t far = less_loaded(s, least_loaded_in(s, 0, lo, native),
+                               least_loaded_in(s, hi, s->p->num_devices, native));
+    *ret_c = far != UINT32_MAX ? chunk_for(s, far, r) : 0;
+    if (*ret_c > 0)
+        return far;
+    return less_loaded(s, near, far);
+}
+
+/* Spills r tokens of `expert` starting at offset o (DESIGN.md section 2, step 5). Returns
+ * the number of forced assignments made (0 or 1). */
 static int spill(lla_state *s, uint32_t expert, uint32_t native, uint64_t o, uint64_t r) {
     int forced = 0;
 
     while (r > 0) {
-        uint32_t g = least_loaded_other(s, native);
-        uint64_t c = room(s, g);
-        if (c > r)
-            c = r;
-        if (c == 0 || (c < s->min_tokens && c < r)) {
+        uint64_t c;
+        uint32_t g = pick_helper(s, native, r, &c);
+        if (c == 0) {
             c = r; /* nobody qualifies: force all of r onto the least-loaded device */
             forced = 1;
         }
@@ -270,11 +316,12 @@ static int spill(lla_state *s, uint32_t expert, uint32_t native, uint64_t o, uin
     return forced;
 }
 
-static void lla_reset(llep_plan *p, uint64_t min_tokens, lla_state *s) {
+static void lla_reset(llep_plan *p, uint64_t min_tokens, uint32_t per_node, lla_state *s) {
     s->p = p;
     s->ws = p->ws;
     s->cap = p->capacity;
     s->min_tokens = min_tokens;
+    s->per_node = per_node ? per_node : p->num_devices;
     s->nraw = 0;
     memcpy(s->ws->pending, p->native_loads, p->num_devices * sizeof(*s->ws->pending));
     memset(s->ws->assigned, 0, p->num_devices * sizeof(*s->ws->assigned));
@@ -314,12 +361,13 @@ static int visit(lla_state *s, const uint32_t *order, uint32_t n, int stop_on_fo
  * assignment is forced, only the experts of devices that start over capacity change anything,
  * and only they need sorting and visiting; the rest simply stay native. If an assignment is
  * forced, a device may go over capacity later, and the full visit runs instead. Under skew
- * this sorts a handful of experts rather than all N. */
-static void lla(llep_plan *p, uint64_t min_tokens, lla_state *s) {
+ * this sorts a handful of experts rather than all N. Hierarchical placement changes only
+ * which helper gets a chunk, never how much, so the argument holds for it too. */
+static void lla(llep_plan *p, uint64_t min_tokens, uint32_t per_node, lla_state *s) {
     struct llep_plan_ws *ws = p->ws;
     uint32_t n = 0;
 
-    lla_reset(p, min_tokens, s);
+    lla_reset(p, min_tokens, per_node, s);
     for (uint32_t e = 0; e < p->num_experts; e++)
         if (p->loads[e] > 0 && p->native_loads[llep__plan_native(p, e)] > s->cap)
             ws->order[n++] = e;
@@ -333,7 +381,7 @@ static void lla(llep_plan *p, uint64_t min_tokens, lla_state *s) {
         return;
     }
 
-    lla_reset(p, min_tokens, s);
+    lla_reset(p, min_tokens, per_node, s);
     n = 0;
     for (uint32_t e = 0; e < p->num_experts; e++)
         if (p->loads[e] > 0)
@@ -399,6 +447,8 @@ int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_para
     r = llep__plan_params_check(params, NULL, 0);
     if (r < 0)
         return r;
+    if (params->devices_per_node && p->num_devices % params->devices_per_node != 0)
+        return -EINVAL;
 
     /* Check the total before touching the previous result. */
     uint64_t total = 0;
@@ -421,7 +471,7 @@ int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_para
     uint32_t nraw;
     if (use_llep) {
         lla_state s;
-        lla(p, llep__plan_min_tokens(p, params), &s);
+        lla(p, llep__plan_min_tokens(p, params), params->devices_per_node, &s);
         nraw = s.nraw;
         p->mode = LLEP_PLAN_LLEP;
     } else {
@@ -571,4 +621,110 @@ int llep__plan_validate(const llep_plan *p, char *err, size_t errlen) {
     if (p->mode == LLEP_PLAN_EP && p->num_transfers != 0)
         return fail(err, errlen, "EP plan lists %u transfers", p->num_transfers);
     return validate_transfers(p, err, errlen);
+}
+
+/* ---- hashing and cross-node traffic ------------------------------------------------------ */
+
+#define FNV_OFFSET UINT64_C(0xcbf29ce484222325)
+#define FNV_PRIME UINT64_C(0x100000001b3)
+
+/* Feeds v to the hash as 8 little-endian bytes, so the hash does not depend on the host's
+ * byte order or on struct padding. */
+static uint64_t fnv_u64(uint64_t h, uint64_t v) {
+    for (int i = 0; i < 8; i++) {
+        h ^= (v >> (8 * i)) & 0xff;
+        h *= FNV_PRIME;
+    }
+    return h;
+}
+
+uint64_t llep__plan_hash(const llep_plan *p) {
+    uint64_t h = FNV_OFFSET;
+
+    h = fnv_u64(h, p->num_experts);
+    h = fnv_u64(h, p->num_devices);
+    h = fnv_u64(h, (uint64_t)p->mode);
+    h = fnv_u64(h, p->capacity);
+    h = fnv_u64(h, p->total);
+    for (uint32_t e = 0; e < p->num_experts; e++)
+        h = fnv_u64(h, p->loads[e]);
+    for (uint32_t e = 0; e <= p->num_experts; e++)
+        h = fnv_u64(h, p->range_off[e]);
+    for (uint32_t i = 0; i < p->num_ranges; i++) {
+        h = fnv_u64(h, p->ranges[i].device);
+        h = fnv_u64(h, p->ranges[i].start);
+        h = fnv_u64(h, p->ranges[i].end);
+    }
+    /* The count separates the transfers from the ranges, so no two results share a stream. */
+    h = fnv_u64(h, p->num_transfers);
+    for (uint32_t t = 0; t < p->num_transfers; t++) {
+        h = fnv_u64(h, p->transfers[t].expert);
+        h = fnv_u64(h, p->transfers[t].src);
+        h = fnv_u64(h, p->transfers[t].dst);
+    }
+    return h;
+}
+
+/* Checks that the node loads of every expert sum to its load, without overflow. */
+static int node_loads_match(const llep_plan *p, const uint64_t *const *node_loads, uint32_t k) {
+    for (uint32_t x = 0; x < p->num_experts; x++) {
+        uint64_t sum = 0;
+        for (uint32_t j = 0; j < k; j++)
+            if (__builtin_add_overflow(sum, node_loads[j][x], &sum))
+                return 0;
+        if (sum != p->loads[x])
+            return 0;
+    }
+    return 1;
+}
+
+/* Slots of expert x computed off their home node. Its ranges and its home nodes' segments
+ * [base_j, base_j + node_loads[j][x]) both partition [0, loads[x]) in order, so one merge
+ * walk over the two visits every overlap once. */
+static uint64_t remote_rows_of(const llep_plan *p, uint32_t x, uint32_t per_node,
+                               const uint64_t *const *node_loads, uint32_t k) {
+    uint64_t remote = 0, seg_start = 0;
+    uint32_t i = p->range_off[x], j = 0;
+
+    while (i < p->range_off[x + 1] && j < k) {
+        const llep_range *r = &p->ranges[i];
+        uint64_t seg_end = seg_start + node_loads[j][x];
+        uint64_t lo = r->start > seg_start ? r->start : seg_start;
+        uint64_t hi = r->end < seg_end ? r->end : seg_end;
+        if (hi > lo && r->device / per_node != j)
+            remote += hi - lo;
+        if (r->end <= seg_end) {
+            i++;
+        } else {
+            seg_start = seg_end;
+            j++;
+        }
+    }
+    return remote;
+}
+
+int llep__plan_node_traffic(const llep_plan *p, uint32_t devices_per_node,
+                            const uint64_t *const *node_loads, uint32_t num_nodes,
+                            uint64_t *ret_rows, uint32_t *ret_transfers) {
+    uint64_t rows = 0;
+    uint32_t transfers = 0;
+
+    if (!p || !p->ws || !node_loads || devices_per_node == 0 ||
+        p->num_devices % devices_per_node != 0 || p->num_devices / devices_per_node != num_nodes)
+        return -EINVAL;
+    for (uint32_t j = 0; j < num_nodes; j++)
+        if (!node_loads[j])
+            return -EINVAL;
+    if (!node_loads_match(p, node_loads, num_nodes))
+        return -EINVAL;
+    for (uint32_t x = 0; x < p->num_experts; x++)
+        rows += remote_rows_of(p, x, devices_per_node, node_loads, num_nodes);
+    for (uint32_t t = 0; t < p->num_transfers; t++)
+        transfers += p->transfers[t].src / devices_per_node !=
+                     p->transfers[t].dst / devices_per_node;
+    if (ret_rows)
+        *ret_rows = rows;
+    if (ret_transfers)
+        *ret_transfers = transfers;
+    return 0;
 }

@@ -28,6 +28,14 @@ typedef struct llep_plan_params {
      * counts as a small chunk, and section 2 forces whole remainders onto single devices
      * (docs/PERFORMANCE.md). At the paper's batch sizes capacity / P exceeds m: no change. */
     bool scale_min_tokens;
+    /* Cluster scope: the P devices form K = P / devices_per_node nodes, node-major (device g
+     * is on node g / devices_per_node). A spill then goes to the least-loaded device on the
+     * native device's own node when one there qualifies, because moving tokens and weights
+     * inside a node is far cheaper than between nodes; only when none does is the helper
+     * the least-loaded device of the other nodes. Forced assignments stay as section 2 says.
+     * 0 (the default) is the flat plan of section 2, and so is P. Must divide P, or
+     * llep__plan_compute() returns -EINVAL. */
+    uint32_t devices_per_node;
 } llep_plan_params;
 
 /* One slice [start, end) of an expert's tokens (in the global token order) computed on
@@ -79,8 +87,9 @@ int llep__plan_params_check(const llep_plan_params *params, char *err, size_t er
 int llep__plan_init(llep_plan *p, uint32_t num_experts, uint32_t num_devices);
 void llep__plan_fini(llep_plan *p);
 
-/* Computes the plan for loads[N]. Returns 0, -EINVAL for bad parameters or -EOVERFLOW when
- * the loads do not sum within 64 bits. On error the previous result is left untouched. */
+/* Computes the plan for loads[N]. Returns 0, -EINVAL for bad parameters (including a
+ * devices_per_node that does not divide P) or -EOVERFLOW when the loads do not sum within 64
+ * bits. On error the previous result is left untouched. */
 int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params);
 
 /* The m a plan with these parameters uses: params->min_tokens, capped at the plan's
@@ -101,5 +110,23 @@ static inline uint32_t llep__plan_native(const llep_plan *p, uint32_t expert) {
  * pairs of the ranges, device loads equal the sums of the ranges, EP plans keep everything
  * native. Returns 0 or -EINVAL with a description in err. */
 int llep__plan_validate(const llep_plan *p, char *err, size_t errlen);
+
+/* A 64-bit FNV-1a hash of the plan's result: N, P, mode, capacity, total, the loads, the
+ * range offsets and ranges, and the transfers, each integer fed as little-endian bytes so
+ * that every host gets the same value. Nodes that plan the same step compare hashes to
+ * check that they agree. */
+uint64_t llep__plan_hash(const llep_plan *p);
+
+/* Token-slots and weight transfers that cross nodes, for nodes of devices_per_node devices.
+ * node_loads[j][x] are the slots of expert x whose home device is on node j; they must sum
+ * over j to p->loads[x]. In the global token order node j's slots of expert x are the ranks
+ * [base, base + node_loads[j][x]) with base the sum of node_loads[i][x] for i < j.
+ * ret_rows: slots computed on a device of a node other than their home node.
+ * ret_transfers: transfers whose source and destination are on different nodes.
+ * Either may be NULL. Returns 0, or -EINVAL when devices_per_node * num_nodes != P or the
+ * node loads do not sum to the plan's loads. */
+int llep__plan_node_traffic(const llep_plan *p, uint32_t devices_per_node,
+                            const uint64_t *const *node_loads, uint32_t num_nodes,
+                            uint64_t *ret_rows, uint32_t *ret_transfers);
 
 #endif
