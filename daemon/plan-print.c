@@ -16,9 +16,18 @@ static int stream_status(FILE *f) {
 /* Ranges are stored grouped by expert, so walking the offsets lists assignments in expert
  * order, each expert's ranges in token order. */
 int llep__plan_print_json(const llep_plan *p, FILE *f) {
+    return llep__plan_print_json_nodes(p, NULL, f);
+}
+
+int llep__plan_print_json_nodes(const llep_plan *p, const llep_plan_nodes *nodes, FILE *f) {
     fprintf(f, "{\"mode\": \"%s\", \"imbalance\": %.6g, \"capacity\": %" PRIu64
-               ", \"devices\": %" PRIu32 ", \"device_loads\": [",
+               ", \"devices\": %" PRIu32 ", ",
             mode_name(p->mode), p->imbalance, p->capacity, p->num_devices);
+    if (nodes)
+        fprintf(f, "\"nodes\": %" PRIu32 ", \"devices_per_node\": %" PRIu32
+                   ", \"inter_node_rows\": %" PRIu64 ", \"inter_node_transfers\": %" PRIu32 ", ",
+                nodes->num_nodes, nodes->devices_per_node, nodes->rows, nodes->transfers);
+    fputs("\"device_loads\": [", f);
     for (uint32_t d = 0; d < p->num_devices; d++)
         fprintf(f, "%s%" PRIu64, d ? ", " : "", p->device_loads[d]);
     fputs("], \"assignments\": [", f);
@@ -122,5 +131,15 @@ int llep__plan_print_report(const llep_plan *p, const llep_plan_params *pp, FILE
     print_header(p, pp, f);
     print_devices(p, f);
     print_transfers(p, f);
+    return stream_status(f);
+}
+
+int llep__plan_print_nodes(const llep_plan *p, const llep_plan_nodes *nodes, FILE *f) {
+    fprintf(f, "\n  nodes: %" PRIu32 " of %" PRIu32 " devices each (spills stay on the native "
+               "node when they can)\n", nodes->num_nodes, nodes->devices_per_node);
+    fprintf(f, "  inter-node rows: %" PRIu64 " of %" PRIu64 " token-slots computed off their "
+               "home node\n", nodes->rows, p->total);
+    fprintf(f, "  inter-node transfers: %" PRIu32 " of %" PRIu32 "\n", nodes->transfers,
+            p->num_transfers);
     return stream_status(f);
 }

@@ -196,6 +196,98 @@ START_TEST(json_matches_library)
 }
 END_TEST
 
+/* Slots of expert x computed off their home node, rank by rank, each expert's slots split
+ * over the k home nodes as llep-plan says: load / k each, one more for the first load % k. */
+static uint64_t plain_inter_node_rows(const llep_plan *p, uint32_t per_node) {
+    uint32_t k = p->num_devices / per_node;
+    uint64_t rows = 0;
+
+    for (uint32_t x = 0; x < p->num_experts; x++)
+        for (uint64_t t = 0; t < p->loads[x]; t++) {
+            uint32_t home = 0;
+            uint64_t upto = p->loads[x] / k + (p->loads[x] % k > 0);
+            while (t >= upto) {
+                home++;
+                upto += p->loads[x] / k + (home < p->loads[x] % k);
+            }
+            uint32_t i = p->range_off[x];
+            while (t >= p->ranges[i].end)
+                i++;
+            rows += p->ranges[i].device / per_node != home;
+        }
+    return rows;
+}
+
+/* --devices-per-node: the plan equals the library's hierarchical plan, and the node figures
+ * equal a plain count; without the option there are no node keys. */
+START_TEST(json_with_nodes)
+{
+    static const uint32_t devs[][2] = { { 2, 1 }, { 4, 2 }, { 8, 2 }, { 8, 4 }, { 6, 3 } };
+    uint64_t seed = 99;
+
+    for (int iter = 0; iter < 10; iter++) {
+        uint32_t np = devs[iter % 5][0], per = devs[iter % 5][1], n = np * (1 + iter % 3);
+        uint64_t loads[32];
+        char words[32][24], devarg[16], perarg[16];
+        const char *args[48];
+        int na = 0;
+
+        for (uint32_t e = 0; e < n; e++) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            loads[e] = (seed >> 40) % 3000 + (e == (uint32_t)iter % n ? 30000 : 0);
+            snprintf(words[e], sizeof(words[e]), "%llu", (unsigned long long)loads[e]);
+        }
+        snprintf(devarg, sizeof(devarg), "%u", np);
+        snprintf(perarg, sizeof(perarg), "%u", per);
+        llep_plan p;
+        llep_plan_params pp;
+        llep__plan_params_default(&pp);
+        pp.min_tokens = 100;
+        pp.devices_per_node = per;
+        ck_assert_int_eq(llep__plan_init(&p, n, np), 0);
+        ck_assert_int_eq(llep__plan_compute(&p, loads, &pp), 0);
+        uint32_t cross = 0;
+        for (uint32_t t = 0; t < p.num_transfers; t++)
+            cross += p.transfers[t].src / per != p.transfers[t].dst / per;
+
+        args[na++] = "--json";
+        args[na++] = "-d";
+        args[na++] = devarg;
+        args[na++] = "-m";
+        args[na++] = "100";
+        args[na++] = "--devices-per-node";
+        args[na++] = perarg;
+        for (uint32_t e = 0; e < n; e++)
+            args[na++] = words[e];
+        args[na] = NULL;
+        result r = run_plan(NULL, args);
+        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+        compare_json(r.out, &p);
+        json_object *root = json_tokener_parse(r.out);
+        ck_assert_int_eq(jint(root, "nodes"), np / per);
+        ck_assert_int_eq(jint(root, "devices_per_node"), per);
+        ck_assert_int_eq(jint(root, "inter_node_rows"), (int64_t)plain_inter_node_rows(&p, per));
+        ck_assert_int_eq(jint(root, "inter_node_transfers"), cross);
+        json_object_put(root);
+        result_free(&r);
+
+        /* The same loads without the option: the flat plan, no node keys. */
+        args[5] = words[0];
+        for (uint32_t e = 1; e < n; e++)
+            args[5 + e] = words[e];
+        args[5 + n] = NULL;
+        r = run_plan(NULL, args);
+        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+        pp.devices_per_node = 0;
+        ck_assert_int_eq(llep__plan_compute(&p, loads, &pp), 0);
+        compare_json(r.out, &p);
+        ck_assert_ptr_null(strstr(r.out, "nodes"));
+        result_free(&r);
+        llep__plan_fini(&p);
+    }
+}
+END_TEST
+
 START_TEST(report_is_readable)
 {
     const char *args[] = { "-d", "2", "--min-tokens", "1", "60", "20", "10", "10", NULL };
@@ -215,6 +307,20 @@ START_TEST(report_is_readable)
     ck_assert_int_eq(r.status, 0);
     ck_assert_ptr_nonnull(strstr(r.out, "min-tokens 6 used"));
     ck_assert_ptr_nonnull(strstr(r.out, "expert     0  device 0 -> 1 2 3"));
+    result_free(&r);
+
+    /* Two nodes of two (test-plan.c, hierarchical_prefers_own_node and node_traffic_by_hand):
+     * e0's spill goes to device 1 on its own node, then device 2; 25 slots and one transfer
+     * cross nodes. */
+    const char *nodes[] = { "-d", "4", "-a", "1.5", "-m", "1", "--devices-per-node", "2", "100",
+                            "10", "0", "0", NULL };
+    r = run_plan(NULL, nodes);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "expert     0  device 0 -> 1 2"));
+    ck_assert_ptr_nonnull(strstr(r.out, "nodes: 2 of 2 devices each"));
+    ck_assert_ptr_nonnull(strstr(r.out, "inter-node rows: 25 of 110 token-slots"));
+    ck_assert_ptr_nonnull(strstr(r.out, "inter-node transfers: 1 of 2"));
+    ck_assert_ptr_nonnull(strstr(r.out, "spread evenly over the home nodes"));
     result_free(&r);
 
     const char *balanced[] = { "-d", "2", "10", "10", "10", "10", NULL };
@@ -249,6 +355,14 @@ static const bad_case bad_cases[] = {
     { NULL, { "-d", "1", "--lambda", "0", "1", NULL }, "--lambda must be > 0" },
     { NULL, { "-d", "1", "--min-tokens", "-5", "1", NULL }, "--min-tokens: '-5'" },
     { NULL, { "-d", "1", "--policy", "fast", "1", NULL }, "'fast' is not one of" },
+    { NULL, { "-d", "4", "--devices-per-node", "3", "1", NULL },
+      "--devices-per-node 3 does not divide --devices 4" },
+    { NULL, { "-d", "4", "--devices-per-node", "8", "1", NULL },
+      "--devices-per-node 8 does not divide --devices 4" },
+    { NULL, { "-d", "4", "--devices-per-node", "0", "1", NULL },
+      "--devices-per-node must be at least 1" },
+    { NULL, { "-d", "4", "--devices-per-node", "two", "1", NULL },
+      "--devices-per-node: 'two' is not a device count" },
     { NULL, { "-d", "2", "18446744073709551615", "1", NULL }, "add up to more than 2^64" },
     { NULL, { "-d", "1", "18446744073709551616", NULL }, "does not fit in 64 bits" },
     { NULL, { "-d", "1", NULL }, "no loads given" },
@@ -316,6 +430,7 @@ static Suite *tool_suite(void) {
 
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, json_matches_library, 0, 2);
+    tcase_add_test(tc, json_with_nodes);
     tcase_add_test(tc, report_is_readable);
     tcase_add_loop_test(tc, bad_input_exits_2, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
     tcase_add_test(tc, too_many_experts_exits_2);

@@ -1,7 +1,8 @@
 /* llep-plan: prints the Least-Loaded Assignment plan for given per-expert loads.
  *
  *   llep-plan --devices P [--alpha A] [--min-tokens M] [--scale-min-tokens] [--lambda L]
- *             [--policy auto|ep|llep] [--json] [--loads-file F | LOAD...]
+ *             [--policy auto|ep|llep] [--devices-per-node N] [--json]
+ *             [--loads-file F | LOAD...]
  *
  * Exit status: 0 on success, 2 for any usage error or bad input, 1 when writing fails. */
 #include <errno.h>
@@ -52,6 +53,12 @@ static void help(void) {
            "                        the paper's algorithm)\n"
            "  -l, --lambda L        imbalance threshold for LLEP, > 0 (default %g)\n"
            "  -p, --policy P        auto (LLEP when imbalance >= lambda), ep or llep\n"
+           "      --devices-per-node N  plan for nodes of N devices each (N divides P; device\n"
+           "                        d is on node d / N): a spill stays on the native device's\n"
+           "                        node when a device there can take it. Also shows the\n"
+           "                        token-slots and weight transfers that cross nodes; the\n"
+           "                        loads do not say where tokens come from, so each expert's\n"
+           "                        slots are taken as spread evenly over the home nodes\n"
            "  -f, --loads-file F    read loads separated by white space from F ('-': stdin)\n"
            "  -j, --json            print the plan as JSON (DESIGN.md section 6)\n"
            "  -h, --help            show this help\n"
@@ -118,6 +125,12 @@ static int parse_option(int c, const char *arg, options *o) {
     case 's':
         o->params.scale_min_tokens = true;
         return 0;
+    case 'n':
+        if (llep__parse_u32(arg, &o->params.devices_per_node) < 0)
+            return usage_error("--devices-per-node: '%s' is not a device count", arg);
+        if (o->params.devices_per_node == 0)
+            return usage_error("--devices-per-node must be at least 1, got %s", arg);
+        return 0;
     default:
         return usage_error("unknown option");
     }
@@ -135,6 +148,7 @@ static int parse_args(int argc, char **argv, options *o) {
         { "loads-file", required_argument, NULL, 'f' },
         { "json", no_argument, NULL, 'j' },
         { "scale-min-tokens", no_argument, NULL, 's' },
+        { "devices-per-node", required_argument, NULL, 'n' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -167,6 +181,9 @@ static int parse_args(int argc, char **argv, options *o) {
     }
     if (!o->have_devices)
         return usage_error("--devices is required");
+    if (o->params.devices_per_node && o->devices % o->params.devices_per_node != 0)
+        return usage_error("--devices-per-node %u does not divide --devices %u",
+                           o->params.devices_per_node, o->devices);
     if (o->loads_file && optind < argc)
         return usage_error("give loads either with --loads-file or as arguments, not both");
     return 0;
@@ -196,6 +213,54 @@ static int read_loads(int argc, char **argv, const options *o, llep_loads *l) {
     return 0;
 }
 
+/* The nodes' share of each expert's slots, split evenly (the first load % K nodes get one
+ * more), since per-expert loads do not say which node each slot comes from. */
+static uint64_t **even_node_loads(const llep_loads *l, uint32_t k) {
+    uint64_t **nl = calloc(k, sizeof(*nl));
+
+    for (uint32_t j = 0; nl && j < k; j++) {
+        nl[j] = calloc(l->n, sizeof(**nl));
+        if (!nl[j]) {
+            while (j > 0)
+                free(nl[--j]);
+            free(nl);
+            return NULL;
+        }
+        for (size_t x = 0; x < l->n; x++)
+            nl[j][x] = l->v[x] / k + (j < l->v[x] % k);
+    }
+    return nl;
+}
+
+/* Works out the cross-node figures of a plan made with --devices-per-node. */
+static int node_figures(const options *o, const llep_plan *plan, const llep_loads *l,
+                        llep_plan_nodes *ret) {
+    uint32_t per = o->params.devices_per_node, k = o->devices / per;
+    uint64_t **nl = even_node_loads(l, k);
+
+    if (!nl)
+        return -ENOMEM;
+    ret->num_nodes = k;
+    ret->devices_per_node = per;
+    int r = llep__plan_node_traffic(plan, per, (const uint64_t *const *)nl, k, &ret->rows,
+                                    &ret->transfers);
+    for (uint32_t j = 0; j < k; j++)
+        free(nl[j]);
+    free(nl);
+    return r;
+}
+
+static int print_plan(const options *o, const llep_plan *plan, const llep_plan_nodes *nodes) {
+    if (o->json)
+        return llep__plan_print_json_nodes(plan, nodes, stdout);
+    int r = llep__plan_print_report(plan, &o->params, stdout);
+    if (r == 0 && nodes) {
+        r = llep__plan_print_nodes(plan, nodes, stdout);
+        printf("  (each expert's slots taken as spread evenly over the home nodes)\n");
+    }
+    return r;
+}
+
 static int run(const options *o, const llep_loads *l) {
     llep_plan plan;
     char err[256];
@@ -219,8 +284,17 @@ static int run(const options *o, const llep_loads *l) {
         llep__plan_fini(&plan);
         return 1;
     }
-    r = o->json ? llep__plan_print_json(&plan, stdout)
-                : llep__plan_print_report(&plan, &o->params, stdout);
+    llep_plan_nodes nodes;
+    if (o->params.devices_per_node) {
+        r = node_figures(o, &plan, l, &nodes);
+        if (r < 0) {
+            fprintf(stderr, "%s: cannot count the traffic between nodes: %s\n", prog,
+                    strerror(-r));
+            llep__plan_fini(&plan);
+            return 1;
+        }
+    }
+    r = print_plan(o, &plan, o->params.devices_per_node ? &nodes : NULL);
     llep__plan_fini(&plan);
     if (r < 0 || fflush(stdout) != 0) {
         fprintf(stderr, "%s: writing the plan failed\n", prog);
