@@ -1,6 +1,7 @@
 /* The MoE step engine (engine.h): counting, planning, dispatch, weight transfers, expert
  * chunks and combine, with every device buffer charged to a budget. */
 #include "engine.h"
+#include "engine-internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -13,51 +14,6 @@
 
 #define ALIGN 64u
 
-/* A device as the engine sees it: its native experts and what is charged to it. */
-typedef struct engine_device {
-    void *native;          /* [M] expert blocks */
-    uint64_t native_bytes;
-    uint64_t used, peak, budget;
-    /* Buffers of the current step. */
-    void *x;               /* [rows][D], layer dtype: rows dispatched here */
-    float *y;              /* [rows][D]: results of those rows */
-    void *scratch;
-    uint64_t x_bytes, y_bytes, scratch_bytes;
-    uint64_t rows;         /* rows in the current step */
-    uint32_t max_chunk;    /* largest chunk in the current step */
-    uint32_t received;     /* transfers to this device in the current step */
-    size_t row_base;       /* this device's first entry in gather_src */
-} engine_device;
-
-struct llep_engine {
-    llep_engine_config cfg;   /* weight pointers cleared after creation */
-    llep_ffn_shape shape;
-    uint32_t n, k, d, h, p, m;
-    size_t esz;
-    int has_bg, has_bu, has_bd;
-    uint64_t expert_bytes;
-    uint64_t off_up, off_down, off_bg, off_bu, off_bd;
-
-    llep_backend *be;
-    engine_device *dev;
-    llep_engine_device_stats *dstats;
-    llep_plan plan;
-    int planned;
-    char err[256];
-
-    /* Step workspace on the host, sized for N experts and grown with the slot count. */
-    uint64_t *loads;          /* [N] */
-    uint64_t *rank;           /* [N] next rank within each expert */
-    uint32_t *cur_range;      /* [N] range holding that rank */
-    uint64_t *chunk_row;      /* [max ranges] first row of each range on its device */
-    void **recv;              /* [max ranges] received weight blocks, by transfer */
-    uint64_t *busy0;          /* [P] backend busy time at the start of the step */
-    size_t *home_base;        /* [P] each home device's first entry in combine_src */
-    const void **gather_src;  /* [slots] source row of each dispatched row */
-    const float **combine_src;/* [slots] result row of each (token, k) */
-    size_t slot_cap;
-};
-
 static int set_error(llep_engine *e, int r, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int set_error(llep_engine *e, int r, const char *fmt, ...) {
@@ -69,7 +25,7 @@ static int set_error(llep_engine *e, int r, const char *fmt, ...) {
     return r;
 }
 
-static uint64_t monotonic_ns(void) {
+uint64_t llep__engine_monotonic_ns(void) {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -89,8 +45,7 @@ void llep__engine_config_default(llep_engine_config *cfg) {
     llep__plan_params_default(&cfg->plan);
 }
 
-/* Charges bytes to device d and allocates them; -ENOMEM when over its budget. */
-static int dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **ret) {
+int llep__engine_dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **ret) {
     engine_device *dv = &e->dev[d];
     int r;
 
@@ -108,7 +63,7 @@ static int dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **ret) {
     return 0;
 }
 
-static void dev_free(llep_engine *e, uint32_t d, void **ptr, uint64_t bytes) {
+void llep__engine_dev_free(llep_engine *e, uint32_t d, void **ptr, uint64_t bytes) {
     if (!*ptr)
         return;
     e->be->ops->free(e->be, d, *ptr);
@@ -262,7 +217,7 @@ int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err
         engine_device *dv = &e->dev[d];
         dv->native_bytes = (uint64_t)e->m * e->expert_bytes;
         dv->budget = cfg->mem_budget ? cfg->mem_budget : dv->native_bytes + e->cfg.token_budget;
-        r = dev_alloc(e, d, dv->native_bytes, &dv->native);
+        r = llep__engine_dev_alloc(e, d, dv->native_bytes, &dv->native);
         if (r < 0) {
             snprintf(err, errlen, "device %u: native weights need %" PRIu64
                      " bytes, its budget is %" PRIu64, d, dv->native_bytes, dv->budget);
@@ -296,7 +251,7 @@ void llep__engine_free(llep_engine *e) {
     if (e->be) {
         e->be->ops->sync(e->be);
         for (uint32_t d = 0; d < e->p; d++)
-            dev_free(e, d, &e->dev[d].native, e->dev[d].native_bytes);
+            llep__engine_dev_free(e, d, &e->dev[d].native, e->dev[d].native_bytes);
         e->be->ops->destroy(e->be);
     }
     llep__plan_fini(&e->plan);
@@ -336,29 +291,50 @@ int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes) {
     return 0;
 }
 
-/* Checks the batches and counts the per-expert loads; returns the slot count in *ret. */
-static int count_loads(llep_engine *e, const llep_engine_batch *b, uint64_t *ret) {
+static int format_error(char *err, size_t errlen, int r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int format_error(char *err, size_t errlen, int r, const char *fmt, ...) {
+    va_list ap;
+
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return r;
+}
+
+int llep__engine_count_batches(const llep_engine *e, const llep_engine_batch *b, uint32_t nb,
+                               uint32_t num_experts, uint64_t *loads, size_t *home_base,
+                               uint64_t *ret_slots, char *err, size_t errlen) {
     uint64_t slots = 0;
 
-    memset(e->loads, 0, e->n * sizeof(*e->loads));
-    for (uint32_t p = 0; p < e->p; p++) {
-        e->home_base[p] = slots;
+    memset(loads, 0, num_experts * sizeof(*loads));
+    for (uint32_t p = 0; p < nb; p++) {
+        home_base[p] = slots;
         if (b[p].tokens == 0)
             continue;
         if (!b[p].x || !b[p].topk_idx || !b[p].topk_w || !b[p].y)
-            return set_error(e, -EINVAL, "batch %u: %u tokens but a NULL buffer", p,
-                             b[p].tokens);
+            return format_error(err, errlen, -EINVAL, "batch %u: %u tokens but a NULL buffer",
+                                p, b[p].tokens);
         size_t n = (size_t)b[p].tokens * e->k;
-        if (llep__k_count_loads(b[p].topk_idx, n, e->n, e->loads) < 0) {
+        if (llep__k_count_loads(b[p].topk_idx, n, num_experts, loads) < 0) {
             for (size_t i = 0; i < n; i++)
-                if (b[p].topk_idx[i] < 0 || (uint32_t)b[p].topk_idx[i] >= e->n)
-                    return set_error(e, -EINVAL, "batch %u: topk_idx[%zu] = %d is not an "
-                                     "expert (N = %u)", p, i, b[p].topk_idx[i], e->n);
+                if (b[p].topk_idx[i] < 0 || (uint32_t)b[p].topk_idx[i] >= num_experts)
+                    return format_error(err, errlen, -EINVAL, "batch %u: topk_idx[%zu] = %d is "
+                                        "not an expert (N = %u)", p, i, b[p].topk_idx[i],
+                                        num_experts);
         }
         slots += n;
     }
-    *ret = slots;
+    *ret_slots = slots;
     return 0;
+}
+
+/* Checks the batches and counts the per-expert loads; returns the slot count in *ret. */
+static int count_loads(llep_engine *e, const llep_engine_batch *b, uint64_t *ret) {
+    return llep__engine_count_batches(e, b, e->p, e->n, e->loads, e->home_base, ret, e->err,
+                                      sizeof(e->err));
 }
 
 static int reserve_slots(llep_engine *e, uint64_t slots) {
@@ -405,10 +381,23 @@ static void layout(llep_engine *e) {
         engine_device *dv = &e->dev[d];
         dv->row_base = base;
         base += dv->rows;
-        dv->x_bytes = dv->rows * e->d * e->esz;
-        dv->y_bytes = dv->rows * e->d * sizeof(float);
-        dv->scratch_bytes = llep__ffn_scratch_bytes(&e->shape, dv->max_chunk);
+        llep__engine_device_sizes(e, d);
     }
+}
+
+void llep__engine_device_sizes(llep_engine *e, uint32_t d) {
+    engine_device *dv = &e->dev[d];
+
+    dv->x_bytes = dv->rows * e->d * e->esz;
+    dv->y_bytes = dv->rows * e->d * sizeof(float);
+    dv->scratch_bytes = llep__ffn_scratch_bytes(&e->shape, dv->max_chunk);
+}
+
+uint64_t llep__engine_device_need(const llep_engine *e, uint32_t d) {
+    const engine_device *dv = &e->dev[d];
+
+    return (uint64_t)dv->received * e->expert_bytes + dv->x_bytes + dv->y_bytes +
+           dv->scratch_bytes;
 }
 
 /* A chunk's rows are counted in 32 bits by the kernels; a plan range over that cannot run. */
@@ -427,7 +416,7 @@ static int check_budgets(llep_engine *e) {
     for (uint32_t d = 0; d < e->p; d++) {
         engine_device *dv = &e->dev[d];
         uint64_t w = (uint64_t)dv->received * e->expert_bytes;
-        uint64_t need = w + dv->x_bytes + dv->y_bytes + dv->scratch_bytes;
+        uint64_t need = llep__engine_device_need(e, d);
         if (dv->used + need > dv->budget)
             return set_error(e, -ENOMEM,
                              "device %u: the %s step needs %" PRIu64 " bytes (received weights "
@@ -442,28 +431,38 @@ static int check_budgets(llep_engine *e) {
 
 static void free_step(llep_engine *e) {
     for (uint32_t t = 0; t < e->plan.num_transfers; t++)
-        dev_free(e, e->plan.transfers[t].dst, &e->recv[t], e->expert_bytes);
-    for (uint32_t d = 0; d < e->p; d++) {
-        engine_device *dv = &e->dev[d];
-        dev_free(e, d, &dv->x, dv->x_bytes);
-        dev_free(e, d, (void **)&dv->y, dv->y_bytes);
-        dev_free(e, d, &dv->scratch, dv->scratch_bytes);
-    }
+        llep__engine_dev_free(e, e->plan.transfers[t].dst, &e->recv[t], e->expert_bytes);
+    for (uint32_t d = 0; d < e->p; d++)
+        llep__engine_device_free(e, d);
+}
+
+void llep__engine_device_free(llep_engine *e, uint32_t d) {
+    engine_device *dv = &e->dev[d];
+
+    llep__engine_dev_free(e, d, &dv->x, dv->x_bytes);
+    llep__engine_dev_free(e, d, (void **)&dv->y, dv->y_bytes);
+    llep__engine_dev_free(e, d, &dv->scratch, dv->scratch_bytes);
+}
+
+int llep__engine_device_alloc(llep_engine *e, uint32_t d) {
+    engine_device *dv = &e->dev[d];
+    int r;
+
+    r = llep__engine_dev_alloc(e, d, dv->x_bytes, &dv->x);
+    if (r == 0)
+        r = llep__engine_dev_alloc(e, d, dv->y_bytes, (void **)&dv->y);
+    if (r == 0)
+        r = llep__engine_dev_alloc(e, d, dv->scratch_bytes, &dv->scratch);
+    return r;
 }
 
 static int alloc_step(llep_engine *e) {
     int r = 0;
 
     for (uint32_t t = 0; t < e->plan.num_transfers && r == 0; t++)
-        r = dev_alloc(e, e->plan.transfers[t].dst, e->expert_bytes, &e->recv[t]);
-    for (uint32_t d = 0; d < e->p && r == 0; d++) {
-        engine_device *dv = &e->dev[d];
-        r = dev_alloc(e, d, dv->x_bytes, &dv->x);
-        if (r == 0)
-            r = dev_alloc(e, d, dv->y_bytes, (void **)&dv->y);
-        if (r == 0)
-            r = dev_alloc(e, d, dv->scratch_bytes, &dv->scratch);
-    }
+        r = llep__engine_dev_alloc(e, e->plan.transfers[t].dst, e->expert_bytes, &e->recv[t]);
+    for (uint32_t d = 0; d < e->p && r == 0; d++)
+        r = llep__engine_device_alloc(e, d);
     return r;
 }
 
@@ -506,7 +505,7 @@ static const char *range_weights(llep_engine *e, uint32_t x, uint32_t d) {
     uint32_t native = llep__plan_native(&e->plan, x);
 
     if (d == native)
-        return (const char *)e->dev[d].native + (uint64_t)(x - native * e->m) * e->expert_bytes;
+        return llep__engine_native_block(e, d, x - native * e->m);
     for (uint32_t t = 0; t < e->plan.num_transfers; t++)
         if (e->plan.transfers[t].expert == x && e->plan.transfers[t].dst == d)
             return e->recv[t];
@@ -533,47 +532,70 @@ static int queue_compute(llep_engine *e) {
     for (uint32_t x = 0; x < e->n && r == 0; x++) {
         for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1] && r == 0; i++) {
             uint32_t d = pl->ranges[i].device;
-            engine_device *dv = &e->dev[d];
-            const char *w = range_weights(e, x, d);
-            llep_expert_chunk c = {
-                .shape = e->shape,
-                .rows = (uint32_t)(pl->ranges[i].end - pl->ranges[i].start),
-                .w_gate = w, .w_up = w + e->off_up, .w_down = w + e->off_down,
-                .b_gate = e->has_bg ? w + e->off_bg : NULL,
-                .b_up = e->has_bu ? w + e->off_bu : NULL,
-                .b_down = e->has_bd ? w + e->off_bd : NULL,
-                .x = (const char *)dv->x + e->chunk_row[i] * e->d * e->esz,
-                .y = dv->y + e->chunk_row[i] * e->d,
-                .scratch = dv->scratch,
-            };
-            r = ops->run_chunk(e->be, d, &c);
-            e->dstats[d].chunks++;
+            r = llep__engine_queue_chunk(e, d, range_weights(e, x, d), e->chunk_row[i],
+                                         (uint32_t)(pl->ranges[i].end - pl->ranges[i].start));
         }
     }
     return r;
+}
+
+int llep__engine_queue_chunk(llep_engine *e, uint32_t d, const char *w, uint64_t row,
+                             uint32_t rows) {
+    engine_device *dv = &e->dev[d];
+    llep_expert_chunk c = {
+        .shape = e->shape,
+        .rows = rows,
+        .w_gate = w, .w_up = w + e->off_up, .w_down = w + e->off_down,
+        .b_gate = e->has_bg ? w + e->off_bg : NULL,
+        .b_up = e->has_bu ? w + e->off_bu : NULL,
+        .b_down = e->has_bd ? w + e->off_bd : NULL,
+        .x = (const char *)dv->x + row * e->d * e->esz,
+        .y = dv->y + row * e->d,
+        .scratch = dv->scratch,
+    };
+
+    e->dstats[d].chunks++;
+    return e->be->ops->run_chunk(e->be, d, &c);
+}
+
+int llep__engine_queue_combine(llep_engine *e, uint32_t p, const llep_engine_batch *b,
+                               const float *const *src) {
+    llep_combine c = {
+        .tokens = b->tokens, .top_k = e->k, .hidden = e->d, .dtype = e->cfg.dtype,
+        .topk_w = b->topk_w, .src = src, .y = b->y,
+    };
+
+    return e->be->ops->combine(e->be, p, &c);
 }
 
 static int queue_combine(llep_engine *e, const llep_engine_batch *b) {
     for (uint32_t p = 0; p < e->p; p++) {
         if (b[p].tokens == 0)
             continue;
-        llep_combine c = {
-            .tokens = b[p].tokens, .top_k = e->k, .hidden = e->d, .dtype = e->cfg.dtype,
-            .topk_w = b[p].topk_w, .src = e->combine_src + e->home_base[p], .y = b[p].y,
-        };
-        int r = e->be->ops->combine(e->be, p, &c);
+        int r = llep__engine_queue_combine(e, p, &b[p], e->combine_src + e->home_base[p]);
         if (r < 0)
             return r;
     }
     return 0;
 }
 
-static void begin_stats(llep_engine *e) {
+void llep__engine_begin_stats(llep_engine *e) {
     memset(e->dstats, 0, e->p * sizeof(*e->dstats));
     for (uint32_t d = 0; d < e->p; d++) {
         e->busy0[d] = e->be->ops->busy_ns(e->be, d);
         e->dev[d].peak = e->dev[d].used;
     }
+}
+
+uint64_t llep__engine_end_device_stats(llep_engine *e, uint32_t d, uint64_t rows) {
+    llep_engine_device_stats *ds = &e->dstats[d];
+
+    ds->rows = rows;
+    ds->busy_ns = e->be->ops->busy_ns(e->be, d) - e->busy0[d];
+    ds->held_bytes = e->dev[d].native_bytes;
+    ds->peak_bytes = e->dev[d].peak;
+    ds->budget_bytes = e->dev[d].budget;
+    return ds->busy_ns;
 }
 
 static void end_stats(llep_engine *e, uint64_t slots, uint64_t crossing, uint64_t t0,
@@ -590,23 +612,18 @@ static void end_stats(llep_engine *e, uint64_t slots, uint64_t crossing, uint64_
     /* A crossing row goes out in the layer's dtype and its result comes back in float32. */
     s->token_bytes_moved = crossing * e->d * (e->esz + sizeof(float));
     for (uint32_t d = 0; d < e->p; d++) {
-        llep_engine_device_stats *ds = &e->dstats[d];
-        ds->rows = pl->device_loads[d];
-        ds->busy_ns = e->be->ops->busy_ns(e->be, d) - e->busy0[d];
-        ds->held_bytes = e->dev[d].native_bytes;
-        ds->peak_bytes = e->dev[d].peak;
-        ds->budget_bytes = e->dev[d].budget;
-        if (ds->busy_ns > s->makespan_ns)
-            s->makespan_ns = ds->busy_ns;
+        uint64_t busy = llep__engine_end_device_stats(e, d, pl->device_loads[d]);
+        if (busy > s->makespan_ns)
+            s->makespan_ns = busy;
     }
     s->num_devices = e->p;
     s->devices = e->dstats;
-    s->wall_ns = monotonic_ns() - t0;
+    s->wall_ns = llep__engine_monotonic_ns() - t0;
 }
 
 int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
                       const llep_plan_params *params, llep_engine_stats *ret_stats) {
-    uint64_t t0 = monotonic_ns(), slots = 0, crossing;
+    uint64_t t0 = llep__engine_monotonic_ns(), slots = 0, crossing;
     char msg[160];
     int r;
 
@@ -633,7 +650,7 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
     r = check_sizes(e);
     if (r < 0)
         return r;
-    begin_stats(e);
+    llep__engine_begin_stats(e);
     layout(e);
     r = check_budgets(e);
     if (r < 0)
