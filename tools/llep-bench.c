@@ -2,7 +2,11 @@
  *
  * Every scenario runs the same inputs under EP and under LLEP (policy AUTO with lambda, as in
  * the paper), on the CPU backend with scaled-down shapes. Busy times are per-device thread
- * CPU times, so the makespan is meaningful even with more logical devices than cores. */
+ * CPU times, so the makespan is meaningful even with more logical devices than cores.
+ *
+ * With --nodes K the P devices form K nodes (node-major: device d is on node d / (P / K)) and
+ * each scenario also runs LLEP with hierarchical placement (llep_plan_params.devices_per_node),
+ * reporting beside the flat plan the token rows and weights that would cross nodes. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -59,6 +63,7 @@ typedef struct options {
     uint64_t min_tokens;
     int min_tokens_set, tokens_set;
     enum format format;
+    uint32_t nodes;        /* 0: no node figures */
     const char *plot;
     enum llep_backend_kind backend;
 } options;
@@ -78,10 +83,19 @@ typedef struct run {
     double ffn_gflops;      /* expert FLOPs / summed device busy time */
 } run;
 
+/* What one plan moves between nodes (llep__plan_node_traffic). */
+typedef struct traffic {
+    uint64_t rows;          /* token-slots computed off their home node */
+    uint32_t transfers;     /* weight transfers between nodes */
+} traffic;
+
 typedef struct result {
     const scenario *scen;
     double imbalance;       /* ideal speedup bound: EP max device load / (total / P) */
     run ep, llep;
+    run hier;               /* LLEP with hierarchical placement; only with --nodes */
+    traffic x_ep, x_llep, x_hier;  /* cross-node figures; only with --nodes */
+    double diff_hier;       /* relative L2 difference of the EP and hierarchical outputs */
     double gemm_gflops;     /* plain cblas_sgemm on the LLEP plan's chunk shapes */
     double diff;            /* relative L2 difference of the EP and LLEP outputs */
 } result;
@@ -127,6 +141,7 @@ static void usage(FILE *f) {
         "                  [--scenario NAME|all] [--devices P] [--tokens T] [--scale S]\n"
         "                  [--alpha A] [--lambda L] [--min-tokens M] [--repeat R]\n"
         "                  [--json|--csv] [--plot FILE.png] [--backend cpu|cuda|auto]\n"
+        "                  [--nodes K]\n"
         "\n"
         "Runs the scenarios of DESIGN.md section 7 under EP and LLEP on the same inputs (CPU\n"
         "backend, float32) and prints makespan, speedup, ideal bound, balance efficiency, peak\n"
@@ -144,6 +159,12 @@ static void usage(FILE *f) {
         "  --plot        draw speedup and peak memory per scenario with gnuplot\n"
         "  --backend     cpu (default), cuda (P logical devices over the visible GPUs, e.g.\n"
         "                --devices 8 on one GPU is cuda:0x8; busy time from CUDA events) or auto\n"
+        "  --nodes       K nodes of P / K devices each (K divides P; device d on node\n"
+        "                d / (P / K), a token's home node that of its home device): each\n"
+        "                scenario also runs LLEP with hierarchical placement, and the table\n"
+        "                and --json add makespans flat vs hierarchical and the token rows\n"
+        "                (D x 8 bytes each: the f32 row out, the f32 result back) and expert\n"
+        "                weights that cross nodes (not in --csv)\n"
         "Environment: LLEP_BENCH_THREADS host threads running the devices (default 1, so\n"
         "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n");
 }
@@ -181,6 +202,7 @@ static void parse_options(int argc, char **argv, options *o) {
         { "csv", no_argument, NULL, 'c' },
         { "plot", required_argument, NULL, 'o' },
         { "backend", required_argument, NULL, 'B' },
+        { "nodes", required_argument, NULL, 'N' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -219,6 +241,7 @@ static void parse_options(int argc, char **argv, options *o) {
             o->min_tokens_set = 1;
             break;
         case 'r': o->repeat = parse_u32("--repeat", optarg, 1); break;
+        case 'N': o->nodes = parse_u32("--nodes", optarg, 1); break;
         case 'j': o->format = FMT_JSON; break;
         case 'c': o->format = FMT_CSV; break;
         case 'o': o->plot = optarg; break;
@@ -241,6 +264,8 @@ static void parse_options(int argc, char **argv, options *o) {
     if (o->preset->n % o->devices)
         die("--devices: %s has %u experts, not a multiple of %u", o->preset->name, o->preset->n,
             o->devices);
+    if (o->nodes && o->devices % o->nodes)
+        die("--nodes: %u does not divide --devices %u", o->nodes, o->devices);
     if (!o->tokens_set)
         o->tokens = o->preset->tokens / o->scale ? o->preset->tokens / o->scale : 1;
     if (!o->min_tokens_set) {
@@ -259,6 +284,8 @@ typedef struct bench {
     llep_engine *eng;
     float *ref_w;           /* [N][gate, up, down][D * H] for the plain-GEMM yardstick */
     float **x, **topk_w, **y_ep, **y_llep;
+    float **y_hier;         /* [P] with --nodes, else NULL */
+    uint64_t **node_loads;  /* [K][N] with --nodes: slots of each expert per home node */
     int32_t **idx;
     int32_t *slot_expert;   /* [P * T * K] */
     llep_engine_batch *batches;
@@ -329,6 +356,26 @@ static void make_inputs(bench *b) {
         for (size_t i = 0; i < slots; i++)
             b->topk_w[p][i] = (rng_sym(&rng) + 1) / 2;
     }
+    if (!b->o.nodes)
+        return;
+    b->y_hier = xcalloc(b->p, sizeof(*b->y_hier));
+    for (uint32_t p = 0; p < b->p; p++)
+        b->y_hier[p] = xcalloc(rows * b->d, sizeof(float));
+    b->node_loads = xcalloc(b->o.nodes, sizeof(*b->node_loads));
+    for (uint32_t j = 0; j < b->o.nodes; j++)
+        b->node_loads[j] = xcalloc(b->n, sizeof(**b->node_loads));
+}
+
+/* Counts each expert's slots per home node from the batches as routed: home device p is on
+ * node p / (P / K). */
+static void count_node_loads(bench *b) {
+    uint32_t per_node = b->p / b->o.nodes;
+
+    for (uint32_t j = 0; j < b->o.nodes; j++)
+        memset(b->node_loads[j], 0, b->n * sizeof(**b->node_loads));
+    for (uint32_t p = 0; p < b->p; p++)
+        for (size_t i = 0; i < (size_t)b->t * b->k; i++)
+            b->node_loads[p / per_node][b->idx[p][i]]++;
 }
 
 /* Routes the slots so that each expert gets exactly the scenario's load, spread at random
@@ -359,6 +406,8 @@ static void route(bench *b, const scenario *s) {
     for (uint32_t p = 0; p < b->p; p++)
         memcpy(b->idx[p], b->slot_expert + (size_t)p * b->t * b->k,
                (size_t)b->t * b->k * sizeof(int32_t));
+    if (b->o.nodes)
+        count_node_loads(b);
 }
 
 /* Takes a step's figures; busy times keep, per device, the least seen over the repeats. */
@@ -393,10 +442,13 @@ static void finish_run(bench *b, run *r) {
     r->ffn_gflops = sum ? (double)(r->slots * 6 * (uint64_t)b->d * b->h) / (double)sum : 0;
 }
 
-/* One step of one policy on the scenario's inputs, writing the outputs to y. */
-static void step_policy(bench *b, enum llep_policy pol, float **y, run *out, int first) {
+/* One step of one policy on the scenario's inputs, writing the outputs to y. per_node:
+ * llep_plan_params.devices_per_node (0: flat). */
+static void step_policy(bench *b, enum llep_policy pol, uint32_t per_node, float **y, run *out,
+                        int first) {
     llep_plan_params pp = { .alpha = b->o.alpha, .lambda = b->o.lambda,
-                            .min_tokens = b->o.min_tokens, .policy = pol };
+                            .min_tokens = b->o.min_tokens, .policy = pol,
+                            .devices_per_node = per_node };
     llep_engine_stats st;
 
     for (uint32_t p = 0; p < b->p; p++)
@@ -409,23 +461,49 @@ static void step_policy(bench *b, enum llep_policy pol, float **y, run *out, int
 /* Runs EP and LLEP `repeat` times each, alternating, so both see the same spells of noise
  * from whatever else the machine runs. Noise only ever adds CPU time, so each device's busy
  * time is the least it took over the repeats; the makespan is the largest of these. */
-static void run_pair(bench *b, result *res, const char *label, size_t si, size_t ns) {
-    run *runs[2] = { &res->ep, &res->llep };
+/* Cross-node figures of the engine's last plan, from the scenario's node loads. */
+static void node_traffic(bench *b, traffic *ret) {
+    const llep_plan *pl = llep__engine_plan(b->eng);
+    int r = llep__plan_node_traffic(pl, b->p / b->o.nodes, (const uint64_t *const *)b->node_loads,
+                                    b->o.nodes, &ret->rows, &ret->transfers);
+    if (r < 0)
+        die("counting the traffic between nodes failed: %s", strerror(-r));
+}
 
-    for (int j = 0; j < 2; j++) {
+/* Runs EP and LLEP (and, with --nodes, hierarchical LLEP) `repeat` times each, alternating,
+ * so all see the same spells of noise from whatever else the machine runs. Noise only ever
+ * adds CPU time, so each device's busy time is the least it took over the repeats; the
+ * makespan is the largest of these. Plans are deterministic, so the first repeat's give the
+ * cross-node figures. */
+static void run_pair(bench *b, result *res, const char *label, size_t si, size_t ns) {
+    run *runs[3] = { &res->ep, &res->llep, &res->hier };
+    int nruns = b->o.nodes ? 3 : 2;
+    uint32_t per_node = b->o.nodes ? b->p / b->o.nodes : 0;
+
+    for (int j = 0; j < nruns; j++) {
         runs[j]->peak = xcalloc(b->p, sizeof(uint64_t));
         runs[j]->busy = xcalloc(b->p, sizeof(uint64_t));
         runs[j]->rows = xcalloc(b->p, sizeof(uint64_t));
     }
     for (uint32_t i = 0; i < b->o.repeat; i++) {
-        fprintf(stderr, "[%zu/%zu] %s: EP and LLEP, step %u/%u\n", si + 1, ns, label, i + 1,
-                b->o.repeat);
-        step_policy(b, LLEP_POLICY_EP, b->y_ep, &res->ep, i == 0);
+        fprintf(stderr, "[%zu/%zu] %s: EP and LLEP%s, step %u/%u\n", si + 1, ns, label,
+                b->o.nodes ? " (flat and hierarchical)" : "", i + 1, b->o.repeat);
+        step_policy(b, LLEP_POLICY_EP, 0, b->y_ep, &res->ep, i == 0);
         res->imbalance = llep__engine_plan(b->eng)->imbalance;
-        step_policy(b, LLEP_POLICY_AUTO, b->y_llep, &res->llep, i == 0);
+        if (b->o.nodes && i == 0)
+            node_traffic(b, &res->x_ep);
+        if (b->o.nodes) {
+            step_policy(b, LLEP_POLICY_AUTO, per_node, b->y_hier, &res->hier, i == 0);
+            if (i == 0)
+                node_traffic(b, &res->x_hier);
+        }
+        /* Flat LLEP last: the plain-GEMM yardstick reads the engine's last plan. */
+        step_policy(b, LLEP_POLICY_AUTO, 0, b->y_llep, &res->llep, i == 0);
+        if (b->o.nodes && i == 0)
+            node_traffic(b, &res->x_llep);
     }
-    finish_run(b, &res->ep);
-    finish_run(b, &res->llep);
+    for (int j = 0; j < nruns; j++)
+        finish_run(b, runs[j]);
 }
 
 /* Plain cblas_sgemm on the GEMMs the engine ran for the last plan: per chunk, the three GEMMs
@@ -482,11 +560,11 @@ static double plain_gemm_gflops(bench *b, const float *wts) {
     return ns ? (double)flops / (double)ns : 0;
 }
 
-static double output_diff(bench *b) {
+static double output_diff(bench *b, float **y) {
     double num = 0, den = 0;
     for (uint32_t p = 0; p < b->p; p++)
         for (size_t i = 0; i < (size_t)b->t * b->d; i++) {
-            double e = b->y_ep[p][i], l = b->y_llep[p][i];
+            double e = b->y_ep[p][i], l = y[p][i];
             num += (e - l) * (e - l);
             den += e * e;
         }
@@ -500,7 +578,9 @@ static void run_scenario(bench *b, size_t si, size_t idx, size_t ns, result *res
     res->scen = s;
     run_pair(b, res, s->name, idx, ns);
     res->gemm_gflops = b->ref_w ? plain_gemm_gflops(b, b->ref_w) : 0;
-    res->diff = output_diff(b);
+    res->diff = output_diff(b, b->y_llep);
+    if (b->o.nodes)
+        res->diff_hier = output_diff(b, b->y_hier);
 }
 
 static double mib(uint64_t bytes) {
@@ -555,6 +635,43 @@ static void print_table(const bench *b, const result *res, size_t nres) {
     }
 }
 
+/* Bytes a token row costs between nodes: the row out in the bench's float32 and the f32
+ * result back. */
+static uint64_t row_bytes(const bench *b) {
+    return (uint64_t)b->d * (sizeof(float) + 4);
+}
+
+static double hier_ratio(const result *r) {
+    return r->llep.makespan_ns ? (double)r->hier.makespan_ns / (double)r->llep.makespan_ns : 0;
+}
+
+/* With --nodes: flat LLEP against hierarchical, makespans and what crosses nodes. */
+static void print_node_table(const bench *b, const result *res, size_t nres) {
+    uint64_t rb = row_bytes(b), eb = llep__engine_expert_bytes(b->eng);
+    uint32_t per_node = b->p / b->o.nodes;
+
+    printf("\n%u nodes of %u devices (device d on node d / %u; a token's home node is its home "
+           "device's): LLEP flat vs hierarchical (spills stay on the native node when they "
+           "can)\n", b->o.nodes, per_node, per_node);
+    printf("x-rows = token-slots computed off their home node; tok MiB = x-rows x D x 8 "
+           "(f32 row out, f32 result back); xfers = weight transfers between nodes, "
+           "w MiB = xfers x %.2f MiB\n\n", mib(eb));
+    printf("%-9s %9s %9s %6s %9s %9s %9s %8s %8s %6s %6s %8s %8s\n", "scenario", "flat ms",
+           "hier ms", "h/f", "x-rows", "x-rows", "x-rows", "tok MiB", "tok MiB", "xfers",
+           "xfers", "w MiB", "w MiB");
+    printf("%-9s %9s %9s %6s %9s %9s %9s %8s %8s %6s %6s %8s %8s\n", "", "", "", "", "EP",
+           "flat", "hier", "flat", "hier", "flat", "hier", "flat", "hier");
+    for (size_t i = 0; i < nres; i++) {
+        const result *r = &res[i];
+        printf("%-9s %9.1f %9.1f %6.3f %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %8.1f %8.1f %6u "
+               "%6u %8.1f %8.1f\n", r->scen->name, r->llep.makespan_ns / 1e6,
+               r->hier.makespan_ns / 1e6, hier_ratio(r), r->x_ep.rows, r->x_llep.rows,
+               r->x_hier.rows, mib(r->x_llep.rows * rb), mib(r->x_hier.rows * rb),
+               r->x_llep.transfers, r->x_hier.transfers, mib(r->x_llep.transfers * eb),
+               mib(r->x_hier.transfers * eb));
+    }
+}
+
 static void print_csv(const bench *b, const result *res, size_t nres) {
     print_header(b, stdout, "# ");
     printf("scenario,mode,ep_makespan_ms,llep_makespan_ms,speedup,ideal,ep_balance,"
@@ -590,22 +707,49 @@ static void json_run(const bench *b, const char *name, const run *r, const char 
     printf("}%s\n", sep);
 }
 
+static void json_traffic(const bench *b, const char *name, const traffic *t, const char *sep) {
+    uint64_t eb = llep__engine_expert_bytes(b->eng);
+
+    printf("\"%s\": {\"rows\": %" PRIu64 ", \"token_bytes\": %" PRIu64 ", \"transfers\": %u, "
+           "\"weight_bytes\": %" PRIu64 "}%s", name, t->rows, t->rows * row_bytes(b),
+           t->transfers, t->transfers * eb, sep);
+}
+
+/* The --nodes part of a scenario: the hierarchical run and what each plan moves between
+ * nodes. */
+static void json_nodes(const bench *b, const result *r) {
+    json_run(b, "hier", &r->hier, ",");
+    printf("    \"hier_makespan_ratio\": %.4f, \"ep_hier_rel_l2\": %.3g,\n", hier_ratio(r),
+           r->diff_hier);
+    printf("    \"inter_node\": {");
+    json_traffic(b, "ep", &r->x_ep, ", ");
+    json_traffic(b, "llep", &r->x_llep, ", ");
+    json_traffic(b, "hier", &r->x_hier, "}\n");
+}
+
 static void print_json(const bench *b, const result *res, size_t nres) {
     const preset *ps = b->o.preset;
     printf("{\"preset\": \"%s\", \"scale\": %u, \"experts\": %u, \"hidden\": %u, \"inter\": %u, "
            "\"top_k\": %u, \"devices\": %u, \"tokens_per_device\": %u, \"dtype\": \"f32\",\n"
            " \"alpha\": %g, \"lambda\": %g, \"min_tokens\": %" PRIu64 ", \"repeat\": %u,\n"
-           " \"busy_time\": \"%s\",\n \"scenarios\": [\n",
+           " \"busy_time\": \"%s\",\n",
            ps->name, b->o.scale, b->n, b->d, b->h, b->k, b->p, b->t, b->o.alpha, b->o.lambda,
            b->o.min_tokens, b->o.repeat, b->ops == &llep__backend_cpu ?
            "per-device thread CPU time" : "per-device CUDA event time");
+    if (b->o.nodes)
+        printf(" \"nodes\": %u, \"devices_per_node\": %u, \"row_bytes\": %" PRIu64
+               ", \"expert_bytes\": %" PRIu64 ",\n", b->o.nodes, b->p / b->o.nodes,
+               row_bytes(b), llep__engine_expert_bytes(b->eng));
+    printf(" \"scenarios\": [\n");
     for (size_t i = 0; i < nres; i++) {
         const result *r = &res[i];
         printf("  {\"scenario\": \"%s\", \"speedup\": %.4f, \"ideal\": %.4f, "
                "\"plain_sgemm_gflops\": %.2f, \"ep_llep_rel_l2\": %.3g,\n", r->scen->name,
                speedup(r), r->imbalance, r->gemm_gflops, r->diff);
         json_run(b, "ep", &r->ep, ",");
-        json_run(b, "llep", &r->llep, "");
+        json_run(b, "llep", &r->llep, b->o.nodes ? "," : "");
+        if (b->o.nodes)
+            json_nodes(b, r);
         printf("  }%s\n", i + 1 < nres ? "," : "");
     }
     printf(" ]}\n");
@@ -714,13 +858,15 @@ int main(int argc, char **argv) {
         print_csv(&b, res, nres);
     else
         print_table(&b, res, nres);
+    if (b.o.nodes && b.o.format == FMT_TABLE)
+        print_node_table(&b, res, nres);
     int rc = EXIT_SUCCESS;
     if (b.o.plot && have_gnuplot() && plot(&b, res, nres, b.o.plot) < 0)
         rc = EXIT_FAILURE;
 
     for (size_t i = 0; i < nres; i++) {
-        run *rs[2] = { &res[i].ep, &res[i].llep };
-        for (int j = 0; j < 2; j++) {
+        run *rs[3] = { &res[i].ep, &res[i].llep, &res[i].hier };
+        for (int j = 0; j < 3; j++) {
             free(rs[j]->peak);
             free(rs[j]->busy);
             free(rs[j]->rows);
@@ -734,6 +880,12 @@ int main(int argc, char **argv) {
         free(b.topk_w[p]);
         free(b.idx[p]);
     }
+    for (uint32_t p = 0; b.y_hier && p < b.p; p++)
+        free(b.y_hier[p]);
+    for (uint32_t j = 0; b.node_loads && j < b.o.nodes; j++)
+        free(b.node_loads[j]);
+    free(b.y_hier);
+    free(b.node_loads);
     free(b.x);
     free(b.y_ep);
     free(b.y_llep);
