@@ -1,21 +1,23 @@
 /* The CUDA backend: P logical devices on one or more GPUs (backend.h).
  *
- * Each GPU has one compute stream, shared by the logical devices placed on it, and one
- * transfer stream. Sharing the compute stream serialises the logical devices of a GPU, so the
- * CUDA events around each operation measure that device's own work: with --devices cuda:0x8
- * the busy times (and the makespan) are those eight devices would have, one GPU each, which
- * is what the benchmarks compare (DESIGN.md section 7).
+ * Each GPU has one compute stream, shared by the logical devices placed on it, a transfer
+ * stream for weights and an exchange stream for token rows. Sharing the compute stream
+ * serialises the logical devices of a GPU, so the CUDA events around each operation measure
+ * that device's own work: with --devices cuda:0x8 the busy times (and the makespan) are those
+ * eight devices would have, one GPU each, which is what the benchmarks compare (DESIGN.md
+ * section 7).
  *
  * Operations are issued when they are queued (the engine's pointer arrays are read then, and
- * staged in pinned memory until sync()):
+ * staged in pinned memory until sync()), except gathers and combines that read rows of other
+ * GPUs over NCCL, which wait for the next operation that depends on them (see below):
  *   copy      from the host: on the compute stream. From device memory: a weight transfer on
  *             the transfer streams, overlapped with the dispatch: device-to-device on one GPU,
- *             grouped ncclSend/ncclRecv between GPUs (cudaMemcpyPeerAsync where NCCL could
- *             not start). The destination's next chunk or combine waits for it; gathers do
- *             not, since they never read transferred weights.
+ *             grouped ncclSend/ncclRecv between GPUs on the weight communicator
+ *             (cudaMemcpyPeerAsync where NCCL could not start). The destination's next chunk
+ *             or combine waits for it; gathers do not, since they never read weights.
  *   gather    rows in host memory are packed into pinned memory and copied in one transfer;
- *             rows in device memory (of any GPU, through peer access) are gathered by the
- *             gather kernel of moe-cuda.h.
+ *             rows in device memory of the same GPU are read by the gather kernel of
+ *             moe-cuda.h; rows on other GPUs travel over NCCL (the dispatch paths below).
  *   chunk     gate and up projections in one strided-batched cuBLAS GEMM, the fused bias and
  *             activation kernel, the down projection, the down bias; bf16 inputs with float32
  *             accumulation, or float32 throughout (no TF32). Tiles of GPU_TILE_ROWS rows in a
@@ -23,12 +25,26 @@
  *             peak); where that buffer cannot be had, tiles of LLEP_FFN_TILE_ROWS rows inside
  *             the scratch the engine sized with llep__ffn_scratch_bytes().
  *   combine   the combine kernel into device staging, copied back to pinned memory and into
- *             the caller's output by sync().
+ *             the caller's output by sync(); result rows on other GPUs travel like a gather's.
+ *
+ * Rows between GPUs (LLEP_CUDA_DISPATCH=nccl, the default where the communicators started):
+ * the rows a gather or combine needs from each other GPU are packed there (the gather kernel,
+ * on that GPU's compute stream, into a send buffer), and the operation is deferred. The first
+ * later operation that depends on it (a chunk, a copy, a gather or combine without remote
+ * rows, sync) issues every deferred pack of every device as one ncclGroupStart/End of
+ * ncclSend/ncclRecv on the exchange communicator and streams, then the deferred operations in
+ * the order they were queued, each reading its remote rows from its receive buffer. So the
+ * engine's dispatch (or combine) of all devices is one group, and it never queues behind
+ * weight transfers, which have their own communicator and streams. Each send is issued in the
+ * same loop iteration as its receive, so the group is matched by construction.
+ * LLEP_CUDA_DISPATCH=peer (and the fallback where NCCL could not start) reads remote rows
+ * through peer access in the kernels instead. Logical devices on one GPU never use NCCL.
  *
  * Device memory comes from cudaMalloc through a per-GPU cache of freed blocks (the engine's
  * budgets count requested bytes, as with the CPU backend); when cudaMalloc fails the cache is
- * released and the allocation retried. Staging (pointer arrays, packed rows, combine output)
- * and the per-GPU tile buffer are the backend's own and are not charged to the budgets. */
+ * released and the allocation retried. Staging (pointer arrays, packed and received rows,
+ * combine output) and the per-GPU tile buffer are the backend's own; step_overhead() tells
+ * the engine how much of it a step may need, so that it can charge it to the budgets. */
 #include "backend.h"
 
 #include <errno.h>
@@ -47,8 +63,9 @@
 #include "backend-select.h"
 #include "moe-cuda.h"
 
-/* Freed blocks a GPU keeps for reuse; beyond either limit the oldest are released. */
-#define CACHE_BLOCKS 32u
+/* Freed blocks a GPU keeps for reuse; beyond either limit the oldest are released. A step
+ * frees the engine's buffers and the backend's row staging, several per logical device. */
+#define CACHE_BLOCKS 64u
 #define CACHE_BYTES (UINT64_C(8) << 30)
 /* Staging blocks start at this size and double. */
 #define STAGE_MIN (UINT64_C(1) << 20)
@@ -60,6 +77,16 @@
 
 int llep__cuda_visible_gpus(char *why, size_t whylen);
 uint64_t llep__cuda_free_bytes(uint32_t gpu);
+/* How this backend moves token rows between its logical devices: "nccl", "peer" (peer
+ * access in the kernels) or "local" (one GPU: device-to-device). For tests and tools. */
+const char *llep__cuda_dispatch_path(const llep_backend *b);
+
+/* How rows of another GPU reach a gather or combine. */
+enum row_path {
+    PATH_LOCAL,              /* one GPU: no other GPU's rows */
+    PATH_PEER,               /* read by the kernels through peer access */
+    PATH_NCCL,               /* packed on their GPU, sent over NCCL, deferred (see above) */
+};
 
 /* A bump allocator over pinned host or device memory, reset by sync(). Blocks outgrown during
  * a step stay alive until then, since queued operations may still read them. */
@@ -80,6 +107,13 @@ typedef struct gpu_ctx {
     cudaEvent_t compute_mark;/* what transfers reading this GPU's memory wait for */
     int xfer_dirty;          /* transfers issued since xfer_done was last recorded */
     ncclComm_t comm;         /* weight transfers between GPUs; NULL with one GPU */
+    /* Token rows between GPUs: their own stream and communicator, so that they never wait
+     * for weight transfers. NULL without NCCL. */
+    cudaStream_t a2a;
+    ncclComm_t acomm;
+    cudaEvent_t packed;      /* recorded on compute after this GPU's packs of a flush */
+    cudaEvent_t arrived;     /* recorded on a2a after the group of a flush */
+    int has_packs, has_recv; /* during a flush */
     stage dstage;            /* device staging */
     /* Intermediates of GPU_TILE_ROWS-row tiles, shared by the GPU's logical devices (their
      * chunks run one at a time on the compute stream); NULL until a chunk needs it. */
@@ -122,6 +156,33 @@ typedef struct xfer {
     uint32_t src_gpu, dst_gpu;
 } xfer;
 
+/* Rows of one source GPU that one deferred operation reads: packed there through a pointer
+ * table into `send`, received into `recv` on the operation's GPU. */
+typedef struct pack {
+    uint32_t src_gpu, dst_gpu;
+    size_t n, row_bytes;
+    const void **htable;     /* pinned: the rows on src_gpu */
+    void *dtable;            /* its copy on src_gpu */
+    void *send;              /* on src_gpu */
+    void *recv;              /* on dst_gpu */
+} pack;
+
+/* A gather or combine waiting for its packs. Its pointer table (pinned, remote rows already
+ * pointing into the receive buffers) goes to dtable, then the kernel runs. */
+typedef struct deferred {
+    uint32_t dev;
+    int combine;             /* 0: a gather */
+    const void *htable;      /* pinned: the table, for a combine followed by the weights */
+    void *dtable;
+    size_t table_bytes;
+    void *dst;               /* gather: its rows; combine: the device output */
+    size_t n, row_bytes;     /* gather */
+    uint32_t tokens, top_k, hidden; /* combine */
+    enum llep_dtype dtype;
+    void *hy;                /* combine: pinned copy of the output */
+    size_t ybytes;
+} deferred;
+
 typedef struct cuda_backend {
     llep_backend base;
     cuda_device *dev;
@@ -134,6 +195,13 @@ typedef struct cuda_backend {
     size_t ncopies, capcopies;
     xfer *xfers;             /* NCCL transfers waiting for the group to be issued */
     size_t nxfers, capxfers;
+    enum row_path path;
+    pack *packs;             /* of the deferred operations */
+    size_t npacks, cappacks;
+    deferred *defer;         /* in the order they were queued */
+    size_t ndefer, capdefer;
+    void **stepblk;          /* row staging from the block cache, released by sync() */
+    size_t nstepblk, capstepblk;
     int error;               /* first error of a queued operation, until sync() */
 } cuda_backend;
 
@@ -310,15 +378,14 @@ static void trim_cache(cuda_backend *b, uint32_t gpu, uint32_t blocks, uint64_t 
     }
 }
 
-static int cu_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret) {
-    cuda_backend *b = (cuda_backend *)base;
+/* A block of device memory on a GPU, from the cache or cudaMalloc. */
+static int gpu_alloc(cuda_backend *b, uint32_t gpu, size_t bytes, void **ret) {
     size_t cap = (bytes + 255) & ~(size_t)255;
 
-    if (dev >= base->num_devices || cap < bytes)
+    if (cap < bytes)
         return -EINVAL;
     if (cap == 0)
         cap = 256;
-    uint32_t gpu = b->dev[dev].gpu;
     /* The smallest cached block that fits without wasting more than half of it. */
     long best = -1;
     for (size_t i = 0; i < b->nblocks; i++) {
@@ -350,15 +417,41 @@ static int cu_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret) 
     return 0;
 }
 
-static void cu_free(llep_backend *base, uint32_t dev, void *ptr) {
-    cuda_backend *b = (cuda_backend *)base;
+/* Returns a block to its GPU's cache. */
+static void gpu_release(cuda_backend *b, void *ptr) {
     long i;
 
     if (!ptr || (i = find_block(b, ptr)) < 0 || b->blocks[i].base != ptr)
         return;
-    (void)dev;
     b->blocks[i].cached = ++b->free_seq;
     trim_cache(b, b->blocks[i].gpu, CACHE_BLOCKS, CACHE_BYTES);
+}
+
+static int cu_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret) {
+    cuda_backend *b = (cuda_backend *)base;
+
+    if (dev >= base->num_devices)
+        return -EINVAL;
+    return gpu_alloc(b, b->dev[dev].gpu, bytes, ret);
+}
+
+static void cu_free(llep_backend *base, uint32_t dev, void *ptr) {
+    (void)dev;
+    gpu_release((cuda_backend *)base, ptr);
+}
+
+/* Row staging on a GPU for the current step, exactly sized (it is what step_overhead()
+ * counts) and handed back to the cache by sync(). */
+static void *step_block(cuda_backend *b, uint32_t gpu, size_t bytes) {
+    void *p = NULL;
+
+    if (grow((void **)&b->stepblk, &b->capstepblk, b->nstepblk + 1, sizeof(*b->stepblk)) < 0 ||
+        gpu_alloc(b, gpu, bytes, &p) < 0) {
+        cu_fail(b, -ENOMEM);
+        return NULL;
+    }
+    b->stepblk[b->nstepblk++] = p;
+    return p;
 }
 
 /* ---- timing ---- */
@@ -422,14 +515,12 @@ static int flush_xfers(cuda_backend *b) {
     return r;
 }
 
-/* Makes device d's compute stream current, after the transfers it waits for. */
-static int enter(cuda_backend *b, uint32_t d) {
+/* Device d's next chunk or combine runs after the weight transfers to it. */
+static int wait_xfers(cuda_backend *b, uint32_t d) {
     cuda_device *dv = &b->dev[d];
     gpu_ctx *g = &b->gpus[dv->gpu];
     int r = 0;
 
-    if (b->error)
-        return b->error;
     if (dv->wait_xfer) {
         r = flush_xfers(b);
         cudaSetDevice(g->id);
@@ -437,7 +528,182 @@ static int enter(cuda_backend *b, uint32_t d) {
             r = cu_check(b, cudaStreamWaitEvent(g->compute, g->xfer_done, 0));
         dv->wait_xfer = 0;
     }
+    return r;
+}
+
+/* ---- rows between GPUs ---- */
+
+/* The first operation a flush issues on a GPU that received rows waits for them; those after
+ * it on the same compute stream follow it anyway. */
+static int arrive(cuda_backend *b, gpu_ctx *g) {
+    if (!g->has_recv)
+        return 0;
+    g->has_recv = 0;
+    return cu_check(b, cudaStreamWaitEvent(g->compute, g->arrived, 0));
+}
+
+/* A gather through its pointer table, or a combine through its table and weights, on the
+ * device's compute stream. The timed span starts before the wait for received rows, so a
+ * device's busy time includes the arrival of the rows it reads from other GPUs, as it does
+ * when the kernel reads them through peer access. */
+static int issue_op(cuda_backend *b, const deferred *op) {
+    gpu_ctx *g = &b->gpus[b->dev[op->dev].gpu];
+    int r = op->combine ? wait_xfers(b, op->dev) : 0;
+
+    if (r < 0)
+        return r;
     cudaSetDevice(g->id);
+    op_time *t = time_begin(b, op->dev);
+    r = arrive(b, g);
+    if (r == 0)
+        r = cu_check(b, cudaMemcpyAsync(op->dtable, op->htable, op->table_bytes,
+                                        cudaMemcpyHostToDevice, g->compute));
+    if (r == 0 && !op->combine)
+        r = cu_fail(b, llep__cu_gather_rows(op->dst, (const void *const *)op->dtable, op->n,
+                                            op->row_bytes, g->compute));
+    if (r == 0 && op->combine) {
+        size_t slots = (size_t)op->tokens * op->top_k;
+        const float *w = (const float *)((const char *)op->dtable + slots * sizeof(float *));
+        r = cu_fail(b, llep__cu_combine((const float *const *)op->dtable, w, op->tokens,
+                                        op->top_k, op->hidden, op->dst, op->dtype, g->compute));
+        if (r == 0)
+            r = cu_check(b, cudaMemcpyAsync(op->hy, op->dst, op->ybytes, cudaMemcpyDeviceToHost,
+                                            g->compute));
+    }
+    time_end(b, op->dev, t);
+    return r;
+}
+
+/* Whether a row in device memory lives on another GPU than `gpu`. */
+static int remote_row(const cuda_backend *b, const void *row, uint32_t gpu) {
+    long k = find_block(b, row);
+    return k >= 0 && b->blocks[k].gpu != gpu;
+}
+
+/* Moves the rows of table[0..n) that live on other GPUs than dev's into packs, one per
+ * source GPU: a pointer table and a send buffer there, a receive buffer on dev's GPU. Their
+ * entries in table are rewritten to their places in the receive buffers. Returns 0 or a
+ * negative errno. */
+static int collect_remote(cuda_backend *b, uint32_t dev, const void **table, size_t n,
+                          size_t row_bytes) {
+    cuda_device *dv = &b->dev[dev];
+    size_t count[LLEP_SPEC_MAX_GPUS] = { 0 }, slot[LLEP_SPEC_MAX_GPUS] = { 0 };
+
+    for (size_t i = 0; i < n; i++)
+        if (remote_row(b, table[i], dv->gpu))
+            count[b->blocks[find_block(b, table[i])].gpu]++;
+    for (uint32_t s = 0; s < b->ngpus; s++) {
+        if (count[s] == 0)
+            continue;
+        if (grow((void **)&b->packs, &b->cappacks, b->npacks + 1, sizeof(*b->packs)) < 0)
+            return cu_fail(b, -ENOMEM);
+        pack *p = &b->packs[b->npacks];
+        *p = (pack){ .src_gpu = s, .dst_gpu = dv->gpu, .row_bytes = row_bytes };
+        p->htable = stage_get(b, &dv->hstage, count[s] * sizeof(*p->htable));
+        p->dtable = stage_get(b, &b->gpus[s].dstage, count[s] * sizeof(*p->htable));
+        p->send = step_block(b, s, count[s] * row_bytes);
+        p->recv = step_block(b, dv->gpu, count[s] * row_bytes);
+        if (!p->htable || !p->dtable || !p->send || !p->recv)
+            return cu_fail(b, -ENOMEM);
+        slot[s] = b->npacks++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!remote_row(b, table[i], dv->gpu))
+            continue;
+        pack *p = &b->packs[slot[b->blocks[find_block(b, table[i])].gpu]];
+        p->htable[p->n] = table[i];
+        table[i] = (const char *)p->recv + p->n * row_bytes;
+        p->n++;
+    }
+    return 0;
+}
+
+/* Issues the deferred operations: the packs on their source GPUs, every send and receive of
+ * all of them in one NCCL group, then the operations in the order they were queued. Each
+ * pack's send and its receive are issued in the same iteration, so every send in the group
+ * has its receive, on the peer's communicator, in the same order between the same pair of
+ * GPUs: the group is matched by construction. */
+static int flush_rows(cuda_backend *b) {
+    int r = b->error;
+
+    /* Packs run after what their GPU has queued (the rows they read come from it), and each
+     * GPU's exchange stream sends once its packs are done. */
+    for (size_t i = 0; i < b->npacks && r == 0; i++) {
+        const pack *p = &b->packs[i];
+        gpu_ctx *s = &b->gpus[p->src_gpu];
+        cudaSetDevice(s->id);
+        r = cu_check(b, cudaMemcpyAsync(p->dtable, p->htable, p->n * sizeof(*p->htable),
+                                        cudaMemcpyHostToDevice, s->compute));
+        if (r == 0)
+            r = cu_fail(b, llep__cu_gather_rows(p->send, (const void *const *)p->dtable, p->n,
+                                                p->row_bytes, s->compute));
+        s->has_packs = 1;
+    }
+    for (uint32_t k = 0; k < b->ngpus && r == 0; k++) {
+        gpu_ctx *s = &b->gpus[k];
+        if (!s->has_packs)
+            continue;
+        cudaSetDevice(s->id);
+        r = cu_check(b, cudaEventRecord(s->packed, s->compute));
+        if (r == 0)
+            r = cu_check(b, cudaStreamWaitEvent(s->a2a, s->packed, 0));
+    }
+    if (r == 0 && b->npacks) {
+        ncclResult_t nr = ncclGroupStart();
+        for (size_t i = 0; i < b->npacks && nr == ncclSuccess; i++) {
+            const pack *p = &b->packs[i];
+            gpu_ctx *s = &b->gpus[p->src_gpu], *t = &b->gpus[p->dst_gpu];
+            size_t bytes = p->n * p->row_bytes;
+            nr = ncclSend(p->send, bytes, ncclChar, (int)p->dst_gpu, s->acomm, s->a2a);
+            if (nr == ncclSuccess)
+                nr = ncclRecv(p->recv, bytes, ncclChar, (int)p->src_gpu, t->acomm, t->a2a);
+            t->has_recv = 1;
+        }
+        ncclResult_t ne = ncclGroupEnd();
+        if (nr != ncclSuccess || ne != ncclSuccess)
+            r = cu_fail(b, -EIO);
+    }
+    for (uint32_t k = 0; k < b->ngpus && r == 0; k++) {
+        gpu_ctx *t = &b->gpus[k];
+        if (!t->has_recv)
+            continue;
+        cudaSetDevice(t->id);
+        r = cu_check(b, cudaEventRecord(t->arrived, t->a2a));
+    }
+    for (size_t i = 0; i < b->ndefer && r == 0; i++)
+        r = issue_op(b, &b->defer[i]);
+    for (uint32_t k = 0; k < b->ngpus; k++)
+        b->gpus[k].has_packs = b->gpus[k].has_recv = 0;
+    b->npacks = 0;
+    b->ndefer = 0;
+    return r;
+}
+
+/* Queues a gather or combine: now, or deferred when it reads rows over NCCL. An operation
+ * issued now first issues the deferred ones, so that it does not overtake them. */
+static int queue_op(cuda_backend *b, const deferred *op, int remote) {
+    if (!remote) {
+        if (b->ndefer && flush_rows(b) < 0)
+            return b->error;
+        return issue_op(b, op);
+    }
+    if (grow((void **)&b->defer, &b->capdefer, b->ndefer + 1, sizeof(*b->defer)) < 0)
+        return cu_fail(b, -ENOMEM);
+    b->defer[b->ndefer++] = *op;
+    return 0;
+}
+
+/* Makes device d's compute stream current, after the deferred operations and the transfers
+ * it waits for. */
+static int enter(cuda_backend *b, uint32_t d) {
+    int r;
+
+    if (b->ndefer)
+        flush_rows(b);
+    if (b->error)
+        return b->error;
+    r = wait_xfers(b, d);
+    cudaSetDevice(b->gpus[b->dev[d].gpu].id);
     return r;
 }
 
@@ -446,10 +712,13 @@ static int cu_copy(llep_backend *base, uint32_t dev, void *dst, const void *src,
 
     if (dev >= base->num_devices)
         return -EINVAL;
+    if (bytes == 0)
+        return b->error;
+    /* A copy may read what a deferred operation writes. */
+    if (b->ndefer)
+        flush_rows(b);
     if (b->error)
         return b->error;
-    if (bytes == 0)
-        return 0;
     long sb = find_block(b, src);
     cuda_device *dv = &b->dev[dev];
     gpu_ctx *g = &b->gpus[dv->gpu];
@@ -505,11 +774,16 @@ static int cu_gather(llep_backend *base, uint32_t dev, void *dst, const void *co
     cuda_device *dv = &b->dev[dev];
     gpu_ctx *g = &b->gpus[dv->gpu];
     size_t host_rows = 0;
+    int remote = 0;
     /* Weight transfers start now, so they run while the host packs rows. */
     if (b->nxfers)
         flush_xfers(b);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         host_rows += find_block(b, src[i]) < 0;
+        remote |= b->path == PATH_NCCL && remote_row(b, src[i], dv->gpu);
+    }
+    if (!remote && b->ndefer)
+        flush_rows(b);
     if (b->error)
         return b->error;
     cudaSetDevice(g->id);
@@ -528,7 +802,7 @@ static int cu_gather(llep_backend *base, uint32_t dev, void *dst, const void *co
     /* Mixed or device rows: a pointer table (host rows pointing at their packed copies in
      * mapped pinned memory) for the gather kernel. */
     const void **table = stage_get(b, &dv->hstage, n * sizeof(*table));
-    const void **dtable = stage_get(b, &g->dstage, n * sizeof(*table));
+    void *dtable = stage_get(b, &g->dstage, n * sizeof(*table));
     if (!table || !dtable)
         return b->error;
     for (size_t i = 0, h = 0; i < n; i++) {
@@ -543,14 +817,12 @@ static int cu_gather(llep_backend *base, uint32_t dev, void *dst, const void *co
             return b->error;
         table[i] = mapped;
     }
-    op_time *t = time_begin(b, dev);
-    int r = cu_check(b, cudaMemcpyAsync(dtable, table, n * sizeof(*table),
-                                        cudaMemcpyHostToDevice, g->compute));
-    if (r == 0)
-        r = cu_fail(b, llep__cu_gather_rows(dst, (const void *const *)dtable, n, row_bytes,
-                                            g->compute));
-    time_end(b, dev, t);
-    return r;
+    if (remote && collect_remote(b, dev, table, n, row_bytes) < 0)
+        return b->error;
+    deferred op = { .dev = dev, .htable = table, .dtable = dtable,
+                    .table_bytes = n * sizeof(*table), .dst = dst, .n = n,
+                    .row_bytes = row_bytes };
+    return queue_op(b, &op, remote);
 }
 
 /* ---- expert chunk ---- */
@@ -672,47 +944,51 @@ static int cu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
         return -EINVAL;
     if (c->tokens == 0)
         return b->error;
-    int r = enter(b, dev);
-    if (r < 0)
-        return r;
     cuda_device *dv = &b->dev[dev];
     gpu_ctx *g = &b->gpus[dv->gpu];
     size_t slots = (size_t)c->tokens * c->top_k;
     size_t ybytes = (size_t)c->tokens * c->hidden * (c->dtype == LLEP_DTYPE_BF16 ? 2 : 4);
     size_t tbytes = slots * sizeof(float *), wbytes = slots * sizeof(float);
+    int remote = 0;
+    for (size_t i = 0; i < slots && b->path == PATH_NCCL && !remote; i++)
+        remote = remote_row(b, c->src[i], dv->gpu);
+    if (!remote && b->ndefer)
+        flush_rows(b);
+    if (b->error)
+        return b->error;
+    cudaSetDevice(g->id);
     char *h = stage_get(b, &dv->hstage, tbytes + wbytes);
     void *hy = stage_get(b, &dv->hstage, ybytes);
     char *dvm = stage_get(b, &g->dstage, tbytes + wbytes);
-    void *dy = stage_get(b, &g->dstage, ybytes);
+    void *dy = step_block(b, dv->gpu, ybytes);
     if (!h || !hy || !dvm || !dy ||
         grow((void **)&b->copies, &b->capcopies, b->ncopies + 1, sizeof(*b->copies)) < 0)
         return cu_fail(b, -ENOMEM);
     memcpy(h, c->src, tbytes);
     memcpy(h + tbytes, c->topk_w, wbytes);
-    op_time *t = time_begin(b, dev);
-    r = cu_check(b, cudaMemcpyAsync(dvm, h, tbytes + wbytes, cudaMemcpyHostToDevice,
-                                    g->compute));
-    if (r == 0)
-        r = cu_fail(b, llep__cu_combine((const float *const *)dvm, (const float *)(dvm + tbytes),
-                                        c->tokens, c->top_k, c->hidden, dy, c->dtype,
-                                        g->compute));
-    if (r == 0)
-        r = cu_check(b, cudaMemcpyAsync(hy, dy, ybytes, cudaMemcpyDeviceToHost, g->compute));
-    time_end(b, dev, t);
-    if (r == 0)
-        b->copies[b->ncopies++] = (host_copy){ c->y, hy, ybytes };
-    return r;
+    if (remote && collect_remote(b, dev, (const void **)h, slots, c->hidden * sizeof(float)) < 0)
+        return b->error;
+    /* sync() copies the output only when every queued operation succeeded. */
+    b->copies[b->ncopies++] = (host_copy){ c->y, hy, ybytes };
+    deferred op = { .dev = dev, .combine = 1, .htable = h, .dtable = dvm,
+                    .table_bytes = tbytes + wbytes, .dst = dy, .tokens = c->tokens,
+                    .top_k = c->top_k, .hidden = c->hidden, .dtype = c->dtype, .hy = hy,
+                    .ybytes = ybytes };
+    return queue_op(b, &op, remote);
 }
 
 /* ---- sync, busy time ---- */
 
 static int cu_sync(llep_backend *base) {
     cuda_backend *b = (cuda_backend *)base;
-    int r = flush_xfers(b);
+    int r = b->ndefer ? flush_rows(b) : 0;
 
+    if (flush_xfers(b) < 0)
+        r = -EIO;
     for (uint32_t g = 0; g < b->ngpus; g++) {
         cudaSetDevice(b->gpus[g].id);
         if (cu_check(b, cudaStreamSynchronize(b->gpus[g].xfer)) < 0 ||
+            cu_check(b, cudaStreamSynchronize(b->gpus[g].a2a)) < 0 ||
             cu_check(b, cudaStreamSynchronize(b->gpus[g].compute)) < 0)
             r = -EIO;
     }
@@ -734,6 +1010,9 @@ static int cu_sync(llep_backend *base) {
         stage_release(&b->dev[d].hstage, 0);
     for (uint32_t g = 0; g < b->ngpus; g++)
         stage_release(&b->gpus[g].dstage, 0);
+    for (size_t i = 0; i < b->nstepblk; i++)
+        gpu_release(b, b->stepblk[i]);
+    b->nstepblk = 0;
     if (b->error)
         r = b->error;
     b->error = 0;
@@ -744,6 +1023,51 @@ static uint64_t cu_busy_ns(const llep_backend *base, uint32_t dev) {
     const cuda_backend *b = (const cuda_backend *)base;
 
     return dev < base->num_devices ? b->dev[dev].busy_ns : 0;
+}
+
+static uint64_t round_block(uint64_t bytes) {
+    return (bytes + 255) & ~(uint64_t)255;
+}
+
+/* What one engine step makes this backend take on dev's GPU (backend.h), an upper bound:
+ *   - staging of its GPU (a bump allocator that may hold up to 4 times what a step asks of
+ *     it while it grows): the gather's pointer table, the combine's table and weights, and
+ *     the tables of the packs of rows sent to other GPUs;
+ *   - the combine's output on the device;
+ *   - over NCCL: the rows dev receives (dispatch), the results it sends back, and the results
+ *     its home tokens receive; each pack rounds up to a 256-byte block. The engine's
+ *     dispatch reads the clients' rows from host memory, which is staged in pinned host
+ *     memory, not on the device;
+ *   - the GPU's tile buffer when a chunk is larger than the engine's scratch tiles: shared
+ *     by the logical devices of the GPU, counted whole for each, since each one's budget is
+ *     its share of the GPU. */
+static uint64_t cu_step_overhead(const llep_backend *base, uint32_t dev,
+                                 const llep_ffn_shape *shape, uint64_t rows,
+                                 uint64_t home_tokens, uint32_t top_k, uint32_t max_chunk) {
+    const cuda_backend *b = (const cuda_backend *)base;
+
+    if (dev >= base->num_devices || !shape)
+        return 0;
+    uint64_t xrow = (uint64_t)shape->hidden * (shape->dtype == LLEP_DTYPE_BF16 ? 2 : 4);
+    uint64_t yrow = (uint64_t)shape->hidden * sizeof(float);
+    uint64_t slots = home_tokens * top_k;
+    uint64_t tables = rows * sizeof(void *) + slots * (sizeof(float *) + sizeof(float));
+    uint64_t blocks = round_block(home_tokens * xrow);
+    if (b->path == PATH_NCCL) {
+        uint64_t packs = (uint64_t)b->ngpus * 256;
+        tables += rows * sizeof(void *);
+        blocks += rows * xrow + rows * yrow + slots * yrow + 3 * packs;
+    }
+    uint64_t tile = max_chunk > LLEP_FFN_TILE_ROWS ? tile_bytes(shape, GPU_TILE_ROWS) : 0;
+    return 4 * tables + 2 * STAGE_MIN + blocks + tile;
+}
+
+const char *llep__cuda_dispatch_path(const llep_backend *base) {
+    static const char *const names[] = { "local", "peer", "nccl" };
+
+    if (!base || base->ops != &llep__backend_cuda)
+        return "none";
+    return names[((const cuda_backend *)base)->path];
 }
 
 /* ---- create, destroy ---- */
@@ -778,12 +1102,20 @@ static void cu_destroy(llep_backend *base) {
         cudaFree(x->tile);
         if (x->comm)
             ncclCommDestroy(x->comm);
+        if (x->acomm)
+            ncclCommDestroy(x->acomm);
         if (x->blas)
             cublasDestroy(x->blas);
         if (x->xfer_done)
             cudaEventDestroy(x->xfer_done);
         if (x->compute_mark)
             cudaEventDestroy(x->compute_mark);
+        if (x->packed)
+            cudaEventDestroy(x->packed);
+        if (x->arrived)
+            cudaEventDestroy(x->arrived);
+        if (x->a2a)
+            cudaStreamDestroy(x->a2a);
         if (x->compute)
             cudaStreamDestroy(x->compute);
         if (x->xfer)
@@ -794,6 +1126,9 @@ static void cu_destroy(llep_backend *base) {
     free(b->blocks);
     free(b->copies);
     free(b->xfers);
+    free(b->packs);
+    free(b->defer);
+    free(b->stepblk);
     free(b);
 }
 
@@ -803,8 +1138,11 @@ static int gpu_init(gpu_ctx *x, int id) {
     if (cudaSetDevice(id) != cudaSuccess ||
         cudaStreamCreateWithFlags(&x->compute, cudaStreamNonBlocking) != cudaSuccess ||
         cudaStreamCreateWithFlags(&x->xfer, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&x->a2a, cudaStreamNonBlocking) != cudaSuccess ||
         cudaEventCreateWithFlags(&x->xfer_done, cudaEventDisableTiming) != cudaSuccess ||
-        cudaEventCreateWithFlags(&x->compute_mark, cudaEventDisableTiming) != cudaSuccess)
+        cudaEventCreateWithFlags(&x->compute_mark, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&x->packed, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&x->arrived, cudaEventDisableTiming) != cudaSuccess)
         return -ENODEV;
     if (cublasCreate(&x->blas) != CUBLAS_STATUS_SUCCESS ||
         cublasSetStream(x->blas, x->compute) != CUBLAS_STATUS_SUCCESS)
@@ -812,11 +1150,13 @@ static int gpu_init(gpu_ctx *x, int id) {
     return 0;
 }
 
-/* Peer access for the gathers and combines that read other GPUs' rows, and NCCL for the
- * weight transfers. Without NCCL, transfers fall back to cudaMemcpyPeerAsync. */
+/* Peer access for the gathers and combines that read other GPUs' rows (the peer path), and
+ * two NCCL communicators over the GPUs: one for weight transfers, one for token rows, so that
+ * neither queues behind the other. Without NCCL, transfers fall back to cudaMemcpyPeerAsync
+ * and rows to peer access. */
 static void connect_gpus(cuda_backend *b) {
     int ids[LLEP_SPEC_MAX_GPUS];
-    ncclComm_t comms[LLEP_SPEC_MAX_GPUS];
+    ncclComm_t comms[LLEP_SPEC_MAX_GPUS], acomms[LLEP_SPEC_MAX_GPUS];
 
     for (uint32_t i = 0; i < b->ngpus; i++) {
         ids[i] = b->gpus[i].id;
@@ -832,6 +1172,22 @@ static void connect_gpus(cuda_backend *b) {
         return;
     for (uint32_t i = 0; i < b->ngpus; i++)
         b->gpus[i].comm = comms[i];
+    if (ncclCommInitAll(acomms, (int)b->ngpus, ids) != ncclSuccess)
+        return;
+    for (uint32_t i = 0; i < b->ngpus; i++)
+        b->gpus[i].acomm = acomms[i];
+}
+
+/* Rows between GPUs over NCCL where its communicator started, unless LLEP_CUDA_DISPATCH=peer
+ * asks for peer access (to compare the two); any other value keeps the default. */
+static enum row_path choose_path(const cuda_backend *b) {
+    const char *want = getenv("LLEP_CUDA_DISPATCH");
+
+    if (b->ngpus < 2)
+        return PATH_LOCAL;
+    if (!b->gpus[0].acomm || (want && strcmp(want, "peer") == 0))
+        return PATH_PEER;
+    return PATH_NCCL;
 }
 
 static int cu_create(const llep_backend_options *opt, llep_backend **ret) {
@@ -885,6 +1241,7 @@ static int cu_create(const llep_backend_options *opt, llep_backend **ret) {
         b->dev[d].hstage.pinned = 1;
     }
     connect_gpus(b);
+    b->path = choose_path(b);
     free(gpu_of);
     *ret = &b->base;
     return 0;
@@ -907,4 +1264,5 @@ const llep_backend_ops llep__backend_cuda = {
     .combine = cu_combine,
     .sync = cu_sync,
     .busy_ns = cu_busy_ns,
+    .step_overhead = cu_step_overhead,
 };

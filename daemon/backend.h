@@ -52,6 +52,16 @@ typedef struct llep_backend_ops {
 
     /* Device time the device's own work has used since create, in nanoseconds. */
     uint64_t (*busy_ns)(const llep_backend *b, uint32_t dev);
+
+    /* Optional (NULL: nothing). Device memory the backend itself takes on dev during one
+     * engine step, beyond the engine's buffers (staging for dispatch and combine, tile
+     * buffers for chunks), so that the engine can charge it to dev's budget: an upper bound
+     * for a layer of this shape where dev computes `rows` token rows, the largest of its
+     * expert chunks having max_chunk rows, and combines the results of home_tokens tokens of
+     * its own batch, top_k each. */
+    uint64_t (*step_overhead)(const llep_backend *b, uint32_t dev, const llep_ffn_shape *shape,
+                              uint64_t rows, uint64_t home_tokens, uint32_t top_k,
+                              uint32_t max_chunk);
 } llep_backend_ops;
 
 /* Every backend instance starts with this header. */
