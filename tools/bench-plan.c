@@ -1,12 +1,13 @@
 /* llep-bench-plan: how long one Least-Loaded Assignment takes.
  *
- *   llep-bench-plan [--iterations N] [--json]
+ *   llep-bench-plan [--iterations N] [--devices-per-node D] [--json]
  *
  * For each model shape (N experts, P devices, K, tokens per device) and each routing scenario
  * of DESIGN.md section 7, routes the tokens at random (seeded) to get per-expert loads, then
  * times llep__plan_compute() call by call on the daemon's default parameters and prints the
  * median, 99th percentile and minimum. The planner runs once per step on the daemon's critical
- * path, so these are the figures docs/PERFORMANCE.md records. */
+ * path, so these are the figures docs/PERFORMANCE.md records. --devices-per-node times the
+ * hierarchical placement (llep_plan_params.devices_per_node) instead of the flat one. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -85,7 +86,8 @@ typedef struct figures {
     uint32_t transfers;
 } figures;
 
-static int measure(const shape *sh, const scenario *sc, uint32_t iterations, figures *ret) {
+static int measure(const shape *sh, const scenario *sc, uint32_t iterations, uint32_t per_node,
+                   figures *ret) {
     uint64_t *loads = calloc(sh->experts, sizeof(*loads));
     double *t = calloc(iterations, sizeof(*t));
     llep_plan plan;
@@ -98,6 +100,7 @@ static int measure(const shape *sh, const scenario *sc, uint32_t iterations, fig
     if (r < 0)
         goto out;
     llep__plan_params_default(&pp);
+    pp.devices_per_node = per_node;
     route(sh, sc, loads);
     for (uint32_t i = 0; i < iterations && r == 0; i++) {
         double t0 = now_ns();
@@ -121,24 +124,43 @@ out:
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "Usage: llep-bench-plan [--iterations N] [--json]\n"
-               "Times the Least-Loaded Assignment planner on DESIGN.md section 7 scenarios.\n");
+    fprintf(f, "Usage: llep-bench-plan [--iterations N] [--devices-per-node D] [--json]\n"
+               "Times the Least-Loaded Assignment planner on DESIGN.md section 7 scenarios.\n"
+               "  --devices-per-node D  hierarchical placement over nodes of D devices (D must\n"
+               "                        divide every shape's P: 1, 2, 4 or 8)\n");
+}
+
+/* A node size must divide the device count of every shape. */
+static int valid_node_size(const char *arg, uint32_t *ret) {
+    if (llep__parse_u32(arg, ret) < 0 || *ret == 0)
+        return 0;
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+        if (shapes[s].devices % *ret != 0)
+            return 0;
+    return 1;
 }
 
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
         { "iterations", required_argument, NULL, 'n' },
         { "json", no_argument, NULL, 'j' },
+        { "devices-per-node", required_argument, NULL, 'd' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    uint32_t iterations = 20000;
+    uint32_t iterations = 20000, per_node = 0;
     int json = 0, c;
 
     while ((c = getopt_long(argc, argv, "n:jh", longopts, NULL)) != -1) {
         if (c == 'n' && (llep__parse_u32(optarg, &iterations) < 0 || iterations < 100)) {
             fprintf(stderr, "llep-bench-plan: --iterations: '%s' is not a count >= 100\n", optarg);
             return 2;
+        } else if (c == 'd') {
+            if (!valid_node_size(optarg, &per_node)) {
+                fprintf(stderr, "llep-bench-plan: --devices-per-node: '%s' does not divide "
+                        "every shape's device count\n", optarg);
+                return 2;
+            }
         } else if (c == 'j') {
             json = 1;
         } else if (c == 'h') {
@@ -165,7 +187,7 @@ int main(int argc, char **argv) {
             const shape *sh = &shapes[s];
             const scenario *sc = &scenarios[k];
             figures f = { 0 };
-            int r = measure(sh, sc, iterations, &f);
+            int r = measure(sh, sc, iterations, per_node, &f);
             if (r < 0) {
                 fprintf(stderr, "llep-bench-plan: %s %s: %s\n", sh->name, sc->name, strerror(-r));
                 return 1;
