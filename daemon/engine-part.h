@@ -31,7 +31,10 @@
  *
  * Results equal llep__engine_step's over the same tokens on P devices: the combine sums k = 0..K-1
  * in order from rows computed by the same kernels. abort() may be called after any phase and
- * frees the step; no phase writes any y except combine, which writes all of them. */
+ * frees the step; no phase writes any y except combine, which writes all of them.
+ *
+ * The part runs its steps on the engine's devices and step buffers: while a part's step is
+ * prepared, the engine must not run llep__engine_step() (one step at a time per engine). */
 #ifndef LLEP_ENGINE_PART_H
 #define LLEP_ENGINE_PART_H
 
@@ -48,7 +51,10 @@ enum llep_part_buf {
     LLEP_PART_RESULTS_IN,   /* from node j: filled by the caller before combine */
 };
 
-/* One expert's weight block crossing nodes in this step. */
+/* One expert's weight block crossing nodes in this step: one per (expert, node that computes a
+ * range of it without being its native node), however many of that node's devices use it.
+ * Both ends list them in the same order (experts ascending, then the order of the expert's
+ * ranges in the plan), so the caller may pair them by (expert, node) or by position. */
 typedef struct llep_part_weights {
     uint32_t expert;        /* global id */
     uint32_t node;          /* OUT: the node to send to; IN: the node it comes from */
@@ -69,9 +75,12 @@ void llep__part_free(llep_part *pt);
 int llep__part_count(llep_part *pt, const llep_engine_batch *batches, uint64_t *loads);
 
 /* node_loads[j] is node j's loads[N] (this node's included); plan is the global plan computed
- * from their sum on P devices. Checks that plan and loads agree (-EINVAL), chunk sizes
- * (-E2BIG) and the budgets of this node's devices (-ENOMEM) before allocating; packs ROWS_OUT.
- * The batches must be the ones given to count and stay valid until combine or abort. */
+ * from their sum on P devices (the part keeps a copy). Checks that plan and loads agree and
+ * that node_loads[this node] are what the batches hold (-EINVAL; prepare counts them again),
+ * chunk sizes (-E2BIG) and the budgets of this node's devices (-ENOMEM) before allocating;
+ * packs ROWS_OUT. -EINVAL too when a step is already prepared. On failure nothing stays
+ * allocated. The batches must be the ones given to count and stay valid until combine or
+ * abort. */
 int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *const *node_loads,
                        const llep_engine_batch *batches);
 
@@ -84,17 +93,23 @@ int llep__part_buffer(llep_part *pt, enum llep_part_buf kind, uint32_t node, voi
 uint32_t llep__part_num_weights(const llep_part *pt, int out);
 const llep_part_weights *llep__part_weights(const llep_part *pt, int out, uint32_t i);
 
+/* Runs this node's chunks; on return RESULTS_OUT is filled. On failure the step is freed. */
 int llep__part_compute(llep_part *pt);
 
-/* Writes every batch's y, frees the step and fills stats (this node's P_l devices; rows and
- * bytes crossing nodes count in token_bytes_moved / weight_bytes_moved; stats may be NULL). */
+/* Writes every batch's y, frees the step and fills stats (stats may be NULL): mode, imbalance
+ * and capacity of the global plan; slots of this node's batches; this node's P_l devices, with
+ * the makespan over them; transfers and weight_bytes_moved for the plan's transfers into this
+ * node's devices; token_bytes_moved for this node's slots computed away from their home device,
+ * on this node or another. Summed over the nodes these equal llep__engine_step's figures. wall_ns
+ * runs from prepare. */
 int llep__part_combine(llep_part *pt, llep_engine_stats *stats);
 
 /* Frees the step's buffers after a failure or a step abandoned between phases; safe to call
  * when nothing is prepared. */
 void llep__part_abort(llep_part *pt);
 
-/* Rows and weight bytes this node sent to and received from other nodes in the last step. */
+/* Rows and weight bytes this node sends to and receives from other nodes in the step last
+ * prepared (set by prepare). */
 typedef struct llep_part_traffic {
     uint64_t rows_out, rows_in;             /* token rows sent / received (not results) */
     uint64_t bytes_out, bytes_in;           /* rows, results and weights */
