@@ -6,14 +6,19 @@
 #      (DESIGN.md section 4 tolerances), and the GEMM rate check (expert chunks vs one cuBLAS
 #      GEMM of the same total size, target >= 70 %)            tests/gpu/test-kernels.c
 #   3. the engine on the CUDA backend against the CPU backend on the same inputs, with 4 and 8
-#      logical devices on GPU 0 (and across GPUs when there are several)
+#      logical devices on GPU 0 (and across GPUs when there are several), and the backend's
+#      row exchange (dispatch gathers, combines) between logical devices
 #                                                               tests/gpu/test-engine-cuda.c
+#      Rows between logical devices on one GPU are device-to-device copies; only with two or
+#      more GPUs does the NCCL dispatch path (grouped ncclSend/ncclRecv) run, compared there
+#      with peer access (LLEP_CUDA_DISPATCH=peer) and with two logical devices on each of two
+#      GPUs. The run says which path ran (paths.txt, and in the table).
 #   4. llep-bench, gpt-oss-120b shape (D = H = 2880, N = 128, K = 4), all scenarios, EP vs LLEP,
 #      on cuda:0x4 and cuda:0x8 (target: LLEP at >= 90 % of the ideal speedup in the 95 %
 #      scenarios)
 # and prints a short table last. Full results go to $OUT when it is set (else to
-# $BUILD/gpu-results): build and test logs, kernels.json, bench-cuda-0x4.json, bench-cuda-0x8.json,
-# summary.txt.
+# $BUILD/gpu-results): build and test logs, kernels.json, paths.txt, bench-cuda-0x4.json,
+# bench-cuda-0x8.json, summary.txt.
 #
 #   bash tests/gpu/run.sh [--dry-run] [--build-only] [--skip-build] [--tokens T] [--repeat R]
 #                         [--budget SECONDS] [--build-dir DIR] [--self-test-cpu] [--help]
@@ -183,6 +188,22 @@ if [ "$gpus" -gt 1 ]; then
     engine_args=(--spec "cuda:$(seq -s, 0 $((gpus > 8 ? 7 : gpus - 1)))")
 fi
 check engine 150 engine.log "$build/tests/test-gpu-engine" "${engine_args[@]}" "${self_args[@]}"
+# Which path moved rows between logical devices, for the table.
+if [ $dry = 1 ]; then
+    if [ "$gpus" -gt 1 ]; then
+        echo "dispatch paths: would run NCCL and peer access across $gpus GPUs, device-to-device on one"
+    else
+        echo "dispatch paths: would run device-to-device on one GPU; NCCL needs two or more GPUs"
+    fi
+else
+    { grep '^path ' "$out/engine.log" || echo "path      none reported (see engine.log)"; } |
+        sed 's/^path *//' >"$out/paths.txt"
+    if [ "$gpus" -le 1 ] && [ $selftest = 0 ]; then
+        echo "one GPU: rows between logical devices went device-to-device; the NCCL dispatch path did NOT run (it needs two or more GPUs)" >>"$out/paths.txt"
+    fi
+    echo "dispatch paths:"
+    sed 's/^/  /' "$out/paths.txt"
+fi
 
 # ---- 4. bench ----
 bench_args=(--backend cuda --scale 1 --tokens "$tokens" --repeat "$repeat")
@@ -191,7 +212,7 @@ bench_args=(--backend cuda --scale 1 --tokens "$tokens" --repeat "$repeat")
 first_gpu=${CUDA_VISIBLE_DEVICES:-0}
 first_gpu=${first_gpu%%,*}
 for p in 4 8; do
-    say "4. llep-bench gpt-oss-120b, --backend cuda --devices $p (cuda:0x$p), all scenarios"
+    say "4. llep-bench gpt-oss-120b, --backend cuda --devices $p (cuda:0x$p: one GPU, rows device-to-device), all scenarios"
     rc=0
     if [ $dry = 1 ]; then
         step 170 "bench-cuda-0x$p.log" "$build/tools/llep-bench" --devices "$p" \

@@ -52,4 +52,12 @@ for n in names:
 print()
 print("LLEP >= 90 % of the ideal speedup in the 95 % scenarios: " +
       ("met" if names and not miss else "MISSED: " + "; ".join(miss) if miss else "no data"))
+try:
+    with open(os.path.join(out, "paths.txt")) as f:
+        paths = [l.rstrip("\n") for l in f if l.strip()]
+except OSError:
+    paths = []
+print("rows between logical devices (llep-bench: one GPU, device-to-device):")
+for l in paths or ["not reported"]:
+    print("  " + l)
 print("checks: " + ("all passed" if nfail == 0 else "FAILED: " + ", ".join(failed)))

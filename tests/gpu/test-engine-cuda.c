@@ -6,6 +6,14 @@
  *
  * Logical devices share one GPU (cuda:0xP), so this runs on a single GPU; with several GPUs,
  * --spec cuda:0,1,... runs the same checks across them (NCCL weight transfers).
+ *
+ * The backend's row exchange on its own: gathers and combines reading rows of every logical
+ * device (and of the host) against the same operations on the host, byte for byte for
+ * gathers, and a gather still ordered before a later copy on its device. One line per run
+ * starts with "path " and says how rows moved between logical devices: "local"
+ * (device-to-device on one GPU), "nccl" (grouped ncclSend/ncclRecv between GPUs) or "peer"
+ * (peer access). With several GPUs both NCCL and peer access run, and must give the same
+ * bytes; with one GPU NCCL cannot run, and the line says so.
  * Exits 77 (skipped, for meson) when no GPU is visible, 1 on any failure.
  * --self-test-cpu puts the CPU backend where the CUDA backend goes, so that the harness itself
  * (reference, tolerances, budget case) is tested on machines without a GPU. */
@@ -21,6 +29,9 @@
 #include "backend-select.h"
 #include "engine.h"
 #include "moe-cpu.h"
+
+/* backend-cuda.c: how the CUDA backend moves rows between logical devices. */
+const char *llep__cuda_dispatch_path(const llep_backend *b);
 
 static int failures;
 /* The backend under test: CUDA, or the CPU backend for --self-test-cpu. */
@@ -373,6 +384,205 @@ static void budget_case(const char *spec, uint32_t p) {
     free_case(&c);
 }
 
+/* ---- the backend's row exchange ---- */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static void to_host(void *dst, const void *src, size_t bytes) {
+    if (under_test == &llep__backend_cpu) {
+        memcpy(dst, src, bytes);
+    } else if (cudaMemcpy(dst, src, bytes, cudaMemcpyDefault) != cudaSuccess) {
+        fail("cudaMemcpy back to the host failed");
+        memset(dst, 0, bytes);
+    }
+}
+
+#define ROWS_D 520u      /* floats per row: 2080 bytes */
+#define ROWS_PER_DEV 300u
+#define ROWS_K 3u
+
+/* Every device gathers rows from every device (and a few from the host) and combines result
+ * rows of every device, under the dispatch path `want` (LLEP_CUDA_DISPATCH; NULL: the
+ * default). Returns a digest of every output, so that two paths can be compared; 0 when the
+ * backend could not be made. */
+static uint64_t rows_case(const char *spec, uint32_t p, const char *want) {
+    const llep_backend_ops *ops = under_test;
+    const size_t rb = ROWS_D * sizeof(float);
+    llep_backend_options o = { .num_devices = p, .devices = spec };
+    llep_backend *be = NULL;
+    uint64_t digest = 0xcbf29ce484222325ull;
+    char name[96];
+
+    if (want)
+        setenv("LLEP_CUDA_DISPATCH", want, 1);
+    else
+        unsetenv("LLEP_CUDA_DISPATCH");
+    int r = ops->create(&o, &be);
+    unsetenv("LLEP_CUDA_DISPATCH");
+    if (r < 0) {
+        fail("rows %s: backend create: %d", spec, r);
+        return 0;
+    }
+    const char *path = ops == &llep__backend_cuda ? llep__cuda_dispatch_path(be) : "cpu";
+    snprintf(name, sizeof(name), "rows %s (%s%s)", spec, path,
+             want ? (strcmp(want, path) == 0 ? ", asked" : ", asked otherwise") : "");
+    rng_state = 4242;
+
+    float **hsrc = xmalloc(p * sizeof(*hsrc));
+    void **dsrc = xmalloc(p * sizeof(*dsrc)), **dst = xmalloc(p * sizeof(*dst));
+    float **want_g = xmalloc(p * sizeof(*want_g)), **got = xmalloc(p * sizeof(*got));
+    const void ***srcs = xmalloc(p * sizeof(*srcs));
+    size_t *n = xmalloc(p * sizeof(*n));
+    float *marker = xmalloc(rb);
+    for (size_t j = 0; j < ROWS_D; j++)
+        marker[j] = -1.5f - (float)j;
+    for (uint32_t d = 0; d < p; d++) {
+        hsrc[d] = xmalloc(ROWS_PER_DEV * rb);
+        for (size_t j = 0; j < ROWS_PER_DEV * ROWS_D; j++)
+            hsrc[d][j] = rsym();
+        if (ops->alloc(be, d, ROWS_PER_DEV * rb, &dsrc[d]) < 0 ||
+            ops->copy(be, d, dsrc[d], hsrc[d], ROWS_PER_DEV * rb) < 0)
+            fail("%s: device %u: source rows", name, d);
+    }
+    if (ops->sync(be) < 0)
+        fail("%s: uploading the source rows failed", name);
+
+    /* Gathers of every device, queued back to back as the engine does; then a copy on device
+     * 0 over its first row, which must land after the gather. */
+    for (uint32_t d = 0; d < p; d++) {
+        n[d] = 257 + 31 * (size_t)d;
+        srcs[d] = xmalloc(n[d] * sizeof(**srcs));
+        want_g[d] = xmalloc(n[d] * rb);
+        got[d] = xmalloc(n[d] * rb);
+        for (size_t i = 0; i < n[d]; i++) {
+            uint32_t s = (uint32_t)(rng() % p), row = (uint32_t)(rng() % ROWS_PER_DEV);
+            int host = rng() % 8 == 0;
+            srcs[d][i] = host ? (const void *)(hsrc[s] + (size_t)row * ROWS_D)
+                              : (const void *)((const char *)dsrc[s] + row * rb);
+            memcpy(want_g[d] + i * ROWS_D, hsrc[s] + (size_t)row * ROWS_D, rb);
+        }
+        if (ops->alloc(be, d, n[d] * rb, &dst[d]) < 0 ||
+            ops->gather(be, d, dst[d], srcs[d], n[d], rb) < 0)
+            fail("%s: device %u: gather", name, d);
+    }
+    memcpy(want_g[0], marker, rb);
+    if (ops->copy(be, 0, dst[0], marker, rb) < 0)
+        fail("%s: copy after the gather", name);
+    if (ops->sync(be) < 0)
+        fail("%s: sync after the gathers failed", name);
+    for (uint32_t d = 0; d < p; d++) {
+        to_host(got[d], dst[d], n[d] * rb);
+        if (memcmp(got[d], want_g[d], n[d] * rb) != 0)
+            fail("%s: device %u: gathered rows differ%s", name, d,
+                 d == 0 && memcmp(got[0], marker, rb) != 0 ? " (the later copy was overtaken)"
+                                                           : "");
+        digest = fnv(digest, got[d], n[d] * rb);
+        if (ops->busy_ns(be, d) == 0)
+            fail("%s: device %u gathered but reports no busy time", name, d);
+    }
+
+    /* Combines of every home device over result rows of every device, queued back to back
+     * as the engine does, against the CPU twin on the same values. */
+    const float ***dsl = xmalloc(p * sizeof(*dsl));
+    float **w = xmalloc(p * sizeof(*w)), **y = xmalloc(p * sizeof(*y));
+    float **ref = xmalloc(p * sizeof(*ref));
+    for (uint32_t d = 0; d < p; d++) {
+        uint32_t tokens = 50 + 7 * d;
+        size_t slots = (size_t)tokens * ROWS_K;
+        const float **hsl = xmalloc(slots * sizeof(*hsl));
+        dsl[d] = xmalloc(slots * sizeof(**dsl));
+        w[d] = xmalloc(slots * sizeof(float));
+        y[d] = xmalloc((size_t)tokens * rb);
+        ref[d] = xmalloc((size_t)tokens * rb);
+        for (size_t i = 0; i < slots; i++) {
+            uint32_t s = (uint32_t)(rng() % p), row = (uint32_t)(rng() % ROWS_PER_DEV);
+            dsl[d][i] = (const float *)dsrc[s] + (size_t)row * ROWS_D;
+            hsl[i] = hsrc[s] + (size_t)row * ROWS_D;
+            w[d][i] = (rsym() + 1) / 2;
+        }
+        llep_combine c = { .tokens = tokens, .top_k = ROWS_K, .hidden = ROWS_D,
+                           .dtype = LLEP_DTYPE_F32, .topk_w = w[d], .src = dsl[d], .y = y[d] };
+        llep_combine hc = c;
+        hc.src = hsl;
+        hc.y = ref[d];
+        llep__k_combine(&hc);
+        free(hsl);
+        if (ops->combine(be, d, &c) < 0)
+            fail("%s: device %u: combine", name, d);
+    }
+    if (ops->sync(be) < 0)
+        fail("%s: sync after the combines failed", name);
+    double num = 0, den = 0;
+    for (uint32_t d = 0; d < p; d++) {
+        size_t vals = (size_t)(50 + 7 * d) * ROWS_D;
+        for (size_t i = 0; i < vals; i++) {
+            num += ((double)y[d][i] - ref[d][i]) * ((double)y[d][i] - ref[d][i]);
+            den += (double)ref[d][i] * ref[d][i];
+        }
+        digest = fnv(digest, y[d], vals * sizeof(float));
+        free(dsl[d]);
+        free(w[d]);
+        free(y[d]);
+        free(ref[d]);
+    }
+    free(dsl);
+    free(w);
+    free(y);
+    free(ref);
+    double err = den > 0 ? sqrt(num / den) : sqrt(num);
+    if (!(err <= 1e-6))
+        fail("%s: combines differ from the CPU twin: %.3g > 1e-6", name, err);
+
+    uint64_t over = 0;
+    if (ops->step_overhead) {
+        llep_ffn_shape sh = { .hidden = 2880, .inter = 2880, .dtype = LLEP_DTYPE_BF16,
+                              .act = LLEP_ACT_SWIGLU_OAI };
+        over = ops->step_overhead(be, 0, &sh, 16384, 4096, 4, 4096);
+        /* At least the combine's output for 4096 tokens of 2880 bf16 values. */
+        if (over < 4096ull * 2880 * 2)
+            fail("%s: step_overhead %llu is below the combine output alone", name,
+                 (unsigned long long)over);
+    }
+    printf("path      %-44s %u devices: gathers exact, combines %.1e; step overhead (gpt-oss "
+           "shape, 16K rows) %.1f MiB\n", name, p, err, (double)over / 1048576);
+
+    for (uint32_t d = 0; d < p; d++) {
+        ops->free(be, d, dsrc[d]);
+        ops->free(be, d, dst[d]);
+        free(hsrc[d]);
+        free(srcs[d]);
+        free(want_g[d]);
+        free(got[d]);
+    }
+    ops->destroy(be);
+    free(hsrc);
+    free(dsrc);
+    free(dst);
+    free(want_g);
+    free(got);
+    free(srcs);
+    free(n);
+    free(marker);
+    return digest;
+}
+
+/* The row exchange on `spec`: over NCCL and through peer access where the spec spans GPUs
+ * (both must give the same bytes), else the one path there is. */
+static void rows_cases(const char *spec, uint32_t p, int gpus) {
+    if (under_test == &llep__backend_cpu || gpus < 2) {
+        rows_case(spec, p, NULL);
+        return;
+    }
+    uint64_t a = rows_case(spec, p, "nccl"), b = rows_case(spec, p, "peer");
+    if (a && b && a != b)
+        fail("rows %s: NCCL and peer access give different bytes", spec);
+}
+
 int main(int argc, char **argv) {
     const char *multi = NULL;
     char spec4[32], spec8[32];
@@ -413,6 +623,10 @@ int main(int argc, char **argv) {
                   .act = LLEP_ACT_SWIGLU, .biases = 0, .hot_share = 0.8 };
     run_case(&c8f, spec8);
     budget_case(spec4, 4);
+    rows_cases(spec4, 4, 1);
+    if (!multi && under_test == &llep__backend_cuda)
+        printf("path      one GPU: logical devices exchange rows device-to-device; the NCCL "
+               "path needs --spec over two or more GPUs and did not run\n");
     if (multi) {
         llep_device_spec ds;
         char msg[160];
@@ -424,7 +638,23 @@ int main(int argc, char **argv) {
             tcase cm = { .n = 8 * nd, .k = 4, .d = 256, .h = 384, .p = nd,
                          .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU_OAI, .biases = 1,
                          .hot_share = 0.9 };
+            rows_cases(multi, nd, n);
             run_case(&cm, multi);
+            /* The same engine step with rows through peer access instead of NCCL. */
+            setenv("LLEP_CUDA_DISPATCH", "peer", 1);
+            printf("engine    (next: LLEP_CUDA_DISPATCH=peer)\n");
+            tcase cp = cm;
+            run_case(&cp, multi);
+            unsetenv("LLEP_CUDA_DISPATCH");
+        }
+        /* Two logical devices on each of the first two GPUs: NCCL between the GPUs and
+         * device-to-device copies within each, in the same step. */
+        if (n >= 2) {
+            const char *mixed = "cuda:0x2,1x2";
+            rows_cases(mixed, 4, n);
+            tcase cx = { .n = 16, .k = 4, .d = 256, .h = 384, .p = 4, .dtype = LLEP_DTYPE_BF16,
+                         .act = LLEP_ACT_SWIGLU, .biases = 0, .hot_share = 0.9 };
+            run_case(&cx, mixed);
         }
     }
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
