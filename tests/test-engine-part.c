@@ -578,12 +578,14 @@ static void check_counts(const cluster *c) {
 
 static uint32_t cross_node_weights; /* seen in this test's process */
 
-/* A full step with every check. */
-static void step_and_check(cluster *c, enum llep_policy pol, uint64_t min_tokens) {
+/* A full step with every check; devices_per_node for the planner's hierarchical placement. */
+static void step_and_check_hier(cluster *c, enum llep_policy pol, uint64_t min_tokens,
+                                uint32_t devices_per_node) {
     llep_plan_params pp;
     llep__plan_params_default(&pp);
     pp.policy = pol;
     pp.min_tokens = min_tokens;
+    pp.devices_per_node = devices_per_node;
     for (uint32_t g = 0; g < c->p; g++)
         memset(c->y[g], SENTINEL, (size_t)c->tokens[g] * c->s.d * c->esz);
     cluster_step(c, &pp);
@@ -598,6 +600,10 @@ static void step_and_check(cluster *c, enum llep_policy pol, uint64_t min_tokens
         ck_assert_int_eq(c->plan.mode, LLEP_PLAN_EP);
     for (uint32_t j = 0; j < c->s.nodes; j++)
         cross_node_weights += c->tr[j].weights_in;
+}
+
+static void step_and_check(cluster *c, enum llep_policy pol, uint64_t min_tokens) {
+    step_and_check_hier(c, pol, min_tokens, 0);
 }
 
 /* ---- the tests ---- */
@@ -632,7 +638,8 @@ START_TEST(test_matrix) {
 }
 END_TEST
 
-/* Random shapes: 1 to 3 devices per node, up to 4 experts each, top-k up to 4. */
+/* Random shapes: 1 to 3 devices per node, up to 4 experts each, top-k up to 4; flat and
+ * hierarchical (spill within the node first) plans. */
 START_TEST(test_random_shapes) {
     uint64_t rng = 0x5eed0000u + (uint64_t)_i;
     spec s = { 0 };
@@ -655,6 +662,7 @@ START_TEST(test_random_shapes) {
             draw_tokens(c, NULL);
         step_and_check(c, LLEP_POLICY_LLEP, 1 + rng_below(&rng, 4));
         step_and_check(c, LLEP_POLICY_EP, 1024);
+        step_and_check_hier(c, LLEP_POLICY_LLEP, 1 + rng_below(&rng, 4), s.pl);
     }
     cluster_free(c);
 }
