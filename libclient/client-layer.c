@@ -28,6 +28,7 @@ static void desc_to_proto(const llep_layer_desc *d, Llep__LayerDesc *p) {
     p->min_tokens = d->min_tokens;
     p->group = d->group;
     p->scope = (Llep__Scope)d->scope;
+    p->group_timeout_ms = d->group_timeout_ms;
 }
 
 static void desc_from_proto(const Llep__LayerDesc *p, llep_layer_desc *d) {
@@ -46,6 +47,7 @@ static void desc_from_proto(const Llep__LayerDesc *p, llep_layer_desc *d) {
     d->min_tokens = p->min_tokens;
     d->group = p->group;
     d->scope = (enum llep_scope)p->scope;
+    d->group_timeout_ms = p->group_timeout_ms;
 }
 
 /* One tensor of a LayerCreate: where it goes in the upload block and where it comes from. */

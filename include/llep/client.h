@@ -45,6 +45,10 @@ typedef struct llep_layer_desc {
     uint32_t min_tokens;                          /* 0: daemon default */
     uint32_t group;                               /* 0: opportunistic batching */
     enum llep_scope scope;                        /* NODE: this daemon's devices; CLUSTER: all */
+    /* How long a collective step (group > 0) waits for its clients, and a cluster step for
+     * the other nodes' loads, before failing with -ETIMEDOUT; 0: the daemon default (5 s).
+     * The last field: zero-initialise the desc (memset or = {0}) as the examples do. */
+    uint32_t group_timeout_ms;
 } llep_layer_desc;
 
 /* Connects to llepd at socket_path (NULL: $LLEP_SOCKET, else /run/llep/llepd.sock as root,
