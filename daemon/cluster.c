@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster-layer.h"
 #include "llep-config.h"
 #include "log.h"
 
@@ -14,8 +15,10 @@
 #define MAX_UNIDENTIFIED 16u
 #define ADDR_MAX (LLEP_PEER_HOST_MAX + 16)
 #define MSG_MAX 256
-/* Bytes queued on a link that the other end does not read; past this it is closed. */
-#define MAX_WRITE_QUEUE (8u << 20)
+/* Bytes queued on a link; past this it is closed. Cluster layers queue whole weight shares and
+ * step buffers (copied, chunk by chunk) at once; a peer that stops reading is found by the
+ * peer timeout long before a healthy one could fill this. */
+#define MAX_WRITE_QUEUE ((size_t)1 << 30)
 
 enum link_state {
     LINK_CONNECTING,   /* dialling: TCP connect in progress */
@@ -145,6 +148,8 @@ static void link_end(cluster_link *l, const char *why, bool flush) {
         if (was_up) {
             log_warning("peer node %u (%s) down: %s", p->addr.id, p->address, why);
             peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_DOWN);
+            if (!cl->closed)
+                llepd_clayer_peer_changed(cl->srv, p->addr.id, false);
         } else {
             log_info("peer node %u (%s): link not up: %s", p->addr.id, p->address, why);
         }
@@ -239,6 +244,7 @@ static void link_up(cluster_link *l, cluster_peer *p) {
     peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_UP);
     log_notice("peer node %u (%s) up (%s %s)", p->addr.id, p->address,
                l->outgoing ? "dialled" : "incoming from", l->remote);
+    llepd_clayer_peer_changed(l->cl->srv, p->addr.id, true);
 }
 
 static void send_hello(cluster_link *l) {
@@ -432,6 +438,8 @@ static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
         handle_heartbeat(l, f);
     else if (body == LLEP__FRAME__BODY_HEARTBEAT_REPLY)
         handle_heartbeat_reply(l, f);
+    else if (llepd_clayer_serves(body))
+        llepd_clayer_handle(l->cl->srv, l->peer->addr.id, f);
     else {
         snprintf(msg, sizeof(msg), "%s %s", llep__frame_body_name(body),
                  body == LLEP__FRAME__BODY_PEER_HELLO ? "sent twice"
@@ -787,6 +795,56 @@ void llepd_cluster_fini(llepd_cluster *cl) {
     }
     free(cl->peers);
     free(cl);
+}
+
+/* ---- what cluster layers use ---------------------------------------------------------- */
+
+uint32_t llepd_cluster_nodes(const llepd_cluster *cl) {
+    return cl && cl->enabled ? cl->npeers + 1 : 0;
+}
+
+uint32_t llepd_cluster_node_id(const llepd_cluster *cl) {
+    return cl ? cl->node_id : 0;
+}
+
+/* Every node id, this one included, in ascending order: a cluster layer's node ranks. */
+uint32_t llepd_cluster_node_at(const llepd_cluster *cl, uint32_t rank) {
+    uint32_t below = rank, cand = UINT32_MAX;
+
+    /* The rank-th smallest id: few nodes, so a plain count beats keeping a sorted copy. */
+    for (uint32_t i = 0; i <= cl->npeers; i++) {
+        uint32_t id = i < cl->npeers ? cl->peers[i].addr.id : cl->node_id, smaller = 0;
+        for (uint32_t j = 0; j <= cl->npeers; j++) {
+            uint32_t o = j < cl->npeers ? cl->peers[j].addr.id : cl->node_id;
+            smaller += o < id;
+        }
+        if (smaller == below)
+            cand = id;
+    }
+    return cand;
+}
+
+int llepd_cluster_rank_of(const llepd_cluster *cl, uint32_t node_id) {
+    uint32_t n = llepd_cluster_nodes(cl);
+
+    for (uint32_t r = 0; r < n; r++)
+        if (llepd_cluster_node_at(cl, r) == node_id)
+            return (int)r;
+    return -1;
+}
+
+bool llepd_cluster_peer_up(llepd_cluster *cl, uint32_t node_id) {
+    cluster_peer *p = cl && cl->enabled ? peer_by_id(cl, node_id) : NULL;
+
+    return p && p->link && p->link->state == LINK_UP;
+}
+
+int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f) {
+    if (!llepd_cluster_peer_up(cl, node_id))
+        return -ENOTCONN;
+    cluster_peer *p = peer_by_id(cl, node_id);
+    link_send(p->link, f);
+    return p->link && p->link->state == LINK_UP ? 0 : -ENOTCONN;
 }
 
 /* ---- llepctl peers ----------------------------------------------------------------------- */

@@ -20,7 +20,9 @@
 #ifndef LLEPD_CLUSTER_H
 #define LLEPD_CLUSTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "server.h"
 
@@ -39,6 +41,19 @@ void llepd_cluster_close(llepd_cluster *cl);
 
 /* Frees what is left after the loop has ended; NULL is fine. */
 void llepd_cluster_fini(llepd_cluster *cl);
+
+/* Nodes in the cluster, this one included; 0 without --node-id. */
+uint32_t llepd_cluster_nodes(const llepd_cluster *cl);
+uint32_t llepd_cluster_node_id(const llepd_cluster *cl);
+/* Node ids in ascending order give the nodes' ranks 0..nodes-1 (a cluster layer's node order);
+ * node_at returns UINT32_MAX and rank_of -1 for what is not there. */
+uint32_t llepd_cluster_node_at(const llepd_cluster *cl, uint32_t rank);
+int llepd_cluster_rank_of(const llepd_cluster *cl, uint32_t node_id);
+/* Whether the link to the peer is up (hello done, not timed out). */
+bool llepd_cluster_peer_up(llepd_cluster *cl, uint32_t node_id);
+/* Queues a frame to a peer (copied). Returns 0, or -ENOTCONN when its link is not up or broke
+ * while queueing. */
+int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f);
 
 /* `llepctl peers` (PeersRequest), from handlers.c's table. */
 void llepd_handle_peers(llepd_session *s, const Llep__Frame *f);
