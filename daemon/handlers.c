@@ -9,6 +9,7 @@
 
 #include "cluster.h"
 #include "handlers.h"
+#include "cluster-layer.h"
 #include "layer.h"
 #include "llep-config.h"
 #include "log.h"
@@ -172,9 +173,10 @@ void llepd_layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame_
                          const char *msg) {
     char err[MSG_MAX];
 
-    if (status == 0 && creator->state != SESSION_CLOSING && add_layer_ref(creator, l) < 0)
+    if (status == 0 && creator && creator->state != SESSION_CLOSING &&
+        add_layer_ref(creator, l) < 0)
         status = -ENOMEM;
-    if (creator->state != SESSION_CLOSING) {
+    if (creator && creator->state != SESSION_CLOSING) {
         snprintf(err, sizeof(err), "%s", msg ? msg : "");
         send_layer_reply(creator, frame_id, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, l, status,
                          err, true);
@@ -210,7 +212,8 @@ static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
         r = -ESHUTDOWN;
         snprintf(err, sizeof(err), "llepd is draining and creates no layers");
     }
-    if (r == 0 && lc->desc->num_experts % s->srv->devices != 0) {
+    if (r == 0 && lc->desc->scope != LLEP__SCOPE__SCOPE_CLUSTER &&
+        lc->desc->num_experts % s->srv->devices != 0) {
         r = -EINVAL;
         snprintf(err, sizeof(err), "num_experts %u is not a multiple of the daemon's %u devices",
                  lc->desc->num_experts, s->srv->devices);
@@ -223,6 +226,14 @@ static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
     if (r == 0 && !(l = llepd_layer_new(s->srv, lc->name, lc->desc))) {
         r = -ENOMEM;
         snprintf(err, sizeof(err), "llepd is out of memory");
+    }
+    if (r == 0 && lc->desc->scope == LLEP__SCOPE__SCOPE_CLUSTER)
+        r = llepd_clayer_new_origin(l, err, sizeof(err));
+    if (r < 0 && l) {
+        l->creating = false;
+        l->dead = true;
+        llepd_layer_maybe_destroy(l);
+        l = NULL;
     }
     if (r == 0) {
         r = llepd_layer_start_create(l, s, f->id, lc);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster-layer.h"
 #include "layer.h"
 #include "log.h"
 #include "validate.h"
@@ -27,6 +28,7 @@ llepd_layer *llepd_layer_by_id(llepd_server *srv, uint32_t id) {
 static void on_timer_closed(uv_handle_t *h) {
     llepd_layer *l = h->data;
 
+    llepd_clayer_free(l); /* before the engine its part borrows */
     llep__engine_free(l->engine);
     if (l->have_plan)
         llep__plan_fini(&l->last_plan);
@@ -104,14 +106,18 @@ void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {
     ret->policy = (Llep__Policy)pp.policy;
 }
 
-/* Bytes the other layers' native weights hold on each device. */
-static uint64_t others_held(const llepd_server *srv, const llepd_layer *self) {
+/* Experts of the layer on this node: all of them, or a cluster layer's share. */
+static uint32_t local_experts(const llepd_layer *l) {
+    return l->cluster ? l->cluster->local_experts : l->desc.num_experts;
+}
+
+uint64_t llepd_layer_others_held(const llepd_server *srv, const llepd_layer *self) {
     uint64_t sum = 0;
 
     for (uint32_t i = 0; i < srv->nlayers; i++) {
         const llepd_layer *o = srv->layers[i];
         if (o != self && o->engine)
-            sum += llep__engine_expert_bytes(o->engine) * (o->desc.num_experts / srv->devices);
+            sum += llep__engine_expert_bytes(o->engine) * (local_experts(o) / srv->devices);
     }
     return sum;
 }
@@ -173,6 +179,7 @@ typedef struct create_work {
     llepd_session *session;
     uint64_t frame_id;
     llep_engine_config cfg;
+    llep_engine_config full;    /* a cluster layer's whole weights, cfg being this node's share */
     llep_engine *engine;
     int r;
     char err[256];
@@ -181,6 +188,12 @@ typedef struct create_work {
 static void create_run(uv_work_t *req) {
     create_work *w = req->data;
     w->r = llep__engine_new(&w->cfg, &w->engine, w->err, sizeof(w->err));
+    if (w->r == 0 && w->layer->cluster && llepd_clayer_pack_shares(w->layer, &w->full) < 0) {
+        w->r = -ENOMEM;
+        snprintf(w->err, sizeof(w->err), "out of host memory for the other nodes' shares");
+        llep__engine_free(w->engine);
+        w->engine = NULL;
+    }
 }
 
 static const void *tensor(llepd_session *s, const Llep__TensorRef *t) {
@@ -196,7 +209,10 @@ static void create_done(uv_work_t *req, int status) {
     srv->running_creates--;
     s->creating--;
     l->creating = false;
-    if (status == 0 && w->r == 0) {
+    if (status == 0 && w->r == 0 && l->cluster) {
+        l->engine = w->engine;
+        llepd_clayer_origin_created(l, s, w->frame_id); /* answers when the nodes have */
+    } else if (status == 0 && w->r == 0) {
         l->engine = w->engine;
         log_info("layer '%s' created (N=%u K=%u D=%u H=%u) by client %llu", l->name,
                  l->desc.num_experts, l->desc.top_k, l->desc.hidden, l->desc.inter,
@@ -238,10 +254,14 @@ int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id
     w->cfg.backend = srv->backend_ops;
     w->cfg.backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
     if (srv->device_memory) {
-        uint64_t held = others_held(srv, l);
+        uint64_t held = llepd_layer_others_held(srv, l);
         w->cfg.mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;
     }
     llepd_layer_params(l, &w->cfg.plan);
+    if (l->cluster) {
+        w->full = w->cfg;
+        llepd_clayer_share_config(l, &w->cfg);
+    }
     w->layer = l;
     w->session = s;
     w->frame_id = frame_id;

@@ -13,8 +13,9 @@ llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__La
 int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id,
                              const Llep__LayerCreate *lc);
 
-/* Creation finished (handlers.c): reply to the creator and to the attaches that waited;
- * status 0 or a negative errno with a message. */
+/* Creation finished (handlers.c): reply to the creator (NULL for a cluster layer's share
+ * that a peer created here) and to the attaches that waited; status 0 or a negative errno
+ * with a message. */
 void llepd_layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id, int status,
                          const char *msg);
 
@@ -26,6 +27,9 @@ void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret);
 
 /* Frees the layer when nothing references or uses it any more. */
 void llepd_layer_maybe_destroy(llepd_layer *l);
+
+/* Bytes the other layers' native weights hold on each device of this node. */
+uint64_t llepd_layer_others_held(const llepd_server *srv, const llepd_layer *self);
 
 /* After the loop has ended: frees whatever layers remain. */
 void llepd_layer_free_all(llepd_server *srv);

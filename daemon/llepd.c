@@ -233,6 +233,7 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     if (r < 0) {
         log_error("%s", err[0] ? err : strerror(-r));
         llepd_cluster_fini(d->srv.cluster);
+        d->srv.cluster = NULL;
         llepd_server_fini(&d->srv);
         free(d);
         return 1;
@@ -243,6 +244,7 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     if (r < 0) {
         log_error("signals and timers: %s", uv_strerror(r));
         llepd_cluster_fini(d->srv.cluster);
+        d->srv.cluster = NULL;
         llepd_server_fini(&d->srv);
         free(d);
         return 1;
@@ -254,6 +256,7 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     llepd_notify_ready(&d->notify);
     uv_run(loop, UV_RUN_DEFAULT);
     llepd_cluster_fini(d->srv.cluster);
+    d->srv.cluster = NULL;
     llepd_server_fini(&d->srv);
     uv_loop_close(loop);
     free(d);

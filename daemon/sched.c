@@ -9,8 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster-layer.h"
 #include "layer.h"
 #include "log.h"
+#include "llepd-sched.h"
 #include "server.h"
 
 #define DEFAULT_GROUP_TIMEOUT_MS 5000u
@@ -19,13 +21,14 @@
 
 /* Where one home device's tokens come from: a slice of one submission, or (when several
  * submissions share the home) a staging copy that is scattered back after the step. */
-typedef struct home {
+struct llepd_home {
     llepd_sub **subs;
     uint32_t nsubs, first_token, tokens;   /* first_token: slice start when nsubs == 1 */
     void *x, *y;
     int32_t *idx;
     float *w;
-} home;
+};
+typedef llepd_home home;
 
 typedef struct step_work {
     uv_work_t req;
@@ -144,6 +147,42 @@ static void unstage_home(const home *h, const llepd_layer *l) {
         memcpy(h->subs[i]->y, (const char *)h->y + t * d * es, n * d * es);
         t += n;
     }
+}
+
+int llepd_homes_build(llepd_homes *hs, const llepd_layer *l, llepd_sub **subs, uint32_t n,
+                      uint32_t np) {
+    step_work w = { .subs = subs, .nsubs = n };
+
+    hs->np = np;
+    hs->homes = calloc(np, sizeof(*hs->homes));
+    hs->batches = calloc(np, sizeof(*hs->batches));
+    if (!hs->homes || !hs->batches)
+        return -ENOMEM;
+    w.homes = hs->homes;
+    int r = assign_homes(&w, np);
+    for (uint32_t h = 0; h < np && r == 0; h++)
+        r = stage_home(&hs->homes[h], l, &hs->batches[h]);
+    return r;
+}
+
+void llepd_homes_unstage(const llepd_homes *hs, const llepd_layer *l) {
+    for (uint32_t h = 0; h < hs->np; h++)
+        unstage_home(&hs->homes[h], l);
+}
+
+void llepd_homes_free(llepd_homes *hs) {
+    for (uint32_t h = 0; hs->homes && h < hs->np; h++) {
+        home *hm = &hs->homes[h];
+        free(hm->subs);
+        free(hm->x);
+        free(hm->y);
+        free(hm->idx);
+        free(hm->w);
+    }
+    free(hs->homes);
+    free(hs->batches);
+    hs->homes = NULL;
+    hs->batches = NULL;
 }
 
 static void step_run(uv_work_t *req) {
@@ -281,7 +320,7 @@ static uint32_t group_of(const llepd_layer *l) {
 
 /* Moves the submissions of the next step out of the queue into w->subs. Returns how many,
  * 0 when the batching rule says wait. */
-static uint32_t take_step(llepd_layer *l, llepd_sub **out) {
+uint32_t llepd_sched_take(llepd_layer *l, llepd_sub **out) {
     uint32_t n = 0, group = group_of(l);
 
     if (group == 0) {
@@ -322,7 +361,7 @@ static void on_group_timeout(uv_timer_t *t) {
     llepd_sched_fail_queued(l, -ETIMEDOUT, why);
 }
 
-static void arm_group_timer(llepd_layer *l) {
+void llepd_sched_arm_group_timer(llepd_layer *l) {
     uint32_t timeout = l->desc.group_timeout_ms ? l->desc.group_timeout_ms
                                                 : DEFAULT_GROUP_TIMEOUT_MS;
     if (l->group_timer_armed || l->queued == 0 || uv_is_closing((uv_handle_t *)&l->group_timer))
@@ -335,6 +374,10 @@ void llepd_sched_kick(llepd_layer *l) {
     llepd_server *srv = l->srv;
     uint32_t np = srv->devices;
 
+    if (l->cluster) {
+        llepd_cstep_kick(l);
+        return;
+    }
     if (l->running || l->queued == 0 || !l->engine)
         return;
     llepd_sub **subs = malloc(l->queued * sizeof(*subs));
@@ -351,11 +394,11 @@ void llepd_sched_kick(llepd_layer *l) {
         llepd_sched_fail_queued(l, -ENOMEM, "llepd is out of memory starting a step");
         return;
     }
-    uint32_t n = take_step(l, subs);
+    uint32_t n = llepd_sched_take(l, subs);
     if (n == 0) {
         free(subs);
         step_free(w, np);
-        arm_group_timer(l);
+        llepd_sched_arm_group_timer(l);
         return;
     }
     if (l->group_timer_armed) {
@@ -387,7 +430,7 @@ void llepd_sched_kick(llepd_layer *l) {
         return;
     }
     /* Collective layers may already hold the next group. */
-    arm_group_timer(l);
+    llepd_sched_arm_group_timer(l);
 }
 
 void llepd_sched_submit(llepd_sub *sub) {

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster-layer.h"
 #include "layer.h"
 #include "log.h"
 
@@ -194,6 +195,7 @@ static void close_layer_timers(llepd_server *srv) {
         llepd_layer *l = srv->layers[i];
         if (!uv_is_closing((uv_handle_t *)&l->group_timer))
             uv_close((uv_handle_t *)&l->group_timer, NULL);
+        llepd_clayer_close_timers(l);
     }
 }
 

@@ -163,6 +163,8 @@ struct llepd_layer {
     bool have_plan;
     uint64_t last_plan_step;
     llep_engine_device_stats *last_dev;  /* [P] of the last step */
+
+    struct llepd_clayer *cluster;   /* scope CLUSTER (cluster-layer.h); NULL for node scope */
 };
 
 llepd_layer *llepd_layer_find(llepd_server *srv, const char *name);

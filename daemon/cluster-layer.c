@@ -1,0 +1,834 @@
+/* Cluster-scope layers: creation, shares, peers coming and going (see cluster-layer.h). */
+#include "cluster-layer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "cluster.h"
+#include "layer.h"
+#include "log.h"
+#include "validate.h"
+
+/* ClusterData payload per frame: well under the frame limit (LLEP_FRAME_MAX_SIZE). */
+#define CHUNK_BYTES (1u << 20)
+/* How long the origin's create waits for the other nodes to load their shares. */
+#define CREATE_TIMEOUT_MS 60000u
+/* Largest buffer a peer may announce (a share, or one step's rows): a bad total must not make
+ * this node allocate without bound. */
+#define MAX_BUFFER_BYTES (64ull << 30)
+
+enum { FLAG_B_GATE = 1, FLAG_B_UP = 2, FLAG_B_DOWN = 4 };
+
+static llepd_clayer *clayer_of(llepd_server *srv, const char *name, bool include_dead) {
+    for (uint32_t i = 0; i < srv->nlayers; i++) {
+        llepd_layer *l = srv->layers[i];
+        if (l->cluster && (include_dead || !l->dead) && strcmp(l->name, name) == 0)
+            return l->cluster;
+    }
+    return NULL;
+}
+
+static size_t esize(const llepd_layer *l) {
+    return l->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4;
+}
+
+/* ---- shares ------------------------------------------------------------------------------ */
+
+/* Byte offsets of the tensors inside one node's share: gate, up, down [E][D][H] / [E][H][D],
+ * then the biases present. */
+typedef struct share_layout {
+    uint64_t up, down, bg, bu, bd, total;
+} share_layout;
+
+static share_layout layout_of(const llepd_layer *l, uint32_t experts, uint32_t flags) {
+    uint64_t es = esize(l), dh = (uint64_t)l->desc.hidden * l->desc.inter * es * experts;
+    uint64_t h = (uint64_t)l->desc.inter * es * experts, d = (uint64_t)l->desc.hidden * es * experts;
+    share_layout s;
+
+    s.up = dh;
+    s.down = 2 * dh;
+    s.bg = 3 * dh;
+    s.bu = s.bg + (flags & FLAG_B_GATE ? h : 0);
+    s.bd = s.bu + (flags & FLAG_B_UP ? h : 0);
+    s.total = s.bd + (flags & FLAG_B_DOWN ? d : 0);
+    return s;
+}
+
+/* Points cfg's weights into a share blob laid out by layout_of. */
+static void config_from_share(const llepd_layer *l, const llepd_clayer *c, const uint8_t *blob,
+                              llep_engine_config *cfg) {
+    share_layout s = layout_of(l, c->local_experts, c->flags);
+
+    cfg->num_experts = c->local_experts;
+    cfg->w_gate = blob;
+    cfg->w_up = blob + s.up;
+    cfg->w_down = blob + s.down;
+    cfg->b_gate = c->flags & FLAG_B_GATE ? blob + s.bg : NULL;
+    cfg->b_up = c->flags & FLAG_B_UP ? blob + s.bu : NULL;
+    cfg->b_down = c->flags & FLAG_B_DOWN ? blob + s.bd : NULL;
+}
+
+void llepd_clayer_share_config(llepd_layer *l, llep_engine_config *cfg) {
+    llepd_clayer *c = l->cluster;
+    uint64_t es = esize(l), e0 = (uint64_t)c->rank * c->local_experts;
+    uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es;
+
+    c->flags = (cfg->b_gate ? FLAG_B_GATE : 0) | (cfg->b_up ? FLAG_B_UP : 0) |
+               (cfg->b_down ? FLAG_B_DOWN : 0);
+    c->share_bytes = layout_of(l, c->local_experts, c->flags).total;
+    cfg->num_experts = c->local_experts;
+    cfg->w_gate = (const char *)cfg->w_gate + e0 * dh;
+    cfg->w_up = (const char *)cfg->w_up + e0 * dh;
+    cfg->w_down = (const char *)cfg->w_down + e0 * dh;
+    if (cfg->b_gate)
+        cfg->b_gate = (const char *)cfg->b_gate + e0 * l->desc.inter * es;
+    if (cfg->b_up)
+        cfg->b_up = (const char *)cfg->b_up + e0 * l->desc.inter * es;
+    if (cfg->b_down)
+        cfg->b_down = (const char *)cfg->b_down + e0 * l->desc.hidden * es;
+}
+
+int llepd_clayer_pack_shares(llepd_layer *l, const llep_engine_config *full) {
+    llepd_clayer *c = l->cluster;
+    uint64_t es = esize(l), e = c->local_experts;
+    uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es * e;
+    uint64_t h = (uint64_t)l->desc.inter * es * e, d = (uint64_t)l->desc.hidden * es * e;
+    share_layout s = layout_of(l, c->local_experts, c->flags);
+
+    for (uint32_t r = 0; r < c->nodes; r++) {
+        if (r == c->rank)
+            continue;
+        uint8_t *b = malloc(s.total ? s.total : 1);
+        if (!b)
+            return -ENOMEM;
+        c->shares[r] = b;
+        memcpy(b, (const char *)full->w_gate + r * dh, dh);
+        memcpy(b + s.up, (const char *)full->w_up + r * dh, dh);
+        memcpy(b + s.down, (const char *)full->w_down + r * dh, dh);
+        if (full->b_gate)
+            memcpy(b + s.bg, (const char *)full->b_gate + r * h, h);
+        if (full->b_up)
+            memcpy(b + s.bu, (const char *)full->b_up + r * h, h);
+        if (full->b_down)
+            memcpy(b + s.bd, (const char *)full->b_down + r * d, d);
+    }
+    return 0;
+}
+
+/* ---- chunked data ------------------------------------------------------------------------ */
+
+int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int kind,
+                           uint32_t index, const void *data, uint64_t total) {
+    llepd_cluster *cl = c->layer->srv->cluster;
+    Llep__ClusterData d = LLEP__CLUSTER_DATA__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    d.layer = c->layer->name;
+    d.step = step;
+    d.kind = (Llep__ClusterDataKind)kind;
+    d.index = index;
+    d.total = total;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
+    f.cluster_data = &d;
+    for (uint64_t off = 0; off < total; off += CHUNK_BYTES) {
+        uint64_t n = total - off < CHUNK_BYTES ? total - off : CHUNK_BYTES;
+        d.offset = off;
+        d.data.data = (uint8_t *)data + off;
+        d.data.len = n;
+        int r = llepd_cluster_send(cl, c->ids[rank], &f);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int llepd_cbuf_add(llepd_cbuf *b, const Llep__ClusterData *d, char *err, size_t errlen) {
+    if (!b->started) {
+        if (d->total > MAX_BUFFER_BYTES || d->offset != 0) {
+            snprintf(err, errlen, "a buffer of %" PRIu64 " bytes starting at %" PRIu64
+                     " cannot be taken", d->total, d->offset);
+            return -EPROTO;
+        }
+        b->data = malloc(d->total ? d->total : 1);
+        if (!b->data) {
+            snprintf(err, errlen, "out of memory for %" PRIu64 " bytes", d->total);
+            return -ENOMEM;
+        }
+        b->total = d->total;
+        b->got = 0;
+        b->started = true;
+    }
+    /* A link delivers a buffer's chunks in order, so each must start where the last ended. */
+    if (d->total != b->total || d->offset != b->got || d->data.len > b->total - b->got) {
+        snprintf(err, errlen, "chunk at %" PRIu64 " (+%zu of %" PRIu64 ") does not follow %"
+                 PRIu64 " of %" PRIu64 " bytes", d->offset, d->data.len, d->total, b->got,
+                 b->total);
+        return -EPROTO;
+    }
+    if (d->data.len)
+        memcpy(b->data + b->got, d->data.data, d->data.len);
+    b->got += d->data.len;
+    return b->got == b->total ? 1 : 0;
+}
+
+void llepd_cbuf_free(llepd_cbuf *b) {
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- state ------------------------------------------------------------------------------- */
+
+static void timer_closed(uv_handle_t *h) {
+    free(h);
+}
+
+static uv_timer_t *timer_new(llepd_clayer *c) {
+    uv_timer_t *t = malloc(sizeof(*t));
+
+    if (t && uv_timer_init(c->layer->srv->loop, t) == 0) {
+        t->data = c;
+        return t;
+    }
+    free(t);
+    return NULL;
+}
+
+static void timer_close(uv_timer_t **t) {
+    if (*t)
+        uv_close((uv_handle_t *)*t, timer_closed);
+    *t = NULL;
+}
+
+/* Names the node of a rank for messages: "node 3". */
+static const char *node_name(const llepd_clayer *c, uint32_t rank, char *buf, size_t len) {
+    snprintf(buf, len, "node %u", c->ids[rank]);
+    return buf;
+}
+
+static void set_state(llepd_clayer *c) {
+    llepd_cluster *cl = c->layer->srv->cluster;
+    char nm[32];
+
+    if (c->orphaned) {
+        snprintf(c->state, sizeof(c->state), "orphaned: its origin %s went away; create it "
+                 "again", node_name(c, c->origin, nm, sizeof(nm)));
+        return;
+    }
+    for (uint32_t r = 0; r < c->nodes; r++)
+        if (r != c->rank && !llepd_cluster_peer_up(cl, c->ids[r])) {
+            snprintf(c->state, sizeof(c->state), "%s is down", node_name(c, r, nm, sizeof(nm)));
+            return;
+        }
+    snprintf(c->state, sizeof(c->state), "ready");
+}
+
+static llepd_clayer *clayer_alloc(llepd_layer *l, uint32_t origin_rank) {
+    llepd_server *srv = l->srv;
+    llepd_cluster *cl = srv->cluster;
+    llepd_clayer *c = calloc(1, sizeof(*c));
+    uint32_t n = llepd_cluster_nodes(cl);
+
+    if (!c)
+        return NULL;
+    c->layer = l;
+    c->nodes = n;
+    c->rank = (uint32_t)llepd_cluster_rank_of(cl, llepd_cluster_node_id(cl));
+    c->origin = origin_rank;
+    c->ppn = srv->devices;
+    c->local_experts = l->desc.num_experts / n;
+    c->ids = calloc(n, sizeof(*c->ids));
+    c->shares = calloc(n, sizeof(*c->shares));
+    c->peer_has = calloc(n, sizeof(*c->peer_has));
+    c->peer_sent = calloc(n, sizeof(*c->peer_sent));
+    c->deadline = timer_new(c);
+    if (!c->ids || !c->shares || !c->peer_has || !c->peer_sent || !c->deadline ||
+        llepd_cstep_init(c) < 0) {
+        timer_close(&c->deadline);
+        llepd_cstep_fini(c);
+        free(c->ids);
+        free(c->shares);
+        free(c->peer_has);
+        free(c->peer_sent);
+        free(c);
+        return NULL;
+    }
+    for (uint32_t r = 0; r < n; r++)
+        c->ids[r] = llepd_cluster_node_at(cl, r);
+    c->inject_mismatch = getenv("LLEPD_TEST_PLAN_MISMATCH") &&
+                         getenv("LLEPD_TEST_PLAN_MISMATCH")[0] == '1';
+    l->cluster = c;
+    set_state(c);
+    return c;
+}
+
+/* What a cluster layer needs of this node and of the desc; 0 or -errno with err. */
+static int check_fit(llepd_server *srv, const Llep__LayerDesc *d, uint32_t ppn, char *err,
+                     size_t errlen) {
+    uint32_t nodes = llepd_cluster_nodes(srv->cluster);
+
+    if (nodes == 0) {
+        snprintf(err, errlen, "scope cluster needs a clustered llepd (--node-id and --peers)");
+        return -EINVAL;
+    }
+    if (ppn != srv->devices) {
+        snprintf(err, errlen, "the layer's nodes have %u devices each, this node has %u", ppn,
+                 srv->devices);
+        return -EINVAL;
+    }
+    if (d->num_experts % (nodes * srv->devices) != 0) {
+        snprintf(err, errlen, "num_experts %u is not a multiple of the cluster's %u devices "
+                 "(%u nodes x %u)", d->num_experts, nodes * srv->devices, nodes, srv->devices);
+        return -EINVAL;
+    }
+    if (srv->backend_ops != &llep__backend_cpu) {
+        snprintf(err, errlen, "cluster layers run on the CPU backend only for now; this node "
+                 "runs the %s backend", srv->backend_ops->name);
+        return -EOPNOTSUPP;
+    }
+    return 0;
+}
+
+int llepd_clayer_new_origin(llepd_layer *l, char *err, size_t errlen) {
+    llepd_server *srv = l->srv;
+    llepd_cluster *cl = srv->cluster;
+    int r = check_fit(srv, &l->desc, srv->devices, err, errlen);
+
+    if (r < 0)
+        return r;
+    for (uint32_t i = 0; i < llepd_cluster_nodes(cl); i++) {
+        uint32_t id = llepd_cluster_node_at(cl, i);
+        if (id != llepd_cluster_node_id(cl) && !llepd_cluster_peer_up(cl, id)) {
+            snprintf(err, errlen, "node %u is down; a cluster layer needs every node", id);
+            return -EHOSTDOWN;
+        }
+    }
+    llepd_clayer *c = clayer_alloc(l, (uint32_t)llepd_cluster_rank_of(cl,
+                                                                      llepd_cluster_node_id(cl)));
+    if (!c) {
+        snprintf(err, errlen, "llepd is out of memory");
+        return -ENOMEM;
+    }
+    if (getrandom(&c->uid, sizeof(c->uid), 0) != (ssize_t)sizeof(c->uid))
+        c->uid = llepd_now_ns() ^ ((uint64_t)getpid() << 32);
+    return 0;
+}
+
+/* ---- creation: the origin ---------------------------------------------------------------- */
+
+static void send_layer_to(llepd_clayer *c, uint32_t r) {
+    llepd_cluster *cl = c->layer->srv->cluster;
+    Llep__ClusterLayer m = LLEP__CLUSTER_LAYER__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    m.name = c->layer->name;
+    m.desc = &c->layer->desc;
+    m.origin = c->ids[c->origin];
+    m.devices_per_node = c->ppn;
+    m.next_step = c->next_step;
+    m.share_bytes = c->share_bytes;
+    m.flags = c->flags;
+    m.uid = c->uid;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER;
+    f.cluster_layer = &m;
+    if (llepd_cluster_send(cl, c->ids[r], &f) < 0 ||
+        llepd_clayer_send_data(c, r, 0, LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS, 0,
+                               c->shares[r], c->share_bytes) < 0)
+        return; /* the link broke: the peer's down callback takes it from here */
+    c->peer_sent[r] = true;
+}
+
+static void send_drop(llepd_clayer *c) {
+    llepd_cluster *cl = c->layer->srv->cluster;
+    Llep__ClusterLayerDrop m = LLEP__CLUSTER_LAYER_DROP__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    m.name = c->layer->name;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER_DROP;
+    f.cluster_layer_drop = &m;
+    for (uint32_t r = 0; r < c->nodes; r++)
+        if (r != c->rank)
+            (void)llepd_cluster_send(cl, c->ids[r], &f);
+}
+
+/* Answers the client's create once nothing more is awaited. */
+static void finish_create(llepd_clayer *c) {
+    llepd_layer *l = c->layer;
+    llepd_session *s = c->creator;
+
+    if (!s)
+        return;
+    c->creator = NULL;
+    timer_close(&c->create_timer);
+    l->creating = false;
+    if (c->create_status < 0) {
+        log_warning("cluster layer '%s': creation failed: %s", l->name, c->create_err);
+        send_drop(c);
+    } else {
+        log_info("cluster layer '%s' created over %u nodes (N=%u, %u per node)", l->name,
+                 c->nodes, l->desc.num_experts, c->local_experts);
+    }
+    llepd_layer_created(l, s, c->create_frame, c->create_status,
+                        c->create_status < 0 ? c->create_err : NULL);
+    llepd_session_unref(s);
+    llepd_server_check_idle(l->srv);
+}
+
+static void create_fail(llepd_clayer *c, int r, const char *why) {
+    if (c->create_status == 0) {
+        c->create_status = r;
+        snprintf(c->create_err, sizeof(c->create_err), "%s", why);
+    }
+    finish_create(c);
+}
+
+static void on_create_timeout(uv_timer_t *t) {
+    llepd_clayer *c = t->data;
+    char why[256];
+
+    snprintf(why, sizeof(why), "%u node(s) did not load their share within %u ms",
+             c->create_waiting, CREATE_TIMEOUT_MS);
+    create_fail(c, -ETIMEDOUT, why);
+}
+
+void llepd_clayer_origin_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id) {
+    llepd_clayer *c = l->cluster;
+    char err[256];
+    int r = llep__part_new(l->engine, c->nodes, c->rank, &c->part, err, sizeof(err));
+
+    llepd_session_ref(creator);
+    c->creator = creator;
+    c->create_frame = frame_id;
+    l->creating = true; /* until every node has answered */
+    if (r < 0) {
+        create_fail(c, r, err);
+        return;
+    }
+    c->create_timer = timer_new(c);
+    if (c->create_timer)
+        uv_timer_start(c->create_timer, on_create_timeout, CREATE_TIMEOUT_MS, 0);
+    for (uint32_t i = 0; i < c->nodes; i++) {
+        if (i == c->rank)
+            continue;
+        c->create_waiting++;
+        send_layer_to(c, i);
+        if (!c->peer_sent[i]) {
+            snprintf(err, sizeof(err), "node %u went down while the layer was created",
+                     c->ids[i]);
+            create_fail(c, -EHOSTDOWN, err);
+            return;
+        }
+    }
+    if (c->create_waiting == 0)
+        finish_create(c);
+}
+
+static void handle_layer_reply(llepd_clayer *c, uint32_t from, const Llep__ClusterLayerReply *m) {
+    int r = llep__status_to_errno(m->status);
+    char why[256];
+
+    c->peer_sent[from] = false;
+    c->peer_has[from] = r == 0;
+    if (r < 0)
+        log_warning("cluster layer '%s': node %u could not load its share: %s", c->layer->name,
+                    c->ids[from], m->message);
+    if (!c->creator)
+        return;
+    if (r < 0) {
+        snprintf(why, sizeof(why), "node %u: %s", c->ids[from], m->message);
+        create_fail(c, r, why);
+        return;
+    }
+    if (--c->create_waiting == 0)
+        finish_create(c);
+}
+
+/* ---- creation: the other nodes ----------------------------------------------------------- */
+
+static void reply_layer(llepd_server *srv, uint32_t to_id, const char *name, int r,
+                        const char *msg) {
+    Llep__ClusterLayerReply m = LLEP__CLUSTER_LAYER_REPLY__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    m.status = llep__status_from_errno(r);
+    m.message = (char *)(msg ? msg : "");
+    m.name = (char *)name;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY;
+    f.cluster_layer_reply = &m;
+    (void)llepd_cluster_send(srv->cluster, to_id, &f);
+}
+
+/* Gives up the node's own reference: the layer goes once its clients have released it. */
+static void release_hold(llepd_clayer *c) {
+    llepd_layer *l = c->layer;
+
+    if (!c->held)
+        return;
+    c->held = false;
+    l->dead = true;
+    llepd_layer_unref(l);
+}
+
+static void orphan(llepd_clayer *c, const char *why) {
+    if (c->st)
+        llepd_cstep_fail(c, -EHOSTDOWN, why);
+    c->orphaned = true;
+    set_state(c);
+    release_hold(c);
+}
+
+typedef struct share_work {
+    uv_work_t req;
+    llepd_clayer *c;
+    llep_engine_config cfg;
+    llep_engine *engine;
+    int r;
+    char err[256];
+} share_work;
+
+static void share_run(uv_work_t *req) {
+    share_work *w = req->data;
+    w->r = llep__engine_new(&w->cfg, &w->engine, w->err, sizeof(w->err));
+}
+
+static void share_done(uv_work_t *req, int status) {
+    share_work *w = req->data;
+    llepd_clayer *c = w->c;
+    llepd_layer *l = c->layer;
+    llepd_server *srv = l->srv;
+    int r = status < 0 ? -ECANCELED : w->r;
+
+    srv->running_creates--;
+    c->engine_pending = false;
+    llepd_cbuf_free(&c->share_in);
+    if (r == 0)
+        r = llep__part_new(w->engine, c->nodes, c->rank, &c->part, w->err, sizeof(w->err));
+    l->creating = false;
+    if (r == 0) {
+        l->engine = w->engine;
+        c->held = true;
+        l->refs++;
+        log_info("cluster layer '%s': share of %u experts loaded for node %u", l->name,
+                 c->local_experts, c->ids[c->origin]);
+    } else {
+        llep__engine_free(w->engine);
+        log_warning("cluster layer '%s': share not loaded: %s", l->name, w->err);
+    }
+    reply_layer(srv, c->ids[c->origin], l->name, r, r ? w->err : NULL);
+    llepd_layer_created(l, NULL, 0, r, r ? w->err : NULL);
+    free(w);
+    llepd_server_check_idle(srv);
+}
+
+static int start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
+    llepd_layer *l = c->layer;
+    llepd_server *srv = l->srv;
+    share_work *w = calloc(1, sizeof(*w));
+
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    llep__engine_config_default(&w->cfg);
+    w->cfg.top_k = l->desc.top_k;
+    w->cfg.hidden = l->desc.hidden;
+    w->cfg.inter = l->desc.inter;
+    w->cfg.dtype = (enum llep_dtype)l->desc.dtype;
+    w->cfg.act = (enum llep_act)l->desc.act;
+    w->cfg.act_alpha = l->desc.act_alpha;
+    w->cfg.act_limit = l->desc.act_limit;
+    config_from_share(l, c, c->share_in.data, &w->cfg);
+    w->cfg.num_devices = srv->devices;
+    w->cfg.backend = srv->backend_ops;
+    w->cfg.backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
+    if (srv->device_memory)
+        w->cfg.mem_budget = srv->device_memory; /* TODO-free: others' weights as layer.c */
+    llepd_layer_params(l, &w->cfg.plan);
+    w->c = c;
+    w->req.data = w;
+    int r = uv_queue_work(srv->loop, &w->req, share_run, share_done);
+    if (r < 0) {
+        free(w);
+        snprintf(err, errlen, "cannot queue the engine creation: %s", uv_strerror(r));
+        return r;
+    }
+    c->engine_pending = true;
+    srv->running_creates++;
+    return 0;
+}
+
+static int check_layer_msg(llepd_server *srv, const Llep__ClusterLayer *m, uint32_t from_id,
+                           char *err, size_t errlen) {
+    int r = llep__frame_check_name(m->name, err, errlen);
+
+    if (r == 0 && !m->desc) {
+        snprintf(err, errlen, "ClusterLayer without a desc");
+        r = -EINVAL;
+    }
+    if (r == 0)
+        r = llep__layer_desc_check(m->desc, err, errlen);
+    if (r == 0 && m->origin != from_id) {
+        snprintf(err, errlen, "node %u sent a layer of origin %u", from_id, m->origin);
+        r = -EPROTO;
+    }
+    if (r == 0)
+        r = check_fit(srv, m->desc, m->devices_per_node, err, errlen);
+    return r;
+}
+
+static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
+                         const Llep__ClusterLayer *m) {
+    char err[256];
+    int r = check_layer_msg(srv, m, from_id, err, sizeof(err));
+
+    if (r < 0) {
+        log_warning("node %u: cluster layer refused: %s", from_id, err);
+        reply_layer(srv, from_id, m->name ? m->name : "", r, err);
+        return;
+    }
+    llepd_clayer *old = clayer_of(srv, m->name, true);
+    if (old && old->uid == m->uid && old->layer->engine && !old->engine_pending) {
+        /* The same layer, back after a lost link: it keeps its share and its clients. */
+        if (old->next_step < m->next_step && !old->st)
+            old->next_step = m->next_step;
+        if (old->orphaned && !llepd_layer_find(srv, m->name)) {
+            old->orphaned = false;
+            old->held = true;
+            old->layer->refs++;
+            old->layer->dead = false;
+        }
+        set_state(old);
+        reply_layer(srv, from_id, m->name, 0, NULL);
+        return;
+    }
+    if (old && !old->orphaned)
+        orphan(old, "replaced by a new layer of the same name from its origin");
+    if (llepd_layer_find(srv, m->name)) {
+        snprintf(err, sizeof(err), "node %u has a node-scope layer named '%s'",
+                 llepd_cluster_node_id(srv->cluster), m->name);
+        reply_layer(srv, from_id, m->name, -EEXIST, err);
+        return;
+    }
+    llepd_layer *l = llepd_layer_new(srv, m->name, m->desc);
+    llepd_clayer *c = l ? clayer_alloc(l, from) : NULL;
+    if (!c) {
+        if (l) {
+            l->creating = false;
+            l->dead = true;
+            llepd_layer_maybe_destroy(l);
+        }
+        reply_layer(srv, from_id, m->name, -ENOMEM, "out of memory");
+        return;
+    }
+    c->uid = m->uid;
+    c->flags = m->flags;
+    c->next_step = m->next_step;
+    c->share_bytes = layout_of(l, c->local_experts, c->flags).total;
+    if (m->share_bytes != c->share_bytes) {
+        snprintf(err, sizeof(err), "share of %" PRIu64 " bytes announced, the shape needs %"
+                 PRIu64, m->share_bytes, c->share_bytes);
+        reply_layer(srv, from_id, m->name, -EPROTO, err);
+        l->creating = false;
+        llepd_layer_created(l, NULL, 0, -EPROTO, err);
+        return;
+    }
+    c->share_in.started = false;
+    c->engine_pending = false;
+    if (c->share_bytes == 0 && start_share_engine(c, err, sizeof(err)) < 0) {
+        reply_layer(srv, from_id, m->name, -ENOMEM, err);
+        l->creating = false;
+        llepd_layer_created(l, NULL, 0, -ENOMEM, err);
+    }
+}
+
+static void handle_share_chunk(llepd_clayer *c, const Llep__ClusterData *d) {
+    llepd_layer *l = c->layer;
+    char err[256];
+
+    /* Chunks for a layer that already has its share (a revived one) are not needed. */
+    if (!l->creating || c->engine_pending || l->engine)
+        return;
+    int r = llepd_cbuf_add(&c->share_in, d, err, sizeof(err));
+    if (r == 1 && c->share_in.total != c->share_bytes) {
+        r = -EPROTO;
+        snprintf(err, sizeof(err), "share of %" PRIu64 " bytes, expected %" PRIu64,
+                 c->share_in.total, c->share_bytes);
+    }
+    if (r == 1)
+        r = start_share_engine(c, err, sizeof(err));
+    if (r < 0) {
+        llepd_cbuf_free(&c->share_in);
+        reply_layer(l->srv, c->ids[c->origin], l->name, r, err);
+        l->creating = false;
+        llepd_layer_created(l, NULL, 0, r, err);
+    }
+}
+
+static void handle_drop(llepd_server *srv, uint32_t from, const Llep__ClusterLayerDrop *m) {
+    llepd_clayer *c = m->name ? clayer_of(srv, m->name, false) : NULL;
+
+    if (c && c->origin == from && c->rank != from && !c->layer->creating) {
+        log_info("cluster layer '%s': dropped by its origin node %u", c->layer->name,
+                 c->ids[from]);
+        orphan(c, "its origin released the layer");
+    }
+}
+
+/* ---- peers ------------------------------------------------------------------------------- */
+
+void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
+    int rank = llepd_cluster_rank_of(srv->cluster, node_id);
+    char why[160];
+
+    if (rank < 0)
+        return;
+    for (uint32_t i = 0; i < srv->nlayers; i++) {
+        llepd_clayer *c = srv->layers[i]->cluster;
+        if (!c || srv->layers[i]->dead)
+            continue;
+        uint32_t r = (uint32_t)rank;
+        if (up) {
+            /* The origin gives a node that comes back its share (again). */
+            if (c->rank == c->origin && !c->creator && srv->layers[i]->engine)
+                send_layer_to(c, r);
+        } else {
+            snprintf(why, sizeof(why), "node %u went down", node_id);
+            c->peer_has[r] = false;
+            c->peer_sent[r] = false;
+            if (c->creator)
+                create_fail(c, -EHOSTDOWN, why);
+            else if (r == c->origin)
+                orphan(c, why);
+            else if (c->st)
+                llepd_cstep_fail(c, -EHOSTDOWN, why);
+        }
+        set_state(c);
+    }
+}
+
+/* ---- messages ---------------------------------------------------------------------------- */
+
+bool llepd_clayer_serves(int body) {
+    switch (body) {
+    case LLEP__FRAME__BODY_CLUSTER_LAYER:
+    case LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY:
+    case LLEP__FRAME__BODY_CLUSTER_LAYER_DROP:
+    case LLEP__FRAME__BODY_CLUSTER_LOADS:
+    case LLEP__FRAME__BODY_CLUSTER_PLAN_HASH:
+    case LLEP__FRAME__BODY_CLUSTER_DATA:
+    case LLEP__FRAME__BODY_CLUSTER_STEP_FAIL:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* A step message for a layer this node does not have: the sender's step cannot run. */
+static void refuse_step(llepd_server *srv, uint32_t from_id, const char *name, uint64_t step) {
+    Llep__ClusterStepFail m = LLEP__CLUSTER_STEP_FAIL__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    char msg[256];
+
+    snprintf(msg, sizeof(msg), "node %u has no cluster layer '%.128s'",
+             llepd_cluster_node_id(srv->cluster), name);
+    m.layer = (char *)name;
+    m.step = step;
+    m.message = msg;
+    m.status = LLEP__STATUS__STATUS_NOT_FOUND;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_STEP_FAIL;
+    f.cluster_step_fail = &m;
+    (void)llepd_cluster_send(srv->cluster, from_id, &f);
+}
+
+static const char *step_layer_name(const Llep__Frame *f, uint64_t *step) {
+    switch (f->body_case) {
+    case LLEP__FRAME__BODY_CLUSTER_LOADS:
+        *step = f->cluster_loads->step;
+        return f->cluster_loads->layer;
+    case LLEP__FRAME__BODY_CLUSTER_PLAN_HASH:
+        *step = f->cluster_plan_hash->step;
+        return f->cluster_plan_hash->layer;
+    case LLEP__FRAME__BODY_CLUSTER_DATA:
+        *step = f->cluster_data->step;
+        return f->cluster_data->layer;
+    case LLEP__FRAME__BODY_CLUSTER_STEP_FAIL:
+        *step = f->cluster_step_fail->step;
+        return f->cluster_step_fail->layer;
+    default:
+        return NULL;
+    }
+}
+
+void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame *f) {
+    int rank = llepd_cluster_rank_of(srv->cluster, from_id);
+    uint64_t step = 0;
+
+    if (rank < 0)
+        return;
+    switch (f->body_case) {
+    case LLEP__FRAME__BODY_CLUSTER_LAYER:
+        handle_layer(srv, (uint32_t)rank, from_id, f->cluster_layer);
+        return;
+    case LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY: {
+        llepd_clayer *c = clayer_of(srv, f->cluster_layer_reply->name, false);
+        if (c && c->rank == c->origin)
+            handle_layer_reply(c, (uint32_t)rank, f->cluster_layer_reply);
+        return;
+    }
+    case LLEP__FRAME__BODY_CLUSTER_LAYER_DROP:
+        handle_drop(srv, (uint32_t)rank, f->cluster_layer_drop);
+        return;
+    default:
+        break;
+    }
+    const char *name = step_layer_name(f, &step);
+    llepd_clayer *c = name ? clayer_of(srv, name, false) : NULL;
+    if (f->body_case == LLEP__FRAME__BODY_CLUSTER_DATA &&
+        f->cluster_data->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS) {
+        if (c && c->origin == (uint32_t)rank)
+            handle_share_chunk(c, f->cluster_data);
+        return;
+    }
+    if (!c || c->orphaned || !c->part) {
+        if (f->body_case == LLEP__FRAME__BODY_CLUSTER_LOADS && name)
+            refuse_step(srv, from_id, name, step);
+        return;
+    }
+    llepd_cstep_handle(c, (uint32_t)rank, f);
+}
+
+/* ---- teardown ---------------------------------------------------------------------------- */
+
+void llepd_clayer_close_timers(llepd_layer *l) {
+    if (l->cluster) {
+        timer_close(&l->cluster->deadline);
+        timer_close(&l->cluster->create_timer);
+    }
+}
+
+void llepd_clayer_free(llepd_layer *l) {
+    llepd_clayer *c = l->cluster;
+
+    if (!c)
+        return;
+    /* A stopping daemon's links are gone (or going): the peers see it go down instead. */
+    if (c->rank == c->origin && !c->orphaned && l->engine && !l->srv->stopping)
+        send_drop(c);
+    llepd_cstep_fini(c);
+    llep__part_free(c->part);
+    for (uint32_t r = 0; r < c->nodes; r++)
+        free(c->shares[r]);
+    llepd_cbuf_free(&c->share_in);
+    timer_close(&c->deadline);
+    timer_close(&c->create_timer);
+    free(c->shares);
+    free(c->peer_has);
+    free(c->peer_sent);
+    free(c->ids);
+    free(c);
+    l->cluster = NULL;
+}

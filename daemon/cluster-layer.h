@@ -1,0 +1,182 @@
+/* Cluster-scope layers (LLEP_SCOPE_CLUSTER, DESIGN.md section 5): one layer over every node's
+ * devices, stepped together by the daemons over their peer links (cluster.h).
+ *
+ * Creation (cluster-layer.c). The node whose client creates the layer is its origin. It keeps
+ * its own share of the experts in its engine and a host copy of every other node's share, and
+ * sends each node its share (ClusterLayer + ClusterData LAYER_WEIGHTS). A node answers once its
+ * engine holds the share; the client's create returns when every node has answered. When a
+ * node comes back (restarted, or its link was lost), the origin sends it the share again; the
+ * layer's uid tells it whether what it may still hold is the same layer. If the origin itself
+ * goes away, the other nodes' copies are orphaned: their clients' steps fail, telling them to
+ * create the layer again.
+ *
+ * Steps (cluster-step.c). Every node takes its own clients' submissions (the layer's batching
+ * rule per node), and the nodes go through step s together: loads, plan and plan hash, rows
+ * and spilled weights, results, combine (engine-part.h). Each node answers its own clients.
+ * A step fails on every node, with an error naming the cause, when a node is down or goes
+ * down, a node's plan hash differs, a node cannot run it, or the deadline passes; no client's
+ * y is written by a failed step.
+ *
+ * Everything here runs on the event-loop thread except the engine work queued on the pool. */
+#ifndef LLEPD_CLUSTER_LAYER_H
+#define LLEPD_CLUSTER_LAYER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine-part.h"
+#include "llepd-sched.h"
+#include "server.h"
+
+/* A buffer arriving in ClusterData chunks. */
+typedef struct llepd_cbuf {
+    uint8_t *data;
+    uint64_t total, got;
+    bool started;
+} llepd_cbuf;
+
+/* A spilled expert's weights that arrived for the current step. */
+typedef struct llepd_cweights {
+    uint32_t expert, from;          /* from: rank */
+    llepd_cbuf buf;
+} llepd_cweights;
+
+enum llepd_cstep_phase {
+    CSTEP_WAIT_LOCAL,   /* joined for a peer; this node's collective group is not complete */
+    CSTEP_LOADS,        /* loads sent; waiting for every node's */
+    CSTEP_HASH,         /* plan made, hash sent; waiting for every node's */
+    CSTEP_DATA,         /* rows and weights sent; waiting for the ones coming here */
+    CSTEP_COMPUTE,      /* expert chunks on the thread pool */
+    CSTEP_RESULTS,      /* results sent; waiting for this node's tokens' results */
+    CSTEP_COMBINE,      /* combine on the thread pool */
+    CSTEP_ENDING,       /* failing: answering its clients */
+};
+
+/* The step a cluster layer is in. */
+typedef struct llepd_cstep {
+    uint64_t id;
+    enum llepd_cstep_phase phase;
+    uint64_t t0;
+    llepd_sub **subs;               /* this node's submissions in the step */
+    uint32_t nsubs;
+    llepd_homes homes;
+    uint64_t *loads;                /* [nodes][N] */
+    bool *have_loads;               /* [nodes] */
+    llep_plan plan;
+    bool plan_ready;
+    uint64_t hash;
+    uint64_t *hashes;               /* [nodes] */
+    bool *have_hash;                /* [nodes] */
+    llepd_cbuf *rows_in;            /* [nodes] */
+    llepd_cbuf *results_in;         /* [nodes] */
+    llepd_cweights *weights;        /* received so far */
+    uint32_t nweights, cap_weights;
+    bool prepared;
+    uv_work_t work;
+    bool work_queued;
+    int r;
+    char err[256];
+    llep_engine_stats stats;
+    llep_engine_device_stats *dev;  /* [P_l] copied out of the engine */
+    llep_part_traffic traffic;
+} llepd_cstep;
+
+typedef struct llepd_clayer {
+    llepd_layer *layer;
+    uint32_t nodes, rank;           /* this node's rank */
+    uint32_t *ids;                  /* [nodes] node id of each rank */
+    uint32_t origin;                /* rank of the origin */
+    uint32_t ppn;                   /* devices per node */
+    uint32_t local_experts;         /* N / nodes */
+    uint64_t uid;
+    uint32_t flags;                 /* biases present (ClusterLayer.flags) */
+    uint64_t share_bytes;           /* bytes of one node's share */
+    bool orphaned;                  /* the origin went away: steps fail until created again */
+    bool held;                      /* a non-origin node's own reference on the layer */
+
+    /* Origin only: every node's share (this node's slot unused), and who has the layer. */
+    uint8_t **shares;               /* [nodes] */
+    bool *peer_has;                 /* [nodes] */
+    bool *peer_sent;                /* [nodes] a share is on its way, no answer yet */
+    /* Origin, while the client's create waits for the other nodes. */
+    llepd_session *creator;
+    uint64_t create_frame;
+    uint32_t create_waiting;
+    int create_status;
+    char create_err[256];
+    uv_timer_t *create_timer;       /* allocated: its close outlives the layer */
+
+    /* Non-origin, while the share arrives and the engine is made from it. */
+    llepd_cbuf share_in;
+    bool engine_pending;
+
+    llep_part *part;
+    uint64_t next_step;             /* the id of the next step */
+    llepd_cstep *st;                /* the step in progress, or NULL */
+    uint64_t *future_loads;         /* [nodes][N] loads that came for a later step */
+    uint64_t *future_step;          /* [nodes] */
+    bool *have_future;              /* [nodes] */
+    uv_timer_t *deadline;           /* allocated, as create_timer */
+    bool inject_mismatch;           /* LLEPD_TEST_PLAN_MISMATCH: this node skews its plan */
+
+    /* Figures (llepctl layers). */
+    uint64_t internode_rows, internode_bytes, failed_steps;
+    uint32_t internode_weights;
+    char state[160];                /* "ready" or why steps cannot run */
+} llepd_clayer;
+
+/* ---- creation (cluster-layer.c) ---------------------------------------------------------- */
+
+/* Checks a LayerCreate of scope CLUSTER on this node (peers configured and up, shapes that
+ * spread over every node's devices, the CPU backend) and makes l the origin's cluster layer.
+ * Returns 0 or a negative errno with a sentence in err. */
+int llepd_clayer_new_origin(llepd_layer *l, char *err, size_t errlen);
+
+/* The engine config of this node's share: experts and weight pointers cut down from the
+ * client's full config (layer.c, before creating the engine). */
+void llepd_clayer_share_config(llepd_layer *l, llep_engine_config *cfg);
+
+/* On the thread pool, while the engine is made: copies every other node's share out of the
+ * client's full weights. Returns 0 or -ENOMEM (then the creation fails). */
+int llepd_clayer_pack_shares(llepd_layer *l, const llep_engine_config *full);
+
+/* The origin's engine exists: sends the shares, and answers the client (llepd_layer_created)
+ * when every node has answered, one failed, or the creation deadline passed. */
+void llepd_clayer_origin_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id);
+
+/* Sends the other nodes a drop and frees the layer's cluster state (layer.c, when freeing). */
+void llepd_clayer_free(llepd_layer *l);
+
+/* Closes the layer's timers when the daemon stops (server.c). */
+void llepd_clayer_close_timers(llepd_layer *l);
+
+/* A peer came up or went down (cluster.c). */
+void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up);
+
+/* Frames 68 and up from a peer (cluster.c dispatches only those that llepd_clayer_serves). */
+bool llepd_clayer_serves(int body_case);
+void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame *f);
+
+/* Queues `total` bytes to a peer as ClusterData chunks (copied). Returns 0 or -ENOTCONN. */
+int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int kind,
+                           uint32_t index, const void *data, uint64_t total);
+/* Adds one ClusterData chunk to b. Returns 0, 1 when b is complete, or -EPROTO / -ENOMEM with
+ * a sentence in err. */
+int llepd_cbuf_add(llepd_cbuf *b, const Llep__ClusterData *d, char *err, size_t errlen);
+void llepd_cbuf_free(llepd_cbuf *b);
+
+/* ---- steps (cluster-step.c) -------------------------------------------------------------- */
+
+/* Starts or joins a step when this node's submissions allow (sched.c's kick for cluster
+ * layers). */
+void llepd_cstep_kick(llepd_layer *l);
+/* Peer step messages: ClusterLoads, ClusterPlanHash, ClusterData (not LAYER_WEIGHTS),
+ * ClusterStepFail, from the node of rank `from`. */
+void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f);
+/* Fails the step in progress (a peer went down, the layer is going): every node is told. */
+void llepd_cstep_fail(llepd_clayer *c, int r, const char *why);
+/* Sets up and tears down the step state of a layer. */
+int llepd_cstep_init(llepd_clayer *c);
+void llepd_cstep_fini(llepd_clayer *c);
+
+#endif

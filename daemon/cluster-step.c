@@ -1,0 +1,796 @@
+/* Steps of cluster-scope layers: every node through the same step together (cluster-layer.h).
+ *
+ * Step ids keep the nodes in step: a node starts step next_step when its own clients have
+ * submitted, or joins it when a peer's loads for it arrive. Loads for a later step than the
+ * one in progress wait in the layer's stash (a peer that finished first may be one step
+ * ahead). Nodes that disagree on the id (one missed a failed step, one restarted) meet at the
+ * highest: a step that has exchanged nothing but loads takes a higher id a peer sends, and a
+ * node that is behind catches up from the loads it receives, so no step fails for it. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster-layer.h"
+#include "cluster.h"
+#include "layer.h"
+#include "log.h"
+
+#define DEFAULT_DEADLINE_MS 5000u
+/* Once the plan is agreed, only data is awaited: allow for big steps on slow links. */
+#define DATA_DEADLINE_MS 60000u
+
+static uint32_t num_experts(const llepd_clayer *c) {
+    return c->layer->desc.num_experts;
+}
+
+static void check_progress(llepd_clayer *c);
+
+/* ---- step state -------------------------------------------------------------------------- */
+
+static void step_free(llepd_cstep *st, uint32_t nodes) {
+    if (!st)
+        return;
+    llepd_homes_free(&st->homes);
+    for (uint32_t j = 0; st->rows_in && j < nodes; j++) {
+        llepd_cbuf_free(&st->rows_in[j]);
+        llepd_cbuf_free(&st->results_in[j]);
+    }
+    for (uint32_t i = 0; i < st->nweights; i++)
+        llepd_cbuf_free(&st->weights[i].buf);
+    if (st->plan.loads)
+        llep__plan_fini(&st->plan);
+    free(st->weights);
+    free(st->rows_in);
+    free(st->results_in);
+    free(st->loads);
+    free(st->have_loads);
+    free(st->hashes);
+    free(st->have_hash);
+    free(st->dev);
+    free(st->subs);
+    free(st);
+}
+
+static llepd_cstep *step_new(llepd_clayer *c, uint64_t id) {
+    llepd_cstep *st = calloc(1, sizeof(*st));
+    uint32_t n = c->nodes;
+
+    if (!st)
+        return NULL;
+    st->id = id;
+    st->t0 = llepd_now_ns();
+    st->loads = calloc((size_t)n * num_experts(c), sizeof(*st->loads));
+    st->have_loads = calloc(n, sizeof(*st->have_loads));
+    st->hashes = calloc(n, sizeof(*st->hashes));
+    st->have_hash = calloc(n, sizeof(*st->have_hash));
+    st->rows_in = calloc(n, sizeof(*st->rows_in));
+    st->results_in = calloc(n, sizeof(*st->results_in));
+    st->dev = calloc(c->ppn, sizeof(*st->dev));
+    if (!st->loads || !st->have_loads || !st->hashes || !st->have_hash || !st->rows_in ||
+        !st->results_in || !st->dev ||
+        llep__plan_init(&st->plan, num_experts(c), c->nodes * c->ppn) < 0) {
+        step_free(st, n);
+        return NULL;
+    }
+    return st;
+}
+
+int llepd_cstep_init(llepd_clayer *c) {
+    c->future_loads = calloc((size_t)c->nodes * num_experts(c), sizeof(*c->future_loads));
+    c->future_step = calloc(c->nodes, sizeof(*c->future_step));
+    c->have_future = calloc(c->nodes, sizeof(*c->have_future));
+    return c->future_loads && c->future_step && c->have_future ? 0 : -ENOMEM;
+}
+
+void llepd_cstep_fini(llepd_clayer *c) {
+    if (c->st) {
+        llep__part_abort(c->part);
+        step_free(c->st, c->nodes);
+        c->st = NULL;
+    }
+    free(c->future_loads);
+    free(c->future_step);
+    free(c->have_future);
+    c->future_loads = NULL;
+    c->future_step = NULL;
+    c->have_future = NULL;
+}
+
+/* ---- messages out ------------------------------------------------------------------------ */
+
+static void send_all(llepd_clayer *c, const Llep__Frame *f) {
+    llepd_cluster *cl = c->layer->srv->cluster;
+
+    for (uint32_t r = 0; r < c->nodes; r++)
+        if (r != c->rank)
+            (void)llepd_cluster_send(cl, c->ids[r], f);
+}
+
+static void send_fail(llepd_clayer *c, int to_rank, uint64_t step, int r, const char *msg,
+                      uint64_t next) {
+    Llep__ClusterStepFail m = LLEP__CLUSTER_STEP_FAIL__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    m.status = llep__status_from_errno(r);
+    m.layer = c->layer->name;
+    m.step = step;
+    m.message = (char *)msg;
+    m.next_step = next;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_STEP_FAIL;
+    f.cluster_step_fail = &m;
+    if (to_rank < 0)
+        send_all(c, &f);
+    else
+        (void)llepd_cluster_send(c->layer->srv->cluster, c->ids[to_rank], &f);
+}
+
+/* ---- ending a step ----------------------------------------------------------------------- */
+
+static void record(llepd_clayer *c, llepd_cstep *st) {
+    llepd_layer *l = c->layer;
+    llepd_server *srv = l->srv;
+    uint32_t n = num_experts(c), np = c->ppn;
+    uint64_t lat_us = (llepd_now_ns() - st->t0) / 1000, busy = 0;
+
+    l->steps++;
+    srv->steps++;
+    if (st->stats.mode == LLEP_PLAN_LLEP) {
+        l->llep_steps++;
+        srv->llep_steps++;
+    } else {
+        l->ep_steps++;
+        srv->ep_steps++;
+    }
+    l->imbalance_last = st->stats.imbalance;
+    l->imbalance_sum += st->stats.imbalance;
+    if (st->stats.imbalance > l->imbalance_max)
+        l->imbalance_max = st->stats.imbalance;
+    l->weight_bytes_moved += st->stats.weight_bytes_moved;
+    l->token_bytes_moved += st->stats.token_bytes_moved;
+    srv->weight_bytes_moved += st->stats.weight_bytes_moved;
+    srv->token_bytes_moved += st->stats.token_bytes_moved;
+    l->makespan_ns_sum += st->stats.makespan_ns;
+    for (uint32_t d = 0; d < np; d++) {
+        busy += st->dev[d].busy_ns;
+        if (st->dev[d].peak_bytes > l->peak[d])
+            l->peak[d] = st->dev[d].peak_bytes;
+        uint64_t peak = st->dev[d].peak_bytes + llepd_layer_others_held(srv, l);
+        if (peak > srv->device_peak[d])
+            srv->device_peak[d] = peak;
+        srv->last_dev_tokens[d] = st->dev[d].rows;
+        srv->last_dev_busy_ns[d] = st->dev[d].busy_ns;
+    }
+    l->balance_sum += st->stats.makespan_ns ? (double)busy / np / st->stats.makespan_ns : 1;
+    llepd_latency_add(&l->latency, lat_us);
+    llepd_latency_add(&srv->latency, lat_us);
+    memcpy(l->last_dev, st->dev, np * sizeof(*l->last_dev));
+    memcpy(&l->load_hist[(size_t)((l->steps - 1) % LLEPD_LOAD_WINDOW) * n], st->plan.loads,
+           n * sizeof(uint64_t));
+    memcpy(l->last_loads, st->plan.loads, n * sizeof(uint64_t));
+    if (!l->have_plan && llep__plan_init(&l->last_plan, n, c->nodes * np) == 0)
+        l->have_plan = true;
+    if (l->have_plan && llep__plan_copy(&l->last_plan, &st->plan) == 0)
+        l->last_plan_step = l->steps;
+    c->internode_rows += st->traffic.rows_out;
+    c->internode_bytes += st->traffic.bytes_out;
+    c->internode_weights += st->traffic.weights_out;
+}
+
+/* Finishes the step with status r: answers this node's clients, then goes on with whatever
+ * waits (a peer's loads for the next step, this node's queue). */
+static void step_end(llepd_clayer *c, int r, const char *why) {
+    llepd_layer *l = c->layer;
+    llepd_server *srv = l->srv;
+    llepd_cstep *st = c->st;
+
+    if (r == 0) {
+        record(c, st);
+    } else {
+        c->failed_steps++;
+        log_warning("cluster layer '%s': step %" PRIu64 " of %u submissions failed: %s",
+                    l->name, st->id, st->nsubs, why);
+    }
+    /* The layer is free again before any client hears back: completing a submission drains
+     * that client's ring, which may start the next step at once. */
+    c->st = NULL;
+    if (c->next_step <= st->id)
+        c->next_step = st->id + 1;
+    uv_timer_stop(c->deadline);
+    l->running = false;
+    srv->running_steps--;
+    for (uint32_t i = 0; i < st->nsubs; i++) {
+        llepd_sub *sub = st->subs[i];
+        if (r == 0)
+            l->tokens += sub->sqe.tokens;
+        sub->status = r;
+        snprintf(sub->error, sizeof(sub->error), "%.255s", r ? why : "");
+        llepd_sub_complete(sub, r == 0 ? l->steps : 0);
+    }
+    step_free(st, c->nodes);
+    llepd_cstep_kick(l);
+    llepd_layer_maybe_destroy(l);
+    llepd_drain_check(srv);
+    llepd_server_check_idle(srv);
+}
+
+void llepd_cstep_fail(llepd_clayer *c, int r, const char *why) {
+    llepd_cstep *st = c->st;
+    char msg[256];
+
+    if (!st)
+        return;
+    if (st->work_queued) {
+        /* The pool has the part; a combine has every input already and may finish. */
+        if (st->phase != CSTEP_COMBINE && st->r == 0) {
+            st->r = r;
+            snprintf(st->err, sizeof(st->err), "%s", why);
+        }
+        return;
+    }
+    snprintf(msg, sizeof(msg), "cluster step %" PRIu64 " of layer '%s': %s", st->id,
+             c->layer->name, why);
+    send_fail(c, -1, st->id, r, why, st->id + 1);
+    llep__part_abort(c->part);
+    /* A collective node still waiting for its own clients fails them with the step. */
+    bool waiting = st->phase == CSTEP_WAIT_LOCAL;
+    st->phase = CSTEP_ENDING;
+    if (waiting && c->layer->queued)
+        llepd_sched_fail_queued(c->layer, r, msg);
+    step_end(c, r, msg);
+}
+
+static void on_deadline(uv_timer_t *t) {
+    llepd_clayer *c = t->data;
+    llepd_cstep *st = c->st;
+    char why[200] = "";
+
+    if (!st)
+        return;
+    for (uint32_t j = 0; j < c->nodes && !why[0]; j++) {
+        bool missing = (st->phase == CSTEP_LOADS && !st->have_loads[j]) ||
+                       (st->phase == CSTEP_HASH && !st->have_hash[j]) ||
+                       (st->phase == CSTEP_WAIT_LOCAL && j == c->rank);
+        if (missing)
+            snprintf(why, sizeof(why), "node %u did not %s in time", c->ids[j],
+                     st->phase == CSTEP_LOADS ? "send its loads"
+                     : st->phase == CSTEP_HASH ? "send its plan hash"
+                                               : "get its collective group");
+    }
+    if (!why[0])
+        snprintf(why, sizeof(why), "the step's data did not arrive within %u ms",
+                 DATA_DEADLINE_MS);
+    llepd_cstep_fail(c, -ETIMEDOUT, why);
+}
+
+static void arm_deadline(llepd_clayer *c, uint32_t ms) {
+    uv_timer_start(c->deadline, on_deadline, ms, 0);
+}
+
+/* ---- starting a step --------------------------------------------------------------------- */
+
+static uint32_t first_deadline_ms(const llepd_clayer *c) {
+    uint32_t g = c->layer->desc.group_timeout_ms;
+    return g ? g : DEFAULT_DEADLINE_MS;
+}
+
+static void send_loads(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    uint32_t nx = num_experts(c);
+    Llep__ClusterLoads m = LLEP__CLUSTER_LOADS__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    m.layer = c->layer->name;
+    m.step = st->id;
+    m.loads = &st->loads[(size_t)c->rank * nx];
+    m.n_loads = nx;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_LOADS;
+    f.cluster_loads = &m;
+    send_all(c, &f);
+}
+
+/* This node's part of the step: its submissions, their loads out to every node. */
+static void begin_local(llepd_clayer *c, llepd_sub **subs, uint32_t n) {
+    llepd_layer *l = c->layer;
+    llepd_cstep *st = c->st;
+    uint64_t *mine = &st->loads[(size_t)c->rank * num_experts(c)];
+
+    free(st->subs);
+    st->subs = subs;
+    st->nsubs = n;
+    int r = llepd_homes_build(&st->homes, l, subs, n, c->ppn);
+    if (r < 0) {
+        llepd_cstep_fail(c, r, "llepd is out of memory staging the step");
+        return;
+    }
+    r = llep__part_count(c->part, st->homes.batches, mine);
+    if (r < 0) {
+        llepd_cstep_fail(c, r, llep__part_error(c->part));
+        return;
+    }
+    st->have_loads[c->rank] = true;
+    st->phase = CSTEP_LOADS;
+    send_loads(c);
+    check_progress(c);
+}
+
+/* Takes this node's submissions for the step, if its batching rule lets it. */
+static bool take_local(llepd_clayer *c, bool joining) {
+    llepd_layer *l = c->layer;
+    llepd_sub **subs = malloc((l->queued ? l->queued : 1) * sizeof(*subs));
+
+    if (!subs) {
+        llepd_cstep_fail(c, -ENOMEM, "llepd is out of memory starting a step");
+        return false;
+    }
+    uint32_t n = l->queued ? llepd_sched_take(l, subs) : 0;
+    /* Opportunistic layers join with whatever is queued, even nothing. */
+    if (n == 0 && !(joining && l->desc.group == 0)) {
+        free(subs);
+        return false;
+    }
+    begin_local(c, subs, n);
+    return true;
+}
+
+static int start_step(llepd_clayer *c, uint64_t id) {
+    llepd_layer *l = c->layer;
+    llepd_cstep *st = step_new(c, id);
+    uint32_t nx = num_experts(c);
+
+    if (!st)
+        return -ENOMEM;
+    c->st = st;
+    c->next_step = id;
+    l->running = true;
+    l->srv->running_steps++;
+    st->phase = CSTEP_WAIT_LOCAL;
+    arm_deadline(c, first_deadline_ms(c));
+    /* Loads that came early for this step. */
+    for (uint32_t j = 0; j < c->nodes; j++)
+        if (c->have_future[j] && c->future_step[j] == id) {
+            memcpy(&st->loads[(size_t)j * nx], &c->future_loads[(size_t)j * nx],
+                   nx * sizeof(uint64_t));
+            st->have_loads[j] = true;
+            c->have_future[j] = false;
+        }
+    return 0;
+}
+
+/* Why a step cannot start now, or NULL. */
+static const char *not_runnable(llepd_clayer *c) {
+    llepd_cluster *cl = c->layer->srv->cluster;
+
+    for (uint32_t r = 0; r < c->nodes && !c->orphaned; r++)
+        if (r != c->rank && !llepd_cluster_peer_up(cl, c->ids[r])) {
+            snprintf(c->state, sizeof(c->state), "node %u is down", c->ids[r]);
+            return c->state;
+        }
+    return c->orphaned ? c->state : NULL;
+}
+
+void llepd_cstep_kick(llepd_layer *l) {
+    llepd_clayer *c = l->cluster;
+    char why[320];
+
+    if (!c || !c->part || l->creating)
+        return;
+    if (c->st) {
+        if (c->st->phase == CSTEP_WAIT_LOCAL)
+            take_local(c, false);
+        return;
+    }
+    bool future = false;
+    for (uint32_t j = 0; j < c->nodes; j++)
+        future |= c->have_future[j] && c->future_step[j] >= c->next_step;
+    if (l->queued == 0 && !future)
+        return;
+    const char *bad = not_runnable(c);
+    if (bad) {
+        snprintf(why, sizeof(why), "cluster layer '%s' cannot step: %s", l->name, bad);
+        llepd_sched_fail_queued(l, -EHOSTDOWN, why);
+        return;
+    }
+    uint64_t id = c->next_step;
+    for (uint32_t j = 0; j < c->nodes; j++)
+        if (c->have_future[j] && c->future_step[j] > id)
+            id = c->future_step[j]; /* the others went on: catch up */
+    if (start_step(c, id) < 0) {
+        llepd_sched_fail_queued(l, -ENOMEM, "llepd is out of memory starting a step");
+        return;
+    }
+    if (!take_local(c, future)) {
+        if (c->st && c->st->phase == CSTEP_WAIT_LOCAL && !future) {
+            /* Nothing to run after all (a collective group not complete). */
+            llepd_cstep *st = c->st;
+            c->st = NULL;
+            uv_timer_stop(c->deadline);
+            step_free(st, c->nodes);
+            l->running = false;
+            l->srv->running_steps--;
+            llepd_sched_arm_group_timer(l);
+        }
+    }
+}
+
+/* ---- the phases -------------------------------------------------------------------------- */
+
+static bool all(const bool *v, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        if (!v[i])
+            return false;
+    return true;
+}
+
+static void make_plan(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    uint32_t nx = num_experts(c);
+    uint64_t *sum = calloc(nx, sizeof(*sum));
+    llep_plan_params p;
+    Llep__ClusterPlanHash m = LLEP__CLUSTER_PLAN_HASH__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    char why[160];
+
+    if (!sum) {
+        llepd_cstep_fail(c, -ENOMEM, "out of memory planning");
+        return;
+    }
+    for (uint32_t j = 0; j < c->nodes; j++)
+        for (uint32_t x = 0; x < nx; x++)
+            sum[x] += st->loads[(size_t)j * nx + x];
+    if (c->inject_mismatch)
+        sum[0]++; /* LLEPD_TEST_PLAN_MISMATCH: this node plans from other loads */
+    llepd_layer_params(c->layer, &p);
+    p.devices_per_node = c->ppn; /* hierarchical: spill on the node first */
+    int r = llep__plan_compute(&st->plan, sum, &p);
+    free(sum);
+    if (r < 0) {
+        snprintf(why, sizeof(why), "planning failed: %s", strerror(-r));
+        llepd_cstep_fail(c, r, why);
+        return;
+    }
+    st->plan_ready = true;
+    st->hash = llep__plan_hash(&st->plan);
+    st->hashes[c->rank] = st->hash;
+    st->have_hash[c->rank] = true;
+    st->phase = CSTEP_HASH;
+    m.layer = c->layer->name;
+    m.step = st->id;
+    m.hash = st->hash;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_PLAN_HASH;
+    f.cluster_plan_hash = &m;
+    send_all(c, &f);
+}
+
+/* Every node must have made the same plan; the first that differs from this node's fails the
+ * step (each node checks, so every node reports it). */
+static bool hashes_agree(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    char why[200];
+
+    for (uint32_t j = 0; j < c->nodes; j++)
+        if (st->hashes[j] != st->hash) {
+            snprintf(why, sizeof(why), "plan hash mismatch: node %u made plan %016" PRIx64
+                     ", node %u made plan %016" PRIx64, c->ids[c->rank], st->hash, c->ids[j],
+                     st->hashes[j]);
+            log_error("cluster layer '%s' step %" PRIu64 ": %s", c->layer->name, st->id, why);
+            llepd_cstep_fail(c, -EPROTO, why);
+            return false;
+        }
+    return true;
+}
+
+static void send_step_data(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+
+    for (uint32_t j = 0; j < c->nodes; j++) {
+        void *p;
+        uint64_t n;
+        if (j == c->rank || llep__part_buffer(c->part, LLEP_PART_ROWS_OUT, j, &p, &n) < 0)
+            continue;
+        (void)llepd_clayer_send_data(c, j, st->id, LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_ROWS, 0,
+                                     p, n);
+    }
+    for (uint32_t i = 0; i < llep__part_num_weights(c->part, 1); i++) {
+        const llep_part_weights *w = llep__part_weights(c->part, 1, i);
+        (void)llepd_clayer_send_data(c, w->node, st->id,
+                                     LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_WEIGHTS, w->expert,
+                                     w->data, w->bytes);
+    }
+}
+
+static void prepare(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    uint32_t nx = num_experts(c);
+    const uint64_t **nl = malloc(c->nodes * sizeof(*nl));
+
+    if (!nl) {
+        llepd_cstep_fail(c, -ENOMEM, "out of memory preparing the step");
+        return;
+    }
+    for (uint32_t j = 0; j < c->nodes; j++)
+        nl[j] = &st->loads[(size_t)j * nx];
+    int r = llep__part_prepare(c->part, &st->plan, nl, st->homes.batches);
+    free(nl);
+    if (r < 0) {
+        llepd_cstep_fail(c, r, llep__part_error(c->part));
+        return;
+    }
+    st->prepared = true;
+    st->phase = CSTEP_DATA;
+    arm_deadline(c, DATA_DEADLINE_MS);
+    send_step_data(c);
+}
+
+/* Whether every buffer of `kind` from the other nodes is complete; copies them into the part
+ * when they all are. A size that differs from what the plan says fails the step. */
+static int take_buffers(llepd_clayer *c, enum llep_part_buf kind, llepd_cbuf *in) {
+    for (int pass = 0; pass < 2; pass++)
+        for (uint32_t j = 0; j < c->nodes; j++) {
+            void *p;
+            uint64_t n;
+            if (j == c->rank || llep__part_buffer(c->part, kind, j, &p, &n) < 0 || n == 0)
+                continue;
+            if (pass == 0 && (!in[j].started || in[j].got < in[j].total))
+                return 0;
+            if (pass == 0 && in[j].total != n)
+                return -EPROTO;
+            if (pass == 1)
+                memcpy(p, in[j].data, n);
+        }
+    return 1;
+}
+
+static int take_weights(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    uint32_t nw = llep__part_num_weights(c->part, 0);
+
+    for (int pass = 0; pass < 2; pass++)
+        for (uint32_t i = 0; i < nw; i++) {
+            const llep_part_weights *w = llep__part_weights(c->part, 0, i);
+            llepd_cweights *got = NULL;
+            for (uint32_t k = 0; k < st->nweights && !got; k++)
+                if (st->weights[k].expert == w->expert && st->weights[k].from == w->node)
+                    got = &st->weights[k];
+            if (pass == 0 && (!got || !got->buf.started || got->buf.got < got->buf.total))
+                return 0;
+            if (pass == 0 && got->buf.total != w->bytes)
+                return -EPROTO;
+            if (pass == 1)
+                memcpy(w->data, got->buf.data, w->bytes);
+        }
+    return 1;
+}
+
+static void work_run(uv_work_t *req) {
+    llepd_clayer *c = req->data;
+    llepd_cstep *st = c->st;
+
+    if (st->phase == CSTEP_COMPUTE) {
+        st->r = llep__part_compute(c->part);
+    } else {
+        st->r = llep__part_combine(c->part, &st->stats);
+        if (st->r == 0) {
+            llepd_homes_unstage(&st->homes, c->layer);
+            memcpy(st->dev, st->stats.devices, c->ppn * sizeof(*st->dev));
+            llep__part_traffic(c->part, &st->traffic);
+        }
+    }
+    if (st->r < 0)
+        snprintf(st->err, sizeof(st->err), "%s", llep__part_error(c->part));
+}
+
+static void work_done(uv_work_t *req, int status) {
+    llepd_clayer *c = req->data;
+    llepd_cstep *st = c->st;
+    int r = status < 0 ? -ECANCELED : st->r;
+
+    st->work_queued = false;
+    if (r < 0) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s", st->err[0] ? st->err : "step cancelled");
+        st->r = 0;
+        llepd_cstep_fail(c, r, why);
+        return;
+    }
+    if (st->phase == CSTEP_COMBINE) {
+        step_end(c, 0, NULL);
+        return;
+    }
+    for (uint32_t j = 0; j < c->nodes; j++) {
+        void *p;
+        uint64_t n;
+        if (j != c->rank && llep__part_buffer(c->part, LLEP_PART_RESULTS_OUT, j, &p, &n) == 0)
+            (void)llepd_clayer_send_data(c, j, st->id,
+                                         LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_RESULTS, 0, p, n);
+    }
+    st->phase = CSTEP_RESULTS;
+    check_progress(c);
+}
+
+static void queue_work(llepd_clayer *c, enum llepd_cstep_phase phase) {
+    llepd_cstep *st = c->st;
+
+    st->phase = phase;
+    st->work.data = c;
+    st->work_queued = true;
+    int r = uv_queue_work(c->layer->srv->loop, &st->work, work_run, work_done);
+    if (r < 0) {
+        st->work_queued = false;
+        llepd_cstep_fail(c, r, "cannot queue the step's work");
+    }
+}
+
+static void check_progress(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    int r;
+
+    if (st && st->phase == CSTEP_LOADS && all(st->have_loads, c->nodes))
+        make_plan(c);
+    st = c->st;
+    if (st && st->phase == CSTEP_HASH && all(st->have_hash, c->nodes) && hashes_agree(c))
+        prepare(c);
+    st = c->st;
+    if (st && st->phase == CSTEP_DATA) {
+        r = take_buffers(c, LLEP_PART_ROWS_IN, st->rows_in);
+        if (r == 1 && (r = take_weights(c)) == 1) {
+            r = 0;
+            for (uint32_t j = 0; j < c->nodes; j++)
+                llepd_cbuf_free(&st->rows_in[j]);
+            queue_work(c, CSTEP_COMPUTE);
+            return;
+        }
+        if (r < 0)
+            llepd_cstep_fail(c, r, "a node sent rows or weights of another size than the plan "
+                                   "gives");
+        return;
+    }
+    if (st && st->phase == CSTEP_RESULTS) {
+        r = take_buffers(c, LLEP_PART_RESULTS_IN, st->results_in);
+        if (r == 1)
+            queue_work(c, CSTEP_COMBINE);
+        else if (r < 0)
+            llepd_cstep_fail(c, r, "a node sent results of another size than the plan gives");
+    }
+}
+
+/* ---- messages in ------------------------------------------------------------------------- */
+
+/* Moves a step that has exchanged nothing but loads to a later id a peer is at: nodes that
+ * disagree on the id (one missed a failed step, one restarted) meet at the highest. */
+static void renumber(llepd_clayer *c, uint64_t id) {
+    llepd_cstep *st = c->st;
+    uint32_t nx = num_experts(c);
+    bool sent = st->phase == CSTEP_LOADS;
+
+    log_info("cluster layer '%s': step %" PRIu64 " goes on as step %" PRIu64 " with the other "
+             "nodes", c->layer->name, st->id, id);
+    st->id = id;
+    c->next_step = id;
+    for (uint32_t j = 0; j < c->nodes; j++) {
+        if (j == c->rank)
+            continue;
+        st->have_loads[j] = c->have_future[j] && c->future_step[j] == id;
+        if (st->have_loads[j]) {
+            memcpy(&st->loads[(size_t)j * nx], &c->future_loads[(size_t)j * nx],
+                   nx * sizeof(uint64_t));
+            c->have_future[j] = false;
+        }
+    }
+    if (sent)
+        send_loads(c);
+}
+
+static void on_loads(llepd_clayer *c, uint32_t from, const Llep__ClusterLoads *m) {
+    uint32_t nx = num_experts(c);
+    llepd_cstep *st = c->st;
+
+    if (m->n_loads != nx) {
+        log_warning("cluster layer '%s': node %u sent %zu loads, the layer has %u experts",
+                    c->layer->name, c->ids[from], m->n_loads, nx);
+        return;
+    }
+    if (st && m->step > st->id &&
+        (st->phase == CSTEP_WAIT_LOCAL || st->phase == CSTEP_LOADS))
+        renumber(c, m->step);
+    if (st && m->step == st->id) {
+        memcpy(&st->loads[(size_t)from * nx], m->loads, nx * sizeof(uint64_t));
+        st->have_loads[from] = true;
+        check_progress(c);
+        return;
+    }
+    if (st && m->step < st->id)
+        return; /* the sender is behind: our loads for st->id make it catch up */
+    /* A later step (the sender finished this one first), or one to join. */
+    memcpy(&c->future_loads[(size_t)from * nx], m->loads, nx * sizeof(uint64_t));
+    c->future_step[from] = m->step;
+    c->have_future[from] = true;
+    if (!st)
+        llepd_cstep_kick(c->layer);
+}
+
+static void on_data(llepd_clayer *c, uint32_t from, const Llep__ClusterData *d) {
+    llepd_cstep *st = c->st;
+    llepd_cbuf *b = NULL;
+    char err[200], why[260];
+
+    if (!st || d->step != st->id)
+        return; /* a failed step's data still on its way */
+    if (d->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_ROWS)
+        b = &st->rows_in[from];
+    else if (d->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_RESULTS)
+        b = &st->results_in[from];
+    else if (d->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_WEIGHTS) {
+        for (uint32_t k = 0; k < st->nweights && !b; k++)
+            if (st->weights[k].expert == d->index && st->weights[k].from == from)
+                b = &st->weights[k].buf;
+        if (!b) {
+            if (st->nweights == st->cap_weights) {
+                uint32_t cap = st->cap_weights ? 2 * st->cap_weights : 8;
+                llepd_cweights *v = realloc(st->weights, cap * sizeof(*v));
+                if (!v) {
+                    llepd_cstep_fail(c, -ENOMEM, "out of memory receiving weights");
+                    return;
+                }
+                st->weights = v;
+                st->cap_weights = cap;
+            }
+            llepd_cweights *w = &st->weights[st->nweights++];
+            memset(w, 0, sizeof(*w));
+            w->expert = d->index;
+            w->from = from;
+            b = &w->buf;
+        }
+    }
+    if (!b)
+        return;
+    int r = llepd_cbuf_add(b, d, err, sizeof(err));
+    if (r < 0) {
+        snprintf(why, sizeof(why), "node %u: %s", c->ids[from], err);
+        llepd_cstep_fail(c, r, why);
+    } else if (r == 1) {
+        check_progress(c);
+    }
+}
+
+void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f) {
+    llepd_cstep *st = c->st;
+    char why[320];
+
+    switch (f->body_case) {
+    case LLEP__FRAME__BODY_CLUSTER_LOADS:
+        on_loads(c, from, f->cluster_loads);
+        break;
+    case LLEP__FRAME__BODY_CLUSTER_PLAN_HASH:
+        if (st && f->cluster_plan_hash->step == st->id) {
+            st->hashes[from] = f->cluster_plan_hash->hash;
+            st->have_hash[from] = true;
+            check_progress(c);
+        }
+        break;
+    case LLEP__FRAME__BODY_CLUSTER_DATA:
+        on_data(c, from, f->cluster_data);
+        break;
+    case LLEP__FRAME__BODY_CLUSTER_STEP_FAIL: {
+        const Llep__ClusterStepFail *m = f->cluster_step_fail;
+        if (m->next_step > c->next_step && !st)
+            c->next_step = m->next_step;
+        if (m->step >= c->next_step && !st)
+            c->next_step = m->step + 1;
+        if (st && m->step == st->id) {
+            snprintf(why, sizeof(why), "node %u reports: %s", c->ids[from],
+                     m->message && m->message[0] ? m->message : "step failed");
+            if (m->next_step > c->next_step)
+                c->next_step = m->next_step;
+            llepd_cstep_fail(c, m->status == LLEP__STATUS__STATUS_TIMED_OUT ? -ETIMEDOUT
+                                                                           : -EREMOTEIO, why);
+        }
+        if (c->have_future[from] && c->future_step[from] <= m->step)
+            c->have_future[from] = false;
+        break;
+    }
+    default:
+        break;
+    }
+}

@@ -1,0 +1,30 @@
+/* Pieces of the scheduler (sched.c) that cluster steps (cluster-step.c) share. */
+#ifndef LLEPD_LLEPD_SCHED_H
+#define LLEPD_LLEPD_SCHED_H
+
+#include "server.h"
+
+typedef struct llepd_home llepd_home;
+
+/* A step's submissions spread over np home devices, as engine batches. */
+typedef struct llepd_homes {
+    llepd_home *homes;              /* [np] */
+    llep_engine_batch *batches;     /* [np] */
+    uint32_t np;
+} llepd_homes;
+
+/* Assigns subs[0..n) to np homes and stages them (copies only where a home gets several
+ * submissions). Returns 0 or -ENOMEM; llepd_homes_free() either way. */
+int llepd_homes_build(llepd_homes *hs, const llepd_layer *l, llepd_sub **subs, uint32_t n,
+                      uint32_t np);
+/* After a successful step: copies staged outputs back into the submissions' y. */
+void llepd_homes_unstage(const llepd_homes *hs, const llepd_layer *l);
+void llepd_homes_free(llepd_homes *hs);
+
+/* Moves the submissions of the layer's next step out of its queue into out (room for
+ * l->queued); 0 when the batching rule says wait. */
+uint32_t llepd_sched_take(llepd_layer *l, llepd_sub **out);
+/* Arms the collective-batching deadline when submissions wait. */
+void llepd_sched_arm_group_timer(llepd_layer *l);
+
+#endif
