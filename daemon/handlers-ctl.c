@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "handlers.h"
+#include "cluster-layer.h"
 #include "layer.h"
 #include "log.h"
 #include "server.h"
@@ -122,6 +123,16 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
         info[k].steps = l->steps;
         info[k].weight_bytes = l->engine ? llep__engine_expert_bytes(l->engine) *
                                                l->desc.num_experts : 0;
+        if (l->cluster) {
+            const llepd_clayer *c = l->cluster;
+            info[k].nodes = c->nodes;
+            info[k].origin = c->ids[c->origin];
+            info[k].internode_rows = c->internode_rows;
+            info[k].internode_bytes = c->internode_bytes;
+            info[k].internode_weights = c->internode_weights;
+            info[k].failed_steps = c->failed_steps;
+            info[k].cluster_state = (char *)c->state;
+        }
         ptrs[k] = &info[k];
         k++;
     }

@@ -316,8 +316,16 @@ static void layer_json(const Llep__LayerInfo *l) {
     fputs(", \"lambda\": ", stdout);
     json_double(d->lambda);
     printf(", \"min_tokens\": %" PRIu32 ", \"group\": %" PRIu32 ", \"scope\": \"%s\""
-           ", \"refs\": %" PRIu32 ", \"steps\": %" PRIu64 ", \"weight_bytes\": %" PRIu64 "}",
+           ", \"refs\": %" PRIu32 ", \"steps\": %" PRIu64 ", \"weight_bytes\": %" PRIu64,
            d->min_tokens, d->group, scope_name(d->scope), l->refs, l->steps, l->weight_bytes);
+    if (l->nodes) {
+        printf(", \"nodes\": %" PRIu32 ", \"origin\": %" PRIu32 ", \"internode_rows\": %" PRIu64
+               ", \"internode_bytes\": %" PRIu64 ", \"internode_weights\": %" PRIu32
+               ", \"failed_steps\": %" PRIu64 ", \"cluster_state\": ", l->nodes, l->origin,
+               l->internode_rows, l->internode_bytes, l->internode_weights, l->failed_steps);
+        json_str(l->cluster_state ? l->cluster_state : "");
+    }
+    putchar('}');
 }
 
 static int verb_layers(ctl *x, char **argv) {
@@ -358,6 +366,17 @@ static int verb_layers(ctl *x, char **argv) {
                dtype_name(d->dtype), act_name(d->act), llep__policy_name((int)d->policy),
                (double)d->alpha, (double)d->lambda, d->min_tokens, d->group, l->refs, l->steps,
                fmt_bytes(l->weight_bytes, b, sizeof(b)));
+    }
+    for (size_t i = 0; i < ls->n_layers; i++) {
+        const Llep__LayerInfo *l = ls->layers[i];
+        if (!l->nodes)
+            continue;
+        printf("cluster layer %s: %" PRIu32 " nodes, origin node %" PRIu32 ", %s; sent to other "
+               "nodes: %" PRIu64 " token rows, %" PRIu32 " expert weight blocks, %s; %" PRIu64
+               " failed steps\n", l->name, l->nodes, l->origin,
+               l->cluster_state && l->cluster_state[0] ? l->cluster_state : "?",
+               l->internode_rows, l->internode_weights,
+               fmt_bytes(l->internode_bytes, b, sizeof(b)), l->failed_steps);
     }
     return 0;
 }
