@@ -1,0 +1,658 @@
+/* Cluster-scope layers end to end: three llepd processes ($LLEPD, CPU backend, two devices
+ * each) on loopback, a client on every node, one layer over all six devices.
+ *
+ *   exact           skewed routing, every node's output equals the float64 reference; a spill
+ *                   that fits on the hot device's own node stays there (no expert weights cross
+ *                   nodes, while a flat plan of the same loads would send them across), a
+ *                   heavier skew sends weights across nodes and stays exact; a node-scope layer
+ *                   runs beside it.
+ *   collective      a node whose client does not submit fails the step on every node with
+ *                   -ETIMEDOUT and a message naming that node; the next step works.
+ *   node_killed     SIGKILL one node mid-run: the others' steps fail naming it, a node-scope
+ *                   layer keeps working; restarted, it gets its share back from the origin and
+ *                   the cluster layer is exact again.
+ *   plan_mismatch   a node started with LLEPD_TEST_PLAN_MISMATCH=1 plans from skewed loads: the
+ *                   hash exchange catches it, every node fails the step saying so, no output is
+ *                   written.
+ *
+ * Heartbeats every 100 ms and a 1 s peer timeout keep it to seconds. */
+#include <arpa/inet.h>
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "llep/client.h"
+#include "plan.h"
+
+#define NODES 3
+#define PPN 2
+#define N 12
+#define K 2
+#define D 16
+#define H 8
+#define TOKENS 50
+
+static char tmpdir[64];
+static char llepctl[PATH_MAX];
+static char peers[256];
+static uint16_t ports[NODES];
+static pid_t pids[NODES];
+
+static void sleep_ms(int ms) {
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
+    nanosleep(&ts, NULL);
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void sock_path(int node, char *buf, size_t len) {
+    snprintf(buf, len, "%s/s%d.sock", tmpdir, node);
+}
+
+/* A free loopback port below the ephemeral range (see test-cluster.c for why). */
+static uint16_t free_port(void) {
+    static unsigned seed;
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+    if (!seed)
+        seed = (unsigned)getpid() ^ (unsigned)now_ms();
+    for (int attempt = 0; attempt < 200; attempt++) {
+        uint16_t port = (uint16_t)(20000 + rand_r(&seed) % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0), r;
+        ck_assert_int_ge(fd, 0);
+        sa.sin_port = htons(port);
+        r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+        close(fd);
+        if (r == 0)
+            return port;
+    }
+    ck_abort_msg("no free port on 127.0.0.1");
+    return 0;
+}
+
+static void setup(void) {
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+    ck_assert_int_gt(n, 0);
+    self[n] = '\0';
+    snprintf(llepctl, sizeof(llepctl), "%s/../tools/llepctl", dirname(self));
+    ck_assert_msg(access(llepctl, X_OK) == 0, "no llepctl at %s", llepctl);
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-clayer-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    size_t len = 0;
+    for (int i = 0; i < NODES; i++) {
+        do {
+            ports[i] = free_port();
+        } while ((i > 0 && ports[i] == ports[i - 1]) || (i > 1 && ports[i] == ports[0]));
+        len += (size_t)snprintf(peers + len, sizeof(peers) - len, "%s%d=127.0.0.1:%u",
+                                i ? "," : "", i, ports[i]);
+        pids[i] = -1;
+    }
+}
+
+static void teardown(void) {
+    char cmd[128];
+
+    for (int i = 0; i < NODES; i++)
+        if (pids[i] > 0) {
+            kill(pids[i], SIGKILL);
+            waitpid(pids[i], NULL, 0);
+        }
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+
+static void start_node(int node, bool mismatch) {
+    char sock[128], logf[128], id[16];
+    const char *bin = getenv("LLEPD");
+
+    ck_assert_ptr_nonnull(bin);
+    sock_path(node, sock, sizeof(sock));
+    snprintf(logf, sizeof(logf), "%s/log%d", tmpdir, node);
+    snprintf(id, sizeof(id), "%d", node);
+    unlink(sock);
+    pids[node] = fork();
+    ck_assert_int_ge(pids[node], 0);
+    if (pids[node] == 0) {
+        int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 2);
+        if (mismatch)
+            setenv("LLEPD_TEST_PLAN_MISMATCH", "1", 1);
+        execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "2", "--node-id", id,
+              "--peers", peers, "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
+              "--log-level", "info", (char *)NULL);
+        _exit(127);
+    }
+}
+
+/* llepctl --json VERB [ARG]; the parsed output (caller puts it). */
+static json_object *llepctl_json(int node, const char *verb, const char *arg) {
+    char sock[128], out[65536];
+    int pipefd[2], status;
+    size_t len = 0;
+    ssize_t n;
+
+    sock_path(node, sock, sizeof(sock));
+    ck_assert_int_eq(pipe(pipefd), 0);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        execl(llepctl, llepctl, "--socket", sock, "--json", verb, arg, (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    while (len + 1 < sizeof(out) && (n = read(pipefd[0], out + len, sizeof(out) - 1 - len)) > 0)
+        len += (size_t)n;
+    out[len] = '\0';
+    close(pipefd[0]);
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return NULL;
+    return json_tokener_parse(out);
+}
+
+static bool all_peers_up(int node) {
+    json_object *o = llepctl_json(node, "peers", NULL), *list, *st;
+    bool up = o && json_object_object_get_ex(o, "peers", &list);
+
+    for (size_t i = 0; up && i < json_object_array_length(list); i++)
+        up = json_object_object_get_ex(json_object_array_get_idx(list, i), "state", &st) &&
+             strcmp(json_object_get_string(st), "up") == 0;
+    json_object_put(o);
+    return up;
+}
+
+static void wait_cluster_up(void) {
+    uint64_t t0 = now_ms();
+
+    for (int i = 0; i < NODES; i++)
+        while (!all_peers_up(i)) {
+            ck_assert_msg(now_ms() - t0 < 20000, "node %d: peers not up within 20 s", i);
+            sleep_ms(50);
+        }
+}
+
+/* A field of layer `name` in `llepctl --json layers` on node; -1 when the layer is not there. */
+static int64_t layer_field(int node, const char *name, const char *field) {
+    json_object *o = llepctl_json(node, "layers", NULL), *list, *v;
+    int64_t r = -1;
+
+    if (o && json_object_object_get_ex(o, "layers", &list))
+        for (size_t i = 0; i < json_object_array_length(list); i++) {
+            json_object *l = json_object_array_get_idx(list, i);
+            if (json_object_object_get_ex(l, "name", &v) &&
+                strcmp(json_object_get_string(v), name) == 0 &&
+                json_object_object_get_ex(l, field, &v))
+                r = json_object_get_int64(v);
+        }
+    json_object_put(o);
+    return r;
+}
+
+/* ---- the layer and its reference ---------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15u;
+
+static uint64_t rng_next(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+static float rng_float(void) {
+    return (float)((double)(rng_next() >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
+}
+
+static float *random_floats(size_t n, float scale) {
+    float *v = malloc(n * sizeof(float));
+
+    ck_assert_ptr_nonnull(v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = rng_float() * scale;
+    return v;
+}
+
+static float *wg, *wu, *wd, *bg, *bu, *bd;
+
+static void weights_init(void) {
+    wg = random_floats((size_t)N * D * H, 0.25f);
+    wu = random_floats((size_t)N * D * H, 0.25f);
+    wd = random_floats((size_t)N * H * D, 0.35f);
+    bg = random_floats((size_t)N * H, 0.1f);
+    bu = random_floats((size_t)N * H, 0.1f);
+    bd = random_floats((size_t)N * D, 0.1f);
+}
+
+static void weights_fini(void) {
+    free(wg);
+    free(wu);
+    free(wd);
+    free(bg);
+    free(bu);
+    free(bd);
+}
+
+static llep_layer_desc layer_desc(bool with_weights, uint32_t group) {
+    llep_layer_desc d;
+
+    memset(&d, 0, sizeof(d));
+    d.num_experts = N;
+    d.top_k = K;
+    d.hidden = D;
+    d.inter = H;
+    d.dtype = LLEP_DTYPE_F32;
+    d.act = LLEP_ACT_SWIGLU;
+    d.policy = LLEP_POLICY_LLEP;
+    d.alpha = 1.2f;
+    d.min_tokens = 1;
+    d.group = group;
+    d.group_timeout_ms = 1500;
+    d.scope = LLEP_SCOPE_CLUSTER;
+    if (with_weights) {
+        d.w_gate = wg;
+        d.w_up = wu;
+        d.w_down = wd;
+        d.b_gate = bg;
+        d.b_up = bu;
+        d.b_down = bd;
+    }
+    return d;
+}
+
+typedef struct batch {
+    float x[TOKENS * D], w[TOKENS * K], y[TOKENS * D];
+    int32_t idx[TOKENS * K];
+} batch;
+
+static void reference(const batch *b, double *out) {
+    double a[H];
+
+    for (uint32_t t = 0; t < TOKENS; t++) {
+        double *y = out + (size_t)t * D;
+        for (uint32_t j = 0; j < D; j++)
+            y[j] = 0;
+        for (uint32_t s = 0; s < K; s++) {
+            uint32_t e = (uint32_t)b->idx[t * K + s];
+            for (uint32_t i = 0; i < H; i++) {
+                double g = bg[e * H + i], u = bu[e * H + i];
+                for (uint32_t j = 0; j < D; j++) {
+                    g += (double)b->x[t * D + j] * wg[((size_t)e * D + j) * H + i];
+                    u += (double)b->x[t * D + j] * wu[((size_t)e * D + j) * H + i];
+                }
+                a[i] = g / (1 + exp(-g)) * u;
+            }
+            for (uint32_t j = 0; j < D; j++) {
+                double v = bd[e * D + j];
+                for (uint32_t i = 0; i < H; i++)
+                    v += a[i] * wd[((size_t)e * H + i) * D + j];
+                y[j] += b->w[t * K + s] * v;
+            }
+        }
+    }
+}
+
+static void assert_exact(const batch *b, int node) {
+    double ref[TOKENS * D], num = 0, den = 0;
+
+    reference(b, ref);
+    for (size_t i = 0; i < TOKENS * D; i++) {
+        num += (b->y[i] - ref[i]) * (b->y[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    ck_assert_msg(sqrt(num / den) <= 1e-5, "node %d: relative L2 error %g over 1e-5", node,
+                  sqrt(num / den));
+}
+
+/* Tokens with random inputs; the experts come from `slots` (TOKENS * K of them). */
+static void batch_fill(batch *b, const int32_t *slots) {
+    for (size_t i = 0; i < TOKENS * D; i++)
+        b->x[i] = rng_float();
+    for (size_t i = 0; i < TOKENS * K; i++) {
+        b->w[i] = 0.5f + 0.5f * rng_float();
+        b->idx[i] = slots[i];
+    }
+    memset(b->y, 0xff, sizeof(b->y)); /* NaN: an unwritten output cannot pass */
+}
+
+/* Slots over the three nodes with these global loads per expert, in a shuffled order. */
+static void designed_slots(const uint32_t *loads, int32_t *slots) {
+    size_t n = 0;
+
+    for (int32_t x = 0; x < N; x++)
+        for (uint32_t i = 0; i < loads[x]; i++)
+            slots[n++] = x;
+    ck_assert_uint_eq(n, (size_t)NODES * TOKENS * K);
+    for (size_t i = n - 1; i > 0; i--) {
+        size_t j = rng_next() % (i + 1);
+        int32_t t = slots[i];
+        slots[i] = slots[j];
+        slots[j] = t;
+    }
+}
+
+static void skewed_slots(double skew, int32_t *slots) {
+    for (size_t i = 0; i < (size_t)NODES * TOKENS * K; i++) {
+        double u = (double)(rng_next() >> 11) / (double)(1ull << 53);
+        slots[i] = u < skew ? 0 : (int32_t)(rng_next() % N);
+    }
+}
+
+/* ---- clients ------------------------------------------------------------------------------ */
+
+typedef struct node_client {
+    int node;
+    llep_client *c;
+    llep_layer *l;
+    batch b;
+    int r;
+    char err[256];
+} node_client;
+
+static void client_open(node_client *nc, int node, bool create, uint32_t group) {
+    char sock[128];
+    llep_layer_desc d = layer_desc(create, group);
+
+    nc->node = node;
+    sock_path(node, sock, sizeof(sock));
+    int r = llep_connect(sock, &nc->c);
+    ck_assert_msg(r == 0, "node %d: connect: %s", node, llep_strerror(r));
+    r = llep_layer_create(nc->c, "moe", &d, &nc->l);
+    ck_assert_msg(r == 0, "node %d: %s the cluster layer: %s: %s", node,
+                  create ? "creating" : "attaching", llep_strerror(r),
+                  llep_client_error(nc->c));
+}
+
+static void client_close(node_client *nc) {
+    llep_layer_release(nc->l);
+    llep_disconnect(nc->c);
+}
+
+static void *forward_thread(void *arg) {
+    node_client *nc = arg;
+
+    nc->r = llep_forward(nc->l, TOKENS, nc->b.x, nc->b.idx, nc->b.w, nc->b.y);
+    snprintf(nc->err, sizeof(nc->err), "%s", nc->r ? llep_client_error(nc->c) : "");
+    return NULL;
+}
+
+/* One forward on each of the nodes in `which` at once (a bit mask). */
+static void forward_all(node_client *nc, unsigned which) {
+    pthread_t th[NODES];
+
+    for (int i = 0; i < NODES; i++)
+        if (which & (1u << i))
+            ck_assert_int_eq(pthread_create(&th[i], NULL, forward_thread, &nc[i]), 0);
+    for (int i = 0; i < NODES; i++)
+        if (which & (1u << i))
+            pthread_join(th[i], NULL);
+}
+
+static void start_cluster(node_client *nc, uint32_t group, bool mismatch_on_1) {
+    for (int i = 0; i < NODES; i++)
+        start_node(i, mismatch_on_1 && i == 1);
+    wait_cluster_up();
+    client_open(&nc[0], 0, true, group);
+    for (int i = 1; i < NODES; i++)
+        client_open(&nc[i], i, false, group);
+}
+
+static void run_exact(node_client *nc, const int32_t *slots) {
+    for (int i = 0; i < NODES; i++)
+        batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+    forward_all(nc, 7);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_msg(nc[i].r == 0, "node %d: forward: %s: %s", i, llep_strerror(nc[i].r),
+                      nc[i].err);
+        assert_exact(&nc[i].b, i);
+    }
+}
+
+/* Transfers of a plan of these slots whose devices are on different nodes. */
+static uint32_t cross_node_transfers(const int32_t *slots, uint32_t devices_per_node,
+                                     uint32_t *ret_all) {
+    uint64_t loads[N] = { 0 }, node_loads[NODES][N];
+    const uint64_t *nl[NODES];
+    llep_plan p;
+    llep_plan_params pp;
+    uint32_t cross = 0;
+
+    memset(node_loads, 0, sizeof(node_loads));
+    for (size_t i = 0; i < (size_t)NODES * TOKENS * K; i++) {
+        loads[slots[i]]++;
+        node_loads[i / (TOKENS * K)][slots[i]]++;
+    }
+    for (int j = 0; j < NODES; j++)
+        nl[j] = node_loads[j];
+    llep__plan_params_default(&pp);
+    pp.policy = LLEP_POLICY_LLEP;
+    pp.alpha = 1.2f; /* as the layer's desc (a float there) */
+    pp.min_tokens = 1;
+    pp.devices_per_node = devices_per_node;
+    ck_assert_int_eq(llep__plan_init(&p, N, NODES * PPN), 0);
+    ck_assert_int_eq(llep__plan_compute(&p, loads, &pp), 0);
+    ck_assert_int_eq(llep__plan_node_traffic(&p, PPN, nl, NODES, NULL, &cross), 0);
+    *ret_all = p.num_transfers;
+    llep__plan_fini(&p);
+    return cross;
+}
+
+/* ---- tests -------------------------------------------------------------------------------- */
+
+/* Global loads: device 0 (experts 0, 1) is hot and its own node's device 1 has room for the
+ * spill, while device 5 on node 2 is the least loaded of all. */
+static const uint32_t on_node_loads[N] = { 90, 0, 15, 0, 30, 30, 30, 30, 36, 36, 3, 0 };
+
+START_TEST(exact) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    uint32_t all;
+
+    weights_init();
+    start_cluster(nc, 1, false);
+
+    /* The scenario means something: flat LLEP would send expert 0 to another node. */
+    designed_slots(on_node_loads, slots);
+    ck_assert_uint_gt(cross_node_transfers(slots, 0, &all), 0);
+    ck_assert_uint_eq(cross_node_transfers(slots, PPN, &all), 0);
+    ck_assert_uint_gt(all, 0);
+    run_exact(nc, slots);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(layer_field(i, "moe", "steps"), 1);
+        ck_assert_int_eq(layer_field(i, "moe", "internode_weights"), 0);
+        ck_assert_int_eq(layer_field(i, "moe", "nodes"), NODES);
+    }
+    /* The plan llepd ran: spills, each within a node. */
+    json_object *plan = llepctl_json(0, "plan", "moe"), *tr, *v;
+    ck_assert_ptr_nonnull(plan);
+    ck_assert(json_object_object_get_ex(plan, "transfers", &tr));
+    ck_assert_uint_gt(json_object_array_length(tr), 0);
+    for (size_t i = 0; i < json_object_array_length(tr); i++) {
+        json_object *t = json_object_array_get_idx(tr, i);
+        ck_assert(json_object_object_get_ex(t, "src", &v));
+        int src = json_object_get_int(v);
+        ck_assert(json_object_object_get_ex(t, "dst", &v));
+        ck_assert_int_eq(src / PPN, json_object_get_int(v) / PPN);
+    }
+    json_object_put(plan);
+
+    /* Heavier skew: expert 0's remainder must cross nodes, and stays exact. */
+    for (int round = 0; round < 3; round++) {
+        skewed_slots(0.7, slots);
+        run_exact(nc, slots);
+    }
+    ck_assert_int_gt(layer_field(0, "moe", "internode_weights"), 0);
+    ck_assert_int_gt(layer_field(1, "moe", "internode_rows"), 0);
+
+    /* A node-scope layer beside it. */
+    llep_layer_desc d = layer_desc(true, 0);
+    llep_layer *local = NULL;
+    d.scope = LLEP_SCOPE_NODE;
+    ck_assert_int_eq(llep_layer_create(nc[0].c, "local", &d, &local), 0);
+    skewed_slots(0.5, slots);
+    batch_fill(&nc[0].b, slots);
+    ck_assert_int_eq(llep_forward(local, TOKENS, nc[0].b.x, nc[0].b.idx, nc[0].b.w, nc[0].b.y),
+                     0);
+    assert_exact(&nc[0].b, 0);
+    llep_layer_release(local);
+    for (int i = 0; i < NODES; i++)
+        client_close(&nc[i]);
+    weights_fini();
+}
+END_TEST
+
+START_TEST(collective) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    uint64_t t0;
+
+    weights_init();
+    start_cluster(nc, 1, false);
+    skewed_slots(0.5, slots);
+    for (int i = 0; i < NODES; i++)
+        batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+    t0 = now_ms();
+    forward_all(nc, 3); /* node 2's client stays away */
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(nc[i].r == -ETIMEDOUT, "node %d: %s: %s", i, llep_strerror(nc[i].r),
+                      nc[i].err);
+        ck_assert_msg(strstr(nc[i].err, "node 2"), "node %d: '%s' does not name node 2", i,
+                      nc[i].err);
+        ck_assert(isnan(nc[i].b.y[0]));
+    }
+    ck_assert_uint_lt(now_ms() - t0, 10000);
+    run_exact(nc, slots);
+    for (int i = 0; i < NODES; i++)
+        client_close(&nc[i]);
+    weights_fini();
+}
+END_TEST
+
+START_TEST(node_killed) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+
+    weights_init();
+    start_cluster(nc, 0, false);
+    skewed_slots(0.6, slots);
+    run_exact(nc, slots);
+
+    /* A node-scope layer on node 0, to show it keeps working. */
+    llep_layer_desc d = layer_desc(true, 0);
+    llep_layer *local = NULL;
+    d.scope = LLEP_SCOPE_NODE;
+    ck_assert_int_eq(llep_layer_create(nc[0].c, "local", &d, &local), 0);
+
+    kill(pids[2], SIGKILL);
+    waitpid(pids[2], NULL, 0);
+    pids[2] = -1;
+    llep_layer_release(nc[2].l);
+    llep_disconnect(nc[2].c);
+    /* Steps of the others fail, naming the node, until it is back. */
+    uint64_t t0 = now_ms();
+    for (;;) {
+        for (int i = 0; i < 2; i++)
+            batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+        forward_all(nc, 3);
+        if (nc[0].r < 0 && nc[1].r < 0)
+            break;
+        ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after node 2 died");
+    }
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(strstr(nc[i].err, "node 2"), "node %d: '%s' does not name node 2", i,
+                      nc[i].err);
+        ck_assert(isnan(nc[i].b.y[0]));
+    }
+    ck_assert_uint_lt(now_ms() - t0, 5000);
+    batch_fill(&nc[0].b, slots);
+    ck_assert_int_eq(llep_forward(local, TOKENS, nc[0].b.x, nc[0].b.idx, nc[0].b.w, nc[0].b.y),
+                     0);
+    assert_exact(&nc[0].b, 0);
+
+    /* Back: the origin sends node 2 its share again. */
+    start_node(2, false);
+    wait_cluster_up();
+    t0 = now_ms();
+    while (layer_field(2, "moe", "nodes") != NODES) {
+        ck_assert_msg(now_ms() - t0 < 10000, "node 2 did not get the layer back");
+        sleep_ms(50);
+    }
+    client_open(&nc[2], 2, false, 0);
+    for (int round = 0; round < 2; round++) {
+        skewed_slots(0.6, slots);
+        run_exact(nc, slots);
+    }
+    llep_layer_release(local);
+    for (int i = 0; i < NODES; i++)
+        client_close(&nc[i]);
+    weights_fini();
+}
+END_TEST
+
+START_TEST(plan_mismatch) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+
+    weights_init();
+    start_cluster(nc, 1, true);
+    skewed_slots(0.5, slots);
+    for (int i = 0; i < NODES; i++)
+        batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+    forward_all(nc, 7);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_msg(nc[i].r < 0, "node %d: the step ran despite a plan mismatch", i);
+        ck_assert_msg(strstr(nc[i].err, "plan hash mismatch"), "node %d: '%s'", i, nc[i].err);
+        ck_assert(isnan(nc[i].b.y[0]));
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 1);
+    }
+    for (int i = 0; i < NODES; i++)
+        client_close(&nc[i]);
+    weights_fini();
+}
+END_TEST
+
+static Suite *cluster_layer_suite(void) {
+    Suite *s = suite_create("cluster-layer");
+    TCase *tc = tcase_create("three nodes");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, exact);
+    tcase_add_test(tc, collective);
+    tcase_add_test(tc, node_killed);
+    tcase_add_test(tc, plan_mismatch);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(cluster_layer_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_ENV);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
