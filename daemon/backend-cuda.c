@@ -30,13 +30,15 @@
  * Rows between GPUs (LLEP_CUDA_DISPATCH=nccl, the default where the communicators started):
  * the rows a gather or combine needs from each other GPU are packed there (the gather kernel,
  * on that GPU's compute stream, into a send buffer), and the operation is deferred. The first
- * later operation that depends on it (a chunk, a copy, a gather or combine without remote
- * rows, sync) issues every deferred pack of every device as one ncclGroupStart/End of
- * ncclSend/ncclRecv on the exchange communicator and streams, then the deferred operations in
- * the order they were queued, each reading its remote rows from its receive buffer. So the
- * engine's dispatch (or combine) of all devices is one group, and it never queues behind
- * weight transfers, which have their own communicator and streams. Each send is issued in the
- * same loop iteration as its receive, so the group is matched by construction.
+ * later operation that may depend on it (a chunk, a copy, a gather or combine without remote
+ * rows on the same device, sync) issues every deferred pack of every device as one
+ * ncclGroupStart/End of ncclSend/ncclRecv on the exchange communicator and streams, then the
+ * deferred operations in the order they were queued, each reading its remote rows from its
+ * receive buffer. So the engine's dispatch (or combine) of all devices is one group, and it
+ * never queues behind weight transfers, which have their own communicator and streams. Each
+ * send is issued in the same loop iteration as its receive, so the group is matched by
+ * construction. (The engine's dispatch reads the clients' rows from host memory today: only
+ * its combine crosses GPUs.)
  * LLEP_CUDA_DISPATCH=peer (and the fallback where NCCL could not start) reads remote rows
  * through peer access in the kernels instead. Logical devices on one GPU never use NCCL.
  *
@@ -132,6 +134,7 @@ typedef struct cuda_device {
     size_t ntimes, captimes, live;
     uint64_t busy_ns;
     stage hstage;            /* pinned host staging */
+    uint32_t deferred;       /* its deferred gathers and combines */
 } cuda_device;
 
 /* Every live cudaMalloc block, sorted by address, so a pointer can be told to be device
@@ -674,22 +677,28 @@ static int flush_rows(cuda_backend *b) {
         r = issue_op(b, &b->defer[i]);
     for (uint32_t k = 0; k < b->ngpus; k++)
         b->gpus[k].has_packs = b->gpus[k].has_recv = 0;
+    for (uint32_t d = 0; d < b->base.num_devices; d++)
+        b->dev[d].deferred = 0;
     b->npacks = 0;
     b->ndefer = 0;
     return r;
 }
 
 /* Queues a gather or combine: now, or deferred when it reads rows over NCCL. An operation
- * issued now first issues the deferred ones, so that it does not overtake them. */
+ * issued now on a device with deferred ones first issues them, so that it does not overtake
+ * them; other devices' deferred operations stay deferred (nothing orders operations of
+ * different devices before sync()), so the dispatch of every device still goes in one
+ * group when some devices gather only host rows. */
 static int queue_op(cuda_backend *b, const deferred *op, int remote) {
     if (!remote) {
-        if (b->ndefer && flush_rows(b) < 0)
+        if (b->dev[op->dev].deferred && flush_rows(b) < 0)
             return b->error;
         return issue_op(b, op);
     }
     if (grow((void **)&b->defer, &b->capdefer, b->ndefer + 1, sizeof(*b->defer)) < 0)
         return cu_fail(b, -ENOMEM);
     b->defer[b->ndefer++] = *op;
+    b->dev[op->dev].deferred++;
     return 0;
 }
 
@@ -782,7 +791,7 @@ static int cu_gather(llep_backend *base, uint32_t dev, void *dst, const void *co
         host_rows += find_block(b, src[i]) < 0;
         remote |= b->path == PATH_NCCL && remote_row(b, src[i], dv->gpu);
     }
-    if (!remote && b->ndefer)
+    if (!remote && dv->deferred)
         flush_rows(b);
     if (b->error)
         return b->error;
@@ -952,7 +961,7 @@ static int cu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
     int remote = 0;
     for (size_t i = 0; i < slots && b->path == PATH_NCCL && !remote; i++)
         remote = remote_row(b, c->src[i], dv->gpu);
-    if (!remote && b->ndefer)
+    if (!remote && dv->deferred)
         flush_rows(b);
     if (b->error)
         return b->error;
