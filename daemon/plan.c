@@ -361,8 +361,9 @@ static int visit(lla_state *s, const uint32_t *order, uint32_t n, int stop_on_fo
  * assignment is forced, only the experts of devices that start over capacity change anything,
  * and only they need sorting and visiting; the rest simply stay native. If an assignment is
  * forced, a device may go over capacity later, and the full visit runs instead. Under skew
- * this sorts a handful of experts rather than all N. Hierarchical placement changes only
- * which helper gets a chunk, never how much, so the argument holds for it too. */
+ * this sorts a handful of experts rather than all N. Hierarchical placement changes which
+ * helper gets a chunk, but still fills helpers no further than the capacity except by a
+ * forced assignment, so the argument holds for it too. */
 static void lla(llep_plan *p, uint64_t min_tokens, uint32_t per_node, lla_state *s) {
     struct llep_plan_ws *ws = p->ws;
     uint32_t n = 0;
