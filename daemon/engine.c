@@ -411,22 +411,44 @@ static int check_sizes(llep_engine *e) {
     return 0;
 }
 
+/* Bytes the backend itself allocates on device d for the step (staging for dispatch and
+ * combine, GEMM tiles): charged with the engine's own buffers. 0 for the CPU backend. */
+static uint64_t backend_stage(const llep_engine *e, uint32_t d, const llep_engine_batch *b) {
+    const llep_backend_ops *ops = e->be->ops;
+    const engine_device *dv = &e->dev[d];
+
+    return ops->step_overhead ? ops->step_overhead(e->be, d, &e->shape, dv->rows, b[d].tokens,
+                                                   e->k, dv->max_chunk)
+                              : 0;
+}
+
 /* Fails before anything is allocated when some device's step buffers exceed its budget. */
-static int check_budgets(llep_engine *e) {
+static int check_budgets(llep_engine *e, const llep_engine_batch *b) {
     for (uint32_t d = 0; d < e->p; d++) {
         engine_device *dv = &e->dev[d];
-        uint64_t w = (uint64_t)dv->received * e->expert_bytes;
-        uint64_t need = llep__engine_device_need(e, d);
+        uint64_t w = (uint64_t)dv->received * e->expert_bytes, stage = backend_stage(e, d, b);
+        uint64_t need = llep__engine_device_need(e, d) + stage;
         if (dv->used + need > dv->budget)
             return set_error(e, -ENOMEM,
                              "device %u: the %s step needs %" PRIu64 " bytes (received weights "
                              "%" PRIu64 ", token rows %" PRIu64 ", results %" PRIu64
-                             ", intermediates %" PRIu64 ") on top of the %" PRIu64
-                             " it holds, over its budget of %" PRIu64 " bytes",
-                             d, e->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need, w,
-                             dv->x_bytes, dv->y_bytes, dv->scratch_bytes, dv->used, dv->budget);
+                             ", intermediates %" PRIu64 ", backend staging %" PRIu64
+                             ") on top of the %" PRIu64 " it holds, over its budget of %" PRIu64
+                             " bytes", d, e->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need,
+                             w, dv->x_bytes, dv->y_bytes, dv->scratch_bytes, stage, dv->used,
+                             dv->budget);
     }
     return 0;
+}
+
+/* The backend's staging counts in each device's peak (it is not in `used`: the backend
+ * allocates and frees it within the step). */
+static void charge_stage_peaks(llep_engine *e, const llep_engine_batch *b) {
+    for (uint32_t d = 0; d < e->p; d++) {
+        uint64_t peak = e->dev[d].used + backend_stage(e, d, b);
+        if (peak > e->dev[d].peak)
+            e->dev[d].peak = peak;
+    }
 }
 
 static void free_step(llep_engine *e) {
@@ -652,7 +674,7 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         return r;
     llep__engine_begin_stats(e);
     layout(e);
-    r = check_budgets(e);
+    r = check_budgets(e, batches);
     if (r < 0)
         return r;
     r = alloc_step(e);
@@ -660,6 +682,7 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         free_step(e);
         return set_error(e, r, "out of device memory while allocating the step's buffers");
     }
+    charge_stage_peaks(e, batches);
     crossing = route_slots(e, batches);
     r = queue_compute(e);
     /* Whatever was queued reads buffers freed below, so it must finish first. */
