@@ -3,7 +3,7 @@
  *   llep-demo [--socket PATH] [--layer NAME] [--policy auto|ep|llep | --compare]
  *             [--clients C] [--forwards F] [--tokens T] [--hot-share X] [--experts N]
  *             [--top-k K] [--hidden D] [--inter H] [--min-tokens M] [--check]
- *             [--then CMD] [--json]
+ *             [--scope node|cluster] [--client-socket PATH]... [--then CMD] [--json]
  *
  * The parent creates the layer with random (seeded) weights, then C client processes attach
  * to it by name and each runs F forwards of T tokens, routing X of the token-slots to expert 0
@@ -11,7 +11,11 @@
  * reference of DESIGN.md section 4. --compare creates two layers with the same weights,
  * NAME-ep (policy ep) and NAME-llep (policy llep), and runs the same clients on each in turn.
  * --then runs a shell command once the clients are done, while the layers still exist (to
- * show `llepctl stats` for them). Prints each client's latency and throughput. */
+ * show `llepctl stats` for them). Prints each client's latency and throughput.
+ *
+ * --scope cluster creates cluster-scope layers (one layer over every node of a llepd cluster);
+ * --client-socket, given once per node, spreads the clients over those daemons in turn, so
+ * clients on every node share the layer. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -33,6 +37,9 @@ typedef struct opts {
     double hot;
     int check, json, compare;
     const char *then;
+    enum llep_scope scope;
+    const char *client_sockets[16];
+    uint32_t nclient_sockets;
 } opts;
 
 static uint64_t rng = 12345;
@@ -58,7 +65,8 @@ static int usage(const char *msg) {
         printf("Usage: llep-demo [--socket PATH] [--layer NAME] [--policy auto|ep|llep]\n"
                "                 [--clients C] [--forwards F] [--tokens T] [--hot-share X]\n"
                "                 [--experts N] [--top-k K] [--hidden D] [--inter H] [--min-tokens M]\n"
-               "                 [--compare] [--check] [--then CMD] [--json]\n"
+               "                 [--compare] [--check] [--scope node|cluster]\n"
+               "                 [--client-socket PATH]... [--then CMD] [--json]\n"
                "Runs C client processes that share one layer in llepd under skewed routing.\n");
     return msg ? 2 : 0;
 }
@@ -79,12 +87,13 @@ static int parse_opts(int argc, char **argv, opts *o) {
         { "hidden", 1, NULL, 'd' }, { "inter", 1, NULL, 'i' }, { "check", 0, NULL, 'C' },
         { "min-tokens", 1, NULL, 'm' },
         { "json", 0, NULL, 'j' }, { "compare", 0, NULL, 'P' }, { "then", 1, NULL, 'T' },
+        { "scope", 1, NULL, 'S' }, { "client-socket", 1, NULL, 'A' },
         { "help", 0, NULL, 'h' }, { NULL, 0, NULL, 0 },
     };
     int c, r = 0;
 
-    *o = (opts){ NULL, "demo", LLEP_POLICY_AUTO, 4, 50, 256, 32, 4, 256, 256, 0, 0.8, 0, 0, 0,
-                 NULL };
+    *o = (opts){ .layer = "demo", .policy = LLEP_POLICY_AUTO, .clients = 4, .forwards = 50,
+                 .tokens = 256, .n = 32, .k = 4, .d = 256, .h = 256, .hot = 0.8 };
     opterr = 0;
     while (r == 0 && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
@@ -111,6 +120,19 @@ static int parse_opts(int argc, char **argv, opts *o) {
         case 'x':
             if (llep__parse_double(optarg, &o->hot) < 0 || o->hot < 0 || o->hot > 1)
                 return usage("--hot-share must be a number in [0, 1]");
+            break;
+        case 'S':
+            if (strcmp(optarg, "node") == 0)
+                o->scope = LLEP_SCOPE_NODE;
+            else if (strcmp(optarg, "cluster") == 0)
+                o->scope = LLEP_SCOPE_CLUSTER;
+            else
+                return usage("--scope must be node or cluster");
+            break;
+        case 'A':
+            if (o->nclient_sockets == 16)
+                return usage("at most 16 --client-socket");
+            o->client_sockets[o->nclient_sockets++] = optarg;
             break;
         case 'C': o->check = 1; break;
         case 'P': o->compare = 1; break;
@@ -192,7 +214,8 @@ static int run_client(const opts *o, const weights *w, const char *name, uint32_
     llep_client *c;
     llep_layer *l;
     uint32_t t = o->tokens;
-    int r = llep_connect(o->socket, &c);
+    const char *sock = o->nclient_sockets ? o->client_sockets[id % o->nclient_sockets] : o->socket;
+    int r = llep_connect(sock, &c);
 
     if (r < 0) {
         fprintf(stderr, "client %u: connect: %s: %s\n", id, llep_strerror(r),
@@ -253,7 +276,7 @@ static int run_layer(const opts *o, const weights *w, llep_client *c, const char
     llep_layer_desc d = { .num_experts = o->n, .top_k = o->k, .hidden = o->d, .inter = o->h,
                           .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU, .w_gate = w->wg,
                           .w_up = w->wu, .w_down = w->wd, .policy = policy,
-                          .min_tokens = o->min_tokens };
+                          .min_tokens = o->min_tokens, .scope = o->scope };
     int r = llep_layer_create(c, name, &d, ret);
 
     if (r < 0) {
@@ -261,9 +284,10 @@ static int run_layer(const opts *o, const weights *w, llep_client *c, const char
         return 1;
     }
     if (!o->json)
-        printf("layer '%s': N=%u K=%u D=%u H=%u, policy %s; %u clients, %.0f%% of token-slots "
-               "to expert 0\n", name, o->n, o->k, o->d, o->h, policy_name(policy), o->clients,
-               o->hot * 100);
+        printf("%slayer '%s': N=%u K=%u D=%u H=%u, policy %s; %u clients%s, %.0f%% of "
+               "token-slots to expert 0\n", o->scope == LLEP_SCOPE_CLUSTER ? "cluster " : "",
+               name, o->n, o->k, o->d, o->h, policy_name(policy), o->clients,
+               o->nclient_sockets > 1 ? " spread over the nodes" : "", o->hot * 100);
     fflush(stdout);
     int failed = 0, st;
     for (uint32_t i = 0; i < o->clients; i++) {
