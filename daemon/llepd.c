@@ -226,10 +226,11 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     d->activated = fd >= 0;
     r = llepd_server_init(&d->srv, loop, cfg, err, sizeof(err));
     d->srv.backend_ops = ops;
-    if (r == 0)
-        r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
+    /* Peer links first: once the unix socket accepts, the peer port accepts too. */
     if (r == 0)
         r = llepd_cluster_init(&d->srv, err, sizeof(err));
+    if (r == 0)
+        r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
     if (r < 0) {
         log_error("%s", err[0] ? err : strerror(-r));
         llepd_cluster_fini(d->srv.cluster);
