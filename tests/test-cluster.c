@@ -636,6 +636,151 @@ START_TEST(fake_peer) {
 }
 END_TEST
 
+/* The next frame that is not a heartbeat (node 1 keeps sending those). */
+static Llep__Frame *recv_skip_heartbeats(int fd, llep_frame_decoder *dec) {
+    for (;;) {
+        Llep__Frame *r = recv_frame(fd, dec);
+        if (!r || r->body_case != LLEP__FRAME__BODY_HEARTBEAT)
+            return r;
+        llep__frame_free(r);
+    }
+}
+
+static void send_cluster_layer(int fd, uint32_t n, uint64_t share_bytes, uint64_t uid) {
+    Llep__LayerDesc d = LLEP__LAYER_DESC__INIT;
+    Llep__ClusterLayer m = LLEP__CLUSTER_LAYER__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    d.num_experts = n;
+    d.top_k = 1;
+    d.hidden = 4;
+    d.inter = 4;
+    d.scope = LLEP__SCOPE__SCOPE_CLUSTER;
+    m.name = (char *)"fake";
+    m.desc = &d;
+    m.origin = 0;
+    m.devices_per_node = 1;
+    m.share_bytes = share_bytes;
+    m.uid = uid;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER;
+    f.cluster_layer = &m;
+    send_frame(fd, &f);
+}
+
+static void send_share(int fd, uint64_t offset, const void *data, size_t len, uint64_t total) {
+    Llep__ClusterData m = LLEP__CLUSTER_DATA__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    m.layer = (char *)"fake";
+    m.kind = LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
+    m.offset = offset;
+    m.total = total;
+    m.data.data = (uint8_t *)data;
+    m.data.len = len;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
+    f.cluster_data = &m;
+    send_frame(fd, &f);
+}
+
+static void expect_layer_reply(int fd, llep_frame_decoder *dec, bool ok, const char *text) {
+    Llep__Frame *r = recv_skip_heartbeats(fd, dec);
+
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY);
+    ck_assert_int_eq(r->cluster_layer_reply->status == LLEP__STATUS__STATUS_OK, ok);
+    ck_assert_msg(strstr(r->cluster_layer_reply->message, text), "reply '%s' lacks '%s'",
+                  r->cluster_layer_reply->message, text);
+    llep__frame_free(r);
+}
+
+/* A fake node 0, as origin of a cluster layer and as a stepping peer, sends node 1 what a
+ * buggy or hostile daemon could: steps of a layer node 1 does not have, layers it cannot
+ * take, shares that do not add up. Each gets a reply naming the problem; a correct share
+ * then makes the layer, a drop removes it, and node 1 serves its socket throughout. */
+START_TEST(fake_peer_cluster_layers) {
+    uint64_t hash = peers_hash_of(peers);
+    llep_frame_decoder dec;
+    Llep__Frame *r, f = LLEP__FRAME__INIT;
+    char out[8192];
+
+    start_node(1, peers);
+    int fd = connect_peer_port(1);
+    llep__frame_decoder_init(&dec, 0);
+    send_peer_hello(fd, hash);
+    r = recv_frame(fd, &dec);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(r->peer_hello_reply->status, LLEP__STATUS__STATUS_OK);
+    llep__frame_free(r);
+
+    /* Loads of a layer node 1 does not have: the step is refused, naming it. */
+    Llep__ClusterLoads lm = LLEP__CLUSTER_LOADS__INIT;
+    uint64_t loads[3] = { 1, 2, 3 };
+    lm.layer = (char *)"nope";
+    lm.step = 5;
+    lm.loads = loads;
+    lm.n_loads = 3;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_LOADS;
+    f.cluster_loads = &lm;
+    send_frame(fd, &f);
+    r = recv_skip_heartbeats(fd, &dec);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_CLUSTER_STEP_FAIL);
+    ck_assert_str_eq(r->cluster_step_fail->layer, "nope");
+    ck_assert_uint_eq(r->cluster_step_fail->step, 5);
+    ck_assert_int_eq(r->cluster_step_fail->status, LLEP__STATUS__STATUS_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(r->cluster_step_fail->message, "no cluster layer 'nope'"));
+    llep__frame_free(r);
+
+    /* Layers node 1 cannot take. */
+    send_cluster_layer(fd, 0, 0, 1);
+    expect_layer_reply(fd, &dec, false, "num_experts");
+    send_cluster_layer(fd, 4, 0, 1);
+    expect_layer_reply(fd, &dec, false, "not a multiple of the cluster's 3 devices");
+    send_cluster_layer(fd, 3, 100, 1);
+    expect_layer_reply(fd, &dec, false, "share of 100 bytes announced, the shape needs 192");
+
+    /* A share whose chunks do not add up, then one that does. */
+    float w[48];
+    for (int i = 0; i < 48; i++)
+        w[i] = (float)i / 48.0f;
+    send_cluster_layer(fd, 3, sizeof(w), 2);
+    send_share(fd, 10, w, 16, sizeof(w));
+    expect_layer_reply(fd, &dec, false, "cannot be taken");
+    send_cluster_layer(fd, 3, sizeof(w), 3);
+    send_share(fd, 0, w, 100, sizeof(w));
+    send_share(fd, 100, (const char *)w + 100, sizeof(w) - 100, sizeof(w));
+    expect_layer_reply(fd, &dec, true, "");
+    ck_assert_int_eq(run_llepctl(1, "--json", "layers", out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "\"name\": \"fake\"") && strstr(out, "\"nodes\": 3"), "%s", out);
+
+    /* Garbage step data for it is dropped; a drop from its origin removes it. */
+    Llep__ClusterData dm = LLEP__CLUSTER_DATA__INIT;
+    dm.layer = (char *)"fake";
+    dm.step = 99;
+    dm.total = 1ull << 62;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
+    f.cluster_data = &dm;
+    send_frame(fd, &f);
+    Llep__ClusterLayerDrop drop = LLEP__CLUSTER_LAYER_DROP__INIT;
+    drop.name = (char *)"fake";
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER_DROP;
+    f.cluster_layer_drop = &drop;
+    send_frame(fd, &f);
+    for (uint64_t start = now_ms();; sleep_ms(20)) {
+        ck_assert_int_eq(run_llepctl(1, "--json", "layers", out, sizeof(out)), 0);
+        if (!strstr(out, "\"fake\""))
+            break;
+        ck_assert_msg(now_ms() - start < 3000, "layer not dropped: %s", out);
+    }
+    Llep__Frame *q = query_peers(1);
+    ck_assert_int_eq(find_peer(q->peers_reply, 0)->state, LLEP__PEER_STATE__PEER_STATE_UP);
+    llep__frame_free(q);
+    llep__frame_decoder_fini(&dec);
+    close(fd);
+    stop_node(1);
+}
+END_TEST
+
 /* A node whose peers list differs from the others' refuses them, with the reason in both
  * logs and in llepctl peers; it shows them down, and the others stay linked. */
 START_TEST(different_peers_list) {
@@ -710,6 +855,7 @@ static Suite *cluster_suite(void) {
     tcase_add_test(tc, three_nodes_down_and_back);
     tcase_add_test(tc, bad_peer_input);
     tcase_add_test(tc, fake_peer);
+    tcase_add_test(tc, fake_peer_cluster_layers);
     tcase_add_test(tc, different_peers_list);
     tcase_add_test(tc, not_clustered);
     suite_add_tcase(s, tc);
