@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cluster.h"
 #include "layer.h"
@@ -545,8 +546,10 @@ static int start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
     w->cfg.num_devices = srv->devices;
     w->cfg.backend = srv->backend_ops;
     w->cfg.backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
-    if (srv->device_memory)
-        w->cfg.mem_budget = srv->device_memory; /* TODO-free: others' weights as layer.c */
+    if (srv->device_memory) {
+        uint64_t held = llepd_layer_others_held(srv, l);
+        w->cfg.mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;
+    }
     llepd_layer_params(l, &w->cfg.plan);
     w->c = c;
     w->req.data = w;
