@@ -49,7 +49,7 @@ echo
   --client-socket "$run/node0.sock" --client-socket "$run/node1.sock" \
   --client-socket "$run/node2.sock" --clients 6 --forwards 8 --tokens 512 --hot-share 0.7 \
   --experts 24 --top-k 4 --hidden 256 --inter 256 --min-tokens 32 --check \
-  --then "for n in 0 1 2; do echo; echo \"node \$n:\"; $build/tools/llepctl --socket $run/node\$n.sock layers; done; echo; $build/tools/llepctl --socket $run/node0.sock plan moe-llep"
+  --then "for n in 0 1 2; do echo; echo \"node \$n:\"; $build/tools/llepctl --socket $run/node\$n.sock layers; done; echo; echo 'node 0 (makespans are of its own two devices):'; $build/tools/llepctl --socket $run/node0.sock stats; echo; $build/tools/llepctl --socket $run/node0.sock plan moe-llep"
 
 for p in "${pids[@]}"; do kill -TERM "$p"; done
 wait
