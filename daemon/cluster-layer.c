@@ -594,6 +594,13 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
         return;
     }
     llepd_clayer *old = clayer_of(srv, m->name, true);
+    if (old && old->uid == m->uid && old->layer->creating) {
+        /* Sent again while the share was on its way (the link was lost and is back): the
+         * share starts over; once the engine is being made, its answer is on the way. */
+        if (!old->engine_pending)
+            llepd_cbuf_free(&old->share_in);
+        return;
+    }
     if (old && old->uid == m->uid && old->layer->engine && !old->engine_pending) {
         /* The same layer, back after a lost link: it keeps its share and its clients. */
         if (old->next_step < m->next_step && !old->st)
@@ -671,6 +678,19 @@ static void handle_share_chunk(llepd_clayer *c, const Llep__ClusterData *d) {
     }
 }
 
+/* The origin went away while this node received its share: the creation fails here (the
+ * origin fails the client's create on its side). */
+static void share_lost(llepd_clayer *c, const char *why) {
+    llepd_layer *l = c->layer;
+    char err[200];
+
+    snprintf(err, sizeof(err), "the share did not arrive: %s", why);
+    llepd_cbuf_free(&c->share_in);
+    c->orphaned = true;
+    l->creating = false;
+    llepd_layer_created(l, NULL, 0, -EHOSTDOWN, err);
+}
+
 static void handle_drop(llepd_server *srv, uint32_t from, const Llep__ClusterLayerDrop *m) {
     llepd_clayer *c = m->name ? clayer_of(srv, m->name, false) : NULL;
 
@@ -689,27 +709,31 @@ void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
 
     if (rank < 0)
         return;
-    for (uint32_t i = 0; i < srv->nlayers; i++) {
-        llepd_clayer *c = srv->layers[i]->cluster;
-        if (!c || srv->layers[i]->dead)
-            continue;
+    snprintf(why, sizeof(why), "node %u went down", node_id);
+    /* Backwards: what follows may free a layer, which takes it out of srv->layers. */
+    for (uint32_t i = srv->nlayers; i-- > 0;) {
+        llepd_layer *l = srv->layers[i];
+        llepd_clayer *c = l->cluster;
         uint32_t r = (uint32_t)rank;
+        if (!c || l->dead)
+            continue;
+        set_state(c);
         if (up) {
             /* The origin gives a node that comes back its share (again). */
-            if (c->rank == c->origin && !c->creator && srv->layers[i]->engine)
+            if (c->rank == c->origin && !c->creator && l->engine)
                 send_layer_to(c, r);
-        } else {
-            snprintf(why, sizeof(why), "node %u went down", node_id);
-            c->peer_has[r] = false;
-            c->peer_sent[r] = false;
-            if (c->creator)
-                create_fail(c, -EHOSTDOWN, why);
-            else if (r == c->origin)
-                orphan(c, why);
-            else if (c->st)
-                llepd_cstep_fail(c, -EHOSTDOWN, why);
+            continue;
         }
-        set_state(c);
+        c->peer_has[r] = false;
+        c->peer_sent[r] = false;
+        if (c->creator)
+            create_fail(c, -EHOSTDOWN, why);
+        else if (r == c->origin && l->creating && !c->engine_pending)
+            share_lost(c, why);
+        else if (r == c->origin)
+            orphan(c, why);
+        else if (c->st)
+            llepd_cstep_fail(c, -EHOSTDOWN, why);
     }
 }
 

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -75,8 +76,10 @@ static uint16_t free_port(void) {
     static unsigned seed;
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 
-    if (!seed)
-        seed = (unsigned)getpid() ^ (unsigned)now_ms();
+    /* Not pid ^ time: two suites started together by meson can get equal seeds that way,
+     * pick the same ports and stop each other's daemons from binding. */
+    while (!seed)
+        ck_assert_int_eq(getrandom(&seed, sizeof(seed), 0), (ssize_t)sizeof(seed));
     for (int attempt = 0; attempt < 200; attempt++) {
         uint16_t port = (uint16_t)(20000 + rand_r(&seed) % 12000);
         int fd = socket(AF_INET, SOCK_STREAM, 0), r;
