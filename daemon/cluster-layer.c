@@ -534,23 +534,8 @@ static int start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    llep__engine_config_default(&w->cfg);
-    w->cfg.top_k = l->desc.top_k;
-    w->cfg.hidden = l->desc.hidden;
-    w->cfg.inter = l->desc.inter;
-    w->cfg.dtype = (enum llep_dtype)l->desc.dtype;
-    w->cfg.act = (enum llep_act)l->desc.act;
-    w->cfg.act_alpha = l->desc.act_alpha;
-    w->cfg.act_limit = l->desc.act_limit;
+    llepd_layer_engine_config(l, &w->cfg);
     config_from_share(l, c, c->share_in.data, &w->cfg);
-    w->cfg.num_devices = srv->devices;
-    w->cfg.backend = srv->backend_ops;
-    w->cfg.backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
-    if (srv->device_memory) {
-        uint64_t held = llepd_layer_others_held(srv, l);
-        w->cfg.mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;
-    }
-    llepd_layer_params(l, &w->cfg.plan);
     w->c = c;
     w->req.data = w;
     int r = uv_queue_work(srv->loop, &w->req, share_run, share_done);

@@ -129,50 +129,8 @@ static void send_fail(llepd_clayer *c, int to_rank, uint64_t step, int r, const 
 /* ---- ending a step ----------------------------------------------------------------------- */
 
 static void record(llepd_clayer *c, llepd_cstep *st) {
-    llepd_layer *l = c->layer;
-    llepd_server *srv = l->srv;
-    uint32_t n = num_experts(c), np = c->ppn;
-    uint64_t lat_us = (llepd_now_ns() - st->t0) / 1000, busy = 0;
-
-    l->steps++;
-    srv->steps++;
-    if (st->stats.mode == LLEP_PLAN_LLEP) {
-        l->llep_steps++;
-        srv->llep_steps++;
-    } else {
-        l->ep_steps++;
-        srv->ep_steps++;
-    }
-    l->imbalance_last = st->stats.imbalance;
-    l->imbalance_sum += st->stats.imbalance;
-    if (st->stats.imbalance > l->imbalance_max)
-        l->imbalance_max = st->stats.imbalance;
-    l->weight_bytes_moved += st->stats.weight_bytes_moved;
-    l->token_bytes_moved += st->stats.token_bytes_moved;
-    srv->weight_bytes_moved += st->stats.weight_bytes_moved;
-    srv->token_bytes_moved += st->stats.token_bytes_moved;
-    l->makespan_ns_sum += st->stats.makespan_ns;
-    for (uint32_t d = 0; d < np; d++) {
-        busy += st->dev[d].busy_ns;
-        if (st->dev[d].peak_bytes > l->peak[d])
-            l->peak[d] = st->dev[d].peak_bytes;
-        uint64_t peak = st->dev[d].peak_bytes + llepd_layer_others_held(srv, l);
-        if (peak > srv->device_peak[d])
-            srv->device_peak[d] = peak;
-        srv->last_dev_tokens[d] = st->dev[d].rows;
-        srv->last_dev_busy_ns[d] = st->dev[d].busy_ns;
-    }
-    l->balance_sum += st->stats.makespan_ns ? (double)busy / np / st->stats.makespan_ns : 1;
-    llepd_latency_add(&l->latency, lat_us);
-    llepd_latency_add(&srv->latency, lat_us);
-    memcpy(l->last_dev, st->dev, np * sizeof(*l->last_dev));
-    memcpy(&l->load_hist[(size_t)((l->steps - 1) % LLEPD_LOAD_WINDOW) * n], st->plan.loads,
-           n * sizeof(uint64_t));
-    memcpy(l->last_loads, st->plan.loads, n * sizeof(uint64_t));
-    if (!l->have_plan && llep__plan_init(&l->last_plan, n, c->nodes * np) == 0)
-        l->have_plan = true;
-    if (l->have_plan && llep__plan_copy(&l->last_plan, &st->plan) == 0)
-        l->last_plan_step = l->steps;
+    llepd_sched_record(c->layer, &st->stats, st->dev, &st->plan,
+                       (llepd_now_ns() - st->t0) / 1000);
     c->internode_rows += st->traffic.rows_out;
     c->internode_bytes += st->traffic.bytes_out;
     c->internode_weights += st->traffic.weights_out;

@@ -229,6 +229,28 @@ static void create_done(uv_work_t *req, int status) {
     llepd_server_check_idle(srv);
 }
 
+void llepd_layer_engine_config(const llepd_layer *l, llep_engine_config *cfg) {
+    const llepd_server *srv = l->srv;
+
+    llep__engine_config_default(cfg);
+    cfg->num_experts = l->desc.num_experts;
+    cfg->top_k = l->desc.top_k;
+    cfg->hidden = l->desc.hidden;
+    cfg->inter = l->desc.inter;
+    cfg->dtype = (enum llep_dtype)l->desc.dtype;
+    cfg->act = (enum llep_act)l->desc.act;
+    cfg->act_alpha = l->desc.act_alpha;
+    cfg->act_limit = l->desc.act_limit;
+    cfg->num_devices = srv->devices;
+    cfg->backend = srv->backend_ops;
+    cfg->backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
+    if (srv->device_memory) {
+        uint64_t held = llepd_layer_others_held(srv, l);
+        cfg->mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;
+    }
+    llepd_layer_params(l, &cfg->plan);
+}
+
 int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id,
                              const Llep__LayerCreate *lc) {
     llepd_server *srv = l->srv;
@@ -236,29 +258,13 @@ int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id
 
     if (!w)
         return -ENOMEM;
-    llep__engine_config_default(&w->cfg);
-    w->cfg.num_experts = l->desc.num_experts;
-    w->cfg.top_k = l->desc.top_k;
-    w->cfg.hidden = l->desc.hidden;
-    w->cfg.inter = l->desc.inter;
-    w->cfg.dtype = (enum llep_dtype)l->desc.dtype;
-    w->cfg.act = (enum llep_act)l->desc.act;
-    w->cfg.act_alpha = l->desc.act_alpha;
-    w->cfg.act_limit = l->desc.act_limit;
+    llepd_layer_engine_config(l, &w->cfg);
     w->cfg.w_gate = tensor(s, lc->w_gate);
     w->cfg.w_up = tensor(s, lc->w_up);
     w->cfg.w_down = tensor(s, lc->w_down);
     w->cfg.b_gate = tensor(s, lc->b_gate);
     w->cfg.b_up = tensor(s, lc->b_up);
     w->cfg.b_down = tensor(s, lc->b_down);
-    w->cfg.num_devices = srv->devices;
-    w->cfg.backend = srv->backend_ops;
-    w->cfg.backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
-    if (srv->device_memory) {
-        uint64_t held = llepd_layer_others_held(srv, l);
-        w->cfg.mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;
-    }
-    llepd_layer_params(l, &w->cfg.plan);
     if (l->cluster) {
         w->full = w->cfg;
         llepd_clayer_share_config(l, &w->cfg);

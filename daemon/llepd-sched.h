@@ -24,6 +24,10 @@ void llepd_homes_free(llepd_homes *hs);
 /* Moves the submissions of the layer's next step out of its queue into out (room for
  * l->queued); 0 when the batching rule says wait. */
 uint32_t llepd_sched_take(llepd_layer *l, llepd_sub **out);
+/* Adds a successful step to the layer's and the daemon's figures: its stats, this node's
+ * devices' figures dev[P] and the plan it ran (node scope: P devices; cluster: every node's). */
+void llepd_sched_record(llepd_layer *l, const llep_engine_stats *st,
+                        const llep_engine_device_stats *dev, const llep_plan *p, uint64_t lat_us);
 /* Arms the collective-batching deadline when submissions wait. */
 void llepd_sched_arm_group_timer(llepd_layer *l);
 

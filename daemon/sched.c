@@ -207,44 +207,44 @@ static void step_run(uv_work_t *req) {
     memcpy(w->dev, w->stats.devices, np * sizeof(*w->dev));
 }
 
-static void record_step(llepd_layer *l, const step_work *w, uint64_t lat_us) {
+void llepd_sched_record(llepd_layer *l, const llep_engine_stats *st,
+                        const llep_engine_device_stats *dev, const llep_plan *p, uint64_t lat_us) {
     llepd_server *srv = l->srv;
     uint32_t np = srv->devices, n = l->desc.num_experts;
-    const llep_plan *p = llep__engine_plan(l->engine);
 
     l->steps++;
     srv->steps++;
-    if (w->stats.mode == LLEP_PLAN_LLEP) {
+    if (st->mode == LLEP_PLAN_LLEP) {
         l->llep_steps++;
         srv->llep_steps++;
     } else {
         l->ep_steps++;
         srv->ep_steps++;
     }
-    l->imbalance_last = w->stats.imbalance;
-    l->imbalance_sum += w->stats.imbalance;
-    if (w->stats.imbalance > l->imbalance_max)
-        l->imbalance_max = w->stats.imbalance;
-    l->weight_bytes_moved += w->stats.weight_bytes_moved;
-    l->token_bytes_moved += w->stats.token_bytes_moved;
-    srv->weight_bytes_moved += w->stats.weight_bytes_moved;
-    srv->token_bytes_moved += w->stats.token_bytes_moved;
-    l->makespan_ns_sum += w->stats.makespan_ns;
+    l->imbalance_last = st->imbalance;
+    l->imbalance_sum += st->imbalance;
+    if (st->imbalance > l->imbalance_max)
+        l->imbalance_max = st->imbalance;
+    l->weight_bytes_moved += st->weight_bytes_moved;
+    l->token_bytes_moved += st->token_bytes_moved;
+    srv->weight_bytes_moved += st->weight_bytes_moved;
+    srv->token_bytes_moved += st->token_bytes_moved;
+    l->makespan_ns_sum += st->makespan_ns;
     uint64_t busy_sum = 0;
     for (uint32_t d = 0; d < np; d++) {
-        busy_sum += w->dev[d].busy_ns;
-        if (w->dev[d].peak_bytes > l->peak[d])
-            l->peak[d] = w->dev[d].peak_bytes;
+        busy_sum += dev[d].busy_ns;
+        if (dev[d].peak_bytes > l->peak[d])
+            l->peak[d] = dev[d].peak_bytes;
     }
-    l->balance_sum += w->stats.makespan_ns ? (double)busy_sum / np / w->stats.makespan_ns : 1;
+    l->balance_sum += st->makespan_ns ? (double)busy_sum / np / st->makespan_ns : 1;
     llepd_latency_add(&l->latency, lat_us);
     llepd_latency_add(&srv->latency, lat_us);
-    memcpy(l->last_dev, w->dev, np * sizeof(*l->last_dev));
+    memcpy(l->last_dev, dev, np * sizeof(*l->last_dev));
 
     uint64_t *row = &l->load_hist[(size_t)((l->steps - 1) % LLEPD_LOAD_WINDOW) * n];
     memcpy(row, p->loads, n * sizeof(*row));
     memcpy(l->last_loads, p->loads, n * sizeof(*row));
-    if (!l->have_plan && llep__plan_init(&l->last_plan, n, np) == 0)
+    if (!l->have_plan && llep__plan_init(&l->last_plan, n, p->num_devices) == 0)
         l->have_plan = true;
     if (l->have_plan && llep__plan_copy(&l->last_plan, p) == 0)
         l->last_plan_step = l->steps;
@@ -257,11 +257,11 @@ static void record_step(llepd_layer *l, const step_work *w, uint64_t lat_us) {
             if (o != l)
                 others += o->last_dev[d].held_bytes;
         }
-        uint64_t peak = w->dev[d].peak_bytes + others;
+        uint64_t peak = dev[d].peak_bytes + others;
         if (peak > srv->device_peak[d])
             srv->device_peak[d] = peak;
-        srv->last_dev_tokens[d] = w->dev[d].rows;
-        srv->last_dev_busy_ns[d] = w->dev[d].busy_ns;
+        srv->last_dev_tokens[d] = dev[d].rows;
+        srv->last_dev_busy_ns[d] = dev[d].busy_ns;
     }
 }
 
@@ -292,7 +292,7 @@ static void step_done(uv_work_t *req, int status) {
         snprintf(w->err, sizeof(w->err), "step cancelled");
     }
     if (w->r == 0)
-        record_step(l, w, lat_us);
+        llepd_sched_record(l, &w->stats, w->dev, llep__engine_plan(l->engine), lat_us);
     else
         log_warning("layer '%s': step of %u submissions failed: %s", l->name, w->nsubs, w->err);
     for (uint32_t i = 0; i < w->nsubs; i++) {
