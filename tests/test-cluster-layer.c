@@ -33,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -41,6 +40,7 @@
 
 #include "llep/client.h"
 #include "plan.h"
+#include "test-ports.h"
 
 #define NODES 3
 #define PPN 2
@@ -71,29 +71,6 @@ static void sock_path(int node, char *buf, size_t len) {
     snprintf(buf, len, "%s/s%d.sock", tmpdir, node);
 }
 
-/* A free loopback port below the ephemeral range (see test-cluster.c for why). */
-static uint16_t free_port(void) {
-    static unsigned seed;
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-
-    /* Not pid ^ time: two suites started together by meson can get equal seeds that way,
-     * pick the same ports and stop each other's daemons from binding. */
-    while (!seed)
-        ck_assert_int_eq(getrandom(&seed, sizeof(seed), 0), (ssize_t)sizeof(seed));
-    for (int attempt = 0; attempt < 200; attempt++) {
-        uint16_t port = (uint16_t)(20000 + rand_r(&seed) % 12000);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), r;
-        ck_assert_int_ge(fd, 0);
-        sa.sin_port = htons(port);
-        r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-        close(fd);
-        if (r == 0)
-            return port;
-    }
-    ck_abort_msg("no free port on 127.0.0.1");
-    return 0;
-}
-
 static void setup(void) {
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -107,7 +84,7 @@ static void setup(void) {
     size_t len = 0;
     for (int i = 0; i < NODES; i++) {
         do {
-            ports[i] = free_port();
+            ports[i] = llep_test_free_port();
         } while ((i > 0 && ports[i] == ports[i - 1]) || (i > 1 && ports[i] == ports[0]));
         len += (size_t)snprintf(peers + len, sizeof(peers) - len, "%s%d=127.0.0.1:%u",
                                 i ? "," : "", i, ports[i]);
@@ -417,6 +394,19 @@ static void forward_all(node_client *nc, unsigned which) {
             pthread_join(th[i], NULL);
 }
 
+/* The forwards of the nodes in `which` failed with a message containing `text`, and wrote
+ * nothing (batch_fill leaves NaN in y). */
+static void expect_failed(const node_client *nc, unsigned which, const char *text) {
+    for (int i = 0; i < NODES; i++) {
+        if (!(which & (1u << i)))
+            continue;
+        ck_assert_msg(nc[i].r < 0, "node %d: the step ran", i);
+        ck_assert_msg(strstr(nc[i].err, text), "node %d: '%s' does not say '%s'", i, nc[i].err,
+                      text);
+        ck_assert(isnan(nc[i].b.y[0]));
+    }
+}
+
 static void start_cluster(node_client *nc, uint32_t group, bool mismatch_on_1) {
     for (int i = 0; i < NODES; i++)
         start_node(i, mismatch_on_1 && i == 1);
@@ -542,13 +532,9 @@ START_TEST(collective) {
         batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
     t0 = now_ms();
     forward_all(nc, 3); /* node 2's client stays away */
-    for (int i = 0; i < 2; i++) {
-        ck_assert_msg(nc[i].r == -ETIMEDOUT, "node %d: %s: %s", i, llep_strerror(nc[i].r),
-                      nc[i].err);
-        ck_assert_msg(strstr(nc[i].err, "node 2"), "node %d: '%s' does not name node 2", i,
-                      nc[i].err);
-        ck_assert(isnan(nc[i].b.y[0]));
-    }
+    expect_failed(nc, 3, "node 2");
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(nc[i].r == -ETIMEDOUT, "node %d: %s", i, llep_strerror(nc[i].r));
     ck_assert_uint_lt(now_ms() - t0, 10000);
     run_exact(nc, slots);
     for (int i = 0; i < NODES; i++)
@@ -587,11 +573,7 @@ START_TEST(node_killed) {
             break;
         ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after node 2 died");
     }
-    for (int i = 0; i < 2; i++) {
-        ck_assert_msg(strstr(nc[i].err, "node 2"), "node %d: '%s' does not name node 2", i,
-                      nc[i].err);
-        ck_assert(isnan(nc[i].b.y[0]));
-    }
+    expect_failed(nc, 3, "node 2");
     ck_assert_uint_lt(now_ms() - t0, 5000);
     batch_fill(&nc[0].b, slots);
     ck_assert_int_eq(llep_forward(local, TOKENS, nc[0].b.x, nc[0].b.idx, nc[0].b.w, nc[0].b.y),
@@ -635,12 +617,7 @@ START_TEST(node_stopped) {
     for (int i = 0; i < 2; i++)
         batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
     forward_all(nc, 3);
-    for (int i = 0; i < 2; i++) {
-        ck_assert_msg(nc[i].r < 0, "node %d: a step ran with node 2 stopped", i);
-        ck_assert_msg(strstr(nc[i].err, "node 2"), "node %d: '%s' does not name node 2", i,
-                      nc[i].err);
-        ck_assert(isnan(nc[i].b.y[0]));
-    }
+    expect_failed(nc, 3, "node 2");
     ck_assert_uint_lt(now_ms() - t0, 5000);
 
     ck_assert_int_eq(kill(pids[2], SIGCONT), 0);
@@ -677,12 +654,9 @@ START_TEST(plan_mismatch) {
     for (int i = 0; i < NODES; i++)
         batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
     forward_all(nc, 7);
-    for (int i = 0; i < NODES; i++) {
-        ck_assert_msg(nc[i].r < 0, "node %d: the step ran despite a plan mismatch", i);
-        ck_assert_msg(strstr(nc[i].err, "plan hash mismatch"), "node %d: '%s'", i, nc[i].err);
-        ck_assert(isnan(nc[i].b.y[0]));
+    expect_failed(nc, 7, "plan hash mismatch");
+    for (int i = 0; i < NODES; i++)
         ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 1);
-    }
     for (int i = 0; i < NODES; i++)
         client_close(&nc[i]);
     weights_fini();

@@ -22,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -31,6 +30,7 @@
 
 #include "config.h"
 #include "frame.h"
+#include "test-ports.h"
 
 #define NODES 3
 #define HEARTBEAT_MS "100"
@@ -62,33 +62,6 @@ static void log_path(int node, char *buf, size_t len) {
     snprintf(buf, len, "%s/log%d", tmpdir, node);
 }
 
-/* A free port on 127.0.0.1 below the kernel's ephemeral range (32768 and up on Linux), so
- * that no outgoing connection of the daemons (or anything else) takes it between this check
- * and the daemon's bind, and a daemon dialling a node that is not up yet cannot connect to
- * itself. A random start and a bounded search. */
-static uint16_t free_port(void) {
-    static unsigned seed;
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-
-    /* Not pid ^ time: two suites started together by meson can get equal seeds that way,
-     * pick the same ports and stop each other's daemons from binding. */
-    while (!seed)
-        ck_assert_int_eq(getrandom(&seed, sizeof(seed), 0), (ssize_t)sizeof(seed));
-    for (int attempt = 0; attempt < 200; attempt++) {
-        uint16_t port = (uint16_t)(20000 + rand_r(&seed) % 12000);
-        int fd = socket(AF_INET, SOCK_STREAM, 0), r;
-
-        ck_assert_int_ge(fd, 0);
-        sa.sin_port = htons(port);
-        r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-        close(fd);
-        if (r == 0)
-            return port;
-    }
-    ck_abort_msg("no free port on 127.0.0.1 in 20000-31999");
-    return 0;
-}
-
 static void setup(void) {
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
@@ -102,10 +75,10 @@ static void setup(void) {
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
     size_t len = 0;
     for (int i = 0; i < NODES; i++) {
-        ports[i] = free_port();
+        ports[i] = llep_test_free_port();
         for (int j = 0; j < i; j++)
             if (ports[j] == ports[i])
-                ports[i] = free_port();
+                ports[i] = llep_test_free_port();
         len += (size_t)snprintf(peers + len, sizeof(peers) - len, "%s%d=127.0.0.1:%u",
                                 i ? "," : "", i, ports[i]);
         pids[i] = -1;
