@@ -62,6 +62,7 @@ typedef struct llepd_cstep {
     llepd_homes homes;
     uint64_t *loads;                /* [nodes][N] */
     bool *have_loads;               /* [nodes] */
+    llep_plan_params origin_params; /* from the origin's loads (this node's own on the origin) */
     llep_plan plan;
     bool plan_ready;
     uint64_t hash;
@@ -114,6 +115,7 @@ typedef struct llepd_clayer {
     uint64_t next_step;             /* the id of the next step */
     llepd_cstep *st;                /* the step in progress, or NULL */
     uint64_t *future_loads;         /* [nodes][N] loads that came for a later step */
+    llep_plan_params future_origin_params; /* with the origin's early loads */
     uint64_t *future_step;          /* [nodes] */
     bool *have_future;              /* [nodes] */
     uv_timer_t *deadline;           /* allocated, as create_timer */

@@ -236,6 +236,7 @@ static uint32_t first_deadline_ms(const llepd_clayer *c) {
 static void send_loads(llepd_clayer *c) {
     llepd_cstep *st = c->st;
     uint32_t nx = num_experts(c);
+    llep_plan_params p;
     Llep__ClusterLoads m = LLEP__CLUSTER_LOADS__INIT;
     Llep__Frame f = LLEP__FRAME__INIT;
 
@@ -243,6 +244,12 @@ static void send_loads(llepd_clayer *c) {
     m.step = st->id;
     m.loads = &st->loads[(size_t)c->rank * nx];
     m.n_loads = nx;
+    llepd_layer_params(c->layer, &p);
+    m.alpha = p.alpha;
+    m.lambda = p.lambda;
+    m.min_tokens = p.min_tokens;
+    m.policy = (Llep__Policy)p.policy;
+    m.scale_min_tokens = p.scale_min_tokens;
     f.body_case = LLEP__FRAME__BODY_CLUSTER_LOADS;
     f.cluster_loads = &m;
     send_all(c, &f);
@@ -312,6 +319,8 @@ static int start_step(llepd_clayer *c, uint64_t id) {
                    nx * sizeof(uint64_t));
             st->have_loads[j] = true;
             c->have_future[j] = false;
+            if (j == c->origin)
+                st->origin_params = c->future_origin_params;
         }
     return 0;
 }
@@ -399,7 +408,11 @@ static void make_plan(llepd_clayer *c) {
             sum[x] += st->loads[(size_t)j * nx + x];
     if (c->inject_mismatch)
         sum[0]++; /* LLEPD_TEST_PLAN_MISMATCH: this node plans from other loads */
-    llepd_layer_params(c->layer, &p);
+    /* Every node plans with the origin's parameters (its own, on the origin). */
+    if (c->rank == c->origin)
+        llepd_layer_params(c->layer, &p);
+    else
+        p = st->origin_params;
     p.devices_per_node = c->ppn; /* hierarchical: spill on the node first */
     int r = llep__plan_compute(&st->plan, sum, &p);
     free(sum);
@@ -634,10 +647,24 @@ static void renumber(llepd_clayer *c, uint64_t id) {
             memcpy(&st->loads[(size_t)j * nx], &c->future_loads[(size_t)j * nx],
                    nx * sizeof(uint64_t));
             c->have_future[j] = false;
+            if (j == c->origin)
+                st->origin_params = c->future_origin_params;
         }
     }
     if (sent)
         send_loads(c);
+}
+
+static llep_plan_params params_of(const Llep__ClusterLoads *m) {
+    llep_plan_params p;
+
+    llep__plan_params_default(&p);
+    p.alpha = m->alpha;
+    p.lambda = m->lambda;
+    p.min_tokens = m->min_tokens;
+    p.policy = (enum llep_policy)m->policy;
+    p.scale_min_tokens = m->scale_min_tokens;
+    return p;
 }
 
 static void on_loads(llepd_clayer *c, uint32_t from, const Llep__ClusterLoads *m) {
@@ -655,6 +682,8 @@ static void on_loads(llepd_clayer *c, uint32_t from, const Llep__ClusterLoads *m
     if (st && m->step == st->id) {
         memcpy(&st->loads[(size_t)from * nx], m->loads, nx * sizeof(uint64_t));
         st->have_loads[from] = true;
+        if (from == c->origin)
+            st->origin_params = params_of(m);
         check_progress(c);
         return;
     }
@@ -664,6 +693,8 @@ static void on_loads(llepd_clayer *c, uint32_t from, const Llep__ClusterLoads *m
     memcpy(&c->future_loads[(size_t)from * nx], m->loads, nx * sizeof(uint64_t));
     c->future_step[from] = m->step;
     c->have_future[from] = true;
+    if (from == c->origin)
+        c->future_origin_params = params_of(m);
     if (!st)
         llepd_cstep_kick(c->layer);
 }

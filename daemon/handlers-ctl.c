@@ -364,6 +364,12 @@ void llepd_handle_set(llepd_session *s, const Llep__Frame *f) {
 
     if (rq->layer && rq->layer[0] && !(l = named_layer(s, rq->layer, err, sizeof(err))))
         r = -ENOENT;
+    if (r == 0 && l && l->cluster && l->cluster->rank != l->cluster->origin) {
+        /* Every node plans a cluster step with the origin's parameters. */
+        r = -EINVAL;
+        snprintf(err, sizeof(err), "cluster layer '%s' plans with the parameters of its origin, "
+                 "node %u: set them there", l->name, l->cluster->ids[l->cluster->origin]);
+    }
     if (r == 0)
         r = llep__setting_parse(rq->key ? rq->key : "", rq->value ? rq->value : "", &st, err,
                                 sizeof(err));

@@ -157,6 +157,24 @@ static json_object *llepctl_json(int node, const char *verb, const char *arg) {
     return json_tokener_parse(out);
 }
 
+/* The exit status of `llepctl set LAYER KEY=VALUE` on node. */
+static int llepctl_set(int node, const char *layer, const char *kv) {
+    char sock[128];
+    int status;
+
+    sock_path(node, sock, sizeof(sock));
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        execl(llepctl, llepctl, "--socket", sock, "set", layer, kv, (char *)NULL);
+        _exit(127);
+    }
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 static bool all_peers_up(int node) {
     json_object *o = llepctl_json(node, "peers", NULL), *list, *st;
     bool up = o && json_object_object_get_ex(o, "peers", &list);
@@ -502,6 +520,20 @@ START_TEST(exact) {
     }
     ck_assert_int_gt(layer_field(0, "moe", "internode_weights"), 0);
     ck_assert_int_gt(layer_field(1, "moe", "internode_rows"), 0);
+
+    /* Parameters come from the origin: set there, they hold on every node; elsewhere, refused. */
+    ck_assert_int_ne(llepctl_set(1, "moe", "alpha=2"), 0);
+    ck_assert_int_eq(llepctl_set(0, "moe", "alpha=2"), 0);
+    skewed_slots(0.7, slots);
+    run_exact(nc, slots);
+    json_object *p0 = llepctl_json(0, "plan", "moe"), *p2 = llepctl_json(2, "plan", "moe"), *c0, *c2;
+    ck_assert(p0 && p2 && json_object_object_get_ex(p0, "capacity", &c0) &&
+              json_object_object_get_ex(p2, "capacity", &c2));
+    ck_assert_int_eq(json_object_get_int64(c0), json_object_get_int64(c2));
+    /* capacity = floor(alpha * floor(slots / P)) with alpha 2 */
+    ck_assert_int_eq(json_object_get_int64(c0), 2 * ((NODES * TOKENS * K) / (NODES * PPN)));
+    json_object_put(p0);
+    json_object_put(p2);
 
     /* A node-scope layer beside it. */
     llep_layer_desc d = layer_desc(true, 0);
