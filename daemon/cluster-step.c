@@ -199,6 +199,18 @@ void llepd_cstep_fail(llepd_clayer *c, int r, const char *why) {
     step_end(c, r, msg);
 }
 
+/* The first node whose buffer of `kind` for this step is expected and not complete; -1. */
+static int data_missing_from(llepd_clayer *c, enum llep_part_buf kind, const llepd_cbuf *in) {
+    for (uint32_t j = 0; j < c->nodes; j++) {
+        void *p;
+        uint64_t n;
+        if (j != c->rank && llep__part_buffer(c->part, kind, j, &p, &n) == 0 && n > 0 &&
+            (!in[j].started || in[j].got < in[j].total))
+            return (int)j;
+    }
+    return -1;
+}
+
 static void on_deadline(uv_timer_t *t) {
     llepd_clayer *c = t->data;
     llepd_cstep *st = c->st;
@@ -215,6 +227,14 @@ static void on_deadline(uv_timer_t *t) {
                      st->phase == CSTEP_LOADS ? "send its loads"
                      : st->phase == CSTEP_HASH ? "send its plan hash"
                                                : "get its collective group");
+    }
+    if (!why[0] && (st->phase == CSTEP_DATA || st->phase == CSTEP_RESULTS)) {
+        bool rows = st->phase == CSTEP_DATA;
+        int j = data_missing_from(c, rows ? LLEP_PART_ROWS_IN : LLEP_PART_RESULTS_IN,
+                                  rows ? st->rows_in : st->results_in);
+        if (j >= 0)
+            snprintf(why, sizeof(why), "node %u did not send its %s within %u ms",
+                     c->ids[j], rows ? "token rows" : "results", DATA_DEADLINE_MS);
     }
     if (!why[0])
         snprintf(why, sizeof(why), "the step's data did not arrive within %u ms",
