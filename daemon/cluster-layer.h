@@ -44,8 +44,8 @@ typedef struct llepd_cweights {
 enum llepd_cstep_phase {
     CSTEP_WAIT_LOCAL,   /* joined for a peer; this node's collective group is not complete */
     CSTEP_LOADS,        /* loads sent; waiting for every node's */
-    CSTEP_HASH,         /* plan made, hash sent; waiting for every node's */
-    CSTEP_DATA,         /* rows and weights sent; waiting for the ones coming here */
+    CSTEP_HASH,         /* plan made, hash sent (rows and weights follow at once) */
+    CSTEP_DATA,         /* rows and weights sent; waiting for every hash and the data here */
     CSTEP_COMPUTE,      /* expert chunks on the thread pool */
     CSTEP_RESULTS,      /* results sent; waiting for this node's tokens' results */
     CSTEP_COMBINE,      /* combine on the thread pool */

@@ -220,13 +220,14 @@ static void on_deadline(uv_timer_t *t) {
         return;
     for (uint32_t j = 0; j < c->nodes && !why[0]; j++) {
         bool missing = (st->phase == CSTEP_LOADS && !st->have_loads[j]) ||
-                       (st->phase == CSTEP_HASH && !st->have_hash[j]) ||
+                       ((st->phase == CSTEP_HASH || st->phase == CSTEP_DATA) &&
+                        !st->have_hash[j]) ||
                        (st->phase == CSTEP_WAIT_LOCAL && j == c->rank);
         if (missing)
             snprintf(why, sizeof(why), "node %u did not %s in time", c->ids[j],
-                     st->phase == CSTEP_LOADS ? "send its loads"
-                     : st->phase == CSTEP_HASH ? "send its plan hash"
-                                               : "get its collective group");
+                     st->phase == CSTEP_LOADS       ? "send its loads"
+                     : st->phase == CSTEP_WAIT_LOCAL ? "get its collective group"
+                                                     : "send its plan hash");
     }
     if (!why[0] && (st->phase == CSTEP_DATA || st->phase == CSTEP_RESULTS)) {
         bool rows = st->phase == CSTEP_DATA;
@@ -426,13 +427,13 @@ static void make_plan(llepd_clayer *c) {
     for (uint32_t j = 0; j < c->nodes; j++)
         for (uint32_t x = 0; x < nx; x++)
             sum[x] += st->loads[(size_t)j * nx + x];
-    if (c->inject_mismatch)
-        sum[0]++; /* LLEPD_TEST_PLAN_MISMATCH: this node plans from other loads */
     /* Every node plans with the origin's parameters (its own, on the origin). */
     if (c->rank == c->origin)
         llepd_layer_params(c->layer, &p);
     else
         p = st->origin_params;
+    if (c->inject_mismatch)
+        p.alpha *= 2; /* LLEPD_TEST_PLAN_MISMATCH: a plan of its own, consistent with the loads */
     p.devices_per_node = c->ppn; /* hierarchical: spill on the node first */
     int r = llep__plan_compute(&st->plan, sum, &p);
     free(sum);
@@ -620,10 +621,15 @@ static void check_progress(llepd_clayer *c) {
     if (st && st->phase == CSTEP_LOADS && all(st->have_loads, c->nodes))
         make_plan(c);
     st = c->st;
-    if (st && st->phase == CSTEP_HASH && all(st->have_hash, c->nodes) && hashes_agree(c))
+    /* Rows and weights go out with the hash rather than after every hash is in: one round
+     * trip less. Nothing computes until every hash is in and agrees; data of a plan that
+     * differs is only buffered, then dropped with the step. */
+    if (st && st->phase == CSTEP_HASH)
         prepare(c);
     st = c->st;
     if (st && st->phase == CSTEP_DATA) {
+        if (!all(st->have_hash, c->nodes) || !hashes_agree(c))
+            return;
         r = take_buffers(c, LLEP_PART_ROWS_IN, st->rows_in);
         if (r == 1 && (r = take_weights(c)) == 1) {
             r = 0;
