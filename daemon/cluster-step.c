@@ -20,6 +20,8 @@
 #define DEFAULT_DEADLINE_MS 5000u
 /* Once the plan is agreed, only data is awaited: allow for big steps on slow links. */
 #define DATA_DEADLINE_MS 60000u
+/* Compute and combine of steps up to this many token-slots here run on the loop thread. */
+#define INLINE_SLOTS 64u
 
 static uint32_t num_experts(const llepd_clayer *c) {
     return c->layer->desc.num_experts;
@@ -601,12 +603,35 @@ static void work_done(uv_work_t *req, int status) {
     check_progress(c);
 }
 
+/* Token-slots this node computes in the step: its own and those other nodes sent. */
+static uint64_t slots_here(llepd_clayer *c) {
+    const llepd_cstep *st = c->st;
+    uint64_t rows = 0, row_bytes = (uint64_t)c->layer->desc.hidden *
+                                   (c->layer->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4);
+
+    for (uint32_t h = 0; h < c->ppn; h++)
+        rows += (uint64_t)st->homes.batches[h].tokens * c->layer->desc.top_k;
+    for (uint32_t j = 0; j < c->nodes; j++) {
+        void *p;
+        uint64_t n;
+        if (j != c->rank && llep__part_buffer(c->part, LLEP_PART_ROWS_IN, j, &p, &n) == 0)
+            rows += n / row_bytes;
+    }
+    return rows;
+}
+
 static void queue_work(llepd_clayer *c, enum llepd_cstep_phase phase) {
     llepd_cstep *st = c->st;
 
     st->phase = phase;
     st->work.data = c;
     st->work_queued = true;
+    /* A tiny step costs less than the thread hand-offs of the pool: run it here. */
+    if (slots_here(c) <= INLINE_SLOTS) {
+        work_run(&st->work);
+        work_done(&st->work, 0);
+        return;
+    }
     int r = uv_queue_work(c->layer->srv->loop, &st->work, work_run, work_done);
     if (r < 0) {
         st->work_queued = false;
