@@ -19,6 +19,7 @@
 
 #include "frame.h"
 #include "llep/client.h"
+#include "ref-moe.h"
 
 /* ---------------------------------------------------------------------------------------- */
 /* Helpers: temp directory, a private llepd, random layers and the reference. */
@@ -195,50 +196,24 @@ static void batch_fini(batch *b) {
     free(b->idx);
 }
 
-/* DESIGN.md section 4, written out plainly in float64. */
+/* The float64 reference (ref-moe.c) of the batch. */
 static void reference(const test_layer *t, const batch *b, double *out) {
-    uint32_t dd = t->d.hidden, h = t->d.inter, k = t->d.top_k;
-    double alpha = t->d.act_alpha ? t->d.act_alpha : 1.702, limit = t->d.act_limit ? t->d.act_limit : 7.0;
-    double *a = malloc(h * sizeof(double));
+    size_t n = t->d.num_experts, dh = n * t->d.hidden * t->d.inter;
+    double *wg = llep_ref_f64(t->w_gate, dh), *wu = llep_ref_f64(t->w_up, dh);
+    double *wd = llep_ref_f64(t->w_down, dh), *bg = llep_ref_f64(t->b_gate, n * t->d.inter);
+    double *bu = llep_ref_f64(t->b_up, n * t->d.inter);
+    double *bd = llep_ref_f64(t->b_down, n * t->d.hidden);
+    llep_ref r = { .d = t->d.hidden, .h = t->d.inter, .act = t->d.act,
+                   .alpha = t->d.act_alpha, .limit = t->d.act_limit, .wg = wg, .wu = wu,
+                   .wd = wd, .bg = bg, .bu = bu, .bd = bd };
 
-    for (uint32_t tok = 0; tok < b->tokens; tok++) {
-        const float *x = b->x + (size_t)tok * dd;
-        double *y = out + (size_t)tok * dd;
-
-        for (uint32_t j = 0; j < dd; j++)
-            y[j] = 0;
-        for (uint32_t s = 0; s < k; s++) {
-            uint32_t e = (uint32_t)b->idx[(size_t)tok * k + s];
-            double gw = b->w[(size_t)tok * k + s];
-            const float *wg = t->w_gate + (size_t)e * dd * h, *wu = t->w_up + (size_t)e * dd * h;
-            const float *wd = t->w_down + (size_t)e * h * dd;
-
-            for (uint32_t i = 0; i < h; i++) {
-                double g = t->b_gate[(size_t)e * h + i], u = t->b_up[(size_t)e * h + i];
-
-                for (uint32_t j = 0; j < dd; j++) {
-                    g += (double)x[j] * wg[(size_t)j * h + i];
-                    u += (double)x[j] * wu[(size_t)j * h + i];
-                }
-                if (t->d.act == LLEP_ACT_SWIGLU)
-                    a[i] = g / (1 + exp(-g)) * u;
-                else {
-                    double gc = g < limit ? g : limit;
-                    double uc = u < -limit ? -limit : u > limit ? limit : u;
-
-                    a[i] = (uc + 1) * gc / (1 + exp(-alpha * gc));
-                }
-            }
-            for (uint32_t j = 0; j < dd; j++) {
-                double v = t->b_down[(size_t)e * dd + j];
-
-                for (uint32_t i = 0; i < h; i++)
-                    v += a[i] * wd[(size_t)i * dd + j];
-                y[j] += gw * v;
-            }
-        }
-    }
-    free(a);
+    llep_ref_moe_f32(&r, b->tokens, t->d.top_k, b->x, b->idx, b->w, out);
+    free(wg);
+    free(wu);
+    free(wd);
+    free(bg);
+    free(bu);
+    free(bd);
 }
 
 /* Relative L2 error of the batch's output against the reference. */

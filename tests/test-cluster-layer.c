@@ -40,6 +40,7 @@
 
 #include "llep/client.h"
 #include "plan.h"
+#include "ref-moe.h"
 #include "test-ports.h"
 
 #define NODES 3
@@ -290,30 +291,16 @@ typedef struct batch {
 } batch;
 
 static void reference(const batch *b, double *out) {
-    double a[H];
+    size_t dh = (size_t)N * D * H;
+    double *w[6] = { llep_ref_f64(wg, dh), llep_ref_f64(wu, dh), llep_ref_f64(wd, dh),
+                     llep_ref_f64(bg, (size_t)N * H), llep_ref_f64(bu, (size_t)N * H),
+                     llep_ref_f64(bd, (size_t)N * D) };
+    llep_ref r = { .d = D, .h = H, .act = LLEP_ACT_SWIGLU, .wg = w[0], .wu = w[1], .wd = w[2],
+                   .bg = w[3], .bu = w[4], .bd = w[5] };
 
-    for (uint32_t t = 0; t < TOKENS; t++) {
-        double *y = out + (size_t)t * D;
-        for (uint32_t j = 0; j < D; j++)
-            y[j] = 0;
-        for (uint32_t s = 0; s < K; s++) {
-            uint32_t e = (uint32_t)b->idx[t * K + s];
-            for (uint32_t i = 0; i < H; i++) {
-                double g = bg[e * H + i], u = bu[e * H + i];
-                for (uint32_t j = 0; j < D; j++) {
-                    g += (double)b->x[t * D + j] * wg[((size_t)e * D + j) * H + i];
-                    u += (double)b->x[t * D + j] * wu[((size_t)e * D + j) * H + i];
-                }
-                a[i] = g / (1 + exp(-g)) * u;
-            }
-            for (uint32_t j = 0; j < D; j++) {
-                double v = bd[e * D + j];
-                for (uint32_t i = 0; i < H; i++)
-                    v += a[i] * wd[((size_t)e * H + i) * D + j];
-                y[j] += b->w[t * K + s] * v;
-            }
-        }
-    }
+    llep_ref_moe_f32(&r, TOKENS, K, b->x, b->idx, b->w, out);
+    for (int i = 0; i < 6; i++)
+        free(w[i]);
 }
 
 static void assert_exact(const batch *b, int node) {

@@ -15,6 +15,7 @@
 #include "engine.h"
 #include "moe-cpu.h"
 #include "plan.h"
+#include "ref-moe.h"
 
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
@@ -110,59 +111,18 @@ static void fill(uint64_t *rng, size_t n, double scale, enum llep_dtype t, doubl
     *ret_s = s;
 }
 
-static double silu(double g) {
-    return g / (1 + exp(-g));
-}
-
-/* FFN_e(x) in float64, written as DESIGN.md section 4 states it. */
-static void ref_ffn(const cluster *c, uint32_t e, const double *x, double *out) {
-    const spec *s = &c->s;
-    uint32_t d = s->d, h = s->h;
-    double *a = malloc(h * sizeof(*a));
-    ck_assert(a);
-    for (uint32_t j = 0; j < h; j++) {
-        double g = c->bg ? c->bg[(size_t)e * h + j] : 0, u = c->bu ? c->bu[(size_t)e * h + j] : 0;
-        for (uint32_t i = 0; i < d; i++) {
-            g += x[i] * c->wg[((size_t)e * d + i) * h + j];
-            u += x[i] * c->wu[((size_t)e * d + i) * h + j];
-        }
-        if (s->act == LLEP_ACT_SWIGLU) {
-            a[j] = silu(g) * u;
-        } else {
-            double limit = 7.0, alpha = 1.702;
-            double gc = g < limit ? g : limit;
-            double uc = u < -limit ? -limit : (u > limit ? limit : u);
-            a[j] = (uc + 1) * gc / (1 + exp(-alpha * gc));
-        }
-    }
-    for (uint32_t i = 0; i < d; i++) {
-        double v = c->bd ? c->bd[(size_t)e * d + i] : 0;
-        for (uint32_t j = 0; j < h; j++)
-            v += a[j] * c->wd[((size_t)e * h + j) * d + i];
-        out[i] = v;
-    }
-    free(a);
-}
-
+/* The float64 reference (ref-moe.c) over each home device's tokens. */
 static void make_reference(cluster *c) {
     const spec *s = &c->s;
-    double *f = malloc(s->d * sizeof(*f));
-    ck_assert(f);
+    llep_ref r = { .d = s->d, .h = s->h, .act = s->act, .wg = c->wg, .wu = c->wu, .wd = c->wd,
+                   .bg = c->bg, .bu = c->bu, .bd = c->bd };
+
     for (uint32_t g = 0; g < c->p; g++) {
         free(c->ref[g]);
         c->ref[g] = calloc((size_t)c->tokens[g] * s->d + 1, sizeof(double));
         ck_assert(c->ref[g]);
-        for (uint32_t t = 0; t < c->tokens[g]; t++) {
-            double *out = c->ref[g] + (size_t)t * s->d;
-            for (uint32_t k = 0; k < s->k; k++) {
-                size_t sl = (size_t)t * s->k + k;
-                ref_ffn(c, (uint32_t)c->idx[g][sl], c->x[g] + (size_t)t * s->d, f);
-                for (uint32_t i = 0; i < s->d; i++)
-                    out[i] += c->w[g][sl] * f[i];
-            }
-        }
+        llep_ref_moe(&r, c->tokens[g], s->k, c->x[g], c->idx[g], c->w[g], c->ref[g]);
     }
-    free(f);
 }
 
 static llep_engine *make_engine(const cluster *c, uint32_t first, uint32_t n, uint32_t p) {

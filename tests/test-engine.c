@@ -12,6 +12,7 @@
 #include "engine.h"
 #include "moe-cpu.h"
 #include "plan.h"
+#include "ref-moe.h"
 
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
@@ -102,58 +103,17 @@ static int32_t route(test_case *c, uint64_t *rng) {
     return (int32_t)rng_below(rng, s->n);
 }
 
-static double silu(double g) {
-    return g / (1 + exp(-g));
-}
-
-/* FFN_e(x) in float64, written as DESIGN.md section 4 states it. */
-static void ref_ffn(const test_case *c, uint32_t e, const double *x, double *out) {
-    const case_spec *s = &c->s;
-    uint32_t d = s->d, h = s->h;
-    double *a = malloc(h * sizeof(*a));
-    ck_assert(a);
-    for (uint32_t j = 0; j < h; j++) {
-        double g = c->bg ? c->bg[(size_t)e * h + j] : 0, u = c->bu ? c->bu[(size_t)e * h + j] : 0;
-        for (uint32_t i = 0; i < d; i++) {
-            g += x[i] * c->wg[((size_t)e * d + i) * h + j];
-            u += x[i] * c->wu[((size_t)e * d + i) * h + j];
-        }
-        if (s->act == LLEP_ACT_SWIGLU) {
-            a[j] = silu(g) * u;
-        } else {
-            double limit = 7.0, alpha = 1.702;
-            double gc = g < limit ? g : limit;
-            double uc = u < -limit ? -limit : (u > limit ? limit : u);
-            a[j] = (uc + 1) * gc / (1 + exp(-alpha * gc));
-        }
-    }
-    for (uint32_t i = 0; i < d; i++) {
-        double v = c->bd ? c->bd[(size_t)e * d + i] : 0;
-        for (uint32_t j = 0; j < h; j++)
-            v += a[j] * c->wd[((size_t)e * h + j) * d + i];
-        out[i] = v;
-    }
-    free(a);
-}
-
+/* The float64 reference (ref-moe.c) over each home device's tokens. */
 static void make_reference(test_case *c) {
     const case_spec *s = &c->s;
-    double *f = malloc(s->d * sizeof(*f));
-    ck_assert(f);
+    llep_ref r = { .d = s->d, .h = s->h, .act = s->act, .wg = c->wg, .wu = c->wu, .wd = c->wd,
+                   .bg = c->bg, .bu = c->bu, .bd = c->bd };
+
     for (uint32_t p = 0; p < s->p; p++) {
         c->ref[p] = calloc((size_t)c->tokens[p] * s->d + 1, sizeof(double));
         ck_assert(c->ref[p]);
-        for (uint32_t t = 0; t < c->tokens[p]; t++) {
-            double *out = c->ref[p] + (size_t)t * s->d;
-            for (uint32_t k = 0; k < s->k; k++) {
-                size_t sl = (size_t)t * s->k + k;
-                ref_ffn(c, (uint32_t)c->idx[p][sl], c->x[p] + (size_t)t * s->d, f);
-                for (uint32_t i = 0; i < s->d; i++)
-                    out[i] += c->w[p][sl] * f[i];
-            }
-        }
+        llep_ref_moe(&r, c->tokens[p], s->k, c->x[p], c->idx[p], c->w[p], c->ref[p]);
     }
-    free(f);
 }
 
 static test_case *case_new(const case_spec *spec) {
