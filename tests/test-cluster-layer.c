@@ -387,6 +387,13 @@ static void *forward_thread(void *arg) {
     return NULL;
 }
 
+/* Fresh batches for the nodes in `which`, node i's slots at slots + i * TOKENS * K. */
+static void fill_batches(node_client *nc, const int32_t *slots, unsigned which) {
+    for (int i = 0; i < NODES; i++)
+        if (which & (1u << i))
+            batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+}
+
 /* One forward on each of the nodes in `which` at once (a bit mask). */
 static void forward_all(node_client *nc, unsigned which) {
     pthread_t th[NODES];
@@ -422,8 +429,7 @@ static void start_cluster(node_client *nc, uint32_t group, bool mismatch_on_1) {
 }
 
 static void run_exact(node_client *nc, const int32_t *slots) {
-    for (int i = 0; i < NODES; i++)
-        batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+    fill_batches(nc, slots, 7);
     forward_all(nc, 7);
     for (int i = 0; i < NODES; i++) {
         ck_assert_msg(nc[i].r == 0, "node %d: forward: %s: %s", i, llep_strerror(nc[i].r),
@@ -547,8 +553,7 @@ START_TEST(collective) {
     weights_init();
     start_cluster(nc, 1, false);
     skewed_slots(0.5, slots);
-    for (int i = 0; i < NODES; i++)
-        batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+    fill_batches(nc, slots, 7);
     t0 = now_ms();
     forward_all(nc, 3); /* node 2's client stays away */
     expect_failed(nc, 3, "node 2");
@@ -585,8 +590,7 @@ START_TEST(node_killed) {
     /* Steps of the others fail, naming the node, until it is back. */
     uint64_t t0 = now_ms();
     for (;;) {
-        for (int i = 0; i < 2; i++)
-            batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+        fill_batches(nc, slots, 3);
         forward_all(nc, 3);
         if (nc[0].r < 0 && nc[1].r < 0)
             break;
@@ -633,8 +637,7 @@ START_TEST(node_stopped) {
 
     ck_assert_int_eq(kill(pids[2], SIGSTOP), 0);
     uint64_t t0 = now_ms();
-    for (int i = 0; i < 2; i++)
-        batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+    fill_batches(nc, slots, 3);
     forward_all(nc, 3);
     expect_failed(nc, 3, "node 2");
     ck_assert_uint_lt(now_ms() - t0, 5000);
@@ -643,8 +646,7 @@ START_TEST(node_stopped) {
     wait_cluster_up();
     for (int round = 0; round < 20; round++) {
         skewed_slots(0.6, slots);
-        for (int i = 0; i < NODES; i++)
-            batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+        fill_batches(nc, slots, 7);
         forward_all(nc, 7);
         if (nc[0].r == 0 && nc[1].r == 0 && nc[2].r == 0)
             break;
@@ -670,8 +672,7 @@ START_TEST(plan_mismatch) {
     weights_init();
     start_cluster(nc, 1, true);
     skewed_slots(0.5, slots);
-    for (int i = 0; i < NODES; i++)
-        batch_fill(&nc[i].b, slots + (size_t)i * TOKENS * K);
+    fill_batches(nc, slots, 7);
     forward_all(nc, 7);
     expect_failed(nc, 7, "plan hash mismatch");
     for (int i = 0; i < NODES; i++)
