@@ -16,28 +16,12 @@
 #include "moe-cpu.h"
 #include "plan.h"
 #include "ref-moe.h"
+#include "test-data.h"
 
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
 #define MAX_NODES 4
 #define SENTINEL 0xa5
-
-/* ---- deterministic random numbers (splitmix64) ---- */
-
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint32_t rng_below(uint64_t *s, uint32_t n) {
-    return (uint32_t)(rng_next(s) % n);
-}
-
-static double rng_unit(uint64_t *s) { /* [0, 1) */
-    return (double)(rng_next(s) >> 11) / 9007199254740992.0;
-}
 
 /* ---- a cluster layer: shapes, weights, one engine per node and one for the whole ---- */
 
@@ -84,32 +68,6 @@ typedef struct cluster {
     llep_engine_stats stw;
     llep_part_traffic tr[MAX_NODES];
 } cluster;
-
-static double store(void *dst, size_t i, double v, enum llep_dtype t) {
-    if (t == LLEP_DTYPE_F32) {
-        ((float *)dst)[i] = (float)v;
-        return (float)v;
-    }
-    uint16_t b = llep__f32_to_bf16((float)v);
-    ((uint16_t *)dst)[i] = b;
-    return llep__bf16_to_f32(b);
-}
-
-static double load(const void *src, size_t i, enum llep_dtype t) {
-    return t == LLEP_DTYPE_F32 ? ((const float *)src)[i]
-                               : llep__bf16_to_f32(((const uint16_t *)src)[i]);
-}
-
-static void fill(uint64_t *rng, size_t n, double scale, enum llep_dtype t, double **ret_v,
-                 void **ret_s) {
-    double *v = malloc(n * sizeof(*v) + 1);
-    void *s = malloc(n * llep__dtype_size(t) + 1);
-    ck_assert(v && s);
-    for (size_t i = 0; i < n; i++)
-        v[i] = store(s, i, (2 * rng_unit(rng) - 1) * scale, t);
-    *ret_v = v;
-    *ret_s = s;
-}
 
 /* The float64 reference (ref-moe.c) over each home device's tokens. */
 static void make_reference(cluster *c) {

@@ -13,27 +13,11 @@
 #include "moe-cpu.h"
 #include "plan.h"
 #include "ref-moe.h"
+#include "test-data.h"
 
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
 #define TOL_EP_LLEP 1e-6
-
-/* ---- deterministic random numbers (splitmix64) ---- */
-
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint32_t rng_below(uint64_t *s, uint32_t n) {
-    return (uint32_t)(rng_next(s) % n);
-}
-
-static double rng_unit(uint64_t *s) { /* [0, 1) */
-    return (double)(rng_next(s) >> 11) / 9007199254740992.0;
-}
 
 /* ---- a test case: shapes, weights, routing, and what the engine is fed ---- */
 
@@ -65,32 +49,6 @@ typedef struct test_case {
     void **y;            /* engine output */
     double **ref;        /* float64 reference output */
 } test_case;
-
-/* A value rounded to the storage type, written at position i of the storage array. */
-static double store(void *dst, size_t i, double v, enum llep_dtype t) {
-    if (t == LLEP_DTYPE_F32) {
-        ((float *)dst)[i] = (float)v;
-        return (float)v;
-    }
-    uint16_t b = llep__f32_to_bf16((float)v);
-    ((uint16_t *)dst)[i] = b;
-    return llep__bf16_to_f32(b);
-}
-
-static double load(const void *src, size_t i, enum llep_dtype t) {
-    return t == LLEP_DTYPE_F32 ? ((const float *)src)[i] : llep__bf16_to_f32(((const uint16_t *)src)[i]);
-}
-
-static void fill(uint64_t *rng, size_t n, double scale, enum llep_dtype t, double **ret_v,
-                 void **ret_s) {
-    double *v = malloc(n * sizeof(*v));
-    void *s = malloc(n * llep__dtype_size(t) + 1);
-    ck_assert(v && s);
-    for (size_t i = 0; i < n; i++)
-        v[i] = store(s, i, (2 * rng_unit(rng) - 1) * scale, t);
-    *ret_v = v;
-    *ret_s = s;
-}
 
 /* The expert a slot is routed to under the case's scenario. */
 static int32_t route(test_case *c, uint64_t *rng) {
