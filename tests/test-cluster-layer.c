@@ -13,6 +13,8 @@
  *                   the cluster layer is exact again.
  *   node_stopped    SIGSTOP one node: steps fail naming it; SIGCONT: it keeps its share (same
  *                   layer uid) and steps are exact again.
+ *   origin_killed   SIGKILL the origin: the others' copies are orphaned, their steps say so;
+ *                   created again from the restarted origin, the layer is exact again.
  *   plan_mismatch   a node started with LLEPD_TEST_PLAN_MISMATCH=1 plans from skewed loads: the
  *                   hash exchange catches it, every node fails the step saying so, no output is
  *                   written.
@@ -665,6 +667,49 @@ START_TEST(node_stopped) {
 }
 END_TEST
 
+/* The origin goes away: the other nodes' copies are orphaned and their clients' steps say
+ * so; once the origin is back and a client creates the layer again, clients that attach
+ * again get exact results. */
+START_TEST(origin_killed) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+
+    weights_init();
+    start_cluster(nc, 0, false);
+    skewed_slots(0.6, slots);
+    run_exact(nc, slots);
+
+    kill(pids[0], SIGKILL);
+    waitpid(pids[0], NULL, 0);
+    pids[0] = -1;
+    client_close(&nc[0]);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        fill_batches(nc, slots, 6);
+        forward_all(nc, 6);
+        if (nc[1].r < 0 && nc[2].r < 0)
+            break;
+        ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after the origin died");
+    }
+    expect_failed(nc, 6, "node 0");
+    for (int i = 1; i < NODES; i++)
+        ck_assert_int_eq(layer_field(i, "moe", "nodes"), -1); /* no longer listed */
+
+    start_node(0, false);
+    wait_cluster_up();
+    for (int i = 1; i < NODES; i++)
+        client_close(&nc[i]);
+    client_open(&nc[0], 0, true, 0);
+    for (int i = 1; i < NODES; i++)
+        client_open(&nc[i], i, false, 0);
+    skewed_slots(0.6, slots);
+    run_exact(nc, slots);
+    for (int i = 0; i < NODES; i++)
+        client_close(&nc[i]);
+    weights_fini();
+}
+END_TEST
+
 START_TEST(plan_mismatch) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
@@ -693,6 +738,7 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_test(tc, collective);
     tcase_add_test(tc, node_killed);
     tcase_add_test(tc, node_stopped);
+    tcase_add_test(tc, origin_killed);
     tcase_add_test(tc, plan_mismatch);
     suite_add_tcase(s, tc);
     return s;
