@@ -438,4 +438,5 @@ const llep_backend_ops llep__backend_cpu = {
     .combine = cpu_combine,
     .sync = cpu_sync,
     .busy_ns = cpu_busy_ns,
+    .download = cpu_copy, /* device memory is host memory */
 };

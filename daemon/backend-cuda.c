@@ -770,6 +770,26 @@ static int cu_copy(llep_backend *base, uint32_t dev, void *dst, const void *src,
     return 0;
 }
 
+/* Device to host, on the device's compute stream after what it has queued (its chunk results,
+ * its weights); the host memory may be pageable, so the copy completes by sync(). */
+static int cu_download(llep_backend *base, uint32_t dev, void *dst, const void *src,
+                       size_t bytes) {
+    cuda_backend *b = (cuda_backend *)base;
+
+    if (dev >= base->num_devices)
+        return -EINVAL;
+    if (bytes == 0)
+        return b->error;
+    int r = enter(b, dev);
+    if (r < 0)
+        return r;
+    gpu_ctx *g = &b->gpus[b->dev[dev].gpu];
+    op_time *t = time_begin(b, dev);
+    r = cu_check(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g->compute));
+    time_end(b, dev, t);
+    return r;
+}
+
 /* ---- gather ---- */
 
 static int cu_gather(llep_backend *base, uint32_t dev, void *dst, const void *const *src,
@@ -1274,4 +1294,5 @@ const llep_backend_ops llep__backend_cuda = {
     .sync = cu_sync,
     .busy_ns = cu_busy_ns,
     .step_overhead = cu_step_overhead,
+    .download = cu_download,
 };

@@ -62,6 +62,11 @@ typedef struct llep_backend_ops {
     uint64_t (*step_overhead)(const llep_backend *b, uint32_t dev, const llep_ffn_shape *shape,
                               uint64_t rows, uint64_t home_tokens, uint32_t top_k,
                               uint32_t max_chunk);
+
+    /* Queued on `dev`, in order with its other work: bytes of dev's memory at src into host
+     * memory at dst, which must stay valid until sync(). What leaves a node in a cluster
+     * step (results, spilled experts' weights) goes through it. */
+    int (*download)(llep_backend *b, uint32_t dev, void *dst, const void *src, size_t bytes);
 } llep_backend_ops;
 
 /* Every backend instance starts with this header. */
