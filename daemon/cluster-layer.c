@@ -286,9 +286,9 @@ static int check_fit(llepd_server *srv, const Llep__LayerDesc *d, uint32_t ppn, 
                  "(%u nodes x %u)", d->num_experts, nodes * srv->devices, nodes, srv->devices);
         return -EINVAL;
     }
-    if (srv->backend_ops != &llep__backend_cpu) {
-        snprintf(err, errlen, "cluster layers run on the CPU backend only for now; this node "
-                 "runs the %s backend", srv->backend_ops->name);
+    if (!srv->backend_ops->download) {
+        snprintf(err, errlen, "the %s backend cannot run cluster layers (no copies from device "
+                 "to host memory)", srv->backend_ops->name);
         return -EOPNOTSUPP;
     }
     return 0;

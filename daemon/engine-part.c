@@ -53,6 +53,9 @@ struct llep_part {
 
     part_buf *bufs;            /* [PART_NUM_BUFS][nodes], by enum llep_part_buf */
     part_buf wbuf;             /* the WEIGHTS_IN blocks */
+    part_buf woutbuf;          /* the WEIGHTS_OUT blocks, downloaded from their devices */
+    void **resdev;             /* [nodes] RESULTS_IN copied to device 0 for the combines */
+    uint64_t *resdev_bytes;    /* [nodes] */
     const void **gather_src;   /* [rows computed on this node] */
     const float **combine_src; /* [this node's slots] */
     size_t gather_cap, combine_cap;
@@ -157,10 +160,10 @@ int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part 
         (uint64_t)num_nodes * e->p > LLEP_MAX_DEVICES)
         return new_error(err, errlen, -EINVAL, "%u nodes of %u experts on %u devices: too many "
                          "experts or devices", num_nodes, e->n, e->p);
-    /* Weights leave the node straight from device memory, which must be host memory. */
-    if (e->cfg.backend != &llep__backend_cpu)
+    /* Results and weights leave the node through host memory. */
+    if (!e->cfg.backend->download)
         return new_error(err, errlen, -EOPNOTSUPP, "the %s backend cannot run a cluster part "
-                         "(its device memory is not host memory)", e->cfg.backend->name);
+                         "(it cannot copy device memory to the host)", e->cfg.backend->name);
     pt = calloc(1, sizeof(*pt));
     if (!pt)
         goto nomem;
@@ -188,9 +191,12 @@ int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part 
     pt->wout = calloc(maxr, sizeof(*pt->wout));
     pt->win = calloc(maxr, sizeof(*pt->win));
     pt->bufs = calloc((size_t)PART_NUM_BUFS * num_nodes, sizeof(*pt->bufs));
+    pt->resdev = calloc(num_nodes, sizeof(*pt->resdev));
+    pt->resdev_bytes = calloc(num_nodes, sizeof(*pt->resdev_bytes));
     if (!pt->loads || !pt->base || !pt->rank || !pt->cur_range || !pt->chunk_row ||
         !pt->out_off || !pt->recv || !pt->win_of || !pt->cursor || !pt->home_base ||
-        !pt->count_base || !pt->wout || !pt->win || !pt->bufs)
+        !pt->count_base || !pt->wout || !pt->win || !pt->bufs || !pt->resdev ||
+        !pt->resdev_bytes)
         goto nomem;
     *ret = pt;
     return 0;
@@ -210,6 +216,9 @@ void llep__part_free(llep_part *pt) {
             free(pt->bufs[i].data);
     free(pt->bufs);
     free(pt->wbuf.data);
+    free(pt->woutbuf.data);
+    free(pt->resdev);
+    free(pt->resdev_bytes);
     free(pt->loads);
     free(pt->base);
     free(pt->rank);
@@ -254,6 +263,8 @@ static void free_step(llep_part *pt) {
                                   e->expert_bytes);
     for (uint32_t d = 0; d < pt->pl; d++)
         llep__engine_device_free(e, d);
+    for (uint32_t j = 0; pt->resdev && j < pt->nodes; j++)
+        llep__engine_dev_free(e, 0, &pt->resdev[j], pt->resdev_bytes[j]);
     pt->state = PART_IDLE;
 }
 
@@ -336,8 +347,6 @@ static void list_weights(llep_part *pt) {
             if (from == pt->node) {
                 pt->wout[pt->num_wout++] = (llep_part_weights){
                     .expert = x, .node = to, .bytes = e->expert_bytes,
-                    .data = (void *)llep__engine_native_block(e, native - pt->dev0,
-                                                              x - native * pl->experts_per_device),
                 };
             } else if (to == pt->node) {
                 pt->win_of[x] = pt->num_win;
@@ -396,22 +405,24 @@ static void layout(llep_part *pt, uint64_t *rows_out, uint64_t *rows_in) {
 }
 
 /* Fails before anything is allocated when a device's step buffers exceed its budget. */
-static int check_budgets(llep_part *pt) {
+static int check_budgets(llep_part *pt, uint64_t results_in) {
     llep_engine *e = pt->e;
 
     for (uint32_t d = 0; d < pt->pl; d++) {
         engine_device *dv = &e->dev[d];
         uint64_t w = (uint64_t)dv->received * e->expert_bytes;
-        uint64_t need = llep__engine_device_need(e, d);
+        /* Device 0 also holds the results other nodes send back, for the combines. */
+        uint64_t need = llep__engine_device_need(e, d) + (d == 0 ? results_in : 0);
         if (dv->used + need > dv->budget)
             return set_error(pt, -ENOMEM,
                              "node %u device %u (global %u): the %s step needs %" PRIu64
                              " bytes (received weights %" PRIu64 ", token rows %" PRIu64
-                             ", results %" PRIu64 ", intermediates %" PRIu64 ") on top of the %"
-                             PRIu64 " it holds, over its budget of %" PRIu64 " bytes",
-                             pt->node, d, pt->dev0 + d,
+                             ", results %" PRIu64 ", intermediates %" PRIu64 ", results from "
+                             "other nodes %" PRIu64 ") on top of the %" PRIu64 " it holds, over "
+                             "its budget of %" PRIu64 " bytes", pt->node, d, pt->dev0 + d,
                              pt->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need, w,
-                             dv->x_bytes, dv->y_bytes, dv->scratch_bytes, dv->used, dv->budget);
+                             dv->x_bytes, dv->y_bytes, dv->scratch_bytes,
+                             d == 0 ? results_in : 0, dv->used, dv->budget);
     }
     return 0;
 }
@@ -435,6 +446,8 @@ static int reserve_host(llep_part *pt, const uint64_t *rows_out, const uint64_t 
     }
     if (r == 0)
         r = buf_reserve(&pt->wbuf, (uint64_t)pt->num_win * e->expert_bytes);
+    if (r == 0)
+        r = buf_reserve(&pt->woutbuf, (uint64_t)pt->num_wout * e->expert_bytes);
     for (uint32_t d = 0; d < pt->pl; d++)
         computed += e->dev[d].rows;
     if (r == 0)
@@ -445,6 +458,8 @@ static int reserve_host(llep_part *pt, const uint64_t *rows_out, const uint64_t 
         return set_error(pt, r, "out of host memory for the step's buffers");
     for (uint32_t i = 0; i < pt->num_win; i++)
         pt->win[i].data = (char *)pt->wbuf.data + (uint64_t)i * e->expert_bytes;
+    for (uint32_t i = 0; i < pt->num_wout; i++)
+        pt->wout[i].data = (char *)pt->woutbuf.data + (uint64_t)i * e->expert_bytes;
     return 0;
 }
 
@@ -459,6 +474,10 @@ static int alloc_step(llep_part *pt) {
                                        &pt->recv[t]);
     for (uint32_t d = 0; d < pt->pl && r == 0; d++)
         r = llep__engine_device_alloc(e, d);
+    for (uint32_t j = 0; j < pt->nodes && r == 0; j++) {
+        pt->resdev_bytes[j] = buf_of(pt, LLEP_PART_RESULTS_IN, j)->bytes;
+        r = llep__engine_dev_alloc(e, 0, pt->resdev_bytes[j], &pt->resdev[j]);
+    }
     if (r < 0)
         return set_error(pt, r, "out of device memory while allocating the step's buffers");
     return 0;
@@ -496,8 +515,7 @@ static void route_slots(llep_part *pt) {
                 uint64_t pos = pt->out_off[i] + (r - lo);
                 memcpy((char *)buf_of(pt, LLEP_PART_ROWS_OUT, j)->data + pos * row_bytes, xrow,
                        row_bytes);
-                csrc[s] = (const float *)buf_of(pt, LLEP_PART_RESULTS_IN, j)->data +
-                          pos * e->d;
+                csrc[s] = (const float *)pt->resdev[j] + pos * e->d;
                 pt->crossing++;
                 continue;
             }
@@ -562,6 +580,31 @@ static void count_traffic(llep_part *pt, const uint64_t *rows_out, const uint64_
                    (uint64_t)tr->weights_in * e->expert_bytes;
 }
 
+/* The native blocks of WEIGHTS_OUT, into host memory for the caller to send. */
+static int download_weights(llep_part *pt) {
+    const llep_plan *pl = &pt->plan;
+    llep_engine *e = pt->e;
+    int r = 0;
+
+    if (pt->num_wout == 0)
+        return 0;
+    for (uint32_t i = 0; i < pt->num_wout && r == 0; i++) {
+        uint32_t x = pt->wout[i].expert, native = llep__plan_native(pl, x) - pt->dev0;
+        const void *blk = llep__engine_native_block(e, native, x - (native + pt->dev0) *
+                                                                   pl->experts_per_device);
+        r = e->be->ops->download(e->be, native, pt->wout[i].data, blk, e->expert_bytes);
+    }
+    int rs = e->be->ops->sync(e->be);
+    if (r == 0)
+        r = rs;
+    if (r < 0) {
+        free_step(pt);
+        return set_error(pt, r, "%s backend failed copying weights out: %s",
+                         e->be->ops->name, strerror(-r));
+    }
+    return 0;
+}
+
 int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *const *node_loads,
                        const llep_engine_batch *batches) {
     uint64_t *rows_out = NULL, *rows_in = NULL;
@@ -586,7 +629,10 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
     pt->batches = batches;
     list_weights(pt);
     layout(pt, rows_out, rows_in);
-    r = check_budgets(pt);
+    uint64_t results_in = 0;
+    for (uint32_t j = 0; j < pt->nodes; j++)
+        results_in += rows_out[j] * pt->e->d * sizeof(float);
+    r = check_budgets(pt, results_in);
     if (r == 0)
         r = reserve_host(pt, rows_out, rows_in);
     if (r < 0)
@@ -601,6 +647,7 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
     route_slots(pt);
     route_rows_in(pt);
     count_traffic(pt, rows_out, rows_in);
+    r = download_weights(pt);
 out:
     free(rows_out);
     free(rows_in);
@@ -702,7 +749,7 @@ static int queue_compute(llep_part *pt) {
                 float *dst = (float *)buf_of(pt, LLEP_PART_RESULTS_OUT, j)->data +
                              pt->cursor[j] * e->d;
                 const float *src = e->dev[d].y + (pt->chunk_row[i] + (lo - rg->start)) * e->d;
-                r = ops->copy(e->be, d, dst, src, cnt * e->d * sizeof(float));
+                r = ops->download(e->be, d, dst, src, cnt * e->d * sizeof(float));
                 pt->cursor[j] += cnt;
             }
         }
@@ -768,6 +815,14 @@ int llep__part_combine(llep_part *pt, llep_engine_stats *stats) {
     if (pt->state != PART_COMPUTED)
         return set_error(pt, -EINVAL, "combine needs a computed step");
     e = pt->e;
+    /* Results from other nodes onto device 0, where the combines read them. */
+    for (uint32_t j = 0; j < pt->nodes && r == 0; j++)
+        if (pt->resdev_bytes[j])
+            r = e->be->ops->copy(e->be, 0, pt->resdev[j], buf_of(pt, LLEP_PART_RESULTS_IN, j)->data,
+                                 pt->resdev_bytes[j]);
+    rs = e->be->ops->sync(e->be);
+    if (r == 0)
+        r = rs;
     for (uint32_t p = 0; p < pt->pl && r == 0; p++)
         if (pt->batches[p].tokens)
             r = llep__engine_queue_combine(e, p, &pt->batches[p],

@@ -58,14 +58,16 @@ enum llep_part_buf {
 typedef struct llep_part_weights {
     uint32_t expert;        /* global id */
     uint32_t node;          /* OUT: the node to send to; IN: the node it comes from */
-    void *data;             /* OUT: this node's copy (read only); IN: where the caller puts it */
+    void *data;             /* OUT: a host copy made by prepare; IN: where the caller puts it */
     uint64_t bytes;
 } llep_part_weights;
 
 /* A part over engine e (which it borrows; free the part first) for node `node` of `num_nodes`.
- * The engine's backend must have host-addressable device memory (the CPU backend): weights
- * leave the node straight from its devices. Returns 0, -EINVAL (bad node, too many experts or
- * devices), -EOPNOTSUPP (another backend) or -ENOMEM; the message is in err. */
+ * Everything crossing nodes passes through host memory: the backend must have the download
+ * op (backend.h; the CPU and CUDA backends do). Results from other nodes are copied onto this
+ * node's device 0 for the combines, charged to its budget. Returns 0, -EINVAL (bad node, too
+ * many experts or devices), -EOPNOTSUPP (a backend without download) or -ENOMEM; the message
+ * is in err. */
 int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part **ret,
                    char *err, size_t errlen);
 void llep__part_free(llep_part *pt);
