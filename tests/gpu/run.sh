@@ -16,6 +16,8 @@
 #   4. llep-bench, gpt-oss-120b shape (D = H = 2880, N = 128, K = 4), all scenarios, EP vs LLEP,
 #      on cuda:0x4 and cuda:0x8 (target: LLEP at >= 90 % of the ideal speedup in the 95 %
 #      scenarios)
+#   5. a cluster layer on the CUDA backend: three llepd nodes on loopback, two logical devices
+#      each on GPU 0, clients on every node checked against float64   tests/gpu/cluster.sh
 # and prints a short table last. Full results go to $OUT when it is set (else to
 # $BUILD/gpu-results): build and test logs, kernels.json, paths.txt, bench-cuda-0x4.json,
 # bench-cuda-0x8.json, summary.txt.
@@ -148,7 +150,8 @@ if [ $skip_build = 0 ]; then
     else
         step 120 meson-setup.log meson setup "$build" "${opts[@]}" || exit 4
     fi
-    step 300 build.log ninja -C "$build" tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench || exit 4
+    step 300 build.log ninja -C "$build" tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench \
+        daemon/llepd tools/llepctl tools/llep-demo || exit 4
     if [ $dry = 0 ] && grep -q 'warning' "$out/build.log"; then
         echo "run.sh: the build printed warnings (see $out/build.log)" >&2
         exit 4
@@ -156,7 +159,7 @@ if [ $skip_build = 0 ]; then
 fi
 [ $build_only = 1 ] && { say "built; --build-only stops here"; exit 0; }
 
-for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench; do
+for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench daemon/llepd tools/llepctl tools/llep-demo; do
     if [ $dry = 0 ] && [ ! -x "$build/$exe" ]; then
         echo "run.sh: $build/$exe is missing; build first (without --skip-build)" >&2
         exit 4
@@ -231,6 +234,13 @@ for p in 4 8; do
         [ "$rc" = 0 ] || failed+=("llep-bench cuda:0x$p (exit $rc)")
     fi
 done
+
+# ---- 5. cluster layer ----
+say "5. cluster layer: three llepd nodes on loopback, cuda:0x2 each on GPU 0"
+cluster_args=(cuda "cuda:0x2")
+[ $selftest = 1 ] && cluster_args=(cpu 2)
+CUDA_VISIBLE_DEVICES=$first_gpu check cluster 90 cluster.log bash "$here/cluster.sh" "$build" \
+    "${cluster_args[@]}"
 
 [ $dry = 1 ] && { say "dry run: nothing was run"; exit 0; }
 
