@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cluster-layer.h"
+#include "peer-auth.h"
 #include "llep-config.h"
 #include "log.h"
 
@@ -23,6 +24,7 @@
 enum link_state {
     LINK_CONNECTING,   /* dialling: TCP connect in progress */
     LINK_HELLO,        /* connected, hello not yet done */
+    LINK_AUTH,         /* answered a hello; waiting for the dialling node's PeerAuth */
     LINK_UP,
     LINK_CLOSING,      /* shutting down after a last message, or its handle is closing */
 };
@@ -41,6 +43,9 @@ typedef struct cluster_link {
     bool outgoing;
     uint64_t started_ns;        /* when it was made, then when it began closing */
     uint64_t rx_unattributed;   /* bytes received before the hello named the peer */
+    uint8_t nonce_dial[LLEP_PEER_NONCE_BYTES];   /* authentication (peer-auth.h) */
+    uint8_t nonce_reply[LLEP_PEER_NONCE_BYTES];
+    cluster_peer *pending;      /* LINK_AUTH: the node the hello named */
     char remote[ADDR_MAX];      /* for logs */
 } cluster_link;
 
@@ -71,6 +76,8 @@ struct llepd_cluster {
     uint64_t peers_hash;
     uint64_t heartbeat_ns, timeout_ns;
     char listen_address[ADDR_MAX];
+    bool auth;                  /* --peer-secret-file: links authenticate */
+    llep_peer_secret secret;
     cluster_peer *peers;        /* every node but this one, by id */
     uint32_t npeers;
     uv_tcp_t listener;
@@ -256,6 +263,10 @@ static void send_hello(cluster_link *l) {
     h.peer_id = l->peer->addr.id;
     h.peers_hash = l->cl->peers_hash;
     h.daemon_version = (char *)LLEP_VERSION;
+    if (l->cl->auth && llep__peer_nonce(l->nonce_dial) == 0) {
+        h.nonce.data = l->nonce_dial;
+        h.nonce.len = LLEP_PEER_NONCE_BYTES;
+    }
     f.id = 1;
     f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
     f.peer_hello = &h;
@@ -305,6 +316,10 @@ static int check_hello(llepd_cluster *cl, const Llep__PeerHello *h, cluster_peer
     return 0;
 }
 
+static void accept_link(cluster_link *l, cluster_peer *p);
+static int check_auth_offer(llepd_cluster *cl, const Llep__PeerHello *h, char *msg,
+                            size_t len);
+
 static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
     llepd_cluster *cl = l->cl;
     Llep__PeerHelloReply hr = LLEP__PEER_HELLO_REPLY__INIT;
@@ -313,6 +328,10 @@ static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
     char msg[MSG_MAX] = "";
     int r = check_hello(cl, f->peer_hello, &p, msg, sizeof(msg));
 
+    uint8_t mac[LLEP_PEER_MAC_BYTES];
+
+    if (r == 0)
+        r = check_auth_offer(cl, f->peer_hello, msg, sizeof(msg));
     hr.status = llep__status_from_errno(r);
     hr.message = msg;
     hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
@@ -321,12 +340,37 @@ static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
     out.id = f->id;
     out.body_case = LLEP__FRAME__BODY_PEER_HELLO_REPLY;
     out.peer_hello_reply = &hr;
+    if (r == 0 && cl->auth) {
+        memcpy(l->nonce_dial, f->peer_hello->nonce.data, LLEP_PEER_NONCE_BYTES);
+        r = llep__peer_nonce(l->nonce_reply);
+        if (r < 0)
+            snprintf(msg, sizeof(msg), "node %u cannot make a nonce", cl->node_id);
+        llep__peer_mac(&cl->secret, false, l->nonce_dial, l->nonce_reply, p->addr.id,
+                       cl->node_id, mac);
+        hr.status = llep__status_from_errno(r);
+        hr.nonce.data = l->nonce_reply;
+        hr.nonce.len = LLEP_PEER_NONCE_BYTES;
+        hr.mac.data = mac;
+        hr.mac.len = sizeof(mac);
+    }
     if (r < 0) {
         log_warning("refused a peer link from %s: %s", l->remote, msg);
         link_send(l, &out);
         link_end(l, msg, true);
         return;
     }
+    link_send(l, &out);
+    if (cl->auth) {
+        /* Up only once the dialling node has shown it holds the secret too (PeerAuth). */
+        l->state = LINK_AUTH;
+        l->pending = p;
+        return;
+    }
+    accept_link(l, p);
+}
+
+/* An answered (and, with a secret, authenticated) incoming link becomes p's link. */
+static void accept_link(cluster_link *l, cluster_peer *p) {
     /* A node dialling again has restarted or lost its link: the new link wins. */
     if (p->link) {
         char why[MSG_MAX];
@@ -335,9 +379,77 @@ static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
     }
     p->bytes_received += l->rx_unattributed;
     l->rx_unattributed = 0;
-    l->peer = p;
-    link_send(l, &out);
     link_up(l, p);
+}
+
+/* Both ends must agree on authenticating: say which one lacks the secret. */
+static int check_auth_offer(llepd_cluster *cl, const Llep__PeerHello *h, char *msg,
+                            size_t len) {
+    if (cl->auth && h->nonce.len != LLEP_PEER_NONCE_BYTES) {
+        snprintf(msg, len, "node %u authenticates its peer links (peer-secret-file) and node %"
+                 PRIu32 " does not: give every node the same peer secret", cl->node_id,
+                 h->node_id);
+        return -EACCES;
+    }
+    if (!cl->auth && h->nonce.len) {
+        snprintf(msg, len, "node %" PRIu32 " authenticates its peer links (peer-secret-file) "
+                 "and node %u does not: give every node the same peer secret", h->node_id,
+                 cl->node_id);
+        return -EACCES;
+    }
+    return 0;
+}
+
+/* LINK_AUTH: the dialling node's PeerAuth. */
+static void handle_peer_auth(cluster_link *l, const Llep__Frame *f) {
+    llepd_cluster *cl = l->cl;
+    cluster_peer *p = l->pending;
+    const Llep__PeerAuth *a = f->peer_auth;
+    char msg[MSG_MAX];
+
+    if (!llep__peer_mac_ok(&cl->secret, true, l->nonce_dial, l->nonce_reply, p->addr.id,
+                           cl->node_id, a->mac.data, a->mac.len)) {
+        snprintf(msg, sizeof(msg), "node %u failed authentication: its HMAC does not match "
+                 "(a different peer secret?)", p->addr.id);
+        link_fail(l, f->id, -EACCES, msg);
+        return;
+    }
+    l->pending = NULL;
+    accept_link(l, p);
+}
+
+/* With a secret: whether the answering node's HMAC shows it holds the same one. */
+static bool reply_authentic(cluster_link *l, const Llep__PeerHelloReply *h, char *msg,
+                            size_t len) {
+    uint32_t id = l->peer->addr.id;
+
+    if (h->nonce.len != LLEP_PEER_NONCE_BYTES) {
+        snprintf(msg, len, "node %u did not authenticate (no peer-secret-file there?)", id);
+        return false;
+    }
+    memcpy(l->nonce_reply, h->nonce.data, LLEP_PEER_NONCE_BYTES);
+    if (!llep__peer_mac_ok(&l->cl->secret, false, l->nonce_dial, l->nonce_reply,
+                           l->cl->node_id, id, h->mac.data, h->mac.len)) {
+        snprintf(msg, len, "node %u failed authentication: its HMAC does not match (a different "
+                 "peer secret?)", id);
+        return false;
+    }
+    return true;
+}
+
+static void send_auth(cluster_link *l) {
+    Llep__PeerAuth a = LLEP__PEER_AUTH__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    uint8_t mac[LLEP_PEER_MAC_BYTES];
+
+    llep__peer_mac(&l->cl->secret, true, l->nonce_dial, l->nonce_reply, l->cl->node_id,
+                   l->peer->addr.id, mac);
+    a.mac.data = mac;
+    a.mac.len = sizeof(mac);
+    f.id = 3;
+    f.body_case = LLEP__FRAME__BODY_PEER_AUTH;
+    f.peer_auth = &a;
+    link_send(l, &f);
 }
 
 static void handle_peer_hello_reply(cluster_link *l, const Llep__Frame *f) {
@@ -357,7 +469,11 @@ static void handle_peer_hello_reply(cluster_link *l, const Llep__Frame *f) {
                  p->address, h->node_id, p->addr.id);
     else if (h->peers_hash != l->cl->peers_hash)
         snprintf(msg, sizeof(msg), "node %u has a different peers list", p->addr.id);
+    else if (l->cl->auth && !reply_authentic(l, h, msg, sizeof(msg)))
+        ;
     else {
+        if (l->cl->auth)
+            send_auth(l);
         link_up(l, p);
         return;
     }
@@ -418,6 +534,16 @@ static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
                  m && m[0] ? m : "no message");
         log_warning("peer link %s: %s", l->remote, msg);
         link_end(l, msg, false);
+        return;
+    }
+    if (l->state == LINK_AUTH) {
+        if (body != LLEP__FRAME__BODY_PEER_AUTH) {
+            snprintf(msg, sizeof(msg), "after PeerHelloReply a peer link must send peer_auth, "
+                     "got %s", llep__frame_body_name(body));
+            link_fail(l, f->id, -EACCES, msg);
+        } else {
+            handle_peer_auth(l, f);
+        }
         return;
     }
     if (l->state == LINK_HELLO) {
@@ -638,6 +764,7 @@ static void tick(llepd_cluster *cl) {
             link_close_handle(l); /* the other end does not read our last message */
         else if (l->state != LINK_UP)
             link_end(l, l->state == LINK_CONNECTING ? "no connection within the peer timeout"
+                        : l->state == LINK_AUTH     ? "no authentication within the peer timeout"
                                                     : "no hello within the peer timeout",
                      false);
     }
@@ -722,6 +849,12 @@ int llepd_cluster_init(llepd_server *srv, char *err, size_t errlen) {
     cl->heartbeat_ns = (uint64_t)cfg->peer_heartbeat_ms * 1000000u;
     cl->timeout_ns = (uint64_t)cfg->peer_timeout_ms * 1000000u;
     llep__peer_addr_format(listen_addr, cl->listen_address, sizeof(cl->listen_address));
+    if (cfg->peer_secret_file[0]) {
+        r = llep__peer_secret_load(cfg->peer_secret_file, &cl->secret, err, errlen);
+        if (r < 0)
+            return r;
+        cl->auth = true;
+    }
     cl->peers = calloc(cfg->npeers ? cfg->npeers : 1, sizeof(*cl->peers));
     if (!cl->peers) {
         snprintf(err, errlen, "out of memory");
@@ -757,9 +890,10 @@ int llepd_cluster_init(llepd_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "peer heartbeat timer: %s", uv_strerror(r));
         return r;
     }
-    log_notice("cluster: node %u of %u, peer links on %s, heartbeat %u ms, peer timeout %u ms",
-               cl->node_id, cl->npeers + 1, cl->listen_address, cfg->peer_heartbeat_ms,
-               cfg->peer_timeout_ms);
+    log_notice("cluster: node %u of %u, peer links on %s, heartbeat %u ms, peer timeout %u ms, "
+               "%s", cl->node_id, cl->npeers + 1, cl->listen_address, cfg->peer_heartbeat_ms,
+               cfg->peer_timeout_ms, cl->auth ? "authenticated with the peer secret"
+                                              : "not authenticated (no peer-secret-file)");
     tick(cl); /* dial the higher ids now rather than one interval later */
     return 0;
 }
@@ -793,6 +927,7 @@ void llepd_cluster_fini(llepd_cluster *cl) {
         llep__frame_decoder_fini(&l->dec);
         free(l);
     }
+    explicit_bzero(&cl->secret, sizeof(cl->secret));
     free(cl->peers);
     free(cl);
 }

@@ -334,6 +334,15 @@ static int set_peer_timeout_ms(llep_config *c, const char *value) {
     return parse_ms(value, 20, 3600000, &c->peer_timeout_ms);
 }
 
+static int set_peer_secret_file(llep_config *c, const char *value) {
+    size_t n = strlen(value);
+
+    if (n == 0 || n >= sizeof(c->peer_secret_file))
+        return -EINVAL;
+    memcpy(c->peer_secret_file, value, n + 1);
+    return 0;
+}
+
 static const config_key keys[] = {
     { "socket", "PATH", "a path of 1 to 107 bytes",
       "unix socket to listen on", set_socket },
@@ -364,6 +373,8 @@ static const config_key keys[] = {
       "heartbeat interval on peer links (default 1000)", set_peer_heartbeat_ms },
     { "peer-timeout-ms", "N", "an integer from 20 to 3600000",
       "silence after which a peer is down (default 5000)", set_peer_timeout_ms },
+    { "peer-secret-file", "PATH", "a path of 1 to 255 bytes",
+      "file with a secret all nodes share; peer links authenticate with it", set_peer_secret_file },
 };
 
 /* Finds a key; '_' matches '-' so `min_tokens` works as well as `min-tokens`. len lets the
@@ -841,6 +852,10 @@ static int check_cluster(const llep_config *c, char *err, size_t errlen) {
     }
     if (c->have_listen_peers && !c->npeers) {
         set_error(err, errlen, "'listen-peers' needs 'node-id' and 'peers'");
+        return -EINVAL;
+    }
+    if (c->peer_secret_file[0] && !c->npeers) {
+        set_error(err, errlen, "'peer-secret-file' needs 'node-id' and 'peers'");
         return -EINVAL;
     }
     if (c->have_node_id && !llep__config_listen_addr(c)) {

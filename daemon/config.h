@@ -16,6 +16,7 @@
  *                          in --peers, e.g. 0.0.0.0:PORT to accept on every interface)
  *   --peer-heartbeat-ms N  heartbeat interval on peer links (default 1000)
  *   --peer-timeout-ms N    silence after which a peer shows as down (default 5000)
+ *   --peer-secret-file PATH   a secret every node shares: peer links authenticate with it
  *   --config FILE          read `key = value` lines first; the command line overrides them
  *
  * A config file has one `key = value` per line, keys as the long options without "--" ('_'
@@ -91,6 +92,7 @@ typedef struct llep_config {
     bool have_listen_peers;
     llep_peer_addr listen_peers;
     uint32_t peer_heartbeat_ms, peer_timeout_ms;
+    char peer_secret_file[256];   /* "" : peer links unauthenticated */
     char detail[160];             /* why the last value was bad, when "expected" is not enough */
     bool help, version;           /* --help / --version given: main() prints and exits */
 } llep_config;

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential meson ninja-build pkg-config python3
-  libuv1-dev libprotobuf-c-dev protobuf-c-compiler libsystemd-dev
+  libuv1-dev libprotobuf-c-dev protobuf-c-compiler libsystemd-dev libsodium-dev
   check libopenblas-dev libjson-c-dev gnuplot-nox
   # systemd-analyze, -sysusers, -tmpfiles and groff for the install test; debhelper, dpkg-dev
   # and git to build and check the .deb set (tests/test-packaging.sh)

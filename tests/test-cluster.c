@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -210,7 +211,8 @@ static uint64_t wait_state(int node, uint32_t peer, Llep__PeerState state, uint6
 
 /* ---- daemons ------------------------------------------------------------------------------ */
 
-static void start_node(int node, const char *peer_list) {
+/* With secret set, the node authenticates its peer links with that file. */
+static void start_node_secret(int node, const char *peer_list, const char *secret) {
     char sock[128], logf[128], id[16];
     const char *bin = getenv("LLEPD");
 
@@ -225,7 +227,8 @@ static void start_node(int node, const char *peer_list) {
         dup2(fd, 2);
         execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "1", "--node-id", id,
               "--peers", peer_list, "--peer-heartbeat-ms", HEARTBEAT_MS, "--peer-timeout-ms",
-              TIMEOUT_MS_TEXT, "--log-level", "info", (char *)NULL);
+              TIMEOUT_MS_TEXT, "--log-level", "info",
+              secret ? "--peer-secret-file" : (char *)NULL, secret, (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 500; i++) {
@@ -238,6 +241,10 @@ static void start_node(int node, const char *peer_list) {
         sleep_ms(10);
     }
     ck_abort_msg("llepd node %d did not start", node);
+}
+
+static void start_node(int node, const char *peer_list) {
+    start_node_secret(node, peer_list, NULL);
 }
 
 /* SIGTERM: the peer links are closed with everything else and llepd exits 0. */
@@ -757,6 +764,147 @@ START_TEST(fake_peer_cluster_layers) {
 }
 END_TEST
 
+/* A secret file under the test's directory with the given mode. */
+static void write_secret(const char *name, const char *text, mode_t mode, char *path,
+                         size_t len) {
+    snprintf(path, len, "%s/%s", tmpdir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    ck_assert_int_eq(fchmod(fd, mode), 0);
+    close(fd);
+}
+
+/* Waits until node's view of peer has a last_error containing text. */
+static void wait_error(int node, uint32_t peer, const char *text, uint64_t limit_ms) {
+    for (uint64_t start = now_ms();; sleep_ms(20)) {
+        Llep__Frame *f = query_peers(node);
+        const Llep__PeerInfo *p = find_peer(f->peers_reply, peer);
+        bool found = strstr(p->last_error, text) != NULL;
+        char last[256];
+        snprintf(last, sizeof(last), "%s", p->last_error);
+        ck_assert_int_ne(p->state, LLEP__PEER_STATE__PEER_STATE_UP);
+        llep__frame_free(f);
+        if (found)
+            return;
+        ck_assert_msg(now_ms() - start < limit_ms, "node %d: peer %u's last error is '%s', "
+                      "not '%s'", node, peer, last, text);
+    }
+}
+
+/* With --peer-secret-file, nodes holding the same secret link up; a node with another secret
+ * or none is refused with the reason; a fake peer without the secret gets nowhere. */
+START_TEST(peer_secret) {
+    char a[PATH_MAX], b[PATH_MAX], open_file[PATH_MAX], short_file[PATH_MAX];
+    write_secret("a", "correct horse battery staple 42\n", 0600, a, sizeof(a));
+    write_secret("b", "another secret, also long enough\n", 0600, b, sizeof(b));
+    write_secret("open", "correct horse battery staple 42\n", 0644, open_file,
+                 sizeof(open_file));
+    write_secret("short", "too short\n", 0600, short_file, sizeof(short_file));
+
+    start_node_secret(0, peers, a);
+    start_node_secret(1, peers, a);
+    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
+    wait_state(1, 0, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
+    ck_assert(log_has(0, "authenticated with the peer secret"));
+
+    /* Another secret: node 0 dials node 2 and finds its answer does not check. */
+    start_node_secret(2, peers, b);
+    wait_error(0, 2, "node 2 failed authentication", 3000);
+    stop_node(2);
+    /* No secret: node 2 refuses the authenticating hello, saying why. */
+    start_node(2, peers);
+    wait_error(0, 2, "give every node the same peer secret", 3000);
+    stop_node(2);
+
+    /* Play node 0 towards node 1 without the secret: a hello without a nonce is refused; one
+     * with a nonce is answered, but a PeerAuth that does not check closes the link. */
+    stop_node(0);
+    uint64_t hash = peers_hash_of(peers);
+    llep_frame_decoder dec;
+    int fd = connect_peer_port(1);
+    llep__frame_decoder_init(&dec, 0);
+    send_peer_hello(fd, hash);
+    Llep__Frame *r = recv_frame(fd, &dec);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_PEER_HELLO_REPLY);
+    ck_assert_int_ne(r->peer_hello_reply->status, LLEP__STATUS__STATUS_OK);
+    ck_assert_ptr_nonnull(strstr(r->peer_hello_reply->message, "node 0 does not"));
+    llep__frame_free(r);
+    llep__frame_decoder_fini(&dec);
+    close(fd);
+
+    fd = connect_peer_port(1);
+    llep__frame_decoder_init(&dec, 0);
+    Llep__PeerHello h = LLEP__PEER_HELLO__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+    uint8_t nonce[32] = { 1, 2, 3 }, mac[32] = { 0 };
+    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.node_id = 0;
+    h.peer_id = 1;
+    h.peers_hash = hash;
+    h.nonce.data = nonce;
+    h.nonce.len = sizeof(nonce);
+    f.id = 1;
+    f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
+    f.peer_hello = &h;
+    send_frame(fd, &f);
+    r = recv_frame(fd, &dec);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(r->peer_hello_reply->status, LLEP__STATUS__STATUS_OK);
+    ck_assert_uint_eq(r->peer_hello_reply->nonce.len, 32);
+    ck_assert_uint_eq(r->peer_hello_reply->mac.len, 32);
+    llep__frame_free(r);
+    /* Not up before it authenticates. */
+    Llep__Frame *q = query_peers(1);
+    ck_assert_int_ne(find_peer(q->peers_reply, 0)->state, LLEP__PEER_STATE__PEER_STATE_UP);
+    llep__frame_free(q);
+    Llep__PeerAuth pa = LLEP__PEER_AUTH__INIT;
+    pa.mac.data = mac;
+    pa.mac.len = sizeof(mac);
+    f.id = 3;
+    f.body_case = LLEP__FRAME__BODY_PEER_AUTH;
+    f.peer_auth = &pa;
+    send_frame(fd, &f);
+    r = recv_frame(fd, &dec);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_ERROR);
+    ck_assert_ptr_nonnull(strstr(r->error->message, "node 0 failed authentication"));
+    llep__frame_free(r);
+    ck_assert_ptr_null(recv_frame(fd, &dec));
+    llep__frame_decoder_fini(&dec);
+    close(fd);
+    q = query_peers(1);
+    ck_assert_int_ne(find_peer(q->peers_reply, 0)->state, LLEP__PEER_STATE__PEER_STATE_UP);
+    ck_assert_uint_eq(find_peer(q->peers_reply, 0)->links_up, 1); /* the real node 0, earlier */
+    llep__frame_free(q);
+    stop_node(1);
+
+    /* Secret files llepd will not use. */
+    const char *bad[2] = { open_file, short_file };
+    const char *why[2] = { "chmod 600", "needs at least 16" };
+    for (int i = 0; i < 2; i++) {
+        char sock[128], logf[128];
+        const char *bin = getenv("LLEPD");
+        int status;
+        sock_path(0, sock, sizeof(sock));
+        log_path(0, logf, sizeof(logf));
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            int lfd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            dup2(lfd, 2);
+            execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "1", "--node-id",
+                  "0", "--peers", peers, "--peer-secret-file", bad[i], (char *)NULL);
+            _exit(127);
+        }
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+        ck_assert_msg(log_has(0, why[i]), "llepd's log does not say '%s'", why[i]);
+    }
+}
+END_TEST
+
 /* A node whose peers list differs from the others' refuses them, with the reason in both
  * logs and in llepctl peers; it shows them down, and the others stay linked. */
 START_TEST(different_peers_list) {
@@ -832,6 +980,7 @@ static Suite *cluster_suite(void) {
     tcase_add_test(tc, bad_peer_input);
     tcase_add_test(tc, fake_peer);
     tcase_add_test(tc, fake_peer_cluster_layers);
+    tcase_add_test(tc, peer_secret);
     tcase_add_test(tc, different_peers_list);
     tcase_add_test(tc, not_clustered);
     suite_add_tcase(s, tc);

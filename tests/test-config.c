@@ -647,6 +647,8 @@ START_TEST(test_cluster_errors) {
           "'listen-peers' needs 'node-id' and 'peers'" },
         { "--peer-heartbeat-ms", "500", "--peer-timeout-ms", "500",
           "'peer-timeout-ms' (500) must be larger than 'peer-heartbeat-ms' (500)" },
+        { "--peer-secret-file", "/etc/llep/peer-secret", "--socket", "/tmp/s",
+          "'peer-secret-file' needs 'node-id' and 'peers'" },
     };
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
         llep__config_init(&c);
