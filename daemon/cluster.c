@@ -1004,6 +1004,7 @@ void llepd_handle_peers(llepd_session *s, const Llep__Frame *f) {
         pr.listen_address = cl->listen_address;
         pr.heartbeat_ms = (uint32_t)(cl->heartbeat_ns / 1000000u);
         pr.timeout_ms = (uint32_t)(cl->timeout_ns / 1000000u);
+        pr.authenticated = cl->auth;
     }
     for (uint32_t i = 0; i < n; i++) {
         const cluster_peer *p = &cl->peers[i];

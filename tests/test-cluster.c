@@ -312,6 +312,7 @@ static void check_peers_json(int node) {
     ck_assert_int_eq(json_object_get_int(v), node);
     ck_assert(json_object_object_get_ex(o, "timeout_ms", &v));
     ck_assert_int_eq(json_object_get_int(v), TIMEOUT_MS);
+    ck_assert(json_object_object_get_ex(o, "authenticated", &v) && !json_object_get_boolean(v));
     ck_assert(json_object_object_get_ex(o, "peers", &list));
     ck_assert_uint_eq(json_object_array_length(list), NODES - 1);
     for (size_t i = 0; i < NODES - 1; i++) {
@@ -807,6 +808,9 @@ START_TEST(peer_secret) {
     wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
     wait_state(1, 0, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
     ck_assert(log_has(0, "authenticated with the peer secret"));
+    char out[4096];
+    ck_assert_int_eq(run_llepctl(1, "peers", NULL, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "authenticated with the peer secret"), "%s", out);
 
     /* Another secret: node 0 dials node 2 and finds its answer does not check. */
     start_node_secret(2, peers, b);

@@ -725,8 +725,9 @@ static void peers_json(const Llep__PeersReply *p) {
     if (p->clustered) {
         printf(", \"node_id\": %" PRIu32 ", \"listen_address\": ", p->node_id);
         json_str(p->listen_address);
-        printf(", \"heartbeat_ms\": %" PRIu32 ", \"timeout_ms\": %" PRIu32, p->heartbeat_ms,
-               p->timeout_ms);
+        printf(", \"heartbeat_ms\": %" PRIu32 ", \"timeout_ms\": %" PRIu32
+               ", \"authenticated\": %s", p->heartbeat_ms, p->timeout_ms,
+               p->authenticated ? "true" : "false");
     }
     fputs(", \"peers\": [", stdout);
     for (size_t i = 0; i < p->n_peers; i++) {
@@ -775,7 +776,8 @@ static int verb_peers(ctl *x, char **argv) {
         return 0;
     }
     printf("node %" PRIu32 ", peer links on %s, heartbeat %" PRIu32 " ms, peer timeout %" PRIu32
-           " ms\n", p->node_id, p->listen_address, p->heartbeat_ms, p->timeout_ms);
+           " ms, %s\n", p->node_id, p->listen_address, p->heartbeat_ms, p->timeout_ms,
+           p->authenticated ? "authenticated with the peer secret" : "not authenticated");
     printf("%-5s %-24s %-10s %10s %10s %10s %10s %10s  %s\n", "NODE", "ADDRESS", "STATE",
            "RTT", "SRTT", "SENT", "RECEIVED", "LAST SEEN", "LAST ERROR");
     for (size_t i = 0; i < p->n_peers; i++) {
