@@ -15,6 +15,7 @@
  *                   layer uid) and steps are exact again.
  *   origin_killed   SIGKILL the origin: the others' copies are orphaned, their steps say so;
  *                   created again from the restarted origin, the layer is exact again.
+ *   two_layers      two cluster layers of different origins step at the same time, exact.
  *   plan_mismatch   a node started with LLEPD_TEST_PLAN_MISMATCH=1 plans from skewed loads: the
  *                   hash exchange catches it, every node fails the step saying so, no output is
  *                   written.
@@ -362,7 +363,8 @@ typedef struct node_client {
     char err[256];
 } node_client;
 
-static void client_open(node_client *nc, int node, bool create, uint32_t group) {
+static void client_open_named(node_client *nc, int node, const char *name, bool create,
+                              uint32_t group) {
     char sock[128];
     llep_layer_desc d = layer_desc(create, group);
 
@@ -370,10 +372,14 @@ static void client_open(node_client *nc, int node, bool create, uint32_t group) 
     sock_path(node, sock, sizeof(sock));
     int r = llep_connect(sock, &nc->c);
     ck_assert_msg(r == 0, "node %d: connect: %s", node, llep_strerror(r));
-    r = llep_layer_create(nc->c, "moe", &d, &nc->l);
+    r = llep_layer_create(nc->c, name, &d, &nc->l);
     ck_assert_msg(r == 0, "node %d: %s the cluster layer: %s: %s", node,
                   create ? "creating" : "attaching", llep_strerror(r),
                   llep_client_error(nc->c));
+}
+
+static void client_open(node_client *nc, int node, bool create, uint32_t group) {
+    client_open_named(nc, node, "moe", create, group);
 }
 
 static void client_close(node_client *nc) {
@@ -710,6 +716,51 @@ START_TEST(origin_killed) {
 }
 END_TEST
 
+/* Two cluster layers stepping at the same time, one created on node 0 and one on node 1:
+ * their messages keep apart and every output is exact. */
+START_TEST(two_layers) {
+    node_client a[NODES], b[NODES];
+    int32_t sa[NODES * TOKENS * K], sb[NODES * TOKENS * K];
+    pthread_t th[2 * NODES];
+
+    weights_init();
+    for (int i = 0; i < NODES; i++)
+        start_node(i, false);
+    wait_cluster_up();
+    client_open_named(&a[0], 0, "moe", true, 0);
+    client_open_named(&b[1], 1, "moe2", true, 0);
+    for (int i = 0; i < NODES; i++) {
+        if (i != 0)
+            client_open_named(&a[i], i, "moe", false, 0);
+        if (i != 1)
+            client_open_named(&b[i], i, "moe2", false, 0);
+    }
+    ck_assert_int_eq(layer_field(2, "moe2", "origin"), 1);
+    for (int round = 0; round < 3; round++) {
+        skewed_slots(0.7, sa);
+        skewed_slots(0.5, sb);
+        fill_batches(a, sa, 7);
+        fill_batches(b, sb, 7);
+        for (int i = 0; i < NODES; i++) {
+            ck_assert_int_eq(pthread_create(&th[i], NULL, forward_thread, &a[i]), 0);
+            ck_assert_int_eq(pthread_create(&th[NODES + i], NULL, forward_thread, &b[i]), 0);
+        }
+        for (int i = 0; i < 2 * NODES; i++)
+            pthread_join(th[i], NULL);
+        for (int i = 0; i < NODES; i++) {
+            ck_assert_msg(a[i].r == 0 && b[i].r == 0, "node %d: %s / %s", i, a[i].err, b[i].err);
+            assert_exact(&a[i].b, i);
+            assert_exact(&b[i].b, i);
+        }
+    }
+    for (int i = 0; i < NODES; i++) {
+        client_close(&a[i]);
+        client_close(&b[i]);
+    }
+    weights_fini();
+}
+END_TEST
+
 START_TEST(plan_mismatch) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
@@ -739,6 +790,7 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_test(tc, node_killed);
     tcase_add_test(tc, node_stopped);
     tcase_add_test(tc, origin_killed);
+    tcase_add_test(tc, two_layers);
     tcase_add_test(tc, plan_mismatch);
     suite_add_tcase(s, tc);
     return s;
