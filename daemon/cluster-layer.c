@@ -15,8 +15,6 @@
 #include "log.h"
 #include "validate.h"
 
-/* ClusterData payload per frame: well under the frame limit (LLEP_FRAME_MAX_SIZE). */
-#define CHUNK_BYTES (1u << 20)
 /* How long the origin's create waits for the other nodes to load their shares. */
 #define CREATE_TIMEOUT_MS 60000u
 /* Largest buffer a peer may announce (a share, or one step's rows): a bad total must not make
@@ -125,27 +123,12 @@ int llepd_clayer_pack_shares(llepd_layer *l, const llep_engine_config *full) {
 
 int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int kind,
                            uint32_t index, const void *data, uint64_t total) {
-    llepd_cluster *cl = c->layer->srv->cluster;
-    Llep__ClusterData d = LLEP__CLUSTER_DATA__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    /* Shares stay in c until it is freed (which cancels what has not gone out); step buffers
+     * are reused by the next step, so they are copied. */
+    bool share = kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
 
-    d.layer = c->layer->name;
-    d.step = step;
-    d.kind = (Llep__ClusterDataKind)kind;
-    d.index = index;
-    d.total = total;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
-    f.cluster_data = &d;
-    for (uint64_t off = 0; off < total; off += CHUNK_BYTES) {
-        uint64_t n = total - off < CHUNK_BYTES ? total - off : CHUNK_BYTES;
-        d.offset = off;
-        d.data.data = (uint8_t *)data + off;
-        d.data.len = n;
-        int r = llepd_cluster_send(cl, c->ids[rank], &f);
-        if (r < 0)
-            return r;
-    }
-    return 0;
+    return llepd_cluster_send_bulk(c->layer->srv->cluster, c->ids[rank], c->layer->name, step,
+                                   kind, index, data, total, !share, c);
 }
 
 int llepd_cbuf_add(llepd_cbuf *b, const Llep__ClusterData *d, char *err, size_t errlen) {
@@ -830,6 +813,7 @@ void llepd_clayer_free(llepd_layer *l) {
     /* A stopping daemon's links are gone (or going): the peers see it go down instead. */
     if (c->rank == c->origin && !c->orphaned && l->engine && !l->srv->stopping)
         send_drop(c);
+    llepd_cluster_cancel_bulk(l->srv->cluster, c);
     llepd_cstep_fini(c);
     llep__part_free(c->part);
     for (uint32_t r = 0; r < c->nodes; r++)

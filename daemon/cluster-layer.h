@@ -159,7 +159,8 @@ void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up);
 bool llepd_clayer_serves(int body_case);
 void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame *f);
 
-/* Queues `total` bytes to a peer as ClusterData chunks (copied). Returns 0 or -ENOTCONN. */
+/* Queues `total` bytes to a peer as ClusterData chunks (llepd_cluster_send_bulk: a share is
+ * sent from c's copy, step buffers are copied). Returns 0, -ENOTCONN or -ENOMEM. */
 int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int kind,
                            uint32_t index, const void *data, uint64_t total);
 /* Adds one ClusterData chunk to b. Returns 0, 1 when b is complete, or -EPROTO / -ENOMEM with

@@ -16,10 +16,13 @@
 #define MAX_UNIDENTIFIED 16u
 #define ADDR_MAX (LLEP_PEER_HOST_MAX + 16)
 #define MSG_MAX 256
-/* Bytes queued on a link; past this it is closed. Cluster layers queue whole weight shares and
- * step buffers (copied, chunk by chunk) at once; a peer that stops reading is found by the
- * peer timeout long before a healthy one could fill this. */
-#define MAX_WRITE_QUEUE ((size_t)1 << 30)
+/* Bytes queued on a link; past this it is closed (the peer does not read). Bulk data (shares,
+ * step buffers) is paced below BULK_QUEUE, so only a stuck peer gets here. */
+#define MAX_WRITE_QUEUE ((size_t)64 << 20)
+/* Bulk data goes out in chunks of BULK_CHUNK while less than BULK_QUEUE waits on the link, so
+ * heartbeats and step messages never queue behind gigabytes of weights. */
+#define BULK_CHUNK ((size_t)1 << 20)
+#define BULK_QUEUE ((size_t)4 << 20)
 
 enum link_state {
     LINK_CONNECTING,   /* dialling: TCP connect in progress */
@@ -30,6 +33,18 @@ enum link_state {
 };
 
 typedef struct cluster_peer cluster_peer;
+
+/* A buffer going out as ClusterData chunks, a few at a time (llepd_cluster_send_bulk). */
+typedef struct bulk {
+    llepd_list node;                /* in its link's bulks */
+    char layer[LLEP_NAME_MAX + 1];
+    uint64_t step, total, off;
+    int kind;
+    uint32_t index;
+    const uint8_t *data;
+    uint8_t *owned;                 /* a copy the bulk frees, or NULL for borrowed data */
+    const void *tag;
+} bulk;
 
 typedef struct cluster_link {
     llepd_cluster *cl;
@@ -46,6 +61,7 @@ typedef struct cluster_link {
     uint8_t nonce_dial[LLEP_PEER_NONCE_BYTES];   /* authentication (peer-auth.h) */
     uint8_t nonce_reply[LLEP_PEER_NONCE_BYTES];
     cluster_peer *pending;      /* LINK_AUTH: the node the hello named */
+    llepd_list bulks;           /* bulk data waiting to go out, in order */
     char remote[ADDR_MAX];      /* for logs */
 } cluster_link;
 
@@ -119,9 +135,21 @@ static void peer_schedule_dial(llepd_cluster *cl, cluster_peer *p, bool was_up) 
 
 /* ---- links: closing ---------------------------------------------------------------------- */
 
+static void bulk_free(bulk *b) {
+    llepd_list_remove(&b->node);
+    free(b->owned);
+    free(b);
+}
+
+static void drop_bulks(cluster_link *l) {
+    while (!llepd_list_empty(&l->bulks))
+        bulk_free(llepd_container_of(l->bulks.next, bulk, node));
+}
+
 static void on_link_closed(uv_handle_t *h) {
     cluster_link *l = h->data;
 
+    drop_bulks(l);
     llepd_list_remove(&l->node);
     llep__frame_decoder_fini(&l->dec);
     free(l);
@@ -149,6 +177,7 @@ static void link_end(cluster_link *l, const char *why, bool flush) {
         return;
     l->state = LINK_CLOSING;
     l->started_ns = llepd_now_ns();
+    drop_bulks(l);
     if (p && p->link == l) {
         p->link = NULL;
         snprintf(p->last_error, sizeof(p->last_error), "%s", why);
@@ -190,12 +219,16 @@ static void link_fail(cluster_link *l, uint64_t id, int err, const char *msg) {
 
 /* ---- links: sending ---------------------------------------------------------------------- */
 
+static void pump(cluster_link *l);
+
 static void on_write(uv_write_t *req, int status) {
     cluster_link *l = req->data;
 
     free(req);
     if (status < 0 && l->state != LINK_CLOSING)
         link_end(l, uv_strerror(status), false);
+    else if (status == 0)
+        pump(l);
 }
 
 static void link_send(cluster_link *l, const Llep__Frame *f) {
@@ -630,6 +663,7 @@ static cluster_link *link_new(llepd_cluster *cl, bool outgoing) {
     l->outgoing = outgoing;
     l->started_ns = llepd_now_ns();
     llep__frame_decoder_init(&l->dec, 0);
+    llepd_list_init(&l->bulks);
     llepd_list_append(&cl->links, &l->node);
     return l;
 }
@@ -924,6 +958,7 @@ void llepd_cluster_fini(llepd_cluster *cl) {
     while (!llepd_list_empty(&cl->links)) {
         cluster_link *l = llepd_container_of(cl->links.next, cluster_link, node);
         llepd_list_remove(&l->node);
+        drop_bulks(l);
         llep__frame_decoder_fini(&l->dec);
         free(l);
     }
@@ -972,6 +1007,84 @@ bool llepd_cluster_peer_up(llepd_cluster *cl, uint32_t node_id) {
     cluster_peer *p = cl && cl->enabled ? peer_by_id(cl, node_id) : NULL;
 
     return p && p->link && p->link->state == LINK_UP;
+}
+
+/* Queues chunks of the link's bulk data while little waits on the socket. */
+static void pump(cluster_link *l) {
+    Llep__ClusterData d = LLEP__CLUSTER_DATA__INIT;
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
+    f.cluster_data = &d;
+    while (l->state == LINK_UP && !llepd_list_empty(&l->bulks) &&
+           uv_stream_get_write_queue_size((uv_stream_t *)&l->tcp) < BULK_QUEUE) {
+        bulk *b = llepd_container_of(l->bulks.next, bulk, node);
+        uint64_t n = b->total - b->off < BULK_CHUNK ? b->total - b->off : BULK_CHUNK;
+        d.layer = b->layer;
+        d.step = b->step;
+        d.kind = (Llep__ClusterDataKind)b->kind;
+        d.index = b->index;
+        d.offset = b->off;
+        d.total = b->total;
+        d.data.data = (uint8_t *)b->data + b->off;
+        d.data.len = n;
+        b->off += n;
+        /* link_send may end the link, which frees the bulks still listed: a finished one is
+         * taken off first and freed here, and nothing else of b is touched after. */
+        bool done = b->off >= b->total;
+        if (done)
+            llepd_list_remove(&b->node);
+        link_send(l, &f);
+        if (done)
+            bulk_free(b);
+    }
+}
+
+int llepd_cluster_send_bulk(llepd_cluster *cl, uint32_t node_id, const char *layer,
+                            uint64_t step, int kind, uint32_t index, const void *data,
+                            uint64_t total, bool copy, const void *tag) {
+    if (!llepd_cluster_peer_up(cl, node_id))
+        return -ENOTCONN;
+    if (total == 0)
+        return 0;
+    cluster_link *l = peer_by_id(cl, node_id)->link;
+    bulk *b = calloc(1, sizeof(*b));
+    if (!b || (copy && total > SIZE_MAX)) {
+        free(b);
+        return -ENOMEM;
+    }
+    if (copy) {
+        b->owned = malloc((size_t)total);
+        if (!b->owned) {
+            free(b);
+            return -ENOMEM;
+        }
+        memcpy(b->owned, data, (size_t)total);
+    }
+    snprintf(b->layer, sizeof(b->layer), "%s", layer);
+    b->step = step;
+    b->kind = kind;
+    b->index = index;
+    b->data = copy ? b->owned : data;
+    b->total = total;
+    b->tag = tag;
+    llepd_list_append(&l->bulks, &b->node);
+    pump(l);
+    return 0;
+}
+
+void llepd_cluster_cancel_bulk(llepd_cluster *cl, const void *tag) {
+    if (!cl)
+        return;
+    for (llepd_list *i = cl->links.next; i != &cl->links; i = i->next) {
+        cluster_link *l = llepd_container_of(i, cluster_link, node);
+        for (llepd_list *j = l->bulks.next, *next; j != &l->bulks; j = next) {
+            next = j->next;
+            bulk *b = llepd_container_of(j, bulk, node);
+            if (b->tag == tag)
+                bulk_free(b);
+        }
+    }
 }
 
 int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f) {

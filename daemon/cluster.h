@@ -55,6 +55,17 @@ bool llepd_cluster_peer_up(llepd_cluster *cl, uint32_t node_id);
  * while queueing. */
 int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f);
 
+/* Queues `total` bytes of data to a peer as ClusterData chunks of the given layer, step, kind
+ * and index, paced so that little waits on the link at a time (heartbeats and step messages
+ * pass in between; they may overtake the chunks). copy: the data is copied now; else it must
+ * stay valid until sent, or until llepd_cluster_cancel_bulk(tag) or the link goes down drops
+ * it. Returns 0, -ENOTCONN or -ENOMEM. */
+int llepd_cluster_send_bulk(llepd_cluster *cl, uint32_t node_id, const char *layer,
+                            uint64_t step, int kind, uint32_t index, const void *data,
+                            uint64_t total, bool copy, const void *tag);
+/* Drops the bulk data queued with tag that has not gone out yet (on every link). */
+void llepd_cluster_cancel_bulk(llepd_cluster *cl, const void *tag);
+
 /* `llepctl peers` (PeersRequest), from handlers.c's table. */
 void llepd_handle_peers(llepd_session *s, const Llep__Frame *f);
 
