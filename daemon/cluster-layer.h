@@ -114,6 +114,7 @@ typedef struct llepd_clayer {
     llep_part *part;
     uint64_t next_step;             /* the id of the next step */
     llepd_cstep *st;                /* the step in progress, or NULL */
+    llepd_cstep *spare;             /* the last step's arrays, kept for the next */
     uint64_t *future_loads;         /* [nodes][N] loads that came for a later step */
     llep_plan_params future_origin_params; /* with the origin's early loads */
     uint64_t *future_step;          /* [nodes] */

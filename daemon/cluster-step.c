@@ -55,7 +55,55 @@ static void step_free(llepd_cstep *st, uint32_t nodes) {
     free(st);
 }
 
+/* What a finished step holds only for itself; the arrays sized by the layer stay. */
+static void step_clear(llepd_cstep *st, uint32_t nodes) {
+    llepd_homes_free(&st->homes);
+    for (uint32_t j = 0; j < nodes; j++) {
+        llepd_cbuf_free(&st->rows_in[j]);
+        llepd_cbuf_free(&st->results_in[j]);
+    }
+    for (uint32_t i = 0; i < st->nweights; i++)
+        llepd_cbuf_free(&st->weights[i].buf);
+    st->nweights = 0;
+    free(st->subs);
+    st->subs = NULL;
+    st->nsubs = 0;
+}
+
+/* Keeps a finished step's arrays for the next one: a step then allocates only what its
+ * tokens need. */
+static void step_release(llepd_clayer *c, llepd_cstep *st) {
+    step_clear(st, c->nodes);
+    if (c->spare)
+        step_free(st, c->nodes);
+    else
+        c->spare = st;
+}
+
+static llepd_cstep *step_reuse(llepd_clayer *c, uint64_t id) {
+    llepd_cstep *st = c->spare;
+    uint32_t n = c->nodes;
+
+    c->spare = NULL;
+    memset(st->loads, 0, (size_t)n * num_experts(c) * sizeof(*st->loads));
+    memset(st->have_loads, 0, n * sizeof(*st->have_loads));
+    memset(st->hashes, 0, n * sizeof(*st->hashes));
+    memset(st->have_hash, 0, n * sizeof(*st->have_hash));
+    memset(&st->origin_params, 0, sizeof(st->origin_params));
+    memset(&st->stats, 0, sizeof(st->stats));
+    memset(&st->traffic, 0, sizeof(st->traffic));
+    st->plan_ready = st->prepared = st->work_queued = false;
+    st->hash = 0;
+    st->r = 0;
+    st->err[0] = '\0';
+    st->id = id;
+    st->t0 = llepd_now_ns();
+    return st;
+}
+
 static llepd_cstep *step_new(llepd_clayer *c, uint64_t id) {
+    if (c->spare)
+        return step_reuse(c, id);
     llepd_cstep *st = calloc(1, sizeof(*st));
     uint32_t n = c->nodes;
 
@@ -92,6 +140,8 @@ void llepd_cstep_fini(llepd_clayer *c) {
         step_free(c->st, c->nodes);
         c->st = NULL;
     }
+    step_free(c->spare, c->nodes);
+    c->spare = NULL;
     free(c->future_loads);
     free(c->future_step);
     free(c->have_future);
@@ -168,7 +218,7 @@ static void step_end(llepd_clayer *c, int r, const char *why) {
         snprintf(sub->error, sizeof(sub->error), "%.255s", r ? why : "");
         llepd_sub_complete(sub, r == 0 ? l->steps : 0);
     }
-    step_free(st, c->nodes);
+    step_release(c, st);
     llepd_cstep_kick(l);
     llepd_layer_maybe_destroy(l);
     llepd_drain_check(srv);
@@ -396,7 +446,7 @@ void llepd_cstep_kick(llepd_layer *l) {
             llepd_cstep *st = c->st;
             c->st = NULL;
             uv_timer_stop(c->deadline);
-            step_free(st, c->nodes);
+            step_release(c, st);
             l->running = false;
             l->srv->running_steps--;
             llepd_sched_arm_group_timer(l);
