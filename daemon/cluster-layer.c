@@ -17,9 +17,6 @@
 
 /* How long the origin's create waits for the other nodes to load their shares. */
 #define CREATE_TIMEOUT_MS 60000u
-/* Largest buffer a peer may announce (a share, or one step's rows): a bad total must not make
- * this node allocate without bound. */
-#define MAX_BUFFER_BYTES (64ull << 30)
 
 enum { FLAG_B_GATE = 1, FLAG_B_UP = 2, FLAG_B_DOWN = 4 };
 
@@ -129,40 +126,6 @@ int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int ki
 
     return llepd_cluster_send_bulk(c->layer->srv->cluster, c->ids[rank], c->layer->name, step,
                                    kind, index, data, total, !share, c);
-}
-
-int llepd_cbuf_add(llepd_cbuf *b, const Llep__ClusterData *d, char *err, size_t errlen) {
-    if (!b->started) {
-        if (d->total > MAX_BUFFER_BYTES || d->offset != 0) {
-            snprintf(err, errlen, "a buffer of %" PRIu64 " bytes starting at %" PRIu64
-                     " cannot be taken", d->total, d->offset);
-            return -EPROTO;
-        }
-        b->data = malloc(d->total ? d->total : 1);
-        if (!b->data) {
-            snprintf(err, errlen, "out of memory for %" PRIu64 " bytes", d->total);
-            return -ENOMEM;
-        }
-        b->total = d->total;
-        b->got = 0;
-        b->started = true;
-    }
-    /* A link delivers a buffer's chunks in order, so each must start where the last ended. */
-    if (d->total != b->total || d->offset != b->got || d->data.len > b->total - b->got) {
-        snprintf(err, errlen, "chunk at %" PRIu64 " (+%zu of %" PRIu64 ") does not follow %"
-                 PRIu64 " of %" PRIu64 " bytes", d->offset, d->data.len, d->total, b->got,
-                 b->total);
-        return -EPROTO;
-    }
-    if (d->data.len)
-        memcpy(b->data + b->got, d->data.data, d->data.len);
-    b->got += d->data.len;
-    return b->got == b->total ? 1 : 0;
-}
-
-void llepd_cbuf_free(llepd_cbuf *b) {
-    free(b->data);
-    memset(b, 0, sizeof(*b));
 }
 
 /* ---- state ------------------------------------------------------------------------------- */
@@ -630,7 +593,7 @@ static void handle_share_chunk(llepd_clayer *c, const Llep__ClusterData *d) {
     /* Chunks for a layer that already has its share (a revived one) are not needed. */
     if (!l->creating || c->engine_pending || l->engine)
         return;
-    int r = llepd_cbuf_add(&c->share_in, d, err, sizeof(err));
+    int r = llepd_cbuf_add(&c->share_in, d, c->share_bytes, err, sizeof(err));
     if (r == 1 && c->share_in.total != c->share_bytes) {
         r = -EPROTO;
         snprintf(err, sizeof(err), "share of %" PRIu64 " bytes, expected %" PRIu64,

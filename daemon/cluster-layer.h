@@ -24,16 +24,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "cbuf.h"
 #include "engine-part.h"
 #include "llepd-sched.h"
 #include "server.h"
 
-/* A buffer arriving in ClusterData chunks. */
-typedef struct llepd_cbuf {
-    uint8_t *data;
-    uint64_t total, got;
-    bool started;
-} llepd_cbuf;
+/* Largest step buffer a peer may announce (rows or results of one step): a bad total must not
+ * make this node allocate without bound. A share may be exactly as large as its shape says. */
+#define LLEPD_CLUSTER_MAX_BUFFER (64ull << 30)
 
 /* A spilled expert's weights that arrived for the current step. */
 typedef struct llepd_cweights {
@@ -164,11 +162,6 @@ void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame 
  * sent from c's copy, step buffers are copied). Returns 0, -ENOTCONN or -ENOMEM. */
 int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int kind,
                            uint32_t index, const void *data, uint64_t total);
-/* Adds one ClusterData chunk to b. Returns 0, 1 when b is complete, or -EPROTO / -ENOMEM with
- * a sentence in err. */
-int llepd_cbuf_add(llepd_cbuf *b, const Llep__ClusterData *d, char *err, size_t errlen);
-void llepd_cbuf_free(llepd_cbuf *b);
-
 /* ---- steps (cluster-step.c) -------------------------------------------------------------- */
 
 /* Starts or joins a step when this node's submissions allow (sched.c's kick for cluster

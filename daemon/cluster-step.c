@@ -835,7 +835,7 @@ static void on_data(llepd_clayer *c, uint32_t from, const Llep__ClusterData *d) 
     }
     if (!b)
         return;
-    int r = llepd_cbuf_add(b, d, err, sizeof(err));
+    int r = llepd_cbuf_add(b, d, LLEPD_CLUSTER_MAX_BUFFER, err, sizeof(err));
     if (r < 0) {
         snprintf(why, sizeof(why), "node %u: %s", c->ids[from], err);
         llepd_cstep_fail(c, r, why);
