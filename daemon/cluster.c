@@ -359,9 +359,8 @@ static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
     Llep__Frame out = LLEP__FRAME__INIT;
     cluster_peer *p = NULL;
     char msg[MSG_MAX] = "";
-    int r = check_hello(cl, f->peer_hello, &p, msg, sizeof(msg));
-
     uint8_t mac[LLEP_PEER_MAC_BYTES];
+    int r = check_hello(cl, f->peer_hello, &p, msg, sizeof(msg));
 
     if (r == 0)
         r = check_auth_offer(cl, f->peer_hello, msg, sizeof(msg));
