@@ -538,6 +538,28 @@ static uint64_t rows_case(const char *spec, uint32_t p, const char *want) {
     if (!(err <= 1e-6))
         fail("%s: combines differ from the CPU twin: %.3g > 1e-6", name, err);
 
+    /* download (what leaves a node in a cluster step): each device's rows back to the host,
+     * queued after its other work, must be the rows it was given. */
+    if (!ops->download) {
+        fail("%s: the backend has no download op (cluster layers need it)", name);
+    } else {
+        char **back = xmalloc(p * sizeof(*back));
+        for (uint32_t d = 0; d < p; d++) {
+            back[d] = xmalloc(ROWS_PER_DEV * rb);
+            memset(back[d], 0, ROWS_PER_DEV * rb);
+            if (ops->download(be, d, back[d], dsrc[d], ROWS_PER_DEV * rb) < 0)
+                fail("%s: device %u: download", name, d);
+        }
+        if (ops->sync(be) < 0)
+            fail("%s: sync after the downloads failed", name);
+        for (uint32_t d = 0; d < p; d++) {
+            if (memcmp(back[d], hsrc[d], ROWS_PER_DEV * rb) != 0)
+                fail("%s: device %u: downloaded rows differ from the uploaded ones", name, d);
+            free(back[d]);
+        }
+        free(back);
+    }
+
     uint64_t over = 0;
     if (ops->step_overhead) {
         llep_ffn_shape sh = { .hidden = 2880, .inter = 2880, .dtype = LLEP_DTYPE_BF16,
