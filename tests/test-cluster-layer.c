@@ -436,6 +436,22 @@ static void start_cluster(node_client *nc, uint32_t group, bool mismatch_on_1) {
         client_open(&nc[i], i, false, group);
 }
 
+static void run_exact(node_client *nc, const int32_t *slots);
+
+static void end_cluster(node_client *nc) {
+    for (int i = 0; i < NODES; i++)
+        client_close(&nc[i]);
+    weights_fini();
+}
+
+/* The three nodes up, the layer on every node, and one exact step under skew. */
+static void begin_cluster(node_client *nc, int32_t *slots) {
+    weights_init();
+    start_cluster(nc, 0, false);
+    skewed_slots(0.6, slots);
+    run_exact(nc, slots);
+}
+
 static void run_exact(node_client *nc, const int32_t *slots) {
     fill_batches(nc, slots, 7);
     forward_all(nc, 7);
@@ -547,9 +563,7 @@ START_TEST(exact) {
                      0);
     assert_exact(&nc[0].b, 0);
     llep_layer_release(local);
-    for (int i = 0; i < NODES; i++)
-        client_close(&nc[i]);
-    weights_fini();
+    end_cluster(nc);
 }
 END_TEST
 
@@ -569,9 +583,7 @@ START_TEST(collective) {
         ck_assert_msg(nc[i].r == -ETIMEDOUT, "node %d: %s", i, llep_strerror(nc[i].r));
     ck_assert_uint_lt(now_ms() - t0, 10000);
     run_exact(nc, slots);
-    for (int i = 0; i < NODES; i++)
-        client_close(&nc[i]);
-    weights_fini();
+    end_cluster(nc);
 }
 END_TEST
 
@@ -579,10 +591,7 @@ START_TEST(node_killed) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
 
-    weights_init();
-    start_cluster(nc, 0, false);
-    skewed_slots(0.6, slots);
-    run_exact(nc, slots);
+    begin_cluster(nc, slots);
 
     /* A node-scope layer on node 0, to show it keeps working. */
     llep_layer_desc d = layer_desc(true, 0);
@@ -625,9 +634,7 @@ START_TEST(node_killed) {
         run_exact(nc, slots);
     }
     llep_layer_release(local);
-    for (int i = 0; i < NODES; i++)
-        client_close(&nc[i]);
-    weights_fini();
+    end_cluster(nc);
 }
 END_TEST
 
@@ -638,10 +645,7 @@ START_TEST(node_stopped) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
 
-    weights_init();
-    start_cluster(nc, 0, false);
-    skewed_slots(0.6, slots);
-    run_exact(nc, slots);
+    begin_cluster(nc, slots);
 
     ck_assert_int_eq(kill(pids[2], SIGSTOP), 0);
     uint64_t t0 = now_ms();
@@ -667,9 +671,7 @@ START_TEST(node_stopped) {
         assert_exact(&nc[i].b, i);
     }
     run_exact(nc, slots);
-    for (int i = 0; i < NODES; i++)
-        client_close(&nc[i]);
-    weights_fini();
+    end_cluster(nc);
 }
 END_TEST
 
@@ -680,10 +682,7 @@ START_TEST(origin_killed) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
 
-    weights_init();
-    start_cluster(nc, 0, false);
-    skewed_slots(0.6, slots);
-    run_exact(nc, slots);
+    begin_cluster(nc, slots);
 
     kill(pids[0], SIGKILL);
     waitpid(pids[0], NULL, 0);
@@ -710,9 +709,7 @@ START_TEST(origin_killed) {
         client_open(&nc[i], i, false, 0);
     skewed_slots(0.6, slots);
     run_exact(nc, slots);
-    for (int i = 0; i < NODES; i++)
-        client_close(&nc[i]);
-    weights_fini();
+    end_cluster(nc);
 }
 END_TEST
 
@@ -773,9 +770,7 @@ START_TEST(plan_mismatch) {
     expect_failed(nc, 7, "plan hash mismatch");
     for (int i = 0; i < NODES; i++)
         ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 1);
-    for (int i = 0; i < NODES; i++)
-        client_close(&nc[i]);
-    weights_fini();
+    end_cluster(nc);
 }
 END_TEST
 
