@@ -35,8 +35,7 @@ typedef struct step_work {
     llepd_layer *layer;
     llepd_sub **subs;
     uint32_t nsubs;
-    home *homes;                  /* [P] */
-    llep_engine_batch *batches;   /* [P] */
+    llepd_homes homes;            /* made on the pool by step_run */
     llep_plan_params params;
     llep_engine_stats stats;
     llep_engine_device_stats *dev;  /* [P] copied out of the engine */
@@ -53,9 +52,7 @@ static size_t elem_size(const llepd_layer *l) {
  * each submission gets homes in proportion to its tokens and is cut into contiguous slices,
  * which need no copy. With more, whole submissions go to the home with the fewest tokens,
  * and a home with several gets a staging copy. */
-static int assign_homes(step_work *w, uint32_t np) {
-    uint32_t m = w->nsubs;
-
+static int assign_homes(home *homes, llepd_sub **subs, uint32_t m, uint32_t np) {
     for (uint32_t i = 0; i < m; i++) {
         uint32_t h;
         if (m <= np) {
@@ -63,16 +60,16 @@ static int assign_homes(step_work *w, uint32_t np) {
         } else {
             h = 0;
             for (uint32_t d = 1; d < np; d++)
-                if (w->homes[d].tokens < w->homes[h].tokens)
+                if (homes[d].tokens < homes[h].tokens)
                     h = d;
         }
-        home *hm = &w->homes[h];
+        home *hm = &homes[h];
         llepd_sub **v = realloc(hm->subs, (hm->nsubs + 1) * sizeof(*v));
         if (!v)
             return -ENOMEM;
         hm->subs = v;
-        hm->subs[hm->nsubs++] = w->subs[i];
-        hm->tokens += w->subs[i]->sqe.tokens;
+        hm->subs[hm->nsubs++] = subs[i];
+        hm->tokens += subs[i]->sqe.tokens;
     }
     if (m >= np || m == 0)
         return 0;
@@ -81,12 +78,12 @@ static int assign_homes(step_work *w, uint32_t np) {
     while (used < np) {
         uint32_t best = UINT32_MAX;
         for (uint32_t d = 0; d < used; d++)
-            if (w->homes[d].tokens > 1 &&
-                (best == UINT32_MAX || w->homes[d].tokens > w->homes[best].tokens))
+            if (homes[d].tokens > 1 &&
+                (best == UINT32_MAX || homes[d].tokens > homes[best].tokens))
                 best = d;
         if (best == UINT32_MAX)
             break;
-        home *a = &w->homes[best], *b = &w->homes[used];
+        home *a = &homes[best], *b = &homes[used];
         b->subs = malloc(sizeof(*b->subs));
         if (!b->subs)
             return -ENOMEM;
@@ -151,15 +148,12 @@ static void unstage_home(const home *h, const llepd_layer *l) {
 
 int llepd_homes_build(llepd_homes *hs, const llepd_layer *l, llepd_sub **subs, uint32_t n,
                       uint32_t np) {
-    step_work w = { .subs = subs, .nsubs = n };
-
     hs->np = np;
     hs->homes = calloc(np, sizeof(*hs->homes));
     hs->batches = calloc(np, sizeof(*hs->batches));
     if (!hs->homes || !hs->batches)
         return -ENOMEM;
-    w.homes = hs->homes;
-    int r = assign_homes(&w, np);
+    int r = assign_homes(hs->homes, subs, n, np);
     for (uint32_t h = 0; h < np && r == 0; h++)
         r = stage_home(&hs->homes[h], l, &hs->batches[h]);
     return r;
@@ -190,20 +184,17 @@ static void step_run(uv_work_t *req) {
     llepd_layer *l = w->layer;
     uint32_t np = l->srv->devices;
 
-    w->r = assign_homes(w, np);
-    for (uint32_t h = 0; h < np && w->r == 0; h++)
-        w->r = stage_home(&w->homes[h], l, &w->batches[h]);
+    w->r = llepd_homes_build(&w->homes, l, w->subs, w->nsubs, np);
     if (w->r < 0) {
         snprintf(w->err, sizeof(w->err), "llepd is out of memory staging the step");
         return;
     }
-    w->r = llep__engine_step(l->engine, w->batches, &w->params, &w->stats);
+    w->r = llep__engine_step(l->engine, w->homes.batches, &w->params, &w->stats);
     if (w->r < 0) {
         snprintf(w->err, sizeof(w->err), "%s", llep__engine_error(l->engine));
         return;
     }
-    for (uint32_t h = 0; h < np; h++)
-        unstage_home(&w->homes[h], l);
+    llepd_homes_unstage(&w->homes, l);
     memcpy(w->dev, w->stats.devices, np * sizeof(*w->dev));
 }
 
@@ -265,17 +256,8 @@ void llepd_sched_record(llepd_layer *l, const llep_engine_stats *st,
     }
 }
 
-static void step_free(step_work *w, uint32_t np) {
-    for (uint32_t h = 0; h < np; h++) {
-        home *hm = &w->homes[h];
-        free(hm->subs);
-        free(hm->x);
-        free(hm->y);
-        free(hm->idx);
-        free(hm->w);
-    }
-    free(w->homes);
-    free(w->batches);
+static void step_free(step_work *w) {
+    llepd_homes_free(&w->homes);
     free(w->dev);
     free(w->subs);
     free(w);
@@ -303,7 +285,7 @@ static void step_done(uv_work_t *req, int status) {
         snprintf(sub->error, sizeof(sub->error), "%.255s", w->r ? w->err : "");
         llepd_sub_complete(sub, w->r == 0 ? l->steps : 0);
     }
-    step_free(w, srv->devices);
+    step_free(w);
     l->running = false;
     srv->running_steps--;
     llepd_sched_kick(l);
@@ -382,22 +364,19 @@ void llepd_sched_kick(llepd_layer *l) {
         return;
     llepd_sub **subs = malloc(l->queued * sizeof(*subs));
     step_work *w = calloc(1, sizeof(*w));
-    if (w) {
-        w->homes = calloc(np, sizeof(*w->homes));
-        w->batches = calloc(np, sizeof(*w->batches));
+    if (w)
         w->dev = calloc(np, sizeof(*w->dev));
-    }
-    if (!subs || !w || !w->homes || !w->batches || !w->dev) {
+    if (!subs || !w || !w->dev) {
         free(subs);
         if (w)
-            step_free(w, np);
+            step_free(w);
         llepd_sched_fail_queued(l, -ENOMEM, "llepd is out of memory starting a step");
         return;
     }
     uint32_t n = llepd_sched_take(l, subs);
     if (n == 0) {
         free(subs);
-        step_free(w, np);
+        step_free(w);
         llepd_sched_arm_group_timer(l);
         return;
     }
