@@ -55,6 +55,9 @@ struct llep_engine {
 };
 
 uint64_t llep__engine_monotonic_ns(void);
+/* Writes a message into err (when err is not NULL) and returns r. */
+int llep__engine_format_error(char *err, size_t errlen, int r, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Charges bytes to device d and allocates them; -ENOMEM when over its budget. */
 int llep__engine_dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **ret);

@@ -132,19 +132,6 @@ static uint64_t node_share(const llep_part *pt, const llep_range *r, uint32_t x,
     return hi > lo ? hi - lo : 0;
 }
 
-static int new_error(char *err, size_t errlen, int r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int new_error(char *err, size_t errlen, int r, const char *fmt, ...) {
-    va_list ap;
-
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return r;
-}
-
 int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part **ret,
                    char *err, size_t errlen) {
     llep_part *pt;
@@ -153,16 +140,16 @@ int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part 
         return -EINVAL;
     *ret = NULL;
     if (!e)
-        return new_error(err, errlen, -EINVAL, "no engine");
+        return llep__engine_format_error(err, errlen, -EINVAL, "no engine");
     if (num_nodes == 0 || node >= num_nodes)
-        return new_error(err, errlen, -EINVAL, "node %u of %u nodes", node, num_nodes);
+        return llep__engine_format_error(err, errlen, -EINVAL, "node %u of %u nodes", node, num_nodes);
     if ((uint64_t)num_nodes * e->n > LLEP_MAX_EXPERTS ||
         (uint64_t)num_nodes * e->p > LLEP_MAX_DEVICES)
-        return new_error(err, errlen, -EINVAL, "%u nodes of %u experts on %u devices: too many "
+        return llep__engine_format_error(err, errlen, -EINVAL, "%u nodes of %u experts on %u devices: too many "
                          "experts or devices", num_nodes, e->n, e->p);
     /* Results and weights leave the node through host memory. */
     if (!e->cfg.backend->download)
-        return new_error(err, errlen, -EOPNOTSUPP, "the %s backend cannot run a cluster part "
+        return llep__engine_format_error(err, errlen, -EOPNOTSUPP, "the %s backend cannot run a cluster part "
                          "(it cannot copy device memory to the host)", e->cfg.backend->name);
     pt = calloc(1, sizeof(*pt));
     if (!pt)
@@ -203,7 +190,7 @@ int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part 
 
 nomem:
     llep__part_free(pt);
-    return new_error(err, errlen, -ENOMEM, "out of host memory");
+    return llep__engine_format_error(err, errlen, -ENOMEM, "out of host memory");
 }
 
 void llep__part_free(llep_part *pt) {

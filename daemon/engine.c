@@ -291,9 +291,7 @@ int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes) {
     return 0;
 }
 
-static int format_error(char *err, size_t errlen, int r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int format_error(char *err, size_t errlen, int r, const char *fmt, ...) {
+int llep__engine_format_error(char *err, size_t errlen, int r, const char *fmt, ...) {
     va_list ap;
 
     if (err && errlen) {
@@ -315,13 +313,13 @@ int llep__engine_count_batches(const llep_engine *e, const llep_engine_batch *b,
         if (b[p].tokens == 0)
             continue;
         if (!b[p].x || !b[p].topk_idx || !b[p].topk_w || !b[p].y)
-            return format_error(err, errlen, -EINVAL, "batch %u: %u tokens but a NULL buffer",
+            return llep__engine_format_error(err, errlen, -EINVAL, "batch %u: %u tokens but a NULL buffer",
                                 p, b[p].tokens);
         size_t n = (size_t)b[p].tokens * e->k;
         if (llep__k_count_loads(b[p].topk_idx, n, num_experts, loads) < 0) {
             for (size_t i = 0; i < n; i++)
                 if (b[p].topk_idx[i] < 0 || (uint32_t)b[p].topk_idx[i] >= num_experts)
-                    return format_error(err, errlen, -EINVAL, "batch %u: topk_idx[%zu] = %d is "
+                    return llep__engine_format_error(err, errlen, -EINVAL, "batch %u: topk_idx[%zu] = %d is "
                                         "not an expert (N = %u)", p, i, b[p].topk_idx[i],
                                         num_experts);
         }
