@@ -313,15 +313,17 @@ int llep__engine_count_batches(const llep_engine *e, const llep_engine_batch *b,
         if (b[p].tokens == 0)
             continue;
         if (!b[p].x || !b[p].topk_idx || !b[p].topk_w || !b[p].y)
-            return llep__engine_format_error(err, errlen, -EINVAL, "batch %u: %u tokens but a NULL buffer",
-                                p, b[p].tokens);
+            return llep__engine_format_error(err, errlen, -EINVAL,
+                                             "batch %u: %u tokens but a NULL buffer", p,
+                                             b[p].tokens);
         size_t n = (size_t)b[p].tokens * e->k;
         if (llep__k_count_loads(b[p].topk_idx, n, num_experts, loads) < 0) {
             for (size_t i = 0; i < n; i++)
                 if (b[p].topk_idx[i] < 0 || (uint32_t)b[p].topk_idx[i] >= num_experts)
-                    return llep__engine_format_error(err, errlen, -EINVAL, "batch %u: topk_idx[%zu] = %d is "
-                                        "not an expert (N = %u)", p, i, b[p].topk_idx[i],
-                                        num_experts);
+                    return llep__engine_format_error(err, errlen, -EINVAL,
+                                                     "batch %u: topk_idx[%zu] = %d is not an "
+                                                     "expert (N = %u)", p, i, b[p].topk_idx[i],
+                                                     num_experts);
         }
         slots += n;
     }
