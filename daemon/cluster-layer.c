@@ -190,17 +190,13 @@ static llepd_clayer *clayer_alloc(llepd_layer *l, uint32_t origin_rank) {
     c->local_experts = l->desc.num_experts / n;
     c->ids = calloc(n, sizeof(*c->ids));
     c->shares = calloc(n, sizeof(*c->shares));
-    c->peer_has = calloc(n, sizeof(*c->peer_has));
-    c->peer_sent = calloc(n, sizeof(*c->peer_sent));
     c->deadline = timer_new(c);
-    if (!c->ids || !c->shares || !c->peer_has || !c->peer_sent || !c->deadline ||
+    if (!c->ids || !c->shares || !c->deadline ||
         llepd_cstep_init(c) < 0) {
         timer_close(&c->deadline);
         llepd_cstep_fini(c);
         free(c->ids);
         free(c->shares);
-        free(c->peer_has);
-        free(c->peer_sent);
         free(c);
         return NULL;
     }
@@ -267,7 +263,8 @@ int llepd_clayer_new_origin(llepd_layer *l, char *err, size_t errlen) {
 
 /* ---- creation: the origin ---------------------------------------------------------------- */
 
-static void send_layer_to(llepd_clayer *c, uint32_t r) {
+/* Returns false when the link to r broke (its down callback takes it from there). */
+static bool send_layer_to(llepd_clayer *c, uint32_t r) {
     llepd_cluster *cl = c->layer->srv->cluster;
     Llep__ClusterLayer m = LLEP__CLUSTER_LAYER__INIT;
     Llep__Frame f = LLEP__FRAME__INIT;
@@ -282,11 +279,9 @@ static void send_layer_to(llepd_clayer *c, uint32_t r) {
     m.uid = c->uid;
     f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER;
     f.cluster_layer = &m;
-    if (llepd_cluster_send(cl, c->ids[r], &f) < 0 ||
-        llepd_clayer_send_data(c, r, 0, LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS, 0,
-                               c->shares[r], c->share_bytes) < 0)
-        return; /* the link broke: the peer's down callback takes it from here */
-    c->peer_sent[r] = true;
+    return llepd_cluster_send(cl, c->ids[r], &f) == 0 &&
+           llepd_clayer_send_data(c, r, 0, LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS,
+                                  0, c->shares[r], c->share_bytes) == 0;
 }
 
 static void send_drop(llepd_clayer *c) {
@@ -362,8 +357,7 @@ void llepd_clayer_origin_created(llepd_layer *l, llepd_session *creator, uint64_
         if (i == c->rank)
             continue;
         c->create_waiting++;
-        send_layer_to(c, i);
-        if (!c->peer_sent[i]) {
+        if (!send_layer_to(c, i)) {
             snprintf(err, sizeof(err), "node %u went down while the layer was created",
                      c->ids[i]);
             create_fail(c, -EHOSTDOWN, err);
@@ -378,8 +372,6 @@ static void handle_layer_reply(llepd_clayer *c, uint32_t from, const Llep__Clust
     int r = llep__status_to_errno(m->status);
     char why[256];
 
-    c->peer_sent[from] = false;
-    c->peer_has[from] = r == 0;
     if (r < 0)
         log_warning("cluster layer '%s': node %u could not load its share: %s", c->layer->name,
                     c->ids[from], m->message);
@@ -652,11 +644,9 @@ void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
         if (up) {
             /* The origin gives a node that comes back its share (again). */
             if (c->rank == c->origin && !c->creator && l->engine)
-                send_layer_to(c, r);
+                (void)send_layer_to(c, r);
             continue;
         }
-        c->peer_has[r] = false;
-        c->peer_sent[r] = false;
         if (c->creator)
             create_fail(c, -EHOSTDOWN, why);
         else if (r == c->origin && l->creating && !c->engine_pending)
@@ -785,8 +775,6 @@ void llepd_clayer_free(llepd_layer *l) {
     timer_close(&c->deadline);
     timer_close(&c->create_timer);
     free(c->shares);
-    free(c->peer_has);
-    free(c->peer_sent);
     free(c->ids);
     free(c);
     l->cluster = NULL;

@@ -62,7 +62,6 @@ typedef struct llepd_cstep {
     bool *have_loads;               /* [nodes] */
     llep_plan_params origin_params; /* from the origin's loads (this node's own on the origin) */
     llep_plan plan;
-    bool plan_ready;
     uint64_t hash;
     uint64_t *hashes;               /* [nodes] */
     bool *have_hash;                /* [nodes] */
@@ -70,7 +69,6 @@ typedef struct llepd_cstep {
     llepd_cbuf *results_in;         /* [nodes] */
     llepd_cweights *weights;        /* received so far */
     uint32_t nweights, cap_weights;
-    bool prepared;
     uv_work_t work;
     bool work_queued;
     int r;
@@ -93,10 +91,8 @@ typedef struct llepd_clayer {
     bool orphaned;                  /* the origin went away: steps fail until created again */
     bool held;                      /* a non-origin node's own reference on the layer */
 
-    /* Origin only: every node's share (this node's slot unused), and who has the layer. */
+    /* Origin only: every node's share (this node's slot unused), to send and send again. */
     uint8_t **shares;               /* [nodes] */
-    bool *peer_has;                 /* [nodes] */
-    bool *peer_sent;                /* [nodes] a share is on its way, no answer yet */
     /* Origin, while the client's create waits for the other nodes. */
     llepd_session *creator;
     uint64_t create_frame;

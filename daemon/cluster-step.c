@@ -92,7 +92,7 @@ static llepd_cstep *step_reuse(llepd_clayer *c, uint64_t id) {
     memset(&st->origin_params, 0, sizeof(st->origin_params));
     memset(&st->stats, 0, sizeof(st->stats));
     memset(&st->traffic, 0, sizeof(st->traffic));
-    st->plan_ready = st->prepared = st->work_queued = false;
+    st->work_queued = false;
     st->hash = 0;
     st->r = 0;
     st->err[0] = '\0';
@@ -494,7 +494,6 @@ static void make_plan(llepd_clayer *c) {
         llepd_cstep_fail(c, r, why);
         return;
     }
-    st->plan_ready = true;
     st->hash = llep__plan_hash(&st->plan);
     st->hashes[c->rank] = st->hash;
     st->have_hash[c->rank] = true;
@@ -561,7 +560,6 @@ static void prepare(llepd_clayer *c) {
         llepd_cstep_fail(c, r, llep__part_error(c->part));
         return;
     }
-    st->prepared = true;
     st->phase = CSTEP_DATA;
     arm_deadline(c, DATA_DEADLINE_MS);
     send_step_data(c);
