@@ -44,7 +44,7 @@
 #include "llep/client.h"
 #include "plan.h"
 #include "ref-moe.h"
-#include "test-ports.h"
+#include "test-nodes.h"
 
 #define NODES 3
 #define PPN 2
@@ -76,36 +76,16 @@ static void sock_path(int node, char *buf, size_t len) {
 }
 
 static void setup(void) {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-    ck_assert_int_gt(n, 0);
-    self[n] = '\0';
-    snprintf(llepctl, sizeof(llepctl), "%s/../tools/llepctl", dirname(self));
-    ck_assert_msg(access(llepctl, X_OK) == 0, "no llepctl at %s", llepctl);
+    llep_test_llepctl(llepctl, sizeof(llepctl));
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-clayer-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    size_t len = 0;
-    for (int i = 0; i < NODES; i++) {
-        do {
-            ports[i] = llep_test_free_port();
-        } while ((i > 0 && ports[i] == ports[i - 1]) || (i > 1 && ports[i] == ports[0]));
-        len += (size_t)snprintf(peers + len, sizeof(peers) - len, "%s%d=127.0.0.1:%u",
-                                i ? "," : "", i, ports[i]);
+    llep_test_peers(NODES, ports, peers, sizeof(peers));
+    for (int i = 0; i < NODES; i++)
         pids[i] = -1;
-    }
 }
 
 static void teardown(void) {
-    char cmd[128];
-
-    for (int i = 0; i < NODES; i++)
-        if (pids[i] > 0) {
-            kill(pids[i], SIGKILL);
-            waitpid(pids[i], NULL, 0);
-        }
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    llep_test_kill_nodes(pids, NODES, tmpdir);
 }
 
 static void start_node(int node, bool mismatch) {

@@ -31,7 +31,7 @@
 
 #include "config.h"
 #include "frame.h"
-#include "test-ports.h"
+#include "test-nodes.h"
 
 #define NODES 3
 #define HEARTBEAT_MS "100"
@@ -64,38 +64,16 @@ static void log_path(int node, char *buf, size_t len) {
 }
 
 static void setup(void) {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-    ck_assert_int_gt(n, 0);
-    self[n] = '\0';
-    /* The test runs from build/tests; llepctl is built in build/tools. */
-    snprintf(llepctl, sizeof(llepctl), "%s/../tools/llepctl", dirname(self));
-    ck_assert_msg(access(llepctl, X_OK) == 0, "no llepctl at %s", llepctl);
+    llep_test_llepctl(llepctl, sizeof(llepctl));
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-cluster-XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    size_t len = 0;
-    for (int i = 0; i < NODES; i++) {
-        ports[i] = llep_test_free_port();
-        for (int j = 0; j < i; j++)
-            if (ports[j] == ports[i])
-                ports[i] = llep_test_free_port();
-        len += (size_t)snprintf(peers + len, sizeof(peers) - len, "%s%d=127.0.0.1:%u",
-                                i ? "," : "", i, ports[i]);
+    llep_test_peers(NODES, ports, peers, sizeof(peers));
+    for (int i = 0; i < NODES; i++)
         pids[i] = -1;
-    }
 }
 
 static void teardown(void) {
-    char cmd[128];
-
-    for (int i = 0; i < NODES; i++)
-        if (pids[i] > 0) {
-            kill(pids[i], SIGKILL);
-            waitpid(pids[i], NULL, 0);
-        }
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    llep_test_kill_nodes(pids, NODES, tmpdir);
 }
 
 /* ---- the unix socket: raw frames ---------------------------------------------------------- */
