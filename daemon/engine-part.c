@@ -1,6 +1,7 @@
 /* One node's part of a cluster step (engine-part.h): the engine's devices, memory accounting
  * and backend operations, driven by a global plan over every node's devices, with the rows,
- * results and weights that cross nodes packed into host buffers the caller moves. */
+ * results and weights that cross nodes packed into buffers the caller moves: host memory, or
+ * in device-wire mode memory of this node's device 0. */
 #include "engine-part.h"
 
 #include <errno.h>
@@ -16,10 +17,13 @@ enum part_state { PART_IDLE, PART_PREPARED, PART_COMPUTED };
 
 #define PART_NUM_BUFS 4
 
-/* A host buffer kept between steps and grown when a step needs more. */
+/* A buffer crossing nodes: its host memory is kept between steps and grown when a step needs
+ * more; in device-wire mode the step also allocates `bytes` on device 0 (dev), freed with the
+ * step. */
 typedef struct part_buf {
     void *data;
     uint64_t bytes, cap;
+    void *dev;
 } part_buf;
 
 struct llep_part {
@@ -28,6 +32,7 @@ struct llep_part {
     uint32_t pl;               /* devices per node (the engine's P) */
     uint32_t np, nx;           /* P and N of the cluster layer */
     uint32_t dev0;             /* this node's first global device */
+    int device_wire;           /* buffers crossing nodes on device 0 instead of the host */
     char err[256];
 
     enum part_state state;
@@ -53,8 +58,9 @@ struct llep_part {
 
     part_buf *bufs;            /* [PART_NUM_BUFS][nodes], by enum llep_part_buf */
     part_buf wbuf;             /* the WEIGHTS_IN blocks */
-    part_buf woutbuf;          /* the WEIGHTS_OUT blocks, downloaded from their devices */
-    void **resdev;             /* [nodes] RESULTS_IN copied to device 0 for the combines */
+    part_buf woutbuf;          /* the WEIGHTS_OUT blocks, copied out of their devices */
+    void **resdev;             /* [nodes] RESULTS_IN on device 0 for the combines (in
+                                * device-wire mode RESULTS_IN itself) */
     uint64_t *resdev_bytes;    /* [nodes] */
     const void **gather_src;   /* [rows computed on this node] */
     const float **combine_src; /* [this node's slots] */
@@ -78,10 +84,11 @@ static part_buf *buf_of(llep_part *pt, enum llep_part_buf kind, uint32_t j) {
     return &pt->bufs[(size_t)kind * pt->nodes + j];
 }
 
-/* Makes b hold `bytes` bytes; its contents are not kept when it grows. */
-static int buf_reserve(part_buf *b, uint64_t bytes) {
+/* Sizes b to `bytes` bytes and, when host is set, makes its host memory hold them; the
+ * contents are not kept when it grows. */
+static int buf_reserve(part_buf *b, uint64_t bytes, int host) {
     b->bytes = 0;
-    if (bytes > b->cap) {
+    if (host && bytes > b->cap) {
         uint64_t cap = (bytes + 63) & ~(uint64_t)63;
         if (cap < bytes || cap > SIZE_MAX)
             return -ENOMEM;
@@ -109,6 +116,14 @@ static int reserve_ptrs(void *arr, size_t *cap, uint64_t n) {
     *a = p;
     *cap = (size_t)n;
     return 0;
+}
+
+/* The memory of buffer `kind` for node j that the caller moves: the host buffer, or in
+ * device-wire mode its device-0 twin (RESULTS_IN being the combines' own copy there). */
+static void *wire_data(llep_part *pt, enum llep_part_buf kind, uint32_t j) {
+    if (!pt->device_wire)
+        return buf_of(pt, kind, j)->data;
+    return kind == LLEP_PART_RESULTS_IN ? pt->resdev[j] : buf_of(pt, kind, j)->dev;
 }
 
 static uint32_t node_of(const llep_part *pt, uint32_t g) {
@@ -231,6 +246,18 @@ const char *llep__part_error(const llep_part *pt) {
     return pt ? pt->err : "no part";
 }
 
+int llep__part_set_device_wire(llep_part *pt, int on) {
+    if (!pt)
+        return -EINVAL;
+    pt->err[0] = '\0';
+    /* The prepared step's buffers were placed for the mode it was prepared in. */
+    if (pt->state != PART_IDLE)
+        return set_error(pt, -EINVAL, "cannot change the wire mode while a step is prepared "
+                         "(combine or abort it first)");
+    pt->device_wire = on != 0;
+    return 0;
+}
+
 int llep__part_count(llep_part *pt, const llep_engine_batch *batches, uint64_t *loads) {
     uint64_t slots;
 
@@ -255,6 +282,10 @@ static void free_step(llep_part *pt) {
         llep__engine_device_free(e, d);
     for (uint32_t j = 0; pt->resdev && j < pt->nodes; j++)
         llep__engine_dev_free(e, 0, &pt->resdev[j], pt->resdev_bytes[j]);
+    for (size_t i = 0; pt->bufs && i < (size_t)PART_NUM_BUFS * pt->nodes; i++)
+        llep__engine_dev_free(e, 0, &pt->bufs[i].dev, pt->bufs[i].bytes);
+    llep__engine_dev_free(e, 0, &pt->wbuf.dev, pt->wbuf.bytes);
+    llep__engine_dev_free(e, 0, &pt->woutbuf.dev, pt->woutbuf.bytes);
     pt->state = PART_IDLE;
 }
 
@@ -394,50 +425,72 @@ static void layout(llep_part *pt, uint64_t *rows_out, uint64_t *rows_in) {
     }
 }
 
-/* Fails before anything is allocated when a device's step buffers exceed its budget. */
-static int check_budgets(llep_part *pt, uint64_t results_in) {
-    llep_engine *e = pt->e;
+/* Bytes of the device-wire buffers on device 0 besides RESULTS_IN (which the combines need in
+ * either mode): ROWS_OUT, ROWS_IN, RESULTS_OUT and the weight blocks. 0 in host mode. */
+static uint64_t wire_bytes(const llep_part *pt, const uint64_t *rows_out,
+                           const uint64_t *rows_in) {
+    const llep_engine *e = pt->e;
+    uint64_t row_bytes = (uint64_t)e->d * e->esz, res_bytes = (uint64_t)e->d * sizeof(float);
+    uint64_t sum = ((uint64_t)pt->num_win + pt->num_wout) * e->expert_bytes;
 
+    if (!pt->device_wire)
+        return 0;
+    for (uint32_t j = 0; j < pt->nodes; j++)
+        sum += rows_out[j] * row_bytes + rows_in[j] * (row_bytes + res_bytes);
+    return sum;
+}
+
+/* Fails before anything is allocated when a device's step buffers exceed its budget. */
+static int check_budgets(llep_part *pt, uint64_t results_in, uint64_t wire) {
+    llep_engine *e = pt->e;
+    char extra[80] = "";
+
+    if (pt->device_wire)
+        snprintf(extra, sizeof(extra), ", other buffers crossing nodes %" PRIu64, wire);
     for (uint32_t d = 0; d < pt->pl; d++) {
         engine_device *dv = &e->dev[d];
         uint64_t w = (uint64_t)dv->received * e->expert_bytes;
-        /* Device 0 also holds the results other nodes send back, for the combines. */
-        uint64_t need = llep__engine_device_need(e, d) + (d == 0 ? results_in : 0);
+        /* Device 0 also holds the results other nodes send back, for the combines, and in
+         * device-wire mode everything else that crosses nodes. */
+        uint64_t need = llep__engine_device_need(e, d) + (d == 0 ? results_in + wire : 0);
         if (dv->used + need > dv->budget)
             return set_error(pt, -ENOMEM,
                              "node %u device %u (global %u): the %s step needs %" PRIu64
                              " bytes (received weights %" PRIu64 ", token rows %" PRIu64
                              ", results %" PRIu64 ", intermediates %" PRIu64 ", results from "
-                             "other nodes %" PRIu64 ") on top of the %" PRIu64 " it holds, over "
-                             "its budget of %" PRIu64 " bytes", pt->node, d, pt->dev0 + d,
+                             "other nodes %" PRIu64 "%s) on top of the %" PRIu64 " it holds, "
+                             "over its budget of %" PRIu64 " bytes", pt->node, d, pt->dev0 + d,
                              pt->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need, w,
                              dv->x_bytes, dv->y_bytes, dv->scratch_bytes,
-                             d == 0 ? results_in : 0, dv->used, dv->budget);
+                             d == 0 ? results_in : 0, d == 0 ? extra : "", dv->used,
+                             dv->budget);
     }
     return 0;
 }
 
 /* The host buffers of the step: rows and results to and from every other node, the weight
- * blocks received, and the row pointers of the gathers and combines. */
+ * blocks received, and the row pointers of the gathers and combines. In device-wire mode only
+ * ROWS_OUT keeps host memory, where route_slots() packs the rows; the others are sized for
+ * their device-0 buffers. */
 static int reserve_host(llep_part *pt, const uint64_t *rows_out, const uint64_t *rows_in) {
     llep_engine *e = pt->e;
     uint64_t row_bytes = (uint64_t)e->d * e->esz, res_bytes = (uint64_t)e->d * sizeof(float);
     uint64_t computed = 0;
-    int r = 0;
+    int host = !pt->device_wire, r = 0;
 
     for (uint32_t j = 0; j < pt->nodes && r == 0; j++) {
-        r = buf_reserve(buf_of(pt, LLEP_PART_ROWS_OUT, j), rows_out[j] * row_bytes);
+        r = buf_reserve(buf_of(pt, LLEP_PART_ROWS_OUT, j), rows_out[j] * row_bytes, 1);
         if (r == 0)
-            r = buf_reserve(buf_of(pt, LLEP_PART_RESULTS_IN, j), rows_out[j] * res_bytes);
+            r = buf_reserve(buf_of(pt, LLEP_PART_RESULTS_IN, j), rows_out[j] * res_bytes, host);
         if (r == 0)
-            r = buf_reserve(buf_of(pt, LLEP_PART_ROWS_IN, j), rows_in[j] * row_bytes);
+            r = buf_reserve(buf_of(pt, LLEP_PART_ROWS_IN, j), rows_in[j] * row_bytes, host);
         if (r == 0)
-            r = buf_reserve(buf_of(pt, LLEP_PART_RESULTS_OUT, j), rows_in[j] * res_bytes);
+            r = buf_reserve(buf_of(pt, LLEP_PART_RESULTS_OUT, j), rows_in[j] * res_bytes, host);
     }
     if (r == 0)
-        r = buf_reserve(&pt->wbuf, (uint64_t)pt->num_win * e->expert_bytes);
+        r = buf_reserve(&pt->wbuf, (uint64_t)pt->num_win * e->expert_bytes, host);
     if (r == 0)
-        r = buf_reserve(&pt->woutbuf, (uint64_t)pt->num_wout * e->expert_bytes);
+        r = buf_reserve(&pt->woutbuf, (uint64_t)pt->num_wout * e->expert_bytes, host);
     for (uint32_t d = 0; d < pt->pl; d++)
         computed += e->dev[d].rows;
     if (r == 0)
@@ -446,11 +499,42 @@ static int reserve_host(llep_part *pt, const uint64_t *rows_out, const uint64_t 
         r = reserve_ptrs(&pt->combine_src, &pt->combine_cap, pt->slots);
     if (r < 0)
         return set_error(pt, r, "out of host memory for the step's buffers");
-    for (uint32_t i = 0; i < pt->num_win; i++)
-        pt->win[i].data = (char *)pt->wbuf.data + (uint64_t)i * e->expert_bytes;
-    for (uint32_t i = 0; i < pt->num_wout; i++)
-        pt->wout[i].data = (char *)pt->woutbuf.data + (uint64_t)i * e->expert_bytes;
     return 0;
+}
+
+/* The device-0 buffers of device-wire mode: every one crossing nodes but RESULTS_IN, which
+ * alloc_step() places on device 0 in either mode. */
+static int alloc_wire(llep_part *pt) {
+    llep_engine *e = pt->e;
+    int r = 0;
+
+    for (uint32_t j = 0; j < pt->nodes && r == 0; j++) {
+        r = llep__engine_dev_alloc(e, 0, buf_of(pt, LLEP_PART_ROWS_OUT, j)->bytes,
+                                   &buf_of(pt, LLEP_PART_ROWS_OUT, j)->dev);
+        if (r == 0)
+            r = llep__engine_dev_alloc(e, 0, buf_of(pt, LLEP_PART_ROWS_IN, j)->bytes,
+                                       &buf_of(pt, LLEP_PART_ROWS_IN, j)->dev);
+        if (r == 0)
+            r = llep__engine_dev_alloc(e, 0, buf_of(pt, LLEP_PART_RESULTS_OUT, j)->bytes,
+                                       &buf_of(pt, LLEP_PART_RESULTS_OUT, j)->dev);
+    }
+    if (r == 0)
+        r = llep__engine_dev_alloc(e, 0, pt->wbuf.bytes, &pt->wbuf.dev);
+    if (r == 0)
+        r = llep__engine_dev_alloc(e, 0, pt->woutbuf.bytes, &pt->woutbuf.dev);
+    return r;
+}
+
+/* Points the weight entries at their blocks in the buffer the caller moves. */
+static void point_weights(llep_part *pt) {
+    uint64_t eb = pt->e->expert_bytes;
+    char *in = pt->device_wire ? pt->wbuf.dev : pt->wbuf.data;
+    char *out = pt->device_wire ? pt->woutbuf.dev : pt->woutbuf.data;
+
+    for (uint32_t i = 0; i < pt->num_win; i++)
+        pt->win[i].data = in + (uint64_t)i * eb;
+    for (uint32_t i = 0; i < pt->num_wout; i++)
+        pt->wout[i].data = out + (uint64_t)i * eb;
 }
 
 static int alloc_step(llep_part *pt) {
@@ -468,8 +552,11 @@ static int alloc_step(llep_part *pt) {
         pt->resdev_bytes[j] = buf_of(pt, LLEP_PART_RESULTS_IN, j)->bytes;
         r = llep__engine_dev_alloc(e, 0, pt->resdev_bytes[j], &pt->resdev[j]);
     }
+    if (r == 0 && pt->device_wire)
+        r = alloc_wire(pt);
     if (r < 0)
         return set_error(pt, r, "out of device memory while allocating the step's buffers");
+    point_weights(pt);
     return 0;
 }
 
@@ -522,7 +609,7 @@ static void route_slots(llep_part *pt) {
 }
 
 /* The rows other nodes send for the ranges on this node's devices: gather sources in their
- * ROWS_IN buffers, in wire order. */
+ * ROWS_IN buffers (host or device 0 memory; the gathers read either), in wire order. */
 static void route_rows_in(llep_part *pt) {
     const llep_plan *pl = &pt->plan;
     llep_engine *e = pt->e;
@@ -539,7 +626,7 @@ static void route_rows_in(llep_part *pt) {
                 uint64_t lo, cnt = j == pt->node ? 0 : node_share(pt, rg, x, j, &lo);
                 if (cnt == 0)
                     continue;
-                const char *src = (const char *)buf_of(pt, LLEP_PART_ROWS_IN, j)->data +
+                const char *src = (const char *)wire_data(pt, LLEP_PART_ROWS_IN, j) +
                                   pt->cursor[j] * row_bytes;
                 const void **dst = pt->gather_src + e->dev[d].row_base + pt->chunk_row[i] +
                                    (lo - rg->start);
@@ -570,27 +657,49 @@ static void count_traffic(llep_part *pt, const uint64_t *rows_out, const uint64_
                    (uint64_t)tr->weights_in * e->expert_bytes;
 }
 
-/* The native blocks of WEIGHTS_OUT, into host memory for the caller to send. */
-static int download_weights(llep_part *pt) {
+/* The native blocks of WEIGHTS_OUT into the buffers the caller sends: downloaded to the host
+ * by their devices, or copied by device 0 (copy's destination is on the queuing device). */
+static int queue_weights_out(llep_part *pt) {
     const llep_plan *pl = &pt->plan;
     llep_engine *e = pt->e;
+    const llep_backend_ops *ops = e->be->ops;
     int r = 0;
 
-    if (pt->num_wout == 0)
-        return 0;
     for (uint32_t i = 0; i < pt->num_wout && r == 0; i++) {
         uint32_t x = pt->wout[i].expert, native = llep__plan_native(pl, x) - pt->dev0;
         const void *blk = llep__engine_native_block(e, native, x - (native + pt->dev0) *
                                                                    pl->experts_per_device);
-        r = e->be->ops->download(e->be, native, pt->wout[i].data, blk, e->expert_bytes);
+        r = pt->device_wire ? ops->copy(e->be, 0, pt->wout[i].data, blk, e->expert_bytes)
+                            : ops->download(e->be, native, pt->wout[i].data, blk,
+                                            e->expert_bytes);
     }
+    return r;
+}
+
+/* What prepare hands the caller to send, ready when it returns: the WEIGHTS_OUT blocks and,
+ * in device-wire mode, the rows route_slots() packed on the host copied up to device 0. */
+static int stage_out(llep_part *pt) {
+    llep_engine *e = pt->e;
+    int r = 0, queued = pt->num_wout > 0;
+
+    for (uint32_t j = 0; pt->device_wire && j < pt->nodes && r == 0; j++) {
+        part_buf *b = buf_of(pt, LLEP_PART_ROWS_OUT, j);
+        if (b->bytes) {
+            r = e->be->ops->copy(e->be, 0, b->dev, b->data, b->bytes);
+            queued = 1;
+        }
+    }
+    if (r == 0)
+        r = queue_weights_out(pt);
+    if (!queued)
+        return 0;
     int rs = e->be->ops->sync(e->be);
     if (r == 0)
         r = rs;
     if (r < 0) {
         free_step(pt);
-        return set_error(pt, r, "%s backend failed copying weights out: %s",
-                         e->be->ops->name, strerror(-r));
+        return set_error(pt, r, "%s backend failed copying %s out: %s", e->be->ops->name,
+                         pt->device_wire ? "rows and weights" : "weights", strerror(-r));
     }
     return 0;
 }
@@ -622,7 +731,7 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
     uint64_t results_in = 0;
     for (uint32_t j = 0; j < pt->nodes; j++)
         results_in += rows_out[j] * pt->e->d * sizeof(float);
-    r = check_budgets(pt, results_in);
+    r = check_budgets(pt, results_in, wire_bytes(pt, rows_out, rows_in));
     if (r == 0)
         r = reserve_host(pt, rows_out, rows_in);
     if (r < 0)
@@ -637,7 +746,7 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
     route_slots(pt);
     route_rows_in(pt);
     count_traffic(pt, rows_out, rows_in);
-    r = download_weights(pt);
+    r = stage_out(pt);
 out:
     free(rows_out);
     free(rows_in);
@@ -652,9 +761,8 @@ int llep__part_buffer(llep_part *pt, enum llep_part_buf kind, uint32_t node, voi
         return set_error(pt, -EINVAL, "no step is prepared");
     if (node >= pt->nodes || node == pt->node || (unsigned)kind >= PART_NUM_BUFS)
         return set_error(pt, -EINVAL, "no buffer %d for node %u", (int)kind, node);
-    part_buf *b = buf_of(pt, kind, node);
-    *ret = b->data;
-    *ret_bytes = b->bytes;
+    *ret = wire_data(pt, kind, node);
+    *ret_bytes = buf_of(pt, kind, node)->bytes;
     return 0;
 }
 
@@ -704,8 +812,8 @@ static int queue_weights(llep_part *pt) {
     return r;
 }
 
-/* Each device's rows, then its expert chunks, then the results other nodes wait for. */
-static int queue_compute(llep_part *pt) {
+/* Each device's rows, then its expert chunks. */
+static int queue_chunks(llep_part *pt) {
     const llep_plan *pl = &pt->plan;
     llep_engine *e = pt->e;
     const llep_backend_ops *ops = e->be->ops;
@@ -725,6 +833,24 @@ static int queue_compute(llep_part *pt) {
                                          (uint32_t)(rg->end - rg->start));
         }
     }
+    return r;
+}
+
+/* Bytes of device d's results at src into RESULTS_OUT at dst: downloaded by d in order after
+ * its chunks, or in device-wire mode copied by device 0, whose buffer dst is. */
+static int queue_result(llep_part *pt, uint32_t d, float *dst, const float *src, size_t bytes) {
+    llep_backend *be = pt->e->be;
+
+    return pt->device_wire ? be->ops->copy(be, 0, dst, src, bytes)
+                           : be->ops->download(be, d, dst, src, bytes);
+}
+
+/* The results other nodes wait for, range by range in wire order. */
+static int queue_results(llep_part *pt) {
+    const llep_plan *pl = &pt->plan;
+    llep_engine *e = pt->e;
+    int r = 0;
+
     memset(pt->cursor, 0, pt->nodes * sizeof(*pt->cursor));
     for (uint32_t x = 0; x < pt->nx && r == 0; x++) {
         for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1] && r == 0; i++) {
@@ -736,10 +862,10 @@ static int queue_compute(llep_part *pt) {
                 uint64_t lo, cnt = j == pt->node ? 0 : node_share(pt, rg, x, j, &lo);
                 if (cnt == 0)
                     continue;
-                float *dst = (float *)buf_of(pt, LLEP_PART_RESULTS_OUT, j)->data +
+                float *dst = (float *)wire_data(pt, LLEP_PART_RESULTS_OUT, j) +
                              pt->cursor[j] * e->d;
                 const float *src = e->dev[d].y + (pt->chunk_row[i] + (lo - rg->start)) * e->d;
-                r = ops->download(e->be, d, dst, src, cnt * e->d * sizeof(float));
+                r = queue_result(pt, d, dst, src, cnt * e->d * sizeof(float));
                 pt->cursor[j] += cnt;
             }
         }
@@ -757,7 +883,13 @@ int llep__part_compute(llep_part *pt) {
     if (pt->state != PART_PREPARED)
         return set_error(pt, -EINVAL, "compute needs a prepared step");
     e = pt->e;
-    r = queue_compute(pt);
+    r = queue_chunks(pt);
+    /* Device 0's copies are ordered only with device 0's own work, so in device-wire mode every
+     * device's chunks must be done before they read the results. */
+    if (r == 0 && pt->device_wire)
+        r = e->be->ops->sync(e->be);
+    if (r == 0)
+        r = queue_results(pt);
     /* Whatever was queued reads the step's buffers, so it must finish before any is freed. */
     rs = e->be->ops->sync(e->be);
     if (r == 0)
@@ -805,8 +937,9 @@ int llep__part_combine(llep_part *pt, llep_engine_stats *stats) {
     if (pt->state != PART_COMPUTED)
         return set_error(pt, -EINVAL, "combine needs a computed step");
     e = pt->e;
-    /* Results from other nodes onto device 0, where the combines read them. */
-    for (uint32_t j = 0; j < pt->nodes && r == 0; j++)
+    /* Results from other nodes onto device 0, where the combines read them; in device-wire
+     * mode the caller put them there. */
+    for (uint32_t j = 0; j < pt->nodes && r == 0 && !pt->device_wire; j++)
         if (pt->resdev_bytes[j])
             r = e->be->ops->copy(e->be, 0, pt->resdev[j], buf_of(pt, LLEP_PART_RESULTS_IN, j)->data,
                                  pt->resdev_bytes[j]);

@@ -1,7 +1,9 @@
 /* Tests of the cluster part (daemon/engine-part.c): 2 and 3 nodes played in one process, each
  * with its own engine on the CPU backend, the buffers moved between them with memcpy in phase
  * order. Every output is checked against a float64 reference of DESIGN.md section 4 and must
- * be bit-identical to one engine's step with all N experts on the P devices of the cluster. */
+ * be bit-identical to one engine's step with all N experts on the P devices of the cluster.
+ * The CPU backend's device memory is host memory, so the same memcpy moves the buffers of
+ * device-wire mode too. */
 #include <check.h>
 #include <errno.h>
 #include <math.h>
@@ -21,6 +23,7 @@
 #define TOL_F32 1e-5
 #define TOL_BF16 1e-2
 #define MAX_NODES 4
+#define MAX_PL 4
 #define SENTINEL 0xa5
 
 /* ---- a cluster layer: shapes, weights, one engine per node and one for the whole ---- */
@@ -63,6 +66,8 @@ typedef struct cluster {
     llep_engine_batch *b;      /* [P]: node j's batches are b + j * P_l */
     llep_engine_batch *bw;     /* [P] for the whole engine */
     uint64_t *loads[MAX_NODES];
+
+    unsigned wire;             /* bit j: node j's part is in device-wire mode */
 
     llep_engine_stats st[MAX_NODES];
     llep_engine_stats stw;
@@ -340,6 +345,28 @@ static void abort_all(cluster *c) {
         llep__part_abort(c->part[j]);
 }
 
+/* Device-wire mode for the nodes in mask (bit j: node j), host mode for the others. */
+static void set_wire(cluster *c, unsigned mask) {
+    for (uint32_t j = 0; j < c->s.nodes; j++) {
+        int r = llep__part_set_device_wire(c->part[j], (int)(mask >> j & 1));
+        ck_assert_msg(r == 0, "set_device_wire on node %u: %d %s", j, r,
+                      llep__part_error(c->part[j]));
+    }
+    c->wire = mask;
+}
+
+/* Device-0 bytes that node j's device-wire mode adds to host mode's: every buffer crossing
+ * nodes but RESULTS_IN, which host mode holds on device 0 too. */
+static uint64_t wire_extra(const cluster *c, uint32_t j) {
+    const llep_part_traffic *tr = &c->tr[j];
+    uint64_t rb = (uint64_t)c->s.d * c->esz, fb = (uint64_t)c->s.d * sizeof(float);
+
+    if (!(c->wire >> j & 1))
+        return 0;
+    return tr->rows_out * rb + tr->rows_in * (rb + fb) +
+           ((uint64_t)tr->weights_in + tr->weights_out) * llep__engine_expert_bytes(c->eng[j]);
+}
+
 /* ---- checks ---- */
 
 static double rel_err_ref(const cluster *c) {
@@ -353,6 +380,11 @@ static double rel_err_ref(const cluster *c) {
             den += r * r;
         }
     return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void fill_sentinel(cluster *c) {
+    for (uint32_t g = 0; g < c->p; g++)
+        memset(c->y[g], SENTINEL, (size_t)c->tokens[g] * c->s.d * c->esz);
 }
 
 static int all_sentinel(const cluster *c) {
@@ -440,8 +472,11 @@ static void check_against_whole(cluster *c, const llep_plan_params *pp) {
             ck_assert_uint_eq(a->weight_bytes_in, b->weight_bytes_in);
             ck_assert_uint_eq(a->token_bytes_in, b->token_bytes_in);
             ck_assert_uint_eq(a->held_bytes, b->held_bytes);
-            /* Device 0 of a node also holds the results its rows bring back. */
-            uint64_t back = d == 0 ? c->tr[j].rows_out * c->s.d * sizeof(float) : 0;
+            /* Device 0 of a node also holds the results its rows bring back, and in
+             * device-wire mode the other buffers crossing nodes. */
+            uint64_t back = d == 0 ? c->tr[j].rows_out * c->s.d * sizeof(float) +
+                                     wire_extra(c, j)
+                                   : 0;
             ck_assert_uint_eq(a->peak_bytes, b->peak_bytes + back);
             ck_assert_uint_eq(a->budget_bytes, b->budget_bytes);
             if (a->busy_ns > max_busy)
@@ -506,8 +541,7 @@ static void step_and_check_hier(cluster *c, enum llep_policy pol, uint64_t min_t
     pp.policy = pol;
     pp.min_tokens = min_tokens;
     pp.devices_per_node = devices_per_node;
-    for (uint32_t g = 0; g < c->p; g++)
-        memset(c->y[g], SENTINEL, (size_t)c->tokens[g] * c->s.d * c->esz);
+    fill_sentinel(c);
     cluster_step(c, &pp);
     check_counts(c);
     double err = rel_err_ref(c), tol = c->s.dtype == LLEP_DTYPE_F32 ? TOL_F32 : TOL_BF16;
@@ -819,6 +853,219 @@ START_TEST(test_new_errors) {
 }
 END_TEST
 
+/* ---- device-wire mode ---- */
+
+/* A step's figures in host mode, kept to compare with the same step in device-wire mode. */
+typedef struct figures {
+    llep_engine_stats st[MAX_NODES];
+    llep_engine_device_stats dev[MAX_NODES][MAX_PL];
+    llep_part_traffic tr[MAX_NODES];
+} figures;
+
+static void save_figures(const cluster *c, figures *f) {
+    ck_assert_uint_eq(c->wire, 0);
+    ck_assert_uint_le(c->s.pl, MAX_PL);
+    for (uint32_t j = 0; j < c->s.nodes; j++) {
+        f->st[j] = c->st[j];
+        memcpy(f->dev[j], c->st[j].devices, c->s.pl * sizeof(f->dev[j][0]));
+        f->tr[j] = c->tr[j];
+    }
+}
+
+/* The last step's traffic and statistics are host mode's, but for device 0's peak, which
+ * differs by exactly the device-wire buffers. Times are not compared. */
+static void check_same_figures(const cluster *c, const figures *f) {
+    for (uint32_t j = 0; j < c->s.nodes; j++) {
+        const llep_part_traffic *ta = &c->tr[j], *tb = &f->tr[j];
+        ck_assert_uint_eq(ta->rows_out, tb->rows_out);
+        ck_assert_uint_eq(ta->rows_in, tb->rows_in);
+        ck_assert_uint_eq(ta->bytes_out, tb->bytes_out);
+        ck_assert_uint_eq(ta->bytes_in, tb->bytes_in);
+        ck_assert_uint_eq(ta->weights_out, tb->weights_out);
+        ck_assert_uint_eq(ta->weights_in, tb->weights_in);
+        const llep_engine_stats *a = &c->st[j], *b = &f->st[j];
+        ck_assert_int_eq(a->mode, b->mode);
+        ck_assert(a->imbalance == b->imbalance);
+        ck_assert_uint_eq(a->capacity, b->capacity);
+        ck_assert_uint_eq(a->slots, b->slots);
+        ck_assert_uint_eq(a->transfers, b->transfers);
+        ck_assert_uint_eq(a->weight_bytes_moved, b->weight_bytes_moved);
+        ck_assert_uint_eq(a->token_bytes_moved, b->token_bytes_moved);
+        ck_assert_uint_eq(a->num_devices, b->num_devices);
+        for (uint32_t d = 0; d < c->s.pl; d++) {
+            const llep_engine_device_stats *da = &a->devices[d], *db = &f->dev[j][d];
+            ck_assert_uint_eq(da->rows, db->rows);
+            ck_assert_uint_eq(da->chunks, db->chunks);
+            ck_assert_uint_eq(da->experts_received, db->experts_received);
+            ck_assert_uint_eq(da->weight_bytes_in, db->weight_bytes_in);
+            ck_assert_uint_eq(da->token_bytes_in, db->token_bytes_in);
+            ck_assert_uint_eq(da->held_bytes, db->held_bytes);
+            ck_assert_uint_eq(da->budget_bytes, db->budget_bytes);
+            ck_assert_uint_eq(da->peak_bytes, db->peak_bytes + (d == 0 ? wire_extra(c, j) : 0));
+        }
+    }
+}
+
+/* Everything but the native weights is uncharged: a budget of exactly those holds on every
+ * device. Leaves each budget at the default's size. */
+static void check_uncharged(cluster *c, uint64_t held) {
+    for (uint32_t j = 0; j < c->s.nodes; j++)
+        for (uint32_t d = 0; d < c->s.pl; d++) {
+            ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held), 0);
+            ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held + (1ull << 30)), 0);
+        }
+}
+
+/* Node 0's device 0, and the whole engine's, whose budget the checks compare with it. */
+static void set_budget0(cluster *c, uint64_t bytes) {
+    ck_assert_int_eq(llep__engine_set_budget(c->eng[0], 0, bytes), 0);
+    ck_assert_int_eq(llep__engine_set_budget(c->whole, 0, bytes), 0);
+}
+
+/* The matrix's first shapes (2 and 3 nodes, float32 and bfloat16, with and without biases),
+ * each step in host mode, then device-wire mode in every part, then in one part only (the
+ * layouts do not depend on the mode): the outputs bit-identical to the whole engine's and
+ * within the reference's tolerance, traffic and statistics those of host mode. */
+START_TEST(test_device_wire) {
+    static const struct {
+        enum llep_policy pol;
+        uint64_t min_tokens;
+        int hier;
+    } steps[] = {
+        { LLEP_POLICY_LLEP, 1, 0 }, { LLEP_POLICY_EP, 1024, 0 },
+        { LLEP_POLICY_AUTO, 4, 0 }, { LLEP_POLICY_LLEP, 2, 1 },
+    };
+    spec s = matrix_spec(_i);
+    cluster *c = cluster_new(&s);
+    uint64_t rows_crossed = 0;
+    uint32_t weights_crossed = 0;
+
+    for (int step = 0; step < 2; step++) {
+        if (step)
+            draw_tokens(c, NULL);
+        for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+            uint32_t dpn = steps[i].hier ? s.pl : 0;
+            unsigned masks[2] = { (1u << s.nodes) - 1, 1u << (i % s.nodes) };
+            figures host;
+            set_wire(c, 0);
+            step_and_check_hier(c, steps[i].pol, steps[i].min_tokens, dpn);
+            save_figures(c, &host);
+            for (int m = 0; m < 2; m++) {
+                set_wire(c, masks[m]);
+                step_and_check_hier(c, steps[i].pol, steps[i].min_tokens, dpn);
+                check_same_figures(c, &host);
+            }
+            for (uint32_t j = 0; j < s.nodes; j++) {
+                rows_crossed += c->tr[j].rows_out;
+                weights_crossed += c->tr[j].weights_out;
+            }
+        }
+    }
+    ck_assert_msg(rows_crossed > 0 && weights_crossed > 0, "rows %llu, weights %u crossed "
+                  "nodes: the test proves little", (unsigned long long)rows_crossed,
+                  weights_crossed);
+    cluster_free(c);
+}
+END_TEST
+
+/* Node 0's device 0 has a budget that holds host mode's step but not the device-wire
+ * buffers: prepare fails with -ENOMEM naming the device, its budget and the buffers' bytes,
+ * before any output is written, and leaves nothing charged. The same step then runs in host
+ * mode under that budget, and in device-wire mode under one larger by exactly those bytes. */
+START_TEST(test_device_wire_budget) {
+    spec s = { .nodes = 2, .pl = 2, .m = 2, .k = 2, .d = 16, .h = 32, .dtype = LLEP_DTYPE_F32,
+               .biases = 1, .hot_share = 0.9, .hot = 1, .max_tokens = 20, .seed = 0x91 };
+    cluster *c = cluster_new(&s);
+    int64_t want[4] = { 20, 20, 20, 20 };
+    draw_tokens(c, want);
+    llep_plan_params pp;
+    llep__plan_params_default(&pp);
+    pp.policy = LLEP_POLICY_LLEP;
+    pp.min_tokens = 1;
+    const uint64_t *const *nl = (const uint64_t *const *)c->loads;
+    uint64_t held = llep__engine_expert_bytes(c->eng[0]) * s.m;
+
+    step_and_check(c, LLEP_POLICY_LLEP, 1);
+    uint64_t host_peak = c->st[0].devices[0].peak_bytes;
+    set_wire(c, 3);
+    uint64_t extra = wire_extra(c, 0);  /* the same plan comes again: the same traffic */
+    ck_assert_uint_gt(c->tr[0].weights_out, 0);
+    ck_assert_uint_gt(c->tr[0].rows_out, 0);
+
+    for (uint64_t budget = host_peak; budget <= host_peak + extra - 1; budget += extra - 1) {
+        set_budget0(c, budget);
+        fill_sentinel(c);
+        count_and_plan(c, &pp);
+        ck_assert_int_eq(llep__part_prepare(c->part[0], &c->plan, nl, node_batches(c, 0)),
+                         -ENOMEM);
+        const char *msg = llep__part_error(c->part[0]);
+        char b[32], x[32];
+        snprintf(b, sizeof(b), "budget of %llu", (unsigned long long)budget);
+        snprintf(x, sizeof(x), "crossing nodes %llu", (unsigned long long)extra);
+        ck_assert_msg(strstr(msg, "node 0 device 0") && strstr(msg, b) && strstr(msg, x),
+                      "message: %s", msg);
+        ck_assert_int_eq(llep__part_prepare(c->part[1], &c->plan, nl, node_batches(c, 1)), 0);
+        abort_all(c);
+        ck_assert(all_sentinel(c));
+        check_uncharged(c, held);
+    }
+
+    set_budget0(c, host_peak);
+    set_wire(c, 0);
+    step_and_check(c, LLEP_POLICY_LLEP, 1);
+    ck_assert_uint_eq(c->st[0].devices[0].peak_bytes, host_peak);
+    set_budget0(c, host_peak + extra);
+    set_wire(c, 3);
+    step_and_check(c, LLEP_POLICY_LLEP, 1);
+    ck_assert_uint_eq(c->st[0].devices[0].peak_bytes, host_peak + extra);
+    cluster_free(c);
+}
+END_TEST
+
+/* The mode changes only between steps: -EINVAL while a step is prepared or computed, the mode
+ * kept. Device-wire steps abandoned after prepare and after compute free every buffer; then
+ * the modes alternate from step to step. */
+START_TEST(test_device_wire_phases) {
+    spec s = { .nodes = 3, .pl = 2, .m = 1, .k = 2, .d = 16, .h = 16, .dtype = LLEP_DTYPE_BF16,
+               .act = LLEP_ACT_SWIGLU_OAI, .hot_share = 0.9, .hot = 1, .max_tokens = 20,
+               .seed = 0xd0 };
+    cluster *c = cluster_new(&s);
+    llep_plan_params pp;
+    llep__plan_params_default(&pp);
+    pp.policy = LLEP_POLICY_LLEP;
+    pp.min_tokens = 1;
+    uint64_t held = llep__engine_expert_bytes(c->eng[0]) * s.m;
+
+    ck_assert_int_eq(llep__part_set_device_wire(NULL, 1), -EINVAL);
+    set_wire(c, 7);
+    for (int phase = 0; phase < 2; phase++) {
+        count_and_plan(c, &pp);
+        prepare_all(c);
+        if (phase == 1) {
+            move_buffers(c, LLEP_PART_ROWS_OUT, LLEP_PART_ROWS_IN);
+            move_weights(c);
+            compute_all(c);
+        }
+        for (uint32_t j = 0; j < s.nodes; j++) {
+            ck_assert_int_eq(llep__part_set_device_wire(c->part[j], 0), -EINVAL);
+            ck_assert_ptr_nonnull(strstr(llep__part_error(c->part[j]), "prepared"));
+            ck_assert_int_eq(llep__part_set_device_wire(c->part[j], 1), -EINVAL);
+        }
+        abort_all(c);
+        ck_assert(all_sentinel(c));
+        check_uncharged(c, held);
+        step_and_check(c, LLEP_POLICY_LLEP, 1); /* still device-wire: its peaks say so */
+        draw_tokens(c, NULL);
+    }
+    for (int step = 0; step < 4; step++) {
+        set_wire(c, step & 1 ? 0 : 7);
+        step_and_check(c, LLEP_POLICY_AUTO, 2);
+        check_uncharged(c, held);
+    }
+    cluster_free(c);
+}
+END_TEST
+
 static Suite *part_suite(void) {
     Suite *s = suite_create("engine-part");
     TCase *tc = tcase_create("engine-part");
@@ -830,6 +1077,9 @@ static Suite *part_suite(void) {
     tcase_add_test(tc, test_budget);
     tcase_add_test(tc, test_abort);
     tcase_add_test(tc, test_new_errors);
+    tcase_add_loop_test(tc, test_device_wire, 0, 8);
+    tcase_add_test(tc, test_device_wire_budget);
+    tcase_add_test(tc, test_device_wire_phases);
     suite_add_tcase(s, tc);
     return s;
 }
