@@ -15,6 +15,7 @@
  * OpenBLAS is put in single-threaded mode: its own thread pool would compete with the device
  * threads, and the CPU time of its workers would not show in the device's thread clock. */
 #include "backend.h"
+#include "xnode.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -439,4 +440,5 @@ const llep_backend_ops llep__backend_cpu = {
     .sync = cpu_sync,
     .busy_ns = cpu_busy_ns,
     .download = cpu_copy, /* device memory is host memory */
+    .xnode = &llep__xnode_socket,
 };

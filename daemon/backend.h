@@ -67,6 +67,10 @@ typedef struct llep_backend_ops {
      * memory at dst, which must stay valid until sync(). What leaves a node in a cluster
      * step (results, spilled experts' weights) goes through it. */
     int (*download)(llep_backend *b, uint32_t dev, void *dst, const void *src, size_t bytes);
+
+    /* Optional (NULL: none). The communicator between nodes that cluster steps use to move
+     * rows, weights and results between devices of different nodes (xnode.h). */
+    const struct llep_xnode_ops *xnode;
 } llep_backend_ops;
 
 /* Every backend instance starts with this header. */
