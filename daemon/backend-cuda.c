@@ -64,6 +64,7 @@
 
 #include "backend-select.h"
 #include "moe-cuda.h"
+#include "xnode.h"
 
 /* Freed blocks a GPU keeps for reuse; beyond either limit the oldest are released. A step
  * frees the engine's buffers and the backend's row staging, several per logical device. */
@@ -82,6 +83,8 @@ uint64_t llep__cuda_free_bytes(uint32_t gpu);
 /* How this backend moves token rows between its logical devices: "nccl", "peer" (peer
  * access in the kernels) or "local" (one GPU: device-to-device). For tests and tools. */
 const char *llep__cuda_dispatch_path(const llep_backend *b);
+/* The CUDA ordinal of logical device dev, or -EINVAL (xnode-nccl.c). */
+int llep__cuda_device_ordinal(const llep_backend *b, uint32_t dev);
 
 /* How rows of another GPU reach a gather or combine. */
 enum row_path {
@@ -1099,6 +1102,14 @@ const char *llep__cuda_dispatch_path(const llep_backend *base) {
     return names[((const cuda_backend *)base)->path];
 }
 
+int llep__cuda_device_ordinal(const llep_backend *base, uint32_t dev) {
+    const cuda_backend *b = (const cuda_backend *)base;
+
+    if (!base || base->ops != &llep__backend_cuda || dev >= base->num_devices)
+        return -EINVAL;
+    return b->gpus[b->dev[dev].gpu].id;
+}
+
 /* ---- create, destroy ---- */
 
 static void cu_destroy(llep_backend *base) {
@@ -1295,4 +1306,5 @@ const llep_backend_ops llep__backend_cuda = {
     .busy_ns = cu_busy_ns,
     .step_overhead = cu_step_overhead,
     .download = cu_download,
+    .xnode = &llep__xnode_nccl,
 };
