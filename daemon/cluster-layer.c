@@ -192,9 +192,10 @@ static llepd_clayer *clayer_alloc(llepd_layer *l, uint32_t origin_rank) {
     c->shares = calloc(n, sizeof(*c->shares));
     c->deadline = timer_new(c);
     if (!c->ids || !c->shares || !c->deadline ||
-        llepd_cstep_init(c) < 0) {
+        llepd_cstep_init(c) < 0 || llepd_cxnode_init(c) < 0) {
         timer_close(&c->deadline);
         llepd_cstep_fini(c);
+        llepd_cxnode_fini(c);
         free(c->ids);
         free(c->shares);
         free(c);
@@ -415,6 +416,7 @@ static void release_hold(llepd_clayer *c) {
 static void orphan(llepd_clayer *c, const char *why) {
     if (c->st)
         llepd_cstep_fail(c, -EHOSTDOWN, why);
+    llepd_cxnode_close(c, why, false);
     c->orphaned = true;
     set_state(c);
     release_hold(c);
@@ -453,6 +455,7 @@ static void share_done(uv_work_t *req, int status) {
         l->refs++;
         log_info("cluster layer '%s': share of %u experts loaded for node %u", l->name,
                  c->local_experts, c->ids[c->origin]);
+        llepd_cxnode_engine_ready(c);
     } else {
         llep__engine_free(w->engine);
         log_warning("cluster layer '%s': share not loaded: %s", l->name, w->err);
@@ -632,7 +635,7 @@ void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
 
     if (rank < 0)
         return;
-    snprintf(why, sizeof(why), "node %u went down", node_id);
+    snprintf(why, sizeof(why), "node %u %s", node_id, up ? "came back" : "went down");
     /* Backwards: what follows may free a layer, which takes it out of srv->layers. */
     for (uint32_t i = srv->nlayers; i-- > 0;) {
         llepd_layer *l = srv->layers[i];
@@ -642,11 +645,16 @@ void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
             continue;
         set_state(c);
         if (up) {
-            /* The origin gives a node that comes back its share (again). */
+            /* The origin gives a node that comes back its share (again), and a communicator
+             * as soon as the next step begins. */
             if (c->rank == c->origin && !c->creator && l->engine)
                 (void)send_layer_to(c, r);
+            llepd_cxnode_close(c, why, true);
             continue;
         }
+        /* Whatever the communicator was doing, that node's rank is gone from it. */
+        if (!c->st || !c->st->xnode)
+            llepd_cxnode_close(c, why, false);
         if (c->creator)
             create_fail(c, -EHOSTDOWN, why);
         else if (r == c->origin && l->creating && !c->engine_pending)
@@ -669,6 +677,8 @@ bool llepd_clayer_serves(int body) {
     case LLEP__FRAME__BODY_CLUSTER_PLAN_HASH:
     case LLEP__FRAME__BODY_CLUSTER_DATA:
     case LLEP__FRAME__BODY_CLUSTER_STEP_FAIL:
+    case LLEP__FRAME__BODY_CLUSTER_COMM:
+    case LLEP__FRAME__BODY_CLUSTER_COMM_FAIL:
         return true;
     default:
         return false;
@@ -730,6 +740,15 @@ void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame 
     case LLEP__FRAME__BODY_CLUSTER_LAYER_DROP:
         handle_drop(srv, (uint32_t)rank, f->cluster_layer_drop);
         return;
+    case LLEP__FRAME__BODY_CLUSTER_COMM:
+    case LLEP__FRAME__BODY_CLUSTER_COMM_FAIL: {
+        const char *n = f->body_case == LLEP__FRAME__BODY_CLUSTER_COMM
+            ? f->cluster_comm->layer : f->cluster_comm_fail->layer;
+        llepd_clayer *c = n ? clayer_of(srv, n, false) : NULL;
+        if (c && !c->orphaned)
+            llepd_cxnode_handle(c, (uint32_t)rank, f);
+        return;
+    }
     default:
         break;
     }
@@ -755,6 +774,7 @@ void llepd_clayer_close_timers(llepd_layer *l) {
     if (l->cluster) {
         timer_close(&l->cluster->deadline);
         timer_close(&l->cluster->create_timer);
+        llepd_cxnode_fini(l->cluster);
     }
 }
 
@@ -767,6 +787,7 @@ void llepd_clayer_free(llepd_layer *l) {
     if (c->rank == c->origin && !c->orphaned && l->engine && !l->srv->stopping)
         send_drop(c);
     llepd_cluster_cancel_bulk(l->srv->cluster, c);
+    llepd_cxnode_fini(c); /* before the part: an exchange may be writing its buffers */
     llepd_cstep_fini(c);
     llep__part_free(c->part);
     for (uint32_t r = 0; r < c->nodes; r++)

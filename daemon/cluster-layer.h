@@ -28,6 +28,7 @@
 #include "engine-part.h"
 #include "llepd-sched.h"
 #include "server.h"
+#include "xnode.h"
 
 /* Largest step buffer a peer may announce (rows or results of one step): a bad total must not
  * make this node allocate without bound. A share may be exactly as large as its shape says. */
@@ -45,7 +46,9 @@ enum llepd_cstep_phase {
     CSTEP_HASH,         /* plan made, hash sent (rows and weights follow at once) */
     CSTEP_DATA,         /* rows and weights sent; waiting for every hash and the data here */
     CSTEP_COMPUTE,      /* expert chunks on the thread pool */
+    CSTEP_XROWS,        /* rows and weights moving over the communicator */
     CSTEP_RESULTS,      /* results sent; waiting for this node's tokens' results */
+    CSTEP_XRESULTS,     /* results moving over the communicator */
     CSTEP_COMBINE,      /* combine on the thread pool */
     CSTEP_ENDING,       /* failing: answering its clients */
 };
@@ -65,6 +68,10 @@ typedef struct llepd_cstep {
     uint64_t hash;
     uint64_t *hashes;               /* [nodes] */
     bool *have_hash;                /* [nodes] */
+    uint64_t *epochs;               /* [nodes] each node's communicator epoch, 0: none */
+    bool *comm_up;                  /* [nodes] and whether it is up */
+    bool decided;                   /* every hash is in: xnode says how the data goes */
+    bool xnode;                     /* the step's data goes over the communicator */
     llepd_cbuf *rows_in;            /* [nodes] */
     llepd_cbuf *results_in;         /* [nodes] */
     llepd_cweights *weights;        /* received so far */
@@ -77,6 +84,26 @@ typedef struct llepd_cstep {
     llep_engine_device_stats *dev;  /* [P_l] copied out of the engine */
     llep_part_traffic traffic;
 } llepd_cstep;
+
+/* A layer's communicator between nodes (xnode.h; cluster-xnode.c). The origin starts one
+ * (ClusterComm) when the layer is on every node and no communicator is up; any failure closes
+ * it on every node (ClusterCommFail, or the failed step over it) and the origin starts another
+ * after a pause. Steps use it only when every node has the same epoch up. */
+typedef struct llepd_cxnode {
+    const llep_xnode_ops *ops;      /* NULL: the layer's data always goes over the peer links */
+    llep_xnode *x;                  /* opening or up; NULL: none */
+    uint64_t epoch;                 /* of x; the highest seen when x is NULL */
+    bool up;
+    uint64_t opened_ns;             /* when x began opening (its deadline) */
+    uint64_t retry_ns;              /* origin: no new communicator before this */
+    uint32_t backoff_ms;
+    bool pending;                   /* a ClusterComm waits for this node's engine */
+    uint8_t pending_id[LLEP_XNODE_ID_BYTES];
+    uv_timer_t *timer;              /* polls while opening or exchanging */
+    uv_async_t *async;              /* the transport's notify */
+    uint64_t steps;                 /* steps whose data went over it */
+    char why[200];                  /* why none is up, for llepctl; "" when it never failed */
+} llepd_cxnode;
 
 typedef struct llepd_clayer {
     llepd_layer *layer;
@@ -115,6 +142,7 @@ typedef struct llepd_clayer {
     bool *have_future;              /* [nodes] */
     uv_timer_t *deadline;           /* allocated, as create_timer */
     bool inject_mismatch;           /* LLEPD_TEST_PLAN_MISMATCH: this node skews its plan */
+    llepd_cxnode xn;
 
     /* Figures (llepctl layers). */
     uint64_t internode_rows, internode_bytes, failed_steps;
@@ -168,8 +196,33 @@ void llepd_cstep_kick(llepd_layer *l);
 void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f);
 /* Fails the step in progress (a peer went down, the layer is going): every node is told. */
 void llepd_cstep_fail(llepd_clayer *c, int r, const char *why);
+/* The communicator's exchange for the step finished (r == 0) or failed (cluster-xnode.c). */
+void llepd_cstep_exchanged(llepd_clayer *c, int r, const char *why);
 /* Sets up and tears down the step state of a layer. */
 int llepd_cstep_init(llepd_clayer *c);
 void llepd_cstep_fini(llepd_clayer *c);
+
+/* ---- the communicator between nodes (cluster-xnode.c) ------------------------------------- */
+
+/* Picks the transport (the backend's, when llepd may use it) and makes the handles. */
+int llepd_cxnode_init(llepd_clayer *c);
+/* Closes the communicator and the handles (idempotent). */
+void llepd_cxnode_fini(llepd_clayer *c);
+/* Origin: starts a communicator when none is up or opening and every node holds the layer. */
+void llepd_cxnode_maybe_start(llepd_clayer *c);
+/* This node's engine exists now: joins a communicator that waited for it. */
+void llepd_cxnode_engine_ready(llepd_clayer *c);
+/* Closes this node's communicator (a peer went down, a step over it failed); the origin starts
+ * another after a pause, or at once when fast is set (a node came back). */
+void llepd_cxnode_close(llepd_clayer *c, const char *why, bool fast);
+/* What this node reports in its plan hash: the epoch (0: none) and whether it is up. */
+uint64_t llepd_cxnode_epoch(llepd_clayer *c, bool *up);
+/* Starts an exchange for the step; llepd_cstep_exchanged() follows. 0 or -errno, why set. */
+int llepd_cxnode_exchange(llepd_clayer *c, const llep_xnode_op *ops, uint32_t n, char *why,
+                          size_t whylen);
+/* ClusterComm and ClusterCommFail from the node of rank `from`. */
+void llepd_cxnode_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f);
+/* "nccl (up, epoch 2)", "peer links", "peer links (nccl: ...)" for llepctl. */
+const char *llepd_cxnode_describe(const llepd_clayer *c, char *buf, size_t len);
 
 #endif

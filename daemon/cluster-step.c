@@ -28,6 +28,7 @@ static uint32_t num_experts(const llepd_clayer *c) {
 }
 
 static void check_progress(llepd_clayer *c);
+static void start_exchange(llepd_clayer *c, bool results);
 
 /* ---- step state -------------------------------------------------------------------------- */
 
@@ -50,6 +51,8 @@ static void step_free(llepd_cstep *st, uint32_t nodes) {
     free(st->have_loads);
     free(st->hashes);
     free(st->have_hash);
+    free(st->epochs);
+    free(st->comm_up);
     free(st->dev);
     free(st->subs);
     free(st);
@@ -89,6 +92,10 @@ static llepd_cstep *step_reuse(llepd_clayer *c, uint64_t id) {
     memset(st->have_loads, 0, n * sizeof(*st->have_loads));
     memset(st->hashes, 0, n * sizeof(*st->hashes));
     memset(st->have_hash, 0, n * sizeof(*st->have_hash));
+    memset(st->epochs, 0, n * sizeof(*st->epochs));
+    memset(st->comm_up, 0, n * sizeof(*st->comm_up));
+    st->xnode = false;
+    st->decided = false;
     memset(&st->origin_params, 0, sizeof(st->origin_params));
     memset(&st->stats, 0, sizeof(st->stats));
     memset(&st->traffic, 0, sizeof(st->traffic));
@@ -115,10 +122,13 @@ static llepd_cstep *step_new(llepd_clayer *c, uint64_t id) {
     st->have_loads = calloc(n, sizeof(*st->have_loads));
     st->hashes = calloc(n, sizeof(*st->hashes));
     st->have_hash = calloc(n, sizeof(*st->have_hash));
+    st->epochs = calloc(n, sizeof(*st->epochs));
+    st->comm_up = calloc(n, sizeof(*st->comm_up));
     st->rows_in = calloc(n, sizeof(*st->rows_in));
     st->results_in = calloc(n, sizeof(*st->results_in));
     st->dev = calloc(c->ppn, sizeof(*st->dev));
-    if (!st->loads || !st->have_loads || !st->hashes || !st->have_hash || !st->rows_in ||
+    if (!st->loads || !st->have_loads || !st->hashes || !st->have_hash || !st->epochs ||
+        !st->comm_up || !st->rows_in ||
         !st->results_in || !st->dev ||
         llep__plan_init(&st->plan, num_experts(c), c->nodes * c->ppn) < 0) {
         step_free(st, n);
@@ -186,6 +196,8 @@ static void record(llepd_clayer *c, llepd_cstep *st) {
     c->internode_rows += st->traffic.rows_out;
     c->internode_bytes += st->traffic.bytes_out;
     c->internode_weights += st->traffic.weights_out;
+    if (st->xnode)
+        c->xn.steps++;
 }
 
 /* Finishes the step with status r: answers this node's clients, then goes on with whatever
@@ -242,6 +254,10 @@ void llepd_cstep_fail(llepd_clayer *c, int r, const char *why) {
     snprintf(msg, sizeof(msg), "cluster step %" PRIu64 " of layer '%s': %s", st->id,
              c->layer->name, why);
     send_fail(c, -1, st->id, r, why, st->id + 1);
+    /* Transfers of the step may be in flight into its buffers, and the other nodes' part of
+     * the exchange is gone with the step: the communicator goes before the buffers do. */
+    if (st->xnode)
+        llepd_cxnode_close(c, "a step over it failed", false);
     llep__part_abort(c->part);
     /* A collective node still waiting for its own clients fails them with the step. */
     bool waiting = st->phase == CSTEP_WAIT_LOCAL;
@@ -289,6 +305,10 @@ static void on_deadline(uv_timer_t *t) {
             snprintf(why, sizeof(why), "node %u did not send its %s within %u ms",
                      c->ids[j], rows ? "token rows" : "results", DATA_DEADLINE_MS);
     }
+    if (!why[0] && (st->phase == CSTEP_XROWS || st->phase == CSTEP_XRESULTS))
+        snprintf(why, sizeof(why), "the %s exchange over the %s communicator did not finish "
+                 "within %u ms", st->phase == CSTEP_XROWS ? "rows" : "results",
+                 c->xn.ops ? c->xn.ops->name : "?", DATA_DEADLINE_MS);
     if (!why[0])
         snprintf(why, sizeof(why), "the step's data did not arrive within %u ms",
                  DATA_DEADLINE_MS);
@@ -421,6 +441,7 @@ void llepd_cstep_kick(llepd_layer *l) {
             take_local(c, false);
         return;
     }
+    llepd_cxnode_maybe_start(c);
     bool future = false;
     for (uint32_t j = 0; j < c->nodes; j++)
         future |= c->have_future[j] && c->future_step[j] >= c->next_step;
@@ -497,10 +518,13 @@ static void make_plan(llepd_clayer *c) {
     st->hash = llep__plan_hash(&st->plan);
     st->hashes[c->rank] = st->hash;
     st->have_hash[c->rank] = true;
+    st->epochs[c->rank] = llepd_cxnode_epoch(c, &st->comm_up[c->rank]);
     st->phase = CSTEP_HASH;
     m.layer = c->layer->name;
     m.step = st->id;
     m.hash = st->hash;
+    m.comm_epoch = st->epochs[c->rank];
+    m.comm_up = st->comm_up[c->rank];
     f.body_case = LLEP__FRAME__BODY_CLUSTER_PLAN_HASH;
     f.cluster_plan_hash = &m;
     send_all(c, &f);
@@ -543,26 +567,40 @@ static void send_step_data(llepd_clayer *c) {
     }
 }
 
-static void prepare(llepd_clayer *c) {
+/* Prepares this node's part: its buffers in device memory when the data is to go over the
+ * communicator (wire_device), else in host memory for the peer links. */
+static int prepare_part(llepd_clayer *c, bool wire_device) {
     llepd_cstep *st = c->st;
     uint32_t nx = num_experts(c);
     const uint64_t **nl = malloc(c->nodes * sizeof(*nl));
 
     if (!nl) {
         llepd_cstep_fail(c, -ENOMEM, "out of memory preparing the step");
-        return;
+        return -ENOMEM;
     }
     for (uint32_t j = 0; j < c->nodes; j++)
         nl[j] = &st->loads[(size_t)j * nx];
-    int r = llep__part_prepare(c->part, &st->plan, nl, st->homes.batches);
+    int r = llep__part_set_device_wire(c->part, wire_device);
+    if (r == 0)
+        r = llep__part_prepare(c->part, &st->plan, nl, st->homes.batches);
     free(nl);
-    if (r < 0) {
+    if (r < 0)
         llepd_cstep_fail(c, r, llep__part_error(c->part));
+    return r;
+}
+
+/* With its communicator up this node expects to use it, so it waits for every hash before
+ * anything goes out; otherwise rows and weights go over the peer links with the hash. */
+static void prepare(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    bool wire_device = st->comm_up[c->rank];
+
+    if (prepare_part(c, wire_device) < 0)
         return;
-    }
     st->phase = CSTEP_DATA;
     arm_deadline(c, DATA_DEADLINE_MS);
-    send_step_data(c);
+    if (!wire_device)
+        send_step_data(c);
 }
 
 /* Whether every buffer of `kind` from the other nodes is complete; copies them into the part
@@ -640,6 +678,10 @@ static void work_done(uv_work_t *req, int status) {
         step_end(c, 0, NULL);
         return;
     }
+    if (st->xnode) {
+        start_exchange(c, true);
+        return;
+    }
     for (uint32_t j = 0; j < c->nodes; j++) {
         void *p;
         uint64_t n;
@@ -687,6 +729,121 @@ static void queue_work(llepd_clayer *c, enum llepd_cstep_phase phase) {
     }
 }
 
+/* ---- the communicator path ----------------------------------------------------------------- */
+
+static void add_op(llep_xnode_op *ops, uint32_t *n, uint32_t peer, int recv, void *buf,
+                   uint64_t bytes) {
+    if (bytes == 0)
+        return;
+    ops[*n].peer = peer;
+    ops[*n].recv = recv;
+    ops[*n].buf = buf;
+    ops[*n].bytes = bytes;
+    (*n)++;
+}
+
+/* The step's transfers: per peer, rows (or results) out and in, then the weight blocks in the
+ * order both ends list them (engine-part.h), so that each pair matches in order. */
+static uint32_t build_ops(llepd_clayer *c, bool results, llep_xnode_op *ops) {
+    enum llep_part_buf out = results ? LLEP_PART_RESULTS_OUT : LLEP_PART_ROWS_OUT;
+    enum llep_part_buf in = results ? LLEP_PART_RESULTS_IN : LLEP_PART_ROWS_IN;
+    uint32_t n = 0, nwo = llep__part_num_weights(c->part, 1);
+    uint32_t nwi = llep__part_num_weights(c->part, 0);
+
+    for (uint32_t j = 0; j < c->nodes; j++) {
+        void *p;
+        uint64_t b;
+        if (j == c->rank)
+            continue;
+        if (llep__part_buffer(c->part, out, j, &p, &b) == 0)
+            add_op(ops, &n, j, 0, p, b);
+        if (llep__part_buffer(c->part, in, j, &p, &b) == 0)
+            add_op(ops, &n, j, 1, p, b);
+        for (uint32_t i = 0; !results && i < nwo; i++) {
+            const llep_part_weights *w = llep__part_weights(c->part, 1, i);
+            if (w->node == j)
+                add_op(ops, &n, j, 0, w->data, w->bytes);
+        }
+        for (uint32_t i = 0; !results && i < nwi; i++) {
+            const llep_part_weights *w = llep__part_weights(c->part, 0, i);
+            if (w->node == j)
+                add_op(ops, &n, j, 1, w->data, w->bytes);
+        }
+    }
+    return n;
+}
+
+static void start_exchange(llepd_clayer *c, bool results) {
+    llepd_cstep *st = c->st;
+    uint32_t cap = 2 * c->nodes + llep__part_num_weights(c->part, 1) +
+                   llep__part_num_weights(c->part, 0);
+    llep_xnode_op *ops = calloc(cap, sizeof(*ops));
+    char err[200], why[260];
+
+    if (!ops) {
+        llepd_cstep_fail(c, -ENOMEM, "out of memory starting the exchange");
+        return;
+    }
+    uint32_t n = build_ops(c, results, ops);
+    st->phase = results ? CSTEP_XRESULTS : CSTEP_XROWS;
+    int r = llepd_cxnode_exchange(c, ops, n, err, sizeof(err));
+    free(ops);
+    if (r < 0) {
+        snprintf(why, sizeof(why), "%s exchange: %s", c->xn.ops->name, err);
+        llepd_cstep_fail(c, r, why);
+    }
+}
+
+void llepd_cstep_exchanged(llepd_clayer *c, int r, const char *why) {
+    llepd_cstep *st = c->st;
+    char msg[300];
+
+    if (!st || !st->xnode)
+        return;
+    if (r < 0) {
+        snprintf(msg, sizeof(msg), "%s exchange failed: %s", c->xn.ops->name, why);
+        llepd_cstep_fail(c, r, msg);
+    } else if (st->phase == CSTEP_XROWS) {
+        queue_work(c, CSTEP_COMPUTE);
+    } else if (st->phase == CSTEP_XRESULTS) {
+        queue_work(c, CSTEP_COMBINE);
+    }
+}
+
+/* Every hash is in and agrees: the data goes over the communicator when every node has the
+ * same epoch up. A node whose communicator is up while another names another epoch closes it
+ * (that node closed or never joined it, or a newer one is starting), then prepares again with
+ * host buffers for the peer links. */
+static void decide(llepd_clayer *c) {
+    llepd_cstep *st = c->st;
+    uint64_t mine = st->epochs[c->rank];
+    bool all_up = st->comm_up[c->rank];
+    int other = -1;
+    char why[160];
+
+    st->decided = true;
+    for (uint32_t j = 0; j < c->nodes; j++) {
+        all_up = all_up && st->comm_up[j] && st->epochs[j] == mine;
+        if (st->epochs[j] != mine && other < 0)
+            other = (int)j;
+    }
+    if (all_up) {
+        st->xnode = true;
+        start_exchange(c, false);
+        return;
+    }
+    if (!st->comm_up[c->rank])
+        return; /* rows and weights went out with the hash */
+    if (other >= 0) {
+        snprintf(why, sizeof(why), "node %u has communicator epoch %" PRIu64 ", this node %"
+                 PRIu64, c->ids[other], st->epochs[other], mine);
+        llepd_cxnode_close(c, why, false);
+    }
+    llep__part_abort(c->part);
+    if (prepare_part(c, false) == 0)
+        send_step_data(c);
+}
+
 static void check_progress(llepd_clayer *c) {
     llepd_cstep *st = c->st;
     int r;
@@ -703,6 +860,12 @@ static void check_progress(llepd_clayer *c) {
     if (st && st->phase == CSTEP_DATA) {
         if (!all(st->have_hash, c->nodes) || !hashes_agree(c))
             return;
+        if (!st->decided) {
+            decide(c);
+            st = c->st;
+            if (!st || st->xnode)
+                return;
+        }
         r = take_buffers(c, LLEP_PART_ROWS_IN, st->rows_in);
         if (r == 1 && (r = take_weights(c)) == 1) {
             r = 0;
@@ -854,6 +1017,8 @@ void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f) {
         if (st && f->cluster_plan_hash->step == st->id) {
             st->hashes[from] = f->cluster_plan_hash->hash;
             st->have_hash[from] = true;
+            st->epochs[from] = f->cluster_plan_hash->comm_epoch;
+            st->comm_up[from] = f->cluster_plan_hash->comm_up;
             check_progress(c);
         }
         break;

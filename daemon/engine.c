@@ -269,6 +269,10 @@ void llep__engine_free(llep_engine *e) {
     free(e);
 }
 
+llep_backend *llep__engine_backend(const llep_engine *e) {
+    return e ? e->be : NULL;
+}
+
 const char *llep__engine_error(const llep_engine *e) {
     return e ? e->err : "no engine";
 }

@@ -106,6 +106,9 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
 /* The message of the last failed call; "" after a successful step. */
 const char *llep__engine_error(const llep_engine *e);
 
+/* The backend instance the engine's devices run on (for its optional parts, backend.h). */
+llep_backend *llep__engine_backend(const llep_engine *e);
+
 /* The plan of the last step that got as far as planning. */
 const llep_plan *llep__engine_plan(const llep_engine *e);
 

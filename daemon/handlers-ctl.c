@@ -102,9 +102,10 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
     Llep__LayerInfo *info = calloc(n + 1, sizeof(*info));
     Llep__LayerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
     Llep__LayerDesc *descs = calloc(n + 1, sizeof(*descs));
+    char (*transport)[256] = calloc(n + 1, sizeof(*transport));
 
     lr.message = (char *)"";
-    if (!info || !ptrs || !descs) {
+    if (!info || !ptrs || !descs || !transport) {
         lr.status = LLEP__STATUS__STATUS_NO_MEMORY;
         lr.message = (char *)"llepd is out of memory";
         n = 0;
@@ -132,6 +133,9 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
             info[k].internode_weights = c->internode_weights;
             info[k].failed_steps = c->failed_steps;
             info[k].cluster_state = (char *)c->state;
+            info[k].internode_transport = (char *)llepd_cxnode_describe(c, transport[k],
+                                                                        sizeof(transport[k]));
+            info[k].communicator_steps = c->xn.steps;
         }
         ptrs[k] = &info[k];
         k++;
@@ -142,6 +146,7 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
     free(info);
     free(ptrs);
     free(descs);
+    free(transport);
 }
 
 /* Looks a layer up by name for experts and plan; replies NOT_FOUND itself. */

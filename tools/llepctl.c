@@ -321,9 +321,12 @@ static void layer_json(const Llep__LayerInfo *l) {
     if (l->nodes) {
         printf(", \"nodes\": %" PRIu32 ", \"origin\": %" PRIu32 ", \"internode_rows\": %" PRIu64
                ", \"internode_bytes\": %" PRIu64 ", \"internode_weights\": %" PRIu32
-               ", \"failed_steps\": %" PRIu64 ", \"cluster_state\": ", l->nodes, l->origin,
-               l->internode_rows, l->internode_bytes, l->internode_weights, l->failed_steps);
+               ", \"failed_steps\": %" PRIu64 ", \"communicator_steps\": %" PRIu64
+               ", \"cluster_state\": ", l->nodes, l->origin, l->internode_rows,
+               l->internode_bytes, l->internode_weights, l->failed_steps, l->communicator_steps);
         json_str(l->cluster_state ? l->cluster_state : "");
+        fputs(", \"internode_transport\": ", stdout);
+        json_str(l->internode_transport ? l->internode_transport : "");
     }
     putchar('}');
 }
@@ -377,6 +380,10 @@ static int verb_layers(ctl *x, char **argv) {
                l->cluster_state && l->cluster_state[0] ? l->cluster_state : "?",
                l->internode_rows, l->internode_weights,
                fmt_bytes(l->internode_bytes, b, sizeof(b)), l->failed_steps);
+        printf("  between nodes over %s; %" PRIu64 " steps over the communicator\n",
+               l->internode_transport && l->internode_transport[0] ? l->internode_transport
+                                                                   : "peer links",
+               l->communicator_steps);
     }
     return 0;
 }
