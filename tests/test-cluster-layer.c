@@ -19,6 +19,13 @@
  *   plan_mismatch   a node started with LLEPD_TEST_PLAN_MISMATCH=1 plans from skewed loads: the
  *                   hash exchange catches it, every node fails the step saying so, no output is
  *                   written.
+ *   communicator    every node started with LLEPD_TEST_XNODE=1: the origin starts the layer's
+ *                   communicator between nodes (the CPU backend's socket transport, in place of
+ *                   NCCL on GPUs), steps move to it once it is up and stay exact with weights
+ *                   crossing nodes; a killed node's steps fail naming it, and once it is back a
+ *                   new communicator carries the steps again.
+ *   communicator_refused  node 1 has no transport: it refuses to join, every node says why,
+ *                   and the steps stay on the peer links, exact.
  *
  * Heartbeats every 100 ms and a 1 s peer timeout keep it to seconds. */
 #include <arpa/inet.h>
@@ -59,6 +66,8 @@ static char llepctl[PATH_MAX];
 static char peers[256];
 static uint16_t ports[NODES];
 static pid_t pids[NODES];
+/* Nodes started with the test hook LLEPD_TEST_XNODE=1 (a communicator between nodes). */
+static unsigned xnode_nodes;
 
 static void sleep_ms(int ms) {
     struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
@@ -104,6 +113,8 @@ static void start_node(int node, bool mismatch) {
         dup2(fd, 2);
         if (mismatch)
             setenv("LLEPD_TEST_PLAN_MISMATCH", "1", 1);
+        if (xnode_nodes & (1u << node))
+            setenv("LLEPD_TEST_XNODE", "1", 1);
         execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "2", "--node-id", id,
               "--peers", peers, "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
               "--log-level", "info", (char *)NULL);
@@ -195,6 +206,24 @@ static int64_t layer_field(int node, const char *name, const char *field) {
         }
     json_object_put(o);
     return r;
+}
+
+/* A string field of layer `name` in `llepctl --json layers` on node, into buf ("" if none). */
+static const char *layer_string(int node, const char *name, const char *field, char *buf,
+                                size_t len) {
+    json_object *o = llepctl_json(node, "layers", NULL), *list, *v;
+
+    buf[0] = '\0';
+    if (o && json_object_object_get_ex(o, "layers", &list))
+        for (size_t i = 0; i < json_object_array_length(list); i++) {
+            json_object *l = json_object_array_get_idx(list, i);
+            if (json_object_object_get_ex(l, "name", &v) &&
+                strcmp(json_object_get_string(v), name) == 0 &&
+                json_object_object_get_ex(l, field, &v))
+                snprintf(buf, len, "%s", json_object_get_string(v));
+        }
+    json_object_put(o);
+    return buf;
 }
 
 /* ---- the layer and its reference ---------------------------------------------------------- */
@@ -754,6 +783,124 @@ START_TEST(plan_mismatch) {
 }
 END_TEST
 
+/* Exact steps until every node has run one over the communicator (it starts with the first
+ * step and is up a moment later). */
+static void wait_communicator(node_client *nc, int32_t *slots) {
+    uint64_t t0 = now_ms();
+
+    for (;;) {
+        skewed_slots(0.6, slots);
+        run_exact(nc, slots);
+        bool all = true;
+        for (int i = 0; i < NODES; i++)
+            all = all && layer_field(i, "moe", "communicator_steps") > 0;
+        if (all)
+            return;
+        ck_assert_msg(now_ms() - t0 < 10000, "no step went over the communicator in 10 s");
+        sleep_ms(20);
+    }
+}
+
+START_TEST(communicator) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    int64_t before[NODES], steps[NODES];
+    char tr[256];
+
+    xnode_nodes = 7;
+    weights_init();
+    start_cluster(nc, 0, false);
+    wait_communicator(nc, slots);
+    for (int i = 0; i < NODES; i++) {
+        before[i] = layer_field(i, "moe", "communicator_steps");
+        steps[i] = layer_field(i, "moe", "steps");
+    }
+    /* Heavy skew: rows and expert weights cross nodes over it, every step. */
+    for (int round = 0; round < 3; round++) {
+        skewed_slots(0.7, slots);
+        run_exact(nc, slots);
+    }
+    /* Every step since (opportunistic batching may add steps a node joins empty-handed). */
+    for (int i = 0; i < NODES; i++) {
+        int64_t ran = layer_field(i, "moe", "steps") - steps[i];
+        ck_assert_int_ge(ran, 3);
+        ck_assert_int_eq(layer_field(i, "moe", "communicator_steps"), before[i] + ran);
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
+        layer_string(i, "moe", "internode_transport", tr, sizeof(tr));
+        ck_assert_msg(strncmp(tr, "socket (up, epoch ", 18) == 0, "node %d: '%s'", i, tr);
+    }
+    ck_assert_int_gt(layer_field(0, "moe", "internode_weights"), 0);
+    ck_assert_int_gt(layer_field(1, "moe", "internode_rows"), 0);
+
+    /* A node dies: steps fail naming it, whatever the communicator was doing. */
+    kill(pids[2], SIGKILL);
+    waitpid(pids[2], NULL, 0);
+    pids[2] = -1;
+    llep_layer_release(nc[2].l);
+    llep_disconnect(nc[2].c);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        fill_batches(nc, slots, 3);
+        forward_all(nc, 3);
+        if (nc[0].r < 0 && nc[1].r < 0)
+            break;
+        ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after node 2 died");
+    }
+    expect_failed(nc, 3, "node 2");
+    layer_string(0, "moe", "internode_transport", tr, sizeof(tr));
+    ck_assert_msg(strncmp(tr, "peer links", 10) == 0, "node 0: '%s'", tr);
+
+    /* Back: its share, then a new communicator, and exact steps over it. */
+    start_node(2, false);
+    wait_cluster_up();
+    t0 = now_ms();
+    while (layer_field(2, "moe", "nodes") != NODES) {
+        ck_assert_msg(now_ms() - t0 < 10000, "node 2 did not get the layer back");
+        sleep_ms(50);
+    }
+    client_open(&nc[2], 2, false, 0);
+    wait_communicator(nc, slots);
+    for (int round = 0; round < 2; round++) {
+        skewed_slots(0.7, slots);
+        run_exact(nc, slots);
+    }
+    end_cluster(nc);
+}
+END_TEST
+
+START_TEST(communicator_refused) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    char tr[256];
+
+    xnode_nodes = 1u | 4u; /* node 1 has no transport */
+    weights_init();
+    start_cluster(nc, 0, false);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        skewed_slots(0.7, slots);
+        run_exact(nc, slots);
+        layer_string(0, "moe", "internode_transport", tr, sizeof(tr));
+        if (strstr(tr, "node 1: cannot join a socket communicator"))
+            break;
+        ck_assert_msg(now_ms() - t0 < 10000, "node 0 does not say node 1 refused: '%s'", tr);
+        sleep_ms(20);
+    }
+    ck_assert_msg(strncmp(tr, "peer links (socket: ", 20) == 0, "node 0: '%s'", tr);
+    layer_string(1, "moe", "internode_transport", tr, sizeof(tr));
+    ck_assert_str_eq(tr, "peer links");
+    for (int round = 0; round < 3; round++) {
+        skewed_slots(0.7, slots);
+        run_exact(nc, slots);
+    }
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(layer_field(i, "moe", "communicator_steps"), 0);
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
+    }
+    end_cluster(nc);
+}
+END_TEST
+
 static Suite *cluster_layer_suite(void) {
     Suite *s = suite_create("cluster-layer");
     TCase *tc = tcase_create("three nodes");
@@ -767,6 +914,8 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_test(tc, origin_killed);
     tcase_add_test(tc, two_layers);
     tcase_add_test(tc, plan_mismatch);
+    tcase_add_test(tc, communicator);
+    tcase_add_test(tc, communicator_refused);
     suite_add_tcase(s, tc);
     return s;
 }
