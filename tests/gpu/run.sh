@@ -17,7 +17,9 @@
 #      on cuda:0x4 and cuda:0x8 (target: LLEP at >= 90 % of the ideal speedup in the 95 %
 #      scenarios)
 #   5. a cluster layer on the CUDA backend: three llepd nodes on loopback, two logical devices
-#      each on GPU 0, clients on every node checked against float64   tests/gpu/cluster.sh
+#      each on GPU 0, clients on every node checked against float64, the steps' data between
+#      nodes over the NCCL communicator once it is up (NCCL_HOSTID per node makes NCCL treat
+#      the three processes on one GPU as three hosts)                 tests/gpu/cluster.sh
 # and prints a short table last. Full results go to $OUT when it is set (else to
 # $BUILD/gpu-results): build and test logs, kernels.json, paths.txt, bench-cuda-0x4.json,
 # bench-cuda-0x8.json, summary.txt.
@@ -238,9 +240,10 @@ done
 # ---- 5. cluster layer ----
 say "5. cluster layer: three llepd nodes on loopback, cuda:0x2 each on GPU 0"
 cluster_args=(cuda "cuda:0x2")
-[ $selftest = 1 ] && cluster_args=(cpu 2)
-CUDA_VISIBLE_DEVICES=$first_gpu check cluster 90 cluster.log bash "$here/cluster.sh" "$build" \
-    "${cluster_args[@]}"
+cluster_forwards=300
+[ $selftest = 1 ] && { cluster_args=(cpu 2); cluster_forwards=12; }
+FORWARDS=$cluster_forwards CUDA_VISIBLE_DEVICES=$first_gpu check cluster 120 cluster.log \
+    bash "$here/cluster.sh" "$build" "${cluster_args[@]}"
 
 [ $dry = 1 ] && { say "dry run: nothing was run"; exit 0; }
 
