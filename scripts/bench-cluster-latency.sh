@@ -5,6 +5,9 @@
 #
 #   bash scripts/bench-cluster-latency.sh [TOKENS [FORWARDS [CLIENTS]]]   (defaults 1 500 1)
 #   LLEP_BUILD_DIR=build-rel to use a build other than build (built already)
+#   LLEP_XNODE=1 to give the cluster layer its communicator between nodes (the CPU backend's
+#   socket transport, llepd's test hook LLEPD_TEST_XNODE): the steps' data then bypasses the
+#   peer links once it is up (after the first steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 b=${LLEP_BUILD_DIR:-build}
@@ -15,6 +18,7 @@ pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$run"; }
 trap cleanup EXIT
 for n in 0 1 2; do
+  LLEPD_TEST_XNODE=${LLEP_XNODE:-0} \
   "$b/daemon/llepd" --socket "$run/node$n.sock" --backend cpu --devices 2 --node-id "$n" \
     --peers "$peers" --log-level warning 2> "$run/log$n" &
   pids+=($!)
