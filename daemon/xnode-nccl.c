@@ -244,6 +244,8 @@ static int xn_exchange(llep_xnode *x, const llep_xnode_op *ops, uint32_t n) {
             ? ncclRecv(ops[i].buf, ops[i].bytes, ncclUint8, (int)ops[i].peer, x->comm, x->stream)
             : ncclSend(ops[i].buf, ops[i].bytes, ncclUint8, (int)ops[i].peer, x->comm,
                        x->stream);
+        if (nr == ncclInProgress) /* non-blocking mode may say so inside a group, too */
+            nr = ncclSuccess;
     }
     ncclResult_t er = ncclGroupEnd();
     if (nr == ncclSuccess)

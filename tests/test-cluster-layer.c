@@ -12,9 +12,12 @@
  *                   layer keeps working; restarted, it gets its share back from the origin and
  *                   the cluster layer is exact again.
  *   node_stopped    SIGSTOP one node: steps fail naming it; SIGCONT: it keeps its share (same
- *                   layer uid) and steps are exact again.
+ *                   layer uid) and steps are exact again. Run twice: the second time with the
+ *                   communicator between nodes (below) up when the node stops, and a new one
+ *                   carrying the steps after.
  *   origin_killed   SIGKILL the origin: the others' copies are orphaned, their steps say so;
- *                   created again from the restarted origin, the layer is exact again.
+ *                   created again from the restarted origin, the layer is exact again. Run
+ *                   twice, as node_stopped.
  *   two_layers      two cluster layers of different origins step at the same time, exact.
  *   plan_mismatch   a node started with LLEPD_TEST_PLAN_MISMATCH=1 plans from skewed loads: the
  *                   hash exchange catches it, every node fails the step saying so, no output is
@@ -446,6 +449,7 @@ static void start_cluster(node_client *nc, uint32_t group, bool mismatch_on_1) {
 }
 
 static void run_exact(node_client *nc, const int32_t *slots);
+static void wait_communicator(node_client *nc, int32_t *slots);
 
 static void end_cluster(node_client *nc) {
     for (int i = 0; i < NODES; i++)
@@ -654,7 +658,10 @@ START_TEST(node_stopped) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
 
+    xnode_nodes = _i ? 7u : 0u; /* the second run: over the communicator */
     begin_cluster(nc, slots);
+    if (_i)
+        wait_communicator(nc, slots);
 
     ck_assert_int_eq(kill(pids[2], SIGSTOP), 0);
     uint64_t t0 = now_ms();
@@ -680,6 +687,8 @@ START_TEST(node_stopped) {
         assert_exact(&nc[i].b, i);
     }
     run_exact(nc, slots);
+    if (_i)
+        wait_communicator(nc, slots); /* a new one: node 2's link went down with the old */
     end_cluster(nc);
 }
 END_TEST
@@ -691,7 +700,10 @@ START_TEST(origin_killed) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
 
+    xnode_nodes = _i ? 7u : 0u;
     begin_cluster(nc, slots);
+    if (_i)
+        wait_communicator(nc, slots);
 
     kill(pids[0], SIGKILL);
     waitpid(pids[0], NULL, 0);
@@ -718,6 +730,8 @@ START_TEST(origin_killed) {
         client_open(&nc[i], i, false, 0);
     skewed_slots(0.6, slots);
     run_exact(nc, slots);
+    if (_i)
+        wait_communicator(nc, slots); /* the new layer's own */
     end_cluster(nc);
 }
 END_TEST
@@ -910,8 +924,8 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_test(tc, exact);
     tcase_add_test(tc, collective);
     tcase_add_test(tc, node_killed);
-    tcase_add_test(tc, node_stopped);
-    tcase_add_test(tc, origin_killed);
+    tcase_add_loop_test(tc, node_stopped, 0, 2);
+    tcase_add_loop_test(tc, origin_killed, 0, 2);
     tcase_add_test(tc, two_layers);
     tcase_add_test(tc, plan_mismatch);
     tcase_add_test(tc, communicator);
