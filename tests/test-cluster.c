@@ -715,6 +715,36 @@ START_TEST(fake_peer_cluster_layers) {
     ck_assert_int_eq(run_llepctl(1, "--json", "layers", out, sizeof(out)), 0);
     ck_assert_msg(strstr(out, "\"name\": \"fake\"") && strstr(out, "\"nodes\": 3"), "%s", out);
 
+    /* A communicator between nodes this node cannot join (the CPU backend has none outside
+     * llepd's test hook): it tells every node why, and the layer stays on the peer links. A
+     * ClusterComm for another uid (another layer of that name) is ignored. */
+    uint8_t id[128] = { 1, 2, 3 };
+    Llep__ClusterComm cm = LLEP__CLUSTER_COMM__INIT;
+    cm.layer = (char *)"fake";
+    cm.uid = 99;
+    cm.epoch = 1;
+    cm.transport = (char *)"nccl";
+    cm.id.data = id;
+    cm.id.len = sizeof(id);
+    cm.nranks = 3;
+    f.body_case = LLEP__FRAME__BODY_CLUSTER_COMM;
+    f.cluster_comm = &cm;
+    send_frame(fd, &f);
+    cm.uid = 3;
+    cm.epoch = 2;
+    send_frame(fd, &f);
+    r = recv_skip_heartbeats(fd, &dec);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_CLUSTER_COMM_FAIL);
+    ck_assert_str_eq(r->cluster_comm_fail->layer, "fake");
+    ck_assert_uint_eq(r->cluster_comm_fail->epoch, 2);
+    ck_assert_msg(strstr(r->cluster_comm_fail->message,
+                         "node 1: cannot join a nccl communicator (this node has none)"),
+                  "%s", r->cluster_comm_fail->message);
+    llep__frame_free(r);
+    ck_assert_int_eq(run_llepctl(1, "--json", "layers", out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "\"internode_transport\": \"peer links\""), "%s", out);
+
     /* Garbage step data for it is dropped; a drop from its origin removes it. */
     Llep__ClusterData dm = LLEP__CLUSTER_DATA__INIT;
     dm.layer = (char *)"fake";
