@@ -475,6 +475,36 @@ static void run_exact(node_client *nc, const int32_t *slots) {
     }
 }
 
+/* SIGKILLs node 2 and drops its client: the other nodes' steps fail within 5 s, naming it. */
+static void kill_node2(node_client *nc, int32_t *slots) {
+    kill(pids[2], SIGKILL);
+    waitpid(pids[2], NULL, 0);
+    pids[2] = -1;
+    llep_layer_release(nc[2].l);
+    llep_disconnect(nc[2].c);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        fill_batches(nc, slots, 3);
+        forward_all(nc, 3);
+        if (nc[0].r < 0 && nc[1].r < 0)
+            break;
+        ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after node 2 died");
+    }
+    expect_failed(nc, 3, "node 2");
+}
+
+/* Starts node 2 again, waits until the origin has given it its share, attaches its client. */
+static void restart_node2(node_client *nc) {
+    start_node(2, false);
+    wait_cluster_up();
+    uint64_t t0 = now_ms();
+    while (layer_field(2, "moe", "nodes") != NODES) {
+        ck_assert_msg(now_ms() - t0 < 10000, "node 2 did not get the layer back");
+        sleep_ms(50);
+    }
+    client_open(&nc[2], 2, false, 0);
+}
+
 /* Transfers of a plan of these slots whose devices are on different nodes. */
 static uint32_t cross_node_transfers(const int32_t *slots, uint32_t devices_per_node,
                                      uint32_t *ret_all) {
@@ -612,36 +642,14 @@ START_TEST(node_killed) {
     d.scope = LLEP_SCOPE_NODE;
     ck_assert_int_eq(llep_layer_create(nc[0].c, "local", &d, &local), 0);
 
-    kill(pids[2], SIGKILL);
-    waitpid(pids[2], NULL, 0);
-    pids[2] = -1;
-    llep_layer_release(nc[2].l);
-    llep_disconnect(nc[2].c);
-    /* Steps of the others fail, naming the node, until it is back. */
-    uint64_t t0 = now_ms();
-    for (;;) {
-        fill_batches(nc, slots, 3);
-        forward_all(nc, 3);
-        if (nc[0].r < 0 && nc[1].r < 0)
-            break;
-        ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after node 2 died");
-    }
-    expect_failed(nc, 3, "node 2");
-    ck_assert_uint_lt(now_ms() - t0, 5000);
+    kill_node2(nc, slots);
     batch_fill(&nc[0].b, slots);
     ck_assert_int_eq(llep_forward(local, TOKENS, nc[0].b.x, nc[0].b.idx, nc[0].b.w, nc[0].b.y),
                      0);
     assert_exact(&nc[0].b, 0);
 
     /* Back: the origin sends node 2 its share again. */
-    start_node(2, false);
-    wait_cluster_up();
-    t0 = now_ms();
-    while (layer_field(2, "moe", "nodes") != NODES) {
-        ck_assert_msg(now_ms() - t0 < 10000, "node 2 did not get the layer back");
-        sleep_ms(50);
-    }
-    client_open(&nc[2], 2, false, 0);
+    restart_node2(nc);
     for (int round = 0; round < 2; round++) {
         skewed_slots(0.6, slots);
         run_exact(nc, slots);
@@ -847,32 +855,12 @@ START_TEST(communicator) {
     ck_assert_int_gt(layer_field(1, "moe", "internode_rows"), 0);
 
     /* A node dies: steps fail naming it, whatever the communicator was doing. */
-    kill(pids[2], SIGKILL);
-    waitpid(pids[2], NULL, 0);
-    pids[2] = -1;
-    llep_layer_release(nc[2].l);
-    llep_disconnect(nc[2].c);
-    uint64_t t0 = now_ms();
-    for (;;) {
-        fill_batches(nc, slots, 3);
-        forward_all(nc, 3);
-        if (nc[0].r < 0 && nc[1].r < 0)
-            break;
-        ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after node 2 died");
-    }
-    expect_failed(nc, 3, "node 2");
+    kill_node2(nc, slots);
     layer_string(0, "moe", "internode_transport", tr, sizeof(tr));
     ck_assert_msg(strncmp(tr, "peer links", 10) == 0, "node 0: '%s'", tr);
 
     /* Back: its share, then a new communicator, and exact steps over it. */
-    start_node(2, false);
-    wait_cluster_up();
-    t0 = now_ms();
-    while (layer_field(2, "moe", "nodes") != NODES) {
-        ck_assert_msg(now_ms() - t0 < 10000, "node 2 did not get the layer back");
-        sleep_ms(50);
-    }
-    client_open(&nc[2], 2, false, 0);
+    restart_node2(nc);
     wait_communicator(nc, slots);
     for (int round = 0; round < 2; round++) {
         skewed_slots(0.7, slots);
