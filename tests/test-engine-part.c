@@ -733,15 +733,24 @@ END_TEST
 
 /* A device budget too small for the step fails prepare with -ENOMEM, naming the device and
  * the budget, before any output is written; with the budget raised the next step works. */
-START_TEST(test_budget) {
-    spec s = { .nodes = 2, .pl = 2, .m = 2, .k = 2, .d = 16, .h = 32, .dtype = LLEP_DTYPE_F32,
-               .biases = 1, .hot_share = 0.9, .hot = 1, .max_tokens = 20, .seed = 0x90 };
-    cluster *c = cluster_new(&s);
+/* The budget tests' layer: 2 nodes of 2 devices, 2 experts each, 20 tokens per home device,
+ * 90 % of the slots to expert 0 (native on node 0's device 0); pp for policy pol. */
+static cluster *budget_cluster(uint64_t seed, enum llep_policy pol, llep_plan_params *pp,
+                               spec *s) {
+    *s = (spec){ .nodes = 2, .pl = 2, .m = 2, .k = 2, .d = 16, .h = 32, .dtype = LLEP_DTYPE_F32,
+                 .biases = 1, .hot_share = 0.9, .hot = 1, .max_tokens = 20, .seed = seed };
+    cluster *c = cluster_new(s);
     int64_t want[4] = { 20, 20, 20, 20 };
     draw_tokens(c, want);
+    llep__plan_params_default(pp);
+    pp->policy = pol;
+    return c;
+}
+
+START_TEST(test_budget) {
+    spec s;
     llep_plan_params pp;
-    llep__plan_params_default(&pp);
-    pp.policy = LLEP_POLICY_EP;
+    cluster *c = budget_cluster(0x90, LLEP_POLICY_EP, &pp, &s);
 
     /* Expert 0 is hot and native on node 0's device 0. */
     uint64_t held = llep__engine_expert_bytes(c->eng[0]) * s.m;
@@ -973,14 +982,9 @@ END_TEST
  * before any output is written, and leaves nothing charged. The same step then runs in host
  * mode under that budget, and in device-wire mode under one larger by exactly those bytes. */
 START_TEST(test_device_wire_budget) {
-    spec s = { .nodes = 2, .pl = 2, .m = 2, .k = 2, .d = 16, .h = 32, .dtype = LLEP_DTYPE_F32,
-               .biases = 1, .hot_share = 0.9, .hot = 1, .max_tokens = 20, .seed = 0x91 };
-    cluster *c = cluster_new(&s);
-    int64_t want[4] = { 20, 20, 20, 20 };
-    draw_tokens(c, want);
+    spec s;
     llep_plan_params pp;
-    llep__plan_params_default(&pp);
-    pp.policy = LLEP_POLICY_LLEP;
+    cluster *c = budget_cluster(0x91, LLEP_POLICY_LLEP, &pp, &s);
     pp.min_tokens = 1;
     const uint64_t *const *nl = (const uint64_t *const *)c->loads;
     uint64_t held = llep__engine_expert_bytes(c->eng[0]) * s.m;
