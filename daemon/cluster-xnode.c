@@ -30,6 +30,9 @@ static const llep_xnode_ops *pick_ops(const llepd_server *srv) {
     const llep_xnode_ops *x = srv->backend_ops->xnode;
     const char *hook = getenv("LLEPD_TEST_XNODE");
 
+    if (srv->cfg.cluster_communicator_off)
+        return NULL;
+
     /* A same-host transport (the CPU backend's) only under the test hook: real nodes are
      * other hosts. */
     if (x && (x->flags & LLEP_XNODE_SAME_HOST) && !(hook && hook[0] == '1'))
@@ -335,7 +338,9 @@ void llepd_cxnode_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f) {
 const char *llepd_cxnode_describe(const llepd_clayer *c, char *buf, size_t len) {
     const llepd_cxnode *xn = &c->xn;
 
-    if (!xn->ops)
+    if (!xn->ops && c->layer->srv->cfg.cluster_communicator_off)
+        snprintf(buf, len, "peer links (cluster-communicator off)");
+    else if (!xn->ops)
         snprintf(buf, len, "peer links");
     else if (xn->x && xn->up)
         snprintf(buf, len, "%s (up, epoch %" PRIu64 ")", xn->ops->name, xn->epoch);

@@ -343,6 +343,16 @@ static int set_peer_secret_file(llep_config *c, const char *value) {
     return 0;
 }
 
+static int set_cluster_communicator(llep_config *c, const char *value) {
+    if (strcmp(value, "auto") == 0)
+        c->cluster_communicator_off = false;
+    else if (strcmp(value, "off") == 0)
+        c->cluster_communicator_off = true;
+    else
+        return -EINVAL;
+    return 0;
+}
+
 static const config_key keys[] = {
     { "socket", "PATH", "a path of 1 to 107 bytes",
       "unix socket to listen on", set_socket },
@@ -375,6 +385,9 @@ static const config_key keys[] = {
       "silence after which a peer is down (default 5000)", set_peer_timeout_ms },
     { "peer-secret-file", "PATH", "a path of 1 to 255 bytes",
       "file with a secret all nodes share; peer links authenticate with it", set_peer_secret_file },
+    { "cluster-communicator", "auto|off", "auto or off",
+      "cluster layers' data between nodes over NCCL on GPUs (auto) or the peer links (off)",
+      set_cluster_communicator },
 };
 
 /* Finds a key; '_' matches '-' so `min_tokens` works as well as `min-tokens`. len lets the

@@ -17,6 +17,9 @@
  *   --peer-heartbeat-ms N  heartbeat interval on peer links (default 1000)
  *   --peer-timeout-ms N    silence after which a peer shows as down (default 5000)
  *   --peer-secret-file PATH   a secret every node shares: peer links authenticate with it
+ *   --cluster-communicator auto|off   cluster layers' data between nodes over the backend's
+ *                          communicator (NCCL on CUDA) when it has one (auto, the default),
+ *                          or always over the peer links (off)
  *   --config FILE          read `key = value` lines first; the command line overrides them
  *
  * A config file has one `key = value` per line, keys as the long options without "--" ('_'
@@ -93,6 +96,7 @@ typedef struct llep_config {
     llep_peer_addr listen_peers;
     uint32_t peer_heartbeat_ms, peer_timeout_ms;
     char peer_secret_file[256];   /* "" : peer links unauthenticated */
+    bool cluster_communicator_off; /* --cluster-communicator off */
     char detail[160];             /* why the last value was bad, when "expected" is not enough */
     bool help, version;           /* --help / --version given: main() prints and exits */
 } llep_config;

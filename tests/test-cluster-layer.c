@@ -27,8 +27,9 @@
  *                   NCCL on GPUs), steps move to it once it is up and stay exact with weights
  *                   crossing nodes; a killed node's steps fail naming it, and once it is back a
  *                   new communicator carries the steps again.
- *   communicator_refused  node 1 has no transport: it refuses to join, every node says why,
- *                   and the steps stay on the peer links, exact.
+ *   communicator_refused  node 1 has no transport (started with --cluster-communicator off):
+ *                   it refuses to join, every node says why, and the steps stay on the peer
+ *                   links, exact.
  *
  * Heartbeats every 100 ms and a 1 s peer timeout keep it to seconds. */
 #include <arpa/inet.h>
@@ -69,8 +70,9 @@ static char llepctl[PATH_MAX];
 static char peers[256];
 static uint16_t ports[NODES];
 static pid_t pids[NODES];
-/* Nodes started with the test hook LLEPD_TEST_XNODE=1 (a communicator between nodes). */
-static unsigned xnode_nodes;
+/* Nodes started with the test hook LLEPD_TEST_XNODE=1 (a communicator between nodes), and
+ * nodes started with --cluster-communicator off. */
+static unsigned xnode_nodes, comm_off_nodes;
 
 static void sleep_ms(int ms) {
     struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
@@ -118,9 +120,10 @@ static void start_node(int node, bool mismatch) {
             setenv("LLEPD_TEST_PLAN_MISMATCH", "1", 1);
         if (xnode_nodes & (1u << node))
             setenv("LLEPD_TEST_XNODE", "1", 1);
+        const char *off = comm_off_nodes & (1u << node) ? "off" : "auto";
         execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "2", "--node-id", id,
               "--peers", peers, "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
-              "--log-level", "info", (char *)NULL);
+              "--log-level", "info", "--cluster-communicator", off, (char *)NULL);
         _exit(127);
     }
 }
@@ -875,7 +878,8 @@ START_TEST(communicator_refused) {
     int32_t slots[NODES * TOKENS * K];
     char tr[256];
 
-    xnode_nodes = 1u | 4u; /* node 1 has no transport */
+    xnode_nodes = 7;
+    comm_off_nodes = 2; /* node 1 has no transport */
     weights_init();
     start_cluster(nc, 0, false);
     uint64_t t0 = now_ms();
@@ -890,7 +894,7 @@ START_TEST(communicator_refused) {
     }
     ck_assert_msg(strncmp(tr, "peer links (socket: ", 20) == 0, "node 0: '%s'", tr);
     layer_string(1, "moe", "internode_transport", tr, sizeof(tr));
-    ck_assert_str_eq(tr, "peer links");
+    ck_assert_str_eq(tr, "peer links (cluster-communicator off)");
     for (int round = 0; round < 3; round++) {
         skewed_slots(0.7, slots);
         run_exact(nc, slots);

@@ -220,7 +220,8 @@ START_TEST(test_help_version) {
     for (const char *const *o = (const char *const[]){ "--socket", "--backend", "--devices",
              "--device-memory", "--alpha", "--lambda", "--min-tokens", "--log-level",
              "--node-id", "--peers", "--listen-peers", "--peer-heartbeat-ms",
-             "--peer-timeout-ms", "--config", "--help", "--version", NULL }; *o; o++)
+             "--peer-timeout-ms", "--cluster-communicator", "--config", "--help", "--version",
+             NULL }; *o; o++)
         ck_assert_msg(strstr(text, *o), "%s missing from usage", *o);
     free(text);
 
@@ -559,6 +560,19 @@ START_TEST(test_cluster_options) {
     ck_assert_uint_eq(c.npeers, 2);
     ck_assert_str_eq(c.peers[1].host, "10.0.0.2");
     ck_assert_uint_eq(c.peer_timeout_ms, 3000);
+    llep__config_fini(&c);
+
+    /* Whether cluster layers may use the backend's communicator between nodes. */
+    llep__config_init(&c);
+    ck_assert(!c.cluster_communicator_off);
+    ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s", "--cluster-communicator", "off"), 0);
+    ck_assert(c.cluster_communicator_off);
+    ck_assert_int_eq(llep__config_set(&c, "cluster_communicator", "auto", err, sizeof(err)), 0);
+    ck_assert(!c.cluster_communicator_off);
+    ck_assert_int_eq(llep__config_set(&c, "cluster-communicator", "nccl", err, sizeof(err)),
+                     -EINVAL);
+    ck_assert_str_eq(err, "bad value 'nccl' for key 'cluster-communicator': expected auto or "
+                          "off");
     llep__config_fini(&c);
 }
 END_TEST
