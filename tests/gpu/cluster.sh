@@ -53,8 +53,10 @@ rc=0
 # Both layers (EP and LLEP) must have run steps over the communicator.
 if [ "$rc" = 0 ]; then
     over=$(grep -o '"communicator_steps": [0-9]*' "$run/layers.json" | awk '$2 > 0' | wc -l)
-    if [ "$over" -lt 2 ]; then
-        echo "cluster.sh: the communicator between nodes carried no step of $((2 - over)) layer(s):" >&2
+    want=socket; [ "$backend" = cuda ] && want=nccl
+    up=$(grep -c "\"internode_transport\": \"$want (up" "$run/layers.json" || true)
+    if [ "$over" -lt 2 ] || [ "$up" -lt 1 ]; then
+        echo "cluster.sh: the $want communicator between nodes is not up or carried no step of $((2 - over)) layer(s):" >&2
         grep -o '"internode_transport": "[^"]*"' "$run/layers.json" >&2 || true
         rc=1
     else
