@@ -296,6 +296,9 @@ static void on_comm(llepd_clayer *c, uint32_t from, const Llep__ClusterComm *m) 
     if (from != c->origin || m->uid != c->uid || m->epoch <= xn->epoch ||
         m->nranks != c->nodes)
         return; /* stale, or not from this layer's origin */
+    /* The origin has given the old one up: a step over it cannot finish. */
+    if (exchanging(c))
+        llepd_cstep_exchanged(c, -ECONNRESET, "the origin started a new communicator");
     if (xn->x || xn->pending)
         llepd_cxnode_close(c, "the origin started a new communicator", false);
     xn->epoch = m->epoch;
