@@ -15,7 +15,8 @@
  * and spilled weights, results, combine (engine-part.h). Each node answers its own clients.
  * A step fails on every node, with an error naming the cause, when a node is down or goes
  * down, a node's plan hash differs, a node cannot run it, or the deadline passes; no client's
- * y is written by a failed step.
+ * y is written by a failed step. Rows, weights and results go over the peer links, or over the
+ * layer's communicator between nodes (cluster-xnode.c) in steps where every node has it up.
  *
  * Everything here runs on the event-loop thread except the engine work queued on the pool. */
 #ifndef LLEPD_CLUSTER_LAYER_H

@@ -164,7 +164,8 @@ int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part 
         return llep__engine_format_error(err, errlen, -EINVAL, "%u nodes of %u experts on %u "
                                          "devices: too many experts or devices", num_nodes,
                                          e->n, e->p);
-    /* Results and weights leave the node through host memory. */
+    /* In host mode (the default, and what a cluster step falls back to) results and weights
+     * leave the node through host memory. */
     if (!e->cfg.backend->download)
         return llep__engine_format_error(err, errlen, -EOPNOTSUPP, "the %s backend cannot run "
                                          "a cluster part (it cannot copy device memory to the "
