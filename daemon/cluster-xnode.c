@@ -163,6 +163,7 @@ static void fail_comm(llepd_clayer *c, const char *why) {
     snprintf(msg, sizeof(msg), "node %u: %s", c->ids[c->rank], why);
     send_fail(c, epoch, msg);
     llepd_cxnode_close(c, msg, false);
+    snprintf(c->xn.why, sizeof(c->xn.why), "%s", msg); /* also when nothing was open yet */
 }
 
 static int join(llepd_clayer *c, const uint8_t *id) {
