@@ -3,12 +3,12 @@
 # logical devices on one GPU (cuda:0x2 by default), share cluster-scope layers (EP, then
 # LLEP) under skewed routing; six clients, two per node, check their first and last outputs
 # against a float64 reference (llep-demo --check exits 1 on a mismatch). The first steps cross
-# the nodes over the peer links (TCP through host memory); once the layer's communicator is up, over it:
-# NCCL on the CUDA backend, where NCCL_HOSTID differs per node so that NCCL takes the three
-# processes on one GPU for three hosts and connects them with its socket transport over
-# loopback; the CPU backend's socket transport under LLEPD_TEST_XNODE=1. The script fails
-# unless the communicator carried steps of every layer and every client's last forward (over
-# it) matches float64 too.
+# the nodes over the peer links (TCP through host memory); once the layer's communicator is
+# up, over it: NCCL on the CUDA backend, where NCCL_HOSTID differs per node so that NCCL takes
+# the three processes on one GPU for three hosts and connects them with its socket transport
+# over loopback; the CPU backend's socket transport under LLEPD_TEST_XNODE=1. The script
+# fails unless the communicator carried steps of every layer and every client's last forward
+# (over it) matches float64 too.
 #
 #   bash tests/gpu/cluster.sh BUILD [BACKEND DEVICES]     (default: cuda cuda:0x2)
 set -euo pipefail
