@@ -56,7 +56,8 @@ if [ "$rc" = 0 ]; then
     want=socket; [ "$backend" = cuda ] && want=nccl
     up=$(grep -c "\"internode_transport\": \"$want (up" "$run/layers.json" || true)
     if [ "$over" -lt 2 ] || [ "$up" -lt 1 ]; then
-        echo "cluster.sh: the $want communicator between nodes is not up or carried no step of $((2 - over)) layer(s):" >&2
+        echo "cluster.sh: the $want communicator between nodes is not up, or carried no step" \
+             "of $((2 - over)) layer(s):" >&2
         grep -o '"internode_transport": "[^"]*"' "$run/layers.json" >&2 || true
         rc=1
     else
