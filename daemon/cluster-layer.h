@@ -103,6 +103,8 @@ typedef struct llepd_cxnode {
     uv_timer_t *timer;              /* polls while opening or exchanging */
     uv_async_t *async;              /* the transport's notify */
     uint64_t steps;                 /* steps whose data went over it */
+    uint64_t drop_after;            /* LLEPD_TEST_XNODE_DROP: close it unannounced after this
+                                     * many steps over it (0: never) */
     char why[200];                  /* why none is up, for llepctl; "" when it never failed */
 } llepd_cxnode;
 

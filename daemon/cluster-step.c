@@ -196,8 +196,10 @@ static void record(llepd_clayer *c, llepd_cstep *st) {
     c->internode_rows += st->traffic.rows_out;
     c->internode_bytes += st->traffic.bytes_out;
     c->internode_weights += st->traffic.weights_out;
-    if (st->xnode)
-        c->xn.steps++;
+    if (st->xnode && ++c->xn.steps == c->xn.drop_after)
+        /* Test hook: as if this node lost its communicator and its word of it did not reach
+         * the others: they learn from its next plan hash and fall back to the peer links. */
+        llepd_cxnode_close(c, "LLEPD_TEST_XNODE_DROP", false);
 }
 
 /* Finishes the step with status r: answers this node's clients, then goes on with whatever

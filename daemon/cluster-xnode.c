@@ -68,6 +68,8 @@ int llepd_cxnode_init(llepd_clayer *c) {
     xn->ops = pick_ops(c->layer->srv);
     if (!xn->ops)
         return 0;
+    const char *drop = getenv("LLEPD_TEST_XNODE_DROP");
+    xn->drop_after = drop ? strtoull(drop, NULL, 10) : 0;
     xn->backoff_ms = BACKOFF_MIN_MS;
     xn->timer = malloc(sizeof(*xn->timer));
     xn->async = malloc(sizeof(*xn->async));

@@ -27,6 +27,10 @@
  *                   NCCL on GPUs), steps move to it once it is up and stay exact with weights
  *                   crossing nodes; a killed node's steps fail naming it, and once it is back a
  *                   new communicator carries the steps again.
+ *   communicator_lost  node 2 drops its communicator after 3 steps without telling the others
+ *                   (LLEPD_TEST_XNODE_DROP): they learn it from its next plan hash, close theirs
+ *                   and run that step over the peer links, exact and without a failure; then a
+ *                   new communicator (epoch 2) carries the steps.
  *   communicator_refused  node 1 has no transport (started with --cluster-communicator off):
  *                   it refuses to join, every node says why, and the steps stay on the peer
  *                   links, exact.
@@ -73,6 +77,8 @@ static pid_t pids[NODES];
 /* Nodes started with the test hook LLEPD_TEST_XNODE=1 (a communicator between nodes), and
  * nodes started with --cluster-communicator off. */
 static unsigned xnode_nodes, comm_off_nodes;
+/* Nodes that drop their communicator unannounced after 3 steps (LLEPD_TEST_XNODE_DROP). */
+static unsigned drop_nodes;
 
 static void sleep_ms(int ms) {
     struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
@@ -120,6 +126,8 @@ static void start_node(int node, bool mismatch) {
             setenv("LLEPD_TEST_PLAN_MISMATCH", "1", 1);
         if (xnode_nodes & (1u << node))
             setenv("LLEPD_TEST_XNODE", "1", 1);
+        if (drop_nodes & (1u << node))
+            setenv("LLEPD_TEST_XNODE_DROP", "3", 1);
         const char *off = comm_off_nodes & (1u << node) ? "off" : "auto";
         execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "2", "--node-id", id,
               "--peers", peers, "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
@@ -212,6 +220,20 @@ static int64_t layer_field(int node, const char *name, const char *field) {
         }
     json_object_put(o);
     return r;
+}
+
+/* Whether node's log (its stderr) says text. */
+static bool log_says(int node, const char *text) {
+    char path[128], buf[1 << 16];
+    size_t n;
+
+    snprintf(path, sizeof(path), "%s/log%d", tmpdir, node);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, text) != NULL;
 }
 
 /* A string field of layer `name` in `llepctl --json layers` on node, into buf ("" if none). */
@@ -873,6 +895,36 @@ START_TEST(communicator) {
 }
 END_TEST
 
+START_TEST(communicator_lost) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    char tr[256];
+
+    xnode_nodes = 7;
+    drop_nodes = 4;
+    weights_init();
+    start_cluster(nc, 0, false);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        skewed_slots(0.7, slots);
+        run_exact(nc, slots);
+        layer_string(0, "moe", "internode_transport", tr, sizeof(tr));
+        if (strcmp(tr, "socket (up, epoch 2)") == 0 &&
+            layer_field(2, "moe", "communicator_steps") > 3)
+            break;
+        ck_assert_msg(now_ms() - t0 < 15000, "no second communicator carried steps: '%s'", tr);
+        sleep_ms(20);
+    }
+    for (int i = 0; i < NODES; i++)
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
+    /* Node 0 learnt it from node 2's plan hash, and ran that step over the peer links. */
+    ck_assert(log_says(0, "closed: node 2 has communicator epoch 0, this node 1"));
+    ck_assert_int_lt(layer_field(0, "moe", "communicator_steps"),
+                     layer_field(0, "moe", "steps"));
+    end_cluster(nc);
+}
+END_TEST
+
 START_TEST(communicator_refused) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
@@ -921,6 +973,7 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_test(tc, two_layers);
     tcase_add_test(tc, plan_mismatch);
     tcase_add_test(tc, communicator);
+    tcase_add_test(tc, communicator_lost);
     tcase_add_test(tc, communicator_refused);
     suite_add_tcase(s, tc);
     return s;
