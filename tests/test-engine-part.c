@@ -778,6 +778,16 @@ START_TEST(test_budget) {
 }
 END_TEST
 
+/* Everything but the native weights is uncharged: a budget of exactly those holds on every
+ * device. Leaves each budget at the default's size. */
+static void check_uncharged(cluster *c, uint64_t held) {
+    for (uint32_t j = 0; j < c->s.nodes; j++)
+        for (uint32_t d = 0; d < c->s.pl; d++) {
+            ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held), 0);
+            ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held + (1ull << 30)), 0);
+        }
+}
+
 /* Steps abandoned after prepare and after compute free what they took; the next steps work
  * and peak at what the whole engine's do. */
 START_TEST(test_abort) {
@@ -803,12 +813,7 @@ START_TEST(test_abort) {
         abort_all(c);
         abort_all(c);
         ck_assert(all_sentinel(c));
-        /* Everything but the native weights is uncharged: a budget of exactly those holds. */
-        for (uint32_t j = 0; j < s.nodes; j++)
-            for (uint32_t d = 0; d < s.pl; d++) {
-                ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held), 0);
-                ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held + (1ull << 30)), 0);
-            }
+        check_uncharged(c, held);
         step_and_check(c, LLEP_POLICY_LLEP, 1);
         draw_tokens(c, NULL);
     }
@@ -913,16 +918,6 @@ static void check_same_figures(const cluster *c, const figures *f) {
             ck_assert_uint_eq(da->peak_bytes, db->peak_bytes + (d == 0 ? wire_extra(c, j) : 0));
         }
     }
-}
-
-/* Everything but the native weights is uncharged: a budget of exactly those holds on every
- * device. Leaves each budget at the default's size. */
-static void check_uncharged(cluster *c, uint64_t held) {
-    for (uint32_t j = 0; j < c->s.nodes; j++)
-        for (uint32_t d = 0; d < c->s.pl; d++) {
-            ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held), 0);
-            ck_assert_int_eq(llep__engine_set_budget(c->eng[j], d, held + (1ull << 30)), 0);
-        }
 }
 
 /* Node 0's device 0, and the whole engine's, whose budget the checks compare with it. */
