@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run of issue 6, on a machine with one (or more) NVIDIA GPU(s), in about 8 minutes on
+# The GPU run of issue 6, on a machine with one (or more) NVIDIA GPU(s); 179 s on one H200 (2026-12-04):
 # one H200:
 #   1. builds llep with CUDA (release, warnings as errors) in $BUILD (default build-gpu)
 #   2. every CUDA kernel against its CPU twin, the CUDA backend's expert chunk against float64
@@ -23,6 +23,10 @@
 # and prints a short table last. Full results go to $OUT when it is set (else to
 # $BUILD/gpu-results): build and test logs, kernels.json, paths.txt, bench-cuda-0x4.json,
 # bench-cuda-0x8.json, summary.txt.
+#
+# On a lent machine without the Debian packages llep builds against, build here with
+# tests/gpu/pack.sh and run there with tests/gpu/lent.sh (it calls this script with
+# --skip-build).
 #
 #   bash tests/gpu/run.sh [--dry-run] [--build-only] [--skip-build] [--tokens T] [--repeat R]
 #                         [--budget SECONDS] [--build-dir DIR] [--self-test-cpu] [--help]
