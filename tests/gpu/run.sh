@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU run of issue 6, on a machine with one (or more) NVIDIA GPU(s); 179 s on one H200 (2026-12-04):
-# one H200:
+# The GPU run of issues 6 and 7, on a machine with one (or more) NVIDIA GPU(s); 179 s on one
+# H200 (2026-12-04):
 #   1. builds llep with CUDA (release, warnings as errors) in $BUILD (default build-gpu)
 #   2. every CUDA kernel against its CPU twin, the CUDA backend's expert chunk against float64
 #      (DESIGN.md section 4 tolerances), and the GEMM rate check (expert chunks vs one cuBLAS
