@@ -15,7 +15,7 @@
 #include "ring.h"
 
 /* Largest shapes a layer may have. LLEP_LAYER_MAX_EXPERTS equals LLEP_MAX_EXPERTS of the
- * planner (daemon/plan.h); D and H are bounded so that every size computed from them fits in
+ * planner (daemon/core/plan.h); D and H are bounded so that every size computed from them fits in
  * 64 bits with room to spare. */
 #define LLEP_LAYER_MAX_EXPERTS 65536u
 #define LLEP_LAYER_MAX_DIM (1u << 20)

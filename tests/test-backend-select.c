@@ -1,7 +1,7 @@
-/* Tests of the backend and device choice (daemon/backend-select.c): device spec parsing and
- * mapping, the decision for a given GPU count, and the real probe on this machine (no GPU:
- * --backend cuda fails clearly, auto falls back to the CPU and says so). Built in every
- * build; the CUDA build also checks that the CUDA backend itself refuses to start here. */
+/* Tests of the backend and device choice (daemon/backends/backend-select.c): device spec parsing
+ * and mapping, the decision for a given GPU count, and the real probe on this machine (no GPU:
+ * --backend cuda fails clearly, auto falls back to the CPU and says so). Built in every build; the
+ * CUDA build also checks that the CUDA backend itself refuses to start here. */
 #include <check.h>
 #include <errno.h>
 #include <stdint.h>

@@ -1,4 +1,5 @@
-/* Tests of the dispatch as an all-to-all (daemon/dispatch.c).
+/* Tests of the dispatch as an all-to-all (tests/dispatch.c: a model of the grouped exchange
+ * that the engine does not use, kept out of the product with its tests).
  *
  * A simulated all-to-all: each home device packs tagged rows into its send buffer, blocks go
  * to their devices, receivers permute into compute order; the rows every device computes must

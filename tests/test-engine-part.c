@@ -1,9 +1,9 @@
-/* Tests of the cluster part (daemon/engine-part.c): 2 and 3 nodes played in one process, each
- * with its own engine on the CPU backend, the buffers moved between them with memcpy in phase
- * order. Every output is checked against a float64 reference of DESIGN.md section 4 and must
- * be bit-identical to one engine's step with all N experts on the P devices of the cluster.
- * The CPU backend's device memory is host memory, so the same memcpy moves the buffers of
- * device-wire mode too. */
+/* Tests of the cluster part (daemon/engine/engine-part.c): 2 and 3 nodes played in one process,
+ * each with its own engine on the CPU backend, the buffers moved between them with memcpy in phase
+ * order. Every output is checked against a float64 reference of DESIGN.md section 4 and must be
+ * bit-identical to one engine's step with all N experts on the P devices of the cluster. The CPU
+ * backend's device memory is host memory, so the same memcpy moves the buffers of device-wire mode
+ * too. */
 #include <check.h>
 #include <errno.h>
 #include <math.h>

@@ -1,4 +1,4 @@
-/* Tests of the step engine (daemon/engine.c), its CPU backend and the CPU kernels, against a
+/* Tests of the step engine (daemon/engine/engine.c), its CPU backend and the CPU kernels, against a
  * float64 reference of DESIGN.md section 4 written out plainly below. */
 #include <check.h>
 #include <errno.h>

@@ -1,4 +1,4 @@
-/* Tests of the Least-Loaded Assignment planner (daemon/plan.c).
+/* Tests of the Least-Loaded Assignment planner (daemon/core/plan.c).
  *
  * Three kinds of check: small cases worked out by hand from DESIGN.md section 2; a literal
  * transcription of that section (ref_lla below, deliberately naive) that the fast planner must

@@ -1,4 +1,4 @@
-/* Tests of the socket transport between nodes (daemon/xnode-cpu.c), reached as llepd reaches
+/* Tests of the socket transport between nodes (daemon/engine/xnode-cpu.c), reached as llepd reaches
  * it: through the CPU backend's ops->xnode. The ranks of a communicator are played in one
  * process, all driven from the test's thread (open and exchange do not block), each with the
  * communicator's own thread behind it. Every wait is bounded, so a bug fails a test instead of
