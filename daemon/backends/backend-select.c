@@ -1,9 +1,9 @@
 /* Backend and device choice at start (backend-select.h). */
 #include "backend-select.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,19 +17,6 @@
 int llep__cuda_visible_gpus(char *why, size_t whylen);
 uint64_t llep__cuda_free_bytes(uint32_t gpu);
 #endif
-
-static int fail(int r, char *msg, size_t msglen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(int r, char *msg, size_t msglen, const char *fmt, ...) {
-    va_list ap;
-
-    if (msg && msglen) {
-        va_start(ap, fmt);
-        vsnprintf(msg, msglen, fmt, ap);
-        va_end(ap);
-    }
-    return r;
-}
 
 /* A decimal number in [1, LLEP_MAX_DEVICES] running up to `end`. */
 static int parse_count(const char *s, const char *end, uint32_t *ret) {
@@ -60,29 +47,29 @@ static int parse_cuda_items(const char *s, llep_device_spec *ret, char *msg, siz
         const char *x = memchr(s, 'x', (size_t)(end - s));
         uint32_t gpu, per = 1;
         if (parse_count(s, x ? x : end, &gpu) < 0)
-            return fail(-EINVAL, msg, msglen, "'%.*s' is not a GPU number", (int)(end - s), s);
+            return llep__errf(msg, msglen, -EINVAL, "'%.*s' is not a GPU number", (int)(end - s), s);
         if (gpu >= LLEP_SPEC_MAX_GPUS)
-            return fail(-EINVAL, msg, msglen, "GPU %u: at most %u GPUs are supported", gpu,
+            return llep__errf(msg, msglen, -EINVAL, "GPU %u: at most %u GPUs are supported", gpu,
                         LLEP_SPEC_MAX_GPUS);
         if (x && (parse_count(x + 1, end, &per) < 0 || per == 0))
-            return fail(-EINVAL, msg, msglen, "'%.*s': the count after 'x' must be 1..%u",
+            return llep__errf(msg, msglen, -EINVAL, "'%.*s': the count after 'x' must be 1..%u",
                         (int)(end - s), s, LLEP_MAX_DEVICES);
         for (uint32_t i = 0; i < ret->num_items; i++)
             if (ret->gpu[i] == gpu)
-                return fail(-EINVAL, msg, msglen, "GPU %u is named twice (use cuda:%ux%u)",
+                return llep__errf(msg, msglen, -EINVAL, "GPU %u is named twice (use cuda:%ux%u)",
                             gpu, gpu, 2u);
         if (ret->num_items == LLEP_SPEC_MAX_GPUS)
-            return fail(-EINVAL, msg, msglen, "more than %u GPUs", LLEP_SPEC_MAX_GPUS);
+            return llep__errf(msg, msglen, -EINVAL, "more than %u GPUs", LLEP_SPEC_MAX_GPUS);
         total += per;
         if (total > LLEP_MAX_DEVICES)
-            return fail(-EINVAL, msg, msglen, "more than %u logical devices", LLEP_MAX_DEVICES);
+            return llep__errf(msg, msglen, -EINVAL, "more than %u logical devices", LLEP_MAX_DEVICES);
         ret->gpu[ret->num_items] = gpu;
         ret->per_gpu[ret->num_items++] = per;
         if (*end == '\0')
             break;
         s = end + 1;
         if (*s == '\0')
-            return fail(-EINVAL, msg, msglen, "trailing ',' in the GPU list");
+            return llep__errf(msg, msglen, -EINVAL, "trailing ',' in the GPU list");
     }
     return 0;
 }
@@ -97,7 +84,7 @@ int llep__device_spec_parse(const char *spec, llep_device_spec *ret, char *msg, 
     if (strncmp(spec, "cpu:", 4) == 0) {
         ret->kind = LLEP_BACKEND_CPU;
         if (parse_count(spec + 4, spec + strlen(spec), &ret->count) < 0 || ret->count == 0)
-            return fail(-EINVAL, msg, msglen, "devices '%s': cpu:N needs N in 1..%u", spec,
+            return llep__errf(msg, msglen, -EINVAL, "devices '%s': cpu:N needs N in 1..%u", spec,
                         LLEP_MAX_DEVICES);
         return 0;
     }
@@ -106,13 +93,13 @@ int llep__device_spec_parse(const char *spec, llep_device_spec *ret, char *msg, 
         char why[160] = "";
         int r = parse_cuda_items(spec[4] ? spec + 5 : spec + 4, ret, why, sizeof(why));
         if (r < 0)
-            return fail(r, msg, msglen, "devices '%s': %s", spec, why);
+            return llep__errf(msg, msglen, r, "devices '%s': %s", spec, why);
         if (spec[4] == ':' && spec[5] == '\0')
-            return fail(-EINVAL, msg, msglen, "devices '%s': no GPU after 'cuda:'", spec);
+            return llep__errf(msg, msglen, -EINVAL, "devices '%s': no GPU after 'cuda:'", spec);
         return 0;
     }
     if (parse_count(spec, spec + strlen(spec), &ret->count) < 0 || ret->count == 0)
-        return fail(-EINVAL, msg, msglen, "devices '%s': expected N, cpu:N, cuda, cuda:all, "
+        return llep__errf(msg, msglen, -EINVAL, "devices '%s': expected N, cpu:N, cuda, cuda:all, "
                     "cuda:0,1,... or cuda:0x4", spec);
     return 0;
 }
@@ -125,13 +112,13 @@ int llep__device_spec_map(const llep_device_spec *s, uint32_t visible, uint32_t 
     if (!s || !ret_n || (max && !gpu_of))
         return -EINVAL;
     if (visible == 0)
-        return fail(-EINVAL, msg, msglen, "no GPU is visible");
+        return llep__errf(msg, msglen, -EINVAL, "no GPU is visible");
     if (s->kind == LLEP_BACKEND_CPU)
-        return fail(-EINVAL, msg, msglen, "cpu:N is not a GPU spec");
+        return llep__errf(msg, msglen, -EINVAL, "cpu:N is not a GPU spec");
     if (s->num_items > 0) {
         for (uint32_t i = 0; i < s->num_items; i++) {
             if (s->gpu[i] >= visible)
-                return fail(-EINVAL, msg, msglen, "GPU %u does not exist (%u visible)",
+                return llep__errf(msg, msglen, -EINVAL, "GPU %u does not exist (%u visible)",
                             s->gpu[i], visible);
             for (uint32_t j = 0; j < s->per_gpu[i]; j++, n++)
                 if (n < max)
@@ -145,7 +132,7 @@ int llep__device_spec_map(const llep_device_spec *s, uint32_t visible, uint32_t 
                                                   : num_devices;
         uint32_t gpus = visible < LLEP_SPEC_MAX_GPUS ? visible : LLEP_SPEC_MAX_GPUS;
         if (want > gpus && want % gpus != 0)
-            return fail(-EINVAL, msg, msglen, "%u logical devices do not split evenly over "
+            return llep__errf(msg, msglen, -EINVAL, "%u logical devices do not split evenly over "
                         "%u GPUs; name them, e.g. cuda:0x%u", want, gpus, want);
         uint32_t per = want > gpus ? want / gpus : 1;
         for (n = 0; n < want; n++)
@@ -153,9 +140,9 @@ int llep__device_spec_map(const llep_device_spec *s, uint32_t visible, uint32_t 
                 gpu_of[n] = n / per;
     }
     if (n > max)
-        return fail(-EINVAL, msg, msglen, "%u logical devices, at most %u", n, max);
+        return llep__errf(msg, msglen, -EINVAL, "%u logical devices, at most %u", n, max);
     if (num_devices && n != num_devices)
-        return fail(-EINVAL, msg, msglen, "the spec gives %u logical devices, %u are needed", n,
+        return llep__errf(msg, msglen, -EINVAL, "the spec gives %u logical devices, %u are needed", n,
                     num_devices);
     *ret_n = n;
     return 0;
@@ -214,35 +201,35 @@ int llep__backend_select_for(enum llep_backend_kind want, const char *devices_sp
     if (r < 0)
         return r;
     if (want == LLEP_BACKEND_CPU && s.kind == LLEP_BACKEND_CUDA)
-        return fail(-EINVAL, msg, msglen, "--devices %s needs --backend cuda or auto",
+        return llep__errf(msg, msglen, -EINVAL, "--devices %s needs --backend cuda or auto",
                     devices_spec);
     if (want == LLEP_BACKEND_CUDA && s.kind == LLEP_BACKEND_CPU)
-        return fail(-EINVAL, msg, msglen, "--devices %s needs --backend cpu or auto",
+        return llep__errf(msg, msglen, -EINVAL, "--devices %s needs --backend cpu or auto",
                     devices_spec);
     if (want == LLEP_BACKEND_CPU || s.kind == LLEP_BACKEND_CPU) {
-        fail(0, msg, msglen, "backend cpu%s", want == LLEP_BACKEND_AUTO ?
+        llep__errf(msg, msglen, 0, "backend cpu%s", want == LLEP_BACKEND_AUTO ?
              " (auto: the device spec asks for CPU devices)" : "");
         return choose_cpu(&s, devices_spec, ret_ops, ret_opt);
     }
     if (visible <= 0) {
         if (want == LLEP_BACKEND_CUDA)
-            return fail(-ENODEV, msg, msglen, "--backend cuda: no usable GPU (%s); use "
+            return llep__errf(msg, msglen, -ENODEV, "--backend cuda: no usable GPU (%s); use "
                         "--backend cpu or auto", why);
         if (s.kind == LLEP_BACKEND_CUDA)
-            return fail(-ENODEV, msg, msglen, "--devices %s: no usable GPU (%s)", devices_spec,
+            return llep__errf(msg, msglen, -ENODEV, "--devices %s: no usable GPU (%s)", devices_spec,
                         why);
-        fail(0, msg, msglen, "backend auto: no usable GPU (%s), using the CPU backend", why);
+        llep__errf(msg, msglen, 0, "backend auto: no usable GPU (%s), using the CPU backend", why);
         return choose_cpu(&s, devices_spec, ret_ops, ret_opt);
     }
     gpu_of = calloc(LLEP_MAX_DEVICES, sizeof(*gpu_of));
     if (!gpu_of)
-        return fail(-ENOMEM, msg, msglen, "out of memory");
+        return llep__errf(msg, msglen, -ENOMEM, "out of memory");
     char err[160] = "";
     r = llep__device_spec_map(&s, (uint32_t)visible, 0, gpu_of, LLEP_MAX_DEVICES, &n, err,
                               sizeof(err));
     if (r < 0) {
         free(gpu_of);
-        return fail(r, msg, msglen, "--devices %s: %s", devices_spec ? devices_spec : "",
+        return llep__errf(msg, msglen, r, "--devices %s: %s", devices_spec ? devices_spec : "",
                     err);
     }
     memset(ret_opt, 0, sizeof(*ret_opt));
@@ -253,7 +240,7 @@ int llep__backend_select_for(enum llep_backend_kind want, const char *devices_sp
 #if LLEP_HAVE_CUDA
     *ret_ops = &llep__backend_cuda;
 #endif
-    fail(0, msg, msglen, "backend %scuda: %u logical device%s on %d visible GPU%s%s%s",
+    llep__errf(msg, msglen, 0, "backend %scuda: %u logical device%s on %d visible GPU%s%s%s",
          want == LLEP_BACKEND_AUTO ? "auto: " : "", n, n == 1 ? "" : "s", visible,
          visible == 1 ? "" : "s", devices_spec && *devices_spec ? ", devices " : "",
          devices_spec && *devices_spec ? devices_spec : "");

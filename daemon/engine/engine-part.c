@@ -6,12 +6,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine-internal.h"
+#include "errbuf.h"
 
 enum part_state { PART_IDLE, PART_PREPARED, PART_COMPUTED };
 
@@ -68,17 +68,6 @@ struct llep_part {
 
     llep_part_traffic traffic;
 };
-
-static int set_error(llep_part *pt, int r, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int set_error(llep_part *pt, int r, const char *fmt, ...) {
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(pt->err, sizeof(pt->err), fmt, ap);
-    va_end(ap);
-    return r;
-}
 
 static part_buf *buf_of(llep_part *pt, enum llep_part_buf kind, uint32_t j) {
     return &pt->bufs[(size_t)kind * pt->nodes + j];
@@ -253,7 +242,7 @@ int llep__part_set_device_wire(llep_part *pt, int on) {
     pt->err[0] = '\0';
     /* The prepared step's buffers were placed for the mode it was prepared in. */
     if (pt->state != PART_IDLE)
-        return set_error(pt, -EINVAL, "cannot change the wire mode while a step is prepared "
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "cannot change the wire mode while a step is prepared "
                          "(combine or abort it first)");
     pt->device_wire = on != 0;
     return 0;
@@ -266,7 +255,7 @@ int llep__part_count(llep_part *pt, const llep_engine_batch *batches, uint64_t *
         return -EINVAL;
     pt->err[0] = '\0';
     if (!batches || !loads)
-        return set_error(pt, -EINVAL, "no batches or no loads");
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "no batches or no loads");
     return llep__engine_count_batches(pt->e, batches, pt->pl, pt->nx, loads, pt->count_base,
                                       &slots, pt->err, sizeof(pt->err));
 }
@@ -301,21 +290,21 @@ static int check_loads(llep_part *pt, const llep_plan *plan, const uint64_t *con
 
     for (uint32_t j = 0; j < pt->nodes; j++) {
         if (!node_loads[j])
-            return set_error(pt, -EINVAL, "no loads for node %u", j);
+            return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "no loads for node %u", j);
         for (uint32_t x = 0; x < n; x++) {
             uint64_t b = pt->base[(size_t)j * n + x], v = b + node_loads[j][x];
             if (v < b)
-                return set_error(pt, -EINVAL, "expert %u: the nodes' loads overflow", x);
+                return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "expert %u: the nodes' loads overflow", x);
             pt->base[(size_t)(j + 1) * n + x] = v;
         }
     }
     for (uint32_t x = 0; x < n; x++) {
         uint64_t sum = pt->base[(size_t)pt->nodes * n + x];
         if (sum != plan->loads[x])
-            return set_error(pt, -EINVAL, "expert %u: the plan has %" PRIu64 " slots, the "
+            return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "expert %u: the plan has %" PRIu64 " slots, the "
                              "nodes' loads sum to %" PRIu64, x, plan->loads[x], sum);
         if (node_loads[pt->node][x] != pt->loads[x])
-            return set_error(pt, -EINVAL, "expert %u: node %u's loads say %" PRIu64 " slots, "
+            return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "expert %u: node %u's loads say %" PRIu64 " slots, "
                              "its batches have %" PRIu64, x, pt->node,
                              node_loads[pt->node][x], pt->loads[x]);
     }
@@ -329,14 +318,14 @@ static int check_step(llep_part *pt, const llep_plan *plan, const uint64_t *cons
     int r;
 
     if (!plan || !node_loads || !batches)
-        return set_error(pt, -EINVAL, "no plan, node loads or batches");
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "no plan, node loads or batches");
     if (plan->num_experts != pt->nx || plan->num_devices != pt->np)
-        return set_error(pt, -EINVAL, "the plan is for %u experts on %u devices, the cluster "
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "the plan is for %u experts on %u devices, the cluster "
                          "layer has %u on %u", plan->num_experts, plan->num_devices, pt->nx,
                          pt->np);
     r = llep__plan_validate(plan, msg, sizeof(msg));
     if (r < 0)
-        return set_error(pt, r, "bad plan: %s", msg);
+        return llep__errf(pt->err, sizeof(pt->err), r, "bad plan: %s", msg);
     r = llep__engine_count_batches(pt->e, batches, pt->pl, pt->nx, pt->loads, pt->home_base,
                                    &pt->slots, pt->err, sizeof(pt->err));
     if (r < 0)
@@ -346,7 +335,7 @@ static int check_step(llep_part *pt, const llep_plan *plan, const uint64_t *cons
         return r;
     for (uint32_t i = 0; i < plan->num_ranges; i++)
         if (plan->ranges[i].end - plan->ranges[i].start > UINT32_MAX)
-            return set_error(pt, -E2BIG, "expert chunk of %" PRIu64 " rows exceeds 2^32 - 1",
+            return llep__errf(pt->err, sizeof(pt->err), -E2BIG, "expert chunk of %" PRIu64 " rows exceeds 2^32 - 1",
                              plan->ranges[i].end - plan->ranges[i].start);
     return 0;
 }
@@ -455,7 +444,7 @@ static int check_budgets(llep_part *pt, uint64_t results_in, uint64_t wire) {
          * device-wire mode everything else that crosses nodes. */
         uint64_t need = llep__engine_device_need(e, d) + (d == 0 ? results_in + wire : 0);
         if (dv->used + need > dv->budget)
-            return set_error(pt, -ENOMEM,
+            return llep__errf(pt->err, sizeof(pt->err), -ENOMEM,
                              "node %u device %u (global %u): the %s step needs %" PRIu64
                              " bytes (received weights %" PRIu64 ", token rows %" PRIu64
                              ", results %" PRIu64 ", intermediates %" PRIu64 ", results from "
@@ -499,7 +488,7 @@ static int reserve_host(llep_part *pt, const uint64_t *rows_out, const uint64_t 
     if (r == 0)
         r = reserve_ptrs(&pt->combine_src, &pt->combine_cap, pt->slots);
     if (r < 0)
-        return set_error(pt, r, "out of host memory for the step's buffers");
+        return llep__errf(pt->err, sizeof(pt->err), r, "out of host memory for the step's buffers");
     return 0;
 }
 
@@ -556,7 +545,7 @@ static int alloc_step(llep_part *pt) {
     if (r == 0 && pt->device_wire)
         r = alloc_wire(pt);
     if (r < 0)
-        return set_error(pt, r, "out of device memory while allocating the step's buffers");
+        return llep__errf(pt->err, sizeof(pt->err), r, "out of device memory while allocating the step's buffers");
     point_weights(pt);
     return 0;
 }
@@ -699,7 +688,7 @@ static int stage_out(llep_part *pt) {
         r = rs;
     if (r < 0) {
         free_step(pt);
-        return set_error(pt, r, "%s backend failed copying %s out: %s", e->be->ops->name,
+        return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed copying %s out: %s", e->be->ops->name,
                          pt->device_wire ? "rows and weights" : "weights", strerror(-r));
     }
     return 0;
@@ -714,7 +703,7 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
         return -EINVAL;
     pt->err[0] = '\0';
     if (pt->state != PART_IDLE)
-        return set_error(pt, -EINVAL, "a step is already prepared (combine or abort it first)");
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "a step is already prepared (combine or abort it first)");
     pt->t0 = llep__engine_monotonic_ns();
     r = check_step(pt, plan, node_loads, batches);
     if (r < 0)
@@ -722,7 +711,7 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
     rows_out = calloc(pt->nodes, sizeof(*rows_out));
     rows_in = calloc(pt->nodes, sizeof(*rows_in));
     if (!rows_out || !rows_in) {
-        r = set_error(pt, -ENOMEM, "out of host memory");
+        r = llep__errf(pt->err, sizeof(pt->err), -ENOMEM, "out of host memory");
         goto out;
     }
     llep__plan_copy(&pt->plan, plan); /* sizes checked by check_step() */
@@ -759,9 +748,9 @@ int llep__part_buffer(llep_part *pt, enum llep_part_buf kind, uint32_t node, voi
     if (!pt || !ret || !ret_bytes)
         return -EINVAL;
     if (pt->state == PART_IDLE)
-        return set_error(pt, -EINVAL, "no step is prepared");
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "no step is prepared");
     if (node >= pt->nodes || node == pt->node || (unsigned)kind >= PART_NUM_BUFS)
-        return set_error(pt, -EINVAL, "no buffer %d for node %u", (int)kind, node);
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "no buffer %d for node %u", (int)kind, node);
     *ret = wire_data(pt, kind, node);
     *ret_bytes = buf_of(pt, kind, node)->bytes;
     return 0;
@@ -882,7 +871,7 @@ int llep__part_compute(llep_part *pt) {
         return -EINVAL;
     pt->err[0] = '\0';
     if (pt->state != PART_PREPARED)
-        return set_error(pt, -EINVAL, "compute needs a prepared step");
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "compute needs a prepared step");
     e = pt->e;
     r = queue_chunks(pt);
     /* Device 0's copies are ordered only with device 0's own work, so in device-wire mode every
@@ -897,7 +886,7 @@ int llep__part_compute(llep_part *pt) {
         r = rs;
     if (r < 0) {
         free_step(pt);
-        return set_error(pt, r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+        return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
     }
     pt->state = PART_COMPUTED;
     return 0;
@@ -936,7 +925,7 @@ int llep__part_combine(llep_part *pt, llep_engine_stats *stats) {
         return -EINVAL;
     pt->err[0] = '\0';
     if (pt->state != PART_COMPUTED)
-        return set_error(pt, -EINVAL, "combine needs a computed step");
+        return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "combine needs a computed step");
     e = pt->e;
     /* Results from other nodes onto device 0, where the combines read them; in device-wire
      * mode the caller put them there. */
@@ -956,7 +945,7 @@ int llep__part_combine(llep_part *pt, llep_engine_stats *stats) {
         r = rs;
     free_step(pt);
     if (r < 0)
-        return set_error(pt, r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+        return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
     if (stats)
         fill_stats(pt, stats);
     return 0;

@@ -2,6 +2,7 @@
  * chunks and combine, with every device buffer charged to a budget. */
 #include "engine.h"
 #include "engine-internal.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -13,17 +14,6 @@
 #include <time.h>
 
 #define ALIGN 64u
-
-static int set_error(llep_engine *e, int r, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int set_error(llep_engine *e, int r, const char *fmt, ...) {
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(e->err, sizeof(e->err), fmt, ap);
-    va_end(ap);
-    return r;
-}
 
 uint64_t llep__engine_monotonic_ns(void) {
     struct timespec ts;
@@ -289,7 +279,7 @@ int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes) {
     if (!e || dev >= e->p)
         return -EINVAL;
     if (bytes < e->dev[dev].used)
-        return set_error(e, -ENOMEM, "device %u already holds %" PRIu64 " bytes", dev,
+        return llep__errf(e->err, sizeof(e->err), -ENOMEM, "device %u already holds %" PRIu64 " bytes", dev,
                          e->dev[dev].used);
     e->dev[dev].budget = bytes;
     return 0;
@@ -410,7 +400,7 @@ static int check_sizes(llep_engine *e) {
 
     for (uint32_t i = 0; i < pl->num_ranges; i++)
         if (pl->ranges[i].end - pl->ranges[i].start > UINT32_MAX)
-            return set_error(e, -E2BIG, "expert chunk of %" PRIu64 " rows exceeds 2^32 - 1",
+            return llep__errf(e->err, sizeof(e->err), -E2BIG, "expert chunk of %" PRIu64 " rows exceeds 2^32 - 1",
                              pl->ranges[i].end - pl->ranges[i].start);
     return 0;
 }
@@ -433,7 +423,7 @@ static int check_budgets(llep_engine *e, const llep_engine_batch *b) {
         uint64_t w = (uint64_t)dv->received * e->expert_bytes, stage = backend_stage(e, d, b);
         uint64_t need = llep__engine_device_need(e, d) + stage;
         if (dv->used + need > dv->budget)
-            return set_error(e, -ENOMEM,
+            return llep__errf(e->err, sizeof(e->err), -ENOMEM,
                              "device %u: the %s step needs %" PRIu64 " bytes (received weights "
                              "%" PRIu64 ", token rows %" PRIu64 ", results %" PRIu64
                              ", intermediates %" PRIu64 ", backend staging %" PRIu64
@@ -657,20 +647,20 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         return -EINVAL;
     e->err[0] = '\0';
     if (!batches)
-        return set_error(e, -EINVAL, "no batches");
+        return llep__errf(e->err, sizeof(e->err), -EINVAL, "no batches");
     if (!params)
         params = &e->cfg.plan;
     r = llep__plan_params_check(params, msg, sizeof(msg));
     if (r < 0)
-        return set_error(e, r, "plan parameters: %s", msg);
+        return llep__errf(e->err, sizeof(e->err), r, "plan parameters: %s", msg);
     r = count_loads(e, batches, &slots);
     if (r < 0)
         return r;
     if (reserve_slots(e, slots) < 0)
-        return set_error(e, -ENOMEM, "out of host memory for %" PRIu64 " token-slots", slots);
+        return llep__errf(e->err, sizeof(e->err), -ENOMEM, "out of host memory for %" PRIu64 " token-slots", slots);
     r = llep__plan_compute(&e->plan, e->loads, params);
     if (r < 0)
-        return set_error(e, r, "planning failed: %s", strerror(-r));
+        return llep__errf(e->err, sizeof(e->err), r, "planning failed: %s", strerror(-r));
     e->planned = 1;
 
     r = check_sizes(e);
@@ -684,7 +674,7 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
     r = alloc_step(e);
     if (r < 0) {
         free_step(e);
-        return set_error(e, r, "out of device memory while allocating the step's buffers");
+        return llep__errf(e->err, sizeof(e->err), r, "out of device memory while allocating the step's buffers");
     }
     charge_stage_peaks(e, batches);
     crossing = route_slots(e, batches);
@@ -700,7 +690,7 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         r = rs;
     free_step(e);
     if (r < 0)
-        return set_error(e, r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+        return llep__errf(e->err, sizeof(e->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
     if (ret_stats)
         end_stats(e, slots, crossing, t0, ret_stats);
     return 0;

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "errbuf.h"
 
 #define XN_MAGIC "LLEPXN1"          /* 8 bytes with its NUL, at the start of ids and hellos */
 #define XN_MAGIC_BYTES 8
@@ -133,15 +134,6 @@ static void make_hello(uint8_t *h, uint32_t rank, uint32_t nranks) {
 
 /* The thread's failures: the message goes where error() finds it once the thread publishes
  * XN_FAILED; nobody reads it before. Returns err. */
-static int xn_failf(llep_xnode *x, int err, const char *fmt, ...) {
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(x->fail_msg, sizeof(x->fail_msg), fmt, ap);
-    va_end(ap);
-    return err;
-}
-
 /* The caller's rejected calls. Returns err. */
 static int xn_reject(llep_xnode *x, int err, const char *fmt, ...) {
     va_list ap;
@@ -157,14 +149,14 @@ static int xn_wait(llep_xnode *x, struct pollfd *pfd, nfds_t n, int timeout_ms) 
 
     if (poll(pfd, n, timeout_ms) < 0) {
         if (errno != EINTR)
-            return xn_failf(x, -errno, "poll: %s", strerror(errno));
+            return llep__errf(x->fail_msg, sizeof(x->fail_msg), -errno, "poll: %s", strerror(errno));
         for (nfds_t i = 0; i < n; i++)
             pfd[i].revents = 0;
     }
     if (atomic_load(&x->stop))
         return XN_STOPPED;
     if (pfd[0].revents & POLLIN && read(x->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-        return xn_failf(x, -errno, "reading the wake-up eventfd: %s", strerror(errno));
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -errno, "reading the wake-up eventfd: %s", strerror(errno));
     return 0;
 }
 
@@ -179,7 +171,7 @@ static int connect_one(llep_xnode *x, uint32_t s) {
     ssize_t k;
 
     if (fd < 0)
-        return xn_failf(x, -errno, "cannot make a socket for rank %u: %s", s, strerror(errno));
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -errno, "cannot make a socket for rank %u: %s", s, strerror(errno));
     if (connect(fd, (struct sockaddr *)&a, len) < 0) {
         int e = errno;
 
@@ -188,7 +180,7 @@ static int connect_one(llep_xnode *x, uint32_t s) {
          * ours, decides how long that may last. */
         if (e == ECONNREFUSED || e == ENOENT || e == EAGAIN || e == EINTR)
             return 1;
-        return xn_failf(x, -e, "cannot connect to rank %u: %s", s, strerror(e));
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -e, "cannot connect to rank %u: %s", s, strerror(e));
     }
     /* A fresh connection's buffer has room for the hello, so one call sends all of it. */
     make_hello(hello, x->rank, x->nranks);
@@ -197,7 +189,7 @@ static int connect_one(llep_xnode *x, uint32_t s) {
         int e = k < 0 ? errno : EIO;
 
         close(fd);
-        return xn_failf(x, -e, "cannot send the hello to rank %u: %s", s, strerror(e));
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -e, "cannot send the hello to rank %u: %s", s, strerror(e));
     }
     x->peers[s].fd = fd;
     return 0;
@@ -227,12 +219,12 @@ static int accept_higher(llep_xnode *x) {
         if (fd < 0) {
             if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
                 return 0;
-            return xn_failf(x, -errno, "accepting a link: %s", strerror(errno));
+            return llep__errf(x->fail_msg, sizeof(x->fail_msg), -errno, "accepting a link: %s", strerror(errno));
         }
         /* Only higher ranks connect; one more than there are is a stranger or a duplicate. */
         if (x->npending >= x->nranks - 1 - x->rank) {
             close(fd);
-            return xn_failf(x, -EPROTO, "more connections than the %u higher ranks",
+            return llep__errf(x->fail_msg, sizeof(x->fail_msg), -EPROTO, "more connections than the %u higher ranks",
                             x->nranks - 1 - x->rank);
         }
         x->pending[x->npending++] = (xn_pending){ .fd = fd };
@@ -243,15 +235,15 @@ static int check_hello(llep_xnode *x, const uint8_t *h) {
     uint32_t r = (uint32_t)get_le(h + 8, 4), n = (uint32_t)get_le(h + 12, 4);
 
     if (memcmp(h, XN_MAGIC, XN_MAGIC_BYTES) != 0)
-        return xn_failf(x, -EPROTO, "a connection to rank %u did not start with a hello",
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -EPROTO, "a connection to rank %u did not start with a hello",
                         x->rank);
     if (n != x->nranks)
-        return xn_failf(x, -EPROTO, "rank %u says the communicator has %u ranks, not %u", r,
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -EPROTO, "rank %u says the communicator has %u ranks, not %u", r,
                         n, x->nranks);
     if (r <= x->rank || r >= x->nranks)
-        return xn_failf(x, -EPROTO, "a connection to rank %u says it is rank %u", x->rank, r);
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -EPROTO, "a connection to rank %u says it is rank %u", x->rank, r);
     if (x->peers[r].fd >= 0)
-        return xn_failf(x, -EPROTO, "rank %u connected twice", r);
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -EPROTO, "rank %u connected twice", r);
     return 0;
 }
 
@@ -265,9 +257,9 @@ static int read_hello(llep_xnode *x, uint32_t i) {
     if (k < 0)
         return errno == EAGAIN || errno == EINTR
                    ? 0
-                   : xn_failf(x, -errno, "reading a hello: %s", strerror(errno));
+                   : llep__errf(x->fail_msg, sizeof(x->fail_msg), -errno, "reading a hello: %s", strerror(errno));
     if (k == 0)
-        return xn_failf(x, -EPROTO, "a connection to rank %u closed before its hello",
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -EPROTO, "a connection to rank %u closed before its hello",
                         x->rank);
     p->got += (uint32_t)k;
     if (p->got < XN_HELLO_BYTES)
@@ -355,8 +347,8 @@ static void dir_start(const llep_xnode *x, uint32_t p, int recv, xn_dir *d, uint
 
 static int link_error(llep_xnode *x, uint32_t p, const char *what, int e) {
     if (e == EPIPE || e == ECONNRESET)
-        return xn_failf(x, -ECONNRESET, "rank %u closed its link", p);
-    return xn_failf(x, -e, "%s rank %u: %s", what, p, strerror(e));
+        return llep__errf(x->fail_msg, sizeof(x->fail_msg), -ECONNRESET, "rank %u closed its link", p);
+    return llep__errf(x->fail_msg, sizeof(x->fail_msg), -e, "%s rank %u: %s", what, p, strerror(e));
 }
 
 /* Sends to peer p until its socket is full or nothing is left to send. */
@@ -407,10 +399,10 @@ static int recv_some(llep_xnode *x, uint32_t p) {
             return link_error(x, p, "receiving from", errno);
         }
         if (k == 0)
-            return xn_failf(x, -ECONNRESET, "rank %u closed its link", p);
+            return llep__errf(x->fail_msg, sizeof(x->fail_msg), -ECONNRESET, "rank %u closed its link", p);
         d->done += (uint64_t)k;
         if (head && d->done == XN_HEADER_BYTES && get_le(d->hdr, 8) != o->bytes)
-            return xn_failf(x, -EPROTO, "rank %u sent %llu bytes where %llu were expected", p,
+            return llep__errf(x->fail_msg, sizeof(x->fail_msg), -EPROTO, "rank %u sent %llu bytes where %llu were expected", p,
                             (unsigned long long)get_le(d->hdr, 8),
                             (unsigned long long)o->bytes);
         if (d->done == XN_HEADER_BYTES + o->bytes)
