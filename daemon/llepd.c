@@ -2,7 +2,7 @@
  *
  * main() only wires the subsystems together in order (options, log, server, signals, systemd
  * notifications) and tears them down in reverse; the work is in server.c, session.c,
- * handlers*.c, sched.c and notify.c. */
+ * handlers*.c, scheduler.c and notify.c. */
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -18,8 +18,10 @@
 #include <uv.h>
 
 #include "backend-select.h"
+#include "cluster-layer.h"
 #include "cluster.h"
 #include "config.h"
+#include "handlers.h"
 #include "llep-config.h"
 #include "log.h"
 #include "notify.h"
@@ -226,9 +228,13 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     d->activated = fd >= 0;
     r = llepd_server_init(&d->srv, loop, cfg, err, sizeof(err));
     d->srv.backend_ops = ops;
+    if (r == 0)
+        llepd_handlers_init(&d->srv);
     /* Peer links first: once the unix socket accepts, the peer port accepts too. */
     if (r == 0)
         r = llepd_cluster_init(&d->srv, err, sizeof(err));
+    if (r == 0)
+        llepd_clayers_init(&d->srv);
     if (r == 0)
         r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
     if (r < 0) {

@@ -10,15 +10,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cluster.h"
-#include "layer.h"
 #include "log.h"
+#include "session.h"
 #include "validate.h"
 
 /* How long the origin's create waits for the other nodes to load their shares. */
 #define CREATE_TIMEOUT_MS 60000u
 
 enum { FLAG_B_GATE = 1, FLAG_B_UP = 2, FLAG_B_DOWN = 4 };
+
+static const llepd_layer_ops clayer_ops;
 
 static llepd_clayer *clayer_of(llepd_server *srv, const char *name, bool include_dead) {
     for (uint32_t i = 0; i < srv->nlayers; i++) {
@@ -69,7 +70,7 @@ static void config_from_share(const llepd_layer *l, const llepd_clayer *c, const
     cfg->b_down = c->flags & FLAG_B_DOWN ? blob + s.bd : NULL;
 }
 
-void llepd_clayer_share_config(llepd_layer *l, llep_engine_config *cfg) {
+static void cut_share_config(llepd_layer *l, llep_engine_config *cfg) {
     llepd_clayer *c = l->cluster;
     uint64_t es = esize(l), e0 = (uint64_t)c->rank * c->local_experts;
     uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es;
@@ -89,7 +90,7 @@ void llepd_clayer_share_config(llepd_layer *l, llep_engine_config *cfg) {
         cfg->b_down = (const char *)cfg->b_down + e0 * l->desc.hidden * es;
 }
 
-int llepd_clayer_pack_shares(llepd_layer *l, const llep_engine_config *full) {
+static int pack_shares(llepd_layer *l, const llep_engine_config *full) {
     llepd_clayer *c = l->cluster;
     uint64_t es = esize(l), e = c->local_experts;
     uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es * e;
@@ -117,16 +118,6 @@ int llepd_clayer_pack_shares(llepd_layer *l, const llep_engine_config *full) {
 }
 
 /* ---- chunked data ------------------------------------------------------------------------ */
-
-int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int kind,
-                           uint32_t index, const void *data, uint64_t total) {
-    /* Shares stay in c until it is freed (which cancels what has not gone out); step buffers
-     * are reused by the next step, so they are copied. */
-    bool share = kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
-
-    return llepd_cluster_send_bulk(c->layer->srv->cluster, c->ids[rank], c->layer->name, step,
-                                   kind, index, data, total, !share, c);
-}
 
 /* ---- state ------------------------------------------------------------------------------- */
 
@@ -206,6 +197,7 @@ static llepd_clayer *clayer_alloc(llepd_layer *l, uint32_t origin_rank) {
     c->inject_mismatch = getenv("LLEPD_TEST_PLAN_MISMATCH") &&
                          getenv("LLEPD_TEST_PLAN_MISMATCH")[0] == '1';
     l->cluster = c;
+    l->ops = &clayer_ops;
     set_state(c);
     return c;
 }
@@ -237,7 +229,7 @@ static int check_fit(llepd_server *srv, const Llep__LayerDesc *d, uint32_t ppn, 
     return 0;
 }
 
-int llepd_clayer_new_origin(llepd_layer *l, char *err, size_t errlen) {
+static int new_origin(llepd_layer *l, char *err, size_t errlen) {
     llepd_server *srv = l->srv;
     llepd_cluster *cl = srv->cluster;
     int r = check_fit(srv, &l->desc, srv->devices, err, errlen);
@@ -301,6 +293,7 @@ static void send_drop(llepd_clayer *c) {
 /* Answers the client's create once nothing more is awaited. */
 static void finish_create(llepd_clayer *c) {
     llepd_layer *l = c->layer;
+    llepd_server *srv = l->srv;
     llepd_session *s = c->creator;
 
     if (!s)
@@ -315,10 +308,10 @@ static void finish_create(llepd_clayer *c) {
         log_info("cluster layer '%s' created over %u nodes (N=%u, %u per node)", l->name,
                  c->nodes, l->desc.num_experts, c->local_experts);
     }
-    llepd_layer_created(l, s, c->create_frame, c->create_status,
+    l->srv->hooks.layer_created(l, s, c->create_frame, c->create_status,
                         c->create_status < 0 ? c->create_err : NULL);
     llepd_session_unref(s);
-    llepd_server_check_idle(l->srv);
+    srv->hooks.work_done(srv); /* l may be gone */
 }
 
 static void create_fail(llepd_clayer *c, int r, const char *why) {
@@ -338,7 +331,7 @@ static void on_create_timeout(uv_timer_t *t) {
     create_fail(c, -ETIMEDOUT, why);
 }
 
-void llepd_clayer_origin_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id) {
+static void origin_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id) {
     llepd_clayer *c = l->cluster;
     char err[256];
     int r = llep__part_new(l->engine, c->nodes, c->rank, &c->part, err, sizeof(err));
@@ -461,9 +454,9 @@ static void share_done(uv_work_t *req, int status) {
         log_warning("cluster layer '%s': share not loaded: %s", l->name, w->err);
     }
     reply_layer(srv, c->ids[c->origin], l->name, r, r ? w->err : NULL);
-    llepd_layer_created(l, NULL, 0, r, r ? w->err : NULL);
+    l->srv->hooks.layer_created(l, NULL, 0, r, r ? w->err : NULL);
     free(w);
-    llepd_server_check_idle(srv);
+    srv->hooks.work_done(srv);
 }
 
 static int start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
@@ -569,7 +562,7 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
                  PRIu64, m->share_bytes, c->share_bytes);
         reply_layer(srv, from_id, m->name, -EPROTO, err);
         l->creating = false;
-        llepd_layer_created(l, NULL, 0, -EPROTO, err);
+        l->srv->hooks.layer_created(l, NULL, 0, -EPROTO, err);
         return;
     }
     c->share_in.started = false;
@@ -577,7 +570,7 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
     if (c->share_bytes == 0 && start_share_engine(c, err, sizeof(err)) < 0) {
         reply_layer(srv, from_id, m->name, -ENOMEM, err);
         l->creating = false;
-        llepd_layer_created(l, NULL, 0, -ENOMEM, err);
+        l->srv->hooks.layer_created(l, NULL, 0, -ENOMEM, err);
     }
 }
 
@@ -600,7 +593,7 @@ static void handle_share_chunk(llepd_clayer *c, const Llep__ClusterData *d) {
         llepd_cbuf_free(&c->share_in);
         reply_layer(l->srv, c->ids[c->origin], l->name, r, err);
         l->creating = false;
-        llepd_layer_created(l, NULL, 0, r, err);
+        l->srv->hooks.layer_created(l, NULL, 0, r, err);
     }
 }
 
@@ -614,7 +607,7 @@ static void share_lost(llepd_clayer *c, const char *why) {
     llepd_cbuf_free(&c->share_in);
     c->orphaned = true;
     l->creating = false;
-    llepd_layer_created(l, NULL, 0, -EHOSTDOWN, err);
+    l->srv->hooks.layer_created(l, NULL, 0, -EHOSTDOWN, err);
 }
 
 static void handle_drop(llepd_server *srv, uint32_t from, const Llep__ClusterLayerDrop *m) {
@@ -629,7 +622,7 @@ static void handle_drop(llepd_server *srv, uint32_t from, const Llep__ClusterLay
 
 /* ---- peers ------------------------------------------------------------------------------- */
 
-void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
+static void peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
     int rank = llepd_cluster_rank_of(srv->cluster, node_id);
     char why[160];
 
@@ -668,7 +661,7 @@ void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
 
 /* ---- messages ---------------------------------------------------------------------------- */
 
-bool llepd_clayer_serves(int body) {
+static bool serves(int body) {
     switch (body) {
     case LLEP__FRAME__BODY_CLUSTER_LAYER:
     case LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY:
@@ -721,7 +714,7 @@ static const char *step_layer_name(const Llep__Frame *f, uint64_t *step) {
     }
 }
 
-void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame *f) {
+static void handle_frame(llepd_server *srv, uint32_t from_id, const Llep__Frame *f) {
     int rank = llepd_cluster_rank_of(srv->cluster, from_id);
     uint64_t step = 0;
 
@@ -770,7 +763,7 @@ void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame 
 
 /* ---- teardown ---------------------------------------------------------------------------- */
 
-void llepd_clayer_close_timers(llepd_layer *l) {
+static void close_timers(llepd_layer *l) {
     if (l->cluster) {
         timer_close(&l->cluster->deadline);
         timer_close(&l->cluster->create_timer);
@@ -778,7 +771,7 @@ void llepd_clayer_close_timers(llepd_layer *l) {
     }
 }
 
-void llepd_clayer_free(llepd_layer *l) {
+static void clayer_free(llepd_layer *l) {
     llepd_clayer *c = l->cluster;
 
     if (!c)
@@ -799,4 +792,57 @@ void llepd_clayer_free(llepd_layer *l) {
     free(c->ids);
     free(c);
     l->cluster = NULL;
+}
+
+/* ---- what the server sees of a cluster layer (llepd_layer_ops) --------------------------- */
+
+static void kick(llepd_layer *l) {
+    llepd_cstep_kick(l);
+}
+
+static uint32_t local_experts(const llepd_layer *l) {
+    return l->cluster->local_experts;
+}
+
+static void describe(const llepd_layer *l, Llep__LayerInfo *info, char *buf, size_t len) {
+    const llepd_clayer *c = l->cluster;
+
+    info->nodes = c->nodes;
+    info->origin = c->ids[c->origin];
+    info->internode_rows = c->internode_rows;
+    info->internode_bytes = c->internode_bytes;
+    info->internode_weights = c->internode_weights;
+    info->failed_steps = c->failed_steps;
+    info->cluster_state = (char *)c->state;
+    info->internode_transport = (char *)llepd_cxnode_describe(c, buf, len);
+    info->communicator_steps = c->xn.steps;
+}
+
+/* Every node plans a cluster step with the origin's parameters. */
+static int may_set(const llepd_layer *l, char *err, size_t errlen) {
+    const llepd_clayer *c = l->cluster;
+
+    if (c->rank == c->origin)
+        return 0;
+    snprintf(err, errlen, "cluster layer '%s' plans with the parameters of its origin, node %u: "
+             "set them there", l->name, c->ids[c->origin]);
+    return -EINVAL;
+}
+
+static const llepd_layer_ops clayer_ops = {
+    .kick = kick,
+    .close = close_timers,
+    .free = clayer_free,
+    .local_experts = local_experts,
+    .share_config = cut_share_config,
+    .pack = pack_shares,
+    .created = origin_created,
+    .describe = describe,
+    .may_set = may_set,
+};
+
+void llepd_clayers_init(llepd_server *srv) {
+    srv->hooks.cluster_layer_new = new_origin;
+    llepd_cluster_set_layer_hooks(srv->cluster, serves, handle_frame,
+                                  peer_changed);
 }

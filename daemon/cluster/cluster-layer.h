@@ -26,8 +26,10 @@
 #include <stdint.h>
 
 #include "cbuf.h"
+#include "cluster.h"
 #include "engine-part.h"
-#include "llepd-sched.h"
+#include "layer.h"
+#include "scheduler.h"
 #include "server.h"
 #include "xnode.h"
 
@@ -103,6 +105,8 @@ typedef struct llepd_cxnode {
     uv_timer_t *timer;              /* polls while opening or exchanging */
     uv_async_t *async;              /* the transport's notify */
     uint64_t steps;                 /* steps whose data went over it */
+    /* The step's exchange ended (r == 0) or failed; set by cluster-step.c, which is above. */
+    void (*exchanged)(struct llepd_clayer *c, int r, const char *why);
     uint64_t drop_after;            /* LLEPD_TEST_XNODE_DROP: close it unannounced after this
                                      * many steps over it (0: never) */
     char why[200];                  /* why none is up, for llepctl; "" when it never failed */
@@ -155,43 +159,26 @@ typedef struct llepd_clayer {
 
 /* ---- creation (cluster-layer.c) ---------------------------------------------------------- */
 
-/* Checks a LayerCreate of scope CLUSTER on this node (peers configured and up, shapes that
- * spread over every node's devices, the CPU backend) and makes l the origin's cluster layer.
- * Returns 0 or a negative errno with a sentence in err. */
-int llepd_clayer_new_origin(llepd_layer *l, char *err, size_t errlen);
-
-/* The engine config of this node's share: experts and weight pointers cut down from the
- * client's full config (layer.c, before creating the engine). */
-void llepd_clayer_share_config(llepd_layer *l, llep_engine_config *cfg);
-
-/* On the thread pool, while the engine is made: copies every other node's share out of the
- * client's full weights. Returns 0 or -ENOMEM (then the creation fails). */
-int llepd_clayer_pack_shares(llepd_layer *l, const llep_engine_config *full);
-
-/* The origin's engine exists: sends the shares, and answers the client (llepd_layer_created)
- * when every node has answered, one failed, or the creation deadline passed. */
-void llepd_clayer_origin_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id);
-
-/* Sends the other nodes a drop and frees the layer's cluster state (layer.c, when freeing). */
-void llepd_clayer_free(llepd_layer *l);
-
-/* Closes the layer's timers when the daemon stops (server.c). */
-void llepd_clayer_close_timers(llepd_layer *l);
-
-/* A peer came up or went down (cluster.c). */
-void llepd_clayer_peer_changed(llepd_server *srv, uint32_t node_id, bool up);
-
-/* Frames 68 and up from a peer (cluster.c dispatches only those that llepd_clayer_serves). */
-bool llepd_clayer_serves(int body_case);
-void llepd_clayer_handle(llepd_server *srv, uint32_t from_id, const Llep__Frame *f);
+/* Registers cluster layers with the server (hooks.cluster_layer_new: a LayerCreate of scope
+ * CLUSTER makes this node the origin) and with the peer links (their frames 68 and up, and
+ * peers coming and going). Call after llepd_cluster_init(). */
+void llepd_clayers_init(llepd_server *srv);
 
 /* Queues `total` bytes to a peer as ClusterData chunks (llepd_cluster_send_bulk: a share is
- * sent from c's copy, step buffers are copied). Returns 0, -ENOTCONN or -ENOMEM. */
-int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step, int kind,
-                           uint32_t index, const void *data, uint64_t total);
+ * sent from c's copy, which stays until c is freed; step buffers are reused by the next step,
+ * so they are copied). Returns 0, -ENOTCONN or -ENOMEM. */
+static inline int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step,
+                                         int kind, uint32_t index, const void *data,
+                                         uint64_t total) {
+    bool share = kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
+
+    return llepd_cluster_send_bulk(c->layer->srv->cluster, c->ids[rank], c->layer->name, step,
+                                   kind, index, data, total, !share, c);
+}
+
 /* ---- steps (cluster-step.c) -------------------------------------------------------------- */
 
-/* Starts or joins a step when this node's submissions allow (sched.c's kick for cluster
+/* Starts or joins a step when this node's submissions allow (scheduler.c's kick for cluster
  * layers). */
 void llepd_cstep_kick(llepd_layer *l);
 /* Peer step messages: ClusterLoads, ClusterPlanHash, ClusterData (not LAYER_WEIGHTS),
@@ -199,9 +186,7 @@ void llepd_cstep_kick(llepd_layer *l);
 void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f);
 /* Fails the step in progress (a peer went down, the layer is going): every node is told. */
 void llepd_cstep_fail(llepd_clayer *c, int r, const char *why);
-/* The communicator's exchange for the step finished (r == 0) or failed (cluster-xnode.c). */
-void llepd_cstep_exchanged(llepd_clayer *c, int r, const char *why);
-/* Sets up and tears down the step state of a layer. */
+/* Sets up (registering c->xn.exchanged) and tears down the step state of a layer. */
 int llepd_cstep_init(llepd_clayer *c);
 void llepd_cstep_fini(llepd_clayer *c);
 
@@ -220,7 +205,7 @@ void llepd_cxnode_engine_ready(llepd_clayer *c);
 void llepd_cxnode_close(llepd_clayer *c, const char *why, bool fast);
 /* What this node reports in its plan hash: the epoch (0: none) and whether it is up. */
 uint64_t llepd_cxnode_epoch(llepd_clayer *c, bool *up);
-/* Starts an exchange for the step; llepd_cstep_exchanged() follows. 0 or -errno, why set. */
+/* Starts an exchange for the step; c->xn.exchanged() follows. 0 or -errno, why set. */
 int llepd_cxnode_exchange(llepd_clayer *c, const llep_xnode_op *ops, uint32_t n, char *why,
                           size_t whylen);
 /* ClusterComm and ClusterCommFail from the node of rank `from`. */

@@ -13,9 +13,11 @@
 #include <string.h>
 
 #include "cluster-layer.h"
-#include "cluster.h"
-#include "layer.h"
 #include "log.h"
+#include "session.h"
+#include "submit.h"
+
+static void exchanged(llepd_clayer *c, int r, const char *why);
 
 #define DEFAULT_DEADLINE_MS 5000u
 /* Once the plan is agreed, only data is awaited: allow for big steps on slow links. */
@@ -138,6 +140,7 @@ static llepd_cstep *step_new(llepd_clayer *c, uint64_t id) {
 }
 
 int llepd_cstep_init(llepd_clayer *c) {
+    c->xn.exchanged = exchanged;
     c->future_loads = calloc((size_t)c->nodes * num_experts(c), sizeof(*c->future_loads));
     c->future_step = calloc(c->nodes, sizeof(*c->future_step));
     c->have_future = calloc(c->nodes, sizeof(*c->have_future));
@@ -235,8 +238,7 @@ static void step_end(llepd_clayer *c, int r, const char *why) {
     step_release(c, st);
     llepd_cstep_kick(l);
     llepd_layer_maybe_destroy(l);
-    llepd_drain_check(srv);
-    llepd_server_check_idle(srv);
+    srv->hooks.work_done(srv);
 }
 
 void llepd_cstep_fail(llepd_clayer *c, int r, const char *why) {
@@ -796,7 +798,7 @@ static void start_exchange(llepd_clayer *c, bool results) {
     }
 }
 
-void llepd_cstep_exchanged(llepd_clayer *c, int r, const char *why) {
+static void exchanged(llepd_clayer *c, int r, const char *why) {
     llepd_cstep *st = c->st;
     char msg[300];
 

@@ -15,8 +15,6 @@
 #include <string.h>
 
 #include "cluster-layer.h"
-#include "cluster.h"
-#include "layer.h"
 #include "log.h"
 
 /* How long joining may take (NCCL connects every rank) before this node gives up. */
@@ -272,7 +270,7 @@ static void on_poll(llepd_clayer *c) {
     if (r < 0) {
         snprintf(why, sizeof(why), "%s", xn->ops->error(xn->x));
         if (exchanging(c))
-            llepd_cstep_exchanged(c, r, why); /* fails the step, which closes the comm */
+            c->xn.exchanged(c, r, why); /* fails the step, which closes the comm */
         else
             fail_comm(c, why);
         return;
@@ -287,7 +285,7 @@ static void on_poll(llepd_clayer *c) {
         return;
     }
     if (exchanging(c))
-        llepd_cstep_exchanged(c, 0, NULL);
+        c->xn.exchanged(c, 0, NULL);
 }
 
 /* ---- messages ---------------------------------------------------------------------------- */
@@ -301,7 +299,7 @@ static void on_comm(llepd_clayer *c, uint32_t from, const Llep__ClusterComm *m) 
         return; /* stale, or not from this layer's origin */
     /* The origin has given the old one up: a step over it cannot finish. */
     if (exchanging(c))
-        llepd_cstep_exchanged(c, -ECONNRESET, "the origin started a new communicator");
+        c->xn.exchanged(c, -ECONNRESET, "the origin started a new communicator");
     if (xn->x || xn->pending)
         llepd_cxnode_close(c, "the origin started a new communicator", false);
     xn->epoch = m->epoch;
@@ -329,7 +327,7 @@ static void on_comm_fail(llepd_clayer *c, const Llep__ClusterCommFail *m) {
     log_warning("cluster layer '%s': communicator epoch %" PRIu64 " failed: %s",
                 c->layer->name, m->epoch, m->message ? m->message : "?");
     if (exchanging(c))
-        llepd_cstep_exchanged(c, -ECONNRESET, m->message ? m->message : "a node failed");
+        c->xn.exchanged(c, -ECONNRESET, m->message ? m->message : "a node failed");
     else
         llepd_cxnode_close(c, m->message ? m->message : "a node failed", false);
 }

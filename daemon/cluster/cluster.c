@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluster-layer.h"
-#include "peer-auth.h"
 #include "llep-config.h"
 #include "log.h"
+#include "peer-auth.h"
+#include "session.h"
 
 /* Connections that have not said hello yet; more than this at once are closed unread. */
 #define MAX_UNIDENTIFIED 16u
@@ -101,6 +101,11 @@ struct llepd_cluster {
     uv_timer_t tick;
     bool ticking;
     llepd_list links;
+    /* Cluster layers (llepd_cluster_set_layer_hooks): the frames they serve, and peers coming
+     * and going. NULL until registered: such frames are then refused. */
+    bool (*layer_serves)(int body);
+    void (*layer_frame)(llepd_server *srv, uint32_t from_id, const Llep__Frame *f);
+    void (*peer_changed)(llepd_server *srv, uint32_t node_id, bool up);
 };
 
 static void link_send(cluster_link *l, const Llep__Frame *f);
@@ -185,7 +190,8 @@ static void link_end(cluster_link *l, const char *why, bool flush) {
             log_warning("peer node %u (%s) down: %s", p->addr.id, p->address, why);
             peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_DOWN);
             if (!cl->closed)
-                llepd_clayer_peer_changed(cl->srv, p->addr.id, false);
+                if (cl->peer_changed)
+                    cl->peer_changed(cl->srv, p->addr.id, false);
         } else {
             log_info("peer node %u (%s): link not up: %s", p->addr.id, p->address, why);
         }
@@ -284,7 +290,8 @@ static void link_up(cluster_link *l, cluster_peer *p) {
     peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_UP);
     log_notice("peer node %u (%s) up (%s %s)", p->addr.id, p->address,
                l->outgoing ? "dialled" : "incoming from", l->remote);
-    llepd_clayer_peer_changed(l->cl->srv, p->addr.id, true);
+    if (l->cl->peer_changed)
+        l->cl->peer_changed(l->cl->srv, p->addr.id, true);
 }
 
 static void send_hello(cluster_link *l) {
@@ -596,8 +603,8 @@ static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
         handle_heartbeat(l, f);
     else if (body == LLEP__FRAME__BODY_HEARTBEAT_REPLY)
         handle_heartbeat_reply(l, f);
-    else if (llepd_clayer_serves(body))
-        llepd_clayer_handle(l->cl->srv, l->peer->addr.id, f);
+    else if (l->cl->layer_serves && l->cl->layer_serves(body))
+        l->cl->layer_frame(l->cl->srv, l->peer->addr.id, f);
     else {
         snprintf(msg, sizeof(msg), "%s %s", llep__frame_body_name(body),
                  body == LLEP__FRAME__BODY_PEER_HELLO ? "sent twice"
@@ -860,6 +867,45 @@ fail:
     return r;
 }
 
+static uint32_t peers_count(const llepd_server *srv) {
+    const llepd_cluster *cl = srv->cluster;
+    return cl && cl->enabled ? cl->npeers : 0;
+}
+
+/* `llepctl peers` (handlers-ctl.c): this node's settings and every peer's link. */
+static void peers_fill(const llepd_server *srv, Llep__PeersReply *pr, Llep__PeerInfo *info) {
+    const llepd_cluster *cl = srv->cluster;
+    uint64_t now = llepd_now_ns();
+
+    if (!cl || !cl->enabled)
+        return;
+    pr->clustered = true;
+    pr->node_id = cl->node_id;
+    pr->listen_address = (char *)cl->listen_address;
+    pr->heartbeat_ms = (uint32_t)(cl->heartbeat_ns / 1000000u);
+    pr->timeout_ms = (uint32_t)(cl->timeout_ns / 1000000u);
+    pr->authenticated = cl->auth;
+    for (uint32_t i = 0; i < cl->npeers; i++) {
+        const cluster_peer *p = &cl->peers[i];
+        Llep__PeerInfo *pi = &info[i];
+
+        llep__peer_info__init(pi);
+        pi->node_id = p->addr.id;
+        pi->address = (char *)p->address;
+        pi->state = p->state;
+        pi->outgoing = p->outgoing;
+        pi->rtt_last_ns = p->rtt_last_ns;
+        pi->rtt_smoothed_ns = p->rtt_srtt_ns;
+        pi->bytes_sent = p->bytes_sent;
+        pi->bytes_received = p->bytes_received;
+        pi->seen = p->seen;
+        pi->last_seen_us = p->seen ? (now - p->last_seen_ns) / 1000u : 0;
+        pi->state_us = (now - p->state_since_ns) / 1000u;
+        pi->links_up = p->links_up;
+        pi->last_error = (char *)p->last_error;
+    }
+}
+
 int llepd_cluster_init(llepd_server *srv, char *err, size_t errlen) {
     const llep_config *cfg = &srv->cfg;
     const llep_peer_addr *listen_addr = llep__config_listen_addr(cfg);
@@ -871,6 +917,8 @@ int llepd_cluster_init(llepd_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    srv->hooks.peers_count = peers_count;
+    srv->hooks.peers_fill = peers_fill;
     cl->srv = srv;
     cl->loop = srv->loop;
     llepd_list_init(&cl->links);
@@ -1096,54 +1144,14 @@ int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f
 
 /* ---- llepctl peers ----------------------------------------------------------------------- */
 
-void llepd_handle_peers(llepd_session *s, const Llep__Frame *f) {
-    llepd_cluster *cl = s->srv->cluster;
-    Llep__PeersReply pr = LLEP__PEERS_REPLY__INIT;
-    Llep__Frame out = LLEP__FRAME__INIT;
-    uint32_t n = cl && cl->enabled ? cl->npeers : 0;
-    Llep__PeerInfo *info = calloc(n + 1, sizeof(*info));
-    Llep__PeerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
-    uint64_t now = llepd_now_ns();
-
-    pr.message = (char *)"";
-    if (!info || !ptrs) {
-        pr.status = LLEP__STATUS__STATUS_NO_MEMORY;
-        pr.message = (char *)"llepd is out of memory";
-        n = 0;
-    } else if (cl && cl->enabled) {
-        pr.clustered = true;
-        pr.node_id = cl->node_id;
-        pr.listen_address = cl->listen_address;
-        pr.heartbeat_ms = (uint32_t)(cl->heartbeat_ns / 1000000u);
-        pr.timeout_ms = (uint32_t)(cl->timeout_ns / 1000000u);
-        pr.authenticated = cl->auth;
-    }
-    for (uint32_t i = 0; i < n; i++) {
-        const cluster_peer *p = &cl->peers[i];
-        Llep__PeerInfo *pi = &info[i];
-
-        llep__peer_info__init(pi);
-        pi->node_id = p->addr.id;
-        pi->address = (char *)p->address;
-        pi->state = p->state;
-        pi->outgoing = p->outgoing;
-        pi->rtt_last_ns = p->rtt_last_ns;
-        pi->rtt_smoothed_ns = p->rtt_srtt_ns;
-        pi->bytes_sent = p->bytes_sent;
-        pi->bytes_received = p->bytes_received;
-        pi->seen = p->seen;
-        pi->last_seen_us = p->seen ? (now - p->last_seen_ns) / 1000u : 0;
-        pi->state_us = (now - p->state_since_ns) / 1000u;
-        pi->links_up = p->links_up;
-        pi->last_error = (char *)p->last_error;
-        ptrs[i] = pi;
-    }
-    pr.n_peers = n;
-    pr.peers = ptrs;
-    out.id = f->id;
-    out.body_case = LLEP__FRAME__BODY_PEERS_REPLY;
-    out.peers_reply = &pr;
-    llepd_session_send(s, &out);
-    free(info);
-    free(ptrs);
+void llepd_cluster_set_layer_hooks(llepd_cluster *cl, bool (*serves)(int body),
+                                   void (*frame)(llepd_server *srv, uint32_t from_id,
+                                                 const Llep__Frame *f),
+                                   void (*peer_changed)(llepd_server *srv, uint32_t node_id,
+                                                        bool up)) {
+    if (!cl)
+        return;
+    cl->layer_serves = serves;
+    cl->layer_frame = frame;
+    cl->peer_changed = peer_changed;
 }

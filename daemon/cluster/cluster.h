@@ -28,8 +28,8 @@
 
 typedef struct llepd_cluster llepd_cluster;
 
-/* Sets up membership from srv->cfg and stores it in srv->cluster: listens for peer links and
- * starts dialling the peers with higher ids. A daemon without --node-id gets a cluster that
+/* Sets up membership from srv->cfg and stores it in srv->cluster (and `llepctl peers` in
+ * srv->hooks): listens for peer links and starts dialling the peers with higher ids. A daemon without --node-id gets a cluster that
  * does nothing (llepctl peers says so). Returns 0, or a negative errno with a sentence in err
  * (the peer address cannot be bound, ...); on error srv->cluster is still set, for
  * llepd_cluster_fini(). */
@@ -66,7 +66,13 @@ int llepd_cluster_send_bulk(llepd_cluster *cl, uint32_t node_id, const char *lay
 /* Drops the bulk data queued with tag that has not gone out yet (on every link). */
 void llepd_cluster_cancel_bulk(llepd_cluster *cl, const void *tag);
 
-/* `llepctl peers` (PeersRequest), from handlers.c's table. */
-void llepd_handle_peers(llepd_session *s, const Llep__Frame *f);
+/* Cluster layers register what they serve (cluster-layer.c, at set-up): the peer frames for
+ * which serves(body) is true go to frame(), and peer links coming up or going down to
+ * peer_changed(). */
+void llepd_cluster_set_layer_hooks(llepd_cluster *cl, bool (*serves)(int body),
+                                   void (*frame)(llepd_server *srv, uint32_t from_id,
+                                                 const Llep__Frame *f),
+                                   void (*peer_changed)(llepd_server *srv, uint32_t node_id,
+                                                        bool up));
 
 #endif

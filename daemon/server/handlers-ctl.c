@@ -1,5 +1,5 @@
 /* Handlers of llepctl's requests: devices, layers, experts, plan, stats, set and drain. They
- * only read the loop thread's copies of the figures (sched.c updates them after each step),
+ * only read the loop thread's copies of the figures (scheduler.c updates them after each step),
  * never an engine a step may be using. */
 #include <errno.h>
 #include <stdio.h>
@@ -7,28 +7,12 @@
 #include <string.h>
 
 #include "handlers.h"
-#include "cluster-layer.h"
+
 #include "layer.h"
 #include "log.h"
-#include "server.h"
+#include "session.h"
 
 #define MSG_MAX 512
-
-static void reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body, void *msg) {
-    Llep__Frame f = LLEP__FRAME__INIT;
-
-    f.id = id;
-    f.body_case = body;
-    f.status_reply = msg; /* the oneof's members share one slot */
-    llepd_session_send(s, &f);
-}
-
-/* Native weight bytes a layer holds on each device. */
-static uint64_t layer_held(const llepd_layer *l) {
-    if (!l->engine)
-        return 0;
-    return llep__engine_expert_bytes(l->engine) * (l->desc.num_experts / l->srv->devices);
-}
 
 void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
     llepd_server *srv = s->srv;
@@ -47,7 +31,7 @@ void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
     if (!info || !ptrs || !names || !fe || !fep) {
         dr.status = LLEP__STATUS__STATUS_NO_MEMORY;
         dr.message = (char *)"llepd is out of memory";
-        reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
         goto out;
     }
     uint32_t k = 0;
@@ -64,7 +48,7 @@ void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
         di->foreign_experts = &fep[k];
         for (uint32_t i = 0; i < srv->nlayers; i++) {
             const llepd_layer *l = srv->layers[i];
-            di->memory_used += layer_held(l);
+            di->memory_used += llepd_layer_held(l);
             if (!srv->device_memory && l->engine)
                 di->memory_budget += l->last_dev[d].budget_bytes;
             if (!l->have_plan)
@@ -86,7 +70,7 @@ void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
     dr.message = (char *)"";
     dr.n_devices = np;
     dr.devices = ptrs;
-    reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
 out:
     free(info);
     free(ptrs);
@@ -124,25 +108,14 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
         info[k].steps = l->steps;
         info[k].weight_bytes = l->engine ? llep__engine_expert_bytes(l->engine) *
                                                l->desc.num_experts : 0;
-        if (l->cluster) {
-            const llepd_clayer *c = l->cluster;
-            info[k].nodes = c->nodes;
-            info[k].origin = c->ids[c->origin];
-            info[k].internode_rows = c->internode_rows;
-            info[k].internode_bytes = c->internode_bytes;
-            info[k].internode_weights = c->internode_weights;
-            info[k].failed_steps = c->failed_steps;
-            info[k].cluster_state = (char *)c->state;
-            info[k].internode_transport = (char *)llepd_cxnode_describe(c, transport[k],
-                                                                        sizeof(transport[k]));
-            info[k].communicator_steps = c->xn.steps;
-        }
+        if (l->ops)
+            l->ops->describe(l, &info[k], transport[k], sizeof(transport[k]));
         ptrs[k] = &info[k];
         k++;
     }
     lr.n_layers = k;
     lr.layers = ptrs;
-    reply(s, f->id, LLEP__FRAME__BODY_LAYERS_REPLY, &lr);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYERS_REPLY, &lr);
     free(info);
     free(ptrs);
     free(descs);
@@ -167,7 +140,7 @@ void llepd_handle_experts(llepd_session *s, const Llep__Frame *f) {
     er.message = err;
     if (!l) {
         er.status = LLEP__STATUS__STATUS_NOT_FOUND;
-        reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
         return;
     }
     uint32_t n = l->desc.num_experts;
@@ -175,7 +148,7 @@ void llepd_handle_experts(llepd_session *s, const Llep__Frame *f) {
     if (!sum) {
         er.status = LLEP__STATUS__STATUS_NO_MEMORY;
         snprintf(err, sizeof(err), "llepd is out of memory");
-        reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
         return;
     }
     uint32_t w = l->steps < LLEPD_LOAD_WINDOW ? (uint32_t)l->steps : LLEPD_LOAD_WINDOW;
@@ -188,7 +161,7 @@ void llepd_handle_experts(llepd_session *s, const Llep__Frame *f) {
     er.loads = sum;
     er.n_last_loads = l->steps ? n : 0;
     er.last_loads = l->last_loads;
-    reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
     free(sum);
 }
 
@@ -203,12 +176,12 @@ void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
     pr.message = err;
     if (!l) {
         pr.status = LLEP__STATUS__STATUS_NOT_FOUND;
-        reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
         return;
     }
     pr.layer = l->name;
     if (!l->have_plan) {
-        reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr); /* step 0, no plan yet */
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr); /* step 0, no plan yet */
         return;
     }
     const llep_plan *p = &l->last_plan;
@@ -219,7 +192,7 @@ void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
     if (!ranges || !rp || !xfers || !xp) {
         pr.status = LLEP__STATUS__STATUS_NO_MEMORY;
         snprintf(err, sizeof(err), "llepd is out of memory");
-        reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
         goto out;
     }
     for (uint32_t e = 0; e < p->num_experts; e++)
@@ -251,7 +224,7 @@ void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
     plan.transfers = xp;
     pr.step = l->last_plan_step;
     pr.plan = &plan;
-    reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
 out:
     free(ranges);
     free(rp);
@@ -309,7 +282,7 @@ void llepd_handle_stats(llepd_session *s, const Llep__Frame *f) {
     }
     sr.n_layers = k;
     sr.layers = lp;
-    reply(s, f->id, LLEP__FRAME__BODY_STATS_REPLY, &sr);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_STATS_REPLY, &sr);
     free(ls);
     free(lp);
 }
@@ -369,12 +342,8 @@ void llepd_handle_set(llepd_session *s, const Llep__Frame *f) {
 
     if (rq->layer && rq->layer[0] && !(l = named_layer(s, rq->layer, err, sizeof(err))))
         r = -ENOENT;
-    if (r == 0 && l && l->cluster && l->cluster->rank != l->cluster->origin) {
-        /* Every node plans a cluster step with the origin's parameters. */
-        r = -EINVAL;
-        snprintf(err, sizeof(err), "cluster layer '%s' plans with the parameters of its origin, "
-                 "node %u: set them there", l->name, l->cluster->ids[l->cluster->origin]);
-    }
+    if (r == 0 && l && l->ops)
+        r = l->ops->may_set(l, err, sizeof(err));
     if (r == 0)
         r = llep__setting_parse(rq->key ? rq->key : "", rq->value ? rq->value : "", &st, err,
                                 sizeof(err));
@@ -387,65 +356,39 @@ void llepd_handle_set(llepd_session *s, const Llep__Frame *f) {
     sr.status = llep__status_from_errno(r);
     sr.message = err;
     sr.value = value;
-    reply(s, f->id, LLEP__FRAME__BODY_SET_REPLY, &sr);
-}
-
-typedef struct llepd_drain_waiter {
-    llepd_session *s;
-    uint64_t frame_id;
-    uint64_t steps_at_start;
-    uint32_t refused_at_start;
-} llepd_drain_waiter;
-
-/* Answers the drain requests once no step runs or waits. */
-void llepd_drain_check(llepd_server *srv) {
-    if (!srv->ndrain_waiters || srv->running_steps || srv->running_creates)
-        return;
-    for (uint32_t i = 0; i < srv->nlayers; i++)
-        if (srv->layers[i]->queued)
-            return;
-    for (uint32_t i = 0; i < srv->ndrain_waiters; i++) {
-        llepd_drain_waiter *w = &srv->drain_waiters[i];
-        Llep__DrainReply dr = LLEP__DRAIN_REPLY__INIT;
-        dr.message = (char *)"";
-        dr.steps_finished = (uint32_t)(srv->steps - w->steps_at_start);
-        dr.submissions_refused = srv->refused - w->refused_at_start;
-        reply(w->s, w->frame_id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
-        llepd_session_unref(w->s);
-    }
-    srv->ndrain_waiters = 0;
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_SET_REPLY, &sr);
 }
 
 void llepd_handle_drain(llepd_session *s, const Llep__Frame *f) {
-    llepd_server *srv = s->srv;
-    llepd_drain_waiter *v = realloc(srv->drain_waiters,
-                                    (srv->ndrain_waiters + 1) * sizeof(*v));
-
-    if (!v) {
+    if (llepd_server_drain(s->srv, s, f->id) < 0) {
         Llep__DrainReply dr = LLEP__DRAIN_REPLY__INIT;
         dr.status = LLEP__STATUS__STATUS_NO_MEMORY;
         dr.message = (char *)"llepd is out of memory";
-        reply(s, f->id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
-        return;
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
     }
-    srv->drain_waiters = v;
-    v[srv->ndrain_waiters++] = (llepd_drain_waiter){ s, f->id, srv->steps, srv->refused };
-    llepd_session_ref(s);
-    if (!srv->draining) {
-        srv->draining = true;
-        log_notice("draining on request of client %llu (uid %u)", (unsigned long long)s->id,
-                   (unsigned)s->cred.uid);
-        Llep__Notice notice = LLEP__NOTICE__INIT;
-        Llep__Frame nf = LLEP__FRAME__INIT;
-        notice.status = LLEP__STATUS__STATUS_SHUTTING_DOWN;
-        notice.message = (char *)"llepd is draining: no new submissions or layers";
-        nf.body_case = LLEP__FRAME__BODY_NOTICE;
-        nf.notice = &notice;
-        for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next) {
-            llepd_session *o = llepd_container_of(i, llepd_session, link);
-            if (o->kind == LLEP__PEER_KIND__PEER_KIND_CLIENT)
-                llepd_session_send(o, &nf);
-        }
+}
+
+/* `llepctl peers`: the cluster's links (hooks.peers_*), or "not clustered". */
+void llepd_handle_peers(llepd_session *s, const Llep__Frame *f) {
+    const llepd_server *srv = s->srv;
+    Llep__PeersReply pr = LLEP__PEERS_REPLY__INIT;
+    uint32_t n = srv->hooks.peers_count ? srv->hooks.peers_count(srv) : 0;
+    Llep__PeerInfo *info = calloc(n + 1, sizeof(*info));
+    Llep__PeerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
+
+    pr.message = (char *)"";
+    if (!info || !ptrs) {
+        pr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        pr.message = (char *)"llepd is out of memory";
+        n = 0;
+    } else if (srv->hooks.peers_fill) {
+        srv->hooks.peers_fill(srv, &pr, info);
     }
-    llepd_drain_check(srv);
+    for (uint32_t i = 0; i < n; i++)
+        ptrs[i] = &info[i];
+    pr.n_peers = n;
+    pr.peers = ptrs;
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PEERS_REPLY, &pr);
+    free(info);
+    free(ptrs);
 }

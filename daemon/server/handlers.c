@@ -7,13 +7,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cluster.h"
 #include "handlers.h"
-#include "cluster-layer.h"
+
 #include "layer.h"
 #include "llep-config.h"
 #include "log.h"
-#include "server.h"
+#include "session.h"
 #include "validate.h"
 
 #define MSG_MAX 512
@@ -28,24 +27,6 @@ typedef struct handler {
     handler_fn fn;
     int who;
 } handler;
-
-static void reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body, void *msg) {
-    Llep__Frame f = LLEP__FRAME__INIT;
-
-    f.id = id;
-    f.body_case = body;
-    /* Every body member of the oneof shares one storage slot. */
-    f.hello_reply = msg;
-    llepd_session_send(s, &f);
-}
-
-static void reply_error(llepd_session *s, uint64_t id, int err, const char *msg) {
-    Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
-
-    er.status = llep__status_from_errno(err);
-    er.message = (char *)msg;
-    reply(s, id, LLEP__FRAME__BODY_ERROR, &er);
-}
 
 /* ---- connection set-up ------------------------------------------------------------------- */
 
@@ -68,7 +49,7 @@ static void handle_hello(llepd_session *s, const Llep__Frame *f) {
     }
     hr.status = llep__status_from_errno(r);
     hr.message = err;
-    reply(s, f->id, LLEP__FRAME__BODY_HELLO_REPLY, &hr);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_HELLO_REPLY, &hr);
     if (r < 0) {
         llepd_session_close(s, err);
         return;
@@ -105,7 +86,7 @@ static void handle_arena_setup(llepd_session *s, const Llep__Frame *f) {
     ar.status = llep__status_from_errno(r);
     ar.message = err;
     if (r < 0) {
-        reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &ar);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &ar);
         return;
     }
     llep__arena_reply_set_geom(&ar, &s->arena.geom);
@@ -123,7 +104,7 @@ static void handle_arena_setup(llepd_session *s, const Llep__Frame *f) {
         busy.status = LLEP__STATUS__STATUS_INVALID;
         busy.message = (char *)"replies to this client are still queued on the socket; read "
                                "them and ask for the arena again";
-        reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &busy);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &busy);
     } else if (r < 0) {
         snprintf(err, sizeof(err), "could not pass the arena descriptors: %s", strerror(-r));
         llepd_session_close(s, err);
@@ -160,7 +141,7 @@ static void send_layer_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCas
         lr.created = created;
         lr.desc = &d;
     }
-    reply(s, id, body, &lr);
+    llepd_session_reply(s, id, body, &lr);
 }
 
 typedef struct attach_waiter {
@@ -169,8 +150,9 @@ typedef struct attach_waiter {
     uint64_t frame_id;
 } attach_waiter;
 
-void llepd_layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id, int status,
-                         const char *msg) {
+/* hooks.layer_created: a creation ended; replies to the creator and the waiting attaches. */
+static void layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame_id, int status,
+                          const char *msg) {
     char err[MSG_MAX];
 
     if (status == 0 && creator && creator->state != SESSION_CLOSING &&
@@ -202,6 +184,15 @@ void llepd_layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame_
     }
 }
 
+/* A cluster-scope layer needs the cluster of this daemon (--node-id and --peers). */
+static int cluster_layer_new(llepd_server *srv, llepd_layer *l, char *err, size_t errlen) {
+    if (!srv->hooks.cluster_layer_new) {
+        snprintf(err, errlen, "scope cluster needs a clustered llepd (--node-id and --peers)");
+        return -EINVAL;
+    }
+    return srv->hooks.cluster_layer_new(l, err, errlen);
+}
+
 static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
     const Llep__LayerCreate *lc = f->layer_create;
     char err[MSG_MAX] = "";
@@ -228,7 +219,7 @@ static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
         snprintf(err, sizeof(err), "llepd is out of memory");
     }
     if (r == 0 && lc->desc->scope == LLEP__SCOPE__SCOPE_CLUSTER)
-        r = llepd_clayer_new_origin(l, err, sizeof(err));
+        r = cluster_layer_new(s->srv, l, err, sizeof(err));
     if (r < 0 && l) {
         l->creating = false;
         l->dead = true;
@@ -248,7 +239,7 @@ static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
         Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
         lr.status = llep__status_from_errno(r);
         lr.message = err;
-        reply(s, f->id, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, &lr);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, &lr);
     }
 }
 
@@ -276,7 +267,7 @@ static void handle_layer_attach(llepd_session *s, const Llep__Frame *f) {
             w->frame_id = f->id;
             llepd_session_ref(s);
             llepd_list_append(&l->attach_waiters, &w->link);
-            return; /* answered by llepd_layer_created() */
+            return; /* answered by layer_created() */
         }
         r = -ENOMEM;
     }
@@ -288,7 +279,7 @@ static void handle_layer_attach(llepd_session *s, const Llep__Frame *f) {
         Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
         lr.status = llep__status_from_errno(r);
         lr.message = err;
-        reply(s, f->id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, &lr);
+        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, &lr);
         return;
     }
     send_layer_reply(s, f->id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, l, 0, "", false);
@@ -312,7 +303,7 @@ static void handle_layer_release(llepd_session *s, const Llep__Frame *f) {
             llepd_layer_unref(l);
     }
     rr.message = err;
-    reply(s, f->id, LLEP__FRAME__BODY_LAYER_RELEASE_REPLY, &rr);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYER_RELEASE_REPLY, &rr);
 }
 
 /* ---- inspection (llepctl) ---------------------------------------------------------------- */
@@ -334,7 +325,7 @@ static void handle_status(llepd_session *s, const Llep__Frame *f) {
         sr.layers += !srv->layers[i]->dead;
     sr.draining = srv->draining;
     sr.pid = (uint32_t)getpid();
-    reply(s, f->id, LLEP__FRAME__BODY_STATUS_REPLY, &sr);
+    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_STATUS_REPLY, &sr);
 }
 
 static const handler handlers[] = {
@@ -353,7 +344,7 @@ static const handler handlers[] = {
     { LLEP__FRAME__BODY_PEERS, llepd_handle_peers, ANY },
 };
 
-void llepd_handle_frame(llepd_session *s, const Llep__Frame *f) {
+static void handle_frame(llepd_session *s, const Llep__Frame *f) {
     char err[MSG_MAX];
 
     if (s->state == SESSION_HELLO || f->body_case == LLEP__FRAME__BODY_HELLO) {
@@ -367,13 +358,13 @@ void llepd_handle_frame(llepd_session *s, const Llep__Frame *f) {
         if ((h->who & CLIENT) && s->kind != LLEP__PEER_KIND__PEER_KIND_CLIENT) {
             snprintf(err, sizeof(err), "%s is for clients; this connection said it is llepctl",
                      llep__frame_body_name(f->body_case));
-            reply_error(s, f->id, -EPROTO, err);
+            llepd_session_reply_error(s, f->id, -EPROTO, err);
             return;
         }
         if ((h->who & ADMIN) && !s->admin) {
             snprintf(err, sizeof(err), "%s needs root or membership of group llep (uid %u)",
                      llep__frame_body_name(f->body_case), (unsigned)s->cred.uid);
-            reply_error(s, f->id, -EPERM, err);
+            llepd_session_reply_error(s, f->id, -EPERM, err);
             return;
         }
         h->fn(s, f);
@@ -381,5 +372,10 @@ void llepd_handle_frame(llepd_session *s, const Llep__Frame *f) {
     }
     snprintf(err, sizeof(err), "%s is not a request llepd serves",
              llep__frame_body_name(f->body_case));
-    reply_error(s, f->id, -EPROTO, err);
+    llepd_session_reply_error(s, f->id, -EPROTO, err);
+}
+
+void llepd_handlers_init(llepd_server *srv) {
+    srv->hooks.frame = handle_frame;
+    srv->hooks.layer_created = layer_created;
 }

@@ -1,9 +1,15 @@
-/* Handlers of llepctl's requests (handlers-ctl.c), dispatched from handlers.c's table. */
+/* The request handlers: one per request body, dispatched from a table that also says who may
+ * send it (handlers.c: connection set-up and layers; handlers-ctl.c: llepctl's requests). */
 #ifndef LLEPD_HANDLERS_H
 #define LLEPD_HANDLERS_H
 
+#include "frame.h"
 #include "server.h"
 
+/* Registers hooks.frame (every decoded frame) and hooks.layer_created. */
+void llepd_handlers_init(llepd_server *srv);
+
+/* llepctl's requests (handlers-ctl.c), in handlers.c's table. */
 void llepd_handle_devices(llepd_session *s, const Llep__Frame *f);
 void llepd_handle_layers(llepd_session *s, const Llep__Frame *f);
 void llepd_handle_experts(llepd_session *s, const Llep__Frame *f);
@@ -11,5 +17,6 @@ void llepd_handle_plan(llepd_session *s, const Llep__Frame *f);
 void llepd_handle_stats(llepd_session *s, const Llep__Frame *f);
 void llepd_handle_set(llepd_session *s, const Llep__Frame *f);
 void llepd_handle_drain(llepd_session *s, const Llep__Frame *f);
+void llepd_handle_peers(llepd_session *s, const Llep__Frame *f);
 
 #endif

@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluster-layer.h"
 #include "layer.h"
+
 #include "log.h"
+#include "session.h"
 #include "validate.h"
 
 llepd_layer *llepd_layer_find(llepd_server *srv, const char *name) {
@@ -28,7 +29,8 @@ llepd_layer *llepd_layer_by_id(llepd_server *srv, uint32_t id) {
 static void on_timer_closed(uv_handle_t *h) {
     llepd_layer *l = h->data;
 
-    llepd_clayer_free(l); /* before the engine its part borrows */
+    if (l->ops)
+        l->ops->free(l); /* before the engine its scope may borrow */
     llep__engine_free(l->engine);
     if (l->have_plan)
         llep__plan_fini(&l->last_plan);
@@ -71,6 +73,16 @@ void llepd_layer_unref(llepd_layer *l) {
     llepd_layer_maybe_destroy(l);
 }
 
+void llepd_layer_close_all(llepd_server *srv) {
+    for (uint32_t i = 0; i < srv->nlayers; i++) {
+        llepd_layer *l = srv->layers[i];
+        if (!uv_is_closing((uv_handle_t *)&l->group_timer))
+            uv_close((uv_handle_t *)&l->group_timer, NULL);
+        if (l->ops)
+            l->ops->close(l);
+    }
+}
+
 void llepd_layer_free_all(llepd_server *srv) {
     while (srv->nlayers > 0) {
         llepd_layer *l = srv->layers[srv->nlayers - 1];
@@ -107,19 +119,23 @@ void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {
     ret->policy = (Llep__Policy)pp.policy;
 }
 
-/* Experts of the layer on this node: all of them, or a cluster layer's share. */
+/* Experts of the layer on this node: all of them, or its scope's share. */
 static uint32_t local_experts(const llepd_layer *l) {
-    return l->cluster ? l->cluster->local_experts : l->desc.num_experts;
+    return l->ops ? l->ops->local_experts(l) : l->desc.num_experts;
+}
+
+uint64_t llepd_layer_held(const llepd_layer *l) {
+    if (!l->engine)
+        return 0;
+    return llep__engine_expert_bytes(l->engine) * (local_experts(l) / l->srv->devices);
 }
 
 uint64_t llepd_layer_others_held(const llepd_server *srv, const llepd_layer *self) {
     uint64_t sum = 0;
 
-    for (uint32_t i = 0; i < srv->nlayers; i++) {
-        const llepd_layer *o = srv->layers[i];
-        if (o != self && o->engine)
-            sum += llep__engine_expert_bytes(o->engine) * (local_experts(o) / srv->devices);
-    }
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        if (srv->layers[i] != self)
+            sum += llepd_layer_held(srv->layers[i]);
     return sum;
 }
 
@@ -189,7 +205,7 @@ typedef struct create_work {
 static void create_run(uv_work_t *req) {
     create_work *w = req->data;
     w->r = llep__engine_new(&w->cfg, &w->engine, w->err, sizeof(w->err));
-    if (w->r == 0 && w->layer->cluster && llepd_clayer_pack_shares(w->layer, &w->full) < 0) {
+    if (w->r == 0 && w->layer->ops && w->layer->ops->pack(w->layer, &w->full) < 0) {
         w->r = -ENOMEM;
         snprintf(w->err, sizeof(w->err), "out of host memory for the other nodes' shares");
         llep__engine_free(w->engine);
@@ -210,23 +226,23 @@ static void create_done(uv_work_t *req, int status) {
     srv->running_creates--;
     s->creating--;
     l->creating = false;
-    if (status == 0 && w->r == 0 && l->cluster) {
+    if (status == 0 && w->r == 0 && l->ops) {
         l->engine = w->engine;
-        llepd_clayer_origin_created(l, s, w->frame_id); /* answers when the nodes have */
+        l->ops->created(l, s, w->frame_id); /* answers when its scope can */
     } else if (status == 0 && w->r == 0) {
         l->engine = w->engine;
         log_info("layer '%s' created (N=%u K=%u D=%u H=%u) by client %llu", l->name,
                  l->desc.num_experts, l->desc.top_k, l->desc.hidden, l->desc.inter,
                  (unsigned long long)s->id);
-        llepd_layer_created(l, s, w->frame_id, 0, NULL);
+        srv->hooks.layer_created(l, s, w->frame_id, 0, NULL);
     } else {
         int r = status < 0 ? -ECANCELED : w->r;
         log_warning("layer '%s': creation failed: %s", l->name, w->err);
-        llepd_layer_created(l, s, w->frame_id, r, w->err);
+        srv->hooks.layer_created(l, s, w->frame_id, r, w->err);
     }
     llepd_session_unref(s);
     free(w);
-    llepd_server_check_idle(srv);
+    srv->hooks.work_done(srv);
 }
 
 void llepd_layer_engine_config(const llepd_layer *l, llep_engine_config *cfg) {
@@ -265,9 +281,9 @@ int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id
     w->cfg.b_gate = tensor(s, lc->b_gate);
     w->cfg.b_up = tensor(s, lc->b_up);
     w->cfg.b_down = tensor(s, lc->b_down);
-    if (l->cluster) {
+    if (l->ops) {
         w->full = w->cfg;
-        llepd_clayer_share_config(l, &w->cfg);
+        l->ops->share_config(l, &w->cfg);
     }
     w->layer = l;
     w->session = s;

@@ -9,7 +9,9 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
+#include "layer.h"
 #include "log.h"
+#include "session.h"
 
 /* The figures `llepctl status` shows, counted the same way: sessions that said Hello as
  * clients (not llepctl), and layers not already released by their last holder. */

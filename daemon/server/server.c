@@ -1,4 +1,5 @@
-/* The server: the listening socket, the daemon-wide state and an orderly stop. */
+/* The server: the listening socket, the daemon-wide state, drains and an orderly stop
+ * (server.h). */
 #include "server.h"
 
 #include <errno.h>
@@ -8,45 +9,24 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "cluster-layer.h"
 #include "layer.h"
 #include "log.h"
+#include "scheduler.h"
+#include "session.h"
+#include "submit.h"
 
-uint64_t llepd_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-void llepd_latency_add(llepd_latency *l, uint64_t us) {
-    l->us[l->count % LLEPD_LAT_SAMPLES] = us;
-    l->count++;
-}
-
-static int cmp_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Sorting a copy of at most 4096 samples per llepctl request costs far less than the request. */
-uint64_t llepd_latency_percentile(const llepd_latency *l, double p) {
-    uint64_t n = l->count < LLEPD_LAT_SAMPLES ? l->count : LLEPD_LAT_SAMPLES;
-    uint64_t tmp[LLEPD_LAT_SAMPLES];
-
-    if (n == 0)
-        return 0;
-    memcpy(tmp, l->us, n * sizeof(*tmp));
-    qsort(tmp, n, sizeof(*tmp), cmp_u64);
-    uint64_t i = (uint64_t)(p / 100.0 * (double)(n - 1) + 0.5);
-    return tmp[i < n ? i : n - 1];
-}
+static void session_closing(llepd_session *s);
+static void work_done(llepd_server *srv);
 
 int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg, char *err,
                       size_t errlen) {
     memset(srv, 0, sizeof(*srv));
+    srv->hooks.session_closing = session_closing;
+    srv->hooks.work_done = work_done;
+    llepd_sched_init(srv);
+    llepd_submit_init(srv);
     srv->loop = loop;
     srv->cfg = *cfg;
     srv->cfg.socket_path = NULL;   /* owned by the caller's config; we keep our own copy */
@@ -190,24 +170,96 @@ static void close_all_sessions(llepd_server *srv, const char *why) {
     }
 }
 
-static void close_layer_timers(llepd_server *srv) {
-    for (uint32_t i = 0; i < srv->nlayers; i++) {
-        llepd_layer *l = srv->layers[i];
-        if (!uv_is_closing((uv_handle_t *)&l->group_timer))
-            uv_close((uv_handle_t *)&l->group_timer, NULL);
-        llepd_clayer_close_timers(l);
+/* Queued submissions of a closing session are dropped and its layer references go. */
+static void session_closing(llepd_session *s) {
+    llepd_sched_drop_session(s->srv, s);
+    for (uint32_t i = 0; i < s->nlayers; i++) {
+        llepd_layer *l = llepd_layer_by_id(s->srv, s->layers[i]);
+        if (l)
+            llepd_layer_unref(l);
+    }
+    s->nlayers = 0;
+}
+
+/* ---- drains ------------------------------------------------------------------------------ */
+
+typedef struct llepd_drain_waiter {
+    llepd_session *s;
+    uint64_t frame_id;
+    uint64_t steps_at_start;
+    uint32_t refused_at_start;
+} llepd_drain_waiter;
+
+static bool busy(const llepd_server *srv) {
+    if (srv->running_steps || srv->running_creates)
+        return true;
+    for (uint32_t i = 0; i < srv->nlayers; i++)
+        if (srv->layers[i]->queued)
+            return true; /* accepted work still runs before a drain is answered */
+    return false;
+}
+
+/* Answers the drain requests once no step runs or waits. */
+static void answer_drains(llepd_server *srv) {
+    for (uint32_t i = 0; i < srv->ndrain_waiters; i++) {
+        llepd_drain_waiter *w = &srv->drain_waiters[i];
+        Llep__DrainReply dr = LLEP__DRAIN_REPLY__INIT;
+        dr.message = (char *)"";
+        dr.steps_finished = (uint32_t)(srv->steps - w->steps_at_start);
+        dr.submissions_refused = srv->refused - w->refused_at_start;
+        llepd_session_reply(w->s, w->frame_id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
+        llepd_session_unref(w->s);
+    }
+    srv->ndrain_waiters = 0;
+}
+
+static void tell_clients_draining(llepd_server *srv) {
+    Llep__Notice notice = LLEP__NOTICE__INIT;
+    Llep__Frame nf = LLEP__FRAME__INIT;
+
+    notice.status = LLEP__STATUS__STATUS_SHUTTING_DOWN;
+    notice.message = (char *)"llepd is draining: no new submissions or layers";
+    nf.body_case = LLEP__FRAME__BODY_NOTICE;
+    nf.notice = &notice;
+    for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next) {
+        llepd_session *o = llepd_container_of(i, llepd_session, link);
+        if (o->kind == LLEP__PEER_KIND__PEER_KIND_CLIENT)
+            llepd_session_send(o, &nf);
     }
 }
 
-void llepd_server_check_idle(llepd_server *srv) {
-    if (!srv->stopping || srv->running_steps || srv->running_creates)
+int llepd_server_drain(llepd_server *srv, llepd_session *s, uint64_t frame_id) {
+    llepd_drain_waiter *v = realloc(srv->drain_waiters,
+                                    (srv->ndrain_waiters + 1) * sizeof(*v));
+
+    if (!v)
+        return -ENOMEM;
+    srv->drain_waiters = v;
+    v[srv->ndrain_waiters++] = (llepd_drain_waiter){ s, frame_id, srv->steps, srv->refused };
+    llepd_session_ref(s);
+    if (!srv->draining) {
+        srv->draining = true;
+        log_notice("draining on request of client %llu (uid %u)", (unsigned long long)s->id,
+                   (unsigned)s->cred.uid);
+        tell_clients_draining(srv);
+    }
+    work_done(srv);
+    return 0;
+}
+
+/* ---- stopping ---------------------------------------------------------------------------- */
+
+/* Called whenever a step or creation finishes or work is dropped: answers drains once nothing
+ * runs or waits, and when stopping and idle ends the loop. */
+static void work_done(llepd_server *srv) {
+    if (busy(srv))
         return;
-    for (uint32_t i = 0; i < srv->nlayers; i++)
-        if (srv->layers[i]->queued)
-            return; /* accepted work still runs before the daemon goes */
-    llepd_drain_check(srv);
+    if (srv->ndrain_waiters)
+        answer_drains(srv);
+    if (!srv->stopping)
+        return;
     close_all_sessions(srv, "daemon stopped");
-    close_layer_timers(srv);
+    llepd_layer_close_all(srv);
     if (srv->on_idle_after_stop) {
         void (*cb)(llepd_server *) = srv->on_idle_after_stop;
         srv->on_idle_after_stop = NULL;
@@ -216,7 +268,7 @@ void llepd_server_check_idle(llepd_server *srv) {
 }
 
 /* Tells every client, stops taking connections and new work; steps already accepted finish,
- * then llepd_server_check_idle() closes the rest and the loop runs dry. */
+ * then work_done() closes the rest and the loop runs dry. */
 void llepd_server_stop(llepd_server *srv, const char *why) {
     if (srv->stopping)
         return;
@@ -235,7 +287,7 @@ void llepd_server_stop(llepd_server *srv, const char *why) {
     f.notice = &notice;
     for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next)
         llepd_session_send(llepd_container_of(i, llepd_session, link), &f);
-    llepd_server_check_idle(srv);
+    work_done(srv);
 }
 
 void llepd_server_fini(llepd_server *srv) {

@@ -1,5 +1,5 @@
-/* One session per connection: reading frames, sending replies, the client's arena and its
- * submission ring.
+/* One session per connection: reading frames, sending replies, the client's arena and the
+ * watch on its submission eventfd (session.h).
  *
  * Nothing a peer sends may crash the daemon or disturb another session: every frame is
  * decoded and checked before use, a protocol violation ends only that connection, and a
@@ -12,10 +12,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "session.h"
+
 #include "fdpass.h"
 #include "log.h"
-#include "server.h"
 #include "validate.h"
+
+static void unwatch(llepd_session *s);
 
 static void on_handle_closed(uv_handle_t *h) {
     llepd_session *s = h->data;
@@ -54,21 +57,16 @@ void llepd_session_close(llepd_session *s, const char *why) {
     llepd_list_remove(&s->link);
     s->srv->nsessions--;
 
-    /* Queued submissions are dropped; ones in a running step finish and are then discarded
-     * (they hold a reference, so the arena stays mapped until then). */
-    llepd_sched_drop_session(s->srv, s);
-    for (uint32_t i = 0; i < s->nlayers; i++) {
-        llepd_layer *l = llepd_layer_by_id(s->srv, s->layers[i]);
-        if (l)
-            llepd_layer_unref(l);
-    }
-    s->nlayers = 0;
+    /* Queued submissions and layer references go; submissions in a running step finish and
+     * are then discarded (they hold a reference, so the arena stays mapped until then). */
+    s->srv->hooks.session_closing(s);
 
+    llepd_server *srv = s->srv;
     close_handle(s, (uv_handle_t *)&s->pipe);
     close_handle(s, (uv_handle_t *)&s->retry);
-    llepd_session_unwatch(s);
+    unwatch(s);
     llepd_session_unref(s); /* the session's own reference */
-    llepd_server_check_idle(s->srv);
+    srv->hooks.work_done(srv);
 }
 
 static void on_write(uv_write_t *req, int status) {
@@ -137,6 +135,23 @@ void llepd_session_send(llepd_session *s, const Llep__Frame *f) {
     send_bytes(s, buf, len, 0);
 }
 
+void llepd_session_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body, void *msg) {
+    Llep__Frame f = LLEP__FRAME__INIT;
+
+    f.id = id;
+    f.body_case = body;
+    f.hello_reply = msg; /* every body member of the oneof shares one storage slot */
+    llepd_session_send(s, &f);
+}
+
+void llepd_session_reply_error(llepd_session *s, uint64_t id, int err, const char *msg) {
+    Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
+
+    er.status = llep__status_from_errno(err);
+    er.message = (char *)msg;
+    llepd_session_reply(s, id, LLEP__FRAME__BODY_ERROR, &er);
+}
+
 /* The one frame that carries descriptors (ArenaReply). It goes out with sendmsg() on the raw
  * socket, which is only in order with libuv's writes while nothing is queued; a client waits
  * for each reply before the next request, so the queue is empty in practice. -EAGAIN when it
@@ -164,6 +179,111 @@ int llepd_session_send_fds(llepd_session *s, const Llep__Frame *f, const int *fd
     send_bytes(s, buf, len, (size_t)n);
     return 0;
 }
+
+/* ---- the arena and its submission eventfd ---------------------------------------------- */
+
+typedef struct llepd_sq_watch {
+    uv_poll_t poll;
+    int fd;
+    llepd_session *s;
+} llepd_sq_watch;
+
+static void on_watch_closed(uv_handle_t *h) {
+    llepd_sq_watch *w = h->data;
+    llepd_session *s = w->s;
+
+    close(w->fd);
+    free(w);
+    llepd_session_unref(s);
+}
+
+static void unwatch(llepd_session *s) {
+    llepd_sq_watch *w = s->sq_watch;
+
+    if (!w)
+        return;
+    s->sq_watch = NULL;
+    llepd_session_ref(s);
+    uv_close((uv_handle_t *)&w->poll, on_watch_closed);
+}
+
+int llepd_session_sq_fd(const llepd_session *s) {
+    return s->sq_watch ? s->sq_watch->fd : -1;
+}
+
+static void on_sq_event(uv_poll_t *h, int status, int events) {
+    llepd_sq_watch *w = h->data;
+    uint64_t n;
+
+    (void)events;
+    if (status < 0) {
+        llepd_session_close(w->s, uv_strerror(status));
+        return;
+    }
+    llep__eventfd_wait(w->fd, &n); /* non-blocking: resets the counter */
+    w->s->srv->hooks.ring(w->s);
+}
+
+static void on_retry(uv_timer_t *t) {
+    llepd_session *s = t->data;
+    s->srv->hooks.ring(s);
+}
+
+void llepd_session_retry_later(llepd_session *s) {
+    uv_timer_start(&s->retry, on_retry, 1, 0);
+}
+
+int llepd_session_set_arena(llepd_session *s, const llep_arena_geom *g) {
+    llep_arena a;
+    int sq_fd = -1, cq_fd = -1, r;
+    llepd_sq_watch *w = calloc(1, sizeof(*w));
+
+    if (!w)
+        return -ENOMEM;
+    r = llep__arena_create(g, &a);
+    if (r < 0)
+        goto fail;
+    sq_fd = llep__eventfd_open(true);
+    cq_fd = llep__eventfd_open(false);
+    if (sq_fd < 0 || cq_fd < 0) {
+        r = sq_fd < 0 ? sq_fd : cq_fd;
+        llep__arena_unmap(&a);
+        goto fail;
+    }
+    r = uv_poll_init(s->srv->loop, &w->poll, sq_fd);
+    if (r < 0) {
+        llep__arena_unmap(&a);
+        goto fail;
+    }
+    /* Replace the old arena only now that the new one is complete. */
+    unwatch(s);
+    if (s->have_arena)
+        llep__arena_unmap(&s->arena);
+    if (s->cq_efd >= 0)
+        close(s->cq_efd);
+    s->arena = a;
+    s->cq_efd = cq_fd;
+    s->have_arena = true;
+    w->fd = sq_fd;
+    w->s = s;
+    w->poll.data = w;
+    s->sq_watch = w;
+    uv_poll_start(&w->poll, UV_READABLE, on_sq_event);
+    /* Announce that we sleep until signalled, or the client's first push would wait for a
+     * wake-up it never sends. */
+    llep__ring_prepare_sleep(&s->arena.sq);
+    return 0;
+
+fail:
+    if (sq_fd >= 0)
+        close(sq_fd);
+    if (cq_fd >= 0)
+        close(cq_fd);
+    free(w);
+    return r;
+}
+
+/* ---- connection set-up ------------------------------------------------------------------- */
 
 /* The answer to a peer that may not connect: a HelloReply saying why, then the end. */
 static void refuse(llepd_session *s, uint64_t id) {
@@ -219,7 +339,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         if (s->refused)
             refuse(s, f->id);
         else
-            llepd_handle_frame(s, f);
+            s->srv->hooks.frame(s, f);
         llep__frame_free(f);
         r = 0;
     }

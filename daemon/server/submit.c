@@ -1,4 +1,4 @@
-/* The hot path of a session: its arena, the submission ring and completions.
+/* The hot path of a session: its submission ring, the checked submissions and completions.
  *
  * A client pushes a submission and signals the eventfd only when the daemon said it was going
  * to sleep (proto/ring.h), so a busy client costs no syscalls per submission. Every entry is
@@ -11,104 +11,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "submit.h"
+
+#include "layer.h"
 #include "log.h"
-#include "server.h"
-
-typedef struct llepd_sq_watch {
-    uv_poll_t poll;
-    int fd;
-    llepd_session *s;
-} llepd_sq_watch;
-
-static void on_watch_closed(uv_handle_t *h) {
-    llepd_sq_watch *w = h->data;
-    llepd_session *s = w->s;
-
-    close(w->fd);
-    free(w);
-    llepd_session_unref(s);
-}
-
-void llepd_session_unwatch(llepd_session *s) {
-    llepd_sq_watch *w = s->sq_watch;
-
-    if (!w)
-        return;
-    s->sq_watch = NULL;
-    llepd_session_ref(s);
-    uv_close((uv_handle_t *)&w->poll, on_watch_closed);
-}
-
-int llepd_session_sq_fd(const llepd_session *s) {
-    return s->sq_watch ? s->sq_watch->fd : -1;
-}
-
-static void on_sq_event(uv_poll_t *h, int status, int events) {
-    llepd_sq_watch *w = h->data;
-    uint64_t n;
-
-    (void)events;
-    if (status < 0) {
-        llepd_session_close(w->s, uv_strerror(status));
-        return;
-    }
-    llep__eventfd_wait(w->fd, &n); /* non-blocking: resets the counter */
-    llepd_session_drain(w->s);
-}
-
-static void on_retry(uv_timer_t *t) {
-    llepd_session_drain(t->data);
-}
-
-int llepd_session_set_arena(llepd_session *s, const llep_arena_geom *g) {
-    llep_arena a;
-    int sq_fd = -1, cq_fd = -1, r;
-    llepd_sq_watch *w = calloc(1, sizeof(*w));
-
-    if (!w)
-        return -ENOMEM;
-    r = llep__arena_create(g, &a);
-    if (r < 0)
-        goto fail;
-    sq_fd = llep__eventfd_open(true);
-    cq_fd = llep__eventfd_open(false);
-    if (sq_fd < 0 || cq_fd < 0) {
-        r = sq_fd < 0 ? sq_fd : cq_fd;
-        llep__arena_unmap(&a);
-        goto fail;
-    }
-    r = uv_poll_init(s->srv->loop, &w->poll, sq_fd);
-    if (r < 0) {
-        llep__arena_unmap(&a);
-        goto fail;
-    }
-    /* Replace the old arena only now that the new one is complete. */
-    llepd_session_unwatch(s);
-    if (s->have_arena)
-        llep__arena_unmap(&s->arena);
-    if (s->cq_efd >= 0)
-        close(s->cq_efd);
-    s->arena = a;
-    s->cq_efd = cq_fd;
-    s->have_arena = true;
-    w->fd = sq_fd;
-    w->s = s;
-    w->poll.data = w;
-    s->sq_watch = w;
-    uv_poll_start(&w->poll, UV_READABLE, on_sq_event);
-    /* Announce that we sleep until signalled, or the client's first push would wait for a
-     * wake-up it never sends. */
-    llep__ring_prepare_sleep(&s->arena.sq);
-    return 0;
-
-fail:
-    if (sq_fd >= 0)
-        close(sq_fd);
-    if (cq_fd >= 0)
-        close(cq_fd);
-    free(w);
-    return r;
-}
+#include "session.h"
 
 /* After serving a submission the client's next one often follows within microseconds (a
  * decode loop: completion, a little work, submit). Waiting for it briefly here costs less
@@ -179,7 +86,7 @@ void llepd_sub_complete(llepd_sub *sub, uint64_t step) {
     free(sub);
     /* Room in the completion ring may let more submissions in. */
     if (s->state != SESSION_CLOSING && s->have_arena)
-        llepd_session_drain(s);
+        llepd_submit_drain(s);
     llepd_session_unref(s); /* the submission's reference, after the last use of s */
 }
 
@@ -249,10 +156,14 @@ static llepd_sub *accept_entry(llepd_session *s, const llep_sqe *e) {
 
 static void drain_once(llepd_session *s);
 
-/* Small steps complete inside llepd_sched_submit(), and a completion makes room for more
+void llepd_submit_init(llepd_server *srv) {
+    srv->hooks.ring = llepd_submit_drain;
+}
+
+/* Small steps complete inside hooks.submit (the scheduler), and a completion makes room for more
  * submissions; taking them there would nest drains as deep as the ring is long. So a drain
  * requested while one runs is only noted, and the running one goes round again. */
-void llepd_session_drain(llepd_session *s) {
+void llepd_submit_drain(llepd_session *s) {
     if (s->in_drain) {
         s->drain_again = true;
         return;
@@ -283,7 +194,7 @@ static void drain_once(llepd_session *s) {
         }
         /* Take a submission only when its completion is sure to fit. */
         if (s->inflight + backlog >= s->arena.geom.cq_entries) {
-            uv_timer_start(&s->retry, on_retry, 1, 0);
+            llepd_session_retry_later(s);
             return;
         }
         int r = llep__sq_pop(&s->arena, &e);
@@ -304,6 +215,6 @@ static void drain_once(llepd_session *s) {
             continue;
         s->inflight++;
         llepd_session_ref(s);
-        llepd_sched_submit(sub);
+        s->srv->hooks.submit(sub);
     }
 }

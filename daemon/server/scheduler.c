@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluster-layer.h"
+#include "scheduler.h"
+
 #include "layer.h"
 #include "log.h"
-#include "llepd-sched.h"
-#include "server.h"
+#include "submit.h"
 
 #define DEFAULT_GROUP_TIMEOUT_MS 5000u
 /* Steps up to this many tokens run on the loop thread (see llepd_sched_kick). */
@@ -290,8 +290,7 @@ static void step_done(uv_work_t *req, int status) {
     srv->running_steps--;
     llepd_sched_kick(l);
     llepd_layer_maybe_destroy(l);
-    llepd_drain_check(srv);
-    llepd_server_check_idle(srv);
+    srv->hooks.work_done(srv);
 }
 
 /* ---- choosing a step --------------------------------------------------------------------- */
@@ -356,8 +355,8 @@ void llepd_sched_kick(llepd_layer *l) {
     llepd_server *srv = l->srv;
     uint32_t np = srv->devices;
 
-    if (l->cluster) {
-        llepd_cstep_kick(l);
+    if (l->ops) {
+        l->ops->kick(l);
         return;
     }
     if (l->running || l->queued == 0 || !l->engine)
@@ -412,6 +411,10 @@ void llepd_sched_kick(llepd_layer *l) {
     llepd_sched_arm_group_timer(l);
 }
 
+void llepd_sched_init(llepd_server *srv) {
+    srv->hooks.submit = llepd_sched_submit;
+}
+
 void llepd_sched_submit(llepd_sub *sub) {
     llepd_layer *l = sub->layer;
 
@@ -440,8 +443,9 @@ void llepd_sched_fail_queued(llepd_layer *l, int status, const char *why) {
         snprintf(s->error, sizeof(s->error), "%.255s", why);
         llepd_sub_complete(s, 0);
     }
+    llepd_server *srv = l->srv;
     llepd_layer_maybe_destroy(l);
-    llepd_server_check_idle(l->srv);
+    srv->hooks.work_done(srv);
 }
 
 void llepd_sched_drop_session(llepd_server *srv, llepd_session *sess) {

@@ -1,7 +1,13 @@
-/* Pieces of the scheduler (sched.c) that cluster steps (cluster-step.c) share. */
-#ifndef LLEPD_LLEPD_SCHED_H
-#define LLEPD_LLEPD_SCHED_H
+/* The scheduler (scheduler.c): which queued submissions form a layer's next step, running it on
+ * the thread pool, and the figures of finished steps. Cluster steps (cluster/cluster-step.c)
+ * share the home assignment, the batching rule and the figures. */
+#ifndef LLEPD_SCHEDULER_H
+#define LLEPD_SCHEDULER_H
 
+#include <stdint.h>
+
+#include "engine.h"
+#include "plan.h"
 #include "server.h"
 
 typedef struct llepd_home llepd_home;
@@ -12,6 +18,19 @@ typedef struct llepd_homes {
     llep_engine_batch *batches;     /* [np] */
     uint32_t np;
 } llepd_homes;
+
+/* Registers hooks.submit. */
+void llepd_sched_init(llepd_server *srv);
+
+/* Queues a checked submission on its layer and starts a step when the batching rule allows
+ * (hooks.submit). */
+void llepd_sched_submit(llepd_sub *sub);
+/* Tries to start a step on the layer. */
+void llepd_sched_kick(llepd_layer *l);
+/* Fails every queued submission of a layer (daemon stopping, layer gone). */
+void llepd_sched_fail_queued(llepd_layer *l, int status, const char *why);
+/* Removes a closing session's queued submissions (completing nothing: nobody is listening). */
+void llepd_sched_drop_session(llepd_server *srv, llepd_session *s);
 
 /* Assigns subs[0..n) to np homes and stages them (copies only where a home gets several
  * submissions). Returns 0 or -ENOMEM; llepd_homes_free() either way. */
