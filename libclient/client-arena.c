@@ -1,5 +1,6 @@
 /* The client's side of its shared-memory arena: setting it up (and growing it) with
- * ArenaSetup, and a first-fit allocator over its tensor space. */
+ * ArenaSetup, and reserving tensor space in it, waiting for completions when it is full. The
+ * block allocator itself is in client-blocks.c, below the progress loop that frees blocks. */
 #include "client-internal.h"
 
 #include <errno.h>
@@ -10,19 +11,6 @@
 #include <unistd.h>
 
 #include "validate.h"
-
-void llep__arena_drop(llep_client *c) {
-    if (c->have_arena)
-        llep__arena_unmap(&c->arena);
-    if (c->sq_efd >= 0)
-        close(c->sq_efd);
-    if (c->cq_efd >= 0)
-        close(c->cq_efd);
-    c->sq_efd = c->cq_efd = -1;
-    c->have_arena = false;
-    c->nblocks = 0;
-    c->ring_limit = 0;
-}
 
 /* Asks llepd for an arena with tensor_bytes of tensor space and maps it in place of the old
  * one. Nothing may be in flight and no thread may be sleeping on the old eventfds. */
@@ -81,48 +69,6 @@ out:
     return r;
 }
 
-/* First fit over the gaps between the blocks in use (sorted by offset). */
-static int block_alloc(llep_client *c, uint64_t size, uint64_t *ret) {
-    uint64_t pos = c->arena.geom.tensor_offset;
-    uint64_t end = pos + c->arena.geom.tensor_size;
-    size_t i;
-
-    for (i = 0; i <= c->nblocks; i++) {
-        uint64_t limit = i < c->nblocks ? c->blocks[i].offset : end;
-
-        if (limit >= pos && limit - pos >= size)
-            break;
-        if (i < c->nblocks)
-            pos = llep__align_up(c->blocks[i].offset + c->blocks[i].size, LLEP_CLIENT_ALIGN);
-    }
-    if (i > c->nblocks)
-        return -ENOSPC;
-    if (c->nblocks == c->blocks_cap) {
-        size_t cap = c->blocks_cap ? 2 * c->blocks_cap : 16;
-        llep_block *b = realloc(c->blocks, cap * sizeof(*b));
-
-        if (!b)
-            return -ENOMEM;
-        c->blocks = b;
-        c->blocks_cap = cap;
-    }
-    memmove(&c->blocks[i + 1], &c->blocks[i], (c->nblocks - i) * sizeof(*c->blocks));
-    c->blocks[i] = (llep_block){ .offset = pos, .size = size };
-    c->nblocks++;
-    *ret = pos;
-    return 0;
-}
-
-void llep__arena_release(llep_client *c, uint64_t offset) {
-    for (size_t i = 0; i < c->nblocks; i++)
-        if (c->blocks[i].offset == offset) {
-            memmove(&c->blocks[i], &c->blocks[i + 1],
-                    (c->nblocks - i - 1) * sizeof(*c->blocks));
-            c->nblocks--;
-            return;
-        }
-}
-
 /* Grows the arena to hold `size` bytes (and, for submissions, several more like it). */
 static int arena_grow(llep_client *c, uint64_t size, bool submission) {
     uint64_t cur = c->have_arena ? c->arena.geom.tensor_size : 0;
@@ -159,7 +105,7 @@ int llep__arena_reserve(llep_client *c, uint64_t size, bool submission, uint64_t
                                      c->notice[0] ? ": " : "", c->notice);
         fits_ever = c->have_arena && size <= c->arena.geom.tensor_size;
         if (fits_ever && (!submission || c->in_flight < c->ring_limit)) {
-            r = block_alloc(c, size, ret_offset);
+            r = llep__arena_block_alloc(c, size, ret_offset);
             if (r != -ENOSPC)
                 return r == -ENOMEM ? llep__client_fail(c, r, "out of memory") : r;
         }

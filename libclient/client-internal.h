@@ -114,6 +114,9 @@ llep_ticket *llep__ticket_find(llep_client *c, uint64_t id);
  * fit now. `submission` asks for room for several such blocks when it grows. Lock held, may
  * be dropped while waiting. Returns 0 with the absolute offset, or a negative errno. */
 int llep__arena_reserve(llep_client *c, uint64_t size, bool submission, uint64_t *ret_offset);
+/* The block allocator (client-blocks.c): first fit over the tensor space, -ENOSPC when the
+ * block does not fit now; release by the block's offset. */
+int llep__arena_block_alloc(llep_client *c, uint64_t size, uint64_t *ret_offset);
 void llep__arena_release(llep_client *c, uint64_t offset);
 
 /* Unmaps the arena and closes its eventfds. */
