@@ -29,6 +29,30 @@ enum llep_policy { LLEP_POLICY_AUTO = 0, LLEP_POLICY_EP = 1, LLEP_POLICY_LLEP = 
 /* NODE: this daemon's devices; CLUSTER: every node's devices. */
 enum llep_scope { LLEP_SCOPE_NODE = 0, LLEP_SCOPE_CLUSTER = 1 };
 
+/* How the gate and up projections of a layer's experts lie in memory (llep_layer_weights);
+ * N experts, D = hidden, H = inter, row-major, experts contiguous. "x W" layouts are used as
+ * they are, "x W^T" ones (a torch nn.Linear's weight) are transposed while they are copied.
+ *   SEPARATE     w_gate, w_up [N][D][H] each, g = x W_gate (llep's own layout)
+ *   SEPARATE_T   w_gate, w_up [N][H][D] each, g = x W_gate^T (stacked nn.Linear weights)
+ *   FUSED        w_gate_up [N][D][2H]: columns 0..H-1 gate, H..2H-1 up
+ *   FUSED_T      w_gate_up [N][2H][D]: rows 0..H-1 gate, H..2H-1 up, applied as x W^T
+ *                (transformers 5 Mixtral, Qwen2/3-MoE experts' gate_up_proj)
+ *   INTERLEAVED  w_gate_up [N][D][2H]: column 2j is gate j, column 2j+1 up j (gpt-oss) */
+enum llep_gate_up_layout {
+    LLEP_GATE_UP_SEPARATE = 0,
+    LLEP_GATE_UP_SEPARATE_T = 1,
+    LLEP_GATE_UP_FUSED = 2,
+    LLEP_GATE_UP_FUSED_T = 3,
+    LLEP_GATE_UP_INTERLEAVED = 4,
+};
+
+/* How w_down lies in memory: HD is [N][H][D] used as a W (llep's own, gpt-oss); DH is
+ * [N][D][H] applied as a W^T (nn.Linear weights, transformers 5 Mixtral/Qwen down_proj). */
+enum llep_down_layout { LLEP_DOWN_HD = 0, LLEP_DOWN_DH = 1 };
+
+/* Element type of topk_idx in llep_io. */
+enum llep_index_type { LLEP_INDEX_I32 = 0, LLEP_INDEX_I64 = 1 };
+
 /* Defaults of the Least-Loaded Assignment parameters (DESIGN.md section 2). */
 #define LLEP_DEFAULT_ALPHA 1.0
 #define LLEP_DEFAULT_LAMBDA 1.3
