@@ -8,13 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend-cuda.h"
 #include "backend-select.h"
 #include "engine.h"
 #include "llep-config.h"
-
-#if LLEP_HAVE_CUDA
-int llep__cuda_visible_gpus(char *why, size_t whylen);
-#endif
 
 static int visible_here(void) {
 #if LLEP_HAVE_CUDA

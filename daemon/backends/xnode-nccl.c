@@ -25,11 +25,9 @@
 #include <nccl.h>
 #pragma GCC diagnostic pop
 
-#include "backend.h"
+#include "backend-cuda.h"
 
 _Static_assert(sizeof(ncclUniqueId) == LLEP_XNODE_ID_BYTES, "ncclUniqueId is 128 bytes");
-
-int llep__cuda_device_ordinal(const llep_backend *b, uint32_t dev);
 
 enum xn_state {
     XN_OPENING,     /* ncclCommInitRankConfig in progress */

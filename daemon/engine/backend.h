@@ -87,9 +87,6 @@ extern const llep_backend_ops llep__backend_cpu;
  * NULL when the BLAS does not say. */
 const char *llep__backend_cpu_blas_core(void);
 
-/* Logical devices on GPUs (backend-cuda.c; only in builds with LLEP_HAVE_CUDA): cuBLAS expert
- * GEMMs, the kernels of moe-cuda.h, NCCL weight transfers between GPUs, device-to-device
- * copies between logical devices sharing a GPU; busy time from CUDA events. */
-extern const llep_backend_ops llep__backend_cuda;
+/* The CUDA backend's ops table is declared in backends/backend-cuda.h. */
 
 #endif

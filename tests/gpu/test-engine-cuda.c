@@ -26,12 +26,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include "backend-cuda.h"
 #include "backend-select.h"
 #include "engine.h"
 #include "moe-cpu.h"
-
-/* backend-cuda.c: how the CUDA backend moves rows between logical devices. */
-const char *llep__cuda_dispatch_path(const llep_backend *b);
 
 static int failures;
 /* The backend under test: CUDA, or the CPU backend for --self-test-cpu. */

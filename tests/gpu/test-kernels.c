@@ -20,7 +20,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
-#include "backend.h"
+#include "backend-cuda.h"
 #include "moe-cpu.h"
 #include "moe-cuda.h"
 
