@@ -15,8 +15,8 @@
 /* Asks llepd for an arena with tensor_bytes of tensor space and maps it in place of the old
  * one. Nothing may be in flight and no thread may be sleeping on the old eventfds. */
 static int arena_setup(llep_client *c, uint64_t tensor_bytes) {
-    Llep__ArenaSetup setup = LLEP__ARENA_SETUP__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT, *reply = NULL;
+    LlepPb__ArenaSetup setup = LLEP_PB__ARENA_SETUP__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
     char err[LLEP_CLIENT_ERROR_MAX];
     llep_arena_geom geom;
     llep_arena a;
@@ -25,10 +25,10 @@ static int arena_setup(llep_client *c, uint64_t tensor_bytes) {
     int r;
 
     setup.tensor_bytes = tensor_bytes;
-    req.body_case = LLEP__FRAME__BODY_ARENA_SETUP;
+    req.body_case = LLEP_PB__FRAME__BODY_ARENA_SETUP;
     req.arena_setup = &setup;
     llep__conn_drop_fds(&c->conn);
-    r = llep__client_request(c, &req, LLEP__FRAME__BODY_ARENA_REPLY, &reply);
+    r = llep__client_request(c, &req, LLEP_PB__FRAME__BODY_ARENA_REPLY, &reply);
     if (r < 0) {
         llep__conn_drop_fds(&c->conn);
         return r;

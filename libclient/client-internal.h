@@ -102,8 +102,8 @@ int llep__client_progress(llep_client *c, int64_t deadline_ms);
  * own meanwhile; checks the reply's body and status. Returns 0 with the reply (free it with
  * llep__frame_free()) or a negative errno with the reason recorded in c->error. A broken
  * connection makes the client dead. Lock held throughout. */
-int llep__client_request(llep_client *c, Llep__Frame *req, Llep__Frame__BodyCase expected,
-                         Llep__Frame **ret);
+int llep__client_request(llep_client *c, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
+                         LlepPb__Frame **ret);
 
 /* The ticket with this id, or NULL. Pointers into the table last until a ticket is added or
  * removed. */

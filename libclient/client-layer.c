@@ -13,25 +13,25 @@
  * so a big layer does not leave the arena's memory resident. */
 #define RELEASE_PAGES_MIN (4u << 20)
 
-static void desc_to_proto(const llep_layer_desc *d, Llep__LayerDesc *p) {
+static void desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p) {
     p->num_experts = d->num_experts;
     p->top_k = d->top_k;
     p->hidden = d->hidden;
     p->inter = d->inter;
-    p->dtype = (Llep__DType)d->dtype;
-    p->act = (Llep__Activation)d->act;
+    p->dtype = (LlepPb__DType)d->dtype;
+    p->act = (LlepPb__Activation)d->act;
     p->act_alpha = d->act_alpha;
     p->act_limit = d->act_limit;
-    p->policy = (Llep__Policy)d->policy;
+    p->policy = (LlepPb__Policy)d->policy;
     p->alpha = d->alpha;
     p->lambda = d->lambda;
     p->min_tokens = d->min_tokens;
     p->group = d->group;
-    p->scope = (Llep__Scope)d->scope;
+    p->scope = (LlepPb__Scope)d->scope;
     p->group_timeout_ms = d->group_timeout_ms;
 }
 
-static void desc_from_proto(const Llep__LayerDesc *p, llep_layer_desc *d) {
+static void desc_from_proto(const LlepPb__LayerDesc *p, llep_layer_desc *d) {
     memset(d, 0, sizeof(*d));
     d->num_experts = p->num_experts;
     d->top_k = p->top_k;
@@ -54,21 +54,21 @@ static void desc_from_proto(const Llep__LayerDesc *p, llep_layer_desc *d) {
 typedef struct upload {
     const void *src;
     uint64_t bytes;
-    Llep__TensorRef ref;
+    LlepPb__TensorRef ref;
 } upload;
 
 /* Copies the weights into the arena and sends LayerCreate. */
 static int create_layer(llep_client *c, const char *name, const llep_layer_desc *d,
-                        Llep__LayerDesc *pd, Llep__Frame **ret) {
-    Llep__LayerCreate lc = LLEP__LAYER_CREATE__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
+                        LlepPb__LayerDesc *pd, LlepPb__Frame **ret) {
+    LlepPb__LayerCreate lc = LLEP_PB__LAYER_CREATE__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
     llep_layer_bytes b;
     upload u[6] = {
-        { d->w_gate, 0, LLEP__TENSOR_REF__INIT }, { d->w_up, 0, LLEP__TENSOR_REF__INIT },
-        { d->w_down, 0, LLEP__TENSOR_REF__INIT }, { d->b_gate, 0, LLEP__TENSOR_REF__INIT },
-        { d->b_up, 0, LLEP__TENSOR_REF__INIT }, { d->b_down, 0, LLEP__TENSOR_REF__INIT },
+        { d->w_gate, 0, LLEP_PB__TENSOR_REF__INIT }, { d->w_up, 0, LLEP_PB__TENSOR_REF__INIT },
+        { d->w_down, 0, LLEP_PB__TENSOR_REF__INIT }, { d->b_gate, 0, LLEP_PB__TENSOR_REF__INIT },
+        { d->b_up, 0, LLEP_PB__TENSOR_REF__INIT }, { d->b_down, 0, LLEP_PB__TENSOR_REF__INIT },
     };
-    Llep__TensorRef **refs[6] = { &lc.w_gate, &lc.w_up, &lc.w_down,
+    LlepPb__TensorRef **refs[6] = { &lc.w_gate, &lc.w_up, &lc.w_down,
                                   &lc.b_gate, &lc.b_up, &lc.b_down };
     uint64_t total = 0, block, off;
     int r;
@@ -98,9 +98,9 @@ static int create_layer(llep_client *c, const char *name, const llep_layer_desc 
     }
     lc.name = (char *)name;
     lc.desc = pd;
-    req.body_case = LLEP__FRAME__BODY_LAYER_CREATE;
+    req.body_case = LLEP_PB__FRAME__BODY_LAYER_CREATE;
     req.layer_create = &lc;
-    r = llep__client_request(c, &req, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, ret);
+    r = llep__client_request(c, &req, LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY, ret);
     /* The daemon has copied the weights (or refused them): the space is free again. */
     if (c->have_arena && total >= RELEASE_PAGES_MIN) {
         uint64_t start = llep__align_up(block, 4096), end = (block + total) / 4096 * 4096;
@@ -112,21 +112,21 @@ static int create_layer(llep_client *c, const char *name, const llep_layer_desc 
     return r;
 }
 
-static int attach_layer(llep_client *c, const char *name, Llep__LayerDesc *pd,
-                        Llep__Frame **ret) {
-    Llep__LayerAttach la = LLEP__LAYER_ATTACH__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
+static int attach_layer(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+                        LlepPb__Frame **ret) {
+    LlepPb__LayerAttach la = LLEP_PB__LAYER_ATTACH__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
 
     la.name = (char *)name;
     la.desc = pd;
-    req.body_case = LLEP__FRAME__BODY_LAYER_ATTACH;
+    req.body_case = LLEP_PB__FRAME__BODY_LAYER_ATTACH;
     req.layer_attach = &la;
-    return llep__client_request(c, &req, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, ret);
+    return llep__client_request(c, &req, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY, ret);
 }
 
 /* Checks what the caller gave before anything is sent. */
 static int check_create_args(llep_client *c, const char *name, const llep_layer_desc *d,
-                             Llep__LayerDesc *pd, bool *ret_create) {
+                             LlepPb__LayerDesc *pd, bool *ret_create) {
     char err[LLEP_CLIENT_ERROR_MAX];
     int nweights;
 
@@ -154,10 +154,10 @@ static int check_create_args(llep_client *c, const char *name, const llep_layer_
 
 LLEP_EXTERN int llep_layer_create(llep_client *c, const char *name, const llep_layer_desc *d,
                                   llep_layer **ret) {
-    Llep__LayerDesc pd = LLEP__LAYER_DESC__INIT;
-    Llep__Frame *reply = NULL;
+    LlepPb__LayerDesc pd = LLEP_PB__LAYER_DESC__INIT;
+    LlepPb__Frame *reply = NULL;
     char err[LLEP_CLIENT_ERROR_MAX];
-    const Llep__LayerReply *lr;
+    const LlepPb__LayerReply *lr;
     llep_layer *l = NULL;
     bool create = false;
     int r;
@@ -209,8 +209,8 @@ out:
 }
 
 LLEP_EXTERN void llep_layer_release(llep_layer *l) {
-    Llep__LayerRelease rel = LLEP__LAYER_RELEASE__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT, *reply = NULL;
+    LlepPb__LayerRelease rel = LLEP_PB__LAYER_RELEASE__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
     llep_client *c;
 
     if (!l)
@@ -219,11 +219,11 @@ LLEP_EXTERN void llep_layer_release(llep_layer *l) {
     pthread_mutex_lock(&c->lock);
     if (!c->dead) {
         rel.layer_id = l->id;
-        req.body_case = LLEP__FRAME__BODY_LAYER_RELEASE;
+        req.body_case = LLEP_PB__FRAME__BODY_LAYER_RELEASE;
         req.layer_release = &rel;
         /* Nothing to tell the caller if this fails: the reference goes with the connection
          * at the latest. */
-        if (llep__client_request(c, &req, LLEP__FRAME__BODY_LAYER_RELEASE_REPLY, &reply) == 0)
+        if (llep__client_request(c, &req, LLEP_PB__FRAME__BODY_LAYER_RELEASE_REPLY, &reply) == 0)
             llep__frame_free(reply);
     }
     if (l->prev)

@@ -104,18 +104,18 @@ static void connection_lost(llep_client *c, const char *why) {
         llep__eventfd_signal(c->wake_efd);
 }
 
-static void handle_async(void *userdata, Llep__Frame *f) {
+static void handle_async(void *userdata, LlepPb__Frame *f) {
     llep_client *c = userdata;
 
-    if (f->body_case == LLEP__FRAME__BODY_SUBMISSION_ERROR && f->submission_error) {
-        const Llep__SubmissionError *se = f->submission_error;
+    if (f->body_case == LLEP_PB__FRAME__BODY_SUBMISSION_ERROR && f->submission_error) {
+        const LlepPb__SubmissionError *se = f->submission_error;
         llep_ticket *t = llep__ticket_find(c, se->tag);
 
         /* The frame may be read before the failed completion or, when reap() goes looking
          * for it, just after. */
         if (t && !t->message && se->message && se->message[0])
             t->message = strdup(se->message);
-    } else if (f->body_case == LLEP__FRAME__BODY_NOTICE && f->notice) {
+    } else if (f->body_case == LLEP_PB__FRAME__BODY_NOTICE && f->notice) {
         const char *what = llep_strerror(llep__status_to_errno(f->notice->status));
 
         /* "llepd is shutting down: SIGTERM" */
@@ -131,7 +131,7 @@ static void handle_async(void *userdata, Llep__Frame *f) {
  * SubmissionError frames of failed completions). */
 static void pump_socket(llep_client *c, int wait_ms) {
     char err[LLEP_CLIENT_ERROR_MAX];
-    Llep__Frame *f;
+    LlepPb__Frame *f;
     int r;
 
     while (!c->dead) {
@@ -297,10 +297,10 @@ int llep__client_progress(llep_client *c, int64_t deadline_ms) {
     return 0;
 }
 
-int llep__client_request(llep_client *c, Llep__Frame *req, Llep__Frame__BodyCase expected,
-                         Llep__Frame **ret) {
+int llep__client_request(llep_client *c, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
+                         LlepPb__Frame **ret) {
     char err[LLEP_CLIENT_ERROR_MAX];
-    Llep__Frame *reply = NULL;
+    LlepPb__Frame *reply = NULL;
     int r;
 
     if (c->dead)
@@ -384,7 +384,7 @@ LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret) {
                  strerror(-r));
         goto fail;
     }
-    r = llep__conn_open(&c->conn, socket_path, LLEP__PEER_KIND__PEER_KIND_CLIENT,
+    r = llep__conn_open(&c->conn, socket_path, LLEP_PB__PEER_KIND__PEER_KIND_CLIENT,
                         program_name(), -1, connect_error, sizeof(connect_error));
     if (r < 0)
         goto fail;

@@ -116,7 +116,7 @@ void llep__conn_close(llep_conn *c) {
     llep__frame_decoder_fini(&c->dec);
 }
 
-int llep__conn_send(llep_conn *c, Llep__Frame *f, char *err, size_t errlen) {
+int llep__conn_send(llep_conn *c, LlepPb__Frame *f, char *err, size_t errlen) {
     uint8_t *buf;
     size_t len, off = 0;
     int r;
@@ -198,7 +198,7 @@ static int read_some(llep_conn *c, char *err, size_t errlen) {
     return 1;
 }
 
-int llep__conn_recv(llep_conn *c, int timeout_ms, Llep__Frame **ret, char *err,
+int llep__conn_recv(llep_conn *c, int timeout_ms, LlepPb__Frame **ret, char *err,
                     size_t errlen) {
     int64_t deadline = deadline_of(timeout_ms);
     int r;
@@ -237,11 +237,11 @@ int llep__conn_recv(llep_conn *c, int timeout_ms, Llep__Frame **ret, char *err,
     }
 }
 
-int llep__conn_request(llep_conn *c, Llep__Frame *req, int timeout_ms,
-                       llep_conn_async_fn *on_async, void *userdata, Llep__Frame **ret,
+int llep__conn_request(llep_conn *c, LlepPb__Frame *req, int timeout_ms,
+                       llep_conn_async_fn *on_async, void *userdata, LlepPb__Frame **ret,
                        char *err, size_t errlen) {
     int64_t deadline = deadline_of(timeout_ms);
-    Llep__Frame *f;
+    LlepPb__Frame *f;
     int r;
 
     req->id = 0;
@@ -277,24 +277,24 @@ int llep__conn_request(llep_conn *c, Llep__Frame *req, int timeout_ms,
 }
 
 /* The body of a frame as a generic message, found through the oneof's field descriptor. */
-static const ProtobufCMessage *frame_body(const Llep__Frame *f) {
+static const ProtobufCMessage *frame_body(const LlepPb__Frame *f) {
     const ProtobufCFieldDescriptor *fd;
 
-    fd = protobuf_c_message_descriptor_get_field(&llep__frame__descriptor,
+    fd = protobuf_c_message_descriptor_get_field(&llep_pb__frame__descriptor,
                                                  (unsigned)f->body_case);
     if (!fd || fd->type != PROTOBUF_C_TYPE_MESSAGE)
         return NULL;
     return *(const ProtobufCMessage *const *)((const char *)f + fd->offset);
 }
 
-int llep__conn_reply_check(const Llep__Frame *reply, Llep__Frame__BodyCase expected,
+int llep__conn_reply_check(const LlepPb__Frame *reply, LlepPb__Frame__BodyCase expected,
                            char *err, size_t errlen) {
     const ProtobufCFieldDescriptor *sf, *mf;
     const ProtobufCMessage *body;
     const char *message;
     int status, r;
 
-    if (reply->body_case != expected && reply->body_case != LLEP__FRAME__BODY_ERROR) {
+    if (reply->body_case != expected && reply->body_case != LLEP_PB__FRAME__BODY_ERROR) {
         set_error(err, errlen, "llepd answered with %s instead of %s",
                   llep__frame_body_name(reply->body_case), llep__frame_body_name(expected));
         return -EPROTO;
@@ -310,8 +310,8 @@ int llep__conn_reply_check(const Llep__Frame *reply, Llep__Frame__BodyCase expec
         return 0;
     memcpy(&status, (const char *)body + sf->offset, sizeof(status));
     message = *(const char *const *)((const char *)body + mf->offset);
-    r = llep__status_to_errno((Llep__Status)status);
-    if (r < 0 || reply->body_case == LLEP__FRAME__BODY_ERROR) {
+    r = llep__status_to_errno((LlepPb__Status)status);
+    if (r < 0 || reply->body_case == LLEP_PB__FRAME__BODY_ERROR) {
         if (r == 0)
             r = -EPROTO;
         set_error(err, errlen, "%s", message && message[0] ? message : strerror(-r));
@@ -320,10 +320,10 @@ int llep__conn_reply_check(const Llep__Frame *reply, Llep__Frame__BodyCase expec
     return 0;
 }
 
-int llep__conn_open(llep_conn *c, const char *path, Llep__PeerKind kind, const char *program,
+int llep__conn_open(llep_conn *c, const char *path, LlepPb__PeerKind kind, const char *program,
                     int timeout_ms, char *err, size_t errlen) {
-    Llep__Frame req = LLEP__FRAME__INIT, *reply = NULL;
-    Llep__Hello hello = LLEP__HELLO__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
+    LlepPb__Hello hello = LLEP_PB__HELLO__INIT;
     char *default_path = NULL;
     int r;
 
@@ -345,16 +345,16 @@ int llep__conn_open(llep_conn *c, const char *path, Llep__PeerKind kind, const c
         goto fail;
     c->fd = r;
 
-    hello.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hello.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     hello.program = (char *)(program ? program : "");
     hello.kind = kind;
-    req.body_case = LLEP__FRAME__BODY_HELLO;
+    req.body_case = LLEP_PB__FRAME__BODY_HELLO;
     req.hello = &hello;
     r = llep__conn_request(c, &req, timeout_ms, NULL, NULL, &reply, err, errlen);
     if (r < 0)
         goto fail;
-    if (reply->body_case == LLEP__FRAME__BODY_ERROR)
-        r = llep__conn_reply_check(reply, LLEP__FRAME__BODY_HELLO_REPLY, err, errlen);
+    if (reply->body_case == LLEP_PB__FRAME__BODY_ERROR)
+        r = llep__conn_reply_check(reply, LLEP_PB__FRAME__BODY_HELLO_REPLY, err, errlen);
     else
         r = llep__frame_check_hello_reply(reply, err, errlen);
     if (r < 0)

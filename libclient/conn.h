@@ -34,7 +34,7 @@ typedef struct llep_conn {
  * errno with a sentence in err: -ENOENT / -ECONNREFUSED / -EACCES from connect(),
  * -EPROTONOSUPPORT on a version mismatch, -ECONNRESET when the daemon closes instead of
  * answering, the reply's status otherwise. On error nothing is left open. */
-int llep__conn_open(llep_conn *c, const char *path, Llep__PeerKind kind, const char *program,
+int llep__conn_open(llep_conn *c, const char *path, LlepPb__PeerKind kind, const char *program,
                     int timeout_ms, char *err, size_t errlen);
 
 /* Closes the socket and any unclaimed descriptors; safe on a closed connection. */
@@ -43,14 +43,14 @@ void llep__conn_close(llep_conn *c);
 /* Sends f framed, giving it the next request id when f->id is 0 (the id is left in f->id).
  * Waits for room in the socket as long as it takes. Returns 0, -ECONNRESET when the daemon is
  * gone, -EMSGSIZE, -ENOMEM. */
-int llep__conn_send(llep_conn *c, Llep__Frame *f, char *err, size_t errlen);
+int llep__conn_send(llep_conn *c, LlepPb__Frame *f, char *err, size_t errlen);
 
 /* Receives the next whole frame, waiting up to timeout_ms (-1: no limit, 0: only what has
  * arrived). Returns 1 with a frame in *ret (llep__frame_free() it), 0 when none came in time,
  * -ECONNRESET when the daemon closed the connection (also when it closed mid-frame), -EPROTO
  * for a frame over the limit or undecodable (the connection is unusable then), or another
  * negative errno. Descriptors that came with the bytes are kept for llep__conn_take_fds(). */
-int llep__conn_recv(llep_conn *c, int timeout_ms, Llep__Frame **ret, char *err, size_t errlen);
+int llep__conn_recv(llep_conn *c, int timeout_ms, LlepPb__Frame **ret, char *err, size_t errlen);
 
 /* Hands over the descriptors received so far (at most max) and forgets them; the caller
  * closes them. Returns how many were stored in fds. */
@@ -64,9 +64,9 @@ void llep__conn_drop_fds(llep_conn *c);
  * it is not NULL, else are dropped. Returns 0 with the reply in *ret, or a negative errno:
  * -ETIMEDOUT, -ECONNRESET, -EPROTO (a reply with an unexpected id). The reply may still be an
  * ErrorReply or carry a non-OK status; see llep__conn_reply_status(). */
-typedef void llep_conn_async_fn(void *userdata, Llep__Frame *f);
-int llep__conn_request(llep_conn *c, Llep__Frame *req, int timeout_ms,
-                       llep_conn_async_fn *on_async, void *userdata, Llep__Frame **ret,
+typedef void llep_conn_async_fn(void *userdata, LlepPb__Frame *f);
+int llep__conn_request(llep_conn *c, LlepPb__Frame *req, int timeout_ms,
+                       llep_conn_async_fn *on_async, void *userdata, LlepPb__Frame **ret,
                        char *err, size_t errlen);
 
 /* Checks a reply: an ErrorReply, a body other than `expected`, or a status other than OK
@@ -74,7 +74,7 @@ int llep__conn_request(llep_conn *c, Llep__Frame *req, int timeout_ms,
  * has `status` and `message` as its first fields (proto/llep.proto); they are found through
  * the message descriptors, so this works for every reply type. Returns 0 when the reply is
  * the expected one with STATUS_OK. */
-int llep__conn_reply_check(const Llep__Frame *reply, Llep__Frame__BodyCase expected,
+int llep__conn_reply_check(const LlepPb__Frame *reply, LlepPb__Frame__BodyCase expected,
                            char *err, size_t errlen);
 
 #endif

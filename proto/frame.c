@@ -1,4 +1,4 @@
-/* Framing of control messages: 4-byte little-endian length + encoded Llep__Frame. */
+/* Framing of control messages: 4-byte little-endian length + encoded LlepPb__Frame. */
 #include "frame.h"
 
 #include <errno.h>
@@ -12,15 +12,15 @@
 #include "llep/types.h"
 
 /* The wire enums carry the client ABI's values, so converting is a cast. */
-_Static_assert((int)LLEP__DTYPE__DTYPE_F32 == LLEP_DTYPE_F32, "dtype");
-_Static_assert((int)LLEP__DTYPE__DTYPE_BF16 == LLEP_DTYPE_BF16, "dtype");
-_Static_assert((int)LLEP__ACTIVATION__ACT_SWIGLU == LLEP_ACT_SWIGLU, "act");
-_Static_assert((int)LLEP__ACTIVATION__ACT_SWIGLU_OAI == LLEP_ACT_SWIGLU_OAI, "act");
-_Static_assert((int)LLEP__POLICY__POLICY_AUTO == LLEP_POLICY_AUTO, "policy");
-_Static_assert((int)LLEP__POLICY__POLICY_EP == LLEP_POLICY_EP, "policy");
-_Static_assert((int)LLEP__POLICY__POLICY_LLEP == LLEP_POLICY_LLEP, "policy");
-_Static_assert((int)LLEP__SCOPE__SCOPE_NODE == LLEP_SCOPE_NODE, "scope");
-_Static_assert((int)LLEP__SCOPE__SCOPE_CLUSTER == LLEP_SCOPE_CLUSTER, "scope");
+_Static_assert((int)LLEP_PB__DTYPE__DTYPE_F32 == LLEP_DTYPE_F32, "dtype");
+_Static_assert((int)LLEP_PB__DTYPE__DTYPE_BF16 == LLEP_DTYPE_BF16, "dtype");
+_Static_assert((int)LLEP_PB__ACTIVATION__ACT_SWIGLU == LLEP_ACT_SWIGLU, "act");
+_Static_assert((int)LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI == LLEP_ACT_SWIGLU_OAI, "act");
+_Static_assert((int)LLEP_PB__POLICY__POLICY_AUTO == LLEP_POLICY_AUTO, "policy");
+_Static_assert((int)LLEP_PB__POLICY__POLICY_EP == LLEP_POLICY_EP, "policy");
+_Static_assert((int)LLEP_PB__POLICY__POLICY_LLEP == LLEP_POLICY_LLEP, "policy");
+_Static_assert((int)LLEP_PB__SCOPE__SCOPE_NODE == LLEP_SCOPE_NODE, "scope");
+_Static_assert((int)LLEP_PB__SCOPE__SCOPE_CLUSTER == LLEP_SCOPE_CLUSTER, "scope");
 /* The length prefix is a uint32, so the limit must fit in one. */
 _Static_assert(LLEP_FRAME_MAX_SIZE <= UINT32_MAX, "frame limit");
 
@@ -127,21 +127,21 @@ int llep__frame_decoder_feed(llep_frame_decoder *d, const void *data, size_t len
     return 0;
 }
 
-int llep__frame_unpack(const void *payload, size_t len, Llep__Frame **ret) {
-    Llep__Frame *f;
+int llep__frame_unpack(const void *payload, size_t len, LlepPb__Frame **ret) {
+    LlepPb__Frame *f;
 
     if (len == 0)
         return -EBADMSG;
     if (len > LLEP_FRAME_MAX_SIZE)
         return -EMSGSIZE;
-    f = llep__frame__unpack(NULL, len, payload);
+    f = llep_pb__frame__unpack(NULL, len, payload);
     if (!f)
         return -EBADMSG;
     *ret = f;
     return 0;
 }
 
-int llep__frame_decoder_next(llep_frame_decoder *d, Llep__Frame **ret) {
+int llep__frame_decoder_next(llep_frame_decoder *d, LlepPb__Frame **ret) {
     size_t avail = d->len - d->start;
     const uint8_t *p;
     uint32_t n;
@@ -180,17 +180,17 @@ int llep__frame_decoder_next(llep_frame_decoder *d, Llep__Frame **ret) {
     return r;
 }
 
-void llep__frame_free(Llep__Frame *f) {
+void llep__frame_free(LlepPb__Frame *f) {
     if (f)
-        llep__frame__free_unpacked(f, NULL);
+        llep_pb__frame__free_unpacked(f, NULL);
 }
 
-size_t llep__frame_encoded_size(const Llep__Frame *f) {
-    return LLEP_FRAME_HEADER_SIZE + llep__frame__get_packed_size(f);
+size_t llep__frame_encoded_size(const LlepPb__Frame *f) {
+    return LLEP_FRAME_HEADER_SIZE + llep_pb__frame__get_packed_size(f);
 }
 
-int llep__frame_encode(const Llep__Frame *f, void *buf, size_t buflen, size_t *ret_len) {
-    size_t n = llep__frame__get_packed_size(f);
+int llep__frame_encode(const LlepPb__Frame *f, void *buf, size_t buflen, size_t *ret_len) {
+    size_t n = llep_pb__frame__get_packed_size(f);
     uint8_t *p = buf;
 
     if (n > LLEP_FRAME_MAX_SIZE)
@@ -198,13 +198,13 @@ int llep__frame_encode(const Llep__Frame *f, void *buf, size_t buflen, size_t *r
     if (buflen < LLEP_FRAME_HEADER_SIZE + n)
         return -ENOBUFS;
     write_le32(p, (uint32_t)n);
-    llep__frame__pack(f, p + LLEP_FRAME_HEADER_SIZE);
+    llep_pb__frame__pack(f, p + LLEP_FRAME_HEADER_SIZE);
     *ret_len = LLEP_FRAME_HEADER_SIZE + n;
     return 0;
 }
 
-int llep__frame_encode_alloc(const Llep__Frame *f, uint8_t **ret_buf, size_t *ret_len) {
-    size_t n = llep__frame__get_packed_size(f), len;
+int llep__frame_encode_alloc(const LlepPb__Frame *f, uint8_t **ret_buf, size_t *ret_len) {
+    size_t n = llep_pb__frame__get_packed_size(f), len;
     uint8_t *buf;
     int r;
 
@@ -223,23 +223,23 @@ int llep__frame_encode_alloc(const Llep__Frame *f, uint8_t **ret_buf, size_t *re
     return 0;
 }
 
-const char *llep__frame_body_name(Llep__Frame__BodyCase body) {
+const char *llep__frame_body_name(LlepPb__Frame__BodyCase body) {
     const ProtobufCFieldDescriptor *field;
 
-    if (body == LLEP__FRAME__BODY__NOT_SET)
+    if (body == LLEP_PB__FRAME__BODY__NOT_SET)
         return "none";
     /* The generated descriptor knows every case, so there is no table here to keep in step
      * with proto/llep.proto. The id field is not a body. */
-    field = protobuf_c_message_descriptor_get_field(&llep__frame__descriptor, (unsigned)body);
+    field = protobuf_c_message_descriptor_get_field(&llep_pb__frame__descriptor, (unsigned)body);
     if (!field || field->id == 1)
         return "unknown";
     return field->name;
 }
 
-int llep__frame_check_hello(const Llep__Frame *f, char *err, size_t errlen) {
-    uint32_t want = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+int llep__frame_check_hello(const LlepPb__Frame *f, char *err, size_t errlen) {
+    uint32_t want = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
 
-    if (!f || f->body_case != LLEP__FRAME__BODY_HELLO || !f->hello) {
+    if (!f || f->body_case != LLEP_PB__FRAME__BODY_HELLO || !f->hello) {
         set_error(err, errlen, "the first message must be hello, got %s",
                   f ? llep__frame_body_name(f->body_case) : "nothing");
         return -EPROTO;
@@ -253,23 +253,23 @@ int llep__frame_check_hello(const Llep__Frame *f, char *err, size_t errlen) {
     return 0;
 }
 
-int llep__frame_check_hello_reply(const Llep__Frame *f, char *err, size_t errlen) {
-    uint32_t want = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
-    const Llep__HelloReply *h;
+int llep__frame_check_hello_reply(const LlepPb__Frame *f, char *err, size_t errlen) {
+    uint32_t want = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    const LlepPb__HelloReply *h;
 
-    if (!f || f->body_case != LLEP__FRAME__BODY_HELLO_REPLY || !f->hello_reply) {
+    if (!f || f->body_case != LLEP_PB__FRAME__BODY_HELLO_REPLY || !f->hello_reply) {
         set_error(err, errlen, "expected hello_reply from llepd, got %s",
                   f ? llep__frame_body_name(f->body_case) : "nothing");
         return -EPROTO;
     }
     h = f->hello_reply;
-    if (h->status == LLEP__STATUS__STATUS_VERSION_MISMATCH || h->version != want) {
+    if (h->status == LLEP_PB__STATUS__STATUS_VERSION_MISMATCH || h->version != want) {
         set_error(err, errlen,
                   "protocol version mismatch: llepd speaks version %" PRIu32
                   ", this client speaks version %" PRIu32, h->version, want);
         return -EPROTONOSUPPORT;
     }
-    if (h->status != LLEP__STATUS__STATUS_OK) {
+    if (h->status != LLEP_PB__STATUS__STATUS_OK) {
         set_error(err, errlen, "llepd refused the connection: %s",
                   h->message && h->message[0] ? h->message : "no reason given");
         return llep__status_to_errno(h->status);
@@ -277,39 +277,39 @@ int llep__frame_check_hello_reply(const Llep__Frame *f, char *err, size_t errlen
     return 0;
 }
 
-int llep__status_to_errno(Llep__Status status) {
+int llep__status_to_errno(LlepPb__Status status) {
     switch (status) {
-    case LLEP__STATUS__STATUS_OK: return 0;
-    case LLEP__STATUS__STATUS_INVALID: return -EINVAL;
-    case LLEP__STATUS__STATUS_NO_MEMORY: return -ENOMEM;
-    case LLEP__STATUS__STATUS_PROTOCOL: return -EPROTO;
-    case LLEP__STATUS__STATUS_VERSION_MISMATCH: return -EPROTONOSUPPORT;
-    case LLEP__STATUS__STATUS_NOT_FOUND: return -ENOENT;
-    case LLEP__STATUS__STATUS_EXISTS: return -EEXIST;
-    case LLEP__STATUS__STATUS_PERMISSION: return -EPERM;
-    case LLEP__STATUS__STATUS_TIMED_OUT: return -ETIMEDOUT;
-    case LLEP__STATUS__STATUS_SHUTTING_DOWN: return -ESHUTDOWN;
-    case LLEP__STATUS__STATUS_INTERNAL: return -EIO;
+    case LLEP_PB__STATUS__STATUS_OK: return 0;
+    case LLEP_PB__STATUS__STATUS_INVALID: return -EINVAL;
+    case LLEP_PB__STATUS__STATUS_NO_MEMORY: return -ENOMEM;
+    case LLEP_PB__STATUS__STATUS_PROTOCOL: return -EPROTO;
+    case LLEP_PB__STATUS__STATUS_VERSION_MISMATCH: return -EPROTONOSUPPORT;
+    case LLEP_PB__STATUS__STATUS_NOT_FOUND: return -ENOENT;
+    case LLEP_PB__STATUS__STATUS_EXISTS: return -EEXIST;
+    case LLEP_PB__STATUS__STATUS_PERMISSION: return -EPERM;
+    case LLEP_PB__STATUS__STATUS_TIMED_OUT: return -ETIMEDOUT;
+    case LLEP_PB__STATUS__STATUS_SHUTTING_DOWN: return -ESHUTDOWN;
+    case LLEP_PB__STATUS__STATUS_INTERNAL: return -EIO;
     default: return -EPROTO;  /* a status from a newer peer, or garbage */
     }
 }
 
-Llep__Status llep__status_from_errno(int err) {
+LlepPb__Status llep__status_from_errno(int err) {
     switch (err < 0 ? -err : err) {
-    case 0: return LLEP__STATUS__STATUS_OK;
+    case 0: return LLEP_PB__STATUS__STATUS_OK;
     case EINVAL: case ERANGE: case E2BIG: case EOVERFLOW: case EDOM:
-        return LLEP__STATUS__STATUS_INVALID;
+        return LLEP_PB__STATUS__STATUS_INVALID;
     case ENOMEM: case ENOBUFS: case ENOSPC:
-        return LLEP__STATUS__STATUS_NO_MEMORY;
+        return LLEP_PB__STATUS__STATUS_NO_MEMORY;
     case EPROTO: case EBADMSG: case EMSGSIZE:
-        return LLEP__STATUS__STATUS_PROTOCOL;
-    case EPROTONOSUPPORT: return LLEP__STATUS__STATUS_VERSION_MISMATCH;
-    case ENOENT: return LLEP__STATUS__STATUS_NOT_FOUND;
-    case EEXIST: return LLEP__STATUS__STATUS_EXISTS;
-    case EPERM: case EACCES: return LLEP__STATUS__STATUS_PERMISSION;
-    case ETIMEDOUT: return LLEP__STATUS__STATUS_TIMED_OUT;
-    case ESHUTDOWN: return LLEP__STATUS__STATUS_SHUTTING_DOWN;
-    default: return LLEP__STATUS__STATUS_INTERNAL;
+        return LLEP_PB__STATUS__STATUS_PROTOCOL;
+    case EPROTONOSUPPORT: return LLEP_PB__STATUS__STATUS_VERSION_MISMATCH;
+    case ENOENT: return LLEP_PB__STATUS__STATUS_NOT_FOUND;
+    case EEXIST: return LLEP_PB__STATUS__STATUS_EXISTS;
+    case EPERM: case EACCES: return LLEP_PB__STATUS__STATUS_PERMISSION;
+    case ETIMEDOUT: return LLEP_PB__STATUS__STATUS_TIMED_OUT;
+    case ESHUTDOWN: return LLEP_PB__STATUS__STATUS_SHUTTING_DOWN;
+    default: return LLEP_PB__STATUS__STATUS_INTERNAL;
     }
 }
 

@@ -1,7 +1,7 @@
 /* Framing of control messages on the llepd unix socket (DESIGN.md section 3).
  *
  * A frame is a 4-byte little-endian length followed by that many bytes of a protobuf-c
- * encoded Llep__Frame (proto/llep.proto). llepd, libllep-client and llepctl all use this file,
+ * encoded LlepPb__Frame (proto/llep.proto). llepd, libllep-client and llepctl all use this file,
  * so the three cannot disagree about the wire format.
  *
  * The decoder reads bytes in whatever pieces the socket delivers them (a libuv read callback
@@ -59,7 +59,7 @@ int llep__frame_decoder_feed(llep_frame_decoder *d, const void *data, size_t len
  *              fields, bad wire types). The frame has been consumed and the decoder stays
  *              usable; whether to go on serving such a peer is the caller's choice.
  *   -ENOMEM    out of memory (sticky). */
-int llep__frame_decoder_next(llep_frame_decoder *d, Llep__Frame **ret);
+int llep__frame_decoder_next(llep_frame_decoder *d, LlepPb__Frame **ret);
 
 /* Description of the last error ("" when there was none). */
 const char *llep__frame_decoder_error(const llep_frame_decoder *d);
@@ -69,42 +69,42 @@ const char *llep__frame_decoder_error(const llep_frame_decoder *d);
 size_t llep__frame_decoder_pending(const llep_frame_decoder *d);
 
 /* Frees a message from llep__frame_decoder_next() or llep__frame_unpack(); NULL is fine. */
-void llep__frame_free(Llep__Frame *f);
+void llep__frame_free(LlepPb__Frame *f);
 
 /* Unpacks one payload (no length prefix). Returns 0, -EMSGSIZE over LLEP_FRAME_MAX_SIZE, or
  * -EBADMSG for an empty or undecodable payload. */
-int llep__frame_unpack(const void *payload, size_t len, Llep__Frame **ret);
+int llep__frame_unpack(const void *payload, size_t len, LlepPb__Frame **ret);
 
 /* Size of f once framed: prefix plus payload. */
-size_t llep__frame_encoded_size(const Llep__Frame *f);
+size_t llep__frame_encoded_size(const LlepPb__Frame *f);
 
 /* Writes f, framed, into buf. Returns 0 and the byte count in *ret_len, -EMSGSIZE when the
  * payload is over LLEP_FRAME_MAX_SIZE (nothing is written), or -ENOBUFS when buf is smaller
  * than llep__frame_encoded_size(f). */
-int llep__frame_encode(const Llep__Frame *f, void *buf, size_t buflen, size_t *ret_len);
+int llep__frame_encode(const LlepPb__Frame *f, void *buf, size_t buflen, size_t *ret_len);
 
 /* Like llep__frame_encode() into a new malloc()ed buffer (free() it). -ENOMEM when that
  * fails. */
-int llep__frame_encode_alloc(const Llep__Frame *f, uint8_t **ret_buf, size_t *ret_len);
+int llep__frame_encode_alloc(const LlepPb__Frame *f, uint8_t **ret_buf, size_t *ret_len);
 
 /* Checks the first frame of a connection: it must be a Hello (else -EPROTO) with our
  * PROTOCOL_VERSION (else -EPROTONOSUPPORT). err gets a sentence for the reply, naming both
  * versions on a mismatch. */
-int llep__frame_check_hello(const Llep__Frame *f, char *err, size_t errlen);
+int llep__frame_check_hello(const LlepPb__Frame *f, char *err, size_t errlen);
 
 /* Same check for the HelloReply a client gets back: its status, then its version. Returns 0,
  * -EPROTO when f is not a HelloReply, -EPROTONOSUPPORT on a version mismatch, or the status
  * mapped to an errno. */
-int llep__frame_check_hello_reply(const Llep__Frame *f, char *err, size_t errlen);
+int llep__frame_check_hello_reply(const LlepPb__Frame *f, char *err, size_t errlen);
 
 /* Name of the body case ("hello", "plan_reply", ...), "none" when unset, "unknown" for a
  * value this build does not know. For logs and error replies. */
-const char *llep__frame_body_name(Llep__Frame__BodyCase body);
+const char *llep__frame_body_name(LlepPb__Frame__BodyCase body);
 
 /* Status codes to and from the negative errno values of the client API. Errnos without a
  * status of their own become STATUS_INTERNAL; an unknown status becomes -EPROTO. */
-int llep__status_to_errno(Llep__Status status);
-Llep__Status llep__status_from_errno(int err);
+int llep__status_to_errno(LlepPb__Status status);
+LlepPb__Status llep__status_from_errno(int err);
 
 /* Checks a layer name from the wire: 1 to LLEP_NAME_MAX bytes of printable ASCII without
  * blanks, so names can be logged and shown by llepctl as they are. Returns 0 or -EINVAL. */

@@ -29,7 +29,7 @@ static bool param_ok(float v) {
     return v == 0 || (isfinite(v) && v > 0);
 }
 
-int llep__layer_desc_check(const Llep__LayerDesc *d, char *err, size_t errlen) {
+int llep__layer_desc_check(const LlepPb__LayerDesc *d, char *err, size_t errlen) {
     if (!d)
         return fail(err, errlen, "missing layer description");
     if (d->num_experts < 1 || d->num_experts > LLEP_LAYER_MAX_EXPERTS)
@@ -44,14 +44,14 @@ int llep__layer_desc_check(const Llep__LayerDesc *d, char *err, size_t errlen) {
     if (d->inter < 1 || d->inter > LLEP_LAYER_MAX_DIM)
         return fail(err, errlen, "inter %" PRIu32 " is outside [1, %u]", d->inter,
                     LLEP_LAYER_MAX_DIM);
-    if (d->dtype != LLEP__DTYPE__DTYPE_F32 && d->dtype != LLEP__DTYPE__DTYPE_BF16)
+    if (d->dtype != LLEP_PB__DTYPE__DTYPE_F32 && d->dtype != LLEP_PB__DTYPE__DTYPE_BF16)
         return fail(err, errlen, "unknown dtype %d", (int)d->dtype);
-    if (d->act != LLEP__ACTIVATION__ACT_SWIGLU && d->act != LLEP__ACTIVATION__ACT_SWIGLU_OAI)
+    if (d->act != LLEP_PB__ACTIVATION__ACT_SWIGLU && d->act != LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI)
         return fail(err, errlen, "unknown activation %d", (int)d->act);
-    if (d->policy != LLEP__POLICY__POLICY_AUTO && d->policy != LLEP__POLICY__POLICY_EP &&
-        d->policy != LLEP__POLICY__POLICY_LLEP)
+    if (d->policy != LLEP_PB__POLICY__POLICY_AUTO && d->policy != LLEP_PB__POLICY__POLICY_EP &&
+        d->policy != LLEP_PB__POLICY__POLICY_LLEP)
         return fail(err, errlen, "unknown policy %d", (int)d->policy);
-    if (d->scope != LLEP__SCOPE__SCOPE_NODE && d->scope != LLEP__SCOPE__SCOPE_CLUSTER)
+    if (d->scope != LLEP_PB__SCOPE__SCOPE_NODE && d->scope != LLEP_PB__SCOPE__SCOPE_CLUSTER)
         return fail(err, errlen, "unknown scope %d", (int)d->scope);
     if (!param_ok(d->act_alpha))
         return fail(err, errlen, "act_alpha %g must be 0 (default) or a finite number > 0",
@@ -71,10 +71,10 @@ int llep__layer_desc_check(const Llep__LayerDesc *d, char *err, size_t errlen) {
     return 0;
 }
 
-void llep__layer_bytes_of(const Llep__LayerDesc *d, llep_layer_bytes *ret) {
+void llep__layer_bytes_of(const LlepPb__LayerDesc *d, llep_layer_bytes *ret) {
     /* With the limits of llep__layer_desc_check, N * D * H * 4 <= 2^16 * 2^20 * 2^20 * 4 =
      * 2^58: no product here can overflow. */
-    uint64_t e = d->dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4;
+    uint64_t e = d->dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4;
     uint64_t n = d->num_experts, dd = d->hidden, h = d->inter;
 
     ret->elem_size = (uint32_t)e;
@@ -83,18 +83,18 @@ void llep__layer_bytes_of(const Llep__LayerDesc *d, llep_layer_bytes *ret) {
     ret->b_down = n * dd * e;
 }
 
-static const char *dtype_name(Llep__DType t) {
-    return t == LLEP__DTYPE__DTYPE_BF16 ? "bf16" : t == LLEP__DTYPE__DTYPE_F32 ? "f32" : "?";
+static const char *dtype_name(LlepPb__DType t) {
+    return t == LLEP_PB__DTYPE__DTYPE_BF16 ? "bf16" : t == LLEP_PB__DTYPE__DTYPE_F32 ? "f32" : "?";
 }
 
-void llep__layer_desc_format_shape(const Llep__LayerDesc *d, char *buf, size_t len) {
+void llep__layer_desc_format_shape(const LlepPb__LayerDesc *d, char *buf, size_t len) {
     if (!len)
         return;
     if (!d) {
         snprintf(buf, len, "(no shape)");
         return;
     }
-    if (d->act == LLEP__ACTIVATION__ACT_SWIGLU_OAI)
+    if (d->act == LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI)
         snprintf(buf, len,
                  "N=%" PRIu32 " K=%" PRIu32 " D=%" PRIu32 " H=%" PRIu32 " %s swiglu_oai "
                  "(alpha %g, limit %g)", d->num_experts, d->top_k, d->hidden, d->inter,
@@ -103,17 +103,17 @@ void llep__layer_desc_format_shape(const Llep__LayerDesc *d, char *buf, size_t l
     else
         snprintf(buf, len, "N=%" PRIu32 " K=%" PRIu32 " D=%" PRIu32 " H=%" PRIu32 " %s %s",
                  d->num_experts, d->top_k, d->hidden, d->inter, dtype_name(d->dtype),
-                 d->act == LLEP__ACTIVATION__ACT_SWIGLU ? "swiglu" : "?");
+                 d->act == LLEP_PB__ACTIVATION__ACT_SWIGLU ? "swiglu" : "?");
 }
 
-bool llep__layer_desc_same_shape(const Llep__LayerDesc *a, const Llep__LayerDesc *b) {
+bool llep__layer_desc_same_shape(const LlepPb__LayerDesc *a, const LlepPb__LayerDesc *b) {
     if (!a || !b)
         return false;
     if (a->num_experts != b->num_experts || a->top_k != b->top_k || a->hidden != b->hidden ||
         a->inter != b->inter || a->dtype != b->dtype || a->act != b->act)
         return false;
     /* Only swiglu_oai has parameters; 0 stands for the default value. */
-    if (a->act == LLEP__ACTIVATION__ACT_SWIGLU_OAI) {
+    if (a->act == LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI) {
         float aa = a->act_alpha ? a->act_alpha : 1.702f, ba = b->act_alpha ? b->act_alpha : 1.702f;
         float al = a->act_limit ? a->act_limit : 7.0f, bl = b->act_limit ? b->act_limit : 7.0f;
 
@@ -124,7 +124,7 @@ bool llep__layer_desc_same_shape(const Llep__LayerDesc *a, const Llep__LayerDesc
 
 /* One weight or bias of LayerCreate: present when required, exact size, aligned, inside the
  * tensor space. */
-static int tensor_check(const char *name, const Llep__TensorRef *t, uint64_t bytes,
+static int tensor_check(const char *name, const LlepPb__TensorRef *t, uint64_t bytes,
                         uint32_t align, bool required, const llep_arena *arena,
                         char *err, size_t errlen) {
     if (!t)
@@ -142,7 +142,7 @@ static int tensor_check(const char *name, const Llep__TensorRef *t, uint64_t byt
     return 0;
 }
 
-int llep__layer_create_check(const Llep__LayerCreate *lc, const llep_arena *arena,
+int llep__layer_create_check(const LlepPb__LayerCreate *lc, const llep_arena *arena,
                              char *err, size_t errlen) {
     llep_layer_bytes b;
     int r;
@@ -174,7 +174,7 @@ int llep__layer_create_check(const Llep__LayerCreate *lc, const llep_arena *aren
     return 0;
 }
 
-int llep__layer_attach_check(const Llep__LayerAttach *la, char *err, size_t errlen) {
+int llep__layer_attach_check(const LlepPb__LayerAttach *la, char *err, size_t errlen) {
     int r;
 
     if (!la)
@@ -185,7 +185,7 @@ int llep__layer_attach_check(const Llep__LayerAttach *la, char *err, size_t errl
     return la->desc ? llep__layer_desc_check(la->desc, err, errlen) : 0;
 }
 
-int llep__arena_setup_check(const Llep__ArenaSetup *s, uint64_t max_tensor_bytes,
+int llep__arena_setup_check(const LlepPb__ArenaSetup *s, uint64_t max_tensor_bytes,
                             llep_arena_geom *ret, char *err, size_t errlen) {
     if (!s)
         return fail(err, errlen, "missing arena_setup");
@@ -202,7 +202,7 @@ int llep__arena_setup_check(const Llep__ArenaSetup *s, uint64_t max_tensor_bytes
     return 0;
 }
 
-void llep__arena_reply_set_geom(Llep__ArenaReply *r, const llep_arena_geom *g) {
+void llep__arena_reply_set_geom(LlepPb__ArenaReply *r, const llep_arena_geom *g) {
     r->ring_version = LLEP_RING_VERSION;
     r->arena_size = g->arena_size;
     r->sq_offset = g->sq_offset;
@@ -213,7 +213,7 @@ void llep__arena_reply_set_geom(Llep__ArenaReply *r, const llep_arena_geom *g) {
     r->tensor_size = g->tensor_size;
 }
 
-void llep__arena_reply_get_geom(const Llep__ArenaReply *r, llep_arena_geom *ret) {
+void llep__arena_reply_get_geom(const LlepPb__ArenaReply *r, llep_arena_geom *ret) {
     *ret = (llep_arena_geom){
         .arena_size = r->arena_size,
         .sq_offset = r->sq_offset,

@@ -32,37 +32,37 @@ typedef struct llep_layer_bytes {
  * 1 <= D, H <= LLEP_LAYER_MAX_DIM, known dtype, activation, policy and scope, finite and
  * non-negative act_alpha, act_limit, alpha and lambda (0 means the default), group up to
  * LLEP_LAYER_MAX_GROUP. Returns 0 or -EINVAL. */
-int llep__layer_desc_check(const Llep__LayerDesc *d, char *err, size_t errlen);
+int llep__layer_desc_check(const LlepPb__LayerDesc *d, char *err, size_t errlen);
 
 /* Tensor sizes for a checked desc. */
-void llep__layer_bytes_of(const Llep__LayerDesc *d, llep_layer_bytes *ret);
+void llep__layer_bytes_of(const LlepPb__LayerDesc *d, llep_layer_bytes *ret);
 
 /* "N=64 K=4 D=2048 H=1024 bf16 swiglu": the parts of a desc that attaching must match. */
-void llep__layer_desc_format_shape(const Llep__LayerDesc *d, char *buf, size_t len);
+void llep__layer_desc_format_shape(const LlepPb__LayerDesc *d, char *buf, size_t len);
 
 /* True when N, K, D, H, dtype and activation (with its parameters) are equal. */
-bool llep__layer_desc_same_shape(const Llep__LayerDesc *a, const Llep__LayerDesc *b);
+bool llep__layer_desc_same_shape(const LlepPb__LayerDesc *a, const LlepPb__LayerDesc *b);
 
 /* Checks LayerCreate against the client's arena: a valid name and desc, w_gate, w_up and
  * w_down present, every tensor given exactly the size its shape implies, aligned to its
  * element size and inside the tensor space. arena may be NULL (no ArenaSetup yet), which is
  * an error. Returns 0 or -EINVAL. */
-int llep__layer_create_check(const Llep__LayerCreate *lc, const llep_arena *arena,
+int llep__layer_create_check(const LlepPb__LayerCreate *lc, const llep_arena *arena,
                              char *err, size_t errlen);
 
 /* Checks LayerAttach: a valid name, and a valid desc when one is given. The shape comparison
  * with the existing layer is the caller's (llep__layer_desc_same_shape). */
-int llep__layer_attach_check(const Llep__LayerAttach *la, char *err, size_t errlen);
+int llep__layer_attach_check(const LlepPb__LayerAttach *la, char *err, size_t errlen);
 
 /* Checks ArenaSetup against the daemon's limit on tensor space and computes the layout.
  * Returns 0, -EINVAL (ring sizes) or -ENOMEM (over max_tensor_bytes). */
-int llep__arena_setup_check(const Llep__ArenaSetup *s, uint64_t max_tensor_bytes,
+int llep__arena_setup_check(const LlepPb__ArenaSetup *s, uint64_t max_tensor_bytes,
                             llep_arena_geom *ret, char *err, size_t errlen);
 
 /* Fills an ArenaReply's geometry fields (status, message and fd_count are the caller's). */
-void llep__arena_reply_set_geom(Llep__ArenaReply *r, const llep_arena_geom *g);
+void llep__arena_reply_set_geom(LlepPb__ArenaReply *r, const llep_arena_geom *g);
 
 /* Client side: reads the geometry out of an ArenaReply for llep__arena_map(). */
-void llep__arena_reply_get_geom(const Llep__ArenaReply *r, llep_arena_geom *ret);
+void llep__arena_reply_get_geom(const LlepPb__ArenaReply *r, llep_arena_geom *ret);
 
 #endif

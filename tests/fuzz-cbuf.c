@@ -14,7 +14,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static void feed(llepd_cbuf *b, const Llep__ClusterData *d) {
+static void feed(llepd_cbuf *b, const LlepPb__ClusterData *d) {
     char err[256];
     uint64_t got = b->got;
     int r = llepd_cbuf_add(b, d, 1u << 20, err, sizeof(err));
@@ -36,12 +36,12 @@ static void feed(llepd_cbuf *b, const Llep__ClusterData *d) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     llep_frame_decoder dec;
     llepd_cbuf b = { 0 };
-    Llep__Frame *f;
+    LlepPb__Frame *f;
 
     llep__frame_decoder_init(&dec, 0);
     if (llep__frame_decoder_feed(&dec, data, size) >= 0) {
         while (llep__frame_decoder_next(&dec, &f) > 0) {
-            if (f->body_case == LLEP__FRAME__BODY_CLUSTER_DATA)
+            if (f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_DATA)
                 feed(&b, f->cluster_data);
             llep__frame_free(f);
         }

@@ -31,30 +31,30 @@ static const llep_arena *fuzz_arena(void) {
 }
 
 /* The checks llepd runs on a request before acting on it. */
-static void validate(const Llep__Frame *f) {
+static void validate(const LlepPb__Frame *f) {
     char err[256], shape[128];
     llep_arena_geom g;
 
     switch (f->body_case) {
-    case LLEP__FRAME__BODY_LAYER_CREATE:
+    case LLEP_PB__FRAME__BODY_LAYER_CREATE:
         if (llep__layer_create_check(f->layer_create, fuzz_arena(), err, sizeof(err)) < 0 &&
             !err[0])
             abort();
         llep__layer_desc_format_shape(f->layer_create->desc, shape, sizeof(shape));
         break;
-    case LLEP__FRAME__BODY_LAYER_ATTACH:
+    case LLEP_PB__FRAME__BODY_LAYER_ATTACH:
         if (llep__layer_attach_check(f->layer_attach, err, sizeof(err)) == 0 &&
             f->layer_attach->desc)
             (void)llep__layer_desc_same_shape(f->layer_attach->desc, f->layer_attach->desc);
         break;
-    case LLEP__FRAME__BODY_LAYER_CREATE_REPLY:
-    case LLEP__FRAME__BODY_LAYER_ATTACH_REPLY:
+    case LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY:
+    case LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY:
         (void)llep__layer_desc_check(f->layer_create_reply->desc, err, sizeof(err));
         break;
-    case LLEP__FRAME__BODY_ARENA_SETUP:
+    case LLEP_PB__FRAME__BODY_ARENA_SETUP:
         (void)llep__arena_setup_check(f->arena_setup, UINT64_C(1) << 40, &g, err, sizeof(err));
         break;
-    case LLEP__FRAME__BODY_ARENA_REPLY:
+    case LLEP_PB__FRAME__BODY_ARENA_REPLY:
         llep__arena_reply_get_geom(f->arena_reply, &g);
         break;
     default:
@@ -63,17 +63,17 @@ static void validate(const Llep__Frame *f) {
 }
 
 /* Whatever a handler would do with a decoded frame, minus side effects. */
-static void inspect(const Llep__Frame *f) {
+static void inspect(const LlepPb__Frame *f) {
     char err[256];
     uint8_t *a = NULL, *b = NULL;
     size_t alen, blen;
-    Llep__Frame *again = NULL;
+    LlepPb__Frame *again = NULL;
 
     (void)llep__frame_body_name(f->body_case);
     (void)llep__frame_check_hello(f, err, sizeof(err));
     (void)llep__frame_check_hello_reply(f, err, sizeof(err));
     validate(f);
-    if (f->body_case == LLEP__FRAME__BODY_SUBMISSION_ERROR)
+    if (f->body_case == LLEP_PB__FRAME__BODY_SUBMISSION_ERROR)
         (void)llep__status_to_errno(f->submission_error->status);
 
     /* encode(decode(x)) must decode to something that encodes the same again. */
@@ -97,7 +97,7 @@ static void inspect(const Llep__Frame *f) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     llep_frame_decoder d;
-    Llep__Frame *f;
+    LlepPb__Frame *f;
     size_t piece, off = 0;
     int r = 0;
 

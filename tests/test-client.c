@@ -343,9 +343,9 @@ typedef struct fake {
     pthread_t thread;
 } fake;
 
-static Llep__Frame *read_frame(int fd) {
+static LlepPb__Frame *read_frame(int fd) {
     llep_frame_decoder d;
-    Llep__Frame *f = NULL;
+    LlepPb__Frame *f = NULL;
     uint8_t buf[4096];
 
     llep__frame_decoder_init(&d, 0);
@@ -364,7 +364,7 @@ static Llep__Frame *read_frame(int fd) {
     return f;
 }
 
-static void write_frame(int fd, const Llep__Frame *f) {
+static void write_frame(int fd, const LlepPb__Frame *f) {
     uint8_t *buf;
     size_t len;
 
@@ -375,23 +375,23 @@ static void write_frame(int fd, const Llep__Frame *f) {
 
 static void *fake_run(void *arg) {
     fake *fk = arg;
-    Llep__HelloReply hr = LLEP__HELLO_REPLY__INIT;
-    Llep__Frame reply = LLEP__FRAME__INIT, *f;
+    LlepPb__HelloReply hr = LLEP_PB__HELLO_REPLY__INIT;
+    LlepPb__Frame reply = LLEP_PB__FRAME__INIT, *f;
     int fd = accept(fk->listen_fd, NULL, NULL);
 
     f = read_frame(fd);
-    if (!f || f->body_case != LLEP__FRAME__BODY_HELLO) {
+    if (!f || f->body_case != LLEP_PB__FRAME__BODY_HELLO) {
         close(fd);
         return NULL;
     }
     reply.id = f->id;
     llep__frame_free(f);
-    reply.body_case = LLEP__FRAME__BODY_HELLO_REPLY;
+    reply.body_case = LLEP_PB__FRAME__BODY_HELLO_REPLY;
     reply.hello_reply = &hr;
-    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hr.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     hr.daemon_version = "fake";
     if (fk->mode == FAKE_BAD_VERSION) {
-        hr.status = LLEP__STATUS__STATUS_VERSION_MISMATCH;
+        hr.status = LLEP_PB__STATUS__STATUS_VERSION_MISMATCH;
         hr.version = 99;
         hr.message = "protocol version mismatch: llepd speaks 99";
     }

@@ -78,7 +78,7 @@ static void teardown(void) {
 
 /* ---- the unix socket: raw frames ---------------------------------------------------------- */
 
-static void send_frame(int fd, const Llep__Frame *f) {
+static void send_frame(int fd, const LlepPb__Frame *f) {
     uint8_t *buf;
     size_t len;
 
@@ -88,8 +88,8 @@ static void send_frame(int fd, const Llep__Frame *f) {
 }
 
 /* The next frame, or NULL when the other end closed. Fails the test after 3 s. */
-static Llep__Frame *recv_frame(int fd, llep_frame_decoder *dec) {
-    Llep__Frame *f = NULL;
+static LlepPb__Frame *recv_frame(int fd, llep_frame_decoder *dec) {
+    LlepPb__Frame *f = NULL;
     uint8_t buf[4096];
     uint64_t deadline = now_ms() + 3000;
 
@@ -124,41 +124,41 @@ static int connect_unix(int node) {
 }
 
 /* PeersRequest on node's unix socket, as llepctl would send it. The caller frees the frame. */
-static Llep__Frame *query_peers(int node) {
-    Llep__Hello h = LLEP__HELLO__INIT;
-    Llep__PeersRequest pr = LLEP__PEERS_REQUEST__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT, *reply;
+static LlepPb__Frame *query_peers(int node) {
+    LlepPb__Hello h = LLEP_PB__HELLO__INIT;
+    LlepPb__PeersRequest pr = LLEP_PB__PEERS_REQUEST__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT, *reply;
     llep_frame_decoder dec;
     int fd = connect_unix(node);
 
     ck_assert_msg(fd >= 0, "node %d does not answer on its unix socket", node);
     llep__frame_decoder_init(&dec, 0);
-    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     h.program = (char *)"test-cluster";
-    h.kind = LLEP__PEER_KIND__PEER_KIND_CTL;
+    h.kind = LLEP_PB__PEER_KIND__PEER_KIND_CTL;
     f.id = 1;
-    f.body_case = LLEP__FRAME__BODY_HELLO;
+    f.body_case = LLEP_PB__FRAME__BODY_HELLO;
     f.hello = &h;
     send_frame(fd, &f);
     reply = recv_frame(fd, &dec);
     ck_assert_ptr_nonnull(reply);
-    ck_assert_int_eq(reply->body_case, LLEP__FRAME__BODY_HELLO_REPLY);
-    ck_assert_int_eq(reply->hello_reply->status, LLEP__STATUS__STATUS_OK);
+    ck_assert_int_eq(reply->body_case, LLEP_PB__FRAME__BODY_HELLO_REPLY);
+    ck_assert_int_eq(reply->hello_reply->status, LLEP_PB__STATUS__STATUS_OK);
     llep__frame_free(reply);
     f.id = 2;
-    f.body_case = LLEP__FRAME__BODY_PEERS;
+    f.body_case = LLEP_PB__FRAME__BODY_PEERS;
     f.peers = &pr;
     send_frame(fd, &f);
     reply = recv_frame(fd, &dec);
     ck_assert_ptr_nonnull(reply);
-    ck_assert_int_eq(reply->body_case, LLEP__FRAME__BODY_PEERS_REPLY);
-    ck_assert_int_eq(reply->peers_reply->status, LLEP__STATUS__STATUS_OK);
+    ck_assert_int_eq(reply->body_case, LLEP_PB__FRAME__BODY_PEERS_REPLY);
+    ck_assert_int_eq(reply->peers_reply->status, LLEP_PB__STATUS__STATUS_OK);
     llep__frame_decoder_fini(&dec);
     close(fd);
     return reply;
 }
 
-static const Llep__PeerInfo *find_peer(const Llep__PeersReply *r, uint32_t id) {
+static const LlepPb__PeerInfo *find_peer(const LlepPb__PeersReply *r, uint32_t id) {
     for (size_t i = 0; i < r->n_peers; i++)
         if (r->peers[i]->node_id == id)
             return r->peers[i];
@@ -167,16 +167,16 @@ static const Llep__PeerInfo *find_peer(const Llep__PeersReply *r, uint32_t id) {
 
 /* Waits until node sees peer in state (with an RTT when up); returns the milliseconds it took.
  * Fails after limit_ms. */
-static uint64_t wait_state(int node, uint32_t peer, Llep__PeerState state, uint64_t limit_ms) {
+static uint64_t wait_state(int node, uint32_t peer, LlepPb__PeerState state, uint64_t limit_ms) {
     uint64_t start = now_ms();
 
     for (;;) {
-        Llep__Frame *f = query_peers(node);
-        const Llep__PeerInfo *p = find_peer(f->peers_reply, peer);
+        LlepPb__Frame *f = query_peers(node);
+        const LlepPb__PeerInfo *p = find_peer(f->peers_reply, peer);
         ck_assert_ptr_nonnull(p);
         bool ok = p->state == state &&
-                  (state != LLEP__PEER_STATE__PEER_STATE_UP || p->rtt_last_ns > 0);
-        Llep__PeerState seen = p->state;
+                  (state != LLEP_PB__PEER_STATE__PEER_STATE_UP || p->rtt_last_ns > 0);
+        LlepPb__PeerState seen = p->state;
         llep__frame_free(f);
         uint64_t took = now_ms() - start;
         if (ok)
@@ -332,7 +332,7 @@ START_TEST(three_nodes_down_and_back) {
     for (int i = 0; i < NODES; i++)
         for (int j = 0; j < NODES; j++)
             if (i != j)
-                wait_state(i, (uint32_t)j, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
+                wait_state(i, (uint32_t)j, LLEP_PB__PEER_STATE__PEER_STATE_UP, 5000);
     for (int i = 0; i < NODES; i++)
         check_peers_json(i);
 
@@ -341,14 +341,14 @@ START_TEST(three_nodes_down_and_back) {
     ck_assert_int_eq(waitpid(pids[2], NULL, 0), pids[2]);
     pids[2] = -1;
     for (int i = 0; i < 2; i++) {
-        uint64_t took = wait_state(i, 2, LLEP__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
+        uint64_t took = wait_state(i, 2, LLEP_PB__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
         ck_assert_msg(took <= TIMEOUT_MS + 200, "node %d saw node 2 down after %llu ms", i,
                       (unsigned long long)took);
     }
     /* Nodes 0 and 1 keep their own link and serve their clients. */
-    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 1000);
-    Llep__Frame *f = query_peers(0);
-    const Llep__PeerInfo *p2 = find_peer(f->peers_reply, 2);
+    wait_state(0, 1, LLEP_PB__PEER_STATE__PEER_STATE_UP, 1000);
+    LlepPb__Frame *f = query_peers(0);
+    const LlepPb__PeerInfo *p2 = find_peer(f->peers_reply, 2);
     ck_assert_uint_eq(p2->links_up, 1);
     ck_assert_str_ne(p2->last_error, "");
     llep__frame_free(f);
@@ -356,13 +356,13 @@ START_TEST(three_nodes_down_and_back) {
     /* Restarted, it is dialled by node 0 (backoff at most the peer timeout) and dials node 1. */
     start_node(2, peers);
     for (int i = 0; i < 2; i++) {
-        wait_state(i, 2, LLEP__PEER_STATE__PEER_STATE_UP, 4 * TIMEOUT_MS);
-        wait_state(2, (uint32_t)i, LLEP__PEER_STATE__PEER_STATE_UP, 4 * TIMEOUT_MS);
+        wait_state(i, 2, LLEP_PB__PEER_STATE__PEER_STATE_UP, 4 * TIMEOUT_MS);
+        wait_state(2, (uint32_t)i, LLEP_PB__PEER_STATE__PEER_STATE_UP, 4 * TIMEOUT_MS);
     }
     f = query_peers(0);
     p2 = find_peer(f->peers_reply, 2);
     ck_assert_uint_ge(p2->links_up, 2);
-    if (p2->state == LLEP__PEER_STATE__PEER_STATE_UP)
+    if (p2->state == LLEP_PB__PEER_STATE__PEER_STATE_UP)
         ck_assert_str_eq(p2->last_error, "");
     llep__frame_free(f);
     ck_assert(log_has(0, "peer node 2 (127.0.0.1:"));
@@ -387,20 +387,20 @@ static int connect_peer_port(int node) {
 
 /* Sends bytes on a new peer link to node 1; expects one reply of body want with status and a
  * message containing text, then the close. */
-static void expect_refusal(const void *bytes, size_t len, Llep__Frame__BodyCase want,
-                           Llep__Status status, const char *text) {
+static void expect_refusal(const void *bytes, size_t len, LlepPb__Frame__BodyCase want,
+                           LlepPb__Status status, const char *text) {
     llep_frame_decoder dec;
     int fd = connect_peer_port(1);
-    Llep__Frame *f;
+    LlepPb__Frame *f;
 
     llep__frame_decoder_init(&dec, 0);
     ck_assert_int_eq(write(fd, bytes, len), (ssize_t)len);
     f = recv_frame(fd, &dec);
     ck_assert_msg(f != NULL, "no reply to a refused peer link (%s)", text);
     ck_assert_int_eq(f->body_case, want);
-    const char *msg = want == LLEP__FRAME__BODY_ERROR ? f->error->message
+    const char *msg = want == LLEP_PB__FRAME__BODY_ERROR ? f->error->message
                                                       : f->peer_hello_reply->message;
-    Llep__Status st = want == LLEP__FRAME__BODY_ERROR ? f->error->status
+    LlepPb__Status st = want == LLEP_PB__FRAME__BODY_ERROR ? f->error->status
                                                       : f->peer_hello_reply->status;
     ck_assert_int_eq(st, status);
     ck_assert_msg(strstr(msg, text), "'%s' lacks '%s'", msg, text);
@@ -416,9 +416,9 @@ static void expect_refusal(const void *bytes, size_t len, Llep__Frame__BodyCase 
 }
 
 static void expect_hello_refused(uint32_t version, uint32_t node_id, uint32_t peer_id,
-                                 uint64_t hash, Llep__Status status, const char *text) {
-    Llep__PeerHello h = LLEP__PEER_HELLO__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+                                 uint64_t hash, LlepPb__Status status, const char *text) {
+    LlepPb__PeerHello h = LLEP_PB__PEER_HELLO__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     uint8_t *buf;
     size_t len;
 
@@ -427,44 +427,44 @@ static void expect_hello_refused(uint32_t version, uint32_t node_id, uint32_t pe
     h.peer_id = peer_id;
     h.peers_hash = hash;
     f.id = 1;
-    f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
+    f.body_case = LLEP_PB__FRAME__BODY_PEER_HELLO;
     f.peer_hello = &h;
     ck_assert_int_eq(llep__frame_encode_alloc(&f, &buf, &len), 0);
-    expect_refusal(buf, len, LLEP__FRAME__BODY_PEER_HELLO_REPLY, status, text);
+    expect_refusal(buf, len, LLEP_PB__FRAME__BODY_PEER_HELLO_REPLY, status, text);
     free(buf);
 }
 
 START_TEST(bad_peer_input) {
     static const uint8_t garbage[] = { 5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff };
     static const uint8_t oversize[] = { 0xff, 0xff, 0xff, 0x7f };
-    const uint32_t v = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    const uint32_t v = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
 
     /* Node 1 alone: its peers are down, its peer port is open. */
     start_node(1, peers);
-    expect_hello_refused(v + 41, 0, 1, 0, LLEP__STATUS__STATUS_VERSION_MISMATCH,
+    expect_hello_refused(v + 41, 0, 1, 0, LLEP_PB__STATUS__STATUS_VERSION_MISMATCH,
                          "protocol version mismatch: node 0 speaks version 42");
-    expect_hello_refused(v, 7, 1, 0, LLEP__STATUS__STATUS_NOT_FOUND, "unknown node id 7");
-    expect_hello_refused(v, 1, 1, 0, LLEP__STATUS__STATUS_INVALID, "this node's own id");
-    expect_hello_refused(v, 2, 1, 0, LLEP__STATUS__STATUS_INVALID,
+    expect_hello_refused(v, 7, 1, 0, LLEP_PB__STATUS__STATUS_NOT_FOUND, "unknown node id 7");
+    expect_hello_refused(v, 1, 1, 0, LLEP_PB__STATUS__STATUS_INVALID, "this node's own id");
+    expect_hello_refused(v, 2, 1, 0, LLEP_PB__STATUS__STATUS_INVALID,
                          "the lower id dials the higher: node 1 dials node 2");
-    expect_hello_refused(v, 0, 2, 0, LLEP__STATUS__STATUS_INVALID,
+    expect_hello_refused(v, 0, 2, 0, LLEP_PB__STATUS__STATUS_INVALID,
                          "node 0 dialled node 2 but reached node 1");
-    expect_hello_refused(v, 0, 1, 0, LLEP__STATUS__STATUS_INVALID, "different peers list");
-    expect_refusal(garbage, sizeof(garbage), LLEP__FRAME__BODY_ERROR,
-                   LLEP__STATUS__STATUS_PROTOCOL, "bad frame");
-    expect_refusal(oversize, sizeof(oversize), LLEP__FRAME__BODY_ERROR,
-                   LLEP__STATUS__STATUS_PROTOCOL, "bad frame");
+    expect_hello_refused(v, 0, 1, 0, LLEP_PB__STATUS__STATUS_INVALID, "different peers list");
+    expect_refusal(garbage, sizeof(garbage), LLEP_PB__FRAME__BODY_ERROR,
+                   LLEP_PB__STATUS__STATUS_PROTOCOL, "bad frame");
+    expect_refusal(oversize, sizeof(oversize), LLEP_PB__FRAME__BODY_ERROR,
+                   LLEP_PB__STATUS__STATUS_PROTOCOL, "bad frame");
 
     /* A client's request is not served on a peer link, before or instead of a hello. */
-    Llep__StatusRequest sr = LLEP__STATUS_REQUEST__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__StatusRequest sr = LLEP_PB__STATUS_REQUEST__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     uint8_t *buf;
     size_t len;
     f.id = 9;
-    f.body_case = LLEP__FRAME__BODY_STATUS;
+    f.body_case = LLEP_PB__FRAME__BODY_STATUS;
     f.status = &sr;
     ck_assert_int_eq(llep__frame_encode_alloc(&f, &buf, &len), 0);
-    expect_refusal(buf, len, LLEP__FRAME__BODY_ERROR, LLEP__STATUS__STATUS_PROTOCOL,
+    expect_refusal(buf, len, LLEP_PB__FRAME__BODY_ERROR, LLEP_PB__STATUS__STATUS_PROTOCOL,
                    "the first message on a peer link must be peer_hello, got status");
     free(buf);
 
@@ -500,15 +500,15 @@ static uint64_t peers_hash_of(const char *list) {
 }
 
 static void send_peer_hello(int fd, uint64_t hash) {
-    Llep__PeerHello h = LLEP__PEER_HELLO__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__PeerHello h = LLEP_PB__PEER_HELLO__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
-    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     h.node_id = 0;
     h.peer_id = 1;
     h.peers_hash = hash;
     f.id = 1;
-    f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
+    f.body_case = LLEP_PB__FRAME__BODY_PEER_HELLO;
     f.peer_hello = &h;
     send_frame(fd, &f);
 }
@@ -516,7 +516,7 @@ static void send_peer_hello(int fd, uint64_t hash) {
 START_TEST(fake_peer) {
     uint64_t hash = peers_hash_of(peers);
     llep_frame_decoder dec;
-    Llep__Frame *r;
+    LlepPb__Frame *r;
 
     start_node(1, peers);
     for (int round = 0; round < 2; round++) {
@@ -526,35 +526,35 @@ START_TEST(fake_peer) {
         send_peer_hello(fd, hash);
         r = recv_frame(fd, &dec);
         ck_assert_ptr_nonnull(r);
-        ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_PEER_HELLO_REPLY);
-        ck_assert_int_eq(r->peer_hello_reply->status, LLEP__STATUS__STATUS_OK);
+        ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_PEER_HELLO_REPLY);
+        ck_assert_int_eq(r->peer_hello_reply->status, LLEP_PB__STATUS__STATUS_OK);
         ck_assert_uint_eq(r->peer_hello_reply->node_id, 1);
         ck_assert_uint_eq(r->peer_hello_reply->peers_hash, hash);
         llep__frame_free(r);
         /* Up as soon as node 1 has answered (no RTT: we answer none of its heartbeats). */
-        Llep__Frame *q = query_peers(1);
-        ck_assert_int_eq(find_peer(q->peers_reply, 0)->state, LLEP__PEER_STATE__PEER_STATE_UP);
+        LlepPb__Frame *q = query_peers(1);
+        ck_assert_int_eq(find_peer(q->peers_reply, 0)->state, LLEP_PB__PEER_STATE__PEER_STATE_UP);
         llep__frame_free(q);
 
         /* Node 1 heartbeats us and answers ours with the same seq and time. */
-        Llep__Heartbeat hb = LLEP__HEARTBEAT__INIT;
-        Llep__Frame f = LLEP__FRAME__INIT;
+        LlepPb__Heartbeat hb = LLEP_PB__HEARTBEAT__INIT;
+        LlepPb__Frame f = LLEP_PB__FRAME__INIT;
         hb.seq = 77;
         hb.sent_ns = 123456789;
         f.id = 77;
-        f.body_case = LLEP__FRAME__BODY_HEARTBEAT;
+        f.body_case = LLEP_PB__FRAME__BODY_HEARTBEAT;
         f.heartbeat = &hb;
         send_frame(fd, &f);
         bool got_reply = false, got_heartbeat = false;
         for (int i = 0; i < 50 && !(got_reply && got_heartbeat); i++) {
             r = recv_frame(fd, &dec);
             ck_assert_ptr_nonnull(r);
-            if (r->body_case == LLEP__FRAME__BODY_HEARTBEAT_REPLY) {
+            if (r->body_case == LLEP_PB__FRAME__BODY_HEARTBEAT_REPLY) {
                 ck_assert_uint_eq(r->heartbeat_reply->seq, 77);
                 ck_assert_uint_eq(r->heartbeat_reply->sent_ns, 123456789);
                 got_reply = true;
             } else {
-                ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_HEARTBEAT);
+                ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_HEARTBEAT);
                 got_heartbeat = true;
             }
             llep__frame_free(r);
@@ -564,9 +564,9 @@ START_TEST(fake_peer) {
         if (round == 0) {
             send_peer_hello(fd, hash);
         } else {
-            Llep__LayersRequest lr = LLEP__LAYERS_REQUEST__INIT;
+            LlepPb__LayersRequest lr = LLEP_PB__LAYERS_REQUEST__INIT;
             f.id = 5;
-            f.body_case = LLEP__FRAME__BODY_LAYERS;
+            f.body_case = LLEP_PB__FRAME__BODY_LAYERS;
             f.layers = &lr;
             send_frame(fd, &f);
         }
@@ -574,22 +574,22 @@ START_TEST(fake_peer) {
         for (;;) {
             r = recv_frame(fd, &dec);
             ck_assert_ptr_nonnull(r);
-            if (r->body_case != LLEP__FRAME__BODY_HEARTBEAT)
+            if (r->body_case != LLEP_PB__FRAME__BODY_HEARTBEAT)
                 break;
             llep__frame_free(r);
         }
-        ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_ERROR);
-        ck_assert_int_eq(r->error->status, LLEP__STATUS__STATUS_PROTOCOL);
+        ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_ERROR);
+        ck_assert_int_eq(r->error->status, LLEP_PB__STATUS__STATUS_PROTOCOL);
         ck_assert_str_eq(r->error->message, round == 0 ? "peer_hello sent twice"
                                                        : "layers is not served on a peer link");
         llep__frame_free(r);
         ck_assert_ptr_null(recv_frame(fd, &dec));
         llep__frame_decoder_fini(&dec);
         close(fd);
-        wait_state(1, 0, LLEP__PEER_STATE__PEER_STATE_DOWN, TIMEOUT_MS);
+        wait_state(1, 0, LLEP_PB__PEER_STATE__PEER_STATE_DOWN, TIMEOUT_MS);
     }
-    Llep__Frame *f = query_peers(1);
-    const Llep__PeerInfo *p = find_peer(f->peers_reply, 0);
+    LlepPb__Frame *f = query_peers(1);
+    const LlepPb__PeerInfo *p = find_peer(f->peers_reply, 0);
     ck_assert_uint_eq(p->links_up, 2);
     ck_assert_str_eq(p->last_error, "layers is not served on a peer link");
     ck_assert_uint_gt(p->bytes_received, 0);
@@ -599,57 +599,57 @@ START_TEST(fake_peer) {
 END_TEST
 
 /* The next frame that is not a heartbeat (node 1 keeps sending those). */
-static Llep__Frame *recv_skip_heartbeats(int fd, llep_frame_decoder *dec) {
+static LlepPb__Frame *recv_skip_heartbeats(int fd, llep_frame_decoder *dec) {
     for (;;) {
-        Llep__Frame *r = recv_frame(fd, dec);
-        if (!r || r->body_case != LLEP__FRAME__BODY_HEARTBEAT)
+        LlepPb__Frame *r = recv_frame(fd, dec);
+        if (!r || r->body_case != LLEP_PB__FRAME__BODY_HEARTBEAT)
             return r;
         llep__frame_free(r);
     }
 }
 
 static void send_cluster_layer(int fd, uint32_t n, uint64_t share_bytes, uint64_t uid) {
-    Llep__LayerDesc d = LLEP__LAYER_DESC__INIT;
-    Llep__ClusterLayer m = LLEP__CLUSTER_LAYER__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__LayerDesc d = LLEP_PB__LAYER_DESC__INIT;
+    LlepPb__ClusterLayer m = LLEP_PB__CLUSTER_LAYER__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     d.num_experts = n;
     d.top_k = 1;
     d.hidden = 4;
     d.inter = 4;
-    d.scope = LLEP__SCOPE__SCOPE_CLUSTER;
+    d.scope = LLEP_PB__SCOPE__SCOPE_CLUSTER;
     m.name = (char *)"fake";
     m.desc = &d;
     m.origin = 0;
     m.devices_per_node = 1;
     m.share_bytes = share_bytes;
     m.uid = uid;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER;
     f.cluster_layer = &m;
     send_frame(fd, &f);
 }
 
 static void send_share(int fd, uint64_t offset, const void *data, size_t len, uint64_t total) {
-    Llep__ClusterData m = LLEP__CLUSTER_DATA__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterData m = LLEP_PB__CLUSTER_DATA__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.layer = (char *)"fake";
-    m.kind = LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
+    m.kind = LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
     m.offset = offset;
     m.total = total;
     m.data.data = (uint8_t *)data;
     m.data.len = len;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_DATA;
     f.cluster_data = &m;
     send_frame(fd, &f);
 }
 
 static void expect_layer_reply(int fd, llep_frame_decoder *dec, bool ok, const char *text) {
-    Llep__Frame *r = recv_skip_heartbeats(fd, dec);
+    LlepPb__Frame *r = recv_skip_heartbeats(fd, dec);
 
     ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY);
-    ck_assert_int_eq(r->cluster_layer_reply->status == LLEP__STATUS__STATUS_OK, ok);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY);
+    ck_assert_int_eq(r->cluster_layer_reply->status == LLEP_PB__STATUS__STATUS_OK, ok);
     ck_assert_msg(strstr(r->cluster_layer_reply->message, text), "reply '%s' lacks '%s'",
                   r->cluster_layer_reply->message, text);
     llep__frame_free(r);
@@ -662,7 +662,7 @@ static void expect_layer_reply(int fd, llep_frame_decoder *dec, bool ok, const c
 START_TEST(fake_peer_cluster_layers) {
     uint64_t hash = peers_hash_of(peers);
     llep_frame_decoder dec;
-    Llep__Frame *r, f = LLEP__FRAME__INIT;
+    LlepPb__Frame *r, f = LLEP_PB__FRAME__INIT;
     char out[8192];
 
     start_node(1, peers);
@@ -671,25 +671,25 @@ START_TEST(fake_peer_cluster_layers) {
     send_peer_hello(fd, hash);
     r = recv_frame(fd, &dec);
     ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->peer_hello_reply->status, LLEP__STATUS__STATUS_OK);
+    ck_assert_int_eq(r->peer_hello_reply->status, LLEP_PB__STATUS__STATUS_OK);
     llep__frame_free(r);
 
     /* Loads of a layer node 1 does not have: the step is refused, naming it. */
-    Llep__ClusterLoads lm = LLEP__CLUSTER_LOADS__INIT;
+    LlepPb__ClusterLoads lm = LLEP_PB__CLUSTER_LOADS__INIT;
     uint64_t loads[3] = { 1, 2, 3 };
     lm.layer = (char *)"nope";
     lm.step = 5;
     lm.loads = loads;
     lm.n_loads = 3;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_LOADS;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LOADS;
     f.cluster_loads = &lm;
     send_frame(fd, &f);
     r = recv_skip_heartbeats(fd, &dec);
     ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_CLUSTER_STEP_FAIL);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_CLUSTER_STEP_FAIL);
     ck_assert_str_eq(r->cluster_step_fail->layer, "nope");
     ck_assert_uint_eq(r->cluster_step_fail->step, 5);
-    ck_assert_int_eq(r->cluster_step_fail->status, LLEP__STATUS__STATUS_NOT_FOUND);
+    ck_assert_int_eq(r->cluster_step_fail->status, LLEP_PB__STATUS__STATUS_NOT_FOUND);
     ck_assert_ptr_nonnull(strstr(r->cluster_step_fail->message, "no cluster layer 'nope'"));
     llep__frame_free(r);
 
@@ -719,7 +719,7 @@ START_TEST(fake_peer_cluster_layers) {
      * llepd's test hook): it tells every node why, and the layer stays on the peer links. A
      * ClusterComm for another uid (another layer of that name) is ignored. */
     uint8_t id[128] = { 1, 2, 3 };
-    Llep__ClusterComm cm = LLEP__CLUSTER_COMM__INIT;
+    LlepPb__ClusterComm cm = LLEP_PB__CLUSTER_COMM__INIT;
     cm.layer = (char *)"fake";
     cm.uid = 99;
     cm.epoch = 1;
@@ -727,7 +727,7 @@ START_TEST(fake_peer_cluster_layers) {
     cm.id.data = id;
     cm.id.len = sizeof(id);
     cm.nranks = 3;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_COMM;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_COMM;
     f.cluster_comm = &cm;
     send_frame(fd, &f);
     cm.uid = 3;
@@ -735,7 +735,7 @@ START_TEST(fake_peer_cluster_layers) {
     send_frame(fd, &f);
     r = recv_skip_heartbeats(fd, &dec);
     ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_CLUSTER_COMM_FAIL);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL);
     ck_assert_str_eq(r->cluster_comm_fail->layer, "fake");
     ck_assert_uint_eq(r->cluster_comm_fail->epoch, 2);
     ck_assert_msg(strstr(r->cluster_comm_fail->message,
@@ -746,16 +746,16 @@ START_TEST(fake_peer_cluster_layers) {
     ck_assert_msg(strstr(out, "\"internode_transport\": \"peer links\""), "%s", out);
 
     /* Garbage step data for it is dropped; a drop from its origin removes it. */
-    Llep__ClusterData dm = LLEP__CLUSTER_DATA__INIT;
+    LlepPb__ClusterData dm = LLEP_PB__CLUSTER_DATA__INIT;
     dm.layer = (char *)"fake";
     dm.step = 99;
     dm.total = 1ull << 62;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_DATA;
     f.cluster_data = &dm;
     send_frame(fd, &f);
-    Llep__ClusterLayerDrop drop = LLEP__CLUSTER_LAYER_DROP__INIT;
+    LlepPb__ClusterLayerDrop drop = LLEP_PB__CLUSTER_LAYER_DROP__INIT;
     drop.name = (char *)"fake";
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER_DROP;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER_DROP;
     f.cluster_layer_drop = &drop;
     send_frame(fd, &f);
     for (uint64_t start = now_ms();; sleep_ms(20)) {
@@ -764,8 +764,8 @@ START_TEST(fake_peer_cluster_layers) {
             break;
         ck_assert_msg(now_ms() - start < 3000, "layer not dropped: %s", out);
     }
-    Llep__Frame *q = query_peers(1);
-    ck_assert_int_eq(find_peer(q->peers_reply, 0)->state, LLEP__PEER_STATE__PEER_STATE_UP);
+    LlepPb__Frame *q = query_peers(1);
+    ck_assert_int_eq(find_peer(q->peers_reply, 0)->state, LLEP_PB__PEER_STATE__PEER_STATE_UP);
     llep__frame_free(q);
     llep__frame_decoder_fini(&dec);
     close(fd);
@@ -787,12 +787,12 @@ static void write_secret(const char *name, const char *text, mode_t mode, char *
 /* Waits until node's view of peer has a last_error containing text. */
 static void wait_error(int node, uint32_t peer, const char *text, uint64_t limit_ms) {
     for (uint64_t start = now_ms();; sleep_ms(20)) {
-        Llep__Frame *f = query_peers(node);
-        const Llep__PeerInfo *p = find_peer(f->peers_reply, peer);
+        LlepPb__Frame *f = query_peers(node);
+        const LlepPb__PeerInfo *p = find_peer(f->peers_reply, peer);
         bool found = strstr(p->last_error, text) != NULL;
         char last[256];
         snprintf(last, sizeof(last), "%s", p->last_error);
-        ck_assert_int_ne(p->state, LLEP__PEER_STATE__PEER_STATE_UP);
+        ck_assert_int_ne(p->state, LLEP_PB__PEER_STATE__PEER_STATE_UP);
         llep__frame_free(f);
         if (found)
             return;
@@ -813,8 +813,8 @@ START_TEST(peer_secret) {
 
     start_node_secret(0, peers, a);
     start_node_secret(1, peers, a);
-    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
-    wait_state(1, 0, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
+    wait_state(0, 1, LLEP_PB__PEER_STATE__PEER_STATE_UP, 5000);
+    wait_state(1, 0, LLEP_PB__PEER_STATE__PEER_STATE_UP, 5000);
     ck_assert(log_has(0, "authenticated with the peer secret"));
     char out[4096];
     ck_assert_int_eq(run_llepctl(1, "peers", NULL, out, sizeof(out)), 0);
@@ -837,10 +837,10 @@ START_TEST(peer_secret) {
     int fd = connect_peer_port(1);
     llep__frame_decoder_init(&dec, 0);
     send_peer_hello(fd, hash);
-    Llep__Frame *r = recv_frame(fd, &dec);
+    LlepPb__Frame *r = recv_frame(fd, &dec);
     ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_PEER_HELLO_REPLY);
-    ck_assert_int_ne(r->peer_hello_reply->status, LLEP__STATUS__STATUS_OK);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_PEER_HELLO_REPLY);
+    ck_assert_int_ne(r->peer_hello_reply->status, LLEP_PB__STATUS__STATUS_OK);
     ck_assert_ptr_nonnull(strstr(r->peer_hello_reply->message, "node 0 does not"));
     llep__frame_free(r);
     llep__frame_decoder_fini(&dec);
@@ -848,46 +848,46 @@ START_TEST(peer_secret) {
 
     fd = connect_peer_port(1);
     llep__frame_decoder_init(&dec, 0);
-    Llep__PeerHello h = LLEP__PEER_HELLO__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__PeerHello h = LLEP_PB__PEER_HELLO__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     uint8_t nonce[32] = { 1, 2, 3 }, mac[32] = { 0 };
-    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     h.node_id = 0;
     h.peer_id = 1;
     h.peers_hash = hash;
     h.nonce.data = nonce;
     h.nonce.len = sizeof(nonce);
     f.id = 1;
-    f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
+    f.body_case = LLEP_PB__FRAME__BODY_PEER_HELLO;
     f.peer_hello = &h;
     send_frame(fd, &f);
     r = recv_frame(fd, &dec);
     ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->peer_hello_reply->status, LLEP__STATUS__STATUS_OK);
+    ck_assert_int_eq(r->peer_hello_reply->status, LLEP_PB__STATUS__STATUS_OK);
     ck_assert_uint_eq(r->peer_hello_reply->nonce.len, 32);
     ck_assert_uint_eq(r->peer_hello_reply->mac.len, 32);
     llep__frame_free(r);
     /* Not up before it authenticates. */
-    Llep__Frame *q = query_peers(1);
-    ck_assert_int_ne(find_peer(q->peers_reply, 0)->state, LLEP__PEER_STATE__PEER_STATE_UP);
+    LlepPb__Frame *q = query_peers(1);
+    ck_assert_int_ne(find_peer(q->peers_reply, 0)->state, LLEP_PB__PEER_STATE__PEER_STATE_UP);
     llep__frame_free(q);
-    Llep__PeerAuth pa = LLEP__PEER_AUTH__INIT;
+    LlepPb__PeerAuth pa = LLEP_PB__PEER_AUTH__INIT;
     pa.mac.data = mac;
     pa.mac.len = sizeof(mac);
     f.id = 3;
-    f.body_case = LLEP__FRAME__BODY_PEER_AUTH;
+    f.body_case = LLEP_PB__FRAME__BODY_PEER_AUTH;
     f.peer_auth = &pa;
     send_frame(fd, &f);
     r = recv_frame(fd, &dec);
     ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_ERROR);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_ERROR);
     ck_assert_ptr_nonnull(strstr(r->error->message, "node 0 failed authentication"));
     llep__frame_free(r);
     ck_assert_ptr_null(recv_frame(fd, &dec));
     llep__frame_decoder_fini(&dec);
     close(fd);
     q = query_peers(1);
-    ck_assert_int_ne(find_peer(q->peers_reply, 0)->state, LLEP__PEER_STATE__PEER_STATE_UP);
+    ck_assert_int_ne(find_peer(q->peers_reply, 0)->state, LLEP_PB__PEER_STATE__PEER_STATE_UP);
     ck_assert_uint_eq(find_peer(q->peers_reply, 0)->links_up, 1); /* the real node 0, earlier */
     llep__frame_free(q);
     stop_node(1);
@@ -924,26 +924,26 @@ START_TEST(different_peers_list) {
 
     start_node(0, peers);
     start_node(1, peers);
-    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 5000);
+    wait_state(0, 1, LLEP_PB__PEER_STATE__PEER_STATE_UP, 5000);
     /* Node 2's list names a fourth node: same ids and addresses for 0-2, different hash. */
     snprintf(other, sizeof(other), "%s,3=127.0.0.1:1", peers);
     start_node(2, other);
     /* Node 0 dials node 2 and is refused; the reason shows in llepctl peers. */
     for (uint64_t start = now_ms();; sleep_ms(20)) {
-        Llep__Frame *f = query_peers(0);
-        const Llep__PeerInfo *p = find_peer(f->peers_reply, 2);
+        LlepPb__Frame *f = query_peers(0);
+        const LlepPb__PeerInfo *p = find_peer(f->peers_reply, 2);
         bool refused = strstr(p->last_error, "different peers list") != NULL;
-        ck_assert_int_ne(p->state, LLEP__PEER_STATE__PEER_STATE_UP);
+        ck_assert_int_ne(p->state, LLEP_PB__PEER_STATE__PEER_STATE_UP);
         llep__frame_free(f);
         if (refused)
             break;
         ck_assert_msg(now_ms() - start < 3000, "node 0 was not refused by node 2");
     }
-    wait_state(2, 0, LLEP__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
-    wait_state(2, 1, LLEP__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
+    wait_state(2, 0, LLEP_PB__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
+    wait_state(2, 1, LLEP_PB__PEER_STATE__PEER_STATE_DOWN, 3 * TIMEOUT_MS);
     ck_assert(log_has(2, "refused a peer link from 127.0.0.1:"));
     ck_assert(log_has(1, "different peers list"));
-    wait_state(0, 1, LLEP__PEER_STATE__PEER_STATE_UP, 1000);
+    wait_state(0, 1, LLEP_PB__PEER_STATE__PEER_STATE_UP, 1000);
     for (int i = 0; i < NODES; i++)
         stop_node(i);
 }
@@ -970,7 +970,7 @@ START_TEST(not_clustered) {
         }
         sleep_ms(10);
     }
-    Llep__Frame *f = query_peers(0);
+    LlepPb__Frame *f = query_peers(0);
     ck_assert(!f->peers_reply->clustered);
     ck_assert_uint_eq(f->peers_reply->n_peers, 0);
     llep__frame_free(f);

@@ -11,7 +11,7 @@
 #include "validate.h"
 
 /* Encodes f into a new buffer, failing the test on error. */
-static uint8_t *encode(const Llep__Frame *f, size_t *ret_len) {
+static uint8_t *encode(const LlepPb__Frame *f, size_t *ret_len) {
     uint8_t *buf = NULL;
 
     ck_assert_int_eq(llep__frame_encode_alloc(f, &buf, ret_len), 0);
@@ -19,14 +19,14 @@ static uint8_t *encode(const Llep__Frame *f, size_t *ret_len) {
     return buf;
 }
 
-static void make_hello(Llep__Frame *f, Llep__Hello *h, uint64_t id, uint32_t version) {
-    llep__frame__init(f);
-    llep__hello__init(h);
+static void make_hello(LlepPb__Frame *f, LlepPb__Hello *h, uint64_t id, uint32_t version) {
+    llep_pb__frame__init(f);
+    llep_pb__hello__init(h);
     h->version = version;
     h->program = (char *)"test-frame";
-    h->kind = LLEP__PEER_KIND__PEER_KIND_CLIENT;
+    h->kind = LLEP_PB__PEER_KIND__PEER_KIND_CLIENT;
     f->id = id;
-    f->body_case = LLEP__FRAME__BODY_HELLO;
+    f->body_case = LLEP_PB__FRAME__BODY_HELLO;
     f->hello = h;
 }
 
@@ -43,12 +43,12 @@ static size_t raw_frame(uint8_t *buf, uint32_t n, const void *payload, size_t le
 
 START_TEST(test_round_trip_hello) {
     llep_frame_decoder d;
-    Llep__Frame f, *out = NULL;
-    Llep__Hello h;
+    LlepPb__Frame f, *out = NULL;
+    LlepPb__Hello h;
     size_t len;
     uint8_t *buf;
 
-    make_hello(&f, &h, 7, LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION);
+    make_hello(&f, &h, 7, LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION);
     buf = encode(&f, &len);
     /* The prefix is little-endian, whatever the host. */
     ck_assert_uint_eq(buf[0] | buf[1] << 8 | buf[2] << 16 | (uint32_t)buf[3] << 24, len - 4);
@@ -57,10 +57,10 @@ START_TEST(test_round_trip_hello) {
     ck_assert_int_eq(llep__frame_decoder_feed(&d, buf, len), 0);
     ck_assert_int_eq(llep__frame_decoder_next(&d, &out), 1);
     ck_assert_uint_eq(out->id, 7);
-    ck_assert_int_eq(out->body_case, LLEP__FRAME__BODY_HELLO);
+    ck_assert_int_eq(out->body_case, LLEP_PB__FRAME__BODY_HELLO);
     ck_assert_uint_eq(out->hello->version, 1);
     ck_assert_str_eq(out->hello->program, "test-frame");
-    ck_assert_int_eq(out->hello->kind, LLEP__PEER_KIND__PEER_KIND_CLIENT);
+    ck_assert_int_eq(out->hello->kind, LLEP_PB__PEER_KIND__PEER_KIND_CLIENT);
     ck_assert_int_eq(llep__frame_decoder_next(&d, &out), 0);
     ck_assert_uint_eq(llep__frame_decoder_pending(&d), 0);
     llep__frame_free(out);
@@ -71,18 +71,18 @@ END_TEST
 
 /* The biggest messages: a layer with weights and biases, and a plan reply. */
 START_TEST(test_round_trip_nested) {
-    Llep__Frame f, *out = NULL;
-    Llep__LayerCreate lc;
-    Llep__LayerDesc desc;
-    Llep__TensorRef w[4];
+    LlepPb__Frame f, *out = NULL;
+    LlepPb__LayerCreate lc;
+    LlepPb__LayerDesc desc;
+    LlepPb__TensorRef w[4];
     uint8_t *buf;
     size_t len;
 
-    llep__frame__init(&f);
-    llep__layer_create__init(&lc);
-    llep__layer_desc__init(&desc);
+    llep_pb__frame__init(&f);
+    llep_pb__layer_create__init(&lc);
+    llep_pb__layer_desc__init(&desc);
     for (int i = 0; i < 4; i++) {
-        llep__tensor_ref__init(&w[i]);
+        llep_pb__tensor_ref__init(&w[i]);
         w[i].offset = 4096u * (uint64_t)(i + 1);
         w[i].bytes = UINT64_C(1) << (33 + i);
     }
@@ -90,16 +90,16 @@ START_TEST(test_round_trip_nested) {
     desc.top_k = 4;
     desc.hidden = 2880;
     desc.inter = 2880;
-    desc.dtype = LLEP__DTYPE__DTYPE_BF16;
-    desc.act = LLEP__ACTIVATION__ACT_SWIGLU_OAI;
+    desc.dtype = LLEP_PB__DTYPE__DTYPE_BF16;
+    desc.act = LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI;
     desc.act_alpha = 1.702f;
     desc.act_limit = 7.0f;
-    desc.policy = LLEP__POLICY__POLICY_LLEP;
+    desc.policy = LLEP_PB__POLICY__POLICY_LLEP;
     desc.alpha = 1.0f;
     desc.lambda = 1.3f;
     desc.min_tokens = 1024;
     desc.group = 8;
-    desc.scope = LLEP__SCOPE__SCOPE_CLUSTER;
+    desc.scope = LLEP_PB__SCOPE__SCOPE_CLUSTER;
     desc.group_timeout_ms = 5000;
     lc.name = (char *)"gpt-oss.layer3";
     lc.desc = &desc;
@@ -108,16 +108,16 @@ START_TEST(test_round_trip_nested) {
     lc.w_down = &w[2];
     lc.b_down = &w[3];
     f.id = UINT64_MAX;
-    f.body_case = LLEP__FRAME__BODY_LAYER_CREATE;
+    f.body_case = LLEP_PB__FRAME__BODY_LAYER_CREATE;
     f.layer_create = &lc;
 
     buf = encode(&f, &len);
     ck_assert_int_eq(llep__frame_unpack(buf + 4, len - 4, &out), 0);
     ck_assert_uint_eq(out->id, UINT64_MAX);
-    ck_assert_int_eq(out->body_case, LLEP__FRAME__BODY_LAYER_CREATE);
+    ck_assert_int_eq(out->body_case, LLEP_PB__FRAME__BODY_LAYER_CREATE);
     ck_assert_str_eq(out->layer_create->name, "gpt-oss.layer3");
     ck_assert_uint_eq(out->layer_create->desc->hidden, 2880);
-    ck_assert_int_eq(out->layer_create->desc->scope, LLEP__SCOPE__SCOPE_CLUSTER);
+    ck_assert_int_eq(out->layer_create->desc->scope, LLEP_PB__SCOPE__SCOPE_CLUSTER);
     ck_assert(out->layer_create->desc->act_alpha == 1.702f);
     ck_assert_uint_eq(out->layer_create->desc->group_timeout_ms, 5000);
     ck_assert_uint_eq(out->layer_create->w_down->bytes, UINT64_C(1) << 35);
@@ -131,25 +131,25 @@ START_TEST(test_round_trip_nested) {
 END_TEST
 
 START_TEST(test_round_trip_plan_reply) {
-    Llep__Frame f, *out = NULL;
-    Llep__PlanReply pr;
-    Llep__Plan plan;
-    Llep__PlanRange r[3], *rp[3];
+    LlepPb__Frame f, *out = NULL;
+    LlepPb__PlanReply pr;
+    LlepPb__Plan plan;
+    LlepPb__PlanRange r[3], *rp[3];
     uint64_t loads[2] = { 300, 200 };
     uint8_t *buf;
     size_t len;
 
-    llep__frame__init(&f);
-    llep__plan_reply__init(&pr);
-    llep__plan__init(&plan);
+    llep_pb__frame__init(&f);
+    llep_pb__plan_reply__init(&pr);
+    llep_pb__plan__init(&plan);
     for (int i = 0; i < 3; i++) {
-        llep__plan_range__init(&r[i]);
+        llep_pb__plan_range__init(&r[i]);
         r[i].expert = (uint32_t)i;
         r[i].device = (uint32_t)i % 2;
         r[i].end = 100;
         rp[i] = &r[i];
     }
-    plan.mode = LLEP__PLAN_MODE__PLAN_MODE_LLEP;
+    plan.mode = LLEP_PB__PLAN_MODE__PLAN_MODE_LLEP;
     plan.imbalance = 3.91;
     plan.capacity = 250;
     plan.devices = 2;
@@ -157,17 +157,17 @@ START_TEST(test_round_trip_plan_reply) {
     plan.device_loads = loads;
     plan.n_assignments = 3;
     plan.assignments = rp;
-    pr.status = LLEP__STATUS__STATUS_OK;
+    pr.status = LLEP_PB__STATUS__STATUS_OK;
     pr.layer = (char *)"moe";
     pr.step = 42;
     pr.plan = &plan;
     f.id = 3;
-    f.body_case = LLEP__FRAME__BODY_PLAN_REPLY;
+    f.body_case = LLEP_PB__FRAME__BODY_PLAN_REPLY;
     f.plan_reply = &pr;
 
     buf = encode(&f, &len);
     ck_assert_int_eq(llep__frame_unpack(buf + 4, len - 4, &out), 0);
-    ck_assert_int_eq(out->body_case, LLEP__FRAME__BODY_PLAN_REPLY);
+    ck_assert_int_eq(out->body_case, LLEP_PB__FRAME__BODY_PLAN_REPLY);
     ck_assert_uint_eq(out->plan_reply->step, 42);
     ck_assert_uint_eq(out->plan_reply->plan->n_assignments, 3);
     ck_assert_uint_eq(out->plan_reply->plan->assignments[2]->expert, 2);
@@ -180,8 +180,8 @@ END_TEST
 
 /* Three frames fed one byte at a time come out whole, each as soon as its last byte is in. */
 START_TEST(test_split_byte_by_byte) {
-    Llep__Frame f[3];
-    Llep__Hello h[3];
+    LlepPb__Frame f[3];
+    LlepPb__Hello h[3];
     uint8_t *bufs[3], *all;
     size_t lens[3], total = 0, off = 0, got = 0;
     llep_frame_decoder d;
@@ -201,7 +201,7 @@ START_TEST(test_split_byte_by_byte) {
     llep__frame_decoder_init(&d, 0);
     off = 0;
     for (size_t i = 0; i < total; i++) {
-        Llep__Frame *out = NULL;
+        LlepPb__Frame *out = NULL;
         int r;
 
         ck_assert_int_eq(llep__frame_decoder_feed(&d, all + i, 1), 0);
@@ -224,8 +224,8 @@ END_TEST
 
 /* Every split of two frames into two feeds decodes the same two frames. */
 START_TEST(test_split_everywhere) {
-    Llep__Frame f[2];
-    Llep__Hello h[2];
+    LlepPb__Frame f[2];
+    LlepPb__Hello h[2];
     uint8_t buf[256];
     size_t len0, len1;
 
@@ -235,7 +235,7 @@ START_TEST(test_split_everywhere) {
     ck_assert_int_eq(llep__frame_encode(&f[1], buf + len0, sizeof(buf) - len0, &len1), 0);
     for (size_t cut = 0; cut <= len0 + len1; cut++) {
         llep_frame_decoder d;
-        Llep__Frame *out;
+        LlepPb__Frame *out;
         uint64_t next_id = 1;
         int r;
 
@@ -262,7 +262,7 @@ END_TEST
  * decoder stays refused since the stream cannot be resynchronised. */
 START_TEST(test_oversize) {
     llep_frame_decoder d;
-    Llep__Frame *out = NULL;
+    LlepPb__Frame *out = NULL;
     uint8_t buf[8];
 
     llep__frame_decoder_init(&d, 0);
@@ -293,8 +293,8 @@ END_TEST
 /* A frame exactly at the limit is fine; one byte more is refused by the encoder, which
  * writes nothing. */
 START_TEST(test_encode_limits) {
-    Llep__Frame f, *out = NULL;
-    Llep__Hello h;
+    LlepPb__Frame f, *out = NULL;
+    LlepPb__Hello h;
     llep_frame_decoder d;
     uint8_t small[8], *buf;
     size_t len, n, overhead;
@@ -310,10 +310,10 @@ START_TEST(test_encode_limits) {
     program[LLEP_FRAME_MAX_SIZE + 1] = '\0';
     h.program = program;
     ck_assert_int_eq(llep__frame_encode_alloc(&f, &buf, &len), -EMSGSIZE);
-    overhead = llep__frame__get_packed_size(&f) - (LLEP_FRAME_MAX_SIZE + 1);
+    overhead = llep_pb__frame__get_packed_size(&f) - (LLEP_FRAME_MAX_SIZE + 1);
     n = LLEP_FRAME_MAX_SIZE - overhead;
     program[n] = '\0';
-    ck_assert_uint_eq(llep__frame__get_packed_size(&f), LLEP_FRAME_MAX_SIZE);
+    ck_assert_uint_eq(llep_pb__frame__get_packed_size(&f), LLEP_FRAME_MAX_SIZE);
     ck_assert_int_eq(llep__frame_encode_alloc(&f, &buf, &len), 0);
 
     llep__frame_decoder_init(&d, 0);
@@ -346,8 +346,8 @@ START_TEST(test_garbage) {
     };
     static const size_t garbage_len[] = { 6, 1, 4, 2, 2 };
     llep_frame_decoder d;
-    Llep__Frame f, *out = NULL;
-    Llep__Hello h;
+    LlepPb__Frame f, *out = NULL;
+    LlepPb__Hello h;
     uint8_t buf[64];
     size_t len;
 
@@ -384,11 +384,11 @@ END_TEST
 START_TEST(test_unknown_body) {
     /* id = 5, then field 1000 as a varint: tag (1000 << 3) = 8000 = 0xc0 0x3e. */
     static const uint8_t payload[] = { 0x08, 0x05, 0xc0, 0x3e, 0x01 };
-    Llep__Frame *out = NULL;
+    LlepPb__Frame *out = NULL;
 
     ck_assert_int_eq(llep__frame_unpack(payload, sizeof(payload), &out), 0);
     ck_assert_uint_eq(out->id, 5);
-    ck_assert_int_eq(out->body_case, LLEP__FRAME__BODY__NOT_SET);
+    ck_assert_int_eq(out->body_case, LLEP_PB__FRAME__BODY__NOT_SET);
     ck_assert_str_eq(llep__frame_body_name(out->body_case), "none");
     llep__frame_free(out);
 }
@@ -397,7 +397,7 @@ END_TEST
 START_TEST(test_feed_limit) {
     llep_frame_decoder d;
     uint8_t *big = calloc(1, LLEP_FRAME_MAX_SIZE + LLEP_FRAME_READ_MAX + 8);
-    Llep__Frame *out;
+    LlepPb__Frame *out;
 
     llep__frame_decoder_init(&d, 0);
     /* A whole maximal frame plus a read's worth is the most that may be buffered. */
@@ -417,13 +417,13 @@ START_TEST(test_feed_limit) {
 END_TEST
 
 START_TEST(test_version) {
-    Llep__Frame f, reply;
-    Llep__Hello h;
-    Llep__HelloReply hr;
-    Llep__StatusRequest sr;
+    LlepPb__Frame f, reply;
+    LlepPb__Hello h;
+    LlepPb__HelloReply hr;
+    LlepPb__StatusRequest sr;
     char err[256];
 
-    make_hello(&f, &h, 1, LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION);
+    make_hello(&f, &h, 1, LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION);
     ck_assert_int_eq(llep__frame_check_hello(&f, err, sizeof(err)), 0);
 
     h.version = 2;
@@ -433,27 +433,27 @@ START_TEST(test_version) {
     h.version = 0;
     ck_assert_int_eq(llep__frame_check_hello(&f, err, sizeof(err)), -EPROTONOSUPPORT);
 
-    llep__status_request__init(&sr);
-    f.body_case = LLEP__FRAME__BODY_STATUS;
+    llep_pb__status_request__init(&sr);
+    f.body_case = LLEP_PB__FRAME__BODY_STATUS;
     f.status = &sr;
     ck_assert_int_eq(llep__frame_check_hello(&f, err, sizeof(err)), -EPROTO);
     ck_assert_str_eq(err, "the first message must be hello, got status");
     ck_assert_int_eq(llep__frame_check_hello(NULL, NULL, 0), -EPROTO);
 
-    llep__frame__init(&reply);
-    llep__hello_reply__init(&hr);
-    reply.body_case = LLEP__FRAME__BODY_HELLO_REPLY;
+    llep_pb__frame__init(&reply);
+    llep_pb__hello_reply__init(&hr);
+    reply.body_case = LLEP_PB__FRAME__BODY_HELLO_REPLY;
     reply.hello_reply = &hr;
     hr.version = 1;
     ck_assert_int_eq(llep__frame_check_hello_reply(&reply, err, sizeof(err)), 0);
     hr.version = 3;
-    hr.status = LLEP__STATUS__STATUS_VERSION_MISMATCH;
+    hr.status = LLEP_PB__STATUS__STATUS_VERSION_MISMATCH;
     ck_assert_int_eq(llep__frame_check_hello_reply(&reply, err, sizeof(err)),
                      -EPROTONOSUPPORT);
     ck_assert_str_eq(err, "protocol version mismatch: llepd speaks version 3, this client "
                           "speaks version 1");
     hr.version = 1;
-    hr.status = LLEP__STATUS__STATUS_SHUTTING_DOWN;
+    hr.status = LLEP_PB__STATUS__STATUS_SHUTTING_DOWN;
     hr.message = (char *)"draining";
     ck_assert_int_eq(llep__frame_check_hello_reply(&reply, err, sizeof(err)), -ESHUTDOWN);
     ck_assert_str_eq(err, "llepd refused the connection: draining");
@@ -462,30 +462,30 @@ START_TEST(test_version) {
 END_TEST
 
 START_TEST(test_status_errno) {
-    for (int s = 0; s <= LLEP__STATUS__STATUS_INTERNAL; s++) {
-        int e = llep__status_to_errno((Llep__Status)s);
+    for (int s = 0; s <= LLEP_PB__STATUS__STATUS_INTERNAL; s++) {
+        int e = llep__status_to_errno((LlepPb__Status)s);
 
         ck_assert_int_le(e, 0);
         ck_assert_int_eq(llep__status_from_errno(e), s);
     }
-    ck_assert_int_eq(llep__status_to_errno((Llep__Status)99), -EPROTO);
-    ck_assert_int_eq(llep__status_from_errno(-EACCES), LLEP__STATUS__STATUS_PERMISSION);
-    ck_assert_int_eq(llep__status_from_errno(EINVAL), LLEP__STATUS__STATUS_INVALID);
-    ck_assert_int_eq(llep__status_from_errno(-EMSGSIZE), LLEP__STATUS__STATUS_PROTOCOL);
-    ck_assert_int_eq(llep__status_from_errno(-EXDEV), LLEP__STATUS__STATUS_INTERNAL);
+    ck_assert_int_eq(llep__status_to_errno((LlepPb__Status)99), -EPROTO);
+    ck_assert_int_eq(llep__status_from_errno(-EACCES), LLEP_PB__STATUS__STATUS_PERMISSION);
+    ck_assert_int_eq(llep__status_from_errno(EINVAL), LLEP_PB__STATUS__STATUS_INVALID);
+    ck_assert_int_eq(llep__status_from_errno(-EMSGSIZE), LLEP_PB__STATUS__STATUS_PROTOCOL);
+    ck_assert_int_eq(llep__status_from_errno(-EXDEV), LLEP_PB__STATUS__STATUS_INTERNAL);
 }
 END_TEST
 
 /* Every body case has a name, requests are even and their replies the next odd number. */
 START_TEST(test_body_names) {
-    const ProtobufCMessageDescriptor *desc = &llep__frame__descriptor;
+    const ProtobufCMessageDescriptor *desc = &llep_pb__frame__descriptor;
 
     for (unsigned i = 0; i < desc->n_fields; i++) {
         const ProtobufCFieldDescriptor *field = &desc->fields[i];
 
         if (field->id == 1)
             continue;
-        ck_assert_str_eq(llep__frame_body_name((Llep__Frame__BodyCase)field->id), field->name);
+        ck_assert_str_eq(llep__frame_body_name((LlepPb__Frame__BodyCase)field->id), field->name);
         ck_assert(field->flags & PROTOBUF_C_FIELD_FLAG_ONEOF);
         if (field->id >= 16 && field->id % 2 == 1) {
             const ProtobufCFieldDescriptor *req =
@@ -496,10 +496,10 @@ START_TEST(test_body_names) {
             ck_assert_ptr_null(strstr(req->name, "reply"));
         }
     }
-    ck_assert_str_eq(llep__frame_body_name(LLEP__FRAME__BODY_HELLO), "hello");
-    ck_assert_str_eq(llep__frame_body_name(LLEP__FRAME__BODY_DRAIN_REPLY), "drain_reply");
-    ck_assert_str_eq(llep__frame_body_name((Llep__Frame__BodyCase)1), "unknown");
-    ck_assert_str_eq(llep__frame_body_name((Llep__Frame__BodyCase)12345), "unknown");
+    ck_assert_str_eq(llep__frame_body_name(LLEP_PB__FRAME__BODY_HELLO), "hello");
+    ck_assert_str_eq(llep__frame_body_name(LLEP_PB__FRAME__BODY_DRAIN_REPLY), "drain_reply");
+    ck_assert_str_eq(llep__frame_body_name((LlepPb__Frame__BodyCase)1), "unknown");
+    ck_assert_str_eq(llep__frame_body_name((LlepPb__Frame__BodyCase)12345), "unknown");
 }
 END_TEST
 
@@ -524,8 +524,8 @@ START_TEST(test_names) {
 END_TEST
 
 /* A small valid desc: N=8 K=2 D=16 H=32 f32. */
-static void make_desc(Llep__LayerDesc *d) {
-    llep__layer_desc__init(d);
+static void make_desc(LlepPb__LayerDesc *d) {
+    llep_pb__layer_desc__init(d);
     d->num_experts = 8;
     d->top_k = 2;
     d->hidden = 16;
@@ -533,7 +533,7 @@ static void make_desc(Llep__LayerDesc *d) {
 }
 
 START_TEST(test_desc_check) {
-    Llep__LayerDesc d;
+    LlepPb__LayerDesc d;
     char err[256];
 
     make_desc(&d);
@@ -553,10 +553,10 @@ START_TEST(test_desc_check) {
         case 2: d.top_k = 0; break;
         case 3: d.hidden = 0; break;
         case 4: d.inter = LLEP_LAYER_MAX_DIM + 1; break;
-        case 5: d.dtype = (Llep__DType)2; break;
-        case 6: d.act = (Llep__Activation)-1; break;
-        case 7: d.policy = (Llep__Policy)3; break;
-        case 8: d.scope = (Llep__Scope)7; break;
+        case 5: d.dtype = (LlepPb__DType)2; break;
+        case 6: d.act = (LlepPb__Activation)-1; break;
+        case 7: d.policy = (LlepPb__Policy)3; break;
+        case 8: d.scope = (LlepPb__Scope)7; break;
         case 9: d.act_alpha = NAN; break;
         case 10: d.act_limit = -1.0f; break;
         case 11: d.alpha = INFINITY; break;
@@ -587,12 +587,12 @@ START_TEST(test_desc_check) {
 END_TEST
 
 START_TEST(test_desc_shape) {
-    Llep__LayerDesc a, b;
+    LlepPb__LayerDesc a, b;
     char buf[128];
 
     make_desc(&a);
     make_desc(&b);
-    b.policy = LLEP__POLICY__POLICY_EP;   /* not part of the shape */
+    b.policy = LLEP_PB__POLICY__POLICY_EP;   /* not part of the shape */
     b.alpha = 2.0f;
     ck_assert(llep__layer_desc_same_shape(&a, &b));
     b.top_k = 4;
@@ -602,12 +602,12 @@ START_TEST(test_desc_shape) {
     ck_assert_str_eq(buf, "N=8 K=2 D=16 H=32 f32 swiglu");
 
     make_desc(&b);
-    a.act = b.act = LLEP__ACTIVATION__ACT_SWIGLU_OAI;
+    a.act = b.act = LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI;
     b.act_alpha = 1.702f;   /* the default spelled out equals 0 */
     ck_assert(llep__layer_desc_same_shape(&a, &b));
     b.act_limit = 5.0f;
     ck_assert(!llep__layer_desc_same_shape(&a, &b));
-    b.dtype = LLEP__DTYPE__DTYPE_BF16;
+    b.dtype = LLEP_PB__DTYPE__DTYPE_BF16;
     llep__layer_desc_format_shape(&b, buf, sizeof(buf));
     ck_assert_str_eq(buf, "N=8 K=2 D=16 H=32 bf16 swiglu_oai (alpha 1.702, limit 5)");
     llep__layer_desc_format_shape(NULL, buf, sizeof(buf));
@@ -617,9 +617,9 @@ END_TEST
 
 START_TEST(test_layer_create_check) {
     /* f32 N=8 D=16 H=32: weights 16 KiB each, biases 1 KiB (gate, up) and 512 B (down). */
-    Llep__LayerCreate lc;
-    Llep__LayerDesc d;
-    Llep__TensorRef w[6];
+    LlepPb__LayerCreate lc;
+    LlepPb__LayerDesc d;
+    LlepPb__TensorRef w[6];
     llep_arena_geom g;
     llep_arena a;
     uint64_t t;
@@ -629,11 +629,11 @@ START_TEST(test_layer_create_check) {
     ck_assert_int_eq(llep__arena_create(&g, &a), 0);
     t = g.tensor_offset;
     make_desc(&d);
-    llep__layer_create__init(&lc);
+    llep_pb__layer_create__init(&lc);
     lc.name = (char *)"moe0";
     lc.desc = &d;
     for (int i = 0; i < 6; i++)
-        llep__tensor_ref__init(&w[i]);
+        llep_pb__tensor_ref__init(&w[i]);
     w[0].offset = t;            w[0].bytes = 16384;
     w[1].offset = t + 16384;    w[1].bytes = 16384;
     w[2].offset = t + 32768;    w[2].bytes = 16384;
@@ -670,10 +670,10 @@ START_TEST(test_layer_create_check) {
     w[2].offset = UINT64_MAX - 8;
     ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
     w[2].offset = t + 32768;
-    d.dtype = LLEP__DTYPE__DTYPE_BF16;   /* now every size is twice what bf16 needs */
+    d.dtype = LLEP_PB__DTYPE__DTYPE_BF16;   /* now every size is twice what bf16 needs */
     ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
     ck_assert_str_eq(err, "w_gate has 16384 bytes, the shape needs 8192");
-    d.dtype = LLEP__DTYPE__DTYPE_F32;
+    d.dtype = LLEP_PB__DTYPE__DTYPE_F32;
     lc.name = (char *)"bad name";
     ck_assert_int_eq(llep__layer_create_check(&lc, &a, err, sizeof(err)), -EINVAL);
     lc.name = (char *)"moe0";
@@ -685,14 +685,14 @@ START_TEST(test_layer_create_check) {
 END_TEST
 
 START_TEST(test_attach_and_arena_setup) {
-    Llep__LayerAttach la;
-    Llep__LayerDesc d;
-    Llep__ArenaSetup s;
-    Llep__ArenaReply r;
+    LlepPb__LayerAttach la;
+    LlepPb__LayerDesc d;
+    LlepPb__ArenaSetup s;
+    LlepPb__ArenaReply r;
     llep_arena_geom g, back;
     char err[256];
 
-    llep__layer_attach__init(&la);
+    llep_pb__layer_attach__init(&la);
     la.name = (char *)"moe0";
     ck_assert_int_eq(llep__layer_attach_check(&la, err, sizeof(err)), 0);
     make_desc(&d);
@@ -703,7 +703,7 @@ START_TEST(test_attach_and_arena_setup) {
     ck_assert_int_eq(llep__layer_attach_check(&la, err, sizeof(err)), -EINVAL);
     ck_assert_int_eq(llep__layer_attach_check(NULL, err, sizeof(err)), -EINVAL);
 
-    llep__arena_setup__init(&s);
+    llep_pb__arena_setup__init(&s);
     s.tensor_bytes = 1 << 20;
     ck_assert_int_eq(llep__arena_setup_check(&s, 1 << 30, &g, err, sizeof(err)), 0);
     ck_assert_uint_eq(g.tensor_size, 1 << 20);
@@ -718,7 +718,7 @@ START_TEST(test_attach_and_arena_setup) {
     ck_assert_int_eq(llep__arena_setup_check(NULL, 1 << 30, &g, err, sizeof(err)), -EINVAL);
 
     /* The geometry survives a trip through ArenaReply. */
-    llep__arena_reply__init(&r);
+    llep_pb__arena_reply__init(&r);
     llep__arena_reply_set_geom(&r, &g);
     ck_assert_uint_eq(r.ring_version, LLEP_RING_VERSION);
     llep__arena_reply_get_geom(&r, &back);

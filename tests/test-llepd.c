@@ -114,7 +114,7 @@ static void rc_close(rawc *c) {
         close(c->cq_efd);
 }
 
-static uint64_t rc_send(rawc *c, Llep__Frame *f) {
+static uint64_t rc_send(rawc *c, LlepPb__Frame *f) {
     uint8_t *buf;
     size_t len;
 
@@ -127,8 +127,8 @@ static uint64_t rc_send(rawc *c, Llep__Frame *f) {
 }
 
 /* Next frame; NULL when the daemon closed the connection. fds receives passed descriptors. */
-static Llep__Frame *rc_recv(rawc *c, int *fds, size_t *nfds) {
-    Llep__Frame *f;
+static LlepPb__Frame *rc_recv(rawc *c, int *fds, size_t *nfds) {
+    LlepPb__Frame *f;
     uint8_t buf[65536];
 
     if (nfds)
@@ -154,9 +154,9 @@ static Llep__Frame *rc_recv(rawc *c, int *fds, size_t *nfds) {
 }
 
 /* Receives the reply to request id, skipping frames the daemon sends on its own. */
-static Llep__Frame *rc_reply(rawc *c, uint64_t id, int *fds, size_t *nfds) {
+static LlepPb__Frame *rc_reply(rawc *c, uint64_t id, int *fds, size_t *nfds) {
     for (;;) {
-        Llep__Frame *f = rc_recv(c, fds, nfds);
+        LlepPb__Frame *f = rc_recv(c, fds, nfds);
         ck_assert_msg(f != NULL, "daemon closed the connection instead of replying");
         if (f->id == id)
             return f;
@@ -164,36 +164,36 @@ static Llep__Frame *rc_reply(rawc *c, uint64_t id, int *fds, size_t *nfds) {
     }
 }
 
-static void rc_hello_kind(rawc *c, Llep__PeerKind kind) {
-    Llep__Hello h = LLEP__HELLO__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+static void rc_hello_kind(rawc *c, LlepPb__PeerKind kind) {
+    LlepPb__Hello h = LLEP_PB__HELLO__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     char err[256];
 
-    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     h.program = (char *)"test-llepd";
     h.kind = kind;
-    f.body_case = LLEP__FRAME__BODY_HELLO;
+    f.body_case = LLEP_PB__FRAME__BODY_HELLO;
     f.hello = &h;
-    Llep__Frame *r = rc_reply(c, rc_send(c, &f), NULL, NULL);
+    LlepPb__Frame *r = rc_reply(c, rc_send(c, &f), NULL, NULL);
     ck_assert_int_eq(llep__frame_check_hello_reply(r, err, sizeof(err)), 0);
     llep__frame_free(r);
 }
 
 static void rc_start(rawc *c, uint64_t tensor_bytes) {
-    Llep__ArenaSetup as = LLEP__ARENA_SETUP__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ArenaSetup as = LLEP_PB__ARENA_SETUP__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     int fds[4];
     size_t nfds;
     char err[256];
     llep_arena_geom g;
 
     ck_assert_int_ge(rc_connect(c), 0);
-    rc_hello_kind(c, LLEP__PEER_KIND__PEER_KIND_CLIENT);
+    rc_hello_kind(c, LLEP_PB__PEER_KIND__PEER_KIND_CLIENT);
     as.tensor_bytes = tensor_bytes;
-    f.body_case = LLEP__FRAME__BODY_ARENA_SETUP;
+    f.body_case = LLEP_PB__FRAME__BODY_ARENA_SETUP;
     f.arena_setup = &as;
-    Llep__Frame *r = rc_reply(c, rc_send(c, &f), fds, &nfds);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_ARENA_REPLY);
+    LlepPb__Frame *r = rc_reply(c, rc_send(c, &f), fds, &nfds);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_ARENA_REPLY);
     ck_assert_msg(r->arena_reply->status == 0, "%s", r->arena_reply->message);
     ck_assert_uint_eq(nfds, 3);
     llep__arena_reply_get_geom(r->arena_reply, &g);
@@ -288,8 +288,8 @@ static double rel_l2(const float *y, const double *ref, size_t n) {
     return sqrt(num / (den > 0 ? den : 1));
 }
 
-static Llep__TensorRef *put(rawc *c, Llep__TensorRef *ref, const float *v, size_t n) {
-    llep__tensor_ref__init(ref);
+static LlepPb__TensorRef *put(rawc *c, LlepPb__TensorRef *ref, const float *v, size_t n) {
+    llep_pb__tensor_ref__init(ref);
     if (!v)
         return NULL;
     ref->offset = c->arena.geom.tensor_offset + c->weights_end;
@@ -299,13 +299,13 @@ static Llep__TensorRef *put(rawc *c, Llep__TensorRef *ref, const float *v, size_
     return ref;
 }
 
-static void fill_desc(Llep__LayerDesc *d, const layer *L, uint32_t group, Llep__Policy pol) {
-    llep__layer_desc__init(d);
+static void fill_desc(LlepPb__LayerDesc *d, const layer *L, uint32_t group, LlepPb__Policy pol) {
+    llep_pb__layer_desc__init(d);
     d->num_experts = L->n;
     d->top_k = L->k;
     d->hidden = L->d;
     d->inter = L->h;
-    d->act = L->oai ? LLEP__ACTIVATION__ACT_SWIGLU_OAI : LLEP__ACTIVATION__ACT_SWIGLU;
+    d->act = L->oai ? LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI : LLEP_PB__ACTIVATION__ACT_SWIGLU;
     d->group = group;
     d->group_timeout_ms = 1000; /* long enough for a loaded CI machine */
     d->policy = pol;
@@ -314,11 +314,11 @@ static void fill_desc(Llep__LayerDesc *d, const layer *L, uint32_t group, Llep__
 
 /* Returns the layer id, or 0 with the daemon's message in err. */
 static uint32_t rc_create(rawc *c, const char *name, const layer *L, uint32_t group,
-                          Llep__Policy pol, char *err, size_t errlen) {
-    Llep__LayerCreate lc = LLEP__LAYER_CREATE__INIT;
-    Llep__LayerDesc d;
-    Llep__TensorRef r[6];
-    Llep__Frame f = LLEP__FRAME__INIT;
+                          LlepPb__Policy pol, char *err, size_t errlen) {
+    LlepPb__LayerCreate lc = LLEP_PB__LAYER_CREATE__INIT;
+    LlepPb__LayerDesc d;
+    LlepPb__TensorRef r[6];
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     size_t ndh = (size_t)L->n * L->d * L->h;
 
     c->weights_end = 0;
@@ -331,10 +331,10 @@ static uint32_t rc_create(rawc *c, const char *name, const layer *L, uint32_t gr
     lc.b_gate = put(c, &r[3], L->bg, (size_t)L->n * L->h);
     lc.b_up = put(c, &r[4], L->bu, (size_t)L->n * L->h);
     lc.b_down = put(c, &r[5], L->bd, (size_t)L->n * L->d);
-    f.body_case = LLEP__FRAME__BODY_LAYER_CREATE;
+    f.body_case = LLEP_PB__FRAME__BODY_LAYER_CREATE;
     f.layer_create = &lc;
-    Llep__Frame *rep = rc_reply(c, rc_send(c, &f), NULL, NULL);
-    ck_assert_int_eq(rep->body_case, LLEP__FRAME__BODY_LAYER_CREATE_REPLY);
+    LlepPb__Frame *rep = rc_reply(c, rc_send(c, &f), NULL, NULL);
+    ck_assert_int_eq(rep->body_case, LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY);
     uint32_t id = rep->layer_create_reply->status == 0 ? rep->layer_create_reply->layer_id : 0;
     snprintf(err, errlen, "%s", rep->layer_create_reply->message);
     llep__frame_free(rep);
@@ -342,18 +342,18 @@ static uint32_t rc_create(rawc *c, const char *name, const layer *L, uint32_t gr
 }
 
 static uint32_t rc_attach(rawc *c, const char *name, const layer *L, char *err, size_t errlen) {
-    Llep__LayerAttach la = LLEP__LAYER_ATTACH__INIT;
-    Llep__LayerDesc d;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__LayerAttach la = LLEP_PB__LAYER_ATTACH__INIT;
+    LlepPb__LayerDesc d;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     if (L)
-        fill_desc(&d, L, 0, LLEP__POLICY__POLICY_AUTO);
+        fill_desc(&d, L, 0, LLEP_PB__POLICY__POLICY_AUTO);
     la.name = (char *)name;
     la.desc = L ? &d : NULL;
-    f.body_case = LLEP__FRAME__BODY_LAYER_ATTACH;
+    f.body_case = LLEP_PB__FRAME__BODY_LAYER_ATTACH;
     f.layer_attach = &la;
-    Llep__Frame *rep = rc_reply(c, rc_send(c, &f), NULL, NULL);
-    ck_assert_int_eq(rep->body_case, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY);
+    LlepPb__Frame *rep = rc_reply(c, rc_send(c, &f), NULL, NULL);
+    ck_assert_int_eq(rep->body_case, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY);
     uint32_t id = rep->layer_attach_reply->status == 0 ? rep->layer_attach_reply->layer_id : 0;
     snprintf(err, errlen, "%s", rep->layer_attach_reply->message);
     llep__frame_free(rep);
@@ -419,8 +419,8 @@ static int rc_forward(rawc *c, uint32_t layer_id, const layer *L, uint32_t t, co
         return 0;
     }
     /* The SubmissionError frame was sent before the completion. */
-    Llep__Frame *f;
-    while ((f = rc_recv(c, NULL, NULL)) && f->body_case != LLEP__FRAME__BODY_SUBMISSION_ERROR)
+    LlepPb__Frame *f;
+    while ((f = rc_recv(c, NULL, NULL)) && f->body_case != LLEP_PB__FRAME__BODY_SUBMISSION_ERROR)
         llep__frame_free(f);
     ck_assert_ptr_nonnull(f);
     ck_assert_uint_eq(f->submission_error->tag, e.tag);
@@ -471,7 +471,7 @@ START_TEST(forward_matches_reference)
     start_daemon("4");
     rc_start(&c, 8 << 20);
     layer_make(&L, 8, 2, 24, 40, _i & 1, _i & 2);
-    uint32_t id = rc_create(&c, "moe", &L, 0, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t id = rc_create(&c, "moe", &L, 0, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(id != 0, "create failed: %s", err);
     check_forward(&c, id, &L, 64, 0.0, NULL);   /* balanced */
     check_forward(&c, id, &L, 200, 0.9, NULL);  /* skewed: LLEP */
@@ -494,12 +494,12 @@ START_TEST(ep_and_llep_agree)
     start_daemon("4");
     rc_start(&c, 16 << 20);
     layer_make(&L, 8, 2, 16, 32, 0, 1);
-    uint32_t ep = rc_create(&c, "ep", &L, 0, LLEP__POLICY__POLICY_EP, err, sizeof(err));
+    uint32_t ep = rc_create(&c, "ep", &L, 0, LLEP_PB__POLICY__POLICY_EP, err, sizeof(err));
     ck_assert_msg(ep != 0, "%s", err);
     /* The second layer comes from a second client, with its own arena. */
     rawc c2;
     rc_start(&c2, 16 << 20);
-    uint32_t ll = rc_create(&c2, "llep", &L, 0, LLEP__POLICY__POLICY_LLEP, err, sizeof(err));
+    uint32_t ll = rc_create(&c2, "llep", &L, 0, LLEP_PB__POLICY__POLICY_LLEP, err, sizeof(err));
     ck_assert_msg(ll != 0, "%s", err);
 
     float *x = rand_vec((size_t)t * L.d, 1.0f), *w = malloc(t * L.k * 4);
@@ -527,14 +527,14 @@ START_TEST(ep_and_llep_agree)
 END_TEST
 
 /* Writes raw bytes and expects an ErrorReply (or a close) and nothing else broken. */
-static void expect_rejected(const void *bytes, size_t len, Llep__Status want) {
+static void expect_rejected(const void *bytes, size_t len, LlepPb__Status want) {
     rawc c;
 
     ck_assert_int_ge(rc_connect(&c), 0);
     ck_assert_int_eq(write(c.fd, bytes, len), (ssize_t)len);
-    Llep__Frame *f = rc_recv(&c, NULL, NULL);
+    LlepPb__Frame *f = rc_recv(&c, NULL, NULL);
     ck_assert_ptr_nonnull(f);
-    ck_assert_int_eq(f->body_case, LLEP__FRAME__BODY_ERROR);
+    ck_assert_int_eq(f->body_case, LLEP_PB__FRAME__BODY_ERROR);
     ck_assert_int_eq(f->error->status, want);
     ck_assert_str_ne(f->error->message, "");
     llep__frame_free(f);
@@ -554,30 +554,30 @@ START_TEST(bad_frames_get_error_replies)
     start_daemon("2");
     rc_start(&ok, 4 << 20);
     layer_make(&L, 4, 2, 8, 8, 0, 0);
-    uint32_t id = rc_create(&ok, "good", &L, 0, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t id = rc_create(&ok, "good", &L, 0, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(id, "%s", err);
 
-    expect_rejected(garbage, sizeof(garbage), LLEP__STATUS__STATUS_PROTOCOL);
-    expect_rejected(oversize, sizeof(oversize), LLEP__STATUS__STATUS_PROTOCOL);
+    expect_rejected(garbage, sizeof(garbage), LLEP_PB__STATUS__STATUS_PROTOCOL);
+    expect_rejected(oversize, sizeof(oversize), LLEP_PB__STATUS__STATUS_PROTOCOL);
 
     /* A wrong protocol version is named in the reply. */
-    Llep__Hello h = LLEP__HELLO__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__Hello h = LLEP_PB__HELLO__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     h.version = 99;
-    h.kind = LLEP__PEER_KIND__PEER_KIND_CLIENT;
-    f.body_case = LLEP__FRAME__BODY_HELLO;
+    h.kind = LLEP_PB__PEER_KIND__PEER_KIND_CLIENT;
+    f.body_case = LLEP_PB__FRAME__BODY_HELLO;
     f.hello = &h;
     ck_assert_int_ge(rc_connect(&c), 0);
-    Llep__Frame *r = rc_reply(&c, rc_send(&c, &f), NULL, NULL);
-    ck_assert_int_eq(r->hello_reply->status, LLEP__STATUS__STATUS_VERSION_MISMATCH);
+    LlepPb__Frame *r = rc_reply(&c, rc_send(&c, &f), NULL, NULL);
+    ck_assert_int_eq(r->hello_reply->status, LLEP_PB__STATUS__STATUS_VERSION_MISMATCH);
     ck_assert_ptr_nonnull(strstr(r->hello_reply->message, "99"));
     llep__frame_free(r);
     rc_close(&c);
 
     /* Anything before Hello is a protocol error. */
-    Llep__StatusRequest sr = LLEP__STATUS_REQUEST__INIT;
-    Llep__Frame g = LLEP__FRAME__INIT;
-    g.body_case = LLEP__FRAME__BODY_STATUS;
+    LlepPb__StatusRequest sr = LLEP_PB__STATUS_REQUEST__INIT;
+    LlepPb__Frame g = LLEP_PB__FRAME__INIT;
+    g.body_case = LLEP_PB__FRAME__BODY_STATUS;
     g.status = &sr;
     ck_assert_int_ge(rc_connect(&c), 0);
     r = rc_reply(&c, rc_send(&c, &g), NULL, NULL);
@@ -587,13 +587,13 @@ START_TEST(bad_frames_get_error_replies)
 
     /* llepctl may not create layers. */
     ck_assert_int_ge(rc_connect(&c), 0);
-    rc_hello_kind(&c, LLEP__PEER_KIND__PEER_KIND_CTL);
-    Llep__LayerRelease rel = LLEP__LAYER_RELEASE__INIT;
-    Llep__Frame rf = LLEP__FRAME__INIT;
-    rf.body_case = LLEP__FRAME__BODY_LAYER_RELEASE;
+    rc_hello_kind(&c, LLEP_PB__PEER_KIND__PEER_KIND_CTL);
+    LlepPb__LayerRelease rel = LLEP_PB__LAYER_RELEASE__INIT;
+    LlepPb__Frame rf = LLEP_PB__FRAME__INIT;
+    rf.body_case = LLEP_PB__FRAME__BODY_LAYER_RELEASE;
     rf.layer_release = &rel;
     r = rc_reply(&c, rc_send(&c, &rf), NULL, NULL);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_ERROR);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_ERROR);
     ck_assert_ptr_nonnull(strstr(r->error->message, "for clients"));
     llep__frame_free(r);
     rc_close(&c);
@@ -616,7 +616,7 @@ START_TEST(bad_requests_are_named)
     start_daemon("2");
     rc_start(&c, 4 << 20);
     layer_make(&L, 4, 2, 8, 8, 0, 0);
-    uint32_t id = rc_create(&c, "moe", &L, 0, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t id = rc_create(&c, "moe", &L, 0, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(id, "%s", err);
 
     /* The same name twice. */
@@ -680,12 +680,12 @@ START_TEST(hostile_client_is_cut_off)
     start_daemon("2");
     layer_make(&L, 4, 2, 8, 8, 0, 0);
     rc_start(&good, 4 << 20);
-    uint32_t id = rc_create(&good, "shared", &L, 0, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t id = rc_create(&good, "shared", &L, 0, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(id, "%s", err);
 
     /* While a collective step waits (group 2 with one client), the arena cannot change. */
     rc_start(&bad, 4 << 20);
-    uint32_t cid = rc_create(&bad, "coll", &L, 2, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t cid = rc_create(&bad, "coll", &L, 2, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(cid, "%s", err);
     float x[8 * 4], w[8];
     int32_t idx[8];
@@ -694,21 +694,21 @@ START_TEST(hostile_client_is_cut_off)
     make_routing(&L, 4, 0.5, idx, w);
     rc_submit(&bad, cid, &L, 4, x, idx, w, 0, NULL);
     usleep(20000);
-    Llep__ArenaSetup as = LLEP__ARENA_SETUP__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ArenaSetup as = LLEP_PB__ARENA_SETUP__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     as.tensor_bytes = 1 << 20;
-    f.body_case = LLEP__FRAME__BODY_ARENA_SETUP;
+    f.body_case = LLEP_PB__FRAME__BODY_ARENA_SETUP;
     f.arena_setup = &as;
-    Llep__Frame *r = rc_reply(&bad, rc_send(&bad, &f), NULL, NULL);
-    ck_assert_int_eq(r->body_case, LLEP__FRAME__BODY_ARENA_REPLY);
-    ck_assert_int_eq(r->arena_reply->status, LLEP__STATUS__STATUS_INVALID);
+    LlepPb__Frame *r = rc_reply(&bad, rc_send(&bad, &f), NULL, NULL);
+    ck_assert_int_eq(r->body_case, LLEP_PB__FRAME__BODY_ARENA_REPLY);
+    ck_assert_int_eq(r->arena_reply->status, LLEP_PB__STATUS__STATUS_INVALID);
     ck_assert_ptr_nonnull(strstr(r->arena_reply->message, "in flight"));
     llep__frame_free(r);
 
     /* Now the ring: a head a million entries ahead of the tail is impossible. */
     atomic_store(&bad.arena.sq.ctl->head, bad.arena.sq.prod + 1000000u);
     llep__eventfd_signal(bad.sq_efd);
-    Llep__Frame *g;
+    LlepPb__Frame *g;
     while ((g = rc_recv(&bad, NULL, NULL)))
         llep__frame_free(g); /* the daemon hangs up on it */
     check_forward(&good, id, &L, 16, 0.5, NULL);
@@ -729,7 +729,7 @@ START_TEST(client_killed_mid_step)
     start_daemon("4");
     layer_make(&L, 8, 4, 64, 128, 0, 0);
     rc_start(&c, 64 << 20);
-    uint32_t id = rc_create(&c, "shared", &L, 0, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t id = rc_create(&c, "shared", &L, 0, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(id, "%s", err);
 
     for (int round = 0; round < 3; round++) {
@@ -773,7 +773,7 @@ START_TEST(eight_clients_share_a_layer)
     start_daemon("4");
     layer_make(&L, 16, 4, 16, 24, 1, 1);
     rc_start(&c, 8 << 20);
-    uint32_t id = rc_create(&c, "shared", &L, 0, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t id = rc_create(&c, "shared", &L, 0, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(id, "%s", err);
     for (int k = 0; k < 8; k++) {
         kids[k] = fork();
@@ -818,7 +818,7 @@ START_TEST(collective_batching)
     start_daemon("2");
     layer_make(&L, 4, 2, 8, 8, 0, 0);
     rc_start(&a, 4 << 20);
-    uint32_t id = rc_create(&a, "coll", &L, 2, LLEP__POLICY__POLICY_AUTO, err, sizeof(err));
+    uint32_t id = rc_create(&a, "coll", &L, 2, LLEP_PB__POLICY__POLICY_AUTO, err, sizeof(err));
     ck_assert_msg(id, "%s", err);
     rc_start(&b, 4 << 20);
     uint32_t idb = rc_attach(&b, "coll", NULL, err, sizeof(err));
@@ -856,11 +856,11 @@ START_TEST(sigterm_ends_connections)
     start_daemon("2");
     rc_start(&c, 1 << 20);
     stop_daemon();
-    Llep__Frame *f;
+    LlepPb__Frame *f;
     int notices = 0;
     while ((f = rc_recv(&c, NULL, NULL))) {
-        notices += f->body_case == LLEP__FRAME__BODY_NOTICE &&
-                   f->notice->status == LLEP__STATUS__STATUS_SHUTTING_DOWN;
+        notices += f->body_case == LLEP_PB__FRAME__BODY_NOTICE &&
+                   f->notice->status == LLEP_PB__STATUS__STATUS_SHUTTING_DOWN;
         llep__frame_free(f);
     }
     ck_assert_int_eq(notices, 1);

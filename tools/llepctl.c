@@ -37,7 +37,7 @@ typedef struct ctl {
     char err[512];
 } ctl;
 
-static void frame_freep(Llep__Frame **f) {
+static void frame_freep(LlepPb__Frame **f) {
     llep__frame_free(*f);
 }
 #define _cleanup_frame_ __attribute__((cleanup(frame_freep)))
@@ -68,13 +68,13 @@ static int daemon_error(const char *fmt, ...) {
 
 /* Sends one request and checks its reply. Returns 0 with the reply, or prints llepd's message
  * and returns EXIT_DAEMON. */
-static int request(ctl *x, Llep__Frame *req, Llep__Frame__BodyCase expected,
-                   Llep__Frame **ret) {
-    Llep__Frame *reply = NULL;
+static int request(ctl *x, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
+                   LlepPb__Frame **ret) {
+    LlepPb__Frame *reply = NULL;
     int r;
 
     if (!x->connected) {
-        r = llep__conn_open(&x->conn, x->socket_path, LLEP__PEER_KIND__PEER_KIND_CTL, prog,
+        r = llep__conn_open(&x->conn, x->socket_path, LLEP_PB__PEER_KIND__PEER_KIND_CTL, prog,
                             10000, x->err, sizeof(x->err));
         if (r < 0)
             return daemon_error("%s", x->err);
@@ -175,37 +175,37 @@ static void bar(uint64_t v, uint64_t max) {
         putchar('#');
 }
 
-static const char *backend_name(Llep__Backend b) {
-    return b == LLEP__BACKEND__BACKEND_CPU ? "cpu" : b == LLEP__BACKEND__BACKEND_CUDA ? "cuda"
+static const char *backend_name(LlepPb__Backend b) {
+    return b == LLEP_PB__BACKEND__BACKEND_CPU ? "cpu" : b == LLEP_PB__BACKEND__BACKEND_CUDA ? "cuda"
                                                                                        : "auto";
 }
 
-static const char *dtype_name(Llep__DType d) {
-    return d == LLEP__DTYPE__DTYPE_BF16 ? "bf16" : "f32";
+static const char *dtype_name(LlepPb__DType d) {
+    return d == LLEP_PB__DTYPE__DTYPE_BF16 ? "bf16" : "f32";
 }
 
-static const char *act_name(Llep__Activation a) {
-    return a == LLEP__ACTIVATION__ACT_SWIGLU_OAI ? "swiglu_oai" : "swiglu";
+static const char *act_name(LlepPb__Activation a) {
+    return a == LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI ? "swiglu_oai" : "swiglu";
 }
 
-static const char *scope_name(Llep__Scope s) {
-    return s == LLEP__SCOPE__SCOPE_CLUSTER ? "cluster" : "node";
+static const char *scope_name(LlepPb__Scope s) {
+    return s == LLEP_PB__SCOPE__SCOPE_CLUSTER ? "cluster" : "node";
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Verbs. Each gets the arguments after the verb, already counted against the table. */
 
 static int verb_status(ctl *x, char **argv) {
-    Llep__StatusRequest sr = LLEP__STATUS_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__StatusReply *s;
+    LlepPb__StatusRequest sr = LLEP_PB__STATUS_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__StatusReply *s;
     char buf[64];
     int r;
 
-    req.body_case = LLEP__FRAME__BODY_STATUS;
+    req.body_case = LLEP_PB__FRAME__BODY_STATUS;
     req.status = &sr;
-    r = request(x, &req, LLEP__FRAME__BODY_STATUS_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_STATUS_REPLY, &reply);
     if (r)
         return r;
     s = reply->status_reply;
@@ -230,10 +230,10 @@ static int verb_status(ctl *x, char **argv) {
     return 0;
 }
 
-static void devices_json(const Llep__DevicesReply *d) {
+static void devices_json(const LlepPb__DevicesReply *d) {
     fputs("{\"devices\": [", stdout);
     for (size_t i = 0; i < d->n_devices; i++) {
-        const Llep__DeviceInfo *v = d->devices[i];
+        const LlepPb__DeviceInfo *v = d->devices[i];
 
         printf("%s{\"index\": %" PRIu32 ", \"name\": ", i ? ", " : "", v->index);
         json_str(v->name);
@@ -251,16 +251,16 @@ static void devices_json(const Llep__DevicesReply *d) {
 }
 
 static int verb_devices(ctl *x, char **argv) {
-    Llep__DevicesRequest dr = LLEP__DEVICES_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__DevicesReply *d;
+    LlepPb__DevicesRequest dr = LLEP_PB__DEVICES_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__DevicesReply *d;
     char b1[32], b2[32], b3[32], b4[32];
     int r;
 
-    req.body_case = LLEP__FRAME__BODY_DEVICES;
+    req.body_case = LLEP_PB__FRAME__BODY_DEVICES;
     req.devices = &dr;
-    r = request(x, &req, LLEP__FRAME__BODY_DEVICES_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_DEVICES_REPLY, &reply);
     if (r)
         return r;
     d = reply->devices_reply;
@@ -271,7 +271,7 @@ static int verb_devices(ctl *x, char **argv) {
     printf("%-6s %-20s %12s %12s %12s %12s %12s  %s\n", "DEVICE", "NAME", "BUDGET", "USED",
            "PEAK", "LAST TOKENS", "LAST BUSY", "FOREIGN EXPERTS");
     for (size_t i = 0; i < d->n_devices; i++) {
-        const Llep__DeviceInfo *v = d->devices[i];
+        const LlepPb__DeviceInfo *v = d->devices[i];
 
         printf("%-6" PRIu32 " %-20s %12s %12s %12s %12" PRIu64 " %12s  ", v->index, v->name,
                v->memory_budget ? fmt_bytes(v->memory_budget, b1, sizeof(b1)) : "-",
@@ -291,18 +291,18 @@ static int verb_devices(ctl *x, char **argv) {
 }
 
 /* Asks for every layer; shared by `layers` and `plan` (which needs the layer's shape). */
-static int get_layers(ctl *x, Llep__Frame **ret) {
-    Llep__LayersRequest lr = LLEP__LAYERS_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
+static int get_layers(ctl *x, LlepPb__Frame **ret) {
+    LlepPb__LayersRequest lr = LLEP_PB__LAYERS_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
 
-    req.body_case = LLEP__FRAME__BODY_LAYERS;
+    req.body_case = LLEP_PB__FRAME__BODY_LAYERS;
     req.layers = &lr;
-    return request(x, &req, LLEP__FRAME__BODY_LAYERS_REPLY, ret);
+    return request(x, &req, LLEP_PB__FRAME__BODY_LAYERS_REPLY, ret);
 }
 
-static void layer_json(const Llep__LayerInfo *l) {
-    const Llep__LayerDesc *d = l->desc;
-    Llep__LayerDesc none = LLEP__LAYER_DESC__INIT;
+static void layer_json(const LlepPb__LayerInfo *l) {
+    const LlepPb__LayerDesc *d = l->desc;
+    LlepPb__LayerDesc none = LLEP_PB__LAYER_DESC__INIT;
 
     if (!d)
         d = &none;
@@ -332,8 +332,8 @@ static void layer_json(const Llep__LayerInfo *l) {
 }
 
 static int verb_layers(ctl *x, char **argv) {
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__LayersReply *ls;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__LayersReply *ls;
     char b[32];
     int r;
 
@@ -358,9 +358,9 @@ static int verb_layers(ctl *x, char **argv) {
            "NAME", "N", "K", "D", "H", "DTYPE", "ACT", "POLICY", "ALPHA", "LAMBDA", "MIN_TOK",
            "GROUP", "REFS", "STEPS", "WEIGHTS");
     for (size_t i = 0; i < ls->n_layers; i++) {
-        const Llep__LayerInfo *l = ls->layers[i];
-        Llep__LayerDesc none = LLEP__LAYER_DESC__INIT;
-        const Llep__LayerDesc *d = l->desc ? l->desc : &none;
+        const LlepPb__LayerInfo *l = ls->layers[i];
+        LlepPb__LayerDesc none = LLEP_PB__LAYER_DESC__INIT;
+        const LlepPb__LayerDesc *d = l->desc ? l->desc : &none;
 
         printf("%-4" PRIu32 " %-20s %6" PRIu32 " %4" PRIu32 " %6" PRIu32 " %6" PRIu32
                " %-5s %-10s %-6s %6.3g %6.3g %8" PRIu32 " %5" PRIu32 " %4" PRIu32 " %8" PRIu64
@@ -371,7 +371,7 @@ static int verb_layers(ctl *x, char **argv) {
                fmt_bytes(l->weight_bytes, b, sizeof(b)));
     }
     for (size_t i = 0; i < ls->n_layers; i++) {
-        const Llep__LayerInfo *l = ls->layers[i];
+        const LlepPb__LayerInfo *l = ls->layers[i];
         if (!l->nodes)
             continue;
         printf("cluster layer %s: %" PRIu32 " nodes, origin node %" PRIu32 ", %s; sent to other "
@@ -389,17 +389,17 @@ static int verb_layers(ctl *x, char **argv) {
 }
 
 static int verb_experts(ctl *x, char **argv) {
-    Llep__ExpertsRequest er = LLEP__EXPERTS_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__ExpertsReply *e;
+    LlepPb__ExpertsRequest er = LLEP_PB__EXPERTS_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__ExpertsReply *e;
     uint64_t max = 0, total = 0;
     int r;
 
     er.layer = argv[0];
-    req.body_case = LLEP__FRAME__BODY_EXPERTS;
+    req.body_case = LLEP_PB__FRAME__BODY_EXPERTS;
     req.experts = &er;
-    r = request(x, &req, LLEP__FRAME__BODY_EXPERTS_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_EXPERTS_REPLY, &reply);
     if (r)
         return r;
     e = reply->experts_reply;
@@ -437,7 +437,7 @@ static int verb_experts(ctl *x, char **argv) {
 
 /* Rebuilds an llep_plan from the wire so plan-print.c renders it exactly as llep-plan does.
  * The message lacks N (experts without load have no ranges), so it comes from the layer. */
-static int plan_from_message(const Llep__Plan *m, uint32_t n, llep_plan *p, char *err,
+static int plan_from_message(const LlepPb__Plan *m, uint32_t n, llep_plan *p, char *err,
                              size_t errlen) {
     uint32_t np = m->devices;
     uint32_t *count;
@@ -454,7 +454,7 @@ static int plan_from_message(const Llep__Plan *m, uint32_t n, llep_plan *p, char
                  m->n_transfers, n, np);
         return -EPROTO;
     }
-    p->mode = m->mode == LLEP__PLAN_MODE__PLAN_MODE_LLEP ? LLEP_PLAN_LLEP : LLEP_PLAN_EP;
+    p->mode = m->mode == LLEP_PB__PLAN_MODE__PLAN_MODE_LLEP ? LLEP_PLAN_LLEP : LLEP_PLAN_EP;
     p->imbalance = m->imbalance;
     p->capacity = m->capacity;
     memcpy(p->device_loads, m->device_loads, np * sizeof(uint64_t));
@@ -462,7 +462,7 @@ static int plan_from_message(const Llep__Plan *m, uint32_t n, llep_plan *p, char
     /* Group the ranges by expert (counting sort, stable, so each expert's stay in order). */
     count = p->range_off;
     for (size_t i = 0; i < m->n_assignments; i++) {
-        const Llep__PlanRange *a = m->assignments[i];
+        const LlepPb__PlanRange *a = m->assignments[i];
 
         if (a->expert >= n || a->device >= np || a->start >= a->end) {
             snprintf(err, errlen, "assignment %zu (expert %" PRIu32 ", device %" PRIu32
@@ -475,7 +475,7 @@ static int plan_from_message(const Llep__Plan *m, uint32_t n, llep_plan *p, char
     for (uint32_t e = 0; e < n; e++)
         count[e + 1] += count[e];
     for (size_t i = 0; i < m->n_assignments; i++) {
-        const Llep__PlanRange *a = m->assignments[i];
+        const LlepPb__PlanRange *a = m->assignments[i];
         uint32_t at = p->range_off[a->expert]++;
 
         p->ranges[at] = (llep_range){ .device = a->device, .start = a->start, .end = a->end };
@@ -491,7 +491,7 @@ static int plan_from_message(const Llep__Plan *m, uint32_t n, llep_plan *p, char
         p->total += p->loads[e];
     }
     for (size_t i = 0; i < m->n_transfers; i++) {
-        const Llep__PlanTransfer *t = m->transfers[i];
+        const LlepPb__PlanTransfer *t = m->transfers[i];
 
         p->transfers[i] = (llep_transfer){ .expert = t->expert, .src = t->src, .dst = t->dst };
     }
@@ -500,7 +500,7 @@ static int plan_from_message(const Llep__Plan *m, uint32_t n, llep_plan *p, char
     return r < 0 ? -EPROTO : 0;
 }
 
-static const Llep__LayerInfo *find_layer(const Llep__LayersReply *ls, const char *name) {
+static const LlepPb__LayerInfo *find_layer(const LlepPb__LayersReply *ls, const char *name) {
     for (size_t i = 0; i < ls->n_layers; i++)
         if (ls->layers[i]->name && strcmp(ls->layers[i]->name, name) == 0)
             return ls->layers[i];
@@ -508,21 +508,21 @@ static const Llep__LayerInfo *find_layer(const Llep__LayersReply *ls, const char
 }
 
 static int verb_plan(ctl *x, char **argv) {
-    Llep__PlanRequest pr = LLEP__PLAN_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *layers = NULL;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__LayerInfo *info;
-    const Llep__PlanReply *pl;
+    LlepPb__PlanRequest pr = LLEP_PB__PLAN_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *layers = NULL;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__LayerInfo *info;
+    const LlepPb__PlanReply *pl;
     llep_plan_params params;
     llep_plan plan;
     char err[256];
     int r;
 
     pr.layer = argv[0];
-    req.body_case = LLEP__FRAME__BODY_PLAN;
+    req.body_case = LLEP_PB__FRAME__BODY_PLAN;
     req.plan = &pr;
-    r = request(x, &req, LLEP__FRAME__BODY_PLAN_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_PLAN_REPLY, &reply);
     if (r)
         return r;
     pl = reply->plan_reply;
@@ -557,7 +557,7 @@ static int verb_plan(ctl *x, char **argv) {
     return r < 0 ? daemon_error("cannot write the plan") : 0;
 }
 
-static void stats_json(const Llep__StatsReply *s) {
+static void stats_json(const LlepPb__StatsReply *s) {
     printf("{\"steps\": %" PRIu64 ", \"ep_steps\": %" PRIu64 ", \"llep_steps\": %" PRIu64
            ", \"latency_p50_us\": %" PRIu64 ", \"latency_p99_us\": %" PRIu64
            ", \"weight_bytes_moved\": %" PRIu64 ", \"token_bytes_moved\": %" PRIu64
@@ -567,7 +567,7 @@ static void stats_json(const Llep__StatsReply *s) {
     json_u64_array(s->device_peak_memory, s->n_device_peak_memory);
     fputs(", \"layers\": [", stdout);
     for (size_t i = 0; i < s->n_layers; i++) {
-        const Llep__LayerStats *l = s->layers[i];
+        const LlepPb__LayerStats *l = s->layers[i];
 
         printf("%s{\"layer_id\": %" PRIu32 ", \"name\": ", i ? ", " : "", l->layer_id);
         json_str(l->name);
@@ -593,16 +593,16 @@ static void stats_json(const Llep__StatsReply *s) {
 }
 
 static int verb_stats(ctl *x, char **argv) {
-    Llep__StatsRequest sr = LLEP__STATS_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__StatsReply *s;
+    LlepPb__StatsRequest sr = LLEP_PB__STATS_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__StatsReply *s;
     char b1[32], b2[32], b3[32], b4[32];
     int r;
 
-    req.body_case = LLEP__FRAME__BODY_STATS;
+    req.body_case = LLEP_PB__FRAME__BODY_STATS;
     req.stats = &sr;
-    r = request(x, &req, LLEP__FRAME__BODY_STATS_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_STATS_REPLY, &reply);
     if (r)
         return r;
     s = reply->stats_reply;
@@ -629,7 +629,7 @@ static int verb_stats(ctl *x, char **argv) {
     printf("\n%-4s %-16s %6s %6s %6s %9s %10s %8s %10s %10s %10s\n", "ID", "NAME", "STEPS",
            "EP", "LLEP", "IMB MEAN", "MAKESPAN", "BALANCE", "P50", "P99", "W MOVED");
     for (size_t i = 0; i < s->n_layers; i++) {
-        const Llep__LayerStats *l = s->layers[i];
+        const LlepPb__LayerStats *l = s->layers[i];
 
         printf("%-4" PRIu32 " %-16s %6" PRIu64 " %6" PRIu64 " %6" PRIu64 " %9.3f %10s %8.3f"
                " %10s %10s %10s\n",
@@ -641,7 +641,7 @@ static int verb_stats(ctl *x, char **argv) {
     }
     printf("\npeak memory per device\n");
     for (size_t i = 0; i < s->n_layers; i++) {
-        const Llep__LayerStats *l = s->layers[i];
+        const LlepPb__LayerStats *l = s->layers[i];
 
         printf("  %-16s", l->name);
         for (size_t d = 0; d < l->n_device_peak_memory; d++)
@@ -652,9 +652,9 @@ static int verb_stats(ctl *x, char **argv) {
 }
 
 static int verb_set(ctl *x, char **argv) {
-    Llep__SetRequest sr = LLEP__SET_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
+    LlepPb__SetRequest sr = LLEP_PB__SET_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
     char *assign = argv[1] ? argv[1] : argv[0];
     char *layer = argv[1] ? argv[0] : NULL;
     char *eq = strchr(assign, '=');
@@ -672,9 +672,9 @@ static int verb_set(ctl *x, char **argv) {
     sr.layer = layer ? layer : "";
     sr.key = key;
     sr.value = eq + 1;
-    req.body_case = LLEP__FRAME__BODY_SET;
+    req.body_case = LLEP_PB__FRAME__BODY_SET;
     req.set = &sr;
-    r = request(x, &req, LLEP__FRAME__BODY_SET_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_SET_REPLY, &reply);
     if (r)
         return r;
     if (x->json) {
@@ -696,15 +696,15 @@ static int verb_set(ctl *x, char **argv) {
 }
 
 static int verb_drain(ctl *x, char **argv) {
-    Llep__DrainRequest dr = LLEP__DRAIN_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__DrainReply *d;
+    LlepPb__DrainRequest dr = LLEP_PB__DRAIN_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__DrainReply *d;
     int r;
 
-    req.body_case = LLEP__FRAME__BODY_DRAIN;
+    req.body_case = LLEP_PB__FRAME__BODY_DRAIN;
     req.drain = &dr;
-    r = request(x, &req, LLEP__FRAME__BODY_DRAIN_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_DRAIN_REPLY, &reply);
     if (r)
         return r;
     d = reply->drain_reply;
@@ -718,16 +718,16 @@ static int verb_drain(ctl *x, char **argv) {
     return 0;
 }
 
-static const char *peer_state_name(Llep__PeerState s) {
+static const char *peer_state_name(LlepPb__PeerState s) {
     switch (s) {
-    case LLEP__PEER_STATE__PEER_STATE_CONNECTING: return "connecting";
-    case LLEP__PEER_STATE__PEER_STATE_UP: return "up";
-    case LLEP__PEER_STATE__PEER_STATE_DOWN: return "down";
+    case LLEP_PB__PEER_STATE__PEER_STATE_CONNECTING: return "connecting";
+    case LLEP_PB__PEER_STATE__PEER_STATE_UP: return "up";
+    case LLEP_PB__PEER_STATE__PEER_STATE_DOWN: return "down";
     default: return "unknown";
     }
 }
 
-static void peers_json(const Llep__PeersReply *p) {
+static void peers_json(const LlepPb__PeersReply *p) {
     printf("{\"clustered\": %s", p->clustered ? "true" : "false");
     if (p->clustered) {
         printf(", \"node_id\": %" PRIu32 ", \"listen_address\": ", p->node_id);
@@ -738,7 +738,7 @@ static void peers_json(const Llep__PeersReply *p) {
     }
     fputs(", \"peers\": [", stdout);
     for (size_t i = 0; i < p->n_peers; i++) {
-        const Llep__PeerInfo *v = p->peers[i];
+        const LlepPb__PeerInfo *v = p->peers[i];
 
         printf("%s{\"node_id\": %" PRIu32 ", \"address\": ", i ? ", " : "", v->node_id);
         json_str(v->address);
@@ -760,17 +760,17 @@ static void peers_json(const Llep__PeersReply *p) {
 }
 
 static int verb_peers(ctl *x, char **argv) {
-    Llep__PeersRequest pr = LLEP__PEERS_REQUEST__INIT;
-    Llep__Frame req = LLEP__FRAME__INIT;
-    _cleanup_frame_ Llep__Frame *reply = NULL;
-    const Llep__PeersReply *p;
+    LlepPb__PeersRequest pr = LLEP_PB__PEERS_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    const LlepPb__PeersReply *p;
     char b1[32], b2[32], b3[32], b4[32], b5[32];
     int r;
 
     (void)argv;
-    req.body_case = LLEP__FRAME__BODY_PEERS;
+    req.body_case = LLEP_PB__FRAME__BODY_PEERS;
     req.peers = &pr;
-    r = request(x, &req, LLEP__FRAME__BODY_PEERS_REPLY, &reply);
+    r = request(x, &req, LLEP_PB__FRAME__BODY_PEERS_REPLY, &reply);
     if (r)
         return r;
     p = reply->peers_reply;
@@ -788,7 +788,7 @@ static int verb_peers(ctl *x, char **argv) {
     printf("%-5s %-24s %-10s %10s %10s %10s %10s %10s  %s\n", "NODE", "ADDRESS", "STATE",
            "RTT", "SRTT", "SENT", "RECEIVED", "LAST SEEN", "LAST ERROR");
     for (size_t i = 0; i < p->n_peers; i++) {
-        const Llep__PeerInfo *v = p->peers[i];
+        const LlepPb__PeerInfo *v = p->peers[i];
 
         printf("%-5" PRIu32 " %-24s %-10s %10s %10s %10s %10s %10s  %s\n", v->node_id,
                v->address, peer_state_name(v->state),

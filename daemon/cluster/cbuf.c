@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int llepd_cbuf_add(llepd_cbuf *b, const Llep__ClusterData *d, uint64_t max_total, char *err,
+int llepd_cbuf_add(llepd_cbuf *b, const LlepPb__ClusterData *d, uint64_t max_total, char *err,
                    size_t errlen) {
     if (!b->started) {
         if (d->total > max_total || d->offset != 0) {

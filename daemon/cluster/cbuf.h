@@ -20,7 +20,7 @@ typedef struct llepd_cbuf {
  * offset 0; each next one must carry the same total and start where the last ended (a link
  * delivers a buffer's chunks in order). Returns 1 when b is complete, 0 when more is to come,
  * or -EPROTO / -ENOMEM with a sentence in err (then b is of no more use: free it). */
-int llepd_cbuf_add(llepd_cbuf *b, const Llep__ClusterData *d, uint64_t max_total, char *err,
+int llepd_cbuf_add(llepd_cbuf *b, const LlepPb__ClusterData *d, uint64_t max_total, char *err,
                    size_t errlen);
 void llepd_cbuf_free(llepd_cbuf *b);
 

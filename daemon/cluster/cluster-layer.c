@@ -31,7 +31,7 @@ static llepd_clayer *clayer_of(llepd_server *srv, const char *name, bool include
 }
 
 static size_t esize(const llepd_layer *l) {
-    return l->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4;
+    return l->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4;
 }
 
 /* ---- shares ------------------------------------------------------------------------------ */
@@ -203,7 +203,7 @@ static llepd_clayer *clayer_alloc(llepd_layer *l, uint32_t origin_rank) {
 }
 
 /* What a cluster layer needs of this node and of the desc; 0 or -errno with err. */
-static int check_fit(llepd_server *srv, const Llep__LayerDesc *d, uint32_t ppn, char *err,
+static int check_fit(llepd_server *srv, const LlepPb__LayerDesc *d, uint32_t ppn, char *err,
                      size_t errlen) {
     uint32_t nodes = llepd_cluster_nodes(srv->cluster);
 
@@ -259,8 +259,8 @@ static int new_origin(llepd_layer *l, char *err, size_t errlen) {
 /* Returns false when the link to r broke (its down callback takes it from there). */
 static bool send_layer_to(llepd_clayer *c, uint32_t r) {
     llepd_cluster *cl = c->layer->srv->cluster;
-    Llep__ClusterLayer m = LLEP__CLUSTER_LAYER__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterLayer m = LLEP_PB__CLUSTER_LAYER__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.name = c->layer->name;
     m.desc = &c->layer->desc;
@@ -270,20 +270,20 @@ static bool send_layer_to(llepd_clayer *c, uint32_t r) {
     m.share_bytes = c->share_bytes;
     m.flags = c->flags;
     m.uid = c->uid;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER;
     f.cluster_layer = &m;
     return llepd_cluster_send(cl, c->ids[r], &f) == 0 &&
-           llepd_clayer_send_data(c, r, 0, LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS,
+           llepd_clayer_send_data(c, r, 0, LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS,
                                   0, c->shares[r], c->share_bytes) == 0;
 }
 
 static void send_drop(llepd_clayer *c) {
     llepd_cluster *cl = c->layer->srv->cluster;
-    Llep__ClusterLayerDrop m = LLEP__CLUSTER_LAYER_DROP__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterLayerDrop m = LLEP_PB__CLUSTER_LAYER_DROP__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.name = c->layer->name;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER_DROP;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER_DROP;
     f.cluster_layer_drop = &m;
     for (uint32_t r = 0; r < c->nodes; r++)
         if (r != c->rank)
@@ -362,7 +362,7 @@ static void origin_created(llepd_layer *l, llepd_session *creator, uint64_t fram
         finish_create(c);
 }
 
-static void handle_layer_reply(llepd_clayer *c, uint32_t from, const Llep__ClusterLayerReply *m) {
+static void handle_layer_reply(llepd_clayer *c, uint32_t from, const LlepPb__ClusterLayerReply *m) {
     int r = llep__status_to_errno(m->status);
     char why[256];
 
@@ -384,13 +384,13 @@ static void handle_layer_reply(llepd_clayer *c, uint32_t from, const Llep__Clust
 
 static void reply_layer(llepd_server *srv, uint32_t to_id, const char *name, int r,
                         const char *msg) {
-    Llep__ClusterLayerReply m = LLEP__CLUSTER_LAYER_REPLY__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterLayerReply m = LLEP_PB__CLUSTER_LAYER_REPLY__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.status = llep__status_from_errno(r);
     m.message = (char *)(msg ? msg : "");
     m.name = (char *)name;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY;
     f.cluster_layer_reply = &m;
     (void)llepd_cluster_send(srv->cluster, to_id, &f);
 }
@@ -483,7 +483,7 @@ static int start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
     return 0;
 }
 
-static int check_layer_msg(llepd_server *srv, const Llep__ClusterLayer *m, uint32_t from_id,
+static int check_layer_msg(llepd_server *srv, const LlepPb__ClusterLayer *m, uint32_t from_id,
                            char *err, size_t errlen) {
     int r = llep__frame_check_name(m->name, err, errlen);
 
@@ -503,7 +503,7 @@ static int check_layer_msg(llepd_server *srv, const Llep__ClusterLayer *m, uint3
 }
 
 static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
-                         const Llep__ClusterLayer *m) {
+                         const LlepPb__ClusterLayer *m) {
     char err[256];
     int r = check_layer_msg(srv, m, from_id, err, sizeof(err));
 
@@ -574,7 +574,7 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
     }
 }
 
-static void handle_share_chunk(llepd_clayer *c, const Llep__ClusterData *d) {
+static void handle_share_chunk(llepd_clayer *c, const LlepPb__ClusterData *d) {
     llepd_layer *l = c->layer;
     char err[256];
 
@@ -610,7 +610,7 @@ static void share_lost(llepd_clayer *c, const char *why) {
     l->srv->hooks.layer_created(l, NULL, 0, -EHOSTDOWN, err);
 }
 
-static void handle_drop(llepd_server *srv, uint32_t from, const Llep__ClusterLayerDrop *m) {
+static void handle_drop(llepd_server *srv, uint32_t from, const LlepPb__ClusterLayerDrop *m) {
     llepd_clayer *c = m->name ? clayer_of(srv, m->name, false) : NULL;
 
     if (c && c->origin == from && c->rank != from && !c->layer->creating) {
@@ -663,15 +663,15 @@ static void peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
 
 static bool serves(int body) {
     switch (body) {
-    case LLEP__FRAME__BODY_CLUSTER_LAYER:
-    case LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY:
-    case LLEP__FRAME__BODY_CLUSTER_LAYER_DROP:
-    case LLEP__FRAME__BODY_CLUSTER_LOADS:
-    case LLEP__FRAME__BODY_CLUSTER_PLAN_HASH:
-    case LLEP__FRAME__BODY_CLUSTER_DATA:
-    case LLEP__FRAME__BODY_CLUSTER_STEP_FAIL:
-    case LLEP__FRAME__BODY_CLUSTER_COMM:
-    case LLEP__FRAME__BODY_CLUSTER_COMM_FAIL:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LAYER:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LAYER_DROP:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LOADS:
+    case LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH:
+    case LLEP_PB__FRAME__BODY_CLUSTER_DATA:
+    case LLEP_PB__FRAME__BODY_CLUSTER_STEP_FAIL:
+    case LLEP_PB__FRAME__BODY_CLUSTER_COMM:
+    case LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL:
         return true;
     default:
         return false;
@@ -680,8 +680,8 @@ static bool serves(int body) {
 
 /* A step message for a layer this node does not have: the sender's step cannot run. */
 static void refuse_step(llepd_server *srv, uint32_t from_id, const char *name, uint64_t step) {
-    Llep__ClusterStepFail m = LLEP__CLUSTER_STEP_FAIL__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterStepFail m = LLEP_PB__CLUSTER_STEP_FAIL__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     char msg[256];
 
     snprintf(msg, sizeof(msg), "node %u has no cluster layer '%.128s'",
@@ -689,24 +689,24 @@ static void refuse_step(llepd_server *srv, uint32_t from_id, const char *name, u
     m.layer = (char *)name;
     m.step = step;
     m.message = msg;
-    m.status = LLEP__STATUS__STATUS_NOT_FOUND;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_STEP_FAIL;
+    m.status = LLEP_PB__STATUS__STATUS_NOT_FOUND;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_STEP_FAIL;
     f.cluster_step_fail = &m;
     (void)llepd_cluster_send(srv->cluster, from_id, &f);
 }
 
-static const char *step_layer_name(const Llep__Frame *f, uint64_t *step) {
+static const char *step_layer_name(const LlepPb__Frame *f, uint64_t *step) {
     switch (f->body_case) {
-    case LLEP__FRAME__BODY_CLUSTER_LOADS:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LOADS:
         *step = f->cluster_loads->step;
         return f->cluster_loads->layer;
-    case LLEP__FRAME__BODY_CLUSTER_PLAN_HASH:
+    case LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH:
         *step = f->cluster_plan_hash->step;
         return f->cluster_plan_hash->layer;
-    case LLEP__FRAME__BODY_CLUSTER_DATA:
+    case LLEP_PB__FRAME__BODY_CLUSTER_DATA:
         *step = f->cluster_data->step;
         return f->cluster_data->layer;
-    case LLEP__FRAME__BODY_CLUSTER_STEP_FAIL:
+    case LLEP_PB__FRAME__BODY_CLUSTER_STEP_FAIL:
         *step = f->cluster_step_fail->step;
         return f->cluster_step_fail->layer;
     default:
@@ -714,28 +714,28 @@ static const char *step_layer_name(const Llep__Frame *f, uint64_t *step) {
     }
 }
 
-static void handle_frame(llepd_server *srv, uint32_t from_id, const Llep__Frame *f) {
+static void handle_frame(llepd_server *srv, uint32_t from_id, const LlepPb__Frame *f) {
     int rank = llepd_cluster_rank_of(srv->cluster, from_id);
     uint64_t step = 0;
 
     if (rank < 0)
         return;
     switch (f->body_case) {
-    case LLEP__FRAME__BODY_CLUSTER_LAYER:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LAYER:
         handle_layer(srv, (uint32_t)rank, from_id, f->cluster_layer);
         return;
-    case LLEP__FRAME__BODY_CLUSTER_LAYER_REPLY: {
+    case LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY: {
         llepd_clayer *c = clayer_of(srv, f->cluster_layer_reply->name, false);
         if (c && c->rank == c->origin)
             handle_layer_reply(c, (uint32_t)rank, f->cluster_layer_reply);
         return;
     }
-    case LLEP__FRAME__BODY_CLUSTER_LAYER_DROP:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LAYER_DROP:
         handle_drop(srv, (uint32_t)rank, f->cluster_layer_drop);
         return;
-    case LLEP__FRAME__BODY_CLUSTER_COMM:
-    case LLEP__FRAME__BODY_CLUSTER_COMM_FAIL: {
-        const char *n = f->body_case == LLEP__FRAME__BODY_CLUSTER_COMM
+    case LLEP_PB__FRAME__BODY_CLUSTER_COMM:
+    case LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL: {
+        const char *n = f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_COMM
             ? f->cluster_comm->layer : f->cluster_comm_fail->layer;
         llepd_clayer *c = n ? clayer_of(srv, n, false) : NULL;
         if (c && !c->orphaned)
@@ -747,14 +747,14 @@ static void handle_frame(llepd_server *srv, uint32_t from_id, const Llep__Frame 
     }
     const char *name = step_layer_name(f, &step);
     llepd_clayer *c = name ? clayer_of(srv, name, false) : NULL;
-    if (f->body_case == LLEP__FRAME__BODY_CLUSTER_DATA &&
-        f->cluster_data->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS) {
+    if (f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_DATA &&
+        f->cluster_data->kind == LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS) {
         if (c && c->origin == (uint32_t)rank)
             handle_share_chunk(c, f->cluster_data);
         return;
     }
     if (!c || c->orphaned || !c->part) {
-        if (f->body_case == LLEP__FRAME__BODY_CLUSTER_LOADS && name)
+        if (f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_LOADS && name)
             refuse_step(srv, from_id, name, step);
         return;
     }
@@ -804,7 +804,7 @@ static uint32_t local_experts(const llepd_layer *l) {
     return l->cluster->local_experts;
 }
 
-static void describe(const llepd_layer *l, Llep__LayerInfo *info, char *buf, size_t len) {
+static void describe(const llepd_layer *l, LlepPb__LayerInfo *info, char *buf, size_t len) {
     const llepd_clayer *c = l->cluster;
 
     info->nodes = c->nodes;

@@ -170,7 +170,7 @@ void llepd_clayers_init(llepd_server *srv);
 static inline int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_t step,
                                          int kind, uint32_t index, const void *data,
                                          uint64_t total) {
-    bool share = kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
+    bool share = kind == LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS;
 
     return llepd_cluster_send_bulk(c->layer->srv->cluster, c->ids[rank], c->layer->name, step,
                                    kind, index, data, total, !share, c);
@@ -183,7 +183,7 @@ static inline int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_
 void llepd_cstep_kick(llepd_layer *l);
 /* Peer step messages: ClusterLoads, ClusterPlanHash, ClusterData (not LAYER_WEIGHTS),
  * ClusterStepFail, from the node of rank `from`. */
-void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f);
+void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const LlepPb__Frame *f);
 /* Fails the step in progress (a peer went down, the layer is going): every node is told. */
 void llepd_cstep_fail(llepd_clayer *c, int r, const char *why);
 /* Sets up (registering c->xn.exchanged) and tears down the step state of a layer. */
@@ -209,7 +209,7 @@ uint64_t llepd_cxnode_epoch(llepd_clayer *c, bool *up);
 int llepd_cxnode_exchange(llepd_clayer *c, const llep_xnode_op *ops, uint32_t n, char *why,
                           size_t whylen);
 /* ClusterComm and ClusterCommFail from the node of rank `from`. */
-void llepd_cxnode_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f);
+void llepd_cxnode_handle(llepd_clayer *c, uint32_t from, const LlepPb__Frame *f);
 /* "nccl (up, epoch 2)", "peer links", "peer links (nccl: ...)" for llepctl. */
 const char *llepd_cxnode_describe(const llepd_clayer *c, char *buf, size_t len);
 

@@ -165,7 +165,7 @@ void llepd_cstep_fini(llepd_clayer *c) {
 
 /* ---- messages out ------------------------------------------------------------------------ */
 
-static void send_all(llepd_clayer *c, const Llep__Frame *f) {
+static void send_all(llepd_clayer *c, const LlepPb__Frame *f) {
     llepd_cluster *cl = c->layer->srv->cluster;
 
     for (uint32_t r = 0; r < c->nodes; r++)
@@ -175,15 +175,15 @@ static void send_all(llepd_clayer *c, const Llep__Frame *f) {
 
 static void send_fail(llepd_clayer *c, int to_rank, uint64_t step, int r, const char *msg,
                       uint64_t next) {
-    Llep__ClusterStepFail m = LLEP__CLUSTER_STEP_FAIL__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterStepFail m = LLEP_PB__CLUSTER_STEP_FAIL__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.status = llep__status_from_errno(r);
     m.layer = c->layer->name;
     m.step = step;
     m.message = (char *)msg;
     m.next_step = next;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_STEP_FAIL;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_STEP_FAIL;
     f.cluster_step_fail = &m;
     if (to_rank < 0)
         send_all(c, &f);
@@ -334,8 +334,8 @@ static void send_loads(llepd_clayer *c) {
     llepd_cstep *st = c->st;
     uint32_t nx = num_experts(c);
     llep_plan_params p;
-    Llep__ClusterLoads m = LLEP__CLUSTER_LOADS__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterLoads m = LLEP_PB__CLUSTER_LOADS__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.layer = c->layer->name;
     m.step = st->id;
@@ -345,9 +345,9 @@ static void send_loads(llepd_clayer *c) {
     m.alpha = p.alpha;
     m.lambda = p.lambda;
     m.min_tokens = p.min_tokens;
-    m.policy = (Llep__Policy)p.policy;
+    m.policy = (LlepPb__Policy)p.policy;
     m.scale_min_tokens = p.scale_min_tokens;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_LOADS;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LOADS;
     f.cluster_loads = &m;
     send_all(c, &f);
 }
@@ -493,8 +493,8 @@ static void make_plan(llepd_clayer *c) {
     uint32_t nx = num_experts(c);
     uint64_t *sum = calloc(nx, sizeof(*sum));
     llep_plan_params p;
-    Llep__ClusterPlanHash m = LLEP__CLUSTER_PLAN_HASH__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterPlanHash m = LLEP_PB__CLUSTER_PLAN_HASH__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     char why[160];
 
     if (!sum) {
@@ -529,7 +529,7 @@ static void make_plan(llepd_clayer *c) {
     m.hash = st->hash;
     m.comm_epoch = st->epochs[c->rank];
     m.comm_up = st->comm_up[c->rank];
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_PLAN_HASH;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH;
     f.cluster_plan_hash = &m;
     send_all(c, &f);
 }
@@ -560,13 +560,13 @@ static void send_step_data(llepd_clayer *c) {
         uint64_t n;
         if (j == c->rank || llep__part_buffer(c->part, LLEP_PART_ROWS_OUT, j, &p, &n) < 0)
             continue;
-        (void)llepd_clayer_send_data(c, j, st->id, LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_ROWS, 0,
+        (void)llepd_clayer_send_data(c, j, st->id, LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_ROWS, 0,
                                      p, n);
     }
     for (uint32_t i = 0; i < llep__part_num_weights(c->part, 1); i++) {
         const llep_part_weights *w = llep__part_weights(c->part, 1, i);
         (void)llepd_clayer_send_data(c, w->node, st->id,
-                                     LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_WEIGHTS, w->expert,
+                                     LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_WEIGHTS, w->expert,
                                      w->data, w->bytes);
     }
 }
@@ -691,7 +691,7 @@ static void work_done(uv_work_t *req, int status) {
         uint64_t n;
         if (j != c->rank && llep__part_buffer(c->part, LLEP_PART_RESULTS_OUT, j, &p, &n) == 0)
             (void)llepd_clayer_send_data(c, j, st->id,
-                                         LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_RESULTS, 0, p, n);
+                                         LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_RESULTS, 0, p, n);
     }
     st->phase = CSTEP_RESULTS;
     check_progress(c);
@@ -701,7 +701,7 @@ static void work_done(uv_work_t *req, int status) {
 static uint64_t slots_here(llepd_clayer *c) {
     const llepd_cstep *st = c->st;
     uint64_t rows = 0, row_bytes = (uint64_t)c->layer->desc.hidden *
-                                   (c->layer->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4);
+                                   (c->layer->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4);
 
     for (uint32_t h = 0; h < c->ppn; h++)
         rows += (uint64_t)st->homes.batches[h].tokens * c->layer->desc.top_k;
@@ -921,7 +921,7 @@ static void renumber(llepd_clayer *c, uint64_t id) {
         send_loads(c);
 }
 
-static llep_plan_params params_of(const Llep__ClusterLoads *m) {
+static llep_plan_params params_of(const LlepPb__ClusterLoads *m) {
     llep_plan_params p;
 
     llep__plan_params_default(&p);
@@ -933,7 +933,7 @@ static llep_plan_params params_of(const Llep__ClusterLoads *m) {
     return p;
 }
 
-static void on_loads(llepd_clayer *c, uint32_t from, const Llep__ClusterLoads *m) {
+static void on_loads(llepd_clayer *c, uint32_t from, const LlepPb__ClusterLoads *m) {
     uint32_t nx = num_experts(c);
     llepd_cstep *st = c->st;
 
@@ -965,18 +965,18 @@ static void on_loads(llepd_clayer *c, uint32_t from, const Llep__ClusterLoads *m
         llepd_cstep_kick(c->layer);
 }
 
-static void on_data(llepd_clayer *c, uint32_t from, const Llep__ClusterData *d) {
+static void on_data(llepd_clayer *c, uint32_t from, const LlepPb__ClusterData *d) {
     llepd_cstep *st = c->st;
     llepd_cbuf *b = NULL;
     char err[200], why[260];
 
     if (!st || d->step != st->id)
         return; /* a failed step's data still on its way */
-    if (d->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_ROWS)
+    if (d->kind == LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_ROWS)
         b = &st->rows_in[from];
-    else if (d->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_RESULTS)
+    else if (d->kind == LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_RESULTS)
         b = &st->results_in[from];
-    else if (d->kind == LLEP__CLUSTER_DATA_KIND__CLUSTER_DATA_WEIGHTS) {
+    else if (d->kind == LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_WEIGHTS) {
         for (uint32_t k = 0; k < st->nweights && !b; k++)
             if (st->weights[k].expert == d->index && st->weights[k].from == from)
                 b = &st->weights[k].buf;
@@ -1009,15 +1009,15 @@ static void on_data(llepd_clayer *c, uint32_t from, const Llep__ClusterData *d) 
     }
 }
 
-void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f) {
+void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const LlepPb__Frame *f) {
     llepd_cstep *st = c->st;
     char why[320];
 
     switch (f->body_case) {
-    case LLEP__FRAME__BODY_CLUSTER_LOADS:
+    case LLEP_PB__FRAME__BODY_CLUSTER_LOADS:
         on_loads(c, from, f->cluster_loads);
         break;
-    case LLEP__FRAME__BODY_CLUSTER_PLAN_HASH:
+    case LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH:
         if (st && f->cluster_plan_hash->step == st->id) {
             st->hashes[from] = f->cluster_plan_hash->hash;
             st->have_hash[from] = true;
@@ -1026,11 +1026,11 @@ void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f) {
             check_progress(c);
         }
         break;
-    case LLEP__FRAME__BODY_CLUSTER_DATA:
+    case LLEP_PB__FRAME__BODY_CLUSTER_DATA:
         on_data(c, from, f->cluster_data);
         break;
-    case LLEP__FRAME__BODY_CLUSTER_STEP_FAIL: {
-        const Llep__ClusterStepFail *m = f->cluster_step_fail;
+    case LLEP_PB__FRAME__BODY_CLUSTER_STEP_FAIL: {
+        const LlepPb__ClusterStepFail *m = f->cluster_step_fail;
         if (m->next_step > c->next_step && !st)
             c->next_step = m->next_step;
         if (m->step >= c->next_step && !st)
@@ -1040,7 +1040,7 @@ void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f) {
                      m->message && m->message[0] ? m->message : "step failed");
             if (m->next_step > c->next_step)
                 c->next_step = m->next_step;
-            llepd_cstep_fail(c, m->status == LLEP__STATUS__STATUS_TIMED_OUT ? -ETIMEDOUT
+            llepd_cstep_fail(c, m->status == LLEP_PB__STATUS__STATUS_TIMED_OUT ? -ETIMEDOUT
                                                                            : -EREMOTEIO, why);
         }
         if (c->have_future[from] && c->future_step[from] <= m->step)

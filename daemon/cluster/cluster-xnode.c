@@ -113,20 +113,20 @@ void llepd_cxnode_fini(llepd_clayer *c) {
     xn->ops = NULL;
 }
 
-static void send_all(llepd_clayer *c, const Llep__Frame *f) {
+static void send_all(llepd_clayer *c, const LlepPb__Frame *f) {
     for (uint32_t r = 0; r < c->nodes; r++)
         if (r != c->rank)
             (void)llepd_cluster_send(c->layer->srv->cluster, c->ids[r], f);
 }
 
 static void send_fail(llepd_clayer *c, uint64_t epoch, const char *why) {
-    Llep__ClusterCommFail m = LLEP__CLUSTER_COMM_FAIL__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterCommFail m = LLEP_PB__CLUSTER_COMM_FAIL__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.layer = c->layer->name;
     m.epoch = epoch;
     m.message = (char *)why;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_COMM_FAIL;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL;
     f.cluster_comm_fail = &m;
     send_all(c, &f);
 }
@@ -192,8 +192,8 @@ static bool all_peers_up(llepd_clayer *c) {
 void llepd_cxnode_maybe_start(llepd_clayer *c) {
     llepd_cxnode *xn = &c->xn;
     uint8_t id[LLEP_XNODE_ID_BYTES];
-    Llep__ClusterComm m = LLEP__CLUSTER_COMM__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterComm m = LLEP_PB__CLUSTER_COMM__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     if (!xn->ops || xn->x || c->rank != c->origin || !c->part || c->creator || c->orphaned ||
         c->st || llepd_now_ns() < xn->retry_ns || !all_peers_up(c))
@@ -211,7 +211,7 @@ void llepd_cxnode_maybe_start(llepd_clayer *c) {
     m.id.data = id;
     m.id.len = sizeof(id);
     m.nranks = c->nodes;
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_COMM;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_COMM;
     f.cluster_comm = &m;
     send_all(c, &f);
     log_info("cluster layer '%s': starting the %s communicator, epoch %" PRIu64 ", %u nodes",
@@ -290,7 +290,7 @@ static void on_poll(llepd_clayer *c) {
 
 /* ---- messages ---------------------------------------------------------------------------- */
 
-static void on_comm(llepd_clayer *c, uint32_t from, const Llep__ClusterComm *m) {
+static void on_comm(llepd_clayer *c, uint32_t from, const LlepPb__ClusterComm *m) {
     llepd_cxnode *xn = &c->xn;
     char why[200];
 
@@ -321,7 +321,7 @@ static void on_comm(llepd_clayer *c, uint32_t from, const Llep__ClusterComm *m) 
     (void)join(c, m->id.data);
 }
 
-static void on_comm_fail(llepd_clayer *c, const Llep__ClusterCommFail *m) {
+static void on_comm_fail(llepd_clayer *c, const LlepPb__ClusterCommFail *m) {
     if (!c->xn.ops || m->epoch != c->xn.epoch || (!c->xn.x && !c->xn.pending))
         return; /* not this node's communicator, or closed already */
     log_warning("cluster layer '%s': communicator epoch %" PRIu64 " failed: %s",
@@ -332,10 +332,10 @@ static void on_comm_fail(llepd_clayer *c, const Llep__ClusterCommFail *m) {
         llepd_cxnode_close(c, m->message ? m->message : "a node failed", false);
 }
 
-void llepd_cxnode_handle(llepd_clayer *c, uint32_t from, const Llep__Frame *f) {
-    if (f->body_case == LLEP__FRAME__BODY_CLUSTER_COMM)
+void llepd_cxnode_handle(llepd_clayer *c, uint32_t from, const LlepPb__Frame *f) {
+    if (f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_COMM)
         on_comm(c, from, f->cluster_comm);
-    else if (f->body_case == LLEP__FRAME__BODY_CLUSTER_COMM_FAIL)
+    else if (f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL)
         on_comm_fail(c, f->cluster_comm_fail);
 }
 

@@ -70,7 +70,7 @@ struct cluster_peer {
     char address[ADDR_MAX];
     struct sockaddr_storage sa;
     bool outgoing;              /* this node has the lower id and dials */
-    Llep__PeerState state;
+    LlepPb__PeerState state;
     uint64_t state_since_ns;
     cluster_link *link;         /* dialling, in hello or up; NULL when there is none */
     uint64_t next_dial_ns;
@@ -104,11 +104,11 @@ struct llepd_cluster {
     /* Cluster layers (llepd_cluster_set_layer_hooks): the frames they serve, and peers coming
      * and going. NULL until registered: such frames are then refused. */
     bool (*layer_serves)(int body);
-    void (*layer_frame)(llepd_server *srv, uint32_t from_id, const Llep__Frame *f);
+    void (*layer_frame)(llepd_server *srv, uint32_t from_id, const LlepPb__Frame *f);
     void (*peer_changed)(llepd_server *srv, uint32_t node_id, bool up);
 };
 
-static void link_send(cluster_link *l, const Llep__Frame *f);
+static void link_send(cluster_link *l, const LlepPb__Frame *f);
 
 /* ---- peers ------------------------------------------------------------------------------- */
 
@@ -119,7 +119,7 @@ static cluster_peer *peer_by_id(llepd_cluster *cl, uint32_t id) {
     return NULL;
 }
 
-static void peer_set_state(cluster_peer *p, Llep__PeerState state) {
+static void peer_set_state(cluster_peer *p, LlepPb__PeerState state) {
     if (p->state == state)
         return;
     p->state = state;
@@ -188,7 +188,7 @@ static void link_end(cluster_link *l, const char *why, bool flush) {
         snprintf(p->last_error, sizeof(p->last_error), "%s", why);
         if (was_up) {
             log_warning("peer node %u (%s) down: %s", p->addr.id, p->address, why);
-            peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_DOWN);
+            peer_set_state(p, LLEP_PB__PEER_STATE__PEER_STATE_DOWN);
             if (!cl->closed)
                 if (cl->peer_changed)
                     cl->peer_changed(cl->srv, p->addr.id, false);
@@ -210,14 +210,14 @@ static void link_end(cluster_link *l, const char *why, bool flush) {
 
 /* Answers a frame that cannot be served with an ErrorReply, logs it and closes the link. */
 static void link_fail(cluster_link *l, uint64_t id, int err, const char *msg) {
-    Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ErrorReply er = LLEP_PB__ERROR_REPLY__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     log_warning("peer link %s: %s", l->remote, msg);
     er.status = llep__status_from_errno(err);
     er.message = (char *)msg;
     f.id = id;
-    f.body_case = LLEP__FRAME__BODY_ERROR;
+    f.body_case = LLEP_PB__FRAME__BODY_ERROR;
     f.error = &er;
     link_send(l, &f);
     link_end(l, msg, true);
@@ -237,7 +237,7 @@ static void on_write(uv_write_t *req, int status) {
         pump(l);
 }
 
-static void link_send(cluster_link *l, const Llep__Frame *f) {
+static void link_send(cluster_link *l, const LlepPb__Frame *f) {
     uint8_t *buf;
     size_t len;
     uv_write_t *req;
@@ -287,7 +287,7 @@ static void link_up(cluster_link *l, cluster_peer *p) {
     p->last_seen_ns = llepd_now_ns();
     p->seen = true;
     p->last_error[0] = '\0';
-    peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_UP);
+    peer_set_state(p, LLEP_PB__PEER_STATE__PEER_STATE_UP);
     log_notice("peer node %u (%s) up (%s %s)", p->addr.id, p->address,
                l->outgoing ? "dialled" : "incoming from", l->remote);
     if (l->cl->peer_changed)
@@ -295,10 +295,10 @@ static void link_up(cluster_link *l, cluster_peer *p) {
 }
 
 static void send_hello(cluster_link *l) {
-    Llep__PeerHello h = LLEP__PEER_HELLO__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__PeerHello h = LLEP_PB__PEER_HELLO__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
-    h.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    h.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     h.node_id = l->cl->node_id;
     h.peer_id = l->peer->addr.id;
     h.peers_hash = l->cl->peers_hash;
@@ -308,15 +308,15 @@ static void send_hello(cluster_link *l) {
         h.nonce.len = LLEP_PEER_NONCE_BYTES;
     }
     f.id = 1;
-    f.body_case = LLEP__FRAME__BODY_PEER_HELLO;
+    f.body_case = LLEP_PB__FRAME__BODY_PEER_HELLO;
     f.peer_hello = &h;
     link_send(l, &f);
 }
 
 /* Why an incoming PeerHello is refused, or 0 with *ret_peer. */
-static int check_hello(llepd_cluster *cl, const Llep__PeerHello *h, cluster_peer **ret_peer,
+static int check_hello(llepd_cluster *cl, const LlepPb__PeerHello *h, cluster_peer **ret_peer,
                        char *msg, size_t len) {
-    uint32_t want = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    uint32_t want = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     cluster_peer *p;
 
     if (h->version != want) {
@@ -357,13 +357,13 @@ static int check_hello(llepd_cluster *cl, const Llep__PeerHello *h, cluster_peer
 }
 
 static void accept_link(cluster_link *l, cluster_peer *p);
-static int check_auth_offer(llepd_cluster *cl, const Llep__PeerHello *h, char *msg,
+static int check_auth_offer(llepd_cluster *cl, const LlepPb__PeerHello *h, char *msg,
                             size_t len);
 
-static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
+static void handle_peer_hello(cluster_link *l, const LlepPb__Frame *f) {
     llepd_cluster *cl = l->cl;
-    Llep__PeerHelloReply hr = LLEP__PEER_HELLO_REPLY__INIT;
-    Llep__Frame out = LLEP__FRAME__INIT;
+    LlepPb__PeerHelloReply hr = LLEP_PB__PEER_HELLO_REPLY__INIT;
+    LlepPb__Frame out = LLEP_PB__FRAME__INIT;
     cluster_peer *p = NULL;
     char msg[MSG_MAX] = "";
     uint8_t mac[LLEP_PEER_MAC_BYTES];
@@ -373,11 +373,11 @@ static void handle_peer_hello(cluster_link *l, const Llep__Frame *f) {
         r = check_auth_offer(cl, f->peer_hello, msg, sizeof(msg));
     hr.status = llep__status_from_errno(r);
     hr.message = msg;
-    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hr.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     hr.node_id = cl->node_id;
     hr.peers_hash = cl->peers_hash;
     out.id = f->id;
-    out.body_case = LLEP__FRAME__BODY_PEER_HELLO_REPLY;
+    out.body_case = LLEP_PB__FRAME__BODY_PEER_HELLO_REPLY;
     out.peer_hello_reply = &hr;
     if (r == 0 && cl->auth) {
         memcpy(l->nonce_dial, f->peer_hello->nonce.data, LLEP_PEER_NONCE_BYTES);
@@ -422,7 +422,7 @@ static void accept_link(cluster_link *l, cluster_peer *p) {
 }
 
 /* Both ends must agree on authenticating: say which one lacks the secret. */
-static int check_auth_offer(llepd_cluster *cl, const Llep__PeerHello *h, char *msg,
+static int check_auth_offer(llepd_cluster *cl, const LlepPb__PeerHello *h, char *msg,
                             size_t len) {
     if (cl->auth && h->nonce.len != LLEP_PEER_NONCE_BYTES) {
         snprintf(msg, len, "node %u authenticates its peer links (peer-secret-file) and node %"
@@ -440,10 +440,10 @@ static int check_auth_offer(llepd_cluster *cl, const Llep__PeerHello *h, char *m
 }
 
 /* LINK_AUTH: the dialling node's PeerAuth. */
-static void handle_peer_auth(cluster_link *l, const Llep__Frame *f) {
+static void handle_peer_auth(cluster_link *l, const LlepPb__Frame *f) {
     llepd_cluster *cl = l->cl;
     cluster_peer *p = l->pending;
-    const Llep__PeerAuth *a = f->peer_auth;
+    const LlepPb__PeerAuth *a = f->peer_auth;
     char msg[MSG_MAX];
 
     if (!llep__peer_mac_ok(&cl->secret, true, l->nonce_dial, l->nonce_reply, p->addr.id,
@@ -458,7 +458,7 @@ static void handle_peer_auth(cluster_link *l, const Llep__Frame *f) {
 }
 
 /* With a secret: whether the answering node's HMAC shows it holds the same one. */
-static bool reply_authentic(cluster_link *l, const Llep__PeerHelloReply *h, char *msg,
+static bool reply_authentic(cluster_link *l, const LlepPb__PeerHelloReply *h, char *msg,
                             size_t len) {
     uint32_t id = l->peer->addr.id;
 
@@ -477,8 +477,8 @@ static bool reply_authentic(cluster_link *l, const Llep__PeerHelloReply *h, char
 }
 
 static void send_auth(cluster_link *l) {
-    Llep__PeerAuth a = LLEP__PEER_AUTH__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__PeerAuth a = LLEP_PB__PEER_AUTH__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     uint8_t mac[LLEP_PEER_MAC_BYTES];
 
     llep__peer_mac(&l->cl->secret, true, l->nonce_dial, l->nonce_reply, l->cl->node_id,
@@ -486,18 +486,18 @@ static void send_auth(cluster_link *l) {
     a.mac.data = mac;
     a.mac.len = sizeof(mac);
     f.id = 3;
-    f.body_case = LLEP__FRAME__BODY_PEER_AUTH;
+    f.body_case = LLEP_PB__FRAME__BODY_PEER_AUTH;
     f.peer_auth = &a;
     link_send(l, &f);
 }
 
-static void handle_peer_hello_reply(cluster_link *l, const Llep__Frame *f) {
-    const Llep__PeerHelloReply *h = f->peer_hello_reply;
-    uint32_t want = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+static void handle_peer_hello_reply(cluster_link *l, const LlepPb__Frame *f) {
+    const LlepPb__PeerHelloReply *h = f->peer_hello_reply;
+    uint32_t want = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     cluster_peer *p = l->peer;
     char msg[MSG_MAX];
 
-    if (h->status != LLEP__STATUS__STATUS_OK)
+    if (h->status != LLEP_PB__STATUS__STATUS_OK)
         snprintf(msg, sizeof(msg), "node %u refused the link: %s", p->addr.id,
                  h->message && h->message[0] ? h->message : "no reason given");
     else if (h->version != want)
@@ -523,30 +523,30 @@ static void handle_peer_hello_reply(cluster_link *l, const Llep__Frame *f) {
 /* ---- links: heartbeats and dispatch ------------------------------------------------------ */
 
 static void send_heartbeat(cluster_link *l, uint64_t now) {
-    Llep__Heartbeat hb = LLEP__HEARTBEAT__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__Heartbeat hb = LLEP_PB__HEARTBEAT__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     hb.seq = ++l->peer->hb_seq;
     hb.sent_ns = now;
     f.id = hb.seq;
-    f.body_case = LLEP__FRAME__BODY_HEARTBEAT;
+    f.body_case = LLEP_PB__FRAME__BODY_HEARTBEAT;
     f.heartbeat = &hb;
     link_send(l, &f);
 }
 
-static void handle_heartbeat(cluster_link *l, const Llep__Frame *f) {
-    Llep__HeartbeatReply ack = LLEP__HEARTBEAT_REPLY__INIT;
-    Llep__Frame out = LLEP__FRAME__INIT;
+static void handle_heartbeat(cluster_link *l, const LlepPb__Frame *f) {
+    LlepPb__HeartbeatReply ack = LLEP_PB__HEARTBEAT_REPLY__INIT;
+    LlepPb__Frame out = LLEP_PB__FRAME__INIT;
 
     ack.seq = f->heartbeat->seq;
     ack.sent_ns = f->heartbeat->sent_ns;
     out.id = f->id;
-    out.body_case = LLEP__FRAME__BODY_HEARTBEAT_REPLY;
+    out.body_case = LLEP_PB__FRAME__BODY_HEARTBEAT_REPLY;
     out.heartbeat_reply = &ack;
     link_send(l, &out);
 }
 
-static void handle_heartbeat_reply(cluster_link *l, const Llep__Frame *f) {
+static void handle_heartbeat_reply(cluster_link *l, const LlepPb__Frame *f) {
     cluster_peer *p = l->peer;
     uint64_t now = llepd_now_ns(), sent = f->heartbeat_reply->sent_ns;
 
@@ -559,16 +559,16 @@ static void handle_heartbeat_reply(cluster_link *l, const Llep__Frame *f) {
 
 /* Peer frames go through this dispatch only: a peer can never reach the unix socket's
  * handlers (client and llepctl requests). */
-static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
-    Llep__Frame__BodyCase body = f->body_case;
+static void link_dispatch(cluster_link *l, const LlepPb__Frame *f) {
+    LlepPb__Frame__BodyCase body = f->body_case;
     char msg[MSG_MAX];
 
     if (l->peer && l->state == LINK_UP) {
         l->peer->last_seen_ns = llepd_now_ns();
         l->peer->seen = true;
     }
-    if (body == LLEP__FRAME__BODY_ERROR || body == LLEP__FRAME__BODY_NOTICE) {
-        const char *m = body == LLEP__FRAME__BODY_ERROR ? f->error->message : f->notice->message;
+    if (body == LLEP_PB__FRAME__BODY_ERROR || body == LLEP_PB__FRAME__BODY_NOTICE) {
+        const char *m = body == LLEP_PB__FRAME__BODY_ERROR ? f->error->message : f->notice->message;
         snprintf(msg, sizeof(msg), "the peer sent %s: %s", llep__frame_body_name(body),
                  m && m[0] ? m : "no message");
         log_warning("peer link %s: %s", l->remote, msg);
@@ -576,7 +576,7 @@ static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
         return;
     }
     if (l->state == LINK_AUTH) {
-        if (body != LLEP__FRAME__BODY_PEER_AUTH) {
+        if (body != LLEP_PB__FRAME__BODY_PEER_AUTH) {
             snprintf(msg, sizeof(msg), "after PeerHelloReply a peer link must send peer_auth, "
                      "got %s", llep__frame_body_name(body));
             link_fail(l, f->id, -EACCES, msg);
@@ -586,8 +586,8 @@ static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
         return;
     }
     if (l->state == LINK_HELLO) {
-        Llep__Frame__BodyCase want = l->outgoing ? LLEP__FRAME__BODY_PEER_HELLO_REPLY
-                                                 : LLEP__FRAME__BODY_PEER_HELLO;
+        LlepPb__Frame__BodyCase want = l->outgoing ? LLEP_PB__FRAME__BODY_PEER_HELLO_REPLY
+                                                 : LLEP_PB__FRAME__BODY_PEER_HELLO;
         if (body != want) {
             snprintf(msg, sizeof(msg), "the first message on a peer link must be %s, got %s",
                      llep__frame_body_name(want), llep__frame_body_name(body));
@@ -599,15 +599,15 @@ static void link_dispatch(cluster_link *l, const Llep__Frame *f) {
         }
         return;
     }
-    if (body == LLEP__FRAME__BODY_HEARTBEAT)
+    if (body == LLEP_PB__FRAME__BODY_HEARTBEAT)
         handle_heartbeat(l, f);
-    else if (body == LLEP__FRAME__BODY_HEARTBEAT_REPLY)
+    else if (body == LLEP_PB__FRAME__BODY_HEARTBEAT_REPLY)
         handle_heartbeat_reply(l, f);
     else if (l->cl->layer_serves && l->cl->layer_serves(body))
         l->cl->layer_frame(l->cl->srv, l->peer->addr.id, f);
     else {
         snprintf(msg, sizeof(msg), "%s %s", llep__frame_body_name(body),
-                 body == LLEP__FRAME__BODY_PEER_HELLO ? "sent twice"
+                 body == LLEP_PB__FRAME__BODY_PEER_HELLO ? "sent twice"
                                                       : "is not served on a peer link");
         link_fail(l, f->id, -EPROTO, msg);
     }
@@ -623,7 +623,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     cluster_link *l = stream->data;
-    Llep__Frame *f;
+    LlepPb__Frame *f;
     char msg[MSG_MAX];
     int r = 0;
 
@@ -821,11 +821,11 @@ static void tick(llepd_cluster *cl) {
                 send_heartbeat(p->link, now);
             }
         }
-        if (p->state == LLEP__PEER_STATE__PEER_STATE_CONNECTING &&
+        if (p->state == LLEP_PB__PEER_STATE__PEER_STATE_CONNECTING &&
             now - p->state_since_ns > cl->timeout_ns) {
             log_warning("peer node %u (%s) down: not up within the peer timeout%s%s",
                         p->addr.id, p->address, p->last_error[0] ? ": " : "", p->last_error);
-            peer_set_state(p, LLEP__PEER_STATE__PEER_STATE_DOWN);
+            peer_set_state(p, LLEP_PB__PEER_STATE__PEER_STATE_DOWN);
         }
         if (p->outgoing && !p->link && now >= p->next_dial_ns)
             peer_dial(cl, p);
@@ -873,7 +873,7 @@ static uint32_t peers_count(const llepd_server *srv) {
 }
 
 /* `llepctl peers` (handlers-ctl.c): this node's settings and every peer's link. */
-static void peers_fill(const llepd_server *srv, Llep__PeersReply *pr, Llep__PeerInfo *info) {
+static void peers_fill(const llepd_server *srv, LlepPb__PeersReply *pr, LlepPb__PeerInfo *info) {
     const llepd_cluster *cl = srv->cluster;
     uint64_t now = llepd_now_ns();
 
@@ -887,9 +887,9 @@ static void peers_fill(const llepd_server *srv, Llep__PeersReply *pr, Llep__Peer
     pr->authenticated = cl->auth;
     for (uint32_t i = 0; i < cl->npeers; i++) {
         const cluster_peer *p = &cl->peers[i];
-        Llep__PeerInfo *pi = &info[i];
+        LlepPb__PeerInfo *pi = &info[i];
 
-        llep__peer_info__init(pi);
+        llep_pb__peer_info__init(pi);
         pi->node_id = p->addr.id;
         pi->address = (char *)p->address;
         pi->state = p->state;
@@ -954,7 +954,7 @@ int llepd_cluster_init(llepd_server *srv, char *err, size_t errlen) {
             return r;
         }
         p->outgoing = cl->node_id < p->addr.id;
-        p->state = LLEP__PEER_STATE__PEER_STATE_CONNECTING;
+        p->state = LLEP_PB__PEER_STATE__PEER_STATE_CONNECTING;
         p->state_since_ns = now;
     }
     r = start_listening(cl, listen_addr, err, errlen);
@@ -1058,10 +1058,10 @@ bool llepd_cluster_peer_up(llepd_cluster *cl, uint32_t node_id) {
 
 /* Queues chunks of the link's bulk data while little waits on the socket. */
 static void pump(cluster_link *l) {
-    Llep__ClusterData d = LLEP__CLUSTER_DATA__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__ClusterData d = LLEP_PB__CLUSTER_DATA__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
-    f.body_case = LLEP__FRAME__BODY_CLUSTER_DATA;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_DATA;
     f.cluster_data = &d;
     while (l->state == LINK_UP && !llepd_list_empty(&l->bulks) &&
            uv_stream_get_write_queue_size((uv_stream_t *)&l->tcp) < BULK_QUEUE) {
@@ -1069,7 +1069,7 @@ static void pump(cluster_link *l) {
         uint64_t n = b->total - b->off < BULK_CHUNK ? b->total - b->off : BULK_CHUNK;
         d.layer = b->layer;
         d.step = b->step;
-        d.kind = (Llep__ClusterDataKind)b->kind;
+        d.kind = (LlepPb__ClusterDataKind)b->kind;
         d.index = b->index;
         d.offset = b->off;
         d.total = b->total;
@@ -1134,7 +1134,7 @@ void llepd_cluster_cancel_bulk(llepd_cluster *cl, const void *tag) {
     }
 }
 
-int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f) {
+int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const LlepPb__Frame *f) {
     if (!llepd_cluster_peer_up(cl, node_id))
         return -ENOTCONN;
     cluster_peer *p = peer_by_id(cl, node_id);
@@ -1146,7 +1146,7 @@ int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f
 
 void llepd_cluster_set_layer_hooks(llepd_cluster *cl, bool (*serves)(int body),
                                    void (*frame)(llepd_server *srv, uint32_t from_id,
-                                                 const Llep__Frame *f),
+                                                 const LlepPb__Frame *f),
                                    void (*peer_changed)(llepd_server *srv, uint32_t node_id,
                                                         bool up)) {
     if (!cl)

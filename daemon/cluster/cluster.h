@@ -53,7 +53,7 @@ int llepd_cluster_rank_of(const llepd_cluster *cl, uint32_t node_id);
 bool llepd_cluster_peer_up(llepd_cluster *cl, uint32_t node_id);
 /* Queues a frame to a peer (copied). Returns 0, or -ENOTCONN when its link is not up or broke
  * while queueing. */
-int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const Llep__Frame *f);
+int llepd_cluster_send(llepd_cluster *cl, uint32_t node_id, const LlepPb__Frame *f);
 
 /* Queues `total` bytes of data to a peer as ClusterData chunks of the given layer, step, kind
  * and index, paced so that little waits on the link at a time (heartbeats and step messages
@@ -71,7 +71,7 @@ void llepd_cluster_cancel_bulk(llepd_cluster *cl, const void *tag);
  * peer_changed(). */
 void llepd_cluster_set_layer_hooks(llepd_cluster *cl, bool (*serves)(int body),
                                    void (*frame)(llepd_server *srv, uint32_t from_id,
-                                                 const Llep__Frame *f),
+                                                 const LlepPb__Frame *f),
                                    void (*peer_changed)(llepd_server *srv, uint32_t node_id,
                                                         bool up));
 

@@ -14,30 +14,30 @@
 
 #define MSG_MAX 512
 
-void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
+void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
     llepd_server *srv = s->srv;
     uint32_t np = srv->devices;
-    Llep__DevicesReply dr = LLEP__DEVICES_REPLY__INIT;
-    Llep__DeviceInfo *info = calloc(np, sizeof(*info));
-    Llep__DeviceInfo **ptrs = calloc(np, sizeof(*ptrs));
+    LlepPb__DevicesReply dr = LLEP_PB__DEVICES_REPLY__INIT;
+    LlepPb__DeviceInfo *info = calloc(np, sizeof(*info));
+    LlepPb__DeviceInfo **ptrs = calloc(np, sizeof(*ptrs));
     char (*names)[16] = calloc(np, sizeof(*names));
     uint32_t nforeign = 0;
 
     for (uint32_t i = 0; i < srv->nlayers; i++)
         if (srv->layers[i]->have_plan)
             nforeign += srv->layers[i]->last_plan.num_transfers;
-    Llep__ForeignExpert *fe = calloc(nforeign + 1, sizeof(*fe));
-    Llep__ForeignExpert **fep = calloc(nforeign + 1, sizeof(*fep));
+    LlepPb__ForeignExpert *fe = calloc(nforeign + 1, sizeof(*fe));
+    LlepPb__ForeignExpert **fep = calloc(nforeign + 1, sizeof(*fep));
     if (!info || !ptrs || !names || !fe || !fep) {
-        dr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        dr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         dr.message = (char *)"llepd is out of memory";
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_DEVICES_REPLY, &dr);
         goto out;
     }
     uint32_t k = 0;
     for (uint32_t d = 0; d < np; d++) {
-        Llep__DeviceInfo *di = &info[d];
-        llep__device_info__init(di);
+        LlepPb__DeviceInfo *di = &info[d];
+        llep_pb__device_info__init(di);
         snprintf(names[d], sizeof(names[d]), "%.8s%u",
                  srv->backend == LLEP_BACKEND_CUDA ? "cuda" : "cpu", d);
         di->index = d;
@@ -55,7 +55,7 @@ void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
                 continue;
             for (uint32_t t = 0; t < l->last_plan.num_transfers; t++)
                 if (l->last_plan.transfers[t].dst == d) {
-                    llep__foreign_expert__init(&fe[k]);
+                    llep_pb__foreign_expert__init(&fe[k]);
                     fe[k].layer_id = l->id;
                     fe[k].expert = l->last_plan.transfers[t].expert;
                     fep[k] = &fe[k];
@@ -70,7 +70,7 @@ void llepd_handle_devices(llepd_session *s, const Llep__Frame *f) {
     dr.message = (char *)"";
     dr.n_devices = np;
     dr.devices = ptrs;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_DEVICES_REPLY, &dr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_DEVICES_REPLY, &dr);
 out:
     free(info);
     free(ptrs);
@@ -79,18 +79,18 @@ out:
     free(fep);
 }
 
-void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
+void llepd_handle_layers(llepd_session *s, const LlepPb__Frame *f) {
     llepd_server *srv = s->srv;
-    Llep__LayersReply lr = LLEP__LAYERS_REPLY__INIT;
+    LlepPb__LayersReply lr = LLEP_PB__LAYERS_REPLY__INIT;
     uint32_t n = srv->nlayers;
-    Llep__LayerInfo *info = calloc(n + 1, sizeof(*info));
-    Llep__LayerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
-    Llep__LayerDesc *descs = calloc(n + 1, sizeof(*descs));
+    LlepPb__LayerInfo *info = calloc(n + 1, sizeof(*info));
+    LlepPb__LayerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
+    LlepPb__LayerDesc *descs = calloc(n + 1, sizeof(*descs));
     char (*transport)[256] = calloc(n + 1, sizeof(*transport));
 
     lr.message = (char *)"";
     if (!info || !ptrs || !descs || !transport) {
-        lr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        lr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         lr.message = (char *)"llepd is out of memory";
         n = 0;
     }
@@ -99,7 +99,7 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
         const llepd_layer *l = srv->layers[i];
         if (l->dead || l->creating)
             continue;
-        llep__layer_info__init(&info[k]);
+        llep_pb__layer_info__init(&info[k]);
         llepd_layer_effective_desc(l, &descs[k]);
         info[k].layer_id = l->id;
         info[k].name = (char *)l->name;
@@ -115,7 +115,7 @@ void llepd_handle_layers(llepd_session *s, const Llep__Frame *f) {
     }
     lr.n_layers = k;
     lr.layers = ptrs;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYERS_REPLY, &lr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_LAYERS_REPLY, &lr);
     free(info);
     free(ptrs);
     free(descs);
@@ -131,24 +131,24 @@ static llepd_layer *named_layer(llepd_session *s, const char *name, char *err, s
     return l && !l->creating ? l : NULL;
 }
 
-void llepd_handle_experts(llepd_session *s, const Llep__Frame *f) {
-    Llep__ExpertsReply er = LLEP__EXPERTS_REPLY__INIT;
+void llepd_handle_experts(llepd_session *s, const LlepPb__Frame *f) {
+    LlepPb__ExpertsReply er = LLEP_PB__EXPERTS_REPLY__INIT;
     char err[MSG_MAX] = "";
     llepd_layer *l = named_layer(s, f->experts->layer, err, sizeof(err));
     uint64_t *sum = NULL;
 
     er.message = err;
     if (!l) {
-        er.status = LLEP__STATUS__STATUS_NOT_FOUND;
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+        er.status = LLEP_PB__STATUS__STATUS_NOT_FOUND;
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_EXPERTS_REPLY, &er);
         return;
     }
     uint32_t n = l->desc.num_experts;
     sum = calloc(n, sizeof(*sum));
     if (!sum) {
-        er.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        er.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         snprintf(err, sizeof(err), "llepd is out of memory");
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_EXPERTS_REPLY, &er);
         return;
     }
     uint32_t w = l->steps < LLEPD_LOAD_WINDOW ? (uint32_t)l->steps : LLEPD_LOAD_WINDOW;
@@ -161,27 +161,27 @@ void llepd_handle_experts(llepd_session *s, const Llep__Frame *f) {
     er.loads = sum;
     er.n_last_loads = l->steps ? n : 0;
     er.last_loads = l->last_loads;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_EXPERTS_REPLY, &er);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_EXPERTS_REPLY, &er);
     free(sum);
 }
 
-void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
-    Llep__PlanReply pr = LLEP__PLAN_REPLY__INIT;
-    Llep__Plan plan = LLEP__PLAN__INIT;
+void llepd_handle_plan(llepd_session *s, const LlepPb__Frame *f) {
+    LlepPb__PlanReply pr = LLEP_PB__PLAN_REPLY__INIT;
+    LlepPb__Plan plan = LLEP_PB__PLAN__INIT;
     char err[MSG_MAX] = "";
     llepd_layer *l = named_layer(s, f->plan->layer, err, sizeof(err));
-    Llep__PlanRange *ranges = NULL, **rp = NULL;
-    Llep__PlanTransfer *xfers = NULL, **xp = NULL;
+    LlepPb__PlanRange *ranges = NULL, **rp = NULL;
+    LlepPb__PlanTransfer *xfers = NULL, **xp = NULL;
 
     pr.message = err;
     if (!l) {
-        pr.status = LLEP__STATUS__STATUS_NOT_FOUND;
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+        pr.status = LLEP_PB__STATUS__STATUS_NOT_FOUND;
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_PLAN_REPLY, &pr);
         return;
     }
     pr.layer = l->name;
     if (!l->have_plan) {
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr); /* step 0, no plan yet */
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_PLAN_REPLY, &pr); /* step 0, no plan yet */
         return;
     }
     const llep_plan *p = &l->last_plan;
@@ -190,14 +190,14 @@ void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
     xfers = calloc(p->num_transfers + 1, sizeof(*xfers));
     xp = calloc(p->num_transfers + 1, sizeof(*xp));
     if (!ranges || !rp || !xfers || !xp) {
-        pr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        pr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         snprintf(err, sizeof(err), "llepd is out of memory");
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_PLAN_REPLY, &pr);
         goto out;
     }
     for (uint32_t e = 0; e < p->num_experts; e++)
         for (uint32_t i = p->range_off[e]; i < p->range_off[e + 1]; i++) {
-            llep__plan_range__init(&ranges[i]);
+            llep_pb__plan_range__init(&ranges[i]);
             ranges[i].expert = e;
             ranges[i].device = p->ranges[i].device;
             ranges[i].start = p->ranges[i].start;
@@ -205,14 +205,14 @@ void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
             rp[i] = &ranges[i];
         }
     for (uint32_t t = 0; t < p->num_transfers; t++) {
-        llep__plan_transfer__init(&xfers[t]);
+        llep_pb__plan_transfer__init(&xfers[t]);
         xfers[t].expert = p->transfers[t].expert;
         xfers[t].src = p->transfers[t].src;
         xfers[t].dst = p->transfers[t].dst;
         xp[t] = &xfers[t];
     }
-    plan.mode = p->mode == LLEP_PLAN_LLEP ? LLEP__PLAN_MODE__PLAN_MODE_LLEP
-                                          : LLEP__PLAN_MODE__PLAN_MODE_EP;
+    plan.mode = p->mode == LLEP_PLAN_LLEP ? LLEP_PB__PLAN_MODE__PLAN_MODE_LLEP
+                                          : LLEP_PB__PLAN_MODE__PLAN_MODE_EP;
     plan.imbalance = p->imbalance;
     plan.capacity = p->capacity;
     plan.devices = p->num_devices;
@@ -224,7 +224,7 @@ void llepd_handle_plan(llepd_session *s, const Llep__Frame *f) {
     plan.transfers = xp;
     pr.step = l->last_plan_step;
     pr.plan = &plan;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PLAN_REPLY, &pr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_PLAN_REPLY, &pr);
 out:
     free(ranges);
     free(rp);
@@ -232,16 +232,16 @@ out:
     free(xp);
 }
 
-void llepd_handle_stats(llepd_session *s, const Llep__Frame *f) {
+void llepd_handle_stats(llepd_session *s, const LlepPb__Frame *f) {
     llepd_server *srv = s->srv;
-    Llep__StatsReply sr = LLEP__STATS_REPLY__INIT;
+    LlepPb__StatsReply sr = LLEP_PB__STATS_REPLY__INIT;
     uint32_t n = srv->nlayers;
-    Llep__LayerStats *ls = calloc(n + 1, sizeof(*ls));
-    Llep__LayerStats **lp = calloc(n + 1, sizeof(*lp));
+    LlepPb__LayerStats *ls = calloc(n + 1, sizeof(*ls));
+    LlepPb__LayerStats **lp = calloc(n + 1, sizeof(*lp));
 
     sr.message = (char *)"";
     if (!ls || !lp) {
-        sr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        sr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         sr.message = (char *)"llepd is out of memory";
         n = 0;
     }
@@ -259,7 +259,7 @@ void llepd_handle_stats(llepd_session *s, const Llep__Frame *f) {
         const llepd_layer *l = srv->layers[i];
         if (l->dead || l->creating)
             continue;
-        llep__layer_stats__init(&ls[k]);
+        llep_pb__layer_stats__init(&ls[k]);
         ls[k].layer_id = l->id;
         ls[k].name = (char *)l->name;
         ls[k].steps = l->steps;
@@ -282,7 +282,7 @@ void llepd_handle_stats(llepd_session *s, const Llep__Frame *f) {
     }
     sr.n_layers = k;
     sr.layers = lp;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_STATS_REPLY, &sr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_STATS_REPLY, &sr);
     free(ls);
     free(lp);
 }
@@ -332,9 +332,9 @@ static void apply_setting(llepd_server *srv, llepd_layer *l, const llep_setting 
     }
 }
 
-void llepd_handle_set(llepd_session *s, const Llep__Frame *f) {
-    const Llep__SetRequest *rq = f->set;
-    Llep__SetReply sr = LLEP__SET_REPLY__INIT;
+void llepd_handle_set(llepd_session *s, const LlepPb__Frame *f) {
+    const LlepPb__SetRequest *rq = f->set;
+    LlepPb__SetReply sr = LLEP_PB__SET_REPLY__INIT;
     char err[MSG_MAX] = "", value[64] = "";
     llepd_layer *l = NULL;
     llep_setting st;
@@ -356,29 +356,29 @@ void llepd_handle_set(llepd_session *s, const Llep__Frame *f) {
     sr.status = llep__status_from_errno(r);
     sr.message = err;
     sr.value = value;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_SET_REPLY, &sr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_SET_REPLY, &sr);
 }
 
-void llepd_handle_drain(llepd_session *s, const Llep__Frame *f) {
+void llepd_handle_drain(llepd_session *s, const LlepPb__Frame *f) {
     if (llepd_server_drain(s->srv, s, f->id) < 0) {
-        Llep__DrainReply dr = LLEP__DRAIN_REPLY__INIT;
-        dr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        LlepPb__DrainReply dr = LLEP_PB__DRAIN_REPLY__INIT;
+        dr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         dr.message = (char *)"llepd is out of memory";
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_DRAIN_REPLY, &dr);
     }
 }
 
 /* `llepctl peers`: the cluster's links (hooks.peers_*), or "not clustered". */
-void llepd_handle_peers(llepd_session *s, const Llep__Frame *f) {
+void llepd_handle_peers(llepd_session *s, const LlepPb__Frame *f) {
     const llepd_server *srv = s->srv;
-    Llep__PeersReply pr = LLEP__PEERS_REPLY__INIT;
+    LlepPb__PeersReply pr = LLEP_PB__PEERS_REPLY__INIT;
     uint32_t n = srv->hooks.peers_count ? srv->hooks.peers_count(srv) : 0;
-    Llep__PeerInfo *info = calloc(n + 1, sizeof(*info));
-    Llep__PeerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
+    LlepPb__PeerInfo *info = calloc(n + 1, sizeof(*info));
+    LlepPb__PeerInfo **ptrs = calloc(n + 1, sizeof(*ptrs));
 
     pr.message = (char *)"";
     if (!info || !ptrs) {
-        pr.status = LLEP__STATUS__STATUS_NO_MEMORY;
+        pr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         pr.message = (char *)"llepd is out of memory";
         n = 0;
     } else if (srv->hooks.peers_fill) {
@@ -388,7 +388,7 @@ void llepd_handle_peers(llepd_session *s, const Llep__Frame *f) {
         ptrs[i] = &info[i];
     pr.n_peers = n;
     pr.peers = ptrs;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_PEERS_REPLY, &pr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_PEERS_REPLY, &pr);
     free(info);
     free(ptrs);
 }

@@ -20,36 +20,36 @@
 /* Who may send a request. */
 enum { ANY = 0, CLIENT = 1, CTL = 2, ADMIN = 4 };
 
-typedef void (*handler_fn)(llepd_session *s, const Llep__Frame *f);
+typedef void (*handler_fn)(llepd_session *s, const LlepPb__Frame *f);
 
 typedef struct handler {
-    Llep__Frame__BodyCase body;
+    LlepPb__Frame__BodyCase body;
     handler_fn fn;
     int who;
 } handler;
 
 /* ---- connection set-up ------------------------------------------------------------------- */
 
-static void handle_hello(llepd_session *s, const Llep__Frame *f) {
-    Llep__HelloReply hr = LLEP__HELLO_REPLY__INIT;
+static void handle_hello(llepd_session *s, const LlepPb__Frame *f) {
+    LlepPb__HelloReply hr = LLEP_PB__HELLO_REPLY__INIT;
     char err[MSG_MAX] = "";
     int r = llep__frame_check_hello(f, err, sizeof(err));
 
-    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hr.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     hr.daemon_version = (char *)LLEP_VERSION;
     hr.client_id = s->id;
     if (r == 0 && s->state != SESSION_HELLO) {
         r = -EPROTO;
         snprintf(err, sizeof(err), "Hello sent twice");
     }
-    if (r == 0 && f->hello->kind != LLEP__PEER_KIND__PEER_KIND_CLIENT &&
-        f->hello->kind != LLEP__PEER_KIND__PEER_KIND_CTL) {
+    if (r == 0 && f->hello->kind != LLEP_PB__PEER_KIND__PEER_KIND_CLIENT &&
+        f->hello->kind != LLEP_PB__PEER_KIND__PEER_KIND_CTL) {
         r = -EINVAL;
         snprintf(err, sizeof(err), "Hello.kind must be client or ctl");
     }
     hr.status = llep__status_from_errno(r);
     hr.message = err;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_HELLO_REPLY, &hr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_HELLO_REPLY, &hr);
     if (r < 0) {
         llepd_session_close(s, err);
         return;
@@ -59,14 +59,14 @@ static void handle_hello(llepd_session *s, const Llep__Frame *f) {
     snprintf(s->program, sizeof(s->program), "%s",
              f->hello->program && f->hello->program[0] ? f->hello->program : "?");
     log_debug("client %llu is %s (%s)", (unsigned long long)s->id, s->program,
-              s->kind == LLEP__PEER_KIND__PEER_KIND_CTL ? "ctl" : "client");
+              s->kind == LLEP_PB__PEER_KIND__PEER_KIND_CTL ? "ctl" : "client");
 }
 
 /* Arenas above this are refused: a typo must not make the daemon map a terabyte. */
 #define MAX_TENSOR_BYTES (UINT64_C(64) << 30)
 
-static void handle_arena_setup(llepd_session *s, const Llep__Frame *f) {
-    Llep__ArenaReply ar = LLEP__ARENA_REPLY__INIT;
+static void handle_arena_setup(llepd_session *s, const LlepPb__Frame *f) {
+    LlepPb__ArenaReply ar = LLEP_PB__ARENA_REPLY__INIT;
     llep_arena_geom g;
     char err[MSG_MAX] = "";
     int r;
@@ -86,25 +86,25 @@ static void handle_arena_setup(llepd_session *s, const Llep__Frame *f) {
     ar.status = llep__status_from_errno(r);
     ar.message = err;
     if (r < 0) {
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &ar);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_ARENA_REPLY, &ar);
         return;
     }
     llep__arena_reply_set_geom(&ar, &s->arena.geom);
     ar.fd_count = 3;
-    Llep__Frame out = LLEP__FRAME__INIT;
+    LlepPb__Frame out = LLEP_PB__FRAME__INIT;
     out.id = f->id;
-    out.body_case = LLEP__FRAME__BODY_ARENA_REPLY;
+    out.body_case = LLEP_PB__FRAME__BODY_ARENA_REPLY;
     out.arena_reply = &ar;
     int fds[3] = { s->arena.fd, llepd_session_sq_fd(s), s->cq_efd };
     r = llepd_session_send_fds(s, &out, fds, 3);
     if (r == -EAGAIN) {
         /* Earlier replies still fill the socket; the descriptors must not overtake them. The
          * arena made for this request waits unused until the client asks again. */
-        Llep__ArenaReply busy = LLEP__ARENA_REPLY__INIT;
-        busy.status = LLEP__STATUS__STATUS_INVALID;
+        LlepPb__ArenaReply busy = LLEP_PB__ARENA_REPLY__INIT;
+        busy.status = LLEP_PB__STATUS__STATUS_INVALID;
         busy.message = (char *)"replies to this client are still queued on the socket; read "
                                "them and ask for the arena again";
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_ARENA_REPLY, &busy);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_ARENA_REPLY, &busy);
     } else if (r < 0) {
         snprintf(err, sizeof(err), "could not pass the arena descriptors: %s", strerror(-r));
         llepd_session_close(s, err);
@@ -127,10 +127,10 @@ static int add_layer_ref(llepd_session *s, llepd_layer *l) {
     return 0;
 }
 
-static void send_layer_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body,
+static void send_layer_reply(llepd_session *s, uint64_t id, LlepPb__Frame__BodyCase body,
                              const llepd_layer *l, int status, const char *msg, bool created) {
-    Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
-    Llep__LayerDesc d;
+    LlepPb__LayerReply lr = LLEP_PB__LAYER_REPLY__INIT;
+    LlepPb__LayerDesc d;
 
     llepd_layer_effective_desc(l, &d);
 
@@ -160,7 +160,7 @@ static void layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame
         status = -ENOMEM;
     if (creator && creator->state != SESSION_CLOSING) {
         snprintf(err, sizeof(err), "%s", msg ? msg : "");
-        send_layer_reply(creator, frame_id, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, l, status,
+        send_layer_reply(creator, frame_id, LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY, l, status,
                          err, true);
     }
     while (!llepd_list_empty(&l->attach_waiters)) {
@@ -172,7 +172,7 @@ static void layer_created(llepd_layer *l, llepd_session *creator, uint64_t frame
                 r = add_layer_ref(w->s, l);
             snprintf(err, sizeof(err), "layer '%s' could not be created: %s", l->name,
                      msg ? msg : "");
-            send_layer_reply(w->s, w->frame_id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, l, r,
+            send_layer_reply(w->s, w->frame_id, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY, l, r,
                              r ? err : "", false);
         }
         llepd_session_unref(w->s);
@@ -193,8 +193,8 @@ static int cluster_layer_new(llepd_server *srv, llepd_layer *l, char *err, size_
     return srv->hooks.cluster_layer_new(l, err, errlen);
 }
 
-static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
-    const Llep__LayerCreate *lc = f->layer_create;
+static void handle_layer_create(llepd_session *s, const LlepPb__Frame *f) {
+    const LlepPb__LayerCreate *lc = f->layer_create;
     char err[MSG_MAX] = "";
     llepd_layer *l = NULL;
     int r = llep__layer_create_check(lc, s->have_arena ? &s->arena : NULL, err, sizeof(err));
@@ -203,7 +203,7 @@ static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
         r = -ESHUTDOWN;
         snprintf(err, sizeof(err), "llepd is draining and creates no layers");
     }
-    if (r == 0 && lc->desc->scope != LLEP__SCOPE__SCOPE_CLUSTER &&
+    if (r == 0 && lc->desc->scope != LLEP_PB__SCOPE__SCOPE_CLUSTER &&
         lc->desc->num_experts % s->srv->devices != 0) {
         r = -EINVAL;
         snprintf(err, sizeof(err), "num_experts %u is not a multiple of the daemon's %u devices",
@@ -218,7 +218,7 @@ static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
         r = -ENOMEM;
         snprintf(err, sizeof(err), "llepd is out of memory");
     }
-    if (r == 0 && lc->desc->scope == LLEP__SCOPE__SCOPE_CLUSTER)
+    if (r == 0 && lc->desc->scope == LLEP_PB__SCOPE__SCOPE_CLUSTER)
         r = cluster_layer_new(s->srv, l, err, sizeof(err));
     if (r < 0 && l) {
         l->creating = false;
@@ -236,15 +236,15 @@ static void handle_layer_create(llepd_session *s, const Llep__Frame *f) {
         }
     }
     if (r < 0) {
-        Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
+        LlepPb__LayerReply lr = LLEP_PB__LAYER_REPLY__INIT;
         lr.status = llep__status_from_errno(r);
         lr.message = err;
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYER_CREATE_REPLY, &lr);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY, &lr);
     }
 }
 
-static void handle_layer_attach(llepd_session *s, const Llep__Frame *f) {
-    const Llep__LayerAttach *la = f->layer_attach;
+static void handle_layer_attach(llepd_session *s, const LlepPb__Frame *f) {
+    const LlepPb__LayerAttach *la = f->layer_attach;
     char err[MSG_MAX] = "", have[160], want[160];
     llepd_layer *l = NULL;
     int r = llep__layer_attach_check(la, err, sizeof(err));
@@ -276,17 +276,17 @@ static void handle_layer_attach(llepd_session *s, const Llep__Frame *f) {
     if (r < 0 && !err[0])
         snprintf(err, sizeof(err), "%s", strerror(-r));
     if (r < 0) {
-        Llep__LayerReply lr = LLEP__LAYER_REPLY__INIT;
+        LlepPb__LayerReply lr = LLEP_PB__LAYER_REPLY__INIT;
         lr.status = llep__status_from_errno(r);
         lr.message = err;
-        llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, &lr);
+        llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY, &lr);
         return;
     }
-    send_layer_reply(s, f->id, LLEP__FRAME__BODY_LAYER_ATTACH_REPLY, l, 0, "", false);
+    send_layer_reply(s, f->id, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY, l, 0, "", false);
 }
 
-static void handle_layer_release(llepd_session *s, const Llep__Frame *f) {
-    Llep__LayerReleaseReply rr = LLEP__LAYER_RELEASE_REPLY__INIT;
+static void handle_layer_release(llepd_session *s, const LlepPb__Frame *f) {
+    LlepPb__LayerReleaseReply rr = LLEP_PB__LAYER_RELEASE_REPLY__INIT;
     char err[MSG_MAX] = "";
     uint32_t id = f->layer_release->layer_id;
     uint32_t i = 0;
@@ -294,7 +294,7 @@ static void handle_layer_release(llepd_session *s, const Llep__Frame *f) {
     while (i < s->nlayers && s->layers[i] != id)
         i++;
     if (i == s->nlayers) {
-        rr.status = LLEP__STATUS__STATUS_NOT_FOUND;
+        rr.status = LLEP_PB__STATUS__STATUS_NOT_FOUND;
         snprintf(err, sizeof(err), "this client holds no layer with id %u", id);
     } else {
         s->layers[i] = s->layers[--s->nlayers];
@@ -303,51 +303,51 @@ static void handle_layer_release(llepd_session *s, const Llep__Frame *f) {
             llepd_layer_unref(l);
     }
     rr.message = err;
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_LAYER_RELEASE_REPLY, &rr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_LAYER_RELEASE_REPLY, &rr);
 }
 
 /* ---- inspection (llepctl) ---------------------------------------------------------------- */
 
-static void handle_status(llepd_session *s, const Llep__Frame *f) {
-    Llep__StatusReply sr = LLEP__STATUS_REPLY__INIT;
+static void handle_status(llepd_session *s, const LlepPb__Frame *f) {
+    LlepPb__StatusReply sr = LLEP_PB__STATUS_REPLY__INIT;
     llepd_server *srv = s->srv;
 
     sr.message = (char *)"";
     sr.daemon_version = (char *)LLEP_VERSION;
-    sr.protocol_version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    sr.protocol_version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     sr.uptime_us = (llepd_now_ns() - srv->start_ns) / 1000;
-    sr.backend = (Llep__Backend)srv->backend;
+    sr.backend = (LlepPb__Backend)srv->backend;
     sr.devices = srv->devices;
     for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next)
         sr.clients += llepd_container_of(i, llepd_session, link)->kind ==
-                      LLEP__PEER_KIND__PEER_KIND_CLIENT;
+                      LLEP_PB__PEER_KIND__PEER_KIND_CLIENT;
     for (uint32_t i = 0; i < srv->nlayers; i++)
         sr.layers += !srv->layers[i]->dead;
     sr.draining = srv->draining;
     sr.pid = (uint32_t)getpid();
-    llepd_session_reply(s, f->id, LLEP__FRAME__BODY_STATUS_REPLY, &sr);
+    llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_STATUS_REPLY, &sr);
 }
 
 static const handler handlers[] = {
-    { LLEP__FRAME__BODY_ARENA_SETUP, handle_arena_setup, CLIENT },
-    { LLEP__FRAME__BODY_LAYER_CREATE, handle_layer_create, CLIENT },
-    { LLEP__FRAME__BODY_LAYER_ATTACH, handle_layer_attach, CLIENT },
-    { LLEP__FRAME__BODY_LAYER_RELEASE, handle_layer_release, CLIENT },
-    { LLEP__FRAME__BODY_STATUS, handle_status, ANY },
-    { LLEP__FRAME__BODY_DEVICES, llepd_handle_devices, ANY },
-    { LLEP__FRAME__BODY_LAYERS, llepd_handle_layers, ANY },
-    { LLEP__FRAME__BODY_EXPERTS, llepd_handle_experts, ANY },
-    { LLEP__FRAME__BODY_PLAN, llepd_handle_plan, ANY },
-    { LLEP__FRAME__BODY_STATS, llepd_handle_stats, ANY },
-    { LLEP__FRAME__BODY_SET, llepd_handle_set, ADMIN },
-    { LLEP__FRAME__BODY_DRAIN, llepd_handle_drain, ADMIN },
-    { LLEP__FRAME__BODY_PEERS, llepd_handle_peers, ANY },
+    { LLEP_PB__FRAME__BODY_ARENA_SETUP, handle_arena_setup, CLIENT },
+    { LLEP_PB__FRAME__BODY_LAYER_CREATE, handle_layer_create, CLIENT },
+    { LLEP_PB__FRAME__BODY_LAYER_ATTACH, handle_layer_attach, CLIENT },
+    { LLEP_PB__FRAME__BODY_LAYER_RELEASE, handle_layer_release, CLIENT },
+    { LLEP_PB__FRAME__BODY_STATUS, handle_status, ANY },
+    { LLEP_PB__FRAME__BODY_DEVICES, llepd_handle_devices, ANY },
+    { LLEP_PB__FRAME__BODY_LAYERS, llepd_handle_layers, ANY },
+    { LLEP_PB__FRAME__BODY_EXPERTS, llepd_handle_experts, ANY },
+    { LLEP_PB__FRAME__BODY_PLAN, llepd_handle_plan, ANY },
+    { LLEP_PB__FRAME__BODY_STATS, llepd_handle_stats, ANY },
+    { LLEP_PB__FRAME__BODY_SET, llepd_handle_set, ADMIN },
+    { LLEP_PB__FRAME__BODY_DRAIN, llepd_handle_drain, ADMIN },
+    { LLEP_PB__FRAME__BODY_PEERS, llepd_handle_peers, ANY },
 };
 
-static void handle_frame(llepd_session *s, const Llep__Frame *f) {
+static void handle_frame(llepd_session *s, const LlepPb__Frame *f) {
     char err[MSG_MAX];
 
-    if (s->state == SESSION_HELLO || f->body_case == LLEP__FRAME__BODY_HELLO) {
+    if (s->state == SESSION_HELLO || f->body_case == LLEP_PB__FRAME__BODY_HELLO) {
         handle_hello(s, f);
         return;
     }
@@ -355,7 +355,7 @@ static void handle_frame(llepd_session *s, const Llep__Frame *f) {
         const handler *h = &handlers[i];
         if (h->body != f->body_case)
             continue;
-        if ((h->who & CLIENT) && s->kind != LLEP__PEER_KIND__PEER_KIND_CLIENT) {
+        if ((h->who & CLIENT) && s->kind != LLEP_PB__PEER_KIND__PEER_KIND_CLIENT) {
             snprintf(err, sizeof(err), "%s is for clients; this connection said it is llepctl",
                      llep__frame_body_name(f->body_case));
             llepd_session_reply_error(s, f->id, -EPROTO, err);

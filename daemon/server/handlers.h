@@ -10,13 +10,13 @@
 void llepd_handlers_init(llepd_server *srv);
 
 /* llepctl's requests (handlers-ctl.c), in handlers.c's table. */
-void llepd_handle_devices(llepd_session *s, const Llep__Frame *f);
-void llepd_handle_layers(llepd_session *s, const Llep__Frame *f);
-void llepd_handle_experts(llepd_session *s, const Llep__Frame *f);
-void llepd_handle_plan(llepd_session *s, const Llep__Frame *f);
-void llepd_handle_stats(llepd_session *s, const Llep__Frame *f);
-void llepd_handle_set(llepd_session *s, const Llep__Frame *f);
-void llepd_handle_drain(llepd_session *s, const Llep__Frame *f);
-void llepd_handle_peers(llepd_session *s, const Llep__Frame *f);
+void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_layers(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_experts(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_plan(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_stats(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_set(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_drain(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_peers(llepd_session *s, const LlepPb__Frame *f);
 
 #endif

@@ -108,7 +108,7 @@ void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret) {
     ret->devices_per_node = 0; /* flat: cluster steps set their own (cluster-step.c) */
 }
 
-void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {
+void llepd_layer_effective_desc(const llepd_layer *l, LlepPb__LayerDesc *ret) {
     llep_plan_params pp;
 
     *ret = l->desc;
@@ -116,7 +116,7 @@ void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret) {
     ret->alpha = (float)pp.alpha;
     ret->lambda = (float)pp.lambda;
     ret->min_tokens = (uint32_t)pp.min_tokens;
-    ret->policy = (Llep__Policy)pp.policy;
+    ret->policy = (LlepPb__Policy)pp.policy;
 }
 
 /* Experts of the layer on this node: all of them, or its scope's share. */
@@ -139,7 +139,7 @@ uint64_t llepd_layer_others_held(const llepd_server *srv, const llepd_layer *sel
     return sum;
 }
 
-llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__LayerDesc *d) {
+llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const LlepPb__LayerDesc *d) {
     llepd_layer *l = calloc(1, sizeof(*l));
     uint32_t n = d->num_experts;
 
@@ -170,7 +170,7 @@ llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__La
     l->id = srv->next_layer_id++;
     snprintf(l->name, sizeof(l->name), "%s", name);
     l->desc = *d;
-    l->desc.base.descriptor = &llep__layer_desc__descriptor;
+    l->desc.base.descriptor = &llep_pb__layer_desc__descriptor;
     l->tun.params.alpha = d->alpha;
     l->tun.params.lambda = d->lambda;
     l->tun.params.min_tokens = d->min_tokens;
@@ -178,7 +178,7 @@ llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__La
     l->tun.own_alpha = d->alpha > 0;
     l->tun.own_lambda = d->lambda > 0;
     l->tun.own_min_tokens = d->min_tokens > 0;
-    l->tun.own_policy = d->policy != LLEP__POLICY__POLICY_AUTO;
+    l->tun.own_policy = d->policy != LLEP_PB__POLICY__POLICY_AUTO;
     l->creating = true;
     llepd_list_init(&l->queue);
     llepd_list_init(&l->attach_waiters);
@@ -213,7 +213,7 @@ static void create_run(uv_work_t *req) {
     }
 }
 
-static const void *tensor(llepd_session *s, const Llep__TensorRef *t) {
+static const void *tensor(llepd_session *s, const LlepPb__TensorRef *t) {
     return t && t->bytes ? llep__arena_ptr(&s->arena, t->offset) : NULL;
 }
 
@@ -268,7 +268,7 @@ void llepd_layer_engine_config(const llepd_layer *l, llep_engine_config *cfg) {
 }
 
 int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id,
-                             const Llep__LayerCreate *lc) {
+                             const LlepPb__LayerCreate *lc) {
     llepd_server *srv = l->srv;
     create_work *w = calloc(1, sizeof(*w));
 

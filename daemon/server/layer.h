@@ -43,7 +43,7 @@ typedef struct llepd_layer_ops {
     /* The engine exists: the scope answers the creator (hooks.layer_created) when it can. */
     void (*created)(llepd_layer *l, llepd_session *creator, uint64_t frame_id);
     /* `llepctl layers`: the scope's figures into info; buf holds its strings. */
-    void (*describe)(const llepd_layer *l, Llep__LayerInfo *info, char *buf, size_t len);
+    void (*describe)(const llepd_layer *l, LlepPb__LayerInfo *info, char *buf, size_t len);
     /* `llepctl set LAYER`: 0 when this node may change the layer's parameters. */
     int (*may_set)(const llepd_layer *l, char *err, size_t errlen);
 } llepd_layer_ops;
@@ -52,7 +52,7 @@ struct llepd_layer {
     llepd_server *srv;
     uint32_t id;
     char name[LLEP_NAME_MAX + 1];
-    Llep__LayerDesc desc;           /* as created; no pointers inside */
+    LlepPb__LayerDesc desc;           /* as created; no pointers inside */
     llepd_tunables tun;
     llep_engine *engine;            /* NULL while being created */
     bool creating, dead;
@@ -89,19 +89,19 @@ llepd_layer *llepd_layer_by_id(llepd_server *srv, uint32_t id);
 void llepd_layer_unref(llepd_layer *l);
 
 /* Registers a new layer in state "creating". NULL when out of memory. */
-llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const Llep__LayerDesc *d);
+llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const LlepPb__LayerDesc *d);
 
 /* Copies the weights named by lc out of s's arena into a new engine, on the thread pool;
  * srv->hooks.layer_created is called on the loop thread when done (or the scope's created
  * op, which calls it later). Returns 0 or a negative errno (then nothing was started). */
 int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id,
-                             const Llep__LayerCreate *lc);
+                             const LlepPb__LayerCreate *lc);
 
 /* The plan parameters a step of this layer uses now. */
 void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret);
 
 /* The layer's desc with the tunables now in effect filled in (what clients and llepctl see). */
-void llepd_layer_effective_desc(const llepd_layer *l, Llep__LayerDesc *ret);
+void llepd_layer_effective_desc(const llepd_layer *l, LlepPb__LayerDesc *ret);
 
 /* Frees the layer when nothing references or uses it any more. */
 void llepd_layer_maybe_destroy(llepd_layer *l);

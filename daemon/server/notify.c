@@ -22,7 +22,7 @@ static void format_status(const llepd_notify *n, char *buf, size_t len) {
 
     for (const llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next)
         clients += llepd_container_of(i, llepd_session, link)->kind ==
-                   LLEP__PEER_KIND__PEER_KIND_CLIENT;
+                   LLEP_PB__PEER_KIND__PEER_KIND_CLIENT;
     for (uint32_t i = 0; i < srv->nlayers; i++)
         layers += !srv->layers[i]->dead;
     w = snprintf(buf, len, "%" PRIu32 " client%s, %" PRIu32 " layer%s, %" PRIu64 " step%s",

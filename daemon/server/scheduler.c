@@ -45,7 +45,7 @@ typedef struct step_work {
 } step_work;
 
 static size_t elem_size(const llepd_layer *l) {
-    return l->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4;
+    return l->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4;
 }
 
 /* Splits the step's tokens over the P home devices. With no more submissions than devices,

@@ -203,27 +203,27 @@ static bool busy(const llepd_server *srv) {
 static void answer_drains(llepd_server *srv) {
     for (uint32_t i = 0; i < srv->ndrain_waiters; i++) {
         llepd_drain_waiter *w = &srv->drain_waiters[i];
-        Llep__DrainReply dr = LLEP__DRAIN_REPLY__INIT;
+        LlepPb__DrainReply dr = LLEP_PB__DRAIN_REPLY__INIT;
         dr.message = (char *)"";
         dr.steps_finished = (uint32_t)(srv->steps - w->steps_at_start);
         dr.submissions_refused = srv->refused - w->refused_at_start;
-        llepd_session_reply(w->s, w->frame_id, LLEP__FRAME__BODY_DRAIN_REPLY, &dr);
+        llepd_session_reply(w->s, w->frame_id, LLEP_PB__FRAME__BODY_DRAIN_REPLY, &dr);
         llepd_session_unref(w->s);
     }
     srv->ndrain_waiters = 0;
 }
 
 static void tell_clients_draining(llepd_server *srv) {
-    Llep__Notice notice = LLEP__NOTICE__INIT;
-    Llep__Frame nf = LLEP__FRAME__INIT;
+    LlepPb__Notice notice = LLEP_PB__NOTICE__INIT;
+    LlepPb__Frame nf = LLEP_PB__FRAME__INIT;
 
-    notice.status = LLEP__STATUS__STATUS_SHUTTING_DOWN;
+    notice.status = LLEP_PB__STATUS__STATUS_SHUTTING_DOWN;
     notice.message = (char *)"llepd is draining: no new submissions or layers";
-    nf.body_case = LLEP__FRAME__BODY_NOTICE;
+    nf.body_case = LLEP_PB__FRAME__BODY_NOTICE;
     nf.notice = &notice;
     for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next) {
         llepd_session *o = llepd_container_of(i, llepd_session, link);
-        if (o->kind == LLEP__PEER_KIND__PEER_KIND_CLIENT)
+        if (o->kind == LLEP_PB__PEER_KIND__PEER_KIND_CLIENT)
             llepd_session_send(o, &nf);
     }
 }
@@ -276,14 +276,14 @@ void llepd_server_stop(llepd_server *srv, const char *why) {
     srv->stopping = srv->draining = true;
     stop_listening(srv);
 
-    Llep__Notice notice = LLEP__NOTICE__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__Notice notice = LLEP_PB__NOTICE__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     char msg[160];
     snprintf(msg, sizeof(msg), "llepd is stopping (%s): running steps finish, no new work",
              why);
-    notice.status = LLEP__STATUS__STATUS_SHUTTING_DOWN;
+    notice.status = LLEP_PB__STATUS__STATUS_SHUTTING_DOWN;
     notice.message = msg;
-    f.body_case = LLEP__FRAME__BODY_NOTICE;
+    f.body_case = LLEP_PB__FRAME__BODY_NOTICE;
     f.notice = &notice;
     for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next)
         llepd_session_send(llepd_container_of(i, llepd_session, link), &f);

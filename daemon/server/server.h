@@ -32,7 +32,7 @@ typedef struct llepd_sub llepd_sub;
  * init function names which); the caller knows only the pointer. */
 typedef struct llepd_hooks {
     /* session.c: a decoded frame from a client or llepctl (handlers.c). */
-    void (*frame)(llepd_session *s, const Llep__Frame *f);
+    void (*frame)(llepd_session *s, const LlepPb__Frame *f);
     /* session.c: the submission eventfd fired, or a retry of a full ring is due (submit.c). */
     void (*ring)(llepd_session *s);
     /* session.c: a session starts closing: drop its queued work and layers (server.c). */
@@ -51,7 +51,7 @@ typedef struct llepd_hooks {
     int (*cluster_layer_new)(llepd_layer *l, char *err, size_t errlen);
     /* handlers-ctl.c: `llepctl peers` (cluster/). count: entries peers_fill will write. */
     uint32_t (*peers_count)(const llepd_server *srv);
-    void (*peers_fill)(const llepd_server *srv, Llep__PeersReply *pr, Llep__PeerInfo *info);
+    void (*peers_fill)(const llepd_server *srv, LlepPb__PeersReply *pr, LlepPb__PeerInfo *info);
 } llepd_hooks;
 
 struct llepd_server {

@@ -119,7 +119,7 @@ static void send_bytes(llepd_session *s, uint8_t *buf, size_t len, size_t alread
     }
 }
 
-void llepd_session_send(llepd_session *s, const Llep__Frame *f) {
+void llepd_session_send(llepd_session *s, const LlepPb__Frame *f) {
     uint8_t *buf;
     size_t len;
 
@@ -135,8 +135,8 @@ void llepd_session_send(llepd_session *s, const Llep__Frame *f) {
     send_bytes(s, buf, len, 0);
 }
 
-void llepd_session_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body, void *msg) {
-    Llep__Frame f = LLEP__FRAME__INIT;
+void llepd_session_reply(llepd_session *s, uint64_t id, LlepPb__Frame__BodyCase body, void *msg) {
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     f.id = id;
     f.body_case = body;
@@ -145,18 +145,18 @@ void llepd_session_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase bo
 }
 
 void llepd_session_reply_error(llepd_session *s, uint64_t id, int err, const char *msg) {
-    Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
+    LlepPb__ErrorReply er = LLEP_PB__ERROR_REPLY__INIT;
 
     er.status = llep__status_from_errno(err);
     er.message = (char *)msg;
-    llepd_session_reply(s, id, LLEP__FRAME__BODY_ERROR, &er);
+    llepd_session_reply(s, id, LLEP_PB__FRAME__BODY_ERROR, &er);
 }
 
 /* The one frame that carries descriptors (ArenaReply). It goes out with sendmsg() on the raw
  * socket, which is only in order with libuv's writes while nothing is queued; a client waits
  * for each reply before the next request, so the queue is empty in practice. -EAGAIN when it
  * is not, or when the socket takes nothing now: the caller tells the client to ask again. */
-int llepd_session_send_fds(llepd_session *s, const Llep__Frame *f, const int *fds, size_t nfds) {
+int llepd_session_send_fds(llepd_session *s, const LlepPb__Frame *f, const int *fds, size_t nfds) {
     uv_os_fd_t fd;
     uint8_t *buf;
     size_t len;
@@ -287,17 +287,17 @@ fail:
 
 /* The answer to a peer that may not connect: a HelloReply saying why, then the end. */
 static void refuse(llepd_session *s, uint64_t id) {
-    Llep__HelloReply hr = LLEP__HELLO_REPLY__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__HelloReply hr = LLEP_PB__HELLO_REPLY__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     char msg[200];
 
     snprintf(msg, sizeof(msg), "uid %u may not use llepd: it serves root, its own user and "
              "members of group llep", (unsigned)s->cred.uid);
-    hr.status = LLEP__STATUS__STATUS_PERMISSION;
+    hr.status = LLEP_PB__STATUS__STATUS_PERMISSION;
     hr.message = msg;
-    hr.version = LLEP__PROTOCOL_VERSION__PROTOCOL_VERSION;
+    hr.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
     f.id = id;
-    f.body_case = LLEP__FRAME__BODY_HELLO_REPLY;
+    f.body_case = LLEP_PB__FRAME__BODY_HELLO_REPLY;
     f.hello_reply = &hr;
     llepd_session_send(s, &f);
     llepd_session_close(s, "not allowed");
@@ -317,7 +317,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     llepd_session *s = stream->data;
-    Llep__Frame *f;
+    LlepPb__Frame *f;
     int r;
 
     if (nread == UV_EOF || nread == UV_ECONNRESET) {
@@ -348,13 +348,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     if (r < 0 && s->state != SESSION_CLOSING) {
         /* Undecodable frames get an error reply naming the problem, then the connection
          * ends: after garbage the peer's idea of the protocol cannot be trusted. */
-        Llep__ErrorReply er = LLEP__ERROR_REPLY__INIT;
-        Llep__Frame out = LLEP__FRAME__INIT;
+        LlepPb__ErrorReply er = LLEP_PB__ERROR_REPLY__INIT;
+        LlepPb__Frame out = LLEP_PB__FRAME__INIT;
         char msg[256];
         snprintf(msg, sizeof(msg), "bad frame: %s", llep__frame_decoder_error(&s->dec));
-        er.status = LLEP__STATUS__STATUS_PROTOCOL;
+        er.status = LLEP_PB__STATUS__STATUS_PROTOCOL;
         er.message = msg;
-        out.body_case = LLEP__FRAME__BODY_ERROR;
+        out.body_case = LLEP_PB__FRAME__BODY_ERROR;
         out.error = &er;
         llepd_session_send(s, &out);
         llepd_session_close(s, msg);

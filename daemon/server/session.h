@@ -26,7 +26,7 @@ struct llepd_session {
     llep_frame_decoder dec;
     uint64_t id;
     enum llepd_session_state state;
-    int kind;                       /* LLEP__PEER_KIND__* */
+    int kind;                       /* LLEP_PB__PEER_KIND__* */
     char program[64];
     struct ucred cred;
     bool admin;                     /* root or a member of the daemon's group */
@@ -55,15 +55,15 @@ void llepd_session_unref(llepd_session *s);
 void llepd_session_close(llepd_session *s, const char *why);
 
 /* Sends a frame (copied); errors close the session. */
-void llepd_session_send(llepd_session *s, const Llep__Frame *f);
+void llepd_session_send(llepd_session *s, const LlepPb__Frame *f);
 /* Sends the reply `msg` (a message of the body's type) to request `id`. */
-void llepd_session_reply(llepd_session *s, uint64_t id, Llep__Frame__BodyCase body, void *msg);
+void llepd_session_reply(llepd_session *s, uint64_t id, LlepPb__Frame__BodyCase body, void *msg);
 /* Sends an ErrorReply with the status of err (a negative errno) and the sentence msg. */
 void llepd_session_reply_error(llepd_session *s, uint64_t id, int err, const char *msg);
 
 /* Sends the one frame that carries descriptors (ArenaReply). -EAGAIN when replies are still
  * queued on the socket (the descriptors would overtake them). */
-int llepd_session_send_fds(llepd_session *s, const Llep__Frame *f, const int *fds, size_t nfds);
+int llepd_session_send_fds(llepd_session *s, const LlepPb__Frame *f, const int *fds, size_t nfds);
 
 /* Replaces the session's arena with a new one of geometry g; the caller has made sure
  * nothing is in flight. Returns 0 or a negative errno. */

@@ -43,14 +43,14 @@ static uint32_t cq_backlog(const llepd_session *s) {
 
 static void send_submission_error(llepd_session *s, const llep_sqe *e, int status,
                                   const char *msg) {
-    Llep__SubmissionError se = LLEP__SUBMISSION_ERROR__INIT;
-    Llep__Frame f = LLEP__FRAME__INIT;
+    LlepPb__SubmissionError se = LLEP_PB__SUBMISSION_ERROR__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     se.tag = e->tag;
     se.layer_id = e->layer_id;
     se.status = llep__status_from_errno(status);
     se.message = (char *)msg;
-    f.body_case = LLEP__FRAME__BODY_SUBMISSION_ERROR;
+    f.body_case = LLEP_PB__FRAME__BODY_SUBMISSION_ERROR;
     f.submission_error = &se;
     llepd_session_send(s, &f);
 }
@@ -115,7 +115,7 @@ static llepd_sub *accept_entry(llepd_session *s, const llep_sqe *e) {
         return NULL;
     }
     llep_sqe_shape shape = { .top_k = l->desc.top_k, .hidden = l->desc.hidden,
-                             .elem_size = l->desc.dtype == LLEP__DTYPE__DTYPE_BF16 ? 2 : 4 };
+                             .elem_size = l->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4 };
     r = llep__sqe_check(&s->arena, e, &shape, err, sizeof(err));
     if (r < 0) {
         complete(s, e, r, err, 0);
