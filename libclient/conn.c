@@ -16,19 +16,7 @@
 
 #include "config.h"
 #include "fdpass.h"
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
+#include "errbuf.h"
 
 static int64_t now_ms(void) {
     struct timespec ts;
@@ -68,7 +56,7 @@ static int connect_socket(const char *path, char *err, size_t errlen) {
     int fd, r;
 
     if (len == 0 || len >= sizeof(sa.sun_path)) {
-        set_error(err, errlen, "socket path '%s' is empty or longer than %zu bytes", path,
+        llep__errf(err, errlen, 0, "socket path '%s' is empty or longer than %zu bytes", path,
                   sizeof(sa.sun_path) - 1);
         return len ? -ENAMETOOLONG : -EINVAL;
     }
@@ -76,7 +64,7 @@ static int connect_socket(const char *path, char *err, size_t errlen) {
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         r = -errno;
-        set_error(err, errlen, "cannot create a socket: %s", strerror(-r));
+        llep__errf(err, errlen, 0, "cannot create a socket: %s", strerror(-r));
         return r;
     }
     /* connect() on a unix socket completes at once; only then is the socket made
@@ -84,7 +72,7 @@ static int connect_socket(const char *path, char *err, size_t errlen) {
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
         r = -errno;
-        set_error(err, errlen, "cannot connect to llepd at %s: %s", path, strerror(-r));
+        llep__errf(err, errlen, 0, "cannot connect to llepd at %s: %s", path, strerror(-r));
         close(fd);
         return r;
     }
@@ -122,14 +110,14 @@ int llep__conn_send(llep_conn *c, LlepPb__Frame *f, char *err, size_t errlen) {
     int r;
 
     if (c->fd < 0 || c->eof) {
-        set_error(err, errlen, "the connection to llepd is closed");
+        llep__errf(err, errlen, 0, "the connection to llepd is closed");
         return -ECONNRESET;
     }
     if (f->id == 0)
         f->id = ++c->next_id;
     r = llep__frame_encode_alloc(f, &buf, &len);
     if (r < 0) {
-        set_error(err, errlen, "cannot encode %s: %s", llep__frame_body_name(f->body_case),
+        llep__errf(err, errlen, 0, "cannot encode %s: %s", llep__frame_body_name(f->body_case),
                   strerror(-r));
         return r;
     }
@@ -155,9 +143,9 @@ int llep__conn_send(llep_conn *c, LlepPb__Frame *f, char *err, size_t errlen) {
     if (off < len) {
         if (r == -ECONNRESET) {
             c->eof = true;
-            set_error(err, errlen, "llepd closed the connection");
+            llep__errf(err, errlen, 0, "llepd closed the connection");
         } else
-            set_error(err, errlen, "cannot send to llepd: %s", strerror(-r));
+            llep__errf(err, errlen, 0, "cannot send to llepd: %s", strerror(-r));
         return r < 0 ? r : -EIO;
     }
     return 0;
@@ -177,11 +165,11 @@ static int read_some(llep_conn *c, char *err, size_t errlen) {
         return 0;
     if (n == 0 || n == -ECONNRESET) {
         c->eof = true;
-        set_error(err, errlen, "llepd closed the connection");
+        llep__errf(err, errlen, 0, "llepd closed the connection");
         return -ECONNRESET;
     }
     if (n < 0) {
-        set_error(err, errlen, "cannot read from llepd: %s", strerror((int)-n));
+        llep__errf(err, errlen, 0, "cannot read from llepd: %s", strerror((int)-n));
         return (int)n;
     }
     for (size_t i = 0; i < nfds; i++) {
@@ -192,7 +180,7 @@ static int read_some(llep_conn *c, char *err, size_t errlen) {
     }
     r = llep__frame_decoder_feed(&c->dec, buf, (size_t)n);
     if (r < 0) {
-        set_error(err, errlen, "cannot buffer llepd's reply: %s", strerror(-r));
+        llep__errf(err, errlen, 0, "cannot buffer llepd's reply: %s", strerror(-r));
         return r;
     }
     return 1;
@@ -204,7 +192,7 @@ int llep__conn_recv(llep_conn *c, int timeout_ms, LlepPb__Frame **ret, char *err
     int r;
 
     if (c->fd < 0) {
-        set_error(err, errlen, "the connection to llepd is closed");
+        llep__errf(err, errlen, 0, "the connection to llepd is closed");
         return -ECONNRESET;
     }
     for (;;) {
@@ -213,13 +201,13 @@ int llep__conn_recv(llep_conn *c, int timeout_ms, LlepPb__Frame **ret, char *err
             return 1;
         if (r < 0) {
             /* A peer that sends garbage is not llepd, or not one this client understands. */
-            set_error(err, errlen, "bad frame from llepd: %s",
+            llep__errf(err, errlen, 0, "bad frame from llepd: %s",
                       llep__frame_decoder_error(&c->dec));
             c->eof = true;
             return -EPROTO;
         }
         if (c->eof) {
-            set_error(err, errlen, "llepd closed the connection");
+            llep__errf(err, errlen, 0, "llepd closed the connection");
             return -ECONNRESET;
         }
         r = read_some(c, err, errlen);
@@ -229,7 +217,7 @@ int llep__conn_recv(llep_conn *c, int timeout_ms, LlepPb__Frame **ret, char *err
             continue;
         r = wait_fd(c->fd, POLLIN, deadline);
         if (r < 0) {
-            set_error(err, errlen, "cannot wait for llepd: %s", strerror(-r));
+            llep__errf(err, errlen, 0, "cannot wait for llepd: %s", strerror(-r));
             return r;
         }
         if (r == 0)
@@ -253,7 +241,7 @@ int llep__conn_request(llep_conn *c, LlepPb__Frame *req, int timeout_ms,
         if (r < 0)
             return r;
         if (r == 0) {
-            set_error(err, errlen, "llepd did not answer %s in time",
+            llep__errf(err, errlen, 0, "llepd did not answer %s in time",
                       llep__frame_body_name(req->body_case));
             return -ETIMEDOUT;
         }
@@ -269,7 +257,7 @@ int llep__conn_request(llep_conn *c, LlepPb__Frame *req, int timeout_ms,
             llep__frame_free(f);
             continue;
         }
-        set_error(err, errlen, "llepd answered request %" PRIu64 " while %" PRIu64
+        llep__errf(err, errlen, 0, "llepd answered request %" PRIu64 " while %" PRIu64
                   " was outstanding", f->id, req->id);
         llep__frame_free(f);
         return -EPROTO;
@@ -295,13 +283,13 @@ int llep__conn_reply_check(const LlepPb__Frame *reply, LlepPb__Frame__BodyCase e
     int status, r;
 
     if (reply->body_case != expected && reply->body_case != LLEP_PB__FRAME__BODY_ERROR) {
-        set_error(err, errlen, "llepd answered with %s instead of %s",
+        llep__errf(err, errlen, 0, "llepd answered with %s instead of %s",
                   llep__frame_body_name(reply->body_case), llep__frame_body_name(expected));
         return -EPROTO;
     }
     body = frame_body(reply);
     if (!body) {
-        set_error(err, errlen, "llepd sent an empty %s", llep__frame_body_name(expected));
+        llep__errf(err, errlen, 0, "llepd sent an empty %s", llep__frame_body_name(expected));
         return -EPROTO;
     }
     sf = protobuf_c_message_descriptor_get_field_by_name(body->descriptor, "status");
@@ -314,7 +302,7 @@ int llep__conn_reply_check(const LlepPb__Frame *reply, LlepPb__Frame__BodyCase e
     if (r < 0 || reply->body_case == LLEP_PB__FRAME__BODY_ERROR) {
         if (r == 0)
             r = -EPROTO;
-        set_error(err, errlen, "%s", message && message[0] ? message : strerror(-r));
+        llep__errf(err, errlen, 0, "%s", message && message[0] ? message : strerror(-r));
         return r;
     }
     return 0;
@@ -333,7 +321,7 @@ int llep__conn_open(llep_conn *c, const char *path, LlepPb__PeerKind kind, const
     if (!path) {
         r = llep__socket_path_connect_default(&default_path);
         if (r < 0) {
-            set_error(err, errlen, r == -ENXIO
+            llep__errf(err, errlen, 0, r == -ENXIO
                           ? "no llepd socket: set $LLEP_SOCKET or $XDG_RUNTIME_DIR"
                           : "cannot work out the llepd socket path: %s", strerror(-r));
             goto fail;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "llep/types.h"
+#include "errbuf.h"
 
 /* The wire enums carry the client ABI's values, so converting is a cast. */
 _Static_assert((int)LLEP_PB__DTYPE__DTYPE_F32 == LLEP_DTYPE_F32, "dtype");
@@ -27,19 +28,6 @@ _Static_assert(LLEP_FRAME_MAX_SIZE <= UINT32_MAX, "frame limit");
 /* An emptied buffer larger than this is given back, so one big llepctl reply does not pin
  * megabytes for the rest of a connection. */
 #define KEEP_BUFFER_SIZE (256u << 10)
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static uint32_t read_le32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
@@ -240,13 +228,12 @@ int llep__frame_check_hello(const LlepPb__Frame *f, char *err, size_t errlen) {
     uint32_t want = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
 
     if (!f || f->body_case != LLEP_PB__FRAME__BODY_HELLO || !f->hello) {
-        set_error(err, errlen, "the first message must be hello, got %s",
+        llep__errf(err, errlen, 0, "the first message must be hello, got %s",
                   f ? llep__frame_body_name(f->body_case) : "nothing");
         return -EPROTO;
     }
     if (f->hello->version != want) {
-        set_error(err, errlen,
-                  "protocol version mismatch: client speaks version %" PRIu32
+        llep__errf(err, errlen, 0, "protocol version mismatch: client speaks version %" PRIu32
                   ", llepd speaks version %" PRIu32, f->hello->version, want);
         return -EPROTONOSUPPORT;
     }
@@ -258,19 +245,18 @@ int llep__frame_check_hello_reply(const LlepPb__Frame *f, char *err, size_t errl
     const LlepPb__HelloReply *h;
 
     if (!f || f->body_case != LLEP_PB__FRAME__BODY_HELLO_REPLY || !f->hello_reply) {
-        set_error(err, errlen, "expected hello_reply from llepd, got %s",
+        llep__errf(err, errlen, 0, "expected hello_reply from llepd, got %s",
                   f ? llep__frame_body_name(f->body_case) : "nothing");
         return -EPROTO;
     }
     h = f->hello_reply;
     if (h->status == LLEP_PB__STATUS__STATUS_VERSION_MISMATCH || h->version != want) {
-        set_error(err, errlen,
-                  "protocol version mismatch: llepd speaks version %" PRIu32
+        llep__errf(err, errlen, 0, "protocol version mismatch: llepd speaks version %" PRIu32
                   ", this client speaks version %" PRIu32, h->version, want);
         return -EPROTONOSUPPORT;
     }
     if (h->status != LLEP_PB__STATUS__STATUS_OK) {
-        set_error(err, errlen, "llepd refused the connection: %s",
+        llep__errf(err, errlen, 0, "llepd refused the connection: %s",
                   h->message && h->message[0] ? h->message : "no reason given");
         return llep__status_to_errno(h->status);
     }
@@ -317,20 +303,19 @@ int llep__frame_check_name(const char *name, char *err, size_t errlen) {
     size_t len;
 
     if (!name || !name[0]) {
-        set_error(err, errlen, "empty layer name");
+        llep__errf(err, errlen, 0, "empty layer name");
         return -EINVAL;
     }
     len = strnlen(name, LLEP_NAME_MAX + 1);
     if (len > LLEP_NAME_MAX) {
-        set_error(err, errlen, "layer name longer than %u bytes", LLEP_NAME_MAX);
+        llep__errf(err, errlen, 0, "layer name longer than %u bytes", LLEP_NAME_MAX);
         return -EINVAL;
     }
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)name[i];
 
         if (c <= 0x20 || c >= 0x7f) {
-            set_error(err, errlen,
-                      "layer name has byte 0x%02x at offset %zu: only printable ASCII "
+            llep__errf(err, errlen, 0, "layer name has byte 0x%02x at offset %zu: only printable ASCII "
                       "without blanks is allowed", c, i);
             return -EINVAL;
         }

@@ -1,5 +1,6 @@
 /* The per-client shared-memory arena and its two SPSC rings (layout in ring.h). */
 #include "ring.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,19 +17,6 @@
 /* Seals every arena carries. SHRINK is the one a mapper insists on: without it the peer could
  * truncate the memfd and turn our next access into SIGBUS. */
 #define ARENA_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static bool is_pow2(uint32_t v) {
     return v && !(v & (v - 1));
@@ -159,24 +147,23 @@ static int header_check(const llep_arena_header *h, uint64_t file_size, llep_are
     llep_arena_geom g;
 
     if (h->magic != LLEP_ARENA_MAGIC) {
-        set_error(err, errlen, "arena header has bad magic 0x%016" PRIx64, h->magic);
+        llep__errf(err, errlen, 0, "arena header has bad magic 0x%016" PRIx64, h->magic);
         return -EPROTO;
     }
     if (h->version != LLEP_RING_VERSION) {
-        set_error(err, errlen, "arena ring version %" PRIu32 ", this build speaks %u",
+        llep__errf(err, errlen, 0, "arena ring version %" PRIu32 ", this build speaks %u",
                   h->version, LLEP_RING_VERSION);
         return -EPROTO;
     }
     if (h->header_size != sizeof(*h) || h->sqe_size != sizeof(llep_sqe) ||
         h->cqe_size != sizeof(llep_cqe)) {
-        set_error(err, errlen,
-                  "arena header/entry sizes %" PRIu32 "/%" PRIu32 "/%" PRIu32
+        llep__errf(err, errlen, 0, "arena header/entry sizes %" PRIu32 "/%" PRIu32 "/%" PRIu32
                   ", expected %zu/%zu/%zu", h->header_size, h->sqe_size, h->cqe_size,
                   sizeof(*h), sizeof(llep_sqe), sizeof(llep_cqe));
         return -EPROTO;
     }
     if (h->arena_size != file_size) {
-        set_error(err, errlen, "arena header says %" PRIu64 " bytes, the memfd has %" PRIu64,
+        llep__errf(err, errlen, 0, "arena header says %" PRIu64 " bytes, the memfd has %" PRIu64,
                   h->arena_size, file_size);
         return -EPROTO;
     }
@@ -184,8 +171,7 @@ static int header_check(const llep_arena_header *h, uint64_t file_size, llep_are
         g.arena_size != h->arena_size || g.sq_offset != h->sq_offset ||
         g.cq_offset != h->cq_offset || g.tensor_offset != h->tensor_offset ||
         g.tensor_size != h->tensor_size) {
-        set_error(err, errlen,
-                  "arena layout is inconsistent (size %" PRIu64 ", rings %" PRIu32 "/%" PRIu32
+        llep__errf(err, errlen, 0, "arena layout is inconsistent (size %" PRIu64 ", rings %" PRIu32 "/%" PRIu32
                   " at %" PRIu64 "/%" PRIu64 ", tensors %" PRIu64 "+%" PRIu64 ")",
                   h->arena_size, h->sq_entries, h->cq_entries, h->sq_offset, h->cq_offset,
                   h->tensor_offset, h->tensor_size);
@@ -205,31 +191,31 @@ int llep__arena_map(int fd, const llep_arena_geom *expected, llep_arena *ret,
     int seals, r;
 
     if (fd < 0 || !ret) {
-        set_error(err, errlen, "no arena descriptor");
+        llep__errf(err, errlen, 0, "no arena descriptor");
         return -EINVAL;
     }
     if (fstat(fd, &st) < 0) {
         r = -errno;
-        set_error(err, errlen, "cannot stat arena: %s", strerror(-r));
+        llep__errf(err, errlen, 0, "cannot stat arena: %s", strerror(-r));
         return r;
     }
     if (!S_ISREG(st.st_mode)) {
-        set_error(err, errlen, "arena descriptor is not a memfd");
+        llep__errf(err, errlen, 0, "arena descriptor is not a memfd");
         return -EINVAL;
     }
     if (st.st_size < (off_t)sizeof(h) || (uint64_t)st.st_size > LLEP_ARENA_MAX_SIZE) {
-        set_error(err, errlen, "arena of %jd bytes is outside [%zu, %" PRIu64 "]",
+        llep__errf(err, errlen, 0, "arena of %jd bytes is outside [%zu, %" PRIu64 "]",
                   (intmax_t)st.st_size, sizeof(h), LLEP_ARENA_MAX_SIZE);
         return -EINVAL;
     }
     size = (uint64_t)st.st_size;
     seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
-        set_error(err, errlen, "arena is not sealed against shrinking");
+        llep__errf(err, errlen, 0, "arena is not sealed against shrinking");
         return -EINVAL;
     }
     if (expected && expected->arena_size != size) {
-        set_error(err, errlen, "arena memfd has %" PRIu64 " bytes, expected %" PRIu64, size,
+        llep__errf(err, errlen, 0, "arena memfd has %" PRIu64 " bytes, expected %" PRIu64, size,
                   expected->arena_size);
         return -EPROTO;
     }
@@ -237,14 +223,14 @@ int llep__arena_map(int fd, const llep_arena_geom *expected, llep_arena *ret,
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         r = -errno;
-        set_error(err, errlen, "cannot map arena: %s", strerror(-r));
+        llep__errf(err, errlen, 0, "cannot map arena: %s", strerror(-r));
         return r;
     }
     /* Judge a snapshot: the peer may be rewriting the shared header while we look. */
     memcpy(&h, base, sizeof(h));
     r = header_check(&h, size, &g, err, errlen);
     if (r == 0 && expected && !geom_equal(expected, &g)) {
-        set_error(err, errlen, "arena layout differs from the one announced in ArenaReply");
+        llep__errf(err, errlen, 0, "arena layout differs from the one announced in ArenaReply");
         r = -EPROTO;
     }
     if (r < 0) {
@@ -401,18 +387,18 @@ int llep__sqe_check(const llep_arena *a, const llep_sqe *e, const llep_sqe_shape
     uint64_t xb, kb;
 
     if (e->flags || e->reserved[0] || e->reserved[1] || e->reserved[2]) {
-        set_error(err, errlen, "submission %" PRIu64 ": unknown flags or non-zero reserved "
+        llep__errf(err, errlen, 0, "submission %" PRIu64 ": unknown flags or non-zero reserved "
                   "fields", e->tag);
         return -EINVAL;
     }
     if (shape->elem_size != 2 && shape->elem_size != 4) {
-        set_error(err, errlen, "submission %" PRIu64 ": element size %" PRIu32
+        llep__errf(err, errlen, 0, "submission %" PRIu64 ": element size %" PRIu32
                   " is neither 2 nor 4", e->tag, shape->elem_size);
         return -EINVAL;
     }
     if (!span_bytes(e->tokens, shape->hidden, shape->elem_size, &xb) ||
         !span_bytes(e->tokens, shape->top_k, 4, &kb)) {
-        set_error(err, errlen, "submission %" PRIu64 ": %" PRIu32 " tokens overflow the "
+        llep__errf(err, errlen, 0, "submission %" PRIu64 ": %" PRIu32 " tokens overflow the "
                   "tensor sizes", e->tag, e->tokens);
         return -EINVAL;
     }
@@ -425,14 +411,13 @@ int llep__sqe_check(const llep_arena *a, const llep_sqe *e, const llep_sqe_shape
 
     for (int i = 0; i < 4; i++) {
         if (llep__arena_check_span(a, f[i].offset, f[i].bytes) < 0) {
-            set_error(err, errlen,
-                      "submission %" PRIu64 ": %s [%" PRIu64 ", +%" PRIu64 ") is outside "
+            llep__errf(err, errlen, 0, "submission %" PRIu64 ": %s [%" PRIu64 ", +%" PRIu64 ") is outside "
                       "the tensor space [%" PRIu64 ", %" PRIu64 ")", e->tag, f[i].name,
                       f[i].offset, f[i].bytes, a->geom.tensor_offset, a->geom.arena_size);
             return -EINVAL;
         }
         if (f[i].offset % f[i].align) {
-            set_error(err, errlen, "submission %" PRIu64 ": %s offset %" PRIu64
+            llep__errf(err, errlen, 0, "submission %" PRIu64 ": %s offset %" PRIu64
                       " is not aligned to %" PRIu32 " bytes", e->tag, f[i].name,
                       f[i].offset, f[i].align);
             return -EINVAL;
@@ -441,7 +426,7 @@ int llep__sqe_check(const llep_arena *a, const llep_sqe *e, const llep_sqe_shape
     /* The daemon writes y while it may still be reading the inputs. */
     for (int i = 0; i < 3; i++)
         if (spans_overlap(f[3].offset, f[3].bytes, f[i].offset, f[i].bytes)) {
-            set_error(err, errlen, "submission %" PRIu64 ": y overlaps %s", e->tag,
+            llep__errf(err, errlen, 0, "submission %" PRIu64 ": y overlaps %s", e->tag,
                       f[i].name);
             return -EINVAL;
         }
@@ -455,13 +440,13 @@ int llep__routing_check(const int32_t *topk_idx, const float *topk_w, uint32_t t
             size_t i = (size_t)t * top_k + k;
 
             if (topk_idx[i] < 0 || (uint32_t)topk_idx[i] >= num_experts) {
-                set_error(err, errlen, "topk_idx[%" PRIu32 "][%" PRIu32 "] = %" PRId32
+                llep__errf(err, errlen, 0, "topk_idx[%" PRIu32 "][%" PRIu32 "] = %" PRId32
                           " is not an expert of this layer (0..%" PRIu32 ")", t, k,
                           topk_idx[i], num_experts - 1);
                 return -EINVAL;
             }
             if (!isfinite(topk_w[i])) {
-                set_error(err, errlen, "topk_w[%" PRIu32 "][%" PRIu32 "] is not finite", t,
+                llep__errf(err, errlen, 0, "topk_w[%" PRIu32 "][%" PRIu32 "] is not finite", t,
                           k);
                 return -EINVAL;
             }

@@ -20,6 +20,7 @@ headers):
   tools            core, engine, backends, proto, libclient, kernels/moe-cpu.h, tools; never
                    server or cluster
   libclient        core, proto, libclient
+  proto            proto, include/llep and core's error buffers (daemon/core/errbuf.h)
 Calls: a .c file may call a function of another .c file (a non-static function it defines)
 only where no chain of such calls leads back to it; lower files call up through callbacks.
 The call graph reads identifiers outside comments and strings, so a function pointer taken by
@@ -56,7 +57,7 @@ ALLOWED = {
     'tools': {'daemon/core', 'daemon/engine', 'daemon/backends', 'proto', 'libclient',
               'kernels/moe-cpu.h', 'tools', 'include/llep', 'config', 'daemon/model'},
     'libclient': {'daemon/core', 'proto', 'libclient', 'include/llep', 'config'},
-    'proto': {'proto', 'include/llep', 'config'},
+    'proto': {'proto', 'include/llep', 'config', 'daemon/core/errbuf.h'},
     'kernels': {'kernels', 'include/llep', 'config'},
     'include/llep': {'include/llep'},
 }

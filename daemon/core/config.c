@@ -16,6 +16,7 @@
 #include "llep/types.h"
 #include "parse-number.h"
 #include "plan.h"
+#include "errbuf.h"
 
 /* A setter parses value into c; on a bad value it returns -EINVAL (or -ERANGE) and leaves c
  * alone, and the table's `expect` text tells the user what would have been right. */
@@ -434,19 +435,6 @@ static void quote(char *out, size_t outlen, const char *s, size_t len) {
     out[o] = '\0';
 }
 
-static void set_error(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_error(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 void llep__config_init(llep_config *c) {
     *c = (llep_config){
         .backend = LLEP_BACKEND_AUTO,
@@ -474,12 +462,12 @@ static int apply(llep_config *c, const config_key *k, const char *value, const c
     c->detail[0] = '\0';
     r = k->set(c, value);
     if (r == -ENOMEM) {
-        set_error(err, errlen, "out of memory setting %s", what);
+        llep__errf(err, errlen, 0, "out of memory setting %s", what);
         return r;
     }
     if (r < 0) {
         quote(q, sizeof(q), value, strlen(value));
-        set_error(err, errlen, "bad value %s for %s: expected %s%s%s", q, what, k->expect,
+        llep__errf(err, errlen, 0, "bad value %s for %s: expected %s%s%s", q, what, k->expect,
                   c->detail[0] ? ": " : "", c->detail);
         return -EINVAL;
     }
@@ -493,7 +481,7 @@ int llep__config_set(llep_config *c, const char *key, const char *value,
 
     if (!k) {
         quote(q, sizeof(q), key, strlen(key));
-        set_error(err, errlen, "unknown key %s", q);
+        llep__errf(err, errlen, 0, "unknown key %s", q);
         return -ENOENT;
     }
     snprintf(what, sizeof(what), "key '%s'", k->name);
@@ -525,7 +513,7 @@ static int parse_line(llep_config *c, const char *name, unsigned lineno, const c
 
     if (!eq) {
         quote(q, sizeof(q), line, len);
-        set_error(err, errlen, "%s:%u: expected 'key = value', got %s", name, lineno, q);
+        llep__errf(err, errlen, 0, "%s:%u: expected 'key = value', got %s", name, lineno, q);
         return -EINVAL;
     }
     key_len = (size_t)(eq - line);
@@ -534,27 +522,27 @@ static int parse_line(llep_config *c, const char *name, unsigned lineno, const c
     trim(&key, &key_len);
     trim(&value, &value_len);
     if (key_len == 0) {
-        set_error(err, errlen, "%s:%u: missing key before '='", name, lineno);
+        llep__errf(err, errlen, 0, "%s:%u: missing key before '='", name, lineno);
         return -EINVAL;
     }
     quote(q, sizeof(q), key, key_len);
     if (key_len == 6 && memcmp(key, "config", 6) == 0) {
-        set_error(err, errlen, "%s:%u: key 'config' cannot be used in a config file", name,
+        llep__errf(err, errlen, 0, "%s:%u: key 'config' cannot be used in a config file", name,
                   lineno);
         return -EINVAL;
     }
     k = find_key(key, key_len);
     if (!k) {
-        set_error(err, errlen, "%s:%u: unknown key %s", name, lineno, q);
+        llep__errf(err, errlen, 0, "%s:%u: unknown key %s", name, lineno, q);
         return -ENOENT;
     }
     if (value_len == 0) {
-        set_error(err, errlen, "%s:%u: missing value for key '%s'", name, lineno, k->name);
+        llep__errf(err, errlen, 0, "%s:%u: missing value for key '%s'", name, lineno, k->name);
         return -EINVAL;
     }
     v = strndup(value, value_len);
     if (!v) {
-        set_error(err, errlen, "%s:%u: out of memory", name, lineno);
+        llep__errf(err, errlen, 0, "%s:%u: out of memory", name, lineno);
         return -ENOMEM;
     }
     snprintf(what, sizeof(what), "key '%s'", k->name);
@@ -565,7 +553,7 @@ static int parse_line(llep_config *c, const char *name, unsigned lineno, const c
         char *tail = strdup(err);
 
         if (tail) {
-            set_error(err, errlen, "%s:%u: %s", name, lineno, tail);
+            llep__errf(err, errlen, 0, "%s:%u: %s", name, lineno, tail);
             free(tail);
         }
     }
@@ -587,7 +575,7 @@ int llep__config_parse_text(llep_config *c, const char *name, const char *text, 
         pos += line_len + (nl ? 1 : 0);
         lineno++;
         if (memchr(line, '\0', line_len)) {
-            set_error(err, errlen, "%s:%u: line contains a NUL byte", name, lineno);
+            llep__errf(err, errlen, 0, "%s:%u: line contains a NUL byte", name, lineno);
             return -EINVAL;
         }
         if (n && s[n - 1] == '\r')  /* files written on Windows */
@@ -610,7 +598,7 @@ int llep__config_load_file(llep_config *c, const char *path, char *err, size_t e
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         r = -errno;
-        set_error(err, errlen, "%s: cannot open: %s", path, strerror(-r));
+        llep__errf(err, errlen, 0, "%s: cannot open: %s", path, strerror(-r));
         return r;
     }
     /* Read up to one byte past the limit to tell a full-size file from a bigger one, and do
@@ -618,7 +606,7 @@ int llep__config_load_file(llep_config *c, const char *path, char *err, size_t e
     text = malloc(LLEP_CONFIG_FILE_MAX + 1);
     if (!text) {
         r = -ENOMEM;
-        set_error(err, errlen, "%s: out of memory", path);
+        llep__errf(err, errlen, 0, "%s: out of memory", path);
         goto out;
     }
     for (;;) {
@@ -628,7 +616,7 @@ int llep__config_load_file(llep_config *c, const char *path, char *err, size_t e
             continue;
         if (n < 0) {
             r = -errno;
-            set_error(err, errlen, "%s: cannot read: %s", path, strerror(-r));
+            llep__errf(err, errlen, 0, "%s: cannot read: %s", path, strerror(-r));
             goto out;
         }
         if (n == 0)
@@ -636,7 +624,7 @@ int llep__config_load_file(llep_config *c, const char *path, char *err, size_t e
         len += (size_t)n;
         if (len > LLEP_CONFIG_FILE_MAX) {
             r = -EFBIG;
-            set_error(err, errlen, "%s: larger than %u bytes, not a config file", path,
+            llep__errf(err, errlen, 0, "%s: larger than %u bytes, not a config file", path,
                       LLEP_CONFIG_FILE_MAX);
             goto out;
         }
@@ -677,7 +665,7 @@ static int split_args(int argc, char *const *argv, arg_option *opts, int *ret_n,
         }
         if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
             quote(q, sizeof(q), a, strlen(a));
-            set_error(err, errlen, "unexpected argument %s (llepd takes only options)", q);
+            llep__errf(err, errlen, 0, "unexpected argument %s (llepd takes only options)", q);
             return -EINVAL;
         }
         o->arg = a;
@@ -688,7 +676,7 @@ static int split_args(int argc, char *const *argv, arg_option *opts, int *ret_n,
         n++;
         if (arg_is(o, "help") || arg_is(o, "version")) {
             if (eq) {
-                set_error(err, errlen, "option '--%.*s' takes no value", (int)o->name_len,
+                llep__errf(err, errlen, 0, "option '--%.*s' takes no value", (int)o->name_len,
                           o->name);
                 return -EINVAL;
             }
@@ -696,12 +684,12 @@ static int split_args(int argc, char *const *argv, arg_option *opts, int *ret_n,
         }
         if (!arg_is(o, "config") && !find_key(o->name, o->name_len)) {
             quote(q, sizeof(q), a, strlen(a));
-            set_error(err, errlen, "unknown option %s", q);
+            llep__errf(err, errlen, 0, "unknown option %s", q);
             return -ENOENT;
         }
         if (!o->value) {
             if (i + 1 >= argc) {
-                set_error(err, errlen, "option '--%.*s' needs a value", (int)o->name_len,
+                llep__errf(err, errlen, 0, "option '--%.*s' needs a value", (int)o->name_len,
                           o->name);
                 return -EINVAL;
             }
@@ -722,7 +710,7 @@ int llep__config_parse_args(llep_config *c, int argc, char *const *argv,
         return llep__config_finish(c, err, errlen);
     opts = calloc((size_t)argc, sizeof(*opts));
     if (!opts) {
-        set_error(err, errlen, "out of memory");
+        llep__errf(err, errlen, 0, "out of memory");
         return -ENOMEM;
     }
     r = split_args(argc, argv, opts, &n, err, errlen);
@@ -736,7 +724,7 @@ int llep__config_parse_args(llep_config *c, int argc, char *const *argv,
             c->version = true;
         else if (arg_is(&opts[i], "config")) {
             if (config) {
-                set_error(err, errlen, "option '--config' given more than once");
+                llep__errf(err, errlen, 0, "option '--config' given more than once");
                 r = -EINVAL;
                 goto out;
             }
@@ -748,14 +736,14 @@ int llep__config_parse_args(llep_config *c, int argc, char *const *argv,
 
     if (config) {
         if (!config[0]) {
-            set_error(err, errlen, "bad value '' for option '--config': expected a file");
+            llep__errf(err, errlen, 0, "bad value '' for option '--config': expected a file");
             r = -EINVAL;
             goto out;
         }
         free(c->config_file);
         c->config_file = strdup(config);
         if (!c->config_file) {
-            set_error(err, errlen, "out of memory");
+            llep__errf(err, errlen, 0, "out of memory");
             r = -ENOMEM;
             goto out;
         }
@@ -856,28 +844,28 @@ uint64_t llep__peers_hash(const llep_config *c) {
 /* The cluster options that only make sense together. */
 static int check_cluster(const llep_config *c, char *err, size_t errlen) {
     if (c->npeers && !c->have_node_id) {
-        set_error(err, errlen, "'peers' needs 'node-id': which of the nodes is this one?");
+        llep__errf(err, errlen, 0, "'peers' needs 'node-id': which of the nodes is this one?");
         return -EINVAL;
     }
     if (c->have_node_id && !c->npeers) {
-        set_error(err, errlen, "'node-id' needs 'peers', the list of the cluster's nodes");
+        llep__errf(err, errlen, 0, "'node-id' needs 'peers', the list of the cluster's nodes");
         return -EINVAL;
     }
     if (c->have_listen_peers && !c->npeers) {
-        set_error(err, errlen, "'listen-peers' needs 'node-id' and 'peers'");
+        llep__errf(err, errlen, 0, "'listen-peers' needs 'node-id' and 'peers'");
         return -EINVAL;
     }
     if (c->peer_secret_file[0] && !c->npeers) {
-        set_error(err, errlen, "'peer-secret-file' needs 'node-id' and 'peers'");
+        llep__errf(err, errlen, 0, "'peer-secret-file' needs 'node-id' and 'peers'");
         return -EINVAL;
     }
     if (c->have_node_id && !llep__config_listen_addr(c)) {
-        set_error(err, errlen, "'peers' has no entry for this node (node-id %u): add "
+        llep__errf(err, errlen, 0, "'peers' has no entry for this node (node-id %u): add "
                   "%u=HOST:PORT or give 'listen-peers'", c->node_id, c->node_id);
         return -EINVAL;
     }
     if (c->peer_timeout_ms <= c->peer_heartbeat_ms) {
-        set_error(err, errlen, "'peer-timeout-ms' (%u) must be larger than "
+        llep__errf(err, errlen, 0, "'peer-timeout-ms' (%u) must be larger than "
                   "'peer-heartbeat-ms' (%u)", c->peer_timeout_ms, c->peer_heartbeat_ms);
         return -EINVAL;
     }
@@ -893,13 +881,13 @@ int llep__config_finish(llep_config *c, char *err, size_t errlen) {
         return 0;
     r = llep__socket_path_default(&c->socket_path);
     if (r == -ENXIO)
-        set_error(err, errlen, "no socket path: give --socket, or set $LLEP_SOCKET or "
+        llep__errf(err, errlen, 0, "no socket path: give --socket, or set $LLEP_SOCKET or "
                                "$XDG_RUNTIME_DIR");
     else if (r == -ENAMETOOLONG)
-        set_error(err, errlen, "default socket path is longer than %u bytes: give --socket",
+        llep__errf(err, errlen, 0, "default socket path is longer than %u bytes: give --socket",
                   LLEP_SOCKET_PATH_MAX);
     else if (r < 0)
-        set_error(err, errlen, "out of memory");
+        llep__errf(err, errlen, 0, "out of memory");
     return r;
 }
 
@@ -957,13 +945,13 @@ int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
         r = parse_yes_no(value, &s.flag);
     } else {
         quote(q, sizeof(q), key, strlen(key));
-        set_error(err, errlen, "unknown setting %s: expected alpha, lambda, min_tokens, "
+        llep__errf(err, errlen, 0, "unknown setting %s: expected alpha, lambda, min_tokens, "
                                "policy or scale_min_tokens", q);
         return -ENOENT;
     }
     if (r < 0) {
         quote(q, sizeof(q), value, strlen(value));
-        set_error(err, errlen, "bad value %s for %s: expected %s", q, key, expect);
+        llep__errf(err, errlen, 0, "bad value %s for %s: expected %s", q, key, expect);
         return -EINVAL;
     }
     *ret = s;
