@@ -209,11 +209,52 @@ static int start_signals(daemon_state *d, uv_loop_t *loop) {
     return r;
 }
 
+/* Brings the subsystems up in order: server, handlers, peer links and cluster layers, the
+ * listening socket, signals, systemd notifications. On failure err says why; teardown()
+ * undoes whatever was done. */
+static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
+                 const llep_backend_ops *ops, int fd, char *err, size_t errlen) {
+    int r = llepd_server_init(&d->srv, loop, cfg, err, errlen);
+
+    d->srv.backend_ops = ops;
+    if (r < 0)
+        return r;
+    llepd_handlers_init(&d->srv);
+    /* Peer links first: once the unix socket accepts, the peer port accepts too. */
+    r = llepd_cluster_init(&d->srv, err, errlen);
+    if (r < 0)
+        return r;
+    llepd_clayers_init(&d->srv);
+    r = llepd_server_listen(&d->srv, fd, err, errlen);
+    if (r < 0)
+        return r;
+    r = start_signals(d, loop);
+    if (r == 0)
+        r = llepd_notify_init(&d->notify, &d->srv);
+    if (r < 0) {
+        snprintf(err, errlen, "signals and timers: %s", uv_strerror(r));
+        return r;
+    }
+    /* Signal and notify handles close once the server is idle after a stop (close_handles),
+     * so that the loop runs dry. */
+    d->srv.on_idle_after_stop = close_handles;
+    return 0;
+}
+
+/* The one place llepd is taken down, in reverse order of setup(): cluster, server, loop. */
+static void teardown(daemon_state *d, uv_loop_t *loop) {
+    llepd_cluster_fini(d->srv.cluster);
+    d->srv.cluster = NULL;
+    llepd_server_fini(&d->srv);
+    uv_loop_close(loop);
+    free(d);
+}
+
 static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **argv) {
     daemon_state *d = calloc(1, sizeof(*d));
     uv_loop_t *loop = uv_default_loop();
     char err[512] = "";
-    int r, fd = -1;
+    int r, fd;
 
     if (!d)
         return 1;
@@ -226,47 +267,19 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
         return 1;
     }
     d->activated = fd >= 0;
-    r = llepd_server_init(&d->srv, loop, cfg, err, sizeof(err));
-    d->srv.backend_ops = ops;
-    if (r == 0)
-        llepd_handlers_init(&d->srv);
-    /* Peer links first: once the unix socket accepts, the peer port accepts too. */
-    if (r == 0)
-        r = llepd_cluster_init(&d->srv, err, sizeof(err));
-    if (r == 0)
-        llepd_clayers_init(&d->srv);
-    if (r == 0)
-        r = llepd_server_listen(&d->srv, fd, err, sizeof(err));
+    r = setup(d, loop, cfg, ops, fd, err, sizeof(err));
     if (r < 0) {
         log_error("%s", err[0] ? err : strerror(-r));
-        llepd_cluster_fini(d->srv.cluster);
-        d->srv.cluster = NULL;
-        llepd_server_fini(&d->srv);
-        free(d);
+        teardown(d, loop);
         return 1;
     }
-    r = start_signals(d, loop);
-    if (r == 0)
-        r = llepd_notify_init(&d->notify, &d->srv);
-    if (r < 0) {
-        log_error("signals and timers: %s", uv_strerror(r));
-        llepd_cluster_fini(d->srv.cluster);
-        d->srv.cluster = NULL;
-        llepd_server_fini(&d->srv);
-        free(d);
-        return 1;
-    }
-    d->srv.on_idle_after_stop = close_handles;
-    log_notice("llepd %s listening on %s: backend cpu, %u devices%s", LLEP_VERSION,
-               d->srv.socket_path, d->srv.devices, fd >= 0 ? " (socket activation)" : "");
+    log_notice("llepd %s listening on %s: backend %s, %u devices%s", LLEP_VERSION,
+               d->srv.socket_path, ops->name, d->srv.devices,
+               fd >= 0 ? " (socket activation)" : "");
     /* The socket listens already: a client connecting after READY=1 is accepted. */
     llepd_notify_ready(&d->notify);
     uv_run(loop, UV_RUN_DEFAULT);
-    llepd_cluster_fini(d->srv.cluster);
-    d->srv.cluster = NULL;
-    llepd_server_fini(&d->srv);
-    uv_loop_close(loop);
-    free(d);
+    teardown(d, loop);
     log_notice("stopped");
     return 0;
 }
