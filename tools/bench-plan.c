@@ -17,29 +17,18 @@
 
 #include "parse-number.h"
 #include "plan.h"
+#include "scenarios.h"
 
 typedef struct shape {
     const char *name;
     uint32_t experts, devices, top_k, tokens_per_device;
 } shape;
 
-typedef struct scenario {
-    const char *name;
-    double hot_share;  /* share of token-slots routed to the hot experts; 0: balanced */
-    uint32_t hot;      /* experts 0 .. hot-1 */
-} scenario;
+typedef llep_scenario scenario;
 
 static const shape shapes[] = {
     { "gpt-oss-120b", 128, 8, 4, 32768 },
     { "kimi-k2/64", 384, 64, 8, 16384 },
-};
-
-static const scenario scenarios[] = {
-    { "balanced", 0, 0 },
-    { "30%-16", 0.30, 16 }, { "30%-4", 0.30, 4 }, { "30%-1", 0.30, 1 },
-    { "50%-16", 0.50, 16 }, { "50%-4", 0.50, 4 }, { "50%-1", 0.50, 1 },
-    { "80%-16", 0.80, 16 }, { "80%-4", 0.80, 4 }, { "80%-1", 0.80, 1 },
-    { "95%-16", 0.95, 16 }, { "95%-4", 0.95, 4 }, { "95%-1", 0.95, 1 },
 };
 
 static uint64_t rng = 0x5eed;
@@ -51,11 +40,11 @@ static uint64_t next_random(void) {
     return z ^ (z >> 31);
 }
 
-/* Routes every token-slot: with probability hot_share to a uniformly chosen hot expert, else
+/* Routes every token-slot: with probability share to a uniformly chosen hot expert, else
  * to a uniformly chosen other expert (all experts when balanced). */
 static void route(const shape *sh, const scenario *sc, uint64_t *loads) {
     uint64_t slots = (uint64_t)sh->devices * sh->tokens_per_device * sh->top_k;
-    uint64_t threshold = (uint64_t)(sc->hot_share * 18446744073709551615.0);
+    uint64_t threshold = (uint64_t)(sc->share * 18446744073709551615.0);
 
     memset(loads, 0, sh->experts * sizeof(*loads));
     for (uint64_t i = 0; i < slots; i++) {
@@ -183,9 +172,9 @@ int main(int argc, char **argv) {
                "mode", "imbalance", "xfers", "median_us", "p99_us", "min_us");
     int first = 1;
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
-        for (size_t k = 0; k < sizeof(scenarios) / sizeof(scenarios[0]); k++) {
+        for (size_t k = 0; k < llep__num_scenarios; k++) {
             const shape *sh = &shapes[s];
-            const scenario *sc = &scenarios[k];
+            const scenario *sc = &llep__scenarios[k];
             figures f = { 0 };
             int r = measure(sh, sc, iterations, per_node, &f);
             if (r < 0) {

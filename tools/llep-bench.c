@@ -21,8 +21,11 @@
 #include <cblas.h>
 
 #include "backend-select.h"
+#include "cli.h"
 #include "engine.h"
+#include "scenarios.h"
 #include "moe-cpu.h"
+#include "parse-number.h"
 #include "plan.h"
 
 typedef struct preset {
@@ -37,21 +40,7 @@ static const preset presets[] = {
     { "kimi-k2", 384, 7168, 2048, 8, 16384 },
 };
 
-/* share = 0: balanced; else share of the slots evenly into experts 0..hot-1. */
-typedef struct scenario {
-    const char *name;
-    double share;
-    uint32_t hot;
-} scenario;
-
-static const scenario scenarios[] = {
-    { "balanced", 0, 0 },
-    { "30%-16", 0.30, 16 }, { "30%-4", 0.30, 4 }, { "30%-1", 0.30, 1 },
-    { "50%-16", 0.50, 16 }, { "50%-4", 0.50, 4 }, { "50%-1", 0.50, 1 },
-    { "80%-16", 0.80, 16 }, { "80%-4", 0.80, 4 }, { "80%-1", 0.80, 1 },
-    { "95%-16", 0.95, 16 }, { "95%-4", 0.95, 4 }, { "95%-1", 0.95, 1 },
-};
-#define NSCEN (sizeof(scenarios) / sizeof(scenarios[0]))
+typedef llep_scenario scenario;
 
 enum format { FMT_TABLE, FMT_JSON, FMT_CSV };
 
@@ -104,11 +93,19 @@ static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noret
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("llep-bench: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    llep__cli_vsay("llep-bench", 0, fmt, ap);
     va_end(ap);
     exit(EXIT_FAILURE);
+}
+
+/* A bad command line: exit code 2 with the hint to --help. */
+static void usage_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void usage_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    llep__cli_vsay("llep-bench", 1, fmt, ap);
+    va_end(ap);
+    exit(2);
 }
 
 static void *xcalloc(size_t n, size_t size) {
@@ -170,20 +167,16 @@ static void usage(FILE *f) {
 }
 
 static uint32_t parse_u32(const char *opt, const char *s, uint32_t min) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < min || v > UINT32_MAX)
-        die("%s: '%s' is not an integer >= %u", opt, s, min);
-    return (uint32_t)v;
+    uint32_t v;
+    if (llep__parse_u32(s, &v) < 0 || v < min)
+        usage_die("%s: '%s' is not an integer >= %u", opt, s, min);
+    return v;
 }
 
 static double parse_pos(const char *opt, const char *s) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v > 0) || !isfinite(v))
-        die("%s: '%s' is not a number > 0", opt, s);
+    double v;
+    if (llep__parse_double(s, &v) < 0 || !(v > 0))
+        usage_die("%s: '%s' is not a number > 0", opt, s);
     return v;
 }
 
@@ -219,17 +212,17 @@ static void parse_options(int argc, char **argv, options *o) {
                 if (strcmp(optarg, presets[i].name) == 0)
                     o->preset = &presets[i];
             if (!o->preset)
-                die("--preset: unknown preset '%s'", optarg);
+                usage_die("--preset: unknown preset '%s'", optarg);
             break;
         case 's':
-            o->scenario = -2;
-            if (strcmp(optarg, "all") == 0)
+            if (strcmp(optarg, "all") == 0) {
                 o->scenario = -1;
-            for (size_t i = 0; i < NSCEN; i++)
-                if (strcmp(optarg, scenarios[i].name) == 0)
-                    o->scenario = (int)i;
-            if (o->scenario == -2)
-                die("--scenario: unknown scenario '%s' (see --help)", optarg);
+            } else {
+                const llep_scenario *sc = llep__scenario_find(optarg);
+                if (!sc)
+                    usage_die("--scenario: unknown scenario '%s' (see --help)", optarg);
+                o->scenario = (int)(sc - llep__scenarios);
+            }
             break;
         case 'P': o->devices = parse_u32("--devices", optarg, 1); break;
         case 'T': o->tokens = parse_u32("--tokens", optarg, 1); o->tokens_set = 1; break;
@@ -253,19 +246,19 @@ static void parse_options(int argc, char **argv, options *o) {
             else if (strcmp(optarg, "auto") == 0)
                 o->backend = LLEP_BACKEND_AUTO;
             else
-                die("--backend: '%s' is not cpu, cuda or auto", optarg);
+                usage_die("--backend: '%s' is not cpu, cuda or auto", optarg);
             break;
         case 'h': usage(stdout); exit(EXIT_SUCCESS);
-        default: usage(stderr); exit(EXIT_FAILURE);
+        default: usage(stderr); exit(2);
         }
     }
     if (optind < argc)
-        die("unexpected argument '%s'", argv[optind]);
+        usage_die("unexpected argument '%s'", argv[optind]);
     if (o->preset->n % o->devices)
-        die("--devices: %s has %u experts, not a multiple of %u", o->preset->name, o->preset->n,
+        usage_die("--devices: %s has %u experts, not a multiple of %u", o->preset->name, o->preset->n,
             o->devices);
     if (o->nodes && o->devices % o->nodes)
-        die("--nodes: %u does not divide --devices %u", o->nodes, o->devices);
+        usage_die("--nodes: %u does not divide --devices %u", o->nodes, o->devices);
     if (!o->tokens_set)
         o->tokens = o->preset->tokens / o->scale ? o->preset->tokens / o->scale : 1;
     if (!o->min_tokens_set) {
@@ -572,7 +565,7 @@ static double output_diff(bench *b, float **y) {
 }
 
 static void run_scenario(bench *b, size_t si, size_t idx, size_t ns, result *res) {
-    const scenario *s = &scenarios[si];
+    const scenario *s = &llep__scenarios[si];
 
     route(b, s);
     res->scen = s;
@@ -839,11 +832,11 @@ int main(int argc, char **argv) {
     make_inputs(&b);
 
     size_t first = b.o.scenario >= 0 ? (size_t)b.o.scenario : 0;
-    size_t nres = b.o.scenario >= 0 ? 1 : NSCEN;
+    size_t nres = b.o.scenario >= 0 ? 1 : llep__num_scenarios;
     result *res = xcalloc(nres, sizeof(*res));
 
     /* One unmeasured step so first-touch page faults do not land on the first scenario. */
-    route(&b, &scenarios[0]);
+    route(&b, &llep__scenarios[0]);
     for (uint32_t p = 0; p < b.p; p++)
         b.batches[p] = (llep_engine_batch){ b.t, b.x[p], b.idx[p], b.topk_w[p], b.y_ep[p] };
     if (llep__engine_step(b.eng, b.batches, NULL, NULL) < 0)

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "config.h"
 #include "conn.h"
 #include "llep-config.h"
@@ -46,11 +47,9 @@ static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 static int usage_error(const char *fmt, ...) {
     va_list ap;
 
-    fprintf(stderr, "%s: ", prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    llep__cli_vsay(prog, 1, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry '%s --help'.\n", prog);
     return EXIT_USAGE;
 }
 
@@ -58,11 +57,9 @@ static int daemon_error(const char *fmt, ...) __attribute__((format(printf, 1, 2
 static int daemon_error(const char *fmt, ...) {
     va_list ap;
 
-    fprintf(stderr, "%s: ", prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    llep__cli_vsay(prog, 0, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     return EXIT_DAEMON;
 }
 
