@@ -2,6 +2,7 @@
  * both the progress loop (client.c, which frees a completed submission's block) and the
  * arena's set-up (client-arena.c) use. */
 #include "client-internal.h"
+#include "grow.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -37,15 +38,8 @@ int llep__arena_block_alloc(llep_client *c, uint64_t size, uint64_t *ret) {
     }
     if (i > c->nblocks)
         return -ENOSPC;
-    if (c->nblocks == c->blocks_cap) {
-        size_t cap = c->blocks_cap ? 2 * c->blocks_cap : 16;
-        llep_block *b = realloc(c->blocks, cap * sizeof(*b));
-
-        if (!b)
-            return -ENOMEM;
-        c->blocks = b;
-        c->blocks_cap = cap;
-    }
+    if (llep__grow(&c->blocks, &c->blocks_cap, c->nblocks + 1, sizeof(*c->blocks), 16) < 0)
+        return -ENOMEM;
     memmove(&c->blocks[i + 1], &c->blocks[i], (c->nblocks - i) * sizeof(*c->blocks));
     c->blocks[i] = (llep_block){ .offset = pos, .size = size };
     c->nblocks++;

@@ -1,5 +1,6 @@
 /* Forwards: submit through the ring, wait for completions, and the blocking forward. */
 #include "client-internal.h"
+#include "grow.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -27,15 +28,8 @@ static void batch_layout_of(const llep_layer *l, uint32_t tokens, batch_layout *
 static llep_ticket *ticket_new(llep_client *c) {
     llep_ticket *t;
 
-    if (c->ntickets == c->tickets_cap) {
-        size_t cap = c->tickets_cap ? 2 * c->tickets_cap : 16;
-
-        t = realloc(c->tickets, cap * sizeof(*t));
-        if (!t)
-            return NULL;
-        c->tickets = t;
-        c->tickets_cap = cap;
-    }
+    if (llep__grow(&c->tickets, &c->tickets_cap, c->ntickets + 1, sizeof(*c->tickets), 16) < 0)
+        return NULL;
     t = &c->tickets[c->ntickets++];
     memset(t, 0, sizeof(*t));
     t->id = ++c->last_ticket;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "parse-number.h"
+#include "grow.h"
 
 /* Longer than any 64-bit decimal with leading zeros a person would write. */
 #define MAX_TOKEN 64
@@ -40,14 +41,8 @@ int llep__loads_add(llep_loads *l, const char *tok, char *err, size_t errlen) {
     if (l->max && l->n >= l->max)
         return failf(err, errlen, -E2BIG, "more than %zu loads (at most one per expert)",
                      l->max);
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 64;
-        uint64_t *v2 = realloc(l->v, cap * sizeof(*v2));
-        if (!v2)
-            return failf(err, errlen, -ENOMEM, "out of memory");
-        l->v = v2;
-        l->cap = cap;
-    }
+    if (llep__grow(&l->v, &l->cap, l->n + 1, sizeof(*l->v), 64) < 0)
+        return failf(err, errlen, -ENOMEM, "out of memory");
     l->v[l->n++] = v;
     return 0;
 }

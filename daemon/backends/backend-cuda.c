@@ -191,7 +191,7 @@ static int cu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
     char *dvm = llep__cuda_stage_get(b, &g->dstage, tbytes + wbytes);
     void *dy = llep__cuda_step_block(b, dv->gpu, ybytes);
     if (!h || !hy || !dvm || !dy ||
-        grow((void **)&b->copies, &b->capcopies, b->ncopies + 1, sizeof(*b->copies)) < 0)
+        grow(&b->copies, &b->capcopies, b->ncopies + 1, sizeof(*b->copies)) < 0)
         return cu_fail(b, -ENOMEM);
     memcpy(h, c->src, tbytes);
     memcpy(h + tbytes, c->topk_w, wbytes);

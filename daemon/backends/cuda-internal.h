@@ -23,6 +23,7 @@
 #include "device-spec.h"
 #include "moe-cuda.h"
 #include "xnode.h"
+#include "grow.h"
 
 /* Freed blocks a GPU keeps for reuse; beyond either limit the oldest are released. A step
  * frees the engine's buffers and the backend's row staging, several per logical device. */
@@ -162,18 +163,9 @@ typedef struct cuda_backend {
 } cuda_backend;
 
 
-static inline int grow(void **arr, size_t *cap, size_t need, size_t size) {
-    if (need <= *cap)
-        return 0;
-    size_t n = *cap ? *cap : 16;
-    while (n < need)
-        n *= 2;
-    void *p = realloc(*arr, n * size);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = n;
-    return 0;
+/* Room for need elements in an array of the backend's (core's llep__grow). */
+static inline int grow(void *arrp, size_t *cap, size_t need, size_t size) {
+    return llep__grow(arrp, cap, need, size, 16);
 }
 
 /* Records the first failure; later calls see it through sync(). */

@@ -36,7 +36,7 @@ void *llep__cuda_stage_get(cuda_backend *b, stage *s, size_t bytes) {
         while (cap < need)
             cap *= 2;
         if (s->base) {
-            if (grow((void **)&s->old, &s->capold, s->nold + 1, sizeof(*s->old)) < 0) {
+            if (grow(&s->old, &s->capold, s->nold + 1, sizeof(*s->old)) < 0) {
                 cu_fail(b, -ENOMEM);
                 return NULL;
             }
@@ -84,7 +84,7 @@ long llep__cuda_find_block(const cuda_backend *b, const void *p) {
 static int add_block(cuda_backend *b, char *base, size_t cap, uint32_t gpu) {
     size_t i = 0;
 
-    if (grow((void **)&b->blocks, &b->capblocks, b->nblocks + 1, sizeof(*b->blocks)) < 0)
+    if (grow(&b->blocks, &b->capblocks, b->nblocks + 1, sizeof(*b->blocks)) < 0)
         return -ENOMEM;
     while (i < b->nblocks && b->blocks[i].base < base)
         i++;
@@ -190,7 +190,7 @@ void llep__cuda_free(llep_backend *base, uint32_t dev, void *ptr) {
 void *llep__cuda_step_block(cuda_backend *b, uint32_t gpu, size_t bytes) {
     void *p = NULL;
 
-    if (grow((void **)&b->stepblk, &b->capstepblk, b->nstepblk + 1, sizeof(*b->stepblk)) < 0 ||
+    if (grow(&b->stepblk, &b->capstepblk, b->nstepblk + 1, sizeof(*b->stepblk)) < 0 ||
         gpu_alloc(b, gpu, bytes, &p) < 0) {
         cu_fail(b, -ENOMEM);
         return NULL;
@@ -206,7 +206,7 @@ op_time *llep__cuda_time_begin(cuda_backend *b, uint32_t d) {
     cuda_device *dv = &b->dev[d];
 
     if (dv->ntimes == dv->live) {
-        if (grow((void **)&dv->times, &dv->captimes, dv->live + 1, sizeof(*dv->times)) < 0)
+        if (grow(&dv->times, &dv->captimes, dv->live + 1, sizeof(*dv->times)) < 0)
             return NULL;
         op_time *t = &dv->times[dv->live];
         if (cudaEventCreate(&t->start) != cudaSuccess)

@@ -120,7 +120,7 @@ int llep__cuda_collect_remote(cuda_backend *b, uint32_t dev, const void **table,
     for (uint32_t s = 0; s < b->ngpus; s++) {
         if (count[s] == 0)
             continue;
-        if (grow((void **)&b->packs, &b->cappacks, b->npacks + 1, sizeof(*b->packs)) < 0)
+        if (grow(&b->packs, &b->cappacks, b->npacks + 1, sizeof(*b->packs)) < 0)
             return cu_fail(b, -ENOMEM);
         pack *p = &b->packs[b->npacks];
         *p = (pack){ .src_gpu = s, .dst_gpu = dv->gpu, .row_bytes = row_bytes };
@@ -217,7 +217,7 @@ int llep__cuda_queue_op(cuda_backend *b, const deferred *op, int remote) {
             return b->error;
         return issue_op(b, op);
     }
-    if (grow((void **)&b->defer, &b->capdefer, b->ndefer + 1, sizeof(*b->defer)) < 0)
+    if (grow(&b->defer, &b->capdefer, b->ndefer + 1, sizeof(*b->defer)) < 0)
         return cu_fail(b, -ENOMEM);
     b->defer[b->ndefer++] = *op;
     b->dev[op->dev].deferred++;
@@ -286,7 +286,7 @@ int llep__cuda_copy(llep_backend *base, uint32_t dev, void *dst, const void *src
         g->xfer_dirty = 1;
         return cu_check(b, cudaMemcpyPeerAsync(dst, g->id, src, s->id, bytes, g->xfer));
     }
-    if (grow((void **)&b->xfers, &b->capxfers, b->nxfers + 1, sizeof(*b->xfers)) < 0)
+    if (grow(&b->xfers, &b->capxfers, b->nxfers + 1, sizeof(*b->xfers)) < 0)
         return cu_fail(b, -ENOMEM);
     b->xfers[b->nxfers++] = (xfer){ src, dst, bytes, sg, dv->gpu };
     return 0;

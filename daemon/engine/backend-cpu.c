@@ -16,6 +16,7 @@
  * threads, and the CPU time of its workers would not show in the device's thread clock. */
 #include "backend.h"
 #include "xnode.h"
+#include "grow.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -308,14 +309,8 @@ static cpu_op *push(llep_backend *base, uint32_t dev) {
     if (dev >= base->num_devices)
         return NULL;
     cpu_device *d = &b->dev[dev];
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? 2 * d->cap : 64;
-        cpu_op *ops = realloc(d->ops, cap * sizeof(*ops));
-        if (!ops)
-            return NULL;
-        d->ops = ops;
-        d->cap = cap;
-    }
+    if (llep__grow(&d->ops, &d->cap, d->n + 1, sizeof(*d->ops), 64) < 0)
+        return NULL;
     return &d->ops[d->n++];
 }
 

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "session.h"
 #include "validate.h"
+#include "grow.h"
 
 #define MSG_MAX 512
 
@@ -114,14 +115,8 @@ static void handle_arena_setup(llepd_session *s, const LlepPb__Frame *f) {
 /* ---- layers ------------------------------------------------------------------------------ */
 
 static int add_layer_ref(llepd_session *s, llepd_layer *l) {
-    if (s->nlayers == s->cap_layers) {
-        uint32_t cap = s->cap_layers ? 2 * s->cap_layers : 4;
-        uint32_t *v = realloc(s->layers, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        s->layers = v;
-        s->cap_layers = cap;
-    }
+    if (llep__grow(&s->layers, &s->cap_layers, s->nlayers + 1, sizeof(*s->layers), 4) < 0)
+        return -ENOMEM;
     s->layers[s->nlayers++] = l->id;
     l->refs++;
     return 0;

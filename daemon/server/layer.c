@@ -11,6 +11,7 @@
 #include "log.h"
 #include "session.h"
 #include "validate.h"
+#include "grow.h"
 
 llepd_layer *llepd_layer_find(llepd_server *srv, const char *name) {
     for (uint32_t i = 0; i < srv->nlayers; i++)
@@ -149,16 +150,9 @@ llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const LlepPb__
     l->last_loads = calloc(n, sizeof(*l->last_loads));
     l->last_dev = calloc(srv->devices, sizeof(*l->last_dev));
     l->peak = calloc(srv->devices, sizeof(*l->peak));
-    if (srv->nlayers == srv->cap_layers) {
-        uint32_t cap = srv->cap_layers ? 2 * srv->cap_layers : 8;
-        llepd_layer **v = realloc(srv->layers, cap * sizeof(*v));
-        if (v) {
-            srv->layers = v;
-            srv->cap_layers = cap;
-        }
-    }
     if (!l->load_hist || !l->last_loads || !l->last_dev || !l->peak ||
-        srv->nlayers == srv->cap_layers) {
+        llep__grow(&srv->layers, &srv->cap_layers, srv->nlayers + 1, sizeof(*srv->layers),
+                   8) < 0) {
         free(l->load_hist);
         free(l->last_loads);
         free(l->last_dev);

@@ -68,7 +68,8 @@ struct llepd_server {
     uint64_t next_session_id;
 
     llepd_layer **layers;           /* in creation order */
-    uint32_t nlayers, cap_layers;
+    uint32_t nlayers;
+    size_t cap_layers;
     uint32_t next_layer_id;
     uint32_t running_steps;         /* on the thread pool, all layers */
     uint32_t running_creates;

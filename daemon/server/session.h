@@ -37,7 +37,8 @@ struct llepd_session {
     int cq_efd;                     /* completion eventfd (the client waits on it) */
 
     uint32_t *layers;               /* ids of the layers this client holds */
-    uint32_t nlayers, cap_layers;
+    uint32_t nlayers;
+    size_t cap_layers;
 
     uint32_t inflight;              /* submissions queued or in a running step */
     bool in_drain, drain_again;     /* the ring drain is running / must run once more */
