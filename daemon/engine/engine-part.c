@@ -123,6 +123,18 @@ static int on_this_node(const llep_part *pt, uint32_t g) {
     return node_of(pt, g) == pt->node;
 }
 
+/* Walks this node's ranges in plan order, expert by expert: start with *i = *x = 0 and step
+ * *i after each range; returns false past the last. *x is the range's expert. */
+static bool next_local_range(const llep_part *pt, uint32_t *i, uint32_t *x) {
+    const llep_plan *pl = &pt->plan;
+
+    for (; *x < pt->nx; (*x)++)
+        for (; *i < pl->range_off[*x + 1]; (*i)++)
+            if (on_this_node(pt, pl->ranges[*i].device))
+                return true;
+    return false;
+}
+
 /* The ranks of range r that come from node j: [*ret_lo, *ret_lo + count). */
 static uint64_t node_share(const llep_part *pt, const llep_range *r, uint32_t x, uint32_t j,
                            uint64_t *ret_lo) {
@@ -606,25 +618,21 @@ static void route_rows_in(llep_part *pt) {
     size_t row_bytes = (size_t)e->d * e->esz;
 
     memset(pt->cursor, 0, pt->nodes * sizeof(*pt->cursor));
-    for (uint32_t x = 0; x < pt->nx; x++) {
-        for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1]; i++) {
-            const llep_range *rg = &pl->ranges[i];
-            if (!on_this_node(pt, rg->device))
+    for (uint32_t i = 0, x = 0; next_local_range(pt, &i, &x); i++) {
+        const llep_range *rg = &pl->ranges[i];
+        uint32_t d = rg->device - pt->dev0;
+        for (uint32_t j = 0; j < pt->nodes; j++) {
+            uint64_t lo, cnt = j == pt->node ? 0 : node_share(pt, rg, x, j, &lo);
+            if (cnt == 0)
                 continue;
-            uint32_t d = rg->device - pt->dev0;
-            for (uint32_t j = 0; j < pt->nodes; j++) {
-                uint64_t lo, cnt = j == pt->node ? 0 : node_share(pt, rg, x, j, &lo);
-                if (cnt == 0)
-                    continue;
-                const char *src = (const char *)wire_data(pt, LLEP_PART_ROWS_IN, j) +
-                                  pt->cursor[j] * row_bytes;
-                const void **dst = pt->gather_src + e->dev[d].row_base + pt->chunk_row[i] +
-                                   (lo - rg->start);
-                for (uint64_t q = 0; q < cnt; q++)
-                    dst[q] = src + q * row_bytes;
-                pt->cursor[j] += cnt;
-                e->dstats[d].token_bytes_in += cnt * row_bytes;
-            }
+            const char *src = (const char *)wire_data(pt, LLEP_PART_ROWS_IN, j) +
+                              pt->cursor[j] * row_bytes;
+            const void **dst = pt->gather_src + e->dev[d].row_base + pt->chunk_row[i] +
+                               (lo - rg->start);
+            for (uint64_t q = 0; q < cnt; q++)
+                dst[q] = src + q * row_bytes;
+            pt->cursor[j] += cnt;
+            e->dstats[d].token_bytes_in += cnt * row_bytes;
         }
     }
 }
@@ -813,15 +821,11 @@ static int queue_chunks(llep_part *pt) {
         if (e->dev[d].rows)
             r = ops->gather(e->be, d, e->dev[d].x, pt->gather_src + e->dev[d].row_base,
                             e->dev[d].rows, e->d * e->esz);
-    for (uint32_t x = 0; x < pt->nx && r == 0; x++) {
-        for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1] && r == 0; i++) {
-            const llep_range *rg = &pl->ranges[i];
-            if (!on_this_node(pt, rg->device))
-                continue;
-            uint32_t d = rg->device - pt->dev0;
-            r = llep__engine_queue_chunk(e, d, range_weights(pt, x, d), pt->chunk_row[i],
-                                         (uint32_t)(rg->end - rg->start));
-        }
+    for (uint32_t i = 0, x = 0; r == 0 && next_local_range(pt, &i, &x); i++) {
+        const llep_range *rg = &pl->ranges[i];
+        uint32_t d = rg->device - pt->dev0;
+        r = llep__engine_queue_chunk(e, d, range_weights(pt, x, d), pt->chunk_row[i],
+                                     (uint32_t)(rg->end - rg->start));
     }
     return r;
 }
@@ -842,22 +846,18 @@ static int queue_results(llep_part *pt) {
     int r = 0;
 
     memset(pt->cursor, 0, pt->nodes * sizeof(*pt->cursor));
-    for (uint32_t x = 0; x < pt->nx && r == 0; x++) {
-        for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1] && r == 0; i++) {
-            const llep_range *rg = &pl->ranges[i];
-            if (!on_this_node(pt, rg->device))
+    for (uint32_t i = 0, x = 0; r == 0 && next_local_range(pt, &i, &x); i++) {
+        const llep_range *rg = &pl->ranges[i];
+        uint32_t d = rg->device - pt->dev0;
+        for (uint32_t j = 0; j < pt->nodes && r == 0; j++) {
+            uint64_t lo, cnt = j == pt->node ? 0 : node_share(pt, rg, x, j, &lo);
+            if (cnt == 0)
                 continue;
-            uint32_t d = rg->device - pt->dev0;
-            for (uint32_t j = 0; j < pt->nodes && r == 0; j++) {
-                uint64_t lo, cnt = j == pt->node ? 0 : node_share(pt, rg, x, j, &lo);
-                if (cnt == 0)
-                    continue;
-                float *dst = (float *)wire_data(pt, LLEP_PART_RESULTS_OUT, j) +
-                             pt->cursor[j] * e->d;
-                const float *src = e->dev[d].y + (pt->chunk_row[i] + (lo - rg->start)) * e->d;
-                r = queue_result(pt, d, dst, src, cnt * e->d * sizeof(float));
-                pt->cursor[j] += cnt;
-            }
+            float *dst = (float *)wire_data(pt, LLEP_PART_RESULTS_OUT, j) +
+                         pt->cursor[j] * e->d;
+            const float *src = e->dev[d].y + (pt->chunk_row[i] + (lo - rg->start)) * e->d;
+            r = queue_result(pt, d, dst, src, cnt * e->d * sizeof(float));
+            pt->cursor[j] += cnt;
         }
     }
     return r;
