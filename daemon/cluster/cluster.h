@@ -16,7 +16,9 @@
  * naming the problem and the link is closed, garbage gets an ErrorReply and a close, and the
  * unix socket's sessions never see any of it.
  *
- * Everything here runs on the event-loop thread. */
+ * Everything here runs on the event-loop thread. The files: cluster.c (set-up, the heartbeat
+ * tick), cluster-peers.c (membership), peer-dial.c, peer-proto.c and peer-link.c (the links);
+ * cluster-internal.h says what each holds and in which order they call each other. */
 #ifndef LLEPD_CLUSTER_H
 #define LLEPD_CLUSTER_H
 
