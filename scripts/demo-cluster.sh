@@ -10,11 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
-build=${LLEP_BUILD_DIR:-build}
-[ -d "$build/meson-private" ] || meson setup "$build" -Dbuildtype=release >/dev/null
-echo "building in $build ..."
-ninja -C "$build" >/dev/null
+build=$(bash scripts/build-release.sh | tail -1)
 
 run=$(mktemp -d)
 base=$((21000 + RANDOM % 8000))

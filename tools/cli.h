@@ -9,4 +9,9 @@
 void llep__cli_vsay(const char *prog, int help_hint, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 
+/* The same from a variadic call; returns code, so that a failure site reads
+ * `return llep__cli_fail(prog, 1, EXIT_USAGE, "...", ...)`. */
+int llep__cli_fail(const char *prog, int help_hint, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #endif

@@ -31,15 +31,8 @@ typedef struct options {
 
 static const char *prog = "llep-plan";
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...) {
-    va_list ap;
-
-    va_start(ap, fmt);
-    llep__cli_vsay(prog, 1, fmt, ap);
-    va_end(ap);
-    return -EINVAL;
-}
+/* A bad command line: the message, the hint to --help, and -EINVAL. */
+#define usage_error(...) llep__cli_fail(prog, 1, -EINVAL, __VA_ARGS__)
 
 static void help(void) {
     printf("Usage: %s --devices P [OPTION]... [--loads-file F | LOAD...]\n"

@@ -43,25 +43,11 @@ static void frame_freep(LlepPb__Frame **f) {
 }
 #define _cleanup_frame_ __attribute__((cleanup(frame_freep)))
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...) {
-    va_list ap;
+/* A bad command line: the message, the hint to --help, and EXIT_USAGE. */
+#define usage_error(...) llep__cli_fail(prog, 1, EXIT_USAGE, __VA_ARGS__)
 
-    va_start(ap, fmt);
-    llep__cli_vsay(prog, 1, fmt, ap);
-    va_end(ap);
-    return EXIT_USAGE;
-}
-
-static int daemon_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int daemon_error(const char *fmt, ...) {
-    va_list ap;
-
-    va_start(ap, fmt);
-    llep__cli_vsay(prog, 0, fmt, ap);
-    va_end(ap);
-    return EXIT_DAEMON;
-}
+/* llepd refused or could not be reached: the message and EXIT_DAEMON. */
+#define daemon_error(...) llep__cli_fail(prog, 0, EXIT_DAEMON, __VA_ARGS__)
 
 /* Sends one request and checks its reply. Returns 0 with the reply, or prints llepd's message
  * and returns EXIT_DAEMON. */
