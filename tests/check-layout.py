@@ -14,9 +14,9 @@ headers):
   daemon/core      core and include/llep only
   daemon/engine    core, engine, kernels/moe-cpu.h; no CUDA, libuv or protobuf
   daemon/backends  core, engine, backends, kernels: the only folder with CUDA or NCCL headers
-  daemon/server    core, engine, backends/backend-select.h, proto, server; never cluster
-  daemon/cluster   core, engine, proto, server, cluster
-  daemon/model     core, model
+  daemon/server    core, engine, proto, server, backend selection (backends/backend-select.h,
+                   backends/device-spec.h), kernels/moe-cpu.h; never cluster
+  daemon/cluster   core, engine, proto, server, cluster, backend selection, kernels/moe-cpu.h
   tools            core, engine, backends, proto, libclient, kernels/moe-cpu.h, tools; never
                    server or cluster
   libclient        core, proto, libclient
@@ -35,7 +35,7 @@ import sys
 import tempfile
 
 FOLDERS = ['daemon/core', 'daemon/engine', 'daemon/backends', 'daemon/server',
-           'daemon/cluster', 'daemon/model', 'kernels', 'proto', 'libclient', 'tools',
+           'daemon/cluster', 'kernels', 'proto', 'libclient', 'tools',
            'include/llep']
 # Headers made at build time, and where they count as living.
 GENERATED = {'llep.pb-c.h': 'proto', 'llep-config.h': 'config'}
@@ -53,9 +53,8 @@ ALLOWED = {
                        'daemon/cluster', 'daemon/backends/backend-select.h',
                        'daemon/backends/device-spec.h', 'include/llep', 'config',
                        'kernels/moe-cpu.h'},
-    'daemon/model': {'daemon/core', 'daemon/model', 'include/llep', 'config'},
     'tools': {'daemon/core', 'daemon/engine', 'daemon/backends', 'proto', 'libclient',
-              'kernels/moe-cpu.h', 'tools', 'include/llep', 'config', 'daemon/model'},
+              'kernels/moe-cpu.h', 'tools', 'include/llep', 'config'},
     'libclient': {'daemon/core', 'proto', 'libclient', 'include/llep', 'config'},
     'proto': {'proto', 'include/llep', 'config', 'daemon/core/errbuf.h'},
     'kernels': {'kernels', 'include/llep', 'config'},
