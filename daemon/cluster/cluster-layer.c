@@ -278,16 +278,13 @@ static bool send_layer_to(llepd_clayer *c, uint32_t r) {
 }
 
 static void send_drop(llepd_clayer *c) {
-    llepd_cluster *cl = c->layer->srv->cluster;
     LlepPb__ClusterLayerDrop m = LLEP_PB__CLUSTER_LAYER_DROP__INIT;
     LlepPb__Frame f = LLEP_PB__FRAME__INIT;
 
     m.name = c->layer->name;
     f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER_DROP;
     f.cluster_layer_drop = &m;
-    for (uint32_t r = 0; r < c->nodes; r++)
-        if (r != c->rank)
-            (void)llepd_cluster_send(cl, c->ids[r], &f);
+    llepd_clayer_send_all(c, &f);
 }
 
 /* Answers the client's create once nothing more is awaited. */

@@ -176,6 +176,14 @@ static inline int llepd_clayer_send_data(llepd_clayer *c, uint32_t rank, uint64_
                                    kind, index, data, total, !share, c);
 }
 
+/* Sends f to every other node of the layer; a node whose link is down misses it (its link's
+ * down callback deals with that node). */
+static inline void llepd_clayer_send_all(llepd_clayer *c, const LlepPb__Frame *f) {
+    for (uint32_t r = 0; r < c->nodes; r++)
+        if (r != c->rank)
+            (void)llepd_cluster_send(c->layer->srv->cluster, c->ids[r], f);
+}
+
 /* ---- steps (cluster-step.c) -------------------------------------------------------------- */
 
 /* Starts or joins a step when this node's submissions allow (scheduler.c's kick for cluster

@@ -113,12 +113,6 @@ void llepd_cxnode_fini(llepd_clayer *c) {
     xn->ops = NULL;
 }
 
-static void send_all(llepd_clayer *c, const LlepPb__Frame *f) {
-    for (uint32_t r = 0; r < c->nodes; r++)
-        if (r != c->rank)
-            (void)llepd_cluster_send(c->layer->srv->cluster, c->ids[r], f);
-}
-
 static void send_fail(llepd_clayer *c, uint64_t epoch, const char *why) {
     LlepPb__ClusterCommFail m = LLEP_PB__CLUSTER_COMM_FAIL__INIT;
     LlepPb__Frame f = LLEP_PB__FRAME__INIT;
@@ -128,7 +122,7 @@ static void send_fail(llepd_clayer *c, uint64_t epoch, const char *why) {
     m.message = (char *)why;
     f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL;
     f.cluster_comm_fail = &m;
-    send_all(c, &f);
+    llepd_clayer_send_all(c, &f);
 }
 
 void llepd_cxnode_close(llepd_clayer *c, const char *why, bool fast) {
@@ -213,7 +207,7 @@ void llepd_cxnode_maybe_start(llepd_clayer *c) {
     m.nranks = c->nodes;
     f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_COMM;
     f.cluster_comm = &m;
-    send_all(c, &f);
+    llepd_clayer_send_all(c, &f);
     log_info("cluster layer '%s': starting the %s communicator, epoch %" PRIu64 ", %u nodes",
              c->layer->name, xn->ops->name, xn->epoch, c->nodes);
     (void)join(c, id);

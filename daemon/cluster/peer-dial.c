@@ -2,9 +2,7 @@
  * and accepts links, a few at a time before they have said hello; it dials the peers with
  * higher ids (for each pair the lower id dials, so a pair has exactly one link). A connected
  * link starts reading (peer-proto.c) and, when dialled, says hello. */
-#include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "cluster-internal.h"
