@@ -72,3 +72,22 @@ double *llep_ref_f64(const float *v, size_t n) {
         d[i] = v[i];
     return d;
 }
+
+void llep_ref_moe_f32_layer(const llep_ref_f32 *l, uint32_t tokens, uint32_t k, const float *x,
+                            const int32_t *idx, const float *w, double *y) {
+    size_t dh = (size_t)l->n * l->d * l->h;
+    double *wg = llep_ref_f64(l->wg, dh), *wu = llep_ref_f64(l->wu, dh);
+    double *wd = llep_ref_f64(l->wd, dh), *bg = llep_ref_f64(l->bg, (size_t)l->n * l->h);
+    double *bu = llep_ref_f64(l->bu, (size_t)l->n * l->h);
+    double *bd = llep_ref_f64(l->bd, (size_t)l->n * l->d);
+    llep_ref r = { .d = l->d, .h = l->h, .act = l->act, .alpha = l->alpha, .limit = l->limit,
+                   .wg = wg, .wu = wu, .wd = wd, .bg = bg, .bu = bu, .bd = bd };
+
+    llep_ref_moe_f32(&r, tokens, k, x, idx, w, y);
+    free(wg);
+    free(wu);
+    free(wd);
+    free(bg);
+    free(bu);
+    free(bd);
+}

@@ -30,4 +30,17 @@ void llep_ref_moe_f32(const llep_ref *r, uint32_t tokens, uint32_t k, const floa
 /* A float64 copy of v[0..n) (malloc'd; NULL for v NULL). */
 double *llep_ref_f64(const float *v, size_t n);
 
+/* A layer of N experts with float32 weights, as a client hands them over. */
+typedef struct llep_ref_f32 {
+    uint32_t n, d, h;              /* N, D, H */
+    enum llep_act act;
+    double alpha, limit;           /* SWIGLU_OAI; 0: 1.702 and 7.0 */
+    const float *wg, *wu, *wd;     /* [N][D][H], [N][D][H], [N][H][D] */
+    const float *bg, *bu, *bd;     /* [N][H], [N][H], [N][D]; NULL: no bias */
+} llep_ref_f32;
+
+/* llep_ref_moe_f32 of that layer: y[t] for t < tokens, from x, idx and w in float32. */
+void llep_ref_moe_f32_layer(const llep_ref_f32 *l, uint32_t tokens, uint32_t k, const float *x,
+                            const int32_t *idx, const float *w, double *y);
+
 #endif

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "frame.h"
 #include "llep/client.h"
 #include "ref-moe.h"
@@ -29,43 +30,21 @@ static char sock_path[64];
 static pid_t llepd_pid = -1;
 
 static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-client-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    llep_test_tmpdir(tmpdir, sizeof(tmpdir), "test-client");
     snprintf(sock_path, sizeof(sock_path), "%s/llepd.sock", tmpdir);
 }
 
 static void remove_tmpdir(void) {
-    unlink(sock_path);
-    rmdir(tmpdir);
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-
-    nanosleep(&ts, NULL);
+    llep_test_rm_rf(tmpdir);
 }
 
 /* Starts $LLEPD on a socket of its own, with an extra option when `option` is not NULL, and
  * waits until it accepts connections. */
 static void llepd_start_with(const char *option, const char *value) {
-    const char *bin = getenv("LLEPD");
-    llep_client *c = NULL;
+    const char *args[] = { option, value, NULL };
+    llep_test_llepd o = { .sock = sock_path, .devices = "4", .args = args };
 
-    llepd_pid = fork();
-    ck_assert_int_ge(llepd_pid, 0);
-    if (llepd_pid == 0) {
-        execl(bin, bin, "--socket", sock_path, "--backend", "cpu", "--devices", "4",
-              "--log-level", "warning", option, value, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        if (llep_connect(sock_path, &c) == 0) {
-            llep_disconnect(c);
-            return;
-        }
-        sleep_ms(10);
-    }
-    ck_abort_msg("llepd did not start listening on %s", sock_path);
+    llepd_pid = llep_test_llepd_start(&o);
 }
 
 static void llepd_start(void) {
@@ -73,24 +52,9 @@ static void llepd_start(void) {
     llepd_start_with(NULL, NULL);
 }
 
-/* Stops it with SIGTERM and checks that it exits 0 in time. */
+/* Stops it with SIGTERM: its wait status, -1 when it did not exit within 5 s. */
 static int llepd_stop(void) {
-    int status = -1;
-
-    if (llepd_pid <= 0)
-        return 0;
-    kill(llepd_pid, SIGTERM);
-    for (int i = 0; i < 500; i++) {
-        if (waitpid(llepd_pid, &status, WNOHANG) == llepd_pid) {
-            llepd_pid = -1;
-            return status;
-        }
-        sleep_ms(10);
-    }
-    kill(llepd_pid, SIGKILL);
-    waitpid(llepd_pid, &status, 0);
-    llepd_pid = -1;
-    return -1;
+    return llep_test_stop(&llepd_pid, 5000);
 }
 
 static void setup_daemon(void) {
@@ -105,31 +69,14 @@ static void teardown_daemon(void) {
 /* Per thread, so the threads of test_threads do not share (and race on) one generator. */
 static _Thread_local uint64_t rng_state = 0x9e3779b97f4a7c15u;
 
-static uint64_t rng_next(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-/* Uniform in [-1, 1). */
-static float rng_float(void) {
-    return (float)((double)(rng_next() >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
 static float *random_floats(size_t n, float scale) {
-    float *v = malloc(n * sizeof(float));
-
-    ck_assert_ptr_nonnull(v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = rng_float() * scale;
-    return v;
+    return llep_test_random_floats(xorshift_sym, &rng_state, n, scale);
 }
 
 /* A float32 layer with biases and the desc that creates it. */
 typedef struct test_layer {
     llep_layer_desc d;
-    float *w_gate, *w_up, *w_down, *b_gate, *b_up, *b_down;
+    llep_test_f32_weights w;
 } test_layer;
 
 static void test_layer_init(test_layer *t, uint32_t n, uint32_t k, uint32_t dd, uint32_t h,
@@ -141,27 +88,18 @@ static void test_layer_init(test_layer *t, uint32_t n, uint32_t k, uint32_t dd, 
     t->d.inter = h;
     t->d.dtype = LLEP_DTYPE_F32;
     t->d.act = act;
-    t->w_gate = random_floats((size_t)n * dd * h, 1.0f / sqrtf((float)dd));
-    t->w_up = random_floats((size_t)n * dd * h, 1.0f / sqrtf((float)dd));
-    t->w_down = random_floats((size_t)n * h * dd, 1.0f / sqrtf((float)h));
-    t->b_gate = random_floats((size_t)n * h, 0.1f);
-    t->b_up = random_floats((size_t)n * h, 0.1f);
-    t->b_down = random_floats((size_t)n * dd, 0.1f);
-    t->d.w_gate = t->w_gate;
-    t->d.w_up = t->w_up;
-    t->d.w_down = t->w_down;
-    t->d.b_gate = t->b_gate;
-    t->d.b_up = t->b_up;
-    t->d.b_down = t->b_down;
+    llep_test_f32_weights_init(&t->w, xorshift_sym, &rng_state, n, dd, h,
+                               1.0f / sqrtf((float)dd), 1.0f / sqrtf((float)h), 0.1f);
+    t->d.w_gate = t->w.wg;
+    t->d.w_up = t->w.wu;
+    t->d.w_down = t->w.wd;
+    t->d.b_gate = t->w.bg;
+    t->d.b_up = t->w.bu;
+    t->d.b_down = t->w.bd;
 }
 
 static void test_layer_fini(test_layer *t) {
-    free(t->w_gate);
-    free(t->w_up);
-    free(t->w_down);
-    free(t->b_gate);
-    free(t->b_up);
-    free(t->b_down);
+    llep_test_f32_weights_fini(&t->w);
 }
 
 /* One batch of routed tokens and room for its output. skew > 0 sends that share of the
@@ -182,11 +120,8 @@ static void batch_init(batch *b, const test_layer *t, uint32_t tokens, double sk
     b->idx = malloc(((size_t)tokens * k + 1) * sizeof(int32_t));
     ck_assert_ptr_nonnull(b->y);
     ck_assert_ptr_nonnull(b->idx);
-    for (size_t i = 0; i < (size_t)tokens * k; i++) {
-        double u = (double)(rng_next() >> 11) / (double)(1ull << 53);
-
-        b->idx[i] = u < skew ? 0 : (int32_t)(rng_next() % n);
-    }
+    for (size_t i = 0; i < (size_t)tokens * k; i++)
+        b->idx[i] = xorshift_skewed(&rng_state, skew, n);
 }
 
 static void batch_fini(batch *b) {
@@ -196,38 +131,20 @@ static void batch_fini(batch *b) {
     free(b->idx);
 }
 
-/* The float64 reference (ref-moe.c) of the batch. */
-static void reference(const test_layer *t, const batch *b, double *out) {
-    size_t n = t->d.num_experts, dh = n * t->d.hidden * t->d.inter;
-    double *wg = llep_ref_f64(t->w_gate, dh), *wu = llep_ref_f64(t->w_up, dh);
-    double *wd = llep_ref_f64(t->w_down, dh), *bg = llep_ref_f64(t->b_gate, n * t->d.inter);
-    double *bu = llep_ref_f64(t->b_up, n * t->d.inter);
-    double *bd = llep_ref_f64(t->b_down, n * t->d.hidden);
-    llep_ref r = { .d = t->d.hidden, .h = t->d.inter, .act = t->d.act,
-                   .alpha = t->d.act_alpha, .limit = t->d.act_limit, .wg = wg, .wu = wu,
-                   .wd = wd, .bg = bg, .bu = bu, .bd = bd };
-
-    llep_ref_moe_f32(&r, b->tokens, t->d.top_k, b->x, b->idx, b->w, out);
-    free(wg);
-    free(wu);
-    free(wd);
-    free(bg);
-    free(bu);
-    free(bd);
-}
-
-/* Relative L2 error of the batch's output against the reference. */
+/* Relative L2 error of the batch's output against the float64 reference (ref-moe.c). */
 static double rel_error(const test_layer *t, const batch *b) {
     size_t n = (size_t)b->tokens * t->d.hidden;
-    double *ref = malloc(n * sizeof(double)), num = 0, den = 0;
+    double *ref = malloc(n * sizeof(double) + 1), err;
+    llep_ref_f32 l = { .n = t->d.num_experts, .d = t->d.hidden, .h = t->d.inter,
+                       .act = t->d.act, .alpha = t->d.act_alpha, .limit = t->d.act_limit,
+                       .wg = t->w.wg, .wu = t->w.wu, .wd = t->w.wd, .bg = t->w.bg,
+                       .bu = t->w.bu, .bd = t->w.bd };
 
-    reference(t, b, ref);
-    for (size_t i = 0; i < n; i++) {
-        num += (b->y[i] - ref[i]) * (b->y[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
+    ck_assert_ptr_nonnull(ref);
+    llep_ref_moe_f32_layer(&l, b->tokens, t->d.top_k, b->x, b->idx, b->w, ref);
+    err = llep_test_rel_l2(b->y, ref, n);
     free(ref);
-    return den > 0 ? sqrt(num / den) : sqrt(num);
+    return err;
 }
 
 static void assert_matches(const test_layer *t, const batch *b) {
@@ -795,7 +712,7 @@ START_TEST(test_arena_limits) {
     batch_fini(&b);
     llep_layer_release(l2);
     llep_layer_release(l);
-    t2.w_gate[5] += 1.0f;   /* different weights, same name: must not read stale pages */
+    t2.w.wg[5] += 1.0f;   /* different weights, same name: must not read stale pages */
     l2 = create_ok(c, "large", &t2.d);
     batch_init(&b, &t2, 300, 0.5);
     forward_ok(l2, &b);
@@ -873,13 +790,13 @@ START_TEST(test_bf16) {
 
     test_layer_init(&t, 8, 2, 16, 16, LLEP_ACT_SWIGLU);
     nw = (size_t)8 * 16 * 16;
-    wg = round_bf16(t.w_gate, nw);
-    wu = round_bf16(t.w_up, nw);
-    wd = round_bf16(t.w_down, nw);
+    wg = round_bf16(t.w.wg, nw);
+    wu = round_bf16(t.w.wu, nw);
+    wd = round_bf16(t.w.wd, nw);
     /* No biases: zero them for the reference. */
-    memset(t.b_gate, 0, 8 * 16 * sizeof(float));
-    memset(t.b_up, 0, 8 * 16 * sizeof(float));
-    memset(t.b_down, 0, 8 * 16 * sizeof(float));
+    memset(t.w.bg, 0, 8 * 16 * sizeof(float));
+    memset(t.w.bu, 0, 8 * 16 * sizeof(float));
+    memset(t.w.bd, 0, 8 * 16 * sizeof(float));
     d = t.d;
     d.dtype = LLEP_DTYPE_BF16;
     d.w_gate = wg;

@@ -56,6 +56,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "llep/client.h"
 #include "plan.h"
 #include "ref-moe.h"
@@ -74,114 +75,60 @@ static char llepctl[PATH_MAX];
 static char peers[256];
 static uint16_t ports[NODES];
 static pid_t pids[NODES];
+static const llep_test_nodes nodes = { NODES, tmpdir, sizeof(tmpdir), llepctl, sizeof(llepctl),
+                                       peers, sizeof(peers), ports, pids };
 /* Nodes started with the test hook LLEPD_TEST_XNODE=1 (a communicator between nodes), and
  * nodes started with --cluster-communicator off. */
 static unsigned xnode_nodes, comm_off_nodes;
 /* Nodes that drop their communicator unannounced after 3 steps (LLEPD_TEST_XNODE_DROP). */
 static unsigned drop_nodes;
 
-static void sleep_ms(int ms) {
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-    nanosleep(&ts, NULL);
-}
-
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sock_path(int node, char *buf, size_t len) {
-    snprintf(buf, len, "%s/s%d.sock", tmpdir, node);
-}
-
 static void setup(void) {
-    llep_test_llepctl(llepctl, sizeof(llepctl));
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-clayer-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    llep_test_peers(NODES, ports, peers, sizeof(peers));
-    for (int i = 0; i < NODES; i++)
-        pids[i] = -1;
+    llep_test_nodes_setup(&nodes, "test-clayer");
 }
 
 static void teardown(void) {
-    llep_test_kill_nodes(pids, NODES, tmpdir);
+    llep_test_nodes_teardown(&nodes);
 }
 
 static void start_node(int node, bool mismatch) {
-    char sock[128], logf[128], id[16];
-    const char *bin = getenv("LLEPD");
+    char sock[128];
+    const char *env[4], *args[] = { "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
+                                    "--cluster-communicator",
+                                    comm_off_nodes & (1u << node) ? "off" : "auto", NULL };
+    int e = 0;
 
-    ck_assert_ptr_nonnull(bin);
-    sock_path(node, sock, sizeof(sock));
-    snprintf(logf, sizeof(logf), "%s/log%d", tmpdir, node);
-    snprintf(id, sizeof(id), "%d", node);
+    if (mismatch)
+        env[e++] = "LLEPD_TEST_PLAN_MISMATCH=1";
+    if (xnode_nodes & (1u << node))
+        env[e++] = "LLEPD_TEST_XNODE=1";
+    if (drop_nodes & (1u << node))
+        env[e++] = "LLEPD_TEST_XNODE_DROP=3";
+    env[e] = NULL;
+    llep_test_node_sock(&nodes, node, sock, sizeof(sock));
     unlink(sock);
-    pids[node] = fork();
-    ck_assert_int_ge(pids[node], 0);
-    if (pids[node] == 0) {
-        int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 2);
-        if (mismatch)
-            setenv("LLEPD_TEST_PLAN_MISMATCH", "1", 1);
-        if (xnode_nodes & (1u << node))
-            setenv("LLEPD_TEST_XNODE", "1", 1);
-        if (drop_nodes & (1u << node))
-            setenv("LLEPD_TEST_XNODE_DROP", "3", 1);
-        const char *off = comm_off_nodes & (1u << node) ? "off" : "auto";
-        execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "2", "--node-id", id,
-              "--peers", peers, "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
-              "--log-level", "info", "--cluster-communicator", off, (char *)NULL);
-        _exit(127);
-    }
+    llep_test_node_spawn(&nodes, node, "2", peers, args, env);
 }
 
-/* llepctl --json VERB [ARG]; the parsed output (caller puts it). */
+/* llepctl --json VERB [ARG]; the parsed output (caller puts it). Its stderr is dropped: polled
+ * before the daemon listens, "cannot connect" is expected. */
 static json_object *llepctl_json(int node, const char *verb, const char *arg) {
-    char sock[128], out[65536];
-    int pipefd[2], status;
-    size_t len = 0;
-    ssize_t n;
+    const char *args[] = { "--json", verb, arg, NULL };
+    llep_test_output o = llep_test_node_llepctl(&nodes, node, args);
+    json_object *j = o.status == 0 ? json_tokener_parse(o.out) : NULL;
 
-    sock_path(node, sock, sizeof(sock));
-    ck_assert_int_eq(pipe(pipefd), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        dup2(pipefd[1], 1);
-        dup2(null, 2); /* polled before the daemon listens: "cannot connect" is expected */
-        close(pipefd[0]);
-        execl(llepctl, llepctl, "--socket", sock, "--json", verb, arg, (char *)NULL);
-        _exit(127);
-    }
-    close(pipefd[1]);
-    while (len + 1 < sizeof(out) && (n = read(pipefd[0], out + len, sizeof(out) - 1 - len)) > 0)
-        len += (size_t)n;
-    out[len] = '\0';
-    close(pipefd[0]);
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return NULL;
-    return json_tokener_parse(out);
+    llep_test_output_free(&o);
+    return j;
 }
 
 /* The exit status of `llepctl set LAYER KEY=VALUE` on node. */
 static int llepctl_set(int node, const char *layer, const char *kv) {
-    char sock[128];
-    int status;
+    const char *args[] = { "set", layer, kv, NULL };
+    llep_test_output o = llep_test_node_llepctl(&nodes, node, args);
 
-    sock_path(node, sock, sizeof(sock));
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        execl(llepctl, llepctl, "--socket", sock, "set", layer, kv, (char *)NULL);
-        _exit(127);
-    }
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    fputs(o.err, stderr);
+    llep_test_output_free(&o);
+    return o.status;
 }
 
 static bool all_peers_up(int node) {
@@ -222,20 +169,6 @@ static int64_t layer_field(int node, const char *name, const char *field) {
     return r;
 }
 
-/* Whether node's log (its stderr) says text. */
-static bool log_says(int node, const char *text) {
-    char path[128], buf[1 << 16];
-    size_t n;
-
-    snprintf(path, sizeof(path), "%s/log%d", tmpdir, node);
-    FILE *f = fopen(path, "r");
-    ck_assert_ptr_nonnull(f);
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    return strstr(buf, text) != NULL;
-}
-
 /* A string field of layer `name` in `llepctl --json layers` on node, into buf ("" if none). */
 static const char *layer_string(int node, const char *name, const char *field, char *buf,
                                 size_t len) {
@@ -256,46 +189,15 @@ static const char *layer_string(int node, const char *name, const char *field, c
 
 /* ---- the layer and its reference ---------------------------------------------------------- */
 
-static uint64_t rng = 0x9e3779b97f4a7c15u;
-
-static uint64_t rng_next(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-
-static float rng_float(void) {
-    return (float)((double)(rng_next() >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
-}
-
-static float *random_floats(size_t n, float scale) {
-    float *v = malloc(n * sizeof(float));
-
-    ck_assert_ptr_nonnull(v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = rng_float() * scale;
-    return v;
-}
-
-static float *wg, *wu, *wd, *bg, *bu, *bd;
+static uint64_t rng = 0x9e3779b97f4a7c15u; /* xorshift64 */
+static llep_test_f32_weights wts;
 
 static void weights_init(void) {
-    wg = random_floats((size_t)N * D * H, 0.25f);
-    wu = random_floats((size_t)N * D * H, 0.25f);
-    wd = random_floats((size_t)N * H * D, 0.35f);
-    bg = random_floats((size_t)N * H, 0.1f);
-    bu = random_floats((size_t)N * H, 0.1f);
-    bd = random_floats((size_t)N * D, 0.1f);
+    llep_test_f32_weights_init(&wts, xorshift_sym, &rng, N, D, H, 0.25f, 0.35f, 0.1f);
 }
 
 static void weights_fini(void) {
-    free(wg);
-    free(wu);
-    free(wd);
-    free(bg);
-    free(bu);
-    free(bd);
+    llep_test_f32_weights_fini(&wts);
 }
 
 static llep_layer_desc layer_desc(bool with_weights, uint32_t group) {
@@ -315,12 +217,12 @@ static llep_layer_desc layer_desc(bool with_weights, uint32_t group) {
     d.group_timeout_ms = 1500;
     d.scope = LLEP_SCOPE_CLUSTER;
     if (with_weights) {
-        d.w_gate = wg;
-        d.w_up = wu;
-        d.w_down = wd;
-        d.b_gate = bg;
-        d.b_up = bu;
-        d.b_down = bd;
+        d.w_gate = wts.wg;
+        d.w_up = wts.wu;
+        d.w_down = wts.wd;
+        d.b_gate = wts.bg;
+        d.b_up = wts.bu;
+        d.b_down = wts.bd;
     }
     return d;
 }
@@ -330,37 +232,22 @@ typedef struct batch {
     int32_t idx[TOKENS * K];
 } batch;
 
-static void reference(const batch *b, double *out) {
-    size_t dh = (size_t)N * D * H;
-    double *w[6] = { llep_ref_f64(wg, dh), llep_ref_f64(wu, dh), llep_ref_f64(wd, dh),
-                     llep_ref_f64(bg, (size_t)N * H), llep_ref_f64(bu, (size_t)N * H),
-                     llep_ref_f64(bd, (size_t)N * D) };
-    llep_ref r = { .d = D, .h = H, .act = LLEP_ACT_SWIGLU, .wg = w[0], .wu = w[1], .wd = w[2],
-                   .bg = w[3], .bu = w[4], .bd = w[5] };
-
-    llep_ref_moe_f32(&r, TOKENS, K, b->x, b->idx, b->w, out);
-    for (int i = 0; i < 6; i++)
-        free(w[i]);
-}
-
 static void assert_exact(const batch *b, int node) {
-    double ref[TOKENS * D], num = 0, den = 0;
+    double ref[TOKENS * D], err;
+    llep_ref_f32 l = { .n = N, .d = D, .h = H, .act = LLEP_ACT_SWIGLU, .wg = wts.wg,
+                       .wu = wts.wu, .wd = wts.wd, .bg = wts.bg, .bu = wts.bu, .bd = wts.bd };
 
-    reference(b, ref);
-    for (size_t i = 0; i < TOKENS * D; i++) {
-        num += (b->y[i] - ref[i]) * (b->y[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    ck_assert_msg(sqrt(num / den) <= 1e-5, "node %d: relative L2 error %g over 1e-5", node,
-                  sqrt(num / den));
+    llep_ref_moe_f32_layer(&l, TOKENS, K, b->x, b->idx, b->w, ref);
+    err = llep_test_rel_l2(b->y, ref, TOKENS * D);
+    ck_assert_msg(err <= 1e-5, "node %d: relative L2 error %g over 1e-5", node, err);
 }
 
 /* Tokens with random inputs; the experts come from `slots` (TOKENS * K of them). */
 static void batch_fill(batch *b, const int32_t *slots) {
     for (size_t i = 0; i < TOKENS * D; i++)
-        b->x[i] = rng_float();
+        b->x[i] = xorshift_sym(&rng);
     for (size_t i = 0; i < TOKENS * K; i++) {
-        b->w[i] = 0.5f + 0.5f * rng_float();
+        b->w[i] = 0.5f + 0.5f * xorshift_sym(&rng);
         b->idx[i] = slots[i];
     }
     memset(b->y, 0xff, sizeof(b->y)); /* NaN: an unwritten output cannot pass */
@@ -375,7 +262,7 @@ static void designed_slots(const uint32_t *loads, int32_t *slots) {
             slots[n++] = x;
     ck_assert_uint_eq(n, (size_t)NODES * TOKENS * K);
     for (size_t i = n - 1; i > 0; i--) {
-        size_t j = rng_next() % (i + 1);
+        size_t j = xorshift_next(&rng) % (i + 1);
         int32_t t = slots[i];
         slots[i] = slots[j];
         slots[j] = t;
@@ -383,10 +270,8 @@ static void designed_slots(const uint32_t *loads, int32_t *slots) {
 }
 
 static void skewed_slots(double skew, int32_t *slots) {
-    for (size_t i = 0; i < (size_t)NODES * TOKENS * K; i++) {
-        double u = (double)(rng_next() >> 11) / (double)(1ull << 53);
-        slots[i] = u < skew ? 0 : (int32_t)(rng_next() % N);
-    }
+    for (size_t i = 0; i < (size_t)NODES * TOKENS * K; i++)
+        slots[i] = xorshift_skewed(&rng, skew, N);
 }
 
 /* ---- clients ------------------------------------------------------------------------------ */
@@ -406,7 +291,7 @@ static void client_open_named(node_client *nc, int node, const char *name, bool 
     llep_layer_desc d = layer_desc(create, group);
 
     nc->node = node;
-    sock_path(node, sock, sizeof(sock));
+    llep_test_node_sock(&nodes, node, sock, sizeof(sock));
     int r = llep_connect(sock, &nc->c);
     ck_assert_msg(r == 0, "node %d: connect: %s", node, llep_strerror(r));
     r = llep_layer_create(nc->c, name, &d, &nc->l);
@@ -505,9 +390,7 @@ static void kill_node(node_client *nc, int32_t *slots, int node) {
     unsigned others = ((1u << NODES) - 1) & ~(1u << node);
     char name[16];
 
-    kill(pids[node], SIGKILL);
-    waitpid(pids[node], NULL, 0);
-    pids[node] = -1;
+    llep_test_kill(&pids[node]);
     client_close(&nc[node]);
     uint64_t t0 = now_ms();
     for (;;) {
@@ -912,7 +795,7 @@ START_TEST(communicator_lost) {
     for (int i = 0; i < NODES; i++)
         ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
     /* Node 0 learnt it from node 2's plan hash, and ran that step over the peer links. */
-    ck_assert(log_says(0, "closed: node 2 has communicator epoch 0, this node 1"));
+    ck_assert(llep_test_node_log_has(&nodes, 0, "closed: node 2 has communicator epoch 0, this node 1"));
     ck_assert_int_lt(layer_field(0, "moe", "communicator_steps"),
                      layer_field(0, "moe", "steps"));
     end_cluster(nc);

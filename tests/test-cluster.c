@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fixtures.h"
 #include "frame.h"
 #include "test-nodes.h"
 
@@ -43,37 +44,15 @@ static char llepctl[PATH_MAX];
 static char peers[256];
 static uint16_t ports[NODES];
 static pid_t pids[NODES];
-
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-    nanosleep(&ts, NULL);
-}
-
-static void sock_path(int node, char *buf, size_t len) {
-    snprintf(buf, len, "%s/s%d.sock", tmpdir, node);
-}
-
-static void log_path(int node, char *buf, size_t len) {
-    snprintf(buf, len, "%s/log%d", tmpdir, node);
-}
+static const llep_test_nodes nodes = { NODES, tmpdir, sizeof(tmpdir), llepctl, sizeof(llepctl),
+                                       peers, sizeof(peers), ports, pids };
 
 static void setup(void) {
-    llep_test_llepctl(llepctl, sizeof(llepctl));
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-cluster-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    llep_test_peers(NODES, ports, peers, sizeof(peers));
-    for (int i = 0; i < NODES; i++)
-        pids[i] = -1;
+    llep_test_nodes_setup(&nodes, "test-cluster");
 }
 
 static void teardown(void) {
-    llep_test_kill_nodes(pids, NODES, tmpdir);
+    llep_test_nodes_teardown(&nodes);
 }
 
 /* ---- the unix socket: raw frames ---------------------------------------------------------- */
@@ -111,16 +90,10 @@ static LlepPb__Frame *recv_frame(int fd, llep_frame_decoder *dec) {
 }
 
 static int connect_unix(int node) {
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    char sock[128];
 
-    ck_assert_int_ge(fd, 0);
-    sock_path(node, sa.sun_path, sizeof(sa.sun_path));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
+    llep_test_node_sock(&nodes, node, sock, sizeof(sock));
+    return llep_test_unix_connect(sock);
 }
 
 /* PeersRequest on node's unix socket, as llepctl would send it. The caller frees the frame. */
@@ -191,34 +164,13 @@ static uint64_t wait_state(int node, uint32_t peer, LlepPb__PeerState state, uin
 
 /* With secret set, the node authenticates its peer links with that file. */
 static void start_node_secret(int node, const char *peer_list, const char *secret) {
-    char sock[128], logf[128], id[16];
-    const char *bin = getenv("LLEPD");
+    char sock[128];
+    const char *args[] = { "--peer-heartbeat-ms", HEARTBEAT_MS, "--peer-timeout-ms",
+                           TIMEOUT_MS_TEXT, secret ? "--peer-secret-file" : NULL, secret, NULL };
 
-    ck_assert_ptr_nonnull(bin);
-    sock_path(node, sock, sizeof(sock));
-    log_path(node, logf, sizeof(logf));
-    snprintf(id, sizeof(id), "%d", node);
-    pids[node] = fork();
-    ck_assert_int_ge(pids[node], 0);
-    if (pids[node] == 0) {
-        int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        dup2(fd, 2);
-        execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "1", "--node-id", id,
-              "--peers", peer_list, "--peer-heartbeat-ms", HEARTBEAT_MS, "--peer-timeout-ms",
-              TIMEOUT_MS_TEXT, "--log-level", "info",
-              secret ? "--peer-secret-file" : (char *)NULL, secret, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        int fd = connect_unix(node);
-        if (fd >= 0) {
-            close(fd);
-            return;
-        }
-        ck_assert_msg(waitpid(pids[node], NULL, WNOHANG) == 0, "llepd node %d exited", node);
-        sleep_ms(10);
-    }
-    ck_abort_msg("llepd node %d did not start", node);
+    llep_test_node_spawn(&nodes, node, "1", peer_list, args, NULL);
+    llep_test_node_sock(&nodes, node, sock, sizeof(sock));
+    llep_test_llepd_wait(sock, pids[node]);
 }
 
 static void start_node(int node, const char *peer_list) {
@@ -227,53 +179,26 @@ static void start_node(int node, const char *peer_list) {
 
 /* SIGTERM: the peer links are closed with everything else and llepd exits 0. */
 static void stop_node(int node) {
-    int status;
+    int status = llep_test_stop(&pids[node], 30000);
 
-    ck_assert_int_eq(kill(pids[node], SIGTERM), 0);
-    ck_assert_int_eq(waitpid(pids[node], &status, 0), pids[node]);
-    pids[node] = -1;
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
                   "llepd node %d: status 0x%x after SIGTERM", node, status);
 }
 
 static bool log_has(int node, const char *text) {
-    char path[128], buf[65536];
-    int fd;
-    ssize_t n;
-
-    log_path(node, path, sizeof(path));
-    fd = open(path, O_RDONLY);
-    ck_assert_int_ge(fd, 0);
-    n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-    return strstr(buf, text) != NULL;
+    return llep_test_node_log_has(&nodes, node, text);
 }
 
 /* llepctl with the given arguments; stdout into out. Returns the exit status. */
 static int run_llepctl(int node, const char *a1, const char *a2, char *out, size_t cap) {
-    char sock[128];
-    int pipefd[2], status;
-    size_t len = 0;
-    ssize_t n;
+    const char *args[] = { a1, a2, NULL };
+    llep_test_output o = llep_test_node_llepctl(&nodes, node, args);
+    int status = o.status;
 
-    sock_path(node, sock, sizeof(sock));
-    ck_assert_int_eq(pipe(pipefd), 0);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(pipefd[1], 1);
-        close(pipefd[0]);
-        execl(llepctl, llepctl, "--socket", sock, a1, a2, (char *)NULL);
-        _exit(127);
-    }
-    close(pipefd[1]);
-    while (len + 1 < cap && (n = read(pipefd[0], out + len, cap - 1 - len)) > 0)
-        len += (size_t)n;
-    out[len] = '\0';
-    close(pipefd[0]);
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    snprintf(out, cap, "%s", o.out);
+    fputs(o.err, stderr);
+    llep_test_output_free(&o);
+    return status;
 }
 
 /* ---- three nodes -------------------------------------------------------------------------- */
@@ -896,21 +821,14 @@ START_TEST(peer_secret) {
     const char *bad[2] = { open_file, short_file };
     const char *why[2] = { "chmod 600", "needs at least 16" };
     for (int i = 0; i < 2; i++) {
-        char sock[128], logf[128];
-        const char *bin = getenv("LLEPD");
+        char logf[128];
+        const char *args[] = { "--peer-secret-file", bad[i], NULL };
         int status;
-        sock_path(0, sock, sizeof(sock));
-        log_path(0, logf, sizeof(logf));
-        pid_t pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-            int lfd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-            dup2(lfd, 2);
-            execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "1", "--node-id",
-                  "0", "--peers", peers, "--peer-secret-file", bad[i], (char *)NULL);
-            _exit(127);
-        }
-        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        llep_test_node_log(&nodes, 0, logf, sizeof(logf));
+        unlink(logf); /* this run's log alone */
+        llep_test_node_spawn(&nodes, 0, "1", peers, args, NULL);
+        ck_assert_int_eq(waitpid(pids[0], &status, 0), pids[0]);
+        pids[0] = -1;
         ck_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0);
         ck_assert_msg(log_has(0, why[i]), "llepd's log does not say '%s'", why[i]);
     }
@@ -952,24 +870,10 @@ END_TEST
 /* Without --node-id the reply says so; llepctl prints it. */
 START_TEST(not_clustered) {
     char sock[128], out[1024];
-    const char *bin = getenv("LLEPD");
+    llep_test_llepd o = { .sock = sock, .devices = "1" };
 
-    sock_path(0, sock, sizeof(sock));
-    pids[0] = fork();
-    ck_assert_int_ge(pids[0], 0);
-    if (pids[0] == 0) {
-        execl(bin, bin, "--socket", sock, "--backend", "cpu", "--devices", "1", "--log-level",
-              "warning", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        int fd = connect_unix(0);
-        if (fd >= 0) {
-            close(fd);
-            break;
-        }
-        sleep_ms(10);
-    }
+    llep_test_node_sock(&nodes, 0, sock, sizeof(sock));
+    pids[0] = llep_test_llepd_start(&o);
     LlepPb__Frame *f = query_peers(0);
     ck_assert(!f->peers_reply->clustered);
     ck_assert_uint_eq(f->peers_reply->n_peers, 0);

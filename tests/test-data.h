@@ -1,28 +1,19 @@
-/* Deterministic test data for the engine suites: splitmix64 numbers and values stored in a
- * layer's dtype next to their float64 value (what the reference computes with). */
+/* Deterministic test data for the engine suites: values stored in a layer's dtype next to their
+ * float64 value (what the reference computes with), from splitmix64 numbers (fixtures.h), and
+ * a layer's weights in both forms with the engine configuration and reference that use them. */
 #ifndef LLEP_TEST_DATA_H
 #define LLEP_TEST_DATA_H
 
 #include <check.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "engine.h"
+#include "fixtures.h"
 #include "moe-cpu.h"
-
-static inline uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static inline uint32_t rng_below(uint64_t *s, uint32_t n) {
-    return (uint32_t)(rng_next(s) % n);
-}
-
-static inline double rng_unit(uint64_t *s) { /* [0, 1) */
-    return (double)(rng_next(s) >> 11) / 9007199254740992.0;
-}
+#include "ref-moe.h"
 
 /* A value rounded to the storage type, written at position i of the storage array. */
 static inline double store(void *dst, size_t i, double v, enum llep_dtype t) {
@@ -50,6 +41,84 @@ static inline void fill(uint64_t *rng, size_t n, double scale, enum llep_dtype t
         v[i] = store(s, i, (2 * rng_unit(rng) - 1) * scale, t);
     *ret_v = v;
     *ret_s = s;
+}
+
+/* The tokens of one home device: tk rows of x uniform within 2 (float64 into *x, stored into
+ * *sx), for each of their k slots an expert from route(arg, rng) and a weight in [0, 1) (*idx,
+ * *w), and room for the output in storage type (*y). */
+static inline void tokens_fill(uint64_t *rng, uint32_t tk, uint32_t k, uint32_t d,
+                               enum llep_dtype t, int32_t (*route)(void *arg, uint64_t *rng),
+                               void *arg, double **x, void **sx, int32_t **idx, float **w,
+                               void **y) {
+    fill(rng, (size_t)tk * d, 2.0, t, x, sx);
+    *idx = malloc(((size_t)tk * k + 1) * sizeof(int32_t));
+    *w = malloc(((size_t)tk * k + 1) * sizeof(float));
+    *y = malloc((size_t)tk * d * llep__dtype_size(t) + 1);
+    ck_assert(*idx && *w && *y);
+    for (size_t i = 0; i < (size_t)tk * k; i++) {
+        (*idx)[i] = route(arg, rng);
+        (*w)[i] = (float)rng_unit(rng);
+    }
+}
+
+/* Weights of n experts: w_gate and w_up [n][D][H] uniform within 1.5/sqrt(D), w_down [n][H][D]
+ * within 1/sqrt(H), and with biases b_gate, b_up [n][H] and b_down [n][D] within 0.5 (NULL
+ * without). As float64 values already rounded to the storage type, and stored. */
+typedef struct test_weights {
+    double *wg, *wu, *wd, *bg, *bu, *bd;
+    void *swg, *swu, *swd, *sbg, *sbu, *sbd;
+} test_weights;
+
+static inline void weights_fill(test_weights *w, uint64_t *rng, size_t n, size_t d, size_t h,
+                                enum llep_dtype t, int biases) {
+    memset(w, 0, sizeof(*w));
+    fill(rng, n * d * h, 1.5 / sqrt((double)d), t, &w->wg, &w->swg);
+    fill(rng, n * d * h, 1.5 / sqrt((double)d), t, &w->wu, &w->swu);
+    fill(rng, n * h * d, 1.0 / sqrt((double)h), t, &w->wd, &w->swd);
+    if (biases) {
+        fill(rng, n * h, 0.5, t, &w->bg, &w->sbg);
+        fill(rng, n * h, 0.5, t, &w->bu, &w->sbu);
+        fill(rng, n * d, 0.5, t, &w->bd, &w->sbd);
+    }
+}
+
+static inline void weights_free(test_weights *w) {
+    void *v[] = { w->wg, w->wu, w->wd, w->bg, w->bu, w->bd,
+                  w->swg, w->swu, w->swd, w->sbg, w->sbu, w->sbd };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+        free(v[i]);
+}
+
+/* The float64 reference (ref-moe.c) of these weights. */
+static inline llep_ref weights_ref(const test_weights *w, uint32_t d, uint32_t h,
+                                   enum llep_act act) {
+    llep_ref r = { .d = d, .h = h, .act = act, .wg = w->wg, .wu = w->wu, .wd = w->wd,
+                   .bg = w->bg, .bu = w->bu, .bd = w->bd };
+    return r;
+}
+
+/* cfg (from llep__engine_config_default) for experts first .. first + n - 1 of these weights,
+ * top-k k, on p devices. */
+static inline void weights_config(const test_weights *w, llep_engine_config *cfg, uint32_t first,
+                                  uint32_t n, uint32_t k, uint32_t d, uint32_t h,
+                                  enum llep_dtype t, enum llep_act act, uint32_t p) {
+    size_t es = llep__dtype_size(t), dh = (size_t)d * h * es, hb = h * es, db = d * es;
+
+    cfg->num_experts = n;
+    cfg->top_k = k;
+    cfg->hidden = d;
+    cfg->inter = h;
+    cfg->dtype = t;
+    cfg->act = act;
+    cfg->w_gate = (const char *)w->swg + first * dh;
+    cfg->w_up = (const char *)w->swu + first * dh;
+    cfg->w_down = (const char *)w->swd + first * dh;
+    if (w->sbg) {
+        cfg->b_gate = (const char *)w->sbg + first * hb;
+        cfg->b_up = (const char *)w->sbu + first * hb;
+        cfg->b_down = (const char *)w->sbd + first * db;
+    }
+    cfg->num_devices = p;
 }
 
 #endif

@@ -45,9 +45,7 @@ typedef struct cluster {
     uint32_t n, p;             /* N and P of the whole layer */
     size_t esz;
     uint64_t rng;
-    /* Weights as float64 (already rounded to the storage type) and in storage type. */
-    double *wg, *wu, *wd, *bg, *bu, *bd;
-    void *swg, *swu, *swd, *sbg, *sbu, *sbd;
+    test_weights wt;           /* as float64 (already rounded to the storage type) and stored */
 
     llep_engine *whole;        /* N experts on P devices */
     llep_engine *eng[MAX_NODES];
@@ -77,8 +75,7 @@ typedef struct cluster {
 /* The float64 reference (ref-moe.c) over each home device's tokens. */
 static void make_reference(cluster *c) {
     const spec *s = &c->s;
-    llep_ref r = { .d = s->d, .h = s->h, .act = s->act, .wg = c->wg, .wu = c->wu, .wd = c->wd,
-                   .bg = c->bg, .bu = c->bu, .bd = c->bd };
+    llep_ref r = weights_ref(&c->wt, s->d, s->h, s->act);
 
     for (uint32_t g = 0; g < c->p; g++) {
         free(c->ref[g]);
@@ -90,38 +87,24 @@ static void make_reference(cluster *c) {
 
 static llep_engine *make_engine(const cluster *c, uint32_t first, uint32_t n, uint32_t p) {
     const spec *s = &c->s;
-    size_t dh = (size_t)s->d * s->h * c->esz, hb = s->h * c->esz, db = s->d * c->esz;
     llep_engine_config cfg;
     llep_engine *e = NULL;
     char err[256] = "";
 
     llep__engine_config_default(&cfg);
-    cfg.num_experts = n;
-    cfg.top_k = s->k;
-    cfg.hidden = s->d;
-    cfg.inter = s->h;
-    cfg.dtype = s->dtype;
-    cfg.act = s->act;
-    cfg.w_gate = (const char *)c->swg + first * dh;
-    cfg.w_up = (const char *)c->swu + first * dh;
-    cfg.w_down = (const char *)c->swd + first * dh;
-    if (s->biases) {
-        cfg.b_gate = (const char *)c->sbg + first * hb;
-        cfg.b_up = (const char *)c->sbu + first * hb;
-        cfg.b_down = (const char *)c->sbd + first * db;
-    }
-    cfg.num_devices = p;
+    weights_config(&c->wt, &cfg, first, n, s->k, s->d, s->h, s->dtype, s->act, p);
     int r = llep__engine_new(&cfg, &e, err, sizeof(err));
     ck_assert_msg(r == 0, "engine_new: %d %s", r, err);
     return e;
 }
 
 /* The expert a slot goes to: skewed onto experts 0 .. hot-1, all native on node 0. */
-static int32_t route(cluster *c) {
+static int32_t route(void *arg, uint64_t *rng) {
+    const cluster *c = arg;
     const spec *s = &c->s;
-    if (s->hot < c->n && rng_unit(&c->rng) < s->hot_share)
-        return (int32_t)rng_below(&c->rng, s->hot);
-    return (int32_t)rng_below(&c->rng, c->n);
+    if (s->hot < c->n && rng_unit(rng) < s->hot_share)
+        return (int32_t)rng_below(rng, s->hot);
+    return (int32_t)rng_below(rng, c->n);
 }
 
 static void free_tokens(cluster *c) {
@@ -154,16 +137,10 @@ static void draw_tokens(cluster *c, const int64_t *want) {
     for (uint32_t g = 0; g < c->p; g++) {
         uint32_t tk = c->tokens[g] = want && want[g] >= 0 ? (uint32_t)want[g]
                                                            : rng_below(&c->rng, s->max_tokens + 1);
-        fill(&c->rng, (size_t)tk * s->d, 2.0, s->dtype, &c->x[g], &c->sx[g]);
-        c->idx[g] = malloc(((size_t)tk * s->k + 1) * sizeof(int32_t));
-        c->w[g] = malloc(((size_t)tk * s->k + 1) * sizeof(float));
-        c->y[g] = malloc((size_t)tk * s->d * c->esz + 1);
+        tokens_fill(&c->rng, tk, s->k, s->d, s->dtype, route, c, &c->x[g], &c->sx[g],
+                    &c->idx[g], &c->w[g], &c->y[g]);
         c->yw[g] = malloc((size_t)tk * s->d * c->esz + 1);
-        ck_assert(c->idx[g] && c->w[g] && c->y[g] && c->yw[g]);
-        for (size_t i = 0; i < (size_t)tk * s->k; i++) {
-            c->idx[g][i] = route(c);
-            c->w[g][i] = (float)rng_unit(&c->rng);
-        }
+        ck_assert(c->yw[g]);
         memset(c->y[g], SENTINEL, (size_t)tk * s->d * c->esz);
     }
     set_batches(c);
@@ -182,14 +159,7 @@ static cluster *cluster_new(const spec *sp) {
     c->esz = llep__dtype_size(s->dtype);
     size_t n = c->n, d = s->d, h = s->h;
 
-    fill(&c->rng, n * d * h, 1.5 / sqrt((double)d), s->dtype, &c->wg, &c->swg);
-    fill(&c->rng, n * d * h, 1.5 / sqrt((double)d), s->dtype, &c->wu, &c->swu);
-    fill(&c->rng, n * h * d, 1.0 / sqrt((double)h), s->dtype, &c->wd, &c->swd);
-    if (s->biases) {
-        fill(&c->rng, n * h, 0.5, s->dtype, &c->bg, &c->sbg);
-        fill(&c->rng, n * h, 0.5, s->dtype, &c->bu, &c->sbu);
-        fill(&c->rng, n * d, 0.5, s->dtype, &c->bd, &c->sbd);
-    }
+    weights_fill(&c->wt, &c->rng, n, d, h, s->dtype, s->biases);
     c->whole = make_engine(c, 0, c->n, c->p);
     for (uint32_t j = 0; j < s->nodes; j++) {
         char err[256] = "";
@@ -217,10 +187,7 @@ static cluster *cluster_new(const spec *sp) {
 }
 
 static void cluster_free(cluster *c) {
-    void *v[] = { c->wg, c->wu, c->wd, c->bg, c->bu, c->bd,
-                  c->swg, c->swu, c->swd, c->sbg, c->sbu, c->sbd };
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
-        free(v[i]);
+    weights_free(&c->wt);
     for (uint32_t j = 0; j < c->s.nodes; j++) {
         llep__part_free(c->part[j]);
         llep__engine_free(c->eng[j]);
@@ -854,9 +821,9 @@ START_TEST(test_new_errors) {
     cfg.num_experts = 2;
     cfg.top_k = 1;
     cfg.hidden = cfg.inter = 4;
-    cfg.w_gate = c->swg;
-    cfg.w_up = c->swu;
-    cfg.w_down = c->swd;
+    cfg.w_gate = c->wt.swg;
+    cfg.w_up = c->wt.swu;
+    cfg.w_down = c->wt.swd;
     cfg.num_devices = 1;
     cfg.backend = &other;
     ck_assert_int_eq(llep__engine_new(&cfg, &e, err, sizeof(err)), 0);

@@ -38,9 +38,7 @@ typedef struct case_spec {
 typedef struct test_case {
     case_spec s;
     size_t esz;
-    /* Values as float64, already rounded to the storage type. */
-    double *wg, *wu, *wd, *bg, *bu, *bd;
-    void *swg, *swu, *swd, *sbg, *sbu, *sbd; /* storage-type copies given to the engine */
+    test_weights wt;     /* float64 values and the storage-type copies given to the engine */
     uint32_t *tokens;
     double **x;          /* [P][T][D] */
     void **sx;           /* storage-type x */
@@ -51,8 +49,8 @@ typedef struct test_case {
 } test_case;
 
 /* The expert a slot is routed to under the case's scenario. */
-static int32_t route(test_case *c, uint64_t *rng) {
-    const case_spec *s = &c->s;
+static int32_t route(void *arg, uint64_t *rng) {
+    const case_spec *s = &((test_case *)arg)->s;
     if (s->scen == SKEW && s->hot < s->n) {
         if (rng_unit(rng) < s->hot_share)
             return (int32_t)rng_below(rng, s->hot);
@@ -64,8 +62,7 @@ static int32_t route(test_case *c, uint64_t *rng) {
 /* The float64 reference (ref-moe.c) over each home device's tokens. */
 static void make_reference(test_case *c) {
     const case_spec *s = &c->s;
-    llep_ref r = { .d = s->d, .h = s->h, .act = s->act, .wg = c->wg, .wu = c->wu, .wd = c->wd,
-                   .bg = c->bg, .bu = c->bu, .bd = c->bd };
+    llep_ref r = weights_ref(&c->wt, s->d, s->h, s->act);
 
     for (uint32_t p = 0; p < s->p; p++) {
         c->ref[p] = calloc((size_t)c->tokens[p] * s->d + 1, sizeof(double));
@@ -84,14 +81,7 @@ static test_case *case_new(const case_spec *spec) {
     enum llep_dtype t = s->dtype;
     c->esz = llep__dtype_size(t);
 
-    fill(&rng, n * d * h, 1.5 / sqrt((double)d), t, &c->wg, &c->swg);
-    fill(&rng, n * d * h, 1.5 / sqrt((double)d), t, &c->wu, &c->swu);
-    fill(&rng, n * h * d, 1.0 / sqrt((double)h), t, &c->wd, &c->swd);
-    if (s->biases) {
-        fill(&rng, n * h, 0.5, t, &c->bg, &c->sbg);
-        fill(&rng, n * h, 0.5, t, &c->bu, &c->sbu);
-        fill(&rng, n * d, 0.5, t, &c->bd, &c->sbd);
-    }
+    weights_fill(&c->wt, &rng, n, d, h, t, s->biases);
     c->tokens = calloc(s->p, sizeof(*c->tokens));
     c->x = calloc(s->p, sizeof(*c->x));
     c->sx = calloc(s->p, sizeof(*c->sx));
@@ -102,24 +92,14 @@ static test_case *case_new(const case_spec *spec) {
     ck_assert(c->tokens && c->x && c->sx && c->idx && c->w && c->y && c->ref);
     for (uint32_t p = 0; p < s->p; p++) {
         uint32_t tk = c->tokens[p] = rng_below(&rng, s->max_tokens + 1);
-        fill(&rng, (size_t)tk * d, 2.0, t, &c->x[p], &c->sx[p]);
-        c->idx[p] = malloc(((size_t)tk * s->k + 1) * sizeof(int32_t));
-        c->w[p] = malloc(((size_t)tk * s->k + 1) * sizeof(float));
-        c->y[p] = malloc((size_t)tk * d * c->esz + 1);
-        ck_assert(c->idx[p] && c->w[p] && c->y[p]);
-        for (size_t i = 0; i < (size_t)tk * s->k; i++) {
-            c->idx[p][i] = route(c, &rng);
-            c->w[p][i] = (float)rng_unit(&rng);
-        }
+        tokens_fill(&rng, tk, s->k, s->d, t, route, c, &c->x[p], &c->sx[p], &c->idx[p],
+                    &c->w[p], &c->y[p]);
     }
     return c;
 }
 
 static void case_free(test_case *c) {
-    void *v[] = { c->wg, c->wu, c->wd, c->bg, c->bu, c->bd,
-                  c->swg, c->swu, c->swd, c->sbg, c->sbu, c->sbd };
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
-        free(v[i]);
+    weights_free(&c->wt);
     for (uint32_t p = 0; p < c->s.p; p++) {
         free(c->x[p]);
         free(c->sx[p]);
@@ -144,19 +124,7 @@ static llep_engine *case_engine(const test_case *c, uint64_t budget) {
     char err[256] = "";
 
     llep__engine_config_default(&cfg);
-    cfg.num_experts = c->s.n;
-    cfg.top_k = c->s.k;
-    cfg.hidden = c->s.d;
-    cfg.inter = c->s.h;
-    cfg.dtype = c->s.dtype;
-    cfg.act = c->s.act;
-    cfg.w_gate = c->swg;
-    cfg.w_up = c->swu;
-    cfg.w_down = c->swd;
-    cfg.b_gate = c->sbg;
-    cfg.b_up = c->sbu;
-    cfg.b_down = c->sbd;
-    cfg.num_devices = c->s.p;
+    weights_config(&c->wt, &cfg, 0, c->s.n, c->s.k, c->s.d, c->s.h, c->s.dtype, c->s.act, c->s.p);
     cfg.mem_budget = budget;
     int r = llep__engine_new(&cfg, &e, err, sizeof(err));
     ck_assert_msg(r == 0, "engine_new: %d %s", r, err);
@@ -616,9 +584,9 @@ START_TEST(test_budget_too_small_for_weights) {
     cfg.top_k = s.k;
     cfg.hidden = s.d;
     cfg.inter = s.h;
-    cfg.w_gate = c->swg;
-    cfg.w_up = c->swu;
-    cfg.w_down = c->swd;
+    cfg.w_gate = c->wt.swg;
+    cfg.w_up = c->wt.swu;
+    cfg.w_down = c->wt.swd;
     cfg.num_devices = s.p;
     cfg.mem_budget = 2 * expert_bytes_of(&s) - 1;
     ck_assert_int_eq(llep__engine_new(&cfg, &e, err, sizeof(err)), -ENOMEM);
