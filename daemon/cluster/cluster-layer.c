@@ -1,5 +1,9 @@
-/* Cluster-scope layers: creation, shares, peers coming and going (see cluster-layer.h). */
-#include "cluster-layer.h"
+/* Cluster-scope layers: their state, creation at the origin and on the other nodes, peers
+ * coming and going, the peer frames they serve, teardown, and the ops the server sees (see
+ * cluster-layer.h). A node's share of the experts (its layout, packing, and the engine made
+ * from it) is cluster-share.c's; steps are cluster-step*.c's; the communicator between nodes
+ * is cluster-xnode.c's. */
+#include "cluster-layer-internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -17,8 +21,6 @@
 /* How long the origin's create waits for the other nodes to load their shares. */
 #define CREATE_TIMEOUT_MS 60000u
 
-enum { FLAG_B_GATE = 1, FLAG_B_UP = 2, FLAG_B_DOWN = 4 };
-
 static const llepd_layer_ops clayer_ops;
 
 static llepd_clayer *clayer_of(llepd_server *srv, const char *name, bool include_dead) {
@@ -29,95 +31,6 @@ static llepd_clayer *clayer_of(llepd_server *srv, const char *name, bool include
     }
     return NULL;
 }
-
-static size_t esize(const llepd_layer *l) {
-    return l->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4;
-}
-
-/* ---- shares ------------------------------------------------------------------------------ */
-
-/* Byte offsets of the tensors inside one node's share: gate, up, down [E][D][H] / [E][H][D],
- * then the biases present. */
-typedef struct share_layout {
-    uint64_t up, down, bg, bu, bd, total;
-} share_layout;
-
-static share_layout layout_of(const llepd_layer *l, uint32_t experts, uint32_t flags) {
-    uint64_t es = esize(l), dh = (uint64_t)l->desc.hidden * l->desc.inter * es * experts;
-    uint64_t h = (uint64_t)l->desc.inter * es * experts, d = (uint64_t)l->desc.hidden * es * experts;
-    share_layout s;
-
-    s.up = dh;
-    s.down = 2 * dh;
-    s.bg = 3 * dh;
-    s.bu = s.bg + (flags & FLAG_B_GATE ? h : 0);
-    s.bd = s.bu + (flags & FLAG_B_UP ? h : 0);
-    s.total = s.bd + (flags & FLAG_B_DOWN ? d : 0);
-    return s;
-}
-
-/* Points cfg's weights into a share blob laid out by layout_of. */
-static void config_from_share(const llepd_layer *l, const llepd_clayer *c, const uint8_t *blob,
-                              llep_engine_config *cfg) {
-    share_layout s = layout_of(l, c->local_experts, c->flags);
-
-    cfg->num_experts = c->local_experts;
-    cfg->w_gate = blob;
-    cfg->w_up = blob + s.up;
-    cfg->w_down = blob + s.down;
-    cfg->b_gate = c->flags & FLAG_B_GATE ? blob + s.bg : NULL;
-    cfg->b_up = c->flags & FLAG_B_UP ? blob + s.bu : NULL;
-    cfg->b_down = c->flags & FLAG_B_DOWN ? blob + s.bd : NULL;
-}
-
-static void cut_share_config(llepd_layer *l, llep_engine_config *cfg) {
-    llepd_clayer *c = l->cluster;
-    uint64_t es = esize(l), e0 = (uint64_t)c->rank * c->local_experts;
-    uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es;
-
-    c->flags = (cfg->b_gate ? FLAG_B_GATE : 0) | (cfg->b_up ? FLAG_B_UP : 0) |
-               (cfg->b_down ? FLAG_B_DOWN : 0);
-    c->share_bytes = layout_of(l, c->local_experts, c->flags).total;
-    cfg->num_experts = c->local_experts;
-    cfg->w_gate = (const char *)cfg->w_gate + e0 * dh;
-    cfg->w_up = (const char *)cfg->w_up + e0 * dh;
-    cfg->w_down = (const char *)cfg->w_down + e0 * dh;
-    if (cfg->b_gate)
-        cfg->b_gate = (const char *)cfg->b_gate + e0 * l->desc.inter * es;
-    if (cfg->b_up)
-        cfg->b_up = (const char *)cfg->b_up + e0 * l->desc.inter * es;
-    if (cfg->b_down)
-        cfg->b_down = (const char *)cfg->b_down + e0 * l->desc.hidden * es;
-}
-
-static int pack_shares(llepd_layer *l, const llep_engine_config *full) {
-    llepd_clayer *c = l->cluster;
-    uint64_t es = esize(l), e = c->local_experts;
-    uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es * e;
-    uint64_t h = (uint64_t)l->desc.inter * es * e, d = (uint64_t)l->desc.hidden * es * e;
-    share_layout s = layout_of(l, c->local_experts, c->flags);
-
-    for (uint32_t r = 0; r < c->nodes; r++) {
-        if (r == c->rank)
-            continue;
-        uint8_t *b = malloc(s.total ? s.total : 1);
-        if (!b)
-            return -ENOMEM;
-        c->shares[r] = b;
-        memcpy(b, (const char *)full->w_gate + r * dh, dh);
-        memcpy(b + s.up, (const char *)full->w_up + r * dh, dh);
-        memcpy(b + s.down, (const char *)full->w_down + r * dh, dh);
-        if (full->b_gate)
-            memcpy(b + s.bg, (const char *)full->b_gate + r * h, h);
-        if (full->b_up)
-            memcpy(b + s.bu, (const char *)full->b_up + r * h, h);
-        if (full->b_down)
-            memcpy(b + s.bd, (const char *)full->b_down + r * d, d);
-    }
-    return 0;
-}
-
-/* ---- chunked data ------------------------------------------------------------------------ */
 
 /* ---- state ------------------------------------------------------------------------------- */
 
@@ -379,19 +292,6 @@ static void handle_layer_reply(llepd_clayer *c, uint32_t from, const LlepPb__Clu
 
 /* ---- creation: the other nodes ----------------------------------------------------------- */
 
-static void reply_layer(llepd_server *srv, uint32_t to_id, const char *name, int r,
-                        const char *msg) {
-    LlepPb__ClusterLayerReply m = LLEP_PB__CLUSTER_LAYER_REPLY__INIT;
-    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
-
-    m.status = llep__status_from_errno(r);
-    m.message = (char *)(msg ? msg : "");
-    m.name = (char *)name;
-    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY;
-    f.cluster_layer_reply = &m;
-    (void)llepd_cluster_send(srv->cluster, to_id, &f);
-}
-
 /* Gives up the node's own reference: the layer goes once its clients have released it. */
 static void release_hold(llepd_clayer *c) {
     llepd_layer *l = c->layer;
@@ -412,72 +312,14 @@ static void orphan(llepd_clayer *c, const char *why) {
     release_hold(c);
 }
 
-typedef struct share_work {
-    uv_work_t req;
-    llepd_clayer *c;
-    llep_engine_config cfg;
-    llep_engine *engine;
-    int r;
-    char err[256];
-} share_work;
-
-static void share_run(uv_work_t *req) {
-    share_work *w = req->data;
-    w->r = llep__engine_new(&w->cfg, &w->engine, w->err, sizeof(w->err));
-}
-
-static void share_done(uv_work_t *req, int status) {
-    share_work *w = req->data;
-    llepd_clayer *c = w->c;
+/* This node cannot take the share the origin announced or sent: the origin hears why (its
+ * client's create fails) and the creation ends here. */
+static void share_refused(llepd_clayer *c, int r, const char *err) {
     llepd_layer *l = c->layer;
-    llepd_server *srv = l->srv;
-    int r = status < 0 ? -ECANCELED : w->r;
 
-    srv->running_creates--;
-    c->engine_pending = false;
-    llepd_cbuf_free(&c->share_in);
-    if (r == 0)
-        r = llep__part_new(w->engine, c->nodes, c->rank, &c->part, w->err, sizeof(w->err));
+    llepd_clayer_reply_layer(l->srv, c->ids[c->origin], l->name, r, err);
     l->creating = false;
-    if (r == 0) {
-        l->engine = w->engine;
-        c->held = true;
-        l->refs++;
-        log_info("cluster layer '%s': share of %u experts loaded for node %u", l->name,
-                 c->local_experts, c->ids[c->origin]);
-        llepd_cxnode_engine_ready(c);
-    } else {
-        llep__engine_free(w->engine);
-        log_warning("cluster layer '%s': share not loaded: %s", l->name, w->err);
-    }
-    reply_layer(srv, c->ids[c->origin], l->name, r, r ? w->err : NULL);
-    l->srv->hooks.layer_created(l, NULL, 0, r, r ? w->err : NULL);
-    free(w);
-    srv->hooks.work_done(srv);
-}
-
-static int start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
-    llepd_layer *l = c->layer;
-    llepd_server *srv = l->srv;
-    share_work *w = calloc(1, sizeof(*w));
-
-    if (!w) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    llepd_layer_engine_config(l, &w->cfg);
-    config_from_share(l, c, c->share_in.data, &w->cfg);
-    w->c = c;
-    w->req.data = w;
-    int r = uv_queue_work(srv->loop, &w->req, share_run, share_done);
-    if (r < 0) {
-        free(w);
-        snprintf(err, errlen, "cannot queue the engine creation: %s", uv_strerror(r));
-        return r;
-    }
-    c->engine_pending = true;
-    srv->running_creates++;
-    return 0;
+    l->srv->hooks.layer_created(l, NULL, 0, r, err);
 }
 
 static int check_layer_msg(llepd_server *srv, const LlepPb__ClusterLayer *m, uint32_t from_id,
@@ -506,7 +348,7 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
 
     if (r < 0) {
         log_warning("node %u: cluster layer refused: %s", from_id, err);
-        reply_layer(srv, from_id, m->name ? m->name : "", r, err);
+        llepd_clayer_reply_layer(srv, from_id, m->name ? m->name : "", r, err);
         return;
     }
     llepd_clayer *old = clayer_of(srv, m->name, true);
@@ -528,7 +370,7 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
             old->layer->dead = false;
         }
         set_state(old);
-        reply_layer(srv, from_id, m->name, 0, NULL);
+        llepd_clayer_reply_layer(srv, from_id, m->name, 0, NULL);
         return;
     }
     if (old && !old->orphaned)
@@ -536,7 +378,7 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
     if (llepd_layer_find(srv, m->name)) {
         snprintf(err, sizeof(err), "node %u has a node-scope layer named '%s'",
                  llepd_cluster_node_id(srv->cluster), m->name);
-        reply_layer(srv, from_id, m->name, -EEXIST, err);
+        llepd_clayer_reply_layer(srv, from_id, m->name, -EEXIST, err);
         return;
     }
     llepd_layer *l = llepd_layer_new(srv, m->name, m->desc);
@@ -547,28 +389,23 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
             l->dead = true;
             llepd_layer_maybe_destroy(l);
         }
-        reply_layer(srv, from_id, m->name, -ENOMEM, "out of memory");
+        llepd_clayer_reply_layer(srv, from_id, m->name, -ENOMEM, "out of memory");
         return;
     }
     c->uid = m->uid;
     c->flags = m->flags;
     c->next_step = m->next_step;
-    c->share_bytes = layout_of(l, c->local_experts, c->flags).total;
+    c->share_bytes = llepd_clayer_share_bytes(c);
     if (m->share_bytes != c->share_bytes) {
         snprintf(err, sizeof(err), "share of %" PRIu64 " bytes announced, the shape needs %"
                  PRIu64, m->share_bytes, c->share_bytes);
-        reply_layer(srv, from_id, m->name, -EPROTO, err);
-        l->creating = false;
-        l->srv->hooks.layer_created(l, NULL, 0, -EPROTO, err);
+        share_refused(c, -EPROTO, err);
         return;
     }
     c->share_in.started = false;
     c->engine_pending = false;
-    if (c->share_bytes == 0 && start_share_engine(c, err, sizeof(err)) < 0) {
-        reply_layer(srv, from_id, m->name, -ENOMEM, err);
-        l->creating = false;
-        l->srv->hooks.layer_created(l, NULL, 0, -ENOMEM, err);
-    }
+    if (c->share_bytes == 0 && llepd_clayer_start_share_engine(c, err, sizeof(err)) < 0)
+        share_refused(c, -ENOMEM, err);
 }
 
 static void handle_share_chunk(llepd_clayer *c, const LlepPb__ClusterData *d) {
@@ -585,12 +422,10 @@ static void handle_share_chunk(llepd_clayer *c, const LlepPb__ClusterData *d) {
                  c->share_in.total, c->share_bytes);
     }
     if (r == 1)
-        r = start_share_engine(c, err, sizeof(err));
+        r = llepd_clayer_start_share_engine(c, err, sizeof(err));
     if (r < 0) {
         llepd_cbuf_free(&c->share_in);
-        reply_layer(l->srv, c->ids[c->origin], l->name, r, err);
-        l->creating = false;
-        l->srv->hooks.layer_created(l, NULL, 0, r, err);
+        share_refused(c, r, err);
     }
 }
 
@@ -831,8 +666,8 @@ static const llepd_layer_ops clayer_ops = {
     .close = close_timers,
     .free = clayer_free,
     .local_experts = local_experts,
-    .share_config = cut_share_config,
-    .pack = pack_shares,
+    .share_config = llepd_clayer_cut_share_config,
+    .pack = llepd_clayer_pack_shares,
     .created = origin_created,
     .describe = describe,
     .may_set = may_set,

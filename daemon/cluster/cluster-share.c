@@ -1,0 +1,192 @@
+/* Cluster-scope layers: a node's share of the experts (cluster-layer-internal.h). Node r holds
+ * experts [r * N/nodes, (r + 1) * N/nodes); the origin cuts its own share out of the client's
+ * weights and packs every other node's into one blob (gate, up, down, then the biases
+ * present), which it sends as LAYER_WEIGHTS. A node that receives its share makes its engine
+ * from it on the thread pool and answers the origin (ClusterLayerReply). Below cluster-layer.c:
+ * it calls nothing there. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster-layer-internal.h"
+#include "log.h"
+
+enum { FLAG_B_GATE = 1, FLAG_B_UP = 2, FLAG_B_DOWN = 4 };
+
+static size_t esize(const llepd_layer *l) {
+    return l->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4;
+}
+
+/* ---- the layout -------------------------------------------------------------------------- */
+
+/* Byte offsets of the tensors inside one node's share: gate, up, down [E][D][H] / [E][H][D],
+ * then the biases present. */
+typedef struct share_layout {
+    uint64_t up, down, bg, bu, bd, total;
+} share_layout;
+
+static share_layout layout_of(const llepd_layer *l, uint32_t experts, uint32_t flags) {
+    uint64_t es = esize(l), dh = (uint64_t)l->desc.hidden * l->desc.inter * es * experts;
+    uint64_t h = (uint64_t)l->desc.inter * es * experts, d = (uint64_t)l->desc.hidden * es * experts;
+    share_layout s;
+
+    s.up = dh;
+    s.down = 2 * dh;
+    s.bg = 3 * dh;
+    s.bu = s.bg + (flags & FLAG_B_GATE ? h : 0);
+    s.bd = s.bu + (flags & FLAG_B_UP ? h : 0);
+    s.total = s.bd + (flags & FLAG_B_DOWN ? d : 0);
+    return s;
+}
+
+uint64_t llepd_clayer_share_bytes(const llepd_clayer *c) {
+    return layout_of(c->layer, c->local_experts, c->flags).total;
+}
+
+/* Points cfg's weights into a share blob laid out by layout_of. */
+static void config_from_share(const llepd_layer *l, const llepd_clayer *c, const uint8_t *blob,
+                              llep_engine_config *cfg) {
+    share_layout s = layout_of(l, c->local_experts, c->flags);
+
+    cfg->num_experts = c->local_experts;
+    cfg->w_gate = blob;
+    cfg->w_up = blob + s.up;
+    cfg->w_down = blob + s.down;
+    cfg->b_gate = c->flags & FLAG_B_GATE ? blob + s.bg : NULL;
+    cfg->b_up = c->flags & FLAG_B_UP ? blob + s.bu : NULL;
+    cfg->b_down = c->flags & FLAG_B_DOWN ? blob + s.bd : NULL;
+}
+
+/* ---- at the origin ----------------------------------------------------------------------- */
+
+void llepd_clayer_cut_share_config(llepd_layer *l, llep_engine_config *cfg) {
+    llepd_clayer *c = l->cluster;
+    uint64_t es = esize(l), e0 = (uint64_t)c->rank * c->local_experts;
+    uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es;
+
+    c->flags = (cfg->b_gate ? FLAG_B_GATE : 0) | (cfg->b_up ? FLAG_B_UP : 0) |
+               (cfg->b_down ? FLAG_B_DOWN : 0);
+    c->share_bytes = llepd_clayer_share_bytes(c);
+    cfg->num_experts = c->local_experts;
+    cfg->w_gate = (const char *)cfg->w_gate + e0 * dh;
+    cfg->w_up = (const char *)cfg->w_up + e0 * dh;
+    cfg->w_down = (const char *)cfg->w_down + e0 * dh;
+    if (cfg->b_gate)
+        cfg->b_gate = (const char *)cfg->b_gate + e0 * l->desc.inter * es;
+    if (cfg->b_up)
+        cfg->b_up = (const char *)cfg->b_up + e0 * l->desc.inter * es;
+    if (cfg->b_down)
+        cfg->b_down = (const char *)cfg->b_down + e0 * l->desc.hidden * es;
+}
+
+int llepd_clayer_pack_shares(llepd_layer *l, const llep_engine_config *full) {
+    llepd_clayer *c = l->cluster;
+    uint64_t es = esize(l), e = c->local_experts;
+    uint64_t dh = (uint64_t)l->desc.hidden * l->desc.inter * es * e;
+    uint64_t h = (uint64_t)l->desc.inter * es * e, d = (uint64_t)l->desc.hidden * es * e;
+    share_layout s = layout_of(l, c->local_experts, c->flags);
+
+    for (uint32_t r = 0; r < c->nodes; r++) {
+        if (r == c->rank)
+            continue;
+        uint8_t *b = malloc(s.total ? s.total : 1);
+        if (!b)
+            return -ENOMEM;
+        c->shares[r] = b;
+        memcpy(b, (const char *)full->w_gate + r * dh, dh);
+        memcpy(b + s.up, (const char *)full->w_up + r * dh, dh);
+        memcpy(b + s.down, (const char *)full->w_down + r * dh, dh);
+        if (full->b_gate)
+            memcpy(b + s.bg, (const char *)full->b_gate + r * h, h);
+        if (full->b_up)
+            memcpy(b + s.bu, (const char *)full->b_up + r * h, h);
+        if (full->b_down)
+            memcpy(b + s.bd, (const char *)full->b_down + r * d, d);
+    }
+    return 0;
+}
+
+/* ---- on the other nodes ------------------------------------------------------------------ */
+
+void llepd_clayer_reply_layer(llepd_server *srv, uint32_t to_id, const char *name, int r,
+                        const char *msg) {
+    LlepPb__ClusterLayerReply m = LLEP_PB__CLUSTER_LAYER_REPLY__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
+
+    m.status = llep__status_from_errno(r);
+    m.message = (char *)(msg ? msg : "");
+    m.name = (char *)name;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY;
+    f.cluster_layer_reply = &m;
+    (void)llepd_cluster_send(srv->cluster, to_id, &f);
+}
+
+/* Making this node's engine from its share, on the thread pool. */
+typedef struct share_work {
+    uv_work_t req;
+    llepd_clayer *c;
+    llep_engine_config cfg;
+    llep_engine *engine;
+    int r;
+    char err[256];
+} share_work;
+
+static void share_run(uv_work_t *req) {
+    share_work *w = req->data;
+    w->r = llep__engine_new(&w->cfg, &w->engine, w->err, sizeof(w->err));
+}
+
+static void share_done(uv_work_t *req, int status) {
+    share_work *w = req->data;
+    llepd_clayer *c = w->c;
+    llepd_layer *l = c->layer;
+    llepd_server *srv = l->srv;
+    int r = status < 0 ? -ECANCELED : w->r;
+
+    srv->running_creates--;
+    c->engine_pending = false;
+    llepd_cbuf_free(&c->share_in);
+    if (r == 0)
+        r = llep__part_new(w->engine, c->nodes, c->rank, &c->part, w->err, sizeof(w->err));
+    l->creating = false;
+    if (r == 0) {
+        l->engine = w->engine;
+        c->held = true;
+        l->refs++;
+        log_info("cluster layer '%s': share of %u experts loaded for node %u", l->name,
+                 c->local_experts, c->ids[c->origin]);
+        llepd_cxnode_engine_ready(c);
+    } else {
+        llep__engine_free(w->engine);
+        log_warning("cluster layer '%s': share not loaded: %s", l->name, w->err);
+    }
+    llepd_clayer_reply_layer(srv, c->ids[c->origin], l->name, r, r ? w->err : NULL);
+    l->srv->hooks.layer_created(l, NULL, 0, r, r ? w->err : NULL);
+    free(w);
+    srv->hooks.work_done(srv);
+}
+
+int llepd_clayer_start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
+    llepd_layer *l = c->layer;
+    llepd_server *srv = l->srv;
+    share_work *w = calloc(1, sizeof(*w));
+
+    if (!w) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    llepd_layer_engine_config(l, &w->cfg);
+    config_from_share(l, c, c->share_in.data, &w->cfg);
+    w->c = c;
+    w->req.data = w;
+    int r = uv_queue_work(srv->loop, &w->req, share_run, share_done);
+    if (r < 0) {
+        free(w);
+        snprintf(err, errlen, "cannot queue the engine creation: %s", uv_strerror(r));
+        return r;
+    }
+    c->engine_pending = true;
+    srv->running_creates++;
+    return 0;
+}
