@@ -1,22 +1,23 @@
 /* Cluster-scope layers (LLEP_SCOPE_CLUSTER, DESIGN.md section 5): one layer over every node's
  * devices, stepped together by the daemons over their peer links (cluster.h).
  *
- * Creation (cluster-layer.c). The node whose client creates the layer is its origin. It keeps
- * its own share of the experts in its engine and a host copy of every other node's share, and
- * sends each node its share (ClusterLayer + ClusterData LAYER_WEIGHTS). A node answers once its
- * engine holds the share; the client's create returns when every node has answered. When a
- * node comes back (restarted, or its link was lost), the origin sends it the share again; the
- * layer's uid tells it whether what it may still hold is the same layer. If the origin itself
- * goes away, the other nodes' copies are orphaned: their clients' steps fail, telling them to
- * create the layer again.
+ * Creation (cluster-layer.c; the shares in cluster-share.c). The node whose client creates
+ * the layer is its origin. It keeps its own share of the experts in its engine and a host copy
+ * of every other node's share, and sends each node its share (ClusterLayer + ClusterData
+ * LAYER_WEIGHTS). A node answers once its engine holds the share; the client's create returns
+ * when every node has answered. When a node comes back (restarted, or its link was lost), the
+ * origin sends it the share again; the layer's uid tells it whether what it may still hold is
+ * the same layer. If the origin itself goes away, the other nodes' copies are orphaned: their
+ * clients' steps fail, telling them to create the layer again.
  *
- * Steps (cluster-step.c). Every node takes its own clients' submissions (the layer's batching
- * rule per node), and the nodes go through step s together: loads, plan and plan hash, rows
- * and spilled weights, results, combine (engine-part.h). Each node answers its own clients.
- * A step fails on every node, with an error naming the cause, when a node is down or goes
- * down, a node's plan hash differs, a node cannot run it, or the deadline passes; no client's
- * y is written by a failed step. Rows, weights and results go over the peer links, or over the
- * layer's communicator between nodes (cluster-xnode.c) in steps where every node has it up.
+ * Steps (cluster-step*.c; cluster-step-internal.h says which file holds what). Every node
+ * takes its own clients' submissions (the layer's batching rule per node), and the nodes go
+ * through step s together: loads, plan and plan hash, rows and spilled weights, results,
+ * combine (engine-part.h). Each node answers its own clients. A step fails on every node, with
+ * an error naming the cause, when a node is down or goes down, a node's plan hash differs, a
+ * node cannot run it, or the deadline passes; no client's y is written by a failed step. Rows,
+ * weights and results go over the peer links, or over the layer's communicator between nodes
+ * (cluster-xnode.c) in steps where every node has it up.
  *
  * Everything here runs on the event-loop thread except the engine work queued on the pool. */
 #ifndef LLEPD_CLUSTER_LAYER_H
@@ -184,7 +185,7 @@ static inline void llepd_clayer_send_all(llepd_clayer *c, const LlepPb__Frame *f
             (void)llepd_cluster_send(c->layer->srv->cluster, c->ids[r], f);
 }
 
-/* ---- steps (cluster-step.c) -------------------------------------------------------------- */
+/* ---- steps (cluster-step.c; llepd_cstep_fail in cluster-step-end.c) ---------------------- */
 
 /* Starts or joins a step when this node's submissions allow (scheduler.c's kick for cluster
  * layers). */
