@@ -3,91 +3,35 @@
  * message naming the problem. The binary's path comes from $LLEP_PLAN (set by meson). */
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <json-c/json.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "loads.h"
 #include "plan.h"
 
-extern char **environ;
-
-typedef struct result {
-    int status;   /* exit code, or -1 when killed */
-    char *out, *err;
-} result;
-
-static char *slurp(int fd) {
-    size_t len = 0, cap = 4096;
-    char *buf = malloc(cap);
-    ssize_t n;
-
-    ck_assert_ptr_nonnull(buf);
-    lseek(fd, 0, SEEK_SET);
-    while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)n;
-        if (cap - len < 2) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            ck_assert_ptr_nonnull(buf);
-        }
-    }
-    buf[len] = '\0';
-    return buf;
-}
-
-static int temp_fd(void) {
-    char path[] = "/tmp/llep-test-XXXXXX";
-    int fd = mkstemp(path);
-
-    ck_assert_int_ge(fd, 0);
-    unlink(path);
-    return fd;
-}
+typedef llep_test_output result;
 
 /* Runs llep-plan with args (NULL-terminated, without argv[0]); stdin_text may be NULL. */
 static result run_plan(const char *stdin_text, const char *const *args) {
     const char *exe = getenv("LLEP_PLAN");
-    char *argv[64];
-    int n = 0, in = temp_fd(), out = temp_fd(), err = temp_fd();
-    posix_spawn_file_actions_t fa;
-    pid_t pid;
-    result r;
+    const char *argv[64];
+    int n = 0;
 
     ck_assert_msg(exe != NULL, "LLEP_PLAN is not set");
-    argv[n++] = (char *)exe;
+    argv[n++] = exe;
     while (*args && n < 63)
-        argv[n++] = (char *)*args++;
+        argv[n++] = *args++;
     argv[n] = NULL;
-    if (stdin_text) {
-        ck_assert_int_eq(write(in, stdin_text, strlen(stdin_text)), (ssize_t)strlen(stdin_text));
-        lseek(in, 0, SEEK_SET);
-    }
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in, 0);
-    posix_spawn_file_actions_adddup2(&fa, out, 1);
-    posix_spawn_file_actions_adddup2(&fa, err, 2);
-    ck_assert_int_eq(posix_spawn(&pid, exe, &fa, NULL, argv, environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    close(in);
-    close(out);
-    close(err);
-    return r;
+    return llep_test_run(argv, stdin_text);
 }
 
 static void result_free(result *r) {
-    free(r->out);
-    free(r->err);
+    llep_test_output_free(r);
 }
 
 /* ---- JSON equals the library's plan ---------------------------------------------------- */
@@ -146,6 +90,25 @@ static void compare_json(const char *text, const llep_plan *p) {
     json_object_put(root);
 }
 
+/* run_plan, which must exit 0 with the JSON of plan p; the caller frees the result. */
+static result run_plan_json(const char *stdin_text, const char *const *args, const llep_plan *p) {
+    result r = run_plan(stdin_text, args);
+
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    compare_json(r.out, p);
+    return r;
+}
+
+/* Loads of n experts below spread, expert hot extra more (seed: lcg_next), as numbers and as
+ * command-line words. */
+static void random_loads(uint64_t *seed, uint32_t n, uint32_t hot, uint64_t spread,
+                         uint64_t extra, uint64_t *loads, char (*words)[24]) {
+    for (uint32_t e = 0; e < n; e++) {
+        loads[e] = (lcg_next(seed) >> 40) % spread + (e == hot ? extra : 0);
+        snprintf(words[e], sizeof(words[e]), "%llu", (unsigned long long)loads[e]);
+    }
+}
+
 /* Random skewed loads through the command line and through a file on stdin. */
 START_TEST(json_matches_library)
 {
@@ -159,10 +122,8 @@ START_TEST(json_matches_library)
         const char *args[80];
         int na = 0;
 
+        random_loads(&seed, n, (uint32_t)iter % n, 5000, 40000, loads, words);
         for (uint32_t e = 0; e < n; e++) {
-            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-            loads[e] = (seed >> 40) % 5000 + (e == (uint32_t)iter % n ? 40000 : 0);
-            snprintf(words[e], sizeof(words[e]), "%llu", (unsigned long long)loads[e]);
             strcat(text, words[e]);
             strcat(text, e % 7 == 6 ? "\n" : " \t");
         }
@@ -181,15 +142,11 @@ START_TEST(json_matches_library)
         for (uint32_t e = 0; e < n; e++)
             args[na++] = words[e];
         args[na] = NULL;
-        result r = run_plan(NULL, args);
-        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
-        compare_json(r.out, &p);
+        result r = run_plan_json(NULL, args, &p);
         result_free(&r);
 
         const char *fargs[] = { "--json", "-d", devarg, "-m", "100", "--loads-file", "-", NULL };
-        r = run_plan(text, fargs);
-        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
-        compare_json(r.out, &p);
+        r = run_plan_json(text, fargs, &p);
         result_free(&r);
         llep__plan_fini(&p);
     }
@@ -232,11 +189,7 @@ START_TEST(json_with_nodes)
         const char *args[48];
         int na = 0;
 
-        for (uint32_t e = 0; e < n; e++) {
-            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-            loads[e] = (seed >> 40) % 3000 + (e == (uint32_t)iter % n ? 30000 : 0);
-            snprintf(words[e], sizeof(words[e]), "%llu", (unsigned long long)loads[e]);
-        }
+        random_loads(&seed, n, (uint32_t)iter % n, 3000, 30000, loads, words);
         snprintf(devarg, sizeof(devarg), "%u", np);
         snprintf(perarg, sizeof(perarg), "%u", per);
         llep_plan p;
@@ -260,9 +213,7 @@ START_TEST(json_with_nodes)
         for (uint32_t e = 0; e < n; e++)
             args[na++] = words[e];
         args[na] = NULL;
-        result r = run_plan(NULL, args);
-        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
-        compare_json(r.out, &p);
+        result r = run_plan_json(NULL, args, &p);
         json_object *root = json_tokener_parse(r.out);
         ck_assert_int_eq(jint(root, "nodes"), np / per);
         ck_assert_int_eq(jint(root, "devices_per_node"), per);
@@ -276,11 +227,9 @@ START_TEST(json_with_nodes)
         for (uint32_t e = 1; e < n; e++)
             args[5 + e] = words[e];
         args[5 + n] = NULL;
-        r = run_plan(NULL, args);
-        ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
         pp.devices_per_node = 0;
         ck_assert_int_eq(llep__plan_compute(&p, loads, &pp), 0);
-        compare_json(r.out, &p);
+        r = run_plan_json(NULL, args, &p);
         ck_assert_ptr_null(strstr(r.out, "nodes"));
         result_free(&r);
         llep__plan_fini(&p);

@@ -18,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "llep/client.h"
+#include "test-nodes.h"
 
 #define OUT_MAX (256u << 10)
 
@@ -33,44 +35,14 @@ typedef struct run {
     char out[OUT_MAX], err[8192];
 } run;
 
-static void read_all(int fd, char *buf, size_t cap) {
-    size_t len = 0;
-    ssize_t n;
-
-    while (len + 1 < cap && (n = read(fd, buf + len, cap - 1 - len)) > 0)
-        len += (size_t)n;
-    buf[len] = '\0';
-}
-
-/* Runs argv[0] with the arguments, collecting stdout and stderr (stderr goes to a file so a
- * large stdout cannot block on a full stderr pipe). */
+/* Runs argv[0] with the arguments, collecting stdout and stderr. */
 static void run_argv(run *r, char *const *argv) {
-    char errfile[64];
-    int out[2], efd, status;
-    pid_t pid;
+    llep_test_output o = llep_test_run((const char *const *)argv, NULL);
 
-    snprintf(errfile, sizeof(errfile), "%s/stderr", tmpdir);
-    ck_assert_int_eq(pipe(out), 0);
-    pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        efd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(out[1], 1);
-        dup2(efd, 2);
-        close(out[0]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(out[1]);
-    read_all(out[0], r->out, sizeof(r->out));
-    close(out[0]);
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    r->status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    efd = open(errfile, O_RDONLY);
-    ck_assert_int_ge(efd, 0);
-    read_all(efd, r->err, sizeof(r->err));
-    close(efd);
-    unlink(errfile);
+    r->status = o.status;
+    snprintf(r->out, sizeof(r->out), "%s", o.out);
+    snprintf(r->err, sizeof(r->err), "%s", o.err);
+    llep_test_output_free(&o);
 }
 
 /* llepctl with the given arguments (NULL-terminated); --socket goes first when there is a
@@ -115,36 +87,15 @@ static int64_t jint(json_object *o, const char *key) {
     return json_object_get_int64(v);
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-
-    nanosleep(&ts, NULL);
-}
-
 static void setup(void) {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-    ck_assert_int_gt(n, 0);
-    self[n] = '\0';
-    /* The test runs from build/tests; llepctl is built in build/tools. */
-    snprintf(llepctl, sizeof(llepctl), "%s/../tools/llepctl", dirname(self));
-    ck_assert_msg(access(llepctl, X_OK) == 0, "no llepctl at %s", llepctl);
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test-llepctl-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    llep_test_llepctl(llepctl, sizeof(llepctl));
+    llep_test_tmpdir(tmpdir, sizeof(tmpdir), "test-llepctl");
     snprintf(sock_path, sizeof(sock_path), "%s/llepd.sock", tmpdir);
 }
 
 static void teardown(void) {
-    int status;
-
-    if (llepd_pid > 0) {
-        kill(llepd_pid, SIGTERM);
-        waitpid(llepd_pid, &status, 0);
-        llepd_pid = -1;
-    }
-    unlink(sock_path);
-    rmdir(tmpdir);
+    llep_test_stop(&llepd_pid, 10000);
+    llep_test_rm_rf(tmpdir);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -161,21 +112,12 @@ static llep_client *client;
 static llep_layer *layer;
 
 static void start_llepd(void) {
-    const char *bin = getenv("LLEPD");
+    llep_test_llepd o = { .sock = sock_path, .devices = "4" };
+    int r;
 
-    llepd_pid = fork();
-    ck_assert_int_ge(llepd_pid, 0);
-    if (llepd_pid == 0) {
-        execl(bin, bin, "--socket", sock_path, "--backend", "cpu", "--devices", "4",
-              "--log-level", "warning", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        if (llep_connect(sock_path, &client) == 0)
-            return;
-        sleep_ms(10);
-    }
-    ck_abort_msg("llepd did not start listening on %s", sock_path);
+    llepd_pid = llep_test_llepd_start(&o);
+    r = llep_connect(sock_path, &client);
+    ck_assert_msg(r == 0, "llep_connect: %s: %s", llep_strerror(r), llep_client_error(NULL));
 }
 
 /* Layer "moe", policy LLEP, min_tokens 1 so small batches spill; 70 % of the slots go to

@@ -2,7 +2,7 @@
  * raw protocol clients (frames, the arena and its rings) written here, so these tests check
  * the daemon against the wire contract and not against the client library.
  *
- * Outputs are compared with a float64 reference written plainly below (DESIGN.md section 4).
+ * Outputs are compared with the float64 reference of DESIGN.md section 4 (ref-moe.c).
  * $LLEPD names the daemon binary (set by meson). */
 #include <check.h>
 #include <errno.h>
@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "fdpass.h"
+#include "fixtures.h"
 #include "frame.h"
+#include "ref-moe.h"
 #include "ring.h"
 #include "validate.h"
 
@@ -29,58 +31,22 @@
 static char sock_path[108];
 static pid_t daemon_pid;
 
-static int try_connect(const char *path) {
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 static void start_daemon(const char *devices) {
-    const char *exe = getenv("LLEPD");
+    /* $LLEPD_TEST_LOG_LEVEL, for debugging a failure */
+    llep_test_llepd o = { .sock = sock_path, .devices = devices,
+                          .log_level = getenv("LLEPD_TEST_LOG_LEVEL") };
 
-    ck_assert_msg(exe != NULL, "LLEPD is not set");
     snprintf(sock_path, sizeof(sock_path), "/tmp/llepd-test-%d.sock", (int)getpid());
     unlink(sock_path);
-    daemon_pid = fork();
-    ck_assert_int_ge(daemon_pid, 0);
-    if (daemon_pid == 0) {
-        const char *level = getenv("LLEPD_TEST_LOG_LEVEL"); /* for debugging a failure */
-        execl(exe, exe, "--socket", sock_path, "--backend", "cpu", "--devices", devices,
-              "--log-level", level ? level : "warning", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        int fd = try_connect(sock_path);
-        if (fd >= 0) {
-            close(fd);
-            return;
-        }
-        usleep(10000);
-    }
-    ck_abort_msg("llepd did not start listening on %s", sock_path);
+    daemon_pid = llep_test_llepd_start(&o);
 }
 
 /* SIGTERM must make the daemon exit 0 without hanging. */
 static void stop_daemon(void) {
-    int st;
+    int st = llep_test_stop(&daemon_pid, 10000);
 
-    ck_assert_int_eq(kill(daemon_pid, SIGTERM), 0);
-    for (int i = 0; i < 1000; i++) {
-        pid_t r = waitpid(daemon_pid, &st, WNOHANG);
-        if (r == daemon_pid) {
-            ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "llepd exit status %d", st);
-            return;
-        }
-        usleep(10000);
-    }
-    kill(daemon_pid, SIGKILL);
-    ck_abort_msg("llepd did not exit within 10 s of SIGTERM");
+    ck_assert_msg(st != -1, "llepd did not exit within 10 s of SIGTERM");
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "llepd exit status %d", st);
 }
 
 /* ---- a raw protocol client -------------------------------------------------------------- */
@@ -96,7 +62,7 @@ typedef struct rawc {
 
 static int rc_connect(rawc *c) {
     memset(c, 0, sizeof(*c));
-    c->fd = try_connect(sock_path);
+    c->fd = llep_test_unix_connect(sock_path);
     c->sq_efd = c->cq_efd = -1;
     c->arena.fd = -1;
     c->next_id = 1;
@@ -209,83 +175,34 @@ static void rc_start(rawc *c, uint64_t tensor_bytes) {
 typedef struct layer {
     uint32_t n, k, d, h;
     int oai, bias;
-    float *wg, *wu, *wd, *bg, *bu, *bd;
+    llep_test_f32_weights w;
 } layer;
 
-static uint64_t seed;
-static float frand(void) {
-    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(seed >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+static uint64_t seed; /* the generator's state (lcg_next) */
 
 static float *rand_vec(size_t n, float scale) {
-    float *v = malloc(n * sizeof(*v));
-    for (size_t i = 0; i < n; i++)
-        v[i] = frand() * scale;
-    return v;
+    return llep_test_random_floats(lcg_sym, &seed, n, scale);
 }
 
 static void layer_make(layer *L, uint32_t n, uint32_t k, uint32_t d, uint32_t h, int oai,
                        int bias) {
-    *L = (layer){ n, k, d, h, oai, bias, 0, 0, 0, 0, 0, 0 };
-    L->wg = rand_vec((size_t)n * d * h, 0.3f);
-    L->wu = rand_vec((size_t)n * d * h, 0.3f);
-    L->wd = rand_vec((size_t)n * h * d, 0.3f);
-    if (bias) {
-        L->bg = rand_vec((size_t)n * h, 0.1f);
-        L->bu = rand_vec((size_t)n * h, 0.1f);
-        L->bd = rand_vec((size_t)n * d, 0.1f);
-    }
+    *L = (layer){ .n = n, .k = k, .d = d, .h = h, .oai = oai, .bias = bias };
+    llep_test_f32_weights_init(&L->w, lcg_sym, &seed, n, d, h, 0.3f, 0.3f, bias ? 0.1f : 0);
 }
 
 static void layer_free(layer *L) {
-    free(L->wg);
-    free(L->wu);
-    free(L->wd);
-    free(L->bg);
-    free(L->bu);
-    free(L->bd);
+    llep_test_f32_weights_fini(&L->w);
 }
 
-/* DESIGN.md section 4 in float64, as plainly as it reads. */
+/* The float64 reference (ref-moe.c) of t tokens. */
 static void reference(const layer *L, uint32_t t, const float *x, const int32_t *idx,
                       const float *w, double *y) {
-    double *a = malloc(L->h * sizeof(*a));
+    llep_ref_f32 l = { .n = L->n, .d = L->d, .h = L->h,
+                       .act = L->oai ? LLEP_ACT_SWIGLU_OAI : LLEP_ACT_SWIGLU, .wg = L->w.wg,
+                       .wu = L->w.wu, .wd = L->w.wd, .bg = L->w.bg, .bu = L->w.bu,
+                       .bd = L->w.bd };
 
-    memset(y, 0, (size_t)t * L->d * sizeof(*y));
-    for (uint32_t i = 0; i < t; i++)
-        for (uint32_t k = 0; k < L->k; k++) {
-            uint32_t e = (uint32_t)idx[i * L->k + k];
-            for (uint32_t j = 0; j < L->h; j++) {
-                double g = L->bias ? L->bg[e * L->h + j] : 0, u = L->bias ? L->bu[e * L->h + j] : 0;
-                for (uint32_t q = 0; q < L->d; q++) {
-                    g += (double)x[i * L->d + q] * L->wg[((size_t)e * L->d + q) * L->h + j];
-                    u += (double)x[i * L->d + q] * L->wu[((size_t)e * L->d + q) * L->h + j];
-                }
-                if (L->oai) {
-                    double gc = g < 7.0 ? g : 7.0, uc = u < -7.0 ? -7.0 : u > 7.0 ? 7.0 : u;
-                    a[j] = (uc + 1) * gc / (1 + exp(-1.702 * gc));
-                } else {
-                    a[j] = g / (1 + exp(-g)) * u;
-                }
-            }
-            for (uint32_t q = 0; q < L->d; q++) {
-                double o = L->bias ? L->bd[e * L->d + q] : 0;
-                for (uint32_t j = 0; j < L->h; j++)
-                    o += a[j] * L->wd[((size_t)e * L->h + j) * L->d + q];
-                y[i * L->d + q] += w[i * L->k + k] * o;
-            }
-        }
-    free(a);
-}
-
-static double rel_l2(const float *y, const double *ref, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += (y[i] - ref[i]) * (y[i] - ref[i]);
-        den += ref[i] * ref[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
+    llep_ref_moe_f32_layer(&l, t, L->k, x, idx, w, y);
 }
 
 static LlepPb__TensorRef *put(rawc *c, LlepPb__TensorRef *ref, const float *v, size_t n) {
@@ -312,6 +229,22 @@ static void fill_desc(LlepPb__LayerDesc *d, const layer *L, uint32_t group, Llep
     d->min_tokens = 1;
 }
 
+/* Sends f (a layer create or attach) and takes its reply of body want: the layer id, or 0 with
+ * the daemon's message in err. */
+static uint32_t rc_layer_request(rawc *c, LlepPb__Frame *f, LlepPb__Frame__BodyCase want,
+                                 char *err, size_t errlen) {
+    LlepPb__Frame *rep = rc_reply(c, rc_send(c, f), NULL, NULL);
+
+    ck_assert_int_eq(rep->body_case, want);
+    const LlepPb__LayerReply *lr = want == LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY
+                                       ? rep->layer_create_reply
+                                       : rep->layer_attach_reply;
+    uint32_t id = lr->status == 0 ? lr->layer_id : 0;
+    snprintf(err, errlen, "%s", lr->message);
+    llep__frame_free(rep);
+    return id;
+}
+
 /* Returns the layer id, or 0 with the daemon's message in err. */
 static uint32_t rc_create(rawc *c, const char *name, const layer *L, uint32_t group,
                           LlepPb__Policy pol, char *err, size_t errlen) {
@@ -325,20 +258,15 @@ static uint32_t rc_create(rawc *c, const char *name, const layer *L, uint32_t gr
     fill_desc(&d, L, group, pol);
     lc.name = (char *)name;
     lc.desc = &d;
-    lc.w_gate = put(c, &r[0], L->wg, ndh);
-    lc.w_up = put(c, &r[1], L->wu, ndh);
-    lc.w_down = put(c, &r[2], L->wd, ndh);
-    lc.b_gate = put(c, &r[3], L->bg, (size_t)L->n * L->h);
-    lc.b_up = put(c, &r[4], L->bu, (size_t)L->n * L->h);
-    lc.b_down = put(c, &r[5], L->bd, (size_t)L->n * L->d);
+    lc.w_gate = put(c, &r[0], L->w.wg, ndh);
+    lc.w_up = put(c, &r[1], L->w.wu, ndh);
+    lc.w_down = put(c, &r[2], L->w.wd, ndh);
+    lc.b_gate = put(c, &r[3], L->w.bg, (size_t)L->n * L->h);
+    lc.b_up = put(c, &r[4], L->w.bu, (size_t)L->n * L->h);
+    lc.b_down = put(c, &r[5], L->w.bd, (size_t)L->n * L->d);
     f.body_case = LLEP_PB__FRAME__BODY_LAYER_CREATE;
     f.layer_create = &lc;
-    LlepPb__Frame *rep = rc_reply(c, rc_send(c, &f), NULL, NULL);
-    ck_assert_int_eq(rep->body_case, LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY);
-    uint32_t id = rep->layer_create_reply->status == 0 ? rep->layer_create_reply->layer_id : 0;
-    snprintf(err, errlen, "%s", rep->layer_create_reply->message);
-    llep__frame_free(rep);
-    return id;
+    return rc_layer_request(c, &f, LLEP_PB__FRAME__BODY_LAYER_CREATE_REPLY, err, errlen);
 }
 
 static uint32_t rc_attach(rawc *c, const char *name, const layer *L, char *err, size_t errlen) {
@@ -352,12 +280,7 @@ static uint32_t rc_attach(rawc *c, const char *name, const layer *L, char *err, 
     la.desc = L ? &d : NULL;
     f.body_case = LLEP_PB__FRAME__BODY_LAYER_ATTACH;
     f.layer_attach = &la;
-    LlepPb__Frame *rep = rc_reply(c, rc_send(c, &f), NULL, NULL);
-    ck_assert_int_eq(rep->body_case, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY);
-    uint32_t id = rep->layer_attach_reply->status == 0 ? rep->layer_attach_reply->layer_id : 0;
-    snprintf(err, errlen, "%s", rep->layer_attach_reply->message);
-    llep__frame_free(rep);
-    return id;
+    return rc_layer_request(c, &f, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY, err, errlen);
 }
 
 /* Places a forward's tensors after the weights and pushes it; returns the tag. */
@@ -432,9 +355,9 @@ static int rc_forward(rawc *c, uint32_t layer_id, const layer *L, uint32_t t, co
 /* Routing with `hot` share of the slots on expert 0 (the rest uniform). */
 static void make_routing(const layer *L, uint32_t t, double hot, int32_t *idx, float *w) {
     for (uint32_t i = 0; i < t * L->k; i++) {
-        double u = (frand() + 1) / 2;
+        double u = (lcg_sym(&seed) + 1) / 2;
         idx[i] = u < hot ? 0 : (int32_t)((seed >> 20) % L->n);
-        w[i] = (frand() + 1.5f) / 2;
+        w[i] = (lcg_sym(&seed) + 1.5f) / 2;
     }
 }
 
@@ -451,7 +374,7 @@ static void check_forward(rawc *c, uint32_t id, const layer *L, uint32_t t, doub
     make_routing(L, t, hot, idx, w);
     ck_assert_msg(rc_forward(c, id, L, t, x, idx, w, y, err, sizeof(err)) == 0, "%s", err);
     reference(L, t, x, idx, w, ref);
-    double e = rel_l2(y, ref, (size_t)t * L->d);
+    double e = llep_test_rel_l2(y, ref, (size_t)t * L->d);
     ck_assert_msg(e < 1e-5, "relative L2 error %g", e);
     free(x);
     free(w);
@@ -690,7 +613,7 @@ START_TEST(hostile_client_is_cut_off)
     float x[8 * 4], w[8];
     int32_t idx[8];
     for (int i = 0; i < 32; i++)
-        x[i] = frand();
+        x[i] = lcg_sym(&seed);
     make_routing(&L, 4, 0.5, idx, w);
     rc_submit(&bad, cid, &L, 4, x, idx, w, 0, NULL);
     usleep(20000);
@@ -827,7 +750,7 @@ START_TEST(collective_batching)
     float x[8 * 4], w[8];
     int32_t idx[8];
     for (int i = 0; i < 32; i++)
-        x[i] = frand();
+        x[i] = lcg_sym(&seed);
     make_routing(&L, 4, 0.5, idx, w);
     rc_submit(&a, id, &L, 4, x, idx, w, 0, NULL);
     ck_assert_int_eq(rc_complete(&a, &ca), 0);
@@ -865,7 +788,7 @@ START_TEST(sigterm_ends_connections)
     }
     ck_assert_int_eq(notices, 1);
     rc_close(&c);
-    ck_assert_int_lt(try_connect(sock_path), 0);
+    ck_assert_int_lt(llep_test_unix_connect(sock_path), 0);
 }
 END_TEST
 

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "llep/client.h"
 
 /* Generous: the daemon runs under AddressSanitizer on a loaded 2-core machine. */
@@ -44,19 +45,6 @@
 static char basedir[32], tmpdir[48], sock_path[64], notify_path[64], log_path[64], conf_path[64];
 static int notify_fd = -1;
 static pid_t llepd_pid = -1;
-
-static void sleep_ms(int ms) {
-    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-
-    nanosleep(&ts, NULL);
-}
-
-static long long now_ms(void) {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- systemd's side: the notification socket ------------------------------------------- */
 
@@ -93,17 +81,10 @@ static void setup(void) {
 
 /* Stops the daemon if a test left it running, and removes what the test made. */
 static void teardown(void) {
-    char cmd[128];
-
-    if (llepd_pid > 0) {
-        kill(llepd_pid, SIGKILL);
-        waitpid(llepd_pid, NULL, 0);
-        llepd_pid = -1;
-    }
+    llep_test_kill(&llepd_pid);
     close(notify_fd);
     notify_fd = -1;
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    llep_test_rm_rf(tmpdir);
 }
 
 /* The next notification, NUL-terminated in buf; false when none came within timeout_ms. */
@@ -139,10 +120,10 @@ static const char *has_line(const char *msg, const char *line) {
  * contains it), skipping the others; the matching message is left in buf. */
 static bool notify_wait(const char *line, const char *status_part, char *buf, size_t len,
                         int timeout_ms) {
-    long long deadline = now_ms() + timeout_ms;
+    long long deadline = (long long)now_ms() + timeout_ms;
 
     for (;;) {
-        long long left = deadline - now_ms();
+        long long left = deadline - (long long)now_ms();
 
         if (left <= 0 || !notify_recv(buf, len, (int)left))
             return false;
@@ -158,12 +139,12 @@ static bool notify_wait(const char *line, const char *status_part, char *buf, si
 
 /* Counts the messages with `line` arriving within ms. */
 static int notify_count(const char *line, int ms) {
-    long long deadline = now_ms() + ms;
+    long long deadline = (long long)now_ms() + ms;
     char buf[1024];
     int count = 0;
 
     for (;;) {
-        long long left = deadline - now_ms();
+        long long left = deadline - (long long)now_ms();
 
         if (left <= 0 || !notify_recv(buf, sizeof(buf), (int)left))
             return count;
@@ -254,46 +235,14 @@ static void write_file(const char *path, const char *text) {
     ck_assert_int_eq(fclose(f), 0);
 }
 
-static bool file_contains(const char *path, const char *needle) {
-    char buf[65536];
-    FILE *f = fopen(path, "r");
-    size_t n;
-
-    if (!f)
-        return false;
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    return strstr(buf, needle) != NULL;
-}
-
 /* SIGTERM; the daemon must exit 0 in time. */
 static void stop_llepd(void) {
-    int st = -1;
+    int st;
 
-    ck_assert_int_eq(kill(llepd_pid, SIGTERM), 0);
-    for (int i = 0; i < WAIT_MS / 10; i++) {
-        if (waitpid(llepd_pid, &st, WNOHANG) == llepd_pid) {
-            llepd_pid = -1;
-            ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "llepd exit status %d", st);
-            return;
-        }
-        sleep_ms(10);
-    }
-    ck_abort_msg("llepd did not exit within %d ms of SIGTERM", WAIT_MS);
-}
-
-static int unix_connect(const char *path) {
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    ck_assert_int_ge(fd, 0);
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        close(fd);
-        return -errno;
-    }
-    return fd;
+    ck_assert_int_gt(llepd_pid, 0);
+    st = llep_test_stop(&llepd_pid, WAIT_MS);
+    ck_assert_msg(st != -1, "llepd did not exit within %d ms of SIGTERM", WAIT_MS);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "llepd exit status %d", st);
 }
 
 /* Waits for READY=1 and checks that a client can connect and say Hello at once, with no
@@ -322,7 +271,7 @@ START_TEST(test_ready_after_listen) {
     /* The first message is READY=1: nothing claims readiness before the socket exists. */
     ck_assert_msg(notify_recv(buf, sizeof(buf), WAIT_MS), "no notification at all");
     ck_assert_msg(has_line(buf, "READY=1"), "first notification is not READY=1: '%s'", buf);
-    ck_assert_int_ge(unix_connect(sock_path), 0);
+    ck_assert_int_ge(llep_test_unix_connect(sock_path), 0);
     ck_assert_msg(has_line(buf, "STATUS=0 clients, 0 layers, 0 steps"), "'%s'", buf);
     stop_llepd();
 }
@@ -372,7 +321,7 @@ START_TEST(test_watchdog_pings) {
     /* Every 100 ms: about 10 in a second; a loaded machine may delay some. */
     n = notify_count("WATCHDOG=1", 1000);
     ck_assert_msg(n >= 5 && n <= 12, "%d WATCHDOG=1 in 1 s with WatchdogSec=200ms", n);
-    ck_assert(file_contains(log_path, "WATCHDOG=1 every 100 ms"));
+    ck_assert(llep_test_file_contains(log_path, "WATCHDOG=1 every 100 ms"));
     stop_llepd();
 }
 END_TEST
@@ -406,17 +355,18 @@ START_TEST(test_journal_priorities) {
     start_llepd(&o);
     wait_ready(sock_path);
     stop_llepd();
-    ck_assert_msg(file_contains(log_path, "<5>llepd "), "no '<5>' (notice) prefix on the start line");
-    ck_assert(file_contains(log_path, "<5>stopping: SIGTERM"));
-    ck_assert(!file_contains(log_path, "llepd: notice:"));
+    ck_assert_msg(llep_test_file_contains(log_path, "<5>llepd "),
+                  "no '<5>' (notice) prefix on the start line");
+    ck_assert(llep_test_file_contains(log_path, "<5>stopping: SIGTERM"));
+    ck_assert(!llep_test_file_contains(log_path, "llepd: notice:"));
 
     o.journal = -1;
     ck_assert_int_eq(unlink(log_path), 0);
     start_llepd(&o);
     wait_ready(sock_path);
     stop_llepd();
-    ck_assert(file_contains(log_path, "llepd: notice: stopping: SIGTERM"));
-    ck_assert(!file_contains(log_path, "<5>"));
+    ck_assert(llep_test_file_contains(log_path, "llepd: notice: stopping: SIGTERM"));
+    ck_assert(!llep_test_file_contains(log_path, "<5>"));
 }
 END_TEST
 
@@ -492,7 +442,8 @@ START_TEST(test_reload) {
     ck_assert_ptr_null(strstr(buf, "refused"));
     ck_assert_double_eq_tol(layer_tunable("held", "alpha"), 2.5, 1e-6);
     ck_assert_double_eq_tol(layer_tunable("held", "lambda"), 1.7, 1e-6);
-    ck_assert(file_contains(log_path, "a new 'device-memory' takes effect at the next start"));
+    ck_assert(llep_test_file_contains(log_path,
+                                      "a new 'device-memory' takes effect at the next start"));
 
     /* A bad file is refused whole: the settings in force stay, and STATUS= says why. */
     write_file(conf_path, "alpha = 3\nlambda = -1\n");
@@ -502,7 +453,7 @@ START_TEST(test_reload) {
                   "no READY=1 with the refusal after a bad reload");
     ck_assert_msg(strstr(buf, "llepd.conf:2") != NULL, "refusal without FILE:LINE: '%s'", buf);
     ck_assert_double_eq_tol(layer_tunable("held", "alpha"), 2.5, 1e-6);
-    ck_assert(file_contains(log_path, "reload refused"));
+    ck_assert(llep_test_file_contains(log_path, "reload refused"));
 
     /* The client that held the layer through both reloads is still connected. */
     float x[4] = { 1, 2, 3, 4 }, y[4], tw = 1;
@@ -548,8 +499,8 @@ START_TEST(test_activation_forward) {
     ck_assert_int_eq(system(cmd), 0);
     /* It served the socket it was given, did not bind --socket, and says which it serves. */
     ck_assert_int_eq(stat(sock_path, &st), -1);
-    ck_assert(file_contains(log_path, "(socket activation)"));
-    ck_assert(file_contains(log_path, act_path));
+    ck_assert(llep_test_file_contains(log_path, "(socket activation)"));
+    ck_assert(llep_test_file_contains(log_path, act_path));
     stop_llepd();
     /* The socket belongs to whoever made it (llepd.socket): llepd leaves it in place. */
     ck_assert_int_eq(stat(act_path, &st), 0);
@@ -568,7 +519,7 @@ START_TEST(test_activation_other_pid) {
     start_llepd(&o);
     close(lfd);
     wait_ready(sock_path);
-    ck_assert(!file_contains(log_path, "(socket activation)"));
+    ck_assert(!llep_test_file_contains(log_path, "(socket activation)"));
     stop_llepd();
 }
 END_TEST
@@ -583,7 +534,7 @@ START_TEST(test_activation_not_a_socket) {
     ck_assert_int_eq(waitpid(llepd_pid, &st, 0), llepd_pid);
     llepd_pid = -1;
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "exit status %d", st);
-    ck_assert(file_contains(log_path, "not a listening unix stream socket"));
+    ck_assert(llep_test_file_contains(log_path, "not a listening unix stream socket"));
 }
 END_TEST
 
@@ -606,7 +557,7 @@ static int connect_as_nobody(void) {
             _exit(10);
         /* At the socket level: the kernel accepts, llepd reads SO_PEERCRED, answers
          * whatever comes first with a refusal and hangs up. */
-        fd = unix_connect(sock_path);
+        fd = llep_test_unix_connect(sock_path);
         if (fd < 0)
             _exit(11);
         if (send(fd, "\0\0\0\0", 4, MSG_NOSIGNAL) < 0 && errno != EPIPE &&
@@ -642,7 +593,7 @@ START_TEST(test_nobody_refused) {
     /* The daemon made it 0660; open it to everyone so only SO_PEERCRED stands in the way. */
     ck_assert_int_eq(chmod(sock_path, 0666), 0);
     ck_assert_int_eq(connect_as_nobody(), 3);
-    ck_assert_msg(file_contains(log_path, "refused a connection from uid 65534"),
+    ck_assert_msg(llep_test_file_contains(log_path, "refused a connection from uid 65534"),
                   "llepd did not log the refusal");
     /* Root is let in. */
     ck_assert_int_eq(llep_connect(sock_path, &c), 0);
@@ -651,23 +602,27 @@ START_TEST(test_nobody_refused) {
 }
 END_TEST
 
+/* A test case whose tests each get a directory of their own under basedir. */
+static TCase *service_tcase(const char *name) {
+    TCase *t = tcase_create(name);
+
+    tcase_add_unchecked_fixture(t, make_basedir, remove_basedir);
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_set_timeout(t, 60);
+    return t;
+}
+
 static Suite *service_suite(bool peercred) {
     Suite *s = suite_create("service");
     TCase *t;
 
     if (peercred) {
-        t = tcase_create("peercred");
-        tcase_add_unchecked_fixture(t, make_basedir, remove_basedir);
-        tcase_add_checked_fixture(t, setup, teardown);
-        tcase_set_timeout(t, 60);
+        t = service_tcase("peercred");
         tcase_add_test(t, test_nobody_refused);
         suite_add_tcase(s, t);
         return s;
     }
-    t = tcase_create("notify");
-    tcase_add_unchecked_fixture(t, make_basedir, remove_basedir);
-    tcase_add_checked_fixture(t, setup, teardown);
-    tcase_set_timeout(t, 60);
+    t = service_tcase("notify");
     tcase_add_test(t, test_ready_after_listen);
     tcase_add_test(t, test_status_follows_figures);
     tcase_add_test(t, test_status_counts_steps);
@@ -679,10 +634,7 @@ static Suite *service_suite(bool peercred) {
     tcase_add_test(t, test_reload);
     suite_add_tcase(s, t);
 
-    t = tcase_create("activation");
-    tcase_add_unchecked_fixture(t, make_basedir, remove_basedir);
-    tcase_add_checked_fixture(t, setup, teardown);
-    tcase_set_timeout(t, 60);
+    t = service_tcase("activation");
     tcase_add_test(t, test_activation_forward);
     tcase_add_test(t, test_activation_other_pid);
     tcase_add_test(t, test_activation_not_a_socket);
