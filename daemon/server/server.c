@@ -213,6 +213,28 @@ static void answer_drains(llepd_server *srv) {
     srv->ndrain_waiters = 0;
 }
 
+/* Sends f to every session (clients only, or llepctl sessions too), once each. A send that
+ * fails closes its session, and closing one can close others (a stopping server closes all
+ * of them once idle), so no pointer into the list is kept across a send: each round walks
+ * from the head to the first session this broadcast has not reached. */
+static void broadcast(llepd_server *srv, const LlepPb__Frame *f, bool clients_only) {
+    uint64_t seq = ++srv->broadcast_seq;
+
+    for (;;) {
+        llepd_session *s = NULL;
+        for (llepd_list *i = srv->sessions.next; i != &srv->sessions && !s; i = i->next) {
+            llepd_session *o = llepd_container_of(i, llepd_session, link);
+            if (o->broadcast_seq != seq)
+                s = o;
+        }
+        if (!s)
+            return;
+        s->broadcast_seq = seq;
+        if (!clients_only || s->kind == LLEP_PB__PEER_KIND__PEER_KIND_CLIENT)
+            llepd_session_send(s, f);
+    }
+}
+
 static void tell_clients_draining(llepd_server *srv) {
     LlepPb__Notice notice = LLEP_PB__NOTICE__INIT;
     LlepPb__Frame nf = LLEP_PB__FRAME__INIT;
@@ -221,11 +243,7 @@ static void tell_clients_draining(llepd_server *srv) {
     notice.message = (char *)"llepd is draining: no new submissions or layers";
     nf.body_case = LLEP_PB__FRAME__BODY_NOTICE;
     nf.notice = &notice;
-    for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next) {
-        llepd_session *o = llepd_container_of(i, llepd_session, link);
-        if (o->kind == LLEP_PB__PEER_KIND__PEER_KIND_CLIENT)
-            llepd_session_send(o, &nf);
-    }
+    broadcast(srv, &nf, true);
 }
 
 int llepd_server_drain(llepd_server *srv, llepd_session *s, uint64_t frame_id) {
@@ -285,8 +303,7 @@ void llepd_server_stop(llepd_server *srv, const char *why) {
     notice.message = msg;
     f.body_case = LLEP_PB__FRAME__BODY_NOTICE;
     f.notice = &notice;
-    for (llepd_list *i = srv->sessions.next; i != &srv->sessions; i = i->next)
-        llepd_session_send(llepd_container_of(i, llepd_session, link), &f);
+    broadcast(srv, &f, false);
     work_done(srv);
 }
 

@@ -66,6 +66,7 @@ struct llepd_server {
     llepd_list sessions;
     uint32_t nsessions;
     uint64_t next_session_id;
+    uint64_t broadcast_seq;         /* the last broadcast (server.c) */
 
     llepd_layer **layers;           /* in creation order */
     uint32_t nlayers;

@@ -25,6 +25,7 @@ struct llepd_session {
     uv_timer_t retry;               /* drains the ring again when completions were full */
     llep_frame_decoder dec;
     uint64_t id;
+    uint64_t broadcast_seq;         /* the last server broadcast this session got (server.c) */
     enum llepd_session_state state;
     int kind;                       /* LLEP_PB__PEER_KIND__* */
     char program[64];
