@@ -19,10 +19,12 @@
 /* What a finished step holds only for itself; the arrays sized by the layer stay. */
 static void step_clear(llepd_cstep *st, uint32_t nodes) {
     llepd_homes_free(&st->homes);
-    /* rows_in is NULL only in a step whose allocation failed (llepd_cstep_new). */
-    for (uint32_t j = 0; st->rows_in && j < nodes; j++) {
-        llepd_cbuf_free(&st->rows_in[j]);
-        llepd_cbuf_free(&st->results_in[j]);
+    /* Either array is NULL in a step whose allocation failed part way (llepd_cstep_new). */
+    for (uint32_t j = 0; j < nodes; j++) {
+        if (st->rows_in)
+            llepd_cbuf_free(&st->rows_in[j]);
+        if (st->results_in)
+            llepd_cbuf_free(&st->results_in[j]);
     }
     for (uint32_t i = 0; i < st->nweights; i++)
         llepd_cbuf_free(&st->weights[i].buf);
