@@ -106,7 +106,7 @@ void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret) {
     ret->policy = l->tun.own_policy ? l->tun.params.policy : l->srv->default_policy;
     ret->scale_min_tokens = l->tun.own_scale_min_tokens ? l->tun.params.scale_min_tokens
                                                         : c->scale_min_tokens;
-    ret->devices_per_node = 0; /* flat: cluster steps set their own (cluster-step.c) */
+    ret->devices_per_node = 0; /* flat: cluster steps set their own (cluster-step-plan.c) */
 }
 
 void llepd_layer_effective_desc(const llepd_layer *l, LlepPb__LayerDesc *ret) {

@@ -1,5 +1,5 @@
 /* The scheduler (scheduler.c): which queued submissions form a layer's next step, running it on
- * the thread pool, and the figures of finished steps. Cluster steps (cluster/cluster-step.c)
+ * the thread pool, and the figures of finished steps. Cluster steps (cluster/cluster-step*.c)
  * share the home assignment, the batching rule and the figures. */
 #ifndef LLEPD_SCHEDULER_H
 #define LLEPD_SCHEDULER_H
