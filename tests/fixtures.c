@@ -60,7 +60,11 @@ double llep_test_rel_l2(const float *y, const double *ref, size_t n) {
 }
 
 void llep_test_tmpdir(char *dir, size_t len, const char *name) {
-    ck_assert_int_lt(snprintf(dir, len, "/tmp/%s-XXXXXX", name), (int)len);
+    llep_test_tmpdir_in(dir, len, "/tmp", name);
+}
+
+void llep_test_tmpdir_in(char *dir, size_t len, const char *base, const char *name) {
+    ck_assert_int_lt(snprintf(dir, len, "%s/%s-XXXXXX", base, name), (int)len);
     ck_assert_msg(mkdtemp(dir) != NULL, "mkdtemp %s: %s", dir, strerror(errno));
 }
 

@@ -112,8 +112,9 @@ double llep_test_rel_l2(const float *y, const double *ref, size_t n);
 
 /* ---- files --------------------------------------------------------------------------------- */
 
-/* A new directory /tmp/NAME-XXXXXX, its path in dir. */
+/* A new directory /tmp/NAME-XXXXXX, its path in dir; and one in the directory base. */
 void llep_test_tmpdir(char *dir, size_t len, const char *name);
+void llep_test_tmpdir_in(char *dir, size_t len, const char *base, const char *name);
 
 /* Removes dir and what it holds; fails the test when that does not work. */
 void llep_test_rm_rf(const char *dir);

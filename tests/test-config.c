@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fixtures.h"
 #include "llep/types.h"
 
 static char tmpdir[64];
@@ -16,18 +17,14 @@ static char err[512];
 static void setup(void) {
     const char *base = getenv("TMPDIR");
 
-    snprintf(tmpdir, sizeof(tmpdir), "%s/test-config-XXXXXX", base && base[0] ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    llep_test_tmpdir_in(tmpdir, sizeof(tmpdir), base && base[0] ? base : "/tmp", "test-config");
     /* Tests of the default socket path set what they need. */
     unsetenv("LLEP_SOCKET");
     err[0] = '\0';
 }
 
 static void teardown(void) {
-    char cmd[128];
-
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    ck_assert_int_eq(system(cmd), 0);
+    llep_test_rm_rf(tmpdir);
 }
 
 /* Writes a config file in the test's directory and returns its path (static buffer). */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "dispatch.h"
+#include "fixtures.h"
 #include "plan.h"
 
 typedef struct step {
@@ -25,10 +26,7 @@ typedef struct step {
 static uint64_t rnd_state;
 
 static uint64_t rnd(void) {
-    rnd_state ^= rnd_state << 13;
-    rnd_state ^= rnd_state >> 7;
-    rnd_state ^= rnd_state << 17;
-    return rnd_state;
+    return xorshift_next(&rnd_state);
 }
 
 /* Routing with `hot` experts taking share of the slots (hot = 0: uniform). */

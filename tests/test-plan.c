@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fixtures.h"
 #include "plan.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -483,18 +484,10 @@ static void ref_lla(const uint64_t *l, uint32_t n, uint32_t np, uint32_t per_nod
 
 /* ---- random load vectors ---------------------------------------------------------------- */
 
-static uint64_t rng_state;
-
-static uint64_t rnd(void) {
-    /* splitmix64: tiny, seedable, good enough for test inputs */
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+static uint64_t rng_state; /* splitmix64 (fixtures.h) */
 
 static uint64_t rnd_below(uint64_t n) {
-    return n ? rnd() % n : 0;
+    return n ? rng_next(&rng_state) % n : 0;
 }
 
 enum shape { UNIFORM, ZIPF, ONE_HOT, COLOCATED_HOT, ALL_ZERO, SINGLE, NEAR_MAX, NSHAPES };
