@@ -1,8 +1,6 @@
 /* Fixtures every test program may use (fixtures.h). */
 #include "fixtures.h"
 
-#include "test-nodes.h"
-
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +14,8 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "test-nodes.h"
 
 float *llep_test_random_floats(float (*rnd)(uint64_t *), uint64_t *s, size_t n, float scale) {
     float *v = malloc((n ? n : 1) * sizeof(float));

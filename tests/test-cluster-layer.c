@@ -795,7 +795,8 @@ START_TEST(communicator_lost) {
     for (int i = 0; i < NODES; i++)
         ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
     /* Node 0 learnt it from node 2's plan hash, and ran that step over the peer links. */
-    ck_assert(llep_test_node_log_has(&nodes, 0, "closed: node 2 has communicator epoch 0, this node 1"));
+    ck_assert(llep_test_node_log_has(&nodes, 0,
+                                     "closed: node 2 has communicator epoch 0, this node 1"));
     ck_assert_int_lt(layer_field(0, "moe", "communicator_steps"),
                      layer_field(0, "moe", "steps"));
     end_cluster(nc);

@@ -43,22 +43,85 @@ static inline void fill(uint64_t *rng, size_t n, double scale, enum llep_dtype t
     *ret_s = s;
 }
 
-/* The tokens of one home device: tk rows of x uniform within 2 (float64 into *x, stored into
- * *sx), for each of their k slots an expert from route(arg, rng) and a weight in [0, 1) (*idx,
- * *w), and room for the output in storage type (*y). */
-static inline void tokens_fill(uint64_t *rng, uint32_t tk, uint32_t k, uint32_t d,
-                               enum llep_dtype t, int32_t (*route)(void *arg, uint64_t *rng),
-                               void *arg, double **x, void **sx, int32_t **idx, float **w,
-                               void **y) {
-    fill(rng, (size_t)tk * d, 2.0, t, x, sx);
-    *idx = malloc(((size_t)tk * k + 1) * sizeof(int32_t));
-    *w = malloc(((size_t)tk * k + 1) * sizeof(float));
-    *y = malloc((size_t)tk * d * llep__dtype_size(t) + 1);
-    ck_assert(*idx && *w && *y);
+/* The tokens of P home devices, each array [P]: their counts, the inputs x [T][D] (float64,
+ * and stored in the layer's dtype), the top-k routing (idx, w [T][K]), room for the outputs y
+ * (stored) and the float64 reference of them. */
+typedef struct test_tokens {
+    uint32_t p;
+    uint32_t *tokens;
+    double **x;
+    void **sx;
+    int32_t **idx;
+    float **w;
+    void **y;
+    double **ref;
+} test_tokens;
+
+static inline void tokens_new(test_tokens *t, uint32_t p) {
+    t->p = p;
+    t->tokens = calloc(p, sizeof(*t->tokens));
+    t->x = calloc(p, sizeof(*t->x));
+    t->sx = calloc(p, sizeof(*t->sx));
+    t->idx = calloc(p, sizeof(*t->idx));
+    t->w = calloc(p, sizeof(*t->w));
+    t->y = calloc(p, sizeof(*t->y));
+    t->ref = calloc(p, sizeof(*t->ref));
+    ck_assert(t->tokens && t->x && t->sx && t->idx && t->w && t->y && t->ref);
+}
+
+/* Home device g's tokens, tk of them: x uniform within 2, for each of the k slots an expert
+ * from route(arg, rng) and a weight in [0, 1). Its earlier tokens are freed. */
+static inline void tokens_draw(test_tokens *t, uint32_t g, uint32_t tk, uint64_t *rng,
+                               uint32_t k, uint32_t d, enum llep_dtype dt,
+                               int32_t (*route)(void *arg, uint64_t *rng), void *arg) {
+    free(t->x[g]);
+    free(t->sx[g]);
+    free(t->idx[g]);
+    free(t->w[g]);
+    free(t->y[g]);
+    t->tokens[g] = tk;
+    fill(rng, (size_t)tk * d, 2.0, dt, &t->x[g], &t->sx[g]);
+    t->idx[g] = malloc(((size_t)tk * k + 1) * sizeof(int32_t));
+    t->w[g] = malloc(((size_t)tk * k + 1) * sizeof(float));
+    t->y[g] = malloc((size_t)tk * d * llep__dtype_size(dt) + 1);
+    ck_assert(t->idx[g] && t->w[g] && t->y[g]);
     for (size_t i = 0; i < (size_t)tk * k; i++) {
-        (*idx)[i] = route(arg, rng);
-        (*w)[i] = (float)rng_unit(rng);
+        t->idx[g][i] = route(arg, rng);
+        t->w[g][i] = (float)rng_unit(rng);
     }
+}
+
+/* The float64 reference (ref-moe.c) of every home device's tokens under r, top-k k. */
+static inline void tokens_reference(test_tokens *t, const llep_ref *r, uint32_t k) {
+    for (uint32_t g = 0; g < t->p; g++) {
+        free(t->ref[g]);
+        t->ref[g] = calloc((size_t)t->tokens[g] * r->d + 1, sizeof(double));
+        ck_assert(t->ref[g]);
+        llep_ref_moe(r, t->tokens[g], k, t->x[g], t->idx[g], t->w[g], t->ref[g]);
+    }
+}
+
+/* Home device g's batch for the engine, its output into y. */
+static inline llep_engine_batch tokens_batch(const test_tokens *t, uint32_t g, void *y) {
+    return (llep_engine_batch){ t->tokens[g], t->sx[g], t->idx[g], t->w[g], y };
+}
+
+static inline void tokens_free(test_tokens *t) {
+    for (uint32_t g = 0; g < t->p; g++) {
+        free(t->x[g]);
+        free(t->sx[g]);
+        free(t->idx[g]);
+        free(t->w[g]);
+        free(t->y[g]);
+        free(t->ref[g]);
+    }
+    free(t->tokens);
+    free(t->x);
+    free(t->sx);
+    free(t->idx);
+    free(t->w);
+    free(t->y);
+    free(t->ref);
 }
 
 /* Weights of n experts: w_gate and w_up [n][D][H] uniform within 1.5/sqrt(D), w_down [n][H][D]

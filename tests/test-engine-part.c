@@ -7,6 +7,7 @@
 #include <check.h>
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,15 +53,10 @@ typedef struct cluster {
     llep_part *part[MAX_NODES];
     llep_plan plan;
 
-    /* Tokens of each global home device g = node * P_l + local device. */
-    uint32_t *tokens;
-    double **x;
-    void **sx;
-    int32_t **idx;
-    float **w;
-    void **y;                  /* outputs of the parts */
+    /* Tokens of each global home device g = node * P_l + local device; y are the outputs of
+     * the parts. */
+    test_tokens tk;
     void **yw;                 /* outputs of the whole engine */
-    double **ref;
     llep_engine_batch *b;      /* [P]: node j's batches are b + j * P_l */
     llep_engine_batch *bw;     /* [P] for the whole engine */
     uint64_t *loads[MAX_NODES];
@@ -77,12 +73,7 @@ static void make_reference(cluster *c) {
     const spec *s = &c->s;
     llep_ref r = weights_ref(&c->wt, s->d, s->h, s->act);
 
-    for (uint32_t g = 0; g < c->p; g++) {
-        free(c->ref[g]);
-        c->ref[g] = calloc((size_t)c->tokens[g] * s->d + 1, sizeof(double));
-        ck_assert(c->ref[g]);
-        llep_ref_moe(&r, c->tokens[g], s->k, c->x[g], c->idx[g], c->w[g], c->ref[g]);
-    }
+    tokens_reference(&c->tk, &r, s->k);
 }
 
 static llep_engine *make_engine(const cluster *c, uint32_t first, uint32_t n, uint32_t p) {
@@ -107,41 +98,24 @@ static int32_t route(void *arg, uint64_t *rng) {
     return (int32_t)rng_below(rng, c->n);
 }
 
-static void free_tokens(cluster *c) {
-    for (uint32_t g = 0; g < c->p; g++) {
-        free(c->x[g]);
-        free(c->sx[g]);
-        free(c->idx[g]);
-        free(c->w[g]);
-        free(c->y[g]);
-        free(c->yw[g]);
-        c->x[g] = NULL;
-        c->sx[g] = NULL;
-        c->idx[g] = NULL;
-        c->w[g] = NULL;
-        c->y[g] = c->yw[g] = NULL;
-    }
-}
-
 static void set_batches(cluster *c) {
     for (uint32_t g = 0; g < c->p; g++) {
-        c->b[g] = (llep_engine_batch){ c->tokens[g], c->sx[g], c->idx[g], c->w[g], c->y[g] };
-        c->bw[g] = (llep_engine_batch){ c->tokens[g], c->sx[g], c->idx[g], c->w[g], c->yw[g] };
+        c->b[g] = tokens_batch(&c->tk, g, c->tk.y[g]);
+        c->bw[g] = tokens_batch(&c->tk, g, c->yw[g]);
     }
 }
 
 /* New tokens for every home device (tokens[g] given, or drawn when -1), and their reference. */
 static void draw_tokens(cluster *c, const int64_t *want) {
     const spec *s = &c->s;
-    free_tokens(c);
     for (uint32_t g = 0; g < c->p; g++) {
-        uint32_t tk = c->tokens[g] = want && want[g] >= 0 ? (uint32_t)want[g]
-                                                           : rng_below(&c->rng, s->max_tokens + 1);
-        tokens_fill(&c->rng, tk, s->k, s->d, s->dtype, route, c, &c->x[g], &c->sx[g],
-                    &c->idx[g], &c->w[g], &c->y[g]);
+        uint32_t tk = want && want[g] >= 0 ? (uint32_t)want[g]
+                                           : rng_below(&c->rng, s->max_tokens + 1);
+        tokens_draw(&c->tk, g, tk, &c->rng, s->k, s->d, s->dtype, route, c);
+        free(c->yw[g]);
         c->yw[g] = malloc((size_t)tk * s->d * c->esz + 1);
         ck_assert(c->yw[g]);
-        memset(c->y[g], SENTINEL, (size_t)tk * s->d * c->esz);
+        memset(c->tk.y[g], SENTINEL, (size_t)tk * s->d * c->esz);
     }
     set_batches(c);
     make_reference(c);
@@ -170,18 +144,11 @@ static cluster *cluster_new(const spec *sp) {
         ck_assert_ptr_nonnull(c->loads[j] = calloc(n, sizeof(uint64_t)));
     }
     ck_assert_int_eq(llep__plan_init(&c->plan, c->n, c->p), 0);
-    c->tokens = calloc(c->p, sizeof(*c->tokens));
-    c->x = calloc(c->p, sizeof(*c->x));
-    c->sx = calloc(c->p, sizeof(*c->sx));
-    c->idx = calloc(c->p, sizeof(*c->idx));
-    c->w = calloc(c->p, sizeof(*c->w));
-    c->y = calloc(c->p, sizeof(*c->y));
+    tokens_new(&c->tk, c->p);
     c->yw = calloc(c->p, sizeof(*c->yw));
-    c->ref = calloc(c->p, sizeof(*c->ref));
     c->b = calloc(c->p, sizeof(*c->b));
     c->bw = calloc(c->p, sizeof(*c->bw));
-    ck_assert(c->tokens && c->x && c->sx && c->idx && c->w && c->y && c->yw && c->ref && c->b &&
-              c->bw);
+    ck_assert(c->yw && c->b && c->bw);
     draw_tokens(c, NULL);
     return c;
 }
@@ -195,17 +162,10 @@ static void cluster_free(cluster *c) {
     }
     llep__engine_free(c->whole);
     llep__plan_fini(&c->plan);
-    free_tokens(c);
+    tokens_free(&c->tk);
     for (uint32_t g = 0; g < c->p; g++)
-        free(c->ref[g]);
-    free(c->tokens);
-    free(c->x);
-    free(c->sx);
-    free(c->idx);
-    free(c->w);
-    free(c->y);
+        free(c->yw[g]);
     free(c->yw);
-    free(c->ref);
     free(c->b);
     free(c->bw);
     free(c);
@@ -297,12 +257,29 @@ static void combine_all(cluster *c) {
     }
 }
 
-static void cluster_step(cluster *c, const llep_plan_params *pp) {
+/* Plan parameters of policy pol and min_tokens, the others the defaults. */
+static llep_plan_params plan_params(enum llep_policy pol, uint64_t min_tokens) {
+    llep_plan_params pp;
+
+    llep__plan_params_default(&pp);
+    pp.policy = pol;
+    pp.min_tokens = min_tokens;
+    return pp;
+}
+
+/* The phases of a step up to prepare (computed false) or up to compute (true). */
+static void step_until(cluster *c, const llep_plan_params *pp, bool computed) {
     count_and_plan(c, pp);
     prepare_all(c);
-    move_buffers(c, LLEP_PART_ROWS_OUT, LLEP_PART_ROWS_IN);
-    move_weights(c);
-    compute_all(c);
+    if (computed) {
+        move_buffers(c, LLEP_PART_ROWS_OUT, LLEP_PART_ROWS_IN);
+        move_weights(c);
+        compute_all(c);
+    }
+}
+
+static void cluster_step(cluster *c, const llep_plan_params *pp) {
+    step_until(c, pp, true);
     move_buffers(c, LLEP_PART_RESULTS_OUT, LLEP_PART_RESULTS_IN);
     combine_all(c);
 }
@@ -339,8 +316,8 @@ static uint64_t wire_extra(const cluster *c, uint32_t j) {
 static double rel_err_ref(const cluster *c) {
     double num = 0, den = 0;
     for (uint32_t g = 0; g < c->p; g++)
-        for (size_t i = 0; i < (size_t)c->tokens[g] * c->s.d; i++) {
-            double y = load(c->y[g], i, c->s.dtype), r = c->ref[g][i];
+        for (size_t i = 0; i < (size_t)c->tk.tokens[g] * c->s.d; i++) {
+            double y = load(c->tk.y[g], i, c->s.dtype), r = c->tk.ref[g][i];
             if (!isfinite(y))
                 return INFINITY;
             num += (y - r) * (y - r);
@@ -351,13 +328,13 @@ static double rel_err_ref(const cluster *c) {
 
 static void fill_sentinel(cluster *c) {
     for (uint32_t g = 0; g < c->p; g++)
-        memset(c->y[g], SENTINEL, (size_t)c->tokens[g] * c->s.d * c->esz);
+        memset(c->tk.y[g], SENTINEL, (size_t)c->tk.tokens[g] * c->s.d * c->esz);
 }
 
 static int all_sentinel(const cluster *c) {
     for (uint32_t g = 0; g < c->p; g++) {
-        const unsigned char *y = c->y[g];
-        for (size_t i = 0; i < (size_t)c->tokens[g] * c->s.d * c->esz; i++)
+        const unsigned char *y = c->tk.y[g];
+        for (size_t i = 0; i < (size_t)c->tk.tokens[g] * c->s.d * c->esz; i++)
             if (y[i] != SENTINEL)
                 return 0;
     }
@@ -373,8 +350,8 @@ static void brute_traffic(const cluster *c, llep_part_traffic *ret) {
     ck_assert_ptr_nonnull(rank);
     memset(ret, 0, c->s.nodes * sizeof(*ret));
     for (uint32_t g = 0; g < c->p; g++)
-        for (size_t s = 0; s < (size_t)c->tokens[g] * c->s.k; s++) {
-            uint32_t x = (uint32_t)c->idx[g][s];
+        for (size_t s = 0; s < (size_t)c->tk.tokens[g] * c->s.k; s++) {
+            uint32_t x = (uint32_t)c->tk.idx[g][s];
             uint64_t r = rank[x]++;
             uint32_t dev = UINT32_MAX;
             for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1]; i++)
@@ -415,7 +392,7 @@ static void check_against_whole(cluster *c, const llep_plan_params *pp) {
     const llep_plan *pw = llep__engine_plan(c->whole);
     ck_assert_uint_eq(llep__plan_hash(pw), llep__plan_hash(&c->plan));
     for (uint32_t g = 0; g < c->p; g++)
-        ck_assert_msg(memcmp(c->y[g], c->yw[g], (size_t)c->tokens[g] * c->s.d * c->esz) == 0,
+        ck_assert_msg(memcmp(c->tk.y[g], c->yw[g], (size_t)c->tk.tokens[g] * c->s.d * c->esz) == 0,
                       "home device %u: the cluster's output differs from the engine's", g);
 
     uint64_t slots = 0, transfers = 0, wbytes = 0, tbytes = 0;
@@ -491,8 +468,8 @@ static void check_counts(const cluster *c) {
             uint64_t want = 0;
             for (uint32_t d = 0; d < c->s.pl; d++) {
                 uint32_t g = j * c->s.pl + d;
-                for (size_t s = 0; s < (size_t)c->tokens[g] * c->s.k; s++)
-                    want += (uint32_t)c->idx[g][s] == x;
+                for (size_t s = 0; s < (size_t)c->tk.tokens[g] * c->s.k; s++)
+                    want += (uint32_t)c->tk.idx[g][s] == x;
             }
             ck_assert_uint_eq(c->loads[j][x], want);
         }
@@ -503,10 +480,7 @@ static uint32_t cross_node_weights; /* seen in this test's process */
 /* A full step with every check; devices_per_node for the planner's hierarchical placement. */
 static void step_and_check_hier(cluster *c, enum llep_policy pol, uint64_t min_tokens,
                                 uint32_t devices_per_node) {
-    llep_plan_params pp;
-    llep__plan_params_default(&pp);
-    pp.policy = pol;
-    pp.min_tokens = min_tokens;
+    llep_plan_params pp = plan_params(pol, min_tokens);
     pp.devices_per_node = devices_per_node;
     fill_sentinel(c);
     cluster_step(c, &pp);
@@ -624,10 +598,7 @@ START_TEST(test_plan_mismatch) {
     cluster *c = cluster_new(&s);
     int64_t want[4] = { 10, 10, 10, 10 };
     draw_tokens(c, want);
-    llep_plan_params pp;
-    llep__plan_params_default(&pp);
-    pp.policy = LLEP_POLICY_LLEP;
-    pp.min_tokens = 1;
+    llep_plan_params pp = plan_params(LLEP_POLICY_LLEP, 1);
     const uint64_t *const *nl = (const uint64_t *const *)c->loads;
     count_and_plan(c, &pp);
 
@@ -670,11 +641,11 @@ START_TEST(test_plan_mismatch) {
     const uint64_t *holes[2] = { c->loads[0], NULL };
     ck_assert_int_eq(llep__part_prepare(c->part[0], &c->plan, holes, node_batches(c, 0)), -EINVAL);
     ck_assert_int_eq(llep__part_prepare(c->part[0], NULL, nl, node_batches(c, 0)), -EINVAL);
-    int32_t saved = c->idx[1][0];
-    c->idx[1][0] = (int32_t)c->n;
+    int32_t saved = c->tk.idx[1][0];
+    c->tk.idx[1][0] = (int32_t)c->n;
     ck_assert_int_eq(llep__part_count(c->part[0], node_batches(c, 0), c->loads[0]), -EINVAL);
     ck_assert_ptr_nonnull(strstr(llep__part_error(c->part[0]), "batch 1"));
-    c->idx[1][0] = saved;
+    c->tk.idx[1][0] = saved;
     ck_assert_int_eq(llep__part_compute(c->part[0]), -EINVAL);
     ck_assert_int_eq(llep__part_combine(c->part[0], NULL), -EINVAL);
     void *p;
@@ -762,21 +733,12 @@ START_TEST(test_abort) {
                .act = LLEP_ACT_SWIGLU_OAI, .hot_share = 0.9, .hot = 1, .max_tokens = 20,
                .seed = 0xa0 };
     cluster *c = cluster_new(&s);
-    llep_plan_params pp;
-    llep__plan_params_default(&pp);
-    pp.policy = LLEP_POLICY_LLEP;
-    pp.min_tokens = 1;
+    llep_plan_params pp = plan_params(LLEP_POLICY_LLEP, 1);
     uint64_t held = llep__engine_expert_bytes(c->eng[0]) * s.m;
 
     abort_all(c); /* nothing prepared: harmless */
     for (int phase = 0; phase < 2; phase++) {
-        count_and_plan(c, &pp);
-        prepare_all(c);
-        if (phase == 1) {
-            move_buffers(c, LLEP_PART_ROWS_OUT, LLEP_PART_ROWS_IN);
-            move_weights(c);
-            compute_all(c);
-        }
+        step_until(c, &pp, phase == 1);
         abort_all(c);
         abort_all(c);
         ck_assert(all_sentinel(c));
@@ -996,22 +958,13 @@ START_TEST(test_device_wire_phases) {
                .act = LLEP_ACT_SWIGLU_OAI, .hot_share = 0.9, .hot = 1, .max_tokens = 20,
                .seed = 0xd0 };
     cluster *c = cluster_new(&s);
-    llep_plan_params pp;
-    llep__plan_params_default(&pp);
-    pp.policy = LLEP_POLICY_LLEP;
-    pp.min_tokens = 1;
+    llep_plan_params pp = plan_params(LLEP_POLICY_LLEP, 1);
     uint64_t held = llep__engine_expert_bytes(c->eng[0]) * s.m;
 
     ck_assert_int_eq(llep__part_set_device_wire(NULL, 1), -EINVAL);
     set_wire(c, 7);
     for (int phase = 0; phase < 2; phase++) {
-        count_and_plan(c, &pp);
-        prepare_all(c);
-        if (phase == 1) {
-            move_buffers(c, LLEP_PART_ROWS_OUT, LLEP_PART_ROWS_IN);
-            move_weights(c);
-            compute_all(c);
-        }
+        step_until(c, &pp, phase == 1);
         for (uint32_t j = 0; j < s.nodes; j++) {
             ck_assert_int_eq(llep__part_set_device_wire(c->part[j], 0), -EINVAL);
             ck_assert_ptr_nonnull(strstr(llep__part_error(c->part[j]), "prepared"));

@@ -39,13 +39,7 @@ typedef struct test_case {
     case_spec s;
     size_t esz;
     test_weights wt;     /* float64 values and the storage-type copies given to the engine */
-    uint32_t *tokens;
-    double **x;          /* [P][T][D] */
-    void **sx;           /* storage-type x */
-    int32_t **idx;
-    float **w;
-    void **y;            /* engine output */
-    double **ref;        /* float64 reference output */
+    test_tokens tk;      /* of the P home devices; y is the engine's output */
 } test_case;
 
 /* The expert a slot is routed to under the case's scenario. */
@@ -64,11 +58,7 @@ static void make_reference(test_case *c) {
     const case_spec *s = &c->s;
     llep_ref r = weights_ref(&c->wt, s->d, s->h, s->act);
 
-    for (uint32_t p = 0; p < s->p; p++) {
-        c->ref[p] = calloc((size_t)c->tokens[p] * s->d + 1, sizeof(double));
-        ck_assert(c->ref[p]);
-        llep_ref_moe(&r, c->tokens[p], s->k, c->x[p], c->idx[p], c->w[p], c->ref[p]);
-    }
+    tokens_reference(&c->tk, &r, s->k);
 }
 
 static test_case *case_new(const case_spec *spec) {
@@ -82,39 +72,16 @@ static test_case *case_new(const case_spec *spec) {
     c->esz = llep__dtype_size(t);
 
     weights_fill(&c->wt, &rng, n, d, h, t, s->biases);
-    c->tokens = calloc(s->p, sizeof(*c->tokens));
-    c->x = calloc(s->p, sizeof(*c->x));
-    c->sx = calloc(s->p, sizeof(*c->sx));
-    c->idx = calloc(s->p, sizeof(*c->idx));
-    c->w = calloc(s->p, sizeof(*c->w));
-    c->y = calloc(s->p, sizeof(*c->y));
-    c->ref = calloc(s->p, sizeof(*c->ref));
-    ck_assert(c->tokens && c->x && c->sx && c->idx && c->w && c->y && c->ref);
-    for (uint32_t p = 0; p < s->p; p++) {
-        uint32_t tk = c->tokens[p] = rng_below(&rng, s->max_tokens + 1);
-        tokens_fill(&rng, tk, s->k, s->d, t, route, c, &c->x[p], &c->sx[p], &c->idx[p],
-                    &c->w[p], &c->y[p]);
-    }
+    tokens_new(&c->tk, s->p);
+    for (uint32_t p = 0; p < s->p; p++)
+        tokens_draw(&c->tk, p, rng_below(&rng, s->max_tokens + 1), &rng, s->k, s->d, t, route,
+                    c);
     return c;
 }
 
 static void case_free(test_case *c) {
     weights_free(&c->wt);
-    for (uint32_t p = 0; p < c->s.p; p++) {
-        free(c->x[p]);
-        free(c->sx[p]);
-        free(c->idx[p]);
-        free(c->w[p]);
-        free(c->y[p]);
-        free(c->ref[p]);
-    }
-    free(c->tokens);
-    free(c->x);
-    free(c->sx);
-    free(c->idx);
-    free(c->w);
-    free(c->y);
-    free(c->ref);
+    tokens_free(&c->tk);
     free(c);
 }
 
@@ -133,22 +100,22 @@ static llep_engine *case_engine(const test_case *c, uint64_t budget) {
 
 static void batches_of(const test_case *c, llep_engine_batch *b) {
     for (uint32_t p = 0; p < c->s.p; p++)
-        b[p] = (llep_engine_batch){ c->tokens[p], c->sx[p], c->idx[p], c->w[p], c->y[p] };
+        b[p] = tokens_batch(&c->tk, p, c->tk.y[p]);
 }
 
 /* Fills every output with NaN so a row the engine does not write fails the comparison. */
 static void poison(test_case *c) {
     for (uint32_t p = 0; p < c->s.p; p++) {
-        size_t n = (size_t)c->tokens[p] * c->s.d;
+        size_t n = (size_t)c->tk.tokens[p] * c->s.d;
         for (size_t i = 0; i < n; i++)
-            store(c->y[p], i, NAN, c->s.dtype);
+            store(c->tk.y[p], i, NAN, c->s.dtype);
     }
 }
 
 static int all_poisoned(const test_case *c) {
     for (uint32_t p = 0; p < c->s.p; p++)
-        for (size_t i = 0; i < (size_t)c->tokens[p] * c->s.d; i++)
-            if (!isnan(load(c->y[p], i, c->s.dtype)))
+        for (size_t i = 0; i < (size_t)c->tk.tokens[p] * c->s.d; i++)
+            if (!isnan(load(c->tk.y[p], i, c->s.dtype)))
                 return 0;
     return 1;
 }
@@ -157,8 +124,8 @@ static int all_poisoned(const test_case *c) {
 static double rel_err_ref(const test_case *c) {
     double num = 0, den = 0;
     for (uint32_t p = 0; p < c->s.p; p++)
-        for (size_t i = 0; i < (size_t)c->tokens[p] * c->s.d; i++) {
-            double y = load(c->y[p], i, c->s.dtype), r = c->ref[p][i];
+        for (size_t i = 0; i < (size_t)c->tk.tokens[p] * c->s.d; i++) {
+            double y = load(c->tk.y[p], i, c->s.dtype), r = c->tk.ref[p][i];
             if (!isfinite(y))
                 return INFINITY;
             num += (y - r) * (y - r);
@@ -171,11 +138,11 @@ static double **copy_outputs(const test_case *c) {
     double **o = calloc(c->s.p, sizeof(*o));
     ck_assert(o);
     for (uint32_t p = 0; p < c->s.p; p++) {
-        size_t n = (size_t)c->tokens[p] * c->s.d;
+        size_t n = (size_t)c->tk.tokens[p] * c->s.d;
         o[p] = malloc((n + 1) * sizeof(double));
         ck_assert(o[p]);
         for (size_t i = 0; i < n; i++)
-            o[p][i] = load(c->y[p], i, c->s.dtype);
+            o[p][i] = load(c->tk.y[p], i, c->s.dtype);
     }
     return o;
 }
@@ -183,8 +150,8 @@ static double **copy_outputs(const test_case *c) {
 static double rel_diff(const test_case *c, double **a) {
     double num = 0, den = 0;
     for (uint32_t p = 0; p < c->s.p; p++)
-        for (size_t i = 0; i < (size_t)c->tokens[p] * c->s.d; i++) {
-            double y = load(c->y[p], i, c->s.dtype);
+        for (size_t i = 0; i < (size_t)c->tk.tokens[p] * c->s.d; i++) {
+            double y = load(c->tk.y[p], i, c->s.dtype);
             num += (y - a[p][i]) * (y - a[p][i]);
             den += a[p][i] * a[p][i];
         }
@@ -243,7 +210,7 @@ static void check_stats(const test_case *c, llep_engine *e, const llep_engine_st
     uint64_t slots = 0;
     ck_assert_ptr_nonnull(pl);
     for (uint32_t p = 0; p < c->s.p; p++)
-        slots += (uint64_t)c->tokens[p] * c->s.k;
+        slots += (uint64_t)c->tk.tokens[p] * c->s.k;
     ck_assert_uint_eq(st->slots, slots);
     ck_assert_uint_eq(st->num_devices, c->s.p);
     ck_assert_uint_eq(st->transfers, pl->num_transfers);
@@ -401,24 +368,24 @@ START_TEST(test_duplicates_in_topk) {
     test_case *c = case_new(&s);
     /* Token 0 of each device: all eight slots on expert 1; token 1: experts 3,3,0,0,... */
     for (uint32_t p = 0; p < s.p; p++) {
-        if (c->tokens[p] < 2) {
-            free(c->y[p]);
-            c->tokens[p] = 2;
-            ck_assert_ptr_nonnull(c->y[p] = malloc(2 * s.d * sizeof(float)));
-            free(c->idx[p]);
-            free(c->w[p]);
-            ck_assert_ptr_nonnull(c->idx[p] = calloc(2 * s.k, sizeof(int32_t)));
-            ck_assert_ptr_nonnull(c->w[p] = calloc(2 * s.k, sizeof(float)));
-            free(c->x[p]);
-            free(c->sx[p]);
+        if (c->tk.tokens[p] < 2) {
+            free(c->tk.y[p]);
+            c->tk.tokens[p] = 2;
+            ck_assert_ptr_nonnull(c->tk.y[p] = malloc(2 * s.d * sizeof(float)));
+            free(c->tk.idx[p]);
+            free(c->tk.w[p]);
+            ck_assert_ptr_nonnull(c->tk.idx[p] = calloc(2 * s.k, sizeof(int32_t)));
+            ck_assert_ptr_nonnull(c->tk.w[p] = calloc(2 * s.k, sizeof(float)));
+            free(c->tk.x[p]);
+            free(c->tk.sx[p]);
             uint64_t rng = 7;
-            fill(&rng, 2 * s.d, 2.0, s.dtype, &c->x[p], &c->sx[p]);
+            fill(&rng, 2 * s.d, 2.0, s.dtype, &c->tk.x[p], &c->tk.sx[p]);
         }
         for (uint32_t k = 0; k < s.k; k++) {
-            c->idx[p][k] = 1;
-            c->idx[p][s.k + k] = k < 2 ? 3 : 0;
-            c->w[p][k] = 0.125f * (float)(k + 1);
-            c->w[p][s.k + k] = 0.5f;
+            c->tk.idx[p][k] = 1;
+            c->tk.idx[p][s.k + k] = k < 2 ? 3 : 0;
+            c->tk.w[p][k] = 0.125f * (float)(k + 1);
+            c->tk.w[p][s.k + k] = 0.5f;
         }
     }
     make_reference(c);
@@ -436,8 +403,8 @@ START_TEST(test_empty_batches) {
     case_spec s = { .n = 8, .k = 2, .d = 16, .h = 24, .p = 4, .dtype = LLEP_DTYPE_F32,
                     .scen = SKEW, .hot_share = 1.0, .hot = 2, .max_tokens = 10, .seed = 0x6000 };
     test_case *c = case_new(&s);
-    c->tokens[1] = 0;
-    c->tokens[3] = 0;
+    c->tk.tokens[1] = 0;
+    c->tk.tokens[3] = 0;
     make_reference(c);
     llep_engine *e = case_engine(c, 0);
     llep_engine_stats st;
@@ -462,21 +429,21 @@ START_TEST(test_bad_index) {
     case_spec s = { .n = 8, .k = 2, .d = 16, .h = 24, .p = 2, .dtype = LLEP_DTYPE_F32,
                     .scen = BALANCED, .max_tokens = 10, .seed = 0x7000 };
     test_case *c = case_new(&s);
-    c->tokens[0] = c->tokens[1] = 5;
+    c->tk.tokens[0] = c->tk.tokens[1] = 5;
     make_reference(c);
     llep_engine *e = case_engine(c, 0);
     llep_engine_batch b[2];
     batches_of(c, b);
-    int32_t saved = c->idx[1][3];
-    c->idx[1][3] = (int32_t)s.n;
+    int32_t saved = c->tk.idx[1][3];
+    c->tk.idx[1][3] = (int32_t)s.n;
     poison(c);
     ck_assert_int_eq(llep__engine_step(e, b, NULL, NULL), -EINVAL);
     ck_assert_ptr_nonnull(strstr(llep__engine_error(e), "batch 1"));
     ck_assert(all_poisoned(c));
-    c->idx[1][3] = -1;
+    c->tk.idx[1][3] = -1;
     ck_assert_int_eq(llep__engine_step(e, b, NULL, NULL), -EINVAL);
     b[0].y = NULL;
-    c->idx[1][3] = saved;
+    c->tk.idx[1][3] = saved;
     ck_assert_int_eq(llep__engine_step(e, b, NULL, NULL), -EINVAL);
     llep_plan_params bad;
     llep__plan_params_default(&bad);
@@ -501,19 +468,19 @@ START_TEST(test_memory_budget) {
     /* 40 tokens on each device, rerouted: 95 % of the slots to expert 0 (device 0). */
     uint64_t rng = 99;
     for (uint32_t p = 0; p < s.p; p++) {
-        free(c->x[p]);
-        free(c->sx[p]);
-        free(c->idx[p]);
-        free(c->w[p]);
-        free(c->y[p]);
-        c->tokens[p] = 40;
-        fill(&rng, 40 * s.d, 2.0, s.dtype, &c->x[p], &c->sx[p]);
-        ck_assert_ptr_nonnull(c->idx[p] = malloc(40 * s.k * sizeof(int32_t)));
-        ck_assert_ptr_nonnull(c->w[p] = malloc(40 * s.k * sizeof(float)));
-        ck_assert_ptr_nonnull(c->y[p] = malloc(40 * s.d * sizeof(float)));
+        free(c->tk.x[p]);
+        free(c->tk.sx[p]);
+        free(c->tk.idx[p]);
+        free(c->tk.w[p]);
+        free(c->tk.y[p]);
+        c->tk.tokens[p] = 40;
+        fill(&rng, 40 * s.d, 2.0, s.dtype, &c->tk.x[p], &c->tk.sx[p]);
+        ck_assert_ptr_nonnull(c->tk.idx[p] = malloc(40 * s.k * sizeof(int32_t)));
+        ck_assert_ptr_nonnull(c->tk.w[p] = malloc(40 * s.k * sizeof(float)));
+        ck_assert_ptr_nonnull(c->tk.y[p] = malloc(40 * s.d * sizeof(float)));
         for (uint32_t i = 0; i < 40 * s.k; i++) {
-            c->idx[p][i] = i % 20 == 19 ? (int32_t)(2 + rng_below(&rng, 6)) : 0;
-            c->w[p][i] = (float)rng_unit(&rng);
+            c->tk.idx[p][i] = i % 20 == 19 ? (int32_t)(2 + rng_below(&rng, 6)) : 0;
+            c->tk.w[p][i] = (float)rng_unit(&rng);
         }
     }
     make_reference(c);
@@ -522,7 +489,7 @@ START_TEST(test_memory_budget) {
     uint64_t loads[8] = { 0 };
     for (uint32_t p = 0; p < s.p; p++)
         for (uint32_t i = 0; i < 40 * s.k; i++)
-            loads[c->idx[p][i]]++;
+            loads[c->tk.idx[p][i]]++;
     llep_plan pl;
     llep_plan_params pp;
     ck_assert_int_eq(llep__plan_init(&pl, s.n, s.p), 0);

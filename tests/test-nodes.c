@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fixtures.h"
+
 uint16_t llep_test_free_port(void) {
     static unsigned seed;
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -67,14 +69,7 @@ void llep_test_llepctl(char *path, size_t len) {
 }
 
 void llep_test_kill_nodes(pid_t *pids, int n, const char *dir) {
-    char cmd[PATH_MAX + 16];
-
     for (int i = 0; i < n; i++)
-        if (pids[i] > 0) {
-            kill(pids[i], SIGKILL);
-            waitpid(pids[i], NULL, 0);
-            pids[i] = -1;
-        }
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
+        llep_test_kill(&pids[i]);
+    llep_test_rm_rf(dir);
 }

@@ -8,18 +8,41 @@
 
 #include "parse-number.h"
 
+/* A 64-bit parser (llep__parse_u64, llep__parse_size) and what it must make of some texts. */
+typedef int parse_fn(const char *s, uint64_t *ret);
+typedef struct valid_case {
+    const char *s;
+    uint64_t v;
+} valid_case;
+
+/* Each text parses to its value. */
+static void expect_valid(parse_fn *parse, const valid_case *cases, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = 42;
+        ck_assert_msg(parse(cases[i].s, &v) == 0, "%s", cases[i].s);
+        ck_assert_uint_eq(v, cases[i].v);
+    }
+}
+
+/* Each text, and NULL text or result, is refused with -EINVAL, the result untouched. */
+static void expect_invalid(parse_fn *parse, const char *const *bad, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = 42;
+        ck_assert_msg(parse(bad[i], &v) == -EINVAL, "'%s'", bad[i]);
+        ck_assert_uint_eq(v, 42);
+    }
+    ck_assert_int_eq(parse(NULL, &(uint64_t){0}), -EINVAL);
+    ck_assert_int_eq(parse("1", NULL), -EINVAL);
+}
+
 START_TEST(test_u64_valid) {
-    static const struct { const char *s; uint64_t v; } cases[] = {
+    static const valid_case cases[] = {
         { "0", 0 }, { "1", 1 }, { "007", 7 }, { "1024", 1024 },
         { "4294967296", 4294967296ull },
         { "18446744073709551615", UINT64_MAX },
         { "000000000000000000000000018446744073709551615", UINT64_MAX },
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        uint64_t v = 42;
-        ck_assert_msg(llep__parse_u64(cases[i].s, &v) == 0, "%s", cases[i].s);
-        ck_assert_uint_eq(v, cases[i].v);
-    }
+    expect_valid(llep__parse_u64, cases, sizeof(cases) / sizeof(cases[0]));
 }
 END_TEST
 
@@ -28,13 +51,7 @@ START_TEST(test_u64_invalid) {
         "", " 1", "1 ", "+1", "-1", "-0", "1x", "x1", "0x10", "1.0", "1e3", "1,000",
         "1\n", "\t1", "one", "18446744073709551615x", "99999999999999999999999y",
     };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        uint64_t v = 42;
-        ck_assert_msg(llep__parse_u64(bad[i], &v) == -EINVAL, "'%s'", bad[i]);
-        ck_assert_uint_eq(v, 42);
-    }
-    ck_assert_int_eq(llep__parse_u64(NULL, &(uint64_t){0}), -EINVAL);
-    ck_assert_int_eq(llep__parse_u64("1", NULL), -EINVAL);
+    expect_invalid(llep__parse_u64, bad, sizeof(bad) / sizeof(bad[0]));
 }
 END_TEST
 
@@ -130,7 +147,7 @@ START_TEST(test_double_keeps_errno) {
 END_TEST
 
 START_TEST(test_size_valid) {
-    static const struct { const char *s; uint64_t v; } cases[] = {
+    static const valid_case cases[] = {
         { "0", 0 }, { "64", 64 }, { "100B", 100 }, { "100b", 100 },
         { "1K", 1024 }, { "1k", 1024 }, { "512K", 512ull << 10 }, { "2KB", 2048 },
         { "3KiB", 3072 }, { "3kib", 3072 }, { "16M", 16ull << 20 }, { "16MiB", 16ull << 20 },
@@ -140,11 +157,7 @@ START_TEST(test_size_valid) {
         { "18446744073709551615", UINT64_MAX },
         { "18446744073709551615B", UINT64_MAX },
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        uint64_t v = 42;
-        ck_assert_msg(llep__parse_size(cases[i].s, &v) == 0, "%s", cases[i].s);
-        ck_assert_uint_eq(v, cases[i].v);
-    }
+    expect_valid(llep__parse_size, cases, sizeof(cases) / sizeof(cases[0]));
 }
 END_TEST
 
@@ -153,13 +166,7 @@ START_TEST(test_size_invalid) {
         "", "G", "B", "KiB", "1.5G", "16 G", " 16G", "16G ", "-1K", "+1K", "1P", "1E",
         "1KK", "1iB", "1Ki", "1KiBB", "1BB", "1GB2", "0x10", "1e3", "99999999999999999999999Q",
     };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        uint64_t v = 42;
-        ck_assert_msg(llep__parse_size(bad[i], &v) == -EINVAL, "'%s'", bad[i]);
-        ck_assert_uint_eq(v, 42);
-    }
-    ck_assert_int_eq(llep__parse_size(NULL, &(uint64_t){0}), -EINVAL);
-    ck_assert_int_eq(llep__parse_size("1", NULL), -EINVAL);
+    expect_invalid(llep__parse_size, bad, sizeof(bad) / sizeof(bad[0]));
 }
 END_TEST
 

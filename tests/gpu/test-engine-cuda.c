@@ -29,36 +29,15 @@
 #include "backend-cuda.h"
 #include "backend-select.h"
 #include "engine.h"
+#include "fixtures.h"
+#include "gpu-check.h"
 #include "moe-cpu.h"
 
-static int failures;
 /* The backend under test: CUDA, or the CPU backend for --self-test-cpu. */
 static const llep_backend_ops *under_test = &llep__backend_cuda;
 
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...) {
-    va_list ap;
 
-    va_start(ap, fmt);
-    fputs("FAIL: ", stdout);
-    vprintf(fmt, ap);
-    fputc('\n', stdout);
-    va_end(ap);
-    failures++;
-}
-
-static uint64_t rng_state = 99;
-
-static uint64_t rng(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rsym(void) {
-    return (float)((double)(rng() >> 11) / 4503599627370496.0 - 1.0);
-}
+static uint64_t rng_state = 99; /* splitmix64: rng_next, rng_sym (fixtures.h) */
 
 typedef struct tcase {
     uint32_t n, k, d, h, p;
@@ -112,12 +91,12 @@ static void make_case(tcase *c) {
         size_t n = (size_t)c->n * dh;
         c->w[i] = xmalloc(n * sizeof(float));
         for (size_t j = 0; j < n; j++)
-            c->w[i][j] = rsym() / sqrtf((float)(i == 2 ? c->h : c->d));
+            c->w[i][j] = rng_sym(&rng_state) / sqrtf((float)(i == 2 ? c->h : c->d));
         c->sw[i] = stored(c->w[i], n, c->dtype);
         size_t bn = (size_t)c->n * (i == 2 ? c->d : c->h);
         c->b[i] = xmalloc(bn * sizeof(float));
         for (size_t j = 0; j < bn; j++)
-            c->b[i][j] = c->biases ? rsym() * 0.3f : 0.0f;
+            c->b[i][j] = c->biases ? rng_sym(&rng_state) * 0.3f : 0.0f;
         c->sb[i] = c->biases ? stored(c->b[i], bn, c->dtype) : NULL;
     }
     c->tokens = xmalloc(c->p * sizeof(*c->tokens));
@@ -128,18 +107,18 @@ static void make_case(tcase *c) {
     c->ref = xmalloc(c->p * sizeof(*c->ref));
     for (uint32_t p = 0; p < c->p; p++) {
         /* Uneven batches, one of them empty. */
-        uint32_t t = p == 1 ? 0 : 100 + (uint32_t)(rng() % 400);
+        uint32_t t = p == 1 ? 0 : 100 + (uint32_t)(rng_next(&rng_state) % 400);
         c->tokens[p] = t;
         c->x[p] = xmalloc((size_t)t * c->d * sizeof(float));
         for (size_t i = 0; i < (size_t)t * c->d; i++)
-            c->x[p][i] = rsym() * 2;
+            c->x[p][i] = rng_sym(&rng_state) * 2;
         c->sx[p] = stored(c->x[p], (size_t)t * c->d, c->dtype);
         c->idx[p] = xmalloc((size_t)t * c->k * sizeof(int32_t));
         c->tw[p] = xmalloc((size_t)t * c->k * sizeof(float));
         for (size_t s = 0; s < (size_t)t * c->k; s++) {
-            int hot = (double)(rng() % 1000) < c->hot_share * 1000;
-            c->idx[p][s] = hot ? 0 : (int32_t)(rng() % c->n);
-            c->tw[p][s] = (rsym() + 1) / 2;
+            int hot = (double)(rng_next(&rng_state) % 1000) < c->hot_share * 1000;
+            c->idx[p][s] = hot ? 0 : (int32_t)(rng_next(&rng_state) % c->n);
+            c->tw[p][s] = (rng_sym(&rng_state) + 1) / 2;
         }
         /* A token that picks the same expert twice. */
         if (t > 0 && c->k > 1)
@@ -442,7 +421,7 @@ static uint64_t rows_case(const char *spec, uint32_t p, const char *want) {
     for (uint32_t d = 0; d < p; d++) {
         hsrc[d] = xmalloc(ROWS_PER_DEV * rb);
         for (size_t j = 0; j < ROWS_PER_DEV * ROWS_D; j++)
-            hsrc[d][j] = rsym();
+            hsrc[d][j] = rng_sym(&rng_state);
         if (ops->alloc(be, d, ROWS_PER_DEV * rb, &dsrc[d]) < 0 ||
             ops->copy(be, d, dsrc[d], hsrc[d], ROWS_PER_DEV * rb) < 0)
             fail("%s: device %u: source rows", name, d);
@@ -458,8 +437,8 @@ static uint64_t rows_case(const char *spec, uint32_t p, const char *want) {
         want_g[d] = xmalloc(n[d] * rb);
         got[d] = xmalloc(n[d] * rb);
         for (size_t i = 0; i < n[d]; i++) {
-            uint32_t s = (uint32_t)(rng() % p), row = (uint32_t)(rng() % ROWS_PER_DEV);
-            int host = rng() % 8 == 0;
+            uint32_t s = (uint32_t)(rng_next(&rng_state) % p), row = (uint32_t)(rng_next(&rng_state) % ROWS_PER_DEV);
+            int host = rng_next(&rng_state) % 8 == 0;
             srcs[d][i] = host ? (const void *)(hsrc[s] + (size_t)row * ROWS_D)
                               : (const void *)((const char *)dsrc[s] + row * rb);
             memcpy(want_g[d] + i * ROWS_D, hsrc[s] + (size_t)row * ROWS_D, rb);
@@ -498,10 +477,10 @@ static uint64_t rows_case(const char *spec, uint32_t p, const char *want) {
         y[d] = xmalloc((size_t)tokens * rb);
         ref[d] = xmalloc((size_t)tokens * rb);
         for (size_t i = 0; i < slots; i++) {
-            uint32_t s = (uint32_t)(rng() % p), row = (uint32_t)(rng() % ROWS_PER_DEV);
+            uint32_t s = (uint32_t)(rng_next(&rng_state) % p), row = (uint32_t)(rng_next(&rng_state) % ROWS_PER_DEV);
             dsl[d][i] = (const float *)dsrc[s] + (size_t)row * ROWS_D;
             hsl[i] = hsrc[s] + (size_t)row * ROWS_D;
-            w[d][i] = (rsym() + 1) / 2;
+            w[d][i] = (rng_sym(&rng_state) + 1) / 2;
         }
         llep_combine c = { .tokens = tokens, .top_k = ROWS_K, .hidden = ROWS_D,
                            .dtype = LLEP_DTYPE_F32, .topk_w = w[d], .src = dsl[d], .y = y[d] };
@@ -677,6 +656,5 @@ int main(int argc, char **argv) {
             run_case(&cx, mixed);
         }
     }
-    printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
-    return failures ? 1 : 0;
+    return finish();
 }

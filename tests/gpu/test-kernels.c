@@ -21,24 +21,14 @@
 #include <cuda_runtime_api.h>
 
 #include "backend-cuda.h"
+#include "fixtures.h"
+#include "gpu-check.h"
 #include "moe-cpu.h"
 #include "moe-cuda.h"
 
-static int failures;
 static FILE *json;
 static int self_test;  /* --self-test-cpu: "device" memory is host memory */
 
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...) {
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs("FAIL: ", stdout);
-    vprintf(fmt, ap);
-    fputc('\n', stdout);
-    va_end(ap);
-    failures++;
-}
 
 #define CUDA_OK(call)                                                                     \
     do {                                                                                  \
@@ -50,18 +40,7 @@ static void fail(const char *fmt, ...) {
         }                                                                                 \
     } while (0)
 
-static uint64_t rng_state = 12345;
-
-static uint64_t rng(void) {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rsym(void) {
-    return (float)((double)(rng() >> 11) / 4503599627370496.0 - 1.0);
-}
+static uint64_t rng_state = 12345; /* splitmix64: rng_next, rng_sym (fixtures.h) */
 
 static void *dev_copy(const void *host, size_t bytes) {
     void *d = NULL;
@@ -98,7 +77,7 @@ static void test_count(uint32_t n_experts, size_t n) {
     int32_t *idx = malloc(n * sizeof(*idx));
     uint64_t *want = calloc(n_experts, sizeof(*want));
     for (size_t i = 0; i < n; i++)
-        idx[i] = (int32_t)(rng() % 10 < 3 ? 0 : rng() % n_experts);
+        idx[i] = (int32_t)(rng_next(&rng_state) % 10 < 3 ? 0 : rng_next(&rng_state) % n_experts);
     llep__k_count_loads(idx, n, n_experts, want);
 
     int32_t *d_idx = dev_copy(idx, n * sizeof(*idx));
@@ -145,10 +124,10 @@ static void test_gather(size_t row_bytes, size_t rows, size_t n) {
     uint32_t *perm = malloc(n * sizeof(*perm));
     const void **hp = malloc(n * sizeof(*hp)), **dp = malloc(n * sizeof(*dp));
     for (size_t i = 0; i < rows * row_bytes; i++)
-        src[i] = (unsigned char)rng();
+        src[i] = (unsigned char)rng_next(&rng_state);
     unsigned char *d_src = dev_copy(src, rows * row_bytes);
     for (size_t i = 0; i < n; i++) {
-        perm[i] = (uint32_t)(rng() % rows);
+        perm[i] = (uint32_t)(rng_next(&rng_state) % rows);
         hp[i] = src + perm[i] * row_bytes;
         dp[i] = d_src + perm[i] * row_bytes;
     }
@@ -201,12 +180,12 @@ static void test_bias_act(enum llep_act act, enum llep_dtype bias_t, enum llep_d
     for (size_t i = 0; i < n; i++) {
         /* Mostly ordinary values, some far outside the clamps and the exp range. */
         float scale = i % 97 == 0 ? 500.0f : 8.0f;
-        g[i] = rsym() * scale;
-        u[i] = rsym() * scale;
+        g[i] = rng_sym(&rng_state) * scale;
+        u[i] = rng_sym(&rng_state) * scale;
     }
     for (size_t j = 0; j < h; j++) {
-        bg[j] = rsym();
-        bu[j] = rsym();
+        bg[j] = rng_sym(&rng_state);
+        bu[j] = rng_sym(&rng_state);
     }
     store(bgs, bg, h, bias_t);
     store(bus, bu, h, bias_t);
@@ -273,9 +252,9 @@ static void test_add_bias(enum llep_dtype t) {
     float *y = malloc(n * sizeof(float)), *b = malloc(cols * sizeof(float));
     void *bs = malloc(cols * 4);
     for (size_t i = 0; i < n; i++)
-        y[i] = rsym();
+        y[i] = rng_sym(&rng_state);
     for (size_t j = 0; j < cols; j++)
-        b[j] = rsym();
+        b[j] = rng_sym(&rng_state);
     store(bs, b, cols, t);
     if (t == LLEP_DTYPE_BF16)
         llep__bf16_to_f32_n(b, bs, cols);
@@ -306,15 +285,15 @@ static void test_combine(enum llep_dtype t) {
     const float **hp = malloc((size_t)tokens * k * sizeof(*hp));
     const float **dp = malloc((size_t)tokens * k * sizeof(*dp));
     for (size_t i = 0; i < (size_t)nrows * d; i++)
-        rows[i] = rsym() * 3;
+        rows[i] = rng_sym(&rng_state) * 3;
     float *drows = dev_copy(rows, (size_t)nrows * d * sizeof(float));
     for (size_t s = 0; s < (size_t)tokens * k; s++) {
         /* Now and then the same row twice in one token, as when top-k repeats an expert. */
         uint32_t r = s % k == 1 && s % 3 == 0 ? (uint32_t)((s - 1) % nrows)
-                                              : (uint32_t)(rng() % nrows);
+                                              : (uint32_t)(rng_next(&rng_state) % nrows);
         hp[s] = rows + (size_t)r * d;
         dp[s] = drows + (size_t)r * d;
-        w[s] = (rsym() + 1) / 2;
+        w[s] = (rng_sym(&rng_state) + 1) / 2;
     }
     size_t ybytes = (size_t)tokens * d * llep__dtype_size(t);
     void *want = malloc(ybytes);
@@ -359,7 +338,7 @@ static void test_convert(void) {
     float *f = malloc(n * sizeof(float));
     uint16_t *want = malloc(n * 2);
     for (size_t i = 0; i < n; i++)
-        f[i] = rsym() * (float)(1 << (i % 30));
+        f[i] = rng_sym(&rng_state) * (float)(1 << (i % 30));
     f[0] = NAN;
     f[1] = INFINITY;
     f[2] = -0.0f;
@@ -458,18 +437,18 @@ static void test_chunk(llep_backend *be, uint32_t rows, uint32_t d, uint32_t h,
     char *blk = calloc(1, blk_bytes);
     void *xs = malloc((size_t)rows * d * esz);
     for (size_t i = 0; i < dh; i++) {
-        wg[i] = rsym() / sqrtf((float)d);
-        wu[i] = rsym() / sqrtf((float)d);
-        wd[i] = rsym() / sqrtf((float)h);
+        wg[i] = rng_sym(&rng_state) / sqrtf((float)d);
+        wu[i] = rng_sym(&rng_state) / sqrtf((float)d);
+        wd[i] = rng_sym(&rng_state) / sqrtf((float)h);
     }
     for (size_t i = 0; i < (size_t)rows * d; i++)
-        x[i] = rsym() * 2;
+        x[i] = rng_sym(&rng_state) * 2;
     for (uint32_t j = 0; j < h; j++) {
-        bg[j] = rsym() * 0.5f;
-        bu[j] = rsym() * 0.5f;
+        bg[j] = rng_sym(&rng_state) * 0.5f;
+        bu[j] = rng_sym(&rng_state) * 0.5f;
     }
     for (uint32_t i = 0; i < d; i++)
-        bd[i] = rsym() * 0.5f;
+        bd[i] = rng_sym(&rng_state) * 0.5f;
     to_storage(wg, blk, dh, t);
     to_storage(wu, blk + off_up, dh, t);
     to_storage(wd, blk + off_down, dh, t);
@@ -720,6 +699,5 @@ chunks:;
         fprintf(json, "  {\"check\": \"summary\", \"failures\": %d}\n]\n", failures);
         fclose(json);
     }
-    printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
-    return failures ? 1 : 0;
+    return finish();
 }
