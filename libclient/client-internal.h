@@ -105,6 +105,9 @@ int llep__client_progress(llep_client *c, int64_t deadline_ms);
 int llep__client_request(llep_client *c, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
                          LlepPb__Frame **ret);
 
+/* A layer description from the wire into the API's struct (weight pointers NULL). */
+void llep__desc_from_proto(const LlepPb__LayerDesc *p, llep_layer_desc *d);
+
 /* The ticket with this id, or NULL. Pointers into the table last until a ticket is added or
  * removed. */
 llep_ticket *llep__ticket_find(llep_client *c, uint64_t id);

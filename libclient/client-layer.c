@@ -31,7 +31,7 @@ static void desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p) {
     p->group_timeout_ms = d->group_timeout_ms;
 }
 
-static void desc_from_proto(const LlepPb__LayerDesc *p, llep_layer_desc *d) {
+void llep__desc_from_proto(const LlepPb__LayerDesc *p, llep_layer_desc *d) {
     memset(d, 0, sizeof(*d));
     d->num_experts = p->num_experts;
     d->top_k = p->top_k;
@@ -195,7 +195,7 @@ LLEP_EXTERN int llep_layer_create(llep_client *c, const char *name, const llep_l
     }
     l->client = c;
     l->id = lr->layer_id;
-    desc_from_proto(lr->desc, &l->desc);
+    llep__desc_from_proto(lr->desc, &l->desc);
     l->elem_size = l->desc.dtype == LLEP_DTYPE_BF16 ? 2 : 4;
     l->next = c->layers;
     if (c->layers)

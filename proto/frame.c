@@ -276,6 +276,7 @@ int llep__status_to_errno(LlepPb__Status status) {
     case LLEP_PB__STATUS__STATUS_TIMED_OUT: return -ETIMEDOUT;
     case LLEP_PB__STATUS__STATUS_SHUTTING_DOWN: return -ESHUTDOWN;
     case LLEP_PB__STATUS__STATUS_INTERNAL: return -EIO;
+    case LLEP_PB__STATUS__STATUS_BUSY: return -EBUSY;
     default: return -EPROTO;  /* a status from a newer peer, or garbage */
     }
 }
@@ -295,8 +296,23 @@ LlepPb__Status llep__status_from_errno(int err) {
     case EPERM: case EACCES: return LLEP_PB__STATUS__STATUS_PERMISSION;
     case ETIMEDOUT: return LLEP_PB__STATUS__STATUS_TIMED_OUT;
     case ESHUTDOWN: return LLEP_PB__STATUS__STATUS_SHUTTING_DOWN;
+    case EBUSY: return LLEP_PB__STATUS__STATUS_BUSY;
     default: return LLEP_PB__STATUS__STATUS_INTERNAL;
     }
+}
+
+int llep__frame_check_model_name(const char *name, char *err, size_t errlen) {
+    int r = llep__frame_check_name(name, err, errlen);
+
+    if (r < 0)
+        return r;
+    if (strlen(name) > LLEP_MODEL_NAME_MAX)
+        return llep__errf(err, errlen, -EINVAL, "model name longer than %u bytes",
+                          LLEP_MODEL_NAME_MAX);
+    if (strchr(name, '/'))
+        return llep__errf(err, errlen, -EINVAL, "model name '%s' has a '/': its layers are "
+                          "named MODEL/INDEX", name);
+    return 0;
 }
 
 int llep__frame_check_name(const char *name, char *err, size_t errlen) {

@@ -111,4 +111,9 @@ LlepPb__Status llep__status_from_errno(int err);
 #define LLEP_NAME_MAX 128u
 int llep__frame_check_name(const char *name, char *err, size_t errlen);
 
+/* A model name: a layer name of at most LLEP_MODEL_NAME_MAX bytes without '/', since model
+ * NAME's layers are named NAME/0, NAME/1, ... Returns 0 or -EINVAL. */
+#define LLEP_MODEL_NAME_MAX 64u
+int llep__frame_check_model_name(const char *name, char *err, size_t errlen);
+
 #endif

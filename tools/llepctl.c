@@ -17,163 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
+#include "llepctl.h"
 #include "config.h"
 #include "conn.h"
 #include "llep-config.h"
 #include "plan-print.h"
 #include "plan.h"
-
-#define EXIT_DAEMON 1
-#define EXIT_USAGE 2
-#define BAR_WIDTH 40
-
-static const char *prog = "llepctl";
-
-typedef struct ctl {
-    llep_conn conn;
-    bool connected;
-    const char *socket_path;      /* NULL: the default */
-    bool json;
-    char err[512];
-} ctl;
-
-static void frame_freep(LlepPb__Frame **f) {
-    llep__frame_free(*f);
-}
-#define _cleanup_frame_ __attribute__((cleanup(frame_freep)))
-
-/* A bad command line: the message, the hint to --help, and EXIT_USAGE. */
-#define usage_error(...) llep__cli_fail(prog, 1, EXIT_USAGE, __VA_ARGS__)
-
-/* llepd refused or could not be reached: the message and EXIT_DAEMON. */
-#define daemon_error(...) llep__cli_fail(prog, 0, EXIT_DAEMON, __VA_ARGS__)
-
-/* Sends one request and checks its reply. Returns 0 with the reply, or prints llepd's message
- * and returns EXIT_DAEMON. */
-static int request(ctl *x, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
-                   LlepPb__Frame **ret) {
-    LlepPb__Frame *reply = NULL;
-    int r;
-
-    if (!x->connected) {
-        r = llep__conn_open(&x->conn, x->socket_path, LLEP_PB__PEER_KIND__PEER_KIND_CTL, prog,
-                            10000, x->err, sizeof(x->err));
-        if (r < 0)
-            return daemon_error("%s", x->err);
-        x->connected = true;
-    }
-    r = llep__conn_request(&x->conn, req, -1, NULL, NULL, &reply, x->err, sizeof(x->err));
-    if (r < 0)
-        return daemon_error("%s", x->err);
-    r = llep__conn_reply_check(reply, expected, x->err, sizeof(x->err));
-    if (r < 0) {
-        llep__frame_free(reply);
-        return daemon_error("%s", x->err);
-    }
-    *ret = reply;
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Output helpers. */
-
-/* A JSON string, escaped as RFC 8259 asks. */
-static void json_str(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
-}
-
-/* A JSON number; JSON has no NaN or infinity, so those become null. */
-static void json_double(double v) {
-    if (isfinite(v))
-        printf("%.6g", v);
-    else
-        fputs("null", stdout);
-}
-
-static void json_u64_array(const uint64_t *v, size_t n) {
-    putchar('[');
-    for (size_t i = 0; i < n; i++)
-        printf("%s%" PRIu64, i ? ", " : "", v[i]);
-    putchar(']');
-}
-
-/* 1536 -> "1.5 KiB". */
-static const char *fmt_bytes(uint64_t v, char *buf, size_t len) {
-    static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
-    double d = (double)v;
-    int u = 0;
-
-    while (d >= 1024 && u < 5) {
-        d /= 1024;
-        u++;
-    }
-    if (u == 0)
-        snprintf(buf, len, "%" PRIu64 " B", v);
-    else
-        snprintf(buf, len, "%.1f %s", d, unit[u]);
-    return buf;
-}
-
-/* Microseconds as "850 us", "12.3 ms", "4.2 s". */
-static const char *fmt_us(uint64_t us, char *buf, size_t len) {
-    if (us < 1000)
-        snprintf(buf, len, "%" PRIu64 " us", us);
-    else if (us < 1000000)
-        snprintf(buf, len, "%.1f ms", us / 1e3);
-    else
-        snprintf(buf, len, "%.1f s", us / 1e6);
-    return buf;
-}
-
-static const char *fmt_uptime(uint64_t us, char *buf, size_t len) {
-    uint64_t s = us / 1000000;
-
-    if (s >= 86400)
-        snprintf(buf, len, "%" PRIu64 "d %02" PRIu64 "h %02" PRIu64 "m", s / 86400,
-                 s % 86400 / 3600, s % 3600 / 60);
-    else if (s >= 3600)
-        snprintf(buf, len, "%" PRIu64 "h %02" PRIu64 "m %02" PRIu64 "s", s / 3600,
-                 s % 3600 / 60, s % 60);
-    else
-        snprintf(buf, len, "%" PRIu64 "m %02" PRIu64 "s", s / 60, s % 60);
-    return buf;
-}
-
-static void bar(uint64_t v, uint64_t max) {
-    int n = max ? (int)((long double)v * BAR_WIDTH / max + 0.5L) : 0;
-
-    if (v > 0 && n == 0)
-        n = 1; /* any load shows at least a sliver */
-    for (int i = 0; i < n; i++)
-        putchar('#');
-}
-
-static const char *backend_name(LlepPb__Backend b) {
-    return b == LLEP_PB__BACKEND__BACKEND_CPU ? "cpu" : b == LLEP_PB__BACKEND__BACKEND_CUDA ? "cuda"
-                                                                                       : "auto";
-}
-
-static const char *dtype_name(LlepPb__DType d) {
-    return d == LLEP_PB__DTYPE__DTYPE_BF16 ? "bf16" : "f32";
-}
-
-static const char *act_name(LlepPb__Activation a) {
-    return a == LLEP_PB__ACTIVATION__ACT_SWIGLU_OAI ? "swiglu_oai" : "swiglu";
-}
-
-static const char *scope_name(LlepPb__Scope s) {
-    return s == LLEP_PB__SCOPE__SCOPE_CLUSTER ? "cluster" : "node";
-}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Verbs. Each gets the arguments after the verb, already counted against the table. */
@@ -188,25 +37,25 @@ static int verb_status(ctl *x, char **argv) {
 
     req.body_case = LLEP_PB__FRAME__BODY_STATUS;
     req.status = &sr;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_STATUS_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_STATUS_REPLY, &reply);
     if (r)
         return r;
     s = reply->status_reply;
     if (x->json) {
         fputs("{\"daemon_version\": ", stdout);
-        json_str(s->daemon_version);
+        ctl_json_str(s->daemon_version);
         printf(", \"protocol_version\": %" PRIu32 ", \"pid\": %" PRIu32
                ", \"uptime_us\": %" PRIu64 ", \"backend\": \"%s\", \"devices\": %" PRIu32
                ", \"clients\": %" PRIu32 ", \"layers\": %" PRIu32 ", \"draining\": %s}\n",
-               s->protocol_version, s->pid, s->uptime_us, backend_name(s->backend), s->devices,
+               s->protocol_version, s->pid, s->uptime_us, ctl_backend_name(s->backend), s->devices,
                s->clients, s->layers, s->draining ? "true" : "false");
         return 0;
     }
     printf("llepd %s (protocol %" PRIu32 "), pid %" PRIu32 "\n", s->daemon_version,
            s->protocol_version, s->pid);
     printf("  state     %s\n", s->draining ? "draining" : "serving");
-    printf("  uptime    %s\n", fmt_uptime(s->uptime_us, buf, sizeof(buf)));
-    printf("  backend   %s\n", backend_name(s->backend));
+    printf("  uptime    %s\n", ctl_fmt_uptime(s->uptime_us, buf, sizeof(buf)));
+    printf("  backend   %s\n", ctl_backend_name(s->backend));
     printf("  devices   %" PRIu32 "\n", s->devices);
     printf("  clients   %" PRIu32 "\n", s->clients);
     printf("  layers    %" PRIu32 "\n", s->layers);
@@ -219,7 +68,7 @@ static void devices_json(const LlepPb__DevicesReply *d) {
         const LlepPb__DeviceInfo *v = d->devices[i];
 
         printf("%s{\"index\": %" PRIu32 ", \"name\": ", i ? ", " : "", v->index);
-        json_str(v->name);
+        ctl_json_str(v->name);
         printf(", \"memory_budget\": %" PRIu64 ", \"memory_used\": %" PRIu64
                ", \"memory_peak\": %" PRIu64 ", \"last_step_tokens\": %" PRIu64
                ", \"last_step_busy_ns\": %" PRIu64 ", \"foreign_experts\": [",
@@ -243,7 +92,7 @@ static int verb_devices(ctl *x, char **argv) {
 
     req.body_case = LLEP_PB__FRAME__BODY_DEVICES;
     req.devices = &dr;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_DEVICES_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_DEVICES_REPLY, &reply);
     if (r)
         return r;
     d = reply->devices_reply;
@@ -257,10 +106,10 @@ static int verb_devices(ctl *x, char **argv) {
         const LlepPb__DeviceInfo *v = d->devices[i];
 
         printf("%-6" PRIu32 " %-20s %12s %12s %12s %12" PRIu64 " %12s  ", v->index, v->name,
-               v->memory_budget ? fmt_bytes(v->memory_budget, b1, sizeof(b1)) : "-",
-               fmt_bytes(v->memory_used, b2, sizeof(b2)),
-               fmt_bytes(v->memory_peak, b3, sizeof(b3)), v->last_step_tokens,
-               fmt_us(v->last_step_busy_ns / 1000, b4, sizeof(b4)));
+               v->memory_budget ? ctl_fmt_bytes(v->memory_budget, b1, sizeof(b1)) : "-",
+               ctl_fmt_bytes(v->memory_used, b2, sizeof(b2)),
+               ctl_fmt_bytes(v->memory_peak, b3, sizeof(b3)), v->last_step_tokens,
+               ctl_fmt_us(v->last_step_busy_ns / 1000, b4, sizeof(b4)));
         if (v->n_foreign_experts == 0)
             fputs("-", stdout);
         for (size_t k = 0; k < v->n_foreign_experts; k++)
@@ -280,7 +129,7 @@ static int get_layers(ctl *x, LlepPb__Frame **ret) {
 
     req.body_case = LLEP_PB__FRAME__BODY_LAYERS;
     req.layers = &lr;
-    return request(x, &req, LLEP_PB__FRAME__BODY_LAYERS_REPLY, ret);
+    return ctl_request(x, &req, LLEP_PB__FRAME__BODY_LAYERS_REPLY, ret);
 }
 
 static void layer_json(const LlepPb__LayerInfo *l) {
@@ -290,26 +139,26 @@ static void layer_json(const LlepPb__LayerInfo *l) {
     if (!d)
         d = &none;
     printf("{\"layer_id\": %" PRIu32 ", \"name\": ", l->layer_id);
-    json_str(l->name);
+    ctl_json_str(l->name);
     printf(", \"num_experts\": %" PRIu32 ", \"top_k\": %" PRIu32 ", \"hidden\": %" PRIu32
            ", \"inter\": %" PRIu32 ", \"dtype\": \"%s\", \"act\": \"%s\", \"policy\": \"%s\""
            ", \"alpha\": ", d->num_experts, d->top_k, d->hidden, d->inter,
-           dtype_name(d->dtype), act_name(d->act), llep__policy_name((int)d->policy));
-    json_double(d->alpha);
+           ctl_dtype_name(d->dtype), ctl_act_name(d->act), llep__policy_name((int)d->policy));
+    ctl_json_double(d->alpha);
     fputs(", \"lambda\": ", stdout);
-    json_double(d->lambda);
+    ctl_json_double(d->lambda);
     printf(", \"min_tokens\": %" PRIu32 ", \"group\": %" PRIu32 ", \"scope\": \"%s\""
            ", \"refs\": %" PRIu32 ", \"steps\": %" PRIu64 ", \"weight_bytes\": %" PRIu64,
-           d->min_tokens, d->group, scope_name(d->scope), l->refs, l->steps, l->weight_bytes);
+           d->min_tokens, d->group, ctl_scope_name(d->scope), l->refs, l->steps, l->weight_bytes);
     if (l->nodes) {
         printf(", \"nodes\": %" PRIu32 ", \"origin\": %" PRIu32 ", \"internode_rows\": %" PRIu64
                ", \"internode_bytes\": %" PRIu64 ", \"internode_weights\": %" PRIu32
                ", \"failed_steps\": %" PRIu64 ", \"communicator_steps\": %" PRIu64
                ", \"cluster_state\": ", l->nodes, l->origin, l->internode_rows,
                l->internode_bytes, l->internode_weights, l->failed_steps, l->communicator_steps);
-        json_str(l->cluster_state ? l->cluster_state : "");
+        ctl_json_str(l->cluster_state ? l->cluster_state : "");
         fputs(", \"internode_transport\": ", stdout);
-        json_str(l->internode_transport ? l->internode_transport : "");
+        ctl_json_str(l->internode_transport ? l->internode_transport : "");
     }
     putchar('}');
 }
@@ -349,9 +198,9 @@ static int verb_layers(ctl *x, char **argv) {
                " %-5s %-10s %-6s %6.3g %6.3g %8" PRIu32 " %5" PRIu32 " %4" PRIu32 " %8" PRIu64
                " %10s\n",
                l->layer_id, l->name, d->num_experts, d->top_k, d->hidden, d->inter,
-               dtype_name(d->dtype), act_name(d->act), llep__policy_name((int)d->policy),
+               ctl_dtype_name(d->dtype), ctl_act_name(d->act), llep__policy_name((int)d->policy),
                (double)d->alpha, (double)d->lambda, d->min_tokens, d->group, l->refs, l->steps,
-               fmt_bytes(l->weight_bytes, b, sizeof(b)));
+               ctl_fmt_bytes(l->weight_bytes, b, sizeof(b)));
     }
     for (size_t i = 0; i < ls->n_layers; i++) {
         const LlepPb__LayerInfo *l = ls->layers[i];
@@ -362,7 +211,7 @@ static int verb_layers(ctl *x, char **argv) {
                " failed steps\n", l->name, l->nodes, l->origin,
                l->cluster_state && l->cluster_state[0] ? l->cluster_state : "?",
                l->internode_rows, l->internode_weights,
-               fmt_bytes(l->internode_bytes, b, sizeof(b)), l->failed_steps);
+               ctl_fmt_bytes(l->internode_bytes, b, sizeof(b)), l->failed_steps);
         printf("  between nodes over %s; %" PRIu64 " steps over the communicator\n",
                l->internode_transport && l->internode_transport[0] ? l->internode_transport
                                                                    : "peer links",
@@ -382,15 +231,15 @@ static int verb_experts(ctl *x, char **argv) {
     er.layer = argv[0];
     req.body_case = LLEP_PB__FRAME__BODY_EXPERTS;
     req.experts = &er;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_EXPERTS_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_EXPERTS_REPLY, &reply);
     if (r)
         return r;
     e = reply->experts_reply;
     if (x->json) {
         fputs("{\"layer\": ", stdout);
-        json_str(e->layer);
+        ctl_json_str(e->layer);
         printf(", \"steps\": %" PRIu32 ", \"loads\": ", e->steps);
-        json_u64_array(e->loads, e->n_loads);
+        ctl_json_u64_array(e->loads, e->n_loads);
         /* Before the first step there are no last loads: zeros, one per expert as always. */
         fputs(", \"last_loads\": [", stdout);
         for (size_t i = 0; i < e->n_loads; i++)
@@ -409,7 +258,7 @@ static int verb_experts(ctl *x, char **argv) {
         printf("%6zu %12" PRIu64 " %5.1f%% %10" PRIu64 "  ", i, e->loads[i],
                total ? 100.0 * (double)e->loads[i] / (double)total : 0.0,
                i < e->n_last_loads ? e->last_loads[i] : 0);
-        bar(e->loads[i], max);
+        ctl_bar(e->loads[i], max);
         putchar('\n');
     }
     if (total)
@@ -505,7 +354,7 @@ static int verb_plan(ctl *x, char **argv) {
     pr.layer = argv[0];
     req.body_case = LLEP_PB__FRAME__BODY_PLAN;
     req.plan = &pr;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_PLAN_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_PLAN_REPLY, &reply);
     if (r)
         return r;
     pl = reply->plan_reply;
@@ -547,29 +396,29 @@ static void stats_json(const LlepPb__StatsReply *s) {
            ", \"device_peak_memory\": ",
            s->steps, s->ep_steps, s->llep_steps, s->latency_p50_us, s->latency_p99_us,
            s->weight_bytes_moved, s->token_bytes_moved);
-    json_u64_array(s->device_peak_memory, s->n_device_peak_memory);
+    ctl_json_u64_array(s->device_peak_memory, s->n_device_peak_memory);
     fputs(", \"layers\": [", stdout);
     for (size_t i = 0; i < s->n_layers; i++) {
         const LlepPb__LayerStats *l = s->layers[i];
 
         printf("%s{\"layer_id\": %" PRIu32 ", \"name\": ", i ? ", " : "", l->layer_id);
-        json_str(l->name);
+        ctl_json_str(l->name);
         printf(", \"steps\": %" PRIu64 ", \"ep_steps\": %" PRIu64 ", \"llep_steps\": %" PRIu64
                ", \"imbalance_last\": ", l->steps, l->ep_steps, l->llep_steps);
-        json_double(l->imbalance_last);
+        ctl_json_double(l->imbalance_last);
         fputs(", \"imbalance_mean\": ", stdout);
-        json_double(l->imbalance_mean);
+        ctl_json_double(l->imbalance_mean);
         fputs(", \"imbalance_max\": ", stdout);
-        json_double(l->imbalance_max);
+        ctl_json_double(l->imbalance_max);
         printf(", \"latency_p50_us\": %" PRIu64 ", \"latency_p99_us\": %" PRIu64
                ", \"tokens\": %" PRIu64 ", \"weight_bytes_moved\": %" PRIu64
                ", \"token_bytes_moved\": %" PRIu64 ", \"makespan_mean_us\": %" PRIu64
                ", \"balance_mean\": ",
                l->latency_p50_us, l->latency_p99_us, l->tokens, l->weight_bytes_moved,
                l->token_bytes_moved, l->makespan_mean_us);
-        json_double(l->balance_mean);
+        ctl_json_double(l->balance_mean);
         fputs(", \"device_peak_memory\": ", stdout);
-        json_u64_array(l->device_peak_memory, l->n_device_peak_memory);
+        ctl_json_u64_array(l->device_peak_memory, l->n_device_peak_memory);
         fputs("}", stdout);
     }
     fputs("]}\n", stdout);
@@ -585,7 +434,7 @@ static int verb_stats(ctl *x, char **argv) {
 
     req.body_case = LLEP_PB__FRAME__BODY_STATS;
     req.stats = &sr;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_STATS_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_STATS_REPLY, &reply);
     if (r)
         return r;
     s = reply->stats_reply;
@@ -595,14 +444,14 @@ static int verb_stats(ctl *x, char **argv) {
     }
     printf("steps          %" PRIu64 " (EP %" PRIu64 ", LLEP %" PRIu64 ")\n", s->steps,
            s->ep_steps, s->llep_steps);
-    printf("step latency   p50 %s, p99 %s\n", fmt_us(s->latency_p50_us, b1, sizeof(b1)),
-           fmt_us(s->latency_p99_us, b2, sizeof(b2)));
+    printf("step latency   p50 %s, p99 %s\n", ctl_fmt_us(s->latency_p50_us, b1, sizeof(b1)),
+           ctl_fmt_us(s->latency_p99_us, b2, sizeof(b2)));
     printf("bytes moved    weights %s, tokens %s\n",
-           fmt_bytes(s->weight_bytes_moved, b1, sizeof(b1)),
-           fmt_bytes(s->token_bytes_moved, b2, sizeof(b2)));
+           ctl_fmt_bytes(s->weight_bytes_moved, b1, sizeof(b1)),
+           ctl_fmt_bytes(s->token_bytes_moved, b2, sizeof(b2)));
     printf("peak memory   ");
     for (size_t i = 0; i < s->n_device_peak_memory; i++)
-        printf(" %zu: %s%s", i, fmt_bytes(s->device_peak_memory[i], b1, sizeof(b1)),
+        printf(" %zu: %s%s", i, ctl_fmt_bytes(s->device_peak_memory[i], b1, sizeof(b1)),
                i + 1 < s->n_device_peak_memory ? "," : "");
     printf("%s\n", s->n_device_peak_memory ? "" : " -");
     if (s->n_layers == 0)
@@ -617,10 +466,10 @@ static int verb_stats(ctl *x, char **argv) {
         printf("%-4" PRIu32 " %-16s %6" PRIu64 " %6" PRIu64 " %6" PRIu64 " %9.3f %10s %8.3f"
                " %10s %10s %10s\n",
                l->layer_id, l->name, l->steps, l->ep_steps, l->llep_steps, l->imbalance_mean,
-               fmt_us(l->makespan_mean_us, b1, sizeof(b1)), l->balance_mean,
-               fmt_us(l->latency_p50_us, b2, sizeof(b2)),
-               fmt_us(l->latency_p99_us, b3, sizeof(b3)),
-               fmt_bytes(l->weight_bytes_moved, b4, sizeof(b4)));
+               ctl_fmt_us(l->makespan_mean_us, b1, sizeof(b1)), l->balance_mean,
+               ctl_fmt_us(l->latency_p50_us, b2, sizeof(b2)),
+               ctl_fmt_us(l->latency_p99_us, b3, sizeof(b3)),
+               ctl_fmt_bytes(l->weight_bytes_moved, b4, sizeof(b4)));
     }
     printf("\npeak memory per device\n");
     for (size_t i = 0; i < s->n_layers; i++) {
@@ -628,7 +477,7 @@ static int verb_stats(ctl *x, char **argv) {
 
         printf("  %-16s", l->name);
         for (size_t d = 0; d < l->n_device_peak_memory; d++)
-            printf(" %10s", fmt_bytes(l->device_peak_memory[d], b1, sizeof(b1)));
+            printf(" %10s", ctl_fmt_bytes(l->device_peak_memory[d], b1, sizeof(b1)));
         printf("\n");
     }
     return 0;
@@ -657,19 +506,19 @@ static int verb_set(ctl *x, char **argv) {
     sr.value = eq + 1;
     req.body_case = LLEP_PB__FRAME__BODY_SET;
     req.set = &sr;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_SET_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_SET_REPLY, &reply);
     if (r)
         return r;
     if (x->json) {
         fputs("{\"layer\": ", stdout);
         if (layer)
-            json_str(layer);
+            ctl_json_str(layer);
         else
             fputs("null", stdout);
         fputs(", \"key\": ", stdout);
-        json_str(key);
+        ctl_json_str(key);
         fputs(", \"value\": ", stdout);
-        json_str(reply->set_reply->value);
+        ctl_json_str(reply->set_reply->value);
         fputs("}\n", stdout);
     } else if (layer)
         printf("%s of layer %s is now %s\n", key, layer, reply->set_reply->value);
@@ -687,7 +536,7 @@ static int verb_drain(ctl *x, char **argv) {
 
     req.body_case = LLEP_PB__FRAME__BODY_DRAIN;
     req.drain = &dr;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_DRAIN_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_DRAIN_REPLY, &reply);
     if (r)
         return r;
     d = reply->drain_reply;
@@ -714,7 +563,7 @@ static void peers_json(const LlepPb__PeersReply *p) {
     printf("{\"clustered\": %s", p->clustered ? "true" : "false");
     if (p->clustered) {
         printf(", \"node_id\": %" PRIu32 ", \"listen_address\": ", p->node_id);
-        json_str(p->listen_address);
+        ctl_json_str(p->listen_address);
         printf(", \"heartbeat_ms\": %" PRIu32 ", \"timeout_ms\": %" PRIu32
                ", \"authenticated\": %s", p->heartbeat_ms, p->timeout_ms,
                p->authenticated ? "true" : "false");
@@ -724,7 +573,7 @@ static void peers_json(const LlepPb__PeersReply *p) {
         const LlepPb__PeerInfo *v = p->peers[i];
 
         printf("%s{\"node_id\": %" PRIu32 ", \"address\": ", i ? ", " : "", v->node_id);
-        json_str(v->address);
+        ctl_json_str(v->address);
         printf(", \"state\": \"%s\", \"outgoing\": %s, \"rtt_last_ns\": %" PRIu64
                ", \"rtt_smoothed_ns\": %" PRIu64 ", \"bytes_sent\": %" PRIu64
                ", \"bytes_received\": %" PRIu64 ", \"last_seen_us\": ",
@@ -736,7 +585,7 @@ static void peers_json(const LlepPb__PeersReply *p) {
             fputs("null", stdout);
         printf(", \"state_us\": %" PRIu64 ", \"links_up\": %" PRIu32 ", \"last_error\": ",
                v->state_us, v->links_up);
-        json_str(v->last_error);
+        ctl_json_str(v->last_error);
         putchar('}');
     }
     fputs("]}\n", stdout);
@@ -753,7 +602,7 @@ static int verb_peers(ctl *x, char **argv) {
     (void)argv;
     req.body_case = LLEP_PB__FRAME__BODY_PEERS;
     req.peers = &pr;
-    r = request(x, &req, LLEP_PB__FRAME__BODY_PEERS_REPLY, &reply);
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_PEERS_REPLY, &reply);
     if (r)
         return r;
     p = reply->peers_reply;
@@ -775,11 +624,11 @@ static int verb_peers(ctl *x, char **argv) {
 
         printf("%-5" PRIu32 " %-24s %-10s %10s %10s %10s %10s %10s  %s\n", v->node_id,
                v->address, peer_state_name(v->state),
-               v->rtt_last_ns ? fmt_us(v->rtt_last_ns / 1000, b1, sizeof(b1)) : "-",
-               v->rtt_smoothed_ns ? fmt_us(v->rtt_smoothed_ns / 1000, b2, sizeof(b2)) : "-",
-               fmt_bytes(v->bytes_sent, b3, sizeof(b3)),
-               fmt_bytes(v->bytes_received, b4, sizeof(b4)),
-               v->seen ? fmt_us(v->last_seen_us, b5, sizeof(b5)) : "never",
+               v->rtt_last_ns ? ctl_fmt_us(v->rtt_last_ns / 1000, b1, sizeof(b1)) : "-",
+               v->rtt_smoothed_ns ? ctl_fmt_us(v->rtt_smoothed_ns / 1000, b2, sizeof(b2)) : "-",
+               ctl_fmt_bytes(v->bytes_sent, b3, sizeof(b3)),
+               ctl_fmt_bytes(v->bytes_received, b4, sizeof(b4)),
+               v->seen ? ctl_fmt_us(v->last_seen_us, b5, sizeof(b5)) : "never",
                v->last_error && v->last_error[0] ? v->last_error : "-");
     }
     return 0;
@@ -806,11 +655,17 @@ static const verb verbs[] = {
       "set alpha, lambda, min_tokens, policy or scale_min_tokens (of LAYER, else the default)", verb_set },
     { "drain", 0, 0, "", "finish the running steps, refuse new work", verb_drain },
     { "peers", 0, 0, "", "cluster peers: state, round trip, bytes, last seen", verb_peers },
+    { "load", 2, 2, "NAME DIR", "load a model's MoE layers from a checkpoint directory",
+      ctl_verb_load },
+    { "unload", 1, 1, "NAME", "unload a model (refused while clients hold its layers)",
+      ctl_verb_unload },
+    { "models", 0, 0, "", "loaded models: type, layers, shape, references, load time",
+      ctl_verb_models },
 };
 
 static void help(void) {
     printf("Usage: %s [--socket PATH] [--json] VERB [ARG]...\n"
-           "Inspect and tune a running llepd.\n\nVerbs:\n", prog);
+           "Inspect and tune a running llepd.\n\nVerbs:\n", LLEPCTL_PROG);
     for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
         printf("  %-8s %-18s %s\n", verbs[i].name, verbs[i].args, verbs[i].help);
     printf("\nOptions:\n"
@@ -849,10 +704,10 @@ int main(int argc, char **argv) {
             help();
             return 0;
         case 'V':
-            printf("%s %s\n", prog, LLEP_VERSION);
+            printf("%s %s\n", LLEPCTL_PROG, LLEP_VERSION);
             return 0;
         default:
-            fprintf(stderr, "Try '%s --help'.\n", prog);
+            fprintf(stderr, "Try '%s --help'.\n", LLEPCTL_PROG);
             return EXIT_USAGE;
         }
     }

@@ -121,6 +121,43 @@ LLEP_EXTERN int llep_layer_get_desc(const llep_layer *l, llep_layer_desc *ret);
 /* The client a layer handle belongs to (for llep_wait() and llep_client_error()). */
 LLEP_EXTERN llep_client *llep_layer_client(const llep_layer *l);
 
+/* ---- models ----------------------------------------------------------------------------
+ * A model is a named, ordered set of MoE layers that llepd loads itself from a checkpoint
+ * directory on its machine (Hugging Face layout: config.json and *.safetensors; the families
+ * and dtypes are listed in llepd(8), MODELS). MoE layer i of model NAME is the layer
+ * "NAME/i": clients attach to it without sending weights, and use it as any layer. */
+
+/* What a loaded model is: num_layers MoE layers, each of the shape in desc (N, K, D, H, dtype,
+ * activation; weight pointers NULL, policy fields as the daemon applies them), from a
+ * checkpoint of model_type ("mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss", ...). */
+typedef struct llep_model_info {
+    uint32_t num_layers;
+    llep_layer_desc desc;
+    int bias;                      /* the layers have expert biases */
+    char model_type[32];
+} llep_model_info;
+
+/* Asks llepd to load the checkpoint at path (as llepd sees it; a relative path is made
+ * absolute here) as model `name` (1 to 64 bytes of printable ASCII without blanks or '/').
+ * Blocks until every layer is ready. Needs llepd's admin rights (root or group llep).
+ * Returns 0, or -EEXIST (the name is taken), -ENOENT / -EINVAL (no such checkpoint, a bad
+ * one: the daemon's message names the file and tensor), -ENOMEM (the devices cannot hold
+ * it), -EPERM, ... with the reason in llep_client_error(). */
+LLEP_EXTERN int llep_model_load(llep_client *c, const char *name, const char *path);
+
+/* Unloads model `name`. -EBUSY while any client holds one of its layers, -ENOENT when there
+ * is no such model. */
+LLEP_EXTERN int llep_model_unload(llep_client *c, const char *name);
+
+/* Fills *ret with model `name`'s shape. -ENOENT when llepd has no such model (yet). */
+LLEP_EXTERN int llep_model_get(llep_client *c, const char *name, llep_model_info *ret);
+
+/* Attaches to MoE layer `index` of model `model` (the layer "MODEL/INDEX"), as
+ * llep_layer_create(c, "MODEL/INDEX", NULL, ret) does. -ENOENT for a model or index llepd
+ * does not have. */
+LLEP_EXTERN int llep_model_layer(llep_client *c, const char *model, uint32_t index,
+                                 llep_layer **ret);
+
 /* Name of an error code returned by this library: llep_strerror(-EINVAL) is "invalid
  * argument". Codes it does not know give a generic text, never NULL. 0 is "success". */
 LLEP_EXTERN const char *llep_strerror(int err);
