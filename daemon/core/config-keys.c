@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,6 +186,42 @@ static int set_peer_secret_file(llep_config *c, const char *value) {
     return 0;
 }
 
+/* NAME=DIR: one more model to load at start. The name as llepd's protocol takes model names
+ * (printable ASCII without blanks or '/'); the directory absolute, since llepd's working
+ * directory is nobody's business. Each occurrence adds a model; a name given twice is an
+ * error. */
+static int set_model(llep_config *c, const char *value) {
+    const char *eq = strchr(value, '=');
+    size_t n = eq ? (size_t)(eq - value) : 0;
+
+    if (!eq || n == 0 || n > LLEP_CONFIG_MODEL_NAME_MAX)
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)value[i] <= 0x20 || (unsigned char)value[i] >= 0x7f ||
+            value[i] == '/')
+            return -EINVAL;
+    if (eq[1] != '/' || strlen(eq + 1) >= LLEP_CONFIG_MODEL_PATH_MAX) {
+        snprintf(c->detail, sizeof(c->detail), "the directory must be an absolute path of at "
+                 "most %u bytes", LLEP_CONFIG_MODEL_PATH_MAX - 1);
+        return -EINVAL;
+    }
+    for (uint32_t i = 0; i < c->nmodels; i++)
+        if (strlen(c->models[i].name) == n && strncmp(c->models[i].name, value, n) == 0) {
+            snprintf(c->detail, sizeof(c->detail), "model '%.*s' is given twice", (int)n,
+                     value);
+            return -EINVAL;
+        }
+    if (c->nmodels == LLEP_CONFIG_MAX_MODELS) {
+        snprintf(c->detail, sizeof(c->detail), "at most %u models", LLEP_CONFIG_MAX_MODELS);
+        return -EINVAL;
+    }
+    llep_model_spec *m = &c->models[c->nmodels++];
+    memcpy(m->name, value, n);
+    m->name[n] = '\0';
+    snprintf(m->path, sizeof(m->path), "%s", eq + 1);
+    return 0;
+}
+
 static int set_cluster_communicator(llep_config *c, const char *value) {
     if (strcmp(value, "auto") == 0)
         c->cluster_communicator_off = false;
@@ -230,6 +267,9 @@ const config_key llep__config_keys[] = {
     { "cluster-communicator", "auto|off", "auto or off",
       "cluster layers' data between nodes over NCCL on GPUs (auto) or the peer links (off)",
       set_cluster_communicator },
+    { "model", "NAME=DIR", "NAME=DIR: a model name (printable ASCII, no blanks or '/', at most "
+      "64 bytes) and its checkpoint directory",
+      "load the checkpoint in DIR as model NAME at start (repeat for more models)", set_model },
 };
 const size_t llep__config_num_keys = sizeof(llep__config_keys) / sizeof(llep__config_keys[0]);
 

@@ -71,6 +71,16 @@ typedef struct llep_peer_addr {
     uint16_t port;
 } llep_peer_addr;
 
+/* Models llepd loads at start (the `model` key, repeated: NAME=DIR). */
+#define LLEP_CONFIG_MAX_MODELS 32u
+#define LLEP_CONFIG_MODEL_NAME_MAX 64u     /* LLEP_MODEL_NAME_MAX of proto/frame.h */
+#define LLEP_CONFIG_MODEL_PATH_MAX 1024u
+
+typedef struct llep_model_spec {
+    char name[LLEP_CONFIG_MODEL_NAME_MAX + 1];
+    char path[LLEP_CONFIG_MODEL_PATH_MAX];   /* absolute */
+} llep_model_spec;
+
 /* Config files are a few lines; anything bigger is not one. */
 #define LLEP_CONFIG_FILE_MAX (1u << 20)
 
@@ -97,6 +107,8 @@ typedef struct llep_config {
     uint32_t peer_heartbeat_ms, peer_timeout_ms;
     char peer_secret_file[256];   /* "" : peer links unauthenticated */
     bool cluster_communicator_off; /* --cluster-communicator off */
+    llep_model_spec models[LLEP_CONFIG_MAX_MODELS];  /* in the order given */
+    uint32_t nmodels;
     char detail[160];             /* why the last value was bad, when "expected" is not enough */
     bool help, version;           /* --help / --version given: main() prints and exits */
 } llep_config;
