@@ -13,12 +13,15 @@ The rules, by folder (a quoted include names a header of that folder; <...> are 
 headers):
   daemon/core      core and include/llep only
   daemon/engine    core, engine, kernels/moe-cpu.h; no CUDA, libuv or protobuf
+  daemon/model     core and model (checkpoints read with libc and json-c); no CUDA, libuv or
+                   protobuf
   daemon/backends  core, engine, backends, kernels: the only folder with CUDA or NCCL headers
-  daemon/server    core, engine, proto, server, backend selection (backends/backend-select.h,
-                   backends/device-spec.h), kernels/moe-cpu.h; never cluster
+  daemon/server    core, engine, model, proto, server, backend selection
+                   (backends/backend-select.h, backends/device-spec.h), kernels/moe-cpu.h;
+                   never cluster
   daemon/cluster   core, engine, proto, server, cluster, backend selection, kernels/moe-cpu.h
-  tools            core, engine, backends, proto, libclient, kernels/moe-cpu.h, tools; never
-                   server or cluster
+  tools            core, engine, backends, model, proto, libclient, kernels/moe-cpu.h, tools;
+                   never server or cluster
   libclient        core, proto, libclient
   proto            proto, include/llep and core's error buffers (daemon/core/errbuf.h)
 Calls: a .c file may call a function of another .c file (a non-static function it defines)
@@ -34,8 +37,8 @@ import subprocess
 import sys
 import tempfile
 
-FOLDERS = ['daemon/core', 'daemon/engine', 'daemon/backends', 'daemon/server',
-           'daemon/cluster', 'kernels', 'proto', 'libclient', 'tools',
+FOLDERS = ['daemon/core', 'daemon/engine', 'daemon/model', 'daemon/backends',
+           'daemon/server', 'daemon/cluster', 'kernels', 'proto', 'libclient', 'tools',
            'include/llep']
 # Headers made at build time, and where they count as living.
 GENERATED = {'llep.pb-c.h': 'proto', 'llep-config.h': 'config'}
@@ -44,17 +47,19 @@ ALLOWED = {
     'daemon/core': {'daemon/core', 'include/llep', 'config'},
     'daemon/engine': {'daemon/core', 'daemon/engine', 'include/llep', 'config',
                       'kernels/moe-cpu.h'},
+    'daemon/model': {'daemon/core', 'daemon/model', 'include/llep', 'config'},
     'daemon/backends': {'daemon/core', 'daemon/engine', 'daemon/backends', 'include/llep',
                         'config', 'kernels'},
-    'daemon/server': {'daemon/core', 'daemon/engine', 'daemon/backends/backend-select.h',
+    'daemon/server': {'daemon/core', 'daemon/engine', 'daemon/model',
+                      'daemon/backends/backend-select.h',
                       'daemon/backends/device-spec.h', 'proto', 'daemon/server',
                       'include/llep', 'config', 'kernels/moe-cpu.h'},
     'daemon/cluster': {'daemon/core', 'daemon/engine', 'proto', 'daemon/server',
                        'daemon/cluster', 'daemon/backends/backend-select.h',
                        'daemon/backends/device-spec.h', 'include/llep', 'config',
                        'kernels/moe-cpu.h'},
-    'tools': {'daemon/core', 'daemon/engine', 'daemon/backends', 'proto', 'libclient',
-              'kernels/moe-cpu.h', 'tools', 'include/llep', 'config'},
+    'tools': {'daemon/core', 'daemon/engine', 'daemon/backends', 'daemon/model', 'proto',
+              'libclient', 'kernels/moe-cpu.h', 'tools', 'include/llep', 'config'},
     'libclient': {'daemon/core', 'proto', 'libclient', 'include/llep', 'config'},
     'proto': {'proto', 'include/llep', 'config', 'daemon/core/errbuf.h'},
     'kernels': {'kernels', 'include/llep', 'config'},
@@ -263,6 +268,7 @@ def self_test(root):
     plants = [
         ('daemon/core/plan.c', '#include "engine.h"\n', 'includes "engine.h"'),
         ('daemon/engine/engine.c', '#include <uv.h>\n', 'includes <uv.h>'),
+        ('daemon/model/model.c', '#include "engine.h"\n', 'includes "engine.h"'),
         ('daemon/server/scheduler.c', '#include "cluster-layer.h"\n',
          'includes "cluster-layer.h"'),
         ('tools/llep-bench.c', '#include "session.h"\n', 'includes "session.h"'),
