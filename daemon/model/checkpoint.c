@@ -70,6 +70,20 @@ static int check_index(const llep_ckpt *c, char *err, size_t errlen) {
     return 0;
 }
 
+/* A shard that is not there: the message names a tensor the index puts in it. */
+static int shard_missing(const llep_ckpt *c, uint32_t file, char *err, size_t errlen) {
+    const char *tensor = "?";
+
+    for (size_t i = 0; i < c->index->n; i++)
+        if (c->index->entries[i].file == file) {
+            tensor = c->index->entries[i].tensor;
+            break;
+        }
+    return llep__errf(err, errlen, -ENOENT,
+                      "%s: weight_map puts tensor '%s' in %s/%s, which is not there",
+                      c->index_path, tensor, c->dir, c->index->files[file]);
+}
+
 static int open_indexed(llep_ckpt *c, char *err, size_t errlen) {
     json_object *root;
     int r = llep__json_read(c->index_path, c->index_path, &root, err, errlen);
@@ -83,8 +97,11 @@ static int open_indexed(llep_ckpt *c, char *err, size_t errlen) {
     c->files = calloc(c->index->nfiles ? c->index->nfiles : 1, sizeof(*c->files));
     if (!c->files)
         return oom(c->index_path, err, errlen);
-    for (size_t i = 0; r == 0 && i < c->index->nfiles; i++)
+    for (size_t i = 0; r == 0 && i < c->index->nfiles; i++) {
         r = open_one(c, c->index->files[i], err, errlen);
+        if (r == -ENOENT)
+            r = shard_missing(c, (uint32_t)i, err, errlen);
+    }
     return r < 0 ? r : check_index(c, err, errlen);
 }
 

@@ -271,7 +271,7 @@ void llep__src_name(const llep_src *src, uint32_t e, char *buf, size_t len) {
         snprintf(buf, len, "%s", src->name);
 }
 
-static llep_src *add_src(llep_plan *p, size_t expert_elems, uint32_t ndim, const uint64_t *shape) {
+static llep_src *add_src(llep_layer_plan *p, size_t expert_elems, uint32_t ndim, const uint64_t *shape) {
     llep_src *s = &p->src[p->nsrc++];
 
     memset(s, 0, sizeof(*s));
@@ -283,7 +283,7 @@ static llep_src *add_src(llep_plan *p, size_t expert_elems, uint32_t ndim, const
 }
 
 /* model.layers.{layer}.mlp.experts.{leaf}: a tensor stacked over the experts. */
-static llep_src *add_stacked(llep_plan *p, uint32_t layer, const char *leaf, size_t expert_elems,
+static llep_src *add_stacked(llep_layer_plan *p, uint32_t layer, const char *leaf, size_t expert_elems,
                              uint32_t ndim, const uint64_t *shape) {
     llep_src *s = add_src(p, expert_elems, ndim, shape);
 
@@ -292,7 +292,7 @@ static llep_src *add_stacked(llep_plan *p, uint32_t layer, const char *leaf, siz
 }
 
 /* model.layers.{layer}.{block}.experts.{e}.{proj}.weight: one nn.Linear weight per expert. */
-static void add_linear(llep_plan *p, uint32_t layer, const char *block, const char *suffix,
+static void add_linear(llep_layer_plan *p, uint32_t layer, const char *block, const char *suffix,
                        uint64_t out_features, uint64_t in_features) {
     const uint64_t shape[2] = { out_features, in_features };
     llep_src *s = add_src(p, (size_t)(out_features * in_features), 2, shape);
@@ -302,13 +302,13 @@ static void add_linear(llep_plan *p, uint32_t layer, const char *block, const ch
     s->per_expert = true;
 }
 
-static void add_copy(llep_plan *p, unsigned src, enum llep_out out, size_t offset, size_t rows,
+static void add_copy(llep_layer_plan *p, unsigned src, enum llep_out out, size_t offset, size_t rows,
                      size_t cols, size_t row_stride, size_t col_stride) {
     p->copy[p->ncopy++] = (llep_copy){ src, out, offset, rows, cols, row_stride, col_stride };
 }
 
 /* Gate and up weights [H][D] and down [D][H] as x W^T: each transposed into place. */
-static void plan_per_expert(llep_plan *p, const llep_family_config *c, uint32_t layer) {
+static void plan_per_expert(llep_layer_plan *p, const llep_family_config *c, uint32_t layer) {
     bool mixtral = strcmp(c->model_type, "mixtral") == 0;
     const char *block = mixtral ? "block_sparse_moe" : "mlp";
     size_t d = c->hidden, h = c->inter;
@@ -322,7 +322,7 @@ static void plan_per_expert(llep_plan *p, const llep_family_config *c, uint32_t 
 }
 
 /* transformers 5: gate_up_proj [N][2H][D], gate the first H rows; down_proj [N][D][H]. */
-static void plan_fused_t(llep_plan *p, const llep_family_config *c, uint32_t layer) {
+static void plan_fused_t(llep_layer_plan *p, const llep_family_config *c, uint32_t layer) {
     size_t n = c->num_experts, d = c->hidden, h = c->inter;
     const uint64_t gu[3] = { n, 2 * h, d }, dn[3] = { n, d, h };
 
@@ -334,7 +334,7 @@ static void plan_fused_t(llep_plan *p, const llep_family_config *c, uint32_t lay
 }
 
 /* gpt-oss's biases: gate_up_proj_bias [N][2H] interleaved like the columns; down [N][D]. */
-static void plan_biases(llep_plan *p, const llep_family_config *c, uint32_t layer) {
+static void plan_biases(llep_layer_plan *p, const llep_family_config *c, uint32_t layer) {
     size_t n = c->num_experts, d = c->hidden, h = c->inter;
     const uint64_t gu[2] = { n, 2 * h }, dn[2] = { n, d };
     unsigned at = p->nsrc;
@@ -347,7 +347,7 @@ static void plan_biases(llep_plan *p, const llep_family_config *c, uint32_t laye
 }
 
 /* gpt-oss: gate_up_proj [N][D][2H], column 2j gate j and 2j+1 up j; down_proj [N][H][D]. */
-static void plan_interleaved(llep_plan *p, const llep_family_config *c, uint32_t layer) {
+static void plan_interleaved(llep_layer_plan *p, const llep_family_config *c, uint32_t layer) {
     size_t n = c->num_experts, d = c->hidden, h = c->inter;
     const uint64_t gu[3] = { n, d, 2 * h }, dn[3] = { n, h, d };
 
@@ -361,7 +361,7 @@ static void plan_interleaved(llep_plan *p, const llep_family_config *c, uint32_t
 
 /* An MXFP4 pair for rows x cols weights: blocks [N][rows][cols/32][16], scales
  * [N][rows][cols/32] (Mxfp4GptOssExperts), dequantised to [rows][cols] per expert. */
-static void add_mxfp4(llep_plan *p, uint32_t layer, const char *proj, size_t rows, size_t cols,
+static void add_mxfp4(llep_layer_plan *p, uint32_t layer, const char *proj, size_t rows, size_t cols,
                       size_t n) {
     const uint64_t blocks[4] = { n, rows, cols / MX_BLOCK, MX_BLOCK / 2 };
     char leaf[64];
@@ -378,7 +378,7 @@ static void add_mxfp4(llep_plan *p, uint32_t layer, const char *proj, size_t row
 /* convert_moe_packed_tensors dequantises gate_up to [N][2H][D] and transposes it to gpt-oss's
  * [N][D][2H]; read untransposed, gate j is row 2j and up j row 2j + 1 of the [2H][D] matrix.
  * down dequantises to [N][D][H], transposed to [N][H][D]. */
-static int plan_mxfp4(llep_plan *p, const llep_family_config *c, uint32_t layer, char *err,
+static int plan_mxfp4(llep_layer_plan *p, const llep_family_config *c, uint32_t layer, char *err,
                       size_t errlen) {
     size_t n = c->num_experts, d = c->hidden, h = c->inter;
 
@@ -397,7 +397,7 @@ static int plan_mxfp4(llep_plan *p, const llep_family_config *c, uint32_t layer,
 }
 
 int llep__family_plan(const llep_family_config *c, uint32_t layer, enum llep_storage s,
-                      llep_plan *p, char *err, size_t errlen) {
+                      llep_layer_plan *p, char *err, size_t errlen) {
     memset(p, 0, sizeof(*p));
     p->storage = s;
     switch (s) {

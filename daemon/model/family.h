@@ -65,12 +65,12 @@ typedef struct llep_copy {
     size_t offset, rows, cols, row_stride, col_stride;
 } llep_copy;
 
-typedef struct llep_plan {
+typedef struct llep_layer_plan {
     enum llep_storage storage;
     unsigned nsrc, ncopy;
     llep_src src[6];
     llep_copy copy[LLEP_OUT_COUNT];
-} llep_plan;
+} llep_layer_plan;
 
 /* What config.json says, for the model's info (model.h) and the plans. */
 typedef struct llep_family_config {
@@ -98,7 +98,7 @@ size_t llep__family_storages(const llep_family_config *c, const enum llep_storag
  * cannot be stored that way (MXFP4 needs D and H multiples of 32); the plan's names are
  * filled in either way. */
 int llep__family_plan(const llep_family_config *c, uint32_t layer, enum llep_storage s,
-                      llep_plan *ret, char *err, size_t errlen);
+                      llep_layer_plan *ret, char *err, size_t errlen);
 
 /* The name of source src's tensor for expert e (ignored when stacked) into buf. */
 void llep__src_name(const llep_src *src, uint32_t e, char *buf, size_t len);

@@ -121,7 +121,7 @@ static void gather(const llep_model_info *info, const llep_copy *c, uint32_t e,
                         c->rows, c->cols, c->row_stride, c->col_stride);
 }
 
-static int convert_src(const llep_model *m, const llep_plan *plan, unsigned s, void *tmp,
+static int convert_src(const llep_model *m, const llep_layer_plan *plan, unsigned s, void *tmp,
                        void *out[LLEP_OUT_COUNT], char *err, size_t errlen) {
     for (uint32_t e = 0; e < m->info.num_experts; e++) {
         matrix mat;
@@ -137,7 +137,7 @@ static int convert_src(const llep_model *m, const llep_plan *plan, unsigned s, v
 }
 
 /* Room for the largest expert matrix as f32: conversions and realigned copies go there. */
-static void *alloc_tmp(const llep_plan *plan) {
+static void *alloc_tmp(const llep_layer_plan *plan) {
     size_t most = 1;
 
     for (unsigned s = 0; s < plan->nsrc; s++)
@@ -149,7 +149,7 @@ static void *alloc_tmp(const llep_plan *plan) {
 int llep__model_layer_weights(llep_model *m, uint32_t index, llep_model_weights *ret,
                               char *err, size_t errlen) {
     void *out[LLEP_OUT_COUNT], *tmp;
-    llep_plan plan;
+    llep_layer_plan plan;
     int r = 0;
 
     memset(ret, 0, sizeof(*ret));

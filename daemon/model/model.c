@@ -63,11 +63,17 @@ static int check_tensor(const llep_model *m, const char *name, bool packed, uint
     return 0;
 }
 
-/* Expert 0 there but a later one missing: the checkpoint has fewer experts than config.json
- * says, which the message adds to the missing tensor's. */
-static int fewer_experts(const llep_model *m, char *err, size_t errlen) {
-    char missing[512];
+/* Expert 0 there but every one from e on missing: the checkpoint has fewer experts than
+ * config.json says, which the message adds to the missing tensor's. */
+static int fewer_experts(const llep_model *m, const llep_src *src, uint32_t e, char *err,
+                         size_t errlen) {
+    char missing[512], name[LLEP_SRC_NAME_MAX];
 
+    for (uint32_t k = e + 1; k < m->cfg.num_experts; k++) {
+        llep__src_name(src, k, name, sizeof(name));
+        if (llep__ckpt_find(m->ckpt, name, NULL))
+            return -ENOENT;   /* just this one missing */
+    }
     if (!err || !errlen)
         return -ENOENT;
     snprintf(missing, sizeof(missing), "%s", err);
@@ -98,7 +104,7 @@ static int check_src(const llep_model *m, const llep_src *src, bool *all_bf16, c
         llep__src_name(src, e, name, sizeof(name));
         r = check_tensor(m, name, src->mxfp4, src->ndim, src->shape, all_bf16, err, errlen);
         if (r == -ENOENT && e > 0)
-            r = fewer_experts(m, err, errlen);
+            r = fewer_experts(m, src, e, err, errlen);
     }
     if (r == 0 && src->mxfp4)
         r = check_tensor(m, src->scales, true, src->scales_ndim, src->scales_shape, all_bf16,
@@ -110,7 +116,7 @@ static int check_src(const llep_model *m, const llep_src *src, bool *all_bf16, c
 
 /* The first storage whose first tensor is there; the family's usual one when none is, so
  * that the message names the tensor people expect. */
-static int find_plan(const llep_model *m, uint32_t layer, llep_plan *plan, char *err,
+static int find_plan(const llep_model *m, uint32_t layer, llep_layer_plan *plan, char *err,
                      size_t errlen) {
     const enum llep_storage *list;
     size_t n = llep__family_storages(&m->cfg, &list);
@@ -134,7 +140,7 @@ static int find_plan(const llep_model *m, uint32_t layer, llep_plan *plan, char 
 
 static int check_layers(llep_model *m, char *err, size_t errlen) {
     bool all_bf16 = true;
-    llep_plan plan;
+    llep_layer_plan plan;
     int r = 0;
 
     for (uint32_t i = 0; r == 0 && i < m->cfg.num_moe_layers; i++) {

@@ -184,16 +184,19 @@ static int check_tiling(llep_st_file *f, span *s, uint64_t data_len, const char 
                         char *err, size_t errlen) {
     uint64_t at = 0;
 
-    qsort(s, f->n, sizeof(*s), span_cmp);
-    for (size_t i = 0; i < f->n; i++) {
-        const char *name = f->names[s[i].tensor];
-
+    /* Bounds first: a tensor past the end says more than the gap it leaves elsewhere. */
+    for (size_t i = 0; i < f->n; i++)
         if (s[i].end > data_len)
             return llep__errf(err, errlen, -EINVAL,
                               "%s: tensor '%s': data_offsets [%llu, %llu) run past the end of "
                               "the data (%llu bytes): the file is truncated or its offsets "
-                              "are wrong", label, name, (unsigned long long)s[i].begin,
-                              (unsigned long long)s[i].end, (unsigned long long)data_len);
+                              "are wrong", label, f->names[s[i].tensor],
+                              (unsigned long long)s[i].begin, (unsigned long long)s[i].end,
+                              (unsigned long long)data_len);
+    qsort(s, f->n, sizeof(*s), span_cmp);
+    for (size_t i = 0; i < f->n; i++) {
+        const char *name = f->names[s[i].tensor];
+
         if (s[i].begin < at)
             return llep__errf(err, errlen, -EINVAL,
                               "%s: tensor '%s': data_offsets [%llu, %llu) overlap tensor '%s'",
