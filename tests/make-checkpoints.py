@@ -176,16 +176,22 @@ def qwen(rng, model_type, dtype, layers, step, only, n=4, d=8, h=6):
     return config, t, expected
 
 
-def deepseek_v3(rng, dtype, n=4, d=8, h=6, layers=3, first_k=1):
-    config = {'model_type': 'deepseek_v3', 'num_hidden_layers': layers, 'n_routed_experts': n,
+def deepseek(rng, model_type, dtype, n=4, d=8, h=6, layers=3, first_k=None):
+    """first_k None leaves first_k_dense_replace out: DeepseekV2Config then has 0,
+    DeepseekV3Config 3."""
+    config = {'model_type': model_type, 'num_hidden_layers': layers, 'n_routed_experts': n,
               'num_experts_per_tok': 2, 'hidden_size': d, 'moe_intermediate_size': h,
-              'intermediate_size': 12, 'first_k_dense_replace': first_k, 'moe_layer_freq': 1,
-              'n_shared_experts': 1, 'n_group': 1, 'topk_group': 1, 'hidden_act': 'silu'}
+              'intermediate_size': 12, 'moe_layer_freq': 1, 'n_shared_experts': 1,
+              'n_group': 1, 'topk_group': 1, 'hidden_act': 'silu'}
+    if first_k is not None:
+        config['first_k_dense_replace'] = first_k
+    else:
+        first_k = {'deepseek_v2': 0, 'deepseek_v3': 3}[model_type]
     t, expected = {}, []
-    # One layer past num_hidden_layers, as DeepSeek-V3's multi-token-prediction layer 61.
-    for i in range(layers + 1):
+    # V3 has one layer past num_hidden_layers: its multi-token-prediction layer (61 of 61).
+    for i in range(layers + (model_type == 'deepseek_v3')):
         other_tensors(rng, t, i, d)
-        if i < first_k:
+        if i < first_k:  # DeepseekV3DecoderLayer: MoE from first_k_dense_replace on
             dense_mlp(rng, t, i, d, 12)
             continue
         t['model.layers.%d.mlp.gate.weight' % i] = make(rng, (n, d), 'f32')
@@ -337,7 +343,7 @@ def broken(rng, outdir):
     config['hidden_act'] = 'gelu'
     err_dir(outdir, 'err-config-act', config, t)
 
-    config, t, _ = deepseek_v3(rng, 'f32')
+    config, t, _ = deepseek(rng, 'deepseek_v3', 'f32', first_k=1)
     config['moe_layer_freq'] = 2
     err_dir(outdir, 'err-config-layer-freq', config, t)
 
@@ -406,7 +412,8 @@ def main():
     d = write(out, 'mixtral-f32-unaligned', *mixtral(rng, 'f32'))
     edit_file(os.path.join(d, 'model.safetensors'), misalign=True)
     write(out, 'qwen3-moe-f16', *qwen(rng, 'qwen3_moe', 'f16', layers=6, step=2, only=[3]))
-    write(out, 'deepseek-v3-bf16', *deepseek_v3(rng, 'bf16'))
+    write(out, 'deepseek-v3-bf16', *deepseek(rng, 'deepseek_v3', 'bf16', first_k=1))
+    write(out, 'deepseek-v2-f16', *deepseek(rng, 'deepseek_v2', 'f16'))
     write(out, 'gpt-oss-bf16', *gpt_oss(rng))
     write(out, 'gpt-oss-mxfp4', *gpt_oss_mxfp4(rng))
     config, t, expected = qwen(rng, 'qwen2_moe', 'f32', layers=2, step=1, only=[])

@@ -59,6 +59,8 @@ static const good_ckpt goods[] = {
     { "qwen3-moe-f16", "qwen3_moe", 2, { 1, 5 }, 4, 2, 8, 6, F32, SWIGLU, 0, false },
     /* 3 layers and an MTP layer 3, first_k_dense_replace 1. */
     { "deepseek-v3-bf16", "deepseek_v3", 2, { 1, 2 }, 4, 2, 8, 6, BF16, SWIGLU, 0, false },
+    /* No first_k_dense_replace: DeepseekV2Config's default, 0. */
+    { "deepseek-v2-f16", "deepseek_v2", 3, { 0, 1, 2 }, 4, 2, 8, 6, F32, SWIGLU, 0, false },
     { "gpt-oss-bf16", "gpt_oss", 2, { 0, 1 }, 4, 2, 8, 6, BF16, OAI, 5.5f, true },
     { "gpt-oss-mxfp4", "gpt_oss", 2, { 0, 1 }, 4, 2, 64, 32, BF16, OAI, 5.5f, true },
     { "qwen2-moe-sharded", "qwen2_moe", 2, { 0, 1 }, 4, 2, 8, 6, F32, SWIGLU, 0, false },
