@@ -24,6 +24,8 @@
 #include "handlers.h"
 #include "llep-config.h"
 #include "log.h"
+#include "models-config.h"
+#include "models.h"
 #include "notify.h"
 #include "server.h"
 
@@ -83,7 +85,8 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
 }
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
- * alpha, lambda, min_tokens, scale_min_tokens and the log level. The settings are rebuilt as at start, the file
+ * alpha, lambda, min_tokens, scale_min_tokens, the log level and the models (loaded and
+ * unloaded as the file now lists them). The settings are rebuilt as at start, the file
  * first and the command line over it, so an option given to llepd keeps winning. A file with
  * any error is refused whole and the settings in force stay. */
 static void on_reload(uv_signal_t *h, int signum) {
@@ -109,6 +112,9 @@ static void on_reload(uv_signal_t *h, int signum) {
         d->srv.cfg.scale_min_tokens = c.scale_min_tokens;
         d->srv.cfg.log_level = c.log_level;
         llep__log_set_level(c.log_level);
+        llepd_models_reload(&d->srv, &d->srv.cfg, &c);
+        memcpy(d->srv.cfg.models, c.models, sizeof(c.models));
+        d->srv.cfg.nmodels = c.nmodels;
         log_notice("reloaded %s: alpha %g, lambda %g, min-tokens %u, log-level %s",
                    d->config_file, c.alpha, c.lambda, c.min_tokens,
                    llep__log_level_name(c.log_level));
@@ -241,13 +247,35 @@ static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
     return 0;
 }
 
-/* The one place llepd is taken down, in reverse order of setup(): cluster, server, loop. */
+/* The one place llepd is taken down, in reverse order of setup(): models, cluster, server,
+ * loop. */
 static void teardown(daemon_state *d, uv_loop_t *loop) {
+    llepd_models_fini(&d->srv);
     llepd_cluster_fini(d->srv.cluster);
     d->srv.cluster = NULL;
     llepd_server_fini(&d->srv);
     uv_loop_close(loop);
     free(d);
+}
+
+/* The configured models are loaded (or one failed): only now is llepd ready for systemd, so
+ * that units ordered after it find every model there. A model that cannot be loaded at start
+ * stops llepd: its configuration is wrong, and saying so at once beats serving without it. */
+static void on_models_started(llepd_server *srv, int status, const char *msg, void *data) {
+    daemon_state *d = data;
+
+    if (status < 0) {
+        log_error("%s", msg);
+        d->exit_code = 1;
+        llepd_notify_stopping(&d->notify, "a configured model could not be loaded");
+        llepd_server_stop(srv, "a configured model could not be loaded");
+        return;
+    }
+    if (srv->cfg.nmodels)
+        log_notice("%u configured model%s loaded", srv->cfg.nmodels,
+                   srv->cfg.nmodels == 1 ? "" : "s");
+    /* The socket listens already: a client connecting after READY=1 is accepted. */
+    llepd_notify_ready(&d->notify);
 }
 
 static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **argv) {
@@ -276,12 +304,16 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
     log_notice("llepd %s listening on %s: backend %s, %u devices%s", LLEP_VERSION,
                d->srv.socket_path, ops->name, d->srv.devices,
                fd >= 0 ? " (socket activation)" : "");
-    /* The socket listens already: a client connecting after READY=1 is accepted. */
-    llepd_notify_ready(&d->notify);
+    if (llepd_models_start(&d->srv, &d->srv.cfg, on_models_started, d) < 0) {
+        log_error("out of memory loading the configured models");
+        teardown(d, loop);
+        return 1;
+    }
     uv_run(loop, UV_RUN_DEFAULT);
+    r = d->exit_code;
     teardown(d, loop);
     log_notice("stopped");
-    return 0;
+    return r;
 }
 
 int main(int argc, char **argv) {

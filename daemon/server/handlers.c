@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "handlers.h"
+#include "models.h"
 
 #include "layer.h"
 #include "llep-config.h"
@@ -209,6 +210,11 @@ static void handle_layer_create(llepd_session *s, const LlepPb__Frame *f) {
         snprintf(err, sizeof(err), "layer '%s' exists; attach to it with NULL weights",
                  lc->name);
     }
+    if (r == 0 && llepd_model_of_layer(s->srv, lc->name)) {
+        r = -EEXIST;
+        snprintf(err, sizeof(err), "layer name '%s' belongs to model '%.*s' (llepctl models)",
+                 lc->name, (int)(strchr(lc->name, '/') - lc->name), lc->name);
+    }
     if (r == 0 && !(l = llepd_layer_new(s->srv, lc->name, lc->desc))) {
         r = -ENOMEM;
         snprintf(err, sizeof(err), "llepd is out of memory");
@@ -337,6 +343,9 @@ static const handler handlers[] = {
     { LLEP_PB__FRAME__BODY_SET, llepd_handle_set, ADMIN },
     { LLEP_PB__FRAME__BODY_DRAIN, llepd_handle_drain, ADMIN },
     { LLEP_PB__FRAME__BODY_PEERS, llepd_handle_peers, ANY },
+    { LLEP_PB__FRAME__BODY_MODEL_LOAD, llepd_handle_model_load, ADMIN },
+    { LLEP_PB__FRAME__BODY_MODEL_UNLOAD, llepd_handle_model_unload, ADMIN },
+    { LLEP_PB__FRAME__BODY_MODELS, llepd_handle_models, ANY },
 };
 
 static void handle_frame(llepd_session *s, const LlepPb__Frame *f) {

@@ -1,5 +1,6 @@
 /* The request handlers: one per request body, dispatched from a table that also says who may
- * send it (handlers.c: connection set-up and layers; handlers-ctl.c: llepctl's requests). */
+ * send it (handlers.c: connection set-up and layers; handlers-ctl.c: llepctl's requests;
+ * handlers-model.c: models). */
 #ifndef LLEPD_HANDLERS_H
 #define LLEPD_HANDLERS_H
 
@@ -18,5 +19,10 @@ void llepd_handle_stats(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_set(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_drain(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_peers(llepd_session *s, const LlepPb__Frame *f);
+
+/* The requests about models (handlers-model.c). */
+void llepd_handle_model_load(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_model_unload(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_models(llepd_session *s, const LlepPb__Frame *f);
 
 #endif

@@ -89,7 +89,7 @@ static void engines_run(uv_work_t *req) {
     llepd_model *m = w->m;
 
     for (uint32_t i = 0; i < m->nlayers && w->r == 0; i++) {
-        llep_layer_weights lw;
+        llep_model_weights lw;
         char why[MSG_MAX - 64];
 
         w->r = llep__model_layer_weights(w->ckpt, i, &lw, why, sizeof(why));
@@ -102,7 +102,7 @@ static void engines_run(uv_work_t *req) {
             c->b_up = lw.b_up;
             c->b_down = lw.b_down;
             w->r = llep__engine_new(c, &w->engines[i], why, sizeof(why));
-            llep__layer_weights_free(&lw);
+            llep__model_weights_free(&lw);
         }
         if (w->r < 0)
             llep__errf(w->err, sizeof(w->err), 0, "layer %s/%u (transformer layer %u): %s",

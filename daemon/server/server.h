@@ -68,6 +68,7 @@ struct llepd_server {
     uint64_t next_session_id;
     uint64_t broadcast_seq;         /* the last broadcast (server.c) */
 
+    llepd_list models;              /* llepd_model (models.c), in load order */
     llepd_layer **layers;           /* in creation order */
     uint32_t nlayers;
     size_t cap_layers;
