@@ -17,6 +17,16 @@
 
 #include "test-nodes.h"
 
+int llep_test_run_suite(Suite *s, int mode) {
+    SRunner *sr = srunner_create(s);
+    int failed;
+
+    srunner_run_all(sr, (enum print_output)mode);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
 float *llep_test_random_floats(float (*rnd)(uint64_t *), uint64_t *s, size_t n, float scale) {
     float *v = malloc((n ? n : 1) * sizeof(float));
 

@@ -1,5 +1,7 @@
-/* What the test programs share (fixtures.c): seedable generators, time, temporary
- * directories, and llepd processes started, waited for, stopped and killed.
+/* What the test programs share (fixtures.c): the Check runner, seedable generators, time,
+ * random float32 layers, temporary directories, programs run with their output captured, llepd
+ * processes started, waited for, stopped and killed, and the loopback nodes of the cluster
+ * suites (with test-nodes.c).
  *
  * The generators are inline and need nothing but libc, so the GPU programs (tests/gpu/), which
  * do not link Check, use them too. Each takes its state by pointer: a test keeps its own seed
@@ -13,7 +15,15 @@
 #include <sys/types.h>
 #include <time.h>
 
-/* ---- generators ---------------------------------------------------------------------------- */
+/* ---- Check ----------------------------------------------------------------------------------- */
+
+struct Suite;
+
+/* main() of a Check suite: runs every test of s, printing as mode (CK_ENV, CK_NORMAL) says;
+ * EXIT_FAILURE when one failed. */
+int llep_test_run_suite(struct Suite *s, int mode);
+
+/* ---- generators ------------------------------------------------------------------------------ */
 
 /* splitmix64. */
 static inline uint64_t rng_next(uint64_t *s) {
@@ -73,7 +83,7 @@ static inline float lcg_sym(uint64_t *s) { /* [-1, 1) */
     return bits_sym(lcg_next(s));
 }
 
-/* ---- time ---------------------------------------------------------------------------------- */
+/* ---- time ------------------------------------------------------------------------------------ */
 
 static inline void sleep_ms(int ms) {
     struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
@@ -89,7 +99,7 @@ static inline uint64_t now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* ---- data ---------------------------------------------------------------------------------- */
+/* ---- data ------------------------------------------------------------------------------------ */
 
 /* n floats uniform in [-scale, scale) from rnd(s), a generator of [-1, 1) above (malloc'd; the
  * test fails when there is no memory). */
@@ -110,7 +120,7 @@ void llep_test_f32_weights_fini(llep_test_f32_weights *w);
  * the reference is all zeros). */
 double llep_test_rel_l2(const float *y, const double *ref, size_t n);
 
-/* ---- files --------------------------------------------------------------------------------- */
+/* ---- files ----------------------------------------------------------------------------------- */
 
 /* A new directory /tmp/NAME-XXXXXX, its path in dir; and one in the directory base. */
 void llep_test_tmpdir(char *dir, size_t len, const char *name);
@@ -126,7 +136,7 @@ bool llep_test_file_contains(const char *path, const char *text);
 /* A stream socket connected to the unix socket at path, or -errno. */
 int llep_test_unix_connect(const char *path);
 
-/* ---- programs ---------------------------------------------------------------------------- */
+/* ---- programs -------------------------------------------------------------------------------- */
 
 /* What a program run by llep_test_run() did. */
 typedef struct llep_test_output {
@@ -139,7 +149,7 @@ typedef struct llep_test_output {
 llep_test_output llep_test_run(const char *const *argv, const char *stdin_text);
 void llep_test_output_free(llep_test_output *o);
 
-/* ---- llepd processes ----------------------------------------------------------------------- */
+/* ---- llepd processes ------------------------------------------------------------------------- */
 
 /* How a test starts $LLEPD: on the CPU backend, on its own unix socket. */
 typedef struct llep_test_llepd {
@@ -169,7 +179,7 @@ int llep_test_stop(pid_t *pid, int ms);
 /* SIGKILLs and reaps *pid when it is > 0; *pid is -1 after. */
 void llep_test_kill(pid_t *pid);
 
-/* ---- loopback nodes ----------------------------------------------------------------------- */
+/* ---- loopback nodes -------------------------------------------------------------------------- */
 
 /* The nodes of a cluster suite, in storage the suite keeps: n nodes under the directory dir,
  * node i on the unix socket dir/sI.sock with its stderr in dir/logI, on ports[i] of

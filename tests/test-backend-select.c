@@ -11,6 +11,7 @@
 #include "backend-cuda.h"
 #include "backend-select.h"
 #include "engine.h"
+#include "fixtures.h"
 #include "llep-config.h"
 
 static int visible_here(void) {
@@ -266,9 +267,5 @@ static Suite *select_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(select_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(select_suite(), CK_NORMAL);
 }

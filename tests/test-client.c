@@ -917,11 +917,5 @@ static Suite *client_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(client_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(client_suite(), CK_ENV);
 }

@@ -904,11 +904,5 @@ static Suite *cluster_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(cluster_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(cluster_suite(), CK_ENV);
 }

@@ -704,11 +704,5 @@ static Suite *config_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(config_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(config_suite(), CK_ENV);
 }

@@ -1004,9 +1004,5 @@ static Suite *part_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(part_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(part_suite(), CK_ENV);
 }

@@ -710,9 +710,5 @@ static Suite *engine_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(engine_suite());
-    srunner_run_all(sr, CK_ENV);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(engine_suite(), CK_ENV);
 }

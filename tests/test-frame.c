@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fixtures.h"
 #include "frame.h"
 #include "validate.h"
 
@@ -757,11 +758,5 @@ static Suite *frame_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(frame_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(frame_suite(), CK_ENV);
 }

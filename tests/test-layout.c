@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fixtures.h"
 #include "layout.h"
 
 static uint32_t bits_of(float f) {
@@ -214,11 +215,5 @@ static Suite *layout_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(layout_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(layout_suite(), CK_NORMAL);
 }

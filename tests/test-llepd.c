@@ -811,9 +811,5 @@ static Suite *llepd_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(llepd_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(llepd_suite(), CK_NORMAL);
 }

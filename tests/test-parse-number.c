@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "fixtures.h"
 #include "parse-number.h"
 
 /* A 64-bit parser (llep__parse_u64, llep__parse_size) and what it must make of some texts. */
@@ -203,11 +204,5 @@ static Suite *parse_number_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(parse_number_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(parse_number_suite(), CK_ENV);
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "fdpass.h"
+#include "fixtures.h"
 #include "ring.h"
 
 static void make_arena(llep_arena *a, uint64_t tensor_bytes, uint32_t sq, uint32_t cq) {
@@ -730,11 +731,5 @@ static Suite *ring_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(ring_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(ring_suite(), CK_ENV);
 }

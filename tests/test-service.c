@@ -644,16 +644,10 @@ static Suite *service_suite(bool peercred) {
 
 int main(int argc, char **argv) {
     bool peercred = argc > 1 && strcmp(argv[1], "peercred") == 0;
-    SRunner *sr;
-    int failed;
 
     if (peercred && geteuid() != 0) {
         printf("SKIP: changing to uid nobody needs root\n");
         return 77; /* meson: skipped */
     }
-    sr = srunner_create(service_suite(peercred));
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return llep_test_run_suite(service_suite(peercred), CK_ENV);
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "fixtures.h"
 #include "xnode.h"
 
 #define MAX_RANKS 4
@@ -609,11 +610,5 @@ static Suite *xnode_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(xnode_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_ENV);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return llep_test_run_suite(xnode_suite(), CK_ENV);
 }
