@@ -377,8 +377,8 @@ static int map_file(const char *path, const char *label, void **ret, size_t *ret
 int llep__st_open(const char *path, const char *label, llep_st_file **ret, char *err,
                   size_t errlen) {
     static const uint8_t empty[1];
-    void *map;
-    size_t len;
+    void *map = NULL;
+    size_t len = 0;
     int r;
 
     *ret = NULL;
