@@ -92,7 +92,9 @@ LLEP_EXTERN int llep_model_get(llep_client *c, const char *name, llep_model_info
         return r;
     const LlepPb__ModelsReply *ms = reply->models_reply;
     const LlepPb__ModelInfo *m = ms->n_models == 1 ? ms->models[0] : NULL;
-    if (!m || !m->desc || llep__layer_desc_check(m->desc, err, sizeof(err)) < 0)
+    if (m && strcmp(m->state, "loading") == 0)
+        r = llep__client_fail(c, -EBUSY, "model '%s' is still loading", name);
+    else if (!m || !m->desc || llep__layer_desc_check(m->desc, err, sizeof(err)) < 0)
         r = llep__client_fail(c, -EPROTO, "llepd described model '%s' badly", name);
     if (r == 0) {
         memset(ret, 0, sizeof(*ret));

@@ -295,6 +295,7 @@ int llepd_model_load(llepd_server *srv, const char *name, const char *path,
     m->srv = srv;
     snprintf(m->name, sizeof(m->name), "%s", name);
     m->state = LLEPD_MODEL_LOADING;
+    llep_pb__layer_desc__init(&m->desc);   /* the shape is known once the config is read */
     m->start_ns = llepd_now_ns();
     m->done = done;
     m->done_data = data;

@@ -149,7 +149,9 @@ LLEP_EXTERN int llep_model_load(llep_client *c, const char *name, const char *pa
  * is no such model. */
 LLEP_EXTERN int llep_model_unload(llep_client *c, const char *name);
 
-/* Fills *ret with model `name`'s shape. -ENOENT when llepd has no such model (yet). */
+/* Fills *ret with model `name`'s shape. -ENOENT when llepd has no such model, -EBUSY while
+ * it is still loading (llepd loads its configured models before it tells systemd it is ready,
+ * but its socket accepts connections meanwhile). */
 LLEP_EXTERN int llep_model_get(llep_client *c, const char *name, llep_model_info *ret);
 
 /* Attaches to MoE layer `index` of model `model` (the layer "MODEL/INDEX"), as
