@@ -7,12 +7,12 @@
 
 void llep__bf16_to_f32_n(float *dst, const uint16_t *src, size_t n) {
     for (size_t i = 0; i < n; i++)
-        dst[i] = llep__bf16_to_f32(src[i]);
+        dst[i] = llep_bf16_to_f32(src[i]);
 }
 
 void llep__f32_to_bf16_n(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++)
-        dst[i] = llep__f32_to_bf16(src[i]);
+        dst[i] = llep_f32_to_bf16(src[i]);
 }
 
 int llep__k_count_loads(const int32_t *idx, size_t n, uint32_t num_experts, uint64_t *loads) {

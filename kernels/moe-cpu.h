@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "llep/bf16.h"
 #include "llep/types.h"
 
 /* Rows of one GEMM tile inside a chunk: bounds the intermediates (gate and up activations)
@@ -22,24 +23,7 @@
 #define LLEP_ACT_DEFAULT_ALPHA 1.702f
 #define LLEP_ACT_DEFAULT_LIMIT 7.0f
 
-/* bf16 is the top half of a float32; conversion to float32 is exact. */
-static inline float llep__bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
-/* Round to nearest even; NaN stays NaN (quiet), infinities stay infinite. */
-static inline uint16_t llep__f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof(u));
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
+/* bf16 <-> float32 of single values: llep_bf16_to_f32, llep_f32_to_bf16 (llep/bf16.h). */
 void llep__bf16_to_f32_n(float *dst, const uint16_t *src, size_t n);
 void llep__f32_to_bf16_n(uint16_t *dst, const float *src, size_t n);
 

@@ -18,7 +18,7 @@ static unsigned int blocks_for(size_t n) {
     return n < MAX_BLOCKS ? (unsigned int)n : MAX_BLOCKS;
 }
 
-/* Same rounding as llep__f32_to_bf16: to nearest even, NaN stays a quiet NaN. */
+/* Same rounding as llep_f32_to_bf16: to nearest even, NaN stays a quiet NaN. */
 static __device__ uint16_t f32_to_bf16(float f) {
     uint32_t u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u)

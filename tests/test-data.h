@@ -21,14 +21,14 @@ static inline double store(void *dst, size_t i, double v, enum llep_dtype t) {
         ((float *)dst)[i] = (float)v;
         return (float)v;
     }
-    uint16_t b = llep__f32_to_bf16((float)v);
+    uint16_t b = llep_f32_to_bf16((float)v);
     ((uint16_t *)dst)[i] = b;
-    return llep__bf16_to_f32(b);
+    return llep_bf16_to_f32(b);
 }
 
 static inline double load(const void *src, size_t i, enum llep_dtype t) {
     return t == LLEP_DTYPE_F32 ? ((const float *)src)[i]
-                               : llep__bf16_to_f32(((const uint16_t *)src)[i]);
+                               : llep_bf16_to_f32(((const uint16_t *)src)[i]);
 }
 
 /* n values uniform in [-scale, scale): *ret_v as float64, *ret_s in storage type t. */

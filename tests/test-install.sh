@@ -59,7 +59,7 @@ root() { printf '%s%s' "$dest" "$1"; }
 # ---- files in place ---------------------------------------------------------------------
 expect=("$sbindir/llepd" "$bindir/llepctl" "$bindir/llep-plan" "$bindir/llep-demo"
         "$bindir/llep-bench" "$libdir/libllep-client.so" "$libdir/libllep-client.so.0"
-        "$includedir/llep/client.h" "$includedir/llep/types.h"
+        "$includedir/llep/client.h" "$includedir/llep/types.h" "$includedir/llep/bf16.h"
         "$libdir/pkgconfig/llep-client.pc" "$sysconfdir/llep/llepd.conf"
         "$mandir/man8/llepd.8" "$mandir/man5/llepd.conf.5" "$mandir/man1/llepctl.1"
         "$mandir/man1/llep-plan.1" "$mandir/man1/llep-bench.1" "$mandir/man1/llep-demo.1"

@@ -9,6 +9,7 @@
 
 #include "fixtures.h"
 #include "layout.h"
+#include "llep/bf16.h"
 
 static uint32_t bits_of(float f) {
     uint32_t u;
@@ -26,34 +27,34 @@ static float float_of(uint32_t u) {
 
 START_TEST(test_bf16_rounding) {
     /* Exact values stay; halfway cases go to the even neighbour; above half rounds up. */
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(1.0f), 0x3f80);
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(-2.0f), 0xc000);
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(float_of(0x3f808000u)), 0x3f80);
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(float_of(0x3f818000u)), 0x3f82);
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(float_of(0x3f808001u)), 0x3f81);
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(float_of(0x3f807fffu)), 0x3f80);
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(INFINITY), 0x7f80);
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(-INFINITY), 0xff80);
+    ck_assert_uint_eq(llep_f32_to_bf16(1.0f), 0x3f80);
+    ck_assert_uint_eq(llep_f32_to_bf16(-2.0f), 0xc000);
+    ck_assert_uint_eq(llep_f32_to_bf16(float_of(0x3f808000u)), 0x3f80);
+    ck_assert_uint_eq(llep_f32_to_bf16(float_of(0x3f818000u)), 0x3f82);
+    ck_assert_uint_eq(llep_f32_to_bf16(float_of(0x3f808001u)), 0x3f81);
+    ck_assert_uint_eq(llep_f32_to_bf16(float_of(0x3f807fffu)), 0x3f80);
+    ck_assert_uint_eq(llep_f32_to_bf16(INFINITY), 0x7f80);
+    ck_assert_uint_eq(llep_f32_to_bf16(-INFINITY), 0xff80);
     /* The largest finite float32 is beyond bf16's largest finite value: it rounds to inf. */
-    ck_assert_uint_eq(llep__layout_f32_to_bf16(float_of(0x7f7fffffu)), 0x7f80);
+    ck_assert_uint_eq(llep_f32_to_bf16(float_of(0x7f7fffffu)), 0x7f80);
     /* A NaN whose payload lies only in the low half must not become infinity. */
-    ck_assert(isnan(llep__layout_bf16_to_f32(llep__layout_f32_to_bf16(float_of(0x7f800001u)))));
-    ck_assert(isnan(llep__layout_bf16_to_f32(llep__layout_f32_to_bf16(NAN))));
-    ck_assert(llep__layout_bf16_to_f32(0x3f80) == 1.0f);
-    ck_assert(llep__layout_bf16_to_f32(0x0001) == float_of(0x00010000u));
+    ck_assert(isnan(llep_bf16_to_f32(llep_f32_to_bf16(float_of(0x7f800001u)))));
+    ck_assert(isnan(llep_bf16_to_f32(llep_f32_to_bf16(NAN))));
+    ck_assert(llep_bf16_to_f32(0x3f80) == 1.0f);
+    ck_assert(llep_bf16_to_f32(0x0001) == float_of(0x00010000u));
 }
 END_TEST
 
 /* Every bf16 value survives widening and narrowing (NaNs stay NaNs). */
 START_TEST(test_bf16_round_trip) {
     for (uint32_t h = 0; h <= 0xffff; h++) {
-        float f = llep__layout_bf16_to_f32((uint16_t)h);
+        float f = llep_bf16_to_f32((uint16_t)h);
 
         ck_assert_uint_eq(bits_of(f), h << 16);
         if (isnan(f))
-            ck_assert(isnan(llep__layout_bf16_to_f32(llep__layout_f32_to_bf16(f))));
+            ck_assert(isnan(llep_bf16_to_f32(llep_f32_to_bf16(f))));
         else
-            ck_assert_uint_eq(llep__layout_f32_to_bf16(f), h);
+            ck_assert_uint_eq(llep_f32_to_bf16(f), h);
     }
 }
 END_TEST
@@ -68,7 +69,7 @@ START_TEST(test_bf16_nearest) {
         uint32_t u = (uint32_t)(s >> 32) & 0xbfffffffu; /* finite, exponent below 2^64 */
         double v = float_of(u), lo = float_of(u & 0xffff0000u);
         double hi = float_of((u & 0xffff0000u) + 0x10000u);
-        uint16_t want = (uint16_t)(u >> 16), got = llep__layout_f32_to_bf16((float)v);
+        uint16_t want = (uint16_t)(u >> 16), got = llep_f32_to_bf16((float)v);
         double dlo = fabs(v - lo), dhi = fabs(hi - v);
 
         if (dhi < dlo || (dhi == dlo && (want & 1)))
@@ -92,10 +93,10 @@ static void *source(enum llep_dtype t, size_t n, double **ret_v) {
             ((float *)(void *)s)[i] = f;
             v[i] = f;
         } else {
-            uint16_t h = llep__layout_f32_to_bf16(f);
+            uint16_t h = llep_f32_to_bf16(f);
 
             ((uint16_t *)(void *)s)[i] = h;
-            v[i] = llep__layout_bf16_to_f32(h);
+            v[i] = llep_bf16_to_f32(h);
         }
     }
     *ret_v = v;
@@ -105,12 +106,12 @@ static void *source(enum llep_dtype t, size_t n, double **ret_v) {
 /* What dst element i must be: src's value in dst's type. */
 static double expected(double v, enum llep_dtype dt) {
     return dt == LLEP_DTYPE_F32 ? (double)(float)v
-                                : llep__layout_bf16_to_f32(llep__layout_f32_to_bf16((float)v));
+                                : llep_bf16_to_f32(llep_f32_to_bf16((float)v));
 }
 
 static double read_elem(const void *p, enum llep_dtype t, size_t i) {
     return t == LLEP_DTYPE_F32 ? ((const float *)p)[i]
-                               : llep__layout_bf16_to_f32(((const uint16_t *)p)[i]);
+                               : llep_bf16_to_f32(((const uint16_t *)p)[i]);
 }
 
 /* gather(rows, cols, rs, cs) from a source of n elements, checked element by element. */
@@ -166,11 +167,11 @@ START_TEST(test_convert) {
 
     llep__layout_convert(h, LLEP_DTYPE_BF16, f, LLEP_DTYPE_F32, 5);
     for (int i = 0; i < 5; i++)
-        ck_assert_uint_eq(h[i], llep__layout_f32_to_bf16(f[i]));
+        ck_assert_uint_eq(h[i], llep_f32_to_bf16(f[i]));
     llep__layout_convert(g, LLEP_DTYPE_F32, h, LLEP_DTYPE_BF16, 5);
     llep__layout_convert(back, LLEP_DTYPE_BF16, h, LLEP_DTYPE_BF16, 5);
     for (int i = 0; i < 5; i++) {
-        ck_assert(g[i] == llep__layout_bf16_to_f32(h[i]));
+        ck_assert(g[i] == llep_bf16_to_f32(h[i]));
         ck_assert_uint_eq(back[i], h[i]);
     }
     llep__layout_convert(g, LLEP_DTYPE_F32, f, LLEP_DTYPE_F32, 5);

@@ -18,6 +18,7 @@
 
 #include "fixtures.h"
 #include "layout.h"
+#include "llep/bf16.h"
 #include "llep/client.h"
 #include "ref-moe.h"
 #include "test-nodes.h"
@@ -148,8 +149,8 @@ static void *in_dtype(float *v, size_t n, enum llep_dtype t) {
     uint16_t *b = malloc(n * sizeof(uint16_t) + 1);
     ck_assert_ptr_nonnull(b);
     for (size_t i = 0; i < n; i++) {
-        b[i] = llep__layout_f32_to_bf16(v[i]);
-        v[i] = llep__layout_bf16_to_f32(b[i]);
+        b[i] = llep_f32_to_bf16(v[i]);
+        v[i] = llep_bf16_to_f32(b[i]);
     }
     return b;
 }
@@ -166,7 +167,7 @@ static double rel_error_vs_ref(const llep_model_info *mi, const layer_w *w, cons
 
     ck_assert(ref && yf);
     for (size_t i = 0; i < n; i++)
-        yf[i] = mi->desc.dtype == LLEP_DTYPE_BF16 ? llep__layout_bf16_to_f32(((const uint16_t *)y)[i])
+        yf[i] = mi->desc.dtype == LLEP_DTYPE_BF16 ? llep_bf16_to_f32(((const uint16_t *)y)[i])
                                                   : ((const float *)y)[i];
     llep_ref_moe_f32_layer(&l, TOKENS, mi->desc.top_k, x, idx, gw, ref);
     double err = llep_test_rel_l2(yf, ref, n);

@@ -95,7 +95,7 @@ has "$tools_deb" /usr/bin/llepctl /usr/bin/llep-plan /usr/bin/llep-bench /usr/bi
     /usr/share/man/man1/llepctl.1.gz /usr/share/man/man1/llep-plan.1.gz \
     /usr/share/man/man1/llep-bench.1.gz /usr/share/man/man1/llep-demo.1.gz
 has "$lib_deb" "/usr/lib/$multiarch/libllep-client.so.0"
-has "$dev_deb" /usr/include/llep/client.h /usr/include/llep/types.h \
+has "$dev_deb" /usr/include/llep/client.h /usr/include/llep/types.h /usr/include/llep/bf16.h \
     "/usr/lib/$multiarch/libllep-client.so" "/usr/lib/$multiarch/pkgconfig/llep-client.pc" \
     /usr/share/man/man3/llep-client.3.gz /usr/share/man/man3/llep_forward.3.gz
 

@@ -1,5 +1,6 @@
 /* Layout and dtype conversion primitives (layout.h). */
 #include "layout.h"
+#include "llep/bf16.h"
 
 #include <errno.h>
 #include <string.h>
@@ -7,24 +8,6 @@
 /* Side of the square tiles a strided gather walks in: 32 x 32 four-byte elements are 4 KiB
  * of source and of destination, which stay in L1 while the tile is transposed. */
 #define TILE 32u
-
-float llep__layout_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
-uint16_t llep__layout_f32_to_bf16(float f) {
-    uint32_t u;
-
-    memcpy(&u, &f, sizeof(u));
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 size_t llep__layout_dtype_size(enum llep_dtype t) {
     return t == LLEP_DTYPE_BF16 ? 2 : 4;
@@ -66,8 +49,8 @@ static inline size_t min_size(size_t a, size_t b) {
 
 DEFINE_GATHER(gather_f32_f32, float, float, same_f32)
 DEFINE_GATHER(gather_bf16_bf16, uint16_t, uint16_t, same_bf16)
-DEFINE_GATHER(gather_f32_bf16, float, uint16_t, llep__layout_bf16_to_f32)
-DEFINE_GATHER(gather_bf16_f32, uint16_t, float, llep__layout_f32_to_bf16)
+DEFINE_GATHER(gather_f32_bf16, float, uint16_t, llep_bf16_to_f32)
+DEFINE_GATHER(gather_bf16_f32, uint16_t, float, llep_f32_to_bf16)
 
 void llep__layout_gather(void *dst, enum llep_dtype dt, const void *src, enum llep_dtype st,
                          size_t rows, size_t cols, size_t row_stride, size_t col_stride) {

@@ -12,13 +12,7 @@
 
 #include "llep/types.h"
 
-/* bf16 is the top half of a float32; widening is exact. */
-float llep__layout_bf16_to_f32(uint16_t h);
-
-/* Round to nearest even; NaN stays NaN (made quiet), infinities stay infinite, finite values
- * beyond bf16's range round to infinity as IEEE rounding does. The same rounding as the
- * kernels' llep__f32_to_bf16 (kernels/moe-cpu.h). */
-uint16_t llep__layout_f32_to_bf16(float f);
+/* Single values: llep_bf16_to_f32 and llep_f32_to_bf16 (llep/bf16.h). */
 
 /* Bytes of one element: 4 (f32) or 2 (bf16). */
 size_t llep__layout_dtype_size(enum llep_dtype t);

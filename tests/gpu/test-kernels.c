@@ -309,8 +309,8 @@ static void test_combine(enum llep_dtype t) {
     void *got = host_back(dy, ybytes);
     double worst = 0;
     for (size_t i = 0; i < (size_t)tokens * d; i++) {
-        double a = t ? llep__bf16_to_f32(((uint16_t *)got)[i]) : ((float *)got)[i];
-        double b = t ? llep__bf16_to_f32(((uint16_t *)want)[i]) : ((float *)want)[i];
+        double a = t ? llep_bf16_to_f32(((uint16_t *)got)[i]) : ((float *)got)[i];
+        double b = t ? llep_bf16_to_f32(((uint16_t *)want)[i]) : ((float *)want)[i];
         /* Relative to the size of the terms (values of order 1): where the K terms cancel,
          * a fused multiply-add changes the result by a few ulp of the terms, not of it. */
         double err = fabs(a - b) / fmax(1.0, fabs(b));
@@ -354,7 +354,7 @@ static void test_convert(void) {
     if (memcmp(got, want, n * 2) != 0)
         fail("f32_to_bf16 differs from the CPU twin");
     for (size_t i = 0; i < n; i++) {
-        float w = llep__bf16_to_f32(want[i]);
+        float w = llep_bf16_to_f32(want[i]);
         if (memcmp(&gotf[i], &w, sizeof(w)) != 0) {
             fail("bf16_to_f32: element %zu", i);
             break;
