@@ -217,7 +217,8 @@ START_TEST(test_help_version) {
     for (const char *const *o = (const char *const[]){ "--socket", "--backend", "--devices",
              "--device-memory", "--alpha", "--lambda", "--min-tokens", "--log-level",
              "--node-id", "--peers", "--listen-peers", "--peer-heartbeat-ms",
-             "--peer-timeout-ms", "--cluster-communicator", "--config", "--help", "--version",
+             "--peer-timeout-ms", "--cluster-communicator", "--model", "--config", "--help",
+             "--version",
              NULL }; *o; o++)
         ck_assert_msg(strstr(text, *o), "%s missing from usage", *o);
     free(text);
@@ -574,6 +575,58 @@ START_TEST(test_cluster_options) {
 }
 END_TEST
 
+/* The model key: NAME=DIR, repeated, the file's and the command line's together. */
+START_TEST(test_models) {
+    static const char text[] = "model = mix=/srv/models/mixtral\nmodel=oss=/srv/gpt oss\n";
+    static const struct { char *value; const char *msg; } bad[] = {
+        { "nameonly", "bad value 'nameonly' for option '--model': expected NAME=DIR: a model "
+          "name (printable ASCII, no blanks or '/', at most 64 bytes) and its checkpoint "
+          "directory" },
+        { "=/srv/x", NULL },
+        { "a/b=/srv/x", NULL },
+        { "a b=/srv/x", NULL },
+        { "a=relative/dir", "bad value 'a=relative/dir' for option '--model': expected "
+          "NAME=DIR: a model name (printable ASCII, no blanks or '/', at most 64 bytes) and its "
+          "checkpoint directory: the directory must be an absolute path of at most 1023 bytes" },
+        { "a=", NULL },
+        { "mix=/again", "bad value 'mix=/again' for option '--model': expected NAME=DIR: a "
+          "model name (printable ASCII, no blanks or '/', at most 64 bytes) and its checkpoint "
+          "directory: model 'mix' is given twice" },
+        { "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=/srv/x", NULL },
+    };
+    llep_config c;
+    char *path = write_file("models.conf", text, sizeof(text) - 1);
+
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s", "--config", path, "--model", "q=/q"), 0);
+    ck_assert_uint_eq(c.nmodels, 3);
+    ck_assert_str_eq(c.models[0].name, "mix");
+    ck_assert_str_eq(c.models[0].path, "/srv/models/mixtral");
+    ck_assert_str_eq(c.models[1].name, "oss");
+    ck_assert_str_eq(c.models[1].path, "/srv/gpt oss");
+    ck_assert_str_eq(c.models[2].name, "q");
+    llep__config_fini(&c);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        llep__config_init(&c);
+        int r = PARSE(&c, "--socket", "/tmp/s", "--model", "mix=/m", "--model", bad[i].value);
+        ck_assert_msg(r == -EINVAL, "%s accepted", bad[i].value);
+        if (bad[i].msg)
+            ck_assert_str_eq(err, bad[i].msg);
+        ck_assert_uint_eq(c.nmodels, 1);   /* a bad value changes nothing */
+        llep__config_fini(&c);
+    }
+    llep__config_init(&c);
+    for (unsigned i = 0; i < LLEP_CONFIG_MAX_MODELS; i++) {
+        char v[32];
+        snprintf(v, sizeof(v), "m%u=/m", i);
+        ck_assert_int_eq(llep__config_set(&c, "model", v, err, sizeof(err)), 0);
+    }
+    ck_assert_int_eq(llep__config_set(&c, "model", "one-more=/m", err, sizeof(err)), -EINVAL);
+    ck_assert_msg(strstr(err, "at most 32 models"), "%s", err);
+    llep__config_fini(&c);
+}
+END_TEST
+
 START_TEST(test_cluster_errors) {
     static const struct { char *opt, *value; const char *msg; } bad[] = {
         { "--node-id", "65536", "bad value '65536' for option '--node-id': expected an "
@@ -699,6 +752,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_settings);
     tcase_add_test(tc, test_cluster_options);
     tcase_add_test(tc, test_cluster_errors);
+    tcase_add_test(tc, test_models);
     suite_add_tcase(s, tc);
     return s;
 }
