@@ -1,6 +1,7 @@
 /* Forwards: submit through the ring, wait for completions, and the blocking forward. */
 #include "client-internal.h"
 #include "grow.h"
+#include "layout.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -41,19 +42,91 @@ static void ticket_remove(llep_client *c, llep_ticket *t) {
     *t = c->tickets[--c->ntickets];
 }
 
-static int submit_locked(llep_layer *l, uint32_t tokens, const void *x,
-                         const int32_t *topk_idx, const float *topk_w, void *y,
-                         uint64_t *ret_ticket) {
+/* The element types of a forward's tensors, resolved from llep_io against the layer. */
+typedef struct io_types {
+    enum llep_dtype x, w, y;
+    enum llep_index_type idx;
+} io_types;
+
+static int io_dtype(const llep_layer *l, enum llep_io_dtype t, enum llep_dtype def,
+                    const char *field, enum llep_dtype *ret) {
+    switch (t) {
+    case LLEP_IO_DEFAULT:
+        *ret = def;
+        return 0;
+    case LLEP_IO_F32:
+        *ret = LLEP_DTYPE_F32;
+        return 0;
+    case LLEP_IO_BF16:
+        *ret = LLEP_DTYPE_BF16;
+        return 0;
+    }
+    return llep__client_fail(l->client, -EINVAL, "forward on layer '%s': %s %d is not an "
+                             "llep_io_dtype", l->name, field, (int)t);
+}
+
+static int io_types_of(const llep_layer *l, const llep_io *io, io_types *ret) {
+    int r;
+
+    if ((r = io_dtype(l, io->x_dtype, l->desc.dtype, "x_dtype", &ret->x)) < 0 ||
+        (r = io_dtype(l, io->w_dtype, LLEP_DTYPE_F32, "w_dtype", &ret->w)) < 0 ||
+        (r = io_dtype(l, io->y_dtype, l->desc.dtype, "y_dtype", &ret->y)) < 0)
+        return r;
+    if (io->idx_type != LLEP_INDEX_I32 && io->idx_type != LLEP_INDEX_I64)
+        return llep__client_fail(l->client, -EINVAL, "forward on layer '%s': idx_type %d is "
+                                 "not an llep_index_type", l->name, (int)io->idx_type);
+    ret->idx = io->idx_type;
+    return 0;
+}
+
+/* Copies the expert ids into the arena as int32, each checked to name one of the layer's
+ * experts. Returns 0 or -EINVAL naming the token and slot of the first bad id. */
+static int copy_ids(const llep_layer *l, int32_t *dst, const void *src,
+                    enum llep_index_type type, size_t n) {
+    int64_t bad_id = 0;
+    size_t bad = n;
+
+    if (type == LLEP_INDEX_I64) {
+        if (llep__layout_idx_from_i64(dst, src, n, l->desc.num_experts, &bad) == 0)
+            return 0;
+        bad_id = ((const int64_t *)src)[bad];
+    } else {
+        const int32_t *s = src;
+
+        for (size_t i = 0; i < n; i++) {
+            if (s[i] < 0 || (uint32_t)s[i] >= l->desc.num_experts) {
+                bad = i;
+                bad_id = s[i];
+                break;
+            }
+            dst[i] = s[i];
+        }
+        if (bad == n)
+            return 0;
+    }
+    return llep__client_fail(l->client, -EINVAL, "forward on layer '%s': topk_idx[%zu][%zu] "
+                             "= %" PRId64 " is not one of its experts (0 to %u)", l->name,
+                             bad / l->desc.top_k, bad % l->desc.top_k, bad_id,
+                             l->desc.num_experts - 1);
+}
+
+static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket) {
     llep_client *c = l->client;
+    uint32_t tokens = io->tokens;
     batch_layout b;
+    io_types ty;
     llep_ticket *t;
     llep_sqe e;
     uint64_t block;
+    size_t nx, nk;
     int r;
 
-    if (tokens > 0 && (!x || !topk_idx || !topk_w || !y))
+    if (tokens > 0 && (!io->x || !io->topk_idx || !io->topk_w || !io->y))
         return llep__client_fail(c, -EINVAL, "llep_submit on layer '%s': %s is NULL", l->name,
-                                 !x ? "x" : !topk_idx ? "topk_idx" : !topk_w ? "topk_w" : "y");
+                                 !io->x ? "x" : !io->topk_idx ? "topk_idx" :
+                                 !io->topk_w ? "topk_w" : "y");
+    if ((r = io_types_of(l, io, &ty)) < 0)
+        return r;
     if (c->dead)
         return llep__client_fail(c, c->dead, "the connection to llepd is lost%s%s",
                                  c->notice[0] ? ": " : "", c->notice);
@@ -66,21 +139,31 @@ static int submit_locked(llep_layer *l, uint32_t tokens, const void *x,
         return 0;
     }
     batch_layout_of(l, tokens, &b);
+    nx = (size_t)tokens * l->desc.hidden;
+    nk = (size_t)tokens * l->desc.top_k;
     r = llep__arena_reserve(c, b.total, true, &block);
     if (r < 0)
         return r;
-    memcpy(llep__arena_ptr(&c->arena, block + b.x), x, b.x_bytes);
-    memcpy(llep__arena_ptr(&c->arena, block + b.idx), topk_idx, b.idx_bytes);
-    memcpy(llep__arena_ptr(&c->arena, block + b.w), topk_w, b.idx_bytes);
+    r = copy_ids(l, llep__arena_ptr(&c->arena, block + b.idx), io->topk_idx, ty.idx, nk);
+    if (r < 0) {
+        llep__arena_release(c, block);
+        return r;
+    }
+    llep__layout_convert(llep__arena_ptr(&c->arena, block + b.x), l->desc.dtype, io->x, ty.x,
+                         nx);
+    llep__layout_convert(llep__arena_ptr(&c->arena, block + b.w), LLEP_DTYPE_F32, io->topk_w,
+                         ty.w, nk);
     t = ticket_new(c);
     if (!t) {
         llep__arena_release(c, block);
         return llep__client_fail(c, -ENOMEM, "out of memory");
     }
     t->in_flight = true;
-    t->y = y;
+    t->y = io->y;
     t->y_offset = block + b.y;
-    t->y_bytes = b.x_bytes;
+    t->y_arena = l->desc.dtype;
+    t->y_type = ty.y;
+    t->y_elems = nx;
     t->block = block;
     e = (llep_sqe){
         .tag = t->id,
@@ -107,9 +190,13 @@ static int submit_locked(llep_layer *l, uint32_t tokens, const void *x,
     return 0;
 }
 
-LLEP_EXTERN int llep_submit(llep_layer *l, uint32_t tokens, const void *x,
-                            const int32_t *topk_idx, const float *topk_w, void *y,
-                            uint64_t *ret_ticket) {
+/* llep_forward()'s arguments as an llep_io of default types. */
+static llep_io io_of(uint32_t tokens, const void *x, const int32_t *topk_idx,
+                     const float *topk_w, void *y) {
+    return (llep_io){ .tokens = tokens, .x = x, .topk_idx = topk_idx, .topk_w = topk_w, .y = y };
+}
+
+static int submit(llep_layer *l, const llep_io *io, uint64_t *ret_ticket) {
     llep_client *c;
     int r;
 
@@ -119,10 +206,24 @@ LLEP_EXTERN int llep_submit(llep_layer *l, uint32_t tokens, const void *x,
     pthread_mutex_lock(&c->lock);
     if (!ret_ticket)
         r = llep__client_fail(c, -EINVAL, "llep_submit: ret_ticket is NULL");
+    else if (!io)
+        r = llep__client_fail(c, -EINVAL, "llep_submit_ex: io is NULL");
     else
-        r = submit_locked(l, tokens, x, topk_idx, topk_w, y, ret_ticket);
+        r = submit_locked(l, io, ret_ticket);
     pthread_mutex_unlock(&c->lock);
     return r;
+}
+
+LLEP_EXTERN int llep_submit(llep_layer *l, uint32_t tokens, const void *x,
+                            const int32_t *topk_idx, const float *topk_w, void *y,
+                            uint64_t *ret_ticket) {
+    llep_io io = io_of(tokens, x, topk_idx, topk_w, y);
+
+    return submit(l, &io, ret_ticket);
+}
+
+LLEP_EXTERN int llep_submit_ex(llep_layer *l, const llep_io *io, uint64_t *ret_ticket) {
+    return submit(l, io, ret_ticket);
 }
 
 static int wait_locked(llep_client *c, uint64_t ticket, int timeout_ms) {
@@ -161,21 +262,37 @@ LLEP_EXTERN int llep_wait(llep_client *c, uint64_t ticket, int timeout_ms) {
     return r;
 }
 
-LLEP_EXTERN int llep_forward(llep_layer *l, uint32_t tokens, const void *x,
-                             const int32_t *topk_idx, const float *topk_w, void *y) {
+static int forward(llep_layer *l, const llep_io *io) {
     llep_client *c;
     uint64_t ticket;
     int r;
 
     if (!l)
         return -EINVAL;
-    if (tokens == 0)
-        return 0;
     c = l->client;
+    if (!io) {
+        pthread_mutex_lock(&c->lock);
+        r = llep__client_fail(c, -EINVAL, "llep_forward_ex: io is NULL");
+        pthread_mutex_unlock(&c->lock);
+        return r;
+    }
+    if (io->tokens == 0)
+        return 0;
     pthread_mutex_lock(&c->lock);
-    r = submit_locked(l, tokens, x, topk_idx, topk_w, y, &ticket);
+    r = submit_locked(l, io, &ticket);
     if (r == 0)
         r = wait_locked(c, ticket, -1);
     pthread_mutex_unlock(&c->lock);
     return r;
+}
+
+LLEP_EXTERN int llep_forward(llep_layer *l, uint32_t tokens, const void *x,
+                             const int32_t *topk_idx, const float *topk_w, void *y) {
+    llep_io io = io_of(tokens, x, topk_idx, topk_w, y);
+
+    return forward(l, &io);
+}
+
+LLEP_EXTERN int llep_forward_ex(llep_layer *l, const llep_io *io) {
+    return forward(l, io);
 }

@@ -46,7 +46,9 @@ typedef struct llep_ticket {
     int status;
     char *message;            /* the daemon's SubmissionError, or NULL */
     void *y;                  /* the caller's output */
-    uint64_t y_offset, y_bytes;
+    uint64_t y_offset;        /* in the arena, in the layer's dtype */
+    enum llep_dtype y_arena, y_type;  /* the layer's dtype and the caller's */
+    uint64_t y_elems;
     uint64_t block;           /* arena offset of its block */
 } llep_ticket;
 
@@ -124,6 +126,30 @@ void llep__arena_release(llep_client *c, uint64_t offset);
 
 /* Unmaps the arena and closes its eventfds. */
 void llep__arena_drop(llep_client *c);
+
+/* The tensors of llep's layout, in the order of LayerCreate. */
+enum llep_weight {
+    LLEP_W_GATE, LLEP_W_UP, LLEP_W_DOWN, LLEP_B_GATE, LLEP_B_UP, LLEP_B_DOWN,
+    LLEP_WEIGHT_COUNT
+};
+
+/* Where one tensor of llep's layout comes from in the caller's (client-weights.c): expert e's
+ * matrix of rows x cols has element [i][j] at src[e * expert + offset + i * row_stride +
+ * j * col_stride], counted in elements. src is NULL for a tensor not given. */
+typedef struct llep_weight_src {
+    const void *src;
+    size_t expert, offset;
+    size_t rows, cols, row_stride, col_stride;
+} llep_weight_src;
+
+/* Whether gate and up come in one tensor, w_gate_up. */
+bool llep__gate_up_fused(enum llep_gate_up_layout g);
+
+/* The sources of a desc's six tensors for its layouts (which must be valid). */
+void llep__weight_sources(const llep_layer_desc *d, llep_weight_src ret[LLEP_WEIGHT_COUNT]);
+
+/* Gathers n experts' matrices of s, in dtype t, into llep's layout at dst. */
+void llep__weight_copy(void *dst, enum llep_dtype t, uint32_t n, const llep_weight_src *s);
 
 static inline uint64_t llep__align_up(uint64_t v, uint64_t a) {
     return (v + a - 1) / a * a;

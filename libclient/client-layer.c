@@ -50,51 +50,43 @@ void llep__desc_from_proto(const LlepPb__LayerDesc *p, llep_layer_desc *d) {
     d->group_timeout_ms = p->group_timeout_ms;
 }
 
-/* One tensor of a LayerCreate: where it goes in the upload block and where it comes from. */
-typedef struct upload {
-    const void *src;
-    uint64_t bytes;
-    LlepPb__TensorRef ref;
-} upload;
-
-/* Copies the weights into the arena and sends LayerCreate. */
+/* Copies the weights into the arena, into llep's layout, and sends LayerCreate. */
 static int create_layer(llep_client *c, const char *name, const llep_layer_desc *d,
                         LlepPb__LayerDesc *pd, LlepPb__Frame **ret) {
     LlepPb__LayerCreate lc = LLEP_PB__LAYER_CREATE__INIT;
     LlepPb__Frame req = LLEP_PB__FRAME__INIT;
     llep_layer_bytes b;
-    upload u[6] = {
-        { d->w_gate, 0, LLEP_PB__TENSOR_REF__INIT }, { d->w_up, 0, LLEP_PB__TENSOR_REF__INIT },
-        { d->w_down, 0, LLEP_PB__TENSOR_REF__INIT }, { d->b_gate, 0, LLEP_PB__TENSOR_REF__INIT },
-        { d->b_up, 0, LLEP_PB__TENSOR_REF__INIT }, { d->b_down, 0, LLEP_PB__TENSOR_REF__INIT },
-    };
-    LlepPb__TensorRef **refs[6] = { &lc.w_gate, &lc.w_up, &lc.w_down,
-                                  &lc.b_gate, &lc.b_up, &lc.b_down };
-    uint64_t total = 0, block, off;
+    llep_weight_src src[LLEP_WEIGHT_COUNT];
+    LlepPb__TensorRef ref[LLEP_WEIGHT_COUNT];
+    LlepPb__TensorRef **refs[LLEP_WEIGHT_COUNT] = { &lc.w_gate, &lc.w_up, &lc.w_down,
+                                                  &lc.b_gate, &lc.b_up, &lc.b_down };
+    uint64_t bytes[LLEP_WEIGHT_COUNT], total = 0, block, off;
     int r;
 
     llep__layer_bytes_of(pd, &b);
-    u[0].bytes = b.w_gate;
-    u[1].bytes = b.w_up;
-    u[2].bytes = b.w_down;
-    u[3].bytes = b.b_gate;
-    u[4].bytes = b.b_up;
-    u[5].bytes = b.b_down;
-    for (int i = 0; i < 6; i++)
-        if (u[i].src)
-            total += llep__align_up(u[i].bytes, LLEP_CLIENT_ALIGN);
+    bytes[LLEP_W_GATE] = b.w_gate;
+    bytes[LLEP_W_UP] = b.w_up;
+    bytes[LLEP_W_DOWN] = b.w_down;
+    bytes[LLEP_B_GATE] = b.b_gate;
+    bytes[LLEP_B_UP] = b.b_up;
+    bytes[LLEP_B_DOWN] = b.b_down;
+    llep__weight_sources(d, src);
+    for (int i = 0; i < LLEP_WEIGHT_COUNT; i++)
+        if (src[i].src)
+            total += llep__align_up(bytes[i], LLEP_CLIENT_ALIGN);
     r = llep__arena_reserve(c, total, false, &block);
     if (r < 0)
         return r;
     off = block;
-    for (int i = 0; i < 6; i++) {
-        if (!u[i].src)
+    for (int i = 0; i < LLEP_WEIGHT_COUNT; i++) {
+        if (!src[i].src)
             continue;
-        memcpy(llep__arena_ptr(&c->arena, off), u[i].src, u[i].bytes);
-        u[i].ref.offset = off;
-        u[i].ref.bytes = u[i].bytes;
-        *refs[i] = &u[i].ref;
-        off += llep__align_up(u[i].bytes, LLEP_CLIENT_ALIGN);
+        llep__weight_copy(llep__arena_ptr(&c->arena, off), d->dtype, d->num_experts, &src[i]);
+        ref[i] = (LlepPb__TensorRef)LLEP_PB__TENSOR_REF__INIT;
+        ref[i].offset = off;
+        ref[i].bytes = bytes[i];
+        *refs[i] = &ref[i];
+        off += llep__align_up(bytes[i], LLEP_CLIENT_ALIGN);
     }
     lc.name = (char *)name;
     lc.desc = pd;
@@ -124,11 +116,53 @@ static int attach_layer(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
     return llep__client_request(c, &req, LLEP_PB__FRAME__BODY_LAYER_ATTACH_REPLY, ret);
 }
 
+static const char *gate_up_name(enum llep_gate_up_layout g) {
+    static const char *const names[] = { "SEPARATE", "SEPARATE_T", "FUSED", "FUSED_T",
+                                         "INTERLEAVED" };
+
+    return names[g];
+}
+
+/* Checks the weight pointers against the desc's layouts: all the layouts take to create the
+ * layer (*ret_create true), or none to attach to it. Returns 0 or -EINVAL. */
+static int check_weights(llep_client *c, const char *name, const llep_layer_desc *d,
+                         bool *ret_create) {
+    bool fused = llep__gate_up_fused(d->gate_up_layout);
+    const void *gate_up = fused ? d->w_gate_up : d->w_gate;
+    int nweights;
+
+    if ((unsigned)d->gate_up_layout > LLEP_GATE_UP_INTERLEAVED)
+        return llep__client_fail(c, -EINVAL, "layer '%s': gate_up_layout %d is not an "
+                                 "llep_gate_up_layout", name, (int)d->gate_up_layout);
+    if ((unsigned)d->down_layout > LLEP_DOWN_DH)
+        return llep__client_fail(c, -EINVAL, "layer '%s': down_layout %d is not an "
+                                 "llep_down_layout", name, (int)d->down_layout);
+    if (fused && (d->w_gate || d->w_up || d->b_gate || d->b_up))
+        return llep__client_fail(c, -EINVAL, "layer '%s': gate_up_layout %s takes w_gate_up "
+                                 "and b_gate_up, not w_gate, w_up, b_gate or b_up", name,
+                                 gate_up_name(d->gate_up_layout));
+    if (!fused && (d->w_gate_up || d->b_gate_up))
+        return llep__client_fail(c, -EINVAL, "layer '%s': w_gate_up and b_gate_up need a "
+                                 "FUSED, FUSED_T or INTERLEAVED gate_up_layout, not %s", name,
+                                 gate_up_name(d->gate_up_layout));
+    nweights = fused ? !!d->w_gate_up + !!d->w_down : !!d->w_gate + !!d->w_up + !!d->w_down;
+    if (nweights != 0 && nweights != (fused ? 2 : 3))
+        return llep__client_fail(c, -EINVAL, "layer '%s': give %s to create it, or none of "
+                                 "them to attach to it", name,
+                                 fused ? "w_gate_up and w_down" : "w_gate, w_up and w_down");
+    if (nweights == 0 &&
+        (d->b_gate || d->b_up || d->b_down || d->b_gate_up))
+        return llep__client_fail(c, -EINVAL, "layer '%s': biases given without weights",
+                                 name);
+    *ret_create = gate_up != NULL;
+    return 0;
+}
+
 /* Checks what the caller gave before anything is sent. */
 static int check_create_args(llep_client *c, const char *name, const llep_layer_desc *d,
                              LlepPb__LayerDesc *pd, bool *ret_create) {
     char err[LLEP_CLIENT_ERROR_MAX];
-    int nweights;
+    int r;
 
     if (!name)
         return llep__client_fail(c, -EINVAL, "llep_layer_create: name is NULL");
@@ -138,17 +172,11 @@ static int check_create_args(llep_client *c, const char *name, const llep_layer_
         *ret_create = false;
         return 0;
     }
-    nweights = !!d->w_gate + !!d->w_up + !!d->w_down;
-    if (nweights != 0 && nweights != 3)
-        return llep__client_fail(c, -EINVAL, "layer '%s': give w_gate, w_up and w_down to "
-                                 "create it, or none of them to attach to it", name);
-    if (nweights == 0 && (d->b_gate || d->b_up || d->b_down))
-        return llep__client_fail(c, -EINVAL, "layer '%s': biases given without weights",
-                                 name);
+    if ((r = check_weights(c, name, d, ret_create)) < 0)
+        return r;
     desc_to_proto(d, pd);
     if (llep__layer_desc_check(pd, err, sizeof(err)) < 0)
         return llep__client_fail(c, -EINVAL, "layer '%s': %s", name, err);
-    *ret_create = nweights == 3;
     return 0;
 }
 

@@ -1,5 +1,6 @@
 /* libllep-client: connection, errors, and the progress loop that reaps completions. */
 #include "client-internal.h"
+#include "layout.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -73,7 +74,8 @@ llep_ticket *llep__ticket_find(llep_client *c, uint64_t id) {
 /* Final status of a submission; copies y out on success and gives back its block. */
 static void ticket_complete(llep_client *c, llep_ticket *t, int status) {
     if (status == 0 && c->have_arena)
-        memcpy(t->y, llep__arena_ptr(&c->arena, t->y_offset), t->y_bytes);
+        llep__layout_convert(t->y, t->y_type, llep__arena_ptr(&c->arena, t->y_offset),
+                             t->y_arena, t->y_elems);
     if (t->in_flight) {
         llep__arena_release(c, t->block);
         c->in_flight--;

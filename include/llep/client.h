@@ -30,9 +30,20 @@ extern "C" {
 typedef struct llep_client llep_client; /* opaque */
 typedef struct llep_layer llep_layer;   /* opaque */
 
-/* A layer's shape and policy (DESIGN.md sections 4 and 5). Weight layout is row-major with
- * experts contiguous: w_gate and w_up [N][D][H], w_down [N][H][D], b_gate and b_up [N][H],
- * b_down [N][D], in `dtype` (bf16 as raw 16-bit words). */
+/* A layer's shape and policy (DESIGN.md sections 4 and 5). Weights and biases are in `dtype`
+ * (bf16 as raw 16-bit words), row-major with experts contiguous. By default (layouts 0) they
+ * are llep's own layout: w_gate and w_up [N][D][H], w_down [N][H][D], b_gate and b_up [N][H],
+ * b_down [N][D]. gate_up_layout and down_layout take the layouts frameworks keep in memory
+ * (enum llep_gate_up_layout and llep_down_layout in llep/types.h), converted while the library
+ * copies the weights anyway:
+ *   SEPARATE, SEPARATE_T   w_gate and w_up; biases b_gate and b_up
+ *   FUSED, FUSED_T         w_gate_up [N][D][2H] or [N][2H][D]; bias b_gate_up [N][2H],
+ *                          gate then up (w_gate, w_up, b_gate and b_up must be NULL)
+ *   INTERLEAVED            w_gate_up [N][D][2H] and b_gate_up [N][2H], gate j at 2j, up j at
+ *                          2j + 1 (w_gate, w_up, b_gate and b_up must be NULL)
+ *   down HD, DH            w_down [N][H][D] or [N][D][H]; b_down [N][D] either way
+ * The daemon holds the layer in llep's layout whatever the caller's was: llep_layer_get_desc()
+ * gives layouts 0. */
 typedef struct llep_layer_desc {
     uint32_t num_experts, top_k, hidden, inter;   /* N, K, D, H */
     enum llep_dtype dtype;
@@ -47,8 +58,13 @@ typedef struct llep_layer_desc {
     enum llep_scope scope;                        /* NODE: this daemon's devices; CLUSTER: all */
     /* How long a collective step (group > 0) waits for its clients, and a cluster step for
      * the other nodes' loads, before failing with -ETIMEDOUT; 0: the daemon default (5 s).
-     * The last field: zero-initialise the desc (memset or = {0}) as the examples do. */
+     * Zero-initialise the desc (memset or = {0}) as the examples do: fields are appended
+     * over versions, and 0 in each keeps the behaviour of the versions before it. */
     uint32_t group_timeout_ms;
+    /* Since 0.3.0 (symbol version LLEP_CLIENT_0.2): the weights' layouts, see above. */
+    enum llep_gate_up_layout gate_up_layout;      /* SEPARATE: w_gate, w_up [N][D][H] */
+    enum llep_down_layout down_layout;            /* HD: w_down [N][H][D] */
+    const void *w_gate_up, *b_gate_up;            /* fused and interleaved layouts only */
 } llep_layer_desc;
 
 /* Connects to llepd at socket_path (NULL: $LLEP_SOCKET, else /run/llep/llepd.sock as root,
@@ -90,6 +106,37 @@ LLEP_EXTERN void llep_layer_release(llep_layer *l);
  * by llep_wait(..., -1). */
 LLEP_EXTERN int llep_forward(llep_layer *l, uint32_t tokens, const void *x,
                              const int32_t *topk_idx, const float *topk_w, void *y);
+
+/* A forward's tensors and their element types (llep_forward_ex(), llep_submit_ex()), all
+ * row-major and contiguous. Zero-initialise it and set what differs from llep_forward()'s
+ * convention: each type field's 0 is what llep_forward() takes.
+ *   x         [tokens][D]  x_dtype: DEFAULT (the layer's dtype), F32 or BF16
+ *   topk_idx  [tokens][K]  idx_type: LLEP_INDEX_I32 (0) or LLEP_INDEX_I64 (torch.topk's)
+ *   topk_w    [tokens][K]  w_dtype: DEFAULT (float32), F32 or BF16
+ *   y         [tokens][D]  y_dtype: DEFAULT (the layer's dtype), F32 or BF16
+ * The library converts while it copies x, topk_idx and topk_w into its arena and y out of it:
+ * the daemon computes in float32 as always, so f32 x on a bf16 layer is rounded to bf16 first,
+ * and f32 y of a bf16 layer holds the bf16 result widened. Expert ids are checked here, before
+ * anything is sent. Fields are only ever appended, each with a new symbol version. */
+typedef struct llep_io {
+    uint32_t tokens;
+    enum llep_index_type idx_type;
+    const void *x;
+    const void *topk_idx;
+    const void *topk_w;
+    void *y;
+    enum llep_io_dtype x_dtype, w_dtype, y_dtype;
+} llep_io;
+
+/* llep_forward() with the tensors and types of io: blocks until io->y is written. -EINVAL
+ * for a NULL io, an unknown type, a NULL pointer with tokens > 0, or an expert id outside
+ * [0, N) (the message names the token and the slot: "topk_idx[3][1] = 70 ..."), and whatever
+ * llep_forward() returns. io->tokens 0 returns 0 at once. Since 0.3.0. */
+LLEP_EXTERN int llep_forward_ex(llep_layer *l, const llep_io *io);
+
+/* llep_submit() with the tensors and types of io: io itself need not outlive the call, but
+ * io->y must stay valid until llep_wait() has returned for the ticket. Since 0.3.0. */
+LLEP_EXTERN int llep_submit_ex(llep_layer *l, const llep_io *io, uint64_t *ret_ticket);
 
 /* Asynchronous forward on the same ring. llep_submit() copies x, topk_idx and topk_w into
  * the arena, queues the submission and returns a ticket in *ret_ticket without waiting for

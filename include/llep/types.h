@@ -29,9 +29,10 @@ enum llep_policy { LLEP_POLICY_AUTO = 0, LLEP_POLICY_EP = 1, LLEP_POLICY_LLEP = 
 /* NODE: this daemon's devices; CLUSTER: every node's devices. */
 enum llep_scope { LLEP_SCOPE_NODE = 0, LLEP_SCOPE_CLUSTER = 1 };
 
-/* How the gate and up projections of a layer's experts lie in memory (llep_layer_weights);
- * N experts, D = hidden, H = inter, row-major, experts contiguous. "x W" layouts are used as
- * they are, "x W^T" ones (a torch nn.Linear's weight) are transposed while they are copied.
+/* How the gate and up projections of a layer's experts lie in memory (llep_layer_desc's
+ * gate_up_layout); N experts, D = hidden, H = inter, row-major, experts contiguous. "x W"
+ * layouts are used as they are, "x W^T" ones (a torch nn.Linear's weight) are transposed while
+ * the client library copies them into its arena.
  *   SEPARATE     w_gate, w_up [N][D][H] each, g = x W_gate (llep's own layout)
  *   SEPARATE_T   w_gate, w_up [N][H][D] each, g = x W_gate^T (stacked nn.Linear weights)
  *   FUSED        w_gate_up [N][D][2H]: columns 0..H-1 gate, H..2H-1 up
@@ -52,6 +53,10 @@ enum llep_down_layout { LLEP_DOWN_HD = 0, LLEP_DOWN_DH = 1 };
 
 /* Element type of topk_idx in llep_io. */
 enum llep_index_type { LLEP_INDEX_I32 = 0, LLEP_INDEX_I64 = 1 };
+
+/* Element type of x, topk_w or y in llep_io. DEFAULT (0) is what llep_forward() takes: x and y
+ * in the layer's storage dtype, topk_w float32. */
+enum llep_io_dtype { LLEP_IO_DEFAULT = 0, LLEP_IO_F32 = 1, LLEP_IO_BF16 = 2 };
 
 /* Defaults of the Least-Loaded Assignment parameters (DESIGN.md section 2). */
 #define LLEP_DEFAULT_ALPHA 1.0
