@@ -2,7 +2,8 @@
 # The main job: installs what is missing, builds llep (release), starts llepd on the CPU
 # backend, and runs a demo in which several client processes share one MoE layer under skewed
 # routing, first with policy EP and then with LLEP; prints the daemon's EP vs LLEP figures
-# (llepctl stats) and the last LLEP plan, then stops the daemon.
+# (llepctl stats) and the last LLEP plan; then llepd loads a small model from a checkpoint and
+# four client processes run all its layers in order; then it stops the daemon.
 #
 #   bash scripts/demo.sh          (LLEP_BUILD_DIR=dir to build elsewhere than build)
 set -euo pipefail
@@ -34,6 +35,21 @@ echo
   --tokens 1024 --hot-share 0.8 --experts 32 --top-k 4 --hidden 512 --inter 512 \
   --min-tokens 64 --check \
   --then "echo; ${llepctl[*]} stats; echo; ${llepctl[*]} devices; echo; ${llepctl[*]} plan demo-llep"
+
+# A whole model: a checkpoint of 6 MoE layers (gpt-oss layout, bf16, random weights) written
+# by the safetensors package, loaded by llepd itself; 4 client processes attach to its layers
+# by name and run all of them in order, as a model's forward does, each checking every layer
+# against the same weights read from the checkpoint and created by the client.
+echo
+echo "== a model loaded from a checkpoint by llepd"
+.venv/bin/python3 scripts/make-model.py "$run/model" --layers 6 --experts 32 --top-k 4 \
+  --hidden 256 --inter 256 --shard-mb 16
+"${llepctl[@]}" load demo-model "$run/model"
+"${llepctl[@]}" models
+"$build/tools/llep-model-run" --socket "$sock" --model demo-model --clients 4 --forwards 4 \
+  --tokens 256 --hot-share 0.8 --check "$run/model"
+echo
+"${llepctl[@]}" stats | sed -n '/^ID/,$p'
 
 echo
 echo "Busy times are per-device CPU time (thread CPU clock): on a CPU the $devices logical"

@@ -89,7 +89,7 @@ static float *read_expected(const char *dir, size_t *ret_n) {
     return buf;
 }
 
-static void check_info(const llep_model_info *info, const good_ckpt *g) {
+static void check_info(const llep_model_config *info, const good_ckpt *g) {
     ck_assert_str_eq(info->model_type, g->model_type);
     ck_assert_uint_eq(info->num_moe_layers, g->num_moe_layers);
     for (uint32_t i = 0; i < g->num_moe_layers; i++)

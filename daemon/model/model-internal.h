@@ -9,7 +9,7 @@
 struct llep_model {
     llep_ckpt *ckpt;
     llep_family_config cfg;
-    llep_model_info info;
+    llep_model_config info;
     enum llep_storage *storage;     /* how each MoE layer is stored, found at open */
 };
 

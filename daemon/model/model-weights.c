@@ -14,7 +14,7 @@
 #include "layout.h"
 
 /* Elements of one expert's slice of each output: [D][H], [D][H], [H][D], [H], [H], [D]. */
-static size_t out_elems(const llep_model_info *info, enum llep_out o) {
+static size_t out_elems(const llep_model_config *info, enum llep_out o) {
     size_t d = info->hidden, h = info->inter;
 
     switch (o) {
@@ -31,7 +31,7 @@ static size_t out_elems(const llep_model_info *info, enum llep_out o) {
 }
 
 /* The one allocation of all outputs, its bytes overflow-checked. */
-static int alloc_outputs(const llep_model_info *info, void *out[LLEP_OUT_COUNT], char *err,
+static int alloc_outputs(const llep_model_config *info, void *out[LLEP_OUT_COUNT], char *err,
                          size_t errlen) {
     size_t es = llep__layout_dtype_size(info->dtype), total = 0, at[LLEP_OUT_COUNT];
     unsigned count = info->bias ? LLEP_OUT_COUNT : LLEP_OUT_B_GATE;
@@ -107,7 +107,7 @@ static int expert_matrix(const llep_model *m, const llep_src *src, uint32_t e, v
     return 0;
 }
 
-static void gather(const llep_model_info *info, const llep_copy *c, uint32_t e,
+static void gather(const llep_model_config *info, const llep_copy *c, uint32_t e,
                    const matrix *mat, const llep_src *src, void *out[LLEP_OUT_COUNT]) {
     size_t es = llep__layout_dtype_size(info->dtype), ms = llep__layout_dtype_size(mat->t);
     char *dst = (char *)out[c->out] + (size_t)e * out_elems(info, c->out) * es;

@@ -154,7 +154,7 @@ static int check_layers(llep_model *m, char *err, size_t errlen) {
 }
 
 static void fill_info(llep_model *m) {
-    llep_model_info *info = &m->info;
+    llep_model_config *info = &m->info;
 
     snprintf(info->model_type, sizeof(info->model_type), "%s", m->cfg.model_type);
     info->num_moe_layers = m->cfg.num_moe_layers;
@@ -194,7 +194,7 @@ int llep__model_open(const char *dir, llep_model **ret, char *err, size_t errlen
     return 0;
 }
 
-const llep_model_info *llep__model_info(const llep_model *m) {
+const llep_model_config *llep__model_info(const llep_model *m) {
     return &m->info;
 }
 

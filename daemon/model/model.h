@@ -23,7 +23,7 @@
 
 typedef struct llep_model llep_model;   /* opaque */
 
-typedef struct llep_model_info {
+typedef struct llep_model_config {
     char model_type[32];            /* config.json's model_type */
     uint32_t num_moe_layers;
     const uint32_t *layer_of;       /* the decoder layer of each MoE layer, ascending */
@@ -32,7 +32,7 @@ typedef struct llep_model_info {
     float act_alpha, act_limit;     /* SWIGLU_OAI: 1.702 and swiglu_limit; SWIGLU: 0 */
     bool bias;                      /* gpt-oss: b_gate, b_up, b_down */
     enum llep_dtype dtype;          /* of the weights llep__model_layer_weights returns */
-} llep_model_info;
+} llep_model_config;
 
 /* One MoE layer's weights in llep's layout and the model's dtype (bf16 as raw 16-bit words),
  * all in one allocation that llep__model_weights_free releases; biases NULL without bias. */
@@ -47,7 +47,7 @@ typedef struct llep_model_weights {
  * matching config.json, -ENOMEM, open/mmap's errno) with the message in err. */
 int llep__model_open(const char *dir, llep_model **ret, char *err, size_t errlen);
 
-const llep_model_info *llep__model_info(const llep_model *m);
+const llep_model_config *llep__model_info(const llep_model *m);
 
 /* MoE layer `index` (0-based among the MoE layers) into *ret. Returns 0, or -ERANGE (no such
  * layer), -EOVERFLOW (its bytes do not fit a size_t), -ENOMEM, -EDOM (an MXFP4 scale of 255,

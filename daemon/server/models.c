@@ -147,7 +147,7 @@ static void open_run(uv_work_t *req) {
     w->r = llep__model_open(w->m->path, &w->ckpt, w->err, sizeof(w->err));
 }
 
-static void desc_from_info(LlepPb__LayerDesc *d, const llep_model_info *mi) {
+static void desc_from_info(LlepPb__LayerDesc *d, const llep_model_config *mi) {
     llep_pb__layer_desc__init(d);
     d->num_experts = mi->num_experts;
     d->top_k = mi->top_k;
@@ -163,7 +163,7 @@ static void desc_from_info(LlepPb__LayerDesc *d, const llep_model_info *mi) {
  * engine config of each. */
 static int make_layers(load_work *w, char *err, size_t errlen) {
     llepd_model *m = w->m;
-    const llep_model_info *mi = llep__model_info(w->ckpt);
+    const llep_model_config *mi = llep__model_info(w->ckpt);
     char lname[LLEP_NAME_MAX + 1];
 
     m->nlayers = mi->num_moe_layers;
