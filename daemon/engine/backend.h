@@ -7,7 +7,13 @@
  * contracts the CUDA kernels share.
  *
  * Memory budgets are not the backend's business: the engine charges every buffer it
- * allocates against the device's budget before asking the backend for it. */
+ * allocates against the device's budget before asking the backend for it.
+ *
+ * One instance serves every engine of a process (devices.h: llepd's layers share its worker
+ * threads, streams and handles). Its callers never call into it from two threads at once:
+ * whoever queues, syncs, allocates, frees or reads busy times holds the devices' turn, so a
+ * backend needs no locking of its own, and its state between steps (caches, tile buffers) is
+ * shared by all layers. */
 #ifndef LLEP_BACKEND_H
 #define LLEP_BACKEND_H
 

@@ -9,11 +9,12 @@
 
 #include "engine.h"
 
-/* A device as the engine sees it: its native experts and what is charged to it. */
+/* A device as the engine sees it: its native experts and what this engine has charged to it
+ * (the device's whole account, every engine's, is the devices', devices.h). */
 typedef struct engine_device {
     void *native;          /* [M] expert blocks */
     uint64_t native_bytes;
-    uint64_t used, peak, budget;
+    uint64_t used, peak;   /* this engine's */
     /* Buffers of the current step. */
     void *x;               /* [rows][D], layer dtype: rows dispatched here */
     float *y;              /* [rows][D]: results of those rows */
@@ -34,7 +35,9 @@ struct llep_engine {
     uint64_t expert_bytes;
     uint64_t off_up, off_down, off_bg, off_bu, off_bd;
 
-    llep_backend *be;
+    llep_devices *devs;
+    int own_devs;             /* opened by the engine (no shared devices in its config) */
+    llep_backend *be;         /* the devices' */
     engine_device *dev;
     llep_engine_device_stats *dstats;
     llep_plan plan;
@@ -47,7 +50,8 @@ struct llep_engine {
     uint32_t *cur_range;      /* [N] range holding that rank */
     uint64_t *chunk_row;      /* [max ranges] first row of each range on its device */
     void **recv;              /* [max ranges] received weight blocks, by transfer */
-    uint64_t *busy0;          /* [P] backend busy time at the start of the step */
+    uint64_t *busy0;          /* [P] backend busy time at the start of the turn */
+    uint64_t *busy_step;      /* [P] busy time of the step's turns so far */
     size_t *home_base;        /* [P] each home device's first entry in combine_src */
     const void **gather_src;  /* [slots] source row of each dispatched row */
     const float **combine_src;/* [slots] result row of each (token, k) */
@@ -59,10 +63,18 @@ uint64_t llep__engine_monotonic_ns(void);
 int llep__engine_format_error(char *err, size_t errlen, int r, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Charges bytes to device d and allocates them; -ENOMEM when over its budget. */
+/* The devices' turn for a phase of a step (devices.h): every backend call of the step lies
+ * between begin and end. The busy time of the devices between them counts as the step's
+ * (turns of other engines may come between two phases of a cluster part). */
+void llep__engine_turn_begin(llep_engine *e);
+void llep__engine_turn_end(llep_engine *e);
+
+/* Under the turn: charges bytes of a step to device d and allocates them; -ENOMEM when they do
+ * not fit in its budget beside what every engine holds there. */
 int llep__engine_dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **ret);
-/* Frees *ptr (if set) on device d, uncharges bytes and clears *ptr. */
+/* Frees *ptr (if set) on device d, uncharges bytes and clears *ptr; any thread. */
 void llep__engine_dev_free(llep_engine *e, uint32_t d, void **ptr, uint64_t bytes);
+
 
 /* Checks batches[0..nb) for a top-k of K over num_experts experts and counts their
  * per-expert loads into loads[num_experts] (zeroed first); home_base[p] gets batch p's first
@@ -93,8 +105,10 @@ int llep__engine_queue_chunk(llep_engine *e, uint32_t d, const char *w, uint64_t
 int llep__engine_queue_combine(llep_engine *e, uint32_t p, const llep_engine_batch *b,
                                const float *const *src);
 
-/* Step statistics: begin resets the device figures and notes busy times and peaks; end fills
- * device d's figures (rows computed there) and returns its busy time in the step. */
+/* Step statistics: begin resets the device figures and peaks; end (after the step's last
+ * turn) fills device d's figures (rows computed there) and returns its busy time in the step.
+ * Backend staging is noted in this engine's and the device's peak by note_stage. */
+void llep__engine_note_stage(llep_engine *e, uint32_t d, uint64_t bytes);
 void llep__engine_begin_stats(llep_engine *e);
 uint64_t llep__engine_end_device_stats(llep_engine *e, uint32_t d, uint64_t rows);
 

@@ -442,7 +442,8 @@ static uint64_t wire_bytes(const llep_part *pt, const uint64_t *rows_out,
     return sum;
 }
 
-/* Fails before anything is allocated when a device's step buffers exceed its budget. */
+/* Fails before anything is allocated when a device's step buffers do not fit in its budget
+ * beside what every engine holds there (the part holds the turn: nobody else allocates). */
 static int check_budgets(llep_part *pt, uint64_t results_in, uint64_t wire) {
     llep_engine *e = pt->e;
     char extra[80] = "";
@@ -455,17 +456,21 @@ static int check_budgets(llep_part *pt, uint64_t results_in, uint64_t wire) {
         /* Device 0 also holds the results other nodes send back, for the combines, and in
          * device-wire mode everything else that crosses nodes. */
         uint64_t need = llep__engine_device_need(e, d) + (d == 0 ? results_in + wire : 0);
-        if (dv->used + need > dv->budget)
-            return llep__errf(pt->err, sizeof(pt->err), -ENOMEM,
-                             "node %u device %u (global %u): the %s step needs %" PRIu64
-                             " bytes (received weights %" PRIu64 ", token rows %" PRIu64
-                             ", results %" PRIu64 ", intermediates %" PRIu64 ", results from "
-                             "other nodes %" PRIu64 "%s) on top of the %" PRIu64 " it holds, "
-                             "over its budget of %" PRIu64 " bytes", pt->node, d, pt->dev0 + d,
-                             pt->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need, w,
-                             dv->x_bytes, dv->y_bytes, dv->scratch_bytes,
-                             d == 0 ? results_in : 0, d == 0 ? extra : "", dv->used,
-                             dv->budget);
+        if (llep__devices_fits(e->devs, d, need, LLEP_CHARGE_STEP))
+            continue;
+        llep_device_figures f;
+        llep__devices_figures(e->devs, d, &f);
+        return llep__errf(pt->err, sizeof(pt->err), -ENOMEM,
+                          "node %u device %u (global %u): the %s step needs %" PRIu64
+                          " bytes (received weights %" PRIu64 ", token rows %" PRIu64
+                          ", results %" PRIu64 ", intermediates %" PRIu64 ", results from "
+                          "other nodes %" PRIu64 "%s), %" PRIu64 " of its budget of %" PRIu64
+                          " bytes are free (%" PRIu64 " in use, %" PRIu64 " by this layer)",
+                          pt->node, d, pt->dev0 + d,
+                          pt->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need, w,
+                          dv->x_bytes, dv->y_bytes, dv->scratch_bytes,
+                          d == 0 ? results_in : 0, d == 0 ? extra : "", f.free, f.budget,
+                          f.used, dv->used);
     }
     return 0;
 }
@@ -729,22 +734,27 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
     uint64_t results_in = 0;
     for (uint32_t j = 0; j < pt->nodes; j++)
         results_in += rows_out[j] * pt->e->d * sizeof(float);
+    llep__engine_begin_stats(pt->e);
+    /* From the budget check to the copies out, the devices are this part's alone; between
+     * phases other engines' steps may run (the part's buffers stay charged). */
+    llep__engine_turn_begin(pt->e);
     r = check_budgets(pt, results_in, wire_bytes(pt, rows_out, rows_in));
     if (r == 0)
         r = reserve_host(pt, rows_out, rows_in);
     if (r < 0)
-        goto out;
-    llep__engine_begin_stats(pt->e);
+        goto out_turn;
     pt->state = PART_PREPARED;
     r = alloc_step(pt);
     if (r < 0) {
         free_step(pt);
-        goto out;
+        goto out_turn;
     }
     route_slots(pt);
     route_rows_in(pt);
     count_traffic(pt, rows_out, rows_in);
     r = stage_out(pt);
+out_turn:
+    llep__engine_turn_end(pt->e);
 out:
     free(rows_out);
     free(rows_in);
@@ -873,6 +883,7 @@ int llep__part_compute(llep_part *pt) {
     if (pt->state != PART_PREPARED)
         return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "compute needs a prepared step");
     e = pt->e;
+    llep__engine_turn_begin(e);
     r = queue_chunks(pt);
     /* Device 0's copies are ordered only with device 0's own work, so in device-wire mode every
      * device's chunks must be done before they read the results. */
@@ -884,10 +895,11 @@ int llep__part_compute(llep_part *pt) {
     rs = e->be->ops->sync(e->be);
     if (r == 0)
         r = rs;
-    if (r < 0) {
+    if (r < 0)
         free_step(pt);
+    llep__engine_turn_end(e);
+    if (r < 0)
         return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
-    }
     pt->state = PART_COMPUTED;
     return 0;
 }
@@ -927,6 +939,7 @@ int llep__part_combine(llep_part *pt, llep_engine_stats *stats) {
     if (pt->state != PART_COMPUTED)
         return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "combine needs a computed step");
     e = pt->e;
+    llep__engine_turn_begin(e);
     /* Results from other nodes onto device 0, where the combines read them; in device-wire
      * mode the caller put them there. */
     for (uint32_t j = 0; j < pt->nodes && r == 0 && !pt->device_wire; j++)
@@ -944,6 +957,7 @@ int llep__part_combine(llep_part *pt, llep_engine_stats *stats) {
     if (r == 0)
         r = rs;
     free_step(pt);
+    llep__engine_turn_end(e);
     if (r < 0)
         return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
     if (stats)

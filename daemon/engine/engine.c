@@ -37,14 +37,11 @@ void llep__engine_config_default(llep_engine_config *cfg) {
 
 int llep__engine_dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **ret) {
     engine_device *dv = &e->dev[d];
-    int r;
 
     *ret = NULL;
     if (bytes == 0)
         return 0;
-    if (bytes > SIZE_MAX || dv->used + bytes > dv->budget)
-        return -ENOMEM;
-    r = e->be->ops->alloc(e->be, d, (size_t)bytes, ret);
+    int r = llep__devices_alloc(e->devs, d, bytes, LLEP_CHARGE_STEP, ret);
     if (r < 0)
         return r;
     dv->used += bytes;
@@ -56,9 +53,21 @@ int llep__engine_dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **re
 void llep__engine_dev_free(llep_engine *e, uint32_t d, void **ptr, uint64_t bytes) {
     if (!*ptr)
         return;
-    e->be->ops->free(e->be, d, *ptr);
+    llep__devices_release(e->devs, d, *ptr, bytes, LLEP_CHARGE_STEP);
     e->dev[d].used -= bytes;
     *ptr = NULL;
+}
+
+void llep__engine_turn_begin(llep_engine *e) {
+    llep__devices_turn_wait(e->devs);
+    for (uint32_t d = 0; d < e->p; d++)
+        e->busy0[d] = e->be->ops->busy_ns(e->be, d);
+}
+
+void llep__engine_turn_end(llep_engine *e) {
+    for (uint32_t d = 0; d < e->p; d++)
+        e->busy_step[d] += e->be->ops->busy_ns(e->be, d) - e->busy0[d];
+    llep__devices_turn_end(e->devs);
 }
 
 static int check_config(const llep_engine_config *c, char *err, size_t errlen) {
@@ -119,9 +128,10 @@ static int alloc_host(llep_engine *e) {
     e->chunk_row = calloc(maxr, sizeof(*e->chunk_row));
     e->recv = calloc(maxr, sizeof(*e->recv));
     e->busy0 = calloc(e->p, sizeof(*e->busy0));
+    e->busy_step = calloc(e->p, sizeof(*e->busy_step));
     e->home_base = calloc(e->p, sizeof(*e->home_base));
     if (!e->dev || !e->dstats || !e->loads || !e->rank || !e->cur_range || !e->chunk_row ||
-        !e->recv || !e->busy0 || !e->home_base)
+        !e->recv || !e->busy0 || !e->busy_step || !e->home_base)
         return -ENOMEM;
     return 0;
 }
@@ -153,16 +163,99 @@ static int upload_native(llep_engine *e, const llep_engine_config *c, uint32_t d
     return r;
 }
 
+/* The devices the engine runs on: the configuration's, or its own from the other fields. */
+static int open_devices(llep_engine *e, const llep_engine_config *cfg, char *err,
+                        size_t errlen) {
+    if (cfg->devices) {
+        e->devs = cfg->devices;
+        e->be = llep__devices_backend(e->devs);
+        return 0;
+    }
+    llep_devices_config dc = {
+        .backend = cfg->backend, .num_devices = cfg->num_devices, .threads = cfg->threads,
+        .backend_devices = cfg->backend_devices, .budget = cfg->mem_budget,
+        .token_budget = cfg->token_budget,
+    };
+    int r = llep__devices_new(&dc, &e->devs, err, errlen);
+    if (r < 0)
+        return r;
+    e->own_devs = 1;
+    e->be = llep__devices_backend(e->devs);
+    return 0;
+}
+
+/* Charges and allocates every device's native experts in one turn, all or none: a layer that
+ * does not fit somewhere takes nothing from the others meanwhile. */
+static int alloc_native(llep_engine *e, char *err, size_t errlen) {
+    int r = 0;
+    uint32_t d;
+
+    llep__devices_turn_wait(e->devs);
+    for (d = 0; d < e->p && r == 0; d++) {
+        engine_device *dv = &e->dev[d];
+        r = llep__devices_alloc(e->devs, d, dv->native_bytes, LLEP_CHARGE_HELD, &dv->native);
+        if (r == 0) {
+            dv->used = dv->peak = dv->native_bytes;
+            continue;
+        }
+        llep_device_figures f;
+        llep__devices_figures(e->devs, d, &f);
+        if (r == -ENOMEM)
+            llep__errf(err, errlen, r, "device %u: the native weights need %" PRIu64 " bytes, "
+                       "%" PRIu64 " of its budget of %" PRIu64 " bytes are free (%" PRIu64
+                       " in use)", d, dv->native_bytes, f.free, f.budget, f.used);
+        else
+            llep__errf(err, errlen, r, "device %u: %s allocating the native weights", d,
+                       strerror(-r));
+    }
+    if (r < 0)
+        for (uint32_t i = 0; i < e->p; i++) {
+            engine_device *dv = &e->dev[i];
+            llep__devices_release(e->devs, i, dv->native, dv->native_bytes, LLEP_CHARGE_HELD);
+            dv->native = NULL;
+            dv->used = dv->peak = 0;
+        }
+    llep__devices_turn_end(e->devs);
+    return r;
+}
+
+/* Copies the native experts onto their devices, one device per turn, so that steps of other
+ * layers run between the devices of a large upload. */
+static int upload_all(llep_engine *e, const llep_engine_config *cfg, char *err,
+                      size_t errlen) {
+    for (uint32_t d = 0; d < e->p; d++) {
+        llep__devices_turn_wait(e->devs);
+        int r = upload_native(e, cfg, d);
+        int rs = e->be->ops->sync(e->be);
+        llep__devices_turn_end(e->devs);
+        if (r < 0)
+            return llep__errf(err, errlen, r, "device %u: cannot queue the weight upload", d);
+        if (rs < 0)
+            return llep__errf(err, errlen, rs, "weight upload failed: %s", strerror(-rs));
+    }
+    return 0;
+}
+
 int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err, size_t errlen) {
+    llep_engine_config c;
     llep_engine *e;
     int r;
 
     if (!ret)
         return -EINVAL;
     *ret = NULL;
-    r = check_config(cfg, err, errlen);
+    if (!cfg)
+        return check_config(NULL, err, errlen);
+    c = *cfg;
+    if (c.devices && c.num_devices == 0)
+        c.num_devices = llep__devices_count(c.devices);
+    r = check_config(&c, err, errlen);
     if (r < 0)
         return r;
+    if (c.devices && c.num_devices != llep__devices_count(c.devices))
+        return llep__errf(err, errlen, -EINVAL, "num_devices is %u, the shared devices are %u",
+                          c.num_devices, llep__devices_count(c.devices));
+    cfg = &c;
     e = calloc(1, sizeof(*e));
     if (!e)
         return -ENOMEM;
@@ -183,10 +276,6 @@ int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err
         .act_limit = cfg->act_limit > 0 ? cfg->act_limit : LLEP_ACT_DEFAULT_LIMIT,
     };
     expert_layout(e);
-    if (!e->cfg.backend)
-        e->cfg.backend = &llep__backend_cpu;
-    if (!e->cfg.token_budget)
-        e->cfg.token_budget = LLEP_ENGINE_DEFAULT_TOKEN_BUDGET;
 
     r = alloc_host(e);
     if (r == 0)
@@ -195,35 +284,19 @@ int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err
         snprintf(err, errlen, "out of host memory");
         goto fail;
     }
-    llep_backend_options bo = { .num_devices = e->p, .threads = cfg->threads,
-                                .devices = cfg->backend_devices };
-    r = e->cfg.backend->create(&bo, &e->be);
-    if (r < 0) {
-        snprintf(err, errlen, "%s backend: %s", e->cfg.backend->name, strerror(-r));
+    r = open_devices(e, cfg, err, errlen);
+    if (r < 0)
         goto fail;
-    }
-
-    for (uint32_t d = 0; d < e->p; d++) {
-        engine_device *dv = &e->dev[d];
-        dv->native_bytes = (uint64_t)e->m * e->expert_bytes;
-        dv->budget = cfg->mem_budget ? cfg->mem_budget : dv->native_bytes + e->cfg.token_budget;
-        r = llep__engine_dev_alloc(e, d, dv->native_bytes, &dv->native);
-        if (r < 0) {
-            snprintf(err, errlen, "device %u: native weights need %" PRIu64
-                     " bytes, its budget is %" PRIu64, d, dv->native_bytes, dv->budget);
-            goto fail;
-        }
-        r = upload_native(e, cfg, d);
-        if (r < 0) {
-            snprintf(err, errlen, "device %u: cannot queue the weight upload", d);
-            goto fail;
-        }
-    }
-    r = e->be->ops->sync(e->be);
-    if (r < 0) {
-        snprintf(err, errlen, "weight upload failed: %s", strerror(-r));
+    /* What the engine reports as its backend: the caller's table when it named one. */
+    if (!e->cfg.backend)
+        e->cfg.backend = e->be->ops;
+    for (uint32_t d = 0; d < e->p; d++)
+        e->dev[d].native_bytes = (uint64_t)e->m * e->expert_bytes;
+    r = alloc_native(e, err, errlen);
+    if (r == 0)
+        r = upload_all(e, cfg, err, errlen);
+    if (r < 0)
         goto fail;
-    }
     /* The layer no longer needs the caller's host copies. */
     e->cfg.w_gate = e->cfg.w_up = e->cfg.w_down = NULL;
     e->cfg.b_gate = e->cfg.b_up = e->cfg.b_down = NULL;
@@ -238,12 +311,14 @@ fail:
 void llep__engine_free(llep_engine *e) {
     if (!e)
         return;
-    if (e->be) {
-        e->be->ops->sync(e->be);
+    /* Nothing of this engine is queued outside its turns: its weights go back to the devices,
+     * at once or when the turn in progress ends. */
+    if (e->devs && e->dev)
         for (uint32_t d = 0; d < e->p; d++)
-            llep__engine_dev_free(e, d, &e->dev[d].native, e->dev[d].native_bytes);
-        e->be->ops->destroy(e->be);
-    }
+            llep__devices_release(e->devs, d, e->dev[d].native, e->dev[d].native_bytes,
+                                  LLEP_CHARGE_HELD);
+    if (e->own_devs)
+        llep__devices_free(e->devs);
     llep__plan_fini(&e->plan);
     free(e->dev);
     free(e->dstats);
@@ -253,6 +328,7 @@ void llep__engine_free(llep_engine *e) {
     free(e->chunk_row);
     free(e->recv);
     free(e->busy0);
+    free(e->busy_step);
     free(e->home_base);
     free(e->gather_src);
     free(e->combine_src);
@@ -261,6 +337,10 @@ void llep__engine_free(llep_engine *e) {
 
 llep_backend *llep__engine_backend(const llep_engine *e) {
     return e ? e->be : NULL;
+}
+
+llep_devices *llep__engine_devices(const llep_engine *e) {
+    return e ? e->devs : NULL;
 }
 
 const char *llep__engine_error(const llep_engine *e) {
@@ -278,11 +358,7 @@ uint64_t llep__engine_expert_bytes(const llep_engine *e) {
 int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes) {
     if (!e || dev >= e->p)
         return -EINVAL;
-    if (bytes < e->dev[dev].used)
-        return llep__errf(e->err, sizeof(e->err), -ENOMEM, "device %u already holds %" PRIu64 " bytes", dev,
-                         e->dev[dev].used);
-    e->dev[dev].budget = bytes;
-    return 0;
+    return llep__devices_set_budget(e->devs, dev, bytes, e->err, sizeof(e->err));
 }
 
 int llep__engine_format_error(char *err, size_t errlen, int r, const char *fmt, ...) {
@@ -416,33 +492,43 @@ static uint64_t backend_stage(const llep_engine *e, uint32_t d, const llep_engin
                               : 0;
 }
 
-/* Fails before anything is allocated when some device's step buffers exceed its budget. */
+/* Fails before anything is allocated when some device's step buffers do not fit in its budget
+ * beside what every engine holds there (the step holds the turn: nobody else allocates). */
 static int check_budgets(llep_engine *e, const llep_engine_batch *b) {
     for (uint32_t d = 0; d < e->p; d++) {
         engine_device *dv = &e->dev[d];
         uint64_t w = (uint64_t)dv->received * e->expert_bytes, stage = backend_stage(e, d, b);
         uint64_t need = llep__engine_device_need(e, d) + stage;
-        if (dv->used + need > dv->budget)
-            return llep__errf(e->err, sizeof(e->err), -ENOMEM,
-                             "device %u: the %s step needs %" PRIu64 " bytes (received weights "
-                             "%" PRIu64 ", token rows %" PRIu64 ", results %" PRIu64
-                             ", intermediates %" PRIu64 ", backend staging %" PRIu64
-                             ") on top of the %" PRIu64 " it holds, over its budget of %" PRIu64
-                             " bytes", d, e->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need,
-                             w, dv->x_bytes, dv->y_bytes, dv->scratch_bytes, stage, dv->used,
-                             dv->budget);
+        if (llep__devices_fits(e->devs, d, need, LLEP_CHARGE_STEP))
+            continue;
+        llep_device_figures f;
+        llep__devices_figures(e->devs, d, &f);
+        return llep__errf(e->err, sizeof(e->err), -ENOMEM,
+                          "device %u: the %s step needs %" PRIu64 " bytes (received weights "
+                          "%" PRIu64 ", token rows %" PRIu64 ", results %" PRIu64
+                          ", intermediates %" PRIu64 ", backend staging %" PRIu64 "), %" PRIu64
+                          " of its budget of %" PRIu64 " bytes are free (%" PRIu64 " in use, %"
+                          PRIu64 " by this layer)", d,
+                          e->plan.mode == LLEP_PLAN_LLEP ? "LLEP" : "EP", need, w, dv->x_bytes,
+                          dv->y_bytes, dv->scratch_bytes, stage, f.free, f.budget, f.used,
+                          dv->used);
     }
     return 0;
+}
+
+void llep__engine_note_stage(llep_engine *e, uint32_t d, uint64_t bytes) {
+    uint64_t peak = e->dev[d].used + bytes;
+
+    if (peak > e->dev[d].peak)
+        e->dev[d].peak = peak;
+    llep__devices_note_peak(e->devs, d, bytes);
 }
 
 /* The backend's staging counts in each device's peak (it is not in `used`: the backend
  * allocates and frees it within the step). */
 static void charge_stage_peaks(llep_engine *e, const llep_engine_batch *b) {
-    for (uint32_t d = 0; d < e->p; d++) {
-        uint64_t peak = e->dev[d].used + backend_stage(e, d, b);
-        if (peak > e->dev[d].peak)
-            e->dev[d].peak = peak;
-    }
+    for (uint32_t d = 0; d < e->p; d++)
+        llep__engine_note_stage(e, d, backend_stage(e, d, b));
 }
 
 static void free_step(llep_engine *e) {
@@ -598,19 +684,21 @@ static int queue_combine(llep_engine *e, const llep_engine_batch *b) {
 void llep__engine_begin_stats(llep_engine *e) {
     memset(e->dstats, 0, e->p * sizeof(*e->dstats));
     for (uint32_t d = 0; d < e->p; d++) {
-        e->busy0[d] = e->be->ops->busy_ns(e->be, d);
+        e->busy_step[d] = 0;
         e->dev[d].peak = e->dev[d].used;
     }
 }
 
 uint64_t llep__engine_end_device_stats(llep_engine *e, uint32_t d, uint64_t rows) {
     llep_engine_device_stats *ds = &e->dstats[d];
+    llep_device_figures f;
 
+    llep__devices_figures(e->devs, d, &f);
     ds->rows = rows;
-    ds->busy_ns = e->be->ops->busy_ns(e->be, d) - e->busy0[d];
+    ds->busy_ns = e->busy_step[d];
     ds->held_bytes = e->dev[d].native_bytes;
     ds->peak_bytes = e->dev[d].peak;
-    ds->budget_bytes = e->dev[d].budget;
+    ds->budget_bytes = f.budget;
     return ds->busy_ns;
 }
 
@@ -668,12 +756,17 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         return r;
     llep__engine_begin_stats(e);
     layout(e);
+    /* From the budget check to the last sync the devices are this step's alone. */
+    llep__engine_turn_begin(e);
     r = check_budgets(e, batches);
-    if (r < 0)
+    if (r < 0) {
+        llep__engine_turn_end(e);
         return r;
+    }
     r = alloc_step(e);
     if (r < 0) {
         free_step(e);
+        llep__engine_turn_end(e);
         return llep__errf(e->err, sizeof(e->err), r, "out of device memory while allocating the step's buffers");
     }
     charge_stage_peaks(e, batches);
@@ -689,6 +782,7 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
     if (r == 0)
         r = rs;
     free_step(e);
+    llep__engine_turn_end(e);
     if (r < 0)
         return llep__errf(e->err, sizeof(e->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
     if (ret_stats)

@@ -8,9 +8,12 @@
  * depends on the plan, so EP and LLEP give the same outputs up to the GEMM library's
  * rounding for different row counts (docs/PERFORMANCE.md).
  *
- * Every device buffer the engine allocates is charged to that device's budget. A step whose
- * buffers would not fit fails with -ENOMEM before any output is written; the engine stays
- * usable. One step at a time per engine; distinct engines are independent. */
+ * Every device buffer the engine allocates is charged to that device's account (devices.h),
+ * which every engine created on the same llep_devices shares: a layer whose weights do not fit
+ * beside the others' is refused, and a step whose buffers would not fit fails with -ENOMEM
+ * before any output is written; the engine stays usable. One step at a time per engine;
+ * engines on the same devices take turns on them (first come, first served), so their steps
+ * may be called from different threads at once. */
 #ifndef LLEP_ENGINE_H
 #define LLEP_ENGINE_H
 
@@ -18,13 +21,14 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "devices.h"
 #include "llep/types.h"
 #include "plan.h"
 
 typedef struct llep_engine llep_engine;
 
 /* Bytes each device may use beyond its native weights when no budget is given. */
-#define LLEP_ENGINE_DEFAULT_TOKEN_BUDGET (1ull << 30)
+#define LLEP_ENGINE_DEFAULT_TOKEN_BUDGET LLEP_DEVICES_DEFAULT_TOKEN_BUDGET
 
 typedef struct llep_engine_config {
     uint32_t num_experts, top_k, hidden, inter;  /* N, K, D, H */
@@ -37,11 +41,15 @@ typedef struct llep_engine_config {
     const void *b_gate, *b_up, *b_down;
 
     uint32_t num_devices;                        /* P; N must be a multiple of P */
+    llep_plan_params plan;                       /* defaults for steps given no params */
+
+    /* The devices to run on, shared with other engines (devices.h), which the engine borrows:
+     * free it first. P is theirs (num_devices 0 or equal) and the fields below are ignored.
+     * NULL: the engine opens devices of its own from the fields below. */
+    llep_devices *devices;
     /* Per-device budget in bytes; 0: native weights + token_budget. */
     uint64_t mem_budget;
     uint64_t token_budget;                       /* 0: LLEP_ENGINE_DEFAULT_TOKEN_BUDGET */
-    llep_plan_params plan;                       /* defaults for steps given no params */
-
     const llep_backend_ops *backend;             /* NULL: the CPU backend */
     uint32_t threads;                            /* CPU backend threads; 0: min(P, CPUs) */
     const char *backend_devices;                 /* device spec for the backend ("cuda:0x4",
@@ -70,8 +78,8 @@ typedef struct llep_engine_device_stats {
     uint64_t weight_bytes_in;  /* received expert weights and biases */
     uint64_t token_bytes_in;   /* rows dispatched here from other home devices */
     uint64_t held_bytes;       /* held between steps (native weights) */
-    uint64_t peak_bytes;       /* highest use during the step, held bytes included */
-    uint64_t budget_bytes;
+    uint64_t peak_bytes;       /* this engine's highest use during the step, held included */
+    uint64_t budget_bytes;     /* the device's budget, shared with the other engines on it */
 } llep_engine_device_stats;
 
 typedef struct llep_engine_stats {
@@ -88,13 +96,17 @@ typedef struct llep_engine_stats {
     const llep_engine_device_stats *devices;  /* [P], valid until the next step or free */
 } llep_engine_stats;
 
-/* Checks the configuration, creates the backend and copies each device's native experts to
- * it. Returns 0, -EINVAL (message in err) or -ENOMEM (a device's budget cannot hold its
- * native weights, or the host is out of memory). */
+/* Checks the configuration, opens the devices (unless cfg->devices), charges each device its
+ * native experts and copies them there, one device per turn. Returns 0, -EINVAL (message in
+ * err) or -ENOMEM (a device cannot hold its native weights beside what it holds already, the
+ * message naming the device, the bytes needed, free and the budget; or the host is out of
+ * memory): nothing of the engine stays charged then. */
 int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err, size_t errlen);
 void llep__engine_free(llep_engine *e);
 
-/* Runs one step over batches[0..P). params: NULL for the configuration's. Returns 0,
+/* Runs one step over batches[0..P), holding the devices' turn (devices.h) from its budget check
+ * to its last sync; a caller that holds the turn already keeps it. params: NULL for the
+ * configuration's. Returns 0,
  * -EINVAL (bad batch or expert index, or bad parameters), -ENOMEM (a device budget or the
  * host), -E2BIG (one expert's slice over 2^32 - 1 rows) or -EOVERFLOW. On failure llep__engine_error() says why. Every check and every
  * device allocation comes before the combine, so a failed step writes no y; the one
@@ -108,6 +120,8 @@ const char *llep__engine_error(const llep_engine *e);
 
 /* The backend instance the engine's devices run on (for its optional parts, backend.h). */
 llep_backend *llep__engine_backend(const llep_engine *e);
+/* The devices the engine runs on: the shared ones it was created on, or its own. */
+llep_devices *llep__engine_devices(const llep_engine *e);
 
 /* The plan of the last step that got as far as planning. */
 const llep_plan *llep__engine_plan(const llep_engine *e);
@@ -116,8 +130,8 @@ const llep_plan *llep__engine_plan(const llep_engine *e);
  * down, then the biases) starts on a 64-byte boundary. */
 uint64_t llep__engine_expert_bytes(const llep_engine *e);
 
-/* Changes a device's budget; fails with -EINVAL for a bad device and -ENOMEM when the device
- * already holds more. */
+/* Changes a device's budget (of the devices, so for every engine on them); fails with -EINVAL
+ * for a bad device and -ENOMEM when the device already holds more. */
 int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes);
 
 #endif

@@ -1,0 +1,130 @@
+/* The P logical devices every engine of a process runs on (issue 13, docs/ARCHITECTURE.md
+ * sections 2 and 3): one backend instance, one memory account per device, and one turn on
+ * the backend at a time.
+ *
+ * llepd opens one llep_devices at start and creates every layer's engine on it, so its thread
+ * count does not grow with the number of layers (the CPU backend's worker threads, the CUDA
+ * backend's streams, cuBLAS handles and communicators exist once), and every byte any layer
+ * holds or a step uses on device d is charged to device d's one account. An engine created
+ * without one (llep-bench, the engine tests) opens a private one with the same rules.
+ *
+ * The turn. A backend's per-device queues and its sync() are not safe for two callers at once,
+ * so whoever calls into the backend (queues work, syncs, allocates or frees device memory,
+ * reads busy times) holds the turn. It is granted first come, first served, by places in a
+ * queue: a thread that asks with llep__devices_turn_wait() takes its place when it asks; work
+ * that is decided in one thread and runs in another (llepd's loop thread hands steps to libuv's
+ * pool) reserves its place where it is decided (llep__devices_reserve(), which never waits),
+ * so that how soon the pool thread gets a CPU does not change its order. Reserved places are
+ * served in the order they were taken; a thread that asked without one never waits for a
+ * reserved place whose thread has not come yet (a pool whose threads all wait in
+ * turn_wait could otherwise keep the reserving work from ever starting). The turn is reentrant
+ * for the thread that holds it. llep__devices_turn_try() never waits and never jumps the
+ * queue: it succeeds only when nobody holds, waits for or has reserved the turn, which is what
+ * an event loop may call.
+ *
+ * The account. Charges are checked against the device's budget and counted under a mutex, so
+ * any thread may read the figures; a device's `used` is what every engine holds there (native
+ * weights: held charges) plus what the running turn's step has allocated (step charges), and
+ * its `peak` the most that ever was, with the backend's staging (llep__devices_note_peak()).
+ * Memory may be given back from any thread: at once when the caller holds the turn or nobody
+ * does, else by the holder when its turn ends; the bytes are uncharged at once either way. */
+#ifndef LLEP_DEVICES_H
+#define LLEP_DEVICES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+
+typedef struct llep_devices llep_devices;
+
+/* Bytes each device may use beyond what is held on it when no budget is given. */
+#define LLEP_DEVICES_DEFAULT_TOKEN_BUDGET (1ull << 30)
+
+typedef struct llep_devices_config {
+    const llep_backend_ops *backend;   /* NULL: the CPU backend */
+    uint32_t num_devices;              /* P > 0 */
+    uint32_t threads;                  /* CPU backend threads; 0: min(P, online CPUs) */
+    const char *backend_devices;       /* device spec ("cuda:0x4"); NULL: the default */
+    /* Bytes each device may use, held and step charges of every engine together; 0: what is
+     * held there plus token_budget (a budget that grows with the weights held). */
+    uint64_t budget;
+    uint64_t token_budget;             /* 0: LLEP_DEVICES_DEFAULT_TOKEN_BUDGET */
+} llep_devices_config;
+
+/* Creates the backend instance. Returns 0, -EINVAL or the backend's error (message in err). */
+int llep__devices_new(const llep_devices_config *cfg, llep_devices **ret, char *err,
+                      size_t errlen);
+/* Destroys the backend, after every engine on the devices was freed. */
+void llep__devices_free(llep_devices *dv);
+
+uint32_t llep__devices_count(const llep_devices *dv);
+llep_backend *llep__devices_backend(const llep_devices *dv);
+
+/* ---- the turn ---------------------------------------------------------------------------- */
+
+/* Waits for the turn, in order of asking; returns at once, one level deeper, when this thread
+ * holds it. */
+void llep__devices_turn_wait(llep_devices *dv);
+/* A place in the queue, taken now for a thread that will wait for it with
+ * llep__devices_turn_wait_reserved(), or give it up with llep__devices_unreserve(): exactly
+ * one of them, once. Never waits. 0 when out of memory (then turn_wait_reserved(0) waits as
+ * turn_wait does). */
+uint64_t llep__devices_reserve(llep_devices *dv);
+void llep__devices_turn_wait_reserved(llep_devices *dv, uint64_t place);
+void llep__devices_unreserve(llep_devices *dv, uint64_t place);
+/* Takes the turn only when this thread holds it or nobody holds, waits for or has reserved
+ * it; never waits. */
+bool llep__devices_turn_try(llep_devices *dv);
+/* Ends one level of the turn; the last frees what was given back meanwhile and hands the turn
+ * to the next place. */
+void llep__devices_turn_end(llep_devices *dv);
+/* Whether the calling thread holds the turn. */
+bool llep__devices_turn_held(const llep_devices *dv);
+
+/* Turns granted so far; threads waiting for one now, and places reserved whose thread has not
+ * come yet (for tests and figures). */
+typedef struct llep_devices_turns {
+    uint64_t granted;
+    uint32_t waiting, reserved;
+} llep_devices_turns;
+void llep__devices_turn_figures(const llep_devices *dv, llep_devices_turns *ret);
+
+/* ---- the account ------------------------------------------------------------------------- */
+
+enum llep_charge {
+    LLEP_CHARGE_STEP,   /* a step's buffer: must fit in the budget */
+    LLEP_CHARGE_HELD,   /* held between steps (native weights) */
+};
+
+/* Under the turn: charges bytes to device d and allocates them from the backend (64-byte
+ * aligned). Returns 0, -ENOMEM over the budget (nothing charged) or the backend's error. */
+int llep__devices_alloc(llep_devices *dv, uint32_t d, uint64_t bytes, enum llep_charge kind,
+                        void **ret);
+/* Any thread: uncharges bytes from device d and frees ptr (NULL: nothing). */
+void llep__devices_release(llep_devices *dv, uint32_t d, void *ptr, uint64_t bytes,
+                           enum llep_charge kind);
+/* A step's transient use beyond its charges (the backend's staging) on device d: counted in
+ * the peak, not in used. */
+void llep__devices_note_peak(llep_devices *dv, uint32_t d, uint64_t extra);
+
+typedef struct llep_device_figures {
+    uint64_t budget;    /* in force now (the held bytes plus the token budget without one) */
+    uint64_t used;      /* held and step charges */
+    uint64_t held;      /* held charges */
+    uint64_t peak;      /* the most used ever was, with staging */
+    uint64_t free;      /* budget - used for a step charge, 0 when over */
+} llep_device_figures;
+void llep__devices_figures(const llep_devices *dv, uint32_t d, llep_device_figures *ret);
+
+/* Whether need more bytes of kind fit on device d now. */
+bool llep__devices_fits(const llep_devices *dv, uint32_t d, uint64_t need,
+                        enum llep_charge kind);
+
+/* Sets device d's budget (0: held + token budget). -EINVAL for a bad device, -ENOMEM when it
+ * already uses more (message in err). */
+int llep__devices_set_budget(llep_devices *dv, uint32_t d, uint64_t bytes, char *err,
+                             size_t errlen);
+
+#endif
