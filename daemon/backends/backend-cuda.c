@@ -268,8 +268,9 @@ static uint64_t round_block(uint64_t bytes) {
  *     dispatch reads the clients' rows from host memory, which is staged in pinned host
  *     memory, not on the device;
  *   - the GPU's tile buffer when a chunk is larger than the engine's scratch tiles: shared
- *     by the logical devices of the GPU, counted whole for each, since each one's budget is
- *     its share of the GPU. */
+ *     by the logical devices of the GPU and by every layer (one backend instance serves all
+ *     of llepd's engines, devices.h), counted whole for each device, since each one's budget
+ *     is its share of the GPU. */
 static uint64_t cu_step_overhead(const llep_backend *base, uint32_t dev,
                                  const llep_ffn_shape *shape, uint64_t rows,
                                  uint64_t home_tokens, uint32_t top_k, uint32_t max_chunk) {
@@ -287,7 +288,14 @@ static uint64_t cu_step_overhead(const llep_backend *base, uint32_t dev,
         tables += rows * sizeof(void *);
         blocks += rows * xrow + rows * yrow + slots * yrow + 3 * packs;
     }
-    uint64_t tile = max_chunk > LLEP_FFN_TILE_ROWS ? tile_bytes(shape, GPU_TILE_ROWS) : 0;
+    /* The tile buffer outlives the step and serves every layer: a larger layer's may be
+     * there already, and this step then uses that one. */
+    uint64_t tile = 0;
+    if (max_chunk > LLEP_FFN_TILE_ROWS) {
+        uint64_t have = b->gpus[b->dev[dev].gpu].tile_bytes;
+        tile = tile_bytes(shape, GPU_TILE_ROWS);
+        tile = have > tile ? have : tile;
+    }
     return 4 * tables + 2 * STAGE_MIN + blocks + tile;
 }
 

@@ -111,6 +111,16 @@ int llep__backend_select_for(enum llep_backend_kind want, const char *devices_sp
     return 0;
 }
 
+const llep_backend_ops *llep__backend_ops_of(enum llep_backend_kind kind) {
+    if (kind != LLEP_BACKEND_CUDA)
+        return &llep__backend_cpu;
+#if LLEP_HAVE_CUDA
+    return &llep__backend_cuda;
+#else
+    return NULL;
+#endif
+}
+
 int llep__backend_select(enum llep_backend_kind want, const char *devices_spec,
                          const llep_backend_ops **ret_ops, llep_backend_options *ret_opt,
                          char *msg, size_t msglen) {

@@ -23,6 +23,11 @@ int llep__backend_select(enum llep_backend_kind want, const char *devices_spec,
                          const llep_backend_ops **ret_ops, llep_backend_options *ret_opt,
                          char *msg, size_t msglen);
 
+/* The ops table of a chosen backend kind: the CPU backend for LLEP_BACKEND_CPU (and AUTO, for
+ * a caller that did not choose), the CUDA backend for LLEP_BACKEND_CUDA; NULL when this build
+ * has no CUDA backend. */
+const llep_backend_ops *llep__backend_ops_of(enum llep_backend_kind kind);
+
 /* The decision of llep__backend_select for a given GPU count (visible < 0: no driver or no
  * CUDA in this build, `why` says which), so that it can be tested on any machine. */
 int llep__backend_select_for(enum llep_backend_kind want, const char *devices_spec,

@@ -48,6 +48,7 @@ enum llepd_cstep_phase {
     CSTEP_WAIT_LOCAL,   /* joined for a peer; this node's collective group is not complete */
     CSTEP_LOADS,        /* loads sent; waiting for every node's */
     CSTEP_HASH,         /* plan made, hash sent (rows and weights follow at once) */
+    CSTEP_PREPARE,      /* this node's part prepared on the thread pool (the devices were busy) */
     CSTEP_DATA,         /* rows and weights sent; waiting for every hash and the data here */
     CSTEP_COMPUTE,      /* expert chunks on the thread pool */
     CSTEP_XROWS,        /* rows and weights moving over the communicator */
@@ -82,8 +83,12 @@ typedef struct llepd_cstep {
     uint32_t nweights, cap_weights;
     uv_work_t work;
     bool work_queued;
-    int r;
+    uint64_t place;                 /* the work's place in the devices' queue (devices.h) */
+    bool prep_wire;                 /* CSTEP_PREPARE: buffers for the communicator */
+    int r;                          /* the pool work's result, err its message */
     char err[256];
+    int fail_r;                     /* a failure while the work was on the pool, fail_why */
+    char fail_why[256];
     llep_engine_stats stats;
     llep_engine_device_stats *dev;  /* [P_l] copied out of the engine */
     llep_part_traffic traffic;

@@ -41,37 +41,24 @@ void llepd_cstep_send_results(llepd_clayer *c) {
     send_buffers(c, LLEP_PART_RESULTS_OUT, LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_RESULTS);
 }
 
-/* Prepares this node's part: its buffers in device memory when the data is to go over the
- * communicator (wire_device), else in host memory for the peer links. */
-static int prepare_part(llepd_clayer *c, bool wire_device) {
+int llepd_cstep_prepare_part(llepd_clayer *c, bool wire_device) {
     llepd_cstep *st = c->st;
     uint32_t nx = num_experts(c);
     const uint64_t **nl = malloc(c->nodes * sizeof(*nl));
 
-    if (!nl) {
-        llepd_cstep_fail(c, -ENOMEM, "out of memory preparing the step");
-        return -ENOMEM;
-    }
+    if (!nl)
+        return -ENOMEM; /* the part's message stays "": the caller says out of memory */
     for (uint32_t j = 0; j < c->nodes; j++)
         nl[j] = &st->loads[(size_t)j * nx];
     int r = llep__part_set_device_wire(c->part, wire_device);
     if (r == 0)
         r = llep__part_prepare(c->part, &st->plan, nl, st->homes.batches);
     free(nl);
-    if (r < 0)
-        llepd_cstep_fail(c, r, llep__part_error(c->part));
     return r;
 }
 
-/* With its communicator up this node expects to use it, so it waits for every hash before
- * anything goes out; otherwise rows and weights go over the peer links with the hash. */
-void llepd_cstep_prepare(llepd_clayer *c) {
-    llepd_cstep *st = c->st;
-    bool wire_device = st->comm_up[c->rank];
-
-    if (prepare_part(c, wire_device) < 0)
-        return;
-    st->phase = CSTEP_DATA;
+void llepd_cstep_prepared(llepd_clayer *c, bool wire_device) {
+    c->st->phase = CSTEP_DATA;
     llepd_cstep_arm_deadline(c, DATA_DEADLINE_MS);
     if (!wire_device)
         send_step_data(c);
@@ -232,9 +219,9 @@ void llepd_cstep_start_exchange(llepd_clayer *c, bool results) {
 
 /* Every hash is in and agrees: the data goes over the communicator when every node has the
  * same epoch up. A node whose communicator is up while another names another epoch closes it
- * (that node closed or never joined it, or a newer one is starting), then prepares again with
- * host buffers for the peer links. */
-void llepd_cstep_decide(llepd_clayer *c) {
+ * (that node closed or never joined it, or a newer one is starting) and frees its part, which
+ * the caller prepares again with host buffers for the peer links. */
+int llepd_cstep_decide(llepd_clayer *c) {
     llepd_cstep *st = c->st;
     uint64_t mine = st->epochs[c->rank];
     bool all_up = st->comm_up[c->rank];
@@ -250,16 +237,15 @@ void llepd_cstep_decide(llepd_clayer *c) {
     if (all_up) {
         st->xnode = true;
         llepd_cstep_start_exchange(c, false);
-        return;
+        return 0;
     }
     if (!st->comm_up[c->rank])
-        return; /* rows and weights went out with the hash */
+        return 0; /* rows and weights went out with the hash */
     if (other >= 0) {
         snprintf(why, sizeof(why), "node %u has communicator epoch %" PRIu64 ", this node %"
                  PRIu64, c->ids[other], st->epochs[other], mine);
         llepd_cxnode_close(c, why, false);
     }
     llep__part_abort(c->part);
-    if (prepare_part(c, false) == 0)
-        send_step_data(c);
+    return 1;
 }

@@ -81,9 +81,12 @@ static llepd_cstep *step_reuse(llepd_clayer *c, uint64_t id) {
     memset(&st->stats, 0, sizeof(st->stats));
     memset(&st->traffic, 0, sizeof(st->traffic));
     st->work_queued = false;
+    st->place = 0;
     st->hash = 0;
     st->r = 0;
     st->err[0] = '\0';
+    st->fail_r = 0;
+    st->fail_why[0] = '\0';
     st->id = id;
     st->t0 = llepd_now_ns();
     return st;
@@ -195,10 +198,11 @@ void llepd_cstep_fail(llepd_clayer *c, int r, const char *why) {
     if (!st)
         return;
     if (st->work_queued) {
-        /* The pool has the part; a combine has every input already and may finish. */
-        if (st->phase != CSTEP_COMBINE && st->r == 0) {
-            st->r = r;
-            snprintf(st->err, sizeof(st->err), "%s", why);
+        /* The pool has the part: the work's end fails the step (cluster-step-run.c). A combine
+         * has every input already and may finish. */
+        if (st->phase != CSTEP_COMBINE && st->fail_r == 0) {
+            st->fail_r = r;
+            snprintf(st->fail_why, sizeof(st->fail_why), "%s", why);
         }
         return;
     }
@@ -241,7 +245,8 @@ static void on_deadline(uv_timer_t *t) {
         return;
     for (uint32_t j = 0; j < c->nodes && !why[0]; j++) {
         bool missing = (st->phase == CSTEP_LOADS && !st->have_loads[j]) ||
-                       ((st->phase == CSTEP_HASH || st->phase == CSTEP_DATA) &&
+                       ((st->phase == CSTEP_HASH || st->phase == CSTEP_PREPARE ||
+                         st->phase == CSTEP_DATA) &&
                         !st->have_hash[j]) ||
                        (st->phase == CSTEP_WAIT_LOCAL && j == c->rank);
         if (missing)

@@ -44,11 +44,18 @@ bool llepd_cstep_hashes_agree(llepd_clayer *c);
 
 /* ---- rows, weights and results (cluster-step-data.c) ------------------------------------- */
 
-/* The plan is made: this node's part prepared, and its rows and weights out over the peer
- * links unless its communicator is up. */
-void llepd_cstep_prepare(llepd_clayer *c);
-/* Every hash is in and agrees: over the communicator or the peer links. */
-void llepd_cstep_decide(llepd_clayer *c);
+/* This node's part prepared for the plan, its buffers in device memory for the communicator
+ * (wire_device) or in host memory for the peer links. Under the devices' turn, on the loop
+ * thread or the pool: touches nothing but the part and what the step gave it. Returns 0 or
+ * the part's error (llep__part_error). */
+int llepd_cstep_prepare_part(llepd_clayer *c, bool wire_device);
+/* The part is prepared: the step waits for its data, and its rows and weights go out over the
+ * peer links unless they are for the communicator. */
+void llepd_cstep_prepared(llepd_clayer *c, bool wire_device);
+/* Every hash is in and agrees: over the communicator or the peer links. Returns 1 when this
+ * node prepared for a communicator the others do not use: the part is then freed and must be
+ * prepared again for the peer links; else 0. */
+int llepd_cstep_decide(llepd_clayer *c);
 /* 1 when every buffer of `kind` (or every spilled weight) from the other nodes is in and
  * copied into the part, 0 while some is missing, -EPROTO for a size the plan does not give. */
 int llepd_cstep_take_buffers(llepd_clayer *c, enum llep_part_buf kind, llepd_cbuf *in);

@@ -1,6 +1,7 @@
 /* Handlers of llepctl's requests: devices, layers, experts, plan, stats, set and drain. They
- * only read the loop thread's copies of the figures (scheduler.c updates them after each step),
- * never an engine a step may be using. */
+ * only read the loop thread's copies of the figures (scheduler.c updates them after each step)
+ * and the devices' account (devices.h, under its own mutex), never an engine a step may be
+ * using. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 
 #include "layer.h"
 #include "log.h"
+#include "scheduler.h"
 #include "session.h"
 
 #define MSG_MAX 512
@@ -42,15 +44,18 @@ void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
                  srv->backend == LLEP_BACKEND_CUDA ? "cuda" : "cpu", d);
         di->index = d;
         di->name = names[d];
-        di->memory_peak = srv->device_peak[d];
+        /* Every layer's weights and the running step's buffers, from the one account. */
+        llep_device_figures fig = { 0 };
+        if (srv->devs)
+            llep__devices_figures(srv->devs, d, &fig);
+        di->memory_budget = fig.budget;
+        di->memory_used = fig.used;
+        di->memory_peak = fig.peak;
         di->last_step_tokens = srv->last_dev_tokens[d];
         di->last_step_busy_ns = srv->last_dev_busy_ns[d];
         di->foreign_experts = &fep[k];
         for (uint32_t i = 0; i < srv->nlayers; i++) {
             const llepd_layer *l = srv->layers[i];
-            di->memory_used += llepd_layer_held(l);
-            if (!srv->device_memory && l->engine)
-                di->memory_budget += l->last_dev[d].budget_bytes;
             if (!l->have_plan)
                 continue;
             for (uint32_t t = 0; t < l->last_plan.num_transfers; t++)
@@ -63,8 +68,6 @@ void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
                     di->n_foreign_experts++;
                 }
         }
-        if (srv->device_memory)
-            di->memory_budget = srv->device_memory;
         ptrs[d] = di;
     }
     dr.message = (char *)"";
@@ -252,6 +255,7 @@ void llepd_handle_stats(llepd_session *s, const LlepPb__Frame *f) {
     sr.latency_p99_us = llepd_latency_percentile(&srv->latency, 99);
     sr.weight_bytes_moved = srv->weight_bytes_moved;
     sr.token_bytes_moved = srv->token_bytes_moved;
+    llepd_sched_device_peaks(srv);
     sr.n_device_peak_memory = srv->devices;
     sr.device_peak_memory = srv->device_peak;
     uint32_t k = 0;

@@ -131,15 +131,6 @@ uint64_t llepd_layer_held(const llepd_layer *l) {
     return llep__engine_expert_bytes(l->engine) * (local_experts(l) / l->srv->devices);
 }
 
-uint64_t llepd_layer_others_held(const llepd_server *srv, const llepd_layer *self) {
-    uint64_t sum = 0;
-
-    for (uint32_t i = 0; i < srv->nlayers; i++)
-        if (srv->layers[i] != self)
-            sum += llepd_layer_held(srv->layers[i]);
-    return sum;
-}
-
 llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const LlepPb__LayerDesc *d) {
     llepd_layer *l = calloc(1, sizeof(*l));
     uint32_t n = d->num_experts;
@@ -253,11 +244,9 @@ void llepd_layer_engine_config(const llepd_layer *l, llep_engine_config *cfg) {
     cfg->act_limit = l->desc.act_limit;
     cfg->num_devices = srv->devices;
     cfg->backend = srv->backend_ops;
-    cfg->backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL;
-    if (srv->device_memory) {
-        uint64_t held = llepd_layer_others_held(srv, l);
-        cfg->mem_budget = srv->device_memory > held ? srv->device_memory - held : 1;
-    }
+    /* The daemon's devices, shared by every layer: their one budget per device is
+     * --device-memory for all layers together, charged as each layer's weights arrive. */
+    cfg->devices = srv->devs;
     llepd_layer_params(l, &cfg->plan);
 }
 

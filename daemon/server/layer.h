@@ -106,12 +106,10 @@ void llepd_layer_effective_desc(const llepd_layer *l, LlepPb__LayerDesc *ret);
 /* Frees the layer when nothing references or uses it any more. */
 void llepd_layer_maybe_destroy(llepd_layer *l);
 
-/* The engine config of the layer on this node: shape, activation, devices, backend, the
- * budget the other layers leave and the plan parameters; no weights. */
+/* The engine config of the layer on this node: shape, activation, the daemon's shared devices
+ * and the plan parameters; no weights. */
 void llepd_layer_engine_config(const llepd_layer *l, llep_engine_config *cfg);
 
-/* Bytes the other layers' native weights hold on each device of this node. */
-uint64_t llepd_layer_others_held(const llepd_server *srv, const llepd_layer *self);
 /* Native weight bytes layer l holds on each device of this node. */
 uint64_t llepd_layer_held(const llepd_layer *l);
 

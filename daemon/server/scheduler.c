@@ -3,7 +3,13 @@
  *
  * A layer runs one step at a time. Opportunistic batching (group 0) takes everything queued
  * when the previous step ends; collective batching (group n) waits for one submission from each
- * of n clients and fails the waiting ones with -ETIMEDOUT when they do not all come in time. */
+ * of n clients and fails the waiting ones with -ETIMEDOUT when they do not all come in time.
+ *
+ * Steps of different layers run on the same devices (devices.h), one at a time, in the order
+ * the loop thread started them: a step for the pool reserves its place in the devices' queue
+ * here and waits for its turn there, and the loop thread runs a small step itself only when
+ * nobody holds, waits for or has reserved the turn (llep__devices_turn_try), so it never waits
+ * behind another layer's step and never overtakes one. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +43,7 @@ typedef struct step_work {
     uint32_t nsubs;
     llepd_homes homes;            /* made on the pool by step_run */
     llep_plan_params params;
+    uint64_t place;               /* reserved in the devices' queue; 0: none (inline) */
     llep_engine_stats stats;
     llep_engine_device_stats *dev;  /* [P] copied out of the engine */
     uint64_t t0;
@@ -179,17 +186,25 @@ void llepd_homes_free(llepd_homes *hs) {
     hs->batches = NULL;
 }
 
+/* On the pool (or the loop thread, which then holds the turn already): the step, in the turn
+ * of its place in the devices' queue. */
 static void step_run(uv_work_t *req) {
     step_work *w = req->data;
     llepd_layer *l = w->layer;
     uint32_t np = l->srv->devices;
+    llep_devices *devs = llep__engine_devices(l->engine);
 
     w->r = llepd_homes_build(&w->homes, l, w->subs, w->nsubs, np);
     if (w->r < 0) {
+        llep__devices_unreserve(devs, w->place);
+        w->place = 0;
         snprintf(w->err, sizeof(w->err), "llepd is out of memory staging the step");
         return;
     }
+    llep__devices_turn_wait_reserved(devs, w->place);
+    w->place = 0;
     w->r = llep__engine_step(l->engine, w->homes.batches, &w->params, &w->stats);
+    llep__devices_turn_end(devs);
     if (w->r < 0) {
         snprintf(w->err, sizeof(w->err), "%s", llep__engine_error(l->engine));
         return;
@@ -240,19 +255,19 @@ void llepd_sched_record(llepd_layer *l, const llep_engine_stats *st,
     if (l->have_plan && llep__plan_copy(&l->last_plan, p) == 0)
         l->last_plan_step = l->steps;
 
-    /* Device figures: this step's peak plus what the other layers hold there. */
+    /* Device figures: the peak of the devices' account, every layer's use together. */
+    llepd_sched_device_peaks(srv);
     for (uint32_t d = 0; d < np; d++) {
-        uint64_t others = 0;
-        for (uint32_t i = 0; i < srv->nlayers; i++) {
-            const llepd_layer *o = srv->layers[i];
-            if (o != l)
-                others += o->last_dev[d].held_bytes;
-        }
-        uint64_t peak = dev[d].peak_bytes + others;
-        if (peak > srv->device_peak[d])
-            srv->device_peak[d] = peak;
         srv->last_dev_tokens[d] = dev[d].rows;
         srv->last_dev_busy_ns[d] = dev[d].busy_ns;
+    }
+}
+
+void llepd_sched_device_peaks(llepd_server *srv) {
+    for (uint32_t d = 0; srv->devs && d < srv->devices; d++) {
+        llep_device_figures f;
+        llep__devices_figures(srv->devs, d, &f);
+        srv->device_peak[d] = f.peak;
     }
 }
 
@@ -273,6 +288,7 @@ static void step_done(uv_work_t *req, int status) {
         w->r = -ECANCELED;
         snprintf(w->err, sizeof(w->err), "step cancelled");
     }
+    llep__devices_unreserve(llep__engine_devices(l->engine), w->place); /* never ran */
     if (w->r == 0)
         llepd_sched_record(l, &w->stats, w->dev, llep__engine_plan(l->engine), lat_us);
     else
@@ -391,15 +407,19 @@ void llepd_sched_kick(llepd_layer *l) {
     w->req.data = w;
     l->running = true;
     srv->running_steps++;
-    /* A tiny step costs less than the two thread hand-offs of the pool: run it here. */
+    /* A tiny step costs less than the two thread hand-offs of the pool: run it here, when the
+     * devices are free at once. Otherwise it waits for its turn on the pool, not here. */
     uint64_t tokens = 0;
     for (uint32_t i = 0; i < n; i++)
         tokens += subs[i]->sqe.tokens;
-    if (tokens <= INLINE_STEP_TOKENS) {
+    llep_devices *devs = llep__engine_devices(l->engine);
+    if (tokens <= INLINE_STEP_TOKENS && llep__devices_turn_try(devs)) {
         step_run(&w->req);
+        llep__devices_turn_end(devs);
         step_done(&w->req, 0);
         return;
     }
+    w->place = llep__devices_reserve(devs);
     int r = uv_queue_work(srv->loop, &w->req, step_run, step_done);
     if (r < 0) {
         w->r = r;

@@ -47,6 +47,8 @@ uint32_t llepd_sched_take(llepd_layer *l, llepd_sub **out);
  * devices' figures dev[P] and the plan it ran (node scope: P devices; cluster: every node's). */
 void llepd_sched_record(llepd_layer *l, const llep_engine_stats *st,
                         const llep_engine_device_stats *dev, const llep_plan *p, uint64_t lat_us);
+/* Refreshes the daemon's device peaks from the devices' account. */
+void llepd_sched_device_peaks(llepd_server *srv);
 /* Arms the collective-batching deadline when submissions wait. */
 void llepd_sched_arm_group_timer(llepd_layer *l);
 

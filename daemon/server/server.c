@@ -11,6 +11,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "backend-select.h"
+#include "errbuf.h"
 #include "layer.h"
 #include "log.h"
 #include "scheduler.h"
@@ -19,6 +21,29 @@
 
 static void session_closing(llepd_session *s);
 static void work_done(llepd_server *srv);
+
+/* The devices every layer's engine runs on: one instance of the backend chosen at start (its
+ * worker threads, streams and handles exist once however many layers there are), and one
+ * memory account per device with --device-memory as the budget of all layers together. */
+static int open_devices(llepd_server *srv, char *err, size_t errlen) {
+    const llep_backend_ops *ops = llep__backend_ops_of(srv->backend);
+    char msg[256] = "";
+
+    if (!ops)
+        return llep__errf(err, errlen, -ENODEV, "this llepd was built without the CUDA backend");
+    srv->backend_ops = ops;
+    if (srv->devices == 0)
+        return 0; /* no devices: every layer is refused */
+    llep_devices_config dc = {
+        .backend = ops, .num_devices = srv->devices,
+        .backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL,
+        .budget = srv->device_memory,
+    };
+    int r = llep__devices_new(&dc, &srv->devs, msg, sizeof(msg));
+    if (r < 0)
+        return llep__errf(err, errlen, r, "cannot open the devices: %s", msg);
+    return 0;
+}
 
 int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg, char *err,
                       size_t errlen) {
@@ -51,7 +76,7 @@ int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    return 0;
+    return open_devices(srv, err, errlen);
 }
 
 static void on_connection(uv_stream_t *listener, int status) {
@@ -311,6 +336,8 @@ void llepd_server_stop(llepd_server *srv, const char *why) {
 void llepd_server_fini(llepd_server *srv) {
     stop_listening(srv);
     llepd_layer_free_all(srv);
+    llep__devices_free(srv->devs); /* after every engine on them */
+    srv->devs = NULL;
     free(srv->device_peak);
     free(srv->last_dev_tokens);
     free(srv->last_dev_busy_ns);

@@ -8,7 +8,9 @@
  *
  * Everything here lives on the event-loop thread. Steps run on libuv's thread pool and touch
  * only their layer's engine and the submissions handed to them (scheduler.c); results come back to
- * the loop thread in the work's completion callback. */
+ * the loop thread in the work's completion callback. Every layer's engine runs on the one
+ * llep_devices opened here (devices.h): steps of all layers take turns on it, and the loop
+ * thread only ever tries for a turn, never waits for one. */
 #ifndef LLEPD_SERVER_H
 #define LLEPD_SERVER_H
 
@@ -76,11 +78,13 @@ struct llepd_server {
     uint32_t running_steps;         /* on the thread pool, all layers */
     uint32_t running_creates;
 
-    /* Devices: every layer's engine has these P logical devices. */
+    /* Devices: every layer's engine runs on these P logical devices, one backend instance and
+     * one memory account per device for all layers (opened by llepd_server_init). */
     enum llep_backend_kind backend;
-    const llep_backend_ops *backend_ops;  /* every layer's engine runs on this backend */
+    const llep_backend_ops *backend_ops;
     uint32_t devices;
-    uint64_t device_memory;         /* per device, all layers together */
+    uint64_t device_memory;         /* per device, all layers together; 0: held + 1 GiB */
+    llep_devices *devs;
 
     uint64_t start_ns;
     bool draining, stopping;
@@ -105,7 +109,8 @@ struct llepd_server {
     struct llepd_cluster *cluster;  /* peer links, set up by cluster/ (opaque here) */
 };
 
-/* Sets up the state and registers the hooks of server.c, scheduler.c and submit.c. */
+/* Sets up the state, opens the devices (cfg's backend, devices and device memory) and
+ * registers the hooks of server.c, scheduler.c and submit.c. */
 int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg,
                       char *err, size_t errlen);
 /* Listens on srv->socket_path, or on an inherited descriptor when fd >= 0. */
