@@ -84,8 +84,14 @@ void llepd_sub_complete(llepd_sub *sub, uint64_t step) {
     free(sub->topk_idx);
     free(sub->topk_w);
     free(sub);
-    /* Room in the completion ring may let more submissions in. */
-    if (s->state != SESSION_CLOSING && s->have_arena)
+    /* Room in the completion ring may let in submissions held back for it (the ring was
+     * left awake then). A ring whose consumer announced sleep held none back: its next
+     * submission wakes the loop through the eventfd like any other session's, in the order the
+     * loop sees them, so a client that just got a completion does not go ahead of sessions
+     * whose submissions wait already (the client may write the flag: it can only delay itself
+     * until the retry timer). */
+    if (s->state != SESSION_CLOSING && s->have_arena &&
+        !atomic_load_explicit(&s->arena.sq.ctl->sleeping, memory_order_acquire))
         llepd_submit_drain(s);
     llepd_session_unref(s); /* the submission's reference, after the last use of s */
 }
