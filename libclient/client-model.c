@@ -10,14 +10,27 @@
 
 #include "validate.h"
 
-/* Sends req and waits for its reply under the client's lock. */
-static int model_request(llep_client *c, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
-                         LlepPb__Frame **ret) {
+/* Sends one model request (body and its message) and waits for the reply of body expected,
+ * under the client's lock. *ret gets the reply, or with ret NULL it is freed. */
+static int model_request(llep_client *c, LlepPb__Frame__BodyCase body, void *msg,
+                         LlepPb__Frame__BodyCase expected, LlepPb__Frame **ret) {
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
     int r;
 
+    req.body_case = body;
+    if (body == LLEP_PB__FRAME__BODY_MODEL_LOAD)
+        req.model_load = msg;
+    else if (body == LLEP_PB__FRAME__BODY_MODEL_UNLOAD)
+        req.model_unload = msg;
+    else
+        req.models = msg;
     pthread_mutex_lock(&c->lock);
-    r = llep__client_request(c, req, expected, ret);
+    r = llep__client_request(c, &req, expected, &reply);
     pthread_mutex_unlock(&c->lock);
+    if (ret)
+        *ret = reply;
+    else
+        llep__frame_free(reply);
     return r;
 }
 
@@ -33,13 +46,10 @@ static int check_model_name(llep_client *c, const char *call, const char *name) 
 
 LLEP_EXTERN int llep_model_load(llep_client *c, const char *name, const char *path) {
     LlepPb__ModelLoad ml = LLEP_PB__MODEL_LOAD__INIT;
-    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
     char abs[PATH_MAX];
-    int r;
+    int r = c ? check_model_name(c, "llep_model_load", name) : -EINVAL;
 
-    if (!c)
-        return -EINVAL;
-    if ((r = check_model_name(c, "llep_model_load", name)) < 0)
+    if (r < 0)
         return r;
     if (!path || !path[0])
         return llep__client_fail(c, -EINVAL, "llep_model_load: no checkpoint path");
@@ -48,33 +58,24 @@ LLEP_EXTERN int llep_model_load(llep_client *c, const char *name, const char *pa
         return llep__client_fail(c, -errno, "llep_model_load: %s: %s", path, strerror(errno));
     ml.name = (char *)name;
     ml.path = (char *)(path[0] == '/' ? path : abs);
-    req.body_case = LLEP_PB__FRAME__BODY_MODEL_LOAD;
-    req.model_load = &ml;
-    r = model_request(c, &req, LLEP_PB__FRAME__BODY_MODEL_LOAD_REPLY, &reply);
-    llep__frame_free(reply);
-    return r;
+    return model_request(c, LLEP_PB__FRAME__BODY_MODEL_LOAD, &ml,
+                         LLEP_PB__FRAME__BODY_MODEL_LOAD_REPLY, NULL);
 }
 
 LLEP_EXTERN int llep_model_unload(llep_client *c, const char *name) {
     LlepPb__ModelUnload mu = LLEP_PB__MODEL_UNLOAD__INIT;
-    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
-    int r;
+    int r = c ? check_model_name(c, "llep_model_unload", name) : -EINVAL;
 
-    if (!c)
-        return -EINVAL;
-    if ((r = check_model_name(c, "llep_model_unload", name)) < 0)
+    if (r < 0)
         return r;
     mu.name = (char *)name;
-    req.body_case = LLEP_PB__FRAME__BODY_MODEL_UNLOAD;
-    req.model_unload = &mu;
-    r = model_request(c, &req, LLEP_PB__FRAME__BODY_MODEL_UNLOAD_REPLY, &reply);
-    llep__frame_free(reply);
-    return r;
+    return model_request(c, LLEP_PB__FRAME__BODY_MODEL_UNLOAD, &mu,
+                         LLEP_PB__FRAME__BODY_MODEL_UNLOAD_REPLY, NULL);
 }
 
 LLEP_EXTERN int llep_model_get(llep_client *c, const char *name, llep_model_info *ret) {
     LlepPb__ModelsRequest mr = LLEP_PB__MODELS_REQUEST__INIT;
-    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
+    LlepPb__Frame *reply = NULL;
     char err[LLEP_CLIENT_ERROR_MAX];
     int r;
 
@@ -85,9 +86,8 @@ LLEP_EXTERN int llep_model_get(llep_client *c, const char *name, llep_model_info
     if ((r = check_model_name(c, "llep_model_get", name)) < 0)
         return r;
     mr.name = (char *)name;
-    req.body_case = LLEP_PB__FRAME__BODY_MODELS;
-    req.models = &mr;
-    r = model_request(c, &req, LLEP_PB__FRAME__BODY_MODELS_REPLY, &reply);
+    r = model_request(c, LLEP_PB__FRAME__BODY_MODELS, &mr, LLEP_PB__FRAME__BODY_MODELS_REPLY,
+                      &reply);
     if (r < 0)
         return r;
     const LlepPb__ModelsReply *ms = reply->models_reply;
