@@ -20,6 +20,9 @@
 #      each on GPU 0, clients on every node checked against float64, the steps' data between
 #      nodes over the NCCL communicator once it is up (NCCL_HOSTID per node makes NCCL treat
 #      the three processes on one GPU as three hosts)                 tests/gpu/cluster.sh
+#   6. a whole model on shared devices: llepd on cuda:0x4 loads a checkpoint of several MoE
+#      layers (BUILD/model, made by pack.sh with scripts/make-model.py) and four clients run
+#      every layer in order, checked against the checkpoint's weights      tests/gpu/model.sh
 # and prints a short table last. Full results go to $OUT when it is set (else to
 # $BUILD/gpu-results): build and test logs, kernels.json, paths.txt, bench-cuda-0x4.json,
 # bench-cuda-0x8.json, summary.txt.
@@ -157,7 +160,12 @@ if [ $skip_build = 0 ]; then
         step 120 meson-setup.log meson setup "$build" "${opts[@]}" || exit 4
     fi
     step 300 build.log ninja -C "$build" tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench \
-        daemon/llepd tools/llepctl tools/llep-demo || exit 4
+        daemon/llepd tools/llepctl tools/llep-demo tools/llep-model-run || exit 4
+    # The checkpoint of step 6, where this machine can write one (pack.sh does it here).
+    if [ ! -f "$build/model/config.json" ] && [ -x "$root/.venv/bin/python3" ]; then
+        "$root/.venv/bin/python3" "$root/scripts/make-model.py" "$build/model" --layers 4 \
+            --experts 8 --top-k 2 --hidden 256 --inter 256 --shard-mb 64 2>/dev/null || true
+    fi
     if [ $dry = 0 ] && grep -q 'warning' "$out/build.log"; then
         echo "run.sh: the build printed warnings (see $out/build.log)" >&2
         exit 4
@@ -165,7 +173,7 @@ if [ $skip_build = 0 ]; then
 fi
 [ $build_only = 1 ] && { say "built; --build-only stops here"; exit 0; }
 
-for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench daemon/llepd tools/llepctl tools/llep-demo; do
+for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench daemon/llepd tools/llepctl tools/llep-demo tools/llep-model-run; do
     if [ $dry = 0 ] && [ ! -x "$build/$exe" ]; then
         echo "run.sh: $build/$exe is missing; build first (without --skip-build)" >&2
         exit 4
@@ -248,6 +256,17 @@ cluster_forwards=300
 [ $selftest = 1 ] && { cluster_args=(cpu 2); cluster_forwards=12; }
 FORWARDS=$cluster_forwards CUDA_VISIBLE_DEVICES=$first_gpu check cluster 120 cluster.log \
     bash "$here/cluster.sh" "$build" "${cluster_args[@]}"
+
+# ---- 6. a model on shared devices ----
+say "6. a whole model from a checkpoint on shared devices (cuda:0x4 on GPU 0)"
+model_args=(cuda "cuda:0x4")
+[ $selftest = 1 ] && model_args=(cpu 4)
+if [ $dry = 0 ] && [ ! -f "$build/model/config.json" ]; then
+    failed+=("model (no checkpoint in $build/model: run tests/gpu/pack.sh, or install-deps for .venv)")
+else
+    CUDA_VISIBLE_DEVICES=$first_gpu check model 120 model.log \
+        bash "$here/model.sh" "$build" "$build/model" "${model_args[@]}"
+fi
 
 [ $dry = 1 ] && { say "dry run: nothing was run"; exit 0; }
 
