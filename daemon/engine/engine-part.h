@@ -50,7 +50,10 @@
  * frees the step; no phase writes any y except combine, which writes all of them.
  *
  * The part runs its steps on the engine's devices and step buffers: while a part's step is
- * prepared, the engine must not run llep__engine_step() (one step at a time per engine). */
+ * prepared, the engine must not run llep__engine_step() (one step at a time per engine). Each
+ * phase (prepare, compute, combine) holds the devices' turn (devices.h) while it uses them;
+ * between phases other engines on the same devices run their steps, and this step's buffers
+ * stay charged. */
 #ifndef LLEP_ENGINE_PART_H
 #define LLEP_ENGINE_PART_H
 
