@@ -114,7 +114,7 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
     llep_client *c = l->client;
     uint32_t tokens = io->tokens;
     batch_layout b;
-    io_types ty;
+    io_types ty = { 0 };   /* set by check_io before use; zeroed for -Wmaybe-uninitialized */
     llep_ticket *t;
     llep_sqe e;
     uint64_t block;
