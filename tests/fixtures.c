@@ -323,3 +323,38 @@ llep_test_output llep_test_node_llepctl(const llep_test_nodes *t, int node,
     argv[a] = NULL;
     return llep_test_run(argv, NULL);
 }
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+
+static char ckpt_root[PATH_MAX];
+static int ckpt_status = -1;
+static char ckpt_why[4096] = "llep_test_checkpoints_make() was not run";
+
+void llep_test_checkpoints_make(void) {
+    const char *python = getenv("LLEP_PYTHON"), *script = getenv("LLEP_MAKE_CHECKPOINTS");
+    llep_test_output o;
+
+    if (!python || !script) {
+        snprintf(ckpt_why, sizeof(ckpt_why), "LLEP_PYTHON or LLEP_MAKE_CHECKPOINTS is not set "
+                 "(run the suite through meson test)");
+        return;
+    }
+    llep_test_tmpdir(ckpt_root, sizeof(ckpt_root), "llep-ckpt");
+    o = llep_test_run((const char *const[]){ python, script, ckpt_root, NULL }, NULL);
+    ckpt_status = o.status;
+    snprintf(ckpt_why, sizeof(ckpt_why), "%s %s: %s%s; run scripts/install-deps.sh, which "
+             "makes the .venv with numpy and safetensors that LLEP_PYTHON names", python,
+             script, o.status == 127 ? "cannot run it " : "", o.err);
+    llep_test_output_free(&o);
+}
+
+void llep_test_checkpoints_remove(void) {
+    if (ckpt_root[0])
+        llep_test_rm_rf(ckpt_root);
+}
+
+void llep_test_checkpoint(char *buf, size_t len, const char *name) {
+    ck_assert_msg(ckpt_status == 0, "tests/make-checkpoints.py did not write the checkpoints "
+                  "(status %d): %s", ckpt_status, ckpt_why);
+    ck_assert_int_lt(snprintf(buf, len, "%s/%s", ckpt_root, name), (int)len);
+}

@@ -149,6 +149,19 @@ typedef struct llep_test_output {
 llep_test_output llep_test_run(const char *const *argv, const char *stdin_text);
 void llep_test_output_free(llep_test_output *o);
 
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+
+/* Runs tests/make-checkpoints.py ($LLEP_MAKE_CHECKPOINTS) with $LLEP_PYTHON into a new
+ * temporary directory: once per suite process, as an unchecked fixture before the tests fork.
+ * Its failure is reported by every test that asks for a checkpoint, never skipped: the cure is
+ * scripts/install-deps.sh. remove deletes the directory. */
+void llep_test_checkpoints_make(void);
+void llep_test_checkpoints_remove(void);
+
+/* The directory of checkpoint `name` (a directory make-checkpoints.py writes) into buf; fails
+ * the test with the script's error when it did not write them. */
+void llep_test_checkpoint(char *buf, size_t len, const char *name);
+
 /* ---- llepd processes ------------------------------------------------------------------------- */
 
 /* How a test starts $LLEPD: on the CPU backend, on its own unix socket. */

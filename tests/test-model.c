@@ -18,20 +18,6 @@
 #include "model.h"
 #include "safetensors.h"
 
-/* Where main() had the script write the checkpoints, and how that went. */
-static char ckpt_root[PATH_MAX];
-static int make_status = -1;
-static char make_why[4096];
-
-static void require_checkpoints(void) {
-    ck_assert_msg(make_status == 0, "tests/make-checkpoints.py did not write the checkpoints "
-                  "(status %d): %s", make_status, make_why);
-}
-
-static void ckpt_dir(char *buf, size_t len, const char *name) {
-    ck_assert_int_lt(snprintf(buf, len, "%s/%s", ckpt_root, name), (int)len);
-}
-
 /* ---- good checkpoints ------------------------------------------------------------------ */
 
 typedef struct good_ckpt {
@@ -132,8 +118,7 @@ START_TEST(test_good) {
     size_t total, at = 0, n = g->n, d = g->d, h = g->h;
     float *expected;
 
-    require_checkpoints();
-    ckpt_dir(dir, sizeof(dir), g->name);
+    llep_test_checkpoint(dir, sizeof(dir), g->name);
     ck_assert_msg(llep__model_open(dir, &m, err, sizeof(err)) == 0, "%s: %s", g->name, err);
     check_info(llep__model_info(m), g);
     expected = read_expected(dir, &total);
@@ -169,8 +154,7 @@ START_TEST(test_layer_out_of_range) {
     llep_model_weights w;
     llep_model *m;
 
-    require_checkpoints();
-    ckpt_dir(dir, sizeof(dir), "mixtral-f32");
+    llep_test_checkpoint(dir, sizeof(dir), "mixtral-f32");
     ck_assert_int_eq(llep__model_open(dir, &m, err, sizeof(err)), 0);
     ck_assert_int_eq(llep__model_layer_weights(m, 2, &w, err, sizeof(err)), -ERANGE);
     ck_assert_ptr_null(w.w_gate);
@@ -233,8 +217,7 @@ START_TEST(test_bad) {
     char dir[PATH_MAX], err[1024] = "";
     llep_model *m = (llep_model *)(uintptr_t)1;   /* must come back NULL */
 
-    require_checkpoints();
-    ckpt_dir(dir, sizeof(dir), b->name);
+    llep_test_checkpoint(dir, sizeof(dir), b->name);
     ck_assert_int_eq(llep__model_open(dir, &m, err, sizeof(err)), b->err);
     ck_assert_ptr_null(m);
     for (int k = 0; k < 3 && b->says[k]; k++)
@@ -249,8 +232,7 @@ START_TEST(test_mxfp4_nan_scale) {
     llep_model_weights w;
     llep_model *m;
 
-    require_checkpoints();
-    ckpt_dir(dir, sizeof(dir), "err-mxfp4-nan-scale");
+    llep_test_checkpoint(dir, sizeof(dir), "err-mxfp4-nan-scale");
     ck_assert_msg(llep__model_open(dir, &m, err, sizeof(err)) == 0, "%s", err);
     ck_assert_int_eq(llep__model_layer_weights(m, 0, &w, err, sizeof(err)), -EDOM);
     ck_assert_ptr_null(w.w_gate);
@@ -484,38 +466,12 @@ START_TEST(test_mxfp4) {
 }
 END_TEST
 
-/* Runs tests/make-checkpoints.py into ckpt_root with $LLEP_PYTHON, once for the checkpoint
- * tests (an unchecked fixture, in this process, before they fork). Its failure is reported
- * by every checkpoint test, never skipped: the cure is scripts/install-deps.sh. */
-static void make_checkpoints(void) {
-    const char *python = getenv("LLEP_PYTHON"), *script = getenv("LLEP_MAKE_CHECKPOINTS");
-    llep_test_output o;
-
-    if (!python || !script) {
-        snprintf(make_why, sizeof(make_why), "LLEP_PYTHON or LLEP_MAKE_CHECKPOINTS is not set "
-                 "(run the suite through meson test)");
-        return;
-    }
-    llep_test_tmpdir(ckpt_root, sizeof(ckpt_root), "llep-model");
-    o = llep_test_run((const char *const[]){ python, script, ckpt_root, NULL }, NULL);
-    make_status = o.status;
-    snprintf(make_why, sizeof(make_why), "%s %s: %s%s; run scripts/install-deps.sh, which "
-             "makes the .venv with numpy and safetensors that LLEP_PYTHON names", python,
-             script, o.status == 127 ? "cannot run it " : "", o.err);
-    llep_test_output_free(&o);
-}
-
-static void remove_checkpoints(void) {
-    if (ckpt_root[0])
-        llep_test_rm_rf(ckpt_root);
-}
-
 static Suite *model_suite(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("checkpoints");
 
     tcase_set_timeout(tc, 60);
-    tcase_add_unchecked_fixture(tc, make_checkpoints, remove_checkpoints);
+    tcase_add_unchecked_fixture(tc, llep_test_checkpoints_make, llep_test_checkpoints_remove);
     tcase_add_loop_test(tc, test_good, 0, NUM_GOODS);
     tcase_add_test(tc, test_layer_out_of_range);
     tcase_add_loop_test(tc, test_bad, 0, NUM_BADS);

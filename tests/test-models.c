@@ -26,42 +26,9 @@
 #define DEVICES "2"
 #define TOKENS 24u
 
-static char ckpt_root[256];
-static int make_status = -1;
-static char make_why[4096];
-
-/* ---- checkpoints ------------------------------------------------------------------------- */
-
-static void make_checkpoints(void) {
-    const char *python = getenv("LLEP_PYTHON"), *script = getenv("LLEP_MAKE_CHECKPOINTS");
-    llep_test_output o;
-
-    if (!python || !script) {
-        snprintf(make_why, sizeof(make_why), "LLEP_PYTHON or LLEP_MAKE_CHECKPOINTS is not set "
-                 "(run the suite through meson test)");
-        return;
-    }
-    llep_test_tmpdir(ckpt_root, sizeof(ckpt_root), "llep-models");
-    o = llep_test_run((const char *const[]){ python, script, ckpt_root, NULL }, NULL);
-    make_status = o.status;
-    snprintf(make_why, sizeof(make_why), "%s %s failed: %s; run scripts/install-deps.sh, "
-             "which makes the .venv with numpy and safetensors", python, script, o.err);
-    llep_test_output_free(&o);
-}
-
-static void remove_checkpoints(void) {
-    if (ckpt_root[0])
-        llep_test_rm_rf(ckpt_root);
-}
-
-static void ckpt(char *buf, size_t len, const char *name) {
-    ck_assert_msg(make_status == 0, "%s", make_why);
-    snprintf(buf, len, "%s/%s", ckpt_root, name);
-}
-
 /* ---- one llepd per test ------------------------------------------------------------------ */
 
-typedef struct daemon {
+typedef struct llepd_proc {
     char dir[256], sock[320], log[320];
     pid_t pid;
 } llepd_proc;
@@ -258,7 +225,7 @@ START_TEST(test_loaded_equals_created) {
     llepd_proc d;
     llep_model_info mi;
 
-    ckpt(dir, sizeof(dir), fam);
+    llep_test_checkpoint(dir, sizeof(dir), fam);
     snprintf(arg, sizeof(arg), "m=%s", dir);
     daemon_start(&d, (const char *const[]){ "--model", arg, "--min-tokens", "4", NULL });
     ck_assert(wait_model(&d, "m", true));
@@ -307,7 +274,7 @@ START_TEST(test_processes_attach_by_name) {
     llepd_proc d;
     pid_t kids[4];
 
-    ckpt(dir, sizeof(dir), "qwen3-moe-f16");
+    llep_test_checkpoint(dir, sizeof(dir), "qwen3-moe-f16");
     snprintf(arg, sizeof(arg), "q=%s", dir);
     daemon_start(&d, (const char *const[]){ "--model", arg, NULL });
     ck_assert(wait_model(&d, "q", true));
@@ -379,7 +346,7 @@ START_TEST(test_bad_checkpoints) {
     llep_model_info mi;
     llep_layer *l = NULL;
 
-    ckpt(good, sizeof(good), "mixtral-f32");
+    llep_test_checkpoint(good, sizeof(good), "mixtral-f32");
     snprintf(arg, sizeof(arg), "good=%s", good);
     daemon_start(&d, (const char *const[]){ "--model", arg, NULL });
     ck_assert(wait_model(&d, "good", true));
@@ -387,7 +354,7 @@ START_TEST(test_bad_checkpoints) {
     ck_assert_int_eq(llep_model_get(c, "good", &mi), 0);
     ck_assert_int_eq(llep_model_layer(c, "good", 0, &l), 0);
     for (size_t i = 0; i < NUM_BAD; i++) {
-        ckpt(bad, sizeof(bad), bad_cases[i].dir);
+        llep_test_checkpoint(bad, sizeof(bad), bad_cases[i].dir);
         int r = llep_model_load(c, "bad", bad);
         const char *msg = llep_client_error(c);
         ck_assert_msg(r < 0, "%s loaded", bad_cases[i].dir);
@@ -420,7 +387,7 @@ START_TEST(test_names_and_unload) {
     llep_layer *l = NULL, *l2 = NULL;
     llep_model_info mi;
 
-    ckpt(dir, sizeof(dir), "mixtral-bf16");
+    llep_test_checkpoint(dir, sizeof(dir), "mixtral-bf16");
     daemon_start(&d, NULL);
     llep_client *c = connect_ok(&d), *c2 = connect_ok(&d);
     ck_assert_int_eq(llep_model_get(c, "mix", &mi), -ENOENT);
@@ -474,8 +441,8 @@ START_TEST(test_config_and_reload) {
     char a[512], b[512], conf[600], text[1400];
     llepd_proc d;
 
-    ckpt(a, sizeof(a), "mixtral-bf16");
-    ckpt(b, sizeof(b), "gpt-oss-bf16");
+    llep_test_checkpoint(a, sizeof(a), "mixtral-bf16");
+    llep_test_checkpoint(b, sizeof(b), "gpt-oss-bf16");
     llep_test_tmpdir(d.dir, sizeof(d.dir), "llep-models-conf");
     snprintf(conf, sizeof(conf), "%s/llepd.conf", d.dir);
     snprintf(text, sizeof(text), "model = first=%s\nmodel = second=%s\n", a, b);
@@ -501,7 +468,7 @@ START_TEST(test_config_bad_model_stops_llepd) {
     char bad[512], arg[600], dir[256], sock[320], log[320];
     int st = 0;
 
-    ckpt(bad, sizeof(bad), "err-wrong-shape");
+    llep_test_checkpoint(bad, sizeof(bad), "err-wrong-shape");
     snprintf(arg, sizeof(arg), "broken=%s", bad);
     llep_test_tmpdir(dir, sizeof(dir), "llep-models-bad");
     snprintf(sock, sizeof(sock), "%s/llepd.sock", dir);
@@ -524,7 +491,7 @@ START_TEST(test_llepctl_verbs) {
     llepd_proc d;
     llep_test_output o;
 
-    ckpt(dir, sizeof(dir), "gpt-oss-mxfp4");
+    llep_test_checkpoint(dir, sizeof(dir), "gpt-oss-mxfp4");
     llep_test_llepctl(llepctl, sizeof(llepctl));
     daemon_start(&d, NULL);
     o = llep_test_run((const char *const[]){ llepctl, "-s", d.sock, "load", "g", dir, NULL },
@@ -558,7 +525,7 @@ static Suite *models_suite(void) {
     TCase *tc = tcase_create("models");
 
     tcase_set_timeout(tc, 120);
-    tcase_add_unchecked_fixture(tc, make_checkpoints, remove_checkpoints);
+    tcase_add_unchecked_fixture(tc, llep_test_checkpoints_make, llep_test_checkpoints_remove);
     tcase_add_loop_test(tc, test_loaded_equals_created, 0, NUM_FAMILIES);
     tcase_add_test(tc, test_processes_attach_by_name);
     tcase_add_test(tc, test_bad_checkpoints);
