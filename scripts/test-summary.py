@@ -1,14 +1,32 @@
 #!/usr/bin/env python3
-"""Summarises a meson test log: each Check suite's own summary line, then one line
-'N passed, N failed' counting Check tests individually and every other test (fuzz targets,
-scripts) as one. A suite that failed after its checks passed (a sanitizer report at exit, a
-crash) counts as one more failure. An optional second argument is the exit status of the
-packaging test run outside meson (0 passed, 77 skipped, else failed)."""
+"""Summarises a meson test log: each Check suite's and pytest run's own summary line, then one
+line 'N passed, N failed' counting Check and pytest tests individually (pytest's xfailed as
+skipped) and every other test (fuzz targets, scripts) as one. A suite that failed after its
+checks passed (a sanitizer report at exit, a crash) counts as one more failure. An optional
+second argument is the exit status of the packaging test run outside meson (0 passed, 77
+skipped, else failed)."""
 import json
 import re
 import sys
 
 CHECK = re.compile(r"(\d+)%: Checks: (\d+), Failures: (\d+), Errors: (\d+)")
+# pytest -q's last line: "53 passed, 1 xfailed in 8.74s" (counts in any order, each optional).
+PYTEST = re.compile(r"^=*\s*((?:\d+ [a-z]+(?:, )?)+) in [\d.]+s", re.MULTILINE)
+
+
+def pytest_counts(out):
+    """passed, failed, skipped of a pytest summary line in out, or None."""
+    found = PYTEST.findall(out)
+    if not found:
+        return None
+    counts = {}
+    for part in found[-1].split(", "):
+        n, what = part.split(" ", 1)
+        counts[what] = int(n)
+    get = counts.get
+    return (found[-1], get("passed", 0) + get("xpassed", 0),
+            get("failed", 0) + get("error", 0) + get("errors", 0),
+            get("skipped", 0) + get("xfailed", 0))
 
 
 def main(path, packaging=None):
@@ -24,7 +42,16 @@ def main(path, packaging=None):
         ok = r.get("result") in ("OK", "EXPECTEDFAIL", "SKIP")
         out = (r.get("stdout") or "") + (r.get("stderr") or "")
         m = CHECK.search(out)
-        if m:
+        py = None if m else pytest_counts(out)
+        if py:
+            line, p, f, sk = py
+            print(f"{r['name']}: {line}")
+            passed += p
+            failed += f
+            skipped += sk
+            if not ok and f == 0:
+                failed += 1
+        elif m:
             checks, failures, errors = (int(m.group(i)) for i in (2, 3, 4))
             print(f"{r['name']}: {m.group(0)}")
             passed += checks - failures - errors
