@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds llep's Debian packages (llepd, llep-tools, libllep-client0, libllep-client-dev) with
-# the standard tooling (dpkg-buildpackage, debhelper), binary only, into OUTDIR.
+# Builds llep's Debian packages (llepd, llep-tools, libllep-client0, libllep-client-dev,
+# python3-llep) with the standard tooling (dpkg-buildpackage, debhelper), binary only, into
+# OUTDIR.
 #
 #   packaging/build-deb.sh OUTDIR [TREE-ISH]   sources of a commit or tree (default HEAD)
 #   packaging/build-deb.sh OUTDIR --worktree   the working tree as it is (tracked files and
@@ -44,7 +45,7 @@ dpkg-buildpackage -b -us -uc -j"$jobs" >"$work/build.log" 2>&1 || {
     exit 1
 }
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
-for p in llepd llep-tools libllep-client0 libllep-client-dev; do
+for p in llepd llep-tools libllep-client0 libllep-client-dev python3-llep; do
     mv "$work/${p}_${version}_${arch}.deb" "$out/"
 done
 # Debug symbols and the build record, when produced.

@@ -15,7 +15,9 @@
 #   - forward-check.c, compiled with nothing but the installed headers and
 #     `pkg-config --cflags --libs llep-client` (and SANITIZE's -fsanitize flags, to match the
 #     library), runs a forward through the installed llepd and matches a float64 reference;
-#     the installed llepctl reports on that daemon.
+#     the installed llepctl reports on that daemon;
+#   - the installed Python package (its own llep-client.h, the installed library) runs a
+#     forward through that daemon too, with .venv's python3 (cffi, numpy) when there is one.
 # Exit status 0 when everything holds, 77 (skip) when systemd-analyze or a C compiler is
 # missing, 1 otherwise with the reason on stderr.
 set -euo pipefail
@@ -155,7 +157,31 @@ LD_LIBRARY_PATH=$lib "$tmp/forward-check" "$sock" || fail "forward through the i
 status=$(LD_LIBRARY_PATH=$lib "$(root "$bindir")/llepctl" --socket "$sock" --json status) ||
     fail "installed llepctl status"
 case "$status" in *'"layers"'*) ;; *) fail "llepctl --json status: $status" ;; esac
+note "forward through the installed llepd with a program built from llep-client.pc: ok"
+
+# ---- the Python package ---------------------------------------------------------------------------
+pyinit=$(find "$dest" -path '*-packages/llep/__init__.py' | head -n 1)
+[ -n "$pyinit" ] || fail "the Python package llep is not installed"
+pydir=$(dirname "$pyinit")
+for f in client.py torch.py _ffi.py _cdef.py _paths.py llep-client.h py.typed; do
+    [ -e "$pydir/$f" ] || fail "llep/$f is not installed"
+done
+grep -qx "LIBDIR = \"$libdir\"" "$pydir/_paths.py" || fail "llep/_paths.py does not name $libdir"
+venv=$(dirname "$forward_src")/../.venv/bin/python3
+if [ -x "$venv" ]; then
+    preload=
+    case "$sanitize" in *address*) preload="$(cc -print-file-name=libasan.so)" ;; esac
+    case "$sanitize" in *undefined*) preload="$preload $(cc -print-file-name=libubsan.so)" ;; esac
+    env -u LLEP_CLIENT_CDEF LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=0 \
+        PYTHONPATH="$(dirname "$pydir")" PYTHONDONTWRITEBYTECODE=1 \
+        LLEP_CLIENT_LIB="$lib/libllep-client.so.0" \
+        "$venv" "$(dirname "$forward_src")/python/installed-check.py" "$sock" "$dest" \
+        >"$tmp/python.log" 2>&1 || { cat "$tmp/python.log" >&2; fail "the installed Python package"; }
+    note "$(cat "$tmp/python.log")"
+else
+    note "no .venv: the installed Python package was not run"
+fi
+
 kill -TERM "$llepd_pid"
 wait "$llepd_pid" || fail "installed llepd exit status $?"
 llepd_pid=
-note "forward through the installed llepd with a program built from llep-client.pc: ok"

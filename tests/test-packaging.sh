@@ -3,9 +3,10 @@
 #
 # Builds llep's .deb set with packaging/build-deb.sh (from the working tree, a commit, or
 # takes the .deb files already in DEB_DIR), then checks what a Debian user gets:
-#   - exactly the packages llepd, llep-tools, libllep-client0, libllep-client-dev, with their
-#     files where they belong, the dependencies between them, /etc/llep/llepd.conf a conffile,
-#     and maintainer scripts that create user llep, /run/llep and enable llepd.socket;
+#   - exactly the packages llepd, llep-tools, libllep-client0, libllep-client-dev and
+#     python3-llep, with their files where they belong, the dependencies between them,
+#     /etc/llep/llepd.conf a conffile, and maintainer scripts that create user llep, /run/llep
+#     and enable llepd.socket;
 #   - dpkg installs the set into a scratch root (dpkg --root, no chroot); where systemd is not
 #     running here the maintainer scripts run too (chroot-less, with $DPKG_ROOT), otherwise
 #     the packages are unpacked and the scripts' sysusers/tmpfiles steps are applied to the
@@ -14,7 +15,8 @@
 #   - the packaged llepd, started from the scratch root with its packaged llepd.conf, serves
 #     the packaged llepctl, llep-plan and llep-demo (--check: outputs match a float64
 #     reference), and a program built against the -dev package's headers and llep-client.pc
-#     (PKG_CONFIG_SYSROOT_DIR) runs a forward through it with the packaged library.
+#     (PKG_CONFIG_SYSROOT_DIR) runs a forward through it with the packaged library, and so does
+#     the packaged Python package (with .venv's python3 for cffi and numpy, when there is one).
 # Exit status 0 when all holds, 77 (skip) when not root or without dpkg-buildpackage/debhelper
 # or git, 1 on failure. DEB_BUILD_OPTIONS is passed on (default "nocheck": the suites run in
 # `meson test`).
@@ -72,8 +74,9 @@ llepd_deb=$(deb llepd "$arch")
 tools_deb=$(deb llep-tools "$arch")
 lib_deb=$(deb libllep-client0 "$arch")
 dev_deb=$(deb libllep-client-dev "$arch")
+py_deb=$(deb python3-llep "$arch")
 for f in "$debs"/*.deb; do
-    case "$f" in "$llepd_deb" | "$tools_deb" | "$lib_deb" | "$dev_deb" | *-dbgsym_*) ;;
+    case "$f" in "$llepd_deb" | "$tools_deb" | "$lib_deb" | "$dev_deb" | "$py_deb" | *-dbgsym_*) ;;
         *) fail "unexpected package $f" ;; esac
 done
 
@@ -98,12 +101,19 @@ has "$lib_deb" "/usr/lib/$multiarch/libllep-client.so.0"
 has "$dev_deb" /usr/include/llep/client.h /usr/include/llep/types.h /usr/include/llep/bf16.h \
     "/usr/lib/$multiarch/libllep-client.so" "/usr/lib/$multiarch/pkgconfig/llep-client.pc" \
     /usr/share/man/man3/llep-client.3.gz /usr/share/man/man3/llep_forward.3.gz
+pydir=/usr/lib/python3/dist-packages/llep
+has "$py_deb" "$pydir/__init__.py" "$pydir/client.py" "$pydir/torch.py" "$pydir/_ffi.py" \
+    "$pydir/llep-client.h" "$pydir/_paths.py"
 
 version=$(dpkg-deb -f "$llepd_deb" Version)
 case "$(dpkg-deb -f "$tools_deb" Depends)" in *libllep-client0*) ;; *)
     fail "llep-tools does not depend on libllep-client0" ;; esac
 case "$(dpkg-deb -f "$dev_deb" Depends)" in *"libllep-client0 (= $version)"*) ;; *)
     fail "libllep-client-dev does not depend on libllep-client0 (= $version)" ;; esac
+case "$(dpkg-deb -f "$py_deb" Depends)" in
+    *"libllep-client0 (= $version)"*python3-cffi*python3-numpy*) ;;
+    *) fail "python3-llep does not depend on libllep-client0 (= $version), cffi and numpy" ;;
+esac
 dpkg-deb -e "$llepd_deb" "$tmp/llepd.control"
 grep -qx /etc/llep/llepd.conf "$tmp/llepd.control/conffiles" || fail "llepd.conf is not a conffile"
 for snippet in "systemd-sysusers" "systemd-tmpfiles" "deb-systemd-helper enable 'llepd.socket'" \
@@ -114,7 +124,7 @@ done
 [ "$(grep -n systemd-sysusers "$tmp/llepd.control/postinst" | head -n 1 | cut -d: -f1)" -lt \
   "$(grep -n systemd-tmpfiles "$tmp/llepd.control/postinst" | head -n 1 | cut -d: -f1)" ] ||
     fail "postinst runs systemd-tmpfiles before systemd-sysusers"
-note "packages $version: llepd, llep-tools, libllep-client0, libllep-client-dev, as expected"
+note "packages $version: llepd, llep-tools, libllep-client0, libllep-client-dev, python3-llep, as expected"
 
 # ---- install into a scratch root ----------------------------------------------------------------
 root=$tmp/root
@@ -123,7 +133,7 @@ mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/lib/d
 touch "$root/var/lib/dpkg/status"
 dpkg_root=(dpkg "--root=$root" --log=/dev/null --force-depends --force-script-chrootless
            --no-triggers)
-"${dpkg_root[@]}" --unpack "$llepd_deb" "$tools_deb" "$lib_deb" "$dev_deb" \
+"${dpkg_root[@]}" --unpack "$llepd_deb" "$tools_deb" "$lib_deb" "$dev_deb" "$py_deb" \
     >"$tmp/dpkg.log" 2>&1 || { cat "$tmp/dpkg.log" >&2; fail "dpkg --unpack into the scratch root"; }
 if [ -d /run/systemd/system ]; then
     # The configure step would ask the host's systemd to reload: do its work by hand.
@@ -140,7 +150,7 @@ else
     how="installed with maintainer scripts (units enabled)"
 fi
 status=$(dpkg-query "--admindir=$root/var/lib/dpkg" -W -f '${db:Status-Abbrev}${Package} ' \
-         llepd llep-tools libllep-client0 libllep-client-dev)
+         llepd llep-tools libllep-client0 libllep-client-dev python3-llep)
 uid=$(awk -F: '$1 == "llep" { print $3 }' "$root/etc/passwd")
 gid=$(awk -F: '$1 == "llep" { print $3 }' "$root/etc/group")
 if [ -z "$uid" ] || [ -z "$gid" ]; then fail "no user or group llep in the scratch root"; fi
@@ -188,6 +198,20 @@ cc -std=c11 -Wall -Wextra -Werror -o "$tmp/forward-check" "$forward_src" $pc -lm
 deps=$(ldd "$tmp/forward-check")
 case "$deps" in *"$lib/libllep-client.so.0"*) ;; *) fail "forward-check loads $deps" ;; esac
 "$tmp/forward-check" "$sock" || fail "forward through the packaged llepd"
+
+# The packaged Python package, with its own declarations (llep-client.h) and the packaged
+# library; the interpreter is .venv's, which has cffi and numpy (python3-llep's dependencies,
+# not installed in the scratch root).
+if [ -x "$src/.venv/bin/python3" ]; then
+    env -u LD_PRELOAD -u LLEP_CLIENT_CDEF PYTHONPATH="$root/usr/lib/python3/dist-packages" \
+        PYTHONDONTWRITEBYTECODE=1 LLEP_CLIENT_LIB="$lib/libllep-client.so.0" \
+        "$src/.venv/bin/python3" "$src/tests/python/installed-check.py" "$sock" "$root" \
+        >"$tmp/python.log" 2>&1 ||
+        { cat "$tmp/python.log" >&2; fail "a forward with the packaged Python package"; }
+    note "$(cat "$tmp/python.log")"
+else
+    note "no .venv: the packaged Python package was not run"
+fi
 
 kill -TERM "$llepd_pid"
 wait "$llepd_pid" || fail "the packaged llepd exited with status $?"
