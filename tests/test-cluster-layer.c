@@ -34,6 +34,11 @@
  *   communicator_refused  node 1 has no transport (started with --cluster-communicator off):
  *                   it refuses to join, every node says why, and the steps stay on the peer
  *                   links, exact.
+ *   communicator_shared  two layers of different origins on the same nodes share one
+ *                   communicator (one transport opened per node and epoch, both layers showing
+ *                   "socket (up, epoch E, set 0,1,2)"), step at once from clients on every
+ *                   node with every step over it, exact; node 2 killed fails both layers'
+ *                   steps naming it, and once back one new epoch carries both.
  *
  * Heartbeats every 100 ms and a 1 s peer timeout keep it to seconds. */
 #include <arpa/inet.h>
@@ -786,7 +791,7 @@ START_TEST(communicator_lost) {
         skewed_slots(0.7, slots);
         run_exact(nc, slots);
         layer_string(0, "moe", "internode_transport", tr, sizeof(tr));
-        if (strcmp(tr, "socket (up, epoch 2)") == 0 &&
+        if (strcmp(tr, "socket (up, epoch 2, set 0,1,2)") == 0 &&
             layer_field(2, "moe", "communicator_steps") > 3)
             break;
         ck_assert_msg(now_ms() - t0 < 15000, "no second communicator carried steps: '%s'", tr);
@@ -837,6 +842,203 @@ START_TEST(communicator_refused) {
 }
 END_TEST
 
+/* ---- two layers on one communicator ------------------------------------------------------ */
+
+/* Lines of node's log that contain text. */
+static int log_count(int node, const char *text) {
+    char path[PATH_MAX], line[1024];
+    int n = 0;
+
+    llep_test_node_log(&nodes, node, path, sizeof(path));
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f, "node %d has no log %s", node, path);
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, text) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* One forward of both layers on every node at once (six clients), each exact. */
+static void run_both_exact(node_client *a, node_client *b) {
+    int32_t sa[NODES * TOKENS * K], sb[NODES * TOKENS * K];
+    pthread_t th[2 * NODES];
+
+    skewed_slots(0.7, sa);
+    skewed_slots(0.6, sb);
+    fill_batches(a, sa, 7);
+    fill_batches(b, sb, 7);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(pthread_create(&th[i], NULL, forward_thread, &a[i]), 0);
+        ck_assert_int_eq(pthread_create(&th[NODES + i], NULL, forward_thread, &b[i]), 0);
+    }
+    for (int i = 0; i < 2 * NODES; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_msg(a[i].r == 0 && b[i].r == 0, "node %d: %s / %s", i, a[i].err, b[i].err);
+        assert_exact(&a[i].b, i);
+        assert_exact(&b[i].b, i);
+    }
+}
+
+/* Both layers stepping at once until each has run a step over the communicator on every
+ * node; then every node shows both on the same communicator: "socket (up, epoch E, set
+ * 0,1,2)". Returns E. */
+static int64_t wait_shared(node_client *a, node_client *b) {
+    char ta[256], tb[256], want[256];
+    uint64_t t0 = now_ms();
+
+    for (;;) {
+        run_both_exact(a, b);
+        bool all = true;
+        for (int i = 0; i < NODES; i++)
+            all = all && layer_field(i, "moe", "communicator_steps") > 0 &&
+                  layer_field(i, "moe2", "communicator_steps") > 0;
+        if (all)
+            break;
+        ck_assert_msg(now_ms() - t0 < 15000, "no step of both layers went over the "
+                      "communicator in 15 s");
+        sleep_ms(20);
+    }
+    layer_string(0, "moe", "internode_transport", ta, sizeof(ta));
+    long long epoch = 0;
+    ck_assert_msg(sscanf(ta, "socket (up, epoch %lld, set 0,1,2)", &epoch) == 1, "'%s'", ta);
+    snprintf(want, sizeof(want), "socket (up, epoch %lld, set 0,1,2)", epoch);
+    for (int i = 0; i < NODES; i++) {
+        layer_string(i, "moe", "internode_transport", ta, sizeof(ta));
+        layer_string(i, "moe2", "internode_transport", tb, sizeof(tb));
+        ck_assert_msg(strcmp(ta, want) == 0 && strcmp(tb, want) == 0,
+                      "node %d: '%s' / '%s', not both '%s'", i, ta, tb, want);
+    }
+    return epoch;
+}
+
+/* Two cluster layers of different origins on the same three nodes share one communicator:
+ * every node opens one transport per epoch (its log says "up" once per epoch, however many
+ * layers) and both layers name the same epoch and set; both step at once from clients on
+ * every node, every step over the one communicator and exact; a node killed fails both
+ * layers' steps naming it, and once it is back one new epoch carries both. */
+START_TEST(communicator_shared) {
+    node_client a[NODES], b[NODES];
+    int64_t sa[NODES], sb[NODES], ca[NODES], cb[NODES];
+    char text[64];
+
+    xnode_nodes = 7;
+    weights_init();
+    for (int i = 0; i < NODES; i++)
+        start_node(i, false);
+    wait_cluster_up();
+    client_open_named(&a[0], 0, "moe", true, 0);
+    client_open_named(&b[1], 1, "moe2", true, 0);
+    for (int i = 0; i < NODES; i++) {
+        if (i != 0)
+            client_open_named(&a[i], i, "moe", false, 0);
+        if (i != 1)
+            client_open_named(&b[i], i, "moe2", false, 0);
+    }
+    int64_t e1 = wait_shared(a, b);
+    for (int i = 0; i < NODES; i++) {
+        /* One transport opened on this node, not one per layer. */
+        ck_assert_int_eq(log_count(i, "socket communicator up (epoch"), 1);
+        ck_assert_int_eq(log_count(i, "shared by 2 layers, 1 opened here"), 1);
+        sa[i] = layer_field(i, "moe", "steps");
+        sb[i] = layer_field(i, "moe2", "steps");
+        ca[i] = layer_field(i, "moe", "communicator_steps");
+        cb[i] = layer_field(i, "moe2", "communicator_steps");
+    }
+    ck_assert_int_eq(log_count(0, "starting the socket communicator"), 1);
+    ck_assert_int_eq(log_count(1, "starting the socket communicator"), 0);
+
+    /* Both layers' exchanges on the one communicator at once: every step over it, exact. */
+    for (int round = 0; round < 6; round++)
+        run_both_exact(a, b);
+    for (int i = 0; i < NODES; i++) {
+        int64_t ra = layer_field(i, "moe", "steps") - sa[i];
+        int64_t rb = layer_field(i, "moe2", "steps") - sb[i];
+        ck_assert_int_ge(ra, 6);
+        ck_assert_int_ge(rb, 6);
+        ck_assert_int_eq(layer_field(i, "moe", "communicator_steps"), ca[i] + ra);
+        ck_assert_int_eq(layer_field(i, "moe2", "communicator_steps"), cb[i] + rb);
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
+        ck_assert_int_eq(layer_field(i, "moe2", "failed_steps"), 0);
+    }
+    ck_assert_int_eq(log_count(0, "communicator up (epoch"), 1); /* still the first */
+
+    /* Node 2 dies: both layers' steps fail naming it; the communicator is closed for both. */
+    llep_test_kill(&pids[2]);
+    client_close(&a[2]);
+    client_close(&b[2]);
+    uint64_t t0 = now_ms();
+    for (;;) {
+        int32_t sl[NODES * TOKENS * K];
+        skewed_slots(0.6, sl);
+        fill_batches(a, sl, 3);
+        fill_batches(b, sl, 3);
+        pthread_t th[4];
+        for (int i = 0; i < 2; i++) {
+            ck_assert_int_eq(pthread_create(&th[i], NULL, forward_thread, &a[i]), 0);
+            ck_assert_int_eq(pthread_create(&th[2 + i], NULL, forward_thread, &b[i]), 0);
+        }
+        for (int i = 0; i < 4; i++)
+            pthread_join(th[i], NULL);
+        if (a[0].r < 0 && a[1].r < 0 && b[0].r < 0 && b[1].r < 0)
+            break;
+        ck_assert_msg(now_ms() - t0 < 5000, "steps still run 5 s after node 2 died");
+    }
+    expect_failed(a, 3, "node 2");
+    expect_failed(b, 3, "node 2");
+    for (int i = 0; i < 2; i++) {
+        char ta[256], tb[256];
+        layer_string(i, "moe", "internode_transport", ta, sizeof(ta));
+        layer_string(i, "moe2", "internode_transport", tb, sizeof(tb));
+        ck_assert_msg(strncmp(ta, "peer links", 10) == 0 && strcmp(ta, tb) == 0,
+                      "node %d: '%s' / '%s'", i, ta, tb);
+    }
+
+    /* Back: both shares, then one new epoch that both layers use. */
+    start_node(2, false);
+    wait_cluster_up();
+    t0 = now_ms();
+    while (layer_field(2, "moe", "nodes") != NODES || layer_field(2, "moe2", "nodes") != NODES) {
+        ck_assert_msg(now_ms() - t0 < 10000, "node 2 did not get both layers back");
+        sleep_ms(50);
+    }
+    client_open_named(&a[2], 2, "moe", false, 0);
+    client_open_named(&b[2], 2, "moe2", false, 0);
+    for (int i = 0; i < NODES; i++) {
+        ca[i] = layer_field(i, "moe", "communicator_steps");
+        cb[i] = layer_field(i, "moe2", "communicator_steps");
+    }
+    t0 = now_ms();
+    int64_t e2;
+    for (;;) {
+        e2 = wait_shared(a, b);
+        bool again = true;
+        for (int i = 0; i < 2; i++)
+            again = again && layer_field(i, "moe", "communicator_steps") > ca[i] &&
+                    layer_field(i, "moe2", "communicator_steps") > cb[i];
+        if (again && e2 > e1)
+            break;
+        ck_assert_msg(now_ms() - t0 < 15000, "no new epoch carried both layers (epoch %lld)",
+                      (long long)e2);
+    }
+    for (int round = 0; round < 3; round++)
+        run_both_exact(a, b);
+    /* One transport per epoch on the nodes that lived through both. */
+    for (int i = 0; i < 2; i++) {
+        snprintf(text, sizeof(text), "communicator up (epoch %lld,", (long long)e2);
+        ck_assert_int_eq(log_count(i, text), 1);
+        ck_assert_int_le(log_count(i, "socket communicator up (epoch"), (int)e2);
+    }
+    snprintf(text, sizeof(text), "communicator up (epoch %lld,", (long long)e2);
+    ck_assert_int_eq(log_count(2, text), 1);
+    for (int i = 0; i < NODES; i++) {
+        client_close(&a[i]);
+        client_close(&b[i]);
+    }
+    weights_fini();
+}
+END_TEST
+
 static Suite *cluster_layer_suite(void) {
     Suite *s = suite_create("cluster-layer");
     TCase *tc = tcase_create("three nodes");
@@ -853,6 +1055,7 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_test(tc, communicator);
     tcase_add_test(tc, communicator_lost);
     tcase_add_test(tc, communicator_refused);
+    tcase_add_test(tc, communicator_shared);
     suite_add_tcase(s, tc);
     return s;
 }

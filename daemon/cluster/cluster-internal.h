@@ -95,6 +95,7 @@ struct llepd_cluster {
     bool (*layer_serves)(int body);
     void (*layer_frame)(llepd_server *srv, uint32_t from_id, const LlepPb__Frame *f);
     void (*peer_changed)(llepd_server *srv, uint32_t node_id, bool up);
+    void *comms;                /* the cluster layers' communicators (llepd_cluster_comms) */
 };
 
 /* ---- membership (cluster-peers.c) -------------------------------------------------------- */

@@ -95,6 +95,9 @@ static llepd_clayer *clayer_alloc(llepd_layer *l, uint32_t origin_rank) {
     c->ids = calloc(n, sizeof(*c->ids));
     c->shares = calloc(n, sizeof(*c->shares));
     c->deadline = timer_new(c);
+    for (uint32_t r = 0; c->ids && r < n; r++)
+        c->ids[r] = llepd_cluster_node_at(cl, r);
+    /* The communicator of the layer's set of nodes is found by its ids. */
     if (!c->ids || !c->shares || !c->deadline ||
         llepd_cstep_init(c) < 0 || llepd_cxnode_init(c) < 0) {
         timer_close(&c->deadline);
@@ -105,8 +108,6 @@ static llepd_clayer *clayer_alloc(llepd_layer *l, uint32_t origin_rank) {
         free(c);
         return NULL;
     }
-    for (uint32_t r = 0; r < n; r++)
-        c->ids[r] = llepd_cluster_node_at(cl, r);
     c->inject_mismatch = getenv("LLEPD_TEST_PLAN_MISMATCH") &&
                          getenv("LLEPD_TEST_PLAN_MISMATCH")[0] == '1';
     l->cluster = c;
@@ -474,12 +475,12 @@ static void peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
              * as soon as the next step begins. */
             if (c->rank == c->origin && !c->creator && l->engine)
                 (void)send_layer_to(c, r);
-            llepd_cxnode_close(c, why, true);
+            llepd_cxnode_peer(c, node_id, true, why);
             continue;
         }
-        /* Whatever the communicator was doing, that node's rank is gone from it. */
-        if (!c->st || !c->st->xnode)
-            llepd_cxnode_close(c, why, false);
+        /* Whatever the set's communicator was doing, that node's rank is gone from it: the
+         * other layers' exchanges in it fail now, this one's step just below. */
+        llepd_cxnode_peer(c, node_id, false, why);
         if (c->creator)
             create_fail(c, -EHOSTDOWN, why);
         else if (r == c->origin && l->creating && !c->engine_pending)
@@ -567,11 +568,13 @@ static void handle_frame(llepd_server *srv, uint32_t from_id, const LlepPb__Fram
         return;
     case LLEP_PB__FRAME__BODY_CLUSTER_COMM:
     case LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL: {
-        const char *n = f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_COMM
-            ? f->cluster_comm->layer : f->cluster_comm_fail->layer;
-        llepd_clayer *c = n ? clayer_of(srv, n, false) : NULL;
-        if (c && !c->orphaned)
-            llepd_cxnode_handle(c, (uint32_t)rank, f);
+        /* The communicator of a set of nodes; older senders name a layer on the set. */
+        bool comm = f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_COMM;
+        size_t nset = comm ? f->cluster_comm->n_set : f->cluster_comm_fail->n_set;
+        const char *n = comm ? f->cluster_comm->layer : f->cluster_comm_fail->layer;
+        llepd_clayer *c = nset == 0 && n ? clayer_of(srv, n, false) : NULL;
+        if (nset > 0 || (c && !c->orphaned))
+            llepd_cxnode_handle(srv, c, from_id, f);
         return;
     }
     default:

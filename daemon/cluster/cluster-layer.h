@@ -17,7 +17,8 @@
  * an error naming the cause, when a node is down or goes down, a node's plan hash differs, a
  * node cannot run it, or the deadline passes; no client's y is written by a failed step. Rows,
  * weights and results go over the peer links, or over the layer's communicator between nodes
- * (cluster-xnode.c) in steps where every node has it up.
+ * (cluster-xnode.c; one per set of nodes, shared by the set's layers) in steps where every
+ * node has it up.
  *
  * Everything here runs on the event-loop thread except the engine work queued on the pool. */
 #ifndef LLEPD_CLUSTER_LAYER_H
@@ -77,6 +78,8 @@ typedef struct llepd_cstep {
     bool *comm_up;                  /* [nodes] and whether it is up */
     bool decided;                   /* every hash is in: xnode says how the data goes */
     bool xnode;                     /* the step's data goes over the communicator */
+    uint64_t ticket;                /* from the coordinator's plan hash: the rows exchange's
+                                     * ticket (results: ticket + 1); 0: none */
     llepd_cbuf *rows_in;            /* [nodes] */
     llepd_cbuf *results_in;         /* [nodes] */
     llepd_cweights *weights;        /* received so far */
@@ -94,28 +97,24 @@ typedef struct llepd_cstep {
     llep_part_traffic traffic;
 } llepd_cstep;
 
-/* A layer's communicator between nodes (xnode.h; cluster-xnode.c). The origin starts one
- * (ClusterComm) when the layer is on every node and no communicator is up; any failure closes
- * it on every node (ClusterCommFail, or the failed step over it) and the origin starts another
- * after a pause. Steps use it only when every node has the same epoch up. */
+/* The communicator between nodes of a set of nodes (xnode.h; cluster-xnode.c), shared by
+ * every cluster layer on the set: one transport instance (one NCCL communicator) however many
+ * layers. Opaque; layers hold references. */
+typedef struct llepd_ccomm llepd_ccomm;
+
+/* A layer's view of its set's communicator. The set's coordinator (its lowest node id)
+ * starts it (ClusterComm) and any failure closes it on every node for every layer on the set
+ * (ClusterCommFail, or a failed step over it); the coordinator starts another after a pause.
+ * Steps use it only when every node has the same epoch up and the coordinator's plan hash gave
+ * the step an exchange ticket: every node issues the exchanges of all the set's layers in
+ * ticket order. */
 typedef struct llepd_cxnode {
-    const llep_xnode_ops *ops;      /* NULL: the layer's data always goes over the peer links */
-    llep_xnode *x;                  /* opening or up; NULL: none */
-    uint64_t epoch;                 /* of x; the highest seen when x is NULL */
-    bool up;
-    uint64_t opened_ns;             /* when x began opening (its deadline) */
-    uint64_t retry_ns;              /* origin: no new communicator before this */
-    uint32_t backoff_ms;
-    bool pending;                   /* a ClusterComm waits for this node's engine */
-    uint8_t pending_id[LLEP_XNODE_ID_BYTES];
-    uv_timer_t *timer;              /* polls while opening or exchanging */
-    uv_async_t *async;              /* the transport's notify */
-    uint64_t steps;                 /* steps whose data went over it */
+    llepd_ccomm *comm;              /* the set's; NULL before init and after fini */
+    uint64_t steps;                 /* this layer's steps whose data went over it */
     /* The step's exchange ended (r == 0) or failed; set by cluster-step.c, which is above. */
     void (*exchanged)(struct llepd_clayer *c, int r, const char *why);
     uint64_t drop_after;            /* LLEPD_TEST_XNODE_DROP: close it unannounced after this
-                                     * many steps over it (0: never) */
-    char why[200];                  /* why none is up, for llepctl; "" when it never failed */
+                                     * many steps of this layer over it (0: never) */
 } llepd_cxnode;
 
 typedef struct llepd_clayer {
@@ -206,25 +205,49 @@ void llepd_cstep_fini(llepd_clayer *c);
 
 /* ---- the communicator between nodes (cluster-xnode.c) ------------------------------------- */
 
-/* Picks the transport (the backend's, when llepd may use it) and makes the handles. */
+/* Takes a reference on the communicator of the layer's set of nodes, making it (with the
+ * transport llepd may use, if any) when it is the set's first layer here. 0 or -ENOMEM. */
 int llepd_cxnode_init(llepd_clayer *c);
-/* Closes the communicator and the handles (idempotent). */
+/* Gives the reference back (idempotent); the last layer's closes the communicator. */
 void llepd_cxnode_fini(llepd_clayer *c);
-/* Origin: starts a communicator when none is up or opening and every node holds the layer. */
+/* Coordinator: starts the set's communicator when none is up or opening, every node is up and
+ * a layer of the set has stepped (so every node holds it). */
 void llepd_cxnode_maybe_start(llepd_clayer *c);
-/* This node's engine exists now: joins a communicator that waited for it. */
-void llepd_cxnode_engine_ready(llepd_clayer *c);
-/* Closes this node's communicator (a peer went down, a step over it failed); the origin starts
- * another after a pause, or at once when fast is set (a node came back). */
+/* Closes the set's communicator for every layer on it (a step over it failed, the layer's
+ * steps saw another epoch); the coordinator starts another after a pause, or at once when
+ * fast is set. Steps of the set's other layers waiting for an exchange fail with why. */
 void llepd_cxnode_close(llepd_clayer *c, const char *why, bool fast);
+/* Node node_id went down (or came back: up): the same, and when the coordinator went down the
+ * epochs start again from its next. */
+void llepd_cxnode_peer(llepd_clayer *c, uint32_t node_id, bool up, const char *why);
 /* What this node reports in its plan hash: the epoch (0: none) and whether it is up. */
 uint64_t llepd_cxnode_epoch(llepd_clayer *c, bool *up);
-/* Starts an exchange for the step; c->xn.exchanged() follows. 0 or -errno, why set. */
-int llepd_cxnode_exchange(llepd_clayer *c, const llep_xnode_op *ops, uint32_t n, char *why,
-                          size_t whylen);
-/* ClusterComm and ClusterCommFail from the node of rank `from`. */
-void llepd_cxnode_handle(llepd_clayer *c, uint32_t from, const LlepPb__Frame *f);
-/* "nccl (up, epoch 2)", "peer links", "peer links (nccl: ...)" for llepctl. */
+/* The layer rank of the set's coordinator. */
+uint32_t llepd_cxnode_coordinator(const llepd_clayer *c);
+/* Coordinator, making the plan of c's step: the step's exchange ticket when the communicator
+ * is up (the results exchange takes ticket + 1), else 0. */
+uint64_t llepd_cxnode_ticket(llepd_clayer *c);
+/* Another node: the coordinator's plan hash for c's step gave it `ticket` on `epoch`; mine:
+ * the step is in progress here. A ticket this node cannot take (its step is gone) closes the
+ * communicator: another node may have issued it. */
+void llepd_cxnode_announce(llepd_clayer *c, uint64_t epoch, uint64_t ticket, bool mine);
+/* The step goes over the peer links (every node decides so from the same hashes): its
+ * tickets are skipped. */
+void llepd_cxnode_skip(llepd_clayer *c);
+/* The step ends or fails: a ticket of it not exchanged yet closes the communicator (the other
+ * nodes may be waiting in it); call before the step's buffers go. */
+void llepd_cxnode_step_over(llepd_clayer *c);
+/* Queues the step's exchange of `ticket` (copied); it starts once every earlier ticket has
+ * been exchanged or skipped, and c->xn.exchanged() follows. 0 or -errno, why set. */
+int llepd_cxnode_exchange(llepd_clayer *c, uint64_t ticket, const llep_xnode_op *ops,
+                          uint32_t n, char *why, size_t whylen);
+/* ClusterComm and ClusterCommFail from node from_id; c: the layer they name (older senders),
+ * else NULL and they name the set. */
+void llepd_cxnode_handle(llepd_server *srv, llepd_clayer *c, uint32_t from_id,
+                         const LlepPb__Frame *f);
+/* The transport's name ("nccl", "socket"), "?" without one. */
+const char *llepd_cxnode_name(const llepd_clayer *c);
+/* "nccl (up, epoch 2, set 0,1,2)", "peer links", "peer links (nccl: ...)" for llepctl. */
 const char *llepd_cxnode_describe(const llepd_clayer *c, char *buf, size_t len);
 
 #endif

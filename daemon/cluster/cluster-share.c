@@ -156,7 +156,6 @@ static void share_done(uv_work_t *req, int status) {
         l->refs++;
         log_info("cluster layer '%s': share of %u experts loaded for node %u", l->name,
                  c->local_experts, c->ids[c->origin]);
-        llepd_cxnode_engine_ready(c);
     } else {
         llep__engine_free(w->engine);
         log_warning("cluster layer '%s': share not loaded: %s", l->name, w->err);

@@ -1,7 +1,8 @@
 /* Steps of cluster-scope layers: moving rows, spilled weights and results between nodes
  * (cluster-step-internal.h). Over the peer links the data goes out as ClusterData chunks and
- * is reassembled here as it arrives; over the layer's communicator (cluster-xnode.c) it moves
- * as one exchange of matching transfers. Which way a step takes is decided once every plan
+ * is reassembled here as it arrives; over the communicator of the layer's set of nodes
+ * (cluster-xnode.c) it moves as one exchange of matching transfers, in the order of the
+ * step's tickets. Which way a step takes is decided once every plan
  * hash is in (llepd_cstep_decide). */
 #include <errno.h>
 #include <inttypes.h>
@@ -207,10 +208,11 @@ void llepd_cstep_start_exchange(llepd_clayer *c, bool results) {
     }
     uint32_t n = build_ops(c, results, ops);
     st->phase = results ? CSTEP_XRESULTS : CSTEP_XROWS;
-    int r = llepd_cxnode_exchange(c, ops, n, err, sizeof(err));
+    int r = llepd_cxnode_exchange(c, st->ticket + (results ? 1 : 0), ops, n, err,
+                                  sizeof(err));
     free(ops);
     if (r < 0) {
-        snprintf(why, sizeof(why), "%s exchange: %s", c->xn.ops->name, err);
+        snprintf(why, sizeof(why), "%s exchange: %s", llepd_cxnode_name(c), err);
         llepd_cstep_fail(c, r, why);
     }
 }
@@ -218,9 +220,11 @@ void llepd_cstep_start_exchange(llepd_clayer *c, bool results) {
 /* ---- which way --------------------------------------------------------------------------- */
 
 /* Every hash is in and agrees: the data goes over the communicator when every node has the
- * same epoch up. A node whose communicator is up while another names another epoch closes it
- * (that node closed or never joined it, or a newer one is starting) and frees its part, which
- * the caller prepares again with host buffers for the peer links. */
+ * same epoch up and the coordinator gave the step an exchange ticket (else every node skips
+ * the step's tickets alike: each decides from the same hashes). A node whose communicator is
+ * up while another names another epoch closes it (that node closed or never joined it, or a
+ * newer one is starting) and frees its part, which the caller prepares again with host
+ * buffers for the peer links. */
 int llepd_cstep_decide(llepd_clayer *c) {
     llepd_cstep *st = c->st;
     uint64_t mine = st->epochs[c->rank];
@@ -234,11 +238,12 @@ int llepd_cstep_decide(llepd_clayer *c) {
         if (st->epochs[j] != mine && other < 0)
             other = (int)j;
     }
-    if (all_up) {
+    if (all_up && st->ticket) {
         st->xnode = true;
         llepd_cstep_start_exchange(c, false);
         return 0;
     }
+    llepd_cxnode_skip(c);
     if (!st->comm_up[c->rank])
         return 0; /* rows and weights went out with the hash */
     if (other >= 0) {

@@ -76,6 +76,7 @@ static llepd_cstep *step_reuse(llepd_clayer *c, uint64_t id) {
     memset(st->epochs, 0, n * sizeof(*st->epochs));
     memset(st->comm_up, 0, n * sizeof(*st->comm_up));
     st->xnode = false;
+    st->ticket = 0;
     st->decided = false;
     memset(&st->origin_params, 0, sizeof(st->origin_params));
     memset(&st->stats, 0, sizeof(st->stats));
@@ -161,6 +162,7 @@ void llepd_cstep_end(llepd_clayer *c, int r, const char *why) {
     llepd_cstep *st = c->st;
 
     if (r == 0) {
+        llepd_cxnode_step_over(c); /* its tickets are all exchanged or skipped */
         record(c, st);
     } else {
         c->failed_steps++;
@@ -209,10 +211,10 @@ void llepd_cstep_fail(llepd_clayer *c, int r, const char *why) {
     snprintf(msg, sizeof(msg), "cluster step %" PRIu64 " of layer '%s': %s", st->id,
              c->layer->name, why);
     send_fail(c, -1, st->id, r, why, st->id + 1);
-    /* Transfers of the step may be in flight into its buffers, and the other nodes' part of
-     * the exchange is gone with the step: the communicator goes before the buffers do. */
-    if (st->xnode)
-        llepd_cxnode_close(c, "a step over it failed", false);
+    /* Transfers of the step may be in flight into its buffers, and the other nodes may wait
+     * in its exchanges: a step with tickets not exchanged yet closes the set's communicator
+     * before its buffers go. */
+    llepd_cxnode_step_over(c);
     llep__part_abort(c->part);
     /* A collective node still waiting for its own clients fails them with the step. */
     bool waiting = st->phase == CSTEP_WAIT_LOCAL;
@@ -266,7 +268,7 @@ static void on_deadline(uv_timer_t *t) {
     if (!why[0] && (st->phase == CSTEP_XROWS || st->phase == CSTEP_XRESULTS))
         snprintf(why, sizeof(why), "the %s exchange over the %s communicator did not finish "
                  "within %u ms", st->phase == CSTEP_XROWS ? "rows" : "results",
-                 c->xn.ops ? c->xn.ops->name : "?", DATA_DEADLINE_MS);
+                 llepd_cxnode_name(c), DATA_DEADLINE_MS);
     if (!why[0])
         snprintf(why, sizeof(why), "the step's data did not arrive within %u ms",
                  DATA_DEADLINE_MS);

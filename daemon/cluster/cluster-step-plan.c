@@ -68,12 +68,15 @@ void llepd_cstep_make_plan(llepd_clayer *c) {
     st->hashes[c->rank] = st->hash;
     st->have_hash[c->rank] = true;
     st->epochs[c->rank] = llepd_cxnode_epoch(c, &st->comm_up[c->rank]);
+    if (c->rank == llepd_cxnode_coordinator(c))
+        st->ticket = llepd_cxnode_ticket(c);
     st->phase = CSTEP_HASH;
     m.layer = c->layer->name;
     m.step = st->id;
     m.hash = st->hash;
     m.comm_epoch = st->epochs[c->rank];
     m.comm_up = st->comm_up[c->rank];
+    m.comm_ticket = st->ticket;
     f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH;
     f.cluster_plan_hash = &m;
     llepd_clayer_send_all(c, &f);

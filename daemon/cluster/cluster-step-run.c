@@ -157,7 +157,7 @@ void llepd_cstep_exchanged(llepd_clayer *c, int r, const char *why) {
     if (!st || !st->xnode)
         return;
     if (r < 0) {
-        snprintf(msg, sizeof(msg), "%s exchange failed: %s", c->xn.ops->name, why);
+        snprintf(msg, sizeof(msg), "%s exchange failed: %s", llepd_cxnode_name(c), why);
         llepd_cstep_fail(c, r, msg);
     } else if (st->phase == CSTEP_XROWS) {
         queue_work(c, CSTEP_COMPUTE);

@@ -260,8 +260,18 @@ void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const LlepPb__Frame *f) 
     case LLEP_PB__FRAME__BODY_CLUSTER_LOADS:
         on_loads(c, from, f->cluster_loads);
         break;
-    case LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH:
-        if (st && f->cluster_plan_hash->step == st->id) {
+    case LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH: {
+        const LlepPb__ClusterPlanHash *h = f->cluster_plan_hash;
+        bool mine = st && h->step == st->id;
+        /* The coordinator's exchange ticket: queued before the step may decide to use it. */
+        if (h->comm_ticket && from == llepd_cxnode_coordinator(c)) {
+            if (mine)
+                st->ticket = h->comm_ticket;
+            llepd_cxnode_announce(c, h->comm_epoch, h->comm_ticket, mine);
+            st = c->st; /* closing the communicator may have failed it */
+            mine = st && h->step == st->id;
+        }
+        if (mine) {
             st->hashes[from] = f->cluster_plan_hash->hash;
             st->have_hash[from] = true;
             st->epochs[from] = f->cluster_plan_hash->comm_epoch;
@@ -269,6 +279,7 @@ void llepd_cstep_handle(llepd_clayer *c, uint32_t from, const LlepPb__Frame *f) 
             llepd_cstep_check_progress(c);
         }
         break;
+    }
     case LLEP_PB__FRAME__BODY_CLUSTER_DATA:
         if (llepd_cstep_on_data(c, from, f->cluster_data) == 1)
             llepd_cstep_check_progress(c); /* a buffer is complete */

@@ -164,3 +164,7 @@ void llepd_cluster_set_layer_hooks(llepd_cluster *cl, bool (*serves)(int body),
     cl->layer_frame = frame;
     cl->peer_changed = peer_changed;
 }
+
+void **llepd_cluster_comms(llepd_cluster *cl) {
+    return &cl->comms;
+}

@@ -77,4 +77,8 @@ void llepd_cluster_set_layer_hooks(llepd_cluster *cl, bool (*serves)(int body),
                                    void (*peer_changed)(llepd_server *srv, uint32_t node_id,
                                                         bool up));
 
+/* Where the cluster layers keep their communicators between nodes, one per set of nodes
+ * (cluster-xnode.c): NULL until the first, and they free them before the cluster goes. */
+void **llepd_cluster_comms(llepd_cluster *cl);
+
 #endif

@@ -5,6 +5,9 @@
  * socket transport between processes of one host (xnode-cpu.c), which llepd uses only under
  * its test hook LLEPD_TEST_XNODE, so that the path the GPUs take is tested without them.
  * Without a communicator llepd's cluster steps send everything over the peer links (TCP).
+ * llepd opens one per set of nodes and shares it between every cluster layer on the set,
+ * issuing the layers' exchanges one at a time in an order every node agrees on
+ * (daemon/cluster/cluster-xnode.c).
  *
  * Bootstrap, as NCCL's: one rank makes an id with unique_id(), the caller passes it to the
  * other ranks (llepd: over the peer links), and every rank calls open() with it. Open does not
