@@ -27,19 +27,25 @@ enum rule { RULE_ALL, RULE_QWEN, RULE_DEEPSEEK };
 typedef struct family {
     const char *model_type;
     const char *experts_key, *inter_key;
+    const char *experts_alt;    /* the expert count's other name, or NULL */
     enum names names;
     enum rule rule;
     uint32_t first_k_default;   /* DeepSeek's first_k_dense_replace when config has none */
 } family;
 
 static const family families[] = {
-    { "mixtral", "num_local_experts", "intermediate_size", NAMES_MIXTRAL, RULE_ALL, 0 },
-    { "qwen2_moe", "num_experts", "moe_intermediate_size", NAMES_QWEN, RULE_QWEN, 0 },
-    { "qwen3_moe", "num_experts", "moe_intermediate_size", NAMES_QWEN, RULE_QWEN, 0 },
+    { "mixtral", "num_local_experts", "intermediate_size", NULL, NAMES_MIXTRAL, RULE_ALL, 0 },
+    /* transformers 5 writes Qwen's expert count as num_local_experts. */
+    { "qwen2_moe", "num_experts", "moe_intermediate_size", "num_local_experts", NAMES_QWEN,
+      RULE_QWEN, 0 },
+    { "qwen3_moe", "num_experts", "moe_intermediate_size", "num_local_experts", NAMES_QWEN,
+      RULE_QWEN, 0 },
     /* DeepseekV2Config defaults first_k_dense_replace to 0, DeepseekV3Config to 3. */
-    { "deepseek_v2", "n_routed_experts", "moe_intermediate_size", NAMES_QWEN, RULE_DEEPSEEK, 0 },
-    { "deepseek_v3", "n_routed_experts", "moe_intermediate_size", NAMES_QWEN, RULE_DEEPSEEK, 3 },
-    { "gpt_oss", "num_local_experts", "intermediate_size", NAMES_GPT_OSS, RULE_ALL, 0 },
+    { "deepseek_v2", "n_routed_experts", "moe_intermediate_size", NULL, NAMES_QWEN,
+      RULE_DEEPSEEK, 0 },
+    { "deepseek_v3", "n_routed_experts", "moe_intermediate_size", NULL, NAMES_QWEN,
+      RULE_DEEPSEEK, 3 },
+    { "gpt_oss", "num_local_experts", "intermediate_size", NULL, NAMES_GPT_OSS, RULE_ALL, 0 },
 };
 
 #define NUM_FAMILIES (sizeof(families) / sizeof(families[0]))
@@ -180,8 +186,10 @@ static int read_shape(json_object *cfg, const family *f, const char *label,
     int r = llep__json_u32(cfg, "num_hidden_layers", false, 0, 1, MAX_LAYERS, &c->num_layers,
                            label, err, errlen);
 
+    if (r == 0 && f->experts_alt && !json_object_object_get_ex(cfg, f->experts_key, NULL))
+        c->experts_key = f->experts_alt;
     if (r == 0)
-        r = llep__json_u32(cfg, f->experts_key, false, 0, 1, MAX_DIM, &c->num_experts, label,
+        r = llep__json_u32(cfg, c->experts_key, false, 0, 1, MAX_DIM, &c->num_experts, label,
                            err, errlen);
     if (r == 0)
         r = read_top_k(cfg, f, label, c, err, errlen);
@@ -193,7 +201,7 @@ static int read_shape(json_object *cfg, const family *f, const char *label,
                            errlen);
     if (r == 0 && c->top_k > c->num_experts)
         r = llep__errf(err, errlen, -EINVAL, "%s: %u experts per token, but %s is %u", label,
-                       c->top_k, f->experts_key, c->num_experts);
+                       c->top_k, c->experts_key, c->num_experts);
     return r;
 }
 

@@ -208,10 +208,7 @@ def test_patch_refusals(client):
 
 # ---- models llepd loads itself -------------------------------------------------------------------
 
-LOADABLE = ["mixtral", "gpt_oss",
-            pytest.param("qwen3_moe", marks=pytest.mark.xfail(
-                reason="llepd's checkpoint reader looks for num_experts; transformers 5 writes "
-                       "Qwen3-MoE's as num_local_experts", raises=ValueError))]
+LOADABLE = ["mixtral", "gpt_oss", "qwen3_moe"]
 
 
 @pytest.mark.parametrize("family", LOADABLE)
