@@ -127,6 +127,33 @@ START_TEST(test_every_option) {
 }
 END_TEST
 
+/* replica-cache (issue 15, item 3): auto by default, off, 0 or a size; bad values refused. */
+START_TEST(test_replica_cache) {
+    llep_config c;
+
+    llep__config_init(&c);
+    ck_assert_uint_eq(c.replica_cache, LLEP_CONFIG_CACHE_AUTO);
+    ck_assert_int_eq(PARSE(&c, "--replica-cache", "512M"), 0);
+    ck_assert_uint_eq(c.replica_cache, 512ull << 20);
+    ck_assert_int_eq(PARSE(&c, "--replica-cache=off"), 0);
+    ck_assert_uint_eq(c.replica_cache, 0);
+    ck_assert_int_eq(PARSE(&c, "--replica_cache", "auto"), 0);
+    ck_assert_uint_eq(c.replica_cache, LLEP_CONFIG_CACHE_AUTO);
+    ck_assert_int_eq(PARSE(&c, "--replica-cache", "0"), 0);
+    ck_assert_uint_eq(c.replica_cache, 0);
+    ck_assert_int_eq(llep__config_set(&c, "replica-cache", "1G", err, sizeof(err)), 0);
+    ck_assert_uint_eq(c.replica_cache, 1ull << 30);
+    static char *const bad[] = { "", "-1", "1.5G", "16Q", "on", "17179869184G" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ck_assert_msg(PARSE(&c, "--replica-cache", bad[i]) == -EINVAL, "%s", bad[i]);
+        ck_assert_msg(strstr(err, "for option '--replica-cache': expected auto, off or a size"),
+                      "%s", err);
+    }
+    ck_assert_uint_eq(c.replica_cache, 1ull << 30);
+    llep__config_fini(&c);
+}
+END_TEST
+
 START_TEST(test_bad_values) {
     static char *const bad[][2] = {
         { "--socket", "" },
@@ -741,6 +768,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_defaults);
     tcase_add_test(tc, test_every_option);
     tcase_add_test(tc, test_bad_values);
+    tcase_add_test(tc, test_replica_cache);
     tcase_add_test(tc, test_error_messages);
     tcase_add_test(tc, test_help_version);
     tcase_add_test(tc, test_config_file);

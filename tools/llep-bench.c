@@ -55,6 +55,7 @@ typedef struct options {
     uint32_t nodes;        /* 0: no node figures */
     const char *plot;
     enum llep_backend_kind backend;
+    uint64_t replica_cache;  /* engine.h: 0 off (default), LLEP_DEVICES_CACHE_AUTO, bytes */
 } options;
 
 /* One policy's figures for a scenario over its repeats. */
@@ -138,7 +139,7 @@ static void usage(FILE *f) {
         "                  [--scenario NAME|all] [--devices P] [--tokens T] [--scale S]\n"
         "                  [--alpha A] [--lambda L] [--min-tokens M] [--repeat R]\n"
         "                  [--json|--csv] [--plot FILE.png] [--backend cpu|cuda|auto]\n"
-        "                  [--nodes K]\n"
+        "                  [--nodes K] [--replica-cache SIZE|auto|off]\n"
         "\n"
         "Runs the scenarios of DESIGN.md section 7 under EP and LLEP on the same inputs (CPU\n"
         "backend, float32) and prints makespan, speedup, ideal bound, balance efficiency, peak\n"
@@ -162,6 +163,10 @@ static void usage(FILE *f) {
         "                and --json add makespans flat vs hierarchical and the token rows\n"
         "                (D x 8 bytes each: the f32 row out, the f32 result back) and expert\n"
         "                weights that cross nodes (not in --csv)\n"
+        "  --replica-cache  keep spilled experts' weights on their helpers across steps, up\n"
+        "                to SIZE per device (K, M, G suffixes) or auto (llepd's default); off\n"
+        "                (the default here) copies them every step. w moved is the mean per\n"
+        "                LLEP step over the repeats either way\n"
         "Environment: LLEP_BENCH_THREADS host threads running the devices (default 1, so\n"
         "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n");
 }
@@ -196,6 +201,7 @@ static void parse_options(int argc, char **argv, options *o) {
         { "plot", required_argument, NULL, 'o' },
         { "backend", required_argument, NULL, 'B' },
         { "nodes", required_argument, NULL, 'N' },
+        { "replica-cache", required_argument, NULL, 'C' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -235,6 +241,15 @@ static void parse_options(int argc, char **argv, options *o) {
             break;
         case 'r': o->repeat = parse_u32("--repeat", optarg, 1); break;
         case 'N': o->nodes = parse_u32("--nodes", optarg, 1); break;
+        case 'C':
+            if (strcmp(optarg, "auto") == 0)
+                o->replica_cache = LLEP_DEVICES_CACHE_AUTO;
+            else if (strcmp(optarg, "off") == 0)
+                o->replica_cache = 0;
+            else if (llep__parse_size(optarg, &o->replica_cache) < 0 ||
+                     o->replica_cache == LLEP_DEVICES_CACHE_AUTO)
+                usage_die("--replica-cache: '%s' is not a size, auto or off", optarg);
+            break;
         case 'j': o->format = FMT_JSON; break;
         case 'c': o->format = FMT_CSV; break;
         case 'o': o->plot = optarg; break;
@@ -319,6 +334,7 @@ static void make_engine(bench *b) {
     cfg.mem_budget = UINT64_C(1) << 62; /* the bench measures memory, it does not limit it */
     cfg.threads = b->threads;
     cfg.backend = b->ops;
+    cfg.replica_cache = b->o.replica_cache;
     int r = llep__engine_new(&cfg, &b->eng, err, sizeof(err));
     free(wg);
     free(wu);
@@ -417,7 +433,9 @@ static void add_step(bench *b, const llep_engine_stats *st, run *r, int first) {
         if (r->peak[d] > r->peak_max)
             r->peak_max = r->peak[d];
     }
-    r->weight_bytes = st->weight_bytes_moved;
+    /* Summed over the repeats, a mean per step after finish_run(): with the replica cache the
+     * first step moves the weights and later ones may not. */
+    r->weight_bytes = (first ? 0 : r->weight_bytes) + st->weight_bytes_moved;
     r->token_bytes = st->token_bytes_moved;
     r->transfers = st->transfers;
 }
@@ -432,6 +450,7 @@ static void finish_run(bench *b, run *r) {
             r->makespan_ns = r->busy[d];
     }
     r->balance = r->makespan_ns ? (double)sum / b->p / (double)r->makespan_ns : 1.0;
+    r->weight_bytes /= b->o.repeat;
     r->ffn_gflops = sum ? (double)(r->slots * 6 * (uint64_t)b->d * b->h) / (double)sum : 0;
 }
 
@@ -593,8 +612,15 @@ static void print_header(const bench *b, FILE *f, const char *prefix) {
     fprintf(f, "%s%s scaled by %u: N %u, D %u (of %u), H %u (of %u), K %u; P %u devices, "
             "%u tokens per device (of %u); float32\n", prefix, ps->name, b->o.scale, b->n, b->d,
             ps->d, b->h, ps->h, b->k, b->p, b->t, ps->tokens);
-    fprintf(f, "%sLLEP: policy auto, alpha %g, lambda %g, m %" PRIu64 "; EP: policy ep\n",
-            prefix, b->o.alpha, b->o.lambda, b->o.min_tokens);
+    char cache[32];
+    if (b->o.replica_cache == LLEP_DEVICES_CACHE_AUTO)
+        snprintf(cache, sizeof(cache), "auto");
+    else if (b->o.replica_cache == 0)
+        snprintf(cache, sizeof(cache), "off");
+    else
+        snprintf(cache, sizeof(cache), "%" PRIu64 " bytes", b->o.replica_cache);
+    fprintf(f, "%sLLEP: policy auto, alpha %g, lambda %g, m %" PRIu64 ", replica cache %s; EP: "
+            "policy ep\n", prefix, b->o.alpha, b->o.lambda, b->o.min_tokens, cache);
     if (b->ops != &llep__backend_cpu)
         fprintf(f, "%sbackend %s: busy time = CUDA event time of each device's work (logical "
                 "devices sharing a GPU run one at a time); each device's least over %u steps, "

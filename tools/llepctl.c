@@ -77,6 +77,14 @@ static void devices_json(const LlepPb__DevicesReply *d) {
         for (size_t k = 0; k < v->n_foreign_experts; k++)
             printf("%s{\"layer_id\": %" PRIu32 ", \"expert\": %" PRIu32 "}", k ? ", " : "",
                    v->foreign_experts[k]->layer_id, v->foreign_experts[k]->expert);
+        printf("], \"cache_bytes\": %" PRIu64 ", \"cache_limit\": %" PRIu64
+               ", \"cache_hits\": %" PRIu64 ", \"cache_bytes_saved\": %" PRIu64
+               ", \"cache_evictions\": %" PRIu64 ", \"cached_experts\": [",
+               v->cache_bytes, v->cache_limit, v->cache_hits, v->cache_bytes_saved,
+               v->cache_evictions);
+        for (size_t k = 0; k < v->n_cached_experts; k++)
+            printf("%s{\"layer_id\": %" PRIu32 ", \"expert\": %" PRIu32 "}", k ? ", " : "",
+                   v->cached_experts[k]->layer_id, v->cached_experts[k]->expert);
         fputs("]}", stdout);
     }
     fputs("]}\n", stdout);
@@ -87,7 +95,7 @@ static int verb_devices(ctl *x, char **argv) {
     LlepPb__Frame req = LLEP_PB__FRAME__INIT;
     _cleanup_frame_ LlepPb__Frame *reply = NULL;
     const LlepPb__DevicesReply *d;
-    char b1[32], b2[32], b3[32], b4[32];
+    char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
     int r;
 
     req.body_case = LLEP_PB__FRAME__BODY_DEVICES;
@@ -100,8 +108,9 @@ static int verb_devices(ctl *x, char **argv) {
         devices_json(d);
         return 0;
     }
-    printf("%-6s %-20s %12s %12s %12s %12s %12s  %s\n", "DEVICE", "NAME", "BUDGET", "USED",
-           "PEAK", "LAST TOKENS", "LAST BUSY", "FOREIGN EXPERTS");
+    printf("%-6s %-20s %12s %12s %12s %12s %12s %10s %8s %10s  %s\n", "DEVICE", "NAME", "BUDGET",
+           "USED", "PEAK", "LAST TOKENS", "LAST BUSY", "CACHE", "HITS", "SAVED",
+           "FOREIGN EXPERTS");
     for (size_t i = 0; i < d->n_devices; i++) {
         const LlepPb__DeviceInfo *v = d->devices[i];
 
@@ -110,15 +119,27 @@ static int verb_devices(ctl *x, char **argv) {
                ctl_fmt_bytes(v->memory_used, b2, sizeof(b2)),
                ctl_fmt_bytes(v->memory_peak, b3, sizeof(b3)), v->last_step_tokens,
                ctl_fmt_us(v->last_step_busy_ns / 1000, b4, sizeof(b4)));
+        printf("%10s %8" PRIu64 " %10s  ", ctl_fmt_bytes(v->cache_bytes, b5, sizeof(b5)),
+               v->cache_hits, ctl_fmt_bytes(v->cache_bytes_saved, b6, sizeof(b6)));
         if (v->n_foreign_experts == 0)
             fputs("-", stdout);
         for (size_t k = 0; k < v->n_foreign_experts; k++)
             printf("%s%" PRIu32 ":%" PRIu32, k ? " " : "", v->foreign_experts[k]->layer_id,
                    v->foreign_experts[k]->expert);
         putchar('\n');
+        /* The replica cache's copies, on a line of their own: they outlive the last step. */
+        if (v->n_cached_experts == 0)
+            continue;
+        printf("%-6s cached (limit %s, %" PRIu64 " evicted):", "",
+               ctl_fmt_bytes(v->cache_limit, b1, sizeof(b1)), v->cache_evictions);
+        for (size_t k = 0; k < v->n_cached_experts; k++)
+            printf(" %" PRIu32 ":%" PRIu32, v->cached_experts[k]->layer_id,
+                   v->cached_experts[k]->expert);
+        putchar('\n');
     }
     if (d->n_devices)
-        printf("(foreign experts as LAYER_ID:EXPERT)\n");
+        printf("(experts as LAYER_ID:EXPERT; CACHE: replica cache bytes, HITS and SAVED: weight "
+               "copies it spared and their bytes)\n");
     return 0;
 }
 
@@ -644,7 +665,8 @@ typedef struct verb {
 
 static const verb verbs[] = {
     { "status", 0, 0, "", "version, uptime, backend, devices, clients, layers", verb_status },
-    { "devices", 0, 0, "", "per-device memory, last step, foreign experts", verb_devices },
+    { "devices", 0, 0, "", "per-device memory, last step, foreign experts, replica cache",
+      verb_devices },
     { "layers", 0, 0, "", "every layer: shape, policy, references, steps", verb_layers },
     { "experts", 1, 1, "LAYER", "per-expert load over the last steps, as bars", verb_experts },
     { "plan", 1, 1, "LAYER", "the last plan of LAYER (--json: DESIGN.md section 6)",

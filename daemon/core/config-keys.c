@@ -86,6 +86,26 @@ static int set_device_memory(llep_config *c, const char *value) {
     return 0;
 }
 
+static int set_replica_cache(llep_config *c, const char *value) {
+    if (strcmp(value, "auto") == 0) {
+        c->replica_cache = LLEP_CONFIG_CACHE_AUTO;
+        return 0;
+    }
+    if (strcmp(value, "off") == 0) {
+        c->replica_cache = 0;
+        return 0;
+    }
+    /* 0 is off too; a size is at most the largest device budget there is. */
+    uint64_t v;
+    int r = llep__parse_size(value, &v);
+    if (r < 0)
+        return r;
+    if (v == LLEP_CONFIG_CACHE_AUTO)
+        return -ERANGE;
+    c->replica_cache = v;
+    return 0;
+}
+
 /* alpha and lambda: the planner accepts any finite number > 0 (llep__plan_params_check). */
 static int parse_positive(const char *value, double *ret) {
     double v;
@@ -241,6 +261,9 @@ const config_key llep__config_keys[] = {
       "logical devices; SPEC: cpu:N, cuda, cuda:0,1, cuda:0x4", set_devices },
     { "device-memory", "SIZE|auto", "auto or a size > 0 like 512M, 16G or 1T",
       "memory budget per device", set_device_memory },
+    { "replica-cache", "SIZE|auto|off", "auto, off or a size like 0, 512M or 16G",
+      "bytes per device kept of spilled experts' weights across steps (default auto)",
+      set_replica_cache },
     { "alpha", "X", "a finite number > 0",
       "capacity factor of Least-Loaded Assignment (default 1.0)", set_alpha },
     { "lambda", "X", "a finite number > 0",

@@ -84,6 +84,10 @@ typedef struct llep_model_spec {
 /* Config files are a few lines; anything bigger is not one. */
 #define LLEP_CONFIG_FILE_MAX (1u << 20)
 
+/* replica-cache = auto: what each device's budget leaves after the weights and the largest
+ * step (the devices' LLEP_DEVICES_CACHE_AUTO, which core does not include). */
+#define LLEP_CONFIG_CACHE_AUTO UINT64_MAX
+
 typedef struct llep_config {
     char *socket_path;            /* NULL until set or llep__config_finish() picks the default */
     char *config_file;            /* --config FILE, or NULL */
@@ -91,6 +95,8 @@ typedef struct llep_config {
     uint32_t devices;             /* 0: the backend decides */
     char devices_spec[128];       /* "cuda:0x4", "cpu:8", ...; "" when a count or auto */
     uint64_t device_memory;       /* bytes per device; 0: the backend decides */
+    /* Replica cache per device (devices.h): bytes, 0 off, LLEP_CONFIG_CACHE_AUTO (default). */
+    uint64_t replica_cache;
     double alpha;                 /* LLEP_DEFAULT_ALPHA unless set */
     double lambda;                /* LLEP_DEFAULT_LAMBDA unless set */
     uint32_t min_tokens;          /* LLEP_DEFAULT_MIN_TOKENS unless set */

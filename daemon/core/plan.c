@@ -23,6 +23,7 @@ struct llep_plan_ws {
     uint64_t *pending;    /* [P] native load not yet visited */
     uint64_t *assigned;   /* [P] tokens given so far */
     raw_range *raw;       /* [max ranges] */
+    raw_range *raw2;      /* [max ranges] the other candidate of llep__plan_compute_cached() */
     uint32_t *helper_of;  /* [P] last expert that made a transfer to this device, + 1 */
 };
 
@@ -83,9 +84,10 @@ int llep__plan_init(llep_plan *p, uint32_t n, uint32_t np) {
     p->ws->pending = calloc(np, sizeof(*p->ws->pending));
     p->ws->assigned = calloc(np, sizeof(*p->ws->assigned));
     p->ws->raw = calloc(max_ranges(n, np), sizeof(*p->ws->raw));
+    p->ws->raw2 = calloc(max_ranges(n, np), sizeof(*p->ws->raw2));
     p->ws->helper_of = calloc(np, sizeof(*p->ws->helper_of));
     if (!p->ws->order || !p->ws->tmp || !p->ws->pending || !p->ws->assigned || !p->ws->raw ||
-        !p->ws->helper_of)
+        !p->ws->raw2 || !p->ws->helper_of)
         goto fail;
     p->imbalance = 1.0;
     p->capacity = 1;
@@ -103,6 +105,7 @@ void llep__plan_fini(llep_plan *p) {
         free(p->ws->pending);
         free(p->ws->assigned);
         free(p->ws->raw);
+        free(p->ws->raw2);
         free(p->ws->helper_of);
         free(p->ws);
     }
@@ -206,6 +209,7 @@ typedef struct lla_state {
     uint64_t cap, min_tokens;
     uint32_t per_node;     /* devices per node; P when the plan is flat */
     uint32_t nraw;
+    const uint8_t *held;   /* [N * P] helpers holding a copy to prefer; NULL: none */
 } lla_state;
 
 static inline uint64_t eff(const lla_state *s, uint32_t d) {
@@ -281,7 +285,8 @@ static uint64_t chunk_for(const lla_state *s, uint32_t d, uint64_t r) {
  * by the same argmin; when neither qualifies, the forced assignment still goes to the
  * least-loaded device of all. With one node (or one device per node) one of the two spans is
  * empty and this is exactly the flat choice. */
-static uint32_t pick_helper(const lla_state *s, uint32_t native, uint64_t r, uint64_t *ret_c) {
+static uint32_t pick_helper_lla(const lla_state *s, uint32_t native, uint64_t r,
+                               uint64_t *ret_c) {
     uint32_t lo = native / s->per_node * s->per_node, hi = lo + s->per_node;
     uint32_t near = least_loaded_in(s, lo, hi, native);
 
@@ -297,6 +302,25 @@ static uint32_t pick_helper(const lla_state *s, uint32_t native, uint64_t r, uin
     return less_loaded(s, near, far);
 }
 
+/* With copies held (llep__plan_compute_cached()), the least-loaded device holding a copy of
+ * the expert whose chunk qualifies under section 2's rule comes first; otherwise, and without
+ * copies, section 2's choice. */
+static uint32_t pick_helper(const lla_state *s, uint32_t expert, uint32_t native, uint64_t r,
+                            uint64_t *ret_c) {
+    if (s->held) {
+        uint32_t np = s->p->num_devices, best = UINT32_MAX;
+        const uint8_t *h = s->held + (size_t)expert * np;
+        for (uint32_t d = 0; d < np; d++)
+            if (d != native && h[d] && chunk_for(s, d, r) > 0)
+                best = less_loaded(s, best, d);
+        if (best != UINT32_MAX) {
+            *ret_c = chunk_for(s, best, r);
+            return best;
+        }
+    }
+    return pick_helper_lla(s, native, r, ret_c);
+}
+
 /* Spills r tokens of `expert` starting at offset o (DESIGN.md section 2, step 5). Returns
  * the number of forced assignments made (0 or 1). */
 static int spill(lla_state *s, uint32_t expert, uint32_t native, uint64_t o, uint64_t r) {
@@ -304,7 +328,7 @@ static int spill(lla_state *s, uint32_t expert, uint32_t native, uint64_t o, uin
 
     while (r > 0) {
         uint64_t c;
-        uint32_t g = pick_helper(s, native, r, &c);
+        uint32_t g = pick_helper(s, expert, native, r, &c);
         if (c == 0) {
             c = r; /* nobody qualifies: force all of r onto the least-loaded device */
             forced = 1;
@@ -323,6 +347,7 @@ static void lla_reset(llep_plan *p, uint64_t min_tokens, uint32_t per_node, lla_
     s->min_tokens = min_tokens;
     s->per_node = per_node ? per_node : p->num_devices;
     s->nraw = 0;
+    s->held = NULL;
     memcpy(s->ws->pending, p->native_loads, p->num_devices * sizeof(*s->ws->pending));
     memset(s->ws->assigned, 0, p->num_devices * sizeof(*s->ws->assigned));
 }
@@ -364,11 +389,13 @@ static int visit(lla_state *s, const uint32_t *order, uint32_t n, int stop_on_fo
  * this sorts a handful of experts rather than all N. Hierarchical placement changes which
  * helper gets a chunk, but still fills helpers no further than the capacity except by a
  * forced assignment, so the argument holds for it too. */
-static void lla(llep_plan *p, uint64_t min_tokens, uint32_t per_node, lla_state *s) {
+static void lla(llep_plan *p, uint64_t min_tokens, uint32_t per_node, const uint8_t *held,
+                lla_state *s) {
     struct llep_plan_ws *ws = p->ws;
     uint32_t n = 0;
 
     lla_reset(p, min_tokens, per_node, s);
+    s->held = held;
     for (uint32_t e = 0; e < p->num_experts; e++)
         if (p->loads[e] > 0 && p->native_loads[llep__plan_native(p, e)] > s->cap)
             ws->order[n++] = e;
@@ -383,6 +410,7 @@ static void lla(llep_plan *p, uint64_t min_tokens, uint32_t per_node, lla_state 
     }
 
     lla_reset(p, min_tokens, per_node, s);
+    s->held = held;
     n = 0;
     for (uint32_t e = 0; e < p->num_experts; e++)
         if (p->loads[e] > 0)
@@ -435,7 +463,56 @@ static void finish(llep_plan *p, uint32_t nraw) {
     p->num_ranges = nraw;
 }
 
+/* The largest device load of raw[0..nraw) (uses pending as scratch) and, in *ret_moves, the
+ * (expert, helper) pairs whose helper holds no copy. */
+static uint64_t raw_cost(llep_plan *p, const raw_range *raw, uint32_t nraw, const uint8_t *held,
+                         uint32_t *ret_moves) {
+    uint64_t *load = p->ws->pending, max = 0;
+    uint32_t *helper_of = p->ws->helper_of, moves = 0;
+
+    memset(load, 0, p->num_devices * sizeof(*load));
+    memset(helper_of, 0, p->num_devices * sizeof(*helper_of));
+    for (uint32_t i = 0; i < nraw; i++) {
+        const raw_range *r = &raw[i];
+        load[r->device] += r->end - r->start;
+        if (r->device != llep__plan_native(p, r->expert) && helper_of[r->device] != r->expert + 1) {
+            helper_of[r->device] = r->expert + 1;
+            moves += !held[(size_t)r->expert * p->num_devices + r->device];
+        }
+    }
+    for (uint32_t d = 0; d < p->num_devices; d++)
+        if (load[d] > max)
+            max = load[d];
+    *ret_moves = moves;
+    return max;
+}
+
+/* LLA with and without the preference for helpers that hold a copy; the preferred plan only
+ * when it moves fewer weights and its largest device load is no larger. */
+static uint32_t lla_cached(llep_plan *p, uint64_t min_tokens, uint32_t per_node,
+                           const uint8_t *held) {
+    lla_state s;
+    uint32_t moves_c, moves_b;
+
+    lla(p, min_tokens, per_node, held, &s);
+    uint32_t nc = s.nraw;
+    memcpy(p->ws->raw2, p->ws->raw, nc * sizeof(*p->ws->raw));
+    uint64_t max_c = raw_cost(p, p->ws->raw2, nc, held, &moves_c);
+    lla(p, min_tokens, per_node, NULL, &s);
+    uint64_t max_b = raw_cost(p, p->ws->raw, s.nraw, held, &moves_b);
+    if (moves_c < moves_b && max_c <= max_b) {
+        memcpy(p->ws->raw, p->ws->raw2, nc * sizeof(*p->ws->raw));
+        return nc;
+    }
+    return s.nraw;
+}
+
 int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params) {
+    return llep__plan_compute_cached(p, loads, params, NULL);
+}
+
+int llep__plan_compute_cached(llep_plan *p, const uint64_t *loads, const llep_plan_params *params,
+                              const uint8_t *held) {
     llep_plan_params defaults;
     int r;
 
@@ -470,9 +547,12 @@ int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_para
         use_llep = 0;
 
     uint32_t nraw;
-    if (use_llep) {
+    if (use_llep && held) {
+        nraw = lla_cached(p, llep__plan_min_tokens(p, params), params->devices_per_node, held);
+        p->mode = LLEP_PLAN_LLEP;
+    } else if (use_llep) {
         lla_state s;
-        lla(p, llep__plan_min_tokens(p, params), params->devices_per_node, &s);
+        lla(p, llep__plan_min_tokens(p, params), params->devices_per_node, NULL, &s);
         nraw = s.nraw;
         p->mode = LLEP_PLAN_LLEP;
     } else {

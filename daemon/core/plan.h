@@ -92,6 +92,16 @@ void llep__plan_fini(llep_plan *p);
  * bits. On error the previous result is left untouched. */
 int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params);
 
+/* As llep__plan_compute(), for a layer whose helpers may hold copies of experts from earlier
+ * steps (the replica cache, engine.h): held[x * P + d] != 0 when device d holds a copy of
+ * expert x; NULL is llep__plan_compute(). An LLEP plan then also runs LLA with a preference,
+ * at each spill, for the least-loaded helper holding a copy whose chunk qualifies under
+ * section 2's rule, and keeps that plan only when it needs fewer weight copies than LLA's and
+ * its largest device load is no larger; otherwise the plan is LLA's. The same loads,
+ * parameters and copies give the same plan. */
+int llep__plan_compute_cached(llep_plan *p, const uint64_t *loads, const llep_plan_params *params,
+                              const uint8_t *held);
+
 /* The m a plan with these parameters uses: params->min_tokens, capped at the plan's
  * capacity / P when params->scale_min_tokens is set. Valid after llep__plan_compute(). */
 uint64_t llep__plan_min_tokens(const llep_plan *p, const llep_plan_params *params);

@@ -6,6 +6,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,9 +14,25 @@
 
 #include "grow.h"
 
+/* A spilled expert's weights kept on a helper device (the replica cache, devices.h). */
+typedef struct cache_entry {
+    uint64_t owner;
+    uint32_t expert;
+    bool pinned;
+    void *ptr;
+    uint64_t bytes;
+    double score;        /* tokens served, decayed to `tick` */
+    uint64_t tick;
+} cache_entry;
+
 typedef struct account {
     uint64_t budget;     /* 0: held + token_budget */
     uint64_t used, held, peak;
+    uint64_t cache;      /* cache charges (part of used) */
+    uint64_t largest_step;
+    uint64_t hits, saved, evictions;
+    cache_entry *ents;
+    size_t nents, cap_ents;
 } account;
 
 /* A place in the queue for the turn: a thread waiting (arrived), or a place reserved for a
@@ -50,6 +67,8 @@ struct llep_devices {
     uint64_t next_seq;
 
     account *acct;       /* [P] */
+    uint64_t cache_limit;      /* 0: off; LLEP_DEVICES_CACHE_AUTO */
+    uint64_t cache_clock, next_owner;
     pending_free *pending;
     size_t npending, cap_pending;
 };
@@ -85,6 +104,7 @@ int llep__devices_new(const llep_devices_config *cfg, llep_devices **ret, char *
     }
     for (uint32_t d = 0; d < dv->p; d++)
         dv->acct[d].budget = cfg->budget;
+    dv->cache_limit = cfg->replica_cache;
     const llep_backend_ops *ops = cfg->backend ? cfg->backend : &llep__backend_cpu;
     llep_backend_options bo = { .num_devices = dv->p, .threads = cfg->threads,
                                 .devices = cfg->backend_devices };
@@ -109,6 +129,9 @@ void llep__devices_free(llep_devices *dv) {
     }
     free(dv->pending);
     free(dv->places);
+    if (dv->acct)
+        for (uint32_t d = 0; d < dv->p; d++)
+            free(dv->acct[d].ents);
     free(dv->acct);
     pthread_cond_destroy(&dv->turn_cv);
     pthread_mutex_destroy(&dv->lock);
@@ -318,14 +341,116 @@ void llep__devices_turn_figures(const llep_devices *dv, llep_devices_turns *ret)
 
 /* ---- the account ------------------------------------------------------------------------- */
 
-static bool fits_locked(const llep_devices *dv, const account *a, uint64_t need,
-                        enum llep_charge kind) {
-    if (a->used + need < a->used)
+/* Cache bytes that may be evicted now (not pinned by the running step). */
+static uint64_t unpinned_locked(const account *a) {
+    uint64_t n = 0;
+
+    for (size_t i = 0; i < a->nents; i++)
+        if (!a->ents[i].pinned)
+            n += a->ents[i].bytes;
+    return n;
+}
+
+/* Whether need fits with the cache as it is (strict) or once its unpinned entries go. */
+static bool fits_with_locked(const llep_devices *dv, const account *a, uint64_t need,
+                             enum llep_charge kind, bool strict) {
+    uint64_t used = a->used - (strict ? 0 : unpinned_locked(a));
+
+    if (used + need < used)
         return false;
     /* Without a budget the weights always fit: the budget grows with them. */
     if (kind == LLEP_CHARGE_HELD && a->budget == 0)
         return true;
-    return a->used + need <= limit_of(dv, a);
+    return used + need <= limit_of(dv, a);
+}
+
+static bool fits_locked(const llep_devices *dv, const account *a, uint64_t need,
+                        enum llep_charge kind) {
+    return fits_with_locked(dv, a, need, kind, false);
+}
+
+static double decayed(const llep_devices *dv, const cache_entry *c) {
+    return c->score * exp2(-(double)(dv->cache_clock - c->tick) / LLEP_DEVICES_CACHE_HALF_LIFE);
+}
+
+/* Gives a block back to the backend: at once when this thread holds the turn or nobody does,
+ * else by the holder when its turn ends (its bytes are uncharged already). */
+static void free_block_locked(llep_devices *dv, uint32_t d, void *ptr) {
+    if (dv->owned && !held_by_me(dv)) {
+        /* If there is no memory to note it, the block leaks, which is better than racing. */
+        if (llep__grow(&dv->pending, &dv->cap_pending, dv->npending + 1, sizeof(*dv->pending),
+                       16) == 0)
+            dv->pending[dv->npending++] = (pending_free){ d, ptr };
+    } else {
+        dv->be->ops->free(dv->be, d, ptr);
+    }
+}
+
+static void remove_entry_locked(llep_devices *dv, uint32_t d, size_t i) {
+    account *a = &dv->acct[d];
+    cache_entry c = a->ents[i];
+
+    a->ents[i] = a->ents[--a->nents];
+    a->used -= c.bytes;
+    a->cache -= c.bytes;
+    free_block_locked(dv, d, c.ptr);
+}
+
+/* The unpinned entry of lowest decayed score (ties: the older owner, then the lower expert,
+ * so that eviction does not depend on the order entries were stored); -1 when none. */
+static long victim_locked(const llep_devices *dv, const account *a) {
+    long best = -1;
+    double best_s = 0;
+
+    for (size_t i = 0; i < a->nents; i++) {
+        const cache_entry *c = &a->ents[i];
+        if (c->pinned)
+            continue;
+        double sc = decayed(dv, c);
+        const cache_entry *b = best >= 0 ? &a->ents[best] : NULL;
+        if (!b || sc < best_s ||
+            (sc == best_s && (c->owner < b->owner ||
+                              (c->owner == b->owner && c->expert < b->expert)))) {
+            best = (long)i;
+            best_s = sc;
+        }
+    }
+    return best;
+}
+
+/* Evicts unpinned entries, lowest score first, until need of kind fits as things are. */
+static void make_room_locked(llep_devices *dv, uint32_t d, uint64_t need, enum llep_charge kind) {
+    account *a = &dv->acct[d];
+
+    while (!fits_with_locked(dv, a, need, kind, true)) {
+        long v = victim_locked(dv, a);
+        if (v < 0)
+            return;
+        remove_entry_locked(dv, d, (size_t)v);
+        a->evictions++;
+    }
+}
+
+/* The cache's limit on a device now: the configured size, or under auto what the budget
+ * leaves after the held bytes and the largest step the device has run. */
+static uint64_t cache_limit_locked(const llep_devices *dv, const account *a) {
+    if (dv->cache_limit != LLEP_DEVICES_CACHE_AUTO)
+        return dv->cache_limit;
+    uint64_t lim = limit_of(dv, a), taken = a->held + a->largest_step;
+    return lim > taken ? lim - taken : 0;
+}
+
+/* Evicts unpinned entries, lowest score first, while the cache is over its limit or the
+ * device over its budget (after the limit or the budget changed). */
+static void trim_locked(llep_devices *dv, uint32_t d) {
+    account *a = &dv->acct[d];
+    long v;
+
+    while ((a->cache > cache_limit_locked(dv, a) || a->used > limit_of(dv, a)) &&
+           (v = victim_locked(dv, a)) >= 0) {
+        remove_entry_locked(dv, d, (size_t)v);
+        a->evictions++;
+    }
 }
 
 static void charge_locked(account *a, uint64_t bytes, enum llep_charge kind) {
@@ -358,9 +483,13 @@ int llep__devices_alloc(llep_devices *dv, uint32_t d, uint64_t bytes, enum llep_
         pthread_mutex_unlock(&dv->lock);
         return -ENOMEM;
     }
+    /* The cache gives way to every other charge. */
+    make_room_locked(dv, d, bytes, kind);
     /* Charged before the backend is asked, so that a concurrent figure never shows memory
      * in use that is not counted; only this turn allocates, so the check still holds. */
     charge_locked(a, bytes, kind);
+    if (kind == LLEP_CHARGE_STEP && a->used - a->held - a->cache > a->largest_step)
+        a->largest_step = a->used - a->held - a->cache;
     pthread_mutex_unlock(&dv->lock);
     int r = dv->be->ops->alloc(dv->be, d, (size_t)bytes, ret);
     if (r < 0) {
@@ -378,16 +507,9 @@ void llep__devices_release(llep_devices *dv, uint32_t d, void *ptr, uint64_t byt
         return;
     pthread_mutex_lock(&dv->lock);
     uncharge_locked(&dv->acct[d], bytes, kind);
-    if (dv->owned && !held_by_me(dv)) {
-        /* Another thread's step has the backend: it frees the block when its turn ends. If
-         * there is no memory to note it, the block leaks, which is better than racing. */
-        if (llep__grow(&dv->pending, &dv->cap_pending, dv->npending + 1, sizeof(*dv->pending),
-                       16) == 0)
-            dv->pending[dv->npending++] = (pending_free){ d, ptr };
-    } else {
-        /* This thread's turn, or nobody's: nobody can take it while we hold the mutex. */
-        dv->be->ops->free(dv->be, d, ptr);
-    }
+    /* Another thread's step has the backend: it frees the block when its turn ends; this
+     * thread's turn, or nobody's: nobody can take it while we hold the mutex. */
+    free_block_locked(dv, d, ptr);
     pthread_mutex_unlock(&dv->lock);
 }
 
@@ -414,6 +536,13 @@ void llep__devices_figures(const llep_devices *dv, uint32_t d, llep_device_figur
     ret->held = a->held;
     ret->peak = a->peak;
     ret->free = ret->budget > a->used ? ret->budget - a->used : 0;
+    ret->cache_bytes = a->cache;
+    ret->cache_limit = cache_limit_locked(dv, a);
+    ret->cache_hits = a->hits;
+    ret->cache_saved = a->saved;
+    ret->cache_evictions = a->evictions;
+    ret->cache_experts = (uint32_t)a->nents;
+    ret->largest_step = a->largest_step;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -434,13 +563,178 @@ int llep__devices_set_budget(llep_devices *dv, uint32_t d, uint64_t bytes, char 
     if (!dv || d >= dv->p)
         return llep__errf(err, errlen, -EINVAL, "no device %u", d);
     pthread_mutex_lock(&dv->lock);
-    uint64_t used = dv->acct[d].used;
+    account *a = &dv->acct[d];
+    /* The replica cache gives way: only what it cannot give back counts. */
+    uint64_t used = a->used - unpinned_locked(a);
     if (bytes && bytes < used) {
         pthread_mutex_unlock(&dv->lock);
         return llep__errf(err, errlen, -ENOMEM, "device %u already holds %" PRIu64 " bytes", d,
                           used);
     }
-    dv->acct[d].budget = bytes;
+    a->budget = bytes;
+    trim_locked(dv, d);
     pthread_mutex_unlock(&dv->lock);
     return 0;
+}
+
+/* ---- the replica cache ------------------------------------------------------------------- */
+
+bool llep__devices_cache_on(const llep_devices *dv) {
+    llep_devices *m = (llep_devices *)dv;
+
+    pthread_mutex_lock(&m->lock);
+    bool on = dv->cache_limit != 0;
+    pthread_mutex_unlock(&m->lock);
+    return on;
+}
+
+uint64_t llep__devices_cache_owner(llep_devices *dv) {
+    pthread_mutex_lock(&dv->lock);
+    uint64_t o = ++dv->next_owner;
+    pthread_mutex_unlock(&dv->lock);
+    return o;
+}
+
+void llep__devices_cache_tick(llep_devices *dv) {
+    pthread_mutex_lock(&dv->lock);
+    dv->cache_clock++;
+    pthread_mutex_unlock(&dv->lock);
+}
+
+void llep__devices_cache_holds(const llep_devices *dv, uint64_t owner, uint32_t num_experts,
+                               uint8_t *held) {
+    llep_devices *m = (llep_devices *)dv;
+
+    memset(held, 0, (size_t)num_experts * dv->p);
+    pthread_mutex_lock(&m->lock);
+    for (uint32_t d = 0; d < dv->p; d++) {
+        const account *a = &dv->acct[d];
+        for (size_t i = 0; i < a->nents; i++)
+            if (a->ents[i].owner == owner && a->ents[i].expert < num_experts)
+                held[(size_t)a->ents[i].expert * dv->p + d] = 1;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void touch_locked(const llep_devices *dv, cache_entry *c, uint64_t tokens) {
+    c->score = decayed(dv, c) + (double)tokens;
+    c->tick = dv->cache_clock;
+    c->pinned = true;
+}
+
+void *llep__devices_cache_get(llep_devices *dv, uint32_t d, uint64_t owner, uint32_t expert,
+                              uint64_t tokens) {
+    void *ptr = NULL;
+
+    if (d >= dv->p)
+        return NULL;
+    pthread_mutex_lock(&dv->lock);
+    assert(held_by_me(dv));
+    account *a = &dv->acct[d];
+    for (size_t i = 0; i < a->nents; i++) {
+        cache_entry *c = &a->ents[i];
+        if (c->owner != owner || c->expert != expert)
+            continue;
+        touch_locked(dv, c, tokens);
+        a->hits++;
+        a->saved += c->bytes;
+        ptr = c->ptr;
+        break;
+    }
+    pthread_mutex_unlock(&dv->lock);
+    return ptr;
+}
+
+bool llep__devices_cache_put(llep_devices *dv, uint32_t d, uint64_t owner, uint32_t expert,
+                             void *ptr, uint64_t bytes, uint64_t tokens) {
+    bool kept = false;
+
+    if (d >= dv->p || !ptr)
+        return false;
+    pthread_mutex_lock(&dv->lock);
+    assert(held_by_me(dv));
+    account *a = &dv->acct[d];
+    uint64_t lim = cache_limit_locked(dv, a);
+    if (bytes > lim)
+        goto out;
+    /* Make room under the limit from entries that served fewer tokens than this one will. */
+    while (a->cache + bytes > lim) {
+        long v = victim_locked(dv, a);
+        if (v < 0 || decayed(dv, &a->ents[v]) >= (double)tokens)
+            goto out;
+        remove_entry_locked(dv, d, (size_t)v);
+        a->evictions++;
+    }
+    if (llep__grow(&a->ents, &a->cap_ents, a->nents + 1, sizeof(*a->ents), 8) < 0)
+        goto out;
+    cache_entry *c = &a->ents[a->nents++];
+    *c = (cache_entry){ .owner = owner, .expert = expert, .ptr = ptr, .bytes = bytes };
+    touch_locked(dv, c, tokens);
+    /* The step charge becomes a cache charge: used does not change. */
+    a->cache += bytes;
+    kept = true;
+out:
+    pthread_mutex_unlock(&dv->lock);
+    return kept;
+}
+
+void llep__devices_cache_unpin(llep_devices *dv, uint64_t owner) {
+    pthread_mutex_lock(&dv->lock);
+    for (uint32_t d = 0; d < dv->p; d++)
+        for (size_t i = 0; i < dv->acct[d].nents; i++)
+            if (dv->acct[d].ents[i].owner == owner)
+                dv->acct[d].ents[i].pinned = false;
+    pthread_mutex_unlock(&dv->lock);
+}
+
+void llep__devices_cache_drop(llep_devices *dv, uint64_t owner) {
+    if (!dv)
+        return;
+    pthread_mutex_lock(&dv->lock);
+    for (uint32_t d = 0; d < dv->p; d++) {
+        account *a = &dv->acct[d];
+        for (size_t i = a->nents; i > 0; i--)
+            if (a->ents[i - 1].owner == owner)
+                remove_entry_locked(dv, d, i - 1);
+    }
+    pthread_mutex_unlock(&dv->lock);
+}
+
+void llep__devices_cache_set_limit(llep_devices *dv, uint64_t bytes) {
+    pthread_mutex_lock(&dv->lock);
+    dv->cache_limit = bytes;
+    for (uint32_t d = 0; d < dv->p; d++)
+        trim_locked(dv, d);
+    pthread_mutex_unlock(&dv->lock);
+}
+
+uint32_t llep__devices_cache_list(const llep_devices *dv, uint32_t d, uint64_t *owners,
+                                  uint32_t *experts, uint32_t max) {
+    llep_devices *m = (llep_devices *)dv;
+    uint32_t n = 0;
+
+    if (d >= dv->p)
+        return 0;
+    pthread_mutex_lock(&m->lock);
+    const account *a = &dv->acct[d];
+    n = (uint32_t)a->nents;
+    /* Highest score first: a selection by repeated maximum, the lists are short. */
+    for (uint32_t k = 0; k < max && k < n; k++) {
+        long best = -1;
+        double bs = 0;
+        for (size_t i = 0; i < a->nents; i++) {
+            bool taken = false;
+            for (uint32_t j = 0; j < k && !taken; j++)
+                taken = owners[j] == a->ents[i].owner && experts[j] == a->ents[i].expert;
+            double sc = decayed(dv, &a->ents[i]);
+            if (!taken && (best < 0 || sc > bs)) {
+                best = (long)i;
+                bs = sc;
+            }
+        }
+        owners[k] = a->ents[best].owner;
+        experts[k] = a->ents[best].expert;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return n;
 }

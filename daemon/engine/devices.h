@@ -51,7 +51,13 @@ typedef struct llep_devices_config {
      * held there plus token_budget (a budget that grows with the weights held). */
     uint64_t budget;
     uint64_t token_budget;             /* 0: LLEP_DEVICES_DEFAULT_TOKEN_BUDGET */
+    /* Bytes per device of the replica cache (spilled experts' weights kept across steps, see
+     * "the replica cache" below): 0: no cache; LLEP_DEVICES_CACHE_AUTO: what the budget leaves
+     * after the held bytes and the largest step the device has run. */
+    uint64_t replica_cache;
 } llep_devices_config;
+
+#define LLEP_DEVICES_CACHE_AUTO UINT64_MAX
 
 /* Creates the backend instance. Returns 0, -EINVAL or the backend's error (message in err). */
 int llep__devices_new(const llep_devices_config *cfg, llep_devices **ret, char *err,
@@ -99,7 +105,8 @@ enum llep_charge {
 };
 
 /* Under the turn: charges bytes to device d and allocates them from the backend (64-byte
- * aligned). Returns 0, -ENOMEM over the budget (nothing charged) or the backend's error. */
+ * aligned), evicting unpinned replica-cache entries first when they stand in the way.
+ * Returns 0, -ENOMEM over the budget (nothing charged) or the backend's error. */
 int llep__devices_alloc(llep_devices *dv, uint32_t d, uint64_t bytes, enum llep_charge kind,
                         void **ret);
 /* Any thread: uncharges bytes from device d and frees ptr (NULL: nothing). */
@@ -111,14 +118,20 @@ void llep__devices_note_peak(llep_devices *dv, uint32_t d, uint64_t extra);
 
 typedef struct llep_device_figures {
     uint64_t budget;    /* in force now (the held bytes plus the token budget without one) */
-    uint64_t used;      /* held and step charges */
+    uint64_t used;      /* held, cache and step charges */
     uint64_t held;      /* held charges */
     uint64_t peak;      /* the most used ever was, with staging */
     uint64_t free;      /* budget - used for a step charge, 0 when over */
+    /* The replica cache: bytes and experts it holds now, its limit now (0: off), the step
+     * lookups it answered since start, the weight bytes those saved, and copies it evicted. */
+    uint64_t cache_bytes, cache_limit, cache_hits, cache_saved, cache_evictions;
+    uint32_t cache_experts;
+    uint64_t largest_step;  /* the most step charges the device ever held at once */
 } llep_device_figures;
 void llep__devices_figures(const llep_devices *dv, uint32_t d, llep_device_figures *ret);
 
-/* Whether need more bytes of kind fit on device d now. */
+/* Whether need more bytes of kind fit on device d now, counting the unpinned replica-cache
+ * entries as room (llep__devices_alloc() evicts them when it needs to). */
 bool llep__devices_fits(const llep_devices *dv, uint32_t d, uint64_t need,
                         enum llep_charge kind);
 
@@ -126,5 +139,54 @@ bool llep__devices_fits(const llep_devices *dv, uint32_t d, uint64_t need,
  * already uses more (message in err). */
 int llep__devices_set_budget(llep_devices *dv, uint32_t d, uint64_t bytes, char *err,
                              size_t errlen);
+
+/* ---- the replica cache ----------------------------------------------------------------- *
+ *
+ * A helper device keeps the spilled experts' weights it received (issue 15, item 3), so that
+ * when the same expert spills to it again the step reuses the copy instead of moving the
+ * weights again. Entries belong to an owner (one engine, one set of weights: a new owner id
+ * per engine, so a layer freed and recreated never sees the old copies) and are charged to the
+ * device's one account as cache bytes, bounded by the cache's limit. The cache gives way to
+ * every other charge: an allocation that does not fit evicts unpinned entries first, so a
+ * step never fails for lack of memory because of the cache. Eviction goes by decayed load:
+ * each entry's score is the tokens it served, halved every LLEP_DEVICES_CACHE_HALF_LIFE steps
+ * of any engine, and the lowest score goes first. An entry a running step uses is pinned
+ * until llep__devices_cache_unpin(). Every call below except holds and figures needs the
+ * turn; drop may come from any thread. */
+
+#define LLEP_DEVICES_CACHE_HALF_LIFE 16.0
+
+/* Whether the cache has a limit other than 0 (it may still be 0 bytes now under auto). */
+bool llep__devices_cache_on(const llep_devices *dv);
+/* A new owner id (never 0). */
+uint64_t llep__devices_cache_owner(llep_devices *dv);
+/* Advances the cache's clock: one call per step of an engine. */
+void llep__devices_cache_tick(llep_devices *dv);
+/* Marks held[x * P + d] = 1 for every copy of owner's expert x on device d, 0 elsewhere
+ * (held has num_experts * P entries). A hint for the planner: a copy may be evicted before
+ * the step looks it up. Any thread. */
+void llep__devices_cache_holds(const llep_devices *dv, uint64_t owner, uint32_t num_experts,
+                               uint8_t *held);
+/* The copy of owner's expert on device d, pinned, with its score raised by tokens and the hit
+ * counted (bytes saved included); NULL when the device has none. */
+void *llep__devices_cache_get(llep_devices *dv, uint32_t d, uint64_t owner, uint32_t expert,
+                              uint64_t tokens);
+/* Offers a block of bytes on device d, allocated by llep__devices_alloc() as a step charge and
+ * holding owner's expert, to the cache. Returns true when the cache keeps it (it is then a
+ * cache charge, pinned until unpin; the caller must not release it), false when it does not
+ * fit under the limit even after evicting entries of lower score (the caller releases it). */
+bool llep__devices_cache_put(llep_devices *dv, uint32_t d, uint64_t owner, uint32_t expert,
+                             void *ptr, uint64_t bytes, uint64_t tokens);
+/* Unpins every entry of owner. */
+void llep__devices_cache_unpin(llep_devices *dv, uint64_t owner);
+/* Releases every entry of owner (its weights are going away). Any thread. */
+void llep__devices_cache_drop(llep_devices *dv, uint64_t owner);
+/* Sets the cache's limit per device (0: off, LLEP_DEVICES_CACHE_AUTO), evicting what no
+ * longer fits. Under the turn. */
+void llep__devices_cache_set_limit(llep_devices *dv, uint64_t bytes);
+/* Up to max of device d's entries, as (owner, expert) pairs, highest score first; returns how
+ * many it holds in all. Any thread. */
+uint32_t llep__devices_cache_list(const llep_devices *dv, uint32_t d, uint64_t *owners,
+                                  uint32_t *experts, uint32_t max);
 
 #endif

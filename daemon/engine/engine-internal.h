@@ -50,6 +50,9 @@ struct llep_engine {
     uint32_t *cur_range;      /* [N] range holding that rank */
     uint64_t *chunk_row;      /* [max ranges] first row of each range on its device */
     void **recv;              /* [max ranges] received weight blocks, by transfer */
+    uint8_t *hit;             /* [max ranges] the transfer's block came from the cache */
+    uint8_t *held;            /* [N * P] the replica cache's copies, as a hint for the plan */
+    uint64_t cache_owner;     /* this engine's id in the replica cache */
     uint64_t *busy0;          /* [P] backend busy time at the start of the turn */
     uint64_t *busy_step;      /* [P] busy time of the step's turns so far */
     size_t *home_base;        /* [P] each home device's first entry in combine_src */

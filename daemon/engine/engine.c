@@ -127,11 +127,13 @@ static int alloc_host(llep_engine *e) {
     e->cur_range = calloc(e->n, sizeof(*e->cur_range));
     e->chunk_row = calloc(maxr, sizeof(*e->chunk_row));
     e->recv = calloc(maxr, sizeof(*e->recv));
+    e->hit = calloc(maxr, sizeof(*e->hit));
+    e->held = calloc((size_t)e->n * e->p, sizeof(*e->held));
     e->busy0 = calloc(e->p, sizeof(*e->busy0));
     e->busy_step = calloc(e->p, sizeof(*e->busy_step));
     e->home_base = calloc(e->p, sizeof(*e->home_base));
     if (!e->dev || !e->dstats || !e->loads || !e->rank || !e->cur_range || !e->chunk_row ||
-        !e->recv || !e->busy0 || !e->busy_step || !e->home_base)
+        !e->recv || !e->hit || !e->held || !e->busy0 || !e->busy_step || !e->home_base)
         return -ENOMEM;
     return 0;
 }
@@ -174,7 +176,7 @@ static int open_devices(llep_engine *e, const llep_engine_config *cfg, char *err
     llep_devices_config dc = {
         .backend = cfg->backend, .num_devices = cfg->num_devices, .threads = cfg->threads,
         .backend_devices = cfg->backend_devices, .budget = cfg->mem_budget,
-        .token_budget = cfg->token_budget,
+        .token_budget = cfg->token_budget, .replica_cache = cfg->replica_cache,
     };
     int r = llep__devices_new(&dc, &e->devs, err, errlen);
     if (r < 0)
@@ -287,6 +289,7 @@ int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err
     r = open_devices(e, cfg, err, errlen);
     if (r < 0)
         goto fail;
+    e->cache_owner = llep__devices_cache_owner(e->devs);
     /* What the engine reports as its backend: the caller's table when it named one. */
     if (!e->cfg.backend)
         e->cfg.backend = e->be->ops;
@@ -311,8 +314,10 @@ fail:
 void llep__engine_free(llep_engine *e) {
     if (!e)
         return;
-    /* Nothing of this engine is queued outside its turns: its weights go back to the devices,
-     * at once or when the turn in progress ends. */
+    /* Nothing of this engine is queued outside its turns: its weights and its copies in the
+     * replica cache go back to the devices, at once or when the turn in progress ends. */
+    if (e->devs && e->cache_owner)
+        llep__devices_cache_drop(e->devs, e->cache_owner);
     if (e->devs && e->dev)
         for (uint32_t d = 0; d < e->p; d++)
             llep__devices_release(e->devs, d, e->dev[d].native, e->dev[d].native_bytes,
@@ -327,6 +332,8 @@ void llep__engine_free(llep_engine *e) {
     free(e->cur_range);
     free(e->chunk_row);
     free(e->recv);
+    free(e->hit);
+    free(e->held);
     free(e->busy0);
     free(e->busy_step);
     free(e->home_base);
@@ -349,6 +356,10 @@ const char *llep__engine_error(const llep_engine *e) {
 
 const llep_plan *llep__engine_plan(const llep_engine *e) {
     return e && e->planned ? &e->plan : NULL;
+}
+
+uint64_t llep__engine_cache_owner(const llep_engine *e) {
+    return e ? e->cache_owner : 0;
 }
 
 uint64_t llep__engine_expert_bytes(const llep_engine *e) {
@@ -531,11 +542,66 @@ static void charge_stage_peaks(llep_engine *e, const llep_engine_batch *b) {
         llep__engine_note_stage(e, d, backend_stage(e, d, b));
 }
 
-static void free_step(llep_engine *e) {
-    for (uint32_t t = 0; t < e->plan.num_transfers; t++)
-        llep__engine_dev_free(e, e->plan.transfers[t].dst, &e->recv[t], e->expert_bytes);
+/* Tokens of expert x the plan gives device d. */
+static uint64_t tokens_on(const llep_engine *e, uint32_t x, uint32_t d) {
+    const llep_plan *pl = &e->plan;
+    uint64_t n = 0;
+
+    for (uint32_t i = pl->range_off[x]; i < pl->range_off[x + 1]; i++)
+        if (pl->ranges[i].device == d)
+            n += pl->ranges[i].end - pl->ranges[i].start;
+    return n;
+}
+
+/* Under the turn, before the budgets are checked: every transfer whose helper holds a copy in
+ * the replica cache takes it (pinned for the step) and needs no block or copy of its own. */
+static void cache_lookup(llep_engine *e) {
+    const llep_plan *pl = &e->plan;
+
+    for (uint32_t t = 0; t < pl->num_transfers; t++) {
+        const llep_transfer *tr = &pl->transfers[t];
+        e->hit[t] = 0;
+        void *c = llep__devices_cache_get(e->devs, tr->dst, e->cache_owner, tr->expert,
+                                          tokens_on(e, tr->expert, tr->dst));
+        if (!c)
+            continue;
+        e->hit[t] = 1;
+        e->recv[t] = c;
+        e->dev[tr->dst].received--;
+        /* The copy serves this layer's step: it counts in the layer's use until the step ends,
+         * so the layer's peak does not depend on the cache. */
+        e->dev[tr->dst].used += e->expert_bytes;
+        if (e->dev[tr->dst].used > e->dev[tr->dst].peak)
+            e->dev[tr->dst].peak = e->dev[tr->dst].used;
+        e->dstats[tr->dst].cache_hits++;
+        e->dstats[tr->dst].weight_bytes_saved += e->expert_bytes;
+    }
+}
+
+/* Frees the step's buffers. After a step whose copies all arrived (keep), each received block
+ * is offered to the replica cache first; blocks from the cache stay there. */
+static void free_step(llep_engine *e, int keep) {
+    for (uint32_t t = 0; t < e->plan.num_transfers; t++) {
+        const llep_transfer *tr = &e->plan.transfers[t];
+        if (e->hit[t]) {
+            e->dev[tr->dst].used -= e->expert_bytes;
+            e->recv[t] = NULL;
+            e->hit[t] = 0;
+            continue;
+        }
+        if (keep && e->recv[t] &&
+            llep__devices_cache_put(e->devs, tr->dst, e->cache_owner, tr->expert, e->recv[t],
+                                    e->expert_bytes, tokens_on(e, tr->expert, tr->dst))) {
+            /* The block is the device's cache now, not this layer's step. */
+            e->dev[tr->dst].used -= e->expert_bytes;
+            e->recv[t] = NULL;
+            continue;
+        }
+        llep__engine_dev_free(e, tr->dst, &e->recv[t], e->expert_bytes);
+    }
     for (uint32_t d = 0; d < e->p; d++)
         llep__engine_device_free(e, d);
+    llep__devices_cache_unpin(e->devs, e->cache_owner);
 }
 
 void llep__engine_device_free(llep_engine *e, uint32_t d) {
@@ -562,7 +628,9 @@ static int alloc_step(llep_engine *e) {
     int r = 0;
 
     for (uint32_t t = 0; t < e->plan.num_transfers && r == 0; t++)
-        r = llep__engine_dev_alloc(e, e->plan.transfers[t].dst, e->expert_bytes, &e->recv[t]);
+        if (!e->hit[t])
+            r = llep__engine_dev_alloc(e, e->plan.transfers[t].dst, e->expert_bytes,
+                                       &e->recv[t]);
     for (uint32_t d = 0; d < e->p && r == 0; d++)
         r = llep__engine_device_alloc(e, d);
     return r;
@@ -622,6 +690,8 @@ static int queue_compute(llep_engine *e) {
 
     for (uint32_t t = 0; t < pl->num_transfers && r == 0; t++) {
         const llep_transfer *tr = &pl->transfers[t];
+        if (e->hit[t])
+            continue;
         r = ops->copy(e->be, tr->dst, e->recv[t], range_weights(e, tr->expert, tr->src),
                       e->expert_bytes);
         e->dstats[tr->dst].experts_received++;
@@ -712,7 +782,10 @@ static void end_stats(llep_engine *e, uint64_t slots, uint64_t crossing, uint64_
     s->capacity = pl->capacity;
     s->slots = slots;
     s->transfers = pl->num_transfers;
-    s->weight_bytes_moved = (uint64_t)pl->num_transfers * e->expert_bytes;
+    for (uint32_t d = 0; d < e->p; d++)
+        s->cache_hits += e->dstats[d].cache_hits;
+    s->weight_bytes_moved = (uint64_t)(pl->num_transfers - s->cache_hits) * e->expert_bytes;
+    s->weight_bytes_saved = (uint64_t)s->cache_hits * e->expert_bytes;
     /* A crossing row goes out in the layer's dtype and its result comes back in float32. */
     s->token_bytes_moved = crossing * e->d * (e->esz + sizeof(float));
     for (uint32_t d = 0; d < e->p; d++) {
@@ -746,7 +819,15 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         return r;
     if (reserve_slots(e, slots) < 0)
         return llep__errf(e->err, sizeof(e->err), -ENOMEM, "out of host memory for %" PRIu64 " token-slots", slots);
-    r = llep__plan_compute(&e->plan, e->loads, params);
+    /* Node-scope steps may prefer helpers that hold a copy already; cluster steps
+     * (engine-part.c) plan without the cache, identically on every node. */
+    const uint8_t *held = NULL;
+    if (llep__devices_cache_on(e->devs) && e->p > 1) {
+        llep__devices_cache_holds(e->devs, e->cache_owner, e->n, e->held);
+        held = e->held;
+    }
+    llep__devices_cache_tick(e->devs);
+    r = llep__plan_compute_cached(&e->plan, e->loads, params, held);
     if (r < 0)
         return llep__errf(e->err, sizeof(e->err), r, "planning failed: %s", strerror(-r));
     e->planned = 1;
@@ -758,14 +839,16 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
     layout(e);
     /* From the budget check to the last sync the devices are this step's alone. */
     llep__engine_turn_begin(e);
+    cache_lookup(e);
     r = check_budgets(e, batches);
     if (r < 0) {
+        free_step(e, 0);
         llep__engine_turn_end(e);
         return r;
     }
     r = alloc_step(e);
     if (r < 0) {
-        free_step(e);
+        free_step(e, 0);
         llep__engine_turn_end(e);
         return llep__errf(e->err, sizeof(e->err), r, "out of device memory while allocating the step's buffers");
     }
@@ -781,7 +864,7 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
     rs = e->be->ops->sync(e->be);
     if (r == 0)
         r = rs;
-    free_step(e);
+    free_step(e, r == 0);
     llep__engine_turn_end(e);
     if (r < 0)
         return llep__errf(e->err, sizeof(e->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));

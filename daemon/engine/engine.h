@@ -11,7 +11,11 @@
  * Every device buffer the engine allocates is charged to that device's account (devices.h),
  * which every engine created on the same llep_devices shares: a layer whose weights do not fit
  * beside the others' is refused, and a step whose buffers would not fit fails with -ENOMEM
- * before any output is written; the engine stays usable. One step at a time per engine;
+ * before any output is written; the engine stays usable. A helper keeps the spilled experts it
+ * received in the devices' replica cache (devices.h) when one is configured: a later step that
+ * spills the same expert there uses the copy instead of moving the weights again, and node-
+ * scope plans prefer such helpers where the makespan allows (llep__plan_compute_cached()). The
+ * copy is byte for byte the native block, so outputs do not depend on the cache. One step at a time per engine;
  * engines on the same devices take turns on them (first come, first served), so their steps
  * may be called from different threads at once. */
 #ifndef LLEP_ENGINE_H
@@ -54,6 +58,8 @@ typedef struct llep_engine_config {
     uint32_t threads;                            /* CPU backend threads; 0: min(P, CPUs) */
     const char *backend_devices;                 /* device spec for the backend ("cuda:0x4",
                                                     backend-select.h); NULL: its default */
+    /* Replica cache per device (devices.h): 0 none, LLEP_DEVICES_CACHE_AUTO, or bytes. */
+    uint64_t replica_cache;
 } llep_engine_config;
 
 /* Fills cfg with the defaults: f32, SWIGLU, default activation and plan parameters, CPU
@@ -74,8 +80,10 @@ typedef struct llep_engine_device_stats {
     uint64_t rows;             /* token-slots computed here (the plan's device load) */
     uint32_t chunks;           /* expert chunks run here */
     uint32_t experts_received; /* spilled experts whose weights were copied here */
+    uint32_t cache_hits;       /* spilled experts whose copy was in the replica cache here */
     uint64_t busy_ns;          /* device time of this device's work in the step */
     uint64_t weight_bytes_in;  /* received expert weights and biases */
+    uint64_t weight_bytes_saved; /* weights and biases the replica cache spared moving here */
     uint64_t token_bytes_in;   /* rows dispatched here from other home devices */
     uint64_t held_bytes;       /* held between steps (native weights) */
     uint64_t peak_bytes;       /* this engine's highest use during the step, held included */
@@ -87,8 +95,10 @@ typedef struct llep_engine_stats {
     double imbalance;          /* max native device load / mean */
     uint64_t capacity;         /* the plan's per-device capacity */
     uint64_t slots;            /* token-slots in the step (sum of tokens x K) */
-    uint32_t transfers;        /* (expert, helper) weight copies */
-    uint64_t weight_bytes_moved;
+    uint32_t transfers;        /* the plan's (expert, helper) pairs */
+    uint32_t cache_hits;       /* pairs whose helper had the copy already: nothing moved */
+    uint64_t weight_bytes_moved; /* (transfers - cache_hits) x expert bytes */
+    uint64_t weight_bytes_saved; /* cache_hits x expert bytes */
     uint64_t token_bytes_moved;  /* rows crossing devices, dispatch and combine */
     uint64_t makespan_ns;      /* largest device busy time */
     uint64_t wall_ns;          /* wall time of the whole step */
@@ -125,6 +135,9 @@ llep_devices *llep__engine_devices(const llep_engine *e);
 
 /* The plan of the last step that got as far as planning. */
 const llep_plan *llep__engine_plan(const llep_engine *e);
+
+/* The engine's owner id in its devices' replica cache (devices.h), for naming its copies. */
+uint64_t llep__engine_cache_owner(const llep_engine *e);
 
 /* Bytes one expert's weights and biases take on a device: each present tensor (gate, up,
  * down, then the biases) starts on a 64-byte boundary. */

@@ -16,6 +16,31 @@
 
 #define MSG_MAX 512
 
+/* Device d's copies in the replica cache as (layer, expert) pairs into fe[0..max), highest
+ * decayed load first; copies of engines that are no layer's any more are left out. */
+static size_t cached_experts(const llepd_server *srv, uint32_t d, LlepPb__ForeignExpert *fe,
+                             LlepPb__ForeignExpert **fep, uint64_t *owners, uint32_t *experts,
+                             uint32_t max) {
+    uint32_t n = llep__devices_cache_list(srv->devs, d, owners, experts, max);
+    size_t k = 0;
+
+    if (n > max)
+        n = max;
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < srv->nlayers; j++) {
+            const llepd_layer *l = srv->layers[j];
+            if (!l->engine || llep__engine_cache_owner(l->engine) != owners[i])
+                continue;
+            llep_pb__foreign_expert__init(&fe[k]);
+            fe[k].layer_id = l->id;
+            fe[k].expert = experts[i];
+            fep[k] = &fe[k];
+            k++;
+            break;
+        }
+    return k;
+}
+
 void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
     llepd_server *srv = s->srv;
     uint32_t np = srv->devices;
@@ -30,13 +55,26 @@ void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
             nforeign += srv->layers[i]->last_plan.num_transfers;
     LlepPb__ForeignExpert *fe = calloc(nforeign + 1, sizeof(*fe));
     LlepPb__ForeignExpert **fep = calloc(nforeign + 1, sizeof(*fep));
-    if (!info || !ptrs || !names || !fe || !fep) {
+    /* The replica cache's copies: room for what the figures say now, plus slack for copies a
+     * running step adds meanwhile (the list is cut to the room). */
+    uint32_t ncached = 0;
+    for (uint32_t d = 0; d < np && srv->devs; d++) {
+        llep_device_figures fig;
+        llep__devices_figures(srv->devs, d, &fig);
+        ncached += fig.cache_experts + 8;
+    }
+    LlepPb__ForeignExpert *ce = calloc(ncached + 1, sizeof(*ce));
+    LlepPb__ForeignExpert **cep = calloc(ncached + 1, sizeof(*cep));
+    uint64_t *owners = calloc(ncached + 1, sizeof(*owners));
+    uint32_t *experts = calloc(ncached + 1, sizeof(*experts));
+    if (!info || !ptrs || !names || !fe || !fep || !ce || !cep || !owners || !experts) {
         dr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         dr.message = (char *)"llepd is out of memory";
         llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_DEVICES_REPLY, &dr);
         goto out;
     }
     uint32_t k = 0;
+    size_t kc = 0;
     for (uint32_t d = 0; d < np; d++) {
         LlepPb__DeviceInfo *di = &info[d];
         llep_pb__device_info__init(di);
@@ -53,6 +91,17 @@ void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
         di->memory_peak = fig.peak;
         di->last_step_tokens = srv->last_dev_tokens[d];
         di->last_step_busy_ns = srv->last_dev_busy_ns[d];
+        di->cache_bytes = fig.cache_bytes;
+        di->cache_limit = fig.cache_limit;
+        di->cache_hits = fig.cache_hits;
+        di->cache_bytes_saved = fig.cache_saved;
+        di->cache_evictions = fig.cache_evictions;
+        di->cached_experts = &cep[kc];
+        if (srv->devs) {
+            di->n_cached_experts = cached_experts(srv, d, &ce[kc], &cep[kc], owners, experts,
+                                                  (uint32_t)(ncached - kc));
+            kc += di->n_cached_experts;
+        }
         di->foreign_experts = &fep[k];
         for (uint32_t i = 0; i < srv->nlayers; i++) {
             const llepd_layer *l = srv->layers[i];
@@ -80,6 +129,10 @@ out:
     free(names);
     free(fe);
     free(fep);
+    free(ce);
+    free(cep);
+    free(owners);
+    free(experts);
 }
 
 void llepd_handle_layers(llepd_session *s, const LlepPb__Frame *f) {

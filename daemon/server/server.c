@@ -38,6 +38,8 @@ static int open_devices(llepd_server *srv, char *err, size_t errlen) {
         .backend = ops, .num_devices = srv->devices,
         .backend_devices = srv->cfg.devices_spec[0] ? srv->cfg.devices_spec : NULL,
         .budget = srv->device_memory,
+        .replica_cache = srv->cfg.replica_cache == LLEP_CONFIG_CACHE_AUTO
+                             ? LLEP_DEVICES_CACHE_AUTO : srv->cfg.replica_cache,
     };
     int r = llep__devices_new(&dc, &srv->devs, msg, sizeof(msg));
     if (r < 0)
