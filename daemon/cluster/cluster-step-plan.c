@@ -94,6 +94,9 @@ bool llepd_cstep_hashes_agree(llepd_clayer *c) {
                      ", node %u made plan %016" PRIx64, c->ids[c->rank], st->hash, c->ids[j],
                      st->hashes[j]);
             log_error("cluster layer '%s' step %" PRIu64 ": %s", c->layer->name, st->id, why);
+            /* Every node has these same hashes and fails the step here, before any exchange:
+             * its tickets are skipped alike, and the communicator stays up. */
+            llepd_cxnode_skip(c);
             llepd_cstep_fail(c, -EPROTO, why);
             return false;
         }
