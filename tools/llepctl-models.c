@@ -4,9 +4,87 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- load progress ----------------------------------------------------------------------
+ * A load answers only when it ends, which takes seconds to minutes for a big checkpoint. While
+ * the request waits, a thread asks llepd on a second connection how many layers are on the
+ * devices and says so on stderr: in place on a terminal, a line every 5 s otherwise. */
+
+typedef struct progress {
+    const char *socket_path, *name;
+    atomic_bool done;
+    pthread_t thread;
+    bool started, printed;
+} progress;
+
+/* The model's layers loaded so far and in all; -1 when it is not (or no longer) loading. */
+static int loaded_so_far(llep_conn *conn, const char *name, uint32_t *ret_n, uint32_t *ret_of) {
+    LlepPb__ModelsRequest mr = LLEP_PB__MODELS_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT, *reply = NULL;
+    char err[256];
+    int r = -1;
+
+    mr.name = (char *)name;
+    req.body_case = LLEP_PB__FRAME__BODY_MODELS;
+    req.models = &mr;
+    if (llep__conn_request(conn, &req, 5000, NULL, NULL, &reply, err, sizeof(err)) == 0 &&
+        llep__conn_reply_check(reply, LLEP_PB__FRAME__BODY_MODELS_REPLY, err, sizeof(err)) == 0 &&
+        reply->models_reply->n_models == 1 &&
+        strcmp(reply->models_reply->models[0]->state, "loading") == 0) {
+        *ret_n = reply->models_reply->models[0]->layers_loaded;
+        *ret_of = reply->models_reply->models[0]->layers;
+        r = 0;
+    }
+    llep__frame_free(reply);
+    return r;
+}
+
+static void *progress_main(void *arg) {
+    progress *p = arg;
+    llep_conn conn;
+    char err[256];
+    bool tty = isatty(STDERR_FILENO);
+    struct timespec tick = { 0, 250 * 1000 * 1000 };
+    unsigned n = 0;
+
+    if (llep__conn_open(&conn, p->socket_path, LLEP_PB__PEER_KIND__PEER_KIND_CTL, LLEPCTL_PROG,
+                        5000, err, sizeof(err)) < 0)
+        return NULL;
+    while (!atomic_load(&p->done)) {
+        uint32_t k = 0, of = 0;
+        nanosleep(&tick, NULL);
+        if (++n % (tty ? 2 : 20) != 0 || atomic_load(&p->done) ||
+            loaded_so_far(&conn, p->name, &k, &of) < 0 || of == 0)
+            continue;
+        fprintf(stderr, tty ? "\r%s: loading '%s': %u of %u layers on the devices "
+                            : "%s: loading '%s': %u of %u layers on the devices\n",
+                LLEPCTL_PROG, p->name, k, of);
+        p->printed = tty;
+    }
+    llep__conn_close(&conn);
+    return NULL;
+}
+
+static void progress_start(progress *p, const ctl *x, const char *name) {
+    *p = (progress){ .socket_path = x->socket_path, .name = name };
+    atomic_init(&p->done, false);
+    p->started = pthread_create(&p->thread, NULL, progress_main, p) == 0;
+}
+
+static void progress_stop(progress *p) {
+    atomic_store(&p->done, true);
+    if (p->started)
+        pthread_join(p->thread, NULL);
+    if (p->printed)
+        fputc('\n', stderr);
+}
 
 int ctl_verb_load(ctl *x, char **argv) {
     LlepPb__ModelLoad ml = LLEP_PB__MODEL_LOAD__INIT;
@@ -23,9 +101,12 @@ int ctl_verb_load(ctl *x, char **argv) {
     ml.path = path;
     req.body_case = LLEP_PB__FRAME__BODY_MODEL_LOAD;
     req.model_load = &ml;
+    progress p;
     if (!x->json)
         fprintf(stderr, "%s: loading model '%s' from %s ...\n", LLEPCTL_PROG, argv[0], path);
+    progress_start(&p, x, argv[0]);
     r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_MODEL_LOAD_REPLY, &reply);
+    progress_stop(&p);
     if (r)
         return r;
     const LlepPb__ModelInfo *m = reply->model_load_reply->model;

@@ -2,6 +2,7 @@
 #include "models.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,8 @@ static void engines_run(uv_work_t *req) {
             c->b_down = lw.b_down;
             w->r = llep__engine_new(c, &w->engines[i], why, sizeof(why));
             llep__model_weights_free(&lw);
+            if (w->r == 0)
+                atomic_fetch_add(&m->layers_loaded, 1);
         }
         if (w->r < 0)
             llep__errf(w->err, sizeof(w->err), 0, "layer %s/%u (transformer layer %u): %s",
@@ -355,6 +358,7 @@ int llepd_model_info(const llepd_model *m, LlepPb__ModelInfo *info) {
     info->refs = llepd_model_refs(m);
     info->weight_bytes = m->weight_bytes;
     info->load_us = m->load_ns / 1000;
+    info->layers_loaded = atomic_load(&((llepd_model *)m)->layers_loaded);
     info->desc = malloc(sizeof(*info->desc));
     info->layer_ids = calloc(info->layers + 1, sizeof(*info->layer_ids));
     if (!info->desc || !info->layer_ids) {

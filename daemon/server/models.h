@@ -10,6 +10,7 @@
 #ifndef LLEPD_MODELS_H
 #define LLEPD_MODELS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -39,6 +40,7 @@ struct llepd_model {
     uint32_t *source_layers;          /* [nlayers] transformer layer index of each */
     uint64_t weight_bytes;            /* every layer, one copy */
     uint64_t start_ns, load_ns;
+    _Atomic uint32_t layers_loaded;   /* set by the load on the pool, read for progress */
 
     llepd_model_done_cb done;         /* while loading */
     void *done_data;
