@@ -115,21 +115,106 @@ int llep__frame_decoder_feed(llep_frame_decoder *d, const void *data, size_t len
     return 0;
 }
 
-int llep__frame_unpack(const void *payload, size_t len, LlepPb__Frame **ret) {
+/* ---- strings with a NUL byte ------------------------------------------------------------ *
+ *
+ * protobuf-c decodes a string field into a NUL-terminated C string, so one whose bytes hold a
+ * NUL arrives cut at it: "ab\0cd" would pass every later check as "ab" and name another
+ * layer than the client sent. The string's wire length is seen only here, so the payload is
+ * walked once more with the message's descriptors and any string field holding a NUL byte
+ * refuses the frame. protobuf-c has unpacked it already, so the walk meets well-formed
+ * fields only; it reads no more than the payload either way. */
+
+/* Nested messages deeper than this are not walked (llep's go three deep). */
+#define STRING_CHECK_DEPTH 16
+
+static int wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *ret) {
+    uint64_t v = 0;
+
+    for (unsigned shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *ret = v;
+            return 0;
+        }
+    }
+    return -EBADMSG;
+}
+
+static int check_strings(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
+                         int depth, char *err, size_t errlen) {
+    const uint8_t *end = p + len;
+    uint64_t tag, v;
+
+    while (p < end) {
+        if (wire_varint(&p, end, &tag) < 0)
+            return -EBADMSG;
+        switch (tag & 7) {
+        case 0:
+            if (wire_varint(&p, end, &v) < 0)
+                return -EBADMSG;
+            break;
+        case 1:
+        case 5: {
+            size_t n = (tag & 7) == 1 ? 8 : 4;
+            if ((size_t)(end - p) < n)
+                return -EBADMSG;
+            p += n;
+            break;
+        }
+        case 2: {
+            if (wire_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p))
+                return -EBADMSG;
+            const ProtobufCFieldDescriptor *fd =
+                protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3));
+            const uint8_t *nul = fd && fd->type == PROTOBUF_C_TYPE_STRING ?
+                                 memchr(p, 0, (size_t)v) : NULL;
+            if (nul)
+                return llep__errf(err, errlen, -EBADMSG, "string field '%s' of %s has a NUL "
+                                  "byte at offset %zu of its %" PRIu64 " bytes", fd->name,
+                                  desc->short_name, (size_t)(nul - p), v);
+            if (fd && fd->type == PROTOBUF_C_TYPE_MESSAGE && depth < STRING_CHECK_DEPTH) {
+                int r = check_strings(fd->descriptor, p, (size_t)v, depth + 1, err, errlen);
+                if (r < 0)
+                    return r;
+            }
+            p += v;
+            break;
+        }
+        default:
+            return -EBADMSG;    /* groups: protobuf-c refuses them already */
+        }
+    }
+    return 0;
+}
+
+/* Unpacks and checks a payload; err says why not (may be NULL). */
+static int unpack(const void *payload, size_t len, LlepPb__Frame **ret, char *err,
+                  size_t errlen) {
     LlepPb__Frame *f;
 
     if (len == 0)
-        return -EBADMSG;
+        return llep__errf(err, errlen, -EBADMSG, "empty frame (length 0)");
     if (len > LLEP_FRAME_MAX_SIZE)
         return -EMSGSIZE;
     f = llep_pb__frame__unpack(NULL, len, payload);
     if (!f)
+        return llep__errf(err, errlen, -EBADMSG, "undecodable frame of %zu bytes (not an "
+                          "llep.Frame)", len);
+    if (check_strings(&llep_pb__frame__descriptor, payload, len, 0, err, errlen) < 0) {
+        llep_pb__frame__free_unpacked(f, NULL);
         return -EBADMSG;
+    }
     *ret = f;
     return 0;
 }
 
+int llep__frame_unpack(const void *payload, size_t len, LlepPb__Frame **ret) {
+    return unpack(payload, len, ret, NULL, 0);
+}
+
 int llep__frame_decoder_next(llep_frame_decoder *d, LlepPb__Frame **ret) {
+    char why[sizeof(d->message)];
     size_t avail = d->len - d->start;
     const uint8_t *p;
     uint32_t n;
@@ -152,13 +237,8 @@ int llep__frame_decoder_next(llep_frame_decoder *d, LlepPb__Frame **ret) {
         return 0;
 
     d->start += LLEP_FRAME_HEADER_SIZE + (size_t)n;
-    if (n == 0)
-        r = decoder_fail(d, -EBADMSG, false, "empty frame (length 0)");
-    else if (llep__frame_unpack(p + LLEP_FRAME_HEADER_SIZE, n, ret) < 0)
-        r = decoder_fail(d, -EBADMSG, false,
-                         "undecodable frame of %" PRIu32 " bytes (not an llep.Frame)", n);
-    else
-        r = 1;
+    r = unpack(p + LLEP_FRAME_HEADER_SIZE, n, ret, why, sizeof(why));
+    r = r < 0 ? decoder_fail(d, -EBADMSG, false, "%s", why) : 1;
 
     if (d->start == d->len) {
         d->start = d->len = 0;

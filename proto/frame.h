@@ -55,8 +55,9 @@ int llep__frame_decoder_feed(llep_frame_decoder *d, const void *data, size_t len
  * llep__frame_decoder_error():
  *   -EMSGSIZE  the advertised length is over the limit. The stream cannot be resynchronised,
  *              so this error is sticky: reply with an error and close the connection.
- *   -EBADMSG   a zero-length frame, or one protobuf-c cannot unpack (garbage, truncated
- *              fields, bad wire types). The frame has been consumed and the decoder stays
+ *   -EBADMSG   a zero-length frame, one protobuf-c cannot unpack (garbage, truncated
+ *              fields, bad wire types), or one with a NUL byte inside a string field (which
+ *              protobuf-c would cut there). The frame has been consumed and the decoder stays
  *              usable; whether to go on serving such a peer is the caller's choice.
  *   -ENOMEM    out of memory (sticky). */
 int llep__frame_decoder_next(llep_frame_decoder *d, LlepPb__Frame **ret);
@@ -72,7 +73,7 @@ size_t llep__frame_decoder_pending(const llep_frame_decoder *d);
 void llep__frame_free(LlepPb__Frame *f);
 
 /* Unpacks one payload (no length prefix). Returns 0, -EMSGSIZE over LLEP_FRAME_MAX_SIZE, or
- * -EBADMSG for an empty or undecodable payload. */
+ * -EBADMSG for an empty or undecodable payload or a string field holding a NUL byte. */
 int llep__frame_unpack(const void *payload, size_t len, LlepPb__Frame **ret);
 
 /* Size of f once framed: prefix plus payload. */

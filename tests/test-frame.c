@@ -727,6 +727,60 @@ START_TEST(test_attach_and_arena_setup) {
 }
 END_TEST
 
+/* A name with a NUL byte inside ("ab\0cd"): protobuf-c would hand over "ab", so the frame is
+ * refused whole, naming the field, whether the string is the frame's own or nested. The
+ * frames are made by hand: encoded with "abXcd", then the X patched to 0 on the wire. */
+START_TEST(test_name_with_nul) {
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
+    LlepPb__LayerAttach la = LLEP_PB__LAYER_ATTACH__INIT;
+    LlepPb__Frame *out = NULL;
+    llep_frame_decoder d;
+    uint8_t *buf, *x;
+    size_t len;
+
+    la.name = (char *)"abXcd";
+    f.id = 7;
+    f.body_case = LLEP_PB__FRAME__BODY_LAYER_ATTACH;
+    f.layer_attach = &la;
+    buf = encode(&f, &len);
+    ck_assert_int_eq(llep__frame_unpack(buf + 4, len - 4, &out), 0);   /* as sent: fine */
+    llep__frame_free(out);
+    out = NULL;
+    x = memmem(buf, len, "abXcd", 5);
+    ck_assert_ptr_nonnull(x);
+    x[2] = '\0';
+    ck_assert_int_eq(llep__frame_unpack(buf + 4, len - 4, &out), -EBADMSG);
+    ck_assert_ptr_null(out);
+
+    llep__frame_decoder_init(&d, 0);
+    ck_assert_int_eq(llep__frame_decoder_feed(&d, buf, len), 0);
+    ck_assert_int_eq(llep__frame_decoder_next(&d, &out), -EBADMSG);
+    ck_assert_str_eq(llep__frame_decoder_error(&d), "string field 'name' of LayerAttach "
+                     "has a NUL byte at offset 2 of its 5 bytes");
+    /* Not sticky: the next, clean frame decodes. */
+    x[2] = 'X';
+    ck_assert_int_eq(llep__frame_decoder_feed(&d, buf, len), 0);
+    ck_assert_int_eq(llep__frame_decoder_next(&d, &out), 1);
+    ck_assert_str_eq(out->layer_attach->name, "abXcd");
+    llep__frame_free(out);
+    llep__frame_decoder_fini(&d);
+    free(buf);
+
+    /* A NUL as the last byte of a string of another message (Hello's program). */
+    LlepPb__Frame h = LLEP_PB__FRAME__INIT;
+    LlepPb__Hello hello = LLEP_PB__HELLO__INIT;
+    hello.program = (char *)"progX";
+    h.body_case = LLEP_PB__FRAME__BODY_HELLO;
+    h.hello = &hello;
+    buf = encode(&h, &len);
+    x = memmem(buf, len, "progX", 5);
+    ck_assert_ptr_nonnull(x);
+    x[4] = '\0';
+    ck_assert_int_eq(llep__frame_unpack(buf + 4, len - 4, &out), -EBADMSG);
+    free(buf);
+}
+END_TEST
+
 static Suite *frame_suite(void) {
     Suite *s = suite_create("frame");
     TCase *tc = tcase_create("core");
@@ -752,6 +806,7 @@ static Suite *frame_suite(void) {
     tcase_add_test(tc, test_desc_check);
     tcase_add_test(tc, test_desc_shape);
     tcase_add_test(tc, test_layer_create_check);
+    tcase_add_test(tc, test_name_with_nul);
     tcase_add_test(tc, test_attach_and_arena_setup);
     suite_add_tcase(s, tc);
     return s;
