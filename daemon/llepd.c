@@ -24,6 +24,7 @@
 #include "handlers.h"
 #include "llep-config.h"
 #include "log.h"
+#include "metrics.h"
 #include "models-config.h"
 #include "models.h"
 #include "notify.h"
@@ -54,6 +55,7 @@ static void close_handles(llepd_server *srv) {
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sighup, NULL);
     llepd_notify_close(&d->notify);
+    llepd_metrics_close(srv);
     llepd_cluster_close(srv->cluster);
 }
 
@@ -216,7 +218,7 @@ static int start_signals(daemon_state *d, uv_loop_t *loop) {
 }
 
 /* Brings the subsystems up in order: server, handlers, peer links and cluster layers, the
- * listening socket, signals, systemd notifications. On failure err says why; teardown()
+ * listening socket, signals, systemd notifications, the metrics endpoint. On failure err says why; teardown()
  * undoes whatever was done. */
 static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
                  const llep_backend_ops *ops, int fd, char *err, size_t errlen) {
@@ -241,10 +243,12 @@ static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
         snprintf(err, errlen, "signals and timers: %s", uv_strerror(r));
         return r;
     }
-    /* Signal and notify handles close once the server is idle after a stop (close_handles),
-     * so that the loop runs dry. */
+    /* Signal, notify and metrics handles close once the server is idle after a stop
+     * (close_handles), so that the loop runs dry. */
     d->srv.on_idle_after_stop = close_handles;
-    return 0;
+    /* Last, so that nothing after it can fail and leave its handles open: metrics (off
+     * unless --metrics-listen; a port in use stops llepd here, naming it). */
+    return llepd_metrics_start(&d->srv, err, errlen);
 }
 
 /* The one place llepd is taken down, in reverse order of setup(): models, cluster, server,

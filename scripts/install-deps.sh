@@ -9,6 +9,8 @@ packages=(
   build-essential meson ninja-build pkg-config python3 python3-venv
   libuv1-dev libprotobuf-c-dev protobuf-c-compiler libsystemd-dev libsodium-dev
   check libopenblas-dev libjson-c-dev gnuplot-nox
+  # llepd's metrics endpoint (libmicrohttpd); curl scrapes it in tests/python/test_metrics.py
+  libmicrohttpd-dev curl
   # systemd-analyze, -sysusers, -tmpfiles and groff for the install test; debhelper, dpkg-dev
   # and git to build and check the .deb set (tests/test-packaging.sh)
   systemd groff-base debhelper dpkg-dev git

@@ -760,6 +760,46 @@ START_TEST(test_cluster_errors) {
 }
 END_TEST
 
+/* The metrics endpoint: off by default, a numeric HOST:PORT like the peer addresses, and
+ * the per-expert series behind their own key. */
+START_TEST(test_metrics_options) {
+    llep_config c;
+
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s"), 0);
+    ck_assert(!c.have_metrics_listen && !c.metrics_expert_loads);
+    llep__config_fini(&c);
+
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s", "--metrics-listen", "127.0.0.1:9464",
+                           "--metrics-expert-loads", "yes"), 0);
+    ck_assert(c.have_metrics_listen && !c.metrics_listen.ipv6 && c.metrics_expert_loads);
+    ck_assert_str_eq(c.metrics_listen.host, "127.0.0.1");
+    ck_assert_uint_eq(c.metrics_listen.port, 9464);
+    llep__config_fini(&c);
+
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--socket", "/tmp/s", "--metrics-listen", "[::1]:9464"), 0);
+    ck_assert(c.have_metrics_listen && c.metrics_listen.ipv6);
+    ck_assert_str_eq(c.metrics_listen.host, "::1");
+    llep__config_fini(&c);
+
+    static char *const bad[] = { "localhost:9464", "127.0.0.1", "127.0.0.1:0",
+                                       "127.0.0.1:65536", "::1:9464", "" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        llep__config_init(&c);
+        ck_assert_msg(PARSE(&c, "--metrics-listen", bad[i]) == -EINVAL, "%s", bad[i]);
+        ck_assert_msg(strstr(err, "for option '--metrics-listen': expected HOST:PORT"), "%s",
+                      err);
+        ck_assert(!c.have_metrics_listen);
+        llep__config_fini(&c);
+    }
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--metrics-expert-loads", "maybe"), -EINVAL);
+    llep__config_fini(&c);
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("core");
@@ -781,6 +821,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_cluster_options);
     tcase_add_test(tc, test_cluster_errors);
     tcase_add_test(tc, test_models);
+    tcase_add_test(tc, test_metrics_options);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -242,6 +242,10 @@ static int set_model(llep_config *c, const char *value) {
     return 0;
 }
 
+static int set_metrics_expert_loads(llep_config *c, const char *value) {
+    return parse_yes_no(value, &c->metrics_expert_loads);
+}
+
 static int set_cluster_communicator(llep_config *c, const char *value) {
     if (strcmp(value, "auto") == 0)
         c->cluster_communicator_off = false;
@@ -290,6 +294,11 @@ const config_key llep__config_keys[] = {
     { "cluster-communicator", "auto|off", "auto or off",
       "cluster layers' data between nodes over NCCL on GPUs (auto) or the peer links (off)",
       set_cluster_communicator },
+    { "metrics-listen", "HOST:PORT", "HOST:PORT with a numeric address ([ADDR] for IPv6)",
+      "serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+      llep__config_set_metrics_listen },
+    { "metrics-expert-loads", "yes|no", "yes or no",
+      "export each expert's load in the metrics too (default no)", set_metrics_expert_loads },
     { "model", "NAME=DIR", "NAME=DIR: a model name (printable ASCII, no blanks or '/', at most "
       "64 bytes) and its checkpoint directory",
       "load the checkpoint in DIR as model NAME at start (repeat for more models)", set_model },

@@ -31,8 +31,9 @@ const config_key *llep__config_find_key(const char *name, size_t len);
  * error messages stay one readable line. */
 void llep__config_quote(char *out, size_t outlen, const char *s, size_t len);
 
-/* The setters of `peers` and `listen-peers` (config-peers.c). */
+/* The setters of `peers`, `listen-peers` and `metrics-listen` (config-peers.c). */
 int llep__config_set_peers(llep_config *c, const char *value);
 int llep__config_set_listen_peers(llep_config *c, const char *value);
+int llep__config_set_metrics_listen(llep_config *c, const char *value);
 
 #endif

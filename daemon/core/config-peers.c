@@ -155,6 +155,18 @@ int llep__config_set_listen_peers(llep_config *c, const char *value) {
     return 0;
 }
 
+/* The metrics endpoint's address: the same numeric HOST:PORT as the peer addresses. */
+int llep__config_set_metrics_listen(llep_config *c, const char *value) {
+    llep_peer_addr a;
+    int r = parse_host_port(value, strlen(value), &a, c->detail, sizeof(c->detail));
+
+    if (r < 0)
+        return r;
+    c->metrics_listen = a;
+    c->have_metrics_listen = true;
+    return 0;
+}
+
 const llep_peer_addr *llep__config_listen_addr(const llep_config *c) {
     if (!c->have_node_id)
         return NULL;

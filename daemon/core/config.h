@@ -20,6 +20,9 @@
  *   --cluster-communicator auto|off   cluster layers' data between nodes over the backend's
  *                          communicator (NCCL on CUDA) when it has one (auto, the default),
  *                          or always over the peer links (off)
+ *   --metrics-listen HOST:PORT   serve Prometheus metrics at http://HOST:PORT/metrics (off
+ *                          unless given; HOST numeric, [ADDR] for IPv6)
+ *   --metrics-expert-loads yes|no   export every expert's load too (default no: cardinality)
  *   --config FILE          read `key = value` lines first; the command line overrides them
  *
  * A config file has one `key = value` per line, keys as the long options without "--" ('_'
@@ -113,6 +116,10 @@ typedef struct llep_config {
     uint32_t peer_heartbeat_ms, peer_timeout_ms;
     char peer_secret_file[256];   /* "" : peer links unauthenticated */
     bool cluster_communicator_off; /* --cluster-communicator off */
+    /* The metrics endpoint (daemon/server/metrics.h): off unless have_metrics_listen. */
+    bool have_metrics_listen;
+    llep_peer_addr metrics_listen;
+    bool metrics_expert_loads;    /* per-expert load series too; false unless set */
     llep_model_spec models[LLEP_CONFIG_MAX_MODELS];  /* in the order given */
     uint32_t nmodels;
     char detail[160];             /* why the last value was bad, when "expected" is not enough */

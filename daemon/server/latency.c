@@ -11,9 +11,20 @@ uint64_t llepd_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+const uint64_t llepd_latency_bounds_us[LLEPD_LAT_BUCKETS] = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000,
+};
+
 void llepd_latency_add(llepd_latency *l, uint64_t us) {
+    uint32_t b = 0;
+
     l->us[l->count % LLEPD_LAT_SAMPLES] = us;
     l->count++;
+    while (b < LLEPD_LAT_BUCKETS && us > llepd_latency_bounds_us[b])
+        b++;
+    l->buckets[b]++;
+    l->sum_us += us;
 }
 
 static int cmp_u64(const void *a, const void *b) {

@@ -260,6 +260,7 @@ void llepd_sched_record(llepd_layer *l, const llep_engine_stats *st,
     for (uint32_t d = 0; d < np; d++) {
         srv->last_dev_tokens[d] = dev[d].rows;
         srv->last_dev_busy_ns[d] = dev[d].busy_ns;
+        srv->dev_busy_ns[d] += dev[d].busy_ns;
     }
 }
 
@@ -291,8 +292,10 @@ static void step_done(uv_work_t *req, int status) {
     llep__devices_unreserve(llep__engine_devices(l->engine), w->place); /* never ran */
     if (w->r == 0)
         llepd_sched_record(l, &w->stats, w->dev, llep__engine_plan(l->engine), lat_us);
-    else
+    else {
+        srv->failed_steps++;
         log_warning("layer '%s': step of %u submissions failed: %s", l->name, w->nsubs, w->err);
+    }
     for (uint32_t i = 0; i < w->nsubs; i++) {
         llepd_sub *sub = w->subs[i];
         if (w->r == 0)
@@ -461,6 +464,7 @@ void llepd_sched_fail_queued(llepd_layer *l, int status, const char *why) {
         llepd_list_remove(&s->link);
         s->status = status;
         snprintf(s->error, sizeof(s->error), "%.255s", why);
+        l->srv->failed_submissions++;
         llepd_sub_complete(s, 0);
     }
     llepd_server *srv = l->srv;

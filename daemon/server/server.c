@@ -73,8 +73,9 @@ int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg
     srv->device_peak = calloc(p, sizeof(*srv->device_peak));
     srv->last_dev_tokens = calloc(p, sizeof(*srv->last_dev_tokens));
     srv->last_dev_busy_ns = calloc(p, sizeof(*srv->last_dev_busy_ns));
+    srv->dev_busy_ns = calloc(p, sizeof(*srv->dev_busy_ns));
     if (!srv->socket_path || !srv->device_peak || !srv->last_dev_tokens ||
-        !srv->last_dev_busy_ns) {
+        !srv->last_dev_busy_ns || !srv->dev_busy_ns) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
@@ -343,6 +344,7 @@ void llepd_server_fini(llepd_server *srv) {
     free(srv->device_peak);
     free(srv->last_dev_tokens);
     free(srv->last_dev_busy_ns);
+    free(srv->dev_busy_ns);
     free(srv->drain_waiters);
     free(srv->socket_path);
 }

@@ -95,10 +95,14 @@ struct llepd_server {
     uint64_t steps, ep_steps, llep_steps;
     uint64_t weight_bytes_moved, token_bytes_moved;
     uint32_t refused;               /* submissions refused while draining */
+    /* Errors by kind since start, for the metrics endpoint (metrics.c): steps that failed,
+     * queued submissions failed without a step (timeouts, no memory), connections refused. */
+    uint64_t failed_steps, failed_submissions, refused_connections;
     uint64_t *device_peak;          /* [P] */
     llepd_latency latency;
     uint64_t *last_dev_tokens;      /* [P] of the most recent step of any layer */
     uint64_t *last_dev_busy_ns;     /* [P] */
+    uint64_t *dev_busy_ns;          /* [P] every step's busy time on the device since start */
 
     /* llepctl drain requests waiting for the running steps to finish. */
     struct llepd_drain_waiter *drain_waiters;
@@ -107,6 +111,7 @@ struct llepd_server {
     void (*on_idle_after_stop)(llepd_server *srv);  /* called when stopping and nothing runs */
 
     struct llepd_cluster *cluster;  /* peer links, set up by cluster/ (opaque here) */
+    struct llepd_metrics *metrics;  /* the metrics endpoint (metrics.h), NULL when off */
 };
 
 /* Sets up the state, opens the devices (cfg's backend, devices and device memory) and

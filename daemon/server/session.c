@@ -421,6 +421,7 @@ void llepd_session_accept(llepd_server *srv) {
         /* Tell the peer why in answer to its Hello; one that says nothing goes after a
          * second, so refused peers cannot pile up. */
         s->refused = true;
+        srv->refused_connections++;
         uv_timer_start(&s->retry, on_refused_timeout, 1000, 0);
     }
     uv_read_start((uv_stream_t *)&s->pipe, alloc_cb, on_read);
