@@ -13,7 +13,8 @@
  *               is not a listening socket are not taken for an activation socket.
  *   peercred    (`test-service peercred`, root only, else skipped with 77): with the socket
  *               opened to everyone, a connection from `nobody` is still refused through
- *               SO_PEERCRED, while root's is accepted.
+ *               SO_PEERCRED, while root's is accepted; a `nobody` in group llep (created
+ *               after llepd started, when absent) is accepted with no restart.
  *
  * $LLEPD names the daemon binary, $LLEPCTL llepctl. */
 #include <check.h>
@@ -540,9 +541,10 @@ END_TEST
 
 /* ---- who may connect --------------------------------------------------------------------- */
 
-/* In a child that becomes `nobody` (no supplementary groups): can it talk to llepd? Returns
- * the child's exit status: 0 connected and said Hello, 3 refused, others for test errors. */
-static int connect_as_nobody(void) {
+/* In a child that becomes `nobody` with the ngroups supplementary groups given: can it talk
+ * to llepd? Returns the child's exit status: 0 connected and said Hello, 3 refused, others
+ * for test errors. */
+static int connect_as_nobody(size_t ngroups, const gid_t *groups) {
     pid_t pid = fork();
     int st;
 
@@ -552,7 +554,7 @@ static int connect_as_nobody(void) {
         char buf[16];
         int fd;
 
-        if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+        if (setgroups(ngroups, groups) < 0 || setresgid(65534, 65534, 65534) < 0 ||
             setresuid(65534, 65534, 65534) < 0)
             _exit(10);
         /* At the socket level: the kernel accepts, llepd reads SO_PEERCRED, answers
@@ -592,12 +594,43 @@ START_TEST(test_nobody_refused) {
     wait_ready(sock_path);
     /* The daemon made it 0660; open it to everyone so only SO_PEERCRED stands in the way. */
     ck_assert_int_eq(chmod(sock_path, 0666), 0);
-    ck_assert_int_eq(connect_as_nobody(), 3);
+    ck_assert_int_eq(connect_as_nobody(0, NULL), 3);
     ck_assert_msg(llep_test_file_contains(log_path, "refused a connection from uid 65534"),
                   "llepd did not log the refusal");
     /* Root is let in. */
     ck_assert_int_eq(llep_connect(sock_path, &c), 0);
     llep_disconnect(c);
+    stop_llepd();
+}
+END_TEST
+
+/* Group llep is looked up at each connection, and the peer's own groups count: llepd started
+ * while the group did not exist (it is created here when absent, and removed again), then a
+ * `nobody` whose supplementary groups include it is let in, with no restart and without being
+ * in the group's member list; one without it is still refused. */
+START_TEST(test_group_joined_later) {
+    daemon_opts o = { .listen_fd = -1 };
+    struct group *g = getgrnam("llep");
+    bool created = false;
+
+    ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+    start_llepd(&o);
+    wait_ready(sock_path);
+    ck_assert_int_eq(chmod(sock_path, 0666), 0);
+    if (!g) {
+        ck_assert_msg(system("groupadd -r llep") == 0, "groupadd -r llep failed");
+        created = true;
+        g = getgrnam("llep");
+    }
+    gid_t gid = g ? g->gr_gid : (gid_t)-1;
+    int with = g ? connect_as_nobody(1, &gid) : -1;
+    int without = connect_as_nobody(0, NULL);
+    /* Removed before any assertion can end the test. */
+    int removed = created ? system("groupdel llep") : 0;
+    ck_assert_msg(g, "group llep is missing after groupadd");
+    ck_assert_int_eq(with, 0);
+    ck_assert_int_eq(without, 3);
+    ck_assert_int_eq(removed, 0);
     stop_llepd();
 }
 END_TEST
@@ -619,6 +652,7 @@ static Suite *service_suite(bool peercred) {
     if (peercred) {
         t = service_tcase("peercred");
         tcase_add_test(t, test_nobody_refused);
+        tcase_add_test(t, test_group_joined_later);
         suite_add_tcase(s, t);
         return s;
     }

@@ -3,7 +3,6 @@
 #include "server.h"
 
 #include <errno.h>
-#include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,8 +66,6 @@ int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg
     srv->backend = cfg->backend;
     srv->devices = cfg->devices;
     srv->device_memory = cfg->device_memory;
-    struct group *g = getgrnam("llep");
-    srv->admin_gid = g ? g->gr_gid : (gid_t)-1;
     size_t p = srv->devices ? srv->devices : 1;
     srv->device_peak = calloc(p, sizeof(*srv->device_peak));
     srv->last_dev_tokens = calloc(p, sizeof(*srv->last_dev_tokens));

@@ -89,7 +89,6 @@ struct llepd_server {
     uint64_t start_ns;
     bool draining, stopping;
     enum llep_policy default_policy;  /* `llepctl set policy=...` without a layer */
-    gid_t admin_gid;                /* group whose members may set and drain; (gid_t)-1: none */
 
     /* Daemon-wide figures. */
     uint64_t steps, ep_steps, llep_steps;

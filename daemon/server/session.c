@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,28 +363,59 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     llepd_session_unref(s);
 }
 
-/* Root, the daemon's own user, and members of group llep may change settings and drain. */
-static bool is_admin(const llepd_server *srv, const struct ucred *c) {
+/* The group whose members may connect, set and drain. */
+#define ADMIN_GROUP "llep"
+/* Supplementary groups read from the kernel at once; more take a second, sized call. */
+#define PEER_GROUPS_INLINE 64
+
+/* Whether the peer on fd belongs to group llep as the kernel sees it: its gid, or one of its
+ * supplementary groups (SO_PEERGROUPS, as they were when it connected). */
+static bool peer_has_gid(int fd, const struct ucred *c, gid_t gid) {
+    gid_t inline_groups[PEER_GROUPS_INLINE], *groups = inline_groups;
+    socklen_t len = sizeof(inline_groups);
+    bool found = c->gid == gid;
+
+    if (found)
+        return true;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0) {
+        /* ERANGE gives the size needed; anything else leaves the member list to decide. */
+        groups = errno == ERANGE ? malloc(len) : NULL;
+        if (!groups || getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+            len = 0;
+        if (!groups)
+            groups = inline_groups;
+    }
+    for (size_t i = 0; i < len / sizeof(gid_t) && !found; i++)
+        found = groups[i] == gid;
+    if (groups != inline_groups)
+        free(groups);
+    return found;
+}
+
+/* Root, the daemon's own user, and members of group llep may connect, change settings and
+ * drain. The group is looked up at each connection rather than once at start, so a group
+ * created, or a user added to it, after llepd started counts without a restart: the peer's
+ * groups as the kernel has them (a process started after the user joined, or one that
+ * switched groups), then the group's member list (a user added while their session, which
+ * lacks the group, still runs). The lookups read the local group and user databases through
+ * NSS on the loop thread, as getgrnam() always did at start; with files or a caching daemon
+ * (nscd, sssd) they take microseconds, and root and the daemon's user need none. */
+static bool is_admin(int fd, const struct ucred *c) {
     if (c->uid == 0 || c->uid == geteuid())
         return true;
-    if (srv->admin_gid == (gid_t)-1)
+    struct group *g = getgrnam(ADMIN_GROUP);
+    if (!g)
         return false;
-    if (c->gid == srv->admin_gid)
+    gid_t gid = g->gr_gid;
+    if (peer_has_gid(fd, c, gid))
         return true;
     struct passwd *pw = getpwuid(c->uid);
-    struct group *g = getgrgid(srv->admin_gid);
-    if (!pw || !g)
+    if (!pw || !(g = getgrgid(gid)))
         return false;
     for (char **m = g->gr_mem; *m; m++)
         if (strcmp(*m, pw->pw_name) == 0)
             return true;
     return false;
-}
-
-/* Connections from users who are neither the daemon's user, root, nor in its group are
- * refused; the socket's mode keeps them out already, this guards a socket made more open. */
-static bool may_connect(const llepd_server *srv, const struct ucred *c) {
-    return is_admin(srv, c);
 }
 
 void llepd_session_accept(llepd_server *srv) {
@@ -414,8 +446,9 @@ void llepd_session_accept(llepd_server *srv) {
         llepd_session_close(s, "accept failed");
         return;
     }
-    s->admin = is_admin(srv, &s->cred);
-    if (!may_connect(srv, &s->cred)) {
+    /* The socket's mode keeps others out already; this guards a socket made more open. */
+    s->admin = is_admin(fd, &s->cred);
+    if (!s->admin) {
         log_warning("refused a connection from uid %u: not root, the daemon's user or in "
                     "group llep", (unsigned)s->cred.uid);
         /* Tell the peer why in answer to its Hello; one that says nothing goes after a
