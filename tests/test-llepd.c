@@ -483,6 +483,37 @@ START_TEST(bad_frames_get_error_replies)
     expect_rejected(garbage, sizeof(garbage), LLEP_PB__STATUS__STATUS_PROTOCOL);
     expect_rejected(oversize, sizeof(oversize), LLEP_PB__STATUS__STATUS_PROTOCOL);
 
+    /* A name with a NUL byte inside, "good\0x", made by hand: without the wire check it would
+     * attach to "good". It is refused as a bad frame naming the field, then the connection
+     * ends. */
+    {
+        LlepPb__LayerAttach la = LLEP_PB__LAYER_ATTACH__INIT;
+        LlepPb__Frame af = LLEP_PB__FRAME__INIT;
+        uint8_t *buf, *x;
+        size_t len;
+
+        la.name = (char *)"goodXx";
+        af.id = 77;
+        af.body_case = LLEP_PB__FRAME__BODY_LAYER_ATTACH;
+        af.layer_attach = &la;
+        ck_assert_int_eq(llep__frame_encode_alloc(&af, &buf, &len), 0);
+        x = memmem(buf, len, "goodXx", 6);
+        ck_assert_ptr_nonnull(x);
+        x[4] = '\0';
+        rc_start(&c, 1 << 20);
+        ck_assert_int_eq(write(c.fd, buf, len), (ssize_t)len);
+        free(buf);
+        LlepPb__Frame *e = rc_recv(&c, NULL, NULL);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_int_eq(e->body_case, LLEP_PB__FRAME__BODY_ERROR);
+        ck_assert_int_eq(e->error->status, LLEP_PB__STATUS__STATUS_PROTOCOL);
+        ck_assert_msg(strstr(e->error->message, "string field 'name' of LayerAttach has a NUL "
+                             "byte at offset 4"), "%s", e->error->message);
+        llep__frame_free(e);
+        ck_assert_ptr_null(rc_recv(&c, NULL, NULL));
+        rc_close(&c);
+    }
+
     /* A wrong protocol version is named in the reply. */
     LlepPb__Hello h = LLEP_PB__HELLO__INIT;
     LlepPb__Frame f = LLEP_PB__FRAME__INIT;

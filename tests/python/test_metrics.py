@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -241,3 +242,34 @@ def test_expert_loads_option():
             layer.close()
     finally:
         d.close()
+
+
+def test_peer_series():
+    """Two llepd linked as a cluster: each exports its peer's link as up, with a round trip
+    and bytes, as llepctl peers reports them."""
+    ports = [free_port() for _ in range(4)]
+    peers = f"0=127.0.0.1:{ports[0]},1=127.0.0.1:{ports[1]}"
+    nodes = []
+    try:
+        for i in range(2):
+            nodes.append(Daemon(args=["--node-id", str(i), "--peers", peers,
+                                      "--peer-heartbeat-ms", "20",
+                                      "--metrics-listen", f"127.0.0.1:{ports[2 + i]}"]))
+        for i, d in enumerate(nodes):
+            url = f"http://127.0.0.1:{ports[2 + i]}/metrics"
+            other = str(1 - i)
+            deadline = time.monotonic() + 15
+            while True:
+                s = scrape(url)
+                if (value(s, "llep_peer_up", peer=other) == 1
+                        and value(s, "llep_peer_rtt_seconds", peer=other) > 0):
+                    break
+                assert time.monotonic() < deadline, f"node {i}: link to {other} not up"
+                time.sleep(0.05)
+            assert value(s, "llep_peer_links_up_total", peer=other) >= 1
+            assert value(s, "llep_peer_sent_bytes_total", peer=other) > 0
+            assert value(s, "llep_peer_received_bytes_total", peer=other) > 0
+            assert ("llep_peer_up", (("peer", str(i)),)) not in s     # not itself
+    finally:
+        for d in nodes:
+            d.close()
