@@ -84,11 +84,16 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
         next->peer_heartbeat_ms != srv->cfg.peer_heartbeat_ms ||
         next->peer_timeout_ms != srv->cfg.peer_timeout_ms)
         log_notice("reload: new cluster settings take effect at the next start");
+    const llep_peer_addr *ma = &next->metrics_listen, *mb = &srv->cfg.metrics_listen;
+    if (next->have_metrics_listen != srv->cfg.have_metrics_listen ||
+        (next->have_metrics_listen &&
+         (ma->port != mb->port || strcmp(ma->host, mb->host) != 0)))
+        log_notice("reload: a new 'metrics-listen' takes effect at the next start");
 }
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
- * alpha, lambda, min_tokens, scale_min_tokens, the log level and the models (loaded and
- * unloaded as the file now lists them). The settings are rebuilt as at start, the file
+ * alpha, lambda, min_tokens, scale_min_tokens, the log level, metrics-expert-loads and the
+ * models (loaded and unloaded as the file now lists them). The settings are rebuilt as at start, the file
  * first and the command line over it, so an option given to llepd keeps winning. A file with
  * any error is refused whole and the settings in force stay. */
 static void on_reload(uv_signal_t *h, int signum) {
@@ -113,6 +118,7 @@ static void on_reload(uv_signal_t *h, int signum) {
         d->srv.cfg.min_tokens = c.min_tokens;
         d->srv.cfg.scale_min_tokens = c.scale_min_tokens;
         d->srv.cfg.log_level = c.log_level;
+        d->srv.cfg.metrics_expert_loads = c.metrics_expert_loads;
         llep__log_set_level(c.log_level);
         llepd_models_reload(&d->srv, &d->srv.cfg, &c);
         memcpy(d->srv.cfg.models, c.models, sizeof(c.models));
