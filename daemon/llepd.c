@@ -93,9 +93,9 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
  * alpha, lambda, min_tokens, scale_min_tokens, the log level, metrics-expert-loads and the
- * models (loaded and unloaded as the file now lists them). The settings are rebuilt as at start, the file
- * first and the command line over it, so an option given to llepd keeps winning. A file with
- * any error is refused whole and the settings in force stay. */
+ * models (loaded and unloaded as the file now lists them). The settings are rebuilt as at
+ * start, the file first and the command line over it, so an option given to llepd keeps
+ * winning. A file with any error is refused whole and the settings in force stay. */
 static void on_reload(uv_signal_t *h, int signum) {
     daemon_state *d = h->data;
     llep_config c;
