@@ -224,8 +224,8 @@ static int start_signals(daemon_state *d, uv_loop_t *loop) {
 }
 
 /* Brings the subsystems up in order: server, handlers, peer links and cluster layers, the
- * listening socket, signals, systemd notifications, the metrics endpoint. On failure err says why; teardown()
- * undoes whatever was done. */
+ * listening socket, signals, systemd notifications, the metrics endpoint. On failure err
+ * says why; teardown() undoes whatever was done. */
 static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
                  const llep_backend_ops *ops, int fd, char *err, size_t errlen) {
     int r = llepd_server_init(&d->srv, loop, cfg, err, errlen);
