@@ -271,6 +271,10 @@ def test_refusals(client):
     refused("out has shape", layer.forward, x, idx, w, out=np.zeros((5, D), np.float32))
     with pytest.raises(TypeError):
         layer.forward(x, idx, w, out=[0.0])
+    # C strings end at a NUL: a name holding one is refused, never cut short.
+    refused("NUL", client.create_layer, "good\0x", top_k=K, **good)
+    refused("NUL", client.attach, names() + "\0tail")
+    refused("NUL", client.model, "m\0x")
 
     refused("gate_up_layout 'sideways'", client.create_layer, "r", top_k=K,
             **{**good, "gate_up_layout": "sideways"})

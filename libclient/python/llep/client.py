@@ -51,6 +51,16 @@ def _member(cls: type, value: EnumArg, what: str) -> int:
 
 
 
+def _cname(name: str, what: str = "name") -> bytes:
+    """A name for the C library: C strings end at a NUL, so a name holding one would reach
+    llepd cut short; it is refused here instead (as llepd refuses one on the wire)."""
+    if not isinstance(name, str):
+        raise invalid(f"{what} must be a str, not {type(name).__name__}")
+    if "\0" in name:
+        raise invalid(f"{what} {name!r} has a NUL character")
+    return name.encode()
+
+
 def _check_code(code: int, handle: Any, *, connecting: bool = False) -> None:
     """Raises the exception for a negative code, with the library's message for handle."""
     if code >= 0:
@@ -382,7 +392,7 @@ class Client:
         for key, b in bufs.items():
             setattr(d, key, ffi.cast("void *", b.ptr))
         ret = ffi.new("llep_layer **")
-        code = lib.llep_layer_create(self._handle(), name.encode(), d, ret)
+        code = lib.llep_layer_create(self._handle(), _cname(name), d, ret)
         del bufs
         _check_code(code, self._ptr)
         return self._layer(ret[0], name)
@@ -425,7 +435,7 @@ class Client:
     def attach(self, name: str) -> Layer:
         """Attaches to the existing layer ``name`` (whatever its shape)."""
         ret = ffi.new("llep_layer **")
-        _check_code(lib.llep_layer_create(self._handle(), name.encode(), ffi.NULL, ret),
+        _check_code(lib.llep_layer_create(self._handle(), _cname(name), ffi.NULL, ret),
                     self._ptr)
         return self._layer(ret[0], name)
 
@@ -433,24 +443,27 @@ class Client:
     def model(self, name: str) -> Model:
         """The model ``name`` llepd has loaded; its layers attach on first use."""
         info = ffi.new("llep_model_info *")
-        _check_code(lib.llep_model_get(self._handle(), name.encode(), info), self._ptr)
+        _check_code(lib.llep_model_get(self._handle(), _cname(name, "model name"), info),
+                    self._ptr)
         return Model(self, name, info)
 
     def _model_layer(self, model: str, index: int) -> Layer:
         ret = ffi.new("llep_layer **")
-        _check_code(lib.llep_model_layer(self._handle(), model.encode(), index, ret), self._ptr)
+        _check_code(lib.llep_model_layer(self._handle(), _cname(model, "model name"), index,
+                                         ret), self._ptr)
         return self._layer(ret[0], f"{model}/{index}")
 
     def load_model(self, name: str, path: Union[str, os.PathLike]) -> Model:
         """Asks llepd to load the checkpoint directory ``path`` (as llepd sees it) as model
         ``name``; needs llepd's admin rights. Returns the model once every layer is ready."""
-        _check_code(lib.llep_model_load(self._handle(), name.encode(), os.fsencode(path)),
+        _check_code(lib.llep_model_load(self._handle(), _cname(name, "model name"),
+                                        os.fsencode(path)),
                     self._ptr)
         return self.model(name)
 
     def unload_model(self, name: str) -> None:
         """Unloads model ``name`` (LlepBusyError while any client holds one of its layers)."""
-        _check_code(lib.llep_model_unload(self._handle(), name.encode()), self._ptr)
+        _check_code(lib.llep_model_unload(self._handle(), _cname(name, "model name")), self._ptr)
 
     # ---- tickets -----------------------------------------------------------------------
     def wait(self, ticket: Union[Ticket, int], timeout: Optional[float] = None) -> Any:
