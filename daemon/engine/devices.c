@@ -216,14 +216,24 @@ static uint64_t add_place(llep_devices *dv, bool reserved) {
     return seq;
 }
 
-void llep__devices_turn_wait(llep_devices *dv) {
-    pthread_mutex_lock(&dv->lock);
+/* Lock held: the turn at once, when this thread holds it already (one level deeper) or
+ * nobody holds, waits for or has reserved it. */
+static bool take_at_once(llep_devices *dv) {
     if (held_by_me(dv)) {
         dv->depth++;
-    } else if (!dv->owned && dv->nplaces == 0) {
+        return true;
+    }
+    if (!dv->owned && dv->nplaces == 0) {
         dv->granted++;
         own(dv);
-    } else {
+        return true;
+    }
+    return false;
+}
+
+void llep__devices_turn_wait(llep_devices *dv) {
+    pthread_mutex_lock(&dv->lock);
+    if (!take_at_once(dv)) {
         uint64_t seq;
         /* Without memory for a place, wait for the turn to be free and nobody waiting. */
         while ((seq = add_place(dv, false)) == 0 && (dv->owned || dv->nplaces > 0))
@@ -274,17 +284,10 @@ void llep__devices_unreserve(llep_devices *dv, uint64_t place) {
 }
 
 bool llep__devices_turn_try(llep_devices *dv) {
-    bool got = true;
+    bool got;
 
     pthread_mutex_lock(&dv->lock);
-    if (held_by_me(dv)) {
-        dv->depth++;
-    } else if (!dv->owned && dv->nplaces == 0) {
-        dv->granted++;
-        own(dv);
-    } else {
-        got = false;
-    }
+    got = take_at_once(dv);
     pthread_mutex_unlock(&dv->lock);
     return got;
 }

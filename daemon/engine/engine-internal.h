@@ -86,6 +86,9 @@ int llep__engine_count_batches(const llep_engine *e, const llep_engine_batch *b,
                                uint32_t num_experts, uint64_t *loads, size_t *home_base,
                                uint64_t *ret_slots, char *err, size_t errlen);
 
+/* Devices 0..ndev-1 start a step's layout: no rows, chunks or received experts yet. */
+void llep__engine_clear_rows(llep_engine *e, uint32_t ndev);
+
 /* Sets device d's step buffer sizes (x, y, scratch) from its rows and max_chunk. */
 void llep__engine_device_sizes(llep_engine *e, uint32_t d);
 /* Bytes device d's step needs on top of what it holds: received weights and its buffers. */

@@ -389,12 +389,7 @@ static void layout(llep_part *pt, uint64_t *rows_out, uint64_t *rows_in) {
     llep_engine *e = pt->e;
     size_t base = 0;
 
-    for (uint32_t d = 0; d < pt->pl; d++) {
-        engine_device *dv = &e->dev[d];
-        dv->rows = 0;
-        dv->max_chunk = 0;
-        dv->received = 0;
-    }
+    llep__engine_clear_rows(e, pt->pl);
     for (uint32_t j = 0; j < pt->nodes; j++)
         rows_out[j] = rows_in[j] = 0;
     for (uint32_t x = 0; x < pt->nx; x++) {

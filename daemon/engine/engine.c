@@ -437,16 +437,20 @@ static int reserve_slots(llep_engine *e, uint64_t slots) {
 
 /* Places each range's rows on its device (experts in id order, each expert's ranges in token
  * order) and derives every device's step buffers from the plan. */
-static void layout(llep_engine *e) {
-    const llep_plan *pl = &e->plan;
-    size_t base = 0;
-
-    for (uint32_t d = 0; d < e->p; d++) {
+void llep__engine_clear_rows(llep_engine *e, uint32_t ndev) {
+    for (uint32_t d = 0; d < ndev; d++) {
         engine_device *dv = &e->dev[d];
         dv->rows = 0;
         dv->max_chunk = 0;
         dv->received = 0;
     }
+}
+
+static void layout(llep_engine *e) {
+    const llep_plan *pl = &e->plan;
+    size_t base = 0;
+
+    llep__engine_clear_rows(e, e->p);
     for (uint32_t i = 0; i < pl->num_ranges; i++) {
         const llep_range *r = &pl->ranges[i];
         engine_device *dv = &e->dev[r->device];
