@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client-fixtures.h"
 #include "fixtures.h"
 #include "llep/client.h"
 #include "ref-moe.h"
@@ -278,23 +279,6 @@ static double tolerance(enum llep_dtype layer, enum llep_dtype y) {
     return layer == LLEP_DTYPE_BF16 || y == LLEP_DTYPE_BF16 ? 1e-2 : 1e-5;
 }
 
-static llep_client *connect_ok(void) {
-    llep_client *c = NULL;
-    int r = llep_connect(sock_path, &c);
-
-    ck_assert_msg(r == 0, "llep_connect: %s: %s", llep_strerror(r), llep_client_error(NULL));
-    return c;
-}
-
-static llep_layer *create_ok(llep_client *c, const char *name, const llep_layer_desc *d) {
-    llep_layer *l = NULL;
-    int r = llep_layer_create(c, name, d, &l);
-
-    ck_assert_msg(r == 0, "llep_layer_create(%s): %s: %s", name, llep_strerror(r),
-                  llep_client_error(c));
-    return l;
-}
-
 static const char *const gate_up_names[] = { "separate", "separate_t", "fused", "fused_t",
                                              "interleaved" };
 
@@ -303,7 +287,7 @@ static const char *const gate_up_names[] = { "separate", "separate_t", "fused", 
 /* Every gate/up layout with every down layout, in f32 and bf16 storage: the same outputs bit
  * for bit as llep's own layout, and within tolerance of float64. */
 START_TEST(test_weight_layouts) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
 
     for (int ti = 0; ti < 2; ti++) {
         enum llep_dtype t = ti ? LLEP_DTYPE_BF16 : LLEP_DTYPE_F32;
@@ -332,7 +316,7 @@ START_TEST(test_weight_layouts) {
                 snprintf(name, sizeof(name), "%s-%s-%s", ti ? "bf16" : "f32", gate_up_names[gl],
                          dl ? "dh" : "hd");
                 framed_init(&f, &cn, (enum llep_gate_up_layout)gl, (enum llep_down_layout)dl);
-                l = create_ok(c, name, &f.d);
+                l = llep_test_layer_create(c, name, &f.d);
                 r = llep_forward(l, b.tokens, x, b.idx, b.w, y);
                 ck_assert_msg(r == 0, "%s: %s", name, llep_client_error(c));
                 err = ref_error(&cn, &b, xr, b.w, y, t);
@@ -361,7 +345,7 @@ END_TEST
 /* A layer's desc as the daemon holds it has llep's own layouts; attaching with a framework
  * layout in the desc (and no weights) is fine, the layouts describe only weights. */
 START_TEST(test_layouts_held_canonical) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     llep_layer_desc got, att;
     llep_layer *l, *l2;
     canon cn;
@@ -369,7 +353,7 @@ START_TEST(test_layouts_held_canonical) {
 
     canon_init(&cn, LLEP_DTYPE_F32);
     framed_init(&f, &cn, LLEP_GATE_UP_FUSED_T, LLEP_DOWN_DH);
-    l = create_ok(c, "held", &f.d);
+    l = llep_test_layer_create(c, "held", &f.d);
     ck_assert_int_eq(llep_layer_get_desc(l, &got), 0);
     ck_assert_int_eq(got.gate_up_layout, LLEP_GATE_UP_SEPARATE);
     ck_assert_int_eq(got.down_layout, LLEP_DOWN_HD);
@@ -378,7 +362,7 @@ START_TEST(test_layouts_held_canonical) {
     ck_assert_uint_eq(got.hidden, D);
     att = f.d;
     att.w_gate_up = att.w_down = att.b_gate_up = att.b_down = NULL;
-    l2 = create_ok(c, "held", &att);
+    l2 = llep_test_layer_create(c, "held", &att);
     llep_layer_release(l2);
     llep_layer_release(l);
     framed_fini(&f);
@@ -398,7 +382,7 @@ static void assert_refused(llep_client *c, const llep_layer_desc *d, const char 
 }
 
 START_TEST(test_layout_checks) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     llep_layer_desc d;
     canon cn;
     framed sep, fused;
@@ -440,7 +424,7 @@ START_TEST(test_layout_checks) {
     assert_refused(c, &d, "give w_gate, w_up and w_down");
 
     /* Nothing was created: the name is still free. */
-    llep_layer_release(create_ok(c, "refused", &fused.d));
+    llep_layer_release(llep_test_layer_create(c, "refused", &fused.d));
     framed_fini(&sep);
     framed_fini(&fused);
     llep_test_f32_weights_fini(&cn.w);
@@ -461,7 +445,7 @@ static enum llep_dtype resolve(enum llep_io_dtype t, enum llep_dtype def) {
  * them (x in the layer's dtype, topk_w rounded when given in bf16), converted to y's type,
  * and that within tolerance of float64. */
 START_TEST(test_io_types) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
 
     for (int ti = 0; ti < 2; ti++) {
         enum llep_dtype t = ti ? LLEP_DTYPE_BF16 : LLEP_DTYPE_F32;
@@ -474,7 +458,7 @@ START_TEST(test_io_types) {
 
         canon_init(&cn, t);
         framed_init(&f, &cn, LLEP_GATE_UP_SEPARATE, LLEP_DOWN_HD);
-        l = create_ok(c, ti ? "io-bf16" : "io-f32", &f.d);
+        l = llep_test_layer_create(c, ti ? "io-bf16" : "io-f32", &f.d);
         batch_init(&b, 29);
         for (int xi = 0; xi < 3; xi++)
         for (int ii = 0; ii < 2; ii++)
@@ -543,7 +527,7 @@ END_TEST
 
 /* Submissions of different types in flight together, collected out of order. */
 START_TEST(test_submit_ex) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     enum { S = 4 };
     uint64_t tickets[S];
     void *ys[S];
@@ -555,7 +539,7 @@ START_TEST(test_submit_ex) {
 
     canon_init(&cn, LLEP_DTYPE_BF16);
     framed_init(&f, &cn, LLEP_GATE_UP_FUSED_T, LLEP_DOWN_DH);
-    l = create_ok(c, "submit-ex", &f.d);
+    l = llep_test_layer_create(c, "submit-ex", &f.d);
     batch_init(&b, 50);
     ybase = alloc_elems((size_t)50 * D, LLEP_DTYPE_F32);
     {
@@ -600,7 +584,7 @@ static void assert_io_refused(llep_layer *l, const llep_io *io, const char *what
 }
 
 START_TEST(test_io_checks) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     float *y = malloc((size_t)5 * D * sizeof(float));
     llep_layer *l;
     uint64_t ticket;
@@ -611,7 +595,7 @@ START_TEST(test_io_checks) {
 
     canon_init(&cn, LLEP_DTYPE_F32);
     framed_init(&f, &cn, LLEP_GATE_UP_SEPARATE, LLEP_DOWN_HD);
-    l = create_ok(c, "checks", &f.d);
+    l = llep_test_layer_create(c, "checks", &f.d);
     batch_init(&b, 5);
     ck_assert_ptr_nonnull(y);
     for (size_t i = 0; i < (size_t)5 * D; i++)
@@ -717,7 +701,7 @@ START_TEST(test_earlier_versions) {
                                                      "LLEP_CLIENT_0");
     model_get_0_fn model_get_0 = (model_get_0_fn)dlvsym(RTLD_DEFAULT, "llep_model_get",
                                                         "LLEP_CLIENT_0.1");
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     desc_0 *d = malloc(sizeof(*d)), *got = malloc(sizeof(*got));
     unsigned char info[160];
     size_t ny = (size_t)9 * D;
@@ -742,7 +726,7 @@ START_TEST(test_earlier_versions) {
                    .b_down = f.bd };
     memset((char *)d + offsetof(desc_0, group_timeout_ms) + 4, 0xa5, 4);
     ck_assert_int_eq(create_0(c, "old", d, &l0), 0);
-    l1 = create_ok(c, "new", &f.d);
+    l1 = llep_test_layer_create(c, "new", &f.d);
     memset(got, 0xa5, sizeof(*got));
     ck_assert_int_eq(get_desc_0(l0, got), 0);
     ck_assert_uint_eq(got->hidden, D);

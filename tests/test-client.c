@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client-fixtures.h"
 #include "fixtures.h"
 #include "frame.h"
 #include "llep/client.h"
@@ -151,23 +152,6 @@ static void assert_matches(const test_layer *t, const batch *b) {
     double err = rel_error(t, b);
 
     ck_assert_msg(err <= 1e-5, "relative L2 error %g over 1e-5", err);
-}
-
-static llep_client *connect_ok(void) {
-    llep_client *c = NULL;
-    int r = llep_connect(sock_path, &c);
-
-    ck_assert_msg(r == 0, "llep_connect: %s: %s", llep_strerror(r), llep_client_error(NULL));
-    return c;
-}
-
-static llep_layer *create_ok(llep_client *c, const char *name, const llep_layer_desc *d) {
-    llep_layer *l = NULL;
-    int r = llep_layer_create(c, name, d, &l);
-
-    ck_assert_msg(r == 0, "llep_layer_create(%s): %s: %s", name, llep_strerror(r),
-                  llep_client_error(c));
-    return l;
 }
 
 static void forward_ok(llep_layer *l, batch *b) {
@@ -365,7 +349,7 @@ START_TEST(test_argument_checks) {
     fake fk;
 
     fake_start(&fk, FAKE_CLOSE_AFTER_HELLO);
-    c = connect_ok();
+    c = llep_test_connect(sock_path);
     test_layer_init(&t, 8, 2, 4, 4, LLEP_ACT_SWIGLU);
 
     ck_assert_int_eq(llep_layer_create(c, "x", &t.d, NULL), -EINVAL);
@@ -414,7 +398,7 @@ START_TEST(test_garbage_from_daemon) {
     fake fk;
 
     fake_start(&fk, FAKE_GARBAGE);
-    c = connect_ok();
+    c = llep_test_connect(sock_path);
     test_layer_init(&t, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
     ck_assert_int_eq(llep_layer_create(c, "x", NULL, &l), -ECONNRESET);
     ck_assert_ptr_nonnull(strstr(llep_client_error(c), "bad frame"));
@@ -430,7 +414,7 @@ END_TEST
 
 START_TEST(test_forward_reference) {
     static const enum llep_act acts[] = { LLEP_ACT_SWIGLU, LLEP_ACT_SWIGLU_OAI };
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
 
     for (int a = 0; a < 2; a++) {
         llep_layer_desc got;
@@ -439,7 +423,7 @@ START_TEST(test_forward_reference) {
         batch b;
 
         test_layer_init(&t, 8, 2, 16, 24, acts[a]);
-        l = create_ok(c, a ? "oai" : "swiglu", &t.d);
+        l = llep_test_layer_create(c, a ? "oai" : "swiglu", &t.d);
         ck_assert_int_eq(llep_layer_get_desc(l, &got), 0);
         ck_assert_uint_eq(got.num_experts, 8);
         ck_assert_uint_eq(got.top_k, 2);
@@ -463,7 +447,7 @@ START_TEST(test_forward_reference) {
 END_TEST
 
 START_TEST(test_attach) {
-    llep_client *c1 = connect_ok(), *c2 = connect_ok();
+    llep_client *c1 = llep_test_connect(sock_path), *c2 = llep_test_connect(sock_path);
     llep_layer *l1, *l2, *l3 = (llep_layer *)1;
     llep_layer_desc d;
     test_layer t;
@@ -471,7 +455,7 @@ START_TEST(test_attach) {
     int r;
 
     test_layer_init(&t, 8, 2, 8, 12, LLEP_ACT_SWIGLU);
-    l1 = create_ok(c1, "shared", &t.d);
+    l1 = llep_test_layer_create(c1, "shared", &t.d);
 
     /* Created twice: -EEXIST. */
     ck_assert_int_eq(llep_layer_create(c2, "shared", &t.d, &l3), -EEXIST);
@@ -480,8 +464,8 @@ START_TEST(test_attach) {
     /* Attach by name with the same shape, and with no desc at all. */
     d = t.d;
     d.w_gate = d.w_up = d.w_down = d.b_gate = d.b_up = d.b_down = NULL;
-    l2 = create_ok(c2, "shared", &d);
-    l3 = create_ok(c2, "shared", NULL);
+    l2 = llep_test_layer_create(c2, "shared", &d);
+    l3 = llep_test_layer_create(c2, "shared", NULL);
     ck_assert_int_eq(llep_layer_get_desc(l3, &d), 0);
     ck_assert_uint_eq(d.hidden, 8);
     ck_assert_uint_eq(d.inter, 12);
@@ -524,14 +508,14 @@ END_TEST
 /* Several submissions in flight on one client, collected out of order. */
 START_TEST(test_async) {
     enum { COUNT = 12 };
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     uint64_t tickets[COUNT], zero;
     batch b[COUNT];
     test_layer t;
     llep_layer *l;
 
     test_layer_init(&t, 16, 4, 16, 16, LLEP_ACT_SWIGLU);
-    l = create_ok(c, "async", &t.d);
+    l = llep_test_layer_create(c, "async", &t.d);
     for (int i = 0; i < COUNT; i++) {
         batch_init(&b[i], &t, 1 + 13 * (uint32_t)i, 0.4);
         ck_assert_int_eq(llep_submit(l, b[i].tokens, b[i].x, b[i].idx, b[i].w, b[i].y,
@@ -585,14 +569,14 @@ static void *worker_run(void *arg) {
 /* Threads sharing one client: each gets its own results. */
 START_TEST(test_threads) {
     enum { THREADS = 4 };
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     pthread_t th[THREADS];
     worker w[THREADS];
     test_layer t;
     llep_layer *l;
 
     test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
-    l = create_ok(c, "threads", &t.d);
+    l = llep_test_layer_create(c, "threads", &t.d);
     for (int i = 0; i < THREADS; i++) {
         w[i] = (worker){ .l = l, .t = &t };
         ck_assert_int_eq(pthread_create(&th[i], NULL, worker_run, &w[i]), 0);
@@ -609,14 +593,14 @@ END_TEST
 
 /* Bad routing is refused with the daemon's message; the client keeps working. */
 START_TEST(test_submission_errors) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     test_layer t;
     llep_layer *l;
     batch b;
     int r;
 
     test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
-    l = create_ok(c, "errors", &t.d);
+    l = llep_test_layer_create(c, "errors", &t.d);
     batch_init(&b, &t, 10, 0);
     b.idx[7] = 8;
     r = llep_forward(l, b.tokens, b.x, b.idx, b.w, b.y);
@@ -644,7 +628,7 @@ END_TEST
 
 /* Weights and batches larger than the first arena make the client grow it. */
 START_TEST(test_arena_growth) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     uint64_t tickets[3];
     batch small, big[3];
     test_layer t;
@@ -652,7 +636,7 @@ START_TEST(test_arena_growth) {
 
     /* 8 experts x 64 x 256 x 3 tensors x 4 bytes = 1.5 MiB of weights. */
     test_layer_init(&t, 8, 2, 64, 256, LLEP_ACT_SWIGLU);
-    l = create_ok(c, "big", &t.d);
+    l = llep_test_layer_create(c, "big", &t.d);
     batch_init(&small, &t, 2, 0);
     forward_ok(l, &small);
     assert_matches(&t, &small);
@@ -688,14 +672,14 @@ END_TEST
  * byte of the (small) buffers, and the arena it had keeps working. Then weights large enough
  * that the client hands their pages back after the upload, and a second layer reusing them. */
 START_TEST(test_arena_limits) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     test_layer t, t2;
     llep_layer *l, *l2;
     batch b;
     int r;
 
     test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
-    l = create_ok(c, "small", &t.d);
+    l = llep_test_layer_create(c, "small", &t.d);
     batch_init(&b, &t, 4, 0);
     r = llep_forward(l, UINT32_MAX, b.x, b.idx, b.w, b.y);
     ck_assert_msg(r == -ENOMEM, "forward: %s: %s", llep_strerror(r), llep_client_error(c));
@@ -705,7 +689,7 @@ START_TEST(test_arena_limits) {
 
     /* 8 experts x 128 x 512 x 3 tensors x 4 bytes = 6 MiB. */
     test_layer_init(&t2, 8, 2, 128, 512, LLEP_ACT_SWIGLU);
-    l2 = create_ok(c, "large", &t2.d);
+    l2 = llep_test_layer_create(c, "large", &t2.d);
     batch_init(&b, &t2, 6, 0.5);
     forward_ok(l2, &b);
     assert_matches(&t2, &b);
@@ -713,7 +697,7 @@ START_TEST(test_arena_limits) {
     llep_layer_release(l2);
     llep_layer_release(l);
     t2.w.wg[5] += 1.0f;   /* different weights, same name: must not read stale pages */
-    l2 = create_ok(c, "large", &t2.d);
+    l2 = llep_test_layer_create(c, "large", &t2.d);
     batch_init(&b, &t2, 300, 0.5);
     forward_ok(l2, &b);
     assert_matches(&t2, &b);
@@ -727,13 +711,13 @@ END_TEST
 
 /* When llepd stops, calls return -ECONNRESET, and it exits 0. */
 START_TEST(test_daemon_goes_away) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     llep_layer *l, *l2;
     test_layer t;
     batch b;
 
     test_layer_init(&t, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
-    l = create_ok(c, "bye", &t.d);
+    l = llep_test_layer_create(c, "bye", &t.d);
     batch_init(&b, &t, 3, 0);
     forward_ok(l, &b);
     ck_assert_int_eq(llepd_stop(), 0);
@@ -779,7 +763,7 @@ static uint16_t *round_bf16(float *v, size_t n) {
 }
 
 START_TEST(test_bf16) {
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     uint16_t *wg, *wu, *wd, *x, *y;
     size_t nw, nx;
     llep_layer_desc d;
@@ -803,7 +787,7 @@ START_TEST(test_bf16) {
     d.w_up = wu;
     d.w_down = wd;
     d.b_gate = d.b_up = d.b_down = NULL;
-    l = create_ok(c, "bf16", &d);
+    l = llep_test_layer_create(c, "bf16", &d);
 
     batch_init(&b, &t, 33, 0.3);
     nx = (size_t)33 * 16;
@@ -829,7 +813,7 @@ END_TEST
 /* llep_wait with a zero timeout looks and leaves the ticket; disconnecting with submissions
  * in flight abandons them cleanly (no leak, no crash, the daemon serves on). */
 START_TEST(test_wait_timeout_and_abandon) {
-    llep_client *c = connect_ok(), *c2;
+    llep_client *c = llep_test_connect(sock_path), *c2;
     uint64_t tickets[4];
     batch b[4];
     test_layer t;
@@ -837,7 +821,7 @@ START_TEST(test_wait_timeout_and_abandon) {
     int r;
 
     test_layer_init(&t, 8, 2, 32, 32, LLEP_ACT_SWIGLU);
-    l = create_ok(c, "abandon", &t.d);
+    l = llep_test_layer_create(c, "abandon", &t.d);
     for (int i = 0; i < 4; i++) {
         batch_init(&b[i], &t, 500, 0.5);
         ck_assert_int_eq(llep_submit(l, 500, b[i].x, b[i].idx, b[i].w, b[i].y, &tickets[i]), 0);
@@ -849,8 +833,9 @@ START_TEST(test_wait_timeout_and_abandon) {
     assert_matches(&t, &b[0]);
     llep_disconnect(c);   /* three still in flight, and the layer not released */
 
-    c2 = connect_ok();
-    l = create_ok(c2, "abandon", &t.d);   /* freed with its last reference: create again */
+    c2 = llep_test_connect(sock_path);
+    /* freed with its last reference: create again */
+    l = llep_test_layer_create(c2, "abandon", &t.d);
     forward_ok(l, &b[1]);
     assert_matches(&t, &b[1]);
     llep_disconnect(c2);
@@ -869,7 +854,7 @@ START_TEST(test_device_memory) {
 
     llepd_stop();
     llepd_start_with("--device-memory", "64K");
-    c = connect_ok();
+    c = llep_test_connect(sock_path);
     test_layer_init(&t, 8, 2, 64, 256, LLEP_ACT_SWIGLU);  /* 192 KiB per device */
     r = llep_layer_create(c, "huge", &t.d, &l);
     ck_assert_msg(r == -ENOMEM, "create: %s: %s", llep_strerror(r), llep_client_error(c));

@@ -651,12 +651,34 @@ START_TEST(origin_killed) {
 }
 END_TEST
 
+/* One forward of both layers on every node at once (six clients), share_a and share_b of
+ * their slots on the hot expert, each exact. */
+static void run_both_exact(node_client *a, node_client *b, double share_a,
+                           double share_b) {
+    int32_t sa[NODES * TOKENS * K], sb[NODES * TOKENS * K];
+    pthread_t th[2 * NODES];
+
+    skewed_slots(share_a, sa);
+    skewed_slots(share_b, sb);
+    fill_batches(a, sa, 7);
+    fill_batches(b, sb, 7);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(pthread_create(&th[i], NULL, forward_thread, &a[i]), 0);
+        ck_assert_int_eq(pthread_create(&th[NODES + i], NULL, forward_thread, &b[i]), 0);
+    }
+    for (int i = 0; i < 2 * NODES; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_msg(a[i].r == 0 && b[i].r == 0, "node %d: %s / %s", i, a[i].err, b[i].err);
+        assert_exact(&a[i].b, i);
+        assert_exact(&b[i].b, i);
+    }
+}
+
 /* Two cluster layers stepping at the same time, one created on node 0 and one on node 1:
  * their messages keep apart and every output is exact. */
 START_TEST(two_layers) {
     node_client a[NODES], b[NODES];
-    int32_t sa[NODES * TOKENS * K], sb[NODES * TOKENS * K];
-    pthread_t th[2 * NODES];
 
     weights_init();
     for (int i = 0; i < NODES; i++)
@@ -671,23 +693,8 @@ START_TEST(two_layers) {
             client_open_named(&b[i], i, "moe2", false, 0);
     }
     ck_assert_int_eq(layer_field(2, "moe2", "origin"), 1);
-    for (int round = 0; round < 3; round++) {
-        skewed_slots(0.7, sa);
-        skewed_slots(0.5, sb);
-        fill_batches(a, sa, 7);
-        fill_batches(b, sb, 7);
-        for (int i = 0; i < NODES; i++) {
-            ck_assert_int_eq(pthread_create(&th[i], NULL, forward_thread, &a[i]), 0);
-            ck_assert_int_eq(pthread_create(&th[NODES + i], NULL, forward_thread, &b[i]), 0);
-        }
-        for (int i = 0; i < 2 * NODES; i++)
-            pthread_join(th[i], NULL);
-        for (int i = 0; i < NODES; i++) {
-            ck_assert_msg(a[i].r == 0 && b[i].r == 0, "node %d: %s / %s", i, a[i].err, b[i].err);
-            assert_exact(&a[i].b, i);
-            assert_exact(&b[i].b, i);
-        }
-    }
+    for (int round = 0; round < 3; round++)
+        run_both_exact(a, b, 0.7, 0.5);
     for (int i = 0; i < NODES; i++) {
         client_close(&a[i]);
         client_close(&b[i]);
@@ -858,28 +865,6 @@ static int log_count(int node, const char *text) {
     return n;
 }
 
-/* One forward of both layers on every node at once (six clients), each exact. */
-static void run_both_exact(node_client *a, node_client *b) {
-    int32_t sa[NODES * TOKENS * K], sb[NODES * TOKENS * K];
-    pthread_t th[2 * NODES];
-
-    skewed_slots(0.7, sa);
-    skewed_slots(0.6, sb);
-    fill_batches(a, sa, 7);
-    fill_batches(b, sb, 7);
-    for (int i = 0; i < NODES; i++) {
-        ck_assert_int_eq(pthread_create(&th[i], NULL, forward_thread, &a[i]), 0);
-        ck_assert_int_eq(pthread_create(&th[NODES + i], NULL, forward_thread, &b[i]), 0);
-    }
-    for (int i = 0; i < 2 * NODES; i++)
-        pthread_join(th[i], NULL);
-    for (int i = 0; i < NODES; i++) {
-        ck_assert_msg(a[i].r == 0 && b[i].r == 0, "node %d: %s / %s", i, a[i].err, b[i].err);
-        assert_exact(&a[i].b, i);
-        assert_exact(&b[i].b, i);
-    }
-}
-
 /* Both layers stepping at once until each has run a step over the communicator on every
  * node; then every node shows both on the same communicator: "socket (up, epoch E, set
  * 0,1,2)". Returns E. */
@@ -888,7 +873,7 @@ static int64_t wait_shared(node_client *a, node_client *b) {
     uint64_t t0 = now_ms();
 
     for (;;) {
-        run_both_exact(a, b);
+        run_both_exact(a, b, 0.7, 0.6);
         bool all = true;
         for (int i = 0; i < NODES; i++)
             all = all && layer_field(i, "moe", "communicator_steps") > 0 &&
@@ -950,7 +935,7 @@ START_TEST(communicator_shared) {
 
     /* Both layers' exchanges on the one communicator at once: every step over it, exact. */
     for (int round = 0; round < 6; round++)
-        run_both_exact(a, b);
+        run_both_exact(a, b, 0.7, 0.6);
     for (int i = 0; i < NODES; i++) {
         int64_t ra = layer_field(i, "moe", "steps") - sa[i];
         int64_t rb = layer_field(i, "moe2", "steps") - sb[i];
@@ -1022,7 +1007,7 @@ START_TEST(communicator_shared) {
                       (long long)e2);
     }
     for (int round = 0; round < 3; round++)
-        run_both_exact(a, b);
+        run_both_exact(a, b, 0.7, 0.6);
     /* One transport per epoch on the nodes that lived through both. */
     for (int i = 0; i < 2; i++) {
         snprintf(text, sizeof(text), "communicator up (epoch %lld,", (long long)e2);

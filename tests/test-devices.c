@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "client-fixtures.h"
 #include "devices.h"
 #include "engine.h"
 #include "fixtures.h"
@@ -568,14 +569,6 @@ static int count_threads(pid_t pid) {
     return n;
 }
 
-static llep_client *connect_ok(void) {
-    llep_client *c = NULL;
-    int r = llep_connect(sock_path, &c);
-
-    ck_assert_msg(r == 0, "llep_connect: %s: %s", llep_strerror(r), llep_client_error(NULL));
-    return c;
-}
-
 static void desc_of(const layer *l, llep_layer_desc *d) {
     memset(d, 0, sizeof(*d));
     d->num_experts = l->s.n;
@@ -594,13 +587,9 @@ static void desc_of(const layer *l, llep_layer_desc *d) {
 
 static llep_layer *create_ok(llep_client *c, const char *name, const layer *l) {
     llep_layer_desc d;
-    llep_layer *h = NULL;
 
     desc_of(l, &d);
-    int r = llep_layer_create(c, name, &d, &h);
-    ck_assert_msg(r == 0, "llep_layer_create(%s): %s: %s", name, llep_strerror(r),
-                  llep_client_error(c));
-    return h;
+    return llep_test_layer_create(c, name, &d);
 }
 
 static void forward_ok(llep_layer *h, batch *b) {
@@ -639,7 +628,7 @@ START_TEST(test_threads_60_layers) {
     layer l;
     layer_init(&l, (shape){ 8, 2, 16, 16 }, 0x60);
     llepd_up("8", NULL);
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     llep_layer *h[60];
     char name[32];
 
@@ -696,7 +685,7 @@ START_TEST(test_devices_exact) {
     char mem[32];
     snprintf(mem, sizeof(mem), "%" PRIu64, budget);
     llepd_up("4", mem);
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     llep_layer *la = create_ok(c, "a", &a), *lb = create_ok(c, "b", &b);
 
     json_object *dev = ctl_json("devices");
@@ -782,7 +771,7 @@ typedef struct fair {
 
 static void *slow_client(void *arg) {
     fair *f = arg;
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     llep_layer *h = create_ok(c, "slow", &f->slow);
     batch b;
 
@@ -812,7 +801,7 @@ START_TEST(test_fair_interleaving) {
     layer_init(&f->slow, (shape){ 8, 2, 256, 512 }, 0x81);
     layer_init(&f->fast, (shape){ 8, 2, 32, 32 }, 0x82);
     llepd_up("4", NULL);
-    llep_client *c = connect_ok();
+    llep_client *c = llep_test_connect(sock_path);
     llep_layer *h = create_ok(c, "fast", &f->fast);
     pthread_t t;
     ck_assert_int_eq(pthread_create(&t, NULL, slow_client, f), 0);

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "client-fixtures.h"
 #include "fixtures.h"
 #include "layout.h"
 #include "llep/bf16.h"
@@ -62,14 +63,6 @@ static bool wait_model(const llepd_proc *d, const char *name, bool want) {
         sleep_ms(10);
     }
     return false;
-}
-
-static llep_client *connect_ok(const llepd_proc *d) {
-    llep_client *c = NULL;
-    int r = llep_connect(d->sock, &c);
-
-    ck_assert_msg(r == 0, "llep_connect: %s", llep_client_error(NULL));
-    return c;
 }
 
 /* ---- what a layer should compute --------------------------------------------------------- */
@@ -229,7 +222,7 @@ START_TEST(test_loaded_equals_created) {
     snprintf(arg, sizeof(arg), "m=%s", dir);
     daemon_start(&d, (const char *const[]){ "--model", arg, "--min-tokens", "4", NULL });
     ck_assert(wait_model(&d, "m", true));
-    llep_client *c = connect_ok(&d);
+    llep_client *c = llep_test_connect(d.sock);
     ck_assert_msg(llep_model_get(c, "m", &mi) == 0, "%s", llep_client_error(c));
     ck_assert_uint_gt(mi.num_layers, 0);
     double tol = mi.desc.dtype == LLEP_DTYPE_BF16 ? 1e-2 : 1e-5;
@@ -350,7 +343,7 @@ START_TEST(test_bad_checkpoints) {
     snprintf(arg, sizeof(arg), "good=%s", good);
     daemon_start(&d, (const char *const[]){ "--model", arg, NULL });
     ck_assert(wait_model(&d, "good", true));
-    llep_client *c = connect_ok(&d);
+    llep_client *c = llep_test_connect(d.sock);
     ck_assert_int_eq(llep_model_get(c, "good", &mi), 0);
     ck_assert_int_eq(llep_model_layer(c, "good", 0, &l), 0);
     for (size_t i = 0; i < NUM_BAD; i++) {
@@ -389,7 +382,7 @@ START_TEST(test_names_and_unload) {
 
     llep_test_checkpoint(dir, sizeof(dir), "mixtral-bf16");
     daemon_start(&d, NULL);
-    llep_client *c = connect_ok(&d), *c2 = connect_ok(&d);
+    llep_client *c = llep_test_connect(d.sock), *c2 = llep_test_connect(d.sock);
     ck_assert_int_eq(llep_model_get(c, "mix", &mi), -ENOENT);
     ck_assert_int_eq(llep_model_load(c, "a/b", dir), -EINVAL);
     ck_assert_msg(llep_model_load(c, "mix", dir) == 0, "%s", llep_client_error(c));

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "client-fixtures.h"
 #include "backend.h"
 #include "config.h"
 #include "fixtures.h"
@@ -142,14 +143,6 @@ static void assert_exact(const work *wk) {
     ck_assert_msg(err <= 1e-5, "relative L2 error %g over 1e-5", err);
 }
 
-static llep_client *connect_ok(const in_proc *p) {
-    llep_client *c = NULL;
-    int r = llep_connect(p->sock, &c);
-
-    ck_assert_msg(r == 0, "llep_connect: %s: %s", llep_strerror(r), llep_client_error(NULL));
-    return c;
-}
-
 /* Two clients, EP and LLEP layers of the same weights: both exact, and the server counted
  * the steps of each mode. */
 START_TEST(test_forwards_exact) {
@@ -159,7 +152,7 @@ START_TEST(test_forwards_exact) {
 
     server_start(&p);
     work_init(&wk, 11, 48);
-    llep_client *a = connect_ok(&p), *b = connect_ok(&p);
+    llep_client *a = llep_test_connect(p.sock), *b = llep_test_connect(p.sock);
     llep_layer_desc de = desc_of(&wk, LLEP_POLICY_EP), dl = desc_of(&wk, LLEP_POLICY_LLEP);
     ck_assert_int_eq(llep_layer_create(a, "ep", &de, &ep), 0);
     ck_assert_int_eq(llep_layer_create(a, "llep", &dl, &llep), 0);
@@ -189,7 +182,7 @@ START_TEST(test_stop_with_client) {
 
     server_start(&p);
     work_init(&wk, 12, 16);
-    llep_client *c = connect_ok(&p);
+    llep_client *c = llep_test_connect(p.sock);
     llep_layer_desc d = desc_of(&wk, LLEP_POLICY_AUTO);
     ck_assert_int_eq(llep_layer_create(c, "auto", &d, &l), 0);
     ck_assert_int_eq(llep_forward(l, wk.tokens, wk.x, wk.idx, wk.gw, wk.y), 0);
@@ -221,7 +214,8 @@ int main(void) {
     SRunner *sr = srunner_create(server_suite());
     int failed;
 
-    signal(SIGPIPE, SIG_IGN);   /* as llepd's main() does: a gone client is an error, not a signal */
+    /* As llepd's main() does: a gone client is an error, not a signal. */
+    signal(SIGPIPE, SIG_IGN);
     srunner_run_all(sr, CK_ENV);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -15,9 +15,10 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-# Headers the public ones include from the C library, as empty files: cffi knows the types they
-# define (uint32_t, size_t, ...), and their real text is not plain declarations.
-_STUB_HEADERS = ("stdint.h", "stddef.h", "stdbool.h")
+# The C library's headers the public ones include are given to the preprocessor as empty
+# files: cffi has the types they define (uint32_t, size_t, ...) built in, and their real text
+# is not the plain declarations cffi parses.
+_EMPTY_LIBC_HEADERS = ("stdint.h", "stddef.h", "stdbool.h")
 
 
 def _default_cc() -> list[str]:
@@ -34,11 +35,11 @@ def _default_cc() -> list[str]:
 def preprocess(header: str, cc: Optional[Sequence[str]] = None) -> str:
     """The declarations of ``header`` (include/llep/client.h) as plain C for ``ffi.cdef``."""
     include_root = os.path.dirname(os.path.dirname(os.path.abspath(header)))
-    with tempfile.TemporaryDirectory(prefix="llep-cdef-") as stubs:
-        for name in _STUB_HEADERS:
-            open(os.path.join(stubs, name), "w").close()
+    with tempfile.TemporaryDirectory(prefix="llep-cdef-") as libc_dir:
+        for name in _EMPTY_LIBC_HEADERS:
+            open(os.path.join(libc_dir, name), "w").close()
         cmd = list(cc or _default_cc()) + [
-            "-E", "-P", "-nostdinc", "-I", stubs, "-I", include_root,
+            "-E", "-P", "-nostdinc", "-I", libc_dir, "-I", include_root,
             # LLEP_EXTERN is a visibility attribute, which cffi does not parse.
             "-D__attribute__(x)=", "-x", "c", os.path.abspath(header)]
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
