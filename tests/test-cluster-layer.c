@@ -651,6 +651,19 @@ START_TEST(origin_killed) {
 }
 END_TEST
 
+/* Layer "moe" created on node 0 and "moe2" on node 1, each attached by a client on every other
+ * node: a[i] and b[i] are node i's clients of them. */
+static void open_two_layers(node_client *a, node_client *b) {
+    client_open_named(&a[0], 0, "moe", true, 0);
+    client_open_named(&b[1], 1, "moe2", true, 0);
+    for (int i = 0; i < NODES; i++) {
+        if (i != 0)
+            client_open_named(&a[i], i, "moe", false, 0);
+        if (i != 1)
+            client_open_named(&b[i], i, "moe2", false, 0);
+    }
+}
+
 /* One forward of both layers on every node at once (six clients), share_a and share_b of
  * their slots on the hot expert, each exact. */
 static void run_both_exact(node_client *a, node_client *b, double share_a,
@@ -684,14 +697,7 @@ START_TEST(two_layers) {
     for (int i = 0; i < NODES; i++)
         start_node(i, false);
     wait_cluster_up();
-    client_open_named(&a[0], 0, "moe", true, 0);
-    client_open_named(&b[1], 1, "moe2", true, 0);
-    for (int i = 0; i < NODES; i++) {
-        if (i != 0)
-            client_open_named(&a[i], i, "moe", false, 0);
-        if (i != 1)
-            client_open_named(&b[i], i, "moe2", false, 0);
-    }
+    open_two_layers(a, b);
     ck_assert_int_eq(layer_field(2, "moe2", "origin"), 1);
     for (int round = 0; round < 3; round++)
         run_both_exact(a, b, 0.7, 0.5);
@@ -912,14 +918,7 @@ START_TEST(communicator_shared) {
     for (int i = 0; i < NODES; i++)
         start_node(i, false);
     wait_cluster_up();
-    client_open_named(&a[0], 0, "moe", true, 0);
-    client_open_named(&b[1], 1, "moe2", true, 0);
-    for (int i = 0; i < NODES; i++) {
-        if (i != 0)
-            client_open_named(&a[i], i, "moe", false, 0);
-        if (i != 1)
-            client_open_named(&b[i], i, "moe2", false, 0);
-    }
+    open_two_layers(a, b);
     int64_t e1 = wait_shared(a, b);
     for (int i = 0; i < NODES; i++) {
         /* One transport opened on this node, not one per layer. */
