@@ -68,6 +68,8 @@ struct llep_devices {
 
     account *acct;       /* [P] */
     uint64_t cache_limit;      /* 0: off; LLEP_DEVICES_CACHE_AUTO */
+    bool has_cost;
+    llep_cost_model cost;      /* under lock */
     uint64_t cache_clock, next_owner;
     pending_free *pending;
     size_t npending, cap_pending;
@@ -140,6 +142,24 @@ void llep__devices_free(llep_devices *dv) {
 
 uint32_t llep__devices_count(const llep_devices *dv) {
     return dv ? dv->p : 0;
+}
+
+void llep__devices_set_cost(llep_devices *dv, const llep_cost_model *m) {
+    pthread_mutex_lock(&dv->lock);
+    dv->has_cost = m != NULL;
+    if (m)
+        dv->cost = *m;
+    pthread_mutex_unlock(&dv->lock);
+}
+
+bool llep__devices_cost_get(const llep_devices *dv, llep_cost_model *ret) {
+    llep_devices *w = (llep_devices *)dv;  /* the lock only; the figures are not changed */
+    pthread_mutex_lock(&w->lock);
+    bool has = dv->has_cost;
+    if (has && ret)
+        *ret = dv->cost;
+    pthread_mutex_unlock(&w->lock);
+    return has;
 }
 
 llep_backend *llep__devices_backend(const llep_devices *dv) {

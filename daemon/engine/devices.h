@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "cost.h"
 
 typedef struct llep_devices llep_devices;
 
@@ -67,6 +68,13 @@ void llep__devices_free(llep_devices *dv);
 
 uint32_t llep__devices_count(const llep_devices *dv);
 llep_backend *llep__devices_backend(const llep_devices *dv);
+
+/* The cost model of these devices (cost.h), as calibrated on their backend or loaded from
+ * llepd's state directory; NULL until one is set. set copies it (NULL clears it) under the
+ * devices' lock, so a step reading it while llepctl tune replaces it sees the old or the new
+ * model whole: cost_get copies it into ret and returns false when there is none. */
+void llep__devices_set_cost(llep_devices *dv, const llep_cost_model *m);
+bool llep__devices_cost_get(const llep_devices *dv, llep_cost_model *ret);
 
 /* ---- the turn ---------------------------------------------------------------------------- */
 
