@@ -14,7 +14,9 @@
  *   peercred    (`test-service peercred`, root only, else skipped with 77): with the socket
  *               opened to everyone, a connection from `nobody` is still refused through
  *               SO_PEERCRED, while root's is accepted; a `nobody` in group llep (created
- *               after llepd started, when absent) is accepted with no restart.
+ *               after llepd started, when absent) is accepted with no restart; with a group
+ *               database that takes seconds (slow-nss.c preloaded), root is served while
+ *               nobody's lookup runs, and one that takes over 10 s refuses nobody saying so.
  *
  * $LLEPD names the daemon binary, $LLEPCTL llepctl. */
 #include <check.h>
@@ -163,6 +165,7 @@ typedef struct daemon_opts {
     bool config;                  /* --config conf_path */
     const char *option, *value;   /* one more option and its value, or NULL */
     int journal;                  /* 1: $JOURNAL_STREAM names stderr; -1: another stream */
+    const char *slow_nss_ms;      /* group lookups this slow ($LLEP_TEST_SLOW_NSS), or NULL */
 } daemon_opts;
 
 /* In the child: what systemd would do before exec. */
@@ -197,6 +200,18 @@ static void exec_llepd(const daemon_opts *o) {
         snprintf(pid, sizeof(pid), "%ld", (long)getpid());
         setenv("LISTEN_FDS", "1", 1);
         setenv("LISTEN_PID", o->listen_pid ? o->listen_pid : pid, 1);
+    }
+    if (o->slow_nss_ms) {
+        const char *lib = getenv("LLEP_TEST_SLOW_NSS"), *asan = getenv("ASAN_OPTIONS");
+        char opts[512];
+
+        if (!lib)
+            _exit(126);
+        setenv("LD_PRELOAD", lib, 1);
+        setenv("LLEP_TEST_SLOW_NSS_MS", o->slow_nss_ms, 1);
+        /* The shim comes before a sanitized llepd's runtime in the library list: harmless. */
+        snprintf(opts, sizeof(opts), "%s:verify_asan_link_order=0", asan ? asan : "");
+        setenv("ASAN_OPTIONS", opts, 1);
     }
     argv[a++] = exe;
     argv[a++] = "--socket";
@@ -635,6 +650,86 @@ START_TEST(test_group_joined_later) {
 }
 END_TEST
 
+/* In a child as `nobody` (no groups): llep_connect, which llepd must refuse with -EPERM and a
+ * message containing `why`; the child exits 0 when it did so after at least min_ms. */
+static pid_t nobody_refused_after(const char *why, int min_ms) {
+    pid_t pid = fork();
+
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        llep_client *c = NULL;
+        if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+            setresuid(65534, 65534, 65534) < 0)
+            _exit(10);
+        uint64_t t0 = now_ms();
+        int r = llep_connect(sock_path, &c);
+        uint64_t took = now_ms() - t0;
+        if (r == 0)
+            _exit(11);
+        if (r != -EPERM || !strstr(llep_client_error(NULL), why)) {
+            fprintf(stderr, "nobody's connect: %d, '%s'\n", r, llep_client_error(NULL));
+            _exit(12);
+        }
+        if (took < (uint64_t)min_ms) {
+            fprintf(stderr, "nobody refused after %llu ms, before the lookup could end\n",
+                    (unsigned long long)took);
+            _exit(13);
+        }
+        _exit(0);
+    }
+    return pid;
+}
+
+/* A group database that takes 3 s per lookup (slow-nss.c preloaded into llepd, as a slow LDAP
+ * directory): while nobody's connection waits for its lookup, root connects and is served at
+ * once, so the lookup does not hold llepd's event loop; nobody is then refused as before. */
+START_TEST(test_slow_group_database) {
+    daemon_opts o = { .listen_fd = -1, .slow_nss_ms = "3000" };
+    llep_client *c = NULL;
+    int st;
+
+    ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+    start_llepd(&o);
+    wait_ready(sock_path);
+    ck_assert_int_eq(chmod(sock_path, 0666), 0);
+    pid_t pid = nobody_refused_after("uid 65534 may not use llepd", 2500);
+    sleep_ms(300); /* nobody's lookup has started */
+    uint64_t t0 = now_ms();
+    ck_assert_int_eq(llep_connect(sock_path, &c), 0);
+    llep_disconnect(c);
+    uint64_t took = now_ms() - t0;
+    /* The lookup is still running: nobody has no answer yet. */
+    ck_assert_int_eq(waitpid(pid, &st, WNOHANG), 0);
+    ck_assert_msg(took < 1500, "root's connect took %llu ms while a lookup ran",
+                  (unsigned long long)took);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "nobody's child: status %d", st);
+    stop_llepd();
+}
+END_TEST
+
+/* A group database that does not answer within 10 s: the connection waiting for it is
+ * refused saying so, rather than left waiting for ever; root is served meanwhile. */
+START_TEST(test_group_database_timeout) {
+    daemon_opts o = { .listen_fd = -1, .slow_nss_ms = "12000" };
+    llep_client *c = NULL;
+    int st;
+
+    ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+    start_llepd(&o);
+    wait_ready(sock_path);
+    ck_assert_int_eq(chmod(sock_path, 0666), 0);
+    pid_t pid = nobody_refused_after("the group database did not answer within 10 s", 9000);
+    sleep_ms(300);
+    ck_assert_int_eq(llep_connect(sock_path, &c), 0);
+    llep_disconnect(c);
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "nobody's child: status %d", st);
+    ck_assert(llep_test_file_contains(log_path, "the group database did not answer in time"));
+    stop_llepd();
+}
+END_TEST
+
 /* A test case whose tests each get a directory of their own under basedir. */
 static TCase *service_tcase(const char *name) {
     TCase *t = tcase_create(name);
@@ -653,6 +748,8 @@ static Suite *service_suite(bool peercred) {
         t = service_tcase("peercred");
         tcase_add_test(t, test_nobody_refused);
         tcase_add_test(t, test_group_joined_later);
+        tcase_add_test(t, test_slow_group_database);
+        tcase_add_test(t, test_group_database_timeout);
         suite_add_tcase(s, t);
         return s;
     }

@@ -59,6 +59,7 @@ int llepd_server_init(llepd_server *srv, uv_loop_t *loop, const llep_config *cfg
     srv->cfg.config_file = NULL;
     srv->socket_path = strdup(cfg->socket_path);
     llepd_list_init(&srv->sessions);
+    llepd_admit_init(&srv->admit, loop);
     llepd_list_init(&srv->models);
     srv->next_session_id = 1;
     srv->next_layer_id = 1;

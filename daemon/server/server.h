@@ -19,6 +19,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "admit.h"
 #include "config.h"
 #include "engine.h"
 #include "frame.h"
@@ -67,6 +68,7 @@ struct llepd_server {
 
     llepd_list sessions;
     uint32_t nsessions;
+    llepd_admit_queue admit;        /* group lookups of connecting peers (admit.h) */
     uint64_t next_session_id;
     uint64_t broadcast_seq;         /* the last broadcast (server.c) */
 
@@ -94,8 +96,9 @@ struct llepd_server {
     uint64_t steps, ep_steps, llep_steps;
     uint64_t weight_bytes_moved, token_bytes_moved;
     uint32_t refused;               /* submissions refused while draining */
-    /* Errors by kind since start, for the metrics endpoint (metrics.c): steps that failed,
-     * queued submissions failed without a step (timeouts, no memory), connections refused. */
+    /* Errors by kind since start, for the metrics endpoint (metrics.c): node- and
+     * cluster-scope steps that failed, queued submissions failed without a step
+     * (timeouts, no memory), connections refused. */
     uint64_t failed_steps, failed_submissions, refused_connections;
     uint64_t *device_peak;          /* [P] */
     llepd_latency latency;

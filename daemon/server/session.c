@@ -5,8 +5,6 @@
  * decoded and checked before use, a protocol violation ends only that connection, and a
  * session's memory stays alive while a step still reads or writes its arena. */
 #include <errno.h>
-#include <grp.h>
-#include <pwd.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,11 +13,17 @@
 
 #include "session.h"
 
+#include "admit.h"
 #include "fdpass.h"
 #include "log.h"
 #include "validate.h"
 
+/* How long a connection waits for the group lookup (admit.h) before it is refused: a directory
+ * that does not answer must not hold connections, and their descriptors, for ever. */
+#define ADMIT_WAIT_MS 10000
+
 static void unwatch(llepd_session *s);
+static bool admit_cancel(llepd_session *s);
 
 static void on_handle_closed(uv_handle_t *h) {
     llepd_session *s = h->data;
@@ -55,6 +59,7 @@ void llepd_session_close(llepd_session *s, const char *why) {
     log_info("client %llu (%s, pid %d) closing: %s", (unsigned long long)s->id, s->program,
              (int)s->cred.pid, why);
     s->state = SESSION_CLOSING;
+    admit_cancel(s);
     llepd_list_remove(&s->link);
     s->srv->nsessions--;
 
@@ -292,8 +297,13 @@ static void refuse(llepd_session *s, uint64_t id) {
     LlepPb__Frame f = LLEP_PB__FRAME__INIT;
     char msg[200];
 
-    snprintf(msg, sizeof(msg), "uid %u may not use llepd: it serves root, its own user and "
-             "members of group llep", (unsigned)s->cred.uid);
+    if (s->admit_timed_out)
+        snprintf(msg, sizeof(msg), "llepd could not check whether uid %u is in group llep: "
+                 "the group database did not answer within %d s; try again",
+                 (unsigned)s->cred.uid, ADMIT_WAIT_MS / 1000);
+    else
+        snprintf(msg, sizeof(msg), "uid %u may not use llepd: it serves root, its own user "
+                 "and members of group llep", (unsigned)s->cred.uid);
     hr.status = LLEP_PB__STATUS__STATUS_PERMISSION;
     hr.message = msg;
     hr.version = LLEP_PB__PROTOCOL_VERSION__PROTOCOL_VERSION;
@@ -363,59 +373,52 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     llepd_session_unref(s);
 }
 
-/* The group whose members may connect, set and drain. */
-#define ADMIN_GROUP "llep"
-/* Supplementary groups read from the kernel at once; more take a second, sized call. */
-#define PEER_GROUPS_INLINE 64
-
-/* Whether the peer on fd belongs to group llep as the kernel sees it: its gid, or one of its
- * supplementary groups (SO_PEERGROUPS, as they were when it connected). */
-static bool peer_has_gid(int fd, const struct ucred *c, gid_t gid) {
-    gid_t inline_groups[PEER_GROUPS_INLINE], *groups = inline_groups;
-    socklen_t len = sizeof(inline_groups);
-    bool found = c->gid == gid;
-
-    if (found)
-        return true;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0) {
-        /* ERANGE gives the size needed; anything else leaves the member list to decide. */
-        groups = errno == ERANGE ? malloc(len) : NULL;
-        if (!groups || getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
-            len = 0;
-        if (!groups)
-            groups = inline_groups;
+/* The peer's admission is decided: reading starts, and a refused peer is told why in answer
+ * to its Hello; one that says nothing goes after a second, so refused peers cannot pile up.
+ * The socket's mode keeps others out already; this guards a socket made more open. */
+static void admitted(llepd_session *s, bool allowed) {
+    s->admin = allowed;
+    if (!allowed) {
+        log_warning("refused a connection from uid %u: %s", (unsigned)s->cred.uid,
+                    s->admit_timed_out ? "the group database did not answer in time"
+                                       : "not root, the daemon's user or in group llep");
+        s->refused = true;
+        s->srv->refused_connections++;
+        uv_timer_start(&s->retry, on_refused_timeout, 1000, 0);
     }
-    for (size_t i = 0; i < len / sizeof(gid_t) && !found; i++)
-        found = groups[i] == gid;
-    if (groups != inline_groups)
-        free(groups);
-    return found;
+    uv_read_start((uv_stream_t *)&s->pipe, alloc_cb, on_read);
+    log_debug("client %llu connected (pid %d, uid %u)", (unsigned long long)s->id,
+              (int)s->cred.pid, (unsigned)s->cred.uid);
 }
 
-/* Root, the daemon's own user, and members of group llep may connect, change settings and
- * drain. The group is looked up at each connection rather than once at start, so a group
- * created, or a user added to it, after llepd started counts without a restart: the peer's
- * groups as the kernel has them (a process started after the user joined, or one that
- * switched groups), then the group's member list (a user added while their session, which
- * lacks the group, still runs). The lookups read the local group and user databases through
- * NSS on the loop thread, as getgrnam() always did at start; with files or a caching daemon
- * (nscd, sssd) they take microseconds, and root and the daemon's user need none. */
-static bool is_admin(int fd, const struct ucred *c) {
-    if (c->uid == 0 || c->uid == geteuid())
-        return true;
-    struct group *g = getgrnam(ADMIN_GROUP);
-    if (!g)
+/* The lookup on the pool answered (admit.c); the session's reference for it goes. */
+static void on_admit_done(void *arg, bool allowed) {
+    llepd_session *s = arg;
+
+    s->admit = NULL;
+    uv_timer_stop(&s->retry);
+    admitted(s, allowed);
+    llepd_session_unref(s);
+}
+
+/* The lookup is given up on (its answer no longer wanted); true when one was pending. */
+static bool admit_cancel(llepd_session *s) {
+    if (!s->admit)
         return false;
-    gid_t gid = g->gr_gid;
-    if (peer_has_gid(fd, c, gid))
-        return true;
-    struct passwd *pw = getpwuid(c->uid);
-    if (!pw || !(g = getgrgid(gid)))
-        return false;
-    for (char **m = g->gr_mem; *m; m++)
-        if (strcmp(*m, pw->pw_name) == 0)
-            return true;
-    return false;
+    llepd_admit_cancel(s->admit);
+    s->admit = NULL;
+    llepd_session_unref(s);
+    return true;
+}
+
+static void on_admit_timeout(uv_timer_t *t) {
+    llepd_session *s = t->data;
+
+    s->admit_timed_out = true;
+    llepd_session_ref(s);
+    if (admit_cancel(s))
+        admitted(s, false);
+    llepd_session_unref(s);
 }
 
 void llepd_session_accept(llepd_server *srv) {
@@ -446,18 +449,19 @@ void llepd_session_accept(llepd_server *srv) {
         llepd_session_close(s, "accept failed");
         return;
     }
-    /* The socket's mode keeps others out already; this guards a socket made more open. */
-    s->admin = is_admin(fd, &s->cred);
-    if (!s->admin) {
-        log_warning("refused a connection from uid %u: not root, the daemon's user or in "
-                    "group llep", (unsigned)s->cred.uid);
-        /* Tell the peer why in answer to its Hello; one that says nothing goes after a
-         * second, so refused peers cannot pile up. */
-        s->refused = true;
-        srv->refused_connections++;
-        uv_timer_start(&s->retry, on_refused_timeout, 1000, 0);
+    /* The session's reference for the lookup, dropped when it answers or is given up on. */
+    llepd_session_ref(s);
+    int r = llepd_admit_check(&srv->admit, fd, &s->cred, on_admit_done, s, &s->admit);
+    if (r != 0) {
+        llepd_session_unref(s);
+        if (r < 0)
+            llepd_session_close(s, "out of memory checking the peer");
+        else
+            admitted(s, true);
+        return;
     }
-    uv_read_start((uv_stream_t *)&s->pipe, alloc_cb, on_read);
-    log_debug("client %llu connected (pid %d, uid %u)", (unsigned long long)s->id,
-              (int)s->cred.pid, (unsigned)s->cred.uid);
+    /* Reading waits for the lookup: nothing the peer sends is handled before. (A lookup that
+     * could not even be queued has answered already.) */
+    if (s->admit)
+        uv_timer_start(&s->retry, on_admit_timeout, ADMIT_WAIT_MS, 0);
 }

@@ -32,6 +32,8 @@ struct llepd_session {
     struct ucred cred;
     bool admin;                     /* root or a member of the daemon's group */
     bool refused;                   /* may not connect: answered with a refusal, then closed */
+    struct llepd_admit_req *admit;  /* the group lookup while it runs (admit.h), else NULL */
+    bool admit_timed_out;           /* refused because the lookup did not answer in time */
 
     llep_arena arena;
     bool have_arena;
