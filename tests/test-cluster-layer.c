@@ -21,7 +21,8 @@
  *   two_layers      two cluster layers of different origins step at the same time, exact.
  *   plan_mismatch   a node started with LLEPD_TEST_PLAN_MISMATCH=1 plans from skewed loads: the
  *                   hash exchange catches it, every node fails the step saying so, no output is
- *                   written.
+ *                   written, and every node's metrics endpoint (scraped with curl) counts it in
+ *                   llep_errors_total{kind="failed_step"}.
  *   communicator    every node started with LLEPD_TEST_XNODE=1: the origin starts the layer's
  *                   communicator between nodes (the CPU backend's socket transport, in place of
  *                   NCCL on GPUs), steps move to it once it is up and stay exact with weights
@@ -88,6 +89,9 @@ static unsigned xnode_nodes, comm_off_nodes;
 /* Nodes that drop their communicator unannounced after 3 steps (LLEPD_TEST_XNODE_DROP). */
 static unsigned drop_nodes;
 
+/* Nodes started with --metrics-listen on 127.0.0.1 at these ports (0: none). */
+static uint16_t metrics_ports[NODES];
+
 static void setup(void) {
     llep_test_nodes_setup(&nodes, "test-clayer");
 }
@@ -97,11 +101,18 @@ static void teardown(void) {
 }
 
 static void start_node(int node, bool mismatch) {
-    char sock[128];
+    char sock[128], maddr[32];
     const char *env[4], *args[] = { "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
                                     "--cluster-communicator",
-                                    comm_off_nodes & (1u << node) ? "off" : "auto", NULL };
+                                    comm_off_nodes & (1u << node) ? "off" : "auto", NULL, NULL,
+                                    NULL };
     int e = 0;
+
+    if (metrics_ports[node]) {
+        snprintf(maddr, sizeof(maddr), "127.0.0.1:%u", metrics_ports[node]);
+        args[6] = "--metrics-listen";
+        args[7] = maddr;
+    }
 
     if (mismatch)
         env[e++] = "LLEPD_TEST_PLAN_MISMATCH=1";
@@ -709,18 +720,58 @@ START_TEST(two_layers) {
 }
 END_TEST
 
+/* Metrics ports for every node, none of them a peer port. */
+static void pick_metrics_ports(void) {
+    for (int i = 0; i < NODES; i++) {
+        bool taken;
+        do {
+            metrics_ports[i] = llep_test_free_port();
+            taken = false;
+            for (int j = 0; j < NODES; j++)
+                taken |= ports[j] == metrics_ports[i] || (j < i && metrics_ports[j] ==
+                                                                      metrics_ports[i]);
+        } while (taken);
+    }
+}
+
+/* The value of the sample `series` (name and labels as written) in node's /metrics, scraped
+ * with curl; -1 when the scrape fails or the sample is not there. */
+static long long scrape(int node, const char *series) {
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/metrics", metrics_ports[node]);
+    const char *argv[] = { "/usr/bin/curl", "-sf", "--max-time", "10", url, NULL };
+    ck_assert_msg(access(argv[0], X_OK) == 0, "no %s (scripts/install-deps.sh installs curl)",
+                  argv[0]);
+    llep_test_output o = llep_test_run(argv, NULL);
+    long long v = -1;
+    size_t n = strlen(series);
+
+    for (const char *l = o.out; o.status == 0 && l && *l; l = strchr(l, '\n'), l = l ? l + 1 : l)
+        if (strncmp(l, series, n) == 0 && l[n] == ' ')
+            v = strtoll(l + n + 1, NULL, 10);
+    llep_test_output_free(&o);
+    return v;
+}
+
 START_TEST(plan_mismatch) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
+    const char *failed = "llep_errors_total{kind=\"failed_step\"}";
 
     weights_init();
+    pick_metrics_ports();
     start_cluster(nc, 1, true);
+    for (int i = 0; i < NODES; i++)
+        ck_assert_int_eq(scrape(i, failed), 0);
     skewed_slots(0.5, slots);
     fill_batches(nc, slots, 7);
     forward_all(nc, 7);
     expect_failed(nc, 7, "plan hash mismatch");
-    for (int i = 0; i < NODES; i++)
+    for (int i = 0; i < NODES; i++) {
         ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 1);
+        /* The failed cluster step counts among the node's errors by kind. */
+        ck_assert_int_eq(scrape(i, failed), 1);
+    }
     end_cluster(nc);
 }
 END_TEST

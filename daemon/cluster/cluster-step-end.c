@@ -166,6 +166,7 @@ void llepd_cstep_end(llepd_clayer *c, int r, const char *why) {
         record(c, st);
     } else {
         c->failed_steps++;
+        srv->failed_steps++; /* llep_errors_total{kind="failed_step"} (metrics.c) */
         log_warning("cluster layer '%s': step %" PRIu64 " of %u submissions failed: %s",
                     l->name, st->id, st->nsubs, why);
     }
