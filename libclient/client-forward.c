@@ -127,9 +127,8 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
                                  !io->topk_w ? "topk_w" : "y");
     if ((r = io_types_of(l, io, &ty)) < 0)
         return r;
-    if (c->dead)
-        return llep__client_fail(c, c->dead, "the connection to llepd is lost%s%s",
-                                 c->notice[0] ? ": " : "", c->notice);
+    if ((r = llep__client_ready(c)) < 0 || (r = llep__layer_restore(l)) < 0)
+        return r;
     if (tokens == 0) {
         t = ticket_new(c);
         if (!t)

@@ -33,6 +33,30 @@
  * 2-core machine, but there they also take a core from llepd's device threads. */
 #define LLEP_CLIENT_SPIN_NS 50000
 
+/* Reconnecting (client-reconnect.c, the policy in include/llep/client.h): the tries after
+ * the first immediate one are this far apart, doubling up to the most, which is also the
+ * longest a call waits for a try; the Hello of a try is bounded too. */
+#define LLEP_CLIENT_RETRY_FIRST_MS 10
+#define LLEP_CLIENT_RETRY_MAX_MS 200
+#define LLEP_CLIENT_RETRY_HELLO_MS 1000
+
+/* When to try something again: the next try at next_ms (0: at once), backoff_ms after the
+ * last failure (0: none yet). */
+typedef struct llep_retry {
+    int64_t next_ms;
+    int backoff_ms;
+} llep_retry;
+
+/* The weights of a layer created with LLEP_LAYER_KEEP_WEIGHTS, as they went into the arena:
+ * the tensors given (present) one after another in llep's layout, each starting on
+ * LLEP_CLIENT_ALIGN; and the desc it was created with, pointers NULL. */
+typedef struct llep_kept_weights {
+    llep_layer_desc desc;
+    bool present[6];          /* by enum llep_weight */
+    uint64_t total;
+    void *bytes;
+} llep_kept_weights;
+
 /* A span of the tensor space in use, by absolute arena offset. */
 typedef struct llep_block {
     uint64_t offset, size;
@@ -59,6 +83,10 @@ struct llep_layer {
     char *name;
     llep_layer_desc desc;     /* as the daemon holds it; no pointers */
     uint32_t elem_size;       /* of x and y */
+    uint64_t gen;             /* the connection (llep_client.gen) id belongs to */
+    bool created;             /* with weights, by this client */
+    llep_kept_weights *kept;  /* LLEP_LAYER_KEEP_WEIGHTS, or NULL */
+    llep_retry retry;         /* restoring it after a reconnect */
 };
 
 struct llep_client {
@@ -86,6 +114,14 @@ struct llep_client {
     int wake_efd;             /* makes the poller come back */
 
     llep_layer *layers;       /* handles not yet released */
+
+    /* Reconnecting (client-reconnect.c). */
+    bool reconnect;           /* LLEP_CONNECT_RECONNECT */
+    char *socket_path;        /* as given to connect; NULL: the default, worked out anew */
+    uint64_t gen;             /* connections made so far: 1 after llep_connect() */
+    bool reviving;            /* a thread is reconnecting (may have dropped the lock) */
+    uint64_t revive_tries;
+    llep_retry retry;
 };
 
 /* Records why a call failed (printf-style) and returns r. Lock held. */
@@ -106,6 +142,40 @@ int llep__client_progress(llep_client *c, int64_t deadline_ms);
  * connection makes the client dead. Lock held throughout. */
 int llep__client_request(llep_client *c, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
                          LlepPb__Frame **ret);
+
+/* Whether c may be used: 0 when connected; when the connection is lost, -ECONNRESET with
+ * the reason recorded, after one reconnect try for a reconnecting client (which may drop the
+ * lock meanwhile). Called by every call that needs llepd, before it looks at the arena. */
+int llep__client_ready(llep_client *c);
+
+/* Makes layer l usable on the current connection (client-reconnect.c): nothing when it is,
+ * else restores it as include/llep/client.h says, with l->retry's backoff. Lock held (may be
+ * dropped while waiting for the next try). Returns 0 or a negative errno, reason recorded. */
+int llep__layer_restore(llep_layer *l);
+
+/* LayerCreate of name with pd from kept weights (client-layer.c). *ret as
+ * llep__client_request(). */
+int llep__layer_create_kept(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+                            const llep_kept_weights *kept, LlepPb__Frame **ret);
+
+void llep__kept_free(llep_kept_weights *k);
+
+/* LayerAttach of name, shape checked against pd when it is not NULL (client-layer.c). */
+int llep__layer_attach(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+                       LlepPb__Frame **ret);
+
+/* The wire's desc of d (client-layer.c). */
+void llep__desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p);
+
+/* Takes the layer's id and desc from a create or attach reply, checked. Lock held. */
+int llep__layer_take_reply(llep_client *c, llep_layer *l, const LlepPb__Frame *reply,
+                           bool create);
+
+/* The program's short name, for Hello. */
+const char *llep__program_name(void);
+
+/* Unlocks, sleeps until ms on CLOCK_MONOTONIC (at most LLEP_CLIENT_RETRY_MAX_MS), locks. */
+void llep__client_sleep_until(llep_client *c, int64_t ms);
 
 /* A layer description from the wire into the API's struct (weight pointers NULL). */
 void llep__desc_from_proto(const LlepPb__LayerDesc *p, llep_layer_desc *d);

@@ -1,4 +1,4 @@
-/* Layers: create (weights through the arena), attach by name, release. */
+/* Layers: create (weights through the arena, kept on request), attach by name, release. */
 #include "client-internal.h"
 
 #include <errno.h>
@@ -13,7 +13,7 @@
  * so a big layer does not leave the arena's memory resident. */
 #define RELEASE_PAGES_MIN (4u << 20)
 
-static void desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p) {
+void llep__desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p) {
     p->num_experts = d->num_experts;
     p->top_k = d->top_k;
     p->hidden = d->hidden;
@@ -50,18 +50,9 @@ void llep__desc_from_proto(const LlepPb__LayerDesc *p, llep_layer_desc *d) {
     d->group_timeout_ms = p->group_timeout_ms;
 }
 
-/* Copies the weights into the arena, into llep's layout, and sends LayerCreate. */
-static int create_layer(llep_client *c, const char *name, const llep_layer_desc *d,
-                        LlepPb__LayerDesc *pd, LlepPb__Frame **ret) {
-    LlepPb__LayerCreate lc = LLEP_PB__LAYER_CREATE__INIT;
-    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+/* The bytes of the six tensors of pd's shape in llep's layout. */
+static void weight_bytes(const LlepPb__LayerDesc *pd, uint64_t bytes[LLEP_WEIGHT_COUNT]) {
     llep_layer_bytes b;
-    llep_weight_src src[LLEP_WEIGHT_COUNT];
-    LlepPb__TensorRef ref[LLEP_WEIGHT_COUNT];
-    LlepPb__TensorRef **refs[LLEP_WEIGHT_COUNT] = { &lc.w_gate, &lc.w_up, &lc.w_down,
-                                                  &lc.b_gate, &lc.b_up, &lc.b_down };
-    uint64_t bytes[LLEP_WEIGHT_COUNT], total = 0, block, off;
-    int r;
 
     llep__layer_bytes_of(pd, &b);
     bytes[LLEP_W_GATE] = b.w_gate;
@@ -70,18 +61,36 @@ static int create_layer(llep_client *c, const char *name, const llep_layer_desc 
     bytes[LLEP_B_GATE] = b.b_gate;
     bytes[LLEP_B_UP] = b.b_up;
     bytes[LLEP_B_DOWN] = b.b_down;
-    llep__weight_sources(d, src);
+}
+
+/* The tensor space the present tensors take one after another, each aligned. */
+static uint64_t weights_total(const bool present[LLEP_WEIGHT_COUNT],
+                              const uint64_t bytes[LLEP_WEIGHT_COUNT]) {
+    uint64_t total = 0;
+
     for (int i = 0; i < LLEP_WEIGHT_COUNT; i++)
-        if (src[i].src)
+        if (present[i])
             total += llep__align_up(bytes[i], LLEP_CLIENT_ALIGN);
-    r = llep__arena_reserve(c, total, false, &block);
-    if (r < 0)
-        return r;
-    off = block;
+    return total;
+}
+
+/* Sends LayerCreate for the present tensors laid out from block on (as weights_total()
+ * counts), then frees the block. */
+static int send_create(llep_client *c, const char *name, LlepPb__LayerDesc *pd, uint64_t block,
+                       const bool present[LLEP_WEIGHT_COUNT], LlepPb__Frame **ret) {
+    LlepPb__LayerCreate lc = LLEP_PB__LAYER_CREATE__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    LlepPb__TensorRef ref[LLEP_WEIGHT_COUNT];
+    LlepPb__TensorRef **refs[LLEP_WEIGHT_COUNT] = { &lc.w_gate, &lc.w_up, &lc.w_down,
+                                                  &lc.b_gate, &lc.b_up, &lc.b_down };
+    uint64_t bytes[LLEP_WEIGHT_COUNT], total, off = block;
+    int r;
+
+    weight_bytes(pd, bytes);
+    total = weights_total(present, bytes);
     for (int i = 0; i < LLEP_WEIGHT_COUNT; i++) {
-        if (!src[i].src)
+        if (!present[i])
             continue;
-        llep__weight_copy(llep__arena_ptr(&c->arena, off), d->dtype, d->num_experts, &src[i]);
         ref[i] = (LlepPb__TensorRef)LLEP_PB__TENSOR_REF__INIT;
         ref[i].offset = off;
         ref[i].bytes = bytes[i];
@@ -104,8 +113,86 @@ static int create_layer(llep_client *c, const char *name, const llep_layer_desc 
     return r;
 }
 
-static int attach_layer(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+/* A copy of what went into the arena for LLEP_LAYER_KEEP_WEIGHTS; NULL when out of memory. */
+static llep_kept_weights *keep_weights(const llep_client *c, const llep_layer_desc *d,
+                                       const bool present[LLEP_WEIGHT_COUNT], uint64_t block,
+                                       uint64_t total) {
+    llep_kept_weights *k = calloc(1, sizeof(*k));
+
+    if (!k || !(k->bytes = malloc(total ? total : 1))) {
+        free(k);
+        return NULL;
+    }
+    memcpy(k->bytes, llep__arena_ptr(&c->arena, block), total);
+    memcpy(k->present, present, sizeof(k->present));
+    k->total = total;
+    /* The shape and policy as asked; the bytes are in llep's layout. */
+    k->desc = *d;
+    k->desc.w_gate = k->desc.w_up = k->desc.w_down = NULL;
+    k->desc.b_gate = k->desc.b_up = k->desc.b_down = NULL;
+    k->desc.w_gate_up = k->desc.b_gate_up = NULL;
+    k->desc.gate_up_layout = LLEP_GATE_UP_SEPARATE;
+    k->desc.down_layout = LLEP_DOWN_HD;
+    return k;
+}
+
+void llep__kept_free(llep_kept_weights *k) {
+    if (k)
+        free(k->bytes);
+    free(k);
+}
+
+/* Copies the weights into the arena, into llep's layout (and, with ret_kept, into a copy the
+ * library keeps), and sends LayerCreate. */
+static int create_layer(llep_client *c, const char *name, const llep_layer_desc *d,
+                        LlepPb__LayerDesc *pd, llep_kept_weights **ret_kept,
                         LlepPb__Frame **ret) {
+    llep_weight_src src[LLEP_WEIGHT_COUNT];
+    uint64_t bytes[LLEP_WEIGHT_COUNT], total, block, off;
+    bool present[LLEP_WEIGHT_COUNT];
+    int r;
+
+    weight_bytes(pd, bytes);
+    llep__weight_sources(d, src);
+    for (int i = 0; i < LLEP_WEIGHT_COUNT; i++)
+        present[i] = src[i].src != NULL;
+    total = weights_total(present, bytes);
+    r = llep__arena_reserve(c, total, false, &block);
+    if (r < 0)
+        return r;
+    off = block;
+    for (int i = 0; i < LLEP_WEIGHT_COUNT; i++) {
+        if (!present[i])
+            continue;
+        llep__weight_copy(llep__arena_ptr(&c->arena, off), d->dtype, d->num_experts, &src[i]);
+        off += llep__align_up(bytes[i], LLEP_CLIENT_ALIGN);
+    }
+    if (ret_kept && !(*ret_kept = keep_weights(c, d, present, block, total))) {
+        llep__arena_release(c, block);
+        return llep__client_fail(c, -ENOMEM, "layer '%s': out of memory for the copy of its "
+                                 "weights (LLEP_LAYER_KEEP_WEIGHTS)", name);
+    }
+    r = send_create(c, name, pd, block, present, ret);
+    if (r < 0 && ret_kept) {
+        llep__kept_free(*ret_kept);
+        *ret_kept = NULL;
+    }
+    return r;
+}
+
+int llep__layer_create_kept(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+                            const llep_kept_weights *kept, LlepPb__Frame **ret) {
+    uint64_t block;
+    int r = llep__arena_reserve(c, kept->total, false, &block);
+
+    if (r < 0)
+        return r;
+    memcpy(llep__arena_ptr(&c->arena, block), kept->bytes, kept->total);
+    return send_create(c, name, pd, block, kept->present, ret);
+}
+
+int llep__layer_attach(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+                       LlepPb__Frame **ret) {
     LlepPb__LayerAttach la = LLEP_PB__LAYER_ATTACH__INIT;
     LlepPb__Frame req = LLEP_PB__FRAME__INIT;
 
@@ -174,47 +261,55 @@ static int check_create_args(llep_client *c, const char *name, const llep_layer_
     }
     if ((r = check_weights(c, name, d, ret_create)) < 0)
         return r;
-    desc_to_proto(d, pd);
+    llep__desc_to_proto(d, pd);
     if (llep__layer_desc_check(pd, err, sizeof(err)) < 0)
         return llep__client_fail(c, -EINVAL, "layer '%s': %s", name, err);
     return 0;
 }
 
-LLEP_EXTERN int llep_layer_create(llep_client *c, const char *name, const llep_layer_desc *d,
-                                  llep_layer **ret) {
+int llep__layer_take_reply(llep_client *c, llep_layer *l, const LlepPb__Frame *reply,
+                           bool create) {
+    const LlepPb__LayerReply *lr = create ? reply->layer_create_reply
+                                          : reply->layer_attach_reply;
+    char err[LLEP_CLIENT_ERROR_MAX];
+
+    if (!lr->desc || llep__layer_desc_check(lr->desc, err, sizeof(err)) < 0)
+        return llep__client_fail(c, -EPROTO, "llepd described layer '%s' badly: %s", l->name,
+                                 lr->desc ? err : "no description");
+    l->id = lr->layer_id;
+    llep__desc_from_proto(lr->desc, &l->desc);
+    l->elem_size = l->desc.dtype == LLEP_DTYPE_BF16 ? 2 : 4;
+    l->gen = c->gen;
+    return 0;
+}
+
+static int layer_create(llep_client *c, const char *name, const llep_layer_desc *d,
+                        unsigned flags, llep_layer **ret) {
     LlepPb__LayerDesc pd = LLEP_PB__LAYER_DESC__INIT;
     LlepPb__Frame *reply = NULL;
-    char err[LLEP_CLIENT_ERROR_MAX];
-    const LlepPb__LayerReply *lr;
+    llep_kept_weights *kept = NULL;
+    bool keep = flags & LLEP_LAYER_KEEP_WEIGHTS, create = false;
     llep_layer *l = NULL;
-    bool create = false;
     int r;
 
-    if (ret)
-        *ret = NULL;
-    if (!c)
-        return -EINVAL;
-    pthread_mutex_lock(&c->lock);
-    if (!ret) {
-        r = llep__client_fail(c, -EINVAL, "llep_layer_create: ret is NULL");
-        goto out;
-    }
-    r = check_create_args(c, name, d, &pd, &create);
-    if (r < 0)
-        goto out;
+    if (!ret)
+        return llep__client_fail(c, -EINVAL, "llep_layer_create: ret is NULL");
+    if (flags & ~(unsigned)LLEP_LAYER_KEEP_WEIGHTS)
+        return llep__client_fail(c, -EINVAL, "llep_layer_create_ex: unknown flags 0x%x",
+                                 flags & ~(unsigned)LLEP_LAYER_KEEP_WEIGHTS);
+    if ((r = check_create_args(c, name, d, &pd, &create)) < 0)
+        return r;
+    if (keep && !create)
+        return llep__client_fail(c, -EINVAL, "layer '%s': LLEP_LAYER_KEEP_WEIGHTS without "
+                                 "weights (attaching keeps nothing)", name);
+    if ((r = llep__client_ready(c)) < 0)
+        return r;
     if (create)
-        r = create_layer(c, name, d, &pd, &reply);
+        r = create_layer(c, name, d, &pd, keep ? &kept : NULL, &reply);
     else
-        r = attach_layer(c, name, d ? &pd : NULL, &reply);
+        r = llep__layer_attach(c, name, d ? &pd : NULL, &reply);
     if (r < 0)
-        goto out;
-
-    lr = create ? reply->layer_create_reply : reply->layer_attach_reply;
-    if (!lr->desc || llep__layer_desc_check(lr->desc, err, sizeof(err)) < 0) {
-        r = llep__client_fail(c, -EPROTO, "llepd described layer '%s' badly: %s", name,
-                              lr->desc ? err : "no description");
-        goto out;
-    }
+        return r;
     l = calloc(1, sizeof(*l));
     if (!l || !(l->name = strdup(name))) {
         free(l);
@@ -222,18 +317,43 @@ LLEP_EXTERN int llep_layer_create(llep_client *c, const char *name, const llep_l
         goto out;
     }
     l->client = c;
-    l->id = lr->layer_id;
-    llep__desc_from_proto(lr->desc, &l->desc);
-    l->elem_size = l->desc.dtype == LLEP_DTYPE_BF16 ? 2 : 4;
+    if ((r = llep__layer_take_reply(c, l, reply, create)) < 0) {
+        free(l->name);
+        free(l);
+        goto out;
+    }
+    l->created = create;
+    l->kept = kept;
+    kept = NULL;
     l->next = c->layers;
     if (c->layers)
         c->layers->prev = l;
     c->layers = l;
     *ret = l;
 out:
+    llep__kept_free(kept);
     llep__frame_free(reply);
+    return r;
+}
+
+LLEP_EXTERN int llep_layer_create_ex(llep_client *c, const char *name,
+                                     const llep_layer_desc *d, unsigned flags,
+                                     llep_layer **ret) {
+    int r;
+
+    if (ret)
+        *ret = NULL;
+    if (!c)
+        return -EINVAL;
+    pthread_mutex_lock(&c->lock);
+    r = layer_create(c, name, d, flags, ret);
     pthread_mutex_unlock(&c->lock);
     return r;
+}
+
+LLEP_EXTERN int llep_layer_create(llep_client *c, const char *name, const llep_layer_desc *d,
+                                  llep_layer **ret) {
+    return llep_layer_create_ex(c, name, d, 0, ret);
 }
 
 LLEP_EXTERN void llep_layer_release(llep_layer *l) {
@@ -245,7 +365,8 @@ LLEP_EXTERN void llep_layer_release(llep_layer *l) {
         return;
     c = l->client;
     pthread_mutex_lock(&c->lock);
-    if (!c->dead) {
+    /* A layer not restored on this connection has no reference in llepd to drop. */
+    if (!c->dead && l->gen == c->gen) {
         rel.layer_id = l->id;
         req.body_case = LLEP_PB__FRAME__BODY_LAYER_RELEASE;
         req.layer_release = &rel;
@@ -261,6 +382,7 @@ LLEP_EXTERN void llep_layer_release(llep_layer *l) {
     if (l->next)
         l->next->prev = l->prev;
     pthread_mutex_unlock(&c->lock);
+    llep__kept_free(l->kept);
     free(l->name);
     free(l);
 }

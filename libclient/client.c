@@ -330,7 +330,7 @@ int llep__client_request(llep_client *c, LlepPb__Frame *req, LlepPb__Frame__Body
 /* ---------------------------------------------------------------------------------------- */
 /* Connecting. */
 
-static const char *program_name(void) {
+const char *llep__program_name(void) {
     extern char *program_invocation_short_name;
 
     return program_invocation_short_name ? program_invocation_short_name : "";
@@ -341,6 +341,7 @@ static void client_free(llep_client *c) {
         llep_layer *l = c->layers;
 
         c->layers = l->next;
+        llep__kept_free(l->kept);
         free(l->name);
         free(l);
     }
@@ -352,12 +353,13 @@ static void client_free(llep_client *c) {
     free(c->blocks);
     if (c->wake_efd >= 0)
         close(c->wake_efd);
+    free(c->socket_path);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
-LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret) {
+LLEP_EXTERN int llep_connect_ex(const char *socket_path, unsigned flags, llep_client **ret) {
     pthread_condattr_t ca;
     llep_client *c;
     int r;
@@ -368,6 +370,11 @@ LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret) {
         return -EINVAL;
     }
     *ret = NULL;
+    if (flags & ~(unsigned)LLEP_CONNECT_RECONNECT) {
+        snprintf(connect_error, sizeof(connect_error), "llep_connect_ex: unknown flags 0x%x",
+                 flags & ~(unsigned)LLEP_CONNECT_RECONNECT);
+        return -EINVAL;
+    }
     c = calloc(1, sizeof(*c));
     if (!c) {
         snprintf(connect_error, sizeof(connect_error), "out of memory");
@@ -387,15 +394,30 @@ LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret) {
         goto fail;
     }
     r = llep__conn_open(&c->conn, socket_path, LLEP_PB__PEER_KIND__PEER_KIND_CLIENT,
-                        program_name(), -1, connect_error, sizeof(connect_error));
+                        llep__program_name(), -1, connect_error, sizeof(connect_error));
     if (r < 0)
         goto fail;
+    c->gen = 1;
+    c->reconnect = flags & LLEP_CONNECT_RECONNECT;
+    if (c->reconnect && socket_path && !(c->socket_path = strdup(socket_path))) {
+        r = -ENOMEM;
+        snprintf(connect_error, sizeof(connect_error), "out of memory");
+        goto fail;
+    }
     *ret = c;
     return 0;
 
 fail:
     client_free(c);
     return r;
+}
+
+/* $LLEP_RECONNECT=1 gives programs built before llep_connect_ex() reconnecting clients. */
+LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret) {
+    const char *env = getenv("LLEP_RECONNECT");
+
+    return llep_connect_ex(socket_path, env && strcmp(env, "1") == 0 ? LLEP_CONNECT_RECONNECT
+                                                                     : 0, ret);
 }
 
 LLEP_EXTERN void llep_disconnect(llep_client *c) {

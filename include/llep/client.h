@@ -12,8 +12,9 @@
  *   - A client handle is thread-safe: several threads may create layers, submit, wait and
  *     forward on one client (and its layers) at once. llep_disconnect() and
  *     llep_layer_release() must not race with other calls on the handle they free.
- *   - When llepd goes away (it stops, it is drained, the connection breaks), every later call
- *     on that client returns -ECONNRESET, and submissions in flight complete with it.
+ *   - When llepd goes away (it stops, it is drained, the connection breaks), submissions in
+ *     flight complete with -ECONNRESET (their y untouched) and every later call on that client
+ *     returns -ECONNRESET; unless the client reconnects (llep_connect_ex() below).
  *   - The caller's buffers are ordinary memory: the library copies inputs into the arena and
  *     outputs back out, so nothing has to be allocated specially. */
 #ifndef LLEP_CLIENT_H
@@ -68,11 +69,50 @@ typedef struct llep_layer_desc {
 } llep_layer_desc;
 
 /* Connects to llepd at socket_path (NULL: $LLEP_SOCKET, else /run/llep/llepd.sock as root,
- * else $XDG_RUNTIME_DIR/llep/llepd.sock). Returns 0 with a client in *ret, or -ENOENT /
+ * else $XDG_RUNTIME_DIR/llep/llepd.sock); $LLEP_RECONNECT=1 makes the client reconnect (see
+ * llep_connect_ex()). Returns 0 with a client in *ret, or -ENOENT /
  * -ECONNREFUSED (no daemon there), -EACCES, -EPROTONOSUPPORT (the daemon speaks another
  * protocol version), -ENOMEM, ... and *ret set to NULL. Why a connect failed is in
  * llep_client_error(NULL), per thread. */
 LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret);
+
+/* ---- reconnecting (since LLEP_CLIENT_0.3) -------------------------------------------------
+ * llep_connect_ex() with LLEP_CONNECT_RECONNECT (llep_connect() with $LLEP_RECONNECT=1) gives a
+ * client that rides out a restart of llepd. When the connection is lost, submissions in flight
+ * complete with -ECONNRESET and their y is not written (y is only ever copied for a completion
+ * llepd posted). A later call reconnects first: the first try comes at once, then the tries
+ * are 10 ms apart, doubling up to 200 ms; a call made before the next try is due waits for it,
+ * so a call blocks at most 200 ms plus one connect (its Hello bounded by 1 s), and fails with
+ * -ECONNRESET while llepd is not back (the reason in llep_client_error()). Once connected,
+ * every layer handle is restored under its name, and the handles (llep_layer *) the program
+ * holds stay the same, valid pointers; the arena is the library's own and is set up anew:
+ *   - a layer attached by name (a model's layer, one another client created) is attached
+ *     again, shape checked;
+ *   - a layer this client created with LLEP_LAYER_KEEP_WEIGHTS is created again from the copy
+ *     the library kept (attached instead when another client re-created it first: -EEXIST);
+ *   - a layer this client created without it is lost: calls on it return -ENOENT saying so.
+ * A layer not there yet (a model still loading, a creator not back yet) gives its error
+ * (-ENOENT, -EBUSY) and is tried again on later calls, with the same backoff. Tickets of the
+ * old connection stay valid until collected (they hold -ECONNRESET). */
+enum llep_connect_flags {
+    LLEP_CONNECT_RECONNECT = 1u << 0,
+};
+
+/* llep_connect() with flags (llep_connect_flags); ignores $LLEP_RECONNECT. -EINVAL for an
+ * unknown flag. */
+LLEP_EXTERN int llep_connect_ex(const char *socket_path, unsigned flags, llep_client **ret);
+
+enum llep_layer_flags {
+    /* Keep a host copy of the weights (llep's layout, the layer's dtype) for as long as the
+     * handle lives, to create the layer again after llepd restarts. */
+    LLEP_LAYER_KEEP_WEIGHTS = 1u << 0,
+};
+
+/* llep_layer_create() with flags (llep_layer_flags); -EINVAL for an unknown flag, or
+ * KEEP_WEIGHTS without weights. */
+LLEP_EXTERN int llep_layer_create_ex(llep_client *c, const char *name,
+                                     const llep_layer_desc *d, unsigned flags,
+                                     llep_layer **ret);
 
 /* Closes the connection and frees the client, and every layer handle of it not yet released
  * (the daemon drops their references). Submissions still in flight are abandoned. NULL is
