@@ -35,10 +35,15 @@ class Daemon:
         self.sock = os.path.join(self.dir, "llepd.sock")
         self.log_path = os.path.join(self.dir, "llepd.log")
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [exe, "--socket", self.sock, "--backend", "cpu", "--devices", str(devices),
-             "--log-level", "warning"] + (args or []),
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        self._cmd = [exe, "--socket", self.sock, "--backend", "cpu", "--devices", str(devices),
+                     "--log-level", "warning"] + (args or [])
+        self.start()
+
+    def start(self) -> None:
+        """Starts llepd (again, after stop() or kill(): on the same socket, as a service
+        restarts) and returns once it accepts connections."""
+        self.proc = subprocess.Popen(self._cmd, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
         self._wait_ready()
 
     def _wait_ready(self) -> None:

@@ -13,9 +13,9 @@ codes to exceptions. ::
 ``llep.torch`` computes the experts of transformers' MoE blocks in llepd
 (``llep.torch.patch(model, client)``).
 """
-from ._errors import (LlepBusyError, LlepConnectionError, LlepError, LlepExistsError,
-                      LlepMemoryError, LlepNotFoundError, LlepPermissionError, LlepTimeoutError,
-                      LlepValueError)
+from ._errors import (LlepBusyError, LlepConnectionError, LlepConnectionLostError, LlepError,
+                      LlepExistsError, LlepMemoryError, LlepNotFoundError, LlepPermissionError,
+                      LlepTimeoutError, LlepValueError)
 from .client import (Activation, Client, DownLayout, DType, GateUpLayout, Layer, LayerDesc,
                      Model, Policy, Scope, Ticket, connect)
 
@@ -43,7 +43,7 @@ __version__ = _version()
 
 __all__ = [
     "Activation", "Client", "DType", "DownLayout", "GateUpLayout", "Layer", "LayerDesc",
-    "LlepBusyError", "LlepConnectionError", "LlepError", "LlepExistsError", "LlepMemoryError",
-    "LlepNotFoundError", "LlepPermissionError", "LlepTimeoutError", "LlepValueError", "Model",
-    "Policy", "Scope", "Ticket", "connect",
+    "LlepBusyError", "LlepConnectionError", "LlepConnectionLostError", "LlepError",
+    "LlepExistsError", "LlepMemoryError", "LlepNotFoundError", "LlepPermissionError",
+    "LlepTimeoutError", "LlepValueError", "Model", "Policy", "Scope", "Ticket", "connect",
 ]

@@ -42,6 +42,11 @@ class LlepConnectionError(LlepError, ConnectionError):
     """llepd is not there, or went away (-ECONNRESET, -ECONNREFUSED, -ENOENT on connect)."""
 
 
+class LlepConnectionLostError(LlepConnectionError):
+    """-ECONNRESET: llepd went away (it stopped or crashed) while connected. The call's output
+    was not written. A client connected with ``reconnect=True`` tries again on later calls."""
+
+
 class LlepTimeoutError(LlepError, TimeoutError):
     """-ETIMEDOUT: a collective step did not fill in time; or a wait with a timeout ran out."""
 
@@ -65,7 +70,7 @@ class LlepBusyError(LlepError):
 _BY_ERRNO: Dict[int, Type[LlepError]] = {
     _errno.EINVAL: LlepValueError,
     _errno.ENOMEM: LlepMemoryError,
-    _errno.ECONNRESET: LlepConnectionError,
+    _errno.ECONNRESET: LlepConnectionLostError,
     _errno.ECONNREFUSED: LlepConnectionError,
     _errno.ESHUTDOWN: LlepConnectionError,
     _errno.EPIPE: LlepConnectionError,

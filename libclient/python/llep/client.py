@@ -308,10 +308,14 @@ class Client:
     """A connection to llepd with its own shared-memory arena (llep_client). Thread-safe.
     Close it (or use ``with``) to release its layers and the connection."""
 
-    def __init__(self, socket: Optional[str] = None):
+    def __init__(self, socket: Optional[str] = None, *, reconnect: Optional[bool] = None):
         ret = ffi.new("llep_client **")
         path = os.fsencode(socket) if socket is not None else ffi.NULL
-        _check_code(lib.llep_connect(path, ret), None, connecting=True)
+        if reconnect is None:
+            reconnect = os.environ.get("LLEP_RECONNECT") == "1"
+        flags = lib.LLEP_CONNECT_RECONNECT if reconnect else 0
+        _check_code(lib.llep_connect_ex(path, flags, ret), None, connecting=True)
+        self.reconnect = bool(reconnect)
         self._ptr = ret[0]
         self._layers: "set[Layer]" = set()
         self._pending: Dict[int, Ticket] = {}
@@ -339,7 +343,7 @@ class Client:
                      act: EnumArg = "swiglu", act_alpha: float = 0.0, act_limit: float = 0.0,
                      policy: EnumArg = "auto", alpha: float = 0.0, lambda_: float = 0.0,
                      min_tokens: int = 0, group: int = 0, scope: EnumArg = "node",
-                     group_timeout_ms: int = 0) -> Layer:
+                     group_timeout_ms: int = 0, keep_weights: bool = False) -> Layer:
         """Creates the layer ``name`` in llepd from the given weights (numpy arrays or torch
         CPU tensors, all float32 or all bfloat16: the layer's dtype), in the layout they have:
 
@@ -359,7 +363,10 @@ class Client:
         holds its own copy, so the arrays may be freed after. act "swiglu" or "swiglu_oai"
         (act_alpha, act_limit: 0 for 1.702 and 7.0); policy "auto", "ep" or "llep" with
         alpha, lambda_ and min_tokens (0: llepd's defaults); group > 0 for collective
-        batching with group_timeout_ms; scope "node" or "cluster".
+        batching with group_timeout_ms; scope "node" or "cluster". keep_weights: the library
+        keeps a host copy of the weights so that a reconnecting client (``reconnect=True``)
+        creates the layer again after llepd restarts; without it such a layer is lost then
+        (LlepNotFoundError on use).
         """
         gl = _member(GateUpLayout, gate_up_layout, "gate_up_layout")
         dl = _member(DownLayout, down_layout, "down_layout")
@@ -392,7 +399,8 @@ class Client:
         for key, b in bufs.items():
             setattr(d, key, ffi.cast("void *", b.ptr))
         ret = ffi.new("llep_layer **")
-        code = lib.llep_layer_create(self._handle(), _cname(name), d, ret)
+        flags = lib.LLEP_LAYER_KEEP_WEIGHTS if keep_weights else 0
+        code = lib.llep_layer_create_ex(self._handle(), _cname(name), d, flags, ret)
         del bufs
         _check_code(code, self._ptr)
         return self._layer(ret[0], name)
@@ -533,7 +541,13 @@ def _closed_error() -> LlepError:
     return LlepConnectionError("the client is closed", strerror="client closed")
 
 
-def connect(socket: Optional[str] = None) -> Client:
+def connect(socket: Optional[str] = None, *, reconnect: Optional[bool] = None) -> Client:
     """Connects to llepd at ``socket`` (None: $LLEP_SOCKET, else /run/llep/llepd.sock as root,
-    else $XDG_RUNTIME_DIR/llep/llepd.sock). LlepConnectionError when no daemon is there."""
-    return Client(socket)
+    else $XDG_RUNTIME_DIR/llep/llepd.sock). LlepConnectionError when no daemon is there.
+
+    ``reconnect=True`` (None: ``$LLEP_RECONNECT`` is 1) rides out restarts of llepd: calls in
+    flight when it goes away raise :class:`LlepConnectionLostError` (their outputs are not
+    written), later calls reconnect (each waiting at most about 0.2 s for a try, raising
+    LlepConnectionLostError while llepd is not back) and restore the client's layers by
+    name; the Layer objects stay valid. See llep_connect_ex() in llep/client.h."""
+    return Client(socket, reconnect=reconnect)
