@@ -127,7 +127,7 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
                                  !io->topk_w ? "topk_w" : "y");
     if ((r = io_types_of(l, io, &ty)) < 0)
         return r;
-    if ((r = llep__client_ready(c)) < 0 || (r = llep__layer_restore(l)) < 0)
+    if ((r = llep__client_usable(c)) < 0 || (r = llep__layer_restore(l)) < 0)
         return r;
     if (tokens == 0) {
         t = ticket_new(c);

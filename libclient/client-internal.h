@@ -119,6 +119,7 @@ struct llep_client {
     bool reconnect;           /* LLEP_CONNECT_RECONNECT */
     char *socket_path;        /* as given to connect; NULL: the default, worked out anew */
     uint64_t gen;             /* connections made so far: 1 after llep_connect() */
+    uint64_t restored_gen;    /* the connection the layers were last restored on */
     bool reviving;            /* a thread is reconnecting (may have dropped the lock) */
     uint64_t revive_tries;
     llep_retry retry;
@@ -145,31 +146,28 @@ int llep__client_request(llep_client *c, LlepPb__Frame *req, LlepPb__Frame__Body
 
 /* Whether c may be used: 0 when connected; when the connection is lost, -ECONNRESET with
  * the reason recorded, after one reconnect try for a reconnecting client (which may drop the
- * lock meanwhile). Called by every call that needs llepd, before it looks at the arena. */
+ * lock meanwhile). llep__client_usable() below is what the calls use. */
 int llep__client_ready(llep_client *c);
 
-/* Makes layer l usable on the current connection (client-reconnect.c): nothing when it is,
- * else restores it as include/llep/client.h says, with l->retry's backoff. Lock held (may be
+/* llep__client_ready(), and after a reconnect, every layer restored (client-layer.c). Every
+ * call that needs llepd starts with this. */
+int llep__client_usable(llep_client *c);
+
+/* Makes layer l usable on the current connection (client-layer.c): nothing when it is, else
+ * restores it as include/llep/client.h says, with l->retry's backoff. Lock held (may be
  * dropped while waiting for the next try). Returns 0 or a negative errno, reason recorded. */
 int llep__layer_restore(llep_layer *l);
 
-/* LayerCreate of name with pd from kept weights (client-layer.c). *ret as
- * llep__client_request(). */
-int llep__layer_create_kept(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
-                            const llep_kept_weights *kept, LlepPb__Frame **ret);
+/* A failed try: the next one after twice the last wait, from LLEP_CLIENT_RETRY_FIRST_MS up to
+ * LLEP_CLIENT_RETRY_MAX_MS; returns that wait. A success: the next try at once. */
+int llep__retry_failed(llep_retry *t);
+void llep__retry_reset(llep_retry *t);
 
+/* The kept weights (client-kept.c): a copy of the arena block where create put the present
+ * tensors of d's layer, total bytes from block on. NULL when out of memory. */
+llep_kept_weights *llep__kept_new(const llep_client *c, const llep_layer_desc *d,
+                                  const bool present[6], uint64_t block, uint64_t total);
 void llep__kept_free(llep_kept_weights *k);
-
-/* LayerAttach of name, shape checked against pd when it is not NULL (client-layer.c). */
-int llep__layer_attach(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
-                       LlepPb__Frame **ret);
-
-/* The wire's desc of d (client-layer.c). */
-void llep__desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p);
-
-/* Takes the layer's id and desc from a create or attach reply, checked. Lock held. */
-int llep__layer_take_reply(llep_client *c, llep_layer *l, const LlepPb__Frame *reply,
-                           bool create);
 
 /* The program's short name, for Hello. */
 const char *llep__program_name(void);

@@ -13,7 +13,7 @@
  * so a big layer does not leave the arena's memory resident. */
 #define RELEASE_PAGES_MIN (4u << 20)
 
-void llep__desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p) {
+static void desc_to_proto(const llep_layer_desc *d, LlepPb__LayerDesc *p) {
     p->num_experts = d->num_experts;
     p->top_k = d->top_k;
     p->hidden = d->hidden;
@@ -113,35 +113,6 @@ static int send_create(llep_client *c, const char *name, LlepPb__LayerDesc *pd, 
     return r;
 }
 
-/* A copy of what went into the arena for LLEP_LAYER_KEEP_WEIGHTS; NULL when out of memory. */
-static llep_kept_weights *keep_weights(const llep_client *c, const llep_layer_desc *d,
-                                       const bool present[LLEP_WEIGHT_COUNT], uint64_t block,
-                                       uint64_t total) {
-    llep_kept_weights *k = calloc(1, sizeof(*k));
-
-    if (!k || !(k->bytes = malloc(total ? total : 1))) {
-        free(k);
-        return NULL;
-    }
-    memcpy(k->bytes, llep__arena_ptr(&c->arena, block), total);
-    memcpy(k->present, present, sizeof(k->present));
-    k->total = total;
-    /* The shape and policy as asked; the bytes are in llep's layout. */
-    k->desc = *d;
-    k->desc.w_gate = k->desc.w_up = k->desc.w_down = NULL;
-    k->desc.b_gate = k->desc.b_up = k->desc.b_down = NULL;
-    k->desc.w_gate_up = k->desc.b_gate_up = NULL;
-    k->desc.gate_up_layout = LLEP_GATE_UP_SEPARATE;
-    k->desc.down_layout = LLEP_DOWN_HD;
-    return k;
-}
-
-void llep__kept_free(llep_kept_weights *k) {
-    if (k)
-        free(k->bytes);
-    free(k);
-}
-
 /* Copies the weights into the arena, into llep's layout (and, with ret_kept, into a copy the
  * library keeps), and sends LayerCreate. */
 static int create_layer(llep_client *c, const char *name, const llep_layer_desc *d,
@@ -167,7 +138,7 @@ static int create_layer(llep_client *c, const char *name, const llep_layer_desc 
         llep__weight_copy(llep__arena_ptr(&c->arena, off), d->dtype, d->num_experts, &src[i]);
         off += llep__align_up(bytes[i], LLEP_CLIENT_ALIGN);
     }
-    if (ret_kept && !(*ret_kept = keep_weights(c, d, present, block, total))) {
+    if (ret_kept && !(*ret_kept = llep__kept_new(c, d, present, block, total))) {
         llep__arena_release(c, block);
         return llep__client_fail(c, -ENOMEM, "layer '%s': out of memory for the copy of its "
                                  "weights (LLEP_LAYER_KEEP_WEIGHTS)", name);
@@ -180,8 +151,8 @@ static int create_layer(llep_client *c, const char *name, const llep_layer_desc 
     return r;
 }
 
-int llep__layer_create_kept(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
-                            const llep_kept_weights *kept, LlepPb__Frame **ret) {
+static int create_kept(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+                       const llep_kept_weights *kept, LlepPb__Frame **ret) {
     uint64_t block;
     int r = llep__arena_reserve(c, kept->total, false, &block);
 
@@ -191,8 +162,8 @@ int llep__layer_create_kept(llep_client *c, const char *name, LlepPb__LayerDesc 
     return send_create(c, name, pd, block, kept->present, ret);
 }
 
-int llep__layer_attach(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
-                       LlepPb__Frame **ret) {
+static int attach_layer(llep_client *c, const char *name, LlepPb__LayerDesc *pd,
+                        LlepPb__Frame **ret) {
     LlepPb__LayerAttach la = LLEP_PB__LAYER_ATTACH__INIT;
     LlepPb__Frame req = LLEP_PB__FRAME__INIT;
 
@@ -261,14 +232,14 @@ static int check_create_args(llep_client *c, const char *name, const llep_layer_
     }
     if ((r = check_weights(c, name, d, ret_create)) < 0)
         return r;
-    llep__desc_to_proto(d, pd);
+    desc_to_proto(d, pd);
     if (llep__layer_desc_check(pd, err, sizeof(err)) < 0)
         return llep__client_fail(c, -EINVAL, "layer '%s': %s", name, err);
     return 0;
 }
 
-int llep__layer_take_reply(llep_client *c, llep_layer *l, const LlepPb__Frame *reply,
-                           bool create) {
+/* Takes the layer's id and desc from a create or attach reply, checked. */
+static int take_reply(llep_client *c, llep_layer *l, const LlepPb__Frame *reply, bool create) {
     const LlepPb__LayerReply *lr = create ? reply->layer_create_reply
                                           : reply->layer_attach_reply;
     char err[LLEP_CLIENT_ERROR_MAX];
@@ -281,6 +252,86 @@ int llep__layer_take_reply(llep_client *c, llep_layer *l, const LlepPb__Frame *r
     l->elem_size = l->desc.dtype == LLEP_DTYPE_BF16 ? 2 : 4;
     l->gen = c->gen;
     return 0;
+}
+
+/* ---- after a reconnect (include/llep/client.h, "reconnecting") ---------------------------- */
+
+/* The shape attach checks: N, K, D, H, dtype and activation. */
+static bool same_shape(const llep_layer_desc *a, const llep_layer_desc *b) {
+    return a->num_experts == b->num_experts && a->top_k == b->top_k &&
+           a->hidden == b->hidden && a->inter == b->inter && a->dtype == b->dtype &&
+           a->act == b->act;
+}
+
+/* One try: created again from the kept weights (attached when another client was first), or
+ * attached, shape checked. */
+static int restore_once(llep_client *c, llep_layer *l) {
+    LlepPb__LayerDesc pd = LLEP_PB__LAYER_DESC__INIT;
+    LlepPb__Frame *reply = NULL;
+    llep_layer_desc was = l->desc;
+    bool create = l->kept != NULL;
+    int r;
+
+    if (create) {
+        desc_to_proto(&l->kept->desc, &pd);
+        r = create_kept(c, l->name, &pd, l->kept, &reply);
+        if (r == -EEXIST)
+            create = false;
+    }
+    if (!create) {
+        desc_to_proto(&was, &pd);
+        r = attach_layer(c, l->name, &pd, &reply);
+    }
+    if (r == 0)
+        r = take_reply(c, l, reply, create);
+    llep__frame_free(reply);
+    if (r == 0 && !same_shape(&was, &l->desc)) {
+        l->desc = was;
+        l->gen = 0;
+        r = llep__client_fail(c, -EPROTO, "layer '%s' came back from llepd with another shape",
+                              l->name);
+    }
+    return r;
+}
+
+int llep__layer_restore(llep_layer *l) {
+    llep_client *c = l->client;
+    int r;
+
+    if (l->gen == c->gen)
+        return 0;
+    if (l->created && !l->kept)
+        return llep__client_fail(c, -ENOENT, "layer '%s' was lost when llepd restarted: this "
+                                 "client created it without LLEP_LAYER_KEEP_WEIGHTS, so its "
+                                 "weights are gone; release the handle and create it again",
+                                 l->name);
+    llep__client_sleep_until(c, l->retry.next_ms);
+    /* The connection may have been lost, or restored this layer, while the lock was down. */
+    if ((r = llep__client_ready(c)) < 0)
+        return r;
+    if (l->gen == c->gen)
+        return 0;
+    r = restore_once(c, l);
+    if (r == 0)
+        llep__retry_reset(&l->retry);
+    else if (!c->dead)
+        llep__retry_failed(&l->retry);
+    return r;
+}
+
+int llep__client_usable(llep_client *c) {
+    int r = llep__client_ready(c);
+
+    if (r < 0 || c->restored_gen == c->gen)
+        return r;
+    /* Every layer at once after a reconnect, so llepd holds their references again (and a
+     * re-created layer is there for the clients that attach to it); one that fails is tried
+     * again when it is used. */
+    c->restored_gen = c->gen;
+    for (llep_layer *l = c->layers; l && !c->dead; l = l->next)
+        if (!l->created || l->kept)
+            llep__layer_restore(l);
+    return c->dead ? llep__client_ready(c) : 0;
 }
 
 static int layer_create(llep_client *c, const char *name, const llep_layer_desc *d,
@@ -302,12 +353,12 @@ static int layer_create(llep_client *c, const char *name, const llep_layer_desc 
     if (keep && !create)
         return llep__client_fail(c, -EINVAL, "layer '%s': LLEP_LAYER_KEEP_WEIGHTS without "
                                  "weights (attaching keeps nothing)", name);
-    if ((r = llep__client_ready(c)) < 0)
+    if ((r = llep__client_usable(c)) < 0)
         return r;
     if (create)
         r = create_layer(c, name, d, &pd, keep ? &kept : NULL, &reply);
     else
-        r = llep__layer_attach(c, name, d ? &pd : NULL, &reply);
+        r = attach_layer(c, name, d ? &pd : NULL, &reply);
     if (r < 0)
         return r;
     l = calloc(1, sizeof(*l));
@@ -317,7 +368,7 @@ static int layer_create(llep_client *c, const char *name, const llep_layer_desc 
         goto out;
     }
     l->client = c;
-    if ((r = llep__layer_take_reply(c, l, reply, create)) < 0) {
+    if ((r = take_reply(c, l, reply, create)) < 0) {
         free(l->name);
         free(l);
         goto out;

@@ -25,7 +25,7 @@ static int model_request(llep_client *c, LlepPb__Frame__BodyCase body, void *msg
     else
         req.models = msg;
     pthread_mutex_lock(&c->lock);
-    r = llep__client_ready(c);
+    r = llep__client_usable(c);
     if (r == 0)
         r = llep__client_request(c, &req, expected, &reply);
     pthread_mutex_unlock(&c->lock);

@@ -1,6 +1,6 @@
 /* Riding out a restart of llepd (include/llep/client.h, "reconnecting"): one try to connect
- * again per call that needs llepd, with backoff between tries, and the client's layers
- * restored by name on the new connection.
+ * again per call that needs llepd, with backoff between tries. The layers are restored on
+ * the new connection above this, in client-layer.c (llep__client_usable()).
  *
  * What makes it safe: a lost connection completes every submission in flight with
  * -ECONNRESET without touching its y (client.c, connection_lost()); only a completion the
@@ -33,7 +33,7 @@ void llep__client_sleep_until(llep_client *c, int64_t ms) {
 }
 
 /* A failed try: the next one comes after twice the last wait, from 10 ms up to 200 ms. */
-static int retry_failed(llep_retry *t) {
+int llep__retry_failed(llep_retry *t) {
     if (t->backoff_ms == 0)
         t->backoff_ms = LLEP_CLIENT_RETRY_FIRST_MS;
     else if (t->backoff_ms < LLEP_CLIENT_RETRY_MAX_MS / 2)
@@ -44,7 +44,7 @@ static int retry_failed(llep_retry *t) {
     return t->backoff_ms;
 }
 
-static void retry_reset(llep_retry *t) {
+void llep__retry_reset(llep_retry *t) {
     t->next_ms = 0;
     t->backoff_ms = 0;
 }
@@ -65,10 +65,10 @@ static void install(llep_client *c, llep_conn *nc) {
     c->notice[0] = '\0';
     c->socket_ready = false;
     c->gen++;
-    retry_reset(&c->retry);
+    llep__retry_reset(&c->retry);
     /* A new daemon: its layers are tried at once, whatever the old one said. */
     for (llep_layer *l = c->layers; l; l = l->next)
-        retry_reset(&l->retry);
+        llep__retry_reset(&l->retry);
 }
 
 /* One try to connect again, the lock dropped while it waits for its turn and connects. */
@@ -90,7 +90,7 @@ static int revive(llep_client *c) {
     pthread_mutex_lock(&c->lock);
     c->revive_tries++;
     if (r < 0) {
-        int next = retry_failed(&c->retry);
+        int next = llep__retry_failed(&c->retry);
 
         c->reviving = false;
         pthread_cond_broadcast(&c->cond);
@@ -99,14 +99,9 @@ static int revive(llep_client *c) {
                                  c->notice[0] ? ": " : "", c->notice, err, next);
     }
     install(c, &nc);
-    /* Every layer now, so llepd holds their references again (and a re-created layer is
-     * there for the clients that attach to it); one that fails is tried again when used. */
-    for (llep_layer *l = c->layers; l && !c->dead; l = l->next)
-        if (!l->created || l->kept)
-            llep__layer_restore(l);
     c->reviving = false;
     pthread_cond_broadcast(&c->cond);
-    return c->dead ? lost(c) : 0;
+    return 0;
 }
 
 int llep__client_ready(llep_client *c) {
@@ -127,70 +122,4 @@ int llep__client_ready(llep_client *c) {
     if (waited && c->revive_tries != tries)
         return -ECONNRESET;
     return revive(c);
-}
-
-/* The shape attach checks: N, K, D, H, dtype and activation. */
-static bool same_shape(const llep_layer_desc *a, const llep_layer_desc *b) {
-    return a->num_experts == b->num_experts && a->top_k == b->top_k &&
-           a->hidden == b->hidden && a->inter == b->inter && a->dtype == b->dtype &&
-           a->act == b->act;
-}
-
-/* One try: created again from the kept weights (attached when another client was first), or
- * attached, shape checked. */
-static int restore_once(llep_client *c, llep_layer *l) {
-    LlepPb__LayerDesc pd = LLEP_PB__LAYER_DESC__INIT;
-    LlepPb__Frame *reply = NULL;
-    llep_layer_desc was = l->desc;
-    bool create = l->kept != NULL;
-    int r;
-
-    if (create) {
-        llep__desc_to_proto(&l->kept->desc, &pd);
-        r = llep__layer_create_kept(c, l->name, &pd, l->kept, &reply);
-        if (r == -EEXIST)
-            create = false;
-    }
-    if (!create) {
-        llep__desc_to_proto(&was, &pd);
-        r = llep__layer_attach(c, l->name, &pd, &reply);
-    }
-    if (r == 0)
-        r = llep__layer_take_reply(c, l, reply, create);
-    llep__frame_free(reply);
-    if (r == 0 && !same_shape(&was, &l->desc)) {
-        l->desc = was;
-        l->gen = 0;
-        r = llep__client_fail(c, -EPROTO, "layer '%s' came back from llepd with another shape",
-                              l->name);
-    }
-    return r;
-}
-
-int llep__layer_restore(llep_layer *l) {
-    llep_client *c = l->client;
-    uint64_t gen = c->gen;
-    int r;
-
-    if (l->gen == gen)
-        return 0;
-    if (l->created && !l->kept)
-        return llep__client_fail(c, -ENOENT, "layer '%s' was lost when llepd restarted: this "
-                                 "client created it without LLEP_LAYER_KEEP_WEIGHTS, so its "
-                                 "weights are gone; release the handle and create it again",
-                                 l->name);
-    llep__client_sleep_until(c, l->retry.next_ms);
-    /* The connection may have been lost, or restored this layer, while the lock was down. */
-    if (c->dead)
-        return lost(c);
-    if (l->gen == c->gen)
-        return 0;
-    r = restore_once(c, l);
-    if (r == 0) {
-        retry_reset(&l->retry);
-        return 0;
-    }
-    if (!c->dead)
-        retry_failed(&l->retry);
-    return r;
 }

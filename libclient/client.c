@@ -397,7 +397,7 @@ LLEP_EXTERN int llep_connect_ex(const char *socket_path, unsigned flags, llep_cl
                         llep__program_name(), -1, connect_error, sizeof(connect_error));
     if (r < 0)
         goto fail;
-    c->gen = 1;
+    c->gen = c->restored_gen = 1;
     c->reconnect = flags & LLEP_CONNECT_RECONNECT;
     if (c->reconnect && socket_path && !(c->socket_path = strdup(socket_path))) {
         r = -ENOMEM;
