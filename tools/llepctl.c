@@ -69,6 +69,10 @@ static void devices_json(const LlepPb__DevicesReply *d) {
 
         printf("%s{\"index\": %" PRIu32 ", \"name\": ", i ? ", " : "", v->index);
         ctl_json_str(v->name);
+        printf(", \"state\": ");
+        ctl_json_str(v->state);
+        printf(", \"served_by\": %" PRIu32 ", \"failure\": ", v->served_by);
+        ctl_json_str(v->failure);
         printf(", \"memory_budget\": %" PRIu64 ", \"memory_used\": %" PRIu64
                ", \"memory_peak\": %" PRIu64 ", \"last_step_tokens\": %" PRIu64
                ", \"last_step_busy_ns\": %" PRIu64 ", \"foreign_experts\": [",
@@ -108,13 +112,16 @@ static int verb_devices(ctl *x, char **argv) {
         devices_json(d);
         return 0;
     }
-    printf("%-6s %-20s %12s %12s %12s %12s %12s %10s %8s %10s  %s\n", "DEVICE", "NAME", "BUDGET",
-           "USED", "PEAK", "LAST TOKENS", "LAST BUSY", "CACHE", "HITS", "SAVED",
+    printf("%-6s %-20s %-6s %12s %12s %12s %12s %12s %10s %8s %10s  %s\n", "DEVICE", "NAME",
+           "STATE", "BUDGET", "USED", "PEAK", "LAST TOKENS", "LAST BUSY", "CACHE", "HITS", "SAVED",
            "FOREIGN EXPERTS");
     for (size_t i = 0; i < d->n_devices; i++) {
         const LlepPb__DeviceInfo *v = d->devices[i];
+        /* A daemon from before device states says nothing: its devices never fail. */
+        const char *state = v->state && v->state[0] ? v->state : "ok";
 
-        printf("%-6" PRIu32 " %-20s %12s %12s %12s %12" PRIu64 " %12s  ", v->index, v->name,
+        printf("%-6" PRIu32 " %-20s %-6s %12s %12s %12s %12" PRIu64 " %12s  ", v->index, v->name,
+               state,
                v->memory_budget ? ctl_fmt_bytes(v->memory_budget, b1, sizeof(b1)) : "-",
                ctl_fmt_bytes(v->memory_used, b2, sizeof(b2)),
                ctl_fmt_bytes(v->memory_peak, b3, sizeof(b3)), v->last_step_tokens,
@@ -127,6 +134,12 @@ static int verb_devices(ctl *x, char **argv) {
             printf("%s%" PRIu32 ":%" PRIu32, k ? " " : "", v->foreign_experts[k]->layer_id,
                    v->foreign_experts[k]->expert);
         putchar('\n');
+        /* A failed device: what happened and who does its work now. */
+        if (strcmp(state, "failed") == 0)
+            printf("%-6s failed (%s): served by device %" PRIu32 "\n", "", v->failure,
+                   v->served_by);
+        else if (strcmp(state, "ok") != 0)
+            printf("%-6s %s (%s): no device is left to serve it\n", "", state, v->failure);
         /* The replica cache's copies, on a line of their own: they outlive the last step. */
         if (v->n_cached_experts == 0)
             continue;

@@ -215,6 +215,8 @@ static int cu_sync(llep_backend *base) {
     if (llep__cuda_flush_xfers(b) < 0)
         r = -EIO;
     for (uint32_t g = 0; g < b->ngpus; g++) {
+        if (b->gpus[g].failed)
+            continue;   /* its context would report the sticky error forever */
         cudaSetDevice(b->gpus[g].id);
         if (cu_check(b, cudaStreamSynchronize(b->gpus[g].xfer)) < 0 ||
             cu_check(b, cudaStreamSynchronize(b->gpus[g].a2a)) < 0 ||
@@ -246,6 +248,28 @@ static int cu_sync(llep_backend *base) {
         r = b->error;
     b->error = 0;
     return r;
+}
+
+void llep__cuda_mark_failed(cuda_backend *b, cudaError_t e) {
+    int cur = -1;
+
+    cudaGetDevice(&cur);   /* works without a usable context */
+    for (uint32_t g = 0; g < b->ngpus; g++)
+        if (b->gpus[g].id == cur && !b->gpus[g].failed) {
+            b->gpus[g].failed = 1;
+            snprintf(b->gpus[g].why, sizeof(b->gpus[g].why), "GPU %d: %s", cur,
+                     cudaGetErrorName(e));
+        }
+}
+
+/* Every logical device on a failed GPU has failed with it. */
+static int cu_device_failed(const llep_backend *base, uint32_t dev, char *why, size_t whylen) {
+    const cuda_backend *b = (const cuda_backend *)base;
+
+    if (dev >= base->num_devices || !b->gpus[b->dev[dev].gpu].failed)
+        return 0;
+    snprintf(why, whylen, "%s", b->gpus[b->dev[dev].gpu].why);
+    return 1;
 }
 
 static uint64_t cu_busy_ns(const llep_backend *base, uint32_t dev) {
@@ -512,4 +536,5 @@ const llep_backend_ops llep__backend_cuda = {
     .step_overhead = cu_step_overhead,
     .download = llep__cuda_download,
     .xnode = &llep__xnode_nccl,
+    .device_failed = cu_device_failed,
 };

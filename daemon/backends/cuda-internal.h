@@ -75,6 +75,10 @@ typedef struct gpu_ctx {
      * chunks run one at a time on the compute stream); NULL until a chunk needs it. */
     void *tile;
     size_t tile_bytes;
+    /* A sticky error took the GPU's context (cu_check()): its memory and work are lost, and
+     * nothing is queued or synchronised there any more (devices.h, "failed devices"). */
+    int failed;
+    char why[64];
 } gpu_ctx;
 
 typedef struct op_time {
@@ -175,7 +179,26 @@ static inline int cu_fail(cuda_backend *b, int r) {
     return r;
 }
 
+/* Errors after which a GPU's context is unusable until the process ends. */
+static inline int cu_sticky(cudaError_t e) {
+    switch (e) {
+    case cudaErrorIllegalAddress: case cudaErrorLaunchFailure: case cudaErrorLaunchTimeout:
+    case cudaErrorECCUncorrectable: case cudaErrorNvlinkUncorrectable: case cudaErrorContained:
+    case cudaErrorHardwareStackError: case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace: case cudaErrorInvalidPc:
+    case cudaErrorAssert: case cudaErrorExternalDevice:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The current GPU took a sticky error: it is marked failed (backend-cuda.c). */
+void llep__cuda_mark_failed(cuda_backend *b, cudaError_t e);
+
 static inline int cu_check(cuda_backend *b, cudaError_t e) {
+    if (e != cudaSuccess && cu_sticky(e))
+        llep__cuda_mark_failed(b, e);
     return e == cudaSuccess ? 0 : cu_fail(b, e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO);
 }
 

@@ -177,6 +177,8 @@ int llep__cuda_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret)
 
     if (dev >= base->num_devices)
         return -EINVAL;
+    if (b->gpus[b->dev[dev].gpu].failed)
+        return -EIO;
     return gpu_alloc(b, b->dev[dev].gpu, bytes, ret);
 }
 

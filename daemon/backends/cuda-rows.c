@@ -233,6 +233,8 @@ int llep__cuda_enter(cuda_backend *b, uint32_t d) {
         llep__cuda_flush_rows(b);
     if (b->error)
         return b->error;
+    if (b->gpus[b->dev[d].gpu].failed)
+        return cu_fail(b, -EIO);
     r = wait_xfers(b, d);
     cudaSetDevice(b->gpus[b->dev[d].gpu].id);
     return r;

@@ -13,14 +13,23 @@
  * requested bytes and does not see the cache.
  *
  * OpenBLAS is put in single-threaded mode: its own thread pool would compete with the device
- * threads, and the CPU time of its workers would not show in the device's thread clock. */
+ * threads, and the CPU time of its workers would not show in the device's thread clock.
+ *
+ * Test hook: LLEP_TEST_FAIL_DEVICE=D@N, read at create, fails device D for good at the N-th
+ * sync() (from 1) in which it has expert chunks queued, as a GPU whose context took a sticky
+ * error does: that sync drops D's queue and returns -EIO, and from then on every operation
+ * queued on D and every allocation there fails with -EIO (device_failed() says so). Only the
+ * tests set it (docs/ARCHITECTURE.md, "Test hooks"). */
 #include "backend.h"
 #include "xnode.h"
 #include "grow.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -75,6 +84,7 @@ typedef struct cpu_device {
     void *cache[CACHE_BLOCKS];  /* block bases, oldest first */
     uint32_t ncache;
     uint64_t cache_bytes;
+    bool failed;                /* the test hook failed it: nothing runs here any more */
 } cpu_device;
 
 typedef struct cpu_backend {
@@ -89,6 +99,10 @@ typedef struct cpu_backend {
     uint32_t tickets;     /* workers the current generation still wants */
     int stop;
     atomic_uint next_dev; /* next device to take in the current generation */
+    /* LLEP_TEST_FAIL_DEVICE: the device to fail (UINT32_MAX: none), at its fail_at-th sync
+     * with chunks; chunk_syncs counts those so far. */
+    uint32_t fail_dev;
+    uint64_t fail_at, chunk_syncs;
 } cpu_backend;
 
 static uint64_t thread_cpu_ns(void) {
@@ -188,6 +202,21 @@ static void cpu_destroy(llep_backend *base) {
     free(b);
 }
 
+/* LLEP_TEST_FAIL_DEVICE=D@N (see the top of the file); anything else leaves devices alone. */
+static void read_fail_hook(cpu_backend *b) {
+    const char *v = getenv("LLEP_TEST_FAIL_DEVICE");
+    unsigned dev;
+    uint64_t at;
+    char end;
+
+    b->fail_dev = UINT32_MAX;
+    if (v && sscanf(v, "%u@%" SCNu64 "%c", &dev, &at, &end) == 2 && at > 0 &&
+        dev < b->base.num_devices) {
+        b->fail_dev = dev;
+        b->fail_at = at;
+    }
+}
+
 static uint32_t default_threads(uint32_t num_devices) {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -213,6 +242,7 @@ static int cpu_create(const llep_backend_options *opt, llep_backend **ret) {
     b->dev = calloc(opt->num_devices, sizeof(*b->dev));
     if (!b->dev)
         goto nomem;
+    read_fail_hook(b);
 
 #ifdef LLEP_HAVE_OPENBLAS_THREADS
     openblas_set_num_threads(1);
@@ -257,6 +287,8 @@ static int cpu_alloc(llep_backend *base, uint32_t dev, size_t bytes, void **ret)
 
     if (dev >= base->num_devices || cap < bytes || cap > SIZE_MAX - BLOCK_HEADER)
         return -EINVAL;
+    if (b->dev[dev].failed)
+        return -EIO;
     if (cap == 0)
         cap = 64;
     /* Reuse the smallest cached block that fits without wasting more than half of it. */
@@ -306,7 +338,7 @@ static void cpu_free(llep_backend *base, uint32_t dev, void *ptr) {
 static cpu_op *push(llep_backend *base, uint32_t dev) {
     cpu_backend *b = (cpu_backend *)base;
 
-    if (dev >= base->num_devices)
+    if (dev >= base->num_devices || b->dev[dev].failed)
         return NULL;
     cpu_device *d = &b->dev[dev];
     if (llep__grow(&d->ops, &d->cap, d->n + 1, sizeof(*d->ops), 64) < 0)
@@ -314,11 +346,17 @@ static cpu_op *push(llep_backend *base, uint32_t dev) {
     return &d->ops[d->n++];
 }
 
+static int push_error(const llep_backend *base, uint32_t dev) {
+    if (dev >= base->num_devices)
+        return -EINVAL;
+    return ((const cpu_backend *)base)->dev[dev].failed ? -EIO : -ENOMEM;
+}
+
 static int cpu_copy(llep_backend *base, uint32_t dev, void *dst, const void *src, size_t bytes) {
     cpu_op *op = push(base, dev);
 
     if (!op)
-        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+        return push_error(base, dev);
     op->kind = OP_COPY;
     op->u.copy.dst = dst;
     op->u.copy.src = src;
@@ -331,7 +369,7 @@ static int cpu_gather(llep_backend *base, uint32_t dev, void *dst, const void *c
     cpu_op *op = push(base, dev);
 
     if (!op)
-        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+        return push_error(base, dev);
     op->kind = OP_GATHER;
     op->u.gather.dst = dst;
     op->u.gather.src = src;
@@ -344,7 +382,7 @@ static int cpu_run_chunk(llep_backend *base, uint32_t dev, const llep_expert_chu
     cpu_op *op = push(base, dev);
 
     if (!op)
-        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+        return push_error(base, dev);
     op->kind = OP_CHUNK;
     op->u.chunk = *c;
     return 0;
@@ -354,7 +392,7 @@ static int cpu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) 
     cpu_op *op = push(base, dev);
 
     if (!op)
-        return dev >= base->num_devices ? -EINVAL : -ENOMEM;
+        return push_error(base, dev);
     op->kind = OP_COMBINE;
     op->u.combine = *c;
     return 0;
@@ -381,14 +419,39 @@ static double queued_flops(const cpu_backend *b) {
  * there are other devices with work, none when the work is tiny. On an idle machine a
  * sleeping thread takes tens of microseconds to wake, more than a few-token step's work; each
  * device's busy time is its own thread CPU time either way. */
+static bool has_chunks(const cpu_device *d) {
+    for (size_t i = 0; i < d->n; i++)
+        if (d->ops[i].kind == OP_CHUNK)
+            return true;
+    return false;
+}
+
+/* The test hook: the device to fail fails at its fail_at-th sync with chunks; a failed
+ * device's queue is dropped unrun. -EIO when it dropped work. */
+static int apply_fail_hook(cpu_backend *b) {
+    int r = 0;
+
+    if (b->fail_dev == UINT32_MAX)
+        return 0;
+    cpu_device *d = &b->dev[b->fail_dev];
+    if (!d->failed && has_chunks(d) && ++b->chunk_syncs == b->fail_at)
+        d->failed = true;
+    if (d->failed && d->n > 0) {
+        d->n = 0;
+        r = -EIO;
+    }
+    return r;
+}
+
 static int cpu_sync(llep_backend *base) {
     cpu_backend *b = (cpu_backend *)base;
     uint32_t busy = 0;
+    int r = apply_fail_hook(b);
 
     for (uint32_t d = 0; d < base->num_devices; d++)
         busy += b->dev[d].n > 0;
     if (busy == 0)
-        return 0;
+        return r;
     uint32_t helpers = busy - 1 < b->nworkers ? busy - 1 : b->nworkers;
     if (helpers > 0 && queued_flops(b) < INLINE_FLOPS)
         helpers = 0;
@@ -413,13 +476,22 @@ static int cpu_sync(llep_backend *base) {
 
     for (uint32_t d = 0; d < base->num_devices; d++)
         b->dev[d].n = 0;
-    return 0;
+    return r;
 }
 
 static uint64_t cpu_busy_ns(const llep_backend *base, uint32_t dev) {
     const cpu_backend *b = (const cpu_backend *)base;
 
     return dev < base->num_devices ? b->dev[dev].busy_ns : 0;
+}
+
+static int cpu_device_failed(const llep_backend *base, uint32_t dev, char *why, size_t whylen) {
+    const cpu_backend *b = (const cpu_backend *)base;
+
+    if (dev >= base->num_devices || !b->dev[dev].failed)
+        return 0;
+    snprintf(why, whylen, "failed by the test hook LLEP_TEST_FAIL_DEVICE");
+    return 1;
 }
 
 const llep_backend_ops llep__backend_cpu = {
@@ -436,4 +508,5 @@ const llep_backend_ops llep__backend_cpu = {
     .busy_ns = cpu_busy_ns,
     .download = cpu_copy, /* device memory is host memory */
     .xnode = &llep__xnode_socket,
+    .device_failed = cpu_device_failed,
 };

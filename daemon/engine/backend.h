@@ -77,6 +77,12 @@ typedef struct llep_backend_ops {
     /* Optional (NULL: none). The communicator between nodes that cluster steps use to move
      * rows, weights and results between devices of different nodes (xnode.h). */
     const struct llep_xnode_ops *xnode;
+
+    /* Optional (NULL: devices never fail). Whether device dev has failed for good: an error
+     * after which its work and memory are lost (the CUDA backend: a sticky error in its GPU's
+     * context; the CPU backend: its test hook, LLEP_TEST_FAIL_DEVICE). 1 with a short reason
+     * in why, else 0. Asked after sync() failed (devices.h, "failed devices"). */
+    int (*device_failed)(const llep_backend *b, uint32_t dev, char *why, size_t whylen);
 } llep_backend_ops;
 
 /* Every backend instance starts with this header. */

@@ -5,6 +5,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -73,7 +74,22 @@ struct llep_devices {
     uint64_t cache_clock, next_owner;
     pending_free *pending;
     size_t npending, cap_pending;
+
+    /* Failed devices: serve[d] runs logical device d's work and holds its charges (d itself
+     * until d fails; LLEP_DEVICES_NONE when no device is left), failed[d] and why[d] the
+     * physical device's state, failures the count since start. Written under the lock by the
+     * turn's holder, so the turn's holder may read serve[] without the lock. */
+    uint32_t *serve;
+    bool *failed;
+    char (*why)[LLEP_DEVICES_WHY_MAX];
+    uint64_t failures;
+    /* The backend as engines see it (llep__devices_view()): each call on logical device d
+     * goes to serve[d]. */
+    llep_backend view;
+    llep_backend_ops view_ops;
 };
+
+static void view_init(llep_devices *dv);
 
 static uint64_t limit_of(const llep_devices *dv, const account *a) {
     if (a->budget)
@@ -100,12 +116,17 @@ int llep__devices_new(const llep_devices_config *cfg, llep_devices **ret, char *
     pthread_mutex_init(&dv->lock, NULL);
     pthread_cond_init(&dv->turn_cv, NULL);
     dv->acct = calloc(dv->p, sizeof(*dv->acct));
-    if (!dv->acct) {
+    dv->serve = calloc(dv->p, sizeof(*dv->serve));
+    dv->failed = calloc(dv->p, sizeof(*dv->failed));
+    dv->why = calloc(dv->p, sizeof(*dv->why));
+    if (!dv->acct || !dv->serve || !dv->failed || !dv->why) {
         llep__devices_free(dv);
         return llep__errf(err, errlen, -ENOMEM, "out of host memory");
     }
-    for (uint32_t d = 0; d < dv->p; d++)
+    for (uint32_t d = 0; d < dv->p; d++) {
         dv->acct[d].budget = cfg->budget;
+        dv->serve[d] = d;
+    }
     dv->cache_limit = cfg->replica_cache;
     const llep_backend_ops *ops = cfg->backend ? cfg->backend : &llep__backend_cpu;
     llep_backend_options bo = { .num_devices = dv->p, .threads = cfg->threads,
@@ -116,6 +137,7 @@ int llep__devices_new(const llep_devices_config *cfg, llep_devices **ret, char *
         llep__devices_free(dv);
         return llep__errf(err, errlen, r, "%s backend: %s", ops->name, strerror(-r));
     }
+    view_init(dv);
     *ret = dv;
     return 0;
 }
@@ -135,6 +157,9 @@ void llep__devices_free(llep_devices *dv) {
         for (uint32_t d = 0; d < dv->p; d++)
             free(dv->acct[d].ents);
     free(dv->acct);
+    free(dv->serve);
+    free(dv->failed);
+    free(dv->why);
     pthread_cond_destroy(&dv->turn_cv);
     pthread_mutex_destroy(&dv->lock);
     free(dv);
@@ -501,6 +526,12 @@ int llep__devices_alloc(llep_devices *dv, uint32_t d, uint64_t bytes, enum llep_
         return -ENOMEM;
     pthread_mutex_lock(&dv->lock);
     assert(held_by_me(dv));
+    /* A failed device's work and charges go to the device serving it. */
+    d = dv->serve[d];
+    if (d == LLEP_DEVICES_NONE) {
+        pthread_mutex_unlock(&dv->lock);
+        return -ENODEV;
+    }
     account *a = &dv->acct[d];
     if (!fits_locked(dv, a, bytes, kind)) {
         pthread_mutex_unlock(&dv->lock);
@@ -540,6 +571,11 @@ void llep__devices_note_peak(llep_devices *dv, uint32_t d, uint64_t extra) {
     if (d >= dv->p)
         return;
     pthread_mutex_lock(&dv->lock);
+    d = dv->serve[d];
+    if (d == LLEP_DEVICES_NONE) {
+        pthread_mutex_unlock(&dv->lock);
+        return;
+    }
     account *a = &dv->acct[d];
     if (a->used + extra > a->peak)
         a->peak = a->used + extra;
@@ -576,7 +612,8 @@ bool llep__devices_fits(const llep_devices *dv, uint32_t d, uint64_t need,
     if (d >= dv->p)
         return false;
     pthread_mutex_lock(&m->lock);
-    bool ok = fits_locked(dv, &dv->acct[d], need, kind);
+    d = dv->serve[d];
+    bool ok = d != LLEP_DEVICES_NONE && fits_locked(dv, &dv->acct[d], need, kind);
     pthread_mutex_unlock(&m->lock);
     return ok;
 }
@@ -586,6 +623,10 @@ int llep__devices_set_budget(llep_devices *dv, uint32_t d, uint64_t bytes, char 
     if (!dv || d >= dv->p)
         return llep__errf(err, errlen, -EINVAL, "no device %u", d);
     pthread_mutex_lock(&dv->lock);
+    if (dv->failed[d]) {
+        pthread_mutex_unlock(&dv->lock);
+        return llep__errf(err, errlen, -ENODEV, "device %u failed", d);
+    }
     account *a = &dv->acct[d];
     /* The replica cache gives way: only what it cannot give back counts. */
     uint64_t used = a->used - unpinned_locked(a);
@@ -631,7 +672,9 @@ void llep__devices_cache_holds(const llep_devices *dv, uint64_t owner, uint32_t 
     memset(held, 0, (size_t)num_experts * dv->p);
     pthread_mutex_lock(&m->lock);
     for (uint32_t d = 0; d < dv->p; d++) {
-        const account *a = &dv->acct[d];
+        if (dv->serve[d] == LLEP_DEVICES_NONE)
+            continue;
+        const account *a = &dv->acct[dv->serve[d]];
         for (size_t i = 0; i < a->nents; i++)
             if (a->ents[i].owner == owner && a->ents[i].expert < num_experts)
                 held[(size_t)a->ents[i].expert * dv->p + d] = 1;
@@ -653,6 +696,11 @@ void *llep__devices_cache_get(llep_devices *dv, uint32_t d, uint64_t owner, uint
         return NULL;
     pthread_mutex_lock(&dv->lock);
     assert(held_by_me(dv));
+    d = dv->serve[d];
+    if (d == LLEP_DEVICES_NONE) {
+        pthread_mutex_unlock(&dv->lock);
+        return NULL;
+    }
     account *a = &dv->acct[d];
     for (size_t i = 0; i < a->nents; i++) {
         cache_entry *c = &a->ents[i];
@@ -676,6 +724,9 @@ bool llep__devices_cache_put(llep_devices *dv, uint32_t d, uint64_t owner, uint3
         return false;
     pthread_mutex_lock(&dv->lock);
     assert(held_by_me(dv));
+    d = dv->serve[d];
+    if (d == LLEP_DEVICES_NONE)
+        goto out;
     account *a = &dv->acct[d];
     uint64_t lim = cache_limit_locked(dv, a);
     if (bytes > lim)
@@ -760,4 +811,190 @@ uint32_t llep__devices_cache_list(const llep_devices *dv, uint32_t d, uint64_t *
     }
     pthread_mutex_unlock(&m->lock);
     return n;
+}
+
+/* ---- failed devices ---------------------------------------------------------------------- */
+
+uint32_t llep__devices_serving(const llep_devices *dv, uint32_t d) {
+    llep_devices *m = (llep_devices *)dv;
+
+    if (d >= dv->p)
+        return LLEP_DEVICES_NONE;
+    pthread_mutex_lock(&m->lock);
+    uint32_t s = dv->serve[d];
+    pthread_mutex_unlock(&m->lock);
+    return s;
+}
+
+uint64_t llep__devices_failures(const llep_devices *dv) {
+    llep_devices *m = (llep_devices *)dv;
+
+    pthread_mutex_lock(&m->lock);
+    uint64_t n = dv->failures;
+    pthread_mutex_unlock(&m->lock);
+    return n;
+}
+
+void llep__devices_status(const llep_devices *dv, uint32_t d, llep_device_status *ret) {
+    llep_devices *m = (llep_devices *)dv;
+
+    memset(ret, 0, sizeof(*ret));
+    ret->served_by = d;
+    if (d >= dv->p)
+        return;
+    pthread_mutex_lock(&m->lock);
+    ret->failed = dv->failed[d];
+    ret->served_by = dv->serve[d];
+    snprintf(ret->why, sizeof(ret->why), "%s", dv->why[d]);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* The surviving device with the most free budget (the lowest index among equals), or
+ * LLEP_DEVICES_NONE. */
+static uint32_t survivor_locked(const llep_devices *dv) {
+    uint32_t best = LLEP_DEVICES_NONE;
+    uint64_t best_free = 0;
+
+    for (uint32_t d = 0; d < dv->p; d++) {
+        if (dv->failed[d])
+            continue;
+        const account *a = &dv->acct[d];
+        uint64_t lim = limit_of(dv, a), free_b = lim > a->used ? lim - a->used : 0;
+        if (best == LLEP_DEVICES_NONE || free_b > best_free) {
+            best = d;
+            best_free = free_b;
+        }
+    }
+    return best;
+}
+
+/* Physical device f failed: its cached copies go (their memory is lost with it), and every
+ * logical device it served is served by the survivor from now on. The blocks engines still
+ * hold there stay charged to f until they give them back (llep__devices_release() with f). */
+static void fail_locked(llep_devices *dv, uint32_t f, const char *why) {
+    account *a = &dv->acct[f];
+
+    dv->failed[f] = true;
+    snprintf(dv->why[f], sizeof(dv->why[f]), "%s", why);
+    dv->failures++;
+    while (a->nents > 0)
+        remove_entry_locked(dv, f, a->nents - 1);
+    uint32_t s = survivor_locked(dv);
+    for (uint32_t d = 0; d < dv->p; d++)
+        if (dv->serve[d] == f)
+            dv->serve[d] = s;
+}
+
+int llep__devices_check_failed(llep_devices *dv, char *err, size_t errlen) {
+    const llep_backend_ops *ops = dv->be->ops;
+    char why[LLEP_DEVICES_WHY_MAX];
+    int n = 0;
+
+    if (!ops->device_failed)
+        return 0;
+    pthread_mutex_lock(&dv->lock);
+    assert(held_by_me(dv));
+    for (uint32_t d = 0; d < dv->p; d++) {
+        why[0] = '\0';
+        if (dv->failed[d] || ops->device_failed(dv->be, d, why, sizeof(why)) != 1)
+            continue;
+        fail_locked(dv, d, why);
+        /* The first names the failure; the message says how many more there were. */
+        if (n++ == 0)
+            llep__errf(err, errlen, 0, "device %u failed (%s)", d, why);
+    }
+    if (n > 1) {
+        size_t len = err && errlen ? strlen(err) : 0;
+        if (len < errlen)
+            snprintf(err + len, errlen - len, " with %d more", n - 1);
+    }
+    pthread_mutex_unlock(&dv->lock);
+    return n;
+}
+
+/* ---- the backend as engines see it ----------------------------------------------------------
+ *
+ * Every call names a logical device; it goes to the device serving it (the turn's holder
+ * makes every call here, and serve[] changes only under the turn). The operations the view
+ * does not know stay NULL, so a backend operation added later is never handed the view. */
+
+static llep_devices *of_view(const llep_backend *b) {
+    return (llep_devices *)((const char *)b - offsetof(llep_devices, view));
+}
+
+#define SERVED(b, dev, real, to)                                                              \
+    llep_devices *dv_ = of_view(b);                                                           \
+    llep_backend *real = dv_->be;                                                             \
+    uint32_t to = (dev) < dv_->p ? dv_->serve[dev] : LLEP_DEVICES_NONE
+
+static int v_alloc(llep_backend *b, uint32_t dev, size_t bytes, void **ret) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? -ENODEV : be->ops->alloc(be, s, bytes, ret);
+}
+
+static void v_free(llep_backend *b, uint32_t dev, void *ptr) {
+    SERVED(b, dev, be, s);
+    if (s != LLEP_DEVICES_NONE)
+        be->ops->free(be, s, ptr);
+}
+
+static int v_copy(llep_backend *b, uint32_t dev, void *dst, const void *src, size_t bytes) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? -ENODEV : be->ops->copy(be, s, dst, src, bytes);
+}
+
+static int v_download(llep_backend *b, uint32_t dev, void *dst, const void *src, size_t bytes) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? -ENODEV : be->ops->download(be, s, dst, src, bytes);
+}
+
+static int v_gather(llep_backend *b, uint32_t dev, void *dst, const void *const *src, size_t n,
+                    size_t row_bytes) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? -ENODEV : be->ops->gather(be, s, dst, src, n, row_bytes);
+}
+
+static int v_run_chunk(llep_backend *b, uint32_t dev, const llep_expert_chunk *c) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? -ENODEV : be->ops->run_chunk(be, s, c);
+}
+
+static int v_combine(llep_backend *b, uint32_t dev, const llep_combine *c) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? -ENODEV : be->ops->combine(be, s, c);
+}
+
+static int v_sync(llep_backend *b) {
+    llep_backend *be = of_view(b)->be;
+    return be->ops->sync(be);
+}
+
+static uint64_t v_busy_ns(const llep_backend *b, uint32_t dev) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? 0 : be->ops->busy_ns(be, s);
+}
+
+static uint64_t v_step_overhead(const llep_backend *b, uint32_t dev, const llep_ffn_shape *shape,
+                                uint64_t rows, uint64_t home_tokens, uint32_t top_k,
+                                uint32_t max_chunk) {
+    SERVED(b, dev, be, s);
+    return s == LLEP_DEVICES_NONE ? 0 : be->ops->step_overhead(be, s, shape, rows, home_tokens,
+                                                               top_k, max_chunk);
+}
+
+static void view_init(llep_devices *dv) {
+    const llep_backend_ops *o = dv->be->ops;
+
+    dv->view_ops = (llep_backend_ops){
+        .name = o->name, .alloc = v_alloc, .free = v_free, .copy = v_copy,
+        .gather = v_gather, .run_chunk = v_run_chunk, .combine = v_combine, .sync = v_sync,
+        .busy_ns = v_busy_ns, .step_overhead = o->step_overhead ? v_step_overhead : NULL,
+        .download = o->download ? v_download : NULL, .xnode = o->xnode,
+    };
+    dv->view.ops = &dv->view_ops;
+    dv->view.num_devices = dv->p;
+}
+
+llep_backend *llep__devices_view(llep_devices *dv) {
+    return dv ? &dv->view : NULL;
 }

@@ -117,7 +117,9 @@ enum llep_charge {
  * Returns 0, -ENOMEM over the budget (nothing charged) or the backend's error. */
 int llep__devices_alloc(llep_devices *dv, uint32_t d, uint64_t bytes, enum llep_charge kind,
                         void **ret);
-/* Any thread: uncharges bytes from device d and frees ptr (NULL: nothing). */
+/* Any thread: uncharges bytes from device d and frees ptr (NULL: nothing). d is the device
+ * that served the allocation (llep__devices_serving() of the logical device when it was made:
+ * the same device unless one failed, see "failed devices" below). */
 void llep__devices_release(llep_devices *dv, uint32_t d, void *ptr, uint64_t bytes,
                            enum llep_charge kind);
 /* A step's transient use beyond its charges (the backend's staging) on device d: counted in
@@ -196,5 +198,42 @@ void llep__devices_cache_set_limit(llep_devices *dv, uint64_t bytes);
  * many it holds in all. Any thread. */
 uint32_t llep__devices_cache_list(const llep_devices *dv, uint32_t d, uint64_t *owners,
                                   uint32_t *experts, uint32_t max);
+
+/* ---- failed devices --------------------------------------------------------------------- *
+ *
+ * A device fails for good when its backend says so after a sync() failed
+ * (backend.h: device_failed; a sticky CUDA error, or the CPU backend's test hook): the turn's
+ * holder then calls llep__devices_check_failed(), which marks it failed, drops its replica
+ * cache and has the surviving device with the most free budget serve it: from then on every
+ * backend call on logical device d through llep__devices_view(), and every charge, fit and
+ * cache lookup of d, goes to the device serving it, so the planner and the engines keep
+ * seeing P logical devices. Blocks allocated on the failed device before stay charged to it
+ * until their holders give them back (release with the failed device). Engines notice a
+ * failure by llep__devices_failures() changing and put their experts of the failed device
+ * back on the one serving it where their weights can be had again (engine.h: reload). */
+
+#define LLEP_DEVICES_NONE UINT32_MAX
+#define LLEP_DEVICES_WHY_MAX 96
+
+/* The backend as engines see it: the same operations, each on the device serving the logical
+ * device it names. llep__devices_backend() is the backend itself (its communicators). */
+llep_backend *llep__devices_view(llep_devices *dv);
+/* The device serving logical device d now: d while it works, LLEP_DEVICES_NONE when every
+ * device failed. */
+uint32_t llep__devices_serving(const llep_devices *dv, uint32_t d);
+/* Devices failed since the devices were opened. */
+uint64_t llep__devices_failures(const llep_devices *dv);
+
+typedef struct llep_device_status {
+    bool failed;                       /* the physical device d */
+    uint32_t served_by;                /* d, another device, or LLEP_DEVICES_NONE */
+    char why[LLEP_DEVICES_WHY_MAX];    /* the backend's reason, "" while it works */
+} llep_device_status;
+void llep__devices_status(const llep_devices *dv, uint32_t d, llep_device_status *ret);
+
+/* Under the turn, after a sync() failed: asks the backend which devices failed and marks the
+ * new ones (see above). Returns how many failed now, the first named in err ("device 2
+ * failed (...)"); 0 when none did (err untouched). */
+int llep__devices_check_failed(llep_devices *dv, char *err, size_t errlen);
 
 #endif

@@ -4,6 +4,7 @@
 #ifndef LLEP_ENGINE_INTERNAL_H
 #define LLEP_ENGINE_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,6 +15,10 @@
 typedef struct engine_device {
     void *native;          /* [M] expert blocks */
     uint64_t native_bytes;
+    /* The devices that served the native blocks' and the step buffers' allocations (the
+     * device itself unless one failed, devices.h): where they are given back. */
+    uint32_t native_on, step_on;
+    bool lost;             /* its device failed and its experts could not be put back */
     uint64_t used, peak;   /* this engine's */
     /* Buffers of the current step. */
     void *x;               /* [rows][D], layer dtype: rows dispatched here */
@@ -43,6 +48,8 @@ struct llep_engine {
     llep_plan plan;
     int planned;
     char err[256];
+    uint64_t failures_seen;   /* llep__devices_failures() when the natives were last checked */
+    char lost_why[200];       /* why the lost devices' experts could not be put back */
 
     /* Step workspace on the host, sized for N experts and grown with the slot count. */
     uint64_t *loads;          /* [N] */
@@ -71,6 +78,14 @@ int llep__engine_format_error(char *err, size_t errlen, int r, const char *fmt, 
  * (turns of other engines may come between two phases of a cluster part). */
 void llep__engine_turn_begin(llep_engine *e);
 void llep__engine_turn_end(llep_engine *e);
+
+/* Before a step: when a device failed since the last check, puts this engine's experts of the
+ * failed device back on the device serving it, from the weights cfg.reload gives. Returns 0,
+ * or -EIO with a message in err when some of its experts are lost. */
+int llep__engine_check_devices(llep_engine *e, char *err, size_t errlen);
+/* After a sync() that returned r < 0, under the turn: r, with a message in err naming the
+ * device that failed (devices.h) or the backend's error. */
+int llep__engine_sync_failed(llep_engine *e, int r, char *err, size_t errlen);
 
 /* Under the turn: charges bytes of a step to device d and allocates them; -ENOMEM when they do
  * not fit in its budget beside what every engine holds there. */

@@ -696,6 +696,9 @@ static int stage_out(llep_part *pt) {
         r = rs;
     if (r < 0) {
         free_step(pt);
+        char why[160];
+        if (llep__devices_check_failed(e->devs, why, sizeof(why)) > 0)
+            return llep__errf(pt->err, sizeof(pt->err), -EIO, "%s while copying out", why);
         return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed copying %s out: %s", e->be->ops->name,
                          pt->device_wire ? "rows and weights" : "weights", strerror(-r));
     }
@@ -713,7 +716,9 @@ int llep__part_prepare(llep_part *pt, const llep_plan *plan, const uint64_t *con
     if (pt->state != PART_IDLE)
         return llep__errf(pt->err, sizeof(pt->err), -EINVAL, "a step is already prepared (combine or abort it first)");
     pt->t0 = llep__engine_monotonic_ns();
-    r = check_step(pt, plan, node_loads, batches);
+    r = llep__engine_check_devices(pt->e, pt->err, sizeof(pt->err));
+    if (r == 0)
+        r = check_step(pt, plan, node_loads, batches);
     if (r < 0)
         return r;
     rows_out = calloc(pt->nodes, sizeof(*rows_out));
@@ -890,11 +895,13 @@ int llep__part_compute(llep_part *pt) {
     rs = e->be->ops->sync(e->be);
     if (r == 0)
         r = rs;
-    if (r < 0)
+    if (r < 0) {
         free_step(pt);
+        r = llep__engine_sync_failed(e, r, pt->err, sizeof(pt->err));
+    }
     llep__engine_turn_end(e);
     if (r < 0)
-        return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+        return r;
     pt->state = PART_COMPUTED;
     return 0;
 }
@@ -952,9 +959,11 @@ int llep__part_combine(llep_part *pt, llep_engine_stats *stats) {
     if (r == 0)
         r = rs;
     free_step(pt);
+    if (r < 0)
+        r = llep__engine_sync_failed(e, r, pt->err, sizeof(pt->err));
     llep__engine_turn_end(e);
     if (r < 0)
-        return llep__errf(pt->err, sizeof(pt->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+        return r;
     if (stats)
         fill_stats(pt, stats);
     return 0;

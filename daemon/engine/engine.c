@@ -41,6 +41,8 @@ int llep__engine_dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **re
     *ret = NULL;
     if (bytes == 0)
         return 0;
+    /* The step's buffers of a device are all made in one turn, so one serving device each. */
+    dv->step_on = llep__devices_serving(e->devs, d);
     int r = llep__devices_alloc(e->devs, d, bytes, LLEP_CHARGE_STEP, ret);
     if (r < 0)
         return r;
@@ -53,7 +55,7 @@ int llep__engine_dev_alloc(llep_engine *e, uint32_t d, uint64_t bytes, void **re
 void llep__engine_dev_free(llep_engine *e, uint32_t d, void **ptr, uint64_t bytes) {
     if (!*ptr)
         return;
-    llep__devices_release(e->devs, d, *ptr, bytes, LLEP_CHARGE_STEP);
+    llep__devices_release(e->devs, e->dev[d].step_on, *ptr, bytes, LLEP_CHARGE_STEP);
     e->dev[d].used -= bytes;
     *ptr = NULL;
 }
@@ -170,7 +172,7 @@ static int open_devices(llep_engine *e, const llep_engine_config *cfg, char *err
                         size_t errlen) {
     if (cfg->devices) {
         e->devs = cfg->devices;
-        e->be = llep__devices_backend(e->devs);
+        e->be = llep__devices_view(e->devs);
         return 0;
     }
     llep_devices_config dc = {
@@ -182,7 +184,7 @@ static int open_devices(llep_engine *e, const llep_engine_config *cfg, char *err
     if (r < 0)
         return r;
     e->own_devs = 1;
-    e->be = llep__devices_backend(e->devs);
+    e->be = llep__devices_view(e->devs);
     return 0;
 }
 
@@ -193,8 +195,10 @@ static int alloc_native(llep_engine *e, char *err, size_t errlen) {
     uint32_t d;
 
     llep__devices_turn_wait(e->devs);
+    e->failures_seen = llep__devices_failures(e->devs);
     for (d = 0; d < e->p && r == 0; d++) {
         engine_device *dv = &e->dev[d];
+        dv->native_on = llep__devices_serving(e->devs, d);
         r = llep__devices_alloc(e->devs, d, dv->native_bytes, LLEP_CHARGE_HELD, &dv->native);
         if (r == 0) {
             dv->used = dv->peak = dv->native_bytes;
@@ -202,7 +206,9 @@ static int alloc_native(llep_engine *e, char *err, size_t errlen) {
         }
         llep_device_figures f;
         llep__devices_figures(e->devs, d, &f);
-        if (r == -ENOMEM)
+        if (r == -ENODEV)
+            llep__errf(err, errlen, r, "device %u failed and no device is left to serve it", d);
+        else if (r == -ENOMEM)
             llep__errf(err, errlen, r, "device %u: the native weights need %" PRIu64 " bytes, "
                        "%" PRIu64 " of its budget of %" PRIu64 " bytes are free (%" PRIu64
                        " in use)", d, dv->native_bytes, f.free, f.budget, f.used);
@@ -213,7 +219,8 @@ static int alloc_native(llep_engine *e, char *err, size_t errlen) {
     if (r < 0)
         for (uint32_t i = 0; i < e->p; i++) {
             engine_device *dv = &e->dev[i];
-            llep__devices_release(e->devs, i, dv->native, dv->native_bytes, LLEP_CHARGE_HELD);
+            llep__devices_release(e->devs, dv->native_on, dv->native, dv->native_bytes,
+                                  LLEP_CHARGE_HELD);
             dv->native = NULL;
             dv->used = dv->peak = 0;
         }
@@ -238,29 +245,138 @@ static int upload_all(llep_engine *e, const llep_engine_config *cfg, char *err,
     return 0;
 }
 
+/* ---- failed devices (devices.h) ------------------------------------------------------------ */
+
+/* Device d's experts are gone for good: its block on the failed device is given back, and every
+ * later step fails saying why. */
+static void lose_device(llep_engine *e, uint32_t d, const char *why) {
+    engine_device *dv = &e->dev[d];
+
+    if (dv->native)
+        llep__devices_release(e->devs, dv->native_on, dv->native, dv->native_bytes,
+                              LLEP_CHARGE_HELD);
+    if (dv->native)
+        dv->used -= dv->native_bytes;
+    dv->native = NULL;
+    dv->lost = true;
+    if (!e->lost_why[0])
+        snprintf(e->lost_why, sizeof(e->lost_why), "%s", why);
+}
+
+/* Under the turn: puts device d's experts on the device now serving it, from w. */
+static int rehome_device(llep_engine *e, uint32_t d, const llep_engine_weights *w) {
+    engine_device *dv = &e->dev[d];
+    llep_engine_config c = e->cfg;
+    void *blk = NULL;
+    uint32_t on = llep__devices_serving(e->devs, d);
+
+    int r = llep__devices_alloc(e->devs, d, dv->native_bytes, LLEP_CHARGE_HELD, &blk);
+    if (r < 0)
+        return r;
+    llep__devices_release(e->devs, dv->native_on, dv->native, dv->native_bytes,
+                          LLEP_CHARGE_HELD);
+    dv->native = blk;
+    dv->native_on = on;
+    c.w_gate = w->w_gate;
+    c.w_up = w->w_up;
+    c.w_down = w->w_down;
+    c.b_gate = w->b_gate;
+    c.b_up = w->b_up;
+    c.b_down = w->b_down;
+    r = upload_native(e, &c, d);
+    int rs = e->be->ops->sync(e->be);
+    return r < 0 ? r : rs;
+}
+
+/* Under the turn: every device of this engine whose native blocks are on a failed device gets
+ * them back where the weights can be had (cfg.reload), or is lost. */
+static void rehome_all(llep_engine *e) {
+    llep_engine_weights w = { 0 };
+    char why[160] = "";
+    int got = 0;
+
+    for (uint32_t d = 0; d < e->p; d++) {
+        engine_device *dv = &e->dev[d];
+        uint32_t on = llep__devices_serving(e->devs, d);
+        if (dv->lost || on == dv->native_on)
+            continue;
+        if (on == LLEP_DEVICES_NONE) {
+            snprintf(why, sizeof(why), "device %u failed and no device is left to serve it", d);
+            lose_device(e, d, why);
+            continue;
+        }
+        if (!e->cfg.reload.get) {
+            snprintf(why, sizeof(why), "device %u failed and the weights of this layer's "
+                     "experts %u..%u were only there (no copy is kept elsewhere)", d, d * e->m,
+                     (d + 1) * e->m - 1);
+            lose_device(e, d, why);
+            continue;
+        }
+        char gerr[120] = "";
+        int r = got ? 0 : e->cfg.reload.get(e->cfg.reload.arg, &w, gerr, sizeof(gerr));
+        got |= r == 0;
+        if (r == 0)
+            r = rehome_device(e, d, &w);
+        if (r < 0) {
+            snprintf(why, sizeof(why), "device %u failed and its experts could not be put on "
+                     "device %u: %s", d, on, gerr[0] ? gerr : strerror(-r));
+            lose_device(e, d, why);
+        }
+    }
+    if (got && e->cfg.reload.put)
+        e->cfg.reload.put(e->cfg.reload.arg, &w);
+}
+
+int llep__engine_check_devices(llep_engine *e, char *err, size_t errlen) {
+    uint64_t f = llep__devices_failures(e->devs);
+
+    if (f != e->failures_seen) {
+        llep__devices_turn_wait(e->devs);
+        rehome_all(e);
+        e->failures_seen = f;
+        llep__devices_turn_end(e->devs);
+    }
+    for (uint32_t d = 0; d < e->p; d++)
+        if (e->dev[d].lost)
+            return llep__errf(err, errlen, -EIO, "%s", e->lost_why);
+    return 0;
+}
+
+int llep__engine_sync_failed(llep_engine *e, int r, char *err, size_t errlen) {
+    char why[LLEP_DEVICES_WHY_MAX + 48];
+
+    if (llep__devices_check_failed(e->devs, why, sizeof(why)) > 0)
+        return llep__errf(err, errlen, -EIO, "%s: the step's work there is lost", why);
+    return llep__errf(err, errlen, r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+}
+
 int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err, size_t errlen) {
     llep_engine_config c;
     llep_engine *e;
     int r;
 
-    if (!ret)
-        return -EINVAL;
+    if (!ret || !cfg) {
+        r = ret ? check_config(NULL, err, errlen) : -EINVAL;
+        goto fail_early;
+    }
     *ret = NULL;
-    if (!cfg)
-        return check_config(NULL, err, errlen);
     c = *cfg;
     if (c.devices && c.num_devices == 0)
         c.num_devices = llep__devices_count(c.devices);
     r = check_config(&c, err, errlen);
     if (r < 0)
-        return r;
-    if (c.devices && c.num_devices != llep__devices_count(c.devices))
-        return llep__errf(err, errlen, -EINVAL, "num_devices is %u, the shared devices are %u",
-                          c.num_devices, llep__devices_count(c.devices));
+        goto fail_early;
+    if (c.devices && c.num_devices != llep__devices_count(c.devices)) {
+        r = llep__errf(err, errlen, -EINVAL, "num_devices is %u, the shared devices are %u",
+                       c.num_devices, llep__devices_count(c.devices));
+        goto fail_early;
+    }
     cfg = &c;
     e = calloc(1, sizeof(*e));
-    if (!e)
-        return -ENOMEM;
+    if (!e) {
+        r = -ENOMEM;
+        goto fail_early;
+    }
     e->cfg = *cfg;
     e->n = cfg->num_experts;
     e->k = cfg->top_k;
@@ -307,7 +423,14 @@ int llep__engine_new(const llep_engine_config *cfg, llep_engine **ret, char *err
     return 0;
 
 fail:
-    llep__engine_free(e);
+    llep__engine_free(e);  /* releases the reload's arg */
+    return r;
+
+fail_early:
+    if (ret)
+        *ret = NULL;
+    if (cfg && cfg->reload.free_arg)
+        cfg->reload.free_arg(cfg->reload.arg);
     return r;
 }
 
@@ -320,10 +443,12 @@ void llep__engine_free(llep_engine *e) {
         llep__devices_cache_drop(e->devs, e->cache_owner);
     if (e->devs && e->dev)
         for (uint32_t d = 0; d < e->p; d++)
-            llep__devices_release(e->devs, d, e->dev[d].native, e->dev[d].native_bytes,
-                                  LLEP_CHARGE_HELD);
+            llep__devices_release(e->devs, e->dev[d].native_on, e->dev[d].native,
+                                  e->dev[d].native_bytes, LLEP_CHARGE_HELD);
     if (e->own_devs)
         llep__devices_free(e->devs);
+    if (e->cfg.reload.free_arg)
+        e->cfg.reload.free_arg(e->cfg.reload.arg);
     llep__plan_fini(&e->plan);
     free(e->dev);
     free(e->dstats);
@@ -510,11 +635,18 @@ static uint64_t backend_stage(const llep_engine *e, uint32_t d, const llep_engin
 /* Fails before anything is allocated when some device's step buffers do not fit in its budget
  * beside what every engine holds there (the step holds the turn: nobody else allocates). */
 static int check_budgets(llep_engine *e, const llep_engine_batch *b) {
+    bool failed = llep__devices_failures(e->devs) > 0;
+
     for (uint32_t d = 0; d < e->p; d++) {
         engine_device *dv = &e->dev[d];
         uint64_t w = (uint64_t)dv->received * e->expert_bytes, stage = backend_stage(e, d, b);
-        uint64_t need = llep__engine_device_need(e, d) + stage;
-        if (llep__devices_fits(e->devs, d, need, LLEP_CHARGE_STEP))
+        uint64_t need = llep__engine_device_need(e, d) + stage, all = need;
+        /* A device serving a failed one holds both logical devices' buffers. */
+        uint32_t on = failed ? llep__devices_serving(e->devs, d) : d;
+        for (uint32_t o = 0; failed && o < e->p; o++)
+            if (o != d && llep__devices_serving(e->devs, o) == on)
+                all += llep__engine_device_need(e, o) + backend_stage(e, o, b);
+        if (llep__devices_fits(e->devs, d, all, LLEP_CHARGE_STEP))
             continue;
         llep_device_figures f;
         llep__devices_figures(e->devs, d, &f);
@@ -815,6 +947,9 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         return llep__errf(e->err, sizeof(e->err), -EINVAL, "no batches");
     if (!params)
         params = &e->cfg.plan;
+    r = llep__engine_check_devices(e, e->err, sizeof(e->err));
+    if (r < 0)
+        return r;
     r = llep__plan_params_check(params, msg, sizeof(msg));
     if (r < 0)
         return llep__errf(e->err, sizeof(e->err), r, "plan parameters: %s", msg);
@@ -869,9 +1004,11 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
     if (r == 0)
         r = rs;
     free_step(e, r == 0);
+    if (r < 0)
+        r = llep__engine_sync_failed(e, r, e->err, sizeof(e->err));
     llep__engine_turn_end(e);
     if (r < 0)
-        return llep__errf(e->err, sizeof(e->err), r, "%s backend failed: %s", e->be->ops->name, strerror(-r));
+        return r;
     if (ret_stats)
         end_stats(e, slots, crossing, t0, ret_stats);
     return 0;

@@ -34,6 +34,26 @@ typedef struct llep_engine llep_engine;
 /* Bytes each device may use beyond its native weights when no budget is given. */
 #define LLEP_ENGINE_DEFAULT_TOKEN_BUDGET LLEP_DEVICES_DEFAULT_TOKEN_BUDGET
 
+/* Host copies of a layer's weights, as in llep_engine_config below (all N experts); priv is
+ * the provider's. */
+typedef struct llep_engine_weights {
+    const void *w_gate, *w_up, *w_down;
+    const void *b_gate, *b_up, *b_down;
+    void *priv;
+} llep_engine_weights;
+
+/* Where the engine's owner can find the layer's weights again after a device failed
+ * (devices.h, "failed devices"): get fills w (0, or a negative errno with the reason in err),
+ * put gives them back; both are called from the step's thread, under the devices' turn.
+ * free_arg, when set, releases arg when the engine goes (or its creation fails). get NULL:
+ * the weights exist only on the devices, and a failed device's experts are lost. */
+typedef struct llep_engine_reload {
+    int (*get)(void *arg, llep_engine_weights *w, char *err, size_t errlen);
+    void (*put)(void *arg, llep_engine_weights *w);
+    void (*free_arg)(void *arg);
+    void *arg;
+} llep_engine_reload;
+
 typedef struct llep_engine_config {
     uint32_t num_experts, top_k, hidden, inter;  /* N, K, D, H */
     enum llep_dtype dtype;                       /* of weights, biases, x and y */
@@ -60,6 +80,9 @@ typedef struct llep_engine_config {
                                                     backend-select.h); NULL: its default */
     /* Replica cache per device (devices.h): 0 none, LLEP_DEVICES_CACHE_AUTO, or bytes. */
     uint64_t replica_cache;
+    /* The weights again after a device failed; zero: nowhere. The engine owns arg from
+     * llep__engine_new() on. */
+    llep_engine_reload reload;
 } llep_engine_config;
 
 /* Fills cfg with the defaults: f32, SWIGLU, default activation and plan parameters, CPU
@@ -118,10 +141,15 @@ void llep__engine_free(llep_engine *e);
  * to its last sync; a caller that holds the turn already keeps it. params: NULL for the
  * configuration's. Returns 0,
  * -EINVAL (bad batch or expert index, or bad parameters), -ENOMEM (a device budget or the
- * host), -E2BIG (one expert's slice over 2^32 - 1 rows) or -EOVERFLOW. On failure llep__engine_error() says why. Every check and every
- * device allocation comes before the combine, so a failed step writes no y; the one
- * exception is the host running out of memory while the combines themselves are queued.
- * ret_stats may be NULL. */
+ * host), -E2BIG (one expert's slice over 2^32 - 1 rows), -EOVERFLOW, or -EIO when a device
+ * failed (devices.h): in this step (the message names it) or before, when its experts could
+ * not be put back on the device serving it (every later step fails the same way; steps of
+ * other layers go on). On failure llep__engine_error() says why. Every check and every
+ * device allocation comes before the combine, and the combines start only after every
+ * device's expert work succeeded, so a failed step writes no y; the exceptions are the host
+ * running out of memory while the combines themselves are queued, and a device failing
+ * during the combines on a backend that writes y from them directly (the CPU backend; CUDA
+ * copies y out only when every operation succeeded). ret_stats may be NULL. */
 int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
                       const llep_plan_params *params, llep_engine_stats *ret_stats);
 

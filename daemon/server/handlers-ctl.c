@@ -48,6 +48,7 @@ void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
     LlepPb__DeviceInfo *info = calloc(np, sizeof(*info));
     LlepPb__DeviceInfo **ptrs = calloc(np, sizeof(*ptrs));
     char (*names)[16] = calloc(np, sizeof(*names));
+    char (*why)[LLEP_DEVICES_WHY_MAX] = calloc(np, sizeof(*why));
     uint32_t nforeign = 0;
 
     for (uint32_t i = 0; i < srv->nlayers; i++)
@@ -67,7 +68,7 @@ void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
     LlepPb__ForeignExpert **cep = calloc(ncached + 1, sizeof(*cep));
     uint64_t *owners = calloc(ncached + 1, sizeof(*owners));
     uint32_t *experts = calloc(ncached + 1, sizeof(*experts));
-    if (!info || !ptrs || !names || !fe || !fep || !ce || !cep || !owners || !experts) {
+    if (!info || !ptrs || !names || !why || !fe || !fep || !ce || !cep || !owners || !experts) {
         dr.status = LLEP_PB__STATUS__STATUS_NO_MEMORY;
         dr.message = (char *)"llepd is out of memory";
         llepd_session_reply(s, f->id, LLEP_PB__FRAME__BODY_DEVICES_REPLY, &dr);
@@ -96,6 +97,14 @@ void llepd_handle_devices(llepd_session *s, const LlepPb__Frame *f) {
         di->cache_hits = fig.cache_hits;
         di->cache_bytes_saved = fig.cache_saved;
         di->cache_evictions = fig.cache_evictions;
+        llep_device_status st = { .served_by = d };
+        if (srv->devs)
+            llep__devices_status(srv->devs, d, &st);
+        di->state = (char *)(!st.failed ? "ok" : st.served_by == LLEP_DEVICES_NONE ? "lost"
+                                                                                 : "failed");
+        di->served_by = st.served_by == LLEP_DEVICES_NONE ? d : st.served_by;
+        snprintf(why[d], sizeof(why[d]), "%s", st.why);
+        di->failure = why[d];
         di->cached_experts = &cep[kc];
         if (srv->devs) {
             di->n_cached_experts = cached_experts(srv, d, &ce[kc], &cep[kc], owners, experts,
@@ -127,6 +136,7 @@ out:
     free(info);
     free(ptrs);
     free(names);
+    free(why);
     free(fe);
     free(fep);
     free(ce);

@@ -226,6 +226,18 @@ static void write_devices(FILE *f, const llepd_server *srv) {
                 fprintf(f, "%llu\n", (unsigned long long)v[k]);
         }
     }
+    /* Failed devices (devices.h): which work, and how many failed since start. */
+    family(f, "llep_device_up", "gauge",
+           "1 while the device works, 0 once it failed (its work then runs on another).");
+    for (uint32_t d = 0; d < srv->devices; d++) {
+        llep_device_status st = { 0 };
+        if (srv->devs)
+            llep__devices_status(srv->devs, d, &st);
+        fprintf(f, "llep_device_up{device=\"%s%u\"} %d\n", kind, d, st.failed ? 0 : 1);
+    }
+    family(f, "llep_device_failures_total", "counter", "Devices that failed since start.");
+    fprintf(f, "llep_device_failures_total %llu\n",
+            (unsigned long long)(srv->devs ? llep__devices_failures(srv->devs) : 0));
 }
 
 /* The peer links (llepctl peers' hooks), when clustered. */

@@ -83,6 +83,74 @@ static void finish(llepd_model *m, int status, const char *msg) {
     srv->hooks.work_done(srv);
 }
 
+/* ---- a failed device: the weights again -------------------------------------------------- */
+
+/* Where a model layer's weights can be had again after a device failed (engine.h: reload): its
+ * checkpoint, read again, provided it still has the shape the layer was loaded with. */
+typedef struct reload_src {
+    char *path;
+    uint32_t index;
+    LlepPb__LayerDesc desc;
+    bool bias;
+} reload_src;
+
+static int reload_get(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
+    const reload_src *src = arg;
+    llep_model *ck = NULL;
+    llep_model_weights *lw = calloc(1, sizeof(*lw));
+
+    if (!lw)
+        return llep__errf(err, errlen, -ENOMEM, "out of memory");
+    int r = llep__model_open(src->path, &ck, err, errlen);
+    if (r == 0) {
+        const llep_model_config *mi = llep__model_info(ck);
+        if (mi->num_moe_layers <= src->index || mi->num_experts != src->desc.num_experts ||
+            mi->hidden != src->desc.hidden || mi->inter != src->desc.inter ||
+            (uint32_t)mi->dtype != (uint32_t)src->desc.dtype || mi->bias != src->bias)
+            r = llep__errf(err, errlen, -ESTALE, "the checkpoint at %s changed since it was "
+                           "loaded", src->path);
+    }
+    if (r == 0)
+        r = llep__model_layer_weights(ck, src->index, lw, err, errlen);
+    llep__model_close(ck);
+    if (r < 0) {
+        free(lw);
+        return r;
+    }
+    *w = (llep_engine_weights){ lw->w_gate, lw->w_up, lw->w_down, lw->b_gate, lw->b_up,
+                                lw->b_down, lw };
+    return 0;
+}
+
+static void reload_put(void *arg, llep_engine_weights *w) {
+    (void)arg;
+    llep__model_weights_free(w->priv);
+    free(w->priv);
+    w->priv = NULL;
+}
+
+static void reload_free(void *arg) {
+    reload_src *src = arg;
+
+    free(src->path);
+    free(src);
+}
+
+/* Layer i's engine may read its weights from the checkpoint again; without memory for that it
+ * goes without (a failed device then loses its experts). */
+static void set_reload(const llepd_model *m, uint32_t i, llep_engine_config *c) {
+    reload_src *src = calloc(1, sizeof(*src));
+
+    if (!src || !(src->path = strdup(m->path))) {
+        free(src);
+        return;
+    }
+    src->index = i;
+    src->desc = m->desc;
+    src->bias = m->bias;
+    c->reload = (llep_engine_reload){ reload_get, reload_put, reload_free, src };
+}
+
 /* ---- part 2: each layer's engine --------------------------------------------------------- */
 
 static void engines_run(uv_work_t *req) {
@@ -102,6 +170,7 @@ static void engines_run(uv_work_t *req) {
             c->b_gate = lw.b_gate;
             c->b_up = lw.b_up;
             c->b_down = lw.b_down;
+            set_reload(m, i, c);
             w->r = llep__engine_new(c, &w->engines[i], why, sizeof(why));
             llep__model_weights_free(&lw);
             if (w->r == 0)

@@ -1,0 +1,537 @@
+/* A failed device (issue 16; devices.h, "failed devices"), made to fail by the CPU backend's
+ * test hook LLEP_TEST_FAIL_DEVICE=D@N (backend-cpu.c).
+ *
+ * In-process: the step in which the device fails returns -EIO naming it and leaves every y as
+ * it was (a sentinel); the device is marked failed and served by a survivor; later steps on
+ * P - 1 devices are exact against float64 where the engine's owner can give the weights again
+ * (engine.h: reload), and the layer reports plainly that its experts are gone where it cannot,
+ * step after step, while the other layers keep serving and new layers are made on the
+ * survivors. With no device left, every step says so.
+ *
+ * Against a private llepd: a model layer (tests/make-checkpoints.py's mixtral-f32) is re-read
+ * from its checkpoint and exact again after the failed step, a client-created layer (llepd
+ * keeps no host copy of its weights) reports its lost experts, `llepctl devices` shows the
+ * state, and the failed device holds nothing once every layer has stepped. */
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "client-fixtures.h"
+#include "devices.h"
+#include "engine.h"
+#include "fixtures.h"
+#include "llep/client.h"
+#include "ref-moe.h"
+#include "test-nodes.h"
+
+#define SENTINEL 12345.0f
+
+/* ---- layers, batches, the reference ------------------------------------------------------- */
+
+typedef struct layer {
+    uint32_t n, k, d, h;
+    llep_test_f32_weights w;
+    int reloads;                     /* reload.get calls */
+} layer;
+
+static void layer_init(layer *l, uint32_t n, uint32_t k, uint32_t d, uint32_t h, uint64_t seed) {
+    uint64_t st = seed;
+
+    *l = (layer){ .n = n, .k = k, .d = d, .h = h };
+    llep_test_f32_weights_init(&l->w, xorshift_sym, &st, n, d, h, 1.0f / sqrtf((float)d),
+                               1.0f / sqrtf((float)h), 0.1f);
+}
+
+typedef struct batch {
+    uint32_t tokens;
+    float *x, *w, *y;
+    int32_t *idx;
+} batch;
+
+/* Every expert gets tokens (so every device computes), with `skew` of the slots on expert 0
+ * on top; the k experts of a token are distinct. */
+static void batch_init(batch *b, const layer *l, uint32_t tokens, double skew, uint64_t seed) {
+    uint64_t st = seed;
+    size_t slots = (size_t)tokens * l->k;
+
+    b->tokens = tokens;
+    b->x = llep_test_random_floats(xorshift_sym, &st, (size_t)tokens * l->d, 1.0f);
+    b->w = llep_test_random_floats(xorshift_sym, &st, slots, 1.0f);
+    b->y = malloc(((size_t)tokens * l->d + 1) * sizeof(float));
+    b->idx = malloc((slots + 1) * sizeof(*b->idx));
+    ck_assert(b->y && b->idx);
+    for (uint32_t t = 0; t < tokens; t++)
+        for (uint32_t j = 0; j < l->k; j++) {
+            uint32_t x = rng_unit(&st) < skew && j == 0 ? 0 : (t + j) % l->n;
+            b->idx[t * l->k + j] = (int32_t)x;
+        }
+    for (uint32_t t = 0; t < tokens; t++)
+        for (uint32_t j = 1; j < l->k; j++)
+            if (b->idx[t * l->k + j] == b->idx[t * l->k])
+                b->idx[t * l->k + j] = (b->idx[t * l->k] + (int32_t)j) % (int32_t)l->n;
+}
+
+static void batch_fini(batch *b) {
+    free(b->x);
+    free(b->w);
+    free(b->y);
+    free(b->idx);
+}
+
+static void fill_sentinel(batch *b, uint32_t d) {
+    for (size_t i = 0; i < (size_t)b->tokens * d; i++)
+        b->y[i] = SENTINEL;
+}
+
+static void assert_untouched(const batch *b, uint32_t d, const char *what) {
+    for (size_t i = 0; i < (size_t)b->tokens * d; i++)
+        ck_assert_msg(b->y[i] == SENTINEL, "%s: y[%zu] = %g was written by a failed step", what,
+                      i, b->y[i]);
+}
+
+static void assert_exact_w(const llep_test_f32_weights *w, uint32_t n, uint32_t k, uint32_t d,
+                           uint32_t h, const batch *b, const char *what) {
+    size_t cnt = (size_t)b->tokens * d;
+    double *ref = malloc(cnt * sizeof(*ref) + 1);
+    llep_ref_f32 r = { .n = n, .d = d, .h = h, .act = LLEP_ACT_SWIGLU, .wg = w->wg,
+                       .wu = w->wu, .wd = w->wd, .bg = w->bg, .bu = w->bu, .bd = w->bd };
+
+    ck_assert_ptr_nonnull(ref);
+    llep_ref_moe_f32_layer(&r, b->tokens, k, b->x, b->idx, b->w, ref);
+    double err = llep_test_rel_l2(b->y, ref, cnt);
+    free(ref);
+    ck_assert_msg(err <= 1e-5, "%s: relative L2 error %g over 1e-5", what, err);
+}
+
+static void assert_exact(const layer *l, const batch *b, const char *what) {
+    assert_exact_w(&l->w, l->n, l->k, l->d, l->h, b, what);
+}
+
+/* ---- in-process --------------------------------------------------------------------------- */
+
+static int reload_get(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
+    layer *l = arg;
+
+    (void)err;
+    (void)errlen;
+    l->reloads++;
+    *w = (llep_engine_weights){ l->w.wg, l->w.wu, l->w.wd, l->w.bg, l->w.bu, l->w.bd, NULL };
+    return 0;
+}
+
+/* An engine of l on dv (NULL: devices of its own, P of them), with the weights to give again
+ * when reload. */
+static llep_engine *engine_of(llep_devices *dv, uint32_t p, layer *l, bool reload) {
+    llep_engine_config cfg;
+    llep_engine *e = NULL;
+    char err[256] = "";
+
+    llep__engine_config_default(&cfg);
+    cfg.num_experts = l->n;
+    cfg.top_k = l->k;
+    cfg.hidden = l->d;
+    cfg.inter = l->h;
+    cfg.devices = dv;
+    cfg.num_devices = dv ? 0 : p;
+    cfg.threads = 2;
+    cfg.plan.min_tokens = 1;
+    cfg.w_gate = l->w.wg;
+    cfg.w_up = l->w.wu;
+    cfg.w_down = l->w.wd;
+    cfg.b_gate = l->w.bg;
+    cfg.b_up = l->w.bu;
+    cfg.b_down = l->w.bd;
+    if (reload)
+        cfg.reload = (llep_engine_reload){ .get = reload_get, .arg = l };
+    ck_assert_msg(llep__engine_new(&cfg, &e, err, sizeof(err)) == 0, "%s", err);
+    return e;
+}
+
+/* One step of b on e, its tokens split over p home devices in order. */
+static int step(llep_engine *e, uint32_t p, const layer *l, batch *b, llep_engine_stats *st) {
+    llep_engine_batch hb[8];
+    uint32_t per = b->tokens / p, t0 = 0;
+
+    ck_assert_uint_le(p, 8);
+    for (uint32_t i = 0; i < p; i++) {
+        uint32_t n = i + 1 == p ? b->tokens - t0 : per;
+        hb[i] = (llep_engine_batch){ .tokens = n, .x = b->x + (size_t)t0 * l->d,
+                                     .topk_idx = b->idx + (size_t)t0 * l->k,
+                                     .topk_w = b->w + (size_t)t0 * l->k,
+                                     .y = b->y + (size_t)t0 * l->d };
+        t0 += n;
+    }
+    return llep__engine_step(e, hb, NULL, st);
+}
+
+static void step_exact(llep_engine *e, uint32_t p, layer *l, uint64_t seed, double skew,
+                       const char *what) {
+    batch b;
+    llep_engine_stats st;
+
+    batch_init(&b, l, 64, skew, seed);
+    int r = step(e, p, l, &b, &st);
+    ck_assert_msg(r == 0, "%s: %s", what, llep__engine_error(e));
+    ck_assert_uint_eq(st.num_devices, p);
+    assert_exact(l, &b, what);
+    batch_fini(&b);
+}
+
+/* A step that must fail with -EIO, saying `says`, and leave y alone. */
+static void step_fails(llep_engine *e, uint32_t p, layer *l, uint64_t seed, const char *says,
+                       const char *what) {
+    batch b;
+
+    batch_init(&b, l, 64, 0.0, seed);
+    fill_sentinel(&b, l->d);
+    int r = step(e, p, l, &b, NULL);
+    ck_assert_msg(r == -EIO, "%s: %d (%s), not -EIO", what, r, llep__engine_error(e));
+    ck_assert_msg(strstr(llep__engine_error(e), says), "%s: '%s' does not say '%s'", what,
+                  llep__engine_error(e), says);
+    assert_untouched(&b, l->d, what);
+    batch_fini(&b);
+}
+
+static void fail_hook(const char *v) {
+    ck_assert_int_eq(setenv("LLEP_TEST_FAIL_DEVICE", v, 1), 0);
+}
+
+/* Device 2 of 4 fails in the second step: that step errs and writes nothing; the engine puts
+ * device 2's experts on the survivor serving it from the weights its owner gives again, and
+ * every later step is exact, skewed or not, on the three devices left. */
+START_TEST(test_engine_rehomes) {
+    layer l;
+
+    layer_init(&l, 8, 2, 16, 12, 7);
+    fail_hook("2@2");
+    llep_engine *e = engine_of(NULL, 4, &l, true);
+    unsetenv("LLEP_TEST_FAIL_DEVICE");
+    llep_devices *dv = llep__engine_devices(e);
+    llep_device_status st;
+
+    step_exact(e, 4, &l, 1, 0.0, "the step before the failure");
+    step_fails(e, 4, &l, 2, "device 2 failed", "the failing step");
+    llep__devices_status(dv, 2, &st);
+    ck_assert(st.failed);
+    ck_assert_uint_ne(st.served_by, 2);
+    ck_assert_uint_lt(st.served_by, 4);
+    ck_assert_ptr_nonnull(strstr(st.why, "LLEP_TEST_FAIL_DEVICE"));
+    ck_assert_uint_eq(llep__devices_failures(dv), 1);
+    for (uint32_t d = 0; d < 4; d++)
+        if (d != 2) {
+            llep__devices_status(dv, d, &st);
+            ck_assert(!st.failed);
+            ck_assert_uint_eq(st.served_by, d);
+        }
+    step_exact(e, 4, &l, 3, 0.0, "the first step after");
+    ck_assert_int_eq(l.reloads, 1);
+    step_exact(e, 4, &l, 4, 0.8, "a skewed step after (LLEP)");
+    step_exact(e, 4, &l, 5, 0.0, "another step after");
+    ck_assert_int_eq(l.reloads, 1);
+    /* The failed device holds nothing: its experts' old blocks were given back. */
+    llep_device_figures f;
+    llep__devices_figures(dv, 2, &f);
+    ck_assert_uint_eq(f.used, 0);
+    ck_assert_uint_eq(f.held, 0);
+    llep__engine_free(e);
+    llep_test_f32_weights_fini(&l.w);
+}
+END_TEST
+
+/* Two layers on shared devices, device 1 failing in the second step (layer B's): B kept no
+ * weights elsewhere, so each of its later steps fails saying so without writing y, while layer
+ * A is re-homed and exact, and a layer made after the failure lands on the survivors. */
+START_TEST(test_engine_lost_beside_others) {
+    llep_devices_config dc = { .num_devices = 4, .threads = 2 };
+    llep_devices *dv = NULL;
+    char err[256] = "";
+    layer a, b, c;
+
+    layer_init(&a, 8, 2, 16, 12, 11);
+    layer_init(&b, 4, 2, 8, 6, 12);
+    layer_init(&c, 8, 2, 16, 8, 13);
+    fail_hook("1@2");
+    ck_assert_msg(llep__devices_new(&dc, &dv, err, sizeof(err)) == 0, "%s", err);
+    unsetenv("LLEP_TEST_FAIL_DEVICE");
+    llep_engine *ea = engine_of(dv, 4, &a, true), *eb = engine_of(dv, 4, &b, false);
+
+    step_exact(ea, 4, &a, 1, 0.0, "A before");
+    step_fails(eb, 4, &b, 2, "device 1 failed", "B's failing step");
+    step_exact(ea, 4, &a, 3, 0.5, "A after");
+    for (int i = 0; i < 2; i++)
+        step_fails(eb, 4, &b, 4 + (uint64_t)i, "device 1 failed and the weights of this "
+                   "layer's experts 1..1 were only there", "B after");
+    llep_engine *ec = engine_of(dv, 4, &c, false);
+    step_exact(ec, 4, &c, 6, 0.3, "C made after");
+    step_exact(ea, 4, &a, 7, 0.0, "A again");
+    ck_assert_int_eq(a.reloads, 1);
+    ck_assert_int_eq(c.reloads, 0);
+    llep_device_figures f;
+    llep__devices_figures(dv, 1, &f);
+    ck_assert_uint_eq(f.used, 0);
+    llep__engine_free(ec);
+    llep__engine_free(eb);
+    llep__engine_free(ea);
+    llep__devices_free(dv);
+    llep_test_f32_weights_fini(&a.w);
+    llep_test_f32_weights_fini(&b.w);
+    llep_test_f32_weights_fini(&c.w);
+}
+END_TEST
+
+/* The only device fails: no device is left to serve it, and every later step says so. */
+START_TEST(test_engine_no_survivor) {
+    layer l;
+
+    layer_init(&l, 2, 1, 8, 4, 21);
+    fail_hook("0@1");
+    llep_engine *e = engine_of(NULL, 1, &l, true);
+    unsetenv("LLEP_TEST_FAIL_DEVICE");
+
+    step_fails(e, 1, &l, 1, "device 0 failed", "the failing step");
+    step_fails(e, 1, &l, 2, "no device is left to serve it", "a step after");
+    llep_device_status st;
+    llep__devices_status(llep__engine_devices(e), 0, &st);
+    ck_assert(st.failed);
+    ck_assert_uint_eq(st.served_by, LLEP_DEVICES_NONE);
+    llep__engine_free(e);
+    llep_test_f32_weights_fini(&l.w);
+}
+END_TEST
+
+/* ---- through llepd ------------------------------------------------------------------------ */
+
+#define TOKENS 24u
+
+static char tmpdir[64], sock_path[128], log_path[160], llepctl[PATH_MAX];
+static pid_t llepd_pid = -1;
+
+static void setup_llepd(void) {
+    llep_test_tmpdir(tmpdir, sizeof(tmpdir), "test-failover");
+    snprintf(sock_path, sizeof(sock_path), "%s/llepd.sock", tmpdir);
+    snprintf(log_path, sizeof(log_path), "%s/llepd.log", tmpdir);
+    llep_test_llepctl(llepctl, sizeof(llepctl));
+}
+
+static void teardown_llepd(void) {
+    ck_assert_int_eq(llep_test_stop(&llepd_pid, 10000), 0);
+    llep_test_rm_rf(tmpdir);
+}
+
+/* `llepctl ARGS...` (NULL-terminated after the verb), its output. */
+static llep_test_output ctl(const char *verb, const char *opt) {
+    const char *argv[] = { llepctl, "--socket", sock_path, verb, opt, NULL };
+    llep_test_output o = llep_test_run(argv, NULL);
+
+    ck_assert_msg(o.status == 0, "llepctl %s: %s", verb, o.err);
+    return o;
+}
+
+static json_object *jget(json_object *o, const char *key) {
+    json_object *v;
+
+    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
+    return v;
+}
+
+/* Model layer `index` of the checkpoint's expected.bin (f32, no bias: mixtral-f32). */
+static void read_expected(const char *dir, const llep_model_info *mi, uint32_t index,
+                          llep_test_f32_weights *w) {
+    size_t n = mi->desc.num_experts, d = mi->desc.hidden, h = mi->desc.inter;
+    size_t per = 3 * n * d * h;
+    char path[600];
+
+    ck_assert(!mi->bias);
+    snprintf(path, sizeof(path), "%s/expected.bin", dir);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
+    float *all = malloc(per * sizeof(float));
+    ck_assert_ptr_nonnull(all);
+    ck_assert_int_eq(fseek(f, (long)(per * index * sizeof(float)), SEEK_SET), 0);
+    ck_assert_uint_eq(fread(all, sizeof(float), per, f), per);
+    fclose(f);
+    *w = (llep_test_f32_weights){ .wg = all, .wu = all + n * d * h, .wd = all + 2 * n * d * h };
+}
+
+static void forward_exact(llep_layer *h, const llep_test_f32_weights *w, const layer *shape,
+                          uint64_t seed, const char *what) {
+    batch b;
+
+    batch_init(&b, shape, TOKENS, 0.0, seed);
+    int r = llep_forward(h, b.tokens, b.x, b.idx, b.w, b.y);
+    ck_assert_msg(r == 0, "%s: %s: %s", what, llep_strerror(r),
+                  llep_client_error(llep_layer_client(h)));
+    assert_exact_w(w, shape->n, shape->k, shape->d, shape->h, &b, what);
+    batch_fini(&b);
+}
+
+static void forward_fails(llep_layer *h, const layer *shape, uint64_t seed, const char *says,
+                          const char *what) {
+    batch b;
+
+    batch_init(&b, shape, TOKENS, 0.0, seed);
+    fill_sentinel(&b, shape->d);
+    int r = llep_forward(h, b.tokens, b.x, b.idx, b.w, b.y);
+    const char *msg = llep_client_error(llep_layer_client(h));
+    ck_assert_msg(r < 0, "%s: the forward succeeded", what);
+    ck_assert_msg(strstr(msg, says), "%s: '%s' does not say '%s'", what, msg, says);
+    assert_untouched(&b, shape->d, what);
+    batch_fini(&b);
+}
+
+static llep_layer *client_layer(llep_client *c, const char *name, const layer *l) {
+    llep_layer_desc d;
+
+    memset(&d, 0, sizeof(d));
+    d.num_experts = l->n;
+    d.top_k = l->k;
+    d.hidden = l->d;
+    d.inter = l->h;
+    d.dtype = LLEP_DTYPE_F32;
+    d.act = LLEP_ACT_SWIGLU;
+    d.w_gate = l->w.wg;
+    d.w_up = l->w.wu;
+    d.w_down = l->w.wd;
+    d.b_gate = l->w.bg;
+    d.b_up = l->w.bu;
+    d.b_down = l->w.bd;
+    return llep_test_layer_create(c, name, &d);
+}
+
+/* llepd on 4 CPU devices, device 1 failing in the third step that computes on it: the
+ * client layer's first step, then the model layer's steps until one fails. */
+START_TEST(test_llepd_failover) {
+    char dir[512], arg[600];
+    llep_model_info mi;
+
+    llep_test_checkpoint(dir, sizeof(dir), "mixtral-f32");
+    snprintf(arg, sizeof(arg), "m=%s", dir);
+    const char *args[] = { "--model", arg, "--min-tokens", "1", NULL };
+    const char *env[] = { "LLEP_TEST_FAIL_DEVICE=1@3", NULL };
+    llep_test_llepd o = { .sock = sock_path, .devices = "4", .args = args, .env = env,
+                          .log = log_path, .log_level = "info" };
+    llepd_pid = llep_test_llepd_start(&o);
+    llep_client *c = llep_test_connect(sock_path);
+    /* The model loads after llepd accepts connections. */
+    int r = -EAGAIN;
+    for (int i = 0; i < 1000 && r != 0; i++) {
+        r = llep_model_get(c, "m", &mi);
+        if (r != 0)
+            sleep_ms(10);
+    }
+    ck_assert_msg(r == 0, "%s", llep_client_error(c));
+    ck_assert_uint_ge(mi.num_layers, 2);
+    ck_assert_uint_eq(mi.desc.dtype, LLEP_DTYPE_F32);
+    layer ms = { .n = mi.desc.num_experts, .k = mi.desc.top_k, .d = mi.desc.hidden,
+                 .h = mi.desc.inter };
+    llep_test_f32_weights w0, w1;
+    read_expected(dir, &mi, 0, &w0);
+    read_expected(dir, &mi, 1, &w1);
+    llep_layer *m0 = NULL, *m1 = NULL;
+    ck_assert_msg(llep_model_layer(c, "m", 0, &m0) == 0, "%s", llep_client_error(c));
+    ck_assert_msg(llep_model_layer(c, "m", 1, &m1) == 0, "%s", llep_client_error(c));
+    layer cl;
+    layer_init(&cl, mi.desc.num_experts, mi.desc.top_k, mi.desc.hidden, mi.desc.inter, 31);
+    llep_layer *ch = client_layer(c, "client", &cl);
+
+    forward_exact(ch, &cl.w, &cl, 1, "client layer before");
+    /* Whatever else computed on device 1 since llepd started, one of the next few steps is
+     * the third that does: every step before it is exact, it fails and writes nothing. */
+    for (int i = 0;; i++) {
+        batch b;
+        batch_init(&b, &ms, TOKENS, 0.0, 100 + (uint64_t)i);
+        fill_sentinel(&b, ms.d);
+        ck_assert_int_lt(i, 3);
+        if (llep_forward(m0, b.tokens, b.x, b.idx, b.w, b.y) == 0) {
+            assert_exact_w(&w0, ms.n, ms.k, ms.d, ms.h, &b, "model layer 0 before");
+            batch_fini(&b);
+            continue;
+        }
+        const char *msg = llep_client_error(c);
+        ck_assert_msg(strstr(msg, "device 1 failed"), "'%s' does not name device 1", msg);
+        assert_untouched(&b, ms.d, "the failing step");
+        batch_fini(&b);
+        break;
+    }
+
+    /* llepctl devices: device 1 failed, served by a survivor. */
+    llep_test_output out = ctl("devices", "--json");
+    json_object *j = json_tokener_parse(out.out), *devs = jget(j, "devices");
+    ck_assert_uint_eq(json_object_array_length(devs), 4);
+    json_object *d1 = json_object_array_get_idx(devs, 1);
+    ck_assert_str_eq(json_object_get_string(jget(d1, "state")), "failed");
+    uint32_t by = (uint32_t)json_object_get_int(jget(d1, "served_by"));
+    ck_assert_uint_ne(by, 1);
+    ck_assert_uint_lt(by, 4);
+    ck_assert_ptr_nonnull(strstr(json_object_get_string(jget(d1, "failure")),
+                                 "LLEP_TEST_FAIL_DEVICE"));
+    ck_assert_str_eq(json_object_get_string(jget(json_object_array_get_idx(devs, 0), "state")),
+                     "ok");
+    json_object_put(j);
+    llep_test_output_free(&out);
+    out = ctl("devices", NULL);
+    char want[64];
+    snprintf(want, sizeof(want), "served by device %u", by);
+    ck_assert_msg(strstr(out.out, want), "llepctl devices does not say '%s':\n%s", want, out.out);
+    llep_test_output_free(&out);
+
+    /* The model layers come back from the checkpoint; the client layer's experts are gone. */
+    forward_exact(m0, &w0, &ms, 4, "model layer 0 after");
+    forward_exact(m1, &w1, &ms, 5, "model layer 1 after");
+    for (int i = 0; i < 2; i++)
+        forward_fails(ch, &cl, 6 + (uint64_t)i, "weights of this layer's experts 1..1 were "
+                      "only there", "client layer after");
+    forward_exact(m0, &w0, &ms, 8, "model layer 0 again");
+    layer c2;
+    layer_init(&c2, mi.desc.num_experts, mi.desc.top_k, mi.desc.hidden, mi.desc.inter, 32);
+    llep_layer *ch2 = client_layer(c, "client-after", &c2);
+    forward_exact(ch2, &c2.w, &c2, 9, "a client layer made after");
+
+    /* Every block on the failed device was given back. */
+    out = ctl("devices", "--json");
+    j = json_tokener_parse(out.out);
+    d1 = json_object_array_get_idx(jget(j, "devices"), 1);
+    ck_assert_int_eq(json_object_get_int64(jget(d1, "memory_used")), 0);
+    json_object_put(j);
+    llep_test_output_free(&out);
+    ck_assert(llep_test_file_contains(log_path, "device 1 failed"));
+
+    llep_layer_release(ch2);
+    llep_layer_release(ch);
+    llep_layer_release(m1);
+    llep_layer_release(m0);
+    llep_disconnect(c);
+    free(w0.wg);
+    free(w1.wg);
+    llep_test_f32_weights_fini(&cl.w);
+    llep_test_f32_weights_fini(&c2.w);
+}
+END_TEST
+
+static Suite *failover_suite(void) {
+    Suite *s = suite_create("failover");
+    TCase *tc = tcase_create("engine");
+
+    tcase_add_test(tc, test_engine_rehomes);
+    tcase_add_test(tc, test_engine_lost_beside_others);
+    tcase_add_test(tc, test_engine_no_survivor);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("llepd");
+    tcase_set_timeout(tc, 120);
+    tcase_add_unchecked_fixture(tc, llep_test_checkpoints_make, llep_test_checkpoints_remove);
+    tcase_add_checked_fixture(tc, setup_llepd, teardown_llepd);
+    tcase_add_test(tc, test_llepd_failover);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    return llep_test_run_suite(failover_suite(), CK_ENV);
+}
