@@ -11,7 +11,8 @@
  * Against a private llepd: a model layer (tests/make-checkpoints.py's mixtral-f32) is re-read
  * from its checkpoint and exact again after the failed step, a client-created layer (llepd
  * keeps no host copy of its weights) reports its lost experts, `llepctl devices` shows the
- * state, and the failed device holds nothing once every layer has stepped. */
+ * state, the metrics export it, and the failed device holds nothing once every layer has
+ * stepped. */
 #include <check.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -413,7 +414,10 @@ START_TEST(test_llepd_failover) {
 
     llep_test_checkpoint(dir, sizeof(dir), "mixtral-f32");
     snprintf(arg, sizeof(arg), "m=%s", dir);
-    const char *args[] = { "--model", arg, "--min-tokens", "1", NULL };
+    char listen[32];
+    snprintf(listen, sizeof(listen), "127.0.0.1:%u", llep_test_free_port());
+    const char *args[] = { "--model", arg, "--min-tokens", "1", "--metrics-listen", listen,
+                           NULL };
     const char *env[] = { "LLEP_TEST_FAIL_DEVICE=1@3", NULL };
     llep_test_llepd o = { .sock = sock_path, .devices = "4", .args = args, .env = env,
                           .log = log_path, .log_level = "info" };
@@ -502,6 +506,18 @@ START_TEST(test_llepd_failover) {
     json_object_put(j);
     llep_test_output_free(&out);
     ck_assert(llep_test_file_contains(log_path, "device 1 failed"));
+
+    /* The metrics say so too (curl, as tests/python/test_metrics.py scrapes). */
+    char url[64];
+    snprintf(url, sizeof(url), "http://%s/metrics", listen);
+    const char *curl[] = { "/bin/sh", "-c", "exec curl -sf \"$0\"", url, NULL };
+    llep_test_output m = llep_test_run(curl, NULL);
+    ck_assert_msg(m.status == 0, "curl %s: %s", url, m.err);
+    ck_assert_msg(strstr(m.out, "llep_device_up{device=\"cpu1\"} 0\n") &&
+                  strstr(m.out, "llep_device_up{device=\"cpu0\"} 1\n") &&
+                  strstr(m.out, "llep_device_failures_total 1\n"),
+                  "the metrics do not show device 1 failed:\n%s", m.out);
+    llep_test_output_free(&m);
 
     llep_layer_release(ch2);
     llep_layer_release(ch);
