@@ -610,6 +610,91 @@ START_TEST(test_environment) {
 }
 END_TEST
 
+/* ---- threads of one client through a restart ---------------------------------------------- */
+
+#define THREADS 4
+
+typedef struct thread_arg {
+    llep_layer *l;
+    const tlayer *t;
+    atomic_int *stop;
+    uint64_t seed;
+    _Atomic uint64_t ok, errors, wrong, last_ok_ms;
+} thread_arg;
+
+static void *thread_run(void *p) {
+    thread_arg *a = p;
+
+    while (!atomic_load(a->stop)) {
+        tbatch b;
+        int r;
+
+        tbatch_init(&b, &a->seed, &a->t->d, 1 + (uint32_t)(xorshift_next(&a->seed) % 40));
+        r = llep_forward(a->l, b.tokens, b.x, b.idx, b.w, b.y);
+        if (r != 0)
+            atomic_fetch_add(&a->errors, 1);
+        else if (tbatch_error(&a->t->d, &a->t->w, &b) <= TOL)
+            atomic_fetch_add(&a->ok, 1);
+        else
+            atomic_fetch_add(&a->wrong, 1);
+        if (r == 0)
+            atomic_store(&a->last_ok_ms, now_ms());
+        tbatch_fini(&b);
+    }
+    return NULL;
+}
+
+/* Several threads forward on one reconnecting client (one layer, kept) while llepd is
+ * SIGKILLed and started again: one thread's reconnect try serves the others, no forward gives
+ * a wrong result, and every thread is back. */
+START_TEST(test_threads_one_client) {
+    thread_arg args[THREADS];
+    pthread_t th[THREADS];
+    atomic_int stop = 0;
+    llep_client *c = NULL;
+    llep_layer *l = NULL;
+    uint64_t served, ok = 0;
+    tlayer t;
+
+    setup();
+    llepd_start(false);
+    tlayer_init(&t, &rng, 8, 2, 16, 16);
+    ck_assert_int_eq(llep_connect_ex(sock, LLEP_CONNECT_RECONNECT, &c), 0);
+    ck_assert_int_eq(llep_layer_create_ex(c, "shared", &t.d, LLEP_LAYER_KEEP_WEIGHTS, &l), 0);
+    for (int i = 0; i < THREADS; i++) {
+        args[i] = (thread_arg){ .l = l, .t = &t, .stop = &stop, .seed = 77u + (uint64_t)i };
+        ck_assert_int_eq(pthread_create(&th[i], NULL, thread_run, &args[i]), 0);
+    }
+    while (ok < 40) {
+        sleep_ms(5);
+        ok = 0;
+        for (int i = 0; i < THREADS; i++)
+            ok += atomic_load(&args[i].ok);
+    }
+    llep_test_kill(&llepd_pid);
+    sleep_ms(200);
+    llepd_start(false);
+    served = now_ms();
+    for (int i = 0; i < THREADS; i++)
+        while (atomic_load(&args[i].last_ok_ms) < served) {
+            ck_assert_msg(now_ms() - served < 10000, "thread %d not back within 10 s", i);
+            sleep_ms(2);
+        }
+    fprintf(stderr, "reconnect: %d threads of one client back %llu ms after llepd served "
+            "again\n", THREADS, (unsigned long long)(now_ms() - served));
+    atomic_store(&stop, 1);
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_uint_eq(atomic_load(&args[i].wrong), 0);
+        ck_assert_uint_gt(atomic_load(&args[i].errors), 0);
+    }
+    llep_layer_release(l);
+    llep_disconnect(c);
+    llep_test_f32_weights_fini(&t.w);
+    teardown();
+}
+END_TEST
+
 /* ---- 8 client processes through two restarts --------------------------------------------- */
 
 #define CLIENTS 8
@@ -838,6 +923,7 @@ static Suite *reconnect_suite(void) {
         tcase_set_timeout(td, 120);
         tcase_add_test(td, test_layers_come_back);
         tcase_add_test(td, test_environment);
+        tcase_add_test(td, test_threads_one_client);
         tcase_add_unchecked_fixture(td, llep_test_checkpoints_make, llep_test_checkpoints_remove);
         tcase_add_test(td, test_eight_clients_restarts);
         suite_add_tcase(s, td);
