@@ -173,7 +173,8 @@ def patch(model: nn.Module, client: Client, *, prefix: Optional[str] = None,
     the layers of a model llepd loads are named (PREFIX by default the model type and a random
     suffix, so that two processes do not clash).
     ``policy`` goes to :meth:`llep.Client.create_layer` (policy, alpha, lambda_, min_tokens,
-    group, ...). The original experts modules are dropped from the model, so their weights are
+    group, ...; keep_weights=True with a ``reconnect=True`` client to ride out restarts of
+    llepd). The original experts modules are dropped from the model, so their weights are
     freed unless referenced elsewhere. Raises ValueError for a model without MoE blocks or with
     experts llep cannot compute (the model is then left as it was).
     """
