@@ -231,6 +231,9 @@ START_TEST(test_engine_rehomes) {
             ck_assert(!st.failed);
             ck_assert_uint_eq(st.served_by, d);
         }
+    char err[128] = "";
+    ck_assert_int_eq(llep__devices_set_budget(dv, 2, 1u << 30, err, sizeof(err)), -ENODEV);
+    ck_assert_str_eq(err, "device 2 failed");
     step_exact(e, 4, &l, 3, 0.0, "the first step after");
     ck_assert_int_eq(l.reloads, 1);
     step_exact(e, 4, &l, 4, 0.8, "a skewed step after (LLEP)");
@@ -284,6 +287,47 @@ START_TEST(test_engine_lost_beside_others) {
     llep_test_f32_weights_fini(&a.w);
     llep_test_f32_weights_fini(&b.w);
     llep_test_f32_weights_fini(&c.w);
+}
+END_TEST
+
+static int reload_gone(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
+    layer *l = arg;
+
+    (void)w;
+    l->reloads++;
+    snprintf(err, errlen, "the weights went away");
+    return -ESTALE;
+}
+
+/* The owner cannot give the weights again after all: the layer reports it, step after step,
+ * without asking again. */
+START_TEST(test_engine_reload_fails) {
+    layer l;
+    llep_engine_config cfg;
+    llep_engine *e = NULL;
+    char err[256] = "";
+
+    layer_init(&l, 4, 2, 8, 6, 41);
+    llep__engine_config_default(&cfg);
+    cfg.num_experts = l.n;
+    cfg.top_k = l.k;
+    cfg.hidden = l.d;
+    cfg.inter = l.h;
+    cfg.num_devices = 2;
+    cfg.w_gate = l.w.wg;
+    cfg.w_up = l.w.wu;
+    cfg.w_down = l.w.wd;
+    cfg.reload = (llep_engine_reload){ .get = reload_gone, .arg = &l };
+    fail_hook("1@1");
+    ck_assert_msg(llep__engine_new(&cfg, &e, err, sizeof(err)) == 0, "%s", err);
+    unsetenv("LLEP_TEST_FAIL_DEVICE");
+    step_fails(e, 2, &l, 1, "device 1 failed", "the failing step");
+    for (int i = 0; i < 2; i++)
+        step_fails(e, 2, &l, 2 + (uint64_t)i, "device 1 failed and its experts could not be put "
+                   "on device 0: the weights went away", "a step after");
+    ck_assert_int_eq(l.reloads, 1);
+    llep__engine_free(e);
+    llep_test_f32_weights_fini(&l.w);
 }
 END_TEST
 
@@ -537,6 +581,7 @@ static Suite *failover_suite(void) {
 
     tcase_add_test(tc, test_engine_rehomes);
     tcase_add_test(tc, test_engine_lost_beside_others);
+    tcase_add_test(tc, test_engine_reload_fails);
     tcase_add_test(tc, test_engine_no_survivor);
     suite_add_tcase(s, tc);
     tc = tcase_create("llepd");

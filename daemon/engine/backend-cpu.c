@@ -16,7 +16,8 @@
  * threads, and the CPU time of its workers would not show in the device's thread clock.
  *
  * Test hook: LLEP_TEST_FAIL_DEVICE=D@N, read at create, fails device D for good at the N-th
- * sync() (from 1) in which it has expert chunks queued, as a GPU whose context took a sticky
+ * sync() (from 1) in which it has token rows gathered and expert chunks queued (a step that
+ * computes on it; calibration's bare chunks do not count), as a GPU whose context took a sticky
  * error does: that sync drops D's queue and returns -EIO, and from then on every operation
  * queued on D and every allocation there fails with -EIO (device_failed() says so). Only the
  * tests set it (docs/ARCHITECTURE.md, "Test hooks"). */
@@ -100,7 +101,7 @@ typedef struct cpu_backend {
     int stop;
     atomic_uint next_dev; /* next device to take in the current generation */
     /* LLEP_TEST_FAIL_DEVICE: the device to fail (UINT32_MAX: none), at its fail_at-th sync
-     * with chunks; chunk_syncs counts those so far. */
+     * computing a step; chunk_syncs counts those so far. */
     uint32_t fail_dev;
     uint64_t fail_at, chunk_syncs;
 } cpu_backend;
@@ -419,14 +420,18 @@ static double queued_flops(const cpu_backend *b) {
  * there are other devices with work, none when the work is tiny. On an idle machine a
  * sleeping thread takes tens of microseconds to wake, more than a few-token step's work; each
  * device's busy time is its own thread CPU time either way. */
-static bool has_chunks(const cpu_device *d) {
-    for (size_t i = 0; i < d->n; i++)
-        if (d->ops[i].kind == OP_CHUNK)
-            return true;
-    return false;
+/* Whether the device computes a step's rows in this sync: rows gathered and chunks run. */
+static bool computes_step(const cpu_device *d) {
+    bool gather = false, chunk = false;
+
+    for (size_t i = 0; i < d->n; i++) {
+        gather |= d->ops[i].kind == OP_GATHER;
+        chunk |= d->ops[i].kind == OP_CHUNK;
+    }
+    return gather && chunk;
 }
 
-/* The test hook: the device to fail fails at its fail_at-th sync with chunks; a failed
+/* The test hook: the device to fail fails at its fail_at-th sync computing a step; a failed
  * device's queue is dropped unrun. -EIO when it dropped work. */
 static int apply_fail_hook(cpu_backend *b) {
     int r = 0;
@@ -434,7 +439,7 @@ static int apply_fail_hook(cpu_backend *b) {
     if (b->fail_dev == UINT32_MAX)
         return 0;
     cpu_device *d = &b->dev[b->fail_dev];
-    if (!d->failed && has_chunks(d) && ++b->chunk_syncs == b->fail_at)
+    if (!d->failed && computes_step(d) && ++b->chunk_syncs == b->fail_at)
         d->failed = true;
     if (d->failed && d->n > 0) {
         d->n = 0;
