@@ -20,43 +20,20 @@
 
 #include <cblas.h>
 
-#include "backend-select.h"
-#include "cli.h"
-#include "engine.h"
-#include "scenarios.h"
+#include "bench.h"
+#include "bench-modes.h"
 #include "moe-cpu.h"
 #include "parse-number.h"
-#include "plan.h"
-
-typedef struct preset {
-    const char *name;
-    uint32_t n, d, h, k, tokens;
-} preset;
-
-static const preset presets[] = {
-    { "gpt-oss-120b", 128, 2880, 2880, 4, 32768 },
-    { "gpt-oss-20b", 32, 2880, 2880, 4, 32768 },
-    { "deepseek-v3", 256, 7168, 2048, 8, 16384 },
-    { "kimi-k2", 384, 7168, 2048, 8, 16384 },
-};
+#include "tool-random.h"
 
 typedef llep_scenario scenario;
+typedef llep_bench_preset preset;
+typedef llep_bench_options options;
+typedef llep_bench bench;
 
-enum format { FMT_TABLE, FMT_JSON, FMT_CSV };
-
-typedef struct options {
-    const preset *preset;
-    int scenario;          /* -1: all */
-    uint32_t devices, tokens, scale, repeat;
-    double alpha, lambda;
-    uint64_t min_tokens;
-    int min_tokens_set, tokens_set;
-    enum format format;
-    uint32_t nodes;        /* 0: no node figures */
-    const char *plot;
-    enum llep_backend_kind backend;
-    uint64_t replica_cache;  /* engine.h: 0 off (default), LLEP_DEVICES_CACHE_AUTO, bytes */
-} options;
+#define FMT_TABLE LLEP_BENCH_TABLE
+#define FMT_JSON LLEP_BENCH_JSON
+#define FMT_CSV LLEP_BENCH_CSV
 
 /* One policy's figures for a scenario over its repeats. */
 typedef struct run {
@@ -90,48 +67,6 @@ typedef struct result {
     double diff;            /* relative L2 difference of the EP and LLEP outputs */
 } result;
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    llep__cli_vsay("llep-bench", 0, fmt, ap);
-    va_end(ap);
-    exit(EXIT_FAILURE);
-}
-
-/* A bad command line: exit code 2 with the hint to --help. */
-static void usage_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void usage_die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    llep__cli_vsay("llep-bench", 1, fmt, ap);
-    va_end(ap);
-    exit(2);
-}
-
-static void *xcalloc(size_t n, size_t size) {
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p)
-        die("out of memory (%zu x %zu bytes)", n, size);
-    return p;
-}
-
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rng_sym(uint64_t *s) { /* [-1, 1) */
-    return (float)((double)(rng_next(s) >> 11) / 4503599627370496.0 - 1.0);
-}
-
-static uint64_t cpu_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -140,6 +75,8 @@ static void usage(FILE *f) {
         "                  [--alpha A] [--lambda L] [--min-tokens M] [--repeat R]\n"
         "                  [--json|--csv] [--plot FILE.png] [--backend cpu|cuda|auto]\n"
         "                  [--nodes K] [--replica-cache SIZE|auto|off]\n"
+        "                  [--device-memory SIZE] [--planners LIST]\n"
+        "                  [--trace drift|jump [--steps N]] [--tune [--write-config FILE]]\n"
         "\n"
         "Runs the scenarios of DESIGN.md section 7 under EP and LLEP on the same inputs (CPU\n"
         "backend, float32) and prints makespan, speedup, ideal bound, balance efficiency, peak\n"
@@ -167,6 +104,26 @@ static void usage(FILE *f) {
         "                to SIZE per device (K, M, G suffixes) or auto (llepd's default); off\n"
         "                (the default here) copies them every step. w moved is the mean per\n"
         "                LLEP step over the repeats either way\n"
+        "  --device-memory  each device's budget (K, M, G suffixes; default: none, the bench\n"
+        "                measures memory); a step over it fails\n"
+        "  --planners    ep,lla,lla-scaled (any of them, comma-separated): run the scenarios\n"
+        "                under each planner in turn, alternating, and print each one's makespan\n"
+        "                (the weight copies included), speedup over ep and whether it is\n"
+        "                slower than ep beyond 3 %%; lla is the paper's LLA (policy auto with\n"
+        "                alpha, lambda, m), lla-scaled the same with m capped at capacity / P.\n"
+        "                With --trace or --tune: the one planner they use (default lla)\n"
+        "  --trace       replay a routing trace of --steps steps (default 1000) through two\n"
+        "                engines, replica cache off and on (auto unless --replica-cache), and\n"
+        "                print the weight bytes moved per step, makespans and peak memory\n"
+        "                against the budget (llepd's default unless --device-memory): drift\n"
+        "                (the hot experts of --scenario, default 80%%-4, change one at a time,\n"
+        "                every 50 steps) or jump (all of them every 100 steps)\n"
+        "  --tune        search alpha, m, lambda and the replica cache (off, auto) for the\n"
+        "                shape and --scenario (default 80%%-4), measuring each distinct plan;\n"
+        "                print the best point and how far llepd's defaults are from it. m is\n"
+        "                in this run's tokens: give --tokens the batch llepd will see\n"
+        "  --write-config  with --tune: set alpha, lambda, min-tokens and replica-cache in\n"
+        "                this llepd config file to the best point, keeping its other lines\n"
         "Environment: LLEP_BENCH_THREADS host threads running the devices (default 1, so\n"
         "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n");
 }
@@ -174,15 +131,59 @@ static void usage(FILE *f) {
 static uint32_t parse_u32(const char *opt, const char *s, uint32_t min) {
     uint32_t v;
     if (llep__parse_u32(s, &v) < 0 || v < min)
-        usage_die("%s: '%s' is not an integer >= %u", opt, s, min);
+        llep__bench_usage_die("%s: '%s' is not an integer >= %u", opt, s, min);
     return v;
 }
 
 static double parse_pos(const char *opt, const char *s) {
     double v;
     if (llep__parse_double(s, &v) < 0 || !(v > 0))
-        usage_die("%s: '%s' is not a number > 0", opt, s);
+        llep__bench_usage_die("%s: '%s' is not a number > 0", opt, s);
     return v;
+}
+
+/* --planners ep,lla,...: each planner once, in the order given. */
+static void parse_planners(const char *arg, options *o) {
+    char buf[256];
+
+    if (strlen(arg) >= sizeof(buf))
+        llep__bench_usage_die("--planners: '%.40s...' is too long", arg);
+    snprintf(buf, sizeof(buf), "%s", arg);
+    o->num_planners = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        int pl = llep__bench_planner_parse(tok);
+        if (pl < 0)
+            llep__bench_usage_die("--planners: unknown planner '%s' (ep, lla or lla-scaled)",
+                                  tok);
+        for (uint32_t i = 0; i < o->num_planners; i++)
+            if (o->planners[i] == (enum llep_bench_planner)pl)
+                llep__bench_usage_die("--planners: '%s' is given twice", tok);
+        o->planners[o->num_planners++] = (enum llep_bench_planner)pl;
+    }
+    if (o->num_planners == 0)
+        llep__bench_usage_die("--planners: no planner named");
+}
+
+/* --planners, --trace and --tune are modes of their own, without the classic run's extras;
+ * --trace and --tune take at most one planner (default lla). */
+static void check_modes(const options *o, int steps_set, int cache_set) {
+    int modes = (o->num_planners > 0) + (o->trace != NULL) + o->tune;
+
+    if (o->trace && o->tune)
+        llep__bench_usage_die("--trace and --tune exclude each other");
+    if ((o->trace || o->tune) && o->num_planners > 1)
+        llep__bench_usage_die("--planners: --trace and --tune take one planner");
+    if (o->trace && cache_set && o->replica_cache == 0)
+        llep__bench_usage_die("--trace compares the replica cache off with it on: "
+                              "--replica-cache must be a size > 0 or auto");
+    if (o->write_config && !o->tune)
+        llep__bench_usage_die("--write-config needs --tune");
+    if (steps_set && !o->trace)
+        llep__bench_usage_die("--steps needs --trace");
+    if (modes && (o->nodes || o->plot || o->format == FMT_CSV))
+        llep__bench_usage_die("--nodes, --plot and --csv go with the EP against LLEP run only, "
+                              "not with --planners, --trace or --tune");
 }
 
 static void parse_options(int argc, char **argv, options *o) {
@@ -202,23 +203,29 @@ static void parse_options(int argc, char **argv, options *o) {
         { "backend", required_argument, NULL, 'B' },
         { "nodes", required_argument, NULL, 'N' },
         { "replica-cache", required_argument, NULL, 'C' },
+        { "device-memory", required_argument, NULL, 'M' },
+        { "planners", required_argument, NULL, 'L' },
+        { "trace", required_argument, NULL, 't' },
+        { "steps", required_argument, NULL, 'n' },
+        { "tune", no_argument, NULL, 'u' },
+        { "write-config", required_argument, NULL, 'w' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
-    int c;
+    int c, steps_set = 0, cache_set = 0;
 
-    *o = (options){ .preset = &presets[0], .scenario = -1, .devices = 8, .scale = 8,
+    *o = (options){ .preset = &llep__bench_presets[0], .scenario = -1, .devices = 8, .scale = 8,
                     .repeat = 5, .alpha = LLEP_DEFAULT_ALPHA, .lambda = LLEP_DEFAULT_LAMBDA,
-                    .backend = LLEP_BACKEND_CPU };
+                    .backend = LLEP_BACKEND_CPU, .steps = 1000 };
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
         case 'p':
             o->preset = NULL;
-            for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
-                if (strcmp(optarg, presets[i].name) == 0)
-                    o->preset = &presets[i];
+            for (size_t i = 0; i < llep__bench_num_presets; i++)
+                if (strcmp(optarg, llep__bench_presets[i].name) == 0)
+                    o->preset = &llep__bench_presets[i];
             if (!o->preset)
-                usage_die("--preset: unknown preset '%s'", optarg);
+                llep__bench_usage_die("--preset: unknown preset '%s'", optarg);
             break;
         case 's':
             if (strcmp(optarg, "all") == 0) {
@@ -226,7 +233,7 @@ static void parse_options(int argc, char **argv, options *o) {
             } else {
                 const llep_scenario *sc = llep__scenario_find(optarg);
                 if (!sc)
-                    usage_die("--scenario: unknown scenario '%s' (see --help)", optarg);
+                    llep__bench_usage_die("--scenario: unknown scenario '%s' (see --help)", optarg);
                 o->scenario = (int)(sc - llep__scenarios);
             }
             break;
@@ -242,13 +249,31 @@ static void parse_options(int argc, char **argv, options *o) {
         case 'r': o->repeat = parse_u32("--repeat", optarg, 1); break;
         case 'N': o->nodes = parse_u32("--nodes", optarg, 1); break;
         case 'C':
+            cache_set = 1;
             if (strcmp(optarg, "auto") == 0)
                 o->replica_cache = LLEP_DEVICES_CACHE_AUTO;
             else if (strcmp(optarg, "off") == 0)
                 o->replica_cache = 0;
             else if (llep__parse_size(optarg, &o->replica_cache) < 0 ||
                      o->replica_cache == LLEP_DEVICES_CACHE_AUTO)
-                usage_die("--replica-cache: '%s' is not a size, auto or off", optarg);
+                llep__bench_usage_die("--replica-cache: '%s' is not a size, auto or off", optarg);
+            break;
+        case 'M':
+            if (llep__parse_size(optarg, &o->device_memory) < 0 || o->device_memory == 0)
+                llep__bench_usage_die("--device-memory: '%s' is not a size > 0", optarg);
+            break;
+        case 'L': parse_planners(optarg, o); break;
+        case 't':
+            if (strcmp(optarg, "drift") != 0 && strcmp(optarg, "jump") != 0)
+                llep__bench_usage_die("--trace: '%s' is not drift or jump", optarg);
+            o->trace = optarg;
+            break;
+        case 'n': o->steps = parse_u32("--steps", optarg, 1); steps_set = 1; break;
+        case 'u': o->tune = 1; break;
+        case 'w':
+            if (!optarg[0])
+                llep__bench_usage_die("--write-config: the file name is empty");
+            o->write_config = optarg;
             break;
         case 'j': o->format = FMT_JSON; break;
         case 'c': o->format = FMT_CSV; break;
@@ -261,19 +286,23 @@ static void parse_options(int argc, char **argv, options *o) {
             else if (strcmp(optarg, "auto") == 0)
                 o->backend = LLEP_BACKEND_AUTO;
             else
-                usage_die("--backend: '%s' is not cpu, cuda or auto", optarg);
+                llep__bench_usage_die("--backend: '%s' is not cpu, cuda or auto", optarg);
             break;
         case 'h': usage(stdout); exit(EXIT_SUCCESS);
         default: usage(stderr); exit(2);
         }
     }
     if (optind < argc)
-        usage_die("unexpected argument '%s'", argv[optind]);
+        llep__bench_usage_die("unexpected argument '%s'", argv[optind]);
+    check_modes(o, steps_set, cache_set);
+    /* A trace compares the cache off with it on: on means llepd's default unless given. */
+    if (o->trace && !cache_set)
+        o->replica_cache = LLEP_DEVICES_CACHE_AUTO;
     if (o->preset->n % o->devices)
-        usage_die("--devices: %s has %u experts, not a multiple of %u", o->preset->name, o->preset->n,
+        llep__bench_usage_die("--devices: %s has %u experts, not a multiple of %u", o->preset->name, o->preset->n,
             o->devices);
     if (o->nodes && o->devices % o->nodes)
-        usage_die("--nodes: %u does not divide --devices %u", o->nodes, o->devices);
+        llep__bench_usage_die("--nodes: %u does not divide --devices %u", o->nodes, o->devices);
     if (!o->tokens_set)
         o->tokens = o->preset->tokens / o->scale ? o->preset->tokens / o->scale : 1;
     if (!o->min_tokens_set) {
@@ -281,142 +310,6 @@ static void parse_options(int argc, char **argv, options *o) {
         if (o->min_tokens < 1)
             o->min_tokens = 1;
     }
-}
-
-/* The bench's layer and inputs, shared by every scenario. */
-typedef struct bench {
-    options o;
-    uint32_t n, k, d, h, p, t;
-    uint32_t threads;       /* host threads running the devices */
-    const llep_backend_ops *ops;  /* the engine's backend */
-    llep_engine *eng;
-    float *ref_w;           /* [N][gate, up, down][D * H] for the plain-GEMM yardstick */
-    float **x, **topk_w, **y_ep, **y_llep;
-    float **y_hier;         /* [P] with --nodes, else NULL */
-    uint64_t **node_loads;  /* [K][N] with --nodes: slots of each expert per home node */
-    int32_t **idx;
-    int32_t *slot_expert;   /* [P * T * K] */
-    llep_engine_batch *batches;
-} bench;
-
-static void make_engine(bench *b) {
-    size_t wn = (size_t)b->n * b->d * b->h;
-    float *wg = malloc(wn * sizeof(float)), *wu = malloc(wn * sizeof(float));
-    float *wd = malloc(wn * sizeof(float));
-    uint64_t rng = 42;
-    char err[256];
-
-    if (!wg || !wu || !wd)
-        die("out of memory for %zu weights", 3 * wn);
-    for (size_t i = 0; i < wn; i++) {
-        wg[i] = rng_sym(&rng) / sqrtf((float)b->d);
-        wu[i] = rng_sym(&rng) / sqrtf((float)b->d);
-        wd[i] = rng_sym(&rng) / sqrtf((float)b->h);
-    }
-    /* The plain-GEMM yardstick runs on the host, so only the CPU backend has one. */
-    b->ref_w = b->ops == &llep__backend_cpu ? xcalloc(3 * wn, sizeof(float)) : NULL;
-    for (size_t e = 0; b->ref_w && e < b->n; e++) {
-        size_t dh = (size_t)b->d * b->h;
-        memcpy(b->ref_w + (3 * e + 0) * dh, wg + e * dh, dh * sizeof(float));
-        memcpy(b->ref_w + (3 * e + 1) * dh, wu + e * dh, dh * sizeof(float));
-        memcpy(b->ref_w + (3 * e + 2) * dh, wd + e * dh, dh * sizeof(float));
-    }
-    llep_engine_config cfg;
-    llep__engine_config_default(&cfg);
-    cfg.num_experts = b->n;
-    cfg.top_k = b->k;
-    cfg.hidden = b->d;
-    cfg.inter = b->h;
-    cfg.w_gate = wg;
-    cfg.w_up = wu;
-    cfg.w_down = wd;
-    cfg.num_devices = b->p;
-    cfg.mem_budget = UINT64_C(1) << 62; /* the bench measures memory, it does not limit it */
-    cfg.threads = b->threads;
-    cfg.backend = b->ops;
-    cfg.replica_cache = b->o.replica_cache;
-    int r = llep__engine_new(&cfg, &b->eng, err, sizeof(err));
-    free(wg);
-    free(wu);
-    free(wd);
-    if (r < 0)
-        die("engine: %s", err);
-}
-
-static void make_inputs(bench *b) {
-    size_t rows = b->t, slots = (size_t)b->t * b->k;
-    uint64_t rng = 7;
-
-    b->x = xcalloc(b->p, sizeof(*b->x));
-    b->topk_w = xcalloc(b->p, sizeof(*b->topk_w));
-    b->y_ep = xcalloc(b->p, sizeof(*b->y_ep));
-    b->y_llep = xcalloc(b->p, sizeof(*b->y_llep));
-    b->idx = xcalloc(b->p, sizeof(*b->idx));
-    b->batches = xcalloc(b->p, sizeof(*b->batches));
-    b->slot_expert = xcalloc(slots * b->p, sizeof(*b->slot_expert));
-    for (uint32_t p = 0; p < b->p; p++) {
-        b->x[p] = xcalloc(rows * b->d, sizeof(float));
-        b->y_ep[p] = xcalloc(rows * b->d, sizeof(float));
-        b->y_llep[p] = xcalloc(rows * b->d, sizeof(float));
-        b->topk_w[p] = xcalloc(slots, sizeof(float));
-        b->idx[p] = xcalloc(slots, sizeof(int32_t));
-        for (size_t i = 0; i < rows * b->d; i++)
-            b->x[p][i] = rng_sym(&rng);
-        for (size_t i = 0; i < slots; i++)
-            b->topk_w[p][i] = (rng_sym(&rng) + 1) / 2;
-    }
-    if (!b->o.nodes)
-        return;
-    b->y_hier = xcalloc(b->p, sizeof(*b->y_hier));
-    for (uint32_t p = 0; p < b->p; p++)
-        b->y_hier[p] = xcalloc(rows * b->d, sizeof(float));
-    b->node_loads = xcalloc(b->o.nodes, sizeof(*b->node_loads));
-    for (uint32_t j = 0; j < b->o.nodes; j++)
-        b->node_loads[j] = xcalloc(b->n, sizeof(**b->node_loads));
-}
-
-/* Counts each expert's slots per home node from the batches as routed: home device p is on
- * node p / (P / K). */
-static void count_node_loads(bench *b) {
-    uint32_t per_node = b->p / b->o.nodes;
-
-    for (uint32_t j = 0; j < b->o.nodes; j++)
-        memset(b->node_loads[j], 0, b->n * sizeof(**b->node_loads));
-    for (uint32_t p = 0; p < b->p; p++)
-        for (size_t i = 0; i < (size_t)b->t * b->k; i++)
-            b->node_loads[p / per_node][b->idx[p][i]]++;
-}
-
-/* Routes the slots so that each expert gets exactly the scenario's load, spread at random
- * over home devices, tokens and k. */
-static void route(bench *b, const scenario *s) {
-    size_t total = (size_t)b->p * b->t * b->k, pos = 0;
-    uint32_t hot = s->share > 0 ? (s->hot < b->n ? s->hot : b->n - 1) : 0;
-    size_t hot_slots = (size_t)llround(s->share * (double)total);
-    uint64_t rng = 1234;
-
-    for (uint32_t e = 0; e < hot; e++) {
-        size_t c = hot_slots / hot + (e < hot_slots % hot);
-        for (size_t i = 0; i < c; i++)
-            b->slot_expert[pos++] = (int32_t)e;
-    }
-    size_t cold = total - pos, nc = b->n - hot;
-    for (uint32_t e = hot; e < b->n; e++) {
-        size_t c = cold / nc + (e - hot < cold % nc);
-        for (size_t i = 0; i < c; i++)
-            b->slot_expert[pos++] = (int32_t)e;
-    }
-    for (size_t i = total - 1; i > 0; i--) {
-        size_t j = rng_next(&rng) % (i + 1);
-        int32_t v = b->slot_expert[i];
-        b->slot_expert[i] = b->slot_expert[j];
-        b->slot_expert[j] = v;
-    }
-    for (uint32_t p = 0; p < b->p; p++)
-        memcpy(b->idx[p], b->slot_expert + (size_t)p * b->t * b->k,
-               (size_t)b->t * b->k * sizeof(int32_t));
-    if (b->o.nodes)
-        count_node_loads(b);
 }
 
 /* Takes a step's figures; busy times keep, per device, the least seen over the repeats. */
@@ -466,7 +359,7 @@ static void step_policy(bench *b, enum llep_policy pol, uint32_t per_node, float
     for (uint32_t p = 0; p < b->p; p++)
         b->batches[p] = (llep_engine_batch){ b->t, b->x[p], b->idx[p], b->topk_w[p], y[p] };
     if (llep__engine_step(b->eng, b->batches, &pp, &st) < 0)
-        die("step failed: %s", llep__engine_error(b->eng));
+        llep__bench_die("step failed: %s", llep__engine_error(b->eng));
     add_step(b, &st, out, first);
 }
 
@@ -479,7 +372,7 @@ static void node_traffic(bench *b, traffic *ret) {
     int r = llep__plan_node_traffic(pl, b->p / b->o.nodes, (const uint64_t *const *)b->node_loads,
                                     b->o.nodes, &ret->rows, &ret->transfers);
     if (r < 0)
-        die("counting the traffic between nodes failed: %s", strerror(-r));
+        llep__bench_die("counting the traffic between nodes failed: %s", strerror(-r));
 }
 
 /* Runs EP and LLEP (and, with --nodes, hierarchical LLEP) `repeat` times each, alternating,
@@ -493,9 +386,9 @@ static void run_pair(bench *b, result *res, const char *label, size_t si, size_t
     uint32_t per_node = b->o.nodes ? b->p / b->o.nodes : 0;
 
     for (int j = 0; j < nruns; j++) {
-        runs[j]->peak = xcalloc(b->p, sizeof(uint64_t));
-        runs[j]->busy = xcalloc(b->p, sizeof(uint64_t));
-        runs[j]->rows = xcalloc(b->p, sizeof(uint64_t));
+        runs[j]->peak = llep__bench_calloc(b->p, sizeof(uint64_t));
+        runs[j]->busy = llep__bench_calloc(b->p, sizeof(uint64_t));
+        runs[j]->rows = llep__bench_calloc(b->p, sizeof(uint64_t));
     }
     for (uint32_t i = 0; i < b->o.repeat; i++) {
         fprintf(stderr, "[%zu/%zu] %s: EP and LLEP%s, step %u/%u\n", si + 1, ns, label,
@@ -531,12 +424,12 @@ static double plain_gemm_gflops(bench *b, const float *wts) {
     for (uint32_t i = 0; i < pl->num_ranges; i++)
         if (pl->ranges[i].end - pl->ranges[i].start > max_rows)
             max_rows = pl->ranges[i].end - pl->ranges[i].start;
-    float *x = xcalloc(max_rows * b->d, sizeof(float)), *y = xcalloc(max_rows * b->d, sizeof(float));
-    float *g = xcalloc(tile * b->h, sizeof(float)), *u = xcalloc(tile * b->h, sizeof(float));
+    float *x = llep__bench_calloc(max_rows * b->d, sizeof(float)), *y = llep__bench_calloc(max_rows * b->d, sizeof(float));
+    float *g = llep__bench_calloc(tile * b->h, sizeof(float)), *u = llep__bench_calloc(tile * b->h, sizeof(float));
     for (size_t i = 0; i < max_rows * b->d; i++)
-        x[i] = y[i] = rng_sym(&rng);
+        x[i] = y[i] = llep__tool_frand(&rng);
     for (size_t i = 0; i < tile * b->h; i++)
-        g[i] = u[i] = rng_sym(&rng);
+        g[i] = u[i] = llep__tool_frand(&rng);
 
     /* Like the engine's busy times, the least of `repeat` passes. */
     for (uint32_t rep = 0; rep < b->o.repeat; rep++) {
@@ -549,7 +442,7 @@ static double plain_gemm_gflops(bench *b, const float *wts) {
                 for (uint64_t r0 = 0; r0 < rows; r0 += tile) {
                     int m = (int)(rows - r0 < tile ? rows - r0 : tile);
                     const float *xa = x + r0 * b->d;
-                    uint64_t t0 = cpu_ns();
+                    uint64_t t0 = llep__bench_cpu_ns();
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)b->h,
                                 (int)b->d, 1, xa, (int)b->d, wg, (int)b->h, 0, g, (int)b->h);
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)b->h,
@@ -557,7 +450,7 @@ static double plain_gemm_gflops(bench *b, const float *wts) {
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, (int)b->d,
                                 (int)b->h, 1, g, (int)b->h, wd, (int)b->d, 0, y + r0 * b->d,
                                 (int)b->d);
-                    pass_ns += cpu_ns() - t0;
+                    pass_ns += llep__bench_cpu_ns() - t0;
                     flops += 6 * (uint64_t)m * b->d * b->h;
                 }
             }
@@ -586,7 +479,7 @@ static double output_diff(bench *b, float **y) {
 static void run_scenario(bench *b, size_t si, size_t idx, size_t ns, result *res) {
     const scenario *s = &llep__scenarios[si];
 
-    route(b, s);
+    llep__bench_route(b, s);
     res->scen = s;
     run_pair(b, res, s->name, idx, ns);
     res->gemm_gflops = b->ref_w ? plain_gemm_gflops(b, b->ref_w) : 0;
@@ -603,38 +496,9 @@ static double speedup(const result *r) {
     return r->llep.makespan_ns ? (double)r->ep.makespan_ns / (double)r->llep.makespan_ns : 0;
 }
 
-static void print_header(const bench *b, FILE *f, const char *prefix) {
-    const preset *ps = b->o.preset;
-    const char *core = "unknown";
-#ifdef LLEP_HAVE_OPENBLAS_CORENAME
-    core = openblas_get_corename();
-#endif
-    fprintf(f, "%s%s scaled by %u: N %u, D %u (of %u), H %u (of %u), K %u; P %u devices, "
-            "%u tokens per device (of %u); float32\n", prefix, ps->name, b->o.scale, b->n, b->d,
-            ps->d, b->h, ps->h, b->k, b->p, b->t, ps->tokens);
-    char cache[32];
-    if (b->o.replica_cache == LLEP_DEVICES_CACHE_AUTO)
-        snprintf(cache, sizeof(cache), "auto");
-    else if (b->o.replica_cache == 0)
-        snprintf(cache, sizeof(cache), "off");
-    else
-        snprintf(cache, sizeof(cache), "%" PRIu64 " bytes", b->o.replica_cache);
-    fprintf(f, "%sLLEP: policy auto, alpha %g, lambda %g, m %" PRIu64 ", replica cache %s; EP: "
-            "policy ep\n", prefix, b->o.alpha, b->o.lambda, b->o.min_tokens, cache);
-    if (b->ops != &llep__backend_cpu)
-        fprintf(f, "%sbackend %s: busy time = CUDA event time of each device's work (logical "
-                "devices sharing a GPU run one at a time); each device's least over %u steps, "
-                "makespan = the largest; no plain-GEMM yardstick (GEMM column 0)\n",
-                prefix, b->ops->name, b->o.repeat);
-    else
-    fprintf(f, "%sbusy time = per-device CPU time (thread CPU clock of each device's work); "
-            "each device's least over %u steps, makespan = the largest; devices run on %u host "
-            "thread(s) of %ld CPUs; OpenBLAS core %s\n",
-            prefix, b->o.repeat, b->threads, sysconf(_SC_NPROCESSORS_ONLN), core);
-}
 
 static void print_table(const bench *b, const result *res, size_t nres) {
-    print_header(b, stdout, "");
+    llep__bench_print_header(b, stdout, "");
     printf("peak = largest per-device peak (weights + token buffers); GEMM eff = engine "
            "expert FLOP/s (all device work) / plain cblas_sgemm on the same GEMMs\n\n");
     printf("%-9s %4s %9s %9s %7s %6s %6s %6s %6s %9s %9s %8s %5s %9s\n", "scenario", "mode",
@@ -692,7 +556,7 @@ static void print_node_table(const bench *b, const result *res, size_t nres) {
 }
 
 static void print_csv(const bench *b, const result *res, size_t nres) {
-    print_header(b, stdout, "# ");
+    llep__bench_print_header(b, stdout, "# ");
     printf("scenario,mode,ep_makespan_ms,llep_makespan_ms,speedup,ideal,ep_balance,"
            "llep_balance,ep_peak_bytes,llep_peak_bytes,weight_bytes_moved,llep_token_bytes_moved,"
            "engine_gflops,plain_sgemm_gflops,ep_llep_rel_l2\n");
@@ -827,60 +691,31 @@ static int have_gnuplot(void) {
     return system("command -v gnuplot >/dev/null 2>&1") == 0;
 }
 
-int main(int argc, char **argv) {
-    bench b = { 0 };
-
-    parse_options(argc, argv, &b.o);
-    const preset *ps = b.o.preset;
-    b.n = ps->n;
-    b.k = ps->k;
-    b.d = ps->d / b.o.scale ? ps->d / b.o.scale : 1;
-    b.h = ps->h / b.o.scale ? ps->h / b.o.scale : 1;
-    b.p = b.o.devices;
-    b.t = b.o.tokens;
-    const char *th = getenv("LLEP_BENCH_THREADS");
-    /* One thread by default: devices then run one at a time, so no device's CPU time is
-     * inflated by another device of the same run competing for the core or its caches
-     * (which would penalise LLEP, whose devices all work at once, more than EP). */
-    b.threads = th && *th ? parse_u32("LLEP_BENCH_THREADS", th, 1) : 1;
-    if (b.o.plot && !have_gnuplot())
-        fprintf(stderr, "llep-bench: gnuplot not found in PATH: --plot %s will be skipped\n",
-                b.o.plot);
-
-    char spec[16], msg[256];
-    llep_backend_options bo;
-    snprintf(spec, sizeof(spec), "%u", b.p);
-    if (llep__backend_select(b.o.backend, spec, &b.ops, &bo, msg, sizeof(msg)) < 0)
-        die("%s", msg);
-    fprintf(stderr, "llep-bench: %s\n", msg);
-    print_header(&b, stderr, "llep-bench: ");
-    make_engine(&b);
-    make_inputs(&b);
-
-    size_t first = b.o.scenario >= 0 ? (size_t)b.o.scenario : 0;
-    size_t nres = b.o.scenario >= 0 ? 1 : llep__num_scenarios;
-    result *res = xcalloc(nres, sizeof(*res));
+/* The classic run: EP against LLEP for each scenario. */
+static int ep_against_llep(bench *b) {
+    size_t first = b->o.scenario >= 0 ? (size_t)b->o.scenario : 0;
+    size_t nres = b->o.scenario >= 0 ? 1 : llep__num_scenarios;
+    result *res = llep__bench_calloc(nres, sizeof(*res));
 
     /* One unmeasured step so first-touch page faults do not land on the first scenario. */
-    route(&b, &llep__scenarios[0]);
-    for (uint32_t p = 0; p < b.p; p++)
-        b.batches[p] = (llep_engine_batch){ b.t, b.x[p], b.idx[p], b.topk_w[p], b.y_ep[p] };
-    if (llep__engine_step(b.eng, b.batches, NULL, NULL) < 0)
-        die("warm-up step failed: %s", llep__engine_error(b.eng));
+    llep__bench_route(b, &llep__scenarios[0]);
+    llep__bench_batches(b, b->y_ep);
+    if (llep__engine_step(b->eng, b->batches, NULL, NULL) < 0)
+        llep__bench_die("warm-up step failed: %s", llep__engine_error(b->eng));
 
     for (size_t i = 0; i < nres; i++)
-        run_scenario(&b, first + i, i, nres, &res[i]);
+        run_scenario(b, first + i, i, nres, &res[i]);
 
-    if (b.o.format == FMT_JSON)
-        print_json(&b, res, nres);
-    else if (b.o.format == FMT_CSV)
-        print_csv(&b, res, nres);
+    if (b->o.format == FMT_JSON)
+        print_json(b, res, nres);
+    else if (b->o.format == FMT_CSV)
+        print_csv(b, res, nres);
     else
-        print_table(&b, res, nres);
-    if (b.o.nodes && b.o.format == FMT_TABLE)
-        print_node_table(&b, res, nres);
+        print_table(b, res, nres);
+    if (b->o.nodes && b->o.format == FMT_TABLE)
+        print_node_table(b, res, nres);
     int rc = EXIT_SUCCESS;
-    if (b.o.plot && have_gnuplot() && plot(&b, res, nres, b.o.plot) < 0)
+    if (b->o.plot && have_gnuplot() && plot(b, res, nres, b->o.plot) < 0)
         rc = EXIT_FAILURE;
 
     for (size_t i = 0; i < nres; i++) {
@@ -892,27 +727,27 @@ int main(int argc, char **argv) {
         }
     }
     free(res);
-    for (uint32_t p = 0; p < b.p; p++) {
-        free(b.x[p]);
-        free(b.y_ep[p]);
-        free(b.y_llep[p]);
-        free(b.topk_w[p]);
-        free(b.idx[p]);
-    }
-    for (uint32_t p = 0; b.y_hier && p < b.p; p++)
-        free(b.y_hier[p]);
-    for (uint32_t j = 0; b.node_loads && j < b.o.nodes; j++)
-        free(b.node_loads[j]);
-    free(b.y_hier);
-    free(b.node_loads);
-    free(b.x);
-    free(b.y_ep);
-    free(b.y_llep);
-    free(b.topk_w);
-    free(b.idx);
-    free(b.batches);
-    free(b.slot_expert);
-    free(b.ref_w);
-    llep__engine_free(b.eng);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    bench b = { 0 };
+    int rc;
+
+    parse_options(argc, argv, &b.o);
+    if (b.o.plot && !have_gnuplot())
+        fprintf(stderr, "llep-bench: gnuplot not found in PATH: --plot %s will be skipped\n",
+                b.o.plot);
+    llep__bench_open(&b);
+    llep__bench_print_header(&b, stderr, "llep-bench: ");
+    if (b.o.tune)
+        rc = llep__bench_tune(&b);
+    else if (b.o.trace)
+        rc = llep__bench_trace(&b);
+    else if (b.o.num_planners)
+        rc = llep__bench_planners(&b);
+    else
+        rc = ep_against_llep(&b);
+    llep__bench_close(&b);
     return rc;
 }

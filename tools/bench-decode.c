@@ -1,0 +1,221 @@
+/* llep-bench --planners: the scenarios under several planners side by side (bench-modes.h).
+ *
+ * Made for the decode sweep of issue 15 (scripts/bench-decode.sh runs it per batch size and
+ * shape): at small batches the paper's LLA (m = 1024) can force a hot expert's remainder onto
+ * one helper, so the question per row is whether a planner is ever slower than EP. Every
+ * planner runs the same routed inputs, one step each in turn, `repeat` rounds, so all see the
+ * same spells of noise. Two makespans per planner: each device's least busy time over the
+ * rounds, then the largest (noise only ever adds CPU time: the figure the verdict uses, as in
+ * the EP against LLEP table), and the median over the rounds of the step's own makespan.
+ * Busy time includes receiving spilled experts' weights; with the replica cache off (the
+ * bench's default) every step copies them again. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench-modes.h"
+
+/* A planner slower than EP by more than this is a failure of the row (issue 15: 3 % noise). */
+#define NOISE 1.03
+
+typedef struct prun {
+    uint64_t *busy;          /* [P] least over the rounds */
+    uint64_t *step_ms;       /* [repeat] each round's makespan (ns) */
+    uint64_t makespan_ns;    /* largest of busy */
+    uint64_t median_ns;      /* median of step_ms */
+    uint64_t weight_bytes;   /* summed, then per step */
+    uint64_t peak_max;       /* largest device peak over the rounds */
+    uint32_t transfers;
+    enum llep_plan_mode mode;
+} prun;
+
+typedef struct prow {
+    const llep_scenario *scen;
+    double ideal;            /* EP's largest native device load / (total / P) */
+    prun runs[LLEP_BENCH_MAX_PLANNERS];
+} prow;
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double ideal_of(const llep_bench *b) {
+    uint32_t per = b->n / b->p;
+    uint64_t total = 0, max = 0;
+
+    for (uint32_t d = 0; d < b->p; d++) {
+        uint64_t s = 0;
+        for (uint32_t e = d * per; e < (d + 1) * per; e++)
+            s += b->loads[e];
+        total += s;
+        if (s > max)
+            max = s;
+    }
+    return total ? (double)max * b->p / (double)total : 1.0;
+}
+
+static void step_planner(llep_bench *b, enum llep_bench_planner pl, prun *r, uint32_t round) {
+    llep_plan_params pp;
+    llep_engine_stats st;
+
+    llep__bench_planner_params(b, pl, &pp);
+    llep__bench_batches(b, b->y_llep);
+    if (llep__engine_step(b->eng, b->batches, &pp, &st) < 0)
+        llep__bench_die("%s step failed: %s", llep__bench_planner_name(pl),
+                        llep__engine_error(b->eng));
+    for (uint32_t d = 0; d < b->p; d++) {
+        uint64_t busy = st.devices[d].busy_ns;
+        if (round == 0 || busy < r->busy[d])
+            r->busy[d] = busy;
+        if (st.devices[d].peak_bytes > r->peak_max)
+            r->peak_max = st.devices[d].peak_bytes;
+    }
+    r->step_ms[round] = st.makespan_ns;
+    r->weight_bytes += st.weight_bytes_moved;
+    r->transfers = st.transfers;
+    r->mode = st.mode;
+}
+
+static void finish(const llep_bench *b, prun *r) {
+    for (uint32_t d = 0; d < b->p; d++)
+        if (r->busy[d] > r->makespan_ns)
+            r->makespan_ns = r->busy[d];
+    qsort(r->step_ms, b->o.repeat, sizeof(*r->step_ms), cmp_u64);
+    r->median_ns = r->step_ms[b->o.repeat / 2];
+    r->weight_bytes /= b->o.repeat;
+}
+
+static void run_row(llep_bench *b, const llep_scenario *s, prow *row, size_t i, size_t n) {
+    uint32_t np = b->o.num_planners;
+
+    llep__bench_route(b, s);
+    row->scen = s;
+    row->ideal = ideal_of(b);
+    for (uint32_t j = 0; j < np; j++) {
+        row->runs[j].busy = llep__bench_calloc(b->p, sizeof(uint64_t));
+        row->runs[j].step_ms = llep__bench_calloc(b->o.repeat, sizeof(uint64_t));
+    }
+    /* One unmeasured round: first-touch faults and cold caches land outside the figures. */
+    for (uint32_t j = 0; j < np; j++) {
+        prun scratch = { .busy = llep__bench_calloc(b->p, sizeof(uint64_t)),
+                         .step_ms = llep__bench_calloc(1, sizeof(uint64_t)) };
+        step_planner(b, b->o.planners[j], &scratch, 0);
+        free(scratch.busy);
+        free(scratch.step_ms);
+    }
+    for (uint32_t r = 0; r < b->o.repeat; r++) {
+        fprintf(stderr, "[%zu/%zu] %s: round %u/%u\n", i + 1, n, s->name, r + 1, b->o.repeat);
+        for (uint32_t j = 0; j < np; j++)
+            step_planner(b, b->o.planners[j], &row->runs[j], r);
+    }
+    for (uint32_t j = 0; j < np; j++)
+        finish(b, &row->runs[j]);
+}
+
+/* The index of EP among the planners, or -1. */
+static int ep_index(const llep_bench *b) {
+    for (uint32_t j = 0; j < b->o.num_planners; j++)
+        if (b->o.planners[j] == LLEP_BENCH_EP)
+            return (int)j;
+    return -1;
+}
+
+static double ratio(uint64_t a, uint64_t b) {
+    return b ? (double)a / (double)b : 0;
+}
+
+static const char *verdict(const prow *row, int ep, uint32_t j) {
+    if (ep < 0)
+        return "-";
+    return (double)row->runs[j].makespan_ns <= NOISE * (double)row->runs[ep].makespan_ns ?
+           "ok" : "SLOWER";
+}
+
+static void print_table(const llep_bench *b, const prow *rows, size_t nrows) {
+    int ep = ep_index(b);
+
+    llep__bench_print_header(b, stdout, "");
+    printf("per planner: ms = makespan (each device's least busy time over %u rounds, the "
+           "largest), med = median of the rounds' makespans, x = speedup over ep (ms), "
+           "%%id = x / ideal, w = weight MiB moved per step, ok = not slower than ep beyond "
+           "%.0f %%; under each planner's name, the mode its plans ran in\n\n", b->o.repeat, (NOISE - 1) * 100);
+    printf("%-9s %6s", "scenario", "ideal");
+    for (uint32_t j = 0; j < b->o.num_planners; j++)
+        printf(" | %-10s %9s %9s %6s %5s %7s %6s", llep__bench_planner_name(b->o.planners[j]),
+               "ms", "med ms", "x", "%id", "w MiB", "ok?");
+    printf("\n");
+    for (size_t i = 0; i < nrows; i++) {
+        const prow *r = &rows[i];
+        printf("%-9s %6.2f", r->scen->name, r->ideal);
+        for (uint32_t j = 0; j < b->o.num_planners; j++) {
+            const prun *u = &r->runs[j];
+            double x = ep >= 0 ? ratio(r->runs[ep].makespan_ns, u->makespan_ns) : 0;
+            printf(" | %-10s %9.3f %9.3f %6.2f %4.0f%% %7.2f %6s",
+                   u->mode == LLEP_PLAN_LLEP ? "llep" : "ep", u->makespan_ns / 1e6,
+                   u->median_ns / 1e6, x, 100 * x / r->ideal,
+                   (double)u->weight_bytes / (1024.0 * 1024.0), verdict(r, ep, j));
+        }
+        printf("\n");
+    }
+}
+
+static void print_json(const llep_bench *b, const prow *rows, size_t nrows) {
+    const llep_bench_preset *ps = b->o.preset;
+    int ep = ep_index(b);
+
+    printf("{\"preset\": \"%s\", \"scale\": %u, \"experts\": %u, \"hidden\": %u, \"inter\": %u, "
+           "\"top_k\": %u, \"devices\": %u, \"tokens_per_device\": %u, \"dtype\": \"f32\",\n"
+           " \"alpha\": %g, \"lambda\": %g, \"min_tokens\": %" PRIu64 ", \"repeat\": %u, "
+           "\"replica_cache\": %" PRIu64 ", \"noise\": %.2f,\n \"planners\": [",
+           ps->name, b->o.scale, b->n, b->d, b->h, b->k, b->p, b->t, b->o.alpha, b->o.lambda,
+           b->o.min_tokens, b->o.repeat,
+           b->o.replica_cache == LLEP_DEVICES_CACHE_AUTO ? UINT64_C(0) - 1 : b->o.replica_cache,
+           NOISE);
+    for (uint32_t j = 0; j < b->o.num_planners; j++)
+        printf("%s\"%s\"", j ? ", " : "", llep__bench_planner_name(b->o.planners[j]));
+    printf("],\n \"scenarios\": [\n");
+    for (size_t i = 0; i < nrows; i++) {
+        const prow *r = &rows[i];
+        printf("  {\"scenario\": \"%s\", \"ideal\": %.4f, \"runs\": {", r->scen->name, r->ideal);
+        for (uint32_t j = 0; j < b->o.num_planners; j++) {
+            const prun *u = &r->runs[j];
+            double x = ep >= 0 ? ratio(r->runs[ep].makespan_ns, u->makespan_ns) : 0;
+            printf("%s\n    \"%s\": {\"mode\": \"%s\", \"makespan_ns\": %" PRIu64
+                   ", \"median_makespan_ns\": %" PRIu64 ", \"speedup\": %.4f, "
+                   "\"fraction_of_ideal\": %.4f, \"weight_bytes_moved\": %" PRIu64
+                   ", \"transfers\": %u, \"peak_bytes\": %" PRIu64 ", \"verdict\": \"%s\"}",
+                   j ? "," : "", llep__bench_planner_name(b->o.planners[j]),
+                   u->mode == LLEP_PLAN_LLEP ? "llep" : "ep", u->makespan_ns, u->median_ns, x,
+                   x / r->ideal, u->weight_bytes, u->transfers, u->peak_max, verdict(r, ep, j));
+        }
+        printf("}}%s\n", i + 1 < nrows ? "," : "");
+    }
+    printf(" ]}\n");
+}
+
+int llep__bench_planners(llep_bench *b) {
+    size_t first = b->o.scenario >= 0 ? (size_t)b->o.scenario : 0;
+    size_t nrows = b->o.scenario >= 0 ? 1 : llep__num_scenarios;
+    prow *rows = llep__bench_calloc(nrows, sizeof(*rows));
+    int ep = ep_index(b), slower = 0;
+
+    for (size_t i = 0; i < nrows; i++)
+        run_row(b, &llep__scenarios[first + i], &rows[i], i, nrows);
+    if (b->o.format == LLEP_BENCH_JSON)
+        print_json(b, rows, nrows);
+    else
+        print_table(b, rows, nrows);
+    for (size_t i = 0; i < nrows; i++)
+        for (uint32_t j = 0; j < b->o.num_planners; j++) {
+            slower += ep >= 0 && strcmp(verdict(&rows[i], ep, j), "ok") != 0;
+            free(rows[i].runs[j].busy);
+            free(rows[i].runs[j].step_ms);
+        }
+    if (slower)
+        fprintf(stderr, "llep-bench: %d planner row(s) slower than ep beyond %.0f %%\n", slower,
+                (NOISE - 1) * 100);
+    free(rows);
+    return EXIT_SUCCESS;
+}
