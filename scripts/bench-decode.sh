@@ -10,7 +10,8 @@
 # Environment: LLEP_BUILD_DIR (a build with tools/llep-bench; default build), PLANNERS
 # (default ep,lla,lla-scaled), SIZES (default "1 16 64 256 1024 4096 paper"), SHAPES (default
 # "gpt-oss-120b deepseek-v3"), REPEAT_SMALL / REPEAT_LARGE (rounds at up to 256 tokens and
-# above; default 11 and 5), OUT (default a new temporary directory).
+# above; default 11 and 5), OUT (default a new temporary directory), SUMMARY_ONLY=1 (print the
+# tables from the JSON already in OUT, without running anything).
 #
 # Scaling, so that it runs on two cores: gpt-oss-120b has D and H divided by 16 (D = H = 180),
 # DeepSeek-V3 by 32 (D 224, H 64); N, K and P are the models'. The token counts 1 to 4096 are
@@ -29,9 +30,11 @@ out=${OUT:-$(mktemp -d /tmp/bench-decode.XXXXXX)}
 json=0
 [ "${1:-}" = --json ] && json=1
 mkdir -p "$out"
-[ -x "$bench" ] || { echo "bench-decode.sh: $bench not built" >&2; exit 2; }
+[ -x "$bench" ] || [ "${SUMMARY_ONLY:-0}" = 1 ] || {
+  echo "bench-decode.sh: $bench not built" >&2; exit 2; }
 
 for shape in $shapes; do
+  [ "${SUMMARY_ONLY:-0}" = 1 ] && break
   case $shape in
     gpt-oss-120b) scale=16 paper=32768 ;;
     deepseek-v3) scale=32 paper=16384 ;;
