@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,7 +51,9 @@ static int wait_fd(int fd, short events, int64_t deadline) {
     return n < 0 ? -errno : n;
 }
 
-static int connect_socket(const char *path, char *err, size_t errlen) {
+/* timeout_ms >= 0 bounds connect() too: it blocks while llepd's listen backlog is full (a
+ * daemon that is stopped or stuck), and SO_SNDTIMEO is what bounds that on a unix socket. */
+static int connect_socket(const char *path, int timeout_ms, char *err, size_t errlen) {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     size_t len = strlen(path);
     int fd, r;
@@ -67,11 +70,24 @@ static int connect_socket(const char *path, char *err, size_t errlen) {
         llep__errf(err, errlen, 0, "cannot create a socket: %s", strerror(-r));
         return r;
     }
-    /* connect() on a unix socket completes at once; only then is the socket made
-     * non-blocking, so there is no EINPROGRESS to handle. */
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+    if (timeout_ms >= 0) {
+        struct timeval tv = { .tv_sec = timeout_ms / 1000,
+                              .tv_usec = (timeout_ms % 1000) * 1000 + (timeout_ms == 0) };
+
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    }
+    /* connect() on a unix socket completes at once unless the backlog is full; only then is
+     * the socket made non-blocking, so there is no EINPROGRESS to handle. */
+    r = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
+    if (r == -EAGAIN) {
+        llep__errf(err, errlen, 0, "llepd at %s accepts no connections (its backlog stayed "
+                   "full for %d ms)", path, timeout_ms);
+        close(fd);
+        return -ETIMEDOUT;
+    }
+    if (r == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
         r = -errno;
+    if (r < 0) {
         llep__errf(err, errlen, 0, "cannot connect to llepd at %s: %s", path, strerror(-r));
         close(fd);
         return r;
@@ -328,7 +344,7 @@ int llep__conn_open(llep_conn *c, const char *path, LlepPb__PeerKind kind, const
         }
         path = default_path;
     }
-    r = connect_socket(path, err, errlen);
+    r = connect_socket(path, timeout_ms, err, errlen);
     if (r < 0)
         goto fail;
     c->fd = r;

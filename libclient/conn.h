@@ -30,10 +30,11 @@ typedef struct llep_conn {
 } llep_conn;
 
 /* Connects to the unix socket at path (NULL: llep__socket_path_default()), sends Hello with
- * the given peer kind and program name and checks the HelloReply. Returns 0 or a negative
- * errno with a sentence in err: -ENOENT / -ECONNREFUSED / -EACCES from connect(),
- * -EPROTONOSUPPORT on a version mismatch, -ECONNRESET when the daemon closes instead of
- * answering, the reply's status otherwise. On error nothing is left open. */
+ * the given peer kind and program name and checks the HelloReply; timeout_ms (-1: none)
+ * bounds the connect (-ETIMEDOUT while llepd's backlog stays full) and the Hello each.
+ * Returns 0 or a negative errno with a sentence in err: -ENOENT / -ECONNREFUSED / -EACCES
+ * from connect(), -EPROTONOSUPPORT on a version mismatch, -ECONNRESET when the daemon
+ * closes instead of answering, the reply's status otherwise. On error nothing is left open. */
 int llep__conn_open(llep_conn *c, const char *path, LlepPb__PeerKind kind, const char *program,
                     int timeout_ms, char *err, size_t errlen);
 

@@ -82,11 +82,11 @@ LLEP_EXTERN int llep_connect(const char *socket_path, llep_client **ret);
  * complete with -ECONNRESET and their y is not written (y is only ever copied for a completion
  * llepd posted). A later call reconnects first: the first try comes at once, then the tries
  * are 10 ms apart, doubling up to 200 ms; a call made before the next try is due waits for it,
- * so a call blocks at most 200 ms plus one connect (its Hello bounded by 1 s) and restoring
- * the layers, and fails with -ECONNRESET while llepd is not back (the reason in
- * llep_client_error()). Once connected,
- * every layer handle is restored under its name, and the handles (llep_layer *) the program
- * holds stay the same, valid pointers; the arena is the library's own and is set up anew:
+ * so a call blocks at most 200 ms plus one connect (connect() and Hello each bounded by 1 s)
+ * plus restoring the layers, and fails with -ECONNRESET while llepd is not back (the reason
+ * in llep_client_error()). Once connected, every layer handle is restored under its name, and
+ * the handles (llep_layer *) the program holds stay the same, valid pointers; the arena is
+ * the library's own (the program never holds pointers into it) and is set up anew:
  *   - a layer attached by name (a model's layer, one another client created) is attached
  *     again, shape checked;
  *   - a layer this client created with LLEP_LAYER_KEEP_WEIGHTS is created again from the copy
