@@ -797,6 +797,13 @@ START_TEST(test_metrics_options) {
     llep__config_init(&c);
     ck_assert_int_eq(PARSE(&c, "--metrics-expert-loads", "maybe"), -EINVAL);
     llep__config_fini(&c);
+    /* keep-host-weights (failed devices): off unless asked. */
+    llep__config_init(&c);
+    ck_assert(!c.keep_host_weights);
+    ck_assert_int_eq(PARSE(&c, "--keep-host-weights", "yes"), 0);
+    ck_assert(c.keep_host_weights);
+    ck_assert_int_eq(PARSE(&c, "--keep-host-weights", "maybe"), -EINVAL);
+    llep__config_fini(&c);
 }
 END_TEST
 

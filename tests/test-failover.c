@@ -10,7 +10,8 @@
  *
  * Against a private llepd: a model layer (tests/make-checkpoints.py's mixtral-f32) is re-read
  * from its checkpoint and exact again after the failed step, a client-created layer (llepd
- * keeps no host copy of its weights) reports its lost experts, `llepctl devices` shows the
+ * keeps no host copy of its weights unless keep-host-weights) reports its lost experts, or with
+ * keep-host-weights is exact again, `llepctl devices` shows the
  * state, the metrics export it, and the failed device holds nothing once every layer has
  * stepped. */
 #include <check.h>
@@ -575,6 +576,36 @@ START_TEST(test_llepd_failover) {
 }
 END_TEST
 
+/* With keep-host-weights llepd keeps a host copy of client layers' weights: after the failed
+ * step a client layer is exact again on the three devices left. */
+START_TEST(test_llepd_kept_weights) {
+    const char *args[] = { "--keep-host-weights", "yes", "--min-tokens", "1", NULL };
+    const char *env[] = { "LLEP_TEST_FAIL_DEVICE=2@2", NULL };
+    llep_test_llepd o = { .sock = sock_path, .devices = "4", .args = args, .env = env,
+                          .log = log_path };
+    llepd_pid = llep_test_llepd_start(&o);
+    llep_client *c = llep_test_connect(sock_path);
+    layer a, b;
+    layer_init(&a, 8, 2, 16, 12, 51);
+    layer_init(&b, 4, 2, 8, 6, 52);
+    llep_layer *ha = client_layer(c, "a", &a), *hb = client_layer(c, "b", &b);
+
+    forward_exact(ha, &a.w, &a, 1, "layer a before");
+    forward_fails(hb, &b, 2, "device 2 failed", "the failing step");
+    forward_exact(hb, &b.w, &b, 3, "layer b after");
+    forward_exact(ha, &a.w, &a, 4, "layer a after");
+    forward_exact(hb, &b.w, &b, 5, "layer b again");
+    llep_test_output out = ctl("devices", NULL);
+    ck_assert_msg(strstr(out.out, "served by device"), "%s", out.out);
+    llep_test_output_free(&out);
+    llep_layer_release(hb);
+    llep_layer_release(ha);
+    llep_disconnect(c);
+    llep_test_f32_weights_fini(&a.w);
+    llep_test_f32_weights_fini(&b.w);
+}
+END_TEST
+
 static Suite *failover_suite(void) {
     Suite *s = suite_create("failover");
     TCase *tc = tcase_create("engine");
@@ -589,6 +620,7 @@ static Suite *failover_suite(void) {
     tcase_add_unchecked_fixture(tc, llep_test_checkpoints_make, llep_test_checkpoints_remove);
     tcase_add_checked_fixture(tc, setup_llepd, teardown_llepd);
     tcase_add_test(tc, test_llepd_failover);
+    tcase_add_test(tc, test_llepd_kept_weights);
     suite_add_tcase(s, tc);
     return s;
 }

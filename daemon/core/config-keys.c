@@ -246,6 +246,10 @@ static int set_metrics_expert_loads(llep_config *c, const char *value) {
     return parse_yes_no(value, &c->metrics_expert_loads);
 }
 
+static int set_keep_host_weights(llep_config *c, const char *value) {
+    return parse_yes_no(value, &c->keep_host_weights);
+}
+
 static int set_cluster_communicator(llep_config *c, const char *value) {
     if (strcmp(value, "auto") == 0)
         c->cluster_communicator_off = false;
@@ -268,6 +272,9 @@ const config_key llep__config_keys[] = {
     { "replica-cache", "SIZE|auto|off", "auto, off or a size like 0, 512M or 16G",
       "bytes per device kept of spilled experts' weights across steps (default auto)",
       set_replica_cache },
+    { "keep-host-weights", "yes|no", "yes or no",
+      "keep a host copy of client-created layers' weights, to put a failed device's experts "
+      "back (default no)", set_keep_host_weights },
     { "alpha", "X", "a finite number > 0",
       "capacity factor of Least-Loaded Assignment (default 1.0)", set_alpha },
     { "lambda", "X", "a finite number > 0",

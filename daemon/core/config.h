@@ -120,6 +120,9 @@ typedef struct llep_config {
     bool have_metrics_listen;
     llep_peer_addr metrics_listen;
     bool metrics_expert_loads;    /* per-expert load series too; false unless set */
+    /* Keep a host copy of each client-created layer's weights, from which a failed device's
+     * experts are put back (devices.h, "failed devices"); false unless set. */
+    bool keep_host_weights;
     llep_model_spec models[LLEP_CONFIG_MAX_MODELS];  /* in the order given */
     uint32_t nmodels;
     char detail[160];             /* why the last value was bad, when "expected" is not enough */

@@ -183,12 +183,74 @@ typedef struct create_work {
     llep_engine_config cfg;
     llep_engine_config full;    /* a cluster layer's whole weights, cfg being this node's share */
     llep_engine *engine;
+    bool keep;                  /* keep-host-weights: the engine keeps a host copy */
     int r;
     char err[256];
 } create_work;
 
+/* ---- kept host weights (keep-host-weights) ----------------------------------------------- */
+
+/* A client-created layer's weights kept on the host, in one allocation: where the engine puts
+ * a failed device's experts back from (engine.h: reload). */
+typedef struct host_copy {
+    llep_engine_weights w;
+    char *buf;
+} host_copy;
+
+static int kept_get(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
+    (void)err;
+    (void)errlen;
+    *w = ((const host_copy *)arg)->w;
+    return 0;
+}
+
+static void kept_free(void *arg) {
+    host_copy *h = arg;
+
+    free(h->buf);
+    free(h);
+}
+
+/* Copies the weights cfg names (still in the creator's arena) for the engine to keep. */
+static int keep_weights(llep_engine_config *cfg) {
+    uint64_t esz = llep__dtype_size(cfg->dtype), n = cfg->num_experts;
+    uint64_t dh = n * cfg->hidden * cfg->inter * esz;
+    uint64_t size[6] = { dh, dh, dh, cfg->b_gate ? n * cfg->inter * esz : 0,
+                         cfg->b_up ? n * cfg->inter * esz : 0,
+                         cfg->b_down ? n * cfg->hidden * esz : 0 };
+    const void *src[6] = { cfg->w_gate, cfg->w_up, cfg->w_down, cfg->b_gate, cfg->b_up,
+                           cfg->b_down };
+    const void **dst[6];
+    host_copy *h = calloc(1, sizeof(*h));
+    uint64_t total = 0, off = 0;
+
+    for (int i = 0; i < 6; i++)
+        total += size[i];
+    if (!h || total > SIZE_MAX || !(h->buf = malloc(total ? (size_t)total : 1))) {
+        free(h);
+        return -ENOMEM;
+    }
+    dst[0] = &h->w.w_gate, dst[1] = &h->w.w_up, dst[2] = &h->w.w_down;
+    dst[3] = &h->w.b_gate, dst[4] = &h->w.b_up, dst[5] = &h->w.b_down;
+    for (int i = 0; i < 6; i++) {
+        if (!src[i])
+            continue;
+        memcpy(h->buf + off, src[i], (size_t)size[i]);
+        *dst[i] = h->buf + off;
+        off += size[i];
+    }
+    cfg->reload = (llep_engine_reload){ .get = kept_get, .free_arg = kept_free, .arg = h };
+    return 0;
+}
+
 static void create_run(uv_work_t *req) {
     create_work *w = req->data;
+    if (w->keep && keep_weights(&w->cfg) < 0) {
+        w->r = -ENOMEM;
+        snprintf(w->err, sizeof(w->err), "out of host memory for the kept copy of the weights "
+                 "(keep-host-weights)");
+        return;
+    }
     w->r = llep__engine_new(&w->cfg, &w->engine, w->err, sizeof(w->err));
     if (w->r == 0 && w->layer->ops && w->layer->ops->pack(w->layer, &w->full) < 0) {
         w->r = -ENOMEM;
@@ -268,6 +330,7 @@ int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id
         w->full = w->cfg;
         l->ops->share_config(l, &w->cfg);
     }
+    w->keep = srv->cfg.keep_host_weights && !l->ops;
     w->layer = l;
     w->session = s;
     w->frame_id = frame_id;
