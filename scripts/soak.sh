@@ -190,6 +190,10 @@ for p in before start end; do
     printf "%.1f", k / 1024 }')" "$(get "$p" fds)" "$(get "$p" p99_us)" "$(get "$p" steps)"
 done
 echo "runs: $runs (each a layer created, 1-20 forwards checked, the layer dropped), $bad failed"
+awk -F'\t' 'NR > 1 { n++; r = $2 / 1024; lo = (n == 1 || r < lo) ? r : lo; hi = r > hi ? r : hi
+                     f = $3 > f ? $3 : f }
+  END { if (n) printf "while running (%d samples, every 30 s): RSS %.1f to %.1f MiB, at most %d" \
+                      " descriptors\n", n, lo, hi, f }' "$work/samples.tsv"
 echo "RSS start -> end: ${growth}%; descriptors $(get start fds) -> $(get end fds);" \
      "errors by kind at end: $(get end errors) in all"
 reasons=$(IFS=';'; echo "${why[*]:-}")
