@@ -383,12 +383,18 @@ static bool spans_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) 
 
 int llep__sqe_check(const llep_arena *a, const llep_sqe *e, const llep_sqe_shape *shape,
                     char *err, size_t errlen) {
-    struct { const char *name; uint64_t offset, bytes; uint32_t align; } f[4];
+    struct { const char *name; uint64_t offset, bytes; uint32_t align; bool space; } f[4];
     uint64_t xb, kb;
 
-    if (e->flags || e->reserved[0] || e->reserved[1] || e->reserved[2]) {
+    if ((e->flags & ~(LLEP_SQE_X_SPACE | LLEP_SQE_Y_SPACE)) || e->reserved[0] ||
+        e->reserved[1] || e->reserved[2]) {
         llep__errf(err, errlen, 0, "submission %" PRIu64 ": unknown flags or non-zero reserved "
                   "fields", e->tag);
+        return -EINVAL;
+    }
+    if (e->flags && !shape->space_size) {
+        llep__errf(err, errlen, 0, "submission %" PRIu64 ": names a device space, but this "
+                  "client has registered none", e->tag);
         return -EINVAL;
     }
     if (shape->elem_size != 2 && shape->elem_size != 4) {
@@ -408,9 +414,20 @@ int llep__sqe_check(const llep_arena *a, const llep_sqe *e, const llep_sqe_shape
     f[3].name = "y";        f[3].offset = e->y_offset;        f[3].bytes = xb;
     f[0].align = f[3].align = shape->elem_size;
     f[1].align = f[2].align = 4;
+    f[0].space = e->flags & LLEP_SQE_X_SPACE;
+    f[3].space = e->flags & LLEP_SQE_Y_SPACE;
+    f[1].space = f[2].space = false;
 
     for (int i = 0; i < 4; i++) {
-        if (llep__arena_check_span(a, f[i].offset, f[i].bytes) < 0) {
+        if (f[i].space) {
+            if (f[i].offset > shape->space_size ||
+                f[i].bytes > shape->space_size - f[i].offset) {
+                llep__errf(err, errlen, 0, "submission %" PRIu64 ": %s [%" PRIu64 ", +%" PRIu64
+                          ") is outside the device space [0, %" PRIu64 ")", e->tag, f[i].name,
+                          f[i].offset, f[i].bytes, shape->space_size);
+                return -EINVAL;
+            }
+        } else if (llep__arena_check_span(a, f[i].offset, f[i].bytes) < 0) {
             llep__errf(err, errlen, 0, "submission %" PRIu64 ": %s [%" PRIu64 ", +%" PRIu64 ") is outside "
                       "the tensor space [%" PRIu64 ", %" PRIu64 ")", e->tag, f[i].name,
                       f[i].offset, f[i].bytes, a->geom.tensor_offset, a->geom.arena_size);
@@ -425,7 +442,8 @@ int llep__sqe_check(const llep_arena *a, const llep_sqe *e, const llep_sqe_shape
     }
     /* The daemon writes y while it may still be reading the inputs. */
     for (int i = 0; i < 3; i++)
-        if (spans_overlap(f[3].offset, f[3].bytes, f[i].offset, f[i].bytes)) {
+        if (f[i].space == f[3].space &&
+            spans_overlap(f[3].offset, f[3].bytes, f[i].offset, f[i].bytes)) {
             llep__errf(err, errlen, 0, "submission %" PRIu64 ": y overlaps %s", e->tag,
                       f[i].name);
             return -EINVAL;

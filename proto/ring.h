@@ -84,7 +84,9 @@ _Static_assert(offsetof(llep_ring_ctl, sleeping) == 2 * LLEP_CACHELINE, "abi");
 _Static_assert(sizeof(llep_ring_ctl) == 3 * LLEP_CACHELINE, "abi");
 
 /* A submission: one llep_forward() of `tokens` tokens on a layer. Offsets count from the start
- * of the arena and must lie in the tensor space:
+ * of the arena and must lie in the tensor space, except x_offset and y_offset when the flags
+ * put them in the client's device space (SpaceRegister): they count from its start then and
+ * must lie inside it. The routing always travels in the arena, as llepd copies it out:
  *   x, y      [tokens][D] in the layer's dtype
  *   topk_idx  [tokens][K] int32
  *   topk_w    [tokens][K] float32 */
@@ -96,9 +98,13 @@ typedef struct llep_sqe {
     uint64_t topk_idx_offset;
     uint64_t topk_w_offset;
     uint64_t y_offset;
-    uint32_t flags;           /* 0; reserved for later versions */
+    uint32_t flags;           /* LLEP_SQE_*_SPACE; other bits 0 */
     uint32_t reserved[3];     /* 0 */
 } llep_sqe;
+
+/* llep_sqe.flags: x (or y) lies in the client's device space instead of the arena. */
+#define LLEP_SQE_X_SPACE 1u
+#define LLEP_SQE_Y_SPACE 2u
 
 _Static_assert(offsetof(llep_sqe, tag) == 0, "abi");
 _Static_assert(offsetof(llep_sqe, layer_id) == 8, "abi");
@@ -219,11 +225,14 @@ typedef struct llep_sqe_shape {
     uint32_t top_k;           /* K */
     uint32_t hidden;          /* D */
     uint32_t elem_size;       /* bytes per x/y element: 4 (f32) or 2 (bf16) */
+    uint64_t space_size;      /* bytes of the client's device space; 0: none (flags refused) */
 } llep_sqe_shape;
 
 /* Checks a submission (a private copy, as llep__sq_pop returns) against its layer's shape:
- * flags and reserved zero; x, topk_idx, topk_w and y spans computed without overflow and
- * inside the tensor space; each aligned to its element size; y not overlapping the inputs.
+ * no flags but LLEP_SQE_*_SPACE (and those only with a space), reserved zero; x, topk_idx,
+ * topk_w and y spans computed without overflow and inside the tensor space, or for x and y
+ * flagged so inside [0, space_size); each aligned to its element size; y not overlapping the
+ * inputs that lie in the same memory.
  * Returns 0 or -EINVAL with a sentence naming the field in err. The layer id is the caller's
  * to check. */
 int llep__sqe_check(const llep_arena *a, const llep_sqe *e, const llep_sqe_shape *shape,

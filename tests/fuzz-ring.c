@@ -57,7 +57,7 @@ static int make_fd(const uint8_t *data, size_t size) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    const llep_sqe_shape shapes[2] = { { 2, 16, 4 }, { 8, 7, 2 } };
+    const llep_sqe_shape shapes[2] = { { 2, 16, 4, 0 }, { 8, 7, 2, 4096 } }; /* the second with a space */
     char err[512];
     llep_arena a;
     llep_sqe e;

@@ -531,7 +531,7 @@ START_TEST(test_sqe_check) {
     /* tokens * D * elem must not wrap to something small. */
     e = good;
     e.tokens = UINT32_MAX;
-    ck_assert_int_eq(llep__sqe_check(&a, &e, &(llep_sqe_shape){ UINT32_MAX, UINT32_MAX, 4 },
+    ck_assert_int_eq(llep__sqe_check(&a, &e, &(llep_sqe_shape){ UINT32_MAX, UINT32_MAX, 4, 0 },
                                      err, sizeof(err)), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "overflow"));
     ck_assert_int_eq(llep__sqe_check(&a, &e, &shape, err, sizeof(err)), -EINVAL);
@@ -549,17 +549,17 @@ START_TEST(test_sqe_check) {
     e = good;
     e.reserved[2] = 1;
     ck_assert_int_eq(llep__sqe_check(&a, &e, &shape, err, sizeof(err)), -EINVAL);
-    ck_assert_int_eq(llep__sqe_check(&a, &good, &(llep_sqe_shape){ 4, 64, 3 }, err,
+    ck_assert_int_eq(llep__sqe_check(&a, &good, &(llep_sqe_shape){ 4, 64, 3, 0 }, err,
                                      sizeof(err)), -EINVAL);
 
     /* bf16: two-byte alignment is enough for x and y. */
     e = good;
     e.x_offset = t + 6;
     e.tokens = 4;
-    ck_assert_int_eq(llep__sqe_check(&a, &e, &(llep_sqe_shape){ 4, 64, 2 }, err, sizeof(err)),
+    ck_assert_int_eq(llep__sqe_check(&a, &e, &(llep_sqe_shape){ 4, 64, 2, 0 }, err, sizeof(err)),
                      0);
     e.x_offset = t + 7;
-    ck_assert_int_eq(llep__sqe_check(&a, &e, &(llep_sqe_shape){ 4, 64, 2 }, err, sizeof(err)),
+    ck_assert_int_eq(llep__sqe_check(&a, &e, &(llep_sqe_shape){ 4, 64, 2, 0 }, err, sizeof(err)),
                      -EINVAL);
     llep__arena_unmap(&a);
 }

@@ -83,6 +83,32 @@ typedef struct llep_backend_ops {
      * context; the CPU backend: its test hook, LLEP_TEST_FAIL_DEVICE). 1 with a short reason
      * in why, else 0. Asked after sync() failed (devices.h, "failed devices"). */
     int (*device_failed)(const llep_backend *b, uint32_t dev, char *why, size_t whylen);
+
+    /* Optional (all NULL: the backend takes only host spaces, which need none of these). A
+     * client's device space (docs/ARCHITECTURE.md section 5.3): memory of the client's that
+     * its submissions name for x and y.
+     * space_import: imports the exported allocation fd (the caller keeps and closes fd) of
+     * `size` bytes living on CUDA device `gpu`, maps it for every GPU of the devices and
+     * opens the client's ready event (ready, ready_len bytes; none when 0). Returns 0 with
+     * the base address the operations read x from and write y to as device memory, the
+     * backend's handle and its done event's handle (*done_len bytes, at most 64, into done),
+     * or -ENODEV (not one of the devices' GPUs), -EINVAL (the allocation is not `size` bytes,
+     * a bad event) or -ENOMEM, with a sentence in err. Called on the loop thread without the
+     * turn: the backend keeps its spaces apart from its own blocks, under a lock of its own.
+     * space_release: unmaps and forgets it; nothing may be using it.
+     * space_wait: queued on every device's stream: what is queued after it waits for the
+     * client's ready event (recorded after it wrote x). Under the turn.
+     * space_signal: queued after the step's work: records the done event. Under the turn.
+     * space_copy: synchronous copy of bytes between host memory and the space (either way;
+     * the space side waits for the ready event first), for the server's staging of several
+     * submissions into one home device; without the turn. */
+    int (*space_import)(llep_backend *b, int fd, int gpu, uint64_t size, const void *ready,
+                        size_t ready_len, void **ret_base, void **ret_handle, void *done,
+                        size_t *done_len, char *err, size_t errlen);
+    void (*space_release)(llep_backend *b, void *handle);
+    int (*space_wait)(llep_backend *b, void *handle);
+    int (*space_signal)(llep_backend *b, void *handle);
+    int (*space_copy)(llep_backend *b, void *handle, void *dst, const void *src, size_t bytes);
 } llep_backend_ops;
 
 /* Every backend instance starts with this header. */

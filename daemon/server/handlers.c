@@ -334,6 +334,8 @@ static const handler handlers[] = {
     { LLEP_PB__FRAME__BODY_LAYER_CREATE, handle_layer_create, CLIENT },
     { LLEP_PB__FRAME__BODY_LAYER_ATTACH, handle_layer_attach, CLIENT },
     { LLEP_PB__FRAME__BODY_LAYER_RELEASE, handle_layer_release, CLIENT },
+    { LLEP_PB__FRAME__BODY_SPACE_REGISTER, llepd_handle_space_register, CLIENT },
+    { LLEP_PB__FRAME__BODY_SPACE_RELEASE, llepd_handle_space_release, CLIENT },
     { LLEP_PB__FRAME__BODY_STATUS, handle_status, ANY },
     { LLEP_PB__FRAME__BODY_DEVICES, llepd_handle_devices, ANY },
     { LLEP_PB__FRAME__BODY_LAYERS, llepd_handle_layers, ANY },

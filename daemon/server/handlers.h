@@ -1,6 +1,6 @@
 /* The request handlers: one per request body, dispatched from a table that also says who may
  * send it (handlers.c: connection set-up and layers; handlers-ctl.c: llepctl's requests;
- * handlers-model.c: models). */
+ * handlers-model.c: models; handlers-space.c: device spaces). */
 #ifndef LLEPD_HANDLERS_H
 #define LLEPD_HANDLERS_H
 
@@ -24,5 +24,9 @@ void llepd_handle_peers(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_model_load(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_model_unload(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_models(llepd_session *s, const LlepPb__Frame *f);
+
+/* A client's device space (handlers-space.c). */
+void llepd_handle_space_register(llepd_session *s, const LlepPb__Frame *f);
+void llepd_handle_space_release(llepd_session *s, const LlepPb__Frame *f);
 
 #endif

@@ -19,6 +19,7 @@
 
 #include "layer.h"
 #include "log.h"
+#include "space.h"
 #include "submit.h"
 
 #define DEFAULT_GROUP_TIMEOUT_MS 5000u
@@ -129,7 +130,13 @@ static int stage_home(home *h, const llepd_layer *l, llep_engine_batch *b) {
     for (uint32_t i = 0; i < h->nsubs; i++) {
         const llepd_sub *s = h->subs[i];
         size_t n = s->sqe.tokens;
-        memcpy((char *)h->x + t * d * es, s->x, n * d * es);
+        if (s->space && (s->sqe.flags & LLEP_SQE_X_SPACE)) {
+            int r = llepd_space_copy(s->space, (char *)h->x + t * d * es, s->x, n * d * es);
+            if (r < 0)
+                return r;
+        } else {
+            memcpy((char *)h->x + t * d * es, s->x, n * d * es);
+        }
         memcpy(h->idx + t * k, s->topk_idx, n * k * sizeof(*h->idx));
         memcpy(h->w + t * k, s->topk_w, n * k * sizeof(*h->w));
         t += n;
@@ -141,16 +148,25 @@ static int stage_home(home *h, const llepd_layer *l, llep_engine_batch *b) {
     return 0;
 }
 
-static void unstage_home(const home *h, const llepd_layer *l) {
+static int unstage_home(const home *h, const llepd_layer *l) {
     size_t es = elem_size(l), d = l->desc.hidden, t = 0;
+    int r = 0;
 
     if (h->nsubs < 2 || !h->y)
-        return;
+        return 0;
     for (uint32_t i = 0; i < h->nsubs; i++) {
-        size_t n = h->subs[i]->sqe.tokens;
-        memcpy(h->subs[i]->y, (const char *)h->y + t * d * es, n * d * es);
+        const llepd_sub *s = h->subs[i];
+        size_t n = s->sqe.tokens;
+        if (s->space && (s->sqe.flags & LLEP_SQE_Y_SPACE)) {
+            int rr = llepd_space_copy(s->space, s->y, (const char *)h->y + t * d * es,
+                                      n * d * es);
+            r = r < 0 ? r : rr;
+        } else {
+            memcpy(s->y, (const char *)h->y + t * d * es, n * d * es);
+        }
         t += n;
     }
+    return r;
 }
 
 int llepd_homes_build(llepd_homes *hs, const llepd_layer *l, llepd_sub **subs, uint32_t n,
@@ -166,9 +182,34 @@ int llepd_homes_build(llepd_homes *hs, const llepd_layer *l, llepd_sub **subs, u
     return r;
 }
 
-void llepd_homes_unstage(const llepd_homes *hs, const llepd_layer *l) {
-    for (uint32_t h = 0; h < hs->np; h++)
-        unstage_home(&hs->homes[h], l);
+int llepd_homes_unstage(const llepd_homes *hs, const llepd_layer *l) {
+    int r = 0;
+
+    for (uint32_t h = 0; h < hs->np; h++) {
+        int rr = unstage_home(&hs->homes[h], l);
+        r = r < 0 ? r : rr;
+    }
+    return r;
+}
+
+/* The step's device spaces (space.h) in the backend's order of work: before the step, its
+ * streams wait for each client's ready event (x written); after, the done events. Each space
+ * once; host spaces need neither. Under the turn. */
+static int device_spaces(const step_work *w, bool after) {
+    for (uint32_t i = 0; i < w->nsubs; i++) {
+        const llepd_space *sp = w->subs[i]->space;
+        bool seen = false;
+
+        if (!sp || sp->host)
+            continue;
+        for (uint32_t j = 0; j < i && !seen; j++)
+            seen = w->subs[j]->space == sp;
+        int (*fn)(llep_backend *, void *) = after ? sp->ops->space_signal : sp->ops->space_wait;
+        int r = !seen && fn ? fn(sp->backend, sp->handle) : 0;
+        if (r < 0)
+            return r;
+    }
+    return 0;
 }
 
 void llepd_homes_free(llepd_homes *hs) {
@@ -203,13 +244,28 @@ static void step_run(uv_work_t *req) {
     }
     llep__devices_turn_wait_reserved(devs, w->place);
     w->place = 0;
-    w->r = llep__engine_step(l->engine, w->homes.batches, &w->params, &w->stats);
-    llep__devices_turn_end(devs);
+    w->r = device_spaces(w, false);
     if (w->r < 0) {
-        snprintf(w->err, sizeof(w->err), "%s", llep__engine_error(l->engine));
+        llep__devices_turn_end(devs);
+        snprintf(w->err, sizeof(w->err), "cannot order the step after the client's ready "
+                 "event: %s", strerror(-w->r));
         return;
     }
-    llepd_homes_unstage(&w->homes, l);
+    w->r = llep__engine_step(l->engine, w->homes.batches, &w->params, &w->stats);
+    if (w->r == 0)
+        w->r = device_spaces(w, true);
+    llep__devices_turn_end(devs);
+    if (w->r < 0) {
+        snprintf(w->err, sizeof(w->err), "%s", *llep__engine_error(l->engine) ?
+                 llep__engine_error(l->engine) : "recording the step's done event failed");
+        return;
+    }
+    w->r = llepd_homes_unstage(&w->homes, l);
+    if (w->r < 0) {
+        snprintf(w->err, sizeof(w->err), "cannot copy y into the client's space: %s",
+                 strerror(-w->r));
+        return;
+    }
     memcpy(w->dev, w->stats.devices, np * sizeof(*w->dev));
 }
 

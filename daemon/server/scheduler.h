@@ -33,11 +33,13 @@ void llepd_sched_fail_queued(llepd_layer *l, int status, const char *why);
 void llepd_sched_drop_session(llepd_server *srv, llepd_session *s);
 
 /* Assigns subs[0..n) to np homes and stages them (copies only where a home gets several
- * submissions). Returns 0 or -ENOMEM; llepd_homes_free() either way. */
+ * submissions; x in a device space through the space's copy). Returns 0, -ENOMEM or the
+ * space copy's error; llepd_homes_free() either way. */
 int llepd_homes_build(llepd_homes *hs, const llepd_layer *l, llepd_sub **subs, uint32_t n,
                       uint32_t np);
-/* After a successful step: copies staged outputs back into the submissions' y. */
-void llepd_homes_unstage(const llepd_homes *hs, const llepd_layer *l);
+/* After a successful step: copies staged outputs back into the submissions' y. Returns 0 or
+ * the first error of a device space's copy (the other outputs are copied all the same). */
+int llepd_homes_unstage(const llepd_homes *hs, const llepd_layer *l);
 void llepd_homes_free(llepd_homes *hs);
 
 /* Moves the submissions of the layer's next step out of its queue into out (room for

@@ -5,6 +5,7 @@
  * decoded and checked before use, a protocol violation ends only that connection, and a
  * session's memory stays alive while a step still reads or writes its arena. */
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "admit.h"
 #include "fdpass.h"
 #include "log.h"
+#include "space.h"
 #include "validate.h"
 
 /* How long a connection waits for the group lookup (admit.h) before it is refused: a directory
@@ -40,6 +42,7 @@ void llepd_session_unref(llepd_session *s) {
         return;
     llep__frame_decoder_fini(&s->dec);
     llep__arena_unmap(&s->arena);
+    llepd_space_close(s->space); /* no step uses it: each submission holds a reference */
     if (s->cq_efd >= 0)
         close(s->cq_efd);
     free(s->layers);
@@ -326,6 +329,51 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     *buf = uv_buf_init(slab, sizeof(slab));
 }
 
+/* ---- descriptors from the client ----------------------------------------------------------- */
+
+/* The pipe is opened in libuv's IPC mode so that it receives descriptors with the bytes; libuv
+ * hands out a received descriptor only through uv_accept() into a handle, which for a pipe
+ * handle just adopts the number. So each one is adopted by a scratch pipe, duplicated, and the
+ * scratch closed (which closes the original). */
+static void on_scratch_closed(uv_handle_t *h) {
+    free(h);
+}
+
+static int take_one_fd(llepd_session *s) {
+    uv_pipe_t *tmp = malloc(sizeof(*tmp));
+    uv_os_fd_t fd = -1;
+    int dup_fd = -1;
+
+    if (!tmp || uv_pipe_init(s->srv->loop, tmp, 0) < 0) {
+        free(tmp);
+        return -ENOMEM;
+    }
+    if (uv_accept((uv_stream_t *)&s->pipe, (uv_stream_t *)tmp) == 0 &&
+        uv_fileno((uv_handle_t *)tmp, &fd) == 0)
+        dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    uv_close((uv_handle_t *)tmp, on_scratch_closed);
+    return dup_fd < 0 ? -EBADF : dup_fd;
+}
+
+size_t llepd_session_take_fds(llepd_session *s, int *fds, size_t max) {
+    size_t n = 0;
+
+    while (n < max && uv_pipe_pending_count(&s->pipe) > 0) {
+        int fd = take_one_fd(s);
+        if (fd < 0)
+            break;
+        fds[n++] = fd;
+    }
+    return n;
+}
+
+static void drop_fds(llepd_session *s) {
+    int fd;
+
+    while (uv_pipe_pending_count(&s->pipe) > 0 && (fd = take_one_fd(s)) >= 0)
+        close(fd);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     llepd_session *s = stream->data;
     LlepPb__Frame *f;
@@ -354,6 +402,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         llep__frame_free(f);
         r = 0;
     }
+    /* Descriptors no request took (SpaceRegister takes its own while it is handled). */
+    if (s->state != SESSION_CLOSING)
+        drop_fds(s);
     if (r < 0 && s->refused)
         refuse(s, 0);
     if (r < 0 && s->state != SESSION_CLOSING) {
@@ -437,7 +488,7 @@ void llepd_session_accept(llepd_server *srv) {
     s->id = srv->next_session_id++;
     snprintf(s->program, sizeof(s->program), "?");
     llep__frame_decoder_init(&s->dec, 0);
-    uv_pipe_init(srv->loop, &s->pipe, 0);
+    uv_pipe_init(srv->loop, &s->pipe, 1); /* IPC mode: receives descriptors (SpaceRegister) */
     uv_timer_init(srv->loop, &s->retry);
     s->pipe.data = s->retry.data = s;
     llepd_list_init(&s->link);

@@ -38,6 +38,7 @@ struct llepd_session {
     llep_arena arena;
     bool have_arena;
     int cq_efd;                     /* completion eventfd (the client waits on it) */
+    struct llepd_space *space;      /* the client's device space (space.h), or NULL */
 
     uint32_t *layers;               /* ids of the layers this client holds */
     uint32_t nlayers;
@@ -76,6 +77,11 @@ int llepd_session_set_arena(llepd_session *s, const llep_arena_geom *g);
 int llepd_session_sq_fd(const llepd_session *s);
 /* Polls the ring again in a millisecond (its completions were full). */
 void llepd_session_retry_later(llepd_session *s);
+
+/* Takes up to max descriptors that came with the frames read so far (SpaceRegister carries
+ * one); the caller closes them. Those nobody takes are closed once the read that brought
+ * them has been handled, so a client cannot pile descriptors up in llepd. */
+size_t llepd_session_take_fds(llepd_session *s, int *fds, size_t max);
 
 /* Accepts a new connection on the listener. */
 void llepd_session_accept(llepd_server *srv);

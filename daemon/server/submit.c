@@ -16,6 +16,7 @@
 #include "layer.h"
 #include "log.h"
 #include "session.h"
+#include "space.h"
 
 /* After serving a submission the client's next one often follows within microseconds (a
  * decode loop: completion, a little work, submit). Waiting for it briefly here costs less
@@ -121,10 +122,18 @@ static llepd_sub *accept_entry(llepd_session *s, const llep_sqe *e) {
         return NULL;
     }
     llep_sqe_shape shape = { .top_k = l->desc.top_k, .hidden = l->desc.hidden,
-                             .elem_size = l->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4 };
+                             .elem_size = l->desc.dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4,
+                             .space_size = s->space ? s->space->size : 0 };
     r = llep__sqe_check(&s->arena, e, &shape, err, sizeof(err));
     if (r < 0) {
         complete(s, e, r, err, 0);
+        return NULL;
+    }
+    if (e->flags && !s->space->host && l->ops) {
+        /* A cluster step packs rows for other nodes with the host's memcpy. */
+        snprintf(err, sizeof(err), "layer %u spans nodes: its submissions take x and y from "
+                 "the arena or a host space, not from GPU memory", l->id);
+        complete(s, e, -EINVAL, err, 0);
         return NULL;
     }
     llepd_sub *sub = calloc(1, sizeof(*sub));
@@ -154,8 +163,11 @@ static llepd_sub *accept_entry(llepd_session *s, const llep_sqe *e) {
     sub->sqe = *e;
     sub->session = s;
     sub->layer = l;
-    sub->x = llep__arena_ptr(&s->arena, e->x_offset);
-    sub->y = llep__arena_ptr(&s->arena, e->y_offset);
+    sub->x = e->flags & LLEP_SQE_X_SPACE ? llepd_space_ptr(s->space, e->x_offset)
+                                         : llep__arena_ptr(&s->arena, e->x_offset);
+    sub->y = e->flags & LLEP_SQE_Y_SPACE ? llepd_space_ptr(s->space, e->y_offset)
+                                         : llep__arena_ptr(&s->arena, e->y_offset);
+    sub->space = e->flags ? s->space : NULL;
     sub->enqueued_ns = llepd_now_ns();
     return sub;
 }

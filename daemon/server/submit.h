@@ -16,8 +16,11 @@ struct llepd_sub {
     llep_sqe sqe;
     int32_t *topk_idx;              /* copied out of the arena and checked */
     float *topk_w;
-    const void *x;                  /* in the arena */
+    const void *x;                  /* in the arena, or in the session's space (flags) */
     void *y;
+    /* The session's device space when x or y lies in it (released only with nothing in
+     * flight, so it outlives the submission). */
+    struct llepd_space *space;
     uint64_t enqueued_ns;
     int status;
     char error[256];
