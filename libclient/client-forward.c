@@ -14,15 +14,17 @@ typedef struct batch_layout {
     uint64_t x_bytes, idx_bytes, total;
 } batch_layout;
 
-static void batch_layout_of(const llep_layer *l, uint32_t tokens, batch_layout *b) {
+/* x and y flagged to lie in the client's space (LLEP_SQE_*_SPACE) take no arena room. */
+static void batch_layout_of(const llep_layer *l, uint32_t tokens, uint32_t in_space,
+                            batch_layout *b) {
     /* tokens < 2^32, D <= 2^20, K <= 2^16 and 4-byte elements: every product fits. */
     b->x_bytes = (uint64_t)tokens * l->desc.hidden * l->elem_size;
     b->idx_bytes = (uint64_t)tokens * l->desc.top_k * 4;
     b->x = 0;
-    b->idx = llep__align_up(b->x + b->x_bytes, LLEP_CLIENT_ALIGN);
+    b->idx = llep__align_up(in_space & LLEP_SQE_X_SPACE ? 0 : b->x_bytes, LLEP_CLIENT_ALIGN);
     b->w = llep__align_up(b->idx + b->idx_bytes, LLEP_CLIENT_ALIGN);
     b->y = llep__align_up(b->w + b->idx_bytes, LLEP_CLIENT_ALIGN);
-    b->total = b->y + b->x_bytes;
+    b->total = b->y + (in_space & LLEP_SQE_Y_SPACE ? 0 : b->x_bytes);
 }
 
 /* A new ticket; NULL when out of memory. The table may move: re-find tickets after this. */
@@ -117,7 +119,8 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
     io_types ty = { 0 };   /* set by check_io before use; zeroed for -Wmaybe-uninitialized */
     llep_ticket *t;
     llep_sqe e;
-    uint64_t block;
+    uint64_t block, space_x = 0, space_y = 0;
+    uint32_t in_space = 0;
     size_t nx, nk;
     int r;
 
@@ -137,9 +140,13 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
         *ret_ticket = t->id;
         return 0;
     }
-    batch_layout_of(l, tokens, &b);
     nx = (size_t)tokens * l->desc.hidden;
     nk = (size_t)tokens * l->desc.top_k;
+    r = llep__space_locate(c, l, io->x, ty.x, io->y, ty.y, (uint64_t)nx * l->elem_size,
+                           &in_space, &space_x, &space_y);
+    if (r < 0)
+        return r;
+    batch_layout_of(l, tokens, in_space, &b);
     r = llep__arena_reserve(c, b.total, true, &block);
     if (r < 0)
         return r;
@@ -148,8 +155,9 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
         llep__arena_release(c, block);
         return r;
     }
-    llep__layout_convert(llep__arena_ptr(&c->arena, block + b.x), l->desc.dtype, io->x, ty.x,
-                         nx);
+    if (!(in_space & LLEP_SQE_X_SPACE))
+        llep__layout_convert(llep__arena_ptr(&c->arena, block + b.x), l->desc.dtype, io->x,
+                             ty.x, nx);
     llep__layout_convert(llep__arena_ptr(&c->arena, block + b.w), LLEP_DTYPE_F32, io->topk_w,
                          ty.w, nk);
     t = ticket_new(c);
@@ -158,7 +166,8 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
         return llep__client_fail(c, -ENOMEM, "out of memory");
     }
     t->in_flight = true;
-    t->y = io->y;
+    t->in_space = in_space != 0;
+    t->y = in_space & LLEP_SQE_Y_SPACE ? NULL : io->y;
     t->y_offset = block + b.y;
     t->y_arena = l->desc.dtype;
     t->y_type = ty.y;
@@ -168,11 +177,18 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
         .tag = t->id,
         .layer_id = l->id,
         .tokens = tokens,
-        .x_offset = block + b.x,
+        .x_offset = in_space & LLEP_SQE_X_SPACE ? space_x : block + b.x,
         .topk_idx_offset = block + b.idx,
         .topk_w_offset = block + b.w,
-        .y_offset = block + b.y,
+        .y_offset = in_space & LLEP_SQE_Y_SPACE ? space_y : block + b.y,
+        .flags = in_space,
     };
+    /* x may still be being written by the client's GPU work: the step waits for this. */
+    if (in_space && (r = llep__space_before_submit(c)) < 0) {
+        llep__arena_release(c, block);
+        ticket_remove(c, t);
+        return llep__client_fail(c, r, "cannot record the space's ready event");
+    }
     /* At most ring_limit submissions are in flight, so the ring has room unless the daemon
      * corrupted it. */
     r = llep__sq_push(&c->arena, &e);
@@ -183,6 +199,7 @@ static int submit_locked(llep_layer *l, const llep_io *io, uint64_t *ret_ticket)
                                  r == -EAGAIN ? "full" : "corrupt");
     }
     c->in_flight++;
+    c->space_inflight += in_space != 0;
     if (llep__ring_need_wake(&c->arena.sq))
         llep__eventfd_signal(c->sq_efd);
     *ret_ticket = t->id;

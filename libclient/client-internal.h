@@ -16,6 +16,7 @@
 
 #include "conn.h"
 #include "llep/client.h"
+#include "llep/space.h"
 #include "ring.h"
 
 #define LLEP_CLIENT_ERROR_MAX 512u
@@ -74,6 +75,7 @@ typedef struct llep_ticket {
     enum llep_dtype y_arena, y_type;  /* the layer's dtype and the caller's */
     uint64_t y_elems;
     uint64_t block;           /* arena offset of its block */
+    bool in_space;            /* x or y lies in the client's space (llepd reads it in place) */
 } llep_ticket;
 
 struct llep_layer {
@@ -123,6 +125,13 @@ struct llep_client {
     bool reviving;            /* a thread is reconnecting (may have dropped the lock) */
     uint64_t revive_tries;
     llep_retry retry;
+
+    struct llep_space *space; /* the client's device space (client-space.c), or NULL */
+    uint32_t space_inflight;  /* submissions in flight that name it */
+    /* Set by client-space.c with the space, so client.c calls up without naming it: a
+     * submission with y in the space completed; the client is being freed. */
+    void (*space_y_done)(llep_client *c);
+    void (*space_drop)(llep_client *c);
 };
 
 /* Records why a call failed (printf-style) and returns r. Lock held. */
@@ -218,6 +227,32 @@ void llep__weight_sources(const llep_layer_desc *d, llep_weight_src ret[LLEP_WEI
 
 /* Gathers n experts' matrices of s, in dtype t, into llep's layout at dst. */
 void llep__weight_copy(void *dst, enum llep_dtype t, uint32_t n, const llep_weight_src *s);
+
+/* ---- the device space (client-space.c) ---- */
+
+/* Bytes of a CUDA IPC event handle (CU_IPC_HANDLE_SIZE). */
+#define LLEP_SPACE_EVENT_BYTES 64u
+
+/* Where a forward's x and y of `bytes` each lie: *ret_flags gets LLEP_SQE_X_SPACE and
+ * LLEP_SQE_Y_SPACE for those inside the client's space, with their offsets in it. -EINVAL
+ * for a tensor partly inside, or inside but not in the layer's dtype. Lock held. */
+int llep__space_locate(llep_client *c, const llep_layer *l, const void *x,
+                       enum llep_dtype x_type, const void *y, enum llep_dtype y_type,
+                       uint64_t bytes, uint32_t *ret_flags, uint64_t *ret_x, uint64_t *ret_y);
+/* Before pushing a submission that names the space: records its ready event (CUDA). */
+int llep__space_before_submit(llep_client *c);
+
+/* client-space-cuda.c (built with CUDA): VMM memory exported as a POSIX descriptor (its
+ * size rounded up to the GPU's allocation granularity, in *ret_size), and the two
+ * interprocess events. Each returns 0 or a negative errno with a sentence in err. */
+struct llep_cuda_space;
+int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret, int *ret_fd,
+                           void **ret_base, uint64_t *ret_size, uint8_t *ready_event,
+                           size_t *ready_len, char *err, size_t errlen);
+int llep__cuda_space_done_event(struct llep_cuda_space *s, const uint8_t *handle, size_t len);
+int llep__cuda_space_ready(struct llep_cuda_space *s);
+void llep__cuda_space_wait_done(struct llep_cuda_space *s);
+void llep__cuda_space_free(struct llep_cuda_space *s);
 
 static inline uint64_t llep__align_up(uint64_t v, uint64_t a) {
     return (v + a - 1) / a * a;

@@ -73,9 +73,13 @@ llep_ticket *llep__ticket_find(llep_client *c, uint64_t id) {
 
 /* Final status of a submission; copies y out on success and gives back its block. */
 static void ticket_complete(llep_client *c, llep_ticket *t, int status) {
-    if (status == 0 && c->have_arena)
+    if (status == 0 && c->have_arena && t->y) /* NULL: y lies in the client's space */
         llep__layout_convert(t->y, t->y_type, llep__arena_ptr(&c->arena, t->y_offset),
                              t->y_arena, t->y_elems);
+    if (status == 0 && !t->y && c->space_y_done)
+        c->space_y_done(c);
+    if (t->in_flight && t->in_space)
+        c->space_inflight--;
     if (t->in_flight) {
         llep__arena_release(c, t->block);
         c->in_flight--;
@@ -347,6 +351,8 @@ static void client_free(llep_client *c) {
     }
     llep__conn_close(&c->conn);
     llep__arena_drop(c);
+    if (c->space_drop)
+        c->space_drop(c);
     for (size_t i = 0; i < c->ntickets; i++)
         free(c->tickets[i].message);
     free(c->tickets);

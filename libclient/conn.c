@@ -138,7 +138,19 @@ int llep__conn_send(llep_conn *c, LlepPb__Frame *f, char *err, size_t errlen) {
         return r;
     }
     while (off < len) {
-        ssize_t n = send(c->fd, buf + off, len - off, MSG_NOSIGNAL);
+        ssize_t n;
+
+        if (c->out_nfds) {
+            /* The descriptors ride on the first byte; the rest goes as plain bytes. */
+            n = llep__send_with_fds(c->fd, buf, len, c->out_fds, c->out_nfds);
+            if (n > 0)
+                c->out_nfds = 0;
+            else
+                errno = (int)-n;
+            n = n > 0 ? n : -1;
+        } else {
+            n = send(c->fd, buf + off, len - off, MSG_NOSIGNAL);
+        }
 
         if (n >= 0) {
             off += (size_t)n;

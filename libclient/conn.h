@@ -23,6 +23,9 @@ typedef struct llep_conn {
     /* Descriptors received and not yet claimed by llep__conn_take_fds(). */
     int fds[LLEP_CONN_MAX_FDS];
     size_t nfds;
+    /* Descriptors to attach to the next frame sent (SpaceRegister); the send clears them. */
+    const int *out_fds;
+    size_t out_nfds;
     bool eof;                     /* the daemon closed the connection */
     uint64_t client_id;           /* from HelloReply */
     uint32_t daemon_protocol;
@@ -41,8 +44,9 @@ int llep__conn_open(llep_conn *c, const char *path, LlepPb__PeerKind kind, const
 /* Closes the socket and any unclaimed descriptors; safe on a closed connection. */
 void llep__conn_close(llep_conn *c);
 
-/* Sends f framed, giving it the next request id when f->id is 0 (the id is left in f->id).
- * Waits for room in the socket as long as it takes. Returns 0, -ECONNRESET when the daemon is
+/* Sends f framed, giving it the next request id when f->id is 0 (the id is left in f->id),
+ * with c->out_fds attached to its first byte when set. Waits for room in the socket as long
+ * as it takes. Returns 0, -ECONNRESET when the daemon is
  * gone, -EMSGSIZE, -ENOMEM. */
 int llep__conn_send(llep_conn *c, LlepPb__Frame *f, char *err, size_t errlen);
 

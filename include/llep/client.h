@@ -262,4 +262,6 @@ LLEP_EXTERN const char *llep_client_error(const llep_client *c);
 }
 #endif
 
+#include "llep/space.h" /* device spaces: x and y read and written in place */
+
 #endif
