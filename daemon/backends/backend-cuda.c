@@ -186,8 +186,11 @@ static int cu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
     if (b->error)
         return b->error;
     cudaSetDevice(g->id);
+    /* y in device memory (a client's space) gets the output by a device copy, not through
+     * pinned memory and sync(). */
+    void *ydev = llep__cuda_where(b, c->y) >= 0 ? c->y : NULL;
     char *h = llep__cuda_stage_get(b, &dv->hstage, tbytes + wbytes);
-    void *hy = llep__cuda_stage_get(b, &dv->hstage, ybytes);
+    void *hy = ydev ? h : llep__cuda_stage_get(b, &dv->hstage, ybytes);
     char *dvm = llep__cuda_stage_get(b, &g->dstage, tbytes + wbytes);
     void *dy = llep__cuda_step_block(b, dv->gpu, ybytes);
     if (!h || !hy || !dvm || !dy ||
@@ -198,11 +201,12 @@ static int cu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
     if (remote && llep__cuda_collect_remote(b, dev, (const void **)h, slots, c->hidden * sizeof(float)) < 0)
         return b->error;
     /* sync() copies the output only when every queued operation succeeded. */
-    b->copies[b->ncopies++] = (host_copy){ c->y, hy, ybytes };
+    if (!ydev)
+        b->copies[b->ncopies++] = (host_copy){ c->y, hy, ybytes };
     deferred op = { .dev = dev, .combine = 1, .htable = h, .dtable = dvm,
                     .table_bytes = tbytes + wbytes, .dst = dy, .tokens = c->tokens,
-                    .top_k = c->top_k, .hidden = c->hidden, .dtype = c->dtype, .hy = hy,
-                    .ybytes = ybytes };
+                    .top_k = c->top_k, .hidden = c->hidden, .dtype = c->dtype,
+                    .hy = ydev ? NULL : hy, .ydev = ydev, .ybytes = ybytes };
     return llep__cuda_queue_op(b, &op, remote);
 }
 
@@ -364,6 +368,9 @@ static void cu_destroy(llep_backend *base) {
         }
     while (b->nblocks)
         llep__cuda_drop_block(b, b->nblocks - 1);
+    /* Every space was released before its session went (the server's order). */
+    free(b->spaces);
+    free(b->view);
     for (uint32_t g = 0; b->gpus && g < b->ngpus; g++) {
         gpu_ctx *x = &b->gpus[g];
         cudaSetDevice(x->id);
@@ -537,4 +544,9 @@ const llep_backend_ops llep__backend_cuda = {
     .download = llep__cuda_download,
     .xnode = &llep__xnode_nccl,
     .device_failed = cu_device_failed,
+    .space_import = llep__cuda_space_import,
+    .space_release = llep__cuda_space_release,
+    .space_wait = llep__cuda_space_wait,
+    .space_signal = llep__cuda_space_signal,
+    .space_copy = llep__cuda_space_copy,
 };

@@ -7,6 +7,7 @@
 #include "backend.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,6 +105,14 @@ typedef struct dev_block {
     uint64_t cached;         /* 0: in use; else the order it was freed in */
 } dev_block;
 
+/* A client's device space mapped here (cuda-space.c): device memory of GPU `gpu` that is
+ * not a block of ours. */
+typedef struct space_ent {
+    char *base;
+    size_t size;
+    uint32_t gpu;
+} space_ent;
+
 typedef struct host_copy {
     void *dst;
     const void *src;
@@ -141,6 +150,7 @@ typedef struct deferred {
     uint32_t tokens, top_k, hidden; /* combine */
     enum llep_dtype dtype;
     void *hy;                /* combine: pinned copy of the output */
+    void *ydev;              /* combine: or y itself, in device memory (a client's space) */
     size_t ybytes;
 } deferred;
 
@@ -164,6 +174,12 @@ typedef struct cuda_backend {
     void **stepblk;          /* row staging from the block cache, released by sync() */
     size_t nstepblk, capstepblk;
     int error;               /* first error of a queued operation, until sync() */
+    /* Clients' device spaces (cuda-space.c): the registry, changed on llepd's loop thread
+     * under a mutex, and the turn holder's copy of it as of view_version. */
+    space_ent *spaces, *view;
+    size_t nspaces, capspaces, nview, capview;
+    _Atomic uint64_t spaces_version;
+    uint64_t view_version;
 } cuda_backend;
 
 
@@ -217,6 +233,18 @@ void llep__cuda_free(llep_backend *base, uint32_t dev, void *ptr);
 void *llep__cuda_step_block(cuda_backend *b, uint32_t gpu, size_t bytes);
 op_time *llep__cuda_time_begin(cuda_backend *b, uint32_t d);
 void llep__cuda_time_end(cuda_backend *b, uint32_t d, op_time *t);
+/* cuda-space.c: the GPU (index into gpus) whose memory p is, a block of ours or a client's
+ * space; -1 for host memory. Under the turn. And the space ops of backend.h. */
+int llep__cuda_where(const cuda_backend *b, const void *p);
+int llep__cuda_space_import(llep_backend *base, int fd, int gpu, uint64_t size,
+                            const void *ready, size_t ready_len, void **ret_base,
+                            void **ret_handle, void *done, size_t *done_len, char *err,
+                            size_t errlen);
+void llep__cuda_space_release(llep_backend *base, void *handle);
+int llep__cuda_space_wait(llep_backend *base, void *handle);
+int llep__cuda_space_signal(llep_backend *base, void *handle);
+int llep__cuda_space_copy(llep_backend *base, void *handle, void *dst, const void *src,
+                          size_t bytes);
 /* cuda-rows.c */
 int llep__cuda_flush_xfers(cuda_backend *b);
 int llep__cuda_remote_row(const cuda_backend *b, const void *row, uint32_t gpu);

@@ -91,7 +91,10 @@ static int issue_op(cuda_backend *b, const deferred *op) {
         const float *w = (const float *)((const char *)op->dtable + slots * sizeof(float *));
         r = cu_fail(b, llep__cu_combine((const float *const *)op->dtable, w, op->tokens,
                                         op->top_k, op->hidden, op->dst, op->dtype, g->compute));
-        if (r == 0)
+        if (r == 0 && op->ydev)
+            r = cu_check(b, cudaMemcpyAsync(op->ydev, op->dst, op->ybytes, cudaMemcpyDefault,
+                                            g->compute));
+        else if (r == 0)
             r = cu_check(b, cudaMemcpyAsync(op->hy, op->dst, op->ybytes, cudaMemcpyDeviceToHost,
                                             g->compute));
     }
@@ -101,8 +104,8 @@ static int issue_op(cuda_backend *b, const deferred *op) {
 
 /* Whether a row in device memory lives on another GPU than `gpu`. */
 int llep__cuda_remote_row(const cuda_backend *b, const void *row, uint32_t gpu) {
-    long k = llep__cuda_find_block(b, row);
-    return k >= 0 && b->blocks[k].gpu != gpu;
+    int g = llep__cuda_where(b, row);
+    return g >= 0 && (uint32_t)g != gpu;
 }
 
 /* Moves the rows of table[0..n) that live on other GPUs than dev's into packs, one per
@@ -116,7 +119,7 @@ int llep__cuda_collect_remote(cuda_backend *b, uint32_t dev, const void **table,
 
     for (size_t i = 0; i < n; i++)
         if (llep__cuda_remote_row(b, table[i], dv->gpu))
-            count[b->blocks[llep__cuda_find_block(b, table[i])].gpu]++;
+            count[llep__cuda_where(b, table[i])]++;
     for (uint32_t s = 0; s < b->ngpus; s++) {
         if (count[s] == 0)
             continue;
@@ -135,7 +138,7 @@ int llep__cuda_collect_remote(cuda_backend *b, uint32_t dev, const void **table,
     for (size_t i = 0; i < n; i++) {
         if (!llep__cuda_remote_row(b, table[i], dv->gpu))
             continue;
-        pack *p = &b->packs[slot[b->blocks[llep__cuda_find_block(b, table[i])].gpu]];
+        pack *p = &b->packs[slot[llep__cuda_where(b, table[i])]];
         p->htable[p->n] = table[i];
         table[i] = (const char *)p->recv + p->n * row_bytes;
         p->n++;
@@ -332,7 +335,7 @@ int llep__cuda_gather(llep_backend *base, uint32_t dev, void *dst, const void *c
     if (b->nxfers)
         llep__cuda_flush_xfers(b);
     for (size_t i = 0; i < n; i++) {
-        host_rows += llep__cuda_find_block(b, src[i]) < 0;
+        host_rows += llep__cuda_where(b, src[i]) < 0;
         remote |= b->path == PATH_NCCL && llep__cuda_remote_row(b, src[i], dv->gpu);
     }
     if (!remote && dv->deferred)
@@ -359,7 +362,7 @@ int llep__cuda_gather(llep_backend *base, uint32_t dev, void *dst, const void *c
     if (!table || !dtable)
         return b->error;
     for (size_t i = 0, h = 0; i < n; i++) {
-        if (llep__cuda_find_block(b, src[i]) >= 0) {
+        if (llep__cuda_where(b, src[i]) >= 0) {
             table[i] = src[i];
             continue;
         }
