@@ -25,34 +25,18 @@
 
 #include "client-fixtures.h"
 #include "devices.h"
+#include "engine-fixtures.h"
 #include "engine.h"
 #include "fixtures.h"
 #include "llep/client.h"
-#include "ref-moe.h"
 #include "test-nodes.h"
 
-/* ---- layers, batches and the reference ---------------------------------------------------- */
+/* ---- layers, batches and the reference (engine-fixtures.h) -------------------------------- */
 
-typedef struct shape {
-    uint32_t n, k, d, h;
-} shape;
+typedef llep_test_shape shape;
+typedef llep_test_layer layer;
+typedef llep_test_batch batch;
 
-typedef struct layer {
-    shape s;
-    llep_test_f32_weights w;
-} layer;
-
-static void layer_init(layer *l, shape s, uint64_t seed) {
-    uint64_t st = seed;
-
-    l->s = s;
-    llep_test_f32_weights_init(&l->w, xorshift_sym, &st, s.n, s.d, s.h,
-                               1.0f / sqrtf((float)s.d), 1.0f / sqrtf((float)s.h), 0.1f);
-}
-
-static void layer_fini(layer *l) {
-    llep_test_f32_weights_fini(&l->w);
-}
 
 /* Bytes of one expert on a device as the engine lays it out, from an engine of that shape. */
 static uint64_t expert_bytes(const layer *l) {
@@ -60,73 +44,12 @@ static uint64_t expert_bytes(const layer *l) {
     llep_engine *e = NULL;
     char err[256] = "";
 
-    llep__engine_config_default(&cfg);
-    cfg.num_experts = l->s.n;
-    cfg.top_k = l->s.k;
-    cfg.hidden = l->s.d;
-    cfg.inter = l->s.h;
-    cfg.num_devices = 1;
+    llep_test_engine_config(&cfg, l, NULL, 1);
     cfg.threads = 1;
-    cfg.w_gate = l->w.wg;
-    cfg.w_up = l->w.wu;
-    cfg.w_down = l->w.wd;
-    cfg.b_gate = l->w.bg;
-    cfg.b_up = l->w.bu;
-    cfg.b_down = l->w.bd;
     ck_assert_msg(llep__engine_new(&cfg, &e, err, sizeof(err)) == 0, "%s", err);
     uint64_t b = llep__engine_expert_bytes(e);
     llep__engine_free(e);
     return b;
-}
-
-typedef struct batch {
-    uint32_t tokens;
-    float *x, *w, *y;
-    int32_t *idx;
-} batch;
-
-/* tokens routed with `skew` of the slots on expert 0. */
-static void batch_init(batch *b, const layer *l, uint32_t tokens, double skew, uint64_t seed) {
-    uint64_t st = seed;
-    size_t slots = (size_t)tokens * l->s.k;
-
-    b->tokens = tokens;
-    b->x = llep_test_random_floats(xorshift_sym, &st, (size_t)tokens * l->s.d, 1.0f);
-    b->w = llep_test_random_floats(xorshift_sym, &st, slots, 1.0f);
-    b->y = calloc((size_t)tokens * l->s.d + 1, sizeof(float));
-    b->idx = malloc((slots + 1) * sizeof(*b->idx));
-    ck_assert_ptr_nonnull(b->y);
-    ck_assert_ptr_nonnull(b->idx);
-    for (size_t i = 0; i < slots; i++)
-        b->idx[i] = xorshift_skewed(&st, skew, l->s.n);
-}
-
-static void batch_fini(batch *b) {
-    free(b->x);
-    free(b->w);
-    free(b->y);
-    free(b->idx);
-}
-
-/* The batch's y against the float64 reference: relative L2 error. */
-static double batch_error(const layer *l, const batch *b) {
-    size_t n = (size_t)b->tokens * l->s.d;
-    double *ref = malloc(n * sizeof(*ref) + 1);
-    llep_ref_f32 r = { .n = l->s.n, .d = l->s.d, .h = l->s.h, .act = LLEP_ACT_SWIGLU,
-                       .wg = l->w.wg, .wu = l->w.wu, .wd = l->w.wd, .bg = l->w.bg,
-                       .bu = l->w.bu, .bd = l->w.bd };
-
-    ck_assert_ptr_nonnull(ref);
-    llep_ref_moe_f32_layer(&r, b->tokens, l->s.k, b->x, b->idx, b->w, ref);
-    double err = llep_test_rel_l2(b->y, ref, n);
-    free(ref);
-    return err;
-}
-
-static void assert_exact(const layer *l, const batch *b, const char *what) {
-    double err = batch_error(l, b);
-
-    ck_assert_msg(err <= 1e-5, "%s: relative L2 error %g over 1e-5", what, err);
 }
 
 /* ---- in-process: the turn ------------------------------------------------------------------ */
@@ -278,19 +201,7 @@ static llep_engine *engine_on(llep_devices *dv, const layer *l, int *ret_r, char
     llep_engine_config cfg;
     llep_engine *e = NULL;
 
-    llep__engine_config_default(&cfg);
-    cfg.num_experts = l->s.n;
-    cfg.top_k = l->s.k;
-    cfg.hidden = l->s.d;
-    cfg.inter = l->s.h;
-    cfg.devices = dv;
-    cfg.plan.min_tokens = 1;
-    cfg.w_gate = l->w.wg;
-    cfg.w_up = l->w.wu;
-    cfg.w_down = l->w.wd;
-    cfg.b_gate = l->w.bg;
-    cfg.b_up = l->w.bu;
-    cfg.b_down = l->w.bd;
+    llep_test_engine_config(&cfg, l, dv, 0);
     *ret_r = llep__engine_new(&cfg, &e, err, errlen);
     return e;
 }
@@ -304,23 +215,6 @@ static llep_engine *engine_ok(llep_devices *dv, const layer *l) {
     return e;
 }
 
-/* One step of b on e, its tokens split over P home devices in order. */
-static int step(llep_engine *e, uint32_t p, const layer *l, batch *b, llep_engine_stats *st) {
-    llep_engine_batch hb[8];
-    uint32_t per = b->tokens / p, t0 = 0;
-
-    ck_assert_uint_le(p, 8);
-    for (uint32_t h = 0; h < p; h++) {
-        uint32_t n = h + 1 == p ? b->tokens - t0 : per;
-        hb[h] = (llep_engine_batch){ .tokens = n, .x = b->x + (size_t)t0 * l->s.d,
-                                     .topk_idx = b->idx + (size_t)t0 * l->s.k,
-                                     .topk_w = b->w + (size_t)t0 * l->s.k,
-                                     .y = b->y + (size_t)t0 * l->s.d };
-        t0 += n;
-    }
-    return llep__engine_step(e, hb, NULL, st);
-}
-
 static void figures(llep_devices *dv, uint32_t d, llep_device_figures *f) {
     llep__devices_figures(dv, d, f);
 }
@@ -332,9 +226,9 @@ static void figures(llep_devices *dv, uint32_t d, llep_device_figures *f) {
 START_TEST(test_shared_account) {
     const uint32_t p = 4;
     layer a, b, big;
-    layer_init(&a, (shape){ 8, 2, 32, 48 }, 0xa1);
-    layer_init(&b, (shape){ 16, 4, 24, 16 }, 0xb2);
-    layer_init(&big, (shape){ 8, 2, 128, 256 }, 0xc3);
+    llep_test_layer_init(&a, (shape){ 8, 2, 32, 48 }, 0xa1);
+    llep_test_layer_init(&b, (shape){ 16, 4, 24, 16 }, 0xb2);
+    llep_test_layer_init(&big, (shape){ 8, 2, 128, 256 }, 0xc3);
     uint64_t ha = expert_bytes(&a) * (a.s.n / p), hb = expert_bytes(&b) * (b.s.n / p);
     uint64_t hbig = expert_bytes(&big) * (big.s.n / p);
     uint64_t budget = ha + hb + hbig / 2;
@@ -364,11 +258,11 @@ START_TEST(test_shared_account) {
     }
 
     batch ba, bb;
-    batch_init(&ba, &a, 64, 0.7, 1);
-    batch_init(&bb, &b, 40, 0.5, 2);
+    llep_test_batch_init(&ba, &a, 64, 0.7, 1);
+    llep_test_batch_init(&bb, &b, 40, 0.5, 2);
     llep_engine_stats st;
-    ck_assert_int_eq(step(ea, p, &a, &ba, &st), 0);
-    assert_exact(&a, &ba, "layer a");
+    ck_assert_int_eq(llep_test_engine_step(ea, p, &a, &ba, &st), 0);
+    llep_test_assert_exact(&a, &ba, "layer a");
     for (uint32_t d = 0; d < p; d++) {
         figures(dv, d, &f);
         ck_assert_uint_eq(st.devices[d].held_bytes, ha);
@@ -379,8 +273,8 @@ START_TEST(test_shared_account) {
     uint64_t peak_a[4];
     for (uint32_t d = 0; d < p; d++)
         peak_a[d] = st.devices[d].peak_bytes;
-    ck_assert_int_eq(step(eb, p, &b, &bb, &st), 0);
-    assert_exact(&b, &bb, "layer b");
+    ck_assert_int_eq(llep_test_engine_step(eb, p, &b, &bb, &st), 0);
+    llep_test_assert_exact(&b, &bb, "layer b");
     for (uint32_t d = 0; d < p; d++) {
         figures(dv, d, &f);
         uint64_t pa = hb + peak_a[d], pb = ha + st.devices[d].peak_bytes;
@@ -394,20 +288,20 @@ START_TEST(test_shared_account) {
         ck_assert_uint_eq(f.held, ha);
     }
     memset(ba.y, 0, (size_t)ba.tokens * a.s.d * sizeof(float));
-    ck_assert_int_eq(step(ea, p, &a, &ba, NULL), 0);
-    assert_exact(&a, &ba, "layer a after b was freed");
+    ck_assert_int_eq(llep_test_engine_step(ea, p, &a, &ba, NULL), 0);
+    llep_test_assert_exact(&a, &ba, "layer a after b was freed");
 
-    batch_fini(&ba);
-    batch_fini(&bb);
+    llep_test_batch_fini(&ba);
+    llep_test_batch_fini(&bb);
     llep__engine_free(ea);
     for (uint32_t d = 0; d < p; d++) {
         figures(dv, d, &f);
         ck_assert_uint_eq(f.used, 0);
     }
     llep__devices_free(dv);
-    layer_fini(&a);
-    layer_fini(&b);
-    layer_fini(&big);
+    llep_test_layer_fini(&a);
+    llep_test_layer_fini(&b);
+    llep_test_layer_fini(&big);
 }
 END_TEST
 
@@ -417,13 +311,13 @@ END_TEST
 START_TEST(test_step_refused) {
     const uint32_t p = 2;
     layer a, b;
-    layer_init(&a, (shape){ 4, 2, 64, 64 }, 0xd4);
-    layer_init(&b, (shape){ 4, 2, 64, 64 }, 0xe5);
+    llep_test_layer_init(&a, (shape){ 4, 2, 64, 64 }, 0xd4);
+    llep_test_layer_init(&b, (shape){ 4, 2, 64, 64 }, 0xe5);
     uint64_t hb = expert_bytes(&b) * 2;
     llep_devices *dv = devices_new(p, 0);
     llep_engine *ea = engine_ok(dv, &a);
     batch ba;
-    batch_init(&ba, &a, 200, 0.95, 3);
+    llep_test_batch_init(&ba, &a, 200, 0.95, 3);
     llep_plan_params pp;
     llep__plan_params_default(&pp);
     pp.policy = LLEP_POLICY_LLEP;
@@ -455,12 +349,12 @@ START_TEST(test_step_refused) {
         ck_assert(ba.y[i] == 7.0f);
     llep__engine_free(eb);
     ck_assert_msg(llep__engine_step(ea, hb2, &pp, NULL) == 0, "%s", llep__engine_error(ea));
-    assert_exact(&a, &ba, "after the other layer went");
-    batch_fini(&ba);
+    llep_test_assert_exact(&a, &ba, "after the other layer went");
+    llep_test_batch_fini(&ba);
     llep__engine_free(ea);
     llep__devices_free(dv);
-    layer_fini(&a);
-    layer_fini(&b);
+    llep_test_layer_fini(&a);
+    llep_test_layer_fini(&b);
 }
 END_TEST
 
@@ -476,7 +370,7 @@ static void *stepper_main(void *arg) {
     stepper *s = arg;
 
     for (uint32_t i = 0; i < s->n && s->r == 0; i++)
-        s->r = step(s->e, s->p, s->l, &s->b[i], NULL);
+        s->r = llep_test_engine_step(s->e, s->p, s->l, &s->b[i], NULL);
     return NULL;
 }
 
@@ -485,14 +379,14 @@ static void *stepper_main(void *arg) {
 START_TEST(test_concurrent_steps) {
     const uint32_t p = 4, n = 12;
     layer a, b;
-    layer_init(&a, (shape){ 8, 2, 48, 64 }, 0xf6);
-    layer_init(&b, (shape){ 8, 3, 32, 32 }, 0x17);
+    llep_test_layer_init(&a, (shape){ 8, 2, 48, 64 }, 0xf6);
+    llep_test_layer_init(&b, (shape){ 8, 3, 32, 32 }, 0x17);
     llep_devices *dv = devices_new(p, 0);
     llep_engine *ea = engine_ok(dv, &a), *eb = engine_ok(dv, &b);
     batch xa[12], xb[12];
     for (uint32_t i = 0; i < n; i++) {
-        batch_init(&xa[i], &a, 96 + 8 * i, 0.8, 100 + i);
-        batch_init(&xb[i], &b, 8 + i, 0.3, 200 + i);
+        llep_test_batch_init(&xa[i], &a, 96 + 8 * i, 0.8, 100 + i);
+        llep_test_batch_init(&xb[i], &b, 8 + i, 0.3, 200 + i);
     }
     llep_devices_turns t0, t1;
     llep__devices_turn_figures(dv, &t0);
@@ -507,10 +401,10 @@ START_TEST(test_concurrent_steps) {
     llep__devices_turn_figures(dv, &t1);
     ck_assert_uint_eq(t1.granted - t0.granted, 2 * n);
     for (uint32_t i = 0; i < n; i++) {
-        assert_exact(&a, &xa[i], "layer a");
-        assert_exact(&b, &xb[i], "layer b");
-        batch_fini(&xa[i]);
-        batch_fini(&xb[i]);
+        llep_test_assert_exact(&a, &xa[i], "layer a");
+        llep_test_assert_exact(&b, &xb[i], "layer b");
+        llep_test_batch_fini(&xa[i]);
+        llep_test_batch_fini(&xb[i]);
     }
     llep_device_figures f;
     uint64_t held = expert_bytes(&a) * 2 + expert_bytes(&b) * 2;
@@ -522,8 +416,8 @@ START_TEST(test_concurrent_steps) {
     llep__engine_free(ea);
     llep__engine_free(eb);
     llep__devices_free(dv);
-    layer_fini(&a);
-    layer_fini(&b);
+    llep_test_layer_fini(&a);
+    llep_test_layer_fini(&b);
 }
 END_TEST
 
@@ -626,7 +520,7 @@ static uint64_t ju64(json_object *o, const char *key) {
  * workers and a few more (the loop, libuv's pool), not one pool of workers per layer. */
 START_TEST(test_threads_60_layers) {
     layer l;
-    layer_init(&l, (shape){ 8, 2, 16, 16 }, 0x60);
+    llep_test_layer_init(&l, (shape){ 8, 2, 16, 16 }, 0x60);
     llepd_up("8", NULL);
     llep_client *c = llep_test_connect(sock_path);
     llep_layer *h[60];
@@ -640,11 +534,11 @@ START_TEST(test_threads_60_layers) {
         h[i] = create_ok(c, name, &l);
     }
     batch b;
-    batch_init(&b, &l, 40, 0.5, 9);
+    llep_test_batch_init(&b, &l, 40, 0.5, 9);
     for (int i = 0; i < 60; i += 7) {
         memset(b.y, 0, (size_t)b.tokens * l.s.d * sizeof(float));
         forward_ok(h[i], &b);
-        assert_exact(&l, &b, "one of 60 layers");
+        llep_test_assert_exact(&l, &b, "one of 60 layers");
     }
     int sixty = count_threads(llepd_pid);
     fprintf(stderr, "llepd threads with 8 devices: %d at start, %d with 1 layer, %d with 60 "
@@ -658,11 +552,11 @@ START_TEST(test_threads_60_layers) {
         ck_assert_uint_eq(ju64(v, "memory_used") - ju64(v, "cache_bytes"), held);
     }
     json_object_put(dev);
-    batch_fini(&b);
+    llep_test_batch_fini(&b);
     for (int i = 0; i < 60; i++)
         llep_layer_release(h[i]);
     llep_disconnect(c);
-    layer_fini(&l);
+    llep_test_layer_fini(&l);
 }
 END_TEST
 
@@ -673,9 +567,9 @@ END_TEST
 START_TEST(test_devices_exact) {
     const uint32_t p = 4;
     layer a, b, big;
-    layer_init(&a, (shape){ 8, 2, 32, 48 }, 0x71);
-    layer_init(&b, (shape){ 16, 4, 24, 16 }, 0x72);
-    layer_init(&big, (shape){ 8, 2, 512, 640 }, 0x73);
+    llep_test_layer_init(&a, (shape){ 8, 2, 32, 48 }, 0x71);
+    llep_test_layer_init(&b, (shape){ 16, 4, 24, 16 }, 0x72);
+    llep_test_layer_init(&big, (shape){ 8, 2, 512, 640 }, 0x73);
     uint64_t ha = expert_bytes(&a) * (a.s.n / p), hb = expert_bytes(&b) * (b.s.n / p);
     uint64_t budget = 4u << 20;
     ck_assert_uint_gt(expert_bytes(&big) * 2, budget);
@@ -698,10 +592,10 @@ START_TEST(test_devices_exact) {
     json_object_put(dev);
 
     batch ba, bb;
-    batch_init(&ba, &a, 120, 0.8, 11);
-    batch_init(&bb, &b, 60, 0.4, 12);
+    llep_test_batch_init(&ba, &a, 120, 0.8, 11);
+    llep_test_batch_init(&bb, &b, 60, 0.4, 12);
     forward_ok(la, &ba);
-    assert_exact(&a, &ba, "layer a");
+    llep_test_assert_exact(&a, &ba, "layer a");
     json_object *stats = ctl_json("stats");
     json_object *sa = json_object_array_get_idx(jget(stats, "layers"), 0);
     ck_assert_str_eq(json_object_get_string(jget(sa, "name")), "a");
@@ -729,10 +623,10 @@ START_TEST(test_devices_exact) {
                   strstr(msg, "are free"), "message: %s", msg);
 
     forward_ok(lb, &bb);
-    assert_exact(&b, &bb, "layer b");
+    llep_test_assert_exact(&b, &bb, "layer b");
     memset(ba.y, 0, (size_t)ba.tokens * a.s.d * sizeof(float));
     forward_ok(la, &ba);
-    assert_exact(&a, &ba, "layer a again");
+    llep_test_assert_exact(&a, &ba, "layer a again");
     stats = ctl_json("stats");
     dev = ctl_json("devices");
     json_object *sb = json_object_array_get_idx(jget(stats, "layers"), 1);
@@ -750,11 +644,11 @@ START_TEST(test_devices_exact) {
 
     llep_layer_release(lb);
     llep_disconnect(c);
-    batch_fini(&ba);
-    batch_fini(&bb);
-    layer_fini(&a);
-    layer_fini(&b);
-    layer_fini(&big);
+    llep_test_batch_fini(&ba);
+    llep_test_batch_fini(&bb);
+    llep_test_layer_fini(&a);
+    llep_test_layer_fini(&b);
+    llep_test_layer_fini(&big);
 }
 END_TEST
 
@@ -775,7 +669,7 @@ static void *slow_client(void *arg) {
     llep_layer *h = create_ok(c, "slow", &f->slow);
     batch b;
 
-    batch_init(&b, &f->slow, 512, 0.6, 21);
+    llep_test_batch_init(&b, &f->slow, 512, 0.6, 21);
     while (!atomic_load(&f->stop) && f->slow_r == 0) {
         atomic_fetch_add(&f->slow_started, 1);
         f->slow_r = llep_forward(h, b.tokens, b.x, b.idx, b.w, b.y);
@@ -783,8 +677,8 @@ static void *slow_client(void *arg) {
         f->slow_steps++;
     }
     /* The same batch every step: the last output stands for all of them. */
-    f->slow_err = batch_error(&f->slow, &b);
-    batch_fini(&b);
+    f->slow_err = llep_test_batch_error(&f->slow, &b);
+    llep_test_batch_fini(&b);
     llep_layer_release(h);
     llep_disconnect(c);
     return NULL;
@@ -798,8 +692,8 @@ static void *slow_client(void *arg) {
 START_TEST(test_fair_interleaving) {
     fair *f = calloc(1, sizeof(*f));
     ck_assert_ptr_nonnull(f);
-    layer_init(&f->slow, (shape){ 8, 2, 256, 512 }, 0x81);
-    layer_init(&f->fast, (shape){ 8, 2, 32, 32 }, 0x82);
+    llep_test_layer_init(&f->slow, (shape){ 8, 2, 256, 512 }, 0x81);
+    llep_test_layer_init(&f->fast, (shape){ 8, 2, 32, 32 }, 0x82);
     llepd_up("4", NULL);
     llep_client *c = llep_test_connect(sock_path);
     llep_layer *h = create_ok(c, "fast", &f->fast);
@@ -812,7 +706,7 @@ START_TEST(test_fair_interleaving) {
     uint32_t worst = 0, waited = 0;
     for (uint32_t i = 0; i < nfast; i++) {
         batch b;
-        batch_init(&b, &f->fast, i % 2 ? 24 : 8, 0.5, 300 + i);
+        llep_test_batch_init(&b, &f->fast, i % 2 ? 24 : 8, 0.5, 300 + i);
         /* Counted once the submission is in the ring: a slow step started later reached the
          * daemon after it. */
         unsigned done0 = atomic_load(&f->slow_done);
@@ -827,8 +721,8 @@ START_TEST(test_fair_interleaving) {
                       "submitted, %u had ended when it returned", i, started0, done1);
         worst = done1 - done0 > worst ? done1 - done0 : worst;
         waited += done1 > done0;
-        assert_exact(&f->fast, &b, "fast layer");
-        batch_fini(&b);
+        llep_test_assert_exact(&f->fast, &b, "fast layer");
+        llep_test_batch_fini(&b);
     }
     atomic_store(&f->stop, true);
     ck_assert_int_eq(pthread_join(t, NULL), 0);
@@ -848,8 +742,8 @@ START_TEST(test_fair_interleaving) {
     json_object_put(stats);
     llep_layer_release(h);
     llep_disconnect(c);
-    layer_fini(&f->slow);
-    layer_fini(&f->fast);
+    llep_test_layer_fini(&f->slow);
+    llep_test_layer_fini(&f->fast);
     free(f);
 }
 END_TEST
@@ -927,9 +821,9 @@ static void *cl_forward_main(void *arg) {
 START_TEST(test_cluster_beside) {
     fair *f = calloc(1, sizeof(*f));
     ck_assert_ptr_nonnull(f);
-    layer_init(&f->slow, (shape){ 8, 2, 256, 512 }, 0x91);
+    llep_test_layer_init(&f->slow, (shape){ 8, 2, 256, 512 }, 0x91);
     layer cl;
-    layer_init(&cl, (shape){ 8, 2, 16, 16 }, 0x92);
+    llep_test_layer_init(&cl, (shape){ 8, 2, 16, 16 }, 0x92);
     const char *args[] = { "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000", NULL };
     for (int i = 0; i < 2; i++)
         llep_test_node_spawn(&nodes, i, "2", nodes_peers, args, NULL);
@@ -948,7 +842,7 @@ START_TEST(test_cluster_beside) {
         cl_forward fw[2];
         pthread_t th[2];
         for (int n = 0; n < 2; n++) {
-            batch_init(&b[n], &cl, 40 + 10 * n, 0.7, 500 + 2 * i + n);
+            llep_test_batch_init(&b[n], &cl, 40 + 10 * n, 0.7, 500 + 2 * i + n);
             fw[n] = (cl_forward){ n ? h1 : h0, &b[n], 0 };
             ck_assert_int_eq(pthread_create(&th[n], NULL, cl_forward_main, &fw[n]), 0);
         }
@@ -956,8 +850,8 @@ START_TEST(test_cluster_beside) {
             ck_assert_int_eq(pthread_join(th[n], NULL), 0);
             ck_assert_msg(fw[n].r == 0, "node %d: %s: %s", n, llep_strerror(fw[n].r),
                           llep_client_error(n ? c1 : c0));
-            assert_exact(&cl, &b[n], "cluster layer");
-            batch_fini(&b[n]);
+            llep_test_assert_exact(&cl, &b[n], "cluster layer");
+            llep_test_batch_fini(&b[n]);
         }
     }
     atomic_store(&f->stop, true);
@@ -970,8 +864,8 @@ START_TEST(test_cluster_beside) {
     llep_layer_release(h1);
     llep_disconnect(c0);
     llep_disconnect(c1);
-    layer_fini(&cl);
-    layer_fini(&f->slow);
+    llep_test_layer_fini(&cl);
+    llep_test_layer_fini(&f->slow);
     free(f);
 }
 END_TEST

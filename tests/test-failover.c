@@ -27,64 +27,27 @@
 
 #include "client-fixtures.h"
 #include "devices.h"
+#include "engine-fixtures.h"
 #include "engine.h"
 #include "fixtures.h"
 #include "llep/client.h"
-#include "ref-moe.h"
 #include "test-nodes.h"
 
 #define SENTINEL 12345.0f
 
-/* ---- layers, batches, the reference ------------------------------------------------------- */
+/* ---- layers, batches, the reference (engine-fixtures.h) ------------------------------------ */
 
+typedef llep_test_batch batch;
+
+/* A layer, and how often the engine asked its owner for its weights again. */
 typedef struct layer {
-    uint32_t n, k, d, h;
-    llep_test_f32_weights w;
+    llep_test_layer t;
     int reloads;                     /* reload.get calls */
 } layer;
 
 static void layer_init(layer *l, uint32_t n, uint32_t k, uint32_t d, uint32_t h, uint64_t seed) {
-    uint64_t st = seed;
-
-    *l = (layer){ .n = n, .k = k, .d = d, .h = h };
-    llep_test_f32_weights_init(&l->w, xorshift_sym, &st, n, d, h, 1.0f / sqrtf((float)d),
-                               1.0f / sqrtf((float)h), 0.1f);
-}
-
-typedef struct batch {
-    uint32_t tokens;
-    float *x, *w, *y;
-    int32_t *idx;
-} batch;
-
-/* Every expert gets tokens (so every device computes), with `skew` of the slots on expert 0
- * on top; the k experts of a token are distinct. */
-static void batch_init(batch *b, const layer *l, uint32_t tokens, double skew, uint64_t seed) {
-    uint64_t st = seed;
-    size_t slots = (size_t)tokens * l->k;
-
-    b->tokens = tokens;
-    b->x = llep_test_random_floats(xorshift_sym, &st, (size_t)tokens * l->d, 1.0f);
-    b->w = llep_test_random_floats(xorshift_sym, &st, slots, 1.0f);
-    b->y = malloc(((size_t)tokens * l->d + 1) * sizeof(float));
-    b->idx = malloc((slots + 1) * sizeof(*b->idx));
-    ck_assert(b->y && b->idx);
-    for (uint32_t t = 0; t < tokens; t++)
-        for (uint32_t j = 0; j < l->k; j++) {
-            uint32_t x = rng_unit(&st) < skew && j == 0 ? 0 : (t + j) % l->n;
-            b->idx[t * l->k + j] = (int32_t)x;
-        }
-    for (uint32_t t = 0; t < tokens; t++)
-        for (uint32_t j = 1; j < l->k; j++)
-            if (b->idx[t * l->k + j] == b->idx[t * l->k])
-                b->idx[t * l->k + j] = (b->idx[t * l->k] + (int32_t)j) % (int32_t)l->n;
-}
-
-static void batch_fini(batch *b) {
-    free(b->x);
-    free(b->w);
-    free(b->y);
-    free(b->idx);
+    l->reloads = 0;
+    llep_test_layer_init(&l->t, (llep_test_shape){ n, k, d, h }, seed);
 }
 
 static void fill_sentinel(batch *b, uint32_t d) {
@@ -98,33 +61,24 @@ static void assert_untouched(const batch *b, uint32_t d, const char *what) {
                       i, b->y[i]);
 }
 
-static void assert_exact_w(const llep_test_f32_weights *w, uint32_t n, uint32_t k, uint32_t d,
-                           uint32_t h, const batch *b, const char *what) {
-    size_t cnt = (size_t)b->tokens * d;
-    double *ref = malloc(cnt * sizeof(*ref) + 1);
-    llep_ref_f32 r = { .n = n, .d = d, .h = h, .act = LLEP_ACT_SWIGLU, .wg = w->wg,
-                       .wu = w->wu, .wd = w->wd, .bg = w->bg, .bu = w->bu, .bd = w->bd };
+/* y of b against the float64 reference of a layer of shape s with weights w. */
+static void assert_exact_w(const llep_test_f32_weights *w, llep_test_shape s, const batch *b,
+                           const char *what) {
+    double err = llep_test_batch_error_w(w, s, b);
 
-    ck_assert_ptr_nonnull(ref);
-    llep_ref_moe_f32_layer(&r, b->tokens, k, b->x, b->idx, b->w, ref);
-    double err = llep_test_rel_l2(b->y, ref, cnt);
-    free(ref);
     ck_assert_msg(err <= 1e-5, "%s: relative L2 error %g over 1e-5", what, err);
 }
 
-static void assert_exact(const layer *l, const batch *b, const char *what) {
-    assert_exact_w(&l->w, l->n, l->k, l->d, l->h, b, what);
-}
-
-/* ---- in-process --------------------------------------------------------------------------- */
+/* ---- in-process ------------------------------------------------------------------------------ */
 
 static int reload_get(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
     layer *l = arg;
+    const llep_test_f32_weights *lw = &l->t.w;
 
     (void)err;
     (void)errlen;
     l->reloads++;
-    *w = (llep_engine_weights){ l->w.wg, l->w.wu, l->w.wd, l->w.bg, l->w.bu, l->w.bd, NULL };
+    *w = (llep_engine_weights){ lw->wg, lw->wu, lw->wd, lw->bg, lw->bu, lw->bd, NULL };
     return 0;
 }
 
@@ -135,42 +89,12 @@ static llep_engine *engine_of(llep_devices *dv, uint32_t p, layer *l, bool reloa
     llep_engine *e = NULL;
     char err[256] = "";
 
-    llep__engine_config_default(&cfg);
-    cfg.num_experts = l->n;
-    cfg.top_k = l->k;
-    cfg.hidden = l->d;
-    cfg.inter = l->h;
-    cfg.devices = dv;
-    cfg.num_devices = dv ? 0 : p;
+    llep_test_engine_config(&cfg, &l->t, dv, p);
     cfg.threads = 2;
-    cfg.plan.min_tokens = 1;
-    cfg.w_gate = l->w.wg;
-    cfg.w_up = l->w.wu;
-    cfg.w_down = l->w.wd;
-    cfg.b_gate = l->w.bg;
-    cfg.b_up = l->w.bu;
-    cfg.b_down = l->w.bd;
     if (reload)
         cfg.reload = (llep_engine_reload){ .get = reload_get, .arg = l };
     ck_assert_msg(llep__engine_new(&cfg, &e, err, sizeof(err)) == 0, "%s", err);
     return e;
-}
-
-/* One step of b on e, its tokens split over p home devices in order. */
-static int step(llep_engine *e, uint32_t p, const layer *l, batch *b, llep_engine_stats *st) {
-    llep_engine_batch hb[8];
-    uint32_t per = b->tokens / p, t0 = 0;
-
-    ck_assert_uint_le(p, 8);
-    for (uint32_t i = 0; i < p; i++) {
-        uint32_t n = i + 1 == p ? b->tokens - t0 : per;
-        hb[i] = (llep_engine_batch){ .tokens = n, .x = b->x + (size_t)t0 * l->d,
-                                     .topk_idx = b->idx + (size_t)t0 * l->k,
-                                     .topk_w = b->w + (size_t)t0 * l->k,
-                                     .y = b->y + (size_t)t0 * l->d };
-        t0 += n;
-    }
-    return llep__engine_step(e, hb, NULL, st);
 }
 
 static void step_exact(llep_engine *e, uint32_t p, layer *l, uint64_t seed, double skew,
@@ -178,12 +102,12 @@ static void step_exact(llep_engine *e, uint32_t p, layer *l, uint64_t seed, doub
     batch b;
     llep_engine_stats st;
 
-    batch_init(&b, l, 64, skew, seed);
-    int r = step(e, p, l, &b, &st);
+    llep_test_batch_spread(&b, &l->t, 64, skew, seed);
+    int r = llep_test_engine_step(e, p, &l->t, &b, &st);
     ck_assert_msg(r == 0, "%s: %s", what, llep__engine_error(e));
     ck_assert_uint_eq(st.num_devices, p);
-    assert_exact(l, &b, what);
-    batch_fini(&b);
+    llep_test_assert_exact(&l->t, &b, what);
+    llep_test_batch_fini(&b);
 }
 
 /* A step that must fail with -EIO, saying `says`, and leave y alone. */
@@ -191,14 +115,14 @@ static void step_fails(llep_engine *e, uint32_t p, layer *l, uint64_t seed, cons
                        const char *what) {
     batch b;
 
-    batch_init(&b, l, 64, 0.0, seed);
-    fill_sentinel(&b, l->d);
-    int r = step(e, p, l, &b, NULL);
+    llep_test_batch_spread(&b, &l->t, 64, 0.0, seed);
+    fill_sentinel(&b, l->t.s.d);
+    int r = llep_test_engine_step(e, p, &l->t, &b, NULL);
     ck_assert_msg(r == -EIO, "%s: %d (%s), not -EIO", what, r, llep__engine_error(e));
     ck_assert_msg(strstr(llep__engine_error(e), says), "%s: '%s' does not say '%s'", what,
                   llep__engine_error(e), says);
-    assert_untouched(&b, l->d, what);
-    batch_fini(&b);
+    assert_untouched(&b, l->t.s.d, what);
+    llep_test_batch_fini(&b);
 }
 
 static void fail_hook(const char *v) {
@@ -246,7 +170,7 @@ START_TEST(test_engine_rehomes) {
     ck_assert_uint_eq(f.used, 0);
     ck_assert_uint_eq(f.held, 0);
     llep__engine_free(e);
-    llep_test_f32_weights_fini(&l.w);
+    llep_test_layer_fini(&l.t);
 }
 END_TEST
 
@@ -285,9 +209,9 @@ START_TEST(test_engine_lost_beside_others) {
     llep__engine_free(eb);
     llep__engine_free(ea);
     llep__devices_free(dv);
-    llep_test_f32_weights_fini(&a.w);
-    llep_test_f32_weights_fini(&b.w);
-    llep_test_f32_weights_fini(&c.w);
+    llep_test_layer_fini(&a.t);
+    llep_test_layer_fini(&b.t);
+    llep_test_layer_fini(&c.t);
 }
 END_TEST
 
@@ -309,15 +233,7 @@ START_TEST(test_engine_reload_fails) {
     char err[256] = "";
 
     layer_init(&l, 4, 2, 8, 6, 41);
-    llep__engine_config_default(&cfg);
-    cfg.num_experts = l.n;
-    cfg.top_k = l.k;
-    cfg.hidden = l.d;
-    cfg.inter = l.h;
-    cfg.num_devices = 2;
-    cfg.w_gate = l.w.wg;
-    cfg.w_up = l.w.wu;
-    cfg.w_down = l.w.wd;
+    llep_test_engine_config(&cfg, &l.t, NULL, 2);
     cfg.reload = (llep_engine_reload){ .get = reload_gone, .arg = &l };
     fail_hook("1@1");
     ck_assert_msg(llep__engine_new(&cfg, &e, err, sizeof(err)) == 0, "%s", err);
@@ -328,7 +244,7 @@ START_TEST(test_engine_reload_fails) {
                    "on device 0: the weights went away", "a step after");
     ck_assert_int_eq(l.reloads, 1);
     llep__engine_free(e);
-    llep_test_f32_weights_fini(&l.w);
+    llep_test_layer_fini(&l.t);
 }
 END_TEST
 
@@ -348,7 +264,7 @@ START_TEST(test_engine_no_survivor) {
     ck_assert(st.failed);
     ck_assert_uint_eq(st.served_by, LLEP_DEVICES_NONE);
     llep__engine_free(e);
-    llep_test_f32_weights_fini(&l.w);
+    llep_test_layer_fini(&l.t);
 }
 END_TEST
 
@@ -410,44 +326,44 @@ static void forward_exact(llep_layer *h, const llep_test_f32_weights *w, const l
                           uint64_t seed, const char *what) {
     batch b;
 
-    batch_init(&b, shape, TOKENS, 0.0, seed);
+    llep_test_batch_spread(&b, &shape->t, TOKENS, 0.0, seed);
     int r = llep_forward(h, b.tokens, b.x, b.idx, b.w, b.y);
     ck_assert_msg(r == 0, "%s: %s: %s", what, llep_strerror(r),
                   llep_client_error(llep_layer_client(h)));
-    assert_exact_w(w, shape->n, shape->k, shape->d, shape->h, &b, what);
-    batch_fini(&b);
+    assert_exact_w(w, shape->t.s, &b, what);
+    llep_test_batch_fini(&b);
 }
 
 static void forward_fails(llep_layer *h, const layer *shape, uint64_t seed, const char *says,
                           const char *what) {
     batch b;
 
-    batch_init(&b, shape, TOKENS, 0.0, seed);
-    fill_sentinel(&b, shape->d);
+    llep_test_batch_spread(&b, &shape->t, TOKENS, 0.0, seed);
+    fill_sentinel(&b, shape->t.s.d);
     int r = llep_forward(h, b.tokens, b.x, b.idx, b.w, b.y);
     const char *msg = llep_client_error(llep_layer_client(h));
     ck_assert_msg(r < 0, "%s: the forward succeeded", what);
     ck_assert_msg(strstr(msg, says), "%s: '%s' does not say '%s'", what, msg, says);
-    assert_untouched(&b, shape->d, what);
-    batch_fini(&b);
+    assert_untouched(&b, shape->t.s.d, what);
+    llep_test_batch_fini(&b);
 }
 
 static llep_layer *client_layer(llep_client *c, const char *name, const layer *l) {
     llep_layer_desc d;
 
     memset(&d, 0, sizeof(d));
-    d.num_experts = l->n;
-    d.top_k = l->k;
-    d.hidden = l->d;
-    d.inter = l->h;
+    d.num_experts = l->t.s.n;
+    d.top_k = l->t.s.k;
+    d.hidden = l->t.s.d;
+    d.inter = l->t.s.h;
     d.dtype = LLEP_DTYPE_F32;
     d.act = LLEP_ACT_SWIGLU;
-    d.w_gate = l->w.wg;
-    d.w_up = l->w.wu;
-    d.w_down = l->w.wd;
-    d.b_gate = l->w.bg;
-    d.b_up = l->w.bu;
-    d.b_down = l->w.bd;
+    d.w_gate = l->t.w.wg;
+    d.w_up = l->t.w.wu;
+    d.w_down = l->t.w.wd;
+    d.b_gate = l->t.w.bg;
+    d.b_up = l->t.w.bu;
+    d.b_down = l->t.w.bd;
     return llep_test_layer_create(c, name, &d);
 }
 
@@ -478,8 +394,8 @@ START_TEST(test_llepd_failover) {
     ck_assert_msg(r == 0, "%s", llep_client_error(c));
     ck_assert_uint_ge(mi.num_layers, 2);
     ck_assert_uint_eq(mi.desc.dtype, LLEP_DTYPE_F32);
-    layer ms = { .n = mi.desc.num_experts, .k = mi.desc.top_k, .d = mi.desc.hidden,
-                 .h = mi.desc.inter };
+    layer ms = { .t.s = { mi.desc.num_experts, mi.desc.top_k, mi.desc.hidden,
+                          mi.desc.inter } };
     llep_test_f32_weights w0, w1;
     read_expected(dir, &mi, 0, &w0);
     read_expected(dir, &mi, 1, &w1);
@@ -490,23 +406,23 @@ START_TEST(test_llepd_failover) {
     layer_init(&cl, mi.desc.num_experts, mi.desc.top_k, mi.desc.hidden, mi.desc.inter, 31);
     llep_layer *ch = client_layer(c, "client", &cl);
 
-    forward_exact(ch, &cl.w, &cl, 1, "client layer before");
+    forward_exact(ch, &cl.t.w, &cl, 1, "client layer before");
     /* Whatever else computed on device 1 since llepd started, one of the next few steps is
      * the third that does: every step before it is exact, it fails and writes nothing. */
     for (int i = 0;; i++) {
         batch b;
-        batch_init(&b, &ms, TOKENS, 0.0, 100 + (uint64_t)i);
-        fill_sentinel(&b, ms.d);
+        llep_test_batch_spread(&b, &ms.t, TOKENS, 0.0, 100 + (uint64_t)i);
+        fill_sentinel(&b, ms.t.s.d);
         ck_assert_int_lt(i, 3);
         if (llep_forward(m0, b.tokens, b.x, b.idx, b.w, b.y) == 0) {
-            assert_exact_w(&w0, ms.n, ms.k, ms.d, ms.h, &b, "model layer 0 before");
-            batch_fini(&b);
+            assert_exact_w(&w0, ms.t.s, &b, "model layer 0 before");
+            llep_test_batch_fini(&b);
             continue;
         }
         const char *msg = llep_client_error(c);
         ck_assert_msg(strstr(msg, "device 1 failed"), "'%s' does not name device 1", msg);
-        assert_untouched(&b, ms.d, "the failing step");
-        batch_fini(&b);
+        assert_untouched(&b, ms.t.s.d, "the failing step");
+        llep_test_batch_fini(&b);
         break;
     }
 
@@ -541,7 +457,7 @@ START_TEST(test_llepd_failover) {
     layer c2;
     layer_init(&c2, mi.desc.num_experts, mi.desc.top_k, mi.desc.hidden, mi.desc.inter, 32);
     llep_layer *ch2 = client_layer(c, "client-after", &c2);
-    forward_exact(ch2, &c2.w, &c2, 9, "a client layer made after");
+    forward_exact(ch2, &c2.t.w, &c2, 9, "a client layer made after");
 
     /* Every block on the failed device was given back. */
     out = ctl("devices", "--json");
@@ -571,8 +487,8 @@ START_TEST(test_llepd_failover) {
     llep_disconnect(c);
     free(w0.wg);
     free(w1.wg);
-    llep_test_f32_weights_fini(&cl.w);
-    llep_test_f32_weights_fini(&c2.w);
+    llep_test_layer_fini(&cl.t);
+    llep_test_layer_fini(&c2.t);
 }
 END_TEST
 
@@ -590,19 +506,19 @@ START_TEST(test_llepd_kept_weights) {
     layer_init(&b, 4, 2, 8, 6, 52);
     llep_layer *ha = client_layer(c, "a", &a), *hb = client_layer(c, "b", &b);
 
-    forward_exact(ha, &a.w, &a, 1, "layer a before");
+    forward_exact(ha, &a.t.w, &a, 1, "layer a before");
     forward_fails(hb, &b, 2, "device 2 failed", "the failing step");
-    forward_exact(hb, &b.w, &b, 3, "layer b after");
-    forward_exact(ha, &a.w, &a, 4, "layer a after");
-    forward_exact(hb, &b.w, &b, 5, "layer b again");
+    forward_exact(hb, &b.t.w, &b, 3, "layer b after");
+    forward_exact(ha, &a.t.w, &a, 4, "layer a after");
+    forward_exact(hb, &b.t.w, &b, 5, "layer b again");
     llep_test_output out = ctl("devices", NULL);
     ck_assert_msg(strstr(out.out, "served by device"), "%s", out.out);
     llep_test_output_free(&out);
     llep_layer_release(hb);
     llep_layer_release(ha);
     llep_disconnect(c);
-    llep_test_f32_weights_fini(&a.w);
-    llep_test_f32_weights_fini(&b.w);
+    llep_test_layer_fini(&a.t);
+    llep_test_layer_fini(&b.t);
 }
 END_TEST
 
