@@ -58,6 +58,7 @@ typedef struct llep_bench_options {
     uint32_t steps;        /* --steps: the trace's length */
     int tune;              /* --tune (bench-tune.c) */
     const char *write_config;  /* --write-config FILE with --tune */
+    int calibrate;         /* --calibrate: the device cost model only (bench-calibrate.c) */
 } llep_bench_options;
 
 /* The bench's layer and inputs, shared by every scenario. */

@@ -22,6 +22,7 @@
 
 #include "bench.h"
 #include "bench-modes.h"
+#include "bench-calibrate.h"
 #include "moe-cpu.h"
 #include "parse-number.h"
 #include "tool-random.h"
@@ -77,6 +78,7 @@ static void usage(FILE *f) {
         "                  [--nodes K] [--replica-cache SIZE|auto|off]\n"
         "                  [--device-memory SIZE] [--planners LIST]\n"
         "                  [--trace drift|jump [--steps N]] [--tune [--write-config FILE]]\n"
+        "       llep-bench --calibrate [--backend cpu|cuda|auto] [--devices P] [--json]\n"
         "\n"
         "Runs the scenarios of DESIGN.md section 7 under EP and LLEP on the same inputs (CPU\n"
         "backend, float32) and prints makespan, speedup, ideal bound, balance efficiency, peak\n"
@@ -124,6 +126,8 @@ static void usage(FILE *f) {
         "                in this run's tokens: give --tokens the batch llepd will see\n"
         "  --write-config  with --tune: set alpha, lambda, min-tokens and replica-cache in\n"
         "                this llepd config file to the best point, keeping its other lines\n"
+        "  --calibrate   measure the backend's device cost model instead (chunk time against\n"
+        "                rows, transfers) and print it as `llepctl tune` does\n"
         "Environment: LLEP_BENCH_THREADS host threads running the devices (default 1, so\n"
         "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n");
 }
@@ -209,6 +213,7 @@ static void parse_options(int argc, char **argv, options *o) {
         { "steps", required_argument, NULL, 'n' },
         { "tune", no_argument, NULL, 'u' },
         { "write-config", required_argument, NULL, 'w' },
+        { "calibrate", no_argument, NULL, 'K' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -270,6 +275,7 @@ static void parse_options(int argc, char **argv, options *o) {
             break;
         case 'n': o->steps = parse_u32("--steps", optarg, 1); steps_set = 1; break;
         case 'u': o->tune = 1; break;
+        case 'K': o->calibrate = 1; break;
         case 'w':
             if (!optarg[0])
                 llep__bench_usage_die("--write-config: the file name is empty");
@@ -294,6 +300,8 @@ static void parse_options(int argc, char **argv, options *o) {
     }
     if (optind < argc)
         llep__bench_usage_die("unexpected argument '%s'", argv[optind]);
+    if (o->calibrate)
+        return;
     check_modes(o, steps_set, cache_set);
     /* A trace compares the cache off with it on: on means llepd's default unless given. */
     if (o->trace && !cache_set)
@@ -735,6 +743,8 @@ int main(int argc, char **argv) {
     int rc;
 
     parse_options(argc, argv, &b.o);
+    if (b.o.calibrate)
+        return llep__bench_calibrate(b.o.backend, b.o.devices, b.o.format == FMT_JSON);
     if (b.o.plot && !have_gnuplot())
         fprintf(stderr, "llep-bench: gnuplot not found in PATH: --plot %s will be skipped\n",
                 b.o.plot);

@@ -528,6 +528,20 @@ fail:
     return r;
 }
 
+/* The GPU's name as the driver gives it; logical devices on one GPU share its index. */
+static void cu_describe(const llep_backend *base, uint32_t dev, char *name, size_t namelen,
+                        uint32_t *physical) {
+    const cuda_backend *b = (const cuda_backend *)base;
+    struct cudaDeviceProp prop;
+    uint32_t g = dev < base->num_devices ? b->dev[dev].gpu : 0;
+
+    if (cudaGetDeviceProperties(&prop, b->gpus[g].id) == cudaSuccess)
+        snprintf(name, namelen, "%s", prop.name);
+    else
+        snprintf(name, namelen, "CUDA device %d", b->gpus[g].id);
+    *physical = g;
+}
+
 const llep_backend_ops llep__backend_cuda = {
     .name = "cuda",
     .create = cu_create,
@@ -542,6 +556,7 @@ const llep_backend_ops llep__backend_cuda = {
     .busy_ns = cu_busy_ns,
     .step_overhead = cu_step_overhead,
     .download = llep__cuda_download,
+    .describe = cu_describe,
     .xnode = &llep__xnode_nccl,
     .device_failed = cu_device_failed,
     .space_import = llep__cuda_space_import,

@@ -74,6 +74,13 @@ typedef struct llep_backend_ops {
      * step (results, spilled experts' weights) goes through it. */
     int (*download)(llep_backend *b, uint32_t dev, void *dst, const void *src, size_t bytes);
 
+    /* Optional (NULL: unknown). What logical device dev runs on, for calibration
+     * (calibrate.h) and its stored file: the hardware's name into name ("NVIDIA H200", the
+     * CPU's model and BLAS kernels), and in *physical an index that logical devices on the
+     * same physical device share (the GPU; every CPU device is on the host, 0). */
+    void (*describe)(const llep_backend *b, uint32_t dev, char *name, size_t namelen,
+                     uint32_t *physical);
+
     /* Optional (NULL: none). The communicator between nodes that cluster steps use to move
      * rows, weights and results between devices of different nodes (xnode.h). */
     const struct llep_xnode_ops *xnode;
