@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "backend-select.h"
+#include "calib.h"
 #include "cluster-layer.h"
 #include "cluster.h"
 #include "config.h"
@@ -234,6 +235,9 @@ static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
     d->srv.backend_ops = ops;
     if (r < 0)
         return r;
+    /* The devices' cost model, stored or measured, before anything is served (and so before
+     * READY=1): the first step plans with it. */
+    llepd_calib_start(&d->srv);
     llepd_handlers_init(&d->srv);
     /* Peer links first: once the unix socket accepts, the peer port accepts too. */
     r = llepd_cluster_init(&d->srv, err, errlen);

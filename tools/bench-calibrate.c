@@ -35,9 +35,10 @@ int llep__bench_calibrate(enum llep_backend_kind backend, uint32_t devices, bool
         fprintf(stderr, "llep-bench: %s\n", msg);
         return EXIT_FAILURE;
     }
-    if (json)
+    if (json) {
         llep__cost_table_json(stdout, &cal);
-    else
+        putchar('\n');
+    } else
         llep__cost_table_print(stdout, &cal);
     return EXIT_SUCCESS;
 }

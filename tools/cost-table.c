@@ -123,5 +123,5 @@ void llep__cost_table_json(FILE *f, const llep_calibration *cal) {
         json_num(f, m->link[k].ns_per_byte);
         fprintf(f, ", \"measured\": %s}", cal->measured[k] ? "true" : "false");
     }
-    fputs("]}\n", f);
+    fputs("]}", f);
 }

@@ -12,7 +12,7 @@
  * (latency, bandwidth, time of 1 MiB, measured or nominal). */
 void llep__cost_table_print(FILE *f, const llep_calibration *cal);
 
-/* The same as one JSON object on one line (with a newline):
+/* The same as one JSON object on one line (no newline after it):
  * {"backend", "device_name", "devices", "hidden", "inter", "dtype", "chunk_fixed_ns",
  *  "devices_per_gpu", "devices_per_node", "elapsed_ms", "time", "hash" (hex string),
  *  "curve": [{"rows", "chunk_ns", "rate_flops_per_ns", "efficiency"}],

@@ -20,6 +20,7 @@
 #include "llepctl.h"
 #include "config.h"
 #include "conn.h"
+#include "cost-table.h"
 #include "llep-config.h"
 #include "plan-print.h"
 #include "plan.h"
@@ -668,6 +669,72 @@ static int verb_peers(ctl *x, char **argv) {
     return 0;
 }
 
+/* The reply's calibration as the tools' table and JSON take it (cost-table.h). */
+static void calibration_of(const LlepPb__Calibration *c, llep_calibration *cal) {
+    llep_cost_model *m = &cal->model;
+    size_t n = c->n_rows < c->n_rate ? c->n_rows : c->n_rate;
+
+    memset(cal, 0, sizeof(*cal));
+    snprintf(m->backend, sizeof(m->backend), "%s", c->backend);
+    snprintf(m->device_name, sizeof(m->device_name), "%s", c->device_name);
+    cal->devices = c->devices;
+    cal->hidden = c->hidden;
+    cal->inter = c->inter;
+    cal->dtype = c->dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? LLEP_DTYPE_BF16 : LLEP_DTYPE_F32;
+    m->num_points = (uint32_t)(n < LLEP_COST_MAX_POINTS ? n : LLEP_COST_MAX_POINTS);
+    for (uint32_t i = 0; i < m->num_points; i++) {
+        m->rows[i] = c->rows[i];
+        m->rate[i] = c->rate[i];
+    }
+    m->chunk_fixed_ns = c->chunk_fixed_ns;
+    for (size_t k = 0; k < c->n_links && k < LLEP_LINK_KINDS; k++) {
+        m->link[k].latency_ns = c->links[k]->latency_ns;
+        m->link[k].ns_per_byte = c->links[k]->ns_per_byte;
+        cal->measured[k] = c->links[k]->measured;
+    }
+    m->devices_per_gpu = c->devices_per_gpu;
+    m->devices_per_node = c->devices_per_node;
+    cal->elapsed_ms = c->elapsed_ms;
+    cal->time = c->time;
+}
+
+/* `tune`: measure the devices again (admin; every layer's steps wait meanwhile); `tune
+ * --show`: the calibration in force. */
+static int verb_tune(ctl *x, char **argv) {
+    LlepPb__TuneRequest tr = LLEP_PB__TUNE_REQUEST__INIT;
+    LlepPb__Frame req = LLEP_PB__FRAME__INIT;
+    _cleanup_frame_ LlepPb__Frame *reply = NULL;
+    llep_calibration cal;
+    int r;
+
+    (void)argv;
+    tr.show = x->show;
+    req.body_case = LLEP_PB__FRAME__BODY_TUNE;
+    req.tune = &tr;
+    r = ctl_request(x, &req, LLEP_PB__FRAME__BODY_TUNE_REPLY, &reply);
+    if (r)
+        return r;
+    const LlepPb__TuneReply *t = reply->tune_reply;
+    if (!t->calibration)
+        return daemon_error("llepd sent no calibration");
+    calibration_of(t->calibration, &cal);
+    if (x->json) {
+        fputs("{\"path\": ", stdout);
+        ctl_json_str(t->path);
+        printf(", \"stored\": %s, \"calibration\": ", t->stored ? "true" : "false");
+        llep__cost_table_json(stdout, &cal);
+        puts("}");
+        return 0;
+    }
+    llep__cost_table_print(stdout, &cal);
+    if (t->stored)
+        printf("\nstored in %s\n", t->path);
+    else
+        printf("\nnot stored%s%s\n", t->message && t->message[0] ? ": " : "",
+               t->message && t->message[0] ? t->message : "");
+    return 0;
+}
+
 typedef struct verb {
     const char *name;
     int min_args, max_args;
@@ -696,6 +763,8 @@ static const verb verbs[] = {
       ctl_verb_unload },
     { "models", 0, 0, "", "loaded models: type, layers, shape, references, load time",
       ctl_verb_models },
+    { "tune", 0, 0, "[--show]", "measure the devices' cost model again and store it (admin); "
+      "--show: the one in force", verb_tune },
 };
 
 static void help(void) {
@@ -707,6 +776,7 @@ static void help(void) {
            "  -s, --socket PATH   llepd's socket (default: $LLEP_SOCKET, else\n"
            "                      %s as root, else $XDG_RUNTIME_DIR/llep/llepd.sock)\n"
            "  -j, --json          print one JSON object instead of text\n"
+           "      --show          with tune: show the calibration in force, do not measure\n"
            "  -h, --help          show this help\n"
            "  -V, --version       show the version\n\n"
            "Exit status: 0 on success, 1 when llepd refuses or cannot be reached, 2 on bad "
@@ -719,6 +789,7 @@ int main(int argc, char **argv) {
         { "json", no_argument, NULL, 'j' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
+        { "show", no_argument, NULL, 'S' },
         { NULL, 0, NULL, 0 },
     };
     ctl x = { .conn.fd = -1 };
@@ -734,6 +805,9 @@ int main(int argc, char **argv) {
             break;
         case 'j':
             x.json = true;
+            break;
+        case 'S':
+            x.show = true;
             break;
         case 'h':
             help();
@@ -753,6 +827,8 @@ int main(int argc, char **argv) {
             v = &verbs[i];
     if (!v)
         return usage_error("unknown verb '%s'", argv[optind]);
+    if (x.show && v->run != verb_tune)
+        return usage_error("--show goes with tune only");
     nargs = argc - optind - 1;
     if (nargs < v->min_args || nargs > v->max_args)
         return usage_error("%s takes %s%s", v->name, v->args[0] ? "" : "no arguments",

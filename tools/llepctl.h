@@ -21,6 +21,7 @@ typedef struct ctl {
     bool connected;
     const char *socket_path;      /* NULL: the default */
     bool json;
+    bool show;                    /* tune --show */
     char err[512];
 } ctl;
 

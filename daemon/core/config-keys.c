@@ -206,6 +206,21 @@ static int set_peer_secret_file(llep_config *c, const char *value) {
     return 0;
 }
 
+/* An absolute path (llepd may run with another working directory than the one it was started
+ * from), or off. */
+static int set_state_dir(llep_config *c, const char *value) {
+    size_t n = strlen(value);
+
+    if (strcmp(value, "off") == 0) {
+        c->state_dir[0] = '\0';
+        return 0;
+    }
+    if (value[0] != '/' || n >= sizeof(c->state_dir))
+        return -EINVAL;
+    memcpy(c->state_dir, value, n + 1);
+    return 0;
+}
+
 /* NAME=DIR: one more model to load at start. The name as llepd's protocol takes model names
  * (printable ASCII without blanks or '/'); the directory absolute, since llepd's working
  * directory is nobody's business. Each occurrence adds a model; a name given twice is an
@@ -306,6 +321,9 @@ const config_key llep__config_keys[] = {
       llep__config_set_metrics_listen },
     { "metrics-expert-loads", "yes|no", "yes or no",
       "export each expert's load in the metrics too (default no)", set_metrics_expert_loads },
+    { "state-dir", "PATH|off", "an absolute path of 1 to 255 bytes, or off",
+      "keep the devices' calibration here (default /var/lib/llep; off: calibrate at every "
+      "start)", set_state_dir },
     { "model", "NAME=DIR", "NAME=DIR: a model name (printable ASCII, no blanks or '/', at most "
       "64 bytes) and its checkpoint directory",
       "load the checkpoint in DIR as model NAME at start (repeat for more models)", set_model },

@@ -23,6 +23,8 @@
  *   --metrics-listen HOST:PORT   serve Prometheus metrics at http://HOST:PORT/metrics (off
  *                          unless given; HOST numeric, [ADDR] for IPv6)
  *   --metrics-expert-loads yes|no   export every expert's load too (default no: cardinality)
+ *   --state-dir PATH|off   where llepd keeps what it learns about this machine (its
+ *                          calibration of the devices); default /var/lib/llep
  *   --config FILE          read `key = value` lines first; the command line overrides them
  *
  * A config file has one `key = value` per line, keys as the long options without "--" ('_'
@@ -84,6 +86,10 @@ typedef struct llep_model_spec {
     char path[LLEP_CONFIG_MODEL_PATH_MAX];   /* absolute */
 } llep_model_spec;
 
+/* llepd's state directory (StateDirectory=llep in llepd.service): the devices' calibration
+ * (daemon/server/calib-file.c) lives there. */
+#define LLEP_STATE_DIR_DEFAULT "/var/lib/llep"
+
 /* Config files are a few lines; anything bigger is not one. */
 #define LLEP_CONFIG_FILE_MAX (1u << 20)
 
@@ -123,6 +129,9 @@ typedef struct llep_config {
     /* Keep a host copy of each client-created layer's weights, from which a failed device's
      * experts are put back (devices.h, "failed devices"); false unless set. */
     bool keep_host_weights;
+    /* The state directory, absolute; "" (state-dir = off): nothing is stored, llepd
+     * calibrates the devices at every start. */
+    char state_dir[256];
     llep_model_spec models[LLEP_CONFIG_MAX_MODELS];  /* in the order given */
     uint32_t nmodels;
     char detail[160];             /* why the last value was bad, when "expected" is not enough */

@@ -432,6 +432,27 @@ static int measure(calib *c, const llep_calibrate_options *o, llep_calibration *
     return r;
 }
 
+void llep__calibrate_describe(llep_devices *dv, llep_calibration *ret) {
+    llep_backend *be = llep__devices_backend(dv);
+    calib c = { .dv = dv, .ops = be->ops, .be = be };
+    uint32_t p = llep__devices_count(dv);
+    uint32_t *phys = calloc(p, sizeof(*phys));
+
+    memset(ret, 0, sizeof(*ret));
+    ret->devices = p;
+    snprintf(ret->model.backend, sizeof(ret->model.backend), "%s", be->ops->name);
+    if (!phys) {
+        /* Out of memory: a name that matches no stored file, so llepd measures. */
+        snprintf(ret->model.device_name, sizeof(ret->model.device_name), "?");
+        return;
+    }
+    llep__devices_turn_wait(dv);
+    physical_map(&c, p, phys, ret->model.device_name, sizeof(ret->model.device_name));
+    llep__devices_turn_end(dv);
+    ret->model.devices_per_gpu = per_physical(phys, p);
+    free(phys);
+}
+
 int llep__calibrate(llep_devices *dv, const llep_calibrate_options *opt, llep_calibration *ret,
                     char *err, size_t errlen) {
     llep_backend *be = llep__devices_backend(dv);

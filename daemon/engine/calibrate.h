@@ -47,4 +47,9 @@ void llep__calibrate_defaults(const char *backend, llep_calibrate_options *ret);
 int llep__calibrate(llep_devices *dv, const llep_calibrate_options *opt, llep_calibration *ret,
                     char *err, size_t errlen);
 
+/* What a calibration of these devices would say of their hardware, without measuring:
+ * backend, device name, P and logical devices per physical one, in ret (the rest zero), for
+ * comparing with a stored calibration. Takes the turn. */
+void llep__calibrate_describe(llep_devices *dv, llep_calibration *ret);
+
 #endif

@@ -348,6 +348,8 @@ static const handler handlers[] = {
     { LLEP_PB__FRAME__BODY_MODEL_LOAD, llepd_handle_model_load, ADMIN },
     { LLEP_PB__FRAME__BODY_MODEL_UNLOAD, llepd_handle_model_unload, ADMIN },
     { LLEP_PB__FRAME__BODY_MODELS, llepd_handle_models, ANY },
+    /* --show for anyone; a new measurement checks for admin itself. */
+    { LLEP_PB__FRAME__BODY_TUNE, llepd_handle_tune, ANY },
 };
 
 static void handle_frame(llepd_session *s, const LlepPb__Frame *f) {

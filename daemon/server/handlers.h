@@ -29,4 +29,7 @@ void llepd_handle_models(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_space_register(llepd_session *s, const LlepPb__Frame *f);
 void llepd_handle_space_release(llepd_session *s, const LlepPb__Frame *f);
 
+/* `llepctl tune` (handlers-tune.c). */
+void llepd_handle_tune(llepd_session *s, const LlepPb__Frame *f);
+
 #endif

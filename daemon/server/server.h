@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "admit.h"
+#include "calibration.h"
 #include "config.h"
 #include "engine.h"
 #include "frame.h"
@@ -87,6 +88,11 @@ struct llepd_server {
     uint32_t devices;
     uint64_t device_memory;         /* per device, all layers together; 0: held + 1 GiB */
     llep_devices *devs;
+    /* The devices' calibration in force (calib.c): measured or loaded at start, replaced by
+     * `llepctl tune`; whether it is the one stored in the state directory; tunes running. */
+    llep_calibration calibration;
+    bool have_calibration, calibration_stored;
+    uint32_t running_tunes;
 
     uint64_t start_ns;
     bool draining, stopping;
