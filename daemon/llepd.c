@@ -85,6 +85,8 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
         next->peer_heartbeat_ms != srv->cfg.peer_heartbeat_ms ||
         next->peer_timeout_ms != srv->cfg.peer_timeout_ms)
         log_notice("reload: new cluster settings take effect at the next start");
+    if (strcmp(next->state_dir, srv->cfg.state_dir) != 0)
+        log_notice("reload: a new 'state-dir' takes effect at the next start");
     const llep_peer_addr *ma = &next->metrics_listen, *mb = &srv->cfg.metrics_listen;
     if (next->have_metrics_listen != srv->cfg.have_metrics_listen ||
         (next->have_metrics_listen &&

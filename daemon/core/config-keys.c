@@ -213,11 +213,13 @@ static int set_state_dir(llep_config *c, const char *value) {
 
     if (strcmp(value, "off") == 0) {
         c->state_dir[0] = '\0';
+        c->state_dir_set = true;
         return 0;
     }
     if (value[0] != '/' || n >= sizeof(c->state_dir))
         return -EINVAL;
     memcpy(c->state_dir, value, n + 1);
+    c->state_dir_set = true;
     return 0;
 }
 
@@ -322,8 +324,8 @@ const config_key llep__config_keys[] = {
     { "metrics-expert-loads", "yes|no", "yes or no",
       "export each expert's load in the metrics too (default no)", set_metrics_expert_loads },
     { "state-dir", "PATH|off", "an absolute path of 1 to 255 bytes, or off",
-      "keep the devices' calibration here (default /var/lib/llep; off: calibrate at every "
-      "start)", set_state_dir },
+      "keep the devices' calibration here (default $LLEP_STATE_DIR, else /var/lib/llep; off: "
+      "calibrate at every start)", set_state_dir },
     { "model", "NAME=DIR", "NAME=DIR: a model name (printable ASCII, no blanks or '/', at most "
       "64 bytes) and its checkpoint directory",
       "load the checkpoint in DIR as model NAME at start (repeat for more models)", set_model },

@@ -29,7 +29,6 @@ void llep__config_init(llep_config *c) {
         .log_level = LLEP_LOG_NOTICE,
         .peer_heartbeat_ms = LLEP_PEER_HEARTBEAT_MS_DEFAULT,
         .peer_timeout_ms = LLEP_PEER_TIMEOUT_MS_DEFAULT,
-        .state_dir = LLEP_STATE_DIR_DEFAULT,
     };
 }
 
@@ -428,9 +427,31 @@ static int check_cluster(const llep_config *c, char *err, size_t errlen) {
     return 0;
 }
 
+/* state-dir when none was given: $LLEP_STATE_DIR (an absolute path or off; how tests and
+ * hand-started daemons keep out of /var/lib), else LLEP_STATE_DIR_DEFAULT. */
+static int default_state_dir(llep_config *c, char *err, size_t errlen) {
+    const char *env = getenv("LLEP_STATE_DIR");
+
+    if (c->state_dir_set)
+        return 0;
+    if (!env || !env[0])
+        env = LLEP_STATE_DIR_DEFAULT;
+    if (strcmp(env, "off") == 0) {
+        c->state_dir[0] = '\0';
+        return 0;
+    }
+    if (env[0] != '/' || strlen(env) >= sizeof(c->state_dir))
+        return llep__errf(err, errlen, -EINVAL, "$LLEP_STATE_DIR must be off or an absolute "
+                          "path of at most %zu bytes", sizeof(c->state_dir) - 1);
+    snprintf(c->state_dir, sizeof(c->state_dir), "%s", env);
+    return 0;
+}
+
 int llep__config_finish(llep_config *c, char *err, size_t errlen) {
     int r = check_cluster(c, err, errlen);
 
+    if (r == 0)
+        r = default_state_dir(c, err, errlen);
     if (r < 0)
         return r;
     if (c->socket_path)

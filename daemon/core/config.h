@@ -24,7 +24,8 @@
  *                          unless given; HOST numeric, [ADDR] for IPv6)
  *   --metrics-expert-loads yes|no   export every expert's load too (default no: cardinality)
  *   --state-dir PATH|off   where llepd keeps what it learns about this machine (its
- *                          calibration of the devices); default /var/lib/llep
+ *                          calibration of the devices); default $LLEP_STATE_DIR, else
+ *                          /var/lib/llep
  *   --config FILE          read `key = value` lines first; the command line overrides them
  *
  * A config file has one `key = value` per line, keys as the long options without "--" ('_'
@@ -130,8 +131,10 @@ typedef struct llep_config {
      * experts are put back (devices.h, "failed devices"); false unless set. */
     bool keep_host_weights;
     /* The state directory, absolute; "" (state-dir = off): nothing is stored, llepd
-     * calibrates the devices at every start. */
+     * calibrates the devices at every start. Until llep__config_finish() only what was set
+     * (state_dir_set); it fills in $LLEP_STATE_DIR or LLEP_STATE_DIR_DEFAULT. */
     char state_dir[256];
+    bool state_dir_set;
     llep_model_spec models[LLEP_CONFIG_MAX_MODELS];  /* in the order given */
     uint32_t nmodels;
     char detail[160];             /* why the last value was bad, when "expected" is not enough */

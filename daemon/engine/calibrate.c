@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,9 +57,10 @@ static double median(double *v, uint32_t n) {
 
 /* ---- buffers ----------------------------------------------------------------------------- */
 
-/* One block of device memory, charged to its device as held memory while calibration runs
- * (a step charge would stay in the device's largest step, and so in the replica cache's
- * auto limit, after the calibration is gone). */
+/* One block of device memory from the backend itself, not charged to the devices' account:
+ * it lives only inside the calibration's one turn, when no step runs and no layer allocates,
+ * and the account's figures (peak, largest step, the replica cache's auto limit) are the
+ * layers', which calibration must not change. */
 typedef struct block {
     uint32_t dev;
     uint64_t bytes;
@@ -85,7 +87,7 @@ static int fail(calib *c, int r, const char *what) {
 /* Allocates bytes on dev and fills them from host memory (NULL: left as they are). */
 static int get_block(calib *c, uint32_t dev, uint64_t bytes, const void *fill, void **ret) {
     block *b = &c->blocks[c->nblocks];
-    int r = llep__devices_alloc(c->dv, dev, bytes, LLEP_CHARGE_HELD, &b->ptr);
+    int r = bytes > SIZE_MAX ? -ENOMEM : c->ops->alloc(c->be, dev, (size_t)bytes, &b->ptr);
 
     if (r < 0) {
         char what[96];
@@ -104,8 +106,7 @@ static int get_block(calib *c, uint32_t dev, uint64_t bytes, const void *fill, v
 
 static void put_blocks(calib *c) {
     for (uint32_t i = 0; i < c->nblocks; i++)
-        llep__devices_release(c->dv, c->blocks[i].dev, c->blocks[i].ptr, c->blocks[i].bytes,
-                              LLEP_CHARGE_HELD);
+        c->ops->free(c->be, c->blocks[i].dev, c->blocks[i].ptr);
     c->nblocks = 0;
 }
 

@@ -13,9 +13,9 @@
  * between physical devices where all P logical devices share one.
  *
  * Whoever calls it must not hold the devices' turn on another thread's behalf: it takes the
- * turn for each measurement (llep__devices_turn_wait), so steps of running layers interleave
- * with it (their figures then still come from their own busy times), and charges its buffers
- * to device 0 (and the transfer's destination) as step charges, released before it returns. */
+ * turn for the whole measurement (llep__devices_turn_wait): steps of every layer wait for it.
+ * Its buffers come from the backend directly, outside the devices' account (they exist only
+ * inside the turn, when nothing else allocates), and are freed before it returns. */
 #ifndef LLEP_CALIBRATE_H
 #define LLEP_CALIBRATE_H
 
@@ -42,7 +42,7 @@ typedef struct llep_calibrate_options {
 void llep__calibrate_defaults(const char *backend, llep_calibrate_options *ret);
 
 /* Measures the devices' backend (opt NULL: the defaults for it) into ret, which passes
- * llep__cost_check(). Returns 0, -ENOMEM (buffers over the budget), the backend's error, or
+ * llep__cost_check(). Returns 0, -ENOMEM (the backend has not the memory), its error, or
  * -EIO when the measurements make no model (message in err). */
 int llep__calibrate(llep_devices *dv, const llep_calibrate_options *opt, llep_calibration *ret,
                     char *err, size_t errlen);

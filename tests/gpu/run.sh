@@ -20,6 +20,8 @@
 #      each on GPU 0, clients on every node checked against float64, the steps' data between
 #      nodes over the NCCL communicator once it is up (NCCL_HOSTID per node makes NCCL treat
 #      the three processes on one GPU as three hosts)                 tests/gpu/cluster.sh
+#   3b. the device cost model: llep-bench --calibrate on two logical devices of GPU 0 (and
+#      one per GPU when there are several): curve and transfer figures (calibrate*.txt)
 #   6. a whole model on shared devices: llepd on cuda:0x4 loads a checkpoint of several MoE
 #      layers (BUILD/model, made by pack.sh with scripts/make-model.py) and four clients run
 #      every layer in order, checked against the checkpoint's weights      tests/gpu/model.sh
@@ -220,6 +222,20 @@ else
     fi
     echo "dispatch paths:"
     sed 's/^/  /' "$out/paths.txt"
+fi
+
+# ---- 3b. calibration ----
+# The device cost model (issue 15 item 1): chunk time against rows at D = H = 2880 bf16 and the
+# copies between two logical devices of GPU 0 (and between GPUs when there are several).
+say "3b. calibration: llep-bench --calibrate (curve and transfer figures)"
+cal_backend=cuda
+[ $selftest = 1 ] && cal_backend=cpu
+cal_gpu=${CUDA_VISIBLE_DEVICES:-0}
+CUDA_VISIBLE_DEVICES=${cal_gpu%%,*} check calibrate 60 calibrate.txt \
+    "$build/tools/llep-bench" --calibrate --backend "$cal_backend" --devices 2
+if [ "$gpus" -gt 1 ]; then
+    check calibrate-peers 60 calibrate-peers.txt \
+        "$build/tools/llep-bench" --calibrate --backend cuda --devices "$gpus"
 fi
 
 # ---- 4. bench ----
