@@ -71,8 +71,10 @@ typedef struct block {
 
 typedef struct calib {
     llep_devices *dv;
+    /* The devices' view of the backend (devices.h): a failed logical device's calls go to the
+     * device serving it, as a step's do. raw: the backend itself, for describe. */
     const llep_backend_ops *ops;
-    llep_backend *be;
+    llep_backend *be, *raw;
     block blocks[MAX_BLOCKS];
     uint32_t nblocks;
     char *err;
@@ -280,10 +282,10 @@ static void physical_map(calib *c, uint32_t p, uint32_t *phys, char *name, size_
     snprintf(name, namelen, "%s", c->ops->name);
     for (uint32_t d = 0; d < p; d++) {
         phys[d] = 0;
-        if (c->ops->describe) {
+        if (c->raw->ops->describe) {
             char other[64];
-            c->ops->describe(c->be, d, d == 0 ? name : other, d == 0 ? namelen : sizeof(other),
-                             &phys[d]);
+            c->raw->ops->describe(c->raw, d, d == 0 ? name : other,
+                                  d == 0 ? namelen : sizeof(other), &phys[d]);
         }
     }
 }
@@ -434,8 +436,8 @@ static int measure(calib *c, const llep_calibrate_options *o, llep_calibration *
 }
 
 void llep__calibrate_describe(llep_devices *dv, llep_calibration *ret) {
-    llep_backend *be = llep__devices_backend(dv);
-    calib c = { .dv = dv, .ops = be->ops, .be = be };
+    llep_backend *be = llep__devices_view(dv);
+    calib c = { .dv = dv, .ops = be->ops, .be = be, .raw = llep__devices_backend(dv) };
     uint32_t p = llep__devices_count(dv);
     uint32_t *phys = calloc(p, sizeof(*phys));
 
@@ -456,8 +458,9 @@ void llep__calibrate_describe(llep_devices *dv, llep_calibration *ret) {
 
 int llep__calibrate(llep_devices *dv, const llep_calibrate_options *opt, llep_calibration *ret,
                     char *err, size_t errlen) {
-    llep_backend *be = llep__devices_backend(dv);
-    calib c = { .dv = dv, .ops = be->ops, .be = be, .err = err, .errlen = errlen };
+    llep_backend *be = llep__devices_view(dv);
+    calib c = { .dv = dv, .ops = be->ops, .be = be, .raw = llep__devices_backend(dv),
+                .err = err, .errlen = errlen };
     llep_calibrate_options o;
     uint64_t t0 = wall_ns();
 
