@@ -154,6 +154,49 @@ START_TEST(test_replica_cache) {
 }
 END_TEST
 
+/* state-dir: an absolute path or off; unset, $LLEP_STATE_DIR, else /var/lib/llep. */
+START_TEST(test_state_dir) {
+    llep_config c;
+
+    unsetenv("LLEP_STATE_DIR");
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--alpha", "1"), 0);
+    ck_assert_str_eq(c.state_dir, LLEP_STATE_DIR_DEFAULT);
+    llep__config_fini(&c);
+    setenv("LLEP_STATE_DIR", "/tmp/st", 1);
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--alpha", "1"), 0);
+    ck_assert_str_eq(c.state_dir, "/tmp/st");
+    llep__config_fini(&c);
+    /* The option wins over the environment, off included. */
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--state-dir", "/srv/llep"), 0);
+    ck_assert_str_eq(c.state_dir, "/srv/llep");
+    ck_assert_int_eq(PARSE(&c, "--state_dir=off"), 0);
+    ck_assert_str_eq(c.state_dir, "");
+    llep__config_fini(&c);
+    setenv("LLEP_STATE_DIR", "off", 1);
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--alpha", "1"), 0);
+    ck_assert_str_eq(c.state_dir, "");
+    llep__config_fini(&c);
+    setenv("LLEP_STATE_DIR", "relative/dir", 1);
+    llep__config_init(&c);
+    ck_assert_int_eq(PARSE(&c, "--alpha", "1"), -EINVAL);
+    ck_assert_msg(strstr(err, "$LLEP_STATE_DIR must be off or an absolute path"), "%s", err);
+    llep__config_fini(&c);
+    unsetenv("LLEP_STATE_DIR");
+    static char *const bad[] = { "", "var/lib/llep", "./x", "on" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        llep__config_init(&c);
+        ck_assert_msg(PARSE(&c, "--state-dir", bad[i]) == -EINVAL, "%s", bad[i]);
+        ck_assert_msg(strstr(err, "expected an absolute path of 1 to 255 bytes, or off"), "%s",
+                      err);
+        llep__config_fini(&c);
+    }
+}
+END_TEST
+
 START_TEST(test_bad_values) {
     static char *const bad[][2] = {
         { "--socket", "" },
@@ -816,6 +859,7 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_every_option);
     tcase_add_test(tc, test_bad_values);
     tcase_add_test(tc, test_replica_cache);
+    tcase_add_test(tc, test_state_dir);
     tcase_add_test(tc, test_error_messages);
     tcase_add_test(tc, test_help_version);
     tcase_add_test(tc, test_config_file);
