@@ -18,6 +18,7 @@ from ._errors import (LlepBusyError, LlepConnectionError, LlepConnectionLostErro
                       LlepTimeoutError, LlepValueError)
 from .client import (Activation, Client, DownLayout, DType, GateUpLayout, Layer, LayerDesc,
                      Model, Policy, Scope, Ticket, connect)
+from .space import Space
 
 
 
@@ -45,5 +46,6 @@ __all__ = [
     "Activation", "Client", "DType", "DownLayout", "GateUpLayout", "Layer", "LayerDesc",
     "LlepBusyError", "LlepConnectionError", "LlepConnectionLostError", "LlepError",
     "LlepExistsError", "LlepMemoryError", "LlepNotFoundError", "LlepPermissionError",
-    "LlepTimeoutError", "LlepValueError", "Model", "Policy", "Scope", "Ticket", "connect",
+    "LlepTimeoutError", "LlepValueError", "Model", "Policy", "Scope", "Space", "Ticket",
+    "connect",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -91,10 +92,46 @@ class Buffer:
         return math.prod(self.shape[:-1])
 
 
-def _adapt(obj: Any, what: str, allowed: Tuple[str, ...], *, writable: bool) -> Buffer:
+def is_cuda(obj: Any) -> bool:
+    return is_torch(obj) and obj.device.type == "cuda"
+
+
+def in_space(obj: Any, space: Any) -> bool:
+    """Whether a contiguous torch tensor lies wholly in the client's space (a Space or None)."""
+    return (space is not None and is_torch(obj) and obj.is_contiguous() and
+            obj.device.type == ("cuda" if space.kind == "cuda" else "cpu") and
+            space.contains(obj.data_ptr(), obj.numel() * obj.element_size()))
+
+
+_warned = set()
+
+
+def warn_host_path(what: str, why: str) -> None:
+    """Says once per tensor role that a CUDA tensor goes through host memory."""
+    if what in _warned:
+        return
+    _warned.add(what)
+    warnings.warn(f"llep: {what} is {why}: it goes through host memory (device -> host -> "
+                  f"llepd and back). Allocate x and out with client.space(...).tensor(...) to "
+                  f"keep them on the GPU.", RuntimeWarning, stacklevel=4)
+
+
+def host_unless_in(obj: Any, what: str, space: Any, routing: bool = False) -> Any:
+    """A CUDA tensor outside the space as a CPU copy (the host path; the routing always goes
+    through the arena, as llepd copies it out anyway); anything else as it is."""
+    if not is_cuda(obj) or in_space(obj, space):
+        return obj
+    if not routing:
+        warn_host_path(what, "a CUDA tensor not allocated from the client's space")
+    return obj.cpu()
+
+
+def _adapt(obj: Any, what: str, allowed: Tuple[str, ...], *, writable: bool,
+           space: Any = None) -> Buffer:
     if is_torch(obj):
-        if obj.device.type != "cpu":
-            raise invalid(f"{what}: llep takes CPU tensors, not {obj.device.type} ones")
+        if obj.device.type != "cpu" and not in_space(obj, space):
+            raise invalid(f"{what}: llep takes CPU tensors, or CUDA tensors allocated from "
+                          f"the client's space, not other {obj.device.type} ones")
         kind = _kind_of_torch(obj.dtype)
         if kind not in allowed:
             raise invalid(f"{what}: dtype {obj.dtype} is not one of "
@@ -120,14 +157,14 @@ def _adapt(obj: Any, what: str, allowed: Tuple[str, ...], *, writable: bool) -> 
     return Buffer(obj, kind, tuple(obj.shape), obj.ctypes.data, False)
 
 
-def adapt_in(obj: Any, what: str, allowed: Tuple[str, ...]) -> Buffer:
+def adapt_in(obj: Any, what: str, allowed: Tuple[str, ...], space: Any = None) -> Buffer:
     """An input: passed as it is when contiguous, else copied into a contiguous one."""
-    return _adapt(obj, what, allowed, writable=False)
+    return _adapt(obj, what, allowed, writable=False, space=space)
 
 
-def adapt_out(obj: Any, what: str, allowed: Tuple[str, ...]) -> Buffer:
+def adapt_out(obj: Any, what: str, allowed: Tuple[str, ...], space: Any = None) -> Buffer:
     """An output the library writes into: it must be contiguous and writable as it is."""
-    return _adapt(obj, what, allowed, writable=True)
+    return _adapt(obj, what, allowed, writable=True, space=space)
 
 
 def empty_like(like: Buffer, shape: Tuple[int, ...], kind: str) -> Any:

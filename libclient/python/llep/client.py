@@ -10,6 +10,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from . import _tensors as T
 from ._errors import LlepConnectionError, LlepError, LlepTimeoutError, error_for, invalid
 from ._ffi import ffi, lib
+from .space import Space
 
 __all__ = [
     "Activation", "Client", "DType", "DownLayout", "GateUpLayout", "Layer", "LayerDesc",
@@ -74,6 +75,21 @@ def _check_code(code: int, handle: Any, *, connecting: bool = False) -> None:
 _FLOAT_TYPES = {T.F32: lib.LLEP_IO_F32, T.BF16: lib.LLEP_IO_BF16}
 
 
+def _to_device_of(like: Any):
+    """finish() of an output computed on the host for a CUDA x: moved to x's device."""
+    return lambda host_out: (lambda: host_out.to(like.device))
+
+
+def _copy_into(dev_out: Any):
+    """finish() of an output computed on the host for a CUDA out outside the space."""
+    def bind(host_out: Any):
+        def finish() -> Any:
+            dev_out.copy_(host_out)
+            return dev_out
+        return finish
+    return bind
+
+
 class LayerDesc:
     """A layer's shape and policy as llepd holds it (llep_layer_desc without the pointers)."""
 
@@ -111,15 +127,17 @@ class Ticket:
     """A submission in flight (:meth:`Layer.submit`); collect it once with :meth:`wait` or
     :meth:`Client.wait`. Until then it keeps the inputs and the output alive."""
 
-    __slots__ = ("client", "id", "out", "_keep", "_done", "_error")
+    __slots__ = ("client", "id", "out", "_keep", "_done", "_error", "_finish")
 
-    def __init__(self, client: "Client", ticket_id: int, out: Any, keep: tuple):
+    def __init__(self, client: "Client", ticket_id: int, out: Any, keep: tuple,
+                 finish: Any = None):
         self.client = client
         self.id = ticket_id
         self.out = out
         self._keep = keep
         self._done = False
         self._error: Optional[LlepError] = None
+        self._finish = finish    # copies a host output to a CUDA out (host path)
 
     def wait(self, timeout: Optional[float] = None) -> Any:
         """Waits for the result (timeout in seconds, None: as long as it takes) and returns
@@ -183,7 +201,20 @@ class Layer:
 
     def _io(self, x: Any, topk_idx: Any, topk_w: Any, out: Any):
         d = self.desc
-        xb = T.adapt_in(x, "x", T.FLOATS)
+        space = self._client._space
+        # CUDA tensors: those in the client's space go by offset; others through host memory.
+        x = T.host_unless_in(x, "x", space)
+        topk_idx = T.host_unless_in(topk_idx, "topk_idx", None, routing=True)
+        topk_w = T.host_unless_in(topk_w, "topk_w", None, routing=True)
+        finish = None
+        if out is None and T.is_cuda(x):
+            out_dev, out = x, None     # the result goes back to x's device
+            T.warn_host_path("out", "out=None with a CUDA x (pass out=space.tensor(...))")
+            finish = _to_device_of(out_dev)
+        elif out is not None and T.is_cuda(out) and not T.in_space(out, space):
+            T.warn_host_path("out", "a CUDA tensor not allocated from the client's space")
+            finish, out = _copy_into(out), None
+        xb = T.adapt_in(x, "x", T.FLOATS, space)
         ib = T.adapt_in(topk_idx, "topk_idx", T.INTS)
         wb = T.adapt_in(topk_w, "topk_w", T.FLOATS)
         if len(xb.shape) < 1 or xb.shape[-1] != d.hidden:
@@ -199,7 +230,7 @@ class Layer:
             raise invalid(f"{tokens} tokens in one forward: at most 2^32 - 1")
         if out is None:
             out = T.empty_like(xb, xb.shape, xb.kind)
-        ob = T.adapt_out(out, "out", T.FLOATS)
+        ob = T.adapt_out(out, "out", T.FLOATS, space)
         if ob.shape != xb.shape:
             raise invalid(f"out has shape {ob.shape}, x {xb.shape}: they must be equal")
         io = ffi.new("llep_io *")
@@ -212,7 +243,9 @@ class Layer:
         io.x_dtype = _FLOAT_TYPES[xb.kind]
         io.w_dtype = _FLOAT_TYPES[wb.kind]
         io.y_dtype = _FLOAT_TYPES[ob.kind]
-        return io, (xb, ib, wb, ob), out
+        if finish is not None:
+            finish = finish(out)
+        return io, (xb, ib, wb, ob), out, finish
 
     def forward(self, x: Any, topk_idx: Any, topk_w: Any, out: Any = None) -> Any:
         """Runs the layer: ``out[t] = sum over k of topk_w[t, k] * FFN_{topk_idx[t, k]}(x[t])``.
@@ -224,11 +257,11 @@ class Layer:
         shape and dtype. Blocks until the result is there; releases the GIL meanwhile.
         """
         handle = self._handle()
-        io, keep, out = self._io(x, topk_idx, topk_w, out)
+        io, keep, out, finish = self._io(x, topk_idx, topk_w, out)
         code = lib.llep_forward_ex(handle, io)
         del keep
         _check_code(code, self._client._ptr)
-        return out
+        return finish() if finish is not None else out
 
     __call__ = forward
 
@@ -237,10 +270,10 @@ class Layer:
         :class:`Ticket`; llepd may batch submissions of several clients and layers into one
         step. The output is written when the ticket is waited for."""
         handle = self._handle()
-        io, keep, out = self._io(x, topk_idx, topk_w, out)
+        io, keep, out, finish = self._io(x, topk_idx, topk_w, out)
         ticket = ffi.new("uint64_t *")
         _check_code(lib.llep_submit_ex(handle, io, ticket), self._client._ptr)
-        t = Ticket(self._client, int(ticket[0]), out, keep)
+        t = Ticket(self._client, int(ticket[0]), out, keep, finish)
         self._client._pending[t.id] = t
         return t
 
@@ -319,6 +352,7 @@ class Client:
         self._ptr = ret[0]
         self._layers: "set[Layer]" = set()
         self._pending: Dict[int, Ticket] = {}
+        self._space: Optional[Space] = None
 
     def _handle(self) -> Any:
         if self._ptr is None:
@@ -500,16 +534,31 @@ class Client:
             raise
         if t is None:
             return None
+        if t._finish is not None:
+            t.out, t._finish = t._finish(), None
         t._done, t._keep = True, ()
         return t.out
+
+    # ---- the device space ---------------------------------------------------------------
+    def space(self, nbytes: int, gpu: int = -1) -> Space:
+        """Allocates and registers this client's device space (llep_space_alloc): CUDA memory
+        on ``gpu`` when the library has CUDA and llepd runs the CUDA backend, else the host
+        stand-in (``Space.kind`` says which); gpu -1 asks for the host stand-in. One per
+        client: LlepExistsError for a second. See :mod:`llep.space`."""
+        ret = ffi.new("llep_space **")
+        _check_code(lib.llep_space_alloc(self._handle(), int(nbytes), int(gpu), ret), self._ptr)
+        self._space = Space(self, ret[0])
+        return self._space
 
     # ---- lifetime ----------------------------------------------------------------------
     def close(self) -> None:
         """Closes the connection: its layers are released, submissions still in flight are
-        abandoned (their outputs are not written). Idempotent."""
+        abandoned (their outputs are not written), its space is freed. Idempotent."""
         ptr, self._ptr = self._ptr, None
         if ptr is None:
             return
+        if self._space is not None:   # llep_disconnect frees it
+            self._space._ptr, self._space = None, None
         for layer in list(self._layers):
             layer._ptr = None
         self._layers.clear()
