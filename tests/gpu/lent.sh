@@ -44,7 +44,7 @@ LD_LIBRARY_PATH=$(printf '%s:' "${dirs[@]}")${LD_LIBRARY_PATH:-}
 export LD_LIBRARY_PATH
 missing=0
 for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench daemon/llepd \
-           tools/llepctl tools/llep-demo; do
+           tools/llepctl tools/llep-demo tests/test-gpu-space; do
     if ldd "$build/$exe" | grep 'not found'; then
         echo "lent.sh: $exe lacks the libraries above" >&2
         missing=1

@@ -14,7 +14,7 @@ build=${1:-build-gpu}
 bash tests/gpu/run.sh --build-only --build-dir "$build"
 mkdir -p "$build/lib"
 exes=(tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench daemon/llepd tools/llepctl
-      tools/llep-demo tools/llep-model-run)
+      tools/llep-demo tools/llep-model-run tests/test-gpu-space)
 # Libraries of the base system and of the CUDA toolkit stay behind.
 keep_out='^(linux-vdso|ld-linux|libc\.|libm\.|libdl\.|librt\.|libpthread\.|libgcc_s|libstdc\+\+|libcud|libcublas|libnccl|libllep)'
 for exe in "${exes[@]}"; do

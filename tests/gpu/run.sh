@@ -25,6 +25,9 @@
 #   6. a whole model on shared devices: llepd on cuda:0x4 loads a checkpoint of several MoE
 #      layers (BUILD/model, made by pack.sh with scripts/make-model.py) and four clients run
 #      every layer in order, checked against the checkpoint's weights      tests/gpu/model.sh
+#   7. a GPU-resident client (issue 17): x and y in a device space on GPU 0, y against float64
+#      and the host arena path, time per forward at 1, 256, 4096 and 32768 tokens, host arena
+#      vs device space (space.json)                                       tests/gpu/space.sh
 # and prints a short table last. Full results go to $OUT when it is set (else to
 # $BUILD/gpu-results): build and test logs, kernels.json, paths.txt, bench-cuda-0x4.json,
 # bench-cuda-0x8.json, summary.txt.
@@ -162,7 +165,7 @@ if [ $skip_build = 0 ]; then
         step 120 meson-setup.log meson setup "$build" "${opts[@]}" || exit 4
     fi
     step 300 build.log ninja -C "$build" tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench \
-        daemon/llepd tools/llepctl tools/llep-demo tools/llep-model-run || exit 4
+        daemon/llepd tools/llepctl tools/llep-demo tools/llep-model-run tests/test-gpu-space || exit 4
     # The checkpoint of step 6, where this machine can write one (pack.sh does it here).
     if [ ! -f "$build/model/config.json" ] && [ -x "$root/.venv/bin/python3" ]; then
         "$root/.venv/bin/python3" "$root/scripts/make-model.py" "$build/model" --layers 4 \
@@ -175,7 +178,7 @@ if [ $skip_build = 0 ]; then
 fi
 [ $build_only = 1 ] && { say "built; --build-only stops here"; exit 0; }
 
-for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench daemon/llepd tools/llepctl tools/llep-demo tools/llep-model-run; do
+for exe in tests/test-gpu-kernels tests/test-gpu-engine tools/llep-bench daemon/llepd tools/llepctl tools/llep-demo tools/llep-model-run tests/test-gpu-space; do
     if [ $dry = 0 ] && [ ! -x "$build/$exe" ]; then
         echo "run.sh: $build/$exe is missing; build first (without --skip-build)" >&2
         exit 4
@@ -283,6 +286,14 @@ else
     CUDA_VISIBLE_DEVICES=$first_gpu check model 120 model.log \
         bash "$here/model.sh" "$build" "$build/model" "${model_args[@]}"
 fi
+
+# ---- 7. a GPU-resident client ----
+say "7. a client's device space on GPU 0: y against float64, host arena vs device space"
+space_args=(cuda "cuda:0x4" --gpu 0 --tokens 1,256,4096,32768 --repeat 5)
+[ $selftest = 1 ] && space_args=(cpu 4 --self-test-cpu --tokens 1,16 --repeat 2 --check-tokens 4)
+CUDA_VISIBLE_DEVICES=$first_gpu check space 120 space.log \
+    bash "$here/space.sh" "$build" "${space_args[@]}"
+[ $dry = 0 ] && { grep '^{' "$out/space.log" >"$out/space.json" || true; }
 
 [ $dry = 1 ] && { say "dry run: nothing was run"; exit 0; }
 
