@@ -11,6 +11,7 @@
  * the file, `tune --show` shows the one in force without measuring. */
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <limits.h>
 #include <math.h>
@@ -356,6 +357,42 @@ START_TEST(test_llepctl_tune) {
 }
 END_TEST
 
+/* SIGTERM while `llepctl tune` measures: llepd finishes the measurement, answers it and exits
+ * 0 (the tune counts as running work, like a step). */
+START_TEST(test_stop_during_tune) {
+    char llepctl[PATH_MAX];
+
+    llep_test_llepctl(llepctl, sizeof(llepctl));
+    paths();
+    pid_t pid = start();
+    pid_t ctl = fork();
+    ck_assert_int_ge(ctl, 0);
+    if (ctl == 0) {
+        char errp[PATH_MAX];
+        snprintf(errp, sizeof(errp), "%s/ctl.err", tmpdir);
+        int fd = open("/dev/null", O_WRONLY), fe = open(errp, O_WRONLY | O_CREAT, 0600);
+        dup2(fd, 1);
+        dup2(fe, 2);
+        execl(llepctl, llepctl, "--socket", sock, "tune", (char *)NULL);
+        _exit(127);
+    }
+    const char *begun = "llepctl tune: measuring";
+    for (int i = 0; i < 2000 && !llep_test_file_contains(log_path, begun); i++)
+        sleep_ms(1);
+    ck_assert(llep_test_file_contains(log_path, begun));
+    stop(&pid);
+    int st;
+    ck_assert_int_eq(waitpid(ctl, &st, 0), ctl);
+    char errp[PATH_MAX];
+    snprintf(errp, sizeof(errp), "%s/ctl.err", tmpdir);
+    char *ctl_err = slurp(errp);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "llepctl tune: status %d: %s", st,
+                  ctl_err);
+    free(ctl_err);
+    ck_assert(llep_test_file_contains(log_path, "measured again and stored (llepctl tune)"));
+}
+END_TEST
+
 /* state-dir = off: measured at start, nothing written, tune says it is not stored. */
 START_TEST(test_state_dir_off) {
     char llepctl[PATH_MAX];
@@ -393,6 +430,7 @@ static Suite *calib_file_suite(void) {
     tcase_add_test(tc, test_llepd_start);
     tcase_add_test(tc, test_llepctl_tune);
     tcase_add_test(tc, test_state_dir_off);
+    tcase_add_test(tc, test_stop_during_tune);
     suite_add_tcase(s, tc);
     return s;
 }
