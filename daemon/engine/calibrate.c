@@ -338,7 +338,8 @@ static int measure_links(calib *c, const llep_calibrate_options *o, llep_calibra
     /* P = 1, or one logical device per GPU: no copy within one physical device to time;
      * a copy between GPUs bounds it from above, the nominal figure from wherever it is. */
     if (!cal->measured[LLEP_LINK_GPU] && cal->measured[LLEP_LINK_PEER]) {
-        l[LLEP_LINK_GPU].latency_ns = fmin(l[LLEP_LINK_GPU].latency_ns, l[LLEP_LINK_PEER].latency_ns);
+        l[LLEP_LINK_GPU].latency_ns = fmin(l[LLEP_LINK_GPU].latency_ns,
+                                           l[LLEP_LINK_PEER].latency_ns);
         l[LLEP_LINK_GPU].ns_per_byte = fmin(l[LLEP_LINK_GPU].ns_per_byte,
                                             l[LLEP_LINK_PEER].ns_per_byte);
     }
