@@ -88,6 +88,25 @@ for shape in shapes:
             label = f"{t}" if t != "paper" else f"{r0['tokens_run']}*"
             print(f"{label:>6} {r0['scenario']:<9} {r0['ideal']:>6.2f} "
                   f"{r0['makespan_ns'] / 1e6:>9.3f} " + " ".join(cells))
+# One line per scenario, one column per size: each planner's speedup over ep, '/' between them.
+others = [p for p in planners if p != "ep"]
+for shape in shapes:
+    rs = [r for r in rows if r["shape"] == shape]
+    print(f"\n{shape}, compact: speedup over ep of {' / '.join(others)} per tokens per device "
+          f"('!': slower than ep beyond 3 %)")
+    labels = [t if t != "paper" else
+              f"{next(r['tokens_run'] for r in rs if r['size'] == t)}*" for t in sizes]
+    print(f"{'scenario':<9}" + "".join(f"{l:>{7 * len(others) + 2}}" for l in labels))
+    for sc in dict.fromkeys(r["scenario"] for r in rs):
+        line = f"{sc:<9}"
+        for t in sizes:
+            cell = "/".join(
+                f"{r['speedup']:.2f}{'!' if r['verdict'] != 'ok' else ''}"
+                for p in others for r in rs
+                if r["size"] == t and r["scenario"] == sc and r["planner"] == p)
+            line += f"{cell:>{7 * len(others) + 2}}"
+        print(line)
+
 # The paper's Figure 4 (speedup of LLEP over EP, 8 x H200, 32K tokens per GPU for gpt-oss-120b,
 # 16K for DeepSeek-V3, lambda 1.3, alpha 1, m 1024): the bar labels of llep_paper.pdf in
 # github.com/SalesforceAIResearch/LeastLoadedEP (commit 0349746), read with pdftotext -bbox

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Persistent skew (issue 15): routing traces replayed through two engines on the CPU backend,
-# replica cache off and on, with llep-bench --trace. Three runs: the drifting trace and the
+# replica cache off and on, with llep-bench --trace. Four runs: the drifting trace and the
 # jumping one at llepd's default budget (native weights + 1 GiB per device, cache auto), and
-# both again at a tight budget (BUDGET, default 11M per device: the 6.2 MiB of native weights,
+# both again at a tight budget (BUDGET, default 11M per device: the 5.9 MiB of native weights,
 # the largest step and a few experts' copies), where the cache must evict and shrink.
 #
 #   bash scripts/bench-trace.sh [--json]
