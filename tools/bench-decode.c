@@ -21,9 +21,9 @@
 
 typedef struct prun {
     uint64_t *busy;          /* [P] least over the rounds */
-    uint64_t *step_ms;       /* [repeat] each round's makespan (ns) */
+    uint64_t *step_ns;       /* [repeat] each round's makespan (ns) */
     uint64_t makespan_ns;    /* largest of busy */
-    uint64_t median_ns;      /* median of step_ms */
+    uint64_t median_ns;      /* median of step_ns */
     uint64_t weight_bytes;   /* summed, then per step */
     uint64_t peak_max;       /* largest device peak over the rounds */
     uint32_t transfers;
@@ -72,7 +72,7 @@ static void step_planner(llep_bench *b, enum llep_bench_planner pl, prun *r, uin
         if (st.devices[d].peak_bytes > r->peak_max)
             r->peak_max = st.devices[d].peak_bytes;
     }
-    r->step_ms[round] = st.makespan_ns;
+    r->step_ns[round] = st.makespan_ns;
     r->weight_bytes += st.weight_bytes_moved;
     r->transfers = st.transfers;
     r->mode = st.mode;
@@ -82,8 +82,8 @@ static void finish(const llep_bench *b, prun *r) {
     for (uint32_t d = 0; d < b->p; d++)
         if (r->busy[d] > r->makespan_ns)
             r->makespan_ns = r->busy[d];
-    qsort(r->step_ms, b->o.repeat, sizeof(*r->step_ms), cmp_u64);
-    r->median_ns = r->step_ms[b->o.repeat / 2];
+    qsort(r->step_ns, b->o.repeat, sizeof(*r->step_ns), cmp_u64);
+    r->median_ns = r->step_ns[b->o.repeat / 2];
     r->weight_bytes /= b->o.repeat;
 }
 
@@ -95,15 +95,15 @@ static void run_row(llep_bench *b, const llep_scenario *s, prow *row, size_t i, 
     row->ideal = ideal_of(b);
     for (uint32_t j = 0; j < np; j++) {
         row->runs[j].busy = llep__bench_calloc(b->p, sizeof(uint64_t));
-        row->runs[j].step_ms = llep__bench_calloc(b->o.repeat, sizeof(uint64_t));
+        row->runs[j].step_ns = llep__bench_calloc(b->o.repeat, sizeof(uint64_t));
     }
     /* One unmeasured round: first-touch faults and cold caches land outside the figures. */
     for (uint32_t j = 0; j < np; j++) {
         prun scratch = { .busy = llep__bench_calloc(b->p, sizeof(uint64_t)),
-                         .step_ms = llep__bench_calloc(1, sizeof(uint64_t)) };
+                         .step_ns = llep__bench_calloc(1, sizeof(uint64_t)) };
         step_planner(b, b->o.planners[j], &scratch, 0);
         free(scratch.busy);
-        free(scratch.step_ms);
+        free(scratch.step_ns);
     }
     for (uint32_t r = 0; r < b->o.repeat; r++) {
         fprintf(stderr, "[%zu/%zu] %s: round %u/%u\n", i + 1, n, s->name, r + 1, b->o.repeat);
@@ -211,7 +211,7 @@ int llep__bench_planners(llep_bench *b) {
         for (uint32_t j = 0; j < b->o.num_planners; j++) {
             slower += ep >= 0 && strcmp(verdict(&rows[i], ep, j), "ok") != 0;
             free(rows[i].runs[j].busy);
-            free(rows[i].runs[j].step_ms);
+            free(rows[i].runs[j].step_ns);
         }
     if (slower)
         fprintf(stderr, "llep-bench: %d planner row(s) slower than ep beyond %.0f %%\n", slower,
