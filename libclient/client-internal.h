@@ -132,6 +132,7 @@ struct llep_client {
      * submission with y in the space completed; the client is being freed. */
     void (*space_y_done)(llep_client *c);
     void (*space_drop)(llep_client *c);
+    void (*space_restore)(llep_client *c);   /* after a reconnect (llep__client_usable) */
 };
 
 /* Records why a call failed (printf-style) and returns r. Lock held. */
@@ -246,9 +247,11 @@ int llep__space_before_submit(llep_client *c);
  * size rounded up to the GPU's allocation granularity, in *ret_size), and the two
  * interprocess events. Each returns 0 or a negative errno with a sentence in err. */
 struct llep_cuda_space;
-int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret, int *ret_fd,
+int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret,
                            void **ret_base, uint64_t *ret_size, uint8_t *ready_event,
                            size_t *ready_len, char *err, size_t errlen);
+/* A new POSIX descriptor of the space's allocation, for each registration. */
+int llep__cuda_space_export(struct llep_cuda_space *s, int *ret_fd);
 int llep__cuda_space_done_event(struct llep_cuda_space *s, const uint8_t *handle, size_t len);
 int llep__cuda_space_ready(struct llep_cuda_space *s);
 void llep__cuda_space_wait_done(struct llep_cuda_space *s);

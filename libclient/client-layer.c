@@ -331,6 +331,8 @@ int llep__client_usable(llep_client *c) {
     for (llep_layer *l = c->layers; l && !c->dead; l = l->next)
         if (!l->created || l->kept)
             llep__layer_restore(l);
+    if (c->space_restore && !c->dead)
+        c->space_restore(c); /* the device space (client-space.c), registered again */
     return c->dead ? llep__client_ready(c) : 0;
 }
 

@@ -101,7 +101,19 @@ static int cu_fail(char *err, size_t errlen, const char *what, llep_cu_result r)
     return r == 2 ? -ENOMEM : -EIO; /* 2: CUDA_ERROR_OUT_OF_MEMORY */
 }
 
-int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret, int *ret_fd,
+int llep__cuda_space_export(struct llep_cuda_space *s, int *ret_fd) {
+    int fd = -1;
+    llep_cu_context old = enter(s);
+    llep_cu_result r = cu.export_handle(&fd, s->handle,
+                                        LLEP_CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+    cu.ctx_set(old);
+    if (r != 0)
+        return -EIO;
+    *ret_fd = fd;
+    return 0;
+}
+
+int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret,
                            void **ret_base, uint64_t *ret_size, uint8_t *ready_event,
                            size_t *ready_len, char *err, size_t errlen) {
     struct llep_cuda_space *s;
@@ -112,7 +124,7 @@ int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret
     llep_cu_ipc_event_handle h;
     llep_cu_result r;
     size_t gran = 0;
-    int fd = -1, rc;
+    int rc;
 
     pthread_once(&cu_once, cu_load);
     if (cu.status < 0) {
@@ -155,11 +167,6 @@ int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret
         rc = cu_fail(err, errlen, "mapping the space", r);
         goto fail;
     }
-    if ((r = cu.export_handle(&fd, s->handle, LLEP_CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-                              0)) != 0) {
-        rc = cu_fail(err, errlen, "cuMemExportToShareableHandle", r);
-        goto fail;
-    }
     if ((r = cu.event_create(&s->ready, LLEP_CU_EVENT_DISABLE_TIMING |
                                         LLEP_CU_EVENT_INTERPROCESS)) != 0 ||
         (r = cu.ipc_get_event(&h, s->ready)) != 0) {
@@ -169,15 +176,12 @@ int llep__cuda_space_alloc(uint64_t bytes, int gpu, struct llep_cuda_space **ret
     cu.ctx_set(old);
     memcpy(ready_event, h.reserved, sizeof(h.reserved));
     *ready_len = sizeof(h.reserved);
-    *ret_fd = fd;
     *ret_base = (void *)(uintptr_t)s->base;
     *ret_size = s->size;
     *ret = s;
     return 0;
 
 fail:
-    if (fd >= 0)
-        close(fd);
     cu.ctx_set(old);
     llep__cuda_space_free(s);
     return rc;
@@ -192,6 +196,10 @@ int llep__cuda_space_done_event(struct llep_cuda_space *s, const uint8_t *handle
         return -EPROTO;
     memcpy(h.reserved, handle, sizeof(h.reserved));
     llep_cu_context old = enter(s);
+    if (s->done) { /* a new llepd's, after a reconnect */
+        cu.event_destroy(s->done);
+        s->done = NULL;
+    }
     llep_cu_result r = cu.ipc_open_event(&s->done, h);
     cu.ctx_set(old);
     return r == 0 ? 0 : -EIO;

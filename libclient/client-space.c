@@ -19,6 +19,10 @@ struct llep_space {
     int gpu;
     uint64_t size;
     char *base;
+    int fd;                        /* the host memfd, kept to register it again; else -1 */
+    uint8_t ready[LLEP_SPACE_EVENT_BYTES];  /* the CUDA ready event's handle */
+    size_t ready_len;
+    uint64_t gen;                  /* the connection it is registered on (c->gen) */
     struct llep_cuda_space *cuda;  /* LLEP_SPACE_CUDA: client-space-cuda.c's */
 };
 
@@ -49,6 +53,8 @@ static int host_alloc(llep_client *c, llep_space *s, int *ret_fd) {
 static void space_unmap(llep_space *s) {
     if (s->kind == LLEP_SPACE_HOST && s->base)
         munmap(s->base, s->size);
+    if (s->fd >= 0)
+        close(s->fd);
 #if LLEP_HAVE_CUDA
     if (s->cuda)
         llep__cuda_space_free(s->cuda);
@@ -108,12 +114,44 @@ static int register_space(llep_client *c, llep_space *s, int fd, const void *rea
     return r;
 }
 
-static int space_alloc_locked(llep_client *c, uint64_t bytes, int gpu, llep_space **ret) {
+/* Registers s on the current connection, with llepd's done event opened here (CUDA). */
+static int space_register(llep_client *c, llep_space *s) {
     LlepPb__Frame *reply = NULL;
-    uint8_t ready[LLEP_SPACE_EVENT_BYTES];
-    size_t ready_len = 0;
+    int fd = s->fd, r = 0;
+
+#if LLEP_HAVE_CUDA
+    if (s->cuda && (r = llep__cuda_space_export(s->cuda, &fd)) < 0)
+        return llep__client_fail(c, r, "cannot export the space's CUDA memory again");
+#endif
+    r = register_space(c, s, fd, s->ready, s->ready_len, &reply);
+    if (fd != s->fd)
+        close(fd); /* an exported CUDA handle: llepd has its own */
+    if (r == 0 && reply->space_reply->size != s->size)
+        r = llep__client_fail(c, -EPROTO, "llepd registered %" PRIu64 " bytes, not %" PRIu64,
+                              reply->space_reply->size, s->size);
+#if LLEP_HAVE_CUDA
+    if (r == 0 && s->cuda &&
+        (r = llep__cuda_space_done_event(s->cuda, reply->space_reply->done_event.data,
+                                         reply->space_reply->done_event.len)) < 0)
+        llep__client_fail(c, r, "cannot open llepd's done event");
+#endif
+    llep__frame_free(reply);
+    if (r == 0)
+        s->gen = c->gen;
+    return r;
+}
+
+/* c->space_restore: after a reconnect, the space is registered with the new llepd (a failure
+ * is tried again at the next call; meanwhile forwards naming the space are refused by llepd
+ * with a message that says it has none). */
+static void space_restore(llep_client *c) {
+    if (c->space && c->space->gen != c->gen)
+        space_register(c, c->space);
+}
+
+static int space_alloc_locked(llep_client *c, uint64_t bytes, int gpu, llep_space **ret) {
     llep_space *s;
-    int fd = -1, r;
+    int r;
 
     if (c->space)
         return llep__client_fail(c, -EEXIST, "this client has a space of %" PRIu64 " bytes "
@@ -121,21 +159,22 @@ static int space_alloc_locked(llep_client *c, uint64_t bytes, int gpu, llep_spac
     if (bytes == 0 || gpu < -1)
         return llep__client_fail(c, -EINVAL, "llep_space_alloc: %s",
                                  bytes ? "gpu must be -1 or a CUDA device" : "bytes is 0");
-    if (c->dead)
-        return llep__client_fail(c, c->dead, "the connection to llepd is lost");
+    if ((r = llep__client_usable(c)) < 0)
+        return r;
     s = calloc(1, sizeof(*s));
     if (!s)
         return llep__client_fail(c, -ENOMEM, "out of memory");
     s->client = c;
     s->size = bytes;
     s->gpu = -1;
+    s->fd = -1;
     s->kind = LLEP_SPACE_HOST;
 #if LLEP_HAVE_CUDA
     if (gpu >= 0 && daemon_has_cuda(c)) {
         char err[LLEP_CLIENT_ERROR_MAX];
         void *base = NULL;
-        r = llep__cuda_space_alloc(bytes, gpu, &s->cuda, &fd, &base, &s->size, ready,
-                                   &ready_len, err, sizeof(err));
+        r = llep__cuda_space_alloc(bytes, gpu, &s->cuda, &base, &s->size, s->ready,
+                                   &s->ready_len, err, sizeof(err));
         if (r < 0) {
             free(s);
             return llep__client_fail(c, r, "cannot allocate %" PRIu64 " bytes on GPU %d: %s",
@@ -148,23 +187,11 @@ static int space_alloc_locked(llep_client *c, uint64_t bytes, int gpu, llep_spac
 #else
     (void)daemon_has_cuda;
 #endif
-    if (s->kind == LLEP_SPACE_HOST && (r = host_alloc(c, s, &fd)) < 0) {
+    if (s->kind == LLEP_SPACE_HOST && (r = host_alloc(c, s, &s->fd)) < 0) {
         free(s);
         return r;
     }
-    r = register_space(c, s, fd, ready, ready_len, &reply);
-    close(fd); /* llepd has its own descriptor, and the mapping keeps ours */
-    if (r == 0 && reply->space_reply->size != s->size)
-        r = llep__client_fail(c, -EPROTO, "llepd registered %" PRIu64 " bytes, not %" PRIu64,
-                              reply->space_reply->size, s->size);
-#if LLEP_HAVE_CUDA
-    if (r == 0 && s->cuda)
-        r = llep__cuda_space_done_event(s->cuda, reply->space_reply->done_event.data,
-                                        reply->space_reply->done_event.len);
-    if (r < 0 && s->cuda && !c->error[0])
-        llep__client_fail(c, r, "cannot open llepd's done event");
-#endif
-    llep__frame_free(reply);
+    r = space_register(c, s);
     if (r < 0) {
         space_unmap(s);
         return r;
@@ -172,6 +199,7 @@ static int space_alloc_locked(llep_client *c, uint64_t bytes, int gpu, llep_spac
     c->space = s;
     c->space_y_done = space_y_done;
     c->space_drop = space_drop;
+    c->space_restore = space_restore;
     *ret = s;
     return 0;
 }
@@ -221,8 +249,8 @@ LLEP_EXTERN int llep_space_free(llep_space *s) {
     if (c->space_inflight) {
         r = llep__client_fail(c, -EBUSY, "%u forwards naming the space are in flight",
                               c->space_inflight);
-    } else if (!c->dead) {
-        /* A dead connection took llepd's side of the space with it. */
+    } else if (!c->dead && s->gen == c->gen) {
+        /* A lost connection took llepd's side of the space with it. */
         req.body_case = LLEP_PB__FRAME__BODY_SPACE_RELEASE;
         req.space_release = &m;
         r = llep__client_request(c, &req, LLEP_PB__FRAME__BODY_SPACE_RELEASE_REPLY, &reply);
@@ -260,7 +288,7 @@ static int inside(const llep_space *s, const void *p, uint64_t bytes, uint64_t *
 int llep__space_locate(llep_client *c, const llep_layer *l, const void *x,
                        enum llep_dtype x_type, const void *y, enum llep_dtype y_type,
                        uint64_t bytes, uint32_t *ret_flags, uint64_t *ret_x, uint64_t *ret_y) {
-    const llep_space *s = c->space;
+    llep_space *s = c->space;
     int in_x, in_y;
 
     *ret_flags = 0;
@@ -276,6 +304,9 @@ int llep__space_locate(llep_client *c, const llep_layer *l, const void *x,
                                  "in the layer's dtype (llepd reads it in place)", l->name,
                                  in_x && x_type != l->desc.dtype ? "x" : "y");
     *ret_flags = (in_x ? LLEP_SQE_X_SPACE : 0) | (in_y ? LLEP_SQE_Y_SPACE : 0);
+    /* Not registered on this connection yet (its registration after a reconnect failed). */
+    if (*ret_flags && s->gen != c->gen)
+        return space_register(c, c->space);
     return 0;
 }
 

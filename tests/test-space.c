@@ -496,6 +496,42 @@ START_TEST(test_client_dies_mid_step) {
 }
 END_TEST
 
+/* A reconnecting client keeps its space through a restart of llepd: the library registers it
+ * with the new llepd, and forwards naming it are exact again. */
+START_TEST(test_space_after_restart) {
+    enum { TOKENS = 40 };
+    test_layer t;
+    test_layer_init(&t, 8, 2, 32, 48);
+    llep_client *c = NULL;
+    llep_layer *l = NULL;
+    ck_assert_int_eq(llep_connect_ex(sock_path, LLEP_CONNECT_RECONNECT, &c), 0);
+    ck_assert_int_eq(llep_layer_create_ex(c, "restart", &t.d, LLEP_LAYER_KEEP_WEIGHTS, &l), 0);
+    size_t xn = (size_t)TOKENS * 32;
+    llep_space *s = space_ok(c, 1 << 16, -1);
+    float *x = llep_space_base(s), *y = x + 4096;
+    int32_t idx[TOKENS * 2];
+    float w[TOKENS * 2];
+
+    for (size_t i = 0; i < xn; i++)
+        x[i] = xorshift_sym(&rng_state);
+    routing(&t, TOKENS, idx, w);
+    ck_assert_int_eq(llep_forward(l, TOKENS, x, idx, w, y), 0);
+    assert_reference(&t, TOKENS, x, idx, w, y);
+
+    llep_test_kill(&llepd_pid);
+    ck_assert_int_eq(llep_forward(l, TOKENS, x, idx, w, y), -ECONNRESET);
+    llep_test_llepd o = { .sock = sock_path, .devices = "4" };
+    llepd_pid = llep_test_llepd_start(&o);
+    memset(y, 0, xn * sizeof(float));
+    int r = llep_forward(l, TOKENS, x, idx, w, y);
+    ck_assert_msg(r == 0, "after the restart: %s: %s", llep_strerror(r), llep_client_error(c));
+    assert_reference(&t, TOKENS, x, idx, w, y);
+    ck_assert_int_eq(llep_space_free(s), 0);
+    llep_disconnect(c);
+    llep_test_f32_weights_fini(&t.w);
+}
+END_TEST
+
 static Suite *space_suite(void) {
     Suite *s = suite_create("space");
     TCase *tc = tcase_create("checks");
@@ -511,6 +547,7 @@ static Suite *space_suite(void) {
     tcase_add_test(td, test_register_refusals);
     tcase_add_test(td, test_stray_descriptors);
     tcase_add_test(td, test_client_dies_mid_step);
+    tcase_add_test(td, test_space_after_restart);
     suite_add_tcase(s, td);
     return s;
 }

@@ -22,7 +22,8 @@
  *
  * The space's memory stays valid in llepd for as long as llepd uses it, even when this
  * process dies or unmaps it; llep_space_free() is refused with -EBUSY while forwards naming
- * it are in flight. */
+ * it are in flight. A reconnecting client (LLEP_CONNECT_RECONNECT) registers its space again
+ * with the restarted llepd. */
 #ifndef LLEP_SPACE_H
 #define LLEP_SPACE_H
 
