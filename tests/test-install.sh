@@ -163,7 +163,7 @@ note "forward through the installed llepd with a program built from llep-client.
 pyinit=$(find "$dest" -path '*-packages/llep/__init__.py' | head -n 1)
 [ -n "$pyinit" ] || fail "the Python package llep is not installed"
 pydir=$(dirname "$pyinit")
-for f in client.py torch.py _ffi.py _cdef.py _paths.py llep-client.h py.typed; do
+for f in client.py space.py torch.py _ffi.py _cdef.py _paths.py llep-client.h py.typed; do
     [ -e "$pydir/$f" ] || fail "llep/$f is not installed"
 done
 grep -qx "LIBDIR = \"$libdir\"" "$pydir/_paths.py" || fail "llep/_paths.py does not name $libdir"
