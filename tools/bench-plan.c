@@ -1,13 +1,17 @@
 /* llep-bench-plan: how long one Least-Loaded Assignment takes.
  *
- *   llep-bench-plan [--iterations N] [--devices-per-node D] [--json]
+ *   llep-bench-plan [--iterations N] [--devices-per-node D] [--planner lla|cost]
+ *                   [--tokens-per-device T] [--json]
  *
  * For each model shape (N experts, P devices, K, tokens per device) and each routing scenario
  * of DESIGN.md section 7, routes the tokens at random (seeded) to get per-expert loads, then
  * times llep__plan_compute() call by call on the daemon's default parameters and prints the
  * median, 99th percentile and minimum. The planner runs once per step on the daemon's critical
  * path, so these are the figures docs/PERFORMANCE.md records. --devices-per-node times the
- * hierarchical placement (llep_plan_params.devices_per_node) instead of the flat one. */
+ * hierarchical placement (llep_plan_params.devices_per_node) instead of the flat one.
+ * --planner cost times the cost-aware planner (plan-cost.h, llep__plan_run()) under the
+ * nominal 8 x H200 model with the shape's layer figures; --tokens-per-device replaces the
+ * shapes' token counts (decode sizes). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -16,19 +20,21 @@
 #include <time.h>
 
 #include "parse-number.h"
+#include "plan-cost.h"
 #include "plan.h"
 #include "scenarios.h"
 
 typedef struct shape {
     const char *name;
     uint32_t experts, devices, top_k, tokens_per_device;
+    uint32_t hidden, inter;
 } shape;
 
 typedef llep_scenario scenario;
 
 static const shape shapes[] = {
-    { "gpt-oss-120b", 128, 8, 4, 32768 },
-    { "kimi-k2/64", 384, 64, 8, 16384 },
+    { "gpt-oss-120b", 128, 8, 4, 32768, 2880, 2880 },
+    { "kimi-k2/64", 384, 64, 8, 16384, 7168, 2048 },
 };
 
 static uint64_t rng = 0x5eed;
@@ -73,10 +79,13 @@ typedef struct figures {
     double median_us, p99_us, min_us, imbalance;
     int llep;
     uint32_t transfers;
+    enum llep_plan_pick pick;
 } figures;
 
+static const char *const pick_names[] = { "ep", "lla", "refined" };
+
 static int measure(const shape *sh, const scenario *sc, uint32_t iterations, uint32_t per_node,
-                   figures *ret) {
+                   enum llep_planner planner, figures *ret) {
     uint64_t *loads = calloc(sh->experts, sizeof(*loads));
     double *t = calloc(iterations, sizeof(*t));
     llep_plan plan;
@@ -90,10 +99,19 @@ static int measure(const shape *sh, const scenario *sc, uint32_t iterations, uin
         goto out;
     llep__plan_params_default(&pp);
     pp.devices_per_node = per_node;
+    llep_cost_model model;
+    llep_cost_layer layer;
+    if (planner == LLEP_PLANNER_COST) {
+        llep__cost_nominal("h200", &model);
+        llep__cost_layer(&layer, sh->hidden, sh->inter, 2, false);
+        pp.planner = planner;
+        pp.cost = &model;
+        pp.cost_layer = &layer;
+    }
     route(sh, sc, loads);
     for (uint32_t i = 0; i < iterations && r == 0; i++) {
         double t0 = now_ns();
-        r = llep__plan_compute(&plan, loads, &pp);
+        r = llep__plan_run(&plan, loads, &pp, NULL);
         t[i] = now_ns() - t0;
     }
     if (r == 0) {
@@ -104,6 +122,7 @@ static int measure(const shape *sh, const scenario *sc, uint32_t iterations, uin
         ret->imbalance = plan.imbalance;
         ret->llep = plan.mode == LLEP_PLAN_LLEP;
         ret->transfers = plan.num_transfers;
+        ret->pick = plan.pick;
     }
     llep__plan_fini(&plan);
 out:
@@ -113,10 +132,13 @@ out:
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "Usage: llep-bench-plan [--iterations N] [--devices-per-node D] [--json]\n"
+    fprintf(f, "Usage: llep-bench-plan [--iterations N] [--devices-per-node D]\n"
+               "                       [--planner lla|cost] [--tokens-per-device T] [--json]\n"
                "Times the Least-Loaded Assignment planner on DESIGN.md section 7 scenarios.\n"
                "  --devices-per-node D  hierarchical placement over nodes of D devices (D must\n"
-               "                        divide every shape's P: 1, 2, 4 or 8)\n");
+               "                        divide every shape's P: 1, 2, 4 or 8)\n"
+               "  --planner cost        the cost-aware planner under the nominal 8 x H200 model\n"
+               "  --tokens-per-device T route T tokens per device instead of the shapes' own\n");
 }
 
 /* A node size must divide the device count of every shape. */
@@ -134,10 +156,13 @@ int main(int argc, char **argv) {
         { "iterations", required_argument, NULL, 'n' },
         { "json", no_argument, NULL, 'j' },
         { "devices-per-node", required_argument, NULL, 'd' },
+        { "planner", required_argument, NULL, 'p' },
+        { "tokens-per-device", required_argument, NULL, 't' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    uint32_t iterations = 20000, per_node = 0;
+    uint32_t iterations = 20000, per_node = 0, tokens = 0;
+    enum llep_planner planner = LLEP_PLANNER_LLA;
     int json = 0, c;
 
     while ((c = getopt_long(argc, argv, "n:jh", longopts, NULL)) != -1) {
@@ -148,6 +173,18 @@ int main(int argc, char **argv) {
             if (!valid_node_size(optarg, &per_node)) {
                 fprintf(stderr, "llep-bench-plan: --devices-per-node: '%s' does not divide "
                         "every shape's device count\n", optarg);
+                return 2;
+            }
+        } else if (c == 'p') {
+            if (strcmp(optarg, "lla") != 0 && strcmp(optarg, "cost") != 0) {
+                fprintf(stderr, "llep-bench-plan: --planner: '%s' is not lla or cost\n", optarg);
+                return 2;
+            }
+            planner = strcmp(optarg, "cost") == 0 ? LLEP_PLANNER_COST : LLEP_PLANNER_LLA;
+        } else if (c == 't') {
+            if (llep__parse_u32(optarg, &tokens) < 0 || tokens == 0 || tokens > 1000000) {
+                fprintf(stderr, "llep-bench-plan: --tokens-per-device: '%s' is not a count from "
+                        "1 to 1000000\n", optarg);
                 return 2;
             }
         } else if (c == 'j') {
@@ -168,31 +205,36 @@ int main(int argc, char **argv) {
     if (json)
         printf("[");
     else
-        printf("%-14s %4s %3s %-9s %5s %9s %6s %10s %10s %10s\n", "shape", "N", "P", "scenario",
-               "mode", "imbalance", "xfers", "median_us", "p99_us", "min_us");
+        printf("%-14s %4s %3s %-9s %5s %-7s %9s %6s %10s %10s %10s\n", "shape", "N", "P",
+               "scenario", "mode", "pick", "imbalance", "xfers", "median_us", "p99_us", "min_us");
     int first = 1;
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
         for (size_t k = 0; k < llep__num_scenarios; k++) {
-            const shape *sh = &shapes[s];
+            shape sized = shapes[s];
+            if (tokens)
+                sized.tokens_per_device = tokens;
+            const shape *sh = &sized;
             const scenario *sc = &llep__scenarios[k];
             figures f = { 0 };
-            int r = measure(sh, sc, iterations, per_node, &f);
+            int r = measure(sh, sc, iterations, per_node, planner, &f);
             if (r < 0) {
                 fprintf(stderr, "llep-bench-plan: %s %s: %s\n", sh->name, sc->name, strerror(-r));
                 return 1;
             }
             if (json)
                 printf("%s\n {\"shape\": \"%s\", \"experts\": %u, \"devices\": %u, "
-                       "\"scenario\": \"%s\", \"mode\": \"%s\", \"imbalance\": %.4f, "
-                       "\"transfers\": %u, \"median_us\": %.3f, \"p99_us\": %.3f, "
-                       "\"min_us\": %.3f}",
-                       first ? "" : ",", sh->name, sh->experts, sh->devices, sc->name,
-                       f.llep ? "llep" : "ep", f.imbalance, f.transfers, f.median_us, f.p99_us,
+                       "\"tokens_per_device\": %u, \"scenario\": \"%s\", \"mode\": \"%s\", "
+                       "\"pick\": \"%s\", \"imbalance\": %.4f, \"transfers\": %u, "
+                       "\"median_us\": %.3f, \"p99_us\": %.3f, \"min_us\": %.3f}",
+                       first ? "" : ",", sh->name, sh->experts, sh->devices,
+                       sh->tokens_per_device, sc->name, f.llep ? "llep" : "ep",
+                       pick_names[f.pick], f.imbalance, f.transfers, f.median_us, f.p99_us,
                        f.min_us);
             else
-                printf("%-14s %4u %3u %-9s %5s %9.3f %6u %10.3f %10.3f %10.3f\n", sh->name,
-                       sh->experts, sh->devices, sc->name, f.llep ? "llep" : "ep", f.imbalance,
-                       f.transfers, f.median_us, f.p99_us, f.min_us);
+                printf("%-14s %4u %3u %-9s %5s %-7s %9.3f %6u %10.3f %10.3f %10.3f\n", sh->name,
+                       sh->experts, sh->devices, sc->name, f.llep ? "llep" : "ep",
+                       pick_names[f.pick], f.imbalance, f.transfers, f.median_us, f.p99_us,
+                       f.min_us);
             fflush(stdout);
             first = 0;
         }

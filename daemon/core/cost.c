@@ -17,37 +17,101 @@ void llep__cost_layer(llep_cost_layer *ret, uint32_t hidden, uint32_t inter, siz
     ret->row_bytes = d * elem;
 }
 
-/* Work time in ns of a chunk of `rows` rows, without the fixed cost: rows * flops / rate, the
- * rate linear in log2(rows) between the curve's points, the first point's rate below it and
- * the last point's beyond it.
- *
- * Never less than the work time at the point below: a rate that grows in proportion to rows
- * (a memory-bound kernel, which takes as long for 5 rows as for 4) interpolated linearly in
- * log2 overshoots between points, and the chunk time would dip by a few per cent, so that a
- * planner would see more rows as cheaper. */
-static double work_ns(const llep_cost_model *m, double flops_per_row, uint64_t rows) {
-    uint32_t n = m->num_points;
+/* log2 of rows >= 1, to about 1e-9: the exponent from the bits of the double, and the
+ * mantissa m in [1, 2) through the series of atanh, log2(m) = 2/ln 2 * atanh((m-1)/(m+1)),
+ * |z| <= 1/3, to z^17. Plain arithmetic rather than libm's log2(): the planner evaluates
+ * thousands of chunk times per plan, and every host gets the same bits from it. */
+static double log2_rows(uint64_t rows) {
+    double d = (double)rows;
+    uint64_t bits;
 
-    if (rows <= m->rows[0])
-        return (double)rows * flops_per_row / m->rate[0];
-    if (rows >= m->rows[n - 1])
-        return (double)rows * flops_per_row / m->rate[n - 1];
-    uint32_t i = 1;
-    while (m->rows[i] < rows)
-        i++;
-    /* rows[i - 1] < rows <= rows[i] */
-    double x0 = log2((double)m->rows[i - 1]), x1 = log2((double)m->rows[i]);
-    double t = (log2((double)rows) - x0) / (x1 - x0);
-    double rate = m->rate[i - 1] + t * (m->rate[i] - m->rate[i - 1]);
-    double w = (double)rows * flops_per_row / rate;
-    double floor_w = (double)m->rows[i - 1] * flops_per_row / m->rate[i - 1];
-    return w > floor_w ? w : floor_w;
+    memcpy(&bits, &d, sizeof(bits));
+    int e = (int)((bits >> 52) & 0x7ff) - 1023;
+    bits = (bits & UINT64_C(0x000fffffffffffff)) | UINT64_C(0x3ff0000000000000);
+    double m;
+    memcpy(&m, &bits, sizeof(m));
+    if (m == 1.0)
+        return (double)e;
+    double z = (m - 1) / (m + 1), z2 = z * z;
+    double series = 1.0 / 17;
+    series = 1.0 / 15 + z2 * series;
+    series = 1.0 / 13 + z2 * series;
+    series = 1.0 / 11 + z2 * series;
+    series = 1.0 / 9 + z2 * series;
+    series = 1.0 / 7 + z2 * series;
+    series = 1.0 / 5 + z2 * series;
+    series = 1.0 / 3 + z2 * series;
+    series = 1.0 + z2 * series;
+    return (double)e + 2.8853900817779268 * z * series; /* 2 / ln 2 */
+}
+
+void llep__cost_curve_init(llep_cost_curve *c, const llep_cost_model *m, const llep_cost_layer *l) {
+    uint32_t n = m->num_points <= LLEP_COST_MAX_POINTS ? m->num_points : LLEP_COST_MAX_POINTS;
+
+    c->num_points = n;
+    c->pow2 = true;
+    for (uint32_t i = 0; i < n; i++) {
+        c->rows[i] = m->rows[i];
+        c->rate[i] = m->rate[i];
+        c->lg[i] = log2_rows(m->rows[i]);
+        c->pow2 = c->pow2 && m->rows[i] == 1u << i;
+    }
+    c->chunk_fixed_ns = m->chunk_fixed_ns;
+    c->flops_per_row = l->flops_per_row;
+}
+
+/* The i with rows[i - 1] < rows <= rows[i], for rows[0] < rows < rows[n - 1]. */
+static inline uint32_t segment(const llep_cost_curve *c, uint64_t rows) {
+    if (c->pow2)
+        return 64 - (uint32_t)__builtin_clzll(rows - 1);
+    uint32_t lo = 0, i = c->num_points - 1; /* rows[lo] < rows <= rows[i] */
+    while (i - lo > 1) {
+        uint32_t mid = (lo + i) / 2;
+        if (c->rows[mid] < rows)
+            lo = mid;
+        else
+            i = mid;
+    }
+    return i;
+}
+
+/* Time in ns of a chunk of `rows` rows: the fixed cost plus rows * flops / rate, the rate
+ * linear in log2(rows) between the curve's points, the first point's rate below it and the
+ * last point's beyond it.
+ *
+ * The work time is never less than at the point below: a rate that grows in proportion to
+ * rows (a memory-bound kernel, which takes as long for 5 rows as for 4) interpolated linearly
+ * in log2 overshoots between points, and the chunk time would dip by a few per cent, so that
+ * a planner would see more rows as cheaper. */
+double llep__cost_curve_ns(const llep_cost_curve *c, uint64_t rows) {
+    uint32_t n = c->num_points;
+    double fpr = c->flops_per_row;
+
+    if (rows == 0)
+        return 0;
+    if (rows <= c->rows[0])
+        return c->chunk_fixed_ns + (double)rows * fpr / c->rate[0];
+    if (rows >= c->rows[n - 1])
+        return c->chunk_fixed_ns + (double)rows * fpr / c->rate[n - 1];
+    uint32_t i = segment(c, rows);
+    double dx = c->lg[i] - c->lg[i - 1];
+    double t = log2_rows(rows) - c->lg[i - 1];
+    if (dx != 1.0) /* points at powers of two are one apart: no division */
+        t /= dx;
+    double rate = c->rate[i - 1] + t * (c->rate[i] - c->rate[i - 1]);
+    /* rows / rate >= rows[i-1] / rate[i-1], multiplied out: one division instead of two. */
+    if ((double)rows * c->rate[i - 1] >= (double)c->rows[i - 1] * rate)
+        return c->chunk_fixed_ns + (double)rows * fpr / rate;
+    return c->chunk_fixed_ns + (double)c->rows[i - 1] * fpr / c->rate[i - 1];
 }
 
 double llep__cost_chunk_ns(const llep_cost_model *m, const llep_cost_layer *l, uint64_t rows) {
+    llep_cost_curve c;
+
     if (rows == 0)
         return 0;
-    return m->chunk_fixed_ns + work_ns(m, l->flops_per_row, rows);
+    llep__cost_curve_init(&c, m, l);
+    return llep__cost_curve_ns(&c, rows);
 }
 
 enum llep_link llep__cost_link_kind(const llep_cost_model *m, uint32_t a, uint32_t b) {

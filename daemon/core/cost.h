@@ -78,6 +78,21 @@ int llep__cost_check(const llep_cost_model *m, char *err, size_t errlen);
 /* Time in ns of one chunk of `rows` rows (0 rows: 0). */
 double llep__cost_chunk_ns(const llep_cost_model *m, const llep_cost_layer *l, uint64_t rows);
 
+/* A model prepared for one layer's chunks: llep__cost_chunk_ns() is llep__cost_curve_init()
+ * then llep__cost_curve_ns(), and a planner that evaluates thousands of chunks per plan
+ * prepares once and gets exactly the same figures. */
+typedef struct llep_cost_curve {
+    uint32_t num_points;
+    bool pow2;                          /* rows[i] == 2^i: the segment is found by bit count */
+    uint32_t rows[LLEP_COST_MAX_POINTS];
+    double lg[LLEP_COST_MAX_POINTS];    /* log2(rows[i]) */
+    double rate[LLEP_COST_MAX_POINTS];
+    double chunk_fixed_ns, flops_per_row;
+} llep_cost_curve;
+
+void llep__cost_curve_init(llep_cost_curve *c, const llep_cost_model *m, const llep_cost_layer *l);
+double llep__cost_curve_ns(const llep_cost_curve *c, uint64_t rows);
+
 /* Kind of link between logical devices a and b under the model's mapping. */
 enum llep_link llep__cost_link_kind(const llep_cost_model *m, uint32_t a, uint32_t b);
 

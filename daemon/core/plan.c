@@ -3,6 +3,7 @@
  * The planner runs once per step on the daemon's critical path, so it allocates nothing after
  * llep__plan_init() and works in O(N log N + (N + P) * P) for N experts on P devices. */
 #include "plan.h"
+#include "plan-internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -11,11 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A range as the planner makes it, in visiting order, before it is grouped by expert. */
-typedef struct raw_range {
-    uint32_t expert, device;
-    uint64_t start, end;
-} raw_range;
+typedef llep_plan_raw raw_range;
 
 struct llep_plan_ws {
     uint32_t *order;      /* [N] experts sorted by load, largest first */
@@ -25,6 +22,7 @@ struct llep_plan_ws {
     raw_range *raw;       /* [max ranges] */
     raw_range *raw2;      /* [max ranges] the other candidate of llep__plan_compute_cached() */
     uint32_t *helper_of;  /* [P] last expert that made a transfer to this device, + 1 */
+    llep_plan_cost_ws cost; /* the cost planner's (plan-internal.h) */
 };
 
 /* Each expert gets at most one native range and one range that ends its spill; every other
@@ -40,6 +38,9 @@ void llep__plan_params_default(llep_plan_params *ret) {
     ret->policy = LLEP_POLICY_AUTO;
     ret->scale_min_tokens = false;
     ret->devices_per_node = 0;
+    ret->planner = LLEP_PLANNER_LLA;
+    ret->cost = NULL;
+    ret->cost_layer = NULL;
 }
 
 int llep__plan_params_check(const llep_plan_params *params, char *err, size_t errlen) {
@@ -54,11 +55,66 @@ int llep__plan_params_check(const llep_plan_params *params, char *err, size_t er
     else if (params->policy != LLEP_POLICY_AUTO && params->policy != LLEP_POLICY_EP &&
              params->policy != LLEP_POLICY_LLEP)
         what = "unknown policy";
+    else if (params->planner != LLEP_PLANNER_LLA && params->planner != LLEP_PLANNER_COST)
+        what = "unknown planner";
     if (!what)
         return 0;
     if (err && errlen)
         snprintf(err, errlen, "%s", what);
     return -EINVAL;
+}
+
+static int cost_ws_init(llep_plan_cost_ws *c, uint32_t n, uint32_t np) {
+    c->t0 = calloc(np, sizeof(*c->t0));
+    c->t = calloc(np, sizeof(*c->t));
+    c->s = calloc(np, sizeof(*c->s));
+    c->acc = calloc(np, sizeof(*c->acc));
+    c->touched = calloc(np, sizeof(*c->touched));
+    c->mark = calloc(np, sizeof(*c->mark));
+    c->done = calloc(np, sizeof(*c->done));
+    c->shed = calloc(n, sizeof(*c->shed));
+    c->raw = calloc(max_ranges(n, np), sizeof(*c->raw));
+    c->chunk0 = calloc(n, sizeof(*c->chunk0));
+    c->best_raw = calloc(max_ranges(n, np), sizeof(*c->best_raw));
+    c->best_t = calloc(np, sizeof(*c->best_t));
+    c->best_s = calloc(np, sizeof(*c->best_s));
+    c->best_shed = calloc(n, sizeof(*c->best_shed));
+    c->dorder = calloc(np, sizeof(*c->dorder));
+    c->xorder = calloc(n, sizeof(*c->xorder));
+    c->tree = calloc(2 * (size_t)llep__plan_tree_size(np), sizeof(*c->tree));
+    if (!c->t0 || !c->t || !c->s || !c->acc || !c->touched || !c->mark || !c->done ||
+        !c->shed || !c->raw || !c->chunk0 || !c->dorder || !c->xorder || !c->tree ||
+        !c->best_raw || !c->best_t || !c->best_s || !c->best_shed)
+        return -ENOMEM;
+    return 0;
+}
+
+static void cost_ws_fini(llep_plan_cost_ws *c) {
+    free(c->t0);
+    free(c->t);
+    free(c->s);
+    free(c->acc);
+    free(c->touched);
+    free(c->mark);
+    free(c->done);
+    free(c->shed);
+    free(c->raw);
+    free(c->chunk0);
+    free(c->best_raw);
+    free(c->best_t);
+    free(c->best_s);
+    free(c->best_shed);
+    free(c->dorder);
+    free(c->xorder);
+    free(c->tree);
+}
+
+uint32_t llep__plan_max_ranges(const llep_plan *p) {
+    return max_ranges(p->num_experts, p->num_devices);
+}
+
+llep_plan_cost_ws *llep__plan_cost_ws(llep_plan *p) {
+    return &p->ws->cost;
 }
 
 int llep__plan_init(llep_plan *p, uint32_t n, uint32_t np) {
@@ -87,7 +143,7 @@ int llep__plan_init(llep_plan *p, uint32_t n, uint32_t np) {
     p->ws->raw2 = calloc(max_ranges(n, np), sizeof(*p->ws->raw2));
     p->ws->helper_of = calloc(np, sizeof(*p->ws->helper_of));
     if (!p->ws->order || !p->ws->tmp || !p->ws->pending || !p->ws->assigned || !p->ws->raw ||
-        !p->ws->raw2 || !p->ws->helper_of)
+        !p->ws->raw2 || !p->ws->helper_of || cost_ws_init(&p->ws->cost, n, np) < 0)
         goto fail;
     p->imbalance = 1.0;
     p->capacity = 1;
@@ -107,6 +163,7 @@ void llep__plan_fini(llep_plan *p) {
         free(p->ws->raw);
         free(p->ws->raw2);
         free(p->ws->helper_of);
+        cost_ws_fini(&p->ws->cost);
         free(p->ws);
     }
     free(p->loads);
@@ -432,8 +489,7 @@ static uint32_t ep_ranges(llep_plan *p) {
 
 /* Groups the raw ranges by expert (counting sort; stable, so each expert's ranges stay in
  * offset order), derives device loads, and lists one transfer per (expert, helper). */
-static void finish(llep_plan *p, uint32_t nraw) {
-    const raw_range *raw = p->ws->raw;
+static void finish(llep_plan *p, const raw_range *raw, uint32_t nraw) {
     uint32_t *off = p->range_off;
     uint32_t *helper_of = p->ws->helper_of;
 
@@ -507,6 +563,17 @@ static uint32_t lla_cached(llep_plan *p, uint64_t min_tokens, uint32_t per_node,
     return s.nraw;
 }
 
+void llep__plan_set_result(llep_plan *p, const llep_plan_raw *raw, uint32_t nraw,
+                           enum llep_plan_mode mode) {
+    p->mode = mode;
+    finish(p, raw, nraw);
+}
+
+void llep__plan_set_ep(llep_plan *p) {
+    p->mode = LLEP_PLAN_EP;
+    finish(p, p->ws->raw, ep_ranges(p));
+}
+
 int llep__plan_compute(llep_plan *p, const uint64_t *loads, const llep_plan_params *params) {
     return llep__plan_compute_cached(p, loads, params, NULL);
 }
@@ -559,7 +626,9 @@ int llep__plan_compute_cached(llep_plan *p, const uint64_t *loads, const llep_pl
         nraw = ep_ranges(p);
         p->mode = LLEP_PLAN_EP;
     }
-    finish(p, nraw);
+    finish(p, p->ws->raw, nraw);
+    p->pick = p->mode == LLEP_PLAN_LLEP ? LLEP_PICK_LLA : LLEP_PICK_EP;
+    p->model_ns = 0;
 #ifndef NDEBUG
     /* Debug builds (and so every test run) check each plan; an invalid one is a planner bug. */
     char err[256];
@@ -596,6 +665,8 @@ int llep__plan_copy(llep_plan *dst, const llep_plan *src) {
     memcpy(dst->transfers, src->transfers, src->num_transfers * sizeof(*dst->transfers));
     dst->num_ranges = src->num_ranges;
     dst->num_transfers = src->num_transfers;
+    dst->pick = src->pick;
+    dst->model_ns = src->model_ns;
     return 0;
 }
 

@@ -18,6 +18,18 @@
 
 enum llep_plan_mode { LLEP_PLAN_EP = 0, LLEP_PLAN_LLEP = 1 };
 
+struct llep_cost_model;
+struct llep_cost_layer;
+
+/* Which planner llep__plan_run() uses. LLA is the paper's Least-Loaded Assignment
+ * (DESIGN.md section 2, this file's llep__plan_compute()); COST is the cost-aware planner of
+ * plan-cost.h, which needs a cost model and the layer's figures and falls back to LLA
+ * without them. */
+enum llep_planner { LLEP_PLANNER_LLA = 0, LLEP_PLANNER_COST = 1 };
+
+/* Which candidate a plan is: EP, the paper's LLA, or the cost planner's refined plan. */
+enum llep_plan_pick { LLEP_PICK_EP = 0, LLEP_PICK_LLA = 1, LLEP_PICK_REFINED = 2 };
+
 typedef struct llep_plan_params {
     double alpha;          /* capacity factor, > 0 */
     double lambda;         /* imbalance threshold for LLEP_POLICY_AUTO, > 0 */
@@ -36,6 +48,12 @@ typedef struct llep_plan_params {
      * 0 (the default) is the flat plan of section 2, and so is P. Must divide P, or
      * llep__plan_compute() returns -EINVAL. */
     uint32_t devices_per_node;
+    /* The planner llep__plan_run() uses (llep__plan_compute() is always LLA), and for
+     * LLEP_PLANNER_COST the device cost model and the layer's figures (cost.h), borrowed for
+     * the call. NULL cost or cost_layer: LLA. */
+    enum llep_planner planner;
+    const struct llep_cost_model *cost;
+    const struct llep_cost_layer *cost_layer;
 } llep_plan_params;
 
 /* One slice [start, end) of an expert's tokens (in the global token order) computed on
@@ -71,6 +89,10 @@ typedef struct llep_plan {
     /* One transfer per (expert, helper) pair, in the order the planner made them. */
     llep_transfer *transfers;
     uint32_t num_transfers;
+    /* Which candidate this plan is, and its modelled makespan in ns under the cost model the
+     * cost planner was given (0 when planned without one). */
+    enum llep_plan_pick pick;
+    double model_ns;
 
     /* Workspace sized once by llep__plan_init(); not part of the result. */
     struct llep_plan_ws *ws;
