@@ -95,7 +95,7 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
 }
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
- * alpha, lambda, min_tokens, scale_min_tokens, the log level, metrics-expert-loads,
+ * alpha, lambda, min_tokens, scale_min_tokens, planner, the log level, metrics-expert-loads,
  * keep-host-weights (for layers created later) and the models (loaded and unloaded as the file now lists them). The settings are rebuilt as at
  * start, the file first and the command line over it, so an option given to llepd keeps
  * winning. A file with any error is refused whole and the settings in force stay. */
@@ -120,6 +120,7 @@ static void on_reload(uv_signal_t *h, int signum) {
         d->srv.cfg.lambda = c.lambda;
         d->srv.cfg.min_tokens = c.min_tokens;
         d->srv.cfg.scale_min_tokens = c.scale_min_tokens;
+        d->srv.cfg.planner = c.planner;
         d->srv.cfg.log_level = c.log_level;
         d->srv.cfg.metrics_expert_loads = c.metrics_expert_loads;
         d->srv.cfg.keep_host_weights = c.keep_host_weights;   /* for layers created later */

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "fixtures.h"
 #include "llep/types.h"
+#include "plan.h"
 
 static char tmpdir[64];
 static char err[512];
@@ -101,6 +102,13 @@ START_TEST(test_every_option) {
     ck_assert(c.scale_min_tokens);
     ck_assert_int_eq(PARSE(&c, "--scale-min-tokens=no"), 0);
     ck_assert(!c.scale_min_tokens);
+
+    /* planner: cost by default (used where the devices have a cost model), or lla. */
+    ck_assert_int_eq(c.planner, LLEP_PLANNER_COST);
+    ck_assert_int_eq(PARSE(&c, "--planner", "lla"), 0);
+    ck_assert_int_eq(c.planner, LLEP_PLANNER_LLA);
+    ck_assert_int_eq(PARSE(&c, "--planner=cost"), 0);
+    ck_assert_int_eq(c.planner, LLEP_PLANNER_COST);
 
     /* A device spec is kept as text for the backend to check; a count clears it. */
     ck_assert_int_eq(PARSE(&c, "--devices", "cuda:0x4,1x4"), 0);
@@ -206,6 +214,7 @@ START_TEST(test_bad_values) {
         { "--devices", "0" }, { "--devices", "4097" }, { "--devices", "-1" },
         { "--devices", "8x" }, { "--devices", "1.5" }, { "--devices", "99999999999999999999" },
         { "--scale-min-tokens", "maybe" }, { "--scale-min-tokens", "" },
+        { "--planner", "LLA" }, { "--planner", "" }, { "--planner", "ep" },
         { "--devices", "cuda:0;rm" }, { "--devices", "cuda:0 x4" }, { "--devices", "CUDA:0" },
         { "--device-memory", "0" }, { "--device-memory", "16Q" }, { "--device-memory", "-1G" },
         { "--device-memory", "17179869184G" }, { "--device-memory", "1.5G" },
@@ -561,7 +570,7 @@ START_TEST(test_settings) {
     ck_assert_int_eq(llep__setting_parse("min_tokens", "1e3", &st, err, sizeof(err)), -EINVAL);
     ck_assert_int_eq(llep__setting_parse("devices", "8", &st, err, sizeof(err)), -ENOENT);
     ck_assert_str_eq(err, "unknown setting 'devices': expected alpha, lambda, min_tokens, "
-                          "policy or scale_min_tokens");
+                          "policy, scale_min_tokens or planner");
     ck_assert_int_eq(llep__setting_parse("scale_min_tokens", "yes", &st, err, sizeof(err)), 0);
     ck_assert_int_eq(st.key, LLEP_SETTING_SCALE_MIN_TOKENS);
     ck_assert(st.flag);
@@ -572,6 +581,18 @@ START_TEST(test_settings) {
     ck_assert_int_eq(llep__setting_parse("scale_min_tokens", "on", &st, err, sizeof(err)),
                      -EINVAL);
     ck_assert_str_eq(err, "bad value 'on' for scale_min_tokens: expected yes or no");
+    ck_assert_int_eq(llep__setting_parse("planner", "lla", &st, err, sizeof(err)), 0);
+    ck_assert_int_eq(st.key, LLEP_SETTING_PLANNER);
+    ck_assert_int_eq(st.planner, LLEP_PLANNER_LLA);
+    llep__setting_format(&st, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "lla");
+    ck_assert_int_eq(llep__setting_parse("planner", "cost", &st, err, sizeof(err)), 0);
+    llep__setting_format(&st, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "cost");
+    ck_assert_int_eq(llep__setting_parse("planner", "fast", &st, err, sizeof(err)), -EINVAL);
+    ck_assert_str_eq(err, "bad value 'fast' for planner: expected cost or lla");
+    ck_assert_str_eq(llep__planner_name(LLEP_PLANNER_COST), "cost");
+    ck_assert_str_eq(llep__planner_name(9), "unknown");
 }
 END_TEST
 

@@ -9,8 +9,11 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cost.h"
+#include "devices.h"
 #include "engine.h"
 #include "moe-cpu.h"
+#include "plan-cost.h"
 #include "plan.h"
 #include "ref-moe.h"
 #include "test-data.h"
@@ -361,6 +364,71 @@ START_TEST(test_skew_spills) {
 }
 END_TEST
 
+/* Plans of the cost-aware planner run as exactly as LLA's: each step against the float64
+ * reference and against EP, with the replica cache off and on, three steps each (later ones
+ * find copies in the cache). Two models: the nominal CPU model, set on the engine's devices
+ * (the engine's own path to a model), and one with nearly free copies and no fixed cost per
+ * chunk, given in the parameters, under which the refinement spills even these small layers.
+ * The test fails if no step ran a refined plan with weight transfers. */
+START_TEST(test_cost_planner_exact) {
+    static uint32_t refined_with_transfers;
+    llep_cost_model cheap;
+    ck_assert_int_eq(llep__cost_nominal("cpu", &cheap), 0);
+    cheap.chunk_fixed_ns = 0;
+    for (int k = LLEP_LINK_GPU; k < LLEP_LINK_KINDS; k++)
+        cheap.link[k] = (llep_cost_link){ 0, 1e-9 };
+    for (uint32_t i = 0; i < 6; i++) {
+        case_spec s = random_spec(0x6000 + i, 2u << (i % 3), LLEP_DTYPE_F32, SKEW);
+        s.hot_share = 0.9;
+        s.hot = 1;
+        s.max_tokens = 40;
+        test_case *c = case_new(&s);
+        make_reference(c);
+        llep_engine_config cfg;
+        llep_engine *e = NULL;
+        char err[256] = "";
+        llep__engine_config_default(&cfg);
+        weights_config(&c->wt, &cfg, 0, s.n, s.k, s.d, s.h, s.dtype, s.act, s.p);
+        cfg.replica_cache = i % 2 ? LLEP_DEVICES_CACHE_AUTO : 0;
+        ck_assert_msg(llep__engine_new(&cfg, &e, err, sizeof(err)) == 0, "%s", err);
+        llep_cost_model cpu;
+        ck_assert_int_eq(llep__cost_nominal("cpu", &cpu), 0);
+        llep__devices_set_cost(llep__engine_devices(e), &cpu);
+        llep_engine_stats st;
+        run_policy(c, e, LLEP_POLICY_EP, 1024, &st);
+        double **ep = copy_outputs(c);
+        for (int step = 0; step < 6; step++) {
+            llep_engine_batch b[8];
+            llep_plan_params pp;
+            llep__plan_params_default(&pp);
+            pp.planner = LLEP_PLANNER_COST;
+            pp.policy = step % 2 ? LLEP_POLICY_AUTO : LLEP_POLICY_LLEP;
+            if (step >= 3)
+                pp.cost = &cheap;
+            batches_of(c, b);
+            poison(c);
+            int r = llep__engine_step(e, b, &pp, &st);
+            ck_assert_msg(r == 0, "step: %d %s", r, llep__engine_error(e));
+            double er = rel_err_ref(c);
+            ck_assert_msg(er <= TOL_F32, "cost planner: relative L2 error %g", er);
+            double diff = rel_diff(c, ep);
+            ck_assert_msg(diff <= TOL_EP_LLEP, "cost planner vs EP: %g", diff);
+            if (!cfg.replica_cache) /* check_stats counts no cached copies as held */
+                check_stats(c, e, &st);
+            const llep_plan *pl = llep__engine_plan(e);
+            ck_assert_double_gt(pl->model_ns, 0);
+            refined_with_transfers += pl->pick == LLEP_PICK_REFINED && pl->num_transfers > 0;
+        }
+        free_outputs(c, ep);
+        llep__engine_free(e);
+        case_free(c);
+    }
+    ck_assert_uint_gt(refined_with_transfers, 0);
+    fprintf(stderr, "test_cost_planner_exact: %u refined plans with transfers\n",
+            refined_with_transfers);
+}
+END_TEST
+
 /* The same expert several times in one token's top-k contributes every time. */
 START_TEST(test_duplicates_in_topk) {
     case_spec s = { .n = 4, .k = 8, .d = 24, .h = 40, .p = 2, .dtype = LLEP_DTYPE_F32,
@@ -696,6 +764,7 @@ static Suite *engine_suite(void) {
     tcase_add_loop_test(tc, test_reference_bf16, 0, 10);
     tcase_add_loop_test(tc, test_activation_bias_matrix, 0, 8);
     tcase_add_test(tc, test_skew_spills);
+    tcase_add_test(tc, test_cost_planner_exact);
     tcase_add_test(tc, test_duplicates_in_topk);
     tcase_add_test(tc, test_empty_batches);
     tcase_add_test(tc, test_bad_index);

@@ -281,6 +281,41 @@ START_TEST(report_is_readable)
 }
 END_TEST
 
+/* The cost planner (plan-cost.h) under the nominal H200 model: at decode (one hot expert with
+ * 30 rows) copying weights costs more than it saves and the plan is EP, where LLA spills; a
+ * hot expert of 60000 rows is split; two processes print the same plan. */
+START_TEST(cost_planner_report)
+{
+    const char *decode[] = { "-d", "4", "--planner", "cost", "30", "1", "1", "1", "1", "1", "0",
+                             "1", NULL };
+    result r = run_plan(NULL, decode);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "mode       ep (imbalance >= lambda, but EP is fastest"));
+    ck_assert_ptr_nonnull(strstr(r.out, "cost planner: picked EP"));
+    ck_assert_ptr_nonnull(strstr(r.out, "under nominal:h200, D 2880, H 2880"));
+    result_free(&r);
+
+    const char *big_json[] = { "--json", "-d", "4", "--planner", "cost", "--cost",
+                               "nominal:h200", "60000", "100", "100", "100", "100", "100", "100",
+                               "100", NULL };
+    result a = run_plan(NULL, big_json), b = run_plan(NULL, big_json);
+    ck_assert_int_eq(a.status, 0);
+    ck_assert_int_eq(b.status, 0);
+    ck_assert_str_eq(a.out, b.out);
+    ck_assert_ptr_nonnull(strstr(a.out, "\"mode\": \"llep\""));
+    result_free(&a);
+    result_free(&b);
+
+    const char *big_text[] = { "-d", "4", "--planner", "cost", "60000", "100", "100", "100",
+                               "100", "100", "100", "100", NULL };
+    r = run_plan(NULL, big_text);
+    ck_assert_int_eq(r.status, 0);
+    ck_assert_ptr_nonnull(strstr(r.out, "cost planner: picked the refinement"));
+    ck_assert_ptr_nonnull(strstr(r.out, "expert     0  device 0 -> 1 2 3"));
+    result_free(&r);
+}
+END_TEST
+
 /* ---- bad input: exit 2 and a message naming the problem -------------------------------- */
 
 typedef struct bad_case {
@@ -304,6 +339,10 @@ static const bad_case bad_cases[] = {
     { NULL, { "-d", "1", "--lambda", "0", "1", NULL }, "--lambda must be > 0" },
     { NULL, { "-d", "1", "--min-tokens", "-5", "1", NULL }, "--min-tokens: '-5'" },
     { NULL, { "-d", "1", "--policy", "fast", "1", NULL }, "'fast' is not one of" },
+    { NULL, { "-d", "1", "--planner", "fast", "1", NULL }, "--planner: 'fast' is not lla or cost" },
+    { NULL, { "-d", "1", "--cost", "nominal:tpu", "1", NULL }, "'nominal:tpu' is not nominal" },
+    { NULL, { "-d", "1", "--cost", "model.json", "1", NULL }, "'model.json' is not nominal" },
+    { NULL, { "-d", "1", "--hidden", "0", "1", NULL }, "--hidden: '0' is not a size" },
     { NULL, { "-d", "4", "--devices-per-node", "3", "1", NULL },
       "--devices-per-node 3 does not divide --devices 4" },
     { NULL, { "-d", "4", "--devices-per-node", "8", "1", NULL },
@@ -381,6 +420,7 @@ static Suite *tool_suite(void) {
     tcase_add_loop_test(tc, json_matches_library, 0, 2);
     tcase_add_test(tc, json_with_nodes);
     tcase_add_test(tc, report_is_readable);
+    tcase_add_test(tc, cost_planner_report);
     tcase_add_loop_test(tc, bad_input_exits_2, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
     tcase_add_test(tc, too_many_experts_exits_2);
     tcase_add_test(tc, loads_parser);

@@ -322,7 +322,23 @@ typedef struct bf {
     uint32_t ncomp;
     uint32_t pick[8];        /* composition chosen for each searched expert */
     double best;
+    /* Figures worked out once: chunk_q[x][q0][q] the chunk of expert x's quarters q0 .. q0+q-1,
+     * copy[a][b] one expert's copy from device a to b. */
+    double chunk_q[8][Q + 1][Q + 1];
+    double copy[MAXP][MAXP];
 } bf;
+
+static void bf_figures(bf *b) {
+    for (uint32_t x = 0; x < b->n; x++)
+        for (uint32_t q0 = 0; q0 <= Q; q0++)
+            for (uint32_t q = 0; q0 + q <= Q; q++) {
+                uint64_t l = b->loads[x], rows = l * (q0 + q) / Q - l * q0 / Q;
+                b->chunk_q[x][q0][q] = llep__cost_chunk_ns(b->m, b->l, rows);
+            }
+    for (uint32_t a = 0; a < b->np; a++)
+        for (uint32_t d = 0; d < b->np; d++)
+            b->copy[a][d] = llep__cost_transfer_ns(b->m, a, d, b->l->weight_bytes);
+}
 
 static void compositions(bf *b, uint32_t d, uint32_t left, uint32_t *cur) {
     if (d == b->np - 1) {
@@ -344,21 +360,21 @@ static double bf_model(const bf *b) {
         uint32_t native = x / per;
         uint64_t l = b->loads[x];
         if (x >= b->searched) {
-            t[native] += llep__cost_chunk_ns(b->m, b->l, l);
+            t[native] += b->chunk_q[x][0][Q];
             continue;
         }
         const uint32_t *c = b->comp[b->pick[x]];
         uint32_t q = 0;
         for (uint32_t d = 0; d < b->np; d++) {
             uint64_t rows = l * (q + c[d]) / Q - l * q / Q;
+            double ns = b->chunk_q[x][q][c[d]];
             q += c[d];
             if (rows == 0)
                 continue;
-            t[d] += llep__cost_chunk_ns(b->m, b->l, rows);
+            t[d] += ns;
             if (d != native) {
-                double cp = llep__cost_transfer_ns(b->m, native, d, b->l->weight_bytes);
-                t[d] += cp;
-                s[native] += cp;
+                t[d] += b->copy[native][d];
+                s[native] += b->copy[native][d];
             }
         }
     }
@@ -402,6 +418,7 @@ START_TEST(brute_force_ninety_percent) {
                                       : rng_below(&s, (uint32_t)(scale / 8 + 2));
         b.loads = loads;
         compositions(&b, 0, Q, cur);
+        bf_figures(&b);
         ck_assert_uint_eq(b.ncomp, 35);
         b.best = INFINITY;
         bf_search(&b, 0);
@@ -465,6 +482,7 @@ static Suite *plan_cost_suite(void) {
     TCase *hand = tcase_create("hand-made");
     TCase *rnd = tcase_create("random");
 
+    tcase_set_timeout(hand, 60);
     tcase_add_test(hand, decode_spill_does_not_pay);
     tcase_add_test(hand, big_hot_expert_spreads);
     tcase_add_test(hand, held_copies_are_free);

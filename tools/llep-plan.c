@@ -1,7 +1,8 @@
 /* llep-plan: prints the Least-Loaded Assignment plan for given per-expert loads.
  *
  *   llep-plan --devices P [--alpha A] [--min-tokens M] [--scale-min-tokens] [--lambda L]
- *             [--policy auto|ep|llep] [--devices-per-node N] [--json]
+ *             [--policy auto|ep|llep] [--devices-per-node N] [--planner lla|cost]
+ *             [--cost nominal:h200|nominal:cpu] [--hidden D] [--inter H] [--json]
  *             [--loads-file F | LOAD...]
  *
  * Exit status: 0 on success, 2 for any usage error or bad input, 1 when writing fails. */
@@ -16,6 +17,8 @@
 #include "llep-config.h"
 #include "loads.h"
 #include "parse-number.h"
+#include "cost.h"
+#include "plan-cost.h"
 #include "plan-print.h"
 #include "plan.h"
 
@@ -27,7 +30,12 @@ typedef struct options {
     llep_plan_params params;
     int json;
     const char *loads_file;
+    llep_cost_model model;     /* --cost; nominal:h200 unless given */
+    const char *model_name;
+    uint32_t hidden, inter;    /* the layer the model prices (bf16 weights, no biases) */
 } options;
+
+enum { OPT_PLANNER = 1000, OPT_COST, OPT_HIDDEN, OPT_INTER };
 
 static const char *prog = "llep-plan";
 
@@ -51,6 +59,13 @@ static void help(void) {
            "                        token-slots and weight transfers that cross nodes; the\n"
            "                        loads do not say where tokens come from, so each expert's\n"
            "                        slots are taken as spread evenly over the home nodes\n"
+           "      --planner lla|cost  lla: the paper's Least-Loaded Assignment (default);\n"
+           "                        cost: the cost-aware planner, the least modelled makespan\n"
+           "                        of EP, LLA and its refinement under --cost\n"
+           "      --cost MODEL      the device cost model: nominal:h200 (default) or\n"
+           "                        nominal:cpu, datasheet figures, not measurements\n"
+           "      --hidden D, --inter H  the layer the model prices (bf16 weights; default\n"
+           "                        2880 and 2880, gpt-oss-120b)\n"
            "  -f, --loads-file F    read loads separated by white space from F ('-': stdin)\n"
            "  -j, --json            print the plan as JSON (DESIGN.md section 6)\n"
            "  -h, --help            show this help\n"
@@ -117,6 +132,27 @@ static int parse_option(int c, const char *arg, options *o) {
     case 's':
         o->params.scale_min_tokens = true;
         return 0;
+    case OPT_PLANNER:
+        if (strcmp(arg, "lla") == 0)
+            o->params.planner = LLEP_PLANNER_LLA;
+        else if (strcmp(arg, "cost") == 0)
+            o->params.planner = LLEP_PLANNER_COST;
+        else
+            return usage_error("--planner: '%s' is not lla or cost", arg);
+        return 0;
+    case OPT_COST:
+        if (strncmp(arg, "nominal:", 8) != 0 || llep__cost_nominal(arg + 8, &o->model) < 0)
+            return usage_error("--cost: '%s' is not nominal:h200 or nominal:cpu", arg);
+        o->model_name = arg;
+        return 0;
+    case OPT_HIDDEN:
+    case OPT_INTER: {
+        uint32_t *size = c == OPT_HIDDEN ? &o->hidden : &o->inter;
+        if (llep__parse_u32(arg, size) < 0 || *size == 0)
+            return usage_error("--%s: '%s' is not a size >= 1",
+                               c == OPT_HIDDEN ? "hidden" : "inter", arg);
+        return 0;
+    }
     case 'n':
         if (llep__parse_u32(arg, &o->params.devices_per_node) < 0)
             return usage_error("--devices-per-node: '%s' is not a device count", arg);
@@ -141,6 +177,10 @@ static int parse_args(int argc, char **argv, options *o) {
         { "json", no_argument, NULL, 'j' },
         { "scale-min-tokens", no_argument, NULL, 's' },
         { "devices-per-node", required_argument, NULL, 'n' },
+        { "planner", required_argument, NULL, OPT_PLANNER },
+        { "cost", required_argument, NULL, OPT_COST },
+        { "hidden", required_argument, NULL, OPT_HIDDEN },
+        { "inter", required_argument, NULL, OPT_INTER },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
@@ -149,6 +189,9 @@ static int parse_args(int argc, char **argv, options *o) {
 
     memset(o, 0, sizeof(*o));
     llep__plan_params_default(&o->params);
+    llep__cost_nominal("h200", &o->model);
+    o->model_name = "nominal:h200";
+    o->hidden = o->inter = 2880;
     opterr = 0;
     /* '+' stops at the first load, so nothing after it is taken for an option. */
     while ((c = getopt_long(argc, argv, "+:d:a:m:l:p:f:jshV", longopts, NULL)) != -1) {
@@ -253,16 +296,49 @@ static int print_plan(const options *o, const llep_plan *plan, const llep_plan_n
     return r;
 }
 
+/* With --planner cost: the modelled makespans of the plan, EP and LLA, under the model. */
+static int print_costs(const options *o, const llep_plan *plan, const llep_loads *l,
+                       const llep_cost_layer *layer) {
+    llep_plan other;
+    llep_plan_params pp = o->params;
+    double ns[2];
+    int r = llep__plan_init(&other, (uint32_t)l->n, o->devices);
+
+    pp.planner = LLEP_PLANNER_LLA;
+    for (int i = 0; i < 2 && r == 0; i++) {
+        pp.policy = i == 0 ? LLEP_POLICY_EP : o->params.policy;
+        r = llep__plan_run(&other, l->v, &pp, NULL);
+        if (r == 0)
+            ns[i] = llep__plan_model_ns(&other, &o->model, layer, NULL);
+    }
+    llep__plan_fini(&other);
+    if (r < 0)
+        return r;
+    static const char *const picks[] = { "EP", "LLA", "the refinement" };
+    printf("cost planner: picked %s, modelled makespan %.1f us (EP %.1f us, LLA %.1f us)\n"
+           "  under %s, D %u, H %u, bf16 (nominal figures, not measurements)\n",
+           picks[plan->pick], plan->model_ns / 1e3, ns[0] / 1e3, ns[1] / 1e3, o->model_name,
+           o->hidden, o->inter);
+    return 0;
+}
+
 static int run(const options *o, const llep_loads *l) {
     llep_plan plan;
     char err[256];
+    llep_cost_layer layer;
+    llep_plan_params params = o->params;
     int r = llep__plan_init(&plan, (uint32_t)l->n, o->devices);
 
     if (r < 0) {
         fprintf(stderr, "%s: cannot set up a plan: %s\n", prog, strerror(-r));
         return 1;
     }
-    r = llep__plan_compute(&plan, l->v, &o->params);
+    llep__cost_layer(&layer, o->hidden, o->inter, 2, false);
+    if (params.planner == LLEP_PLANNER_COST) {
+        params.cost = &o->model;
+        params.cost_layer = &layer;
+    }
+    r = llep__plan_run(&plan, l->v, &params, NULL);
     if (r == -EOVERFLOW) {
         usage_error("the loads add up to more than 2^64 - 1 token-slots");
         llep__plan_fini(&plan);
@@ -287,6 +363,8 @@ static int run(const options *o, const llep_loads *l) {
         }
     }
     r = print_plan(o, &plan, o->params.devices_per_node ? &nodes : NULL);
+    if (r == 0 && !o->json && params.planner == LLEP_PLANNER_COST)
+        r = print_costs(o, &plan, l, &layer);
     llep__plan_fini(&plan);
     if (r < 0 || fflush(stdout) != 0) {
         fprintf(stderr, "%s: writing the plan failed\n", prog);

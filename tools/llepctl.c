@@ -754,7 +754,8 @@ static const verb verbs[] = {
     { "stats", 0, 0, "", "steps, EP vs LLEP, p50/p99 latency, bytes moved, peak memory",
       verb_stats },
     { "set", 1, 2, "[LAYER] KEY=VALUE",
-      "set alpha, lambda, min_tokens, policy or scale_min_tokens (of LAYER, else the default)", verb_set },
+      "set alpha, lambda, min_tokens, policy, scale_min_tokens or planner (of LAYER, else the "
+      "default)", verb_set },
     { "drain", 0, 0, "", "finish the running steps, refuse new work", verb_drain },
     { "peers", 0, 0, "", "cluster peers: state, round trip, bytes, last seen", verb_peers },
     { "load", 2, 2, "NAME DIR", "load a model's MoE layers from a checkpoint directory",

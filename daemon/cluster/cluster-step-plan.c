@@ -57,6 +57,11 @@ void llepd_cstep_make_plan(llepd_clayer *c) {
     if (c->inject_mismatch)
         p.alpha *= 2; /* LLEPD_TEST_PLAN_MISMATCH: a plan of its own, consistent with the loads */
     p.devices_per_node = c->ppn; /* hierarchical: spill on the node first */
+    /* Always the paper's LLA: the nodes' devices may be calibrated differently, and every
+     * node must make the same plan from the same loads and parameters. */
+    p.planner = LLEP_PLANNER_LLA;
+    p.cost = NULL;
+    p.cost_layer = NULL;
     int r = llep__plan_compute(&st->plan, sum, &p);
     free(sum);
     if (r < 0) {

@@ -141,6 +141,30 @@ static int set_scale_min_tokens(llep_config *c, const char *value) {
     return parse_yes_no(value, &c->scale_min_tokens);
 }
 
+static const char *const planner_names[] = {
+    [LLEP_PLANNER_LLA] = "lla",
+    [LLEP_PLANNER_COST] = "cost",
+};
+
+static int parse_planner(const char *value, int *ret) {
+    for (int p = LLEP_PLANNER_LLA; p <= LLEP_PLANNER_COST; p++)
+        if (strcmp(value, planner_names[p]) == 0) {
+            *ret = p;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+const char *llep__planner_name(int planner) {
+    if (planner < LLEP_PLANNER_LLA || planner > LLEP_PLANNER_COST)
+        return "unknown";
+    return planner_names[planner];
+}
+
+static int set_planner(llep_config *c, const char *value) {
+    return parse_planner(value, &c->planner);
+}
+
 static int set_min_tokens(llep_config *c, const char *value) {
     return llep__parse_u32(value, &c->min_tokens);
 }
@@ -301,6 +325,9 @@ const config_key llep__config_keys[] = {
     { "scale-min-tokens", "yes|no", "yes or no",
       "use at most capacity / devices as min-tokens (small batches; default no)",
       set_scale_min_tokens },
+    { "planner", "cost|lla", "cost or lla",
+      "cost: the cost-aware planner where the devices have a cost model; lla: the paper's "
+      "(default cost)", set_planner },
     { "log-level", "LEVEL", "err, warning, notice, info or debug",
       "most verbose messages to log (default notice)", set_log_level },
     { "node-id", "ID", "an integer from 0 to 65535",
@@ -386,10 +413,14 @@ int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
         s.key = LLEP_SETTING_SCALE_MIN_TOKENS;
         expect = "yes or no";
         r = parse_yes_no(value, &s.flag);
+    } else if (strcmp(key, "planner") == 0) {
+        s.key = LLEP_SETTING_PLANNER;
+        expect = "cost or lla";
+        r = parse_planner(value, &s.planner);
     } else {
         llep__config_quote(q, sizeof(q), key, strlen(key));
         llep__errf(err, errlen, 0, "unknown setting %s: expected alpha, lambda, min_tokens, "
-                               "policy or scale_min_tokens", q);
+                               "policy, scale_min_tokens or planner", q);
         return -ENOENT;
     }
     if (r < 0) {
@@ -420,6 +451,9 @@ void llep__setting_format(const llep_setting *s, char *buf, size_t len) {
         break;
     case LLEP_SETTING_SCALE_MIN_TOKENS:
         snprintf(buf, len, "%s", s->flag ? "yes" : "no");
+        break;
+    case LLEP_SETTING_PLANNER:
+        snprintf(buf, len, "%s", llep__planner_name(s->planner));
         break;
     default:
         snprintf(buf, len, "?");

@@ -25,6 +25,7 @@ void llep__config_init(llep_config *c) {
         .alpha = LLEP_DEFAULT_ALPHA,
         .lambda = LLEP_DEFAULT_LAMBDA,
         .min_tokens = LLEP_DEFAULT_MIN_TOKENS,
+        .planner = LLEP_PLANNER_COST,
         .replica_cache = LLEP_CONFIG_CACHE_AUTO,
         .log_level = LLEP_LOG_NOTICE,
         .peer_heartbeat_ms = LLEP_PEER_HEARTBEAT_MS_DEFAULT,

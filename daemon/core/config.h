@@ -111,6 +111,9 @@ typedef struct llep_config {
     double lambda;                /* LLEP_DEFAULT_LAMBDA unless set */
     uint32_t min_tokens;          /* LLEP_DEFAULT_MIN_TOKENS unless set */
     bool scale_min_tokens;        /* cap m at capacity / P (plan.h); false unless set */
+    /* planner = cost|lla: LLEP_PLANNER_COST unless set (plan.h: node-scope steps plan with it
+     * when their devices have a cost model, with LLA otherwise). */
+    int planner;
     enum llep_log_level log_level; /* LLEP_LOG_NOTICE unless set */
     /* Cluster membership: none of it set means a single-node daemon. Fixed arrays, so the
      * server's by-value copy of the config owns nothing. */
@@ -201,6 +204,7 @@ enum llep_setting_key {
     LLEP_SETTING_MIN_TOKENS,
     LLEP_SETTING_POLICY,
     LLEP_SETTING_SCALE_MIN_TOKENS,
+    LLEP_SETTING_PLANNER,
 };
 
 typedef struct llep_setting {
@@ -209,11 +213,12 @@ typedef struct llep_setting {
     uint32_t min_tokens;
     int policy;                   /* enum llep_policy */
     bool flag;                    /* scale_min_tokens */
+    int planner;                  /* enum llep_planner */
 } llep_setting;
 
-/* Parses KEY (alpha, lambda, min_tokens or min-tokens, policy, scale_min_tokens) and VALUE
- * (policy: auto, ep or llep; scale_min_tokens: yes or no). Returns 0, -ENOENT for an unknown key or -EINVAL for a bad value, with a sentence in
- * err. */
+/* Parses KEY (alpha, lambda, min_tokens or min-tokens, policy, scale_min_tokens, planner)
+ * and VALUE (policy: auto, ep or llep; scale_min_tokens: yes or no; planner: cost or lla).
+ * Returns 0, -ENOENT for an unknown key or -EINVAL for a bad value, with a sentence in err. */
 int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
                         char *err, size_t errlen);
 
@@ -221,6 +226,8 @@ int llep__setting_parse(const char *key, const char *value, llep_setting *ret,
 void llep__setting_format(const llep_setting *s, char *buf, size_t len);
 
 const char *llep__policy_name(int policy);
+/* "cost" or "lla" (enum llep_planner), "unknown" otherwise. */
+const char *llep__planner_name(int planner);
 
 /* Usage text for --help. */
 void llep__config_usage(FILE *f, const char *program);

@@ -80,6 +80,8 @@ static void print_header(const llep_plan *p, const llep_plan_params *pp, FILE *f
         why = p->total ? "policy llep" : "nothing routed";
     else if (p->mode == LLEP_PLAN_LLEP)
         why = "imbalance >= lambda";
+    else if (p->total && p->imbalance >= pp->lambda)
+        why = "imbalance >= lambda, but EP is fastest in the cost model";
     else
         why = p->total ? "imbalance < lambda" : "nothing routed";
     fprintf(f, "  mode       %s (%s)\n", mode_name(p->mode), why);

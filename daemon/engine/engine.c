@@ -3,6 +3,7 @@
 #include "engine.h"
 #include "engine-internal.h"
 #include "errbuf.h"
+#include "plan-cost.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -966,7 +967,21 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
         held = e->held;
     }
     llep__devices_cache_tick(e->devs);
-    r = llep__plan_compute_cached(&e->plan, e->loads, params, held);
+    /* The cost-aware planner (plan-cost.h) when the parameters ask for it and there is a
+     * model: the caller's, else the one the devices were calibrated to. Without one, LLA. */
+    llep_plan_params run = *params;
+    llep_cost_model model;
+    llep_cost_layer layer;
+    if (run.planner == LLEP_PLANNER_COST) {
+        if (!run.cost && llep__devices_cost_get(e->devs, &model))
+            run.cost = &model;
+        if (run.cost && !run.cost_layer) {
+            llep__cost_layer(&layer, e->d, e->h, e->esz, e->has_bg || e->has_bu || e->has_bd);
+            layer.weight_bytes = e->expert_bytes;
+            run.cost_layer = &layer;
+        }
+    }
+    r = llep__plan_run(&e->plan, e->loads, &run, held);
     if (r < 0)
         return llep__errf(e->err, sizeof(e->err), r, "planning failed: %s", strerror(-r));
     e->planned = 1;

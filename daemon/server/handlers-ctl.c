@@ -396,6 +396,14 @@ static void apply_setting(llepd_server *srv, llepd_layer *l, const llep_setting 
             srv->cfg.scale_min_tokens = st->flag;
         }
         break;
+    case LLEP_SETTING_PLANNER:
+        if (l) {
+            l->tun.params.planner = (enum llep_planner)st->planner;
+            l->tun.own_planner = true;
+        } else {
+            srv->cfg.planner = st->planner;
+        }
+        break;
     }
 }
 

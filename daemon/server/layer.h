@@ -21,7 +21,7 @@
 /* A layer's tunables: the daemon default unless the layer or `llepctl set LAYER` set one. */
 typedef struct llepd_tunables {
     llep_plan_params params;
-    bool own_alpha, own_lambda, own_min_tokens, own_policy, own_scale_min_tokens;
+    bool own_alpha, own_lambda, own_min_tokens, own_policy, own_scale_min_tokens, own_planner;
 } llepd_tunables;
 
 /* What a layer of another scope does instead of the node-scope default (NULL ops: node
