@@ -111,8 +111,12 @@ static void teardown(void) {
 static llep_client *client;
 static llep_layer *layer;
 
+/* The paper's planner: these tests check that llepctl shows the plans and transfers llepd
+ * made, and that they equal llep-plan's for the same loads; with planner cost (the default)
+ * the calibrated model would rightly keep this tiny layer's experts at home. */
 static void start_llepd(void) {
-    llep_test_llepd o = { .sock = sock_path, .devices = "4" };
+    static const char *const args[] = { "--planner", "lla", NULL };
+    llep_test_llepd o = { .sock = sock_path, .devices = "4", .args = args };
     int r;
 
     llepd_pid = llep_test_llepd_start(&o);
