@@ -109,6 +109,27 @@ START_TEST(planners_json)
 }
 END_TEST
 
+/* The cost planner calibrates the devices first and plans every step with that model. */
+START_TEST(planners_cost)
+{
+    const char *args[] = { TINY, "--scenario", "95%-1", "--planners", "ep,cost", "--json",
+                           NULL };
+    llep_test_output r = run_bench(args);
+
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    ck_assert_msg(strstr(r.err, "cost planner: calibrated") != NULL, "stderr: %s", r.err);
+    json_object *root = json_tokener_parse(r.out);
+    ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
+    json_object *sc = json_object_array_get_idx(get(root, "scenarios"), 0);
+    json_object *cost = get(get(sc, "runs"), "cost");
+    const char *mode = json_object_get_string(get(cost, "mode"));
+    ck_assert_msg(strcmp(mode, "ep") == 0 || strcmp(mode, "llep") == 0, "mode '%s'", mode);
+    ck_assert_int_gt(json_object_get_int64(get(cost, "makespan_ns")), 0);
+    json_object_put(root);
+    llep_test_output_free(&r);
+}
+END_TEST
+
 START_TEST(trace_json)
 {
     const char *args[] = { TINY, "--scenario", "95%-1", "--trace", "drift", "--steps", "30",
@@ -276,6 +297,7 @@ static Suite *bench_suite(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, bad_args_exit_2, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
     tcase_add_test(tc, planners_json);
+    tcase_add_test(tc, planners_cost);
     tcase_add_test(tc, trace_json);
     tcase_add_test(tc, trace_tight_budget);
     tcase_add_test(tc, tune_writes_config);

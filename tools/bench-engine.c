@@ -12,6 +12,7 @@
 #include <cblas.h>
 
 #include "backend-select.h"
+#include "calibrate.h"
 #include "cli.h"
 #include "parse-number.h"
 
@@ -209,6 +210,27 @@ static void make_inputs(llep_bench *b) {
         b->node_loads[j] = llep__bench_calloc(b->n, sizeof(**b->node_loads));
 }
 
+/* The cost planner needs the devices' cost model: measured here, once, on the main engine's
+ * devices (calibrate.h, as llepd does at start), and given to every step that asks for it. */
+static void calibrate(llep_bench *b) {
+    llep_calibration cal;
+    char err[256];
+    int want = 0;
+
+    for (uint32_t i = 0; i < b->o.num_planners; i++)
+        want |= b->o.planners[i] == LLEP_BENCH_COST;
+    if (!want)
+        return;
+    int r = llep__calibrate(llep__engine_devices(b->eng), NULL, &cal, err, sizeof(err));
+    if (r < 0)
+        llep__bench_die("calibrating the devices for the cost planner: %s", err);
+    b->cost = cal.model;
+    b->have_cost = true;
+    fprintf(stderr, "llep-bench: cost planner: calibrated in %.0f ms (chunk fixed cost %.2f us, "
+            "%u points of the rate curve)\n", cal.elapsed_ms, cal.model.chunk_fixed_ns / 1e3,
+            cal.model.num_points);
+}
+
 void llep__bench_open(llep_bench *b) {
     const llep_bench_preset *ps = b->o.preset;
     char spec[16], msg[256];
@@ -233,6 +255,7 @@ void llep__bench_open(llep_bench *b) {
         llep__bench_die("%s", msg);
     fprintf(stderr, "llep-bench: %s\n", msg);
     b->eng = llep__bench_engine(b, b->o.replica_cache, b->o.device_memory);
+    calibrate(b);
     make_ref_weights(b);
     make_inputs(b);
 }
@@ -328,6 +351,7 @@ static const char *const planner_names[LLEP_BENCH_NUM_PLANNERS] = {
     [LLEP_BENCH_EP] = "ep",
     [LLEP_BENCH_LLA] = "lla",
     [LLEP_BENCH_LLA_SCALED] = "lla-scaled",
+    [LLEP_BENCH_COST] = "cost",
 };
 
 const char *llep__bench_planner_name(enum llep_bench_planner pl) {
@@ -351,6 +375,11 @@ void llep__bench_planner_params(const llep_bench *b, enum llep_bench_planner pl,
         break;
     case LLEP_BENCH_LLA_SCALED:
         ret->scale_min_tokens = true;
+        break;
+    case LLEP_BENCH_COST:
+        /* The engine fills in the layer's figures; the model is the run's calibration. */
+        ret->planner = LLEP_PLANNER_COST;
+        ret->cost = b->have_cost ? &b->cost : NULL;
         break;
     case LLEP_BENCH_LLA:
     case LLEP_BENCH_NUM_PLANNERS:

@@ -23,6 +23,7 @@
 
 #include "bench-modes.h"
 #include "config.h"
+#include "plan-cost.h"
 
 static const double alphas[] = { 1.0, 1.1, 1.25, 1.5 };
 static const double lambdas[] = { 1.1, 1.3, 1.5, 2.0 };
@@ -82,14 +83,21 @@ static void make_grid(point *pts) {
 /* Plans every point for the routed loads and groups equal plans with equal caches. */
 static uint32_t group_points(const llep_bench *b, point *pts, group *gs) {
     llep_plan plan;
+    llep_cost_layer layer;
     uint32_t ng = 0;
 
+    llep__cost_layer(&layer, b->d, b->h, sizeof(float), false);
+    layer.weight_bytes = llep__engine_expert_bytes(b->eng);
     if (llep__plan_init(&plan, b->n, b->p) < 0)
         llep__bench_die("out of memory for a plan");
     for (size_t i = 0; i < NPOINTS; i++) {
         llep_plan_params pp;
         point_params(b, &pts[i], &pp);
-        int r = llep__plan_compute(&plan, b->loads, &pp);
+        /* The cost planner plans with the layer's figures, which the engine fills in for a
+         * step; for grouping, the same ones (the bench's f32 experts, no biases). */
+        if (pp.planner == LLEP_PLANNER_COST)
+            pp.cost_layer = &layer;
+        int r = llep__plan_run(&plan, b->loads, &pp, NULL);
         if (r < 0)
             llep__bench_die("planning alpha %g, lambda %g, m %u: %s", pts[i].alpha,
                             pts[i].lambda, pts[i].min_tokens, strerror(-r));

@@ -8,12 +8,14 @@
 #ifndef LLEP_TOOLS_BENCH_H
 #define LLEP_TOOLS_BENCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
 #include "backend.h"
 #include "config.h"
+#include "cost.h"
 #include "engine.h"
 #include "plan.h"
 #include "scenarios.h"
@@ -34,6 +36,8 @@ enum llep_bench_planner {
     LLEP_BENCH_EP,          /* policy EP: every expert on its native device */
     LLEP_BENCH_LLA,         /* the paper's LLA: policy auto with alpha, lambda, m */
     LLEP_BENCH_LLA_SCALED,  /* LLA with scale_min_tokens (m capped at capacity / P) */
+    LLEP_BENCH_COST,        /* the cost-aware planner (plan-cost.h) with the devices' model,
+                               calibrated when the bench opens (calibrate.h) */
     LLEP_BENCH_NUM_PLANNERS
 };
 #define LLEP_BENCH_MAX_PLANNERS 8u
@@ -75,6 +79,10 @@ typedef struct llep_bench {
     int32_t **idx;
     int32_t *slot_expert;   /* [P * T * K] */
     uint64_t *loads;        /* [N]: the loads last routed */
+    /* The cost model the cost planner uses: calibrated on the main engine's devices when a
+     * run names the cost planner (have_cost), the same for every engine of the run. */
+    llep_cost_model cost;
+    bool have_cost;
     llep_engine_batch *batches;
 } llep_bench;
 

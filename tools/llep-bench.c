@@ -108,11 +108,12 @@ static void usage(FILE *f) {
         "                LLEP step over the repeats either way\n"
         "  --device-memory  each device's budget (K, M, G suffixes; default: none, the bench\n"
         "                measures memory); a step over it fails\n"
-        "  --planners    ep,lla,lla-scaled (any of them, comma-separated): run the scenarios\n"
+        "  --planners    ep,lla,lla-scaled,cost (any of them, comma-separated): run the scenarios\n"
         "                under each planner in turn, alternating, and print each one's makespan\n"
         "                (the weight copies included), speedup over ep and whether it is\n"
         "                slower than ep beyond 3 %%; lla is the paper's LLA (policy auto with\n"
-        "                alpha, lambda, m), lla-scaled the same with m capped at capacity / P.\n"
+        "                alpha, lambda, m), lla-scaled the same with m capped at capacity / P,\n"
+        "                cost the cost-aware planner with the devices' model, calibrated first.\n"
         "                With --trace or --tune: the one planner they use (default lla)\n"
         "  --trace       replay a routing trace of --steps steps (default 1000) through two\n"
         "                engines, replica cache off and on (auto unless --replica-cache), and\n"
@@ -158,7 +159,7 @@ static void parse_planners(const char *arg, options *o) {
          tok = strtok_r(NULL, ",", &save)) {
         int pl = llep__bench_planner_parse(tok);
         if (pl < 0)
-            llep__bench_usage_die("--planners: unknown planner '%s' (ep, lla or lla-scaled)",
+            llep__bench_usage_die("--planners: unknown planner '%s' (ep, lla, lla-scaled or cost)",
                                   tok);
         for (uint32_t i = 0; i < o->num_planners; i++)
             if (o->planners[i] == (enum llep_bench_planner)pl)
