@@ -164,7 +164,7 @@ START_TEST(test_bad_files) {
     refused_edit(&cal, "\"ns_per_byte\": ", "\"ns_per_byte\": -1", "'ns_per_byte' must be");
     refused_edit(&cal, "\"devices\": 2", "\"devices\": -2", "devices");
     /* Figures in range one by one, but no valid model. */
-    refused_edit(&cal, "{\"rows\": 2,", "{\"rows\": 1,", "not a valid cost model");
+    refused_edit(&cal, "\"rows\": 2,", "\"rows\": 1,", "not a valid cost model");
     refused_edit(&cal, "\"rate\": ", "\"rate\": 0, \"was\": ", "rates must be finite and > 0");
     refused_edit(&cal, "\"ns_per_byte\": ", "\"ns_per_byte\": 9", "cheaper than a nearer one");
     /* Structure. */

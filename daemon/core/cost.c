@@ -1,6 +1,7 @@
 /* The device cost model's arithmetic (cost.h): chunk times from the rate curve, transfer
  * times from the link table, nominal models from datasheet figures, checks and the hash. */
 #include "cost.h"
+#include "fnv.h"
 
 #include <errno.h>
 #include <math.h>
@@ -255,34 +256,23 @@ int llep__cost_check(const llep_cost_model *m, char *err, size_t errlen) {
     return 0;
 }
 
-#define FNV_OFFSET UINT64_C(0xcbf29ce484222325)
-#define FNV_PRIME UINT64_C(0x100000001b3)
-
-static uint64_t fnv_u64(uint64_t h, uint64_t v) {
-    for (int i = 0; i < 8; i++) {
-        h ^= (v >> (8 * i)) & 0xff;
-        h *= FNV_PRIME;
-    }
-    return h;
-}
-
 static uint64_t fnv_double(uint64_t h, double x) {
     uint64_t bits;
 
     memcpy(&bits, &x, sizeof(bits));
-    return fnv_u64(h, bits);
+    return llep__fnv_u64(h, bits);
 }
 
 /* The figures only, not the backend or device names: two nodes whose models agree in every
  * figure plan the same steps whatever their hardware is called. Points past num_points are
  * not part of the model and do not count. */
 uint64_t llep__cost_hash(const llep_cost_model *m) {
-    uint64_t h = FNV_OFFSET;
+    uint64_t h = LLEP_FNV_OFFSET;
     uint32_t n = m->num_points <= LLEP_COST_MAX_POINTS ? m->num_points : LLEP_COST_MAX_POINTS;
 
-    h = fnv_u64(h, m->num_points);
+    h = llep__fnv_u64(h, m->num_points);
     for (uint32_t i = 0; i < n; i++) {
-        h = fnv_u64(h, m->rows[i]);
+        h = llep__fnv_u64(h, m->rows[i]);
         h = fnv_double(h, m->rate[i]);
     }
     h = fnv_double(h, m->chunk_fixed_ns);
@@ -290,7 +280,7 @@ uint64_t llep__cost_hash(const llep_cost_model *m) {
         h = fnv_double(h, m->link[k].latency_ns);
         h = fnv_double(h, m->link[k].ns_per_byte);
     }
-    h = fnv_u64(h, m->devices_per_gpu);
-    h = fnv_u64(h, m->devices_per_node);
+    h = llep__fnv_u64(h, m->devices_per_gpu);
+    h = llep__fnv_u64(h, m->devices_per_node);
     return h;
 }

@@ -3,6 +3,7 @@
  * The planner runs once per step on the daemon's critical path, so it allocates nothing after
  * llep__plan_init() and works in O(N log N + (N + P) * P) for N experts on P devices. */
 #include "plan.h"
+#include "fnv.h"
 #include "plan-internal.h"
 
 #include <errno.h>
@@ -777,42 +778,29 @@ int llep__plan_validate(const llep_plan *p, char *err, size_t errlen) {
 
 /* ---- hashing and cross-node traffic ------------------------------------------------------ */
 
-#define FNV_OFFSET UINT64_C(0xcbf29ce484222325)
-#define FNV_PRIME UINT64_C(0x100000001b3)
-
-/* Feeds v to the hash as 8 little-endian bytes, so the hash does not depend on the host's
- * byte order or on struct padding. */
-static uint64_t fnv_u64(uint64_t h, uint64_t v) {
-    for (int i = 0; i < 8; i++) {
-        h ^= (v >> (8 * i)) & 0xff;
-        h *= FNV_PRIME;
-    }
-    return h;
-}
-
 uint64_t llep__plan_hash(const llep_plan *p) {
-    uint64_t h = FNV_OFFSET;
+    uint64_t h = LLEP_FNV_OFFSET;
 
-    h = fnv_u64(h, p->num_experts);
-    h = fnv_u64(h, p->num_devices);
-    h = fnv_u64(h, (uint64_t)p->mode);
-    h = fnv_u64(h, p->capacity);
-    h = fnv_u64(h, p->total);
+    h = llep__fnv_u64(h, p->num_experts);
+    h = llep__fnv_u64(h, p->num_devices);
+    h = llep__fnv_u64(h, (uint64_t)p->mode);
+    h = llep__fnv_u64(h, p->capacity);
+    h = llep__fnv_u64(h, p->total);
     for (uint32_t e = 0; e < p->num_experts; e++)
-        h = fnv_u64(h, p->loads[e]);
+        h = llep__fnv_u64(h, p->loads[e]);
     for (uint32_t e = 0; e <= p->num_experts; e++)
-        h = fnv_u64(h, p->range_off[e]);
+        h = llep__fnv_u64(h, p->range_off[e]);
     for (uint32_t i = 0; i < p->num_ranges; i++) {
-        h = fnv_u64(h, p->ranges[i].device);
-        h = fnv_u64(h, p->ranges[i].start);
-        h = fnv_u64(h, p->ranges[i].end);
+        h = llep__fnv_u64(h, p->ranges[i].device);
+        h = llep__fnv_u64(h, p->ranges[i].start);
+        h = llep__fnv_u64(h, p->ranges[i].end);
     }
     /* The count separates the transfers from the ranges, so no two results share a stream. */
-    h = fnv_u64(h, p->num_transfers);
+    h = llep__fnv_u64(h, p->num_transfers);
     for (uint32_t t = 0; t < p->num_transfers; t++) {
-        h = fnv_u64(h, p->transfers[t].expert);
-        h = fnv_u64(h, p->transfers[t].src);
-        h = fnv_u64(h, p->transfers[t].dst);
+        h = llep__fnv_u64(h, p->transfers[t].expert);
+        h = llep__fnv_u64(h, p->transfers[t].src);
+        h = llep__fnv_u64(h, p->transfers[t].dst);
     }
     return h;
 }

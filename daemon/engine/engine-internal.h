@@ -69,9 +69,6 @@ struct llep_engine {
 };
 
 uint64_t llep__engine_monotonic_ns(void);
-/* Writes a message into err (when err is not NULL) and returns r. */
-int llep__engine_format_error(char *err, size_t errlen, int r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
 /* The devices' turn for a phase of a step (devices.h): every backend call of the step lies
  * between begin and end. The busy time of the devices between them counts as the step's

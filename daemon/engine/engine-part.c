@@ -156,19 +156,19 @@ int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part 
         return -EINVAL;
     *ret = NULL;
     if (!e)
-        return llep__engine_format_error(err, errlen, -EINVAL, "no engine");
+        return llep__errf(err, errlen, -EINVAL, "no engine");
     if (num_nodes == 0 || node >= num_nodes)
-        return llep__engine_format_error(err, errlen, -EINVAL, "node %u of %u nodes", node,
+        return llep__errf(err, errlen, -EINVAL, "node %u of %u nodes", node,
                                          num_nodes);
     if ((uint64_t)num_nodes * e->n > LLEP_MAX_EXPERTS ||
         (uint64_t)num_nodes * e->p > LLEP_MAX_DEVICES)
-        return llep__engine_format_error(err, errlen, -EINVAL, "%u nodes of %u experts on %u "
+        return llep__errf(err, errlen, -EINVAL, "%u nodes of %u experts on %u "
                                          "devices: too many experts or devices", num_nodes,
                                          e->n, e->p);
     /* In host mode (the default, and what a cluster step falls back to) results and weights
      * leave the node through host memory. */
     if (!e->cfg.backend->download)
-        return llep__engine_format_error(err, errlen, -EOPNOTSUPP, "the %s backend cannot run "
+        return llep__errf(err, errlen, -EOPNOTSUPP, "the %s backend cannot run "
                                          "a cluster part (it cannot copy device memory to the "
                                          "host)", e->cfg.backend->name);
     pt = calloc(1, sizeof(*pt));
@@ -210,7 +210,7 @@ int llep__part_new(llep_engine *e, uint32_t num_nodes, uint32_t node, llep_part 
 
 nomem:
     llep__part_free(pt);
-    return llep__engine_format_error(err, errlen, -ENOMEM, "out of host memory");
+    return llep__errf(err, errlen, -ENOMEM, "out of host memory");
 }
 
 void llep__part_free(llep_part *pt) {

@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -498,17 +497,6 @@ int llep__engine_set_budget(llep_engine *e, uint32_t dev, uint64_t bytes) {
     return llep__devices_set_budget(e->devs, dev, bytes, e->err, sizeof(e->err));
 }
 
-int llep__engine_format_error(char *err, size_t errlen, int r, const char *fmt, ...) {
-    va_list ap;
-
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return r;
-}
-
 int llep__engine_count_batches(const llep_engine *e, const llep_engine_batch *b, uint32_t nb,
                                uint32_t num_experts, uint64_t *loads, size_t *home_base,
                                uint64_t *ret_slots, char *err, size_t errlen) {
@@ -520,14 +508,14 @@ int llep__engine_count_batches(const llep_engine *e, const llep_engine_batch *b,
         if (b[p].tokens == 0)
             continue;
         if (!b[p].x || !b[p].topk_idx || !b[p].topk_w || !b[p].y)
-            return llep__engine_format_error(err, errlen, -EINVAL,
+            return llep__errf(err, errlen, -EINVAL,
                                              "batch %u: %u tokens but a NULL buffer", p,
                                              b[p].tokens);
         size_t n = (size_t)b[p].tokens * e->k;
         if (llep__k_count_loads(b[p].topk_idx, n, num_experts, loads) < 0) {
             for (size_t i = 0; i < n; i++)
                 if (b[p].topk_idx[i] < 0 || (uint32_t)b[p].topk_idx[i] >= num_experts)
-                    return llep__engine_format_error(err, errlen, -EINVAL,
+                    return llep__errf(err, errlen, -EINVAL,
                                                      "batch %u: topk_idx[%zu] = %d is not an "
                                                      "expert (N = %u)", p, i, b[p].topk_idx[i],
                                                      num_experts);

@@ -220,53 +220,59 @@ int llepd_calib_load(const char *path, llep_calibration *ret, char *err, size_t 
 
 /* ---- writing ----------------------------------------------------------------------------- */
 
-/* A JSON string of text that calibration made (backend and device names): quotes,
- * backslashes and control characters escaped. */
-static void put_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
+/* The file's text through json-c (pretty, doubles to 17 digits so that a round trip gives
+ * the same model and hash). */
+static json_object *num(double v) {
+    return json_object_new_double(v);
+}
+
+static json_object *calib_object(const llep_calibration *cal) {
+    const llep_cost_model *m = &cal->model;
+    json_object *o = json_object_new_object(), *curve = json_object_new_array();
+    json_object *links = json_object_new_array();
+
+    json_object_object_add(o, "version", json_object_new_int(LLEPD_CALIB_VERSION));
+    json_object_object_add(o, "backend", json_object_new_string(m->backend));
+    json_object_object_add(o, "device_name", json_object_new_string(m->device_name));
+    json_object_object_add(o, "devices", json_object_new_int64(cal->devices));
+    json_object_object_add(o, "devices_per_gpu", json_object_new_int64(m->devices_per_gpu));
+    json_object_object_add(o, "devices_per_node", json_object_new_int64(m->devices_per_node));
+    json_object_object_add(o, "hidden", json_object_new_int64(cal->hidden));
+    json_object_object_add(o, "inter", json_object_new_int64(cal->inter));
+    json_object_object_add(o, "dtype", json_object_new_string(
+                                           cal->dtype == LLEP_DTYPE_BF16 ? "bf16" : "f32"));
+    json_object_object_add(o, "chunk_fixed_ns", num(m->chunk_fixed_ns));
+    for (uint32_t i = 0; i < m->num_points && i < LLEP_COST_MAX_POINTS; i++) {
+        json_object *pt = json_object_new_object();
+        json_object_object_add(pt, "rows", json_object_new_int64(m->rows[i]));
+        json_object_object_add(pt, "rate", num(m->rate[i]));
+        json_object_array_add(curve, pt);
     }
-    fputc('"', f);
+    json_object_object_add(o, "curve", curve);
+    for (int k = 0; k < LLEP_LINK_KINDS; k++) {
+        json_object *l = json_object_new_object();
+        json_object_object_add(l, "kind", json_object_new_string(link_names[k]));
+        json_object_object_add(l, "latency_ns", num(m->link[k].latency_ns));
+        json_object_object_add(l, "ns_per_byte", num(m->link[k].ns_per_byte));
+        json_object_object_add(l, "measured", json_object_new_boolean(cal->measured[k]));
+        json_object_array_add(links, l);
+    }
+    json_object_object_add(o, "links", links);
+    json_object_object_add(o, "elapsed_ms", num(cal->elapsed_ms));
+    json_object_object_add(o, "time", json_object_new_int64(cal->time));
+    return o;
 }
 
 char *llepd_calib_format(const llep_calibration *cal) {
-    const llep_cost_model *m = &cal->model;
+    json_object *o = calib_object(cal);
+    int flags = JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
+                JSON_C_TO_STRING_NOSLASHESCAPE;
+    const char *s = o ? json_object_to_json_string_ext(o, flags) : NULL;
     char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
 
-    if (!f)
-        return NULL;
-    fprintf(f, "{\n  \"version\": %d,\n  \"backend\": ", LLEPD_CALIB_VERSION);
-    put_str(f, m->backend);
-    fputs(",\n  \"device_name\": ", f);
-    put_str(f, m->device_name);
-    fprintf(f, ",\n  \"devices\": %u,\n  \"devices_per_gpu\": %u,\n  \"devices_per_node\": %u,\n"
-            "  \"hidden\": %u,\n  \"inter\": %u,\n  \"dtype\": \"%s\",\n"
-            "  \"chunk_fixed_ns\": %.17g,\n  \"curve\": [\n",
-            cal->devices, m->devices_per_gpu, m->devices_per_node, cal->hidden, cal->inter,
-            cal->dtype == LLEP_DTYPE_BF16 ? "bf16" : "f32", m->chunk_fixed_ns);
-    for (uint32_t i = 0; i < m->num_points && i < LLEP_COST_MAX_POINTS; i++)
-        fprintf(f, "    {\"rows\": %u, \"rate\": %.17g}%s\n", m->rows[i], m->rate[i],
-                i + 1 < m->num_points ? "," : "");
-    fputs("  ],\n  \"links\": [\n", f);
-    for (int k = 0; k < LLEP_LINK_KINDS; k++)
-        fprintf(f, "    {\"kind\": \"%s\", \"latency_ns\": %.17g, \"ns_per_byte\": %.17g, "
-                "\"measured\": %s}%s\n", link_names[k], m->link[k].latency_ns,
-                m->link[k].ns_per_byte, cal->measured[k] ? "true" : "false",
-                k + 1 < LLEP_LINK_KINDS ? "," : "");
-    fprintf(f, "  ],\n  \"elapsed_ms\": %.17g,\n  \"time\": %" PRId64 "\n}\n", cal->elapsed_ms,
-            cal->time);
-    if (fclose(f) != 0) {
-        free(text);
-        return NULL;
-    }
+    if (s && asprintf(&text, "%s\n", s) < 0)
+        text = NULL;
+    json_object_put(o);
     return text;
 }
 

@@ -2,7 +2,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,21 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "errbuf.h"
 #include "space.h"
-
-static int fail(char *err, size_t errlen, int r, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t errlen, int r, const char *fmt, ...) {
-    va_list ap;
-
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return r;
-}
 
 /* A memfd the client cannot shrink under us: regular, exactly `size` bytes, sealed with
  * F_SEAL_SHRINK. Without the seal a client's ftruncate would turn llepd's next read of x
@@ -34,16 +20,16 @@ static int host_check(int fd, uint64_t size, char *err, size_t errlen) {
     int seals;
 
     if (fstat(fd, &st) < 0)
-        return fail(err, errlen, -EINVAL, "cannot stat the space's descriptor: %s",
+        return llep__errf(err, errlen, -EINVAL, "cannot stat the space's descriptor: %s",
                     strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return fail(err, errlen, -EINVAL, "the space's descriptor is not a memfd");
+        return llep__errf(err, errlen, -EINVAL, "the space's descriptor is not a memfd");
     seals = fcntl(fd, F_GET_SEALS);
     if (seals < 0 || !(seals & F_SEAL_SHRINK))
-        return fail(err, errlen, -EINVAL, "the space's memfd is not sealed against shrinking "
+        return llep__errf(err, errlen, -EINVAL, "the space's memfd is not sealed against shrinking "
                     "(F_SEAL_SHRINK): llepd refuses memory that can vanish under a step");
     if ((uint64_t)st.st_size != size)
-        return fail(err, errlen, -EINVAL, "the space's memfd has %" PRIu64 " bytes, the "
+        return llep__errf(err, errlen, -EINVAL, "the space's memfd has %" PRIu64 " bytes, the "
                     "registration says %" PRIu64, (uint64_t)st.st_size, size);
     return 0;
 }
@@ -57,11 +43,11 @@ static int open_host(llepd_space *sp, int fd, char *err, size_t errlen) {
      * be SIGBUS in llepd instead of a refusal here. */
     r = posix_fallocate(fd, 0, (off_t)sp->size);
     if (r != 0 && r != EOPNOTSUPP && r != EINVAL)
-        return fail(err, errlen, -ENOMEM, "cannot back the space's %" PRIu64 " bytes: %s",
+        return llep__errf(err, errlen, -ENOMEM, "cannot back the space's %" PRIu64 " bytes: %s",
                     sp->size, strerror(r));
     void *p = mmap(NULL, sp->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED)
-        return fail(err, errlen, errno == ENOMEM ? -ENOMEM : -EINVAL,
+        return llep__errf(err, errlen, errno == ENOMEM ? -ENOMEM : -EINVAL,
                     "cannot map the space: %s", strerror(errno));
     sp->base = p;
     sp->host = true;
@@ -74,22 +60,22 @@ int llepd_space_open(const LlepPb__SpaceRegister *m, int fd, const llep_backend_
     int r;
 
     if (m->size == 0 || m->size > LLEPD_SPACE_MAX_BYTES)
-        return fail(err, errlen, m->size ? -ENOMEM : -EINVAL, "a space of %" PRIu64 " bytes: "
+        return llep__errf(err, errlen, m->size ? -ENOMEM : -EINVAL, "a space of %" PRIu64 " bytes: "
                     "it must hold 1 to %" PRIu64, m->size, LLEPD_SPACE_MAX_BYTES);
     if (m->kind != LLEP_PB__SPACE_KIND__SPACE_HOST && m->kind != LLEP_PB__SPACE_KIND__SPACE_CUDA)
-        return fail(err, errlen, -EINVAL, "unknown space kind %d", (int)m->kind);
+        return llep__errf(err, errlen, -EINVAL, "unknown space kind %d", (int)m->kind);
     if (m->kind == LLEP_PB__SPACE_KIND__SPACE_HOST && m->gpu != -1)
-        return fail(err, errlen, -EINVAL, "a host space lives on no GPU: gpu must be -1, "
+        return llep__errf(err, errlen, -EINVAL, "a host space lives on no GPU: gpu must be -1, "
                     "not %" PRId32, m->gpu);
     if (m->kind == LLEP_PB__SPACE_KIND__SPACE_CUDA && !ops->space_import)
-        return fail(err, errlen, -EINVAL, "a space on GPU %" PRId32 ": llepd runs the %s "
+        return llep__errf(err, errlen, -EINVAL, "a space on GPU %" PRId32 ": llepd runs the %s "
                     "backend and owns no GPU; register a host space", m->gpu, ops->name);
     if (m->ready_event.len > LLEPD_SPACE_EVENT_MAX)
-        return fail(err, errlen, -EINVAL, "ready_event has %zu bytes, at most %u",
+        return llep__errf(err, errlen, -EINVAL, "ready_event has %zu bytes, at most %u",
                     m->ready_event.len, LLEPD_SPACE_EVENT_MAX);
     sp = calloc(1, sizeof(*sp));
     if (!sp)
-        return fail(err, errlen, -ENOMEM, "llepd is out of memory");
+        return llep__errf(err, errlen, -ENOMEM, "llepd is out of memory");
     sp->kind = m->kind;
     sp->gpu = m->gpu;
     sp->size = m->size;
