@@ -2,6 +2,7 @@
 #include "fixtures.h"
 
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -83,6 +84,17 @@ void llep_test_rm_rf(const char *dir) {
 
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     ck_assert_int_eq(system(cmd), 0);
+}
+
+int llep_test_dir_entries(const char *path) {
+    DIR *d = opendir(path);
+    int n = 0;
+
+    ck_assert_msg(d != NULL, "cannot read %s", path);
+    for (struct dirent *e; (e = readdir(d));)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
 }
 
 bool llep_test_file_contains(const char *path, const char *text) {

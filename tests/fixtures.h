@@ -133,6 +133,10 @@ void llep_test_rm_rf(const char *dir);
  * file. */
 bool llep_test_file_contains(const char *path, const char *text);
 
+/* Entries of the directory at path, without "." and ".." (the test fails when it cannot be
+ * read): /proc/PID/fd for a process's descriptors, /proc/PID/task for its threads. */
+int llep_test_dir_entries(const char *path);
+
 /* A stream socket connected to the unix socket at path, or -errno. */
 int llep_test_unix_connect(const char *path);
 

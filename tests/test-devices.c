@@ -10,7 +10,6 @@
  * devices` shows budget, used and peak exact to the byte across layers; and a fast layer's
  * steps from one client never wait behind more than one step of a slow layer from another. */
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
@@ -452,15 +451,9 @@ static void teardown_llepd(void) {
 
 static int count_threads(pid_t pid) {
     char path[64];
-    int n = 0;
 
     snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-    DIR *d = opendir(path);
-    ck_assert_ptr_nonnull(d);
-    for (struct dirent *e; (e = readdir(d));)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
+    return llep_test_dir_entries(path);
 }
 
 static void desc_of(const layer *l, llep_layer_desc *d) {

@@ -5,7 +5,6 @@
  * lifetime cases (a second space, freeing while in flight, a client dying mid-step, stray
  * descriptors). */
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -404,15 +403,9 @@ END_TEST
 /* Descriptors llepd holds now. */
 static int llepd_fds(void) {
     char path[64];
-    int n = 0;
 
     snprintf(path, sizeof(path), "/proc/%d/fd", (int)llepd_pid);
-    DIR *d = opendir(path);
-    ck_assert_ptr_nonnull(d);
-    for (struct dirent *e; (e = readdir(d));)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
+    return llep_test_dir_entries(path);
 }
 
 /* Descriptors sent with frames that take none are closed, not kept: a client cannot make
