@@ -10,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "calib-file.h"
+#include "cost-table.h"
 #include "fixtures.h"
 #include "loads.h"
 #include "plan.h"
@@ -316,6 +318,157 @@ START_TEST(cost_planner_report)
 }
 END_TEST
 
+/* ---- --cost FILE: a calibration file ------------------------------------------------------ */
+
+/* A calibration of the nominal model name (as a GPU run's would be, with these figures). */
+static llep_calibration nominal_calibration(const char *name) {
+    llep_calibration cal;
+
+    memset(&cal, 0, sizeof(cal));
+    ck_assert_int_eq(llep__cost_nominal(name, &cal.model), 0);
+    cal.devices = 2;
+    cal.hidden = cal.inter = 2880;
+    cal.dtype = LLEP_DTYPE_BF16;
+    cal.elapsed_ms = 12.5;
+    cal.time = 1796000000;
+    return cal;
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_ge(fputs(text, f), 0);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+/* The line "cost planner: picked ..., modelled makespan ... (EP ..., LLA ...)" of out. */
+static char *makespan_line(const char *out) {
+    const char *p = strstr(out, "cost planner: picked");
+
+    ck_assert_msg(p != NULL, "no cost line in '%s'", out);
+    return strndup(p, strcspn(p, "\n"));
+}
+
+/* Plans the loads with --cost MODEL and with --cost FILE; the two must give the same plan
+ * (JSON) and the same modelled makespans (the report). */
+static void same_as_nominal(const char *model, const char *file) {
+    const char *loads[] = { "60000", "100", "100", "100", "100", "100", "100", "100", "30",
+                            "1", "1", "1", "1", "1", "0", "1" };
+    const char *args[32] = { "-d", "4", "--planner", "cost", "--cost", NULL };
+    int n = 5;
+
+    for (int json = 0; json < 2; json++) {
+        args[n = 5] = model;
+        n++;
+        if (json)
+            args[n++] = "--json";
+        for (size_t i = 0; i < sizeof(loads) / sizeof(loads[0]); i++)
+            args[n++] = loads[i];
+        args[n] = NULL;
+        result a = run_plan(NULL, args);
+        args[5] = file;
+        result b = run_plan(NULL, args);
+        ck_assert_msg(a.status == 0 && b.status == 0, "exit %d, %d: %s", a.status, b.status,
+                      b.err);
+        if (json) {
+            ck_assert_str_eq(a.out, b.out);
+        } else {
+            char *la = makespan_line(a.out), *lb = makespan_line(b.out);
+            ck_assert_str_eq(la, lb);
+            ck_assert_ptr_nonnull(strstr(b.out, "calibration of"));
+            free(la);
+            free(lb);
+        }
+        result_free(&a);
+        result_free(&b);
+    }
+}
+
+/* llepd's file of the nominal H200 model plans as --cost nominal:h200 does, and the printed
+ * form (`llep-bench --calibrate --json > f`) of the nominal CPU model as nominal:cpu. */
+START_TEST(cost_file_plans)
+{
+    char dir[256], stored[300], printed[300];
+    llep_test_tmpdir(dir, sizeof(dir), "test-llep-plan");
+    snprintf(stored, sizeof(stored), "%s/calibration.json", dir);
+    snprintf(printed, sizeof(printed), "%s/calibrate.json", dir);
+
+    llep_calibration cal = nominal_calibration("h200");
+    char *text = llepd_calib_format(&cal);
+    ck_assert_ptr_nonnull(text);
+    write_text(stored, text);
+    free(text);
+    same_as_nominal("nominal:h200", stored);
+
+    cal = nominal_calibration("cpu");
+    FILE *f = fopen(printed, "w");
+    ck_assert_ptr_nonnull(f);
+    llep__cost_table_json(f, &cal);
+    fputc('\n', f);
+    ck_assert_int_eq(fclose(f), 0);
+    same_as_nominal("nominal:cpu", printed);
+    llep_test_rm_rf(dir);
+}
+END_TEST
+
+/* Bad calibration files: exit 2, the message names the file and what is wrong in it. */
+START_TEST(cost_file_bad)
+{
+    static const struct {
+        const char *name, *text, *says;
+    } cases[] = {
+        { "notjson.json", "{\"version\": 1,", "is not JSON" },
+        { "other.json", "{\"a\": 1}", "not a calibration" },
+        { "array.json", "[1, 2]", "not a JSON object" },
+        { "version.json", "{\"version\": 2}", "version 2" },
+        { "norate.json", NULL, "'rate_flops_per_ns' is missing" },
+        { "negative.json", NULL, "'chunk_fixed_ns' must be a finite number >= 0" },
+    };
+    char dir[256], path[400];
+    llep_test_tmpdir(dir, sizeof(dir), "test-llep-plan");
+
+    llep_calibration cal = nominal_calibration("h200");
+    char *good = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&good, &len);
+    ck_assert_ptr_nonnull(mem);
+    llep__cost_table_json(mem, &cal);
+    ck_assert_int_eq(fclose(mem), 0);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *text = strdup(cases[i].text ? cases[i].text : good);
+        char *p;
+        /* The printed form, spoilt: a point without its rate, a negative fixed cost. */
+        if (!cases[i].text && strstr(cases[i].name, "norate")) {
+            p = strstr(text, "\"rate_flops_per_ns\"");
+            ck_assert_ptr_nonnull(p);
+            memcpy(p + 1, "rite", 4);
+        } else if (!cases[i].text) {
+            p = strstr(text, "\"chunk_fixed_ns\": ");
+            ck_assert_ptr_nonnull(p);
+            memcpy(p + strlen("\"chunk_fixed_ns\": "), "-1,", 3);
+            /* the rest of the old number: blanks */
+            for (p += strlen("\"chunk_fixed_ns\": ") + 3; *p != ','; p++)
+                *p = ' ';
+            *p = ' ';
+        }
+        snprintf(path, sizeof(path), "%s/%s", dir, cases[i].name);
+        write_text(path, text);
+        free(text);
+        const char *args[] = { "-d", "1", "--planner", "cost", "--cost", path, "1", NULL };
+        result r = run_plan(NULL, args);
+        ck_assert_msg(r.status == 2, "%s: exit %d", cases[i].name, r.status);
+        ck_assert_msg(strstr(r.err, path) && strstr(r.err, cases[i].says),
+                      "%s: stderr '%s' lacks the path or '%s'", cases[i].name, r.err,
+                      cases[i].says);
+        ck_assert_str_eq(r.out, "");
+        result_free(&r);
+    }
+    free(good);
+    llep_test_rm_rf(dir);
+}
+END_TEST
+
 /* ---- bad input: exit 2 and a message naming the problem -------------------------------- */
 
 typedef struct bad_case {
@@ -341,7 +494,8 @@ static const bad_case bad_cases[] = {
     { NULL, { "-d", "1", "--policy", "fast", "1", NULL }, "'fast' is not one of" },
     { NULL, { "-d", "1", "--planner", "fast", "1", NULL }, "--planner: 'fast' is not lla or cost" },
     { NULL, { "-d", "1", "--cost", "nominal:tpu", "1", NULL }, "'nominal:tpu' is not nominal" },
-    { NULL, { "-d", "1", "--cost", "model.json", "1", NULL }, "'model.json' is not nominal" },
+    { NULL, { "-d", "1", "--cost", "/nonexistent/model.json", "1", NULL },
+      "--cost: /nonexistent/model.json: No such file" },
     { NULL, { "-d", "1", "--hidden", "0", "1", NULL }, "--hidden: '0' is not a size" },
     { NULL, { "-d", "4", "--devices-per-node", "3", "1", NULL },
       "--devices-per-node 3 does not divide --devices 4" },
@@ -421,6 +575,8 @@ static Suite *tool_suite(void) {
     tcase_add_test(tc, json_with_nodes);
     tcase_add_test(tc, report_is_readable);
     tcase_add_test(tc, cost_planner_report);
+    tcase_add_test(tc, cost_file_plans);
+    tcase_add_test(tc, cost_file_bad);
     tcase_add_loop_test(tc, bad_input_exits_2, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
     tcase_add_test(tc, too_many_experts_exits_2);
     tcase_add_test(tc, loads_parser);

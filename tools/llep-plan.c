@@ -2,17 +2,19 @@
  *
  *   llep-plan --devices P [--alpha A] [--min-tokens M] [--scale-min-tokens] [--lambda L]
  *             [--policy auto|ep|llep] [--devices-per-node N] [--planner lla|cost]
- *             [--cost nominal:h200|nominal:cpu] [--hidden D] [--inter H] [--json]
+ *             [--cost nominal:h200|nominal:cpu|FILE] [--hidden D] [--inter H] [--json]
  *             [--loads-file F | LOAD...]
  *
  * Exit status: 0 on success, 2 for any usage error or bad input, 1 when writing fails. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "calib-file.h"
 #include "cli.h"
 #include "llep-config.h"
 #include "loads.h"
@@ -32,6 +34,7 @@ typedef struct options {
     const char *loads_file;
     llep_cost_model model;     /* --cost; nominal:h200 unless given */
     const char *model_name;
+    bool model_measured;       /* read from a calibration file, not a nominal model */
     uint32_t hidden, inter;    /* the layer the model prices (bf16 weights, no biases) */
 } options;
 
@@ -63,7 +66,9 @@ static void help(void) {
            "                        cost: the cost-aware planner, the least modelled makespan\n"
            "                        of EP, LLA and its refinement under --cost\n"
            "      --cost MODEL      the device cost model: nominal:h200 (default) or\n"
-           "                        nominal:cpu, datasheet figures, not measurements\n"
+           "                        nominal:cpu, datasheet figures, not measurements; or a\n"
+           "                        calibration file: llepd's STATE_DIR/calibration.json or\n"
+           "                        what `llep-bench --calibrate --json` printed\n"
            "      --hidden D, --inter H  the layer the model prices (bf16 weights; default\n"
            "                        2880 and 2880, gpt-oss-120b)\n"
            "  -f, --loads-file F    read loads separated by white space from F ('-': stdin)\n"
@@ -95,6 +100,26 @@ static int parse_policy(const char *arg, enum llep_policy *ret) {
         *ret = LLEP_POLICY_LLEP;
     else
         return usage_error("--policy: '%s' is not one of auto, ep, llep", arg);
+    return 0;
+}
+
+/* --cost: nominal:NAME, else the path of a calibration file (calib-file.h, either form). */
+static int parse_cost(const char *arg, options *o) {
+    llep_calibration cal;
+    char err[256];
+
+    o->model_name = arg;
+    if (strncmp(arg, "nominal:", 8) == 0) {
+        if (llep__cost_nominal(arg + 8, &o->model) < 0)
+            return usage_error("--cost: '%s' is not nominal:h200 or nominal:cpu", arg);
+        o->model_measured = false;
+        return 0;
+    }
+    if (llepd_calib_load_any(arg, &cal, err, sizeof(err)) < 0)
+        return usage_error("--cost: %s (give nominal:h200, nominal:cpu or a calibration file)",
+                           err);
+    o->model = cal.model;
+    o->model_measured = true;
     return 0;
 }
 
@@ -141,10 +166,7 @@ static int parse_option(int c, const char *arg, options *o) {
             return usage_error("--planner: '%s' is not lla or cost", arg);
         return 0;
     case OPT_COST:
-        if (strncmp(arg, "nominal:", 8) != 0 || llep__cost_nominal(arg + 8, &o->model) < 0)
-            return usage_error("--cost: '%s' is not nominal:h200 or nominal:cpu", arg);
-        o->model_name = arg;
-        return 0;
+        return parse_cost(arg, o);
     case OPT_HIDDEN:
     case OPT_INTER: {
         uint32_t *size = c == OPT_HIDDEN ? &o->hidden : &o->inter;
@@ -315,10 +337,14 @@ static int print_costs(const options *o, const llep_plan *plan, const llep_loads
     if (r < 0)
         return r;
     static const char *const picks[] = { "EP", "LLA", "the refinement" };
+    char what[160] = "nominal figures, not measurements";
+    if (o->model_measured)
+        snprintf(what, sizeof(what), "calibration of %s, backend %s", o->model.device_name,
+                 o->model.backend);
     printf("cost planner: picked %s, modelled makespan %.1f us (EP %.1f us, LLA %.1f us)\n"
-           "  under %s, D %u, H %u, bf16 (nominal figures, not measurements)\n",
+           "  under %s, D %u, H %u, bf16 (%s)\n",
            picks[plan->pick], plan->model_ns / 1e3, ns[0] / 1e3, ns[1] / 1e3, o->model_name,
-           o->hidden, o->inter);
+           o->hidden, o->inter, what);
     return 0;
 }
 

@@ -1,6 +1,6 @@
 /* llep-plan-sweep: the modelled decode sweep of issue 15 (docs/PERFORMANCE.md).
  *
- *   llep-plan-sweep [--model nominal:h200|nominal:cpu] [--devices P] [--summary] [--json]
+ *   llep-plan-sweep [--model nominal:h200|nominal:cpu|FILE] [--devices P] [--summary] [--json]
  *
  * For the gpt-oss-120b and DeepSeek-V3 shapes on P devices (default 8), tokens per device
  * 1, 16, 64, 256, 1024, 4096 and 32768, and the 13 scenarios of DESIGN.md section 7, routes
@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "calib-file.h"
 #include "cost.h"
 #include "parse-number.h"
 #include "plan-cost.h"
@@ -127,19 +128,34 @@ static void summary_add(summary *s, const row *r) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "Usage: llep-plan-sweep [--model nominal:h200|nominal:cpu] [--devices P] "
+    fprintf(f, "Usage: llep-plan-sweep [--model nominal:h200|nominal:cpu|FILE] [--devices P] "
                "[--summary] [--json]\n"
                "Modelled makespans of EP, LLA (m 1024) and the cost-aware planner over decode\n"
                "sizes, the 13 scenarios and the gpt-oss-120b and DeepSeek-V3 shapes.\n"
+               "  --model     FILE: a calibration (llepd's calibration.json or what\n"
+               "              `llep-bench --calibrate --json` printed) instead of nominal figures\n"
                "  --summary   one line per shape and size instead of one per scenario\n");
 }
 
+/* nominal:NAME, else the path of a calibration file (calib-file.h, either form). */
 static int parse_model(const char *arg, llep_cost_model *m) {
-    if (strncmp(arg, "nominal:", 8) != 0 || llep__cost_nominal(arg + 8, m) < 0) {
-        fprintf(stderr, "llep-plan-sweep: --model: '%s' is not nominal:h200 or nominal:cpu\n",
-                arg);
-        return -EINVAL;
+    llep_calibration cal;
+    char err[256];
+
+    if (strncmp(arg, "nominal:", 8) == 0) {
+        if (llep__cost_nominal(arg + 8, m) < 0) {
+            fprintf(stderr, "llep-plan-sweep: --model: '%s' is not nominal:h200 or nominal:cpu\n",
+                    arg);
+            return -EINVAL;
+        }
+        return 0;
     }
+    int r = llepd_calib_load_any(arg, &cal, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "llep-plan-sweep: --model: %s\n", err);
+        return r;
+    }
+    *m = cal.model;
     return 0;
 }
 

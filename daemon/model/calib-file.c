@@ -1,4 +1,4 @@
-/* The stored calibration (calib-file.h). */
+/* The calibration file (calib-file.h). */
 #include "calib-file.h"
 
 #include <errno.h>
@@ -22,6 +22,7 @@ typedef struct reader {
     const char *label;
     char *err;
     size_t errlen;
+    bool printed;               /* the form llep__cost_table_json prints (calib-file.h) */
 } reader;
 
 static json_object *field(reader *rd, json_object *obj, const char *key, json_type type,
@@ -99,7 +100,7 @@ static void read_curve(reader *rd, json_object *o, llep_cost_model *m, int *r) {
             return;
         }
         m->rows[i] = u32(rd, pt, "rows", UINT32_MAX, r);
-        m->rate[i] = number(rd, pt, "rate", r);
+        m->rate[i] = number(rd, pt, rd->printed ? "rate_flops_per_ns" : "rate", r);
     }
 }
 
@@ -142,7 +143,8 @@ static void read_all(reader *rd, json_object *o, llep_calibration *cal, int *r) 
         *r = llep__errf(rd->err, rd->errlen, -EINVAL, "%s: not a JSON object", rd->label);
         return;
     }
-    uint32_t version = u32(rd, o, "version", UINT32_MAX, r);
+    /* The printed form has no version: its keys are those of cost-table.h. */
+    uint32_t version = rd->printed ? LLEPD_CALIB_VERSION : u32(rd, o, "version", UINT32_MAX, r);
     if (*r == 0 && version != LLEPD_CALIB_VERSION) {
         *r = llep__errf(rd->err, rd->errlen, -EINVAL, "%s: version %u, this llepd reads %d",
                         rd->label, version, LLEPD_CALIB_VERSION);
@@ -171,9 +173,28 @@ static void read_all(reader *rd, json_object *o, llep_calibration *cal, int *r) 
                         "%s: 'devices', 'hidden' and 'inter' must be at least 1", rd->label);
 }
 
-int llepd_calib_parse(const char *text, size_t len, const char *label, llep_calibration *ret,
-                      char *err, size_t errlen) {
-    reader rd = { label, err, errlen };
+/* Which form o is, for parse_text with any_form: the stored one has "version", the printed
+ * one "hash" (and no "version"). */
+static int which_form(json_object *o, const char *label, bool *printed, char *err,
+                      size_t errlen) {
+    json_object *v;
+
+    *printed = false;
+    if (!json_object_is_type(o, json_type_object) ||
+        json_object_object_get_ex(o, "version", &v))
+        return 0;
+    if (json_object_object_get_ex(o, "hash", &v)) {
+        *printed = true;
+        return 0;
+    }
+    return llep__errf(err, errlen, -EINVAL,
+                      "%s: not a calibration: neither llepd's file (no 'version') nor "
+                      "`llep-bench --calibrate --json` output (no 'hash')", label);
+}
+
+static int parse_text(const char *text, size_t len, const char *label, bool any_form,
+                      llep_calibration *ret, char *err, size_t errlen) {
+    reader rd = { label, err, errlen, false };
     json_object *o;
     char why[200];
 
@@ -181,7 +202,10 @@ int llepd_calib_parse(const char *text, size_t len, const char *label, llep_cali
     int r = llep__json_parse(text, len, label, NULL, &o, err, errlen);
     if (r < 0)
         return r;
-    read_all(&rd, o, ret, &r);
+    if (any_form)
+        r = which_form(o, label, &rd.printed, err, errlen);
+    if (r == 0)
+        read_all(&rd, o, ret, &r);
     json_object_put(o);
     /* The figures one by one are in range; the model as a whole must hold too (rows from 1
      * up, rates > 0, link kinds in order). */
@@ -192,7 +216,13 @@ int llepd_calib_parse(const char *text, size_t len, const char *label, llep_cali
     return r;
 }
 
-int llepd_calib_load(const char *path, llep_calibration *ret, char *err, size_t errlen) {
+int llepd_calib_parse(const char *text, size_t len, const char *label, llep_calibration *ret,
+                      char *err, size_t errlen) {
+    return parse_text(text, len, label, false, ret, err, errlen);
+}
+
+static int load(const char *path, bool any_form, llep_calibration *ret, char *err,
+                size_t errlen) {
     FILE *f = fopen(path, "re");
     char *buf = NULL;
     size_t len = 0;
@@ -213,9 +243,17 @@ int llepd_calib_load(const char *path, llep_calibration *ret, char *err, size_t 
         r = llep__errf(err, errlen, -EINVAL, "%s: larger than 64 KiB", path);
     fclose(f);
     if (r == 0)
-        r = llepd_calib_parse(buf, len, path, ret, err, errlen);
+        r = parse_text(buf, len, path, any_form, ret, err, errlen);
     free(buf);
     return r;
+}
+
+int llepd_calib_load(const char *path, llep_calibration *ret, char *err, size_t errlen) {
+    return load(path, false, ret, err, errlen);
+}
+
+int llepd_calib_load_any(const char *path, llep_calibration *ret, char *err, size_t errlen) {
+    return load(path, true, ret, err, errlen);
 }
 
 /* ---- writing ----------------------------------------------------------------------------- */

@@ -1,4 +1,9 @@
-/* The devices' calibration as llepd keeps it: a JSON file in its state directory
+/* The devices' calibration as a JSON file. Here in model/ (beside jsonfile.h, the other
+ * json-c reader) so that llepd and the tools both read it: llepd keeps its calibration in
+ * its state directory, `llep-plan --cost FILE` and `llep-plan-sweep --model FILE` plan with
+ * one. (The llepd_ prefix is from when only llepd had it.)
+ *
+ * llepd's file: a JSON file in its state directory
  * (STATE_DIR/calibration.json), written atomically (a temporary file renamed over it), read
  * at start and used when it was measured on the same hardware (llepd_calib_matches), so that
  * a restart does not measure again. The file is outside input: everything in it is checked
@@ -14,7 +19,13 @@
  *    "elapsed_ms": 286.0, "time": 1796000000}
  *
  * Numbers are written with 17 significant digits, so a model read back is the one written,
- * bit for bit (the same llep__cost_hash). No logging here. */
+ * bit for bit (the same llep__cost_hash). No logging here.
+ *
+ * The printed form (llepd_calib_load_any only): the one object `llep-bench --calibrate
+ * --json` and `llepctl tune --json` print (tools/cost-table.h): no "version", a "hash", and
+ * each curve point's rate as "rate_flops_per_ns" (its "chunk_ns" and "efficiency" are
+ * derived and ignored). Its numbers have 9 significant digits, so the model read from it is
+ * the measured one to about 1e-9, not bit for bit, and its hash is not checked. */
 #ifndef LLEPD_CALIB_FILE_H
 #define LLEPD_CALIB_FILE_H
 
@@ -36,6 +47,10 @@ char *llepd_calib_format(const llep_calibration *cal);
 
 /* Reads and parses the file at path: 0, -ENOENT when there is none, else as parse. */
 int llepd_calib_load(const char *path, llep_calibration *ret, char *err, size_t errlen);
+
+/* As llepd_calib_load, but the file may be in either form: llepd's file, or the printed
+ * object saved to a file (`llep-bench --calibrate --json > f.json`). For the tools. */
+int llepd_calib_load_any(const char *path, llep_calibration *ret, char *err, size_t errlen);
 
 /* Writes the file at path through a temporary file in the same directory and rename(), so a
  * reader sees the old file or the new one whole. Returns 0 or a negative errno with err. */
