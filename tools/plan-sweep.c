@@ -9,7 +9,8 @@
  * their own) of EP, the paper's LLA (m 1024, the daemon's defaults) and the cost-aware
  * planner, each as the same model measures it, with the ideal bound (every expert's whole
  * chunk time spread evenly over the devices) and the cost planner's fraction of it. These are
- * figures of a model with nominal datasheet figures, not measurements. */
+ * figures of a model: nominal datasheet figures, or with --model FILE a calibration measured
+ * on real devices (calib-file.h), never a run of the plans. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>

@@ -21,7 +21,8 @@
 #      nodes over the NCCL communicator once it is up (NCCL_HOSTID per node makes NCCL treat
 #      the three processes on one GPU as three hosts)                 tests/gpu/cluster.sh
 #   3b. the device cost model: llep-bench --calibrate on two logical devices of GPU 0 (and
-#      one per GPU when there are several): curve and transfer figures (calibrate*.txt)
+#      one per GPU when there are several): curve and transfer figures (calibrate*.txt), and
+#      the same as JSON (calibrate*.json: llep-plan --cost FILE, llep-plan-sweep --model FILE)
 #   6. a whole model on shared devices: llepd on cuda:0x4 loads a checkpoint of several MoE
 #      layers (BUILD/model, made by pack.sh with scripts/make-model.py) and four clients run
 #      every layer in order, checked against the checkpoint's weights      tests/gpu/model.sh
@@ -236,9 +237,18 @@ cal_backend=cuda
 cal_gpu=${CUDA_VISIBLE_DEVICES:-0}
 CUDA_VISIBLE_DEVICES=${cal_gpu%%,*} check calibrate 60 calibrate.txt \
     "$build/tools/llep-bench" --calibrate --backend "$cal_backend" --devices 2
+# The same measured again as JSON, alone in calibrate.json (stderr to the log), so the run
+# brings back a file `llep-plan --cost` and `llep-plan-sweep --model` read.
+to_json='exec "$@" > "$0"'
+CUDA_VISIBLE_DEVICES=${cal_gpu%%,*} check calibrate-json 60 calibrate-json.log \
+    bash -c "$to_json" "$out/calibrate.json" \
+    "$build/tools/llep-bench" --calibrate --backend "$cal_backend" --devices 2 --json
 if [ "$gpus" -gt 1 ]; then
     check calibrate-peers 60 calibrate-peers.txt \
         "$build/tools/llep-bench" --calibrate --backend cuda --devices "$gpus"
+    check calibrate-peers-json 60 calibrate-peers-json.log \
+        bash -c "$to_json" "$out/calibrate-peers.json" \
+        "$build/tools/llep-bench" --calibrate --backend cuda --devices "$gpus" --json
 fi
 
 # ---- 4. bench ----
