@@ -386,7 +386,8 @@ static void same_as_nominal(const char *model, const char *file) {
 }
 
 /* llepd's file of the nominal H200 model plans as --cost nominal:h200 does, and the printed
- * form (`llep-bench --calibrate --json > f`) of the nominal CPU model as nominal:cpu. */
+ * form (`llep-bench --calibrate --json > f`, and `llepctl tune --json`'s wrapping of it) of
+ * the nominal CPU model as nominal:cpu. */
 START_TEST(cost_file_plans)
 {
     char dir[256], stored[300], printed[300];
@@ -408,6 +409,16 @@ START_TEST(cost_file_plans)
     fputc('\n', f);
     ck_assert_int_eq(fclose(f), 0);
     same_as_nominal("nominal:cpu", printed);
+
+    /* `llepctl tune --json > f`: the printed object under "calibration". */
+    f = fopen(printed, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"path\": \"/var/lib/llep/calibration.json\", \"stored\": true, "
+          "\"calibration\": ", f);
+    llep__cost_table_json(f, &cal);
+    fputs("}\n", f);
+    ck_assert_int_eq(fclose(f), 0);
+    same_as_nominal("nominal:cpu", printed);
     llep_test_rm_rf(dir);
 }
 END_TEST
@@ -420,6 +431,8 @@ START_TEST(cost_file_bad)
     } cases[] = {
         { "notjson.json", "{\"version\": 1,", "is not JSON" },
         { "other.json", "{\"a\": 1}", "not a calibration" },
+        { "wrapped.json", "{\"stored\": true, \"calibration\": {\"a\": 1}}",
+          "not a calibration" },
         { "array.json", "[1, 2]", "not a JSON object" },
         { "version.json", "{\"version\": 2}", "version 2" },
         { "norate.json", NULL, "'rate_flops_per_ns' is missing" },

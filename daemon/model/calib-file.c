@@ -202,6 +202,17 @@ static int parse_text(const char *text, size_t len, const char *label, bool any_
     int r = llep__json_parse(text, len, label, NULL, &o, err, errlen);
     if (r < 0)
         return r;
+    json_object *inner = NULL;
+    /* `llepctl tune --json` wraps the printed object: {"path", "stored", "calibration"}. */
+    if (any_form && json_object_is_type(o, json_type_object) &&
+        !json_object_object_get_ex(o, "version", NULL) &&
+        !json_object_object_get_ex(o, "hash", NULL) &&
+        json_object_object_get_ex(o, "calibration", &inner) &&
+        json_object_is_type(inner, json_type_object)) {
+        json_object_get(inner);
+        json_object_put(o);
+        o = inner;
+    }
     if (any_form)
         r = which_form(o, label, &rd.printed, err, errlen);
     if (r == 0)

@@ -22,7 +22,8 @@
  * bit for bit (the same llep__cost_hash). No logging here.
  *
  * The printed form (llepd_calib_load_any only): the one object `llep-bench --calibrate
- * --json` and `llepctl tune --json` print (tools/cost-table.h): no "version", a "hash", and
+ * --json` prints and `llepctl tune --json` prints under "calibration" (either is read;
+ * tools/cost-table.h): no "version", a "hash", and
  * each curve point's rate as "rate_flops_per_ns" (its "chunk_ns" and "efficiency" are
  * derived and ignored). Its numbers have 9 significant digits, so the model read from it is
  * the measured one to about 1e-9, not bit for bit, and its hash is not checked. */
