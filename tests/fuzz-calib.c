@@ -15,20 +15,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     llep_calibration cal, again;
     char err[512];
 
-    if (llepd_calib_parse((const char *)data, size, "fuzz.json", &cal, err, sizeof(err)) < 0)
+    if (llep__calib_parse((const char *)data, size, "fuzz.json", &cal, err, sizeof(err)) < 0)
         return 0;
     if (llep__cost_check(&cal.model, err, sizeof(err)) < 0) {
         fprintf(stderr, "accepted a model that fails its check: %s\n", err);
         abort();
     }
-    char *text = llepd_calib_format(&cal);
+    char *text = llep__calib_format(&cal);
     if (!text)
         return 0;
-    if (llepd_calib_parse(text, strlen(text), "again.json", &again, err, sizeof(err)) < 0) {
+    if (llep__calib_parse(text, strlen(text), "again.json", &again, err, sizeof(err)) < 0) {
         fprintf(stderr, "its own output is refused: %s\n%s", err, text);
         abort();
     }
-    char *text2 = llepd_calib_format(&again);
+    char *text2 = llep__calib_format(&again);
     if (llep__cost_hash(&cal.model) != llep__cost_hash(&again.model) ||
         (text2 && strcmp(text, text2) != 0)) {
         fprintf(stderr, "changed on the way through the file:\n%s\n%s", text, text2);

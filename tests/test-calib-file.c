@@ -85,30 +85,30 @@ START_TEST(test_round_trip) {
     char path[PATH_MAX], err[512] = "";
 
     measure(&cal);
-    snprintf(path, sizeof(path), "%s/%s", tmpdir, LLEPD_CALIB_FILE);
-    ck_assert_msg(llepd_calib_save(path, &cal, err, sizeof(err)) == 0, "%s", err);
-    ck_assert_msg(llepd_calib_load(path, &back, err, sizeof(err)) == 0, "%s", err);
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, LLEP_CALIB_FILE);
+    ck_assert_msg(llep__calib_save(path, &cal, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(llep__calib_load(path, &back, err, sizeof(err)) == 0, "%s", err);
     assert_same(&cal, &back);
     /* Saved again over itself: still one file, the same figures (no temporary left). */
-    ck_assert(llepd_calib_save(path, &back, err, sizeof(err)) == 0);
-    ck_assert(llepd_calib_load(path, &cal, err, sizeof(err)) == 0);
+    ck_assert(llep__calib_save(path, &back, err, sizeof(err)) == 0);
+    ck_assert(llep__calib_load(path, &cal, err, sizeof(err)) == 0);
     assert_same(&cal, &back);
     char cmd[PATH_MAX + 32];
     snprintf(cmd, sizeof(cmd), "test $(ls %s | wc -l) -eq 1", tmpdir);
     ck_assert_int_eq(system(cmd), 0);
     /* None there: -ENOENT. */
     snprintf(path, sizeof(path), "%s/none.json", tmpdir);
-    ck_assert_int_eq(llepd_calib_load(path, &back, err, sizeof(err)), -ENOENT);
+    ck_assert_int_eq(llep__calib_load(path, &back, err, sizeof(err)), -ENOENT);
     /* A directory that does not exist: an error naming the file, nothing written. */
     snprintf(path, sizeof(path), "%s/no/such/dir/c.json", tmpdir);
-    ck_assert_int_lt(llepd_calib_save(path, &cal, err, sizeof(err)), 0);
+    ck_assert_int_lt(llep__calib_save(path, &cal, err, sizeof(err)), 0);
     ck_assert_ptr_nonnull(strstr(err, "cannot write"));
 }
 END_TEST
 
 /* The text of cal's file with the first occurrence of from replaced by to. */
 static char *edited(const llep_calibration *cal, const char *from, const char *to) {
-    char *text = llepd_calib_format(cal);
+    char *text = llep__calib_format(cal);
     ck_assert_ptr_nonnull(text);
     char *at = strstr(text, from);
     ck_assert_msg(at != NULL, "'%s' is not in the file", from);
@@ -124,7 +124,7 @@ static void refused(const char *text, size_t len, const char *want) {
     llep_calibration back;
     char err[512] = "";
 
-    ck_assert_int_eq(llepd_calib_parse(text, len, "calibration.json", &back, err, sizeof(err)),
+    ck_assert_int_eq(llep__calib_parse(text, len, "calibration.json", &back, err, sizeof(err)),
                      -EINVAL);
     ck_assert_msg(strstr(err, want) != NULL, "error '%s' does not say '%s'", err, want);
     ck_assert_uint_eq(back.model.num_points, 0); /* nothing half used */
@@ -142,10 +142,10 @@ START_TEST(test_bad_files) {
     char err[512] = "";
 
     measure(&cal);
-    char *good = llepd_calib_format(&cal);
+    char *good = llep__calib_format(&cal);
     ck_assert_ptr_nonnull(good);
     size_t len = strlen(good);
-    ck_assert_int_eq(llepd_calib_parse(good, len, "c", &back, err, sizeof(err)), 0);
+    ck_assert_int_eq(llep__calib_parse(good, len, "c", &back, err, sizeof(err)), 0);
     /* Truncated anywhere: not JSON. */
     for (size_t cut = 0; cut < len - 2; cut += len / 17 + 1)
         refused(good, cut, "not JSON");
@@ -183,17 +183,17 @@ START_TEST(test_matches) {
 
     measure(&cal);
     now = cal;
-    ck_assert(llepd_calib_matches(&cal, &now, why, sizeof(why)));
+    ck_assert(llep__calib_matches(&cal, &now, why, sizeof(why)));
     snprintf(now.model.backend, sizeof(now.model.backend), "cuda");
-    ck_assert(!llepd_calib_matches(&cal, &now, why, sizeof(why)));
+    ck_assert(!llep__calib_matches(&cal, &now, why, sizeof(why)));
     ck_assert_ptr_nonnull(strstr(why, "backend cpu"));
     now = cal;
     now.devices = 8;
-    ck_assert(!llepd_calib_matches(&cal, &now, why, sizeof(why)));
+    ck_assert(!llep__calib_matches(&cal, &now, why, sizeof(why)));
     ck_assert_ptr_nonnull(strstr(why, "2 devices"));
     now = cal;
     snprintf(now.model.device_name, sizeof(now.model.device_name), "another CPU");
-    ck_assert(!llepd_calib_matches(&cal, &now, why, sizeof(why)));
+    ck_assert(!llep__calib_matches(&cal, &now, why, sizeof(why)));
     ck_assert_ptr_nonnull(strstr(why, "another CPU"));
 }
 END_TEST
@@ -213,7 +213,7 @@ static pid_t start(void) {
 static void paths(void) {
     snprintf(sock, sizeof(sock), "%s/s.sock", tmpdir);
     snprintf(state, sizeof(state), "%s/state", tmpdir);
-    snprintf(file, sizeof(file), "%s/state/%s", tmpdir, LLEPD_CALIB_FILE);
+    snprintf(file, sizeof(file), "%s/state/%s", tmpdir, LLEP_CALIB_FILE);
     snprintf(log_path, sizeof(log_path), "%s/log", tmpdir);
 }
 
@@ -240,7 +240,7 @@ START_TEST(test_llepd_start) {
     /* No file: measured before the socket accepts, and stored. */
     pid_t pid = start();
     ck_assert(llep_test_file_contains(log_path, "measured and stored"));
-    ck_assert_msg(llepd_calib_load(file, &first, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(llep__calib_load(file, &first, err, sizeof(err)) == 0, "%s", err);
     ck_assert_uint_eq(first.devices, 2);
     stop(&pid);
     char *before = slurp(file);
@@ -264,7 +264,7 @@ START_TEST(test_llepd_start) {
     ck_assert(llep_test_file_contains(log_path, "is not JSON"));
     ck_assert(llep_test_file_contains(log_path, "measured and stored"));
     stop(&pid);
-    ck_assert_msg(llepd_calib_load(file, &back, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(llep__calib_load(file, &back, err, sizeof(err)) == 0, "%s", err);
     /* Another backend's file: does not fit, measured again. */
     f = fopen(file, "w");
     char *cuda = strstr(before, "\"backend\": \"cpu\"");
@@ -320,7 +320,7 @@ START_TEST(test_llepctl_tune) {
     ck_assert(json_object_get_boolean(jget(j, "stored")));
     ck_assert_str_eq(json_object_get_string(jget(j, "path")), file);
     json_object *c = jget(j, "calibration");
-    ck_assert_msg(llepd_calib_load(file, &stored, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(llep__calib_load(file, &stored, err, sizeof(err)) == 0, "%s", err);
     char hash[32];
     snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)llep__cost_hash(&stored.model));
     ck_assert_str_eq(json_object_get_string(jget(c, "hash")), hash);

@@ -396,7 +396,7 @@ START_TEST(cost_file_plans)
     snprintf(printed, sizeof(printed), "%s/calibrate.json", dir);
 
     llep_calibration cal = nominal_calibration("h200");
-    char *text = llepd_calib_format(&cal);
+    char *text = llep__calib_format(&cal);
     ck_assert_ptr_nonnull(text);
     write_text(stored, text);
     free(text);

@@ -115,7 +115,7 @@ static int parse_cost(const char *arg, options *o) {
         o->model_measured = false;
         return 0;
     }
-    if (llepd_calib_load_any(arg, &cal, err, sizeof(err)) < 0)
+    if (llep__calib_load_any(arg, &cal, err, sizeof(err)) < 0)
         return usage_error("--cost: %s (give nominal:h200, nominal:cpu or a calibration file)",
                            err);
     o->model = cal.model;

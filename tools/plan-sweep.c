@@ -151,7 +151,7 @@ static int parse_model(const char *arg, llep_cost_model *m) {
         }
         return 0;
     }
-    int r = llepd_calib_load_any(arg, &cal, err, sizeof(err));
+    int r = llep__calib_load_any(arg, &cal, err, sizeof(err));
     if (r < 0) {
         fprintf(stderr, "llep-plan-sweep: --model: %s\n", err);
         return r;

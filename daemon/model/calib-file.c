@@ -144,10 +144,10 @@ static void read_all(reader *rd, json_object *o, llep_calibration *cal, int *r) 
         return;
     }
     /* The printed form has no version: its keys are those of cost-table.h. */
-    uint32_t version = rd->printed ? LLEPD_CALIB_VERSION : u32(rd, o, "version", UINT32_MAX, r);
-    if (*r == 0 && version != LLEPD_CALIB_VERSION) {
+    uint32_t version = rd->printed ? LLEP_CALIB_VERSION : u32(rd, o, "version", UINT32_MAX, r);
+    if (*r == 0 && version != LLEP_CALIB_VERSION) {
         *r = llep__errf(rd->err, rd->errlen, -EINVAL, "%s: version %u, this llepd reads %d",
-                        rd->label, version, LLEPD_CALIB_VERSION);
+                        rd->label, version, LLEP_CALIB_VERSION);
         return;
     }
     string(rd, o, "backend", m->backend, sizeof(m->backend), r);
@@ -227,7 +227,7 @@ static int parse_text(const char *text, size_t len, const char *label, bool any_
     return r;
 }
 
-int llepd_calib_parse(const char *text, size_t len, const char *label, llep_calibration *ret,
+int llep__calib_parse(const char *text, size_t len, const char *label, llep_calibration *ret,
                       char *err, size_t errlen) {
     return parse_text(text, len, label, false, ret, err, errlen);
 }
@@ -259,11 +259,11 @@ static int load(const char *path, bool any_form, llep_calibration *ret, char *er
     return r;
 }
 
-int llepd_calib_load(const char *path, llep_calibration *ret, char *err, size_t errlen) {
+int llep__calib_load(const char *path, llep_calibration *ret, char *err, size_t errlen) {
     return load(path, false, ret, err, errlen);
 }
 
-int llepd_calib_load_any(const char *path, llep_calibration *ret, char *err, size_t errlen) {
+int llep__calib_load_any(const char *path, llep_calibration *ret, char *err, size_t errlen) {
     return load(path, true, ret, err, errlen);
 }
 
@@ -280,7 +280,7 @@ static json_object *calib_object(const llep_calibration *cal) {
     json_object *o = json_object_new_object(), *curve = json_object_new_array();
     json_object *links = json_object_new_array();
 
-    json_object_object_add(o, "version", json_object_new_int(LLEPD_CALIB_VERSION));
+    json_object_object_add(o, "version", json_object_new_int(LLEP_CALIB_VERSION));
     json_object_object_add(o, "backend", json_object_new_string(m->backend));
     json_object_object_add(o, "device_name", json_object_new_string(m->device_name));
     json_object_object_add(o, "devices", json_object_new_int64(cal->devices));
@@ -312,7 +312,7 @@ static json_object *calib_object(const llep_calibration *cal) {
     return o;
 }
 
-char *llepd_calib_format(const llep_calibration *cal) {
+char *llep__calib_format(const llep_calibration *cal) {
     json_object *o = calib_object(cal);
     int flags = JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED |
                 JSON_C_TO_STRING_NOSLASHESCAPE;
@@ -338,9 +338,9 @@ static int write_all(int fd, const char *buf, size_t len) {
     return 0;
 }
 
-int llepd_calib_save(const char *path, const llep_calibration *cal, char *err, size_t errlen) {
+int llep__calib_save(const char *path, const llep_calibration *cal, char *err, size_t errlen) {
     char tmp[PATH_MAX];
-    char *text = llepd_calib_format(cal);
+    char *text = llep__calib_format(cal);
 
     if (!text)
         return llep__errf(err, errlen, -ENOMEM, "%s: out of memory", path);
@@ -371,7 +371,7 @@ int llepd_calib_save(const char *path, const llep_calibration *cal, char *err, s
     return 0;
 }
 
-bool llepd_calib_matches(const llep_calibration *stored, const llep_calibration *now,
+bool llep__calib_matches(const llep_calibration *stored, const llep_calibration *now,
                          char *why, size_t whylen) {
     const llep_cost_model *a = &stored->model, *b = &now->model;
 

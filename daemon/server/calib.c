@@ -14,7 +14,7 @@ void llepd_calib_path(const llepd_server *srv, char *buf, size_t len) {
     if (!srv->cfg.state_dir[0])
         buf[0] = '\0';
     else
-        snprintf(buf, len, "%s/%s", srv->cfg.state_dir, LLEPD_CALIB_FILE);
+        snprintf(buf, len, "%s/%s", srv->cfg.state_dir, LLEP_CALIB_FILE);
 }
 
 /* The directory of path, made when missing (systemd's StateDirectory= makes it under the
@@ -47,7 +47,7 @@ int llepd_calib_measure(llep_devices *dv, const char *path, llep_calibration *re
     if (m < 0)
         snprintf(note, notelen, "not stored: cannot make the directory of %s: %s", path,
                  strerror(-m));
-    else if (llepd_calib_save(path, ret, note, notelen) == 0)
+    else if (llep__calib_save(path, ret, note, notelen) == 0)
         *stored = true;
     return 0;
 }
@@ -77,7 +77,7 @@ static bool load_stored(llepd_server *srv, const char *path, llep_calibration *r
     llep_calibration now;
     char err[512], why[256];
 
-    int r = llepd_calib_load(path, ret, err, sizeof(err));
+    int r = llep__calib_load(path, ret, err, sizeof(err));
     if (r == -ENOENT) {
         log_info("no stored calibration at %s: measuring the devices", path);
         return false;
@@ -87,7 +87,7 @@ static bool load_stored(llepd_server *srv, const char *path, llep_calibration *r
         return false;
     }
     llep__calibrate_describe(srv->devs, &now);
-    if (!llepd_calib_matches(ret, &now, why, sizeof(why))) {
+    if (!llep__calib_matches(ret, &now, why, sizeof(why))) {
         log_notice("stored calibration %s does not fit: %s; measuring the devices again",
                    path, why);
         return false;
