@@ -6,6 +6,11 @@
  *                   nodes, while a flat plan of the same loads would send them across), a
  *                   heavier skew sends weights across nodes and stays exact; a node-scope layer
  *                   runs beside it.
+ *   cost_planner_steps  nodes with llepd's default planner (cost), each calibrated on its own:
+ *                   every node plans with the origin's model (sent with the layer), so every
+ *                   node shows the same plan, the steps are exact and none fails with a plan
+ *                   mismatch; the loads LLA spills in `exact` are not spilled (a layer this
+ *                   small gains nothing from it) until planner=lla is set on the origin.
  *   collective      a node whose client does not submit fails the step on every node with
  *                   -ETIMEDOUT and a message naming that node; the next step works.
  *   node_killed     SIGKILL one node mid-run: the others' steps fail naming it, a node-scope
@@ -91,6 +96,8 @@ static unsigned drop_nodes;
 
 /* Nodes started with --metrics-listen on 127.0.0.1 at these ports (0: none). */
 static uint16_t metrics_ports[NODES];
+/* Nodes started with llepd's default planner (cost) rather than --planner lla. */
+static bool cost_planner;
 
 static void setup(void) {
     llep_test_nodes_setup(&nodes, "test-clayer");
@@ -98,6 +105,7 @@ static void setup(void) {
 
 static void teardown(void) {
     llep_test_nodes_teardown(&nodes);
+    cost_planner = false;
 }
 
 static void start_node(int node, bool mismatch) {
@@ -105,13 +113,18 @@ static void start_node(int node, bool mismatch) {
     const char *env[4], *args[] = { "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
                                     "--cluster-communicator",
                                     comm_off_nodes & (1u << node) ? "off" : "auto", NULL, NULL,
-                                    NULL };
-    int e = 0;
+                                    NULL, NULL, NULL };
+    int a = 6, e = 0;
 
     if (metrics_ports[node]) {
         snprintf(maddr, sizeof(maddr), "127.0.0.1:%u", metrics_ports[node]);
-        args[6] = "--metrics-listen";
-        args[7] = maddr;
+        args[a++] = "--metrics-listen";
+        args[a++] = maddr;
+    }
+    /* The tests of spills across nodes check LLA's plans; cost_planner, llepd's default. */
+    if (!cost_planner) {
+        args[a++] = "--planner";
+        args[a++] = "lla";
     }
 
     if (mismatch)
@@ -536,6 +549,72 @@ START_TEST(exact) {
                      0);
     assert_exact(&nc[0].b, 0);
     llep_layer_release(local);
+    end_cluster(nc);
+}
+END_TEST
+
+/* The transfers of the plan node ran last (llepctl plan), and the plan as a JSON string in
+ * buf, less what differs per node. */
+static size_t plan_transfers(int node, char *buf, size_t len) {
+    json_object *plan = llepctl_json(node, "plan", "moe"), *tr;
+    size_t n;
+
+    ck_assert_ptr_nonnull(plan);
+    ck_assert(json_object_object_get_ex(plan, "transfers", &tr));
+    n = json_object_array_length(tr);
+    json_object_object_del(plan, "layer_stats");
+    snprintf(buf, len, "%s", json_object_to_json_string(plan));
+    json_object_put(plan);
+    return n;
+}
+
+/* The nodes' own calibrations differ; under the cost planner they all plan with the origin's
+ * model (ClusterLayer.cost): the same plan on every node, exact, and a plan that is not LLA's
+ * (switched to lla on the origin, the same loads spill). */
+START_TEST(cost_planner_steps) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    char p0[8192], pi[8192];
+    uint32_t all;
+    size_t cost_tr;
+
+    cost_planner = true;
+    weights_init();
+    start_cluster(nc, 1, false);
+
+    /* LLA spills these loads (exact, above); a layer this small gains nothing from it. */
+    designed_slots(on_node_loads, slots);
+    ck_assert_uint_eq(cross_node_transfers(slots, PPN, &all), 0);
+    ck_assert_uint_gt(all, 0);
+    run_exact(nc, slots);
+    cost_tr = plan_transfers(0, p0, sizeof(p0));
+    for (int i = 1; i < NODES; i++) {
+        ck_assert_uint_eq(plan_transfers(i, pi, sizeof(pi)), cost_tr);
+        ck_assert_str_eq(pi, p0);
+    }
+    ck_assert_uint_lt(cost_tr, all);
+
+    /* Skewed steps: exact on every node, no plan mismatch (the steps all ran). */
+    for (int round = 0; round < 4; round++) {
+        skewed_slots(0.7, slots);
+        run_exact(nc, slots);
+        plan_transfers(0, p0, sizeof(p0));
+        for (int i = 1; i < NODES; i++) {
+            plan_transfers(i, pi, sizeof(pi));
+            ck_assert_str_eq(pi, p0);
+        }
+    }
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(layer_field(i, "moe", "steps"), 5);
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
+    }
+
+    /* The planner is the origin's: lla there, and the first loads spill as LLA spills them. */
+    ck_assert_int_eq(llepctl_set(0, "moe", "planner=lla"), 0);
+    designed_slots(on_node_loads, slots);
+    run_exact(nc, slots);
+    for (int i = 0; i < NODES; i++)
+        ck_assert_uint_eq(plan_transfers(i, pi, sizeof(pi)), all);
     end_cluster(nc);
 }
 END_TEST
@@ -1081,6 +1160,7 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, exact);
+    tcase_add_test(tc, cost_planner_steps);
     tcase_add_test(tc, collective);
     tcase_add_test(tc, node_killed);
     tcase_add_loop_test(tc, node_stopped, 0, 2);

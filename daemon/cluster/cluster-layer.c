@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster-cost.h"
 #include "log.h"
 #include "session.h"
 #include "validate.h"
@@ -165,6 +166,14 @@ static int new_origin(llepd_layer *l, char *err, size_t errlen) {
     }
     if (getrandom(&c->uid, sizeof(c->uid), 0) != (ssize_t)sizeof(c->uid))
         c->uid = llepd_now_ns() ^ ((uint64_t)getpid() << 32);
+    /* The model the layer's steps plan with on every node: a copy, so that `llepctl tune` here
+     * later changes node-scope layers only, never what the nodes agreed on. Copies between
+     * nodes are priced as NODE links. */
+    if (srv->have_calibration) {
+        c->cost = srv->calibration.model;
+        c->cost.devices_per_node = c->ppn;
+        c->have_cost = true;
+    }
     return 0;
 }
 
@@ -175,10 +184,12 @@ static bool send_layer_to(llepd_clayer *c, uint32_t r) {
     llepd_cluster *cl = c->layer->srv->cluster;
     LlepPb__ClusterLayer m = LLEP_PB__CLUSTER_LAYER__INIT;
     LlepPb__Frame f = LLEP_PB__FRAME__INIT;
+    llepd_ccost_buf cost;
 
     m.name = c->layer->name;
     m.desc = &c->layer->desc;
     m.origin = c->ids[c->origin];
+    m.cost = c->have_cost ? llepd_ccost_pack(&cost, &c->cost) : NULL;
     m.devices_per_node = c->ppn;
     m.next_step = c->next_step;
     m.share_bytes = c->share_bytes;
@@ -339,6 +350,15 @@ static int check_layer_msg(llepd_server *srv, const LlepPb__ClusterLayer *m, uin
     }
     if (r == 0)
         r = check_fit(srv, m->desc, m->devices_per_node, err, errlen);
+    if (r == 0 && m->cost) {
+        llep_cost_model cost;
+        r = llepd_ccost_unpack(m->cost, &cost, err, errlen);
+        if (r == 0 && cost.devices_per_node != m->devices_per_node) {
+            snprintf(err, errlen, "cost model of %u devices per node for a layer of %u",
+                     cost.devices_per_node, m->devices_per_node);
+            r = -EINVAL;
+        }
+    }
     return r;
 }
 
@@ -395,6 +415,8 @@ static void handle_layer(llepd_server *srv, uint32_t from, uint32_t from_id,
     }
     c->uid = m->uid;
     c->flags = m->flags;
+    /* Checked in check_layer_msg. */
+    c->have_cost = m->cost && llepd_ccost_unpack(m->cost, &c->cost, err, sizeof(err)) == 0;
     c->next_step = m->next_step;
     c->share_bytes = llepd_clayer_share_bytes(c);
     if (m->share_bytes != c->share_bytes) {

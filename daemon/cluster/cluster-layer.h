@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "cbuf.h"
+#include "cost.h"
 #include "cluster.h"
 #include "engine-part.h"
 #include "layer.h"
@@ -129,6 +130,11 @@ typedef struct llepd_clayer {
     uint64_t share_bytes;           /* bytes of one node's share */
     bool orphaned;                  /* the origin went away: steps fail until created again */
     bool held;                      /* a non-origin node's own reference on the layer */
+    /* The origin's device cost model, taken at creation (devices_per_node = ppn) and sent with
+     * ClusterLayer: every node plans the steps with it under the cost planner, since the
+     * nodes' own calibrations differ. have_cost false: the origin had none; steps plan LLA. */
+    bool have_cost;
+    llep_cost_model cost;
 
     /* Origin only: every node's share (this node's slot unused), to send and send again. */
     uint8_t **shares;               /* [nodes] */

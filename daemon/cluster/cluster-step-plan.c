@@ -10,6 +10,7 @@
 
 #include "cluster-step-internal.h"
 #include "log.h"
+#include "plan-cost.h"
 
 void llepd_cstep_send_loads(llepd_clayer *c) {
     llepd_cstep *st = c->st;
@@ -28,9 +29,20 @@ void llepd_cstep_send_loads(llepd_clayer *c) {
     m.min_tokens = p.min_tokens;
     m.policy = (LlepPb__Policy)p.policy;
     m.scale_min_tokens = p.scale_min_tokens;
+    m.cost_planner = p.planner == LLEP_PLANNER_COST;
     f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LOADS;
     f.cluster_loads = &m;
     llepd_clayer_send_all(c, &f);
+}
+
+/* The layer's figures for the cost model: the same on every node (desc and share layout). */
+static void cost_layer_of(const llepd_clayer *c, llep_cost_layer *ret) {
+    const LlepPb__LayerDesc *d = &c->layer->desc;
+
+    llep__cost_layer(ret, d->hidden, d->inter, d->dtype == LLEP_PB__DTYPE__DTYPE_BF16 ? 2 : 4,
+                     c->flags != 0);
+    if (c->local_experts)
+        ret->weight_bytes = c->share_bytes / c->local_experts;
 }
 
 void llepd_cstep_make_plan(llepd_clayer *c) {
@@ -57,12 +69,21 @@ void llepd_cstep_make_plan(llepd_clayer *c) {
     if (c->inject_mismatch)
         p.alpha *= 2; /* LLEPD_TEST_PLAN_MISMATCH: a plan of its own, consistent with the loads */
     p.devices_per_node = c->ppn; /* hierarchical: spill on the node first */
-    /* Always the paper's LLA: the nodes' devices may be calibrated differently, and every
-     * node must make the same plan from the same loads and parameters. */
-    p.planner = LLEP_PLANNER_LLA;
-    p.cost = NULL;
-    p.cost_layer = NULL;
-    int r = llep__plan_compute(&st->plan, sum, &p);
+    /* The nodes' devices are calibrated differently, and every node must make the same plan
+     * from the same loads and parameters: under the cost planner every node plans with the
+     * origin's model (ClusterLayer.cost), and the layer's figures come from its desc alone.
+     * Without a model, the paper's LLA. No cached copies (held): caches differ per node. */
+    llep_cost_layer cl;
+    if (p.planner == LLEP_PLANNER_COST && c->have_cost) {
+        cost_layer_of(c, &cl);
+        p.cost = &c->cost;
+        p.cost_layer = &cl;
+    } else {
+        p.planner = LLEP_PLANNER_LLA;
+        p.cost = NULL;
+        p.cost_layer = NULL;
+    }
+    int r = llep__plan_run(&st->plan, sum, &p, NULL);
     free(sum);
     if (r < 0) {
         snprintf(why, sizeof(why), "planning failed: %s", strerror(-r));

@@ -217,6 +217,7 @@ static llep_plan_params params_of(const LlepPb__ClusterLoads *m) {
     p.min_tokens = m->min_tokens;
     p.policy = (enum llep_policy)m->policy;
     p.scale_min_tokens = m->scale_min_tokens;
+    p.planner = m->cost_planner ? LLEP_PLANNER_COST : LLEP_PLANNER_LLA;
     return p;
 }
 

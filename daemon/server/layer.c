@@ -108,7 +108,8 @@ void llepd_layer_params(const llepd_layer *l, llep_plan_params *ret) {
                                                         : c->scale_min_tokens;
     ret->devices_per_node = 0; /* flat: cluster steps set their own (cluster-step-plan.c) */
     /* Node-scope steps plan with the cost planner where the devices have a cost model
-     * (engine.c); cluster steps always with LLA (cluster-step-plan.c). */
+     * (engine.c); cluster steps with the origin's model sent at creation, else LLA
+     * (cluster-step-plan.c). */
     ret->planner = (enum llep_planner)(l->tun.own_planner ? l->tun.params.planner
                                                           : (enum llep_planner)c->planner);
     ret->cost = NULL;
