@@ -75,33 +75,7 @@ static float *random_floats(size_t n, float scale) {
 }
 
 /* A float32 layer with biases and the desc that creates it. */
-typedef struct test_layer {
-    llep_layer_desc d;
-    llep_test_f32_weights w;
-} test_layer;
-
-static void test_layer_init(test_layer *t, uint32_t n, uint32_t k, uint32_t dd, uint32_t h,
-                            enum llep_act act) {
-    memset(t, 0, sizeof(*t));
-    t->d.num_experts = n;
-    t->d.top_k = k;
-    t->d.hidden = dd;
-    t->d.inter = h;
-    t->d.dtype = LLEP_DTYPE_F32;
-    t->d.act = act;
-    llep_test_f32_weights_init(&t->w, xorshift_sym, &rng_state, n, dd, h,
-                               1.0f / sqrtf((float)dd), 1.0f / sqrtf((float)h), 0.1f);
-    t->d.w_gate = t->w.wg;
-    t->d.w_up = t->w.wu;
-    t->d.w_down = t->w.wd;
-    t->d.b_gate = t->w.bg;
-    t->d.b_up = t->w.bu;
-    t->d.b_down = t->w.bd;
-}
-
-static void test_layer_fini(test_layer *t) {
-    llep_test_f32_weights_fini(&t->w);
-}
+typedef llep_test_client_layer test_layer;
 
 /* One batch of routed tokens and room for its output. skew > 0 sends that share of the
  * slots to expert 0. */
@@ -350,7 +324,7 @@ START_TEST(test_argument_checks) {
 
     fake_start(&fk, FAKE_CLOSE_AFTER_HELLO);
     c = llep_test_connect(sock_path);
-    test_layer_init(&t, 8, 2, 4, 4, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 4, 4, LLEP_ACT_SWIGLU);
 
     ck_assert_int_eq(llep_layer_create(c, "x", &t.d, NULL), -EINVAL);
     ck_assert_int_eq(llep_layer_create(c, NULL, &t.d, &l), -EINVAL);
@@ -386,7 +360,7 @@ START_TEST(test_argument_checks) {
     ck_assert_ptr_nonnull(strstr(llep_client_error(c), "closed"));
     ck_assert_int_eq(llep_layer_create(c, "x", NULL, &l), -ECONNRESET);
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
     fake_stop(&fk);
 }
 END_TEST
@@ -399,12 +373,12 @@ START_TEST(test_garbage_from_daemon) {
 
     fake_start(&fk, FAKE_GARBAGE);
     c = llep_test_connect(sock_path);
-    test_layer_init(&t, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
     ck_assert_int_eq(llep_layer_create(c, "x", NULL, &l), -ECONNRESET);
     ck_assert_ptr_nonnull(strstr(llep_client_error(c), "bad frame"));
     ck_assert_int_eq(llep_layer_create(c, "x", &t.d, &l), -ECONNRESET);
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
     fake_stop(&fk);
 }
 END_TEST
@@ -422,7 +396,7 @@ START_TEST(test_forward_reference) {
         llep_layer *l;
         batch b;
 
-        test_layer_init(&t, 8, 2, 16, 24, acts[a]);
+        llep_test_client_layer_init(&t, &rng_state, 8, 2, 16, 24, acts[a]);
         l = llep_test_layer_create(c, a ? "oai" : "swiglu", &t.d);
         ck_assert_int_eq(llep_layer_get_desc(l, &got), 0);
         ck_assert_uint_eq(got.num_experts, 8);
@@ -440,7 +414,7 @@ START_TEST(test_forward_reference) {
         }
         ck_assert_int_eq(llep_forward(l, 0, NULL, NULL, NULL, NULL), 0);
         llep_layer_release(l);
-        test_layer_fini(&t);
+        llep_test_client_layer_fini(&t);
     }
     llep_disconnect(c);
 }
@@ -454,7 +428,7 @@ START_TEST(test_attach) {
     batch b;
     int r;
 
-    test_layer_init(&t, 8, 2, 8, 12, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 8, 12, LLEP_ACT_SWIGLU);
     l1 = llep_test_layer_create(c1, "shared", &t.d);
 
     /* Created twice: -EEXIST. */
@@ -501,7 +475,7 @@ START_TEST(test_attach) {
     batch_fini(&b);
     llep_layer_release(l2);
     llep_disconnect(c2);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -514,7 +488,7 @@ START_TEST(test_async) {
     test_layer t;
     llep_layer *l;
 
-    test_layer_init(&t, 16, 4, 16, 16, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 16, 4, 16, 16, LLEP_ACT_SWIGLU);
     l = llep_test_layer_create(c, "async", &t.d);
     for (int i = 0; i < COUNT; i++) {
         batch_init(&b[i], &t, 1 + 13 * (uint32_t)i, 0.4);
@@ -537,7 +511,7 @@ START_TEST(test_async) {
     }
     llep_layer_release(l);
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -575,7 +549,7 @@ START_TEST(test_threads) {
     test_layer t;
     llep_layer *l;
 
-    test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
     l = llep_test_layer_create(c, "threads", &t.d);
     for (int i = 0; i < THREADS; i++) {
         w[i] = (worker){ .l = l, .t = &t };
@@ -587,7 +561,7 @@ START_TEST(test_threads) {
     }
     llep_layer_release(l);
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -599,7 +573,7 @@ START_TEST(test_submission_errors) {
     batch b;
     int r;
 
-    test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
     l = llep_test_layer_create(c, "errors", &t.d);
     batch_init(&b, &t, 10, 0);
     b.idx[7] = 8;
@@ -622,7 +596,7 @@ START_TEST(test_submission_errors) {
     batch_fini(&b);
     llep_layer_release(l);
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -635,7 +609,7 @@ START_TEST(test_arena_growth) {
     llep_layer *l;
 
     /* 8 experts x 64 x 256 x 3 tensors x 4 bytes = 1.5 MiB of weights. */
-    test_layer_init(&t, 8, 2, 64, 256, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 64, 256, LLEP_ACT_SWIGLU);
     l = llep_test_layer_create(c, "big", &t.d);
     batch_init(&small, &t, 2, 0);
     forward_ok(l, &small);
@@ -664,7 +638,7 @@ START_TEST(test_arena_growth) {
     }
     llep_layer_release(l);
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -678,7 +652,7 @@ START_TEST(test_arena_limits) {
     batch b;
     int r;
 
-    test_layer_init(&t, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 8, 8, LLEP_ACT_SWIGLU);
     l = llep_test_layer_create(c, "small", &t.d);
     batch_init(&b, &t, 4, 0);
     r = llep_forward(l, UINT32_MAX, b.x, b.idx, b.w, b.y);
@@ -688,7 +662,7 @@ START_TEST(test_arena_limits) {
     batch_fini(&b);
 
     /* 8 experts x 128 x 512 x 3 tensors x 4 bytes = 6 MiB. */
-    test_layer_init(&t2, 8, 2, 128, 512, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t2, &rng_state, 8, 2, 128, 512, LLEP_ACT_SWIGLU);
     l2 = llep_test_layer_create(c, "large", &t2.d);
     batch_init(&b, &t2, 6, 0.5);
     forward_ok(l2, &b);
@@ -704,8 +678,8 @@ START_TEST(test_arena_limits) {
     batch_fini(&b);
     llep_layer_release(l2);
     llep_disconnect(c);
-    test_layer_fini(&t);
-    test_layer_fini(&t2);
+    llep_test_client_layer_fini(&t);
+    llep_test_client_layer_fini(&t2);
 }
 END_TEST
 
@@ -716,7 +690,7 @@ START_TEST(test_daemon_goes_away) {
     test_layer t;
     batch b;
 
-    test_layer_init(&t, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 4, 1, 4, 4, LLEP_ACT_SWIGLU);
     l = llep_test_layer_create(c, "bye", &t.d);
     batch_init(&b, &t, 3, 0);
     forward_ok(l, &b);
@@ -730,7 +704,7 @@ START_TEST(test_daemon_goes_away) {
     llep_layer_release(l);
     llep_disconnect(c);
     batch_fini(&b);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -772,7 +746,7 @@ START_TEST(test_bf16) {
     batch b;
     int r;
 
-    test_layer_init(&t, 8, 2, 16, 16, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 16, 16, LLEP_ACT_SWIGLU);
     nw = (size_t)8 * 16 * 16;
     wg = round_bf16(t.w.wg, nw);
     wu = round_bf16(t.w.wu, nw);
@@ -806,7 +780,7 @@ START_TEST(test_bf16) {
     batch_fini(&b);
     llep_layer_release(l);
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -820,7 +794,7 @@ START_TEST(test_wait_timeout_and_abandon) {
     llep_layer *l;
     int r;
 
-    test_layer_init(&t, 8, 2, 32, 32, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 32, 32, LLEP_ACT_SWIGLU);
     l = llep_test_layer_create(c, "abandon", &t.d);
     for (int i = 0; i < 4; i++) {
         batch_init(&b[i], &t, 500, 0.5);
@@ -841,7 +815,7 @@ START_TEST(test_wait_timeout_and_abandon) {
     llep_disconnect(c2);
     for (int i = 0; i < 4; i++)
         batch_fini(&b[i]);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 
@@ -855,13 +829,14 @@ START_TEST(test_device_memory) {
     llepd_stop();
     llepd_start_with("--device-memory", "64K");
     c = llep_test_connect(sock_path);
-    test_layer_init(&t, 8, 2, 64, 256, LLEP_ACT_SWIGLU);  /* 192 KiB per device */
+    /* 192 KiB per device */
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 64, 256, LLEP_ACT_SWIGLU);
     r = llep_layer_create(c, "huge", &t.d, &l);
     ck_assert_msg(r == -ENOMEM, "create: %s: %s", llep_strerror(r), llep_client_error(c));
     ck_assert_ptr_null(l);
     ck_assert_str_ne(llep_client_error(c), "");
     llep_disconnect(c);
-    test_layer_fini(&t);
+    llep_test_client_layer_fini(&t);
 }
 END_TEST
 

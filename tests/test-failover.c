@@ -303,25 +303,6 @@ static json_object *jget(json_object *o, const char *key) {
     return v;
 }
 
-/* Model layer `index` of the checkpoint's expected.bin (f32, no bias: mixtral-f32). */
-static void read_expected(const char *dir, const llep_model_info *mi, uint32_t index,
-                          llep_test_f32_weights *w) {
-    size_t n = mi->desc.num_experts, d = mi->desc.hidden, h = mi->desc.inter;
-    size_t per = 3 * n * d * h;
-    char path[600];
-
-    ck_assert(!mi->bias);
-    snprintf(path, sizeof(path), "%s/expected.bin", dir);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
-    float *all = malloc(per * sizeof(float));
-    ck_assert_ptr_nonnull(all);
-    ck_assert_int_eq(fseek(f, (long)(per * index * sizeof(float)), SEEK_SET), 0);
-    ck_assert_uint_eq(fread(all, sizeof(float), per, f), per);
-    fclose(f);
-    *w = (llep_test_f32_weights){ .wg = all, .wu = all + n * d * h, .wd = all + 2 * n * d * h };
-}
-
 static void forward_exact(llep_layer *h, const llep_test_f32_weights *w, const layer *shape,
                           uint64_t seed, const char *what) {
     batch b;
@@ -397,8 +378,8 @@ START_TEST(test_llepd_failover) {
     layer ms = { .t.s = { mi.desc.num_experts, mi.desc.top_k, mi.desc.hidden,
                           mi.desc.inter } };
     llep_test_f32_weights w0, w1;
-    read_expected(dir, &mi, 0, &w0);
-    read_expected(dir, &mi, 1, &w1);
+    llep_test_read_expected(dir, &mi, 0, &w0);
+    llep_test_read_expected(dir, &mi, 1, &w1);
     llep_layer *m0 = NULL, *m1 = NULL;
     ck_assert_msg(llep_model_layer(c, "m", 0, &m0) == 0, "%s", llep_client_error(c));
     ck_assert_msg(llep_model_layer(c, "m", 1, &m1) == 0, "%s", llep_client_error(c));

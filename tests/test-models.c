@@ -67,36 +67,6 @@ static bool wait_model(const llepd_proc *d, const char *name, bool want) {
 
 /* ---- what a layer should compute --------------------------------------------------------- */
 
-/* One MoE layer's weights in llep's layout as float32 (expected.bin of the checkpoint). */
-typedef struct layer_w {
-    float *wg, *wu, *wd, *bg, *bu, *bd;
-} layer_w;
-
-/* Reads layer `index` of expected.bin: w_gate, w_up [N][D][H], w_down [N][H][D], then with
- * bias b_gate, b_up [N][H], b_down [N][D], layer after layer. */
-static void read_expected(const char *dir, const llep_model_info *mi, uint32_t index,
-                          layer_w *w) {
-    size_t n = mi->desc.num_experts, d = mi->desc.hidden, h = mi->desc.inter;
-    size_t per = 3 * n * d * h + (mi->bias ? 2 * n * h + n * d : 0);
-    char path[512];
-    FILE *f;
-
-    snprintf(path, sizeof(path), "%s/expected.bin", dir);
-    f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "%s: %s", path, strerror(errno));
-    float *all = malloc(per * sizeof(float));
-    ck_assert_ptr_nonnull(all);
-    ck_assert_int_eq(fseek(f, (long)(per * index * sizeof(float)), SEEK_SET), 0);
-    ck_assert_uint_eq(fread(all, sizeof(float), per, f), per);
-    fclose(f);
-    *w = (layer_w){ .wg = all, .wu = all + n * d * h, .wd = all + 2 * n * d * h };
-    if (mi->bias) {
-        w->bg = all + 3 * n * d * h;
-        w->bu = w->bg + n * h;
-        w->bd = w->bu + n * h;
-    }
-}
-
 /* n values in the layer's dtype (bf16 words when bf16; the float32 values are then rounded to
  * what the words hold, so the reference sees exactly what llepd does). */
 static void *in_dtype(float *v, size_t n, enum llep_dtype t) {
@@ -115,8 +85,9 @@ static void *in_dtype(float *v, size_t n, enum llep_dtype t) {
     return b;
 }
 
-static double rel_error_vs_ref(const llep_model_info *mi, const layer_w *w, const float *x,
-                               const int32_t *idx, const float *gw, const void *y) {
+static double rel_error_vs_ref(const llep_model_info *mi, const llep_test_f32_weights *w,
+                               const float *x, const int32_t *idx, const float *gw,
+                               const void *y) {
     size_t n = (size_t)TOKENS * mi->desc.hidden;
     double *ref = malloc(n * sizeof(double));
     float *yf = malloc(n * sizeof(float));
@@ -180,7 +151,7 @@ static const char *const families[] = {
 
 /* The layer created from expected.bin with the loaded layer's shape and activation. */
 static llep_layer *create_twin(llep_client *c, const char *name, const llep_model_info *mi,
-                               const layer_w *w) {
+                               const llep_test_f32_weights *w) {
     size_t n = mi->desc.num_experts, d = mi->desc.hidden, h = mi->desc.inter;
     llep_layer_desc desc = mi->desc;
     llep_layer *l = NULL;
@@ -228,13 +199,13 @@ START_TEST(test_loaded_equals_created) {
     double tol = mi.desc.dtype == LLEP_DTYPE_BF16 ? 1e-2 : 1e-5;
     size_t ybytes = (size_t)TOKENS * mi.desc.hidden * (mi.desc.dtype == LLEP_DTYPE_BF16 ? 2 : 4);
     for (uint32_t i = 0; i < mi.num_layers; i++) {
-        layer_w w;
+        llep_test_f32_weights w;
         inputs in;
         char twin_name[64];
         llep_layer *loaded = NULL;
 
         ck_assert_msg(llep_model_layer(c, "m", i, &loaded) == 0, "%s", llep_client_error(c));
-        read_expected(dir, &mi, i, &w);
+        llep_test_read_expected(dir, &mi, i, &w);
         snprintf(twin_name, sizeof(twin_name), "twin-%u", i);
         llep_layer *twin = create_twin(c, twin_name, &mi, &w);
         inputs_make(&in, &mi, 100 + i);
@@ -284,13 +255,13 @@ START_TEST(test_processes_attach_by_name) {
             inputs_make(&in, &mi, 7 + (uint64_t)p);
         for (uint32_t i = 0; !bad && i < mi.num_layers; i++) {
             llep_layer *l = NULL;
-            layer_w w;
+            llep_test_f32_weights w;
             size_t n = (size_t)TOKENS * mi.desc.hidden;
             float *y = calloc(n, sizeof(float));
             bad = !y || llep_model_layer(c, "q", i, &l) != 0 ||
                   llep_forward(l, TOKENS, in.x, in.idx, in.gw, y) != 0;
             if (!bad) {
-                read_expected(dir, &mi, i, &w);
+                llep_test_read_expected(dir, &mi, i, &w);
                 bad = rel_error_vs_ref(&mi, &w, in.xf, in.idx, in.gw, y) > 1e-5;
                 free(w.wg);
                 memcpy(in.x, y, n * sizeof(float));   /* the next layer's input */
@@ -356,12 +327,12 @@ START_TEST(test_bad_checkpoints) {
                       bad_cases[i].needle, msg);
         ck_assert_int_eq(llep_model_get(c, "bad", &(llep_model_info){ 0 }), -ENOENT);
         /* still serving, exactly */
-        layer_w w;
+        llep_test_f32_weights w;
         inputs in;
         float *y = calloc((size_t)TOKENS * mi.desc.hidden, sizeof(float));
         inputs_make(&in, &mi, 3 + i);
         ck_assert_int_eq(llep_forward(l, TOKENS, in.x, in.idx, in.gw, y), 0);
-        read_expected(good, &mi, 0, &w);
+        llep_test_read_expected(good, &mi, 0, &w);
         ck_assert(rel_error_vs_ref(&mi, &w, in.xf, in.idx, in.gw, y) <= 1e-5);
         free(w.wg);
         free(y);

@@ -489,25 +489,7 @@ static void teardown(void) {
 static uint64_t rng = 0x243f6a8885a308d3u;
 
 /* A float32 layer with biases, its desc, and the float64 check of a forward. */
-typedef struct tlayer {
-    llep_layer_desc d;
-    llep_test_f32_weights w;
-} tlayer;
-
-static void tlayer_init(tlayer *t, uint64_t *s, uint32_t n, uint32_t k, uint32_t dd,
-                        uint32_t h) {
-    memset(t, 0, sizeof(*t));
-    t->d = (llep_layer_desc){ .num_experts = n, .top_k = k, .hidden = dd, .inter = h,
-                              .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU };
-    llep_test_f32_weights_init(&t->w, xorshift_sym, s, n, dd, h, 1.0f / sqrtf((float)dd),
-                               1.0f / sqrtf((float)h), 0.1f);
-    t->d.w_gate = t->w.wg;
-    t->d.w_up = t->w.wu;
-    t->d.w_down = t->w.wd;
-    t->d.b_gate = t->w.bg;
-    t->d.b_up = t->w.bu;
-    t->d.b_down = t->w.bd;
-}
+typedef llep_test_client_layer tlayer;
 
 /* Inputs and output of one forward of `tokens` tokens. */
 typedef struct tbatch {
@@ -589,8 +571,8 @@ START_TEST(test_layers_come_back) {
 
     setup();
     llepd_start(false);
-    tlayer_init(&t, &rng, 8, 2, 16, 12);
-    tlayer_init(&u, &rng, 4, 1, 16, 8);
+    llep_test_client_layer_init(&t, &rng, 8, 2, 16, 12, LLEP_ACT_SWIGLU);
+    llep_test_client_layer_init(&u, &rng, 4, 1, 16, 8, LLEP_ACT_SWIGLU);
     tbatch_init(&b, &rng, &t.d, 33);
     tbatch_init(&bu, &rng, &u.d, 5);
     ck_assert_int_eq(llep_connect_ex(sock, LLEP_CONNECT_RECONNECT, &c1), 0);
@@ -649,7 +631,7 @@ START_TEST(test_environment) {
 
     setup();
     llepd_start(false);
-    tlayer_init(&t, &rng, 4, 2, 8, 8);
+    llep_test_client_layer_init(&t, &rng, 4, 2, 8, 8, LLEP_ACT_SWIGLU);
     tbatch_init(&b, &rng, &t.d, 7);
     unsetenv("LLEP_RECONNECT");
     plain = llep_test_connect(sock);
@@ -723,7 +705,7 @@ START_TEST(test_threads_one_client) {
 
     setup();
     llepd_start(false);
-    tlayer_init(&t, &rng, 8, 2, 16, 16);
+    llep_test_client_layer_init(&t, &rng, 8, 2, 16, 16, LLEP_ACT_SWIGLU);
     ck_assert_int_eq(llep_connect_ex(sock, LLEP_CONNECT_RECONNECT, &c), 0);
     ck_assert_int_eq(llep_layer_create_ex(c, "shared", &t.d, LLEP_LAYER_KEEP_WEIGHTS, &l), 0);
     for (int i = 0; i < THREADS; i++) {
@@ -835,7 +817,7 @@ static int client_main(int i, shared *sh) {
         char name[16];
 
         snprintf(name, sizeof(name), "own-%d", i);
-        tlayer_init(&t, &s, 8, 2, 16, 8 + (uint32_t)i);
+        llep_test_client_layer_init(&t, &s, 8, 2, 16, 8 + (uint32_t)i, LLEP_ACT_SWIGLU);
         if (llep_layer_create_ex(c, name, &t.d, LLEP_LAYER_KEEP_WEIGHTS, &l) < 0)
             return 1;
         d = t.d;

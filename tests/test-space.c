@@ -44,24 +44,7 @@ static void teardown_daemon(void) {
 
 /* ---- a float32 layer and its reference ------------------------------------------------------ */
 
-typedef struct test_layer {
-    llep_layer_desc d;
-    llep_test_f32_weights w;
-} test_layer;
-
-static void test_layer_init(test_layer *t, uint32_t n, uint32_t k, uint32_t dd, uint32_t h) {
-    memset(t, 0, sizeof(*t));
-    t->d = (llep_layer_desc){ .num_experts = n, .top_k = k, .hidden = dd, .inter = h,
-                              .dtype = LLEP_DTYPE_F32, .act = LLEP_ACT_SWIGLU };
-    llep_test_f32_weights_init(&t->w, xorshift_sym, &rng_state, n, dd, h,
-                               1.0f / sqrtf((float)dd), 1.0f / sqrtf((float)h), 0.1f);
-    t->d.w_gate = t->w.wg;
-    t->d.w_up = t->w.wu;
-    t->d.w_down = t->w.wd;
-    t->d.b_gate = t->w.bg;
-    t->d.b_up = t->w.bu;
-    t->d.b_down = t->w.bd;
-}
+typedef llep_test_client_layer test_layer;
 
 /* Routing for `tokens` tokens, skewed towards expert 0 so that LLEP plans spill. */
 static void routing(const test_layer *t, uint32_t tokens, int32_t *idx, float *w) {
@@ -172,7 +155,7 @@ END_TEST
 START_TEST(test_forward_in_place) {
     const uint32_t tokens = 200;
     test_layer t;
-    test_layer_init(&t, 8, 2, 64, 96);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 64, 96, LLEP_ACT_SWIGLU);
     llep_client *c = llep_test_connect(sock_path);
     llep_layer *l = llep_test_layer_create(c, "space", &t.d);
     size_t xn = (size_t)tokens * t.d.hidden, xb = xn * sizeof(float);
@@ -221,7 +204,7 @@ END_TEST
 START_TEST(test_staged_submissions) {
     enum { SUBS = 11, TOKENS = 37 };
     test_layer t;
-    test_layer_init(&t, 8, 2, 32, 48);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 32, 48, LLEP_ACT_SWIGLU);
     llep_client *c = llep_test_connect(sock_path);
     llep_layer *l = llep_test_layer_create(c, "staged", &t.d);
     size_t xn = (size_t)TOKENS * t.d.hidden, xb = xn * sizeof(float);
@@ -253,7 +236,7 @@ END_TEST
  * llepd is the host stand-in. */
 START_TEST(test_client_refusals) {
     test_layer t;
-    test_layer_init(&t, 4, 1, 16, 16);
+    llep_test_client_layer_init(&t, &rng_state, 4, 1, 16, 16, LLEP_ACT_SWIGLU);
     llep_client *c = llep_test_connect(sock_path);
     llep_layer *l = llep_test_layer_create(c, "refusals", &t.d);
     llep_space *s = space_ok(c, 1 << 16, 0), *s2 = NULL;
@@ -440,7 +423,7 @@ END_TEST
  * memory, the step ends, and another client is served exactly. */
 START_TEST(test_client_dies_mid_step) {
     test_layer t;
-    test_layer_init(&t, 8, 2, 128, 256);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 128, 256, LLEP_ACT_SWIGLU);
     llep_client *c = llep_test_connect(sock_path);
     llep_layer *l = llep_test_layer_create(c, "dies", &t.d);
 
@@ -494,7 +477,7 @@ END_TEST
 START_TEST(test_space_after_restart) {
     enum { TOKENS = 40 };
     test_layer t;
-    test_layer_init(&t, 8, 2, 32, 48);
+    llep_test_client_layer_init(&t, &rng_state, 8, 2, 32, 48, LLEP_ACT_SWIGLU);
     llep_client *c = NULL;
     llep_layer *l = NULL;
     ck_assert_int_eq(llep_connect_ex(sock_path, LLEP_CONNECT_RECONNECT, &c), 0);
