@@ -1,7 +1,8 @@
 /* Tests of llep-bench's modes (tools/bench-modes.h): every bad command line exits 2 naming the
  * problem; --planners, --trace and --tune print JSON with what they say they measure; and
  * --tune --write-config changes only its four keys of an llepd config file, which llepd's
- * parser then accepts with the values of the best point. Tiny shapes (gpt-oss-20b scaled by
+ * parser then accepts with the values of the best point; --tune measures only the plans the
+ * cost model ranks best (--tune-top) and the defaults', and says how good that ranking was. Tiny shapes (gpt-oss-20b scaled by
  * 64: N 32, D = H = 45), so each run takes well under a second without sanitizers. The
  * binary's path comes from $LLEP_BENCH (set by meson). These check behaviour, not speed:
  * the figures are in docs/PERFORMANCE.md. */
@@ -60,6 +61,11 @@ static const bad_case bad_cases[] = {
     { { "--device-memory", "0", NULL }, "--device-memory: '0' is not a size > 0" },
     { { "--device-memory", "lots", NULL }, "--device-memory: 'lots'" },
     { { "--tune", "stray", NULL }, "unexpected argument 'stray'" },
+    { { "--tune", "--tune-top", "-1", NULL }, "--tune-top: '-1' is not an integer >= 0" },
+    { { "--tune", "--tune-top", "many", NULL }, "--tune-top: 'many' is not an integer >= 0" },
+    { { "--tune", "--tune-top", "2.5", NULL }, "--tune-top: '2.5'" },
+    { { "--tune", "--tune-top", "", NULL }, "--tune-top: ''" },
+    { { "--tune-top", "3", NULL }, "--tune-top needs --tune" },
 };
 
 START_TEST(bad_args_exit_2)
@@ -213,6 +219,9 @@ START_TEST(tune_writes_config)
     ck_assert(json_object_get_double(get(def, "vs_best")) >= 1.0);
     ck_assert_int_eq(json_object_get_int(get(def, "min_tokens")), 1024);
     ck_assert_int_gt(json_object_get_int(get(root, "plans_measured")), 1);
+    /* --tune-top's default, 8, and the defaults' plan. */
+    ck_assert_int_eq(json_object_get_int(get(root, "tune_top")), 8);
+    ck_assert_int_le(json_object_get_int(get(root, "plans_measured")), 9);
 
     /* llepd's parser takes the file, with the best point's values. */
     llep_config c;
@@ -290,6 +299,117 @@ START_TEST(tune_new_config)
 }
 END_TEST
 
+/* The distinct plans in the model's order: ranks 1, 2, ... with modelled makespans that never
+ * fall; returns how many of them were measured, and checks each measured one's figures. */
+static int check_by_model(json_object *root) {
+    json_object *by_model = get(root, "by_model");
+    int n = (int)json_object_array_length(by_model), measured = 0;
+    double last = 0;
+
+    ck_assert_int_eq(n, json_object_get_int(get(root, "distinct_plans")));
+    for (int i = 0; i < n; i++) {
+        json_object *pl = json_object_array_get_idx(by_model, (size_t)i);
+        double model = json_object_get_double(get(pl, "model_ns"));
+        ck_assert_int_eq(json_object_get_int(get(pl, "model_rank")), i + 1);
+        ck_assert_msg(model > 0 && model >= last, "plan %d: model %g after %g", i, model, last);
+        last = model;
+        if (!json_object_get_boolean(get(pl, "measured")))
+            continue;
+        measured++;
+        ck_assert_int_gt(json_object_get_int64(get(pl, "makespan_ns")), 0);
+        ck_assert(json_object_get_double(get(pl, "vs_best")) >= 1.0);
+    }
+    ck_assert_int_eq(measured, json_object_get_int(get(root, "plans_measured")));
+    ck_assert_int_eq((int)json_object_array_length(get(root, "ranked")), measured);
+    return measured;
+}
+
+/* --tune-top 2 measures the 2 best plans by the model and the defaults': at most 3 of the
+ * scenario's distinct plans (95%-1 at 16 tokens makes more than 3). */
+START_TEST(tune_top_prunes)
+{
+    const char *args[] = { TINY, "--scenario", "95%-1", "--tune", "--tune-top", "2", "--json",
+                           NULL };
+    llep_test_output r = run_bench(args);
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    json_object *root = json_tokener_parse(r.out);
+    ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
+    ck_assert_int_eq(json_object_get_int(get(root, "tune_top")), 2);
+    int measured = check_by_model(root);
+    ck_assert_int_le(measured, 3);
+    ck_assert_int_ge(measured, 2);
+    ck_assert_int_gt(json_object_get_int(get(root, "distinct_plans")), 3);
+    /* The model's two best are among the measured, and so are the defaults. */
+    json_object *by_model = get(root, "by_model");
+    for (size_t i = 0; i < 2; i++)
+        ck_assert(json_object_get_boolean(get(json_object_array_get_idx(by_model, i),
+                                              "measured")));
+    ck_assert(json_object_get_boolean(get(get(root, "defaults"), "measured")));
+    json_object *model = get(root, "model");
+    ck_assert_str_eq(json_object_get_string(get(model, "backend")), "cpu");
+    int pick = json_object_get_int(get(model, "top_pick_measured_rank"));
+    ck_assert_int_ge(pick, 1);
+    ck_assert_int_le(pick, measured);
+    ck_assert_int_eq(json_object_get_int(get(get(model, "top_pick"), "model_rank")), 1);
+    /* Whether pruning kept the best is only said when everything was measured. */
+    json_object *v;
+    ck_assert(!json_object_object_get_ex(model, "pruned_contains_best", &v));
+    ck_assert_msg(strstr(r.err, "measuring 3") != NULL || strstr(r.err, "measuring 2") != NULL,
+                  "stderr: %s", r.err);
+    json_object_put(root);
+    llep_test_output_free(&r);
+}
+END_TEST
+
+/* --tune-top 0 measures every distinct plan and says whether the default top 8 by the model
+ * (with the defaults' plan) held the measured best: checked here against the ranks. */
+START_TEST(tune_top_all)
+{
+    const char *args[] = { TINY, "--scenario", "95%-1", "--tune", "--tune-top", "0", "--json",
+                           NULL };
+    llep_test_output r = run_bench(args);
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    json_object *root = json_tokener_parse(r.out);
+    ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
+    ck_assert_int_eq(json_object_get_int(get(root, "tune_top")), 0);
+    ck_assert_int_eq(check_by_model(root), json_object_get_int(get(root, "distinct_plans")));
+    json_object *model = get(root, "model");
+    int top = json_object_get_int(get(model, "pruned_top"));
+    ck_assert_int_eq(top, 8);
+    int best_rank = json_object_get_int(get(get(root, "best"), "model_rank"));
+    int def_rank = json_object_get_int(get(get(root, "defaults"), "model_rank"));
+    ck_assert_int_eq(json_object_get_int(get(model, "best_model_rank")), best_rank);
+    ck_assert(json_object_get_boolean(get(model, "pruned_contains_best")) ==
+              (best_rank <= top || best_rank == def_rank));
+    /* The best the pruned run would have measured, against the best. */
+    json_object *by_model = get(root, "by_model");
+    double kept = 0;
+    for (size_t i = 0; i < json_object_array_length(by_model); i++) {
+        json_object *pl = json_object_array_get_idx(by_model, i);
+        int rank = json_object_get_int(get(pl, "model_rank"));
+        double vs = json_object_get_double(get(pl, "vs_best"));
+        if ((rank <= top || rank == def_rank) && (kept == 0 || vs < kept))
+            kept = vs;
+    }
+    ck_assert_double_eq_tol(json_object_get_double(get(model, "pruned_best_vs_best")), kept,
+                            1e-4);
+    json_object_put(root);
+    llep_test_output_free(&r);
+}
+END_TEST
+
+/* The table says the same in words. */
+START_TEST(tune_top_table)
+{
+    const char *args[] = { TINY, "--scenario", "95%-1", "--tune", "--tune-top", "0", NULL };
+    llep_test_output r = run_bench(args);
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    ck_assert_msg(strstr(r.out, "model: its top pick") != NULL, "stdout: %s", r.out);
+    ck_assert_msg(strstr(r.out, "model: its top 8 (--tune-top 8)") != NULL, "stdout: %s", r.out);
+    llep_test_output_free(&r);
+}
+END_TEST
+
 static Suite *bench_suite(void) {
     Suite *s = suite_create("llep-bench");
     TCase *tc = tcase_create("cli");
@@ -303,6 +423,9 @@ static Suite *bench_suite(void) {
     tcase_add_test(tc, tune_writes_config);
     tcase_add_test(tc, tune_keeps_bad_config);
     tcase_add_test(tc, tune_new_config);
+    tcase_add_test(tc, tune_top_prunes);
+    tcase_add_test(tc, tune_top_all);
+    tcase_add_test(tc, tune_top_table);
     suite_add_tcase(s, tc);
     return s;
 }

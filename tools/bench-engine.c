@@ -210,8 +210,9 @@ static void make_inputs(llep_bench *b) {
         b->node_loads[j] = llep__bench_calloc(b->n, sizeof(**b->node_loads));
 }
 
-/* The cost planner needs the devices' cost model: measured here, once, on the main engine's
- * devices (calibrate.h, as llepd does at start), and given to every step that asks for it. */
+/* The cost planner needs the devices' cost model, and --tune ranks its grid by it: measured
+ * here, once, on the main engine's devices (calibrate.h, as llepd does at start), and given
+ * to every step that asks for it. */
 static void calibrate(llep_bench *b) {
     llep_calibration cal;
     char err[256];
@@ -219,16 +220,16 @@ static void calibrate(llep_bench *b) {
 
     for (uint32_t i = 0; i < b->o.num_planners; i++)
         want |= b->o.planners[i] == LLEP_BENCH_COST;
-    if (!want)
+    if (!want && !b->o.tune)
         return;
     int r = llep__calibrate(llep__engine_devices(b->eng), NULL, &cal, err, sizeof(err));
     if (r < 0)
-        llep__bench_die("calibrating the devices for the cost planner: %s", err);
+        llep__bench_die("calibrating the devices' cost model: %s", err);
     b->cost = cal.model;
     b->have_cost = true;
-    fprintf(stderr, "llep-bench: cost planner: calibrated in %.0f ms (chunk fixed cost %.2f us, "
-            "%u points of the rate curve)\n", cal.elapsed_ms, cal.model.chunk_fixed_ns / 1e3,
-            cal.model.num_points);
+    fprintf(stderr, "llep-bench: %s: calibrated in %.0f ms (chunk fixed cost %.2f us, "
+            "%u points of the rate curve)\n", want ? "cost planner" : "tune's cost model",
+            cal.elapsed_ms, cal.model.chunk_fixed_ns / 1e3, cal.model.num_points);
 }
 
 void llep__bench_open(llep_bench *b) {

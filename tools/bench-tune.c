@@ -4,24 +4,29 @@
  * The grid is small and fixed (ALPHAS x LAMBDAS x MINS x caches). Many of its points give the
  * same plan for the scenario's loads (lambda only decides EP or LLEP; m only matters for the
  * chunks it forbids), so the points are grouped by the hash of the plan they make
- * (llep__plan_hash) and the cache setting, and each group is measured once: a step of each
- * group in turn, `repeat` rounds, each device's least busy time kept, the makespan the largest
- * of those (as every llep-bench table). A group is named by its point nearest llepd's
- * defaults. The defaults (alpha 1, lambda 1.3, m 1024, cache auto) are in the grid, so the
- * table says how far they are from the best point; --write-config writes the best point into
- * an llepd config file.
+ * (llep__plan_hash) and the cache setting. A group is named by its point nearest llepd's
+ * defaults.
+ *
+ * Measuring is what takes the time, so the groups are first ranked by their makespan under
+ * the device cost model the bench calibrated (b->cost, the model the cost planner plans with;
+ * llep__plan_model_ns, not a second model here), and only the best --tune-top K of them by
+ * the model are measured, with the defaults' group (K 0: all of them). Each measured group
+ * runs a step in turn, `repeat` rounds after one unmeasured round, each device's least busy
+ * time kept, the makespan the largest of those (as every llep-bench table). The defaults
+ * (alpha 1, lambda 1.3, m 1024, cache auto) are always measured, so the table says how far
+ * they are from the best point; it also says how good the model's ranking was (the measured
+ * rank of its top pick; with K 0, whether the default K would have kept the measured best).
+ * --write-config writes the best point into an llepd config file.
  *
  * m is in the run's tokens: give --tokens the batch per device llepd will see. */
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "bench-modes.h"
+#include "bench-tune-config.h"
 #include "config.h"
 #include "plan-cost.h"
 
@@ -49,9 +54,25 @@ typedef struct group {
     uint32_t points;        /* how many grid points make this plan with this cache */
     enum llep_plan_mode mode;
     uint32_t transfers;
+    double model_ns;        /* the rep's modelled makespan */
+    uint32_t model_rank;    /* 1-based, among all groups by model_ns */
+    bool measured;
+    uint32_t rank;          /* 1-based, among the measured groups by makespan_ns; 0: not */
     uint64_t *busy;         /* [P] least over the rounds */
     uint64_t makespan_ns, weight_bytes;
 } group;
+
+/* The search and its results, as the printers need them. */
+typedef struct tune {
+    const llep_scenario *sc;
+    point *pts;
+    group *gs;
+    uint32_t ng;            /* distinct plans */
+    uint32_t *by_model;     /* [ng] group indices, best model first */
+    uint32_t *order;        /* [nm] measured groups, least makespan first */
+    uint32_t nm;            /* groups measured */
+    uint32_t def;           /* the defaults' group */
+} tune;
 
 /* How many of the point's settings differ from llepd's defaults: a group is named by its
  * point with the fewest, so that the advice changes no more than it must. */
@@ -80,27 +101,38 @@ static void make_grid(point *pts) {
                     pts[i++] = (point){ alphas[a], lambdas[l], mins[m], c, 0, 0 };
 }
 
+/* The layer's figures for planning and modelling: the engine fills in the same ones for a
+ * step (the bench's f32 experts, no biases). */
+static void bench_layer(const llep_bench *b, llep_cost_layer *layer) {
+    llep__cost_layer(layer, b->d, b->h, sizeof(float), false);
+    layer->weight_bytes = llep__engine_expert_bytes(b->eng);
+}
+
+/* Plans the point for the routed loads into plan; held as for llep__plan_run(). */
+static void plan_point(const llep_bench *b, const point *p, const llep_cost_layer *layer,
+                       llep_plan *plan, const uint8_t *held) {
+    llep_plan_params pp;
+
+    point_params(b, p, &pp);
+    if (pp.planner == LLEP_PLANNER_COST)
+        pp.cost_layer = layer;
+    int r = llep__plan_run(plan, b->loads, &pp, held);
+    if (r < 0)
+        llep__bench_die("planning alpha %g, lambda %g, m %u: %s", p->alpha, p->lambda,
+                        p->min_tokens, strerror(-r));
+}
+
 /* Plans every point for the routed loads and groups equal plans with equal caches. */
 static uint32_t group_points(const llep_bench *b, point *pts, group *gs) {
     llep_plan plan;
     llep_cost_layer layer;
     uint32_t ng = 0;
 
-    llep__cost_layer(&layer, b->d, b->h, sizeof(float), false);
-    layer.weight_bytes = llep__engine_expert_bytes(b->eng);
+    bench_layer(b, &layer);
     if (llep__plan_init(&plan, b->n, b->p) < 0)
         llep__bench_die("out of memory for a plan");
     for (size_t i = 0; i < NPOINTS; i++) {
-        llep_plan_params pp;
-        point_params(b, &pts[i], &pp);
-        /* The cost planner plans with the layer's figures, which the engine fills in for a
-         * step; for grouping, the same ones (the bench's f32 experts, no biases). */
-        if (pp.planner == LLEP_PLANNER_COST)
-            pp.cost_layer = &layer;
-        int r = llep__plan_run(&plan, b->loads, &pp, NULL);
-        if (r < 0)
-            llep__bench_die("planning alpha %g, lambda %g, m %u: %s", pts[i].alpha,
-                            pts[i].lambda, pts[i].min_tokens, strerror(-r));
+        plan_point(b, &pts[i], &layer, &plan, NULL);
         pts[i].hash = llep__plan_hash(&plan);
         uint32_t g = 0;
         while (g < ng && !(pts[gs[g].rep].hash == pts[i].hash &&
@@ -116,6 +148,78 @@ static uint32_t group_points(const llep_bench *b, point *pts, group *gs) {
     }
     llep__plan_fini(&plan);
     return ng;
+}
+
+/* The modelled makespan of each group's named point under the calibrated model. With the
+ * replica cache off every step copies the spilled experts again: the plan as made, no copies
+ * held. With it on, the measured rounds run after an unmeasured one, so the helpers already
+ * hold what the point's plan sent them: the steady state is the point planned again with
+ * those copies held (as the engine plans with its cache) and modelled with them held. */
+static void model_groups(const llep_bench *b, const point *pts, group *gs, uint32_t ng) {
+    llep_plan plan;
+    llep_cost_layer layer;
+    uint8_t *held = llep__bench_calloc((size_t)b->n * b->p, 1);
+
+    bench_layer(b, &layer);
+    if (llep__plan_init(&plan, b->n, b->p) < 0)
+        llep__bench_die("out of memory for a plan");
+    for (uint32_t g = 0; g < ng; g++) {
+        const point *p = &pts[gs[g].rep];
+        plan_point(b, p, &layer, &plan, NULL);
+        if (p->cache) {
+            memset(held, 0, (size_t)b->n * b->p);
+            for (uint32_t t = 0; t < plan.num_transfers; t++)
+                held[(size_t)plan.transfers[t].expert * b->p + plan.transfers[t].dst] = 1;
+            plan_point(b, p, &layer, &plan, held);
+        }
+        gs[g].model_ns = llep__plan_model_ns(&plan, &b->cost, &layer, p->cache ? held : NULL);
+    }
+    llep__plan_fini(&plan);
+    free(held);
+}
+
+/* Group indices ordered by key (model_ns or makespan_ns), ties to the point nearer the
+ * defaults, then grid order: the same ranking every run for the same figures. */
+static bool before(const point *pts, const group *gs, uint32_t a, uint32_t b, bool by_model) {
+    double ka = by_model ? gs[a].model_ns : (double)gs[a].makespan_ns;
+    double kb = by_model ? gs[b].model_ns : (double)gs[b].makespan_ns;
+    if (ka != kb)
+        return ka < kb;
+    int da = distance(&pts[gs[a].rep]), db = distance(&pts[gs[b].rep]);
+    return da != db ? da < db : a < b;
+}
+
+static void sort_groups(const point *pts, const group *gs, uint32_t *idx, uint32_t n,
+                        bool by_model) {
+    for (uint32_t i = 1; i < n; i++)  /* insertion sort: a few dozen groups */
+        for (uint32_t j = i; j > 0 && before(pts, gs, idx[j], idx[j - 1], by_model); j--) {
+            uint32_t t = idx[j];
+            idx[j] = idx[j - 1];
+            idx[j - 1] = t;
+        }
+}
+
+/* The group llepd's defaults fall in. */
+static uint32_t default_group(const point *pts) {
+    for (size_t i = 0; i < NPOINTS; i++)
+        if (distance(&pts[i]) == 0)
+            return pts[i].group;
+    return 0;
+}
+
+/* Ranks the groups by the model and marks the best `top` of them (0: all) and the defaults'
+ * for measuring. */
+static void prune(tune *t, uint32_t top) {
+    t->by_model = llep__bench_calloc(t->ng, sizeof(*t->by_model));
+    for (uint32_t g = 0; g < t->ng; g++)
+        t->by_model[g] = g;
+    sort_groups(t->pts, t->gs, t->by_model, t->ng, true);
+    for (uint32_t i = 0; i < t->ng; i++) {
+        group *g = &t->gs[t->by_model[i]];
+        g->model_rank = i + 1;
+        g->measured = top == 0 || i < top;
+    }
+    t->gs[t->def].measured = true;
 }
 
 static void measure_step(llep_bench *b, llep_engine *eng, const point *p, group *g,
@@ -134,277 +238,281 @@ static void measure_step(llep_bench *b, llep_engine *eng, const point *p, group 
         g->weight_bytes += st.weight_bytes_moved;
 }
 
-/* Measures every group, a step of each in turn for `repeat` rounds after one unmeasured
- * round. */
-static void measure(llep_bench *b, const point *pts, group *gs, uint32_t ng) {
+/* Measures the marked groups, in the model's order, a step of each in turn for `repeat`
+ * rounds after one unmeasured round; then ranks them by makespan. */
+static void measure(llep_bench *b, tune *t) {
     llep_engine *eng[NC] = { llep__bench_engine(b, 0, 0),
                              llep__bench_engine(b, LLEP_DEVICES_CACHE_AUTO, 0) };
+    const point *pts = t->pts;
+    group *gs = t->gs;
 
-    for (uint32_t g = 0; g < ng; g++) {
-        gs[g].busy = llep__bench_calloc(b->p, sizeof(uint64_t));
-        measure_step(b, eng[pts[gs[g].rep].cache], &pts[gs[g].rep], NULL, 0);
+    t->order = llep__bench_calloc(t->ng, sizeof(*t->order));
+    t->nm = 0;
+    for (uint32_t i = 0; i < t->ng; i++)
+        if (gs[t->by_model[i]].measured)
+            t->order[t->nm++] = t->by_model[i];
+    for (uint32_t i = 0; i < t->nm; i++) {
+        group *g = &gs[t->order[i]];
+        g->busy = llep__bench_calloc(b->p, sizeof(uint64_t));
+        measure_step(b, eng[pts[g->rep].cache], &pts[g->rep], NULL, 0);
     }
     for (uint32_t r = 0; r < b->o.repeat; r++)
-        for (uint32_t g = 0; g < ng; g++) {
-            const point *p = &pts[gs[g].rep];
+        for (uint32_t i = 0; i < t->nm; i++) {
+            group *g = &gs[t->order[i]];
+            const point *p = &pts[g->rep];
             fprintf(stderr, "llep-bench: tune round %u/%u, plan %u/%u: alpha %g, lambda %g, "
-                    "m %u, cache %s\n", r + 1, b->o.repeat, g + 1, ng, p->alpha, p->lambda,
+                    "m %u, cache %s\n", r + 1, b->o.repeat, i + 1, t->nm, p->alpha, p->lambda,
                     p->min_tokens, p->cache ? "auto" : "off");
-            measure_step(b, eng[p->cache], p, &gs[g], r);
+            measure_step(b, eng[p->cache], p, g, r);
         }
-    for (uint32_t g = 0; g < ng; g++) {
+    for (uint32_t i = 0; i < t->nm; i++) {
+        group *g = &gs[t->order[i]];
         for (uint32_t d = 0; d < b->p; d++)
-            if (gs[g].busy[d] > gs[g].makespan_ns)
-                gs[g].makespan_ns = gs[g].busy[d];
-        gs[g].weight_bytes /= b->o.repeat;
+            if (g->busy[d] > g->makespan_ns)
+                g->makespan_ns = g->busy[d];
+        g->weight_bytes /= b->o.repeat;
     }
     for (uint32_t i = 0; i < NC; i++)
         llep__engine_free(eng[i]);
-}
-
-static uint32_t *rank_groups(const group *gs, uint32_t ng) {
-    uint32_t *order = llep__bench_calloc(ng, sizeof(*order));
-
-    for (uint32_t i = 0; i < ng; i++)
-        order[i] = i;
-    for (uint32_t i = 1; i < ng; i++)  /* insertion sort: a few dozen groups */
-        for (uint32_t j = i; j > 0 && gs[order[j]].makespan_ns < gs[order[j - 1]].makespan_ns;
-             j--) {
-            uint32_t t = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = t;
-        }
-    return order;
-}
-
-/* The group llepd's defaults fall in. */
-static uint32_t default_group(const point *pts) {
-    for (size_t i = 0; i < NPOINTS; i++)
-        if (distance(&pts[i]) == 0)
-            return pts[i].group;
-    return 0;
+    sort_groups(pts, gs, t->order, t->nm, false);
+    for (uint32_t i = 0; i < t->nm; i++)
+        gs[t->order[i]].rank = i + 1;
 }
 
 static double slower(const group *g, const group *best) {
     return best->makespan_ns ? (double)g->makespan_ns / (double)best->makespan_ns : 0;
 }
 
-static void print_row(const char *label, const point *p, const group *g, const group *best) {
-    printf("%-8s %6g %7g %6u %6s %5s %6u %7u %10.3f %9.3f %7.3f\n", label, p->alpha, p->lambda,
-           p->min_tokens, p->cache ? "auto" : "off", g->mode == LLEP_PLAN_LLEP ? "llep" : "ep",
-           g->transfers, g->points, g->makespan_ns / 1e6, g->weight_bytes / (1024.0 * 1024.0),
-           slower(g, best));
+/* ---- how good the model's ranking was ---------------------------------------------------- */
+
+/* What a user needs to trust the pruning: where the model's top pick landed when measured,
+ * where the model put the measured best, and, when every plan was measured, whether the
+ * default --tune-top would have kept the measured best (the defaults' group is always
+ * measured, so it counts as kept) and how close the best point it kept was. */
+typedef struct model_check {
+    uint32_t pick;              /* the model's top pick (a group) */
+    uint32_t pick_rank;         /* its measured rank */
+    uint32_t best_model_rank;   /* the measured best's rank by the model */
+    bool all_measured;          /* --tune-top 0 */
+    uint32_t top;               /* LLEP_BENCH_TUNE_TOP: the K checked */
+    bool top_has_best;          /* the K best by the model (and the defaults) held the best */
+    double top_best_vs_best;    /* the best makespan among those over the best's */
+} model_check;
+
+static void check_model(const llep_bench *b, const tune *t, model_check *ret) {
+    const group *gs = t->gs, *best = &gs[t->order[0]];
+
+    *ret = (model_check){ .pick = t->by_model[0], .pick_rank = gs[t->by_model[0]].rank,
+                          .best_model_rank = best->model_rank,
+                          .all_measured = b->o.tune_top == 0, .top = LLEP_BENCH_TUNE_TOP };
+    if (!ret->all_measured)
+        return;
+    for (uint32_t i = 0; i < t->nm; i++) {
+        const group *g = &gs[t->order[i]];
+        if (g->model_rank <= ret->top || t->order[i] == t->def) {
+            ret->top_has_best = i == 0;
+            ret->top_best_vs_best = slower(g, best);
+            break;
+        }
+    }
 }
 
-static void print_table(const llep_bench *b, const llep_scenario *sc, const point *pts,
-                        const group *gs, uint32_t ng, const uint32_t *order, uint32_t def) {
-    const group *best = &gs[order[0]];
+/* ---- the table ---------------------------------------------------------------------------- */
+
+static void print_row(const char *label, const point *p, const group *g, const group *best) {
+    printf("%-8s %6g %7g %6u %6s %5s %6u %7u %10.3f %9.3f %7.3f %10.3f %4u\n", label, p->alpha,
+           p->lambda, p->min_tokens, p->cache ? "auto" : "off",
+           g->mode == LLEP_PLAN_LLEP ? "llep" : "ep", g->transfers, g->points,
+           g->makespan_ns / 1e6, g->weight_bytes / (1024.0 * 1024.0), slower(g, best),
+           g->model_ns / 1e6, g->model_rank);
+}
+
+static void print_model_check(const llep_bench *b, const tune *t, const model_check *mc) {
+    const point *pick = &t->pts[t->gs[mc->pick].rep];
+
+    printf("model: the %s cost model (%s) ranked the %u distinct plans; %u measured (%s%u and "
+           "the defaults')\n", b->cost.backend, b->cost.device_name, t->ng, t->nm,
+           mc->all_measured ? "--tune-top 0: all; would have been the top " : "--tune-top ",
+           mc->all_measured ? mc->top : b->o.tune_top);
+    printf("model: its top pick (alpha %g, lambda %g, m %u, cache %s) measured #%u of %u; the "
+           "measured best is its #%u\n", pick->alpha, pick->lambda, pick->min_tokens,
+           pick->cache ? "auto" : "off", mc->pick_rank, t->nm, mc->best_model_rank);
+    if (mc->all_measured)
+        printf("model: its top %u (--tune-top %u) %s the measured best%s; the best point they "
+               "hold takes %.3fx the best's makespan\n", mc->top, mc->top,
+               mc->top_has_best ? "hold" : "miss",
+               mc->top_has_best ? ": pruning loses nothing here" : "", mc->top_best_vs_best);
+}
+
+static void print_table(const llep_bench *b, const tune *t, const model_check *mc) {
+    const point *pts = t->pts;
+    const group *gs = t->gs, *best = &gs[t->order[0]];
 
     llep__bench_print_header(b, stdout, "");
-    printf("tune: scenario %s, %zu grid points (alpha x lambda x m x cache), %u distinct plans "
-           "measured, %u rounds; makespan = each device's least busy time over the rounds, "
-           "the largest; m in this run's tokens (%u per device)\n\n", sc->name,
-           (size_t)NPOINTS, ng, b->o.repeat, b->t);
-    printf("%-8s %6s %7s %6s %6s %5s %6s %7s %10s %9s %7s\n", "", "alpha", "lambda", "m",
-           "cache", "mode", "xfers", "points", "makespan", "w MiB", "/best");
-    for (uint32_t i = 0; i < ng && i < 8; i++) {
+    printf("tune: scenario %s, %zu grid points (alpha x lambda x m x cache), %u distinct plans, "
+           "%u measured, %u rounds; makespan = each device's least busy time over the rounds, "
+           "the largest; model = the calibrated cost model's makespan, m# its rank; m in this "
+           "run's tokens (%u per device)\n\n", t->sc->name, (size_t)NPOINTS, t->ng, t->nm,
+           b->o.repeat, b->t);
+    printf("%-8s %6s %7s %6s %6s %5s %6s %7s %10s %9s %7s %10s %4s\n", "", "alpha", "lambda",
+           "m", "cache", "mode", "xfers", "points", "makespan", "w MiB", "/best", "model ms",
+           "m#");
+    for (uint32_t i = 0; i < t->nm && i < 8; i++) {
         char label[16];
         snprintf(label, sizeof(label), "#%u", i + 1);
-        print_row(label, &pts[gs[order[i]].rep], &gs[order[i]], best);
+        print_row(label, &pts[gs[t->order[i]].rep], &gs[t->order[i]], best);
     }
-    point dp = { LLEP_DEFAULT_ALPHA, LLEP_DEFAULT_LAMBDA, LLEP_DEFAULT_MIN_TOKENS, 1, 0, def };
-    print_row("defaults", &dp, &gs[def], best);
-    double s = slower(&gs[def], best);
+    point dp = { LLEP_DEFAULT_ALPHA, LLEP_DEFAULT_LAMBDA, LLEP_DEFAULT_MIN_TOKENS, 1, 0, t->def };
+    print_row("defaults", &dp, &gs[t->def], best);
+    double s = slower(&gs[t->def], best);
     printf("\nbest: alpha %g, lambda %g, m %u, replica cache %s; llepd's defaults take %.3fx "
            "its makespan (%s)\n", pts[best->rep].alpha, pts[best->rep].lambda,
            pts[best->rep].min_tokens, pts[best->rep].cache ? "auto" : "off", s,
            s <= NOISE ? "within this machine's 3 % noise" : "beyond the 3 % noise");
+    print_model_check(b, t, mc);
 }
 
-/* A point's figures as a JSON object, after "name": when name is not NULL. */
-static void json_point(const char *name, const point *p, const group *g, const group *best,
-                       const char *sep) {
-    if (name)
-        printf(" \"%s\": ", name);
+/* ---- --json, through json-c ---------------------------------------------------------------- */
+
+/* A double printed with prec decimals, or as %g when prec < 0 (json-c keeps the text), so
+ * that 1.1 stays 1.1. */
+static json_object *num(double v, int prec) {
+    char s[64];
+    if (prec < 0)
+        snprintf(s, sizeof(s), "%g", v);
     else
-        printf("  ");
-    printf("{\"alpha\": %g, \"lambda\": %g, \"min_tokens\": %u, \"replica_cache\": "
-           "\"%s\", \"mode\": \"%s\", \"transfers\": %u, \"points\": %u, \"makespan_ns\": %"
-           PRIu64 ", \"weight_bytes_moved\": %" PRIu64 ", \"vs_best\": %.4f}%s\n",
-           p->alpha, p->lambda, p->min_tokens, p->cache ? "auto" : "off",
-           g->mode == LLEP_PLAN_LLEP ? "llep" : "ep", g->transfers, g->points, g->makespan_ns,
-           g->weight_bytes, slower(g, best), sep);
+        snprintf(s, sizeof(s), "%.*f", prec, v);
+    return json_object_new_double_s(v, s);
 }
 
-static void print_json(const llep_bench *b, const llep_scenario *sc, const point *pts,
-                       const group *gs, uint32_t ng, const uint32_t *order, uint32_t def) {
-    const group *best = &gs[order[0]];
-    point dp = { LLEP_DEFAULT_ALPHA, LLEP_DEFAULT_LAMBDA, LLEP_DEFAULT_MIN_TOKENS, 1, 0, def };
-
-    printf("{\"preset\": \"%s\", \"scale\": %u, \"experts\": %u, \"hidden\": %u, \"inter\": %u, "
-           "\"top_k\": %u, \"devices\": %u, \"tokens_per_device\": %u, \"scenario\": \"%s\", "
-           "\"repeat\": %u, \"grid_points\": %zu, \"plans_measured\": %u, \"noise\": %.2f,\n",
-           b->o.preset->name, b->o.scale, b->n, b->d, b->h, b->k, b->p, b->t, sc->name,
-           b->o.repeat, (size_t)NPOINTS, ng, NOISE);
-    json_point("best", &pts[best->rep], best, best, ",");
-    json_point("defaults", &dp, &gs[def], best, ",");
-    printf(" \"ranked\": [\n");
-    for (uint32_t i = 0; i < ng; i++)
-        json_point(NULL, &pts[gs[order[i]].rep], &gs[order[i]], best, i + 1 < ng ? "," : "");
-    printf(" ]}\n");
+static void add(json_object *o, const char *key, json_object *v) {
+    json_object_object_add(o, key, v);
 }
 
-/* ---- --write-config --------------------------------------------------------------------- */
+/* A point's figures; the measured ones only when its group was measured. */
+static json_object *json_point(const point *p, const group *g, const group *best) {
+    json_object *o = json_object_new_object();
 
-static const char *const tuned_keys[] = { "alpha", "lambda", "min-tokens", "replica-cache" };
-#define NKEYS (sizeof(tuned_keys) / sizeof(tuned_keys[0]))
-
-/* The tuned key a config line sets (as llepd reads it: blanks, '_' for '-'), or -1. */
-static int line_key(const char *line, size_t len) {
-    size_t i = 0, k0, k1;
-
-    while (i < len && (line[i] == ' ' || line[i] == '\t'))
-        i++;
-    if (i == len || line[i] == '#')
-        return -1;
-    k0 = i;
-    while (i < len && line[i] != '=' && line[i] != ' ' && line[i] != '\t')
-        i++;
-    k1 = i;
-    for (size_t k = 0; k < NKEYS; k++) {
-        const char *name = tuned_keys[k];
-        size_t n = strlen(name), j = 0;
-        if (k1 - k0 != n)
-            continue;
-        while (j < n && (line[k0 + j] == name[j] || (name[j] == '-' && line[k0 + j] == '_')))
-            j++;
-        if (j == n)
-            return (int)k;
+    add(o, "alpha", num(p->alpha, -1));
+    add(o, "lambda", num(p->lambda, -1));
+    add(o, "min_tokens", json_object_new_int64(p->min_tokens));
+    add(o, "replica_cache", json_object_new_string(p->cache ? "auto" : "off"));
+    add(o, "mode", json_object_new_string(g->mode == LLEP_PLAN_LLEP ? "llep" : "ep"));
+    add(o, "transfers", json_object_new_int64(g->transfers));
+    add(o, "points", json_object_new_int64(g->points));
+    add(o, "model_ns", num(g->model_ns, 1));
+    add(o, "model_rank", json_object_new_int64(g->model_rank));
+    add(o, "measured", json_object_new_boolean(g->measured));
+    if (g->measured) {
+        add(o, "makespan_ns", json_object_new_int64((int64_t)g->makespan_ns));
+        add(o, "weight_bytes_moved", json_object_new_int64((int64_t)g->weight_bytes));
+        add(o, "vs_best", num(slower(g, best), 4));
+        add(o, "rank", json_object_new_int64(g->rank));
     }
-    return -1;
+    return o;
 }
 
-/* Reads the whole file into a malloc()ed, NUL-terminated buffer; a missing file is empty. */
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    char *buf = llep__bench_calloc(LLEP_CONFIG_FILE_MAX + 1, 1);
+static json_object *json_model_check(const llep_bench *b, const tune *t,
+                                     const model_check *mc) {
+    json_object *o = json_object_new_object();
+    char hash[32];
 
-    *len = 0;
-    if (!f && errno == ENOENT)
-        return buf;
-    if (!f)
-        llep__bench_die("--write-config: cannot read %s: %s", path, strerror(errno));
-    *len = fread(buf, 1, LLEP_CONFIG_FILE_MAX + 1, f);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad)
-        llep__bench_die("--write-config: cannot read %s", path);
-    if (*len > LLEP_CONFIG_FILE_MAX)
-        llep__bench_die("--write-config: %s is larger than a config file can be", path);
-    buf[*len] = '\0';
-    return buf;
+    snprintf(hash, sizeof(hash), "%016" PRIx64, llep__cost_hash(&b->cost));
+    add(o, "backend", json_object_new_string(b->cost.backend));
+    add(o, "device_name", json_object_new_string(b->cost.device_name));
+    add(o, "hash", json_object_new_string(hash));
+    add(o, "top_pick", json_point(&t->pts[t->gs[mc->pick].rep], &t->gs[mc->pick],
+                                  &t->gs[t->order[0]]));
+    add(o, "top_pick_measured_rank", json_object_new_int64(mc->pick_rank));
+    add(o, "best_model_rank", json_object_new_int64(mc->best_model_rank));
+    if (mc->all_measured) {
+        add(o, "pruned_top", json_object_new_int64(mc->top));
+        add(o, "pruned_contains_best", json_object_new_boolean(mc->top_has_best));
+        add(o, "pruned_best_vs_best", num(mc->top_best_vs_best, 4));
+    }
+    return o;
 }
 
-/* The old text with each tuned key's first line replaced by its new value and later lines of
- * the same key dropped (llepd takes the last, which would undo the tuning); keys the file
- * lacks are appended. */
-static void merge(FILE *out, const char *text, size_t len, char values[NKEYS][64]) {
-    int done[NKEYS] = { 0 };
+static void print_json(const llep_bench *b, const tune *t, const model_check *mc) {
+    const point *pts = t->pts;
+    const group *gs = t->gs, *best = &gs[t->order[0]];
+    point dp = { LLEP_DEFAULT_ALPHA, LLEP_DEFAULT_LAMBDA, LLEP_DEFAULT_MIN_TOKENS, 1, 0, t->def };
+    json_object *o = json_object_new_object(), *ranked = json_object_new_array();
+    json_object *by_model = json_object_new_array();
 
-    for (size_t i = 0; i < len;) {
-        const char *nl = memchr(text + i, '\n', len - i);
-        size_t n = nl ? (size_t)(nl - (text + i)) : len - i;
-        int k = line_key(text + i, n);
-        if (k < 0)
-            fprintf(out, "%.*s\n", (int)n, text + i);
-        else if (!done[k])
-            fprintf(out, "%s = %s\n", tuned_keys[k], values[k]);
-        if (k >= 0)
-            done[k] = 1;
-        i += n + 1;
-    }
-    for (size_t k = 0; k < NKEYS; k++)
-        if (!done[k])
-            fprintf(out, "%s = %s\n", tuned_keys[k], values[k]);
-}
-
-/* Writes the best point into the config file at path: a new file beside it, checked with
- * llepd's own parser, then renamed over it, so that a crash leaves the old file or the new
- * one and a file llepd would refuse is never installed. */
-static void write_config(const char *path, const point *best) {
-    char values[NKEYS][64], tmp[4096], err[512];
-    size_t len;
-    char *old = read_all(path, &len);
-    struct stat st;
-    mode_t mode = 0644;
-
-    /* Shortest forms that read back the same. */
-    for (int k = 0; k < 2; k++) {
-        double v = k ? best->lambda : best->alpha;
-        for (int prec = 1; prec <= 17; prec++) {
-            snprintf(values[k], sizeof(values[k]), "%.*g", prec, v);
-            if (strtod(values[k], NULL) == v)
-                break;
-        }
-    }
-    snprintf(values[2], sizeof(values[2]), "%u", best->min_tokens);
-    snprintf(values[3], sizeof(values[3]), "%s", best->cache ? "auto" : "off");
-    if (stat(path, &st) == 0)
-        mode = st.st_mode & 07777;
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= sizeof(tmp))
-        llep__bench_die("--write-config: the path is too long");
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        llep__bench_die("--write-config: cannot create a file beside %s: %s", path,
-                        strerror(errno));
-    FILE *f = fdopen(fd, "w");
-    if (!f)
-        llep__bench_die("--write-config: %s", strerror(errno));
-    merge(f, old, len, values);
-    int bad = fflush(f) != 0 || fchmod(fd, mode) != 0 || fsync(fd) != 0;
-    bad |= fclose(f) != 0;
-    free(old);
-    llep_config c;
-    llep__config_init(&c);
-    int r = bad ? -EIO : llep__config_load_file(&c, tmp, err, sizeof(err));
-    llep__config_fini(&c);
-    if (r < 0) {
-        unlink(tmp);
-        llep__bench_die("--write-config: %s not changed: %s", path,
-                        bad ? "cannot write the new file" : err);
-    }
-    if (rename(tmp, path) < 0) {
-        int e = errno;
-        unlink(tmp);
-        llep__bench_die("--write-config: cannot replace %s: %s", path, strerror(e));
-    }
-    fprintf(stderr, "llep-bench: wrote alpha = %s, lambda = %s, min-tokens = %s, "
-            "replica-cache = %s into %s\n", values[0], values[1], values[2], values[3], path);
+    add(o, "preset", json_object_new_string(b->o.preset->name));
+    add(o, "scale", json_object_new_int64(b->o.scale));
+    add(o, "experts", json_object_new_int64(b->n));
+    add(o, "hidden", json_object_new_int64(b->d));
+    add(o, "inter", json_object_new_int64(b->h));
+    add(o, "top_k", json_object_new_int64(b->k));
+    add(o, "devices", json_object_new_int64(b->p));
+    add(o, "tokens_per_device", json_object_new_int64(b->t));
+    add(o, "scenario", json_object_new_string(t->sc->name));
+    add(o, "planner", json_object_new_string(llep__bench_planner_name(
+                          b->o.num_planners ? b->o.planners[0] : LLEP_BENCH_LLA)));
+    add(o, "repeat", json_object_new_int64(b->o.repeat));
+    add(o, "grid_points", json_object_new_int64((int64_t)NPOINTS));
+    add(o, "distinct_plans", json_object_new_int64(t->ng));
+    add(o, "tune_top", json_object_new_int64(b->o.tune_top));
+    add(o, "plans_measured", json_object_new_int64(t->nm));
+    add(o, "noise", num(NOISE, 2));
+    add(o, "best", json_point(&pts[best->rep], best, best));
+    add(o, "defaults", json_point(&dp, &gs[t->def], best));
+    add(o, "model", json_model_check(b, t, mc));
+    for (uint32_t i = 0; i < t->nm; i++)
+        json_object_array_add(ranked, json_point(&pts[gs[t->order[i]].rep], &gs[t->order[i]],
+                                                 best));
+    add(o, "ranked", ranked);
+    for (uint32_t i = 0; i < t->ng; i++)
+        json_object_array_add(by_model, json_point(&pts[gs[t->by_model[i]].rep],
+                                                   &gs[t->by_model[i]], best));
+    add(o, "by_model", by_model);
+    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                      JSON_C_TO_STRING_SPACED |
+                                                      JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (!s)
+        llep__bench_die("out of memory for the JSON");
+    printf("%s\n", s);
+    json_object_put(o);
 }
 
 int llep__bench_tune(llep_bench *b) {
-    const llep_scenario *sc = b->o.scenario >= 0 ? &llep__scenarios[b->o.scenario]
-                                                 : llep__scenario_find("80%-4");
-    point *pts = llep__bench_calloc(NPOINTS, sizeof(*pts));
-    group *gs = llep__bench_calloc(NPOINTS, sizeof(*gs));
+    tune t = { .sc = b->o.scenario >= 0 ? &llep__scenarios[b->o.scenario]
+                                        : llep__scenario_find("80%-4") };
+    model_check mc;
 
-    llep__bench_route(b, sc);
-    make_grid(pts);
-    uint32_t ng = group_points(b, pts, gs);
-    fprintf(stderr, "llep-bench: tune %s: %zu grid points make %u distinct plans to measure\n",
-            sc->name, (size_t)NPOINTS, ng);
-    measure(b, pts, gs, ng);
-    uint32_t *order = rank_groups(gs, ng), def = default_group(pts);
+    if (!b->have_cost)
+        llep__bench_die("--tune: no calibrated cost model");  /* llep__bench_open() made it */
+    t.pts = llep__bench_calloc(NPOINTS, sizeof(*t.pts));
+    t.gs = llep__bench_calloc(NPOINTS, sizeof(*t.gs));
+    llep__bench_route(b, t.sc);
+    make_grid(t.pts);
+    t.ng = group_points(b, t.pts, t.gs);
+    t.def = default_group(t.pts);
+    model_groups(b, t.pts, t.gs, t.ng);
+    prune(&t, b->o.tune_top);
+    uint32_t marked = 0;
+    for (uint32_t g = 0; g < t.ng; g++)
+        marked += t.gs[g].measured;
+    fprintf(stderr, "llep-bench: tune %s: %zu grid points make %u distinct plans; measuring %u "
+            "(%s)\n", t.sc->name, (size_t)NPOINTS, t.ng, marked,
+            b->o.tune_top ? "the best --tune-top by the cost model and the defaults'" : "all");
+    measure(b, &t);
+    check_model(b, &t, &mc);
     if (b->o.format == LLEP_BENCH_JSON)
-        print_json(b, sc, pts, gs, ng, order, def);
+        print_json(b, &t, &mc);
     else
-        print_table(b, sc, pts, gs, ng, order, def);
+        print_table(b, &t, &mc);
+    const point *best = &t.pts[t.gs[t.order[0]].rep];
     if (b->o.write_config)
-        write_config(b->o.write_config, &pts[gs[order[0]].rep]);
-    for (uint32_t g = 0; g < ng; g++)
-        free(gs[g].busy);
-    free(order);
-    free(gs);
-    free(pts);
+        llep__bench_write_config(b->o.write_config, best->alpha, best->lambda,
+                                 best->min_tokens, best->cache);
+    for (uint32_t g = 0; g < t.ng; g++)
+        free(t.gs[g].busy);
+    free(t.by_model);
+    free(t.order);
+    free(t.gs);
+    free(t.pts);
     return EXIT_SUCCESS;
 }

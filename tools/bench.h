@@ -41,6 +41,8 @@ enum llep_bench_planner {
     LLEP_BENCH_NUM_PLANNERS
 };
 #define LLEP_BENCH_MAX_PLANNERS 8u
+/* --tune-top's default: the distinct plans of the tuning grid measured, best by the model. */
+#define LLEP_BENCH_TUNE_TOP 8u
 
 typedef struct llep_bench_options {
     const llep_bench_preset *preset;
@@ -61,6 +63,8 @@ typedef struct llep_bench_options {
     const char *trace;     /* --trace drift|jump (bench-trace.c); NULL: none */
     uint32_t steps;        /* --steps: the trace's length */
     int tune;              /* --tune (bench-tune.c) */
+    uint32_t tune_top;     /* --tune-top K: measure the K best plans by the cost model and
+                              the defaults'; 0 all (default LLEP_BENCH_TUNE_TOP) */
     const char *write_config;  /* --write-config FILE with --tune */
     int calibrate;         /* --calibrate: the device cost model only (bench-calibrate.c) */
 } llep_bench_options;
@@ -80,7 +84,7 @@ typedef struct llep_bench {
     int32_t *slot_expert;   /* [P * T * K] */
     uint64_t *loads;        /* [N]: the loads last routed */
     /* The cost model the cost planner uses: calibrated on the main engine's devices when a
-     * run names the cost planner (have_cost), the same for every engine of the run. */
+     * run names the cost planner or tunes (have_cost), the same for every engine of the run. */
     llep_cost_model cost;
     bool have_cost;
     llep_engine_batch *batches;

@@ -77,7 +77,8 @@ static void usage(FILE *f) {
         "                  [--json|--csv] [--plot FILE.png] [--backend cpu|cuda|auto]\n"
         "                  [--nodes K] [--replica-cache SIZE|auto|off]\n"
         "                  [--device-memory SIZE] [--planners LIST]\n"
-        "                  [--trace drift|jump [--steps N]] [--tune [--write-config FILE]]\n"
+        "                  [--trace drift|jump [--steps N]] [--tune [--tune-top K]\n"
+        "                  [--write-config FILE]]\n"
         "       llep-bench --calibrate [--backend cpu|cuda|auto] [--devices P] [--json]\n"
         "\n"
         "Runs the scenarios of DESIGN.md section 7 under EP and LLEP on the same inputs (CPU\n"
@@ -122,15 +123,21 @@ static void usage(FILE *f) {
         "                (the hot experts of --scenario, default 80%%-4, change one at a time,\n"
         "                every 50 steps) or jump (all of them every 100 steps)\n"
         "  --tune        search alpha, m, lambda and the replica cache (off, auto) for the\n"
-        "                shape and --scenario (default 80%%-4), measuring each distinct plan;\n"
-        "                print the best point and how far llepd's defaults are from it. m is\n"
+        "                shape and --scenario (default 80%%-4): rank the distinct plans by\n"
+        "                the devices' cost model (calibrated first), measure the best of\n"
+        "                them and the defaults', print the best point, how far llepd's\n"
+        "                defaults are from it and how good the model's ranking was. m is\n"
         "                in this run's tokens: give --tokens the batch llepd will see\n"
+        "  --tune-top    with --tune: how many plans to measure, best by the model (default\n"
+        "                %u; the defaults' plan is measured too); 0 measures all of them and\n"
+        "                says whether the default would have kept the measured best\n"
         "  --write-config  with --tune: set alpha, lambda, min-tokens and replica-cache in\n"
         "                this llepd config file to the best point, keeping its other lines\n"
         "  --calibrate   measure the backend's device cost model instead (chunk time against\n"
         "                rows, transfers) and print it as `llepctl tune` does\n"
         "Environment: LLEP_BENCH_THREADS host threads running the devices (default 1, so\n"
-        "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n");
+        "devices do not disturb each other's CPU time); OPENBLAS_CORETYPE as for OpenBLAS.\n",
+        LLEP_BENCH_TUNE_TOP);
 }
 
 static uint32_t parse_u32(const char *opt, const char *s, uint32_t min) {
@@ -172,7 +179,7 @@ static void parse_planners(const char *arg, options *o) {
 
 /* --planners, --trace and --tune are modes of their own, without the classic run's extras;
  * --trace and --tune take at most one planner (default lla). */
-static void check_modes(const options *o, int steps_set, int cache_set) {
+static void check_modes(const options *o, int steps_set, int cache_set, int top_set) {
     int modes = (o->num_planners > 0) + (o->trace != NULL) + o->tune;
 
     if (o->trace && o->tune)
@@ -184,6 +191,8 @@ static void check_modes(const options *o, int steps_set, int cache_set) {
                               "--replica-cache must be a size > 0 or auto");
     if (o->write_config && !o->tune)
         llep__bench_usage_die("--write-config needs --tune");
+    if (top_set && !o->tune)
+        llep__bench_usage_die("--tune-top needs --tune");
     if (steps_set && !o->trace)
         llep__bench_usage_die("--steps needs --trace");
     if (modes && (o->nodes || o->plot || o->format == FMT_CSV))
@@ -214,15 +223,17 @@ static void parse_options(int argc, char **argv, options *o) {
         { "steps", required_argument, NULL, 'n' },
         { "tune", no_argument, NULL, 'u' },
         { "write-config", required_argument, NULL, 'w' },
+        { "tune-top", required_argument, NULL, 'k' },
         { "calibrate", no_argument, NULL, 'K' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
-    int c, steps_set = 0, cache_set = 0;
+    int c, steps_set = 0, cache_set = 0, top_set = 0;
 
     *o = (options){ .preset = &llep__bench_presets[0], .scenario = -1, .devices = 8, .scale = 8,
                     .repeat = 5, .alpha = LLEP_DEFAULT_ALPHA, .lambda = LLEP_DEFAULT_LAMBDA,
-                    .backend = LLEP_BACKEND_CPU, .steps = 1000 };
+                    .backend = LLEP_BACKEND_CPU, .steps = 1000,
+                    .tune_top = LLEP_BENCH_TUNE_TOP };
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
         case 'p':
@@ -276,6 +287,7 @@ static void parse_options(int argc, char **argv, options *o) {
             break;
         case 'n': o->steps = parse_u32("--steps", optarg, 1); steps_set = 1; break;
         case 'u': o->tune = 1; break;
+        case 'k': o->tune_top = parse_u32("--tune-top", optarg, 0); top_set = 1; break;
         case 'K': o->calibrate = 1; break;
         case 'w':
             if (!optarg[0])
@@ -303,7 +315,7 @@ static void parse_options(int argc, char **argv, options *o) {
         llep__bench_usage_die("unexpected argument '%s'", argv[optind]);
     if (o->calibrate)
         return;
-    check_modes(o, steps_set, cache_set);
+    check_modes(o, steps_set, cache_set, top_set);
     /* A trace compares the cache off with it on: on means llepd's default unless given. */
     if (o->trace && !cache_set)
         o->replica_cache = LLEP_DEVICES_CACHE_AUTO;
