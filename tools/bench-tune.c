@@ -330,13 +330,17 @@ static void print_row(const char *label, const point *p, const group *g, const g
 static void print_model_check(const llep_bench *b, const tune *t, const model_check *mc) {
     const point *pick = &t->pts[t->gs[mc->pick].rep];
 
-    printf("model: the %s cost model (%s) ranked the %u distinct plans; %u measured (%s%u and "
-           "the defaults')\n", b->cost.backend, b->cost.device_name, t->ng, t->nm,
-           mc->all_measured ? "--tune-top 0: all; would have been the top " : "--tune-top ",
-           mc->all_measured ? mc->top : b->o.tune_top);
-    printf("model: its top pick (alpha %g, lambda %g, m %u, cache %s) measured #%u of %u; the "
-           "measured best is its #%u\n", pick->alpha, pick->lambda, pick->min_tokens,
-           pick->cache ? "auto" : "off", mc->pick_rank, t->nm, mc->best_model_rank);
+    printf("model: the %s cost model (%s) ranked the %u distinct plans; %u measured ",
+           b->cost.backend, b->cost.device_name, t->ng, t->nm);
+    if (mc->all_measured)
+        printf("(--tune-top 0: all)\n");
+    else
+        printf("(its top %u, --tune-top %u, and the defaults')\n", b->o.tune_top,
+               b->o.tune_top);
+    printf("model: its top pick (alpha %g, lambda %g, m %u, cache %s) measured #%u of %u "
+           "(%.3fx the best's makespan); the measured best is its #%u\n", pick->alpha,
+           pick->lambda, pick->min_tokens, pick->cache ? "auto" : "off", mc->pick_rank, t->nm,
+           slower(&t->gs[mc->pick], &t->gs[t->order[0]]), mc->best_model_rank);
     if (mc->all_measured)
         printf("model: its top %u (--tune-top %u) %s the measured best%s; the best point they "
                "hold takes %.3fx the best's makespan\n", mc->top, mc->top,
