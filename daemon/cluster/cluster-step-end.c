@@ -246,6 +246,13 @@ static void on_deadline(uv_timer_t *t) {
 
     if (!st)
         return;
+    /* The step's exchange failed and no node said why in time (llepd_cstep_exchanged). */
+    if (st->fail_r < 0 && !st->work_queued) {
+        char saved[sizeof(st->fail_why)];
+        snprintf(saved, sizeof(saved), "%s", st->fail_why);
+        llepd_cstep_fail(c, st->fail_r, saved);
+        return;
+    }
     for (uint32_t j = 0; j < c->nodes && !why[0]; j++) {
         bool missing = (st->phase == CSTEP_LOADS && !st->have_loads[j]) ||
                        ((st->phase == CSTEP_HASH || st->phase == CSTEP_PREPARE ||

@@ -21,6 +21,10 @@
 
 /* Once the plan is agreed, only data is awaited: allow for big steps on slow links. */
 #define DATA_DEADLINE_MS 60000u
+/* A step's own exchange failed: how long it waits for the ClusterStepFail that says why (the
+ * node whose step failed closes the communicator and sends it, and the close may come first)
+ * before failing with the exchange's error. */
+#define EXCHANGE_GRACE_MS 500u
 
 static inline uint32_t num_experts(const llepd_clayer *c) {
     return c->layer->desc.num_experts;

@@ -157,8 +157,18 @@ void llepd_cstep_exchanged(llepd_clayer *c, int r, const char *why) {
     if (!st || !st->xnode)
         return;
     if (r < 0) {
+        /* Most often another node's step failed (a failed device, say) and its close reached
+         * this exchange before its word over the peer links: that word, naming the cause,
+         * fails the step if it comes within EXCHANGE_GRACE_MS, else this error does
+         * (on_deadline). Nothing else moves a step waiting in its exchange. */
         snprintf(msg, sizeof(msg), "%s exchange failed: %s", llepd_cxnode_name(c), why);
-        llepd_cstep_fail(c, r, msg);
+        if (st->work_queued) {
+            llepd_cstep_fail(c, r, msg); /* the work's end fails it */
+        } else if (st->fail_r == 0) {
+            st->fail_r = r;
+            snprintf(st->fail_why, sizeof(st->fail_why), "%.255s", msg);
+            llepd_cstep_arm_deadline(c, EXCHANGE_GRACE_MS);
+        }
     } else if (st->phase == CSTEP_XROWS) {
         queue_work(c, CSTEP_COMPUTE);
     } else if (st->phase == CSTEP_XRESULTS) {
