@@ -28,6 +28,11 @@
  *                   hash exchange catches it, every node fails the step saying so, no output is
  *                   written, and every node's metrics endpoint (scraped with curl) counts it in
  *                   llep_errors_total{kind="failed_step"}.
+ *   device_failed   device 1 of one node fails (LLEP_TEST_FAIL_DEVICE): the step fails on every
+ *                   node naming it, no output written; with keep-host-weights the node puts its
+ *                   experts back from its host copy of its share and later steps are exact
+ *                   (node 2, the origin, node 1 over the communicator); without, every later
+ *                   step says which of the layer's experts were lost. Run four times.
  *   communicator    every node started with LLEPD_TEST_XNODE=1: the origin starts the layer's
  *                   communicator between nodes (the CPU backend's socket transport, in place of
  *                   NCCL on GPUs), steps move to it once it is up and stay exact with weights
@@ -98,6 +103,11 @@ static unsigned drop_nodes;
 static uint16_t metrics_ports[NODES];
 /* Nodes started with llepd's default planner (cost) rather than --planner lla. */
 static bool cost_planner;
+/* A node started with LLEP_TEST_FAIL_DEVICE=fail_at (-1: none), and nodes started with
+ * --keep-host-weights yes. */
+static int fail_node = -1;
+static const char *fail_at;
+static unsigned keep_nodes;
 
 static void setup(void) {
     llep_test_nodes_setup(&nodes, "test-clayer");
@@ -106,14 +116,18 @@ static void setup(void) {
 static void teardown(void) {
     llep_test_nodes_teardown(&nodes);
     cost_planner = false;
+    fail_node = -1;
+    keep_nodes = 0;
+    xnode_nodes = 0;
 }
 
 static void start_node(int node, bool mismatch) {
     char sock[128], maddr[32];
-    const char *env[4], *args[] = { "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
+    const char *env[5], *args[] = { "--peer-heartbeat-ms", "100", "--peer-timeout-ms", "1000",
                                     "--cluster-communicator",
                                     comm_off_nodes & (1u << node) ? "off" : "auto", NULL, NULL,
-                                    NULL, NULL, NULL };
+                                    NULL, NULL, NULL, NULL, NULL };
+    char fail_env[64];
     int a = 6, e = 0;
 
     if (metrics_ports[node]) {
@@ -127,8 +141,17 @@ static void start_node(int node, bool mismatch) {
         args[a++] = "lla";
     }
 
+    if (keep_nodes & (1u << node)) {
+        args[a++] = "--keep-host-weights";
+        args[a++] = "yes";
+    }
+
     if (mismatch)
         env[e++] = "LLEPD_TEST_PLAN_MISMATCH=1";
+    if (node == fail_node) {
+        snprintf(fail_env, sizeof(fail_env), "LLEP_TEST_FAIL_DEVICE=%s", fail_at);
+        env[e++] = fail_env;
+    }
     if (xnode_nodes & (1u << node))
         env[e++] = "LLEPD_TEST_XNODE=1";
     if (drop_nodes & (1u << node))
@@ -855,6 +878,117 @@ START_TEST(plan_mismatch) {
 }
 END_TEST
 
+/* Every node's forward of one step: true when all ran (then each is exact), false when all
+ * failed (then none wrote its y); a step that ran on some nodes only fails the test. */
+static bool step_all(node_client *nc, double skew, int32_t *slots) {
+    int ok = 0;
+
+    skewed_slots(skew, slots);
+    fill_batches(nc, slots, 7);
+    forward_all(nc, 7);
+    for (int i = 0; i < NODES; i++)
+        ok += nc[i].r == 0;
+    ck_assert_msg(ok == 0 || ok == NODES, "a cluster step ran on %d of %d nodes", ok, NODES);
+    for (int i = 0; i < NODES && ok; i++)
+        assert_exact(&nc[i].b, i);
+    return ok == NODES;
+}
+
+/* The failed node's own clients read its error; the others read "node F reports: " before
+ * it. Every message names the layer. */
+static void expect_failed_from(const node_client *nc, int from, const char *text) {
+    char theirs[256];
+
+    snprintf(theirs, sizeof(theirs), "node %d reports: %s", from, text);
+    for (int i = 0; i < NODES; i++) {
+        expect_failed(nc, 1u << i, i == from ? text : theirs);
+        expect_failed(nc, 1u << i, "layer 'moe'");
+    }
+}
+
+/* A device of one node fails under a cluster layer (LLEP_TEST_FAIL_DEVICE=1@2 on that node:
+ * device 1 fails in the second step computing on it). The steps before are exact; the failing
+ * step fails on every node, naming the device, and writes no output anywhere (no node waits
+ * for the lost results); every node keeps serving. Then:
+ *   0  node 2 (not the origin), every node with keep-host-weights: node 2 put its share's
+ *      experts of device 1 back from the host copy of the share it received, and every later
+ *      step is exact against float64;
+ *   1  the same on the origin (node 0), from the host copy of its own share;
+ *   2  node 2 without keep-host-weights: every later step fails on every node, saying that
+ *      the layer's experts 10..11 (node 2's device 1, in the layer's numbering) were lost,
+ *      while a node-scope layer on node 2 still runs exact;
+ *   3  as 0 on node 1, every node started with LLEPD_TEST_XNODE=1 and device 1 failing in its
+ *      eighth step, once steps go over the communicator between nodes: the failing step's
+ *      exchange is abandoned on every node, later steps are exact.
+ * The failed node counts the failure in llep_device_failures_total and every node the step in
+ * llep_errors_total{kind="failed_step"}. */
+START_TEST(device_failed) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    const char *failed = "llep_errors_total{kind=\"failed_step\"}";
+    int steps = 0;
+
+    fail_node = _i == 1 ? 0 : _i == 3 ? 1 : 2;
+    fail_at = _i == 3 ? "1@8" : "1@2";
+    keep_nodes = _i == 2 ? 0 : (1u << NODES) - 1;
+    xnode_nodes = _i == 3 ? 7 : 0;
+    weights_init();
+    pick_metrics_ports();
+    start_cluster(nc, 1, false);
+    bool comm_up = false;
+    while (step_all(nc, 0.3, slots)) {
+        steps++;
+        ck_assert_msg(steps < 12, "device 1 of node %d did not fail in %d steps", fail_node,
+                      steps);
+        comm_up = true;
+        for (int i = 0; i < NODES && xnode_nodes; i++)
+            comm_up = comm_up && layer_field(i, "moe", "communicator_steps") > 0;
+    }
+    ck_assert_int_ge(steps, 1);
+    /* 3: the failing step went over the communicator, and the other nodes' results exchange
+     * waited for node 1's: they fail all the same, none waits on. */
+    ck_assert_msg(comm_up, "no step went over the communicator before the failure");
+    expect_failed_from(nc, fail_node, "device 1 failed");
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 1);
+        ck_assert_int_eq(scrape(i, failed), 1);
+        ck_assert_int_eq(scrape(i, "llep_device_failures_total"), i == fail_node);
+    }
+    json_object *dj = llepctl_json(fail_node, "devices", NULL), *list, *v;
+    ck_assert(dj && json_object_object_get_ex(dj, "devices", &list));
+    ck_assert(json_object_object_get_ex(json_object_array_get_idx(list, 1), "state", &v));
+    ck_assert_str_eq(json_object_get_string(v), "failed");
+    json_object_put(dj);
+
+    if (_i != 2) {
+        for (int s = 0; s < 4; s++)
+            ck_assert_msg(step_all(nc, s % 2 ? 0.7 : 0.3, slots), "step %d after the failure "
+                          "failed: %s", s, nc[fail_node].err);
+        for (int i = 0; i < NODES; i++)
+            ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 1);
+    } else {
+        for (int s = 0; s < 2; s++) {
+            ck_assert(!step_all(nc, 0.3, slots));
+            expect_failed_from(nc, 2, "device 1 failed and the weights of this layer's "
+                               "experts 10..11 were only there");
+        }
+        for (int i = 0; i < NODES; i++)
+            ck_assert_int_eq(scrape(i, failed), 3);
+        llep_layer_desc d = layer_desc(true, 0);
+        llep_layer *local = NULL;
+        d.scope = LLEP_SCOPE_NODE;
+        ck_assert_int_eq(llep_layer_create(nc[2].c, "local", &d, &local), 0);
+        skewed_slots(0.5, slots);
+        batch_fill(&nc[2].b, slots);
+        ck_assert_int_eq(llep_forward(local, TOKENS, nc[2].b.x, nc[2].b.idx, nc[2].b.w,
+                                      nc[2].b.y), 0);
+        assert_exact(&nc[2].b, 2);
+        llep_layer_release(local);
+    }
+    end_cluster(nc);
+}
+END_TEST
+
 /* Exact steps until every node has run one over the communicator (it starts with the first
  * step and is up a moment later). */
 static void wait_communicator(node_client *nc, int32_t *slots) {
@@ -1171,6 +1305,11 @@ static Suite *cluster_layer_suite(void) {
     tcase_add_test(tc, communicator_lost);
     tcase_add_test(tc, communicator_refused);
     tcase_add_test(tc, communicator_shared);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("failed device");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, device_failed, 0, 4);
     suite_add_tcase(s, tc);
     return s;
 }

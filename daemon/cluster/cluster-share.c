@@ -50,6 +50,7 @@ static void config_from_share(const llepd_layer *l, const llepd_clayer *c, const
     share_layout s = layout_of(l, c->local_experts, c->flags);
 
     cfg->num_experts = c->local_experts;
+    cfg->first_expert = c->rank * c->local_experts;
     cfg->w_gate = blob;
     cfg->w_up = blob + s.up;
     cfg->w_down = blob + s.down;
@@ -69,6 +70,7 @@ void llepd_clayer_cut_share_config(llepd_layer *l, llep_engine_config *cfg) {
                (cfg->b_down ? FLAG_B_DOWN : 0);
     c->share_bytes = llepd_clayer_share_bytes(c);
     cfg->num_experts = c->local_experts;
+    cfg->first_expert = (uint32_t)e0;
     cfg->w_gate = (const char *)cfg->w_gate + e0 * dh;
     cfg->w_up = (const char *)cfg->w_up + e0 * dh;
     cfg->w_down = (const char *)cfg->w_down + e0 * dh;
@@ -120,6 +122,50 @@ void llepd_clayer_reply_layer(llepd_server *srv, uint32_t to_id, const char *nam
     f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY;
     f.cluster_layer_reply = &m;
     (void)llepd_cluster_send(srv->cluster, to_id, &f);
+}
+
+/* keep-host-weights: the share as it arrived stays on the host, where the engine puts a
+ * failed device's experts back from (engine.h: reload); the origin keeps its own share the
+ * same way (layer.c). Without it the share is freed once the engine holds it. */
+typedef struct kept_share {
+    llep_engine_weights w;
+    uint8_t *blob;
+} kept_share;
+
+static int kept_get(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
+    (void)err;
+    (void)errlen;
+    *w = ((const kept_share *)arg)->w;
+    return 0;
+}
+
+static void kept_free(void *arg) {
+    kept_share *k = arg;
+
+    free(k->blob);
+    free(k);
+}
+
+/* Points cfg at the share and, when the node keeps it, hands the blob from c->share_in over
+ * to the engine's reload (so share_in no longer owns it). -ENOMEM: nothing changed. */
+static int share_config(llepd_clayer *c, llep_engine_config *cfg) {
+    llepd_layer *l = c->layer;
+    kept_share *k;
+
+    if (!l->srv->cfg.keep_host_weights) {
+        config_from_share(l, c, c->share_in.data, cfg);
+        return 0;
+    }
+    k = calloc(1, sizeof(*k));
+    if (!k)
+        return -ENOMEM;
+    k->blob = c->share_in.data;
+    c->share_in.data = NULL;
+    config_from_share(l, c, k->blob, cfg);
+    k->w = (llep_engine_weights){ cfg->w_gate, cfg->w_up, cfg->w_down,
+                                  cfg->b_gate, cfg->b_up, cfg->b_down, NULL };
+    cfg->reload = (llep_engine_reload){ .get = kept_get, .free_arg = kept_free, .arg = k };
+    return 0;
 }
 
 /* Making this node's engine from its share, on the thread pool. */
@@ -176,11 +222,18 @@ int llepd_clayer_start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
         return -ENOMEM;
     }
     llepd_layer_engine_config(l, &w->cfg);
-    config_from_share(l, c, c->share_in.data, &w->cfg);
+    if (share_config(c, &w->cfg) < 0) {
+        free(w);
+        snprintf(err, errlen, "out of host memory for the kept copy of the share "
+                 "(keep-host-weights)");
+        return -ENOMEM;
+    }
     w->c = c;
     w->req.data = w;
     int r = uv_queue_work(srv->loop, &w->req, share_run, share_done);
     if (r < 0) {
+        if (w->cfg.reload.free_arg)
+            w->cfg.reload.free_arg(w->cfg.reload.arg);
         free(w);
         snprintf(err, errlen, "cannot queue the engine creation: %s", uv_strerror(r));
         return r;

@@ -314,8 +314,8 @@ const config_key llep__config_keys[] = {
       "bytes per device kept of spilled experts' weights across steps (default auto)",
       set_replica_cache },
     { "keep-host-weights", "yes|no", "yes or no",
-      "keep a host copy of client-created layers' weights, to put a failed device's experts "
-      "back (default no)", set_keep_host_weights },
+      "keep a host copy of client-created layers' weights (of a cluster layer, this node's "
+      "share), to put a failed device's experts back (default no)", set_keep_host_weights },
     { "alpha", "X", "a finite number > 0",
       "capacity factor of Least-Loaded Assignment (default 1.0)", set_alpha },
     { "lambda", "X", "a finite number > 0",

@@ -307,8 +307,8 @@ static void rehome_all(llep_engine *e) {
         }
         if (!e->cfg.reload.get) {
             snprintf(why, sizeof(why), "device %u failed and the weights of this layer's "
-                     "experts %u..%u were only there (no copy is kept elsewhere)", d, d * e->m,
-                     (d + 1) * e->m - 1);
+                     "experts %u..%u were only there (no copy is kept elsewhere)", d,
+                     e->cfg.first_expert + d * e->m, e->cfg.first_expert + (d + 1) * e->m - 1);
             lose_device(e, d, why);
             continue;
         }

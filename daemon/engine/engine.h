@@ -83,6 +83,9 @@ typedef struct llep_engine_config {
     /* The weights again after a device failed; zero: nowhere. The engine owns arg from
      * llep__engine_new() on. */
     llep_engine_reload reload;
+    /* The layer's number of this engine's expert 0, for messages only: a cluster node's
+     * engine holds experts first_expert.. of the layer (its share); 0 otherwise. */
+    uint32_t first_expert;
 } llep_engine_config;
 
 /* Fills cfg with the defaults: f32, SWIGLU, default activation and plan parameters, CPU

@@ -337,7 +337,9 @@ int llepd_layer_start_create(llepd_layer *l, llepd_session *s, uint64_t frame_id
         w->full = w->cfg;
         l->ops->share_config(l, &w->cfg);
     }
-    w->keep = srv->cfg.keep_host_weights && !l->ops;
+    /* A cluster layer's origin keeps its own share (cfg, cut above); the other nodes keep
+     * theirs as it arrives (cluster-share.c). */
+    w->keep = srv->cfg.keep_host_weights;
     w->layer = l;
     w->session = s;
     w->frame_id = frame_id;
