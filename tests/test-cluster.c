@@ -881,7 +881,15 @@ START_TEST(not_clustered) {
     ck_assert_int_eq(run_llepctl(0, "peers", NULL, out, sizeof(out)), 0);
     ck_assert_msg(strstr(out, "not in a cluster"), "%s", out);
     ck_assert_int_eq(run_llepctl(0, "--json", "peers", out, sizeof(out)), 0);
-    ck_assert_str_eq(out, "{\"clustered\": false, \"peers\": []}\n");
+    /* Exactly {"clustered": false, "peers": []}: no node fields. */
+    json_object *j = json_tokener_parse(out), *v;
+    ck_assert_msg(j && json_object_is_type(j, json_type_object), "not JSON: %s", out);
+    ck_assert_int_eq(json_object_object_length(j), 2);
+    ck_assert(json_object_object_get_ex(j, "clustered", &v) &&
+              json_object_is_type(v, json_type_boolean) && !json_object_get_boolean(v));
+    ck_assert(json_object_object_get_ex(j, "peers", &v) &&
+              json_object_is_type(v, json_type_array) && json_object_array_length(v) == 0);
+    json_object_put(j);
     stop_node(0);
 }
 END_TEST

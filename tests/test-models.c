@@ -7,12 +7,16 @@
  * a message naming file and tensor while llepd keeps serving; unload is refused while clients
  * hold a model's layers; SIGHUP follows the configuration file. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
+#include <json-c/json.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -484,6 +488,107 @@ START_TEST(test_llepctl_verbs) {
 }
 END_TEST
 
+/* One line of JSON, parsed strictly: one value, no raw control character inside it, then only
+ * the newline (caller puts it). */
+static json_object *parse_line(const char *text) {
+    json_tokener *tok = json_tokener_new();
+    size_t len = strlen(text);
+    json_object *o;
+
+    ck_assert_ptr_nonnull(tok);
+    ck_assert_msg(len > 0 && text[len - 1] == '\n' && !strchr(text, '\n')[1],
+                  "not one line: %s", text);
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+    o = json_tokener_parse_ex(tok, text, (int)len);
+    ck_assert_msg(o && json_object_is_type(o, json_type_object), "not a JSON object (%s): %s",
+                  json_tokener_error_desc(json_tokener_get_error(tok)), text);
+    for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
+        ck_assert_msg(text[i] == '\n', "more after the object: %s", text + i);
+    json_tokener_free(tok);
+    return o;
+}
+
+static json_object *jget(json_object *o, const char *key) {
+    json_object *v = NULL;
+
+    ck_assert_msg(json_object_object_get_ex(o, key, &v), "no '%s'", key);
+    return v;
+}
+
+/* Names and paths JSON must escape: model q"b\s (a quote and a backslash, which names may
+ * have) from a directory whose path has a quote, a backslash, a newline and a tab. load,
+ * models, layers and unload --json each print one line json-c parses strictly, with the name
+ * and the path as they were. */
+START_TEST(test_llepctl_json_odd_names) {
+    static const char name[] = "q\"b\\s";
+    char src[512], llepctl[512], odd[600], real[PATH_MAX], from[1200], to[1200], layer0[64];
+    llepd_proc d;
+    llep_test_output o;
+    json_object *j, *v;
+    struct dirent *e;
+    DIR *dp;
+
+    llep_test_checkpoint(src, sizeof(src), "gpt-oss-mxfp4");
+    llep_test_llepctl(llepctl, sizeof(llepctl));
+    daemon_start(&d, NULL);
+    /* The checkpoint's files, linked from the odd directory: llepctl sends its real path. */
+    snprintf(odd, sizeof(odd), "%s/ckpt \"q\\b\n\tx", d.dir);
+    ck_assert_int_eq(mkdir(odd, 0700), 0);
+    dp = opendir(src);
+    ck_assert_ptr_nonnull(dp);
+    while ((e = readdir(dp)))
+        if (e->d_name[0] != '.') {
+            snprintf(from, sizeof(from), "%s/%s", src, e->d_name);
+            snprintf(to, sizeof(to), "%s/%s", odd, e->d_name);
+            ck_assert_int_eq(symlink(from, to), 0);
+        }
+    closedir(dp);
+    ck_assert_ptr_nonnull(realpath(odd, real));
+
+    o = llep_test_run((const char *const[]){ llepctl, "-s", d.sock, "--json", "load", name, odd,
+                                             NULL }, NULL);
+    ck_assert_msg(o.status == 0, "llepctl load: %s", o.err);
+    j = parse_line(o.out);
+    ck_assert_str_eq(json_object_get_string(jget(j, "name")), name);
+    ck_assert(json_object_is_type(jget(j, "layers"), json_type_int));
+    json_object_put(j);
+    llep_test_output_free(&o);
+
+    o = llep_test_run((const char *const[]){ llepctl, "-s", d.sock, "--json", "models", NULL },
+                      NULL);
+    ck_assert_int_eq(o.status, 0);
+    j = parse_line(o.out);
+    v = jget(j, "models");
+    ck_assert_int_eq(json_object_array_length(v), 1);
+    v = json_object_array_get_idx(v, 0);
+    ck_assert_str_eq(json_object_get_string(jget(v, "name")), name);
+    ck_assert_str_eq(json_object_get_string(jget(v, "path")), real);
+    ck_assert_str_eq(json_object_get_string(jget(v, "state")), "ready");
+    json_object_put(j);
+    llep_test_output_free(&o);
+
+    o = llep_test_run((const char *const[]){ llepctl, "-s", d.sock, "--json", "layers", NULL },
+                      NULL);
+    ck_assert_int_eq(o.status, 0);
+    j = parse_line(o.out);
+    v = json_object_array_get_idx(jget(j, "layers"), 0);
+    ck_assert_ptr_nonnull(v);
+    snprintf(layer0, sizeof(layer0), "%s/0", name);
+    ck_assert_str_eq(json_object_get_string(jget(v, "name")), layer0);
+    json_object_put(j);
+    llep_test_output_free(&o);
+
+    o = llep_test_run((const char *const[]){ llepctl, "-s", d.sock, "--json", "unload", name,
+                                             NULL }, NULL);
+    ck_assert_msg(o.status == 0, "llepctl unload: %s", o.err);
+    j = parse_line(o.out);
+    ck_assert_str_eq(json_object_get_string(jget(j, "unloaded")), name);
+    json_object_put(j);
+    llep_test_output_free(&o);
+    daemon_stop(&d);
+}
+END_TEST
+
 static Suite *models_suite(void) {
     Suite *s = suite_create("models");
     TCase *tc = tcase_create("models");
@@ -497,6 +602,7 @@ static Suite *models_suite(void) {
     tcase_add_test(tc, test_config_and_reload);
     tcase_add_test(tc, test_config_bad_model_stops_llepd);
     tcase_add_test(tc, test_llepctl_verbs);
+    tcase_add_test(tc, test_llepctl_json_odd_names);
     suite_add_tcase(s, tc);
     return s;
 }

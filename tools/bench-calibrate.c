@@ -36,8 +36,10 @@ int llep__bench_calibrate(enum llep_backend_kind backend, uint32_t devices, bool
         return EXIT_FAILURE;
     }
     if (json) {
-        llep__cost_table_json(stdout, &cal);
-        putchar('\n');
+        if (llep__jout_write(stdout, llep__cost_table_object(&cal), LLEP_JOUT_LINE, "\n") < 0) {
+            fprintf(stderr, "llep-bench: cannot write the calibration\n");
+            return EXIT_FAILURE;
+        }
     } else
         llep__cost_table_print(stdout, &cal);
     return EXIT_SUCCESS;

@@ -4,6 +4,8 @@
 #include <inttypes.h>
 #include <math.h>
 
+#include "json-out.h"
+
 static const char *const link_names[LLEP_LINK_KINDS] = { "same", "gpu", "peer", "node" };
 
 /* What each kind of link is, in words for the table. */
@@ -68,60 +70,49 @@ void llep__cost_table_print(FILE *f, const llep_calibration *cal) {
     }
 }
 
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
-}
-
-static void json_num(FILE *f, double v) {
-    if (isfinite(v))
-        fprintf(f, "%.9g", v);
-    else
-        fputs("null", f);
-}
-
-void llep__cost_table_json(FILE *f, const llep_calibration *cal) {
+/* Built with json-c (json-out.h); `llepctl tune --json` nests the object under
+ * "calibration". */
+json_object *llep__cost_table_object(const llep_calibration *cal) {
     const llep_cost_model *m = &cal->model;
     double top = top_rate(m);
+    json_object *o = llep__jout_object(), *curve = llep__jout_array();
+    json_object *links = llep__jout_array();
+    char hash[17];
 
-    fputs("{\"backend\": ", f);
-    json_str(f, m->backend);
-    fputs(", \"device_name\": ", f);
-    json_str(f, m->device_name);
-    fprintf(f, ", \"devices\": %u, \"hidden\": %u, \"inter\": %u, \"dtype\": \"%s\"",
-            cal->devices, cal->hidden, cal->inter,
-            cal->dtype == LLEP_DTYPE_BF16 ? "bf16" : "f32");
-    fputs(", \"chunk_fixed_ns\": ", f);
-    json_num(f, m->chunk_fixed_ns);
-    fprintf(f, ", \"devices_per_gpu\": %u, \"devices_per_node\": %u, \"elapsed_ms\": ",
-            m->devices_per_gpu, m->devices_per_node);
-    json_num(f, cal->elapsed_ms);
-    fprintf(f, ", \"time\": %" PRId64 ", \"hash\": \"%016" PRIx64 "\", \"curve\": [", cal->time,
-            llep__cost_hash(m));
+    llep__jout_str(o, "backend", m->backend);
+    llep__jout_str(o, "device_name", m->device_name);
+    llep__jout_u64(o, "devices", cal->devices);
+    llep__jout_u64(o, "hidden", cal->hidden);
+    llep__jout_u64(o, "inter", cal->inter);
+    llep__jout_str(o, "dtype", cal->dtype == LLEP_DTYPE_BF16 ? "bf16" : "f32");
+    llep__jout_f64(o, "chunk_fixed_ns", m->chunk_fixed_ns);
+    llep__jout_u64(o, "devices_per_gpu", m->devices_per_gpu);
+    llep__jout_u64(o, "devices_per_node", m->devices_per_node);
+    llep__jout_f64(o, "elapsed_ms", cal->elapsed_ms);
+    llep__jout_i64(o, "time", cal->time);
+    snprintf(hash, sizeof(hash), "%016" PRIx64, llep__cost_hash(m));
+    llep__jout_str(o, "hash", hash);
     for (uint32_t i = 0; i < m->num_points && i < LLEP_COST_MAX_POINTS; i++) {
-        fprintf(f, "%s{\"rows\": %u, \"chunk_ns\": ", i ? ", " : "", m->rows[i]);
-        json_num(f, llep__calibration_chunk_ns(cal, m->rows[i]));
-        fputs(", \"rate_flops_per_ns\": ", f);
-        json_num(f, m->rate[i]);
-        fputs(", \"efficiency\": ", f);
-        json_num(f, top > 0 ? m->rate[i] / top : 0.0);
-        fputc('}', f);
+        json_object *pt = llep__jout_object();
+        llep__jout_u64(pt, "rows", m->rows[i]);
+        llep__jout_f64(pt, "chunk_ns", llep__calibration_chunk_ns(cal, m->rows[i]));
+        llep__jout_f64(pt, "rate_flops_per_ns", m->rate[i]);
+        llep__jout_f64(pt, "efficiency", top > 0 ? m->rate[i] / top : 0.0);
+        llep__jout_push(curve, pt);
     }
-    fputs("], \"links\": [", f);
+    llep__jout_add(o, "curve", curve);
     for (int k = 0; k < LLEP_LINK_KINDS; k++) {
-        fprintf(f, "%s{\"kind\": \"%s\", \"latency_ns\": ", k ? ", " : "", link_names[k]);
-        json_num(f, m->link[k].latency_ns);
-        fputs(", \"ns_per_byte\": ", f);
-        json_num(f, m->link[k].ns_per_byte);
-        fprintf(f, ", \"measured\": %s}", cal->measured[k] ? "true" : "false");
+        json_object *l = llep__jout_object();
+        llep__jout_str(l, "kind", link_names[k]);
+        llep__jout_f64(l, "latency_ns", m->link[k].latency_ns);
+        llep__jout_f64(l, "ns_per_byte", m->link[k].ns_per_byte);
+        llep__jout_bool(l, "measured", cal->measured[k]);
+        llep__jout_push(links, l);
     }
-    fputs("]}", f);
+    llep__jout_add(o, "links", links);
+    return o;
+}
+
+int llep__cost_table_json(FILE *f, const llep_calibration *cal) {
+    return llep__jout_write(f, llep__cost_table_object(cal), LLEP_JOUT_LINE, NULL);
 }

@@ -21,6 +21,7 @@
 #include "parse-number.h"
 #include "cost.h"
 #include "plan-cost.h"
+#include "plan-json.h"
 #include "plan-print.h"
 #include "plan.h"
 
@@ -309,7 +310,7 @@ static int node_figures(const options *o, const llep_plan *plan, const llep_load
 
 static int print_plan(const options *o, const llep_plan *plan, const llep_plan_nodes *nodes) {
     if (o->json)
-        return llep__plan_print_json_nodes(plan, nodes, stdout);
+        return llep__jout_write(stdout, llep__plan_json(plan, nodes), LLEP_JOUT_LINE, "\n");
     int r = llep__plan_print_report(plan, &o->params, stdout);
     if (r == 0 && nodes) {
         r = llep__plan_print_nodes(plan, nodes, stdout);

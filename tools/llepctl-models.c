@@ -113,16 +113,17 @@ int ctl_verb_load(ctl *x, char **argv) {
     if (!m)
         return daemon_error("llepd answered the load without the model");
     if (x->json) {
-        printf("{\"name\": ");
-        ctl_json_str(m->name);
-        printf(", \"layers\": %" PRIu32 ", \"weight_bytes\": %" PRIu64 ", \"load_us\": %" PRIu64
-               "}\n", m->layers, m->weight_bytes, m->load_us);
-    } else {
-        printf("model '%s' (%s): %" PRIu32 " MoE layers %s/0 .. %s/%" PRIu32 ", %s of experts, "
-               "loaded in %.2f s\n", m->name, m->model_type, m->layers, m->name, m->name,
-               m->layers ? m->layers - 1 : 0, ctl_fmt_bytes(m->weight_bytes, b1, sizeof(b1)),
-               (double)m->load_us / 1e6);
+        json_object *o = llep__jout_object();
+        llep__jout_str(o, "name", m->name);
+        llep__jout_u64(o, "layers", m->layers);
+        llep__jout_u64(o, "weight_bytes", m->weight_bytes);
+        llep__jout_u64(o, "load_us", m->load_us);
+        return ctl_json_print(o);
     }
+    printf("model '%s' (%s): %" PRIu32 " MoE layers %s/0 .. %s/%" PRIu32 ", %s of experts, "
+           "loaded in %.2f s\n", m->name, m->model_type, m->layers, m->name, m->name,
+           m->layers ? m->layers - 1 : 0, ctl_fmt_bytes(m->weight_bytes, b1, sizeof(b1)),
+           (double)m->load_us / 1e6);
     return 0;
 }
 
@@ -139,40 +140,38 @@ int ctl_verb_unload(ctl *x, char **argv) {
     if (r)
         return r;
     if (x->json) {
-        printf("{\"unloaded\": ");
-        ctl_json_str(argv[0]);
-        printf("}\n");
-    } else {
-        printf("model '%s' unloaded\n", argv[0]);
+        json_object *o = llep__jout_object();
+        llep__jout_str(o, "unloaded", argv[0]);
+        return ctl_json_print(o);
     }
+    printf("model '%s' unloaded\n", argv[0]);
     return 0;
 }
 
-static void model_json(const LlepPb__ModelInfo *m) {
+static json_object *model_json(const LlepPb__ModelInfo *m) {
     const LlepPb__LayerDesc *d = m->desc;
+    json_object *o = llep__jout_object();
 
-    printf("{\"name\": ");
-    ctl_json_str(m->name);
-    printf(", \"path\": ");
-    ctl_json_str(m->path);
-    printf(", \"model_type\": ");
-    ctl_json_str(m->model_type);
-    printf(", \"state\": ");
-    ctl_json_str(m->state);
-    printf(", \"layers\": %" PRIu32, m->layers);
-    if (d)
-        printf(", \"num_experts\": %" PRIu32 ", \"top_k\": %" PRIu32 ", \"hidden\": %" PRIu32
-               ", \"inter\": %" PRIu32 ", \"dtype\": \"%s\", \"act\": \"%s\"", d->num_experts,
-               d->top_k, d->hidden, d->inter, ctl_dtype_name(d->dtype), ctl_act_name(d->act));
-    printf(", \"bias\": %s, \"refs\": %" PRIu32 ", \"weight_bytes\": %" PRIu64
-           ", \"load_us\": %" PRIu64 ", \"source_layers\": [", m->bias ? "true" : "false",
-           m->refs, m->weight_bytes, m->load_us);
-    for (size_t i = 0; i < m->n_source_layers; i++)
-        printf("%s%" PRIu32, i ? ", " : "", m->source_layers[i]);
-    printf("], \"layer_ids\": [");
-    for (size_t i = 0; i < m->n_layer_ids; i++)
-        printf("%s%" PRIu32, i ? ", " : "", m->layer_ids[i]);
-    printf("]}");
+    llep__jout_str(o, "name", m->name);
+    llep__jout_str(o, "path", m->path);
+    llep__jout_str(o, "model_type", m->model_type);
+    llep__jout_str(o, "state", m->state);
+    llep__jout_u64(o, "layers", m->layers);
+    if (d) {
+        llep__jout_u64(o, "num_experts", d->num_experts);
+        llep__jout_u64(o, "top_k", d->top_k);
+        llep__jout_u64(o, "hidden", d->hidden);
+        llep__jout_u64(o, "inter", d->inter);
+        llep__jout_str(o, "dtype", ctl_dtype_name(d->dtype));
+        llep__jout_str(o, "act", ctl_act_name(d->act));
+    }
+    llep__jout_bool(o, "bias", m->bias);
+    llep__jout_u64(o, "refs", m->refs);
+    llep__jout_u64(o, "weight_bytes", m->weight_bytes);
+    llep__jout_u64(o, "load_us", m->load_us);
+    llep__jout_add(o, "source_layers", llep__jout_u32s(m->source_layers, m->n_source_layers));
+    llep__jout_add(o, "layer_ids", llep__jout_u32s(m->layer_ids, m->n_layer_ids));
+    return o;
 }
 
 int ctl_verb_models(ctl *x, char **argv) {
@@ -190,13 +189,11 @@ int ctl_verb_models(ctl *x, char **argv) {
         return r;
     const LlepPb__ModelsReply *ms = reply->models_reply;
     if (x->json) {
-        printf("{\"models\": [");
-        for (size_t i = 0; i < ms->n_models; i++) {
-            printf("%s", i ? ", " : "");
-            model_json(ms->models[i]);
-        }
-        printf("]}\n");
-        return 0;
+        json_object *o = llep__jout_object(), *a = llep__jout_array();
+        for (size_t i = 0; i < ms->n_models; i++)
+            llep__jout_push(a, model_json(ms->models[i]));
+        llep__jout_add(o, "models", a);
+        return ctl_json_print(o);
     }
     if (ms->n_models == 0) {
         printf("no models (llepctl load NAME DIR)\n");

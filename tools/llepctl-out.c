@@ -1,9 +1,8 @@
-/* llepctl's requests and output helpers (llepctl.h): one request and its reply, JSON values,
+/* llepctl's requests and output helpers (llepctl.h): one request and its reply, JSON output,
  * sizes and durations for people, load bars, and the names of protocol enums. */
 #include "llepctl.h"
 
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
 
 int ctl_request(ctl *x, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
@@ -30,33 +29,11 @@ int ctl_request(ctl *x, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
     return 0;
 }
 
-/* A JSON string, escaped as RFC 8259 asks. */
-void ctl_json_str(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
-}
-
-/* A JSON number; JSON has no NaN or infinity, so those become null. */
-void ctl_json_double(double v) {
-    if (isfinite(v))
-        printf("%.6g", v);
-    else
-        fputs("null", stdout);
-}
-
-void ctl_json_u64_array(const uint64_t *v, size_t n) {
-    putchar('[');
-    for (size_t i = 0; i < n; i++)
-        printf("%s%" PRIu64, i ? ", " : "", v[i]);
-    putchar(']');
+/* --json: every verb's reply as one object on one line, built with json-c (json-out.h). */
+int ctl_json_print(json_object *o) {
+    if (llep__jout_write(stdout, o, LLEP_JOUT_LINE, "\n") < 0)
+        return daemon_error("cannot write the output");
+    return 0;
 }
 
 /* 1536 -> "1.5 KiB". */

@@ -3,7 +3,7 @@
  *   llepctl [--socket PATH] [--json] VERB [ARG]...
  *
  * Each verb is one request and one reply on the control socket (proto/llep.proto), rendered
- * as a readable table or, with --json, as one JSON object on one line.
+ * as a readable table or, with --json, as one JSON object on one line (built with json-c).
  *
  * Exit status: 0 on success, 1 when llepd refuses or cannot be reached (with its message),
  * 2 for usage errors. */
@@ -22,6 +22,7 @@
 #include "conn.h"
 #include "cost-table.h"
 #include "llep-config.h"
+#include "plan-json.h"
 #include "plan-print.h"
 #include "plan.h"
 
@@ -43,14 +44,17 @@ static int verb_status(ctl *x, char **argv) {
         return r;
     s = reply->status_reply;
     if (x->json) {
-        fputs("{\"daemon_version\": ", stdout);
-        ctl_json_str(s->daemon_version);
-        printf(", \"protocol_version\": %" PRIu32 ", \"pid\": %" PRIu32
-               ", \"uptime_us\": %" PRIu64 ", \"backend\": \"%s\", \"devices\": %" PRIu32
-               ", \"clients\": %" PRIu32 ", \"layers\": %" PRIu32 ", \"draining\": %s}\n",
-               s->protocol_version, s->pid, s->uptime_us, ctl_backend_name(s->backend), s->devices,
-               s->clients, s->layers, s->draining ? "true" : "false");
-        return 0;
+        json_object *o = llep__jout_object();
+        llep__jout_str(o, "daemon_version", s->daemon_version);
+        llep__jout_u64(o, "protocol_version", s->protocol_version);
+        llep__jout_u64(o, "pid", s->pid);
+        llep__jout_u64(o, "uptime_us", s->uptime_us);
+        llep__jout_str(o, "backend", ctl_backend_name(s->backend));
+        llep__jout_u64(o, "devices", s->devices);
+        llep__jout_u64(o, "clients", s->clients);
+        llep__jout_u64(o, "layers", s->layers);
+        llep__jout_bool(o, "draining", s->draining);
+        return ctl_json_print(o);
     }
     printf("llepd %s (protocol %" PRIu32 "), pid %" PRIu32 "\n", s->daemon_version,
            s->protocol_version, s->pid);
@@ -63,36 +67,48 @@ static int verb_status(ctl *x, char **argv) {
     return 0;
 }
 
-static void devices_json(const LlepPb__DevicesReply *d) {
-    fputs("{\"devices\": [", stdout);
+/* Experts of other layers or devices, as [{"layer_id", "expert"}]. */
+static json_object *experts_json(LlepPb__ForeignExpert *const *v, size_t n) {
+    json_object *a = llep__jout_array();
+
+    for (size_t k = 0; k < n; k++) {
+        json_object *e = llep__jout_object();
+        llep__jout_u64(e, "layer_id", v[k]->layer_id);
+        llep__jout_u64(e, "expert", v[k]->expert);
+        llep__jout_push(a, e);
+    }
+    return a;
+}
+
+static json_object *devices_json(const LlepPb__DevicesReply *d) {
+    json_object *o = llep__jout_object(), *devs = llep__jout_array();
+
     for (size_t i = 0; i < d->n_devices; i++) {
         const LlepPb__DeviceInfo *v = d->devices[i];
+        json_object *j = llep__jout_object();
 
-        printf("%s{\"index\": %" PRIu32 ", \"name\": ", i ? ", " : "", v->index);
-        ctl_json_str(v->name);
-        printf(", \"state\": ");
-        ctl_json_str(v->state);
-        printf(", \"served_by\": %" PRIu32 ", \"failure\": ", v->served_by);
-        ctl_json_str(v->failure);
-        printf(", \"memory_budget\": %" PRIu64 ", \"memory_used\": %" PRIu64
-               ", \"memory_peak\": %" PRIu64 ", \"last_step_tokens\": %" PRIu64
-               ", \"last_step_busy_ns\": %" PRIu64 ", \"foreign_experts\": [",
-               v->memory_budget, v->memory_used, v->memory_peak, v->last_step_tokens,
-               v->last_step_busy_ns);
-        for (size_t k = 0; k < v->n_foreign_experts; k++)
-            printf("%s{\"layer_id\": %" PRIu32 ", \"expert\": %" PRIu32 "}", k ? ", " : "",
-                   v->foreign_experts[k]->layer_id, v->foreign_experts[k]->expert);
-        printf("], \"cache_bytes\": %" PRIu64 ", \"cache_limit\": %" PRIu64
-               ", \"cache_hits\": %" PRIu64 ", \"cache_bytes_saved\": %" PRIu64
-               ", \"cache_evictions\": %" PRIu64 ", \"cached_experts\": [",
-               v->cache_bytes, v->cache_limit, v->cache_hits, v->cache_bytes_saved,
-               v->cache_evictions);
-        for (size_t k = 0; k < v->n_cached_experts; k++)
-            printf("%s{\"layer_id\": %" PRIu32 ", \"expert\": %" PRIu32 "}", k ? ", " : "",
-                   v->cached_experts[k]->layer_id, v->cached_experts[k]->expert);
-        fputs("]}", stdout);
+        llep__jout_u64(j, "index", v->index);
+        llep__jout_str(j, "name", v->name);
+        llep__jout_str(j, "state", v->state);
+        llep__jout_u64(j, "served_by", v->served_by);
+        llep__jout_str(j, "failure", v->failure);
+        llep__jout_u64(j, "memory_budget", v->memory_budget);
+        llep__jout_u64(j, "memory_used", v->memory_used);
+        llep__jout_u64(j, "memory_peak", v->memory_peak);
+        llep__jout_u64(j, "last_step_tokens", v->last_step_tokens);
+        llep__jout_u64(j, "last_step_busy_ns", v->last_step_busy_ns);
+        llep__jout_add(j, "foreign_experts",
+                       experts_json(v->foreign_experts, v->n_foreign_experts));
+        llep__jout_u64(j, "cache_bytes", v->cache_bytes);
+        llep__jout_u64(j, "cache_limit", v->cache_limit);
+        llep__jout_u64(j, "cache_hits", v->cache_hits);
+        llep__jout_u64(j, "cache_bytes_saved", v->cache_bytes_saved);
+        llep__jout_u64(j, "cache_evictions", v->cache_evictions);
+        llep__jout_add(j, "cached_experts", experts_json(v->cached_experts, v->n_cached_experts));
+        llep__jout_push(devs, j);
     }
-    fputs("]}\n", stdout);
+    llep__jout_add(o, "devices", devs);
+    return o;
 }
 
 static int verb_devices(ctl *x, char **argv) {
@@ -109,10 +125,8 @@ static int verb_devices(ctl *x, char **argv) {
     if (r)
         return r;
     d = reply->devices_reply;
-    if (x->json) {
-        devices_json(d);
-        return 0;
-    }
+    if (x->json)
+        return ctl_json_print(devices_json(d));
     printf("%-6s %-20s %-6s %12s %12s %12s %12s %12s %10s %8s %10s  %s\n", "DEVICE", "NAME",
            "STATE", "BUDGET", "USED", "PEAK", "LAST TOKENS", "LAST BUSY", "CACHE", "HITS", "SAVED",
            "FOREIGN EXPERTS");
@@ -167,35 +181,42 @@ static int get_layers(ctl *x, LlepPb__Frame **ret) {
     return ctl_request(x, &req, LLEP_PB__FRAME__BODY_LAYERS_REPLY, ret);
 }
 
-static void layer_json(const LlepPb__LayerInfo *l) {
+static json_object *layer_json(const LlepPb__LayerInfo *l) {
     const LlepPb__LayerDesc *d = l->desc;
     LlepPb__LayerDesc none = LLEP_PB__LAYER_DESC__INIT;
+    json_object *o = llep__jout_object();
 
     if (!d)
         d = &none;
-    printf("{\"layer_id\": %" PRIu32 ", \"name\": ", l->layer_id);
-    ctl_json_str(l->name);
-    printf(", \"num_experts\": %" PRIu32 ", \"top_k\": %" PRIu32 ", \"hidden\": %" PRIu32
-           ", \"inter\": %" PRIu32 ", \"dtype\": \"%s\", \"act\": \"%s\", \"policy\": \"%s\""
-           ", \"alpha\": ", d->num_experts, d->top_k, d->hidden, d->inter,
-           ctl_dtype_name(d->dtype), ctl_act_name(d->act), llep__policy_name((int)d->policy));
-    ctl_json_double(d->alpha);
-    fputs(", \"lambda\": ", stdout);
-    ctl_json_double(d->lambda);
-    printf(", \"min_tokens\": %" PRIu32 ", \"group\": %" PRIu32 ", \"scope\": \"%s\""
-           ", \"refs\": %" PRIu32 ", \"steps\": %" PRIu64 ", \"weight_bytes\": %" PRIu64,
-           d->min_tokens, d->group, ctl_scope_name(d->scope), l->refs, l->steps, l->weight_bytes);
+    llep__jout_u64(o, "layer_id", l->layer_id);
+    llep__jout_str(o, "name", l->name);
+    llep__jout_u64(o, "num_experts", d->num_experts);
+    llep__jout_u64(o, "top_k", d->top_k);
+    llep__jout_u64(o, "hidden", d->hidden);
+    llep__jout_u64(o, "inter", d->inter);
+    llep__jout_str(o, "dtype", ctl_dtype_name(d->dtype));
+    llep__jout_str(o, "act", ctl_act_name(d->act));
+    llep__jout_str(o, "policy", llep__policy_name((int)d->policy));
+    llep__jout_f32(o, "alpha", d->alpha);
+    llep__jout_f32(o, "lambda", d->lambda);
+    llep__jout_u64(o, "min_tokens", d->min_tokens);
+    llep__jout_u64(o, "group", d->group);
+    llep__jout_str(o, "scope", ctl_scope_name(d->scope));
+    llep__jout_u64(o, "refs", l->refs);
+    llep__jout_u64(o, "steps", l->steps);
+    llep__jout_u64(o, "weight_bytes", l->weight_bytes);
     if (l->nodes) {
-        printf(", \"nodes\": %" PRIu32 ", \"origin\": %" PRIu32 ", \"internode_rows\": %" PRIu64
-               ", \"internode_bytes\": %" PRIu64 ", \"internode_weights\": %" PRIu32
-               ", \"failed_steps\": %" PRIu64 ", \"communicator_steps\": %" PRIu64
-               ", \"cluster_state\": ", l->nodes, l->origin, l->internode_rows,
-               l->internode_bytes, l->internode_weights, l->failed_steps, l->communicator_steps);
-        ctl_json_str(l->cluster_state ? l->cluster_state : "");
-        fputs(", \"internode_transport\": ", stdout);
-        ctl_json_str(l->internode_transport ? l->internode_transport : "");
+        llep__jout_u64(o, "nodes", l->nodes);
+        llep__jout_u64(o, "origin", l->origin);
+        llep__jout_u64(o, "internode_rows", l->internode_rows);
+        llep__jout_u64(o, "internode_bytes", l->internode_bytes);
+        llep__jout_u64(o, "internode_weights", l->internode_weights);
+        llep__jout_u64(o, "failed_steps", l->failed_steps);
+        llep__jout_u64(o, "communicator_steps", l->communicator_steps);
+        llep__jout_str(o, "cluster_state", l->cluster_state);
+        llep__jout_str(o, "internode_transport", l->internode_transport);
     }
-    putchar('}');
+    return o;
 }
 
 static int verb_layers(ctl *x, char **argv) {
@@ -209,13 +230,11 @@ static int verb_layers(ctl *x, char **argv) {
         return r;
     ls = reply->layers_reply;
     if (x->json) {
-        fputs("{\"layers\": [", stdout);
-        for (size_t i = 0; i < ls->n_layers; i++) {
-            fputs(i ? ", " : "", stdout);
-            layer_json(ls->layers[i]);
-        }
-        fputs("]}\n", stdout);
-        return 0;
+        json_object *o = llep__jout_object(), *a = llep__jout_array();
+        for (size_t i = 0; i < ls->n_layers; i++)
+            llep__jout_push(a, layer_json(ls->layers[i]));
+        llep__jout_add(o, "layers", a);
+        return ctl_json_print(o);
     }
     if (ls->n_layers == 0) {
         printf("no layers\n");
@@ -271,16 +290,15 @@ static int verb_experts(ctl *x, char **argv) {
         return r;
     e = reply->experts_reply;
     if (x->json) {
-        fputs("{\"layer\": ", stdout);
-        ctl_json_str(e->layer);
-        printf(", \"steps\": %" PRIu32 ", \"loads\": ", e->steps);
-        ctl_json_u64_array(e->loads, e->n_loads);
+        json_object *o = llep__jout_object(), *last = llep__jout_array();
+        llep__jout_str(o, "layer", e->layer);
+        llep__jout_u64(o, "steps", e->steps);
+        llep__jout_add(o, "loads", llep__jout_u64s(e->loads, e->n_loads));
         /* Before the first step there are no last loads: zeros, one per expert as always. */
-        fputs(", \"last_loads\": [", stdout);
         for (size_t i = 0; i < e->n_loads; i++)
-            printf("%s%" PRIu64, i ? ", " : "", i < e->n_last_loads ? e->last_loads[i] : 0);
-        fputs("]}\n", stdout);
-        return 0;
+            llep__jout_push_u64(last, i < e->n_last_loads ? e->last_loads[i] : 0);
+        llep__jout_add(o, "last_loads", last);
+        return ctl_json_print(o);
     }
     for (size_t i = 0; i < e->n_loads; i++) {
         max = e->loads[i] > max ? e->loads[i] : max;
@@ -406,57 +424,64 @@ static int verb_plan(ctl *x, char **argv) {
         llep__plan_fini(&plan);
         return daemon_error("llepd sent an inconsistent plan for layer '%s': %s", argv[0], err);
     }
-    if (x->json)
-        r = llep__plan_print_json(&plan, stdout);
-    else {
-        llep__plan_params_default(&params);
-        params.policy = (enum llep_policy)info->desc->policy;
-        if (info->desc->alpha > 0)
-            params.alpha = info->desc->alpha;
-        if (info->desc->lambda > 0)
-            params.lambda = info->desc->lambda;
-        if (info->desc->min_tokens > 0)
-            params.min_tokens = info->desc->min_tokens;
-        printf("layer %s, step %" PRIu64 "\n", argv[0], pl->step);
-        r = llep__plan_print_report(&plan, &params, stdout);
+    if (x->json) {
+        json_object *o = llep__plan_json(&plan, NULL);
+        llep__plan_fini(&plan);
+        return ctl_json_print(o);
     }
+    llep__plan_params_default(&params);
+    params.policy = (enum llep_policy)info->desc->policy;
+    if (info->desc->alpha > 0)
+        params.alpha = info->desc->alpha;
+    if (info->desc->lambda > 0)
+        params.lambda = info->desc->lambda;
+    if (info->desc->min_tokens > 0)
+        params.min_tokens = info->desc->min_tokens;
+    printf("layer %s, step %" PRIu64 "\n", argv[0], pl->step);
+    r = llep__plan_print_report(&plan, &params, stdout);
     llep__plan_fini(&plan);
     return r < 0 ? daemon_error("cannot write the plan") : 0;
 }
 
-static void stats_json(const LlepPb__StatsReply *s) {
-    printf("{\"steps\": %" PRIu64 ", \"ep_steps\": %" PRIu64 ", \"llep_steps\": %" PRIu64
-           ", \"latency_p50_us\": %" PRIu64 ", \"latency_p99_us\": %" PRIu64
-           ", \"weight_bytes_moved\": %" PRIu64 ", \"token_bytes_moved\": %" PRIu64
-           ", \"device_peak_memory\": ",
-           s->steps, s->ep_steps, s->llep_steps, s->latency_p50_us, s->latency_p99_us,
-           s->weight_bytes_moved, s->token_bytes_moved);
-    ctl_json_u64_array(s->device_peak_memory, s->n_device_peak_memory);
-    fputs(", \"layers\": [", stdout);
-    for (size_t i = 0; i < s->n_layers; i++) {
-        const LlepPb__LayerStats *l = s->layers[i];
+static json_object *layer_stats_json(const LlepPb__LayerStats *l) {
+    json_object *o = llep__jout_object();
 
-        printf("%s{\"layer_id\": %" PRIu32 ", \"name\": ", i ? ", " : "", l->layer_id);
-        ctl_json_str(l->name);
-        printf(", \"steps\": %" PRIu64 ", \"ep_steps\": %" PRIu64 ", \"llep_steps\": %" PRIu64
-               ", \"imbalance_last\": ", l->steps, l->ep_steps, l->llep_steps);
-        ctl_json_double(l->imbalance_last);
-        fputs(", \"imbalance_mean\": ", stdout);
-        ctl_json_double(l->imbalance_mean);
-        fputs(", \"imbalance_max\": ", stdout);
-        ctl_json_double(l->imbalance_max);
-        printf(", \"latency_p50_us\": %" PRIu64 ", \"latency_p99_us\": %" PRIu64
-               ", \"tokens\": %" PRIu64 ", \"weight_bytes_moved\": %" PRIu64
-               ", \"token_bytes_moved\": %" PRIu64 ", \"makespan_mean_us\": %" PRIu64
-               ", \"balance_mean\": ",
-               l->latency_p50_us, l->latency_p99_us, l->tokens, l->weight_bytes_moved,
-               l->token_bytes_moved, l->makespan_mean_us);
-        ctl_json_double(l->balance_mean);
-        fputs(", \"device_peak_memory\": ", stdout);
-        ctl_json_u64_array(l->device_peak_memory, l->n_device_peak_memory);
-        fputs("}", stdout);
-    }
-    fputs("]}\n", stdout);
+    llep__jout_u64(o, "layer_id", l->layer_id);
+    llep__jout_str(o, "name", l->name);
+    llep__jout_u64(o, "steps", l->steps);
+    llep__jout_u64(o, "ep_steps", l->ep_steps);
+    llep__jout_u64(o, "llep_steps", l->llep_steps);
+    llep__jout_f64(o, "imbalance_last", l->imbalance_last);
+    llep__jout_f64(o, "imbalance_mean", l->imbalance_mean);
+    llep__jout_f64(o, "imbalance_max", l->imbalance_max);
+    llep__jout_u64(o, "latency_p50_us", l->latency_p50_us);
+    llep__jout_u64(o, "latency_p99_us", l->latency_p99_us);
+    llep__jout_u64(o, "tokens", l->tokens);
+    llep__jout_u64(o, "weight_bytes_moved", l->weight_bytes_moved);
+    llep__jout_u64(o, "token_bytes_moved", l->token_bytes_moved);
+    llep__jout_u64(o, "makespan_mean_us", l->makespan_mean_us);
+    llep__jout_f64(o, "balance_mean", l->balance_mean);
+    llep__jout_add(o, "device_peak_memory",
+                   llep__jout_u64s(l->device_peak_memory, l->n_device_peak_memory));
+    return o;
+}
+
+static json_object *stats_json(const LlepPb__StatsReply *s) {
+    json_object *o = llep__jout_object(), *layers = llep__jout_array();
+
+    llep__jout_u64(o, "steps", s->steps);
+    llep__jout_u64(o, "ep_steps", s->ep_steps);
+    llep__jout_u64(o, "llep_steps", s->llep_steps);
+    llep__jout_u64(o, "latency_p50_us", s->latency_p50_us);
+    llep__jout_u64(o, "latency_p99_us", s->latency_p99_us);
+    llep__jout_u64(o, "weight_bytes_moved", s->weight_bytes_moved);
+    llep__jout_u64(o, "token_bytes_moved", s->token_bytes_moved);
+    llep__jout_add(o, "device_peak_memory",
+                   llep__jout_u64s(s->device_peak_memory, s->n_device_peak_memory));
+    for (size_t i = 0; i < s->n_layers; i++)
+        llep__jout_push(layers, layer_stats_json(s->layers[i]));
+    llep__jout_add(o, "layers", layers);
+    return o;
 }
 
 static int verb_stats(ctl *x, char **argv) {
@@ -473,10 +498,8 @@ static int verb_stats(ctl *x, char **argv) {
     if (r)
         return r;
     s = reply->stats_reply;
-    if (x->json) {
-        stats_json(s);
-        return 0;
-    }
+    if (x->json)
+        return ctl_json_print(stats_json(s));
     printf("steps          %" PRIu64 " (EP %" PRIu64 ", LLEP %" PRIu64 ")\n", s->steps,
            s->ep_steps, s->llep_steps);
     printf("step latency   p50 %s, p99 %s\n", ctl_fmt_us(s->latency_p50_us, b1, sizeof(b1)),
@@ -545,17 +568,16 @@ static int verb_set(ctl *x, char **argv) {
     if (r)
         return r;
     if (x->json) {
-        fputs("{\"layer\": ", stdout);
+        json_object *o = llep__jout_object();
         if (layer)
-            ctl_json_str(layer);
+            llep__jout_str(o, "layer", layer);
         else
-            fputs("null", stdout);
-        fputs(", \"key\": ", stdout);
-        ctl_json_str(key);
-        fputs(", \"value\": ", stdout);
-        ctl_json_str(reply->set_reply->value);
-        fputs("}\n", stdout);
-    } else if (layer)
+            llep__jout_add(o, "layer", NULL);
+        llep__jout_str(o, "key", key);
+        llep__jout_str(o, "value", reply->set_reply->value);
+        return ctl_json_print(o);
+    }
+    if (layer)
         printf("%s of layer %s is now %s\n", key, layer, reply->set_reply->value);
     else
         printf("default %s is now %s\n", key, reply->set_reply->value);
@@ -575,13 +597,15 @@ static int verb_drain(ctl *x, char **argv) {
     if (r)
         return r;
     d = reply->drain_reply;
-    if (x->json)
-        printf("{\"steps_finished\": %" PRIu32 ", \"submissions_refused\": %" PRIu32 "}\n",
-               d->steps_finished, d->submissions_refused);
-    else
-        printf("drained: %" PRIu32 " step%s finished, %" PRIu32 " submission%s refused\n",
-               d->steps_finished, d->steps_finished == 1 ? "" : "s", d->submissions_refused,
-               d->submissions_refused == 1 ? "" : "s");
+    if (x->json) {
+        json_object *o = llep__jout_object();
+        llep__jout_u64(o, "steps_finished", d->steps_finished);
+        llep__jout_u64(o, "submissions_refused", d->submissions_refused);
+        return ctl_json_print(o);
+    }
+    printf("drained: %" PRIu32 " step%s finished, %" PRIu32 " submission%s refused\n",
+           d->steps_finished, d->steps_finished == 1 ? "" : "s", d->submissions_refused,
+           d->submissions_refused == 1 ? "" : "s");
     return 0;
 }
 
@@ -594,36 +618,42 @@ static const char *peer_state_name(LlepPb__PeerState s) {
     }
 }
 
-static void peers_json(const LlepPb__PeersReply *p) {
-    printf("{\"clustered\": %s", p->clustered ? "true" : "false");
-    if (p->clustered) {
-        printf(", \"node_id\": %" PRIu32 ", \"listen_address\": ", p->node_id);
-        ctl_json_str(p->listen_address);
-        printf(", \"heartbeat_ms\": %" PRIu32 ", \"timeout_ms\": %" PRIu32
-               ", \"authenticated\": %s", p->heartbeat_ms, p->timeout_ms,
-               p->authenticated ? "true" : "false");
-    }
-    fputs(", \"peers\": [", stdout);
-    for (size_t i = 0; i < p->n_peers; i++) {
-        const LlepPb__PeerInfo *v = p->peers[i];
+static json_object *peer_json(const LlepPb__PeerInfo *v) {
+    json_object *o = llep__jout_object();
 
-        printf("%s{\"node_id\": %" PRIu32 ", \"address\": ", i ? ", " : "", v->node_id);
-        ctl_json_str(v->address);
-        printf(", \"state\": \"%s\", \"outgoing\": %s, \"rtt_last_ns\": %" PRIu64
-               ", \"rtt_smoothed_ns\": %" PRIu64 ", \"bytes_sent\": %" PRIu64
-               ", \"bytes_received\": %" PRIu64 ", \"last_seen_us\": ",
-               peer_state_name(v->state), v->outgoing ? "true" : "false", v->rtt_last_ns,
-               v->rtt_smoothed_ns, v->bytes_sent, v->bytes_received);
-        if (v->seen)
-            printf("%" PRIu64, v->last_seen_us);
-        else
-            fputs("null", stdout);
-        printf(", \"state_us\": %" PRIu64 ", \"links_up\": %" PRIu32 ", \"last_error\": ",
-               v->state_us, v->links_up);
-        ctl_json_str(v->last_error);
-        putchar('}');
+    llep__jout_u64(o, "node_id", v->node_id);
+    llep__jout_str(o, "address", v->address);
+    llep__jout_str(o, "state", peer_state_name(v->state));
+    llep__jout_bool(o, "outgoing", v->outgoing);
+    llep__jout_u64(o, "rtt_last_ns", v->rtt_last_ns);
+    llep__jout_u64(o, "rtt_smoothed_ns", v->rtt_smoothed_ns);
+    llep__jout_u64(o, "bytes_sent", v->bytes_sent);
+    llep__jout_u64(o, "bytes_received", v->bytes_received);
+    if (v->seen)
+        llep__jout_u64(o, "last_seen_us", v->last_seen_us);
+    else
+        llep__jout_add(o, "last_seen_us", NULL);
+    llep__jout_u64(o, "state_us", v->state_us);
+    llep__jout_u64(o, "links_up", v->links_up);
+    llep__jout_str(o, "last_error", v->last_error);
+    return o;
+}
+
+static json_object *peers_json(const LlepPb__PeersReply *p) {
+    json_object *o = llep__jout_object(), *peers = llep__jout_array();
+
+    llep__jout_bool(o, "clustered", p->clustered);
+    if (p->clustered) {
+        llep__jout_u64(o, "node_id", p->node_id);
+        llep__jout_str(o, "listen_address", p->listen_address);
+        llep__jout_u64(o, "heartbeat_ms", p->heartbeat_ms);
+        llep__jout_u64(o, "timeout_ms", p->timeout_ms);
+        llep__jout_bool(o, "authenticated", p->authenticated);
     }
-    fputs("]}\n", stdout);
+    for (size_t i = 0; i < p->n_peers; i++)
+        llep__jout_push(peers, peer_json(p->peers[i]));
+    llep__jout_add(o, "peers", peers);
+    return o;
 }
 
 static int verb_peers(ctl *x, char **argv) {
@@ -641,10 +671,8 @@ static int verb_peers(ctl *x, char **argv) {
     if (r)
         return r;
     p = reply->peers_reply;
-    if (x->json) {
-        peers_json(p);
-        return 0;
-    }
+    if (x->json)
+        return ctl_json_print(peers_json(p));
     if (!p->clustered) {
         printf("not in a cluster (llepd runs without --node-id and --peers)\n");
         return 0;
@@ -719,12 +747,11 @@ static int verb_tune(ctl *x, char **argv) {
         return daemon_error("llepd sent no calibration");
     calibration_of(t->calibration, &cal);
     if (x->json) {
-        fputs("{\"path\": ", stdout);
-        ctl_json_str(t->path);
-        printf(", \"stored\": %s, \"calibration\": ", t->stored ? "true" : "false");
-        llep__cost_table_json(stdout, &cal);
-        puts("}");
-        return 0;
+        json_object *o = llep__jout_object();
+        llep__jout_str(o, "path", t->path);
+        llep__jout_bool(o, "stored", t->stored);
+        llep__jout_add(o, "calibration", llep__cost_table_object(&cal));
+        return ctl_json_print(o);
     }
     llep__cost_table_print(stdout, &cal);
     if (t->stored)

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "conn.h"
+#include "json-out.h"
 
 #define EXIT_DAEMON 1
 #define EXIT_USAGE 2
@@ -41,10 +42,9 @@ static inline void frame_freep(LlepPb__Frame **f) {
 int ctl_request(ctl *x, LlepPb__Frame *req, LlepPb__Frame__BodyCase expected,
                 LlepPb__Frame **ret);
 
-/* JSON values: a string escaped as RFC 8259 asks; a number (NaN and infinities as null). */
-void ctl_json_str(const char *s);
-void ctl_json_double(double v);
-void ctl_json_u64_array(const uint64_t *v, size_t n);
+/* --json: writes o (json-out.h) on stdout on one line and drops it. Returns 0, or says the
+ * output could not be written and returns EXIT_DAEMON. */
+int ctl_json_print(json_object *o);
 
 /* For people: 1536 -> "1.5 KiB"; microseconds as "850 us", "12.3 ms", "4.2 s"; an uptime. */
 const char *ctl_fmt_bytes(uint64_t v, char *buf, size_t len);

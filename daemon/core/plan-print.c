@@ -1,4 +1,5 @@
-/* Printing plans: JSON for programs, a table with bars for people. */
+/* Printing plans: a table with bars for people (the JSON for programs is built with json-c
+ * in tools/plan-json.c). */
 #include "plan-print.h"
 
 #include <errno.h>
@@ -11,43 +12,6 @@ static const char *mode_name(enum llep_plan_mode m) {
 
 static int stream_status(FILE *f) {
     return ferror(f) ? -EIO : 0;
-}
-
-/* Ranges are stored grouped by expert, so walking the offsets lists assignments in expert
- * order, each expert's ranges in token order. */
-int llep__plan_print_json(const llep_plan *p, FILE *f) {
-    return llep__plan_print_json_nodes(p, NULL, f);
-}
-
-int llep__plan_print_json_nodes(const llep_plan *p, const llep_plan_nodes *nodes, FILE *f) {
-    fprintf(f, "{\"mode\": \"%s\", \"imbalance\": %.6g, \"capacity\": %" PRIu64
-               ", \"devices\": %" PRIu32 ", ",
-            mode_name(p->mode), p->imbalance, p->capacity, p->num_devices);
-    if (nodes)
-        fprintf(f, "\"nodes\": %" PRIu32 ", \"devices_per_node\": %" PRIu32
-                   ", \"inter_node_rows\": %" PRIu64 ", \"inter_node_transfers\": %" PRIu32 ", ",
-                nodes->num_nodes, nodes->devices_per_node, nodes->rows, nodes->transfers);
-    fputs("\"device_loads\": [", f);
-    for (uint32_t d = 0; d < p->num_devices; d++)
-        fprintf(f, "%s%" PRIu64, d ? ", " : "", p->device_loads[d]);
-    fputs("], \"assignments\": [", f);
-    const char *sep = "";
-    for (uint32_t e = 0; e < p->num_experts; e++)
-        for (uint32_t i = p->range_off[e]; i < p->range_off[e + 1]; i++) {
-            const llep_range *r = &p->ranges[i];
-            fprintf(f, "%s{\"expert\": %" PRIu32 ", \"device\": %" PRIu32 ", \"start\": %" PRIu64
-                       ", \"end\": %" PRIu64 "}",
-                    sep, e, r->device, r->start, r->end);
-            sep = ", ";
-        }
-    fputs("], \"transfers\": [", f);
-    for (uint32_t t = 0; t < p->num_transfers; t++) {
-        const llep_transfer *x = &p->transfers[t];
-        fprintf(f, "%s{\"expert\": %" PRIu32 ", \"src\": %" PRIu32 ", \"dst\": %" PRIu32 "}",
-                t ? ", " : "", x->expert, x->src, x->dst);
-    }
-    fputs("]}\n", f);
-    return stream_status(f);
 }
 
 #define BAR_WIDTH 28
