@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "engine.h"
+#include "json-out.h"
 #include "llep/client.h"
 #include "parse-number.h"
 #include "tool-random.h"
@@ -229,6 +230,29 @@ static int bench_overhead(llep_client *c, uint32_t devices, uint32_t tokens, uin
     return r;
 }
 
+static int print_json(const figures *f) {
+    json_object *o = llep__jout_object(), *rtt = llep__jout_object();
+    json_object *ov = llep__jout_object();
+
+    llep__jout_f64(rtt, "median", f->rtt_median);
+    llep__jout_f64(rtt, "p99", f->rtt_p99);
+    llep__jout_f64(rtt, "min", f->rtt_min);
+    llep__jout_u64(rtt, "iterations", f->iterations);
+    llep__jout_f64(rtt, "engine_step_median", f->step_median);
+    llep__jout_add(o, "rtt_1token_us", rtt);
+    llep__jout_u64(ov, "tokens", f->tokens);
+    llep__jout_u64(ov, "devices", f->devices);
+    llep__jout_f64(ov, "daemon_ms", f->daemon_ms);
+    llep__jout_f64(ov, "engine_ms", f->engine_ms);
+    llep__jout_f64(ov, "overhead", f->overhead);
+    llep__jout_add(o, "overhead", ov);
+    if (llep__jout_write(stdout, o, LLEP_JOUT_LINE, "\n") < 0) {
+        fprintf(stderr, "llep-bench-daemon: cannot write the JSON output\n");
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     static const struct option lo[] = {
         { "socket", 1, NULL, 's' }, { "devices", 1, NULL, 'p' },
@@ -277,20 +301,12 @@ int main(int argc, char **argv) {
     }
     llep_disconnect(cl);
     if (json)
-        printf("{\"rtt_1token_us\": {\"median\": %.2f, \"p99\": %.2f, \"min\": %.2f, "
-               "\"iterations\": %u, \"engine_step_median\": %.2f}, \"overhead\": "
-               "{\"tokens\": %u, \"devices\": %u, "
-               "\"daemon_ms\": %.3f, \"engine_ms\": %.3f, \"overhead\": %.4f}}\n",
-               f.rtt_median, f.rtt_p99, f.rtt_min, f.iterations, f.step_median, f.tokens,
-               f.devices,
-               f.daemon_ms, f.engine_ms, f.overhead);
-    else
-        printf("1-token round trip through llepd (%u forwards): median %.1f us, p99 %.1f us, "
-               "min %.1f us (the step alone, in process: median %.1f us)\n"
-               "%u-token forward, %u devices: llepd %.3f ms, in-process engine "
-               "%.3f ms (medians of %u): overhead %+.1f %%\n",
-               f.iterations, f.rtt_median, f.rtt_p99, f.rtt_min, f.step_median, f.tokens,
-               f.devices,
-               f.daemon_ms, f.engine_ms, reps, f.overhead * 100);
+        return print_json(&f);
+    printf("1-token round trip through llepd (%u forwards): median %.1f us, p99 %.1f us, "
+           "min %.1f us (the step alone, in process: median %.1f us)\n"
+           "%u-token forward, %u devices: llepd %.3f ms, in-process engine "
+           "%.3f ms (medians of %u): overhead %+.1f %%\n",
+           f.iterations, f.rtt_median, f.rtt_p99, f.rtt_min, f.step_median, f.tokens,
+           f.devices, f.daemon_ms, f.engine_ms, reps, f.overhead * 100);
     return 0;
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "json-out.h"
 #include "parse-number.h"
 #include "plan-cost.h"
 #include "plan.h"
@@ -202,12 +203,12 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    if (json)
-        printf("[");
-    else
+    /* --json: one array of every case, built whole (a few dozen rows) and written at the end;
+     * the table is printed as it goes. */
+    json_object *rows = json ? llep__jout_array() : NULL;
+    if (!json)
         printf("%-14s %4s %3s %-9s %5s %-7s %9s %6s %10s %10s %10s\n", "shape", "N", "P",
                "scenario", "mode", "pick", "imbalance", "xfers", "median_us", "p99_us", "min_us");
-    int first = 1;
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
         for (size_t k = 0; k < llep__num_scenarios; k++) {
             shape sized = shapes[s];
@@ -219,26 +220,34 @@ int main(int argc, char **argv) {
             int r = measure(sh, sc, iterations, per_node, planner, &f);
             if (r < 0) {
                 fprintf(stderr, "llep-bench-plan: %s %s: %s\n", sh->name, sc->name, strerror(-r));
+                json_object_put(rows);
                 return 1;
             }
-            if (json)
-                printf("%s\n {\"shape\": \"%s\", \"experts\": %u, \"devices\": %u, "
-                       "\"tokens_per_device\": %u, \"scenario\": \"%s\", \"mode\": \"%s\", "
-                       "\"pick\": \"%s\", \"imbalance\": %.4f, \"transfers\": %u, "
-                       "\"median_us\": %.3f, \"p99_us\": %.3f, \"min_us\": %.3f}",
-                       first ? "" : ",", sh->name, sh->experts, sh->devices,
-                       sh->tokens_per_device, sc->name, f.llep ? "llep" : "ep",
-                       pick_names[f.pick], f.imbalance, f.transfers, f.median_us, f.p99_us,
-                       f.min_us);
-            else
+            if (json) {
+                json_object *o = llep__jout_object();
+                llep__jout_str(o, "shape", sh->name);
+                llep__jout_u64(o, "experts", sh->experts);
+                llep__jout_u64(o, "devices", sh->devices);
+                llep__jout_u64(o, "tokens_per_device", sh->tokens_per_device);
+                llep__jout_str(o, "scenario", sc->name);
+                llep__jout_str(o, "mode", f.llep ? "llep" : "ep");
+                llep__jout_str(o, "pick", pick_names[f.pick]);
+                llep__jout_f64(o, "imbalance", f.imbalance);
+                llep__jout_u64(o, "transfers", f.transfers);
+                llep__jout_f64(o, "median_us", f.median_us);
+                llep__jout_f64(o, "p99_us", f.p99_us);
+                llep__jout_f64(o, "min_us", f.min_us);
+                llep__jout_push(rows, o);
+            } else
                 printf("%-14s %4u %3u %-9s %5s %-7s %9.3f %6u %10.3f %10.3f %10.3f\n", sh->name,
                        sh->experts, sh->devices, sc->name, f.llep ? "llep" : "ep",
                        pick_names[f.pick], f.imbalance, f.transfers, f.median_us, f.p99_us,
                        f.min_us);
             fflush(stdout);
-            first = 0;
         }
-    if (json)
-        printf("\n]\n");
+    if (rows && llep__jout_write(stdout, rows, LLEP_JOUT_PRETTY, "\n") < 0) {
+        fprintf(stderr, "llep-bench-plan: cannot write the JSON output\n");
+        return 1;
+    }
     return 0;
 }

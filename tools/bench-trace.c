@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "bench-modes.h"
+#include "json-out.h"
 
 #define DRIFT_PERIOD 50u
 #define JUMP_PERIOD 100u
@@ -223,36 +224,52 @@ static void print_table(const llep_bench *b, const trace_gen *g, const char *pla
            mib((double)cf->cache_limit), cf->cache_evictions);
 }
 
-static void json_series(const char *name, const uint64_t *v, uint32_t n, const char *sep) {
-    printf("  \"%s\": [", name);
-    for (uint32_t i = 0; i < n; i++)
-        printf("%s%" PRIu64, i ? "," : "", v[i]);
-    printf("]%s\n", sep);
-}
-
-static void print_json(const llep_bench *b, const trace_gen *g, const char *planner,
-                       const side *s, const llep_device_figures *cf) {
+/* One document, built whole (the per-step series hold 4 numbers a step) and written
+ * indented. */
+static int print_json(const llep_bench *b, const trace_gen *g, const char *planner,
+                      const side *s, const llep_device_figures *cf) {
     uint32_t n = b->o.steps;
+    json_object *o = llep__jout_object(), *end = llep__jout_object();
+    json_object *per = llep__jout_object();
 
-    printf("{\"trace\": \"%s\", \"steps\": %u, \"share\": %.4f, \"hot\": %u, \"period\": %u, "
-           "\"planner\": \"%s\", \"preset\": \"%s\", \"scale\": %u, \"experts\": %u, "
-           "\"hidden\": %u, \"inter\": %u, \"top_k\": %u, \"devices\": %u, "
-           "\"tokens_per_device\": %u, \"min_tokens\": %" PRIu64 ",\n", b->o.trace, n, g->share,
-           g->hot, g->jump ? JUMP_PERIOD : DRIFT_PERIOD, planner, b->o.preset->name, b->o.scale,
-           b->n, b->d, b->h, b->k, b->p, b->t, b->o.min_tokens);
-    for (int i = 0; i < 2; i++)
-        printf(" \"cache_%s\": {\"mean_weight_bytes\": %.1f, \"median_makespan_ns\": %" PRIu64
-               ", \"transfers\": %" PRIu64 ", \"cache_hits\": %" PRIu64 ", \"peak_bytes\": %"
-               PRIu64 ", \"budget_bytes\": %" PRIu64 "},\n", s[i].name, mean(s[i].w_bytes, 0, n),
-               median(s[i].makespan, 0, n), s[i].transfers, s[i].hits, s[i].peak, s[i].budget);
-    printf(" \"cache_end\": {\"experts\": %u, \"bytes\": %" PRIu64 ", \"limit\": %" PRIu64
-           ", \"evictions\": %" PRIu64 "},\n \"per_step\": {\n", cf->cache_experts,
-           cf->cache_bytes, cf->cache_limit, cf->cache_evictions);
-    json_series("weight_bytes_off", s[0].w_bytes, n, ",");
-    json_series("weight_bytes_on", s[1].w_bytes, n, ",");
-    json_series("makespan_ns_off", s[0].makespan, n, ",");
-    json_series("makespan_ns_on", s[1].makespan, n, "");
-    printf(" }}\n");
+    llep__jout_str(o, "trace", b->o.trace);
+    llep__jout_u64(o, "steps", n);
+    llep__jout_f64(o, "share", g->share);
+    llep__jout_u64(o, "hot", g->hot);
+    llep__jout_u64(o, "period", g->jump ? JUMP_PERIOD : DRIFT_PERIOD);
+    llep__jout_str(o, "planner", planner);
+    llep__jout_str(o, "preset", b->o.preset->name);
+    llep__jout_u64(o, "scale", b->o.scale);
+    llep__jout_u64(o, "experts", b->n);
+    llep__jout_u64(o, "hidden", b->d);
+    llep__jout_u64(o, "inter", b->h);
+    llep__jout_u64(o, "top_k", b->k);
+    llep__jout_u64(o, "devices", b->p);
+    llep__jout_u64(o, "tokens_per_device", b->t);
+    llep__jout_u64(o, "min_tokens", b->o.min_tokens);
+    for (int i = 0; i < 2; i++) {
+        json_object *c = llep__jout_object();
+        char key[16];
+        llep__jout_f64(c, "mean_weight_bytes", mean(s[i].w_bytes, 0, n));
+        llep__jout_u64(c, "median_makespan_ns", median(s[i].makespan, 0, n));
+        llep__jout_u64(c, "transfers", s[i].transfers);
+        llep__jout_u64(c, "cache_hits", s[i].hits);
+        llep__jout_u64(c, "peak_bytes", s[i].peak);
+        llep__jout_u64(c, "budget_bytes", s[i].budget);
+        snprintf(key, sizeof(key), "cache_%s", s[i].name);
+        llep__jout_add(o, key, c);
+    }
+    llep__jout_u64(end, "experts", cf->cache_experts);
+    llep__jout_u64(end, "bytes", cf->cache_bytes);
+    llep__jout_u64(end, "limit", cf->cache_limit);
+    llep__jout_u64(end, "evictions", cf->cache_evictions);
+    llep__jout_add(o, "cache_end", end);
+    llep__jout_add(per, "weight_bytes_off", llep__jout_u64s(s[0].w_bytes, n));
+    llep__jout_add(per, "weight_bytes_on", llep__jout_u64s(s[1].w_bytes, n));
+    llep__jout_add(per, "makespan_ns_off", llep__jout_u64s(s[0].makespan, n));
+    llep__jout_add(per, "makespan_ns_on", llep__jout_u64s(s[1].makespan, n));
+    llep__jout_add(o, "per_step", per);
+    return llep__jout_write(stdout, o, LLEP_JOUT_PRETTY, "\n");
 }
 
 int llep__bench_trace(llep_bench *b) {
@@ -292,8 +309,9 @@ int llep__bench_trace(llep_bench *b) {
     }
     side_figures(b, &s[0], &cf);
     side_figures(b, &s[1], &cf);
+    int written = 0;
     if (b->o.format == LLEP_BENCH_JSON)
-        print_json(b, &g, plname, s, &cf);
+        written = print_json(b, &g, plname, s, &cf);
     else
         print_table(b, &g, plname, s, &cf);
     for (int i = 0; i < 2; i++) {
@@ -303,5 +321,8 @@ int llep__bench_trace(llep_bench *b) {
     }
     free(g.hot_set);
     free(loads);
-    return s[0].peak <= s[0].budget && s[1].peak <= s[1].budget ? EXIT_SUCCESS : EXIT_FAILURE;
+    if (written < 0)
+        fprintf(stderr, "llep-bench: cannot write the JSON output\n");
+    return written == 0 && s[0].peak <= s[0].budget && s[1].peak <= s[1].budget ? EXIT_SUCCESS
+                                                                                : EXIT_FAILURE;
 }

@@ -23,6 +23,7 @@
 #include "bench.h"
 #include "bench-modes.h"
 #include "bench-calibrate.h"
+#include "json-out.h"
 #include "moe-cpu.h"
 #include "parse-number.h"
 #include "tool-random.h"
@@ -592,71 +593,90 @@ static void print_csv(const bench *b, const result *res, size_t nres) {
     }
 }
 
-static void json_u64s(const char *name, const uint64_t *v, uint32_t n, const char *sep) {
-    printf("\"%s\": [", name);
-    for (uint32_t i = 0; i < n; i++)
-        printf("%s%" PRIu64, i ? ", " : "", v[i]);
-    printf("]%s", sep);
+static json_object *json_run(const bench *b, const run *r) {
+    json_object *o = llep__jout_object();
+
+    llep__jout_str(o, "mode", r->mode == LLEP_PLAN_LLEP ? "llep" : "ep");
+    llep__jout_u64(o, "makespan_ns", r->makespan_ns);
+    llep__jout_u64(o, "wall_ns", r->wall_ns);
+    llep__jout_f64(o, "balance", r->balance);
+    llep__jout_u64(o, "transfers", r->transfers);
+    llep__jout_u64(o, "weight_bytes_moved", r->weight_bytes);
+    llep__jout_u64(o, "token_bytes_moved", r->token_bytes);
+    llep__jout_f64(o, "gflops", r->ffn_gflops);
+    llep__jout_add(o, "busy_ns", llep__jout_u64s(r->busy, b->p));
+    llep__jout_add(o, "rows", llep__jout_u64s(r->rows, b->p));
+    llep__jout_add(o, "peak_bytes", llep__jout_u64s(r->peak, b->p));
+    return o;
 }
 
-static void json_run(const bench *b, const char *name, const run *r, const char *sep) {
-    printf("    \"%s\": {\"mode\": \"%s\", \"makespan_ns\": %" PRIu64 ", \"wall_ns\": %" PRIu64
-           ", \"balance\": %.4f, \"transfers\": %u, \"weight_bytes_moved\": %" PRIu64
-           ", \"token_bytes_moved\": %" PRIu64 ", \"gflops\": %.2f, ", name,
-           r->mode == LLEP_PLAN_LLEP ? "llep" : "ep", r->makespan_ns, r->wall_ns, r->balance,
-           r->transfers, r->weight_bytes, r->token_bytes, r->ffn_gflops);
-    json_u64s("busy_ns", r->busy, b->p, ", ");
-    json_u64s("rows", r->rows, b->p, ", ");
-    json_u64s("peak_bytes", r->peak, b->p, "");
-    printf("}%s\n", sep);
-}
+static json_object *json_traffic(const bench *b, const traffic *t) {
+    json_object *o = llep__jout_object();
 
-static void json_traffic(const bench *b, const char *name, const traffic *t, const char *sep) {
-    uint64_t eb = llep__engine_expert_bytes(b->eng);
-
-    printf("\"%s\": {\"rows\": %" PRIu64 ", \"token_bytes\": %" PRIu64 ", \"transfers\": %u, "
-           "\"weight_bytes\": %" PRIu64 "}%s", name, t->rows, t->rows * row_bytes(b),
-           t->transfers, t->transfers * eb, sep);
+    llep__jout_u64(o, "rows", t->rows);
+    llep__jout_u64(o, "token_bytes", t->rows * row_bytes(b));
+    llep__jout_u64(o, "transfers", t->transfers);
+    llep__jout_u64(o, "weight_bytes", t->transfers * llep__engine_expert_bytes(b->eng));
+    return o;
 }
 
 /* The --nodes part of a scenario: the hierarchical run and what each plan moves between
  * nodes. */
-static void json_nodes(const bench *b, const result *r) {
-    json_run(b, "hier", &r->hier, ",");
-    printf("    \"hier_makespan_ratio\": %.4f, \"ep_hier_rel_l2\": %.3g,\n", hier_ratio(r),
-           r->diff_hier);
-    printf("    \"inter_node\": {");
-    json_traffic(b, "ep", &r->x_ep, ", ");
-    json_traffic(b, "llep", &r->x_llep, ", ");
-    json_traffic(b, "hier", &r->x_hier, "}\n");
+static void json_nodes(const bench *b, const result *r, json_object *o) {
+    json_object *x = llep__jout_object();
+
+    llep__jout_add(o, "hier", json_run(b, &r->hier));
+    llep__jout_f64(o, "hier_makespan_ratio", hier_ratio(r));
+    llep__jout_f64(o, "ep_hier_rel_l2", r->diff_hier);
+    llep__jout_add(x, "ep", json_traffic(b, &r->x_ep));
+    llep__jout_add(x, "llep", json_traffic(b, &r->x_llep));
+    llep__jout_add(x, "hier", json_traffic(b, &r->x_hier));
+    llep__jout_add(o, "inter_node", x);
 }
 
-static void print_json(const bench *b, const result *res, size_t nres) {
+/* One document, built whole (a few kilobytes per scenario) and written indented. */
+static int print_json(const bench *b, const result *res, size_t nres) {
     const preset *ps = b->o.preset;
-    printf("{\"preset\": \"%s\", \"scale\": %u, \"experts\": %u, \"hidden\": %u, \"inter\": %u, "
-           "\"top_k\": %u, \"devices\": %u, \"tokens_per_device\": %u, \"dtype\": \"f32\",\n"
-           " \"alpha\": %g, \"lambda\": %g, \"min_tokens\": %" PRIu64 ", \"repeat\": %u,\n"
-           " \"busy_time\": \"%s\",\n",
-           ps->name, b->o.scale, b->n, b->d, b->h, b->k, b->p, b->t, b->o.alpha, b->o.lambda,
-           b->o.min_tokens, b->o.repeat, b->ops == &llep__backend_cpu ?
-           "per-device thread CPU time" : "per-device CUDA event time");
-    if (b->o.nodes)
-        printf(" \"nodes\": %u, \"devices_per_node\": %u, \"row_bytes\": %" PRIu64
-               ", \"expert_bytes\": %" PRIu64 ",\n", b->o.nodes, b->p / b->o.nodes,
-               row_bytes(b), llep__engine_expert_bytes(b->eng));
-    printf(" \"scenarios\": [\n");
+    json_object *o = llep__jout_object(), *scens = llep__jout_array();
+
+    llep__jout_str(o, "preset", ps->name);
+    llep__jout_u64(o, "scale", b->o.scale);
+    llep__jout_u64(o, "experts", b->n);
+    llep__jout_u64(o, "hidden", b->d);
+    llep__jout_u64(o, "inter", b->h);
+    llep__jout_u64(o, "top_k", b->k);
+    llep__jout_u64(o, "devices", b->p);
+    llep__jout_u64(o, "tokens_per_device", b->t);
+    llep__jout_str(o, "dtype", "f32");
+    llep__jout_f64(o, "alpha", b->o.alpha);
+    llep__jout_f64(o, "lambda", b->o.lambda);
+    llep__jout_u64(o, "min_tokens", b->o.min_tokens);
+    llep__jout_u64(o, "repeat", b->o.repeat);
+    llep__jout_str(o, "busy_time", b->ops == &llep__backend_cpu ? "per-device thread CPU time"
+                                                                : "per-device CUDA event time");
+    if (b->o.nodes) {
+        llep__jout_u64(o, "nodes", b->o.nodes);
+        llep__jout_u64(o, "devices_per_node", b->p / b->o.nodes);
+        llep__jout_u64(o, "row_bytes", row_bytes(b));
+        llep__jout_u64(o, "expert_bytes", llep__engine_expert_bytes(b->eng));
+    }
     for (size_t i = 0; i < nres; i++) {
         const result *r = &res[i];
-        printf("  {\"scenario\": \"%s\", \"speedup\": %.4f, \"ideal\": %.4f, "
-               "\"plain_sgemm_gflops\": %.2f, \"ep_llep_rel_l2\": %.3g,\n", r->scen->name,
-               speedup(r), r->imbalance, r->gemm_gflops, r->diff);
-        json_run(b, "ep", &r->ep, ",");
-        json_run(b, "llep", &r->llep, b->o.nodes ? "," : "");
+        json_object *sc = llep__jout_object();
+
+        llep__jout_str(sc, "scenario", r->scen->name);
+        llep__jout_f64(sc, "speedup", speedup(r));
+        llep__jout_f64(sc, "ideal", r->imbalance);
+        llep__jout_f64(sc, "plain_sgemm_gflops", r->gemm_gflops);
+        llep__jout_f64(sc, "ep_llep_rel_l2", r->diff);
+        llep__jout_add(sc, "ep", json_run(b, &r->ep));
+        llep__jout_add(sc, "llep", json_run(b, &r->llep));
         if (b->o.nodes)
-            json_nodes(b, r);
-        printf("  }%s\n", i + 1 < nres ? "," : "");
+            json_nodes(b, r, sc);
+        llep__jout_push(scens, sc);
     }
-    printf(" ]}\n");
+    llep__jout_add(o, "scenarios", scens);
+    return llep__jout_write(stdout, o, LLEP_JOUT_PRETTY, "\n");
 }
 
 /* Draws speedup (with the ideal bound) and peak memory per scenario through gnuplot. */
@@ -727,15 +747,18 @@ static int ep_against_llep(bench *b) {
     for (size_t i = 0; i < nres; i++)
         run_scenario(b, first + i, i, nres, &res[i]);
 
-    if (b->o.format == FMT_JSON)
-        print_json(b, res, nres);
-    else if (b->o.format == FMT_CSV)
+    int rc = EXIT_SUCCESS;
+    if (b->o.format == FMT_JSON) {
+        if (print_json(b, res, nres) < 0) {
+            fprintf(stderr, "llep-bench: cannot write the JSON output\n");
+            rc = EXIT_FAILURE;
+        }
+    } else if (b->o.format == FMT_CSV)
         print_csv(b, res, nres);
     else
         print_table(b, res, nres);
     if (b->o.nodes && b->o.format == FMT_TABLE)
         print_node_table(b, res, nres);
-    int rc = EXIT_SUCCESS;
     if (b->o.plot && have_gnuplot() && plot(b, res, nres, b->o.plot) < 0)
         rc = EXIT_FAILURE;
 

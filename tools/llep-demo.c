@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json-out.h"
 #include "llep/client.h"
 #include "parse-number.h"
 #include "tool-random.h"
@@ -250,16 +251,23 @@ static int run_client(const opts *o, const weights *w, const char *name, uint32_
     if (r < 0)
         fprintf(stderr, "client %u: forward: %s: %s\n", id, llep_strerror(r),
                 llep_client_error(c));
-    else if (o->json)
-        printf("{\"client\": %u, \"forwards\": %u, \"tokens_per_s\": %.1f, \"mean_ms\": %.3f, "
-               "\"max_ms\": %.3f, \"check_rel_l2\": %.3g}\n", id, o->forwards,
-               (double)t * o->forwards / el, el / o->forwards * 1e3, worst * 1e3, err);
-    else
+    else if (o->json) {
+        /* One line per client process (JSON Lines), written whole by the fflush below. */
+        json_object *j = llep__jout_object();
+        llep__jout_u64(j, "client", id);
+        llep__jout_u64(j, "forwards", o->forwards);
+        llep__jout_f64(j, "tokens_per_s", (double)t * o->forwards / el);
+        llep__jout_f64(j, "mean_ms", el / o->forwards * 1e3);
+        llep__jout_f64(j, "max_ms", worst * 1e3);
+        llep__jout_f64(j, "check_rel_l2", err);
+        r = llep__jout_write(stdout, j, LLEP_JOUT_LINE, "\n");
+    } else
         printf("  client %u  %4u forwards of %u tokens  %9.0f tokens/s  mean %7.3f ms  max "
                "%7.3f ms%s\n", id, o->forwards, t, (double)t * o->forwards / el,
                el / o->forwards * 1e3, worst * 1e3,
                err < 0 ? "" : err < 1e-5 ? "  (matches float64 reference)" : "  (MISMATCH)");
-    fflush(stdout);
+    if (fflush(stdout) != 0 || ferror(stdout))
+        r = -EIO;
     free(x);
     free(g);
     free(y);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "json-out.h"
 #include "llep/bf16.h"
 #include "llep/client.h"
 #include "model.h"
@@ -250,18 +251,27 @@ static int forwards(run *rn, uint32_t id, double *lat, double *err) {
     return r;
 }
 
-static void report(const run *rn, uint32_t id, const double *lat, double total, double err) {
+/* Prints one client's figures; -EIO when stdout cannot take them. */
+static int report(const run *rn, uint32_t id, const double *lat, double total, double err) {
     const opts *o = rn->o;
     uint32_t L = rn->mi.num_layers;
     double tol = rn->esz == 2 ? 1e-2 : 1e-5;
     double tps = (double)o->tokens * o->forwards / total;
+    int r = 0;
 
     if (o->json) {
-        printf("{\"client\": %u, \"layers\": %u, \"forwards\": %u, \"tokens\": %u, "
-               "\"tokens_per_s\": %.1f, \"first_layer_ms\": %.4f, \"last_layer_ms\": %.4f, "
-               "\"mean_layer_ms\": %.4f, \"check_rel_l2\": %.3g}\n", id, L, o->forwards,
-               o->tokens, tps, lat[0] / o->forwards * 1e3, lat[L - 1] / o->forwards * 1e3,
-               total / o->forwards / L * 1e3, rn->twins ? err : -1.0);
+        /* One line per client process (JSON Lines), written whole by the fflush below. */
+        json_object *j = llep__jout_object();
+        llep__jout_u64(j, "client", id);
+        llep__jout_u64(j, "layers", L);
+        llep__jout_u64(j, "forwards", o->forwards);
+        llep__jout_u64(j, "tokens", o->tokens);
+        llep__jout_f64(j, "tokens_per_s", tps);
+        llep__jout_f64(j, "first_layer_ms", lat[0] / o->forwards * 1e3);
+        llep__jout_f64(j, "last_layer_ms", lat[L - 1] / o->forwards * 1e3);
+        llep__jout_f64(j, "mean_layer_ms", total / o->forwards / L * 1e3);
+        llep__jout_f64(j, "check_rel_l2", rn->twins ? err : -1.0);
+        r = llep__jout_write(stdout, j, LLEP_JOUT_LINE, "\n");
     } else {
         printf("  client %u  %u forwards x %u layers of %u tokens  %8.0f tokens/s  layer "
                "mean %.3f ms (first %.3f, last %.3f)%s\n", id, o->forwards, L, o->tokens, tps,
@@ -270,7 +280,9 @@ static void report(const run *rn, uint32_t id, const double *lat, double total, 
                !rn->twins ? "" : err <= tol ? "  (every layer matches the checkpoint)"
                                             : "  (MISMATCH)");
     }
-    fflush(stdout);
+    if (fflush(stdout) != 0 || ferror(stdout))
+        r = -EIO;
+    return r;
 }
 
 static int run_client(const opts *o, uint32_t id) {
@@ -290,7 +302,7 @@ static int run_client(const opts *o, uint32_t id) {
     if (r == 0) {
         for (uint32_t i = 0; i < rn.mi.num_layers; i++)
             total += lat[i];
-        report(&rn, id, lat, total, err);
+        r = report(&rn, id, lat, total, err);
     }
     free(lat);
     free(rn.layers);

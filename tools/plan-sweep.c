@@ -20,6 +20,7 @@
 
 #include "calib-file.h"
 #include "cost.h"
+#include "json-out.h"
 #include "parse-number.h"
 #include "plan-cost.h"
 #include "plan.h"
@@ -160,19 +161,26 @@ static int parse_model(const char *arg, llep_cost_model *m) {
     return 0;
 }
 
-static void print_row(int json, int *first, const shape *sh, uint32_t tokens,
-                      const char *scenario, const row *r) {
-    if (json)
-        printf("%s\n {\"shape\": \"%s\", \"tokens_per_device\": %u, \"scenario\": \"%s\", "
-               "\"ep_us\": %.3f, \"lla_us\": %.3f, \"cost_us\": %.3f, \"pick\": \"%s\", "
-               "\"ideal_us\": %.3f, \"ideal_fraction\": %.4f}",
-               *first ? "" : ",", sh->name, tokens, scenario, r->ep_ns / 1e3, r->lla_ns / 1e3,
-               r->cost_ns / 1e3, pick_names[r->pick], r->ideal_ns / 1e3, r->ideal_ns / r->cost_ns);
-    else
-        printf("%-12s %6u %-9s %10.1f %10.1f %10.1f %-7s %6.2f %6.2f %6.3f\n", sh->name, tokens,
-               scenario, r->ep_ns / 1e3, r->lla_ns / 1e3, r->cost_ns / 1e3, pick_names[r->pick],
-               r->ep_ns / r->lla_ns, r->ep_ns / r->cost_ns, r->ideal_ns / r->cost_ns);
-    *first = 0;
+/* One case: a line of the table, or (json not NULL) an object appended to the array json. */
+static void print_row(json_object *json, const shape *sh, uint32_t tokens, const char *scenario,
+                      const row *r) {
+    if (json) {
+        json_object *o = llep__jout_object();
+        llep__jout_str(o, "shape", sh->name);
+        llep__jout_u64(o, "tokens_per_device", tokens);
+        llep__jout_str(o, "scenario", scenario);
+        llep__jout_f64(o, "ep_us", r->ep_ns / 1e3);
+        llep__jout_f64(o, "lla_us", r->lla_ns / 1e3);
+        llep__jout_f64(o, "cost_us", r->cost_ns / 1e3);
+        llep__jout_str(o, "pick", pick_names[r->pick]);
+        llep__jout_f64(o, "ideal_us", r->ideal_ns / 1e3);
+        llep__jout_f64(o, "ideal_fraction", r->ideal_ns / r->cost_ns);
+        llep__jout_push(json, o);
+        return;
+    }
+    printf("%-12s %6u %-9s %10.1f %10.1f %10.1f %-7s %6.2f %6.2f %6.3f\n", sh->name, tokens,
+           scenario, r->ep_ns / 1e3, r->lla_ns / 1e3, r->cost_ns / 1e3, pick_names[r->pick],
+           r->ep_ns / r->lla_ns, r->ep_ns / r->cost_ns, r->ideal_ns / r->cost_ns);
 }
 
 static void print_summary(const shape *sh, uint32_t tokens, const summary *s) {
@@ -182,9 +190,10 @@ static void print_summary(const shape *sh, uint32_t tokens, const summary *s) {
            s->cases, s->cost_worse_than_lla);
 }
 
-/* Runs every case of one shape and size, printing rows (or not, for --summary). */
+/* Runs every case of one shape and size, printing rows (or not, for --summary; or into the
+ * array json). */
 static int sweep_size(const shape *sh, uint32_t devices, uint32_t tokens,
-                      const llep_cost_model *m, int json, int rows, int *first, summary *ret) {
+                      const llep_cost_model *m, json_object *json, int rows, summary *ret) {
     llep_cost_layer l;
     llep_plan p;
     uint64_t *loads = calloc(sh->experts, sizeof(*loads));
@@ -204,7 +213,7 @@ static int sweep_size(const shape *sh, uint32_t devices, uint32_t tokens,
         if (r == 0) {
             summary_add(ret, &rw);
             if (rows)
-                print_row(json, first, sh, tokens, sc->name, &rw);
+                print_row(json, sh, tokens, sc->name, &rw);
         }
     }
     llep__plan_fini(&p);
@@ -250,30 +259,32 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    if (json)
-        printf("[");
-    else if (only_summary)
+    /* --json: one array of every case, built whole (a few hundred rows) and written at the
+     * end. */
+    json_object *rows = json ? llep__jout_array() : NULL;
+    if (only_summary)
         printf("%-12s %6s %8s %8s %8s %8s %7s %9s %4s\n", "shape", "tokens", "lla_x", "cost_x",
                "cost/ep", "cost/lla", "ideal", "<lla", ">lla");
-    else
+    else if (!json)
         printf("%-12s %6s %-9s %10s %10s %10s %-7s %6s %6s %6s\n", "shape", "tokens", "scenario",
                "ep_us", "lla_us", "cost_us", "pick", "lla_x", "cost_x", "ideal");
-    int first = 1;
     for (size_t s = 0; s < NSHAPES; s++)
         for (size_t t = 0; t < NSIZES; t++) {
             summary sum;
-            int r = sweep_size(&shapes[s], devices, sizes[t], &m, json, !only_summary, &first,
-                               &sum);
+            int r = sweep_size(&shapes[s], devices, sizes[t], &m, rows, !only_summary, &sum);
             if (r < 0) {
                 fprintf(stderr, "llep-plan-sweep: %s at %u tokens: %s\n", shapes[s].name,
                         sizes[t], strerror(-r));
+                json_object_put(rows);
                 return 1;
             }
             if (only_summary)
                 print_summary(&shapes[s], sizes[t], &sum);
             fflush(stdout);
         }
-    if (json)
-        printf("\n]\n");
+    if (rows && llep__jout_write(stdout, rows, LLEP_JOUT_PRETTY, "\n") < 0) {
+        fprintf(stderr, "llep-plan-sweep: cannot write the JSON output\n");
+        return 1;
+    }
     return 0;
 }
