@@ -100,6 +100,14 @@ START_TEST(planners_json)
     ck_assert_str_eq(json_object_get_string(get(ep, "mode")), "ep");
     ck_assert_int_eq(json_object_get_int64(get(ep, "weight_bytes_moved")), 0);
     ck_assert_double_eq_tol(json_object_get_double(get(ep, "speedup")), 1.0, 1e-9);
+    /* The measured bound is EP's mean device busy time: above zero, and EP's own makespan
+     * (its largest device) reaches at most all of it, here far less (one hot device). */
+    int64_t work = json_object_get_int64(get(sc, "work_bound_ns"));
+    double ep_work = json_object_get_double(get(ep, "fraction_of_work"));
+    ck_assert_int_gt(work, 0);
+    ck_assert_double_eq_tol(ep_work, (double)work /
+                            (double)json_object_get_int64(get(ep, "makespan_ns")), 1e-9);
+    ck_assert_msg(ep_work > 0 && ep_work < 0.9, "ep's fraction of the work bound %g", ep_work);
     /* 95 % into one expert is far over lambda: both LLA planners spill it, and copy weights. */
     ck_assert_str_eq(json_object_get_string(get(lla, "mode")), "llep");
     ck_assert_str_eq(json_object_get_string(get(scaled, "mode")), "llep");

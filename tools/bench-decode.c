@@ -8,11 +8,22 @@
  * rounds, then the largest (noise only ever adds CPU time: the figure the verdict uses, as in
  * the EP against LLEP table), and the median over the rounds of the step's own makespan.
  * Busy time includes receiving spilled experts' weights; with the replica cache off (the
- * bench's default) every step copies them again. */
+ * bench's default) every step copies them again.
+ *
+ * Two bounds per row. `ideal` counts token slots: EP's largest device load over the mean,
+ * as if a row cost the same in every chunk. It is not reachable where chunks differ in size:
+ * a GEMM runs far below its peak on a few rows (calibrate.h), so EP's hot device, whose rows
+ * sit in one large chunk, does more rows per second than a device holding many cold experts'
+ * small chunks, which no plan can make larger. `work` is the measured bound: EP's busy time
+ * summed over the devices, over P. Every plan runs EP's chunks or pieces of them, and a piece
+ * is never cheaper per row than its whole, so no plan's makespan is below it (copies, which
+ * it leaves out, only add). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <json-c/json.h>
 
 #include "bench-modes.h"
 
@@ -33,6 +44,7 @@ typedef struct prun {
 typedef struct prow {
     const llep_scenario *scen;
     double ideal;            /* EP's largest native device load / (total / P) */
+    uint64_t work_ns;        /* EP's busy time summed over devices / P; 0 without ep */
     prun runs[LLEP_BENCH_MAX_PLANNERS];
 } prow;
 
@@ -87,6 +99,15 @@ static void finish(const llep_bench *b, prun *r) {
     r->weight_bytes /= b->o.repeat;
 }
 
+/* The measured bound: EP's least busy time per device, summed, over P. */
+static uint64_t work_of(const llep_bench *b, const prun *ep) {
+    uint64_t sum = 0;
+
+    for (uint32_t d = 0; d < b->p; d++)
+        sum += ep->busy[d];
+    return sum / b->p;
+}
+
 static void run_row(llep_bench *b, const llep_scenario *s, prow *row, size_t i, size_t n) {
     uint32_t np = b->o.num_planners;
 
@@ -110,8 +131,11 @@ static void run_row(llep_bench *b, const llep_scenario *s, prow *row, size_t i, 
         for (uint32_t j = 0; j < np; j++)
             step_planner(b, b->o.planners[j], &row->runs[j], r);
     }
-    for (uint32_t j = 0; j < np; j++)
+    for (uint32_t j = 0; j < np; j++) {
         finish(b, &row->runs[j]);
+        if (b->o.planners[j] == LLEP_BENCH_EP)
+            row->work_ns = work_of(b, &row->runs[j]);
+    }
 }
 
 /* The index of EP among the planners, or -1. */
@@ -139,60 +163,101 @@ static void print_table(const llep_bench *b, const prow *rows, size_t nrows) {
     llep__bench_print_header(b, stdout, "");
     printf("per planner: ms = makespan (each device's least busy time over %u rounds, the "
            "largest), med = median of the rounds' makespans, x = speedup over ep (ms), "
-           "%%id = x / ideal, w = weight MiB moved per step, ok = not slower than ep beyond "
-           "%.0f %%; under each planner's name, the mode its plans ran in\n\n", b->o.repeat, (NOISE - 1) * 100);
-    printf("%-9s %6s", "scenario", "ideal");
+           "%%id = x / ideal (token slots), %%wk = work / ms (work: ep's busy time summed "
+           "over devices / P, measured), w = weight MiB moved per step, ok = not slower than "
+           "ep beyond %.0f %%; under each planner's name, the mode its plans ran in\n\n",
+           b->o.repeat, (NOISE - 1) * 100);
+    printf("%-9s %6s %9s", "scenario", "ideal", "work ms");
     for (uint32_t j = 0; j < b->o.num_planners; j++)
-        printf(" | %-10s %9s %9s %6s %5s %7s %6s", llep__bench_planner_name(b->o.planners[j]),
-               "ms", "med ms", "x", "%id", "w MiB", "ok?");
+        printf(" | %-10s %9s %9s %6s %5s %5s %7s %6s",
+               llep__bench_planner_name(b->o.planners[j]), "ms", "med ms", "x", "%id", "%wk",
+               "w MiB", "ok?");
     printf("\n");
     for (size_t i = 0; i < nrows; i++) {
         const prow *r = &rows[i];
-        printf("%-9s %6.2f", r->scen->name, r->ideal);
+        printf("%-9s %6.2f %9.3f", r->scen->name, r->ideal, r->work_ns / 1e6);
         for (uint32_t j = 0; j < b->o.num_planners; j++) {
             const prun *u = &r->runs[j];
             double x = ep >= 0 ? ratio(r->runs[ep].makespan_ns, u->makespan_ns) : 0;
-            printf(" | %-10s %9.3f %9.3f %6.2f %4.0f%% %7.2f %6s",
+            printf(" | %-10s %9.3f %9.3f %6.2f %4.0f%% %4.0f%% %7.2f %6s",
                    u->mode == LLEP_PLAN_LLEP ? "llep" : "ep", u->makespan_ns / 1e6,
                    u->median_ns / 1e6, x, 100 * x / r->ideal,
+                   100 * ratio(r->work_ns, u->makespan_ns),
                    (double)u->weight_bytes / (1024.0 * 1024.0), verdict(r, ep, j));
         }
         printf("\n");
     }
 }
 
+static json_object *run_json(const prow *row, int ep, uint32_t j) {
+    const prun *u = &row->runs[j];
+    double x = ep >= 0 ? ratio(row->runs[ep].makespan_ns, u->makespan_ns) : 0;
+    json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "mode", json_object_new_string(
+                               u->mode == LLEP_PLAN_LLEP ? "llep" : "ep"));
+    json_object_object_add(o, "makespan_ns", json_object_new_uint64(u->makespan_ns));
+    json_object_object_add(o, "median_makespan_ns", json_object_new_uint64(u->median_ns));
+    json_object_object_add(o, "speedup", json_object_new_double(x));
+    json_object_object_add(o, "fraction_of_ideal", json_object_new_double(x / row->ideal));
+    json_object_object_add(o, "fraction_of_work", json_object_new_double(
+                               ratio(row->work_ns, u->makespan_ns)));
+    json_object_object_add(o, "weight_bytes_moved", json_object_new_uint64(u->weight_bytes));
+    json_object_object_add(o, "transfers", json_object_new_uint64(u->transfers));
+    json_object_object_add(o, "peak_bytes", json_object_new_uint64(u->peak_max));
+    json_object_object_add(o, "verdict", json_object_new_string(verdict(row, ep, j)));
+    return o;
+}
+
+static json_object *row_json(const llep_bench *b, const prow *row, int ep) {
+    json_object *o = json_object_new_object(), *runs = json_object_new_object();
+
+    json_object_object_add(o, "scenario", json_object_new_string(row->scen->name));
+    json_object_object_add(o, "ideal", json_object_new_double(row->ideal));
+    json_object_object_add(o, "work_bound_ns", json_object_new_uint64(row->work_ns));
+    for (uint32_t j = 0; j < b->o.num_planners; j++) {
+        json_object_object_add(runs, llep__bench_planner_name(b->o.planners[j]),
+                               run_json(row, ep, j));
+    }
+    json_object_object_add(o, "runs", runs);
+    return o;
+}
+
 static void print_json(const llep_bench *b, const prow *rows, size_t nrows) {
     const llep_bench_preset *ps = b->o.preset;
     int ep = ep_index(b);
+    json_object *o = json_object_new_object(), *pl = json_object_new_array(),
+                *sc = json_object_new_array();
 
-    printf("{\"preset\": \"%s\", \"scale\": %u, \"experts\": %u, \"hidden\": %u, \"inter\": %u, "
-           "\"top_k\": %u, \"devices\": %u, \"tokens_per_device\": %u, \"dtype\": \"f32\",\n"
-           " \"alpha\": %g, \"lambda\": %g, \"min_tokens\": %" PRIu64 ", \"repeat\": %u, "
-           "\"replica_cache\": %" PRIu64 ", \"noise\": %.2f,\n \"planners\": [",
-           ps->name, b->o.scale, b->n, b->d, b->h, b->k, b->p, b->t, b->o.alpha, b->o.lambda,
-           b->o.min_tokens, b->o.repeat,
-           b->o.replica_cache == LLEP_DEVICES_CACHE_AUTO ? UINT64_C(0) - 1 : b->o.replica_cache,
-           NOISE);
+    json_object_object_add(o, "preset", json_object_new_string(ps->name));
+    json_object_object_add(o, "scale", json_object_new_uint64(b->o.scale));
+    json_object_object_add(o, "experts", json_object_new_uint64(b->n));
+    json_object_object_add(o, "hidden", json_object_new_uint64(b->d));
+    json_object_object_add(o, "inter", json_object_new_uint64(b->h));
+    json_object_object_add(o, "top_k", json_object_new_uint64(b->k));
+    json_object_object_add(o, "devices", json_object_new_uint64(b->p));
+    json_object_object_add(o, "tokens_per_device", json_object_new_uint64(b->t));
+    json_object_object_add(o, "dtype", json_object_new_string("f32"));
+    json_object_object_add(o, "alpha", json_object_new_double(b->o.alpha));
+    json_object_object_add(o, "lambda", json_object_new_double(b->o.lambda));
+    json_object_object_add(o, "min_tokens", json_object_new_uint64(b->o.min_tokens));
+    json_object_object_add(o, "repeat", json_object_new_uint64(b->o.repeat));
+    /* -1: the cache sized automatically (LLEP_DEVICES_CACHE_AUTO). */
+    json_object_object_add(o, "replica_cache", b->o.replica_cache == LLEP_DEVICES_CACHE_AUTO ?
+                           json_object_new_int64(-1) :
+                           json_object_new_uint64(b->o.replica_cache));
+    json_object_object_add(o, "noise", json_object_new_double(NOISE));
     for (uint32_t j = 0; j < b->o.num_planners; j++)
-        printf("%s\"%s\"", j ? ", " : "", llep__bench_planner_name(b->o.planners[j]));
-    printf("],\n \"scenarios\": [\n");
-    for (size_t i = 0; i < nrows; i++) {
-        const prow *r = &rows[i];
-        printf("  {\"scenario\": \"%s\", \"ideal\": %.4f, \"runs\": {", r->scen->name, r->ideal);
-        for (uint32_t j = 0; j < b->o.num_planners; j++) {
-            const prun *u = &r->runs[j];
-            double x = ep >= 0 ? ratio(r->runs[ep].makespan_ns, u->makespan_ns) : 0;
-            printf("%s\n    \"%s\": {\"mode\": \"%s\", \"makespan_ns\": %" PRIu64
-                   ", \"median_makespan_ns\": %" PRIu64 ", \"speedup\": %.4f, "
-                   "\"fraction_of_ideal\": %.4f, \"weight_bytes_moved\": %" PRIu64
-                   ", \"transfers\": %u, \"peak_bytes\": %" PRIu64 ", \"verdict\": \"%s\"}",
-                   j ? "," : "", llep__bench_planner_name(b->o.planners[j]),
-                   u->mode == LLEP_PLAN_LLEP ? "llep" : "ep", u->makespan_ns, u->median_ns, x,
-                   x / r->ideal, u->weight_bytes, u->transfers, u->peak_max, verdict(r, ep, j));
-        }
-        printf("}}%s\n", i + 1 < nrows ? "," : "");
-    }
-    printf(" ]}\n");
+        json_object_array_add(pl, json_object_new_string(
+                                  llep__bench_planner_name(b->o.planners[j])));
+    json_object_object_add(o, "planners", pl);
+    for (size_t i = 0; i < nrows; i++)
+        json_object_array_add(sc, row_json(b, &rows[i], ep));
+    json_object_object_add(o, "scenarios", sc);
+    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                      JSON_C_TO_STRING_SPACED |
+                                                      JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
 }
 
 int llep__bench_planners(llep_bench *b) {
