@@ -4,6 +4,7 @@
 #include <check.h>
 #include <errno.h>
 #include <json-c/json.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -423,6 +424,51 @@ START_TEST(cost_file_plans)
 }
 END_TEST
 
+/* tests/gpu/probe-calib.py turns the figures the PyTorch probe measured on an H200
+ * (docs/data/h200-probe-2026-12-04.json) into a calibration llep-plan reads: at every measured
+ * size the model's chunk time is within 10 % of the measured one, or of the largest measured
+ * at fewer rows where the measurement dips (a chunk's time never falls as rows grow); and it
+ * plans. */
+START_TEST(probe_calibration)
+{
+    static const struct { uint32_t rows; double ms; } measured[] = {
+        { 1, 0.117 }, { 16, 0.104 }, { 64, 0.102 }, { 256, 0.103 }, { 1024, 0.109 },
+        { 2048, 0.186 }, { 4096, 0.345 }, { 8192, 0.626 }, { 32768, 2.638 },
+    };
+    const char *script = getenv("LLEP_PROBE_CALIB"), *data = getenv("LLEP_PROBE_DATA");
+    char dir[256], path[300], cmd[1200], err[256];
+    llep_calibration cal;
+    llep_cost_layer layer;
+
+    ck_assert_msg(script && data, "LLEP_PROBE_CALIB and LLEP_PROBE_DATA must be set");
+    llep_test_tmpdir(dir, sizeof(dir), "test-llep-plan");
+    snprintf(path, sizeof(path), "%s/h200-probe.json", dir);
+    snprintf(cmd, sizeof(cmd), "python3 '%s' '%s' > '%s'", script, data, path);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_msg(llep__calib_load_any(path, &cal, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(cal.model.backend, "cuda");
+    ck_assert_double_eq_tol(cal.model.chunk_fixed_ns, 6000, 1e-9);
+    llep__cost_layer(&layer, 2880, 2880, 2, false);
+    double prev = 0, top = 0;
+    for (size_t i = 0; i < sizeof(measured) / sizeof(measured[0]); i++) {
+        double ns = llep__cost_chunk_ns(&cal.model, &layer, measured[i].rows);
+        double got = measured[i].ms * 1e6;
+        top = fmax(top, got);
+        ck_assert_msg(ns >= 0.9 * got && ns <= 1.1 * top, "%u rows: %.0f ns, measured %.0f "
+                      "(largest so far %.0f)", measured[i].rows, ns, got, top);
+        ck_assert_msg(ns >= prev, "%u rows: %.0f ns below %.0f", measured[i].rows, ns, prev);
+        prev = ns;
+    }
+    const char *args[] = { "-d", "8", "--planner", "cost", "--cost", path, "400", "10", "10",
+                           "10", "10", "10", "10", "10", NULL };
+    result r = run_plan(NULL, args);
+    ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
+    ck_assert_ptr_nonnull(strstr(r.out, "cost planner: picked"));
+    result_free(&r);
+    llep_test_rm_rf(dir);
+}
+END_TEST
+
 /* Bad calibration files: exit 2, the message names the file and what is wrong in it. */
 START_TEST(cost_file_bad)
 {
@@ -590,6 +636,7 @@ static Suite *tool_suite(void) {
     tcase_add_test(tc, cost_planner_report);
     tcase_add_test(tc, cost_file_plans);
     tcase_add_test(tc, cost_file_bad);
+    tcase_add_test(tc, probe_calibration);
     tcase_add_loop_test(tc, bad_input_exits_2, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
     tcase_add_test(tc, too_many_experts_exits_2);
     tcase_add_test(tc, loads_parser);
