@@ -24,7 +24,8 @@
 
 /* The modelled makespan of a plan, from its ranges, as plan-cost.h defines it: each device's
  * time is the copies it receives (one per expert it helps with, none where it holds a copy)
- * plus one chunk per expert it runs; each native device's sent copies bound the step too. */
+ * plus one chunk per expert it runs; each native device's copies sent to another physical
+ * device or node bound the step too (copies within one GPU or host do not queue at a port). */
 static double model_plain(const llep_plan *p, const llep_cost_model *m, const llep_cost_layer *l,
                           const uint8_t *held) {
     double t[MAXP] = { 0 }, s[MAXP] = { 0 }, max = 0;
@@ -41,8 +42,10 @@ static double model_plain(const llep_plan *p, const llep_cost_model *m, const ll
             t[d] += llep__cost_chunk_ns(m, l, rows[d]);
             if (d != native && !(held && held[x * np + d])) {
                 double cp = llep__cost_transfer_ns(m, native, d, l->weight_bytes);
+                enum llep_link k = llep__cost_link_kind(m, native, d);
                 t[d] += cp;
-                s[native] += cp;
+                if (k == LLEP_LINK_PEER || k == LLEP_LINK_NODE)
+                    s[native] += cp;
             }
         }
     }

@@ -212,8 +212,13 @@ static void make_inputs(llep_bench *b) {
 
 /* The cost planner needs the devices' cost model, and --tune ranks its grid by it: measured
  * here, once, on the main engine's devices (calibrate.h, as llepd does at start), and given
- * to every step that asks for it. */
+ * to every step that asks for it. At the bench layer's own shape and with copies of one
+ * expert's weights, where llepd measures a reference shape: a chunk's rate at few rows depends
+ * on where its weights live (on the CPU, a small layer's experts sit in cache, a 512 x 512
+ * one's do not), and a copy's on its size, and the reference shape's figures overprice a small
+ * layer's chunks and copies 2 to 5 times (docs/PERFORMANCE.md). */
 static void calibrate(llep_bench *b) {
+    llep_calibrate_options o;
     llep_calibration cal;
     char err[256];
     int want = 0;
@@ -222,14 +227,24 @@ static void calibrate(llep_bench *b) {
         want |= b->o.planners[i] == LLEP_BENCH_COST;
     if (!want && !b->o.tune)
         return;
-    int r = llep__calibrate(llep__engine_devices(b->eng), NULL, &cal, err, sizeof(err));
+    llep__calibrate_defaults(b->ops->name, &o);
+    o.hidden = b->d;
+    o.inter = b->h;
+    o.dtype = LLEP_DTYPE_F32;
+    /* One expert's weights (the bench's layers have no biases); the smaller copy is 4 KiB. */
+    o.transfer_bytes = 3ull * b->d * b->h * sizeof(float);
+    if (o.transfer_bytes < (64u << 10))
+        o.transfer_bytes = 64u << 10;
+    int r = llep__calibrate(llep__engine_devices(b->eng), &o, &cal, err, sizeof(err));
     if (r < 0)
         llep__bench_die("calibrating the devices' cost model: %s", err);
     b->cost = cal.model;
     b->have_cost = true;
-    fprintf(stderr, "llep-bench: %s: calibrated in %.0f ms (chunk fixed cost %.2f us, "
-            "%u points of the rate curve)\n", want ? "cost planner" : "tune's cost model",
-            cal.elapsed_ms, cal.model.chunk_fixed_ns / 1e3, cal.model.num_points);
+    fprintf(stderr, "llep-bench: %s: calibrated at the layer's shape (D %u, H %u, f32, copies "
+            "of %" PRIu64 " bytes) in %.0f ms (chunk fixed cost %.2f us, %u points of the rate "
+            "curve)\n", want ? "cost planner" : "tune's cost model", b->d, b->h,
+            o.transfer_bytes, cal.elapsed_ms, cal.model.chunk_fixed_ns / 1e3,
+            cal.model.num_points);
 }
 
 void llep__bench_open(llep_bench *b) {

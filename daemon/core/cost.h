@@ -96,6 +96,15 @@ double llep__cost_curve_ns(const llep_cost_curve *c, uint64_t rows);
 /* Kind of link between logical devices a and b under the model's mapping. */
 enum llep_link llep__cost_link_kind(const llep_cost_model *m, uint32_t a, uint32_t b);
 
+/* Whether a copy over this kind of link occupies the source device's outgoing link, so that a
+ * device's copies sent bound a step (plan-cost.h): true where it leaves the physical device
+ * (PEER: the GPU's NVLink or PCIe port; NODE: its network port). Within one physical device
+ * (GPU) the receiver's stream or thread copies from memory it shares with the source, whose
+ * own work goes on; nothing queues behind a port. */
+static inline bool llep__cost_link_sends(enum llep_link kind) {
+    return kind == LLEP_LINK_PEER || kind == LLEP_LINK_NODE;
+}
+
 /* Time in ns to move `bytes` from device src to device dst (0 when src == dst). */
 double llep__cost_transfer_ns(const llep_cost_model *m, uint32_t src, uint32_t dst,
                               uint64_t bytes);

@@ -6,7 +6,8 @@
  * rest, until the device fits. Shed rows go each time to the device that can start soonest
  * (its time so far plus the copy of the expert's weights, free where it holds a copy), which
  * takes the rows that fit under tau; a helper whose room does not cover one row's chunk plus
- * the copy takes nothing. The native device's outgoing copies must fit under tau as well. If
+ * the copy takes nothing. The native device's outgoing copies (those that leave its physical
+ * device) must fit under tau as well. If
  * every overloaded device can be relieved, tau is reachable. A bisection on tau between the
  * ideal bound and EP's makespan (or LLA's, when reachable) finds about the least reachable
  * one, within 1/64: each halving is one pass over the overloaded devices, and the plan must
@@ -34,6 +35,7 @@ typedef struct cost_ctx {
     const llep_cost_layer *l;
     const uint8_t *held;
     double copy_kind[LLEP_LINK_KINDS]; /* one expert's copy over each kind of link */
+    double send_kind[LLEP_LINK_KINDS]; /* what it weighs on the sender: copy_kind or 0 */
     double point_ns[LLEP_COST_MAX_POINTS]; /* chunk time at each point of the curve */
     uint32_t np, max_raw, nraw;
     uint32_t per_gpu, per_node;  /* devices per physical device and per node; P for "all" */
@@ -60,6 +62,7 @@ static void ctx_init(cost_ctx *c, llep_plan *p, const llep_cost_model *m,
         const llep_cost_link *lk = &c->m.link[k];
         c->copy_kind[k] =
             k == LLEP_LINK_SAME ? 0 : lk->latency_ns + (double)l->weight_bytes * lk->ns_per_byte;
+        c->send_kind[k] = llep__cost_link_sends(k) ? c->copy_kind[k] : 0;
     }
     c->np = p->num_devices;
     c->max_raw = llep__plan_max_ranges(p);
@@ -86,6 +89,14 @@ static inline double copy_ns(const cost_ctx *c, uint32_t x, uint32_t native, uin
     return c->copy_kind[llep__cost_link_kind(&c->m, native, d)];
 }
 
+/* What that copy weighs on the native device's outgoing link: the copy where it leaves the
+ * physical device, else nothing (llep__cost_link_sends()). */
+static inline double send_ns(const cost_ctx *c, uint32_t x, uint32_t native, uint32_t d) {
+    if (d == native || (c->held && c->held[(size_t)x * c->np + d]))
+        return 0;
+    return c->send_kind[llep__cost_link_kind(&c->m, native, d)];
+}
+
 /* ---- the model of a plan ---------------------------------------------------------------- */
 
 /* Adds one expert's pieces (acc[d] rows on each touched device) to the device times. */
@@ -100,7 +111,7 @@ static void flush_expert(cost_ctx *c, uint32_t x, uint32_t ntouched) {
          * out. */
         int whole = c->have_chunk0 && ntouched == 1 && d == native;
         ws->t[d] += cp + (whole ? ws->chunk0[x] : chunk(c, ws->acc[d]));
-        ws->s[native] += cp;
+        ws->s[native] += send_ns(c, x, native, d);
         ws->acc[d] = 0;
     }
 }
@@ -317,17 +328,16 @@ static int emit(cost_ctx *c, uint32_t x, uint32_t d, uint64_t start, uint64_t n)
 /* Of candidate helper d (UINT32_MAX: none) for expert x of `native`, keeps it in *best when
  * it can start sooner than the best so far; its copy must fit the native's outgoing room. */
 static void consider(const cost_ctx *c, uint32_t x, uint32_t native, uint32_t d, double tau,
-                     uint32_t *best, double *best_start, double *best_copy) {
+                     uint32_t *best, double *best_start) {
     if (d == UINT32_MAX)
         return;
-    double cp = copy_ns(c, x, native, d);
-    if (cp > 0 && c->ws->s[native] + cp > tau)
+    double snd = send_ns(c, x, native, d);
+    if (snd > 0 && c->ws->s[native] + snd > tau)
         return;
-    double start = c->ws->t[d] + cp;
+    double start = c->ws->t[d] + copy_ns(c, x, native, d);
     if (*best == UINT32_MAX || start < *best_start || (start == *best_start && d < *best)) {
         *best = d;
         *best_start = start;
-        *best_copy = cp;
     }
 }
 
@@ -337,25 +347,24 @@ static void consider(const cost_ctx *c, uint32_t x, uint32_t native, uint32_t d,
  * nodes) all pay the same copy, so the least loaded of each span is the only candidate there,
  * besides the helpers that hold a copy. UINT32_MAX when none. */
 static uint32_t soonest_helper(const cost_ctx *c, uint32_t x, uint32_t native, double tau,
-                               double *ret_start, double *ret_copy) {
+                               double *ret_start) {
     uint32_t best = UINT32_MAX, gpu = c->per_gpu, node = c->per_node;
     uint32_t g_lo = native / gpu * gpu, g_hi = g_lo + gpu;
     uint32_t n_lo = native / node * node, n_hi = n_lo + node;
-    double best_start = 0, best_copy = 0;
+    double best_start = 0;
 
-    consider(c, x, native, tree_min(c, g_lo, g_hi), tau, &best, &best_start, &best_copy);
-    consider(c, x, native, tree_min(c, n_lo, g_lo), tau, &best, &best_start, &best_copy);
-    consider(c, x, native, tree_min(c, g_hi, n_hi), tau, &best, &best_start, &best_copy);
-    consider(c, x, native, tree_min(c, 0, n_lo), tau, &best, &best_start, &best_copy);
-    consider(c, x, native, tree_min(c, n_hi, c->np), tau, &best, &best_start, &best_copy);
+    consider(c, x, native, tree_min(c, g_lo, g_hi), tau, &best, &best_start);
+    consider(c, x, native, tree_min(c, n_lo, g_lo), tau, &best, &best_start);
+    consider(c, x, native, tree_min(c, g_hi, n_hi), tau, &best, &best_start);
+    consider(c, x, native, tree_min(c, 0, n_lo), tau, &best, &best_start);
+    consider(c, x, native, tree_min(c, n_hi, c->np), tau, &best, &best_start);
     if (c->held) {
         const uint8_t *h = c->held + (size_t)x * c->np;
         for (uint32_t d = 0; d < c->np; d++)
             if (h[d] && d != native)
-                consider(c, x, native, d, tau, &best, &best_start, &best_copy);
+                consider(c, x, native, d, tau, &best, &best_start);
     }
     *ret_start = best_start;
-    *ret_copy = best_copy;
     return best;
 }
 
@@ -373,8 +382,8 @@ static int shed_expert(cost_ctx *c, uint32_t x, uint32_t d, double tau) {
     if (keep > 0 && emit(c, x, d, 0, keep) < 0)
         return -EAGAIN;
     for (uint64_t o = keep, r = l - keep; r > 0;) {
-        double start, cp;
-        uint32_t h = soonest_helper(c, x, d, tau, &start, &cp);
+        double start;
+        uint32_t h = soonest_helper(c, x, d, tau, &start);
         double y_ns = 0;
         uint64_t y = h != UINT32_MAX && start < tau ? rows_within(c, tau - start, r, &y_ns) : 0;
         if (y == 0 || emit(c, x, h, o, y) < 0)
@@ -385,7 +394,7 @@ static int shed_expert(cost_ctx *c, uint32_t x, uint32_t d, double tau) {
          * counted two, so the final figure must come from the model. */
         c->repeat |= ws->mark[h] == x + 1;
         ws->mark[h] = x + 1;
-        ws->s[d] += cp;
+        ws->s[d] += send_ns(c, x, d, h);
         o += y;
         r -= y;
     }

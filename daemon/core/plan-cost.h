@@ -4,8 +4,9 @@
  * Under a device cost model (cost.h) a device's time in a step is the weight copies it
  * receives (one per expert it helps with, none where it holds a cached copy) plus its chunks
  * (a fixed cost each and rows at the rate the curve gives for that many); a device's
- * outgoing copies run on its copy engines beside its compute and bound the step on their
- * own. The makespan is the largest of these. Token rows are moved under every plan alike, so
+ * outgoing copies that leave its physical device (llep__cost_link_sends()) run on its copy
+ * engines beside its compute and bound the step on their own. The makespan is the largest of
+ * these. Token rows are moved under every plan alike, so
  * they are not counted.
  *
  * Pure computation like plan.h: no I/O, no allocation (the workspace comes with
