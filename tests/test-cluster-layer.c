@@ -31,8 +31,10 @@
  *   device_failed   device 1 of one node fails (LLEP_TEST_FAIL_DEVICE): the step fails on every
  *                   node naming it, no output written; with keep-host-weights the node puts its
  *                   experts back from its host copy of its share and later steps are exact
- *                   (node 2, the origin, node 1 over the communicator); without, every later
- *                   step says which of the layer's experts were lost. Run four times.
+ *                   (node 2, the origin, node 1 over the communicator); without, a node asks
+ *                   the origin for its share again and is exact once it is here, while the
+ *                   origin's own experts are lost: every later step says which. Run five
+ *                   times.
  *   communicator    every node started with LLEPD_TEST_XNODE=1: the origin starts the layer's
  *                   communicator between nodes (the CPU backend's socket transport, in place of
  *                   NCCL on GPUs), steps move to it once it is up and stay exact with weights
@@ -906,6 +908,17 @@ static void expect_failed_from(const node_client *nc, int from, const char *text
     }
 }
 
+/* The layer created by the client of node `origin`, the others attaching. */
+static void start_cluster_at(node_client *nc, int origin) {
+    for (int i = 0; i < NODES; i++)
+        start_node(i, false);
+    wait_cluster_up();
+    client_open(&nc[origin], origin, true, 1);
+    for (int i = 0; i < NODES; i++)
+        if (i != origin)
+            client_open(&nc[i], i, false, 1);
+}
+
 /* A device of one node fails under a cluster layer (LLEP_TEST_FAIL_DEVICE=1@2 on that node:
  * device 1 fails in the second step computing on it). The steps before are exact; the failing
  * step fails on every node, naming the device, and writes no output anywhere (no node waits
@@ -914,27 +927,31 @@ static void expect_failed_from(const node_client *nc, int from, const char *text
  *      experts of device 1 back from the host copy of the share it received, and every later
  *      step is exact against float64;
  *   1  the same on the origin (node 0), from the host copy of its own share;
- *   2  node 2 without keep-host-weights: every later step fails on every node, saying that
- *      the layer's experts 10..11 (node 2's device 1, in the layer's numbering) were lost,
- *      while a node-scope layer on node 2 still runs exact;
+ *   2  the origin (node 2 this time) without keep-host-weights: nobody holds its share, so
+ *      every later step fails on every node, saying that the layer's experts 10..11 (node 2's
+ *      device 1, in the layer's numbering) were lost, while a node-scope layer on node 2
+ *      still runs exact;
  *   3  as 0 on node 1, every node started with LLEPD_TEST_XNODE=1 and device 1 failing in its
  *      eighth step, once steps go over the communicator between nodes: the failing step's
- *      exchange is abandoned on every node, later steps are exact.
- * The failed node counts the failure in llep_device_failures_total and every node the step in
- * llep_errors_total{kind="failed_step"}. */
+ *      exchange is abandoned on every node, later steps are exact;
+ *   4  node 2 without keep-host-weights: it asks the origin for its share again (the origin
+ *      holds every other node's); the steps until it is here fail on every node saying so,
+ *      then every step is exact.
+ * The failed node counts the failure in llep_device_failures_total and every node each failed
+ * step in llep_errors_total{kind="failed_step"}. */
 START_TEST(device_failed) {
     node_client nc[NODES];
     int32_t slots[NODES * TOKENS * K];
     const char *failed = "llep_errors_total{kind=\"failed_step\"}";
-    int steps = 0;
+    int steps = 0, origin = _i == 2 ? 2 : 0, failures = 1;
 
     fail_node = _i == 1 ? 0 : _i == 3 ? 1 : 2;
     fail_at = _i == 3 ? "1@8" : "1@2";
-    keep_nodes = _i == 2 ? 0 : (1u << NODES) - 1;
+    keep_nodes = _i == 2 || _i == 4 ? 0 : (1u << NODES) - 1;
     xnode_nodes = _i == 3 ? 7 : 0;
     weights_init();
     pick_metrics_ports();
-    start_cluster(nc, 1, false);
+    start_cluster_at(nc, origin);
     bool comm_up = false;
     while (step_all(nc, 0.3, slots)) {
         steps++;
@@ -960,13 +977,7 @@ START_TEST(device_failed) {
     ck_assert_str_eq(json_object_get_string(v), "failed");
     json_object_put(dj);
 
-    if (_i != 2) {
-        for (int s = 0; s < 4; s++)
-            ck_assert_msg(step_all(nc, s % 2 ? 0.7 : 0.3, slots), "step %d after the failure "
-                          "failed: %s", s, nc[fail_node].err);
-        for (int i = 0; i < NODES; i++)
-            ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 1);
-    } else {
+    if (_i == 2) {
         for (int s = 0; s < 2; s++) {
             ck_assert(!step_all(nc, 0.3, slots));
             expect_failed_from(nc, 2, "device 1 failed and the weights of this layer's "
@@ -984,6 +995,26 @@ START_TEST(device_failed) {
                                       nc[2].b.y), 0);
         assert_exact(&nc[2].b, 2);
         llep_layer_release(local);
+        end_cluster(nc);
+        return;
+    }
+    if (_i == 4) {
+        /* At least the next step waits for the share: it is asked for when a step found it
+         * missing. */
+        while (!step_all(nc, 0.3, slots)) {
+            expect_failed_from(nc, 2, "device 1 failed and this node's share of the layer is "
+                               "being sent again by its origin, node 0");
+            ck_assert_int_lt(++failures, 20);
+            sleep_ms(20);
+        }
+        ck_assert_int_ge(failures, 2);
+    }
+    for (int s = 0; s < 4; s++)
+        ck_assert_msg(step_all(nc, s % 2 ? 0.7 : 0.3, slots), "step %d after the failure "
+                      "failed: %s", s, nc[fail_node].err);
+    for (int i = 0; i < NODES; i++) {
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), failures);
+        ck_assert_int_eq(scrape(i, failed), failures);
     }
     end_cluster(nc);
 }
@@ -1309,7 +1340,7 @@ static Suite *cluster_layer_suite(void) {
     tc = tcase_create("failed device");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, device_failed, 0, 4);
+    tcase_add_loop_test(tc, device_failed, 0, 5);
     suite_add_tcase(s, tc);
     return s;
 }

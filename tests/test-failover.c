@@ -110,19 +110,24 @@ static void step_exact(llep_engine *e, uint32_t p, layer *l, uint64_t seed, doub
     llep_test_batch_fini(&b);
 }
 
-/* A step that must fail with -EIO, saying `says`, and leave y alone. */
-static void step_fails(llep_engine *e, uint32_t p, layer *l, uint64_t seed, const char *says,
-                       const char *what) {
+/* A step that must fail with want (a negative errno), saying `says`, and leave y alone. */
+static void step_fails_with(llep_engine *e, uint32_t p, layer *l, uint64_t seed, int want,
+                            const char *says, const char *what) {
     batch b;
 
     llep_test_batch_spread(&b, &l->t, 64, 0.0, seed);
     fill_sentinel(&b, l->t.s.d);
     int r = llep_test_engine_step(e, p, &l->t, &b, NULL);
-    ck_assert_msg(r == -EIO, "%s: %d (%s), not -EIO", what, r, llep__engine_error(e));
+    ck_assert_msg(r == want, "%s: %d (%s), not %d", what, r, llep__engine_error(e), want);
     ck_assert_msg(strstr(llep__engine_error(e), says), "%s: '%s' does not say '%s'", what,
                   llep__engine_error(e), says);
     assert_untouched(&b, l->t.s.d, what);
     llep_test_batch_fini(&b);
+}
+
+static void step_fails(llep_engine *e, uint32_t p, layer *l, uint64_t seed, const char *says,
+                       const char *what) {
+    step_fails_with(e, p, l, seed, -EIO, says, what);
 }
 
 static void fail_hook(const char *v) {
@@ -243,6 +248,46 @@ START_TEST(test_engine_reload_fails) {
         step_fails(e, 2, &l, 2 + (uint64_t)i, "device 1 failed and its experts could not be put "
                    "on device 0: the weights went away", "a step after");
     ck_assert_int_eq(l.reloads, 1);
+    llep__engine_free(e);
+    llep_test_layer_fini(&l.t);
+}
+END_TEST
+
+/* The first two asks find the weights not here yet (as a cluster node's share on its way from
+ * the origin), then they are given. */
+static int reload_later(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
+    layer *l = arg;
+    const llep_test_f32_weights *lw = &l->t.w;
+
+    if (++l->reloads <= 2) {
+        snprintf(err, errlen, "the weights are on their way");
+        return -EAGAIN;
+    }
+    *w = (llep_engine_weights){ lw->wg, lw->wu, lw->wd, lw->bg, lw->bu, lw->bd, NULL };
+    return 0;
+}
+
+/* While the owner says -EAGAIN each step fails with it, saying why, and nothing is lost: the
+ * next step asks again, and once the weights are given the layer is exact on the survivor. */
+START_TEST(test_engine_reload_later) {
+    layer l;
+    llep_engine_config cfg;
+    llep_engine *e = NULL;
+    char err[256] = "";
+
+    layer_init(&l, 4, 2, 8, 6, 43);
+    llep_test_engine_config(&cfg, &l.t, NULL, 2);
+    cfg.reload = (llep_engine_reload){ .get = reload_later, .arg = &l };
+    fail_hook("1@1");
+    ck_assert_msg(llep__engine_new(&cfg, &e, err, sizeof(err)) == 0, "%s", err);
+    unsetenv("LLEP_TEST_FAIL_DEVICE");
+    step_fails(e, 2, &l, 1, "device 1 failed", "the failing step");
+    for (int i = 0; i < 2; i++)
+        step_fails_with(e, 2, &l, 2 + (uint64_t)i, -EAGAIN, "device 1 failed and the weights "
+                        "are on their way", "a step while they are on their way");
+    step_exact(e, 2, &l, 4, 0.0, "the step once they are here");
+    step_exact(e, 2, &l, 5, 0.6, "a skewed step after");
+    ck_assert_int_eq(l.reloads, 3);
     llep__engine_free(e);
     llep_test_layer_fini(&l.t);
 }
@@ -510,6 +555,7 @@ static Suite *failover_suite(void) {
     tcase_add_test(tc, test_engine_rehomes);
     tcase_add_test(tc, test_engine_lost_beside_others);
     tcase_add_test(tc, test_engine_reload_fails);
+    tcase_add_test(tc, test_engine_reload_later);
     tcase_add_test(tc, test_engine_no_survivor);
     suite_add_tcase(s, tc);
     tc = tcase_create("llepd");

@@ -497,6 +497,8 @@ static void peer_changed(llepd_server *srv, uint32_t node_id, bool up) {
              * as soon as the next step begins. */
             if (c->rank == c->origin && !c->creator && l->engine)
                 (void)send_layer_to(c, r);
+            if (r == c->origin)
+                c->refill_asked = false; /* a request may have been lost with the link */
             llepd_cxnode_peer(c, node_id, true, why);
             continue;
         }
@@ -521,6 +523,7 @@ static bool serves(int body) {
     case LLEP_PB__FRAME__BODY_CLUSTER_LAYER:
     case LLEP_PB__FRAME__BODY_CLUSTER_LAYER_REPLY:
     case LLEP_PB__FRAME__BODY_CLUSTER_LAYER_DROP:
+    case LLEP_PB__FRAME__BODY_CLUSTER_SHARE_REQUEST:
     case LLEP_PB__FRAME__BODY_CLUSTER_LOADS:
     case LLEP_PB__FRAME__BODY_CLUSTER_PLAN_HASH:
     case LLEP_PB__FRAME__BODY_CLUSTER_DATA:
@@ -588,6 +591,13 @@ static void handle_frame(llepd_server *srv, uint32_t from_id, const LlepPb__Fram
     case LLEP_PB__FRAME__BODY_CLUSTER_LAYER_DROP:
         handle_drop(srv, (uint32_t)rank, f->cluster_layer_drop);
         return;
+    case LLEP_PB__FRAME__BODY_CLUSTER_SHARE_REQUEST: {
+        const LlepPb__ClusterShareRequest *m = f->cluster_share_request;
+        llepd_clayer *c = m->name ? clayer_of(srv, m->name, false) : NULL;
+        if (c && !c->orphaned)
+            llepd_clayer_refill_send(c, (uint32_t)rank, m->uid);
+        return;
+    }
     case LLEP_PB__FRAME__BODY_CLUSTER_COMM:
     case LLEP_PB__FRAME__BODY_CLUSTER_COMM_FAIL: {
         /* The communicator of a set of nodes; older senders name a layer on the set. */
@@ -606,7 +616,9 @@ static void handle_frame(llepd_server *srv, uint32_t from_id, const LlepPb__Fram
     llepd_clayer *c = name ? clayer_of(srv, name, false) : NULL;
     if (f->body_case == LLEP_PB__FRAME__BODY_CLUSTER_DATA &&
         f->cluster_data->kind == LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS) {
-        if (c && c->origin == (uint32_t)rank)
+        if (c && c->origin == (uint32_t)rank && c->layer->engine && !c->engine_pending)
+            llepd_clayer_refill_chunk(c, f->cluster_data);
+        else if (c && c->origin == (uint32_t)rank)
             handle_share_chunk(c, f->cluster_data);
         return;
     }
@@ -643,6 +655,7 @@ static void clayer_free(llepd_layer *l) {
     for (uint32_t r = 0; r < c->nodes; r++)
         free(c->shares[r]);
     llepd_cbuf_free(&c->share_in);
+    llepd_cbuf_free(&c->refill);
     timer_close(&c->deadline);
     timer_close(&c->create_timer);
     free(c->shares);

@@ -8,7 +8,10 @@
  * when every node has answered. When a node comes back (restarted, or its link was lost), the
  * origin sends it the share again; the layer's uid tells it whether what it may still hold is
  * the same layer. If the origin itself goes away, the other nodes' copies are orphaned: their
- * clients' steps fail, telling them to create the layer again.
+ * clients' steps fail, telling them to create the layer again. When a device of a node fails,
+ * the node puts that device's experts back from its own host copy of its share
+ * (keep-host-weights) or, lacking one, from the share the origin sends again on request
+ * (ClusterShareRequest; docs/ARCHITECTURE.md 3.4).
  *
  * Steps (cluster-step*.c; cluster-step-internal.h says which file holds what). Every node
  * takes its own clients' submissions (the layer's batching rule per node), and the nodes go
@@ -24,6 +27,7 @@
 #ifndef LLEPD_CLUSTER_LAYER_H
 #define LLEPD_CLUSTER_LAYER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -149,6 +153,13 @@ typedef struct llepd_clayer {
     /* Non-origin, while the share arrives and the engine is made from it. */
     llepd_cbuf share_in;
     bool engine_pending;
+    /* Non-origin keeping no host copy of its share (keep-host-weights off), after a device
+     * failed (cluster-share.c): the engine's reload, on the step's thread, sets refill_wanted
+     * when it finds no share here; the loop asks the origin (refill_asked), receives the share
+     * into refill and sets refill_ready, and frees it once a step has put the experts back. */
+    atomic_bool refill_wanted, refill_ready;
+    bool refill_asked;
+    llepd_cbuf refill;
 
     llep_part *part;
     uint64_t next_step;             /* the id of the next step */
@@ -194,6 +205,16 @@ static inline void llepd_clayer_send_all(llepd_clayer *c, const LlepPb__Frame *f
         if (r != c->rank)
             (void)llepd_cluster_send(c->layer->srv->cluster, c->ids[r], f);
 }
+
+/* ---- a failed device's experts from the origin (cluster-share.c) ------------------------- */
+
+/* The end of a step on this node (r its status): a share the engine waits for is asked of the
+ * origin; a share received is freed once a step succeeded (its experts are back). */
+void llepd_clayer_refill_step_end(llepd_clayer *c, int r);
+/* The origin: node `rank` asks for its share again (ClusterShareRequest). */
+void llepd_clayer_refill_send(llepd_clayer *c, uint32_t rank, uint64_t uid);
+/* A non-origin node: a LAYER_WEIGHTS chunk of its share, sent again for a failed device. */
+void llepd_clayer_refill_chunk(llepd_clayer *c, const LlepPb__ClusterData *d);
 
 /* ---- steps (cluster-step.c; llepd_cstep_fail in cluster-step-end.c) ---------------------- */
 

@@ -2,9 +2,12 @@
  * experts [r * N/nodes, (r + 1) * N/nodes); the origin cuts its own share out of the client's
  * weights and packs every other node's into one blob (gate, up, down, then the biases
  * present), which it sends as LAYER_WEIGHTS. A node that receives its share makes its engine
- * from it on the thread pool and answers the origin (ClusterLayerReply). Below cluster-layer.c:
- * it calls nothing there. */
+ * from it on the thread pool and answers the origin (ClusterLayerReply). After a failed device
+ * the share is where the engine puts the device's experts back from: kept on the host
+ * (keep-host-weights), or sent again by the origin on request. Below cluster-layer.c: it calls
+ * nothing there. */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,14 +149,38 @@ static void kept_free(void *arg) {
     free(k);
 }
 
+/* Without a kept share: the origin holds every other node's share, so the engine waits for
+ * it to be sent again (-EAGAIN: its step fails, the next asks again) and the loop asks for it
+ * (llepd_clayer_refill_step_end). On the step's thread, under the turn: c->refill is the
+ * loop's until refill_ready is set, then read-only until a step has succeeded. */
+static int refill_get(void *arg, llep_engine_weights *w, char *err, size_t errlen) {
+    llepd_clayer *c = arg;
+    llep_engine_config cfg;
+
+    if (!atomic_load(&c->refill_ready)) {
+        atomic_store(&c->refill_wanted, true);
+        snprintf(err, errlen, "this node's share of the layer is being sent again by its "
+                 "origin, node %u", c->ids[c->origin]);
+        return -EAGAIN;
+    }
+    memset(&cfg, 0, sizeof(cfg));
+    config_from_share(c->layer, c, c->refill.data, &cfg);
+    *w = (llep_engine_weights){ cfg.w_gate, cfg.w_up, cfg.w_down,
+                                cfg.b_gate, cfg.b_up, cfg.b_down, NULL };
+    return 0;
+}
+
 /* Points cfg at the share and, when the node keeps it, hands the blob from c->share_in over
- * to the engine's reload (so share_in no longer owns it). -ENOMEM: nothing changed. */
+ * to the engine's reload (so share_in no longer owns it); else the reload waits for the
+ * origin. -ENOMEM: nothing changed. */
 static int share_config(llepd_clayer *c, llep_engine_config *cfg) {
     llepd_layer *l = c->layer;
     kept_share *k;
 
     if (!l->srv->cfg.keep_host_weights) {
         config_from_share(l, c, c->share_in.data, cfg);
+        /* No free_arg: get runs only in the layer's steps, which all end before c goes. */
+        cfg->reload = (llep_engine_reload){ .get = refill_get, .arg = c };
         return 0;
     }
     k = calloc(1, sizeof(*k));
@@ -241,4 +268,82 @@ int llepd_clayer_start_share_engine(llepd_clayer *c, char *err, size_t errlen) {
     c->engine_pending = true;
     srv->running_creates++;
     return 0;
+}
+
+/* ---- a failed device's experts, sent again by the origin --------------------------------- */
+
+static bool ask_origin(llepd_clayer *c) {
+    LlepPb__ClusterShareRequest m = LLEP_PB__CLUSTER_SHARE_REQUEST__INIT;
+    LlepPb__Frame f = LLEP_PB__FRAME__INIT;
+
+    m.name = c->layer->name;
+    m.uid = c->uid;
+    f.body_case = LLEP_PB__FRAME__BODY_CLUSTER_SHARE_REQUEST;
+    f.cluster_share_request = &m;
+    return llepd_cluster_send(c->layer->srv->cluster, c->ids[c->origin], &f) == 0;
+}
+
+void llepd_clayer_refill_step_end(llepd_clayer *c, int r) {
+    if (c->rank == c->origin)
+        return;
+    if (r == 0) {
+        /* A step ran, so the engine found no device to put back or put them back from
+         * refill: it is of no more use. */
+        if (atomic_load(&c->refill_ready)) {
+            llepd_cbuf_free(&c->refill);
+            atomic_store(&c->refill_ready, false);
+            atomic_store(&c->refill_wanted, false);
+            c->refill_asked = false;
+            log_info("cluster layer '%s': a failed device's experts are back from the share "
+                     "node %u sent again", c->layer->name, c->ids[c->origin]);
+        }
+        return;
+    }
+    if (atomic_load(&c->refill_wanted) && !atomic_load(&c->refill_ready) && !c->refill_asked) {
+        c->refill_asked = ask_origin(c);
+        log_notice("cluster layer '%s': a device failed and this node keeps no copy of its "
+                   "share: %s origin node %u to send it again", c->layer->name,
+                   c->refill_asked ? "asked" : "could not ask", c->ids[c->origin]);
+    }
+}
+
+void llepd_clayer_refill_send(llepd_clayer *c, uint32_t rank, uint64_t uid) {
+    llepd_layer *l = c->layer;
+
+    if (c->rank != c->origin || rank == c->rank || rank >= c->nodes || uid != c->uid ||
+        c->creator || !c->shares[rank]) {
+        log_warning("cluster layer '%s': node %u asked for its share again, which this node "
+                    "cannot send (%s)", l->name, c->ids[rank < c->nodes ? rank : c->rank],
+                    c->rank != c->origin ? "not the origin"
+                    : uid != c->uid      ? "another layer of that name"
+                                         : "the layer is being created");
+        return;
+    }
+    log_notice("cluster layer '%s': node %u lost a device; sending its share again", l->name,
+               c->ids[rank]);
+    (void)llepd_clayer_send_data(c, rank, 0, LLEP_PB__CLUSTER_DATA_KIND__CLUSTER_DATA_LAYER_WEIGHTS,
+                                 0, c->shares[rank], c->share_bytes);
+}
+
+void llepd_clayer_refill_chunk(llepd_clayer *c, const LlepPb__ClusterData *d) {
+    char err[256];
+
+    /* A share sent again while none is awaited (the origin's resend to a node back after a
+     * lost link) is not needed. */
+    if (!atomic_load(&c->refill_wanted) || atomic_load(&c->refill_ready))
+        return;
+    int r = llepd_cbuf_add(&c->refill, d, c->share_bytes, err, sizeof(err));
+    if (r == 1 && c->refill.total != c->share_bytes) {
+        r = -EPROTO;
+        snprintf(err, sizeof(err), "share of %" PRIu64 " bytes, expected %" PRIu64,
+                 c->refill.total, c->share_bytes);
+    }
+    if (r == 1)
+        atomic_store(&c->refill_ready, true);
+    if (r < 0) {
+        log_warning("cluster layer '%s': the share sent again is refused: %s", c->layer->name,
+                    err);
+        llepd_cbuf_free(&c->refill);
+        c->refill_asked = false; /* the next failing step asks again */
+    }
 }

@@ -186,6 +186,7 @@ void llepd_cstep_end(llepd_clayer *c, int r, const char *why) {
         snprintf(sub->error, sizeof(sub->error), "%.255s", r ? why : "");
         llepd_sub_complete(sub, r == 0 ? l->steps : 0);
     }
+    llepd_clayer_refill_step_end(c, r);
     llepd_cstep_release(c, st);
     /* Through the scheduler: it reaches llepd_cstep_kick by the layer's ops, so the end of a
      * step does not call back up into the files that start one. */

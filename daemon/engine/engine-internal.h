@@ -50,6 +50,7 @@ struct llep_engine {
     char err[256];
     uint64_t failures_seen;   /* llep__devices_failures() when the natives were last checked */
     char lost_why[200];       /* why the lost devices' experts could not be put back */
+    char wait_why[200];       /* reload.get said -EAGAIN: why (the weights are on their way) */
 
     /* Step workspace on the host, sized for N experts and grown with the slot count. */
     uint64_t *loads;          /* [N] */

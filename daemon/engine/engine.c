@@ -289,11 +289,14 @@ static int rehome_device(llep_engine *e, uint32_t d, const llep_engine_weights *
 }
 
 /* Under the turn: every device of this engine whose native blocks are on a failed device gets
- * them back where the weights can be had (cfg.reload), or is lost. */
-static void rehome_all(llep_engine *e) {
+ * them back where the weights can be had (cfg.reload), or is lost. Returns true when the
+ * weights are not here yet (reload.get said -EAGAIN, e->wait_why says why): those devices are
+ * neither back nor lost, and the next check asks again. */
+static bool rehome_all(llep_engine *e) {
     llep_engine_weights w = { 0 };
     char why[160] = "";
     int got = 0;
+    bool waiting = false;
 
     for (uint32_t d = 0; d < e->p; d++) {
         engine_device *dv = &e->dev[d];
@@ -315,6 +318,12 @@ static void rehome_all(llep_engine *e) {
         char gerr[120] = "";
         int r = got ? 0 : e->cfg.reload.get(e->cfg.reload.arg, &w, gerr, sizeof(gerr));
         got |= r == 0;
+        if (r == -EAGAIN) {
+            waiting = true;
+            snprintf(e->wait_why, sizeof(e->wait_why), "device %u failed and %s", d,
+                     gerr[0] ? gerr : "its experts' weights are not here yet");
+            continue;
+        }
         if (r == 0)
             r = rehome_device(e, d, &w);
         if (r < 0) {
@@ -325,6 +334,7 @@ static void rehome_all(llep_engine *e) {
     }
     if (got && e->cfg.reload.put)
         e->cfg.reload.put(e->cfg.reload.arg, &w);
+    return waiting;
 }
 
 int llep__engine_check_devices(llep_engine *e, char *err, size_t errlen) {
@@ -332,9 +342,12 @@ int llep__engine_check_devices(llep_engine *e, char *err, size_t errlen) {
 
     if (f != e->failures_seen) {
         llep__devices_turn_wait(e->devs);
-        rehome_all(e);
-        e->failures_seen = f;
+        bool waiting = rehome_all(e);
+        if (!waiting)
+            e->failures_seen = f;
         llep__devices_turn_end(e->devs);
+        if (waiting)
+            return llep__errf(err, errlen, -EAGAIN, "%s", e->wait_why);
     }
     for (uint32_t d = 0; d < e->p; d++)
         if (e->dev[d].lost)

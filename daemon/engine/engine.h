@@ -45,6 +45,8 @@ typedef struct llep_engine_weights {
 /* Where the engine's owner can find the layer's weights again after a device failed
  * (devices.h, "failed devices"): get fills w (0, or a negative errno with the reason in err),
  * put gives them back; both are called from the step's thread, under the devices' turn.
+ * get -EAGAIN: not here yet (a cluster node's share on its way from the origin): the step
+ * fails with err, nothing is lost, and the next step asks again.
  * free_arg, when set, releases arg when the engine goes (or its creation fails). get NULL:
  * the weights exist only on the devices, and a failed device's experts are lost. */
 typedef struct llep_engine_reload {
