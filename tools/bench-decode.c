@@ -25,9 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <json-c/json.h>
-
 #include "bench-modes.h"
+#include "json-out.h"
 
 /* A planner slower than EP by more than this is a failure of the row (issue 15: 3 % noise). */
 #define NOISE 1.03
@@ -194,86 +193,73 @@ static void print_table(const llep_bench *b, const prow *rows, size_t nrows) {
 static json_object *run_json(const prow *row, int ep, uint32_t j) {
     const prun *u = &row->runs[j];
     double x = ep >= 0 ? ratio(row->runs[ep].makespan_ns, u->makespan_ns) : 0;
-    json_object *o = json_object_new_object();
+    json_object *o = llep__jout_object();
 
-    json_object_object_add(o, "mode", json_object_new_string(
-                               u->mode == LLEP_PLAN_LLEP ? "llep" : "ep"));
-    json_object_object_add(o, "makespan_ns", json_object_new_uint64(u->makespan_ns));
-    json_object_object_add(o, "median_makespan_ns", json_object_new_uint64(u->median_ns));
-    json_object_object_add(o, "speedup", json_object_new_double(x));
-    json_object_object_add(o, "fraction_of_ideal", json_object_new_double(x / row->ideal));
-    json_object_object_add(o, "fraction_of_work", json_object_new_double(
-                               ratio(row->work_ns, u->makespan_ns)));
-    json_object_object_add(o, "weight_bytes_moved", json_object_new_uint64(u->weight_bytes));
-    json_object_object_add(o, "transfers", json_object_new_uint64(u->transfers));
-    json_object_object_add(o, "peak_bytes", json_object_new_uint64(u->peak_max));
-    json_object_object_add(o, "verdict", json_object_new_string(verdict(row, ep, j)));
+    llep__jout_str(o, "mode", u->mode == LLEP_PLAN_LLEP ? "llep" : "ep");
+    llep__jout_u64(o, "makespan_ns", u->makespan_ns);
+    llep__jout_u64(o, "median_makespan_ns", u->median_ns);
+    llep__jout_f64(o, "speedup", x);
+    llep__jout_f64(o, "fraction_of_ideal", x / row->ideal);
+    llep__jout_f64(o, "fraction_of_work", ratio(row->work_ns, u->makespan_ns));
+    llep__jout_u64(o, "weight_bytes_moved", u->weight_bytes);
+    llep__jout_u64(o, "transfers", u->transfers);
+    llep__jout_u64(o, "peak_bytes", u->peak_max);
+    llep__jout_str(o, "verdict", verdict(row, ep, j));
     return o;
 }
 
 static json_object *row_json(const llep_bench *b, const prow *row, int ep) {
-    json_object *o = json_object_new_object(), *runs = json_object_new_object();
+    json_object *o = llep__jout_object(), *runs = llep__jout_object();
 
-    json_object_object_add(o, "scenario", json_object_new_string(row->scen->name));
-    json_object_object_add(o, "ideal", json_object_new_double(row->ideal));
-    json_object_object_add(o, "work_bound_ns", json_object_new_uint64(row->work_ns));
-    for (uint32_t j = 0; j < b->o.num_planners; j++) {
-        json_object_object_add(runs, llep__bench_planner_name(b->o.planners[j]),
-                               run_json(row, ep, j));
-    }
-    json_object_object_add(o, "runs", runs);
+    llep__jout_str(o, "scenario", row->scen->name);
+    llep__jout_f64(o, "ideal", row->ideal);
+    llep__jout_u64(o, "work_bound_ns", row->work_ns);
+    for (uint32_t j = 0; j < b->o.num_planners; j++)
+        llep__jout_add(runs, llep__bench_planner_name(b->o.planners[j]), run_json(row, ep, j));
+    llep__jout_add(o, "runs", runs);
     return o;
 }
 
-static void print_json(const llep_bench *b, const prow *rows, size_t nrows) {
-    const llep_bench_preset *ps = b->o.preset;
+/* One document, built whole (a few kilobytes per scenario) and written indented. */
+static int print_json(const llep_bench *b, const prow *rows, size_t nrows) {
     int ep = ep_index(b);
-    json_object *o = json_object_new_object(), *pl = json_object_new_array(),
-                *sc = json_object_new_array();
+    json_object *o = llep__jout_object(), *pl = llep__jout_array(), *sc = llep__jout_array();
 
-    json_object_object_add(o, "preset", json_object_new_string(ps->name));
-    json_object_object_add(o, "scale", json_object_new_uint64(b->o.scale));
-    json_object_object_add(o, "experts", json_object_new_uint64(b->n));
-    json_object_object_add(o, "hidden", json_object_new_uint64(b->d));
-    json_object_object_add(o, "inter", json_object_new_uint64(b->h));
-    json_object_object_add(o, "top_k", json_object_new_uint64(b->k));
-    json_object_object_add(o, "devices", json_object_new_uint64(b->p));
-    json_object_object_add(o, "tokens_per_device", json_object_new_uint64(b->t));
-    json_object_object_add(o, "dtype", json_object_new_string("f32"));
-    json_object_object_add(o, "alpha", json_object_new_double(b->o.alpha));
-    json_object_object_add(o, "lambda", json_object_new_double(b->o.lambda));
-    json_object_object_add(o, "min_tokens", json_object_new_uint64(b->o.min_tokens));
-    json_object_object_add(o, "repeat", json_object_new_uint64(b->o.repeat));
+    llep__bench_json_layer(b, o);
+    llep__jout_str(o, "dtype", "f32");
+    llep__jout_f64(o, "alpha", b->o.alpha);
+    llep__jout_f64(o, "lambda", b->o.lambda);
+    llep__jout_u64(o, "min_tokens", b->o.min_tokens);
+    llep__jout_u64(o, "repeat", b->o.repeat);
     /* -1: the cache sized automatically (LLEP_DEVICES_CACHE_AUTO). */
-    json_object_object_add(o, "replica_cache", b->o.replica_cache == LLEP_DEVICES_CACHE_AUTO ?
-                           json_object_new_int64(-1) :
-                           json_object_new_uint64(b->o.replica_cache));
-    json_object_object_add(o, "noise", json_object_new_double(NOISE));
+    if (b->o.replica_cache == LLEP_DEVICES_CACHE_AUTO)
+        llep__jout_i64(o, "replica_cache", -1);
+    else
+        llep__jout_u64(o, "replica_cache", b->o.replica_cache);
+    llep__jout_f64(o, "noise", NOISE);
     for (uint32_t j = 0; j < b->o.num_planners; j++)
-        json_object_array_add(pl, json_object_new_string(
-                                  llep__bench_planner_name(b->o.planners[j])));
-    json_object_object_add(o, "planners", pl);
+        llep__jout_push(pl, json_object_new_string(llep__bench_planner_name(b->o.planners[j])));
+    llep__jout_add(o, "planners", pl);
     for (size_t i = 0; i < nrows; i++)
-        json_object_array_add(sc, row_json(b, &rows[i], ep));
-    json_object_object_add(o, "scenarios", sc);
-    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
-                                                      JSON_C_TO_STRING_SPACED |
-                                                      JSON_C_TO_STRING_NOSLASHESCAPE));
-    json_object_put(o);
+        llep__jout_push(sc, row_json(b, &rows[i], ep));
+    llep__jout_add(o, "scenarios", sc);
+    return llep__jout_write(stdout, o, LLEP_JOUT_PRETTY, "\n");
 }
 
 int llep__bench_planners(llep_bench *b) {
     size_t first = b->o.scenario >= 0 ? (size_t)b->o.scenario : 0;
     size_t nrows = b->o.scenario >= 0 ? 1 : llep__num_scenarios;
     prow *rows = llep__bench_calloc(nrows, sizeof(*rows));
-    int ep = ep_index(b), slower = 0;
+    int ep = ep_index(b), slower = 0, rc = EXIT_SUCCESS;
 
     for (size_t i = 0; i < nrows; i++)
         run_row(b, &llep__scenarios[first + i], &rows[i], i, nrows);
-    if (b->o.format == LLEP_BENCH_JSON)
-        print_json(b, rows, nrows);
-    else
+    if (b->o.format != LLEP_BENCH_JSON)
         print_table(b, rows, nrows);
+    else if (print_json(b, rows, nrows) < 0) {
+        fprintf(stderr, "llep-bench: cannot write the JSON output\n");
+        rc = EXIT_FAILURE;
+    }
     for (size_t i = 0; i < nrows; i++)
         for (uint32_t j = 0; j < b->o.num_planners; j++) {
             slower += ep >= 0 && strcmp(verdict(&rows[i], ep, j), "ok") != 0;
@@ -284,5 +270,5 @@ int llep__bench_planners(llep_bench *b) {
         fprintf(stderr, "llep-bench: %d planner row(s) slower than ep beyond %.0f %%\n", slower,
                 (NOISE - 1) * 100);
     free(rows);
-    return EXIT_SUCCESS;
+    return rc;
 }

@@ -12,6 +12,7 @@
 #include <cblas.h>
 
 #include "backend-select.h"
+#include "json-out.h"
 #include "calibrate.h"
 #include "cli.h"
 #include "parse-number.h"
@@ -401,4 +402,15 @@ void llep__bench_planner_params(const llep_bench *b, enum llep_bench_planner pl,
     case LLEP_BENCH_NUM_PLANNERS:
         break;
     }
+}
+
+void llep__bench_json_layer(const llep_bench *b, json_object *o) {
+    llep__jout_str(o, "preset", b->o.preset->name);
+    llep__jout_u64(o, "scale", b->o.scale);
+    llep__jout_u64(o, "experts", b->n);
+    llep__jout_u64(o, "hidden", b->d);
+    llep__jout_u64(o, "inter", b->h);
+    llep__jout_u64(o, "top_k", b->k);
+    llep__jout_u64(o, "devices", b->p);
+    llep__jout_u64(o, "tokens_per_device", b->t);
 }

@@ -238,14 +238,7 @@ static int print_json(const llep_bench *b, const trace_gen *g, const char *plann
     llep__jout_u64(o, "hot", g->hot);
     llep__jout_u64(o, "period", g->jump ? JUMP_PERIOD : DRIFT_PERIOD);
     llep__jout_str(o, "planner", planner);
-    llep__jout_str(o, "preset", b->o.preset->name);
-    llep__jout_u64(o, "scale", b->o.scale);
-    llep__jout_u64(o, "experts", b->n);
-    llep__jout_u64(o, "hidden", b->d);
-    llep__jout_u64(o, "inter", b->h);
-    llep__jout_u64(o, "top_k", b->k);
-    llep__jout_u64(o, "devices", b->p);
-    llep__jout_u64(o, "tokens_per_device", b->t);
+    llep__bench_json_layer(b, o);
     llep__jout_u64(o, "min_tokens", b->o.min_tokens);
     for (int i = 0; i < 2; i++) {
         json_object *c = llep__jout_object();

@@ -444,14 +444,7 @@ static void print_json(const llep_bench *b, const tune *t, const model_check *mc
     json_object *o = json_object_new_object(), *ranked = json_object_new_array();
     json_object *by_model = json_object_new_array();
 
-    add(o, "preset", json_object_new_string(b->o.preset->name));
-    add(o, "scale", json_object_new_int64(b->o.scale));
-    add(o, "experts", json_object_new_int64(b->n));
-    add(o, "hidden", json_object_new_int64(b->d));
-    add(o, "inter", json_object_new_int64(b->h));
-    add(o, "top_k", json_object_new_int64(b->k));
-    add(o, "devices", json_object_new_int64(b->p));
-    add(o, "tokens_per_device", json_object_new_int64(b->t));
+    llep__bench_json_layer(b, o);
     add(o, "scenario", json_object_new_string(t->sc->name));
     add(o, "planner", json_object_new_string(llep__bench_planner_name(
                           b->o.num_planners ? b->o.planners[0] : LLEP_BENCH_LLA)));

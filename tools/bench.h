@@ -90,6 +90,12 @@ typedef struct llep_bench {
     llep_engine_batch *batches;
 } llep_bench;
 
+struct json_object;
+
+/* Adds the layer's members every mode's --json starts with: preset, scale, experts, hidden,
+ * inter, top_k, devices, tokens_per_device (json-out.h). */
+void llep__bench_json_layer(const llep_bench *b, struct json_object *o);
+
 /* "llep-bench: message" and exit 1. */
 void llep__bench_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /* A bad command line: the message, the hint to --help, exit 2. */

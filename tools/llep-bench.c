@@ -636,17 +636,9 @@ static void json_nodes(const bench *b, const result *r, json_object *o) {
 
 /* One document, built whole (a few kilobytes per scenario) and written indented. */
 static int print_json(const bench *b, const result *res, size_t nres) {
-    const preset *ps = b->o.preset;
     json_object *o = llep__jout_object(), *scens = llep__jout_array();
 
-    llep__jout_str(o, "preset", ps->name);
-    llep__jout_u64(o, "scale", b->o.scale);
-    llep__jout_u64(o, "experts", b->n);
-    llep__jout_u64(o, "hidden", b->d);
-    llep__jout_u64(o, "inter", b->h);
-    llep__jout_u64(o, "top_k", b->k);
-    llep__jout_u64(o, "devices", b->p);
-    llep__jout_u64(o, "tokens_per_device", b->t);
+    llep__bench_json_layer(b, o);
     llep__jout_str(o, "dtype", "f32");
     llep__jout_f64(o, "alpha", b->o.alpha);
     llep__jout_f64(o, "lambda", b->o.lambda);
