@@ -31,6 +31,11 @@ The rules:
             followed by '(': a definition, declaration, call or function-like macro. A dotted
             call (`llep.connect()`) may instead be a Python def. Fenced code blocks are
             examples, not read for calls.
+  names     A name with an '_' in backticks (Markdown) or bold (man), such as a field, macro,
+            enum value or environment variable (`devices_per_node`, LLEPD_TEST_XNODE), is a
+            word of the sources (.c .h .cu .cuh .py .sh .proto .sym, meson.build), unless it is
+            a prefix (`LLEP_PB__`, `llep__devices_turn_*`) or another project's
+            (FOREIGN_NAMES). Calls are the calls rule's.
   keys      llepd's config keys (daemon/core/config-keys.c, llep__config_keys) and the KEYS
             of llepd.conf(5) are the same set, and every key is an option in llepd(8)'s
             OPTIONS. A `key = value` in backticks (Markdown) or bold (man) whose key has a '-'
@@ -43,7 +48,8 @@ The rules:
             llep-plan, llep-demo) and must be in its getopt long-option array (llepd: its
             config keys, --config, --help, --version). Other --options in a man page belong to
             the page's tool (llepd.conf(5): llepd's); other --options in backticks must be a
-            long option of some program or script of the tree.
+            long option of some program or script of the tree. The other way, each long option
+            of a tool is named in its man page.
   metrics   Each llep_* series named in llepd(8)'s METRICS section is a family that
             daemon/server/metrics.c writes, and each family it writes is named there.
 Not checked: prose (what a function or key is said to do), option values, short options,
@@ -57,7 +63,7 @@ import os
 import re
 import sys
 
-SEEN = {'paths': 0, 'calls': 0, 'keys': 0, 'verbs': 0, 'options': 0, 'metrics': 0}
+SEEN = {'paths': 0, 'calls': 0, 'names': 0, 'keys': 0, 'verbs': 0, 'options': 0, 'metrics': 0}
 SKIP_DIRS = {'.git', '.venv', '__pycache__', 'subprojects', 'node_modules'}
 SOURCE_EXT = ('.c', '.h', '.cu', '.cuh', '.py', '.sh', '.proto', '.sym')
 C_EXT = ('.c', '.h', '.cu', '.cuh')
@@ -163,11 +169,15 @@ class Tree:
                                                  read(root, p)))
         self.top = {p for p in self.paths if '/' not in p}
         self.c_calls = set()
+        self.words = set()
         self.py_defs = set()
         self.any_options = set()
         for p in self.paths:
-            if not os.path.isfile(os.path.join(root, p)):
+            # This script's samples name what the tree lacks.
+            if p == 'tests/check-docs.py' or not os.path.isfile(os.path.join(root, p)):
                 continue
+            if p.endswith(SOURCE_EXT + ('.build',)):
+                self.words.update(re.findall(r'\w+', read(root, p)))
             if p.endswith(C_EXT):
                 text = read(root, p)
                 self.c_calls.update(re.findall(r'\b([A-Za-z_]\w*)\s*\(', strip_c(text)))
@@ -233,7 +243,7 @@ ARG_RE = re.compile(r'"((?:[^"]|"")*)"|(\S+)')
 
 def unescape(s):
     s = FONT_RE.sub('', s)
-    for a, b in (('\\-', '-'), ('\\(em', '--'), ('\\(en', '-'), ('\\(aq', "'"),
+    for a, b in (('\\-', '-'), ('\\(em', ' - '), ('\\(en', '-'), ('\\(aq', "'"),
                  ('\\(dq', '"'), ('\\&', ''), ('\\|', ''), ('\\ ', ' '), ('\\e', '\\'),
                  ('\\~', ' '), ('\\^', '')):
         s = s.replace(a, b)
@@ -338,6 +348,22 @@ def check_calls(tree, doc, no, segments, man, errors):
                 errors.append('%s:%d: %s() is not in the C sources' % (doc, no, n))
 
 
+# Names of other projects the documents quote (environment variables, kernel modules).
+FOREIGN_NAMES = {'UV_THREADPOOL_SIZE', 'NCCL_IB_HCA', 'nvidia_uvm', 'CUDA_VISIBLE_DEVICES'}
+NAME_RE = re.compile(r'(?<![\w.\-/$])([A-Za-z]\w*_\w*[A-Za-z0-9])(?![\w*(/.-])')
+
+
+def check_names(tree, doc, no, segments, errors):
+    for seg in segments:
+        for m in NAME_RE.finditer(seg):
+            n = m.group(1)
+            if n in FOREIGN_NAMES:
+                continue
+            SEEN['names'] += 1
+            if n not in tree.words:
+                errors.append('%s:%d: %s is not in the sources' % (doc, no, n))
+
+
 TOOL_RE = re.compile(r'(?:^|(?<=[\s/(`"\'=]))(llepd|llepctl|llep-bench|llep-plan|llep-demo)'
                      r'(?=\s|$)')
 
@@ -417,6 +443,7 @@ def check_markdown(tree, doc, text, errors, paths_only=False):
             continue
         if not fenced:
             check_calls(tree, doc, no, segs, False, errors)
+            check_names(tree, doc, no, segs, errors)
             check_key_mentions(tree, doc, no, line, segs, errors)
         for seg in segs:
             code = seg.split(' #')[0] if fenced else seg
@@ -440,6 +467,7 @@ def check_man(tree, doc, text, errors):
         recent = recent[1:] + [line]
         check_paths(tree, doc, no, line, errors)
         check_calls(tree, doc, no, [line], True, errors)
+        check_names(tree, doc, no, bold, errors)
         check_key_mentions(tree, doc, no, '', bold, errors)
         runs = invocations(line)
         for t, words in runs:
@@ -456,6 +484,11 @@ def check_man(tree, doc, text, errors):
                 SEEN['metrics'] += 1
                 if s not in tree.metric_strings:
                     errors.append('%s:%d: metrics.c writes no series %s' % (doc, no, s))
+    if tool and page != 'llepd.conf.5.in' and '\n.SH OPTIONS' in text:
+        named = set(re.findall(r'(?<![\w-])--([a-z][\w-]*)', unescape(text)))
+        for o in sorted(tree.options[tool] - named):
+            SEEN['options'] += 1
+            errors.append('%s:1: %s has an option --%s the page does not name' % (doc, tool, o))
     if page == 'llepd.conf.5.in':
         check_key_set(tree, doc, conf_keys, 'KEYS', errors)
     if page == 'llepd.8.in':
@@ -520,6 +553,10 @@ SAMPLES = [
      'llep__no_such_function() is not in the C sources'),
     ('docs/ARCHITECTURE.md', '`llep__engine_turn_begin/nope()`.\n',
      'llep__engine_turn_nope() is not in the C sources'),
+    ('docs/ARCHITECTURE.md', '`devices_per_node = 0`, `LLEP_PB__` and `LLEPD_TEST_XNODE=1`\n',
+     None),
+    ('docs/ARCHITECTURE.md', 'the field `devices_per_nodes`\n',
+     'devices_per_nodes is not in the sources'),
     ('README.md', 'Set `replica-cache = off` or the `model` key.\n', None),
     ('README.md', 'Set `replica-caches = off`.\n', 'llepd has no config key replica-caches'),
     ('README.md', 'the `no-such` key of llepd.conf\n', 'llepd has no config key no-such'),
@@ -536,6 +573,9 @@ SAMPLES = [
      'llepctl has no verb frob'),
     ('packaging/man/llep-plan.1.in', '.TP\n.BI \\-\\-bogus " N"\nWhat.\n',
      'llep-plan has no option --bogus'),
+    ('packaging/man/llep-plan.1.in', ('.BR \\-\\-devices\\-per\\-node " \\fIN\\fP"\n',
+                                       '.B x\n'),
+     'llep-plan has an option --devices-per-node the page does not name'),
     ('packaging/man/llep-client.3.in', '.BR llep_connect ()\nsee llepd(8).\n', None),
     ('packaging/man/llep-client.3.in', '.BR llep_no_such ()\n',
      'llep_no_such() is not in the C sources'),
