@@ -42,7 +42,8 @@ The rules:
             must be a key; so must a word in backticks next to the word "key" ("the `model`
             key"). snake_case words before '=' are struct fields, not keys.
   verbs     `llepctl VERB` in backticks or a code block (Markdown), or anywhere in a man page,
-            names a verb of tools/llepctl.c's table (options before the verb skipped).
+            names a verb of tools/llepctl.c's table (options before the verb skipped); the
+            KEY of `llepctl set [LAYER] KEY=VALUE` is one llep__setting_parse() knows.
   options   A --option after a tool's name in the same backtick span, code line (with '\\'
             continuations) or man line belongs to that tool (llepd, llepctl, llep-bench,
             llep-plan, llep-demo) and must be in its getopt long-option array (llepd: its
@@ -196,6 +197,9 @@ class Tree:
         keys_c = read(root, 'daemon/core/config-keys.c')
         self.config_keys = re.findall(r'\{\s*"([\w-]+)"\s*,\s*"',
                                       block(keys_c, r'llep__config_keys\[\]\s*=\s*\{'))
+        at = keys_c.find('llep__setting_parse(')
+        self.settings = set(re.findall(r'strcmp\(key,\s*"([\w-]+)"\)',
+                                       keys_c[at:keys_c.find('\n}\n', at)] if at >= 0 else ''))
         ctl = read(root, 'tools/llepctl.c')
         self.verbs = set(re.findall(r'\{\s*"(\w+)"\s*,\s*\d',
                                     block(ctl, r'\bverbs\[\]\s*=\s*\{')))
@@ -394,6 +398,12 @@ def check_run(tree, doc, no, tool, words, errors):
             SEEN['verbs'] += 1 if verb and words[i][0].isalpha() else 0
             if verb and words[i][0].isalpha() and verb not in tree.verbs:
                 errors.append('%s:%d: llepctl has no verb %s' % (doc, no, verb))
+            if verb == 'set':
+                for w in words[i + 1:]:
+                    km = re.match(r'([a-z][\w-]*)=', w)
+                    if km and km.group(1) not in tree.settings:
+                        errors.append('%s:%d: llepctl set has no setting %s'
+                                      % (doc, no, km.group(1)))
 
 
 # Programs not of this tree: their options are not checked.
@@ -562,6 +572,8 @@ SAMPLES = [
     ('README.md', 'the `no-such` key of llepd.conf\n', 'llepd has no config key no-such'),
     ('README.md', 'Run `llepctl --json stats` and `llepctl tune --show`.\n', None),
     ('README.md', 'Run `llepctl frobnicate`.\n', 'llepctl has no verb frobnicate'),
+    ('README.md', 'Run `llepctl set mixtral/3 min_tokens=64`.\n', None),
+    ('README.md', 'Run `llepctl set gamma=2`.\n', 'llepctl set has no setting gamma'),
     ('README.md', '```\nbuild/tools/llep-bench --preset mixtral \\\n  --json\n```\n', None),
     ('README.md', '```\nbuild/tools/llep-bench --preset mixtral \\\n  --jsonx\n```\n',
      'llep-bench has no option --jsonx'),
