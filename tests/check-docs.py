@@ -5,7 +5,8 @@ keys, llepctl's verbs, the tools' long options and llepd's metrics.
     check-docs.py [--root DIR]     checks the documents of the tree at DIR (default: this
                                    script's repository)
     check-docs.py --self-test      checks small built-in samples, a good and a bad one per rule,
-                                   against a copy of the tree's tables
+                                   against this tree's tables (a sample on a real page changes
+                                   one line of it and must add the expected report)
 
 Exit status 0 when every reference holds, 1 when one does not (each is printed as
 FILE:LINE: what is wrong), 2 for bad arguments.
@@ -24,18 +25,19 @@ The rules:
             absolute paths (/var, /run, /etc, /tmp, ...), words after '$' or '@' ($OUT/x,
             @sysconfdir@/llep), URLs, build folders (build/, build-*/, builddir/), words with an
             upper-case placeholder part (FILE, DIR, NAME.c), headers in <...>, system headers
-            and files made at build time (SYSTEM_FILES, GENERATED).
+            and files made at build time (GENERATED, and every output: of a meson.build).
   calls     A call written in backticks in Markdown (`llep__plan_run()`, `ops->sync()`,
             `turn_begin/end()` naming two) or with an '_' in a man page (llep_connect()) must
             name something the C sources (.c .h .cu .cuh; comments and strings left out) write
             followed by '(': a definition, declaration, call or function-like macro. A dotted
             call (`llep.connect()`) may instead be a Python def. Fenced code blocks are
             examples, not read for calls.
-  names     A name with an '_' in backticks (Markdown) or bold (man), such as a field, macro,
-            enum value or environment variable (`devices_per_node`, LLEPD_TEST_XNODE), is a
-            word of the sources (.c .h .cu .cuh .py .sh .proto .sym, meson.build), unless it is
-            a prefix (`LLEP_PB__`, `llep__devices_turn_*`) or another project's
-            (FOREIGN_NAMES). Calls are the calls rule's.
+  names     A name with an '_' or in CamelCase in backticks (Markdown) or bold (man), such as
+            a field, macro, enum value, protocol message or environment variable
+            (`devices_per_node`, `ClusterPlanHash`, LLEPD_TEST_XNODE), is a word of the
+            sources (.c .h .cu .cuh .py .sh .proto .sym, meson.build, the files of packaging/
+            such as the systemd units), unless it is a prefix (`LLEP_PB__`,
+            `llep__devices_turn_*`) or another project's (FOREIGN_NAMES).
   keys      llepd's config keys (daemon/core/config-keys.c, llep__config_keys) and the KEYS
             of llepd.conf(5) are the same set, and every key is an option in llepd(8)'s
             OPTIONS. A `key = value` in backticks (Markdown) or bold (man) whose key has a '-'
@@ -51,11 +53,12 @@ The rules:
             the page's tool (llepd.conf(5): llepd's); other --options in backticks must be a
             long option of some program or script of the tree. The other way, each long option
             of a tool is named in its man page.
-  metrics   Each llep_* series named in llepd(8)'s METRICS section is a family that
+  metrics   Each llep_* series named in llepd(8)'s METRICS section is one that
             daemon/server/metrics.c writes, and each family it writes is named there.
-Not checked: prose (what a function or key is said to do), option values, short options,
-environment variables, the options of programs other than the five tools when a tool's name
-precedes them, and Python examples in code blocks.
+Not checked: what the prose says a function, key or option does; option values and short
+options; names in Markdown prose outside backticks (llepctl verbs, options, calls); in which
+file a function is said to live; whether a SYNOPSIS lists every option; options of programs
+other than the five tools; Python examples in code blocks; docs/PERFORMANCE.md beyond paths.
 """
 import argparse
 import fnmatch
@@ -177,7 +180,8 @@ class Tree:
             # This script's samples name what the tree lacks.
             if p == 'tests/check-docs.py' or not os.path.isfile(os.path.join(root, p)):
                 continue
-            if p.endswith(SOURCE_EXT + ('.build',)):
+            if p.endswith(SOURCE_EXT + ('.build',)) or (
+                    p.startswith('packaging/') and not p.startswith('packaging/man/')):
                 self.words.update(re.findall(r'\w+', read(root, p)))
             if p.endswith(C_EXT):
                 text = read(root, p)
@@ -353,15 +357,17 @@ def check_calls(tree, doc, no, segments, man, errors):
 
 
 # Names of other projects the documents quote (environment variables, kernel modules).
-FOREIGN_NAMES = {'UV_THREADPOOL_SIZE', 'NCCL_IB_HCA', 'nvidia_uvm', 'CUDA_VISIBLE_DEVICES'}
-NAME_RE = re.compile(r'(?<![\w.\-/$])([A-Za-z]\w*_\w*[A-Za-z0-9])(?![\w*(/.-])')
+FOREIGN_NAMES = {'UV_THREADPOOL_SIZE', 'NCCL_IB_HCA', 'nvidia_uvm', 'CUDA_VISIBLE_DEVICES',
+                 'SupplementaryGroups'}
+NAME_RE = re.compile(r'(?<![\w.\-/$])([A-Za-z]\w*_\w*[A-Za-z0-9]|[A-Z][a-z0-9]+[A-Z]\w*)'
+                     r'(?![\w*(/.-])')
 
 
 def check_names(tree, doc, no, segments, errors):
     for seg in segments:
         for m in NAME_RE.finditer(seg):
             n = m.group(1)
-            if n in FOREIGN_NAMES:
+            if n in FOREIGN_NAMES or n.endswith('_'):
                 continue
             SEEN['names'] += 1
             if n not in tree.words:
@@ -567,6 +573,8 @@ SAMPLES = [
      None),
     ('docs/ARCHITECTURE.md', 'the field `devices_per_nodes`\n',
      'devices_per_nodes is not in the sources'),
+    ('docs/ARCHITECTURE.md', 'the message `ClusterPlanHashes`\n',
+     'ClusterPlanHashes is not in the sources'),
     ('README.md', 'Set `replica-cache = off` or the `model` key.\n', None),
     ('README.md', 'Set `replica-caches = off`.\n', 'llepd has no config key replica-caches'),
     ('README.md', 'the `no-such` key of llepd.conf\n', 'llepd has no config key no-such'),
