@@ -53,6 +53,9 @@ The rules:
             the page's tool (llepd.conf(5): llepd's); other --options in backticks must be a
             long option of some program or script of the tree. The other way, each long option
             of a tool is named in its man page.
+  sections  A man page section named after "see" or "section" (see CALIBRATION, section
+            FAILED DEVICES) is a .SH of some man page; "section 6.2" in docs/ARCHITECTURE.md
+            (or a line naming it) is a heading there, unless DESIGN.md's.
   metrics   Each llep_* series named in llepd(8)'s METRICS section is one that
             daemon/server/metrics.c writes, and each family it writes is named there.
 Not checked: what the prose says a function, key or option does; option values and short
@@ -67,7 +70,8 @@ import os
 import re
 import sys
 
-SEEN = {'paths': 0, 'calls': 0, 'names': 0, 'keys': 0, 'verbs': 0, 'options': 0, 'metrics': 0}
+SEEN = {'paths': 0, 'calls': 0, 'names': 0, 'keys': 0, 'verbs': 0, 'options': 0, 'metrics': 0,
+        'sections': 0}
 SKIP_DIRS = {'.git', '.venv', '__pycache__', 'subprojects', 'node_modules'}
 SOURCE_EXT = ('.c', '.h', '.cu', '.cuh', '.py', '.sh', '.proto', '.sym')
 C_EXT = ('.c', '.h', '.cu', '.cuh')
@@ -216,6 +220,13 @@ class Tree:
                     r'\{\s*"([\w-]+)"\s*,',
                     block(read(root, src), r'struct option\s+\w+\[\]\s*=\s*\{')))
         self.any_options |= set().union(*self.options.values())
+        self.man_sections = set()
+        for p in glob.glob(os.path.join(root, 'packaging/man/*.in')):
+            self.man_sections.update(unescape(m).strip('"') for m in re.findall(
+                r'^\.SH\s+(.+)$', read(root, os.path.relpath(p, root)), re.M))
+        arch = read(root, 'docs/ARCHITECTURE.md') \
+            if os.path.isfile(os.path.join(root, 'docs/ARCHITECTURE.md')) else ''
+        self.arch_sections = set(re.findall(r'^#+\s+(\d+(?:\.\d+)*)\.?\s', arch, re.M))
         metrics = read(root, 'daemon/server/metrics.c') \
             if 'daemon/server/metrics.c' in self.paths else ''
         self.metric_families = set(re.findall(r'\bfamily\(\s*\w+\s*,\s*"(llep_\w+)"', metrics))
@@ -374,6 +385,27 @@ def check_names(tree, doc, no, segments, errors):
                 errors.append('%s:%d: %s is not in the sources' % (doc, no, n))
 
 
+MAN_SECTION_RE = re.compile(r'\b(?:see|section)\s+([A-Z]{3,}(?:\s[A-Z]{2,})*)\b')
+ARCH_SECTION_RE = re.compile(r'(DESIGN\.md\S*\s+)?\bsections?\s+(\d+\.\d+)')
+
+
+def check_sections(tree, doc, no, text, errors):
+    """A man page section named after "see" or "section" (a line may end inside the name: a
+    prefix of one is taken); an ARCHITECTURE sub-section number, unless DESIGN.md's."""
+    for m in MAN_SECTION_RE.finditer(text):
+        name = m.group(1)
+        SEEN['sections'] += 1
+        if not any(sec == name or (m.end(1) == len(text.rstrip(' ,.;:)')) and
+                                   sec.startswith(name + ' ')) for sec in tree.man_sections):
+            errors.append('%s:%d: no man page has a section %s' % (doc, no, name))
+    for m in ARCH_SECTION_RE.finditer(text):
+        if m.group(1) or not (doc.endswith('ARCHITECTURE.md') or 'ARCHITECTURE' in text):
+            continue
+        SEEN['sections'] += 1
+        if m.group(2) not in tree.arch_sections:
+            errors.append('%s:%d: docs/ARCHITECTURE.md has no section %s' % (doc, no, m.group(2)))
+
+
 TOOL_RE = re.compile(r'(?:^|(?<=[\s/(`"\'=]))(llepd|llepctl|llep-bench|llep-plan|llep-demo)'
                      r'(?=\s|$)')
 
@@ -458,6 +490,7 @@ def check_markdown(tree, doc, text, errors, paths_only=False):
         if paths_only:
             continue
         if not fenced:
+            check_sections(tree, doc, no, line, errors)
             check_calls(tree, doc, no, segs, False, errors)
             check_names(tree, doc, no, segs, errors)
             check_key_mentions(tree, doc, no, line, segs, errors)
@@ -483,6 +516,7 @@ def check_man(tree, doc, text, errors):
         recent = recent[1:] + [line]
         check_paths(tree, doc, no, line, errors)
         check_calls(tree, doc, no, [line], True, errors)
+        check_sections(tree, doc, no, line, errors)
         check_names(tree, doc, no, bold, errors)
         check_key_mentions(tree, doc, no, '', bold, errors)
         runs = invocations(line)
@@ -575,6 +609,13 @@ SAMPLES = [
      'devices_per_nodes is not in the sources'),
     ('docs/ARCHITECTURE.md', 'the message `ClusterPlanHashes`\n',
      'ClusterPlanHashes is not in the sources'),
+    ('README.md', '(`man llepd`, section FAILED DEVICES); see CLUSTER\n', None),
+    ('README.md', '(`man llepd`, section FAILING DEVICES)\n',
+     'no man page has a section FAILING DEVICES'),
+    ('docs/ARCHITECTURE.md', '# 3. A\n### 3.4 B\nas section 3.4 says, DESIGN.md section 4.9\n',
+     None),
+    ('docs/ARCHITECTURE.md', 'as section 3.9 says\n',
+     'docs/ARCHITECTURE.md has no section 3.9'),
     ('README.md', 'Set `replica-cache = off` or the `model` key.\n', None),
     ('README.md', 'Set `replica-caches = off`.\n', 'llepd has no config key replica-caches'),
     ('README.md', 'the `no-such` key of llepd.conf\n', 'llepd has no config key no-such'),
