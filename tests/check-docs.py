@@ -12,7 +12,7 @@ Exit status 0 when every reference holds, 1 when one does not (each is printed a
 FILE:LINE: what is wrong), 2 for bad arguments.
 
 The documents: docs/ARCHITECTURE.md, README.md and packaging/man/*.in get every rule;
-docs/PERFORMANCE.md only the path rule (its prose quotes commands as they were run, with the
+packaging/llepd.conf only the keys rule; docs/PERFORMANCE.md only the path rule (its prose quotes commands as they were run, with the
 options of their day). Man pages are read as rendered: escapes such as \\- and \\fB dropped,
 the arguments of .BR-style macros joined as troff joins them.
 
@@ -38,9 +38,9 @@ The rules:
             sources (.c .h .cu .cuh .py .sh .proto .sym, meson.build, the files of packaging/
             such as the systemd units), unless it is a prefix (`LLEP_PB__`,
             `llep__devices_turn_*`) or another project's (FOREIGN_NAMES).
-  keys      llepd's config keys (daemon/core/config-keys.c, llep__config_keys) and the KEYS
-            of llepd.conf(5) are the same set, and every key is an option in llepd(8)'s
-            OPTIONS. A `key = value` in backticks (Markdown) or bold (man) whose key has a '-'
+  keys      llepd's config keys (daemon/core/config-keys.c, llep__config_keys), the KEYS of
+            llepd.conf(5) and the keys of the sample packaging/llepd.conf (set or commented
+            out) are the same set, and every key is an option in llepd(8)'s OPTIONS. A `key = value` in backticks (Markdown) or bold (man) whose key has a '-'
             must be a key; so must a word in backticks next to the word "key" ("the `model`
             key"). snake_case words before '=' are struct fields, not keys.
   verbs     `llepctl VERB` in backticks or a code block (Markdown), or anywhere in a man page,
@@ -562,9 +562,27 @@ def check_key_set(tree, doc, found, section, errors):
                           % (doc, k, section))
 
 
+def check_sample_config(tree, doc, text, errors):
+    """packaging/llepd.conf shows every key once, commented out or set, and no other."""
+    found = []
+    for no, line in enumerate(text.split('\n'), 1):
+        m = re.match(r'^#?([a-z][a-z0-9_-]*)\s*=', line)
+        if m:
+            found.append((no, m.group(1).replace('_', '-')))
+    keys = set(tree.config_keys)
+    SEEN['keys'] += len(found)
+    for no, k in found:
+        if k not in keys:
+            errors.append('%s:%d: llepd has no config key %s' % (doc, no, k))
+    for k in tree.config_keys:
+        if k not in {k for _, k in found}:
+            errors.append('%s:1: config key %s (daemon/core/config-keys.c) is not in the '
+                          'sample' % (doc, k))
+
+
 def documents(root):
     docs = [('docs/ARCHITECTURE.md', 'md'), ('README.md', 'md'),
-            ('docs/PERFORMANCE.md', 'paths')]
+            ('docs/PERFORMANCE.md', 'paths'), ('packaging/llepd.conf', 'conf')]
     docs += [(os.path.relpath(p, root).replace(os.sep, '/'), 'man')
              for p in sorted(glob.glob(os.path.join(root, 'packaging/man/*.in')))]
     return [(d, k) for d, k in docs if os.path.isfile(os.path.join(root, d))]
@@ -574,6 +592,8 @@ def check_text(tree, doc, text):
     errors = []
     if doc.endswith('.in'):
         check_man(tree, doc, text, errors)
+    elif doc.endswith('.conf'):
+        check_sample_config(tree, doc, text, errors)
     else:
         check_markdown(tree, doc, text, errors, paths_only=doc.endswith('PERFORMANCE.md'))
     return errors
@@ -616,6 +636,10 @@ SAMPLES = [
      None),
     ('docs/ARCHITECTURE.md', 'as section 3.9 says\n',
      'docs/ARCHITECTURE.md has no section 3.9'),
+    ('packaging/llepd.conf', ('#alpha = 1.0\n', '#alpha_x = 1.0\n'),
+     'llepd has no config key alpha-x'),
+    ('packaging/llepd.conf', ('#alpha = 1.0\n', '# alpha, 1.0\n'),
+     'config key alpha (daemon/core/config-keys.c) is not in the sample'),
     ('README.md', 'Set `replica-cache = off` or the `model` key.\n', None),
     ('README.md', 'Set `replica-caches = off`.\n', 'llepd has no config key replica-caches'),
     ('README.md', 'the `no-such` key of llepd.conf\n', 'llepd has no config key no-such'),
