@@ -12,9 +12,10 @@ Exit status 0 when every reference holds, 1 when one does not (each is printed a
 FILE:LINE: what is wrong), 2 for bad arguments.
 
 The documents: docs/ARCHITECTURE.md, README.md and packaging/man/*.in get every rule;
-packaging/llepd.conf only the keys rule; docs/PERFORMANCE.md only the path rule (its prose quotes commands as they were run, with the
-options of their day). Man pages are read as rendered: escapes such as \\- and \\fB dropped,
-the arguments of .BR-style macros joined as troff joins them.
+packaging/llepd.conf only the keys rule; docs/PERFORMANCE.md only the path rule (its prose
+quotes commands as they were run, with the options of their day). Man pages are read as
+rendered: escapes such as \\- and \\fB dropped, the arguments of .BR-style macros joined as
+troff joins them.
 
 The rules:
   paths     A word with a '/' whose first part is a top-level entry of the tree
@@ -40,9 +41,10 @@ The rules:
             `llep__devices_turn_*`) or another project's (FOREIGN_NAMES).
   keys      llepd's config keys (daemon/core/config-keys.c, llep__config_keys), the KEYS of
             llepd.conf(5) and the keys of the sample packaging/llepd.conf (set or commented
-            out) are the same set, and every key is an option in llepd(8)'s OPTIONS. A `key = value` in backticks (Markdown) or bold (man) whose key has a '-'
-            must be a key; so must a word in backticks next to the word "key" ("the `model`
-            key"). snake_case words before '=' are struct fields, not keys.
+            out) are the same set, and every key is an option in llepd(8)'s OPTIONS. A
+            `key = value` in backticks (Markdown) or bold (man) whose key has a '-' must be a
+            key; so must a word in backticks next to the word "key" ("the `model` key").
+            snake_case words before '=' are struct fields, not keys.
   verbs     `llepctl VERB` in backticks or a code block (Markdown), or anywhere in a man page,
             names a verb of tools/llepctl.c's table (options before the verb skipped); the
             KEY of `llepctl set [LAYER] KEY=VALUE` is one llep__setting_parse() knows.
