@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "backend-select.h"
+#include "calib-shapes.h"
 #include "calib.h"
 #include "cluster-layer.h"
 #include "cluster.h"
@@ -124,6 +125,7 @@ static void on_reload(uv_signal_t *h, int signum) {
         d->srv.cfg.log_level = c.log_level;
         d->srv.cfg.metrics_expert_loads = c.metrics_expert_loads;
         d->srv.cfg.keep_host_weights = c.keep_host_weights;   /* for layers created later */
+        d->srv.cfg.calibrate_shapes = c.calibrate_shapes;     /* for shapes new after it */
         llep__log_set_level(c.log_level);
         llepd_models_reload(&d->srv, &d->srv.cfg, &c);
         memcpy(d->srv.cfg.models, c.models, sizeof(c.models));
@@ -241,6 +243,7 @@ static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
     /* The devices' cost model, stored or measured, before anything is served (and so before
      * READY=1): the first step plans with it. */
     llepd_calib_start(&d->srv);
+    llepd_calib_shapes_load(&d->srv);  /* those of the layers' shapes (calib-shapes.h) */
     llepd_handlers_init(&d->srv);
     /* Peer links first: once the unix socket accepts, the peer port accepts too. */
     r = llepd_cluster_init(&d->srv, err, errlen);

@@ -726,8 +726,93 @@ static void calibration_of(const LlepPb__Calibration *c, llep_calibration *cal) 
     cal->time = c->time;
 }
 
-/* `tune`: measure the devices again (admin; every layer's steps wait meanwhile); `tune
- * --show`: the calibration in force. */
+/* The top rate of a calibration's curve and the rows where it is reached. */
+static double top_rate(const llep_calibration *cal, uint32_t *at) {
+    const llep_cost_model *m = &cal->model;
+    double top = 0;
+
+    *at = 0;
+    for (uint32_t i = 0; i < m->num_points; i++)
+        if (m->rate[i] > top) {
+            top = m->rate[i];
+            *at = m->rows[i];
+        }
+    return top;
+}
+
+/* One expert's copy between logical devices of one physical device (the spill a step pays
+ * most often), in ns: what the shape's calibration measured with copies of that size. */
+static double expert_copy_ns(const llep_calibration *cal) {
+    const llep_cost_link *l = &cal->model.link[LLEP_LINK_GPU];
+    double bytes = 3.0 * cal->hidden * cal->inter * (cal->dtype == LLEP_DTYPE_BF16 ? 2 : 4);
+
+    return l->latency_ns + bytes * l->ns_per_byte;
+}
+
+static const char *dtype_str(LlepPb__DType d) {
+    return d == LLEP_PB__DTYPE__DTYPE_BF16 ? "bf16" : "f32";
+}
+
+/* The shape calibrations: one line each (text), or "shapes" (JSON). */
+static void tune_shapes_print(const LlepPb__TuneReply *t) {
+    if (t->n_shapes == 0) {
+        printf("\nno layer shape has its own calibration\n");
+        return;
+    }
+    printf("\nlayer shapes (their layers plan with these; the others with the above):\n");
+    printf("  %-18s %-10s %14s %12s %14s  %s\n", "shape", "source", "top GFLOP/s", "1-row us",
+           "expert copy us", "file");
+    for (size_t i = 0; i < t->n_shapes; i++) {
+        const LlepPb__TuneShape *sh = t->shapes[i];
+        char shape[48];
+        snprintf(shape, sizeof(shape), "%u x %u %s", sh->hidden, sh->inter, dtype_str(sh->dtype));
+        if (!sh->calibration) {
+            printf("  %-18s %-10s %14s %12s %14s  %s\n", shape, sh->source, "-", "-", "-",
+                   sh->path[0] ? sh->path : "-");
+            continue;
+        }
+        llep_calibration cal;
+        uint32_t at;
+        calibration_of(sh->calibration, &cal);
+        double top = top_rate(&cal, &at);
+        char topbuf[32];
+        snprintf(topbuf, sizeof(topbuf), "%.1f (%u)", top, at);
+        printf("  %-18s %-10s %14s %12.2f %14.2f  %s%s\n", shape, sh->source, topbuf,
+               llep__calibration_chunk_ns(&cal, 1) / 1e3, expert_copy_ns(&cal) / 1e3,
+               sh->path[0] ? sh->path : "-", sh->stored ? "" : " (not stored)");
+    }
+}
+
+static json_object *tune_shapes_json(const LlepPb__TuneReply *t) {
+    json_object *a = llep__jout_array();
+
+    for (size_t i = 0; i < t->n_shapes; i++) {
+        const LlepPb__TuneShape *sh = t->shapes[i];
+        json_object *o = llep__jout_object();
+        llep__jout_u64(o, "hidden", sh->hidden);
+        llep__jout_u64(o, "inter", sh->inter);
+        llep__jout_str(o, "dtype", dtype_str(sh->dtype));
+        llep__jout_str(o, "source", sh->source);
+        llep__jout_str(o, "path", sh->path);
+        llep__jout_bool(o, "stored", sh->stored);
+        if (sh->calibration) {
+            llep_calibration cal;
+            uint32_t at;
+            calibration_of(sh->calibration, &cal);
+            double top = top_rate(&cal, &at);
+            llep__jout_f64(o, "top_rate_flops_per_ns", top);
+            llep__jout_u64(o, "top_rate_rows", at);
+            llep__jout_f64(o, "chunk_1row_ns", llep__calibration_chunk_ns(&cal, 1));
+            llep__jout_f64(o, "expert_copy_ns", expert_copy_ns(&cal));
+            llep__jout_add(o, "calibration", llep__cost_table_object(&cal));
+        }
+        llep__jout_push(a, o);
+    }
+    return a;
+}
+
+/* `tune`: measure the devices again at the reference shape and every layer shape (admin; every
+ * layer's steps wait meanwhile); `tune --show`: the calibrations in force. */
 static int verb_tune(ctl *x, char **argv) {
     LlepPb__TuneRequest tr = LLEP_PB__TUNE_REQUEST__INIT;
     LlepPb__Frame req = LLEP_PB__FRAME__INIT;
@@ -751,6 +836,7 @@ static int verb_tune(ctl *x, char **argv) {
         llep__jout_str(o, "path", t->path);
         llep__jout_bool(o, "stored", t->stored);
         llep__jout_add(o, "calibration", llep__cost_table_object(&cal));
+        llep__jout_add(o, "shapes", tune_shapes_json(t));
         return ctl_json_print(o);
     }
     llep__cost_table_print(stdout, &cal);
@@ -759,6 +845,7 @@ static int verb_tune(ctl *x, char **argv) {
     else
         printf("\nnot stored%s%s\n", t->message && t->message[0] ? ": " : "",
                t->message && t->message[0] ? t->message : "");
+    tune_shapes_print(t);
     return 0;
 }
 
@@ -791,8 +878,8 @@ static const verb verbs[] = {
       ctl_verb_unload },
     { "models", 0, 0, "", "loaded models: type, layers, shape, references, load time",
       ctl_verb_models },
-    { "tune", 0, 0, "[--show]", "measure the devices' cost model again and store it (admin); "
-      "--show: the one in force", verb_tune },
+    { "tune", 0, 0, "[--show]", "measure the devices' cost model again, at the reference shape "
+      "and every layer shape, and store it (admin); --show: the ones in force", verb_tune },
 };
 
 static void help(void) {
@@ -804,7 +891,7 @@ static void help(void) {
            "  -s, --socket PATH   llepd's socket (default: $LLEP_SOCKET, else\n"
            "                      %s as root, else $XDG_RUNTIME_DIR/llep/llepd.sock)\n"
            "  -j, --json          print one JSON object instead of text\n"
-           "      --show          with tune: show the calibration in force, do not measure\n"
+           "      --show          with tune: show the calibrations in force, do not measure\n"
            "  -h, --help          show this help\n"
            "  -V, --version       show the version\n\n"
            "Exit status: 0 on success, 1 when llepd refuses or cannot be reached, 2 on bad "

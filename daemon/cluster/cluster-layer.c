@@ -166,13 +166,18 @@ static int new_origin(llepd_layer *l, char *err, size_t errlen) {
     }
     if (getrandom(&c->uid, sizeof(c->uid), 0) != (ssize_t)sizeof(c->uid))
         c->uid = llepd_now_ns() ^ ((uint64_t)getpid() << 32);
-    /* The model the layer's steps plan with on every node: a copy, so that `llepctl tune` here
-     * later changes node-scope layers only, never what the nodes agreed on. Copies between
-     * nodes are priced as NODE links. */
-    if (srv->have_calibration) {
-        c->cost = srv->calibration.model;
+    /* The model the layer's steps plan with on every node: this node's at the layer's shape
+     * when it has one (server/calib-shapes.h), else the reference. A copy, fixed for the
+     * layer's life, so that `llepctl tune` or a shape's measurement finishing here later
+     * changes node-scope layers only, never what the nodes agreed on. Copies between nodes
+     * are priced as NODE links. */
+    bool shape = false;
+    if (srv->devs && llep__devices_cost_for(srv->devs, l->desc.hidden, l->desc.inter,
+                                            (enum llep_dtype)l->desc.dtype, &c->cost, &shape)) {
         c->cost.devices_per_node = c->ppn;
         c->have_cost = true;
+        log_info("cluster layer '%s' plans with the device cost model of %s", l->name,
+                 shape ? "its shape" : "the reference shape");
     }
     return 0;
 }

@@ -291,6 +291,10 @@ static int set_keep_host_weights(llep_config *c, const char *value) {
     return parse_yes_no(value, &c->keep_host_weights);
 }
 
+static int set_calibrate_shapes(llep_config *c, const char *value) {
+    return parse_yes_no(value, &c->calibrate_shapes);
+}
+
 static int set_cluster_communicator(llep_config *c, const char *value) {
     if (strcmp(value, "auto") == 0)
         c->cluster_communicator_off = false;
@@ -353,6 +357,9 @@ const config_key llep__config_keys[] = {
     { "state-dir", "PATH|off", "an absolute path of 1 to 255 bytes, or off",
       "keep the devices' calibration here (default $LLEP_STATE_DIR, else /var/lib/llep; off: "
       "calibrate at every start)", set_state_dir },
+    { "calibrate-shapes", "yes|no", "yes or no",
+      "measure the devices' cost model at each layer shape too, stored in the state directory "
+      "(default yes; no: every layer plans with the reference shape's)", set_calibrate_shapes },
     { "model", "NAME=DIR", "NAME=DIR: a model name (printable ASCII, no blanks or '/', at most "
       "64 bytes) and its checkpoint directory",
       "load the checkpoint in DIR as model NAME at start (repeat for more models)", set_model },

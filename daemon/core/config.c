@@ -30,6 +30,7 @@ void llep__config_init(llep_config *c) {
         .log_level = LLEP_LOG_NOTICE,
         .peer_heartbeat_ms = LLEP_PEER_HEARTBEAT_MS_DEFAULT,
         .peer_timeout_ms = LLEP_PEER_TIMEOUT_MS_DEFAULT,
+        .calibrate_shapes = true,
     };
 }
 

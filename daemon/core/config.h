@@ -138,6 +138,9 @@ typedef struct llep_config {
      * (state_dir_set); it fills in $LLEP_STATE_DIR or LLEP_STATE_DIR_DEFAULT. */
     char state_dir[256];
     bool state_dir_set;
+    /* Calibrate the devices at each layer shape too (daemon/server/calib-shapes.c), kept in
+     * the state directory beside the reference; true unless set. */
+    bool calibrate_shapes;
     llep_model_spec models[LLEP_CONFIG_MAX_MODELS];  /* in the order given */
     uint32_t nmodels;
     char detail[160];             /* why the last value was bad, when "expected" is not enough */

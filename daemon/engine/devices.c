@@ -49,6 +49,13 @@ typedef struct pending_free {
     void *ptr;
 } pending_free;
 
+/* The cost model of one layer shape (devices.h). */
+typedef struct shape_cost {
+    uint32_t hidden, inter;
+    enum llep_dtype dtype;
+    llep_cost_model model;
+} shape_cost;
+
 struct llep_devices {
     llep_backend *be;
     uint32_t p;
@@ -71,6 +78,8 @@ struct llep_devices {
     uint64_t cache_limit;      /* 0: off; LLEP_DEVICES_CACHE_AUTO */
     bool has_cost;
     llep_cost_model cost;      /* under lock */
+    shape_cost shapes[LLEP_DEVICES_COST_SHAPES]; /* under lock; nshapes in use, unordered */
+    uint32_t nshapes;
     uint64_t cache_clock, next_owner;
     pending_free *pending;
     size_t npending, cap_pending;
@@ -175,6 +184,59 @@ void llep__devices_set_cost(llep_devices *dv, const llep_cost_model *m) {
     if (m)
         dv->cost = *m;
     pthread_mutex_unlock(&dv->lock);
+}
+
+static shape_cost *find_shape(llep_devices *dv, uint32_t hidden, uint32_t inter,
+                              enum llep_dtype dtype) {
+    for (uint32_t i = 0; i < dv->nshapes; i++) {
+        shape_cost *s = &dv->shapes[i];
+        if (s->hidden == hidden && s->inter == inter && s->dtype == dtype)
+            return s;
+    }
+    return NULL;
+}
+
+int llep__devices_set_shape_cost(llep_devices *dv, uint32_t hidden, uint32_t inter,
+                                 enum llep_dtype dtype, const llep_cost_model *m) {
+    int r = 0;
+
+    pthread_mutex_lock(&dv->lock);
+    shape_cost *s = find_shape(dv, hidden, inter, dtype);
+    if (!m) {
+        if (s)  /* the last entry takes its place: the table has no order */
+            *s = dv->shapes[--dv->nshapes];
+    } else if (s) {
+        s->model = *m;
+    } else if (dv->nshapes == LLEP_DEVICES_COST_SHAPES) {
+        r = -ENOSPC;
+    } else {
+        dv->shapes[dv->nshapes++] = (shape_cost){ .hidden = hidden, .inter = inter,
+                                                  .dtype = dtype, .model = *m };
+    }
+    pthread_mutex_unlock(&dv->lock);
+    return r;
+}
+
+bool llep__devices_cost_for(const llep_devices *dv, uint32_t hidden, uint32_t inter,
+                            enum llep_dtype dtype, llep_cost_model *ret, bool *shape) {
+    llep_devices *w = (llep_devices *)dv;  /* the lock only */
+    pthread_mutex_lock(&w->lock);
+    const shape_cost *s = find_shape(w, hidden, inter, dtype);
+    bool has = s || dv->has_cost;
+    if (ret && has)
+        *ret = s ? s->model : dv->cost;
+    if (shape)
+        *shape = s != NULL;
+    pthread_mutex_unlock(&w->lock);
+    return has;
+}
+
+uint32_t llep__devices_shape_costs(const llep_devices *dv) {
+    llep_devices *w = (llep_devices *)dv;
+    pthread_mutex_lock(&w->lock);
+    uint32_t n = dv->nshapes;
+    pthread_mutex_unlock(&w->lock);
+    return n;
 }
 
 bool llep__devices_cost_get(const llep_devices *dv, llep_cost_model *ret) {

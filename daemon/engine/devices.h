@@ -76,6 +76,22 @@ llep_backend *llep__devices_backend(const llep_devices *dv);
 void llep__devices_set_cost(llep_devices *dv, const llep_cost_model *m);
 bool llep__devices_cost_get(const llep_devices *dv, llep_cost_model *ret);
 
+/* Models of one layer shape each (issue 15 item 1: a chunk's rate at few rows and a copy's
+ * time depend on the layer's shape, where its weights live and how many bytes move), measured
+ * at that shape by whoever opened the devices (llepd's server/calib-shapes.c) and looked up
+ * by each step. At most LLEP_DEVICES_COST_SHAPES shapes: a bound on the copies kept, not on
+ * layers (layers of one shape share one). set_shape copies m for the shape (NULL removes it);
+ * -ENOSPC when the table is full and the shape is not in it. cost_for copies the shape's
+ * model into ret when there is one (*shape true), else the reference model of set_cost
+ * (*shape false); false when there is neither. Under the devices' lock, as set_cost. */
+#define LLEP_DEVICES_COST_SHAPES 32u
+int llep__devices_set_shape_cost(llep_devices *dv, uint32_t hidden, uint32_t inter,
+                                 enum llep_dtype dtype, const llep_cost_model *m);
+bool llep__devices_cost_for(const llep_devices *dv, uint32_t hidden, uint32_t inter,
+                            enum llep_dtype dtype, llep_cost_model *ret, bool *shape);
+/* Shapes in the table now. */
+uint32_t llep__devices_shape_costs(const llep_devices *dv);
+
 /* ---- the turn ---------------------------------------------------------------------------- */
 
 /* Waits for the turn, in order of asking; returns at once, one level deeper, when this thread

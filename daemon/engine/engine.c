@@ -969,12 +969,13 @@ int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
     }
     llep__devices_cache_tick(e->devs);
     /* The cost-aware planner (plan-cost.h) when the parameters ask for it and there is a
-     * model: the caller's, else the one the devices were calibrated to. Without one, LLA. */
+     * model: the caller's, else the devices' model of this layer's shape (devices.h), else
+     * the one they were calibrated to at the reference shape. Without one, LLA. */
     llep_plan_params run = *params;
     llep_cost_model model;
     llep_cost_layer layer;
     if (run.planner == LLEP_PLANNER_COST) {
-        if (!run.cost && llep__devices_cost_get(e->devs, &model))
+        if (!run.cost && llep__devices_cost_for(e->devs, e->d, e->h, e->cfg.dtype, &model, NULL))
             run.cost = &model;
         if (run.cost && !run.cost_layer) {
             llep__cost_layer(&layer, e->d, e->h, e->esz, e->has_bg || e->has_bu || e->has_bd);

@@ -32,13 +32,22 @@ static int make_dir_of(const char *path) {
 
 int llepd_calib_measure(llep_devices *dv, const char *path, llep_calibration *ret,
                         bool *stored, char *err, size_t errlen, char *note, size_t notelen) {
-    int r = llep__calibrate(dv, NULL, ret, err, errlen);
+    int r = llepd_calib_measure_at(dv, NULL, path, ret, stored, err, errlen, note, notelen);
+
+    if (r == 0)
+        llep__devices_set_cost(dv, &ret->model);
+    return r;
+}
+
+int llepd_calib_measure_at(llep_devices *dv, const llep_calibrate_options *opt,
+                           const char *path, llep_calibration *ret, bool *stored, char *err,
+                           size_t errlen, char *note, size_t notelen) {
+    int r = llep__calibrate(dv, opt, ret, err, errlen);
 
     *stored = false;
     note[0] = '\0';
     if (r < 0)
         return r;
-    llep__devices_set_cost(dv, &ret->model);
     if (!path[0]) {
         snprintf(note, notelen, "not stored: state-dir is off");
         return 0;

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "calibrate.h"
 #include "server.h"
 
 /* STATE_DIR/calibration.json, or "" with state-dir = off. */
@@ -20,6 +21,12 @@ void llepd_calib_path(const llepd_server *srv, char *buf, size_t len);
  * that could not be stored still returns 0, with *stored false and the reason in note. */
 int llepd_calib_measure(llep_devices *dv, const char *path, llep_calibration *ret,
                         bool *stored, char *err, size_t errlen, char *note, size_t notelen);
+
+/* As llepd_calib_measure with opt (NULL: the backend's reference shape), but sets nothing
+ * on the devices: the caller puts the model where it belongs. */
+int llepd_calib_measure_at(llep_devices *dv, const llep_calibrate_options *opt,
+                           const char *path, llep_calibration *ret, bool *stored, char *err,
+                           size_t errlen, char *note, size_t notelen);
 
 /* At start, on the loop thread before it runs: loads or measures (logging which and why)
  * and records the result in srv. A calibration that fails is logged and llepd serves

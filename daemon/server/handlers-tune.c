@@ -1,4 +1,5 @@
-/* `llepctl tune` and `llepctl tune --show` (TuneRequest): the devices' calibration (calib.h).
+/* `llepctl tune` and `llepctl tune --show` (TuneRequest): the devices' calibrations, at the
+ * reference shape (calib.h) and at the layers' shapes (calib-shapes.h).
  * A new measurement runs on libuv's thread pool like a step, taking the devices' turn, so the
  * loop keeps serving while the steps of every layer wait for it; its end, on the loop thread,
  * puts it in force in the server's record and answers. */
@@ -9,11 +10,24 @@
 
 #include "handlers.h"
 
+#include "calib-shapes.h"
 #include "calib.h"
 #include "log.h"
 #include "session.h"
 
 #define MSG_MAX 512
+
+/* A shape measured again by tune (calib-shapes.h). */
+typedef struct tune_shape {
+    uint32_t hidden, inter;
+    enum llep_dtype dtype;
+    llep_calibrate_options opt;
+    char path[512];
+    llep_calibration cal;
+    bool stored;
+    int r;
+    char err[MSG_MAX], note[MSG_MAX];
+} tune_shape;
 
 typedef struct tune_work {
     uv_work_t req;
@@ -25,64 +39,150 @@ typedef struct tune_work {
     bool stored;
     int r;
     char err[MSG_MAX], note[MSG_MAX];
+    tune_shape shapes[LLEP_DEVICES_COST_SHAPES];
+    uint32_t nshapes;
 } tune_work;
 
 static const char *const link_names[LLEP_LINK_KINDS] = { "same", "gpu", "peer", "node" };
 
-/* Sends a TuneReply with cal (NULL: none) and status st. */
-static void reply(llepd_session *s, uint64_t id, LlepPb__Status st, const char *msg,
-                  const llep_calibration *cal, const char *path, bool stored) {
-    LlepPb__TuneReply tr = LLEP_PB__TUNE_REPLY__INIT;
-    LlepPb__Calibration c = LLEP_PB__CALIBRATION__INIT;
+/* A calibration as a protobuf message, with the storage its arrays point into. */
+typedef struct cal_pb {
+    LlepPb__Calibration c;
     LlepPb__LinkCost lk[LLEP_LINK_KINDS], *lkp[LLEP_LINK_KINDS];
     uint32_t rows[LLEP_COST_MAX_POINTS];
     double rate[LLEP_COST_MAX_POINTS];
+} cal_pb;
+
+static LlepPb__Calibration *pack_cal(cal_pb *b, const llep_calibration *cal) {
+    const llep_cost_model *m = &cal->model;
+    LlepPb__Calibration *c = &b->c;
+
+    llep_pb__calibration__init(c);
+    c->backend = (char *)m->backend;
+    c->device_name = (char *)m->device_name;
+    c->devices = cal->devices;
+    c->hidden = cal->hidden;
+    c->inter = cal->inter;
+    c->dtype = (LlepPb__DType)cal->dtype;
+    c->n_rows = c->n_rate = m->num_points;
+    for (uint32_t i = 0; i < m->num_points && i < LLEP_COST_MAX_POINTS; i++) {
+        b->rows[i] = m->rows[i];
+        b->rate[i] = m->rate[i];
+    }
+    c->rows = b->rows;
+    c->rate = b->rate;
+    c->chunk_fixed_ns = m->chunk_fixed_ns;
+    for (int k = 0; k < LLEP_LINK_KINDS; k++) {
+        llep_pb__link_cost__init(&b->lk[k]);
+        b->lk[k].kind = (char *)link_names[k];
+        b->lk[k].latency_ns = m->link[k].latency_ns;
+        b->lk[k].ns_per_byte = m->link[k].ns_per_byte;
+        b->lk[k].measured = cal->measured[k];
+        b->lkp[k] = &b->lk[k];
+    }
+    c->n_links = LLEP_LINK_KINDS;
+    c->links = b->lkp;
+    c->devices_per_gpu = m->devices_per_gpu;
+    c->devices_per_node = m->devices_per_node;
+    c->elapsed_ms = cal->elapsed_ms;
+    c->time = cal->time;
+    c->hash = llep__cost_hash(m);
+    return c;
+}
+
+/* The shape calibrations of the server as TuneShape messages (shapes NULL: none). */
+typedef struct shapes_pb {
+    LlepPb__TuneShape ts[LLEP_DEVICES_COST_SHAPES], *tsp[LLEP_DEVICES_COST_SHAPES];
+    cal_pb cal[LLEP_DEVICES_COST_SHAPES];
+    char path[LLEP_DEVICES_COST_SHAPES][512];
+} shapes_pb;
+
+static void pack_shapes(llepd_server *srv, shapes_pb *b, LlepPb__TuneReply *tr) {
+    for (uint32_t i = 0; i < srv->nshapes; i++) {
+        const llepd_calib_shape *e = &srv->shapes[i];
+        LlepPb__TuneShape *t = &b->ts[i];
+        llep_pb__tune_shape__init(t);
+        t->hidden = e->hidden;
+        t->inter = e->inter;
+        t->dtype = (LlepPb__DType)e->dtype;
+        t->source = (char *)llepd_calib_shape_source(e);
+        if (e->state == LLEPD_SHAPE_READY)
+            t->calibration = pack_cal(&b->cal[i], &e->cal);
+        llepd_calib_shape_path(srv, e->hidden, e->inter, e->dtype, b->path[i],
+                               sizeof(b->path[i]));
+        t->path = b->path[i];
+        t->stored = e->state == LLEPD_SHAPE_READY && e->stored;
+        b->tsp[i] = t;
+    }
+    tr->n_shapes = srv->nshapes;
+    tr->shapes = b->tsp;
+}
+
+/* Sends a TuneReply with cal (NULL: none), the server's shape calibrations and status st. */
+static void reply(llepd_session *s, uint64_t id, LlepPb__Status st, const char *msg,
+                  const llep_calibration *cal, const char *path, bool stored) {
+    LlepPb__TuneReply tr = LLEP_PB__TUNE_REPLY__INIT;
+    cal_pb c;
+    shapes_pb *sb = calloc(1, sizeof(*sb));
 
     tr.status = st;
     tr.message = (char *)msg;
     tr.path = (char *)path;
     tr.stored = stored;
-    if (cal) {
-        const llep_cost_model *m = &cal->model;
-        c.backend = (char *)m->backend;
-        c.device_name = (char *)m->device_name;
-        c.devices = cal->devices;
-        c.hidden = cal->hidden;
-        c.inter = cal->inter;
-        c.dtype = (LlepPb__DType)cal->dtype;
-        c.n_rows = c.n_rate = m->num_points;
-        for (uint32_t i = 0; i < m->num_points && i < LLEP_COST_MAX_POINTS; i++) {
-            rows[i] = m->rows[i];
-            rate[i] = m->rate[i];
-        }
-        c.rows = rows;
-        c.rate = rate;
-        c.chunk_fixed_ns = m->chunk_fixed_ns;
-        for (int k = 0; k < LLEP_LINK_KINDS; k++) {
-            llep_pb__link_cost__init(&lk[k]);
-            lk[k].kind = (char *)link_names[k];
-            lk[k].latency_ns = m->link[k].latency_ns;
-            lk[k].ns_per_byte = m->link[k].ns_per_byte;
-            lk[k].measured = cal->measured[k];
-            lkp[k] = &lk[k];
-        }
-        c.n_links = LLEP_LINK_KINDS;
-        c.links = lkp;
-        c.devices_per_gpu = m->devices_per_gpu;
-        c.devices_per_node = m->devices_per_node;
-        c.elapsed_ms = cal->elapsed_ms;
-        c.time = cal->time;
-        c.hash = llep__cost_hash(m);
-        tr.calibration = &c;
-    }
+    if (cal)
+        tr.calibration = pack_cal(&c, cal);
+    if (sb)  /* out of memory: the reference alone */
+        pack_shapes(s->srv, sb, &tr);
     llepd_session_reply(s, id, LLEP_PB__FRAME__BODY_TUNE_REPLY, &tr);
+    free(sb);
 }
 
+/* The reference, then every shape known when tune was asked, each under its own turn (steps
+ * may run between them). */
 static void tune_run(uv_work_t *req) {
     tune_work *w = req->data;
 
     w->r = llepd_calib_measure(w->srv->devs, w->path, &w->cal, &w->stored, w->err,
                                sizeof(w->err), w->note, sizeof(w->note));
+    for (uint32_t i = 0; i < w->nshapes; i++) {
+        tune_shape *t = &w->shapes[i];
+        t->r = llepd_calib_measure_at(w->srv->devs, &t->opt, t->path, &t->cal, &t->stored,
+                                      t->err, sizeof(t->err), t->note, sizeof(t->note));
+    }
+}
+
+/* Every shape measured again put in force (or its failure logged). */
+static void tune_shapes_done(tune_work *w, int status) {
+    for (uint32_t i = 0; i < w->nshapes; i++) {
+        tune_shape *t = &w->shapes[i];
+        llepd_calib_shape *e = llepd_calib_shape_find(w->srv, t->hidden, t->inter, t->dtype);
+        if (status < 0 && t->r == 0) {
+            t->r = status;
+            snprintf(t->err, sizeof(t->err), "the calibration did not run: %s",
+                     uv_strerror(status));
+        }
+        if (e)
+            llepd_calib_shape_done(w->srv, e, t->r, &t->cal, t->stored, t->err, t->note);
+    }
+}
+
+/* The shapes tune measures again: those in force or failed (one measuring finishes on its
+ * own). */
+static void tune_shapes_take(tune_work *w) {
+    llepd_server *srv = w->srv;
+
+    for (uint32_t i = 0; i < srv->nshapes; i++) {
+        const llepd_calib_shape *e = &srv->shapes[i];
+        if (e->state == LLEPD_SHAPE_MEASURING)
+            continue;
+        tune_shape *t = &w->shapes[w->nshapes++];
+        t->hidden = e->hidden;
+        t->inter = e->inter;
+        t->dtype = e->dtype;
+        llepd_calib_shape_options(srv->backend_ops->name, e->hidden, e->inter, e->dtype,
+                                  &t->opt);
+        llepd_calib_shape_path(srv, e->hidden, e->inter, e->dtype, t->path, sizeof(t->path));
+    }
 }
 
 static void tune_done(uv_work_t *req, int status) {
@@ -90,6 +190,7 @@ static void tune_done(uv_work_t *req, int status) {
     llepd_server *srv = w->srv;
 
     srv->running_tunes--;
+    tune_shapes_done(w, status);
     if (status < 0 && w->r == 0) {
         w->r = status;
         snprintf(w->err, sizeof(w->err), "the calibration did not run: %s",
@@ -150,6 +251,7 @@ void llepd_handle_tune(llepd_session *s, const LlepPb__Frame *f) {
         w->s = s;
         w->frame_id = f->id;
         snprintf(w->path, sizeof(w->path), "%s", path);
+        tune_shapes_take(w);
         w->req.data = w;
         r = uv_queue_work(srv->loop, &w->req, tune_run, tune_done);
     }
@@ -161,6 +263,7 @@ void llepd_handle_tune(llepd_session *s, const LlepPb__Frame *f) {
     }
     llepd_session_ref(s);
     srv->running_tunes++;
-    log_notice("llepctl tune: measuring the devices (client %llu, uid %u)",
-               (unsigned long long)s->id, (unsigned)s->cred.uid);
+    log_notice("llepctl tune: measuring the devices at the reference shape and %u layer "
+               "shapes (client %llu, uid %u)", w->nshapes, (unsigned long long)s->id,
+               (unsigned)s->cred.uid);
 }

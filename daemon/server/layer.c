@@ -8,6 +8,7 @@
 
 #include "layer.h"
 
+#include "calib-shapes.h"
 #include "log.h"
 #include "session.h"
 #include "validate.h"
@@ -173,6 +174,8 @@ llepd_layer *llepd_layer_new(llepd_server *srv, const char *name, const LlepPb__
     l->tun.own_policy = d->policy != LLEP_PB__POLICY__POLICY_AUTO;
     l->creating = true;
     llepd_list_init(&l->queue);
+    /* Its steps plan with a model measured at its shape once there is one (calib-shapes.h). */
+    llepd_calib_shape_want(srv, d->hidden, d->inter, (enum llep_dtype)d->dtype);
     llepd_list_init(&l->attach_waiters);
     uv_timer_init(srv->loop, &l->group_timer);
     l->group_timer.data = l;

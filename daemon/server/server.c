@@ -218,7 +218,8 @@ typedef struct llepd_drain_waiter {
 } llepd_drain_waiter;
 
 static bool busy(const llepd_server *srv) {
-    if (srv->running_steps || srv->running_creates || srv->running_tunes)
+    if (srv->running_steps || srv->running_creates || srv->running_tunes ||
+        srv->running_shape_calibs)
         return true;
     for (uint32_t i = 0; i < srv->nlayers; i++)
         if (srv->layers[i]->queued)

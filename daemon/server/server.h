@@ -28,6 +28,17 @@
 #include "list.h"
 
 typedef struct llepd_server llepd_server;
+
+/* A calibration at one layer shape (calib-shapes.h): measuring, in force or failed. */
+enum llepd_shape_state { LLEPD_SHAPE_MEASURING, LLEPD_SHAPE_READY, LLEPD_SHAPE_FAILED };
+typedef struct llepd_calib_shape {
+    uint32_t hidden, inter;
+    enum llep_dtype dtype;
+    enum llepd_shape_state state;
+    bool loaded;                    /* READY: read from its file at start, not measured */
+    bool stored;                    /* READY: the one in its file */
+    llep_calibration cal;           /* READY */
+} llepd_calib_shape;
 typedef struct llepd_session llepd_session;
 typedef struct llepd_layer llepd_layer;
 typedef struct llepd_sub llepd_sub;
@@ -93,6 +104,12 @@ struct llepd_server {
     llep_calibration calibration;
     bool have_calibration, calibration_stored;
     uint32_t running_tunes;
+    /* The calibrations at the layers' shapes (calib-shapes.c), in the order first wanted;
+     * their models are in the devices' table too, where steps find them. */
+    llepd_calib_shape shapes[LLEP_DEVICES_COST_SHAPES];
+    uint32_t nshapes;
+    bool shapes_full_told;          /* "no room for another shape" logged once */
+    uint32_t running_shape_calibs;
 
     uint64_t start_ns;
     bool draining, stopping;
