@@ -868,6 +868,15 @@ START_TEST(test_metrics_options) {
     ck_assert(c.keep_host_weights);
     ck_assert_int_eq(PARSE(&c, "--keep-host-weights", "maybe"), -EINVAL);
     llep__config_fini(&c);
+    /* calibrate-shapes (a cost model per layer shape): on unless turned off. */
+    llep__config_init(&c);
+    ck_assert(c.calibrate_shapes);
+    ck_assert_int_eq(PARSE(&c, "--calibrate-shapes", "no"), 0);
+    ck_assert(!c.calibrate_shapes);
+    ck_assert_int_eq(PARSE(&c, "--calibrate-shapes", "yes"), 0);
+    ck_assert(c.calibrate_shapes);
+    ck_assert_int_eq(PARSE(&c, "--calibrate-shapes", "sometimes"), -EINVAL);
+    llep__config_fini(&c);
 }
 END_TEST
 
