@@ -243,7 +243,7 @@ static int setup(daemon_state *d, uv_loop_t *loop, llep_config *cfg,
     /* The devices' cost model, stored or measured, before anything is served (and so before
      * READY=1): the first step plans with it. */
     llepd_calib_start(&d->srv);
-    llepd_calib_shapes_load(&d->srv);  /* those of the layers' shapes (calib-shapes.h) */
+    llepd_calib_shapes_init(&d->srv);  /* for the layers' shapes (calib-shapes.h) */
     llepd_handlers_init(&d->srv);
     /* Peer links first: once the unix socket accepts, the peer port accepts too. */
     r = llepd_cluster_init(&d->srv, err, errlen);

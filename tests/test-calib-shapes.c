@@ -9,8 +9,8 @@
  * Against llepd on 2 CPU devices with its own state directory: a client layer of a shape other
  * than the reference gets a calibration of its shape, stored as calibration-DxH-f32.json
  * (measured at that shape) and listed by `llepctl tune --show --json` as measured and stored;
- * a restarted llepd loads it (log and "source": "loaded") and measures nothing for a layer of
- * that shape; `llepctl tune` measures it again; forwards are exact against float64 before and
+ * a restarted llepd lists nothing until a layer of that shape comes, then loads it (log and
+ * "source": "loaded") and measures nothing; `llepctl tune` measures it again; forwards are exact against float64 before and
  * after the model switches. With calibrate-shapes = no, no such file appears, tune lists no
  * shape and nothing is measured at a layer's creation. */
 #include <check.h>
@@ -275,10 +275,16 @@ START_TEST(test_llepd_shape) {
     llep_disconnect(c);
     stop(&pid);
 
-    /* Restarted: loaded from its file, listed before any layer has the shape, and a new
-     * layer of it measures nothing. */
+    /* Restarted: nothing read until a layer has the shape; then its file is loaded, not
+     * measured again. */
     ck_assert_int_eq(truncate(log_path, 0), 0);
     pid = start(true);
+    j = tune_json(true);
+    ck_assert(shape_entry(j, &n) == NULL);
+    ck_assert_uint_eq(n, 0);
+    json_object_put(j);
+    c = llep_test_connect(sock);
+    h = create(c, &l);
     ck_assert(llep_test_file_contains(log_path, "of layer shape 24 x 40 f32, loaded from the "
                                                 "state directory"));
     j = tune_json(true);
@@ -286,8 +292,6 @@ START_TEST(test_llepd_shape) {
     ck_assert_msg(e, "a restarted llepd lists no shape 24 x 40 f32");
     ck_assert_str_eq(check_entry(e), "loaded");
     json_object_put(j);
-    c = llep_test_connect(sock);
-    h = create(c, &l);
     forward_exact(h, &l, 5, "forward with the loaded model");
     ck_assert(!llep_test_file_contains(log_path, "calibrating the devices at layer shape"));
     /* tune measures the shape again, stores and lists it. */

@@ -2,7 +2,6 @@
 #include "calib-shapes.h"
 
 #include <errno.h>
-#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +113,8 @@ void llepd_calib_shape_done(llepd_server *srv, llepd_calib_shape *e, int r,
                     dtype_name(e->dtype), note);
 }
 
+static bool load_stored(llepd_server *srv, llepd_calib_shape *e, const char *path);
+
 /* ---- measuring a new shape --------------------------------------------------------------- */
 
 typedef struct shape_work {
@@ -161,6 +162,10 @@ void llepd_calib_shape_want(llepd_server *srv, uint32_t hidden, uint32_t inter,
     llepd_calib_shape *e = add(srv, hidden, inter, dtype);
     if (!e)
         return;
+    char path[512];
+    llepd_calib_shape_path(srv, hidden, inter, dtype, path, sizeof(path));
+    if (load_stored(srv, e, path))
+        return;
     shape_work *w = calloc(1, sizeof(*w));
     if (!w) {
         e->state = LLEPD_SHAPE_FAILED;
@@ -173,7 +178,7 @@ void llepd_calib_shape_want(llepd_server *srv, uint32_t hidden, uint32_t inter,
     w->inter = inter;
     w->dtype = dtype;
     llepd_calib_shape_options(srv->backend_ops->name, hidden, inter, dtype, &w->opt);
-    llepd_calib_shape_path(srv, hidden, inter, dtype, w->path, sizeof(w->path));
+    snprintf(w->path, sizeof(w->path), "%s", path);
     w->req.data = w;
     int r = uv_queue_work(srv->loop, &w->req, shape_run, shape_after);
     if (r < 0) {
@@ -189,59 +194,44 @@ void llepd_calib_shape_want(llepd_server *srv, uint32_t hidden, uint32_t inter,
              dtype_name(dtype), (unsigned long long)w->opt.transfer_bytes);
 }
 
-/* ---- the stored ones, at start ----------------------------------------------------------- */
+/* ---- the stored ones ---------------------------------------------------------------------- */
 
-/* Loads one shape's file into the table; false (logged) when it is refused. */
-static void load_one(llepd_server *srv, const char *path, const llep_calibration *now) {
-    llep_calibration cal;
-    char err[512], why[256], want[512], how[128];
-
-    if (llep__calib_load(path, &cal, err, sizeof(err)) < 0) {
-        log_warning("stored calibration refused: %s; its shape is measured again when a "
-                    "layer has it", err);
+void llepd_calib_shapes_init(llepd_server *srv) {
+    if (!srv->cfg.calibrate_shapes || !srv->devs)
         return;
-    }
-    /* The file's name is the key it is found by: one that holds another shape is not it. */
-    llepd_calib_shape_path(srv, cal.hidden, cal.inter, cal.dtype, want, sizeof(want));
-    if (strcmp(want, path) != 0) {
-        log_warning("stored calibration %s is of shape %u x %u %s, not the one its name says; "
-                    "ignored", path, cal.hidden, cal.inter, dtype_name(cal.dtype));
-        return;
-    }
-    if (!llep__calib_matches(&cal, now, why, sizeof(why))) {
-        log_notice("stored calibration %s does not fit: %s; its shape is measured again when "
-                   "a layer has it", path, why);
-        return;
-    }
-    if (llepd_calib_shape_find(srv, cal.hidden, cal.inter, cal.dtype))
-        return;
-    llepd_calib_shape *e = add(srv, cal.hidden, cal.inter, cal.dtype);
-    if (!e)
-        return;
-    set_ready(srv, e, &cal, true, true);
-    snprintf(how, sizeof(how), "of layer shape %u x %u %s, loaded from the state directory",
-             cal.hidden, cal.inter, dtype_name(cal.dtype));
-    llepd_calib_log(&cal, how);
+    llep__calibrate_describe(srv->devs, &srv->shapes_now);
+    srv->have_shapes_now = true;
 }
 
-void llepd_calib_shapes_load(llepd_server *srv) {
-    char pattern[512];
-    llep_calibration now;
-    glob_t g;
+/* The shape's stored calibration put in force when its file fits these devices; false (said
+ * why, unless there is no file) when not. */
+static bool load_stored(llepd_server *srv, llepd_calib_shape *e, const char *path) {
+    llep_calibration cal;
+    char err[512], why[256], how[160];
 
-    if (!srv->cfg.calibrate_shapes || !srv->devs || !srv->cfg.state_dir[0])
-        return;
-    snprintf(pattern, sizeof(pattern), "%s/calibration-*x*-*.json", srv->cfg.state_dir);
-    int r = glob(pattern, 0, NULL, &g);
-    if (r == GLOB_NOMATCH)
-        return;
-    if (r != 0) {
-        log_warning("cannot list the stored shape calibrations (%s): %s", pattern,
-                    r == GLOB_NOSPACE ? "out of memory" : "read error");
-        return;
+    if (!path[0] || !srv->have_shapes_now)
+        return false;
+    int r = llep__calib_load(path, &cal, err, sizeof(err));
+    if (r == -ENOENT)
+        return false;
+    if (r < 0) {
+        log_warning("stored calibration refused: %s; measuring the shape again", err);
+        return false;
     }
-    llep__calibrate_describe(srv->devs, &now);
-    for (size_t i = 0; i < g.gl_pathc; i++)
-        load_one(srv, g.gl_pathv[i], &now);
-    globfree(&g);
+    if (cal.hidden != e->hidden || cal.inter != e->inter || cal.dtype != e->dtype) {
+        log_warning("stored calibration %s is of shape %u x %u %s, not the one its name says; "
+                    "measuring the shape again", path, cal.hidden, cal.inter,
+                    dtype_name(cal.dtype));
+        return false;
+    }
+    if (!llep__calib_matches(&cal, &srv->shapes_now, why, sizeof(why))) {
+        log_notice("stored calibration %s does not fit: %s; measuring the shape again", path,
+                   why);
+        return false;
+    }
+    set_ready(srv, e, &cal, true, true);
+    snprintf(how, sizeof(how), "of layer shape %u x %u %s, loaded from the state directory",
+             e->hidden, e->inter, dtype_name(e->dtype));
+    llepd_calib_log(&cal, how);
+    return true;
 }

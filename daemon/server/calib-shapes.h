@@ -6,7 +6,7 @@
  * (docs/PERFORMANCE.md). So each shape (hidden, inter, dtype) that a layer of llepd has gets its
  * own calibration, measured at that shape with copies of one expert's bytes (at least
  * 64 KiB), stored as STATE_DIR/calibration-<D>x<H>-<dtype>.json (calib-file.h's format) and
- * read back at the next start when it fits the devices. Its model goes into the devices'
+ * read back after a restart, when a layer of the shape comes, if it fits the devices. Its model goes into the devices'
  * shape table (devices.h), where a step of a layer of that shape finds it; until it is there
  * (measuring, failed, the table full, calibrate-shapes = no) the layer plans with the
  * reference. Everything here runs on the loop thread except the measurement, which runs on the
@@ -30,14 +30,17 @@ void llepd_calib_shape_path(const llepd_server *srv, uint32_t hidden, uint32_t i
 void llepd_calib_shape_options(const char *backend, uint32_t hidden, uint32_t inter,
                                enum llep_dtype dtype, llep_calibrate_options *ret);
 
-/* At start (after llepd_calib_start, before anything is served): reads every shape's file in
- * the state directory that fits the devices into the table. Nothing with calibrate-shapes =
- * no, state-dir = off or without devices. */
-void llepd_calib_shapes_load(llepd_server *srv);
+/* At start (after llepd_calib_start, before anything is served): notes what the devices are,
+ * for comparing with the stored files (llep__calib_matches). Nothing with calibrate-shapes =
+ * no or without devices. */
+void llepd_calib_shapes_init(llepd_server *srv);
 
-/* A layer of this shape was made: starts its calibration on the thread pool unless the
- * shape has one (or one measuring, or one that failed: `llepctl tune` tries again). Beyond
- * LLEP_DEVICES_COST_SHAPES shapes, logged once, the layer keeps the reference. */
+/* A layer of this shape was made. Unless the shape has a calibration (or one measuring, or one
+ * that failed: `llepctl tune` tries again): its stored file when there is one that fits the
+ * devices, read here (a few KiB), else a measurement started on the thread pool. Files are
+ * read when a layer wants them, not at start, so that the table holds the shapes in use, not
+ * every shape a long-lived state directory has seen. Beyond LLEP_DEVICES_COST_SHAPES shapes,
+ * logged once, the layer keeps the reference. */
 void llepd_calib_shape_want(llepd_server *srv, uint32_t hidden, uint32_t inter,
                             enum llep_dtype dtype);
 

@@ -109,6 +109,8 @@ struct llepd_server {
     llepd_calib_shape shapes[LLEP_DEVICES_COST_SHAPES];
     uint32_t nshapes;
     bool shapes_full_told;          /* "no room for another shape" logged once */
+    llep_calibration shapes_now;    /* what the devices are, for the stored files */
+    bool have_shapes_now;
     uint32_t running_shape_calibs;
 
     uint64_t start_ns;
