@@ -179,6 +179,31 @@ START_TEST(test_engine_rehomes) {
 }
 END_TEST
 
+/* Device 1 of 4 fails during the combines of the second step (LLEP_TEST_FAIL_DEVICE=1@2:combine,
+ * as a GPU whose context takes a sticky error there): the other devices' combines ran, yet the
+ * step leaves every y as it was (backend.h: a combine's output reaches y only in a sync that
+ * succeeds), and later steps are exact, skewed (LLEP) or not. */
+START_TEST(test_engine_combine_fails) {
+    layer l;
+
+    layer_init(&l, 8, 2, 16, 12, 8);
+    fail_hook("1@2:combine");
+    llep_engine *e = engine_of(NULL, 4, &l, true);
+    unsetenv("LLEP_TEST_FAIL_DEVICE");
+    llep_device_status st;
+
+    step_exact(e, 4, &l, 1, 0.0, "the step before the failure");
+    step_fails(e, 4, &l, 2, "device 1 failed", "the step failing in its combines");
+    llep__devices_status(llep__engine_devices(e), 1, &st);
+    ck_assert(st.failed);
+    step_exact(e, 4, &l, 3, 0.0, "the first step after");
+    step_exact(e, 4, &l, 4, 0.8, "a skewed step after (LLEP)");
+    ck_assert_int_eq(l.reloads, 1);
+    llep__engine_free(e);
+    llep_test_layer_fini(&l.t);
+}
+END_TEST
+
 /* Two layers on shared devices, device 1 failing in the second step (layer B's): B kept no
  * weights elsewhere, so each of its later steps fails saying so without writing y, while layer
  * A is re-homed and exact, and a layer made after the failure lands on the survivors. */
@@ -548,11 +573,172 @@ START_TEST(test_llepd_kept_weights) {
 }
 END_TEST
 
+/* ---- device spaces through llepd (issue 17) -------------------------------------------------- */
+
+/* Where a client of the space tests keeps x and y: both in its device space (a memfd on the
+ * CPU backend), y alone, or both in ordinary memory (through the arena). */
+enum { IN_SPACE_XY, IN_SPACE_Y, IN_ARENA };
+
+typedef struct space_client {
+    llep_client *c;
+    llep_layer *l;
+    llep_space *s;
+    int where;
+    batch b;            /* x and the routing; y gets what the forward wrote, for the check */
+    float *x, *y;       /* what the forward names: in the space, or b's */
+    uint64_t ticket;
+} space_client;
+
+/* n clients of one layer `name` (weights of l): client i keeps x and y as IN_SPACE_XY, _Y,
+ * _ARENA in turn (client 0 in its space). With n > 1 the layer is collective (group n), so
+ * that one step takes one submission of each client. */
+static void space_clients(space_client *sc, uint32_t n, const char *name, const layer *l) {
+    llep_layer_desc d;
+    size_t xb = (size_t)TOKENS * l->t.s.d * sizeof(float);
+
+    memset(&d, 0, sizeof(d));
+    d.num_experts = l->t.s.n;
+    d.top_k = l->t.s.k;
+    d.hidden = l->t.s.d;
+    d.inter = l->t.s.h;
+    d.dtype = LLEP_DTYPE_F32;
+    d.act = LLEP_ACT_SWIGLU;
+    d.group = n > 1 ? n : 0;
+    for (uint32_t i = 0; i < n; i++) {
+        memset(&sc[i], 0, sizeof(sc[i]));
+        sc[i].where = (int)(i % 3);
+        sc[i].c = llep_test_connect(sock_path);
+        if (i == 0) {
+            d.w_gate = l->t.w.wg;
+            d.w_up = l->t.w.wu;
+            d.w_down = l->t.w.wd;
+            d.b_gate = l->t.w.bg;
+            d.b_up = l->t.w.bu;
+            d.b_down = l->t.w.bd;
+        } else {
+            d.w_gate = d.w_up = d.w_down = d.b_gate = d.b_up = d.b_down = NULL;
+        }
+        sc[i].l = llep_test_layer_create(sc[i].c, name, &d);
+        if (sc[i].where == IN_ARENA)
+            continue;
+        int r = llep_space_alloc(sc[i].c, 2 * xb + 4096, -1, &sc[i].s);
+        ck_assert_msg(r == 0, "llep_space_alloc: %s", llep_client_error(sc[i].c));
+    }
+}
+
+static void space_clients_free(space_client *sc, uint32_t n) {
+    for (uint32_t i = n; i-- > 0;) {
+        if (sc[i].s)
+            ck_assert_int_eq(llep_space_free(sc[i].s), 0);
+        llep_layer_release(sc[i].l);
+        llep_disconnect(sc[i].c);
+    }
+}
+
+/* One forward of every client at once (one step): with fail_dev < UINT32_MAX each must fail
+ * naming that device and leave y as it was, byte for byte, and x in the space as it was;
+ * else each y must be exact against float64. */
+static void space_round(space_client *sc, uint32_t n, const layer *l, uint64_t seed,
+                        uint32_t fail_dev, const char *what) {
+    size_t dn = (size_t)TOKENS * l->t.s.d, xb = dn * sizeof(float);
+    float *sentinel = malloc(xb);
+
+    ck_assert_ptr_nonnull(sentinel);
+    for (size_t j = 0; j < dn; j++)
+        sentinel[j] = SENTINEL;
+    for (uint32_t i = 0; i < n; i++) {
+        space_client *s = &sc[i];
+        llep_test_batch_spread(&s->b, &l->t, TOKENS, 0.0, seed + i);
+        s->x = s->b.x;
+        s->y = s->b.y;
+        if (s->where != IN_ARENA)
+            s->y = (float *)((char *)llep_space_base(s->s) + xb + 4096);
+        if (s->where == IN_SPACE_XY) {
+            s->x = llep_space_base(s->s);
+            memcpy(s->x, s->b.x, xb);
+        }
+        memcpy(s->y, sentinel, xb);
+        int r = llep_submit(s->l, TOKENS, s->x, s->b.idx, s->b.w, s->y, &s->ticket);
+        ck_assert_msg(r == 0, "%s: submit %u: %s", what, i, llep_client_error(s->c));
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        space_client *s = &sc[i];
+        int r = llep_wait(s->c, s->ticket, -1);
+        if (fail_dev == UINT32_MAX) {
+            ck_assert_msg(r == 0, "%s: client %u: %s: %s", what, i, llep_strerror(r),
+                          llep_client_error(s->c));
+            if (s->y != s->b.y)
+                memcpy(s->b.y, s->y, xb);
+            assert_exact_w(&l->t.w, l->t.s, &s->b, what);
+        } else {
+            char says[32];
+            snprintf(says, sizeof(says), "device %u failed", fail_dev);
+            ck_assert_msg(r < 0, "%s: client %u: the forward succeeded", what, i);
+            ck_assert_msg(strstr(llep_client_error(s->c), says), "%s: client %u: '%s' does "
+                          "not say '%s'", what, i, llep_client_error(s->c), says);
+            for (size_t j = 0; j < dn; j++)
+                ck_assert_msg(memcmp(&s->y[j], &sentinel[j], sizeof(float)) == 0,
+                              "%s: client %u (y %s): y[%zu] = %g was written by the failed "
+                              "step", what, i, s->where == IN_ARENA ? "in the arena" :
+                              "in its space", j, s->y[j]);
+            ck_assert_msg(memcmp(s->x, s->b.x, xb) == 0, "%s: client %u: the failed step "
+                          "changed x", what, i);
+        }
+        llep_test_batch_fini(&s->b);
+    }
+    free(sentinel);
+}
+
+/* Each case: llepd on 4 CPU devices, device 1 failing in its first step (in the expert work,
+ * or with ":combine" in the combines, as a GPU whose context takes a sticky error there),
+ * with 1, 3 (a home device each) or 6 clients (more than the devices: two share a home
+ * device, staged by llepd). */
+static const struct {
+    const char *fail;
+    uint32_t clients;
+} space_cases[] = {
+    { "1@1", 1 }, { "1@1", 3 }, { "1@1", 6 },
+    { "1@1:combine", 1 }, { "1@1:combine", 3 }, { "1@1:combine", 6 },
+};
+
+/* A step that fails leaves y untouched in the clients' spaces and the arena alike, and x in
+ * the spaces; later steps, on the three devices left, are exact with y in the spaces. */
+START_TEST(test_llepd_space_failed_step) {
+    const char *args[] = { "--keep-host-weights", "yes", "--min-tokens", "1", NULL };
+    char env0[64];
+    snprintf(env0, sizeof(env0), "LLEP_TEST_FAIL_DEVICE=%s", space_cases[_i].fail);
+    const char *env[] = { env0, NULL };
+    llep_test_llepd o = { .sock = sock_path, .devices = "4", .args = args, .env = env,
+                          .log = log_path };
+    uint32_t n = space_cases[_i].clients;
+    space_client sc[6];
+    layer l;
+    char what[96];
+
+    llepd_pid = llep_test_llepd_start(&o);
+    layer_init(&l, 8, 2, 16, 12, 61 + (uint64_t)_i);
+    space_clients(sc, n, "space", &l);
+    snprintf(what, sizeof(what), "%s, %u client(s): the failing step", space_cases[_i].fail, n);
+    space_round(sc, n, &l, 10, 1, what);
+    for (int k = 0; k < 3; k++) {
+        snprintf(what, sizeof(what), "%s, %u client(s): step %d after", space_cases[_i].fail, n,
+                 k + 1);
+        space_round(sc, n, &l, 20 + 10 * (uint64_t)k, UINT32_MAX, what);
+    }
+    llep_test_output out = ctl("devices", NULL);
+    ck_assert_msg(strstr(out.out, "served by device"), "%s", out.out);
+    llep_test_output_free(&out);
+    space_clients_free(sc, n);
+    llep_test_layer_fini(&l.t);
+}
+END_TEST
+
 static Suite *failover_suite(void) {
     Suite *s = suite_create("failover");
     TCase *tc = tcase_create("engine");
 
     tcase_add_test(tc, test_engine_rehomes);
+    tcase_add_test(tc, test_engine_combine_fails);
     tcase_add_test(tc, test_engine_lost_beside_others);
     tcase_add_test(tc, test_engine_reload_fails);
     tcase_add_test(tc, test_engine_reload_later);
@@ -564,6 +750,8 @@ static Suite *failover_suite(void) {
     tcase_add_checked_fixture(tc, setup_llepd, teardown_llepd);
     tcase_add_test(tc, test_llepd_failover);
     tcase_add_test(tc, test_llepd_kept_weights);
+    tcase_add_loop_test(tc, test_llepd_space_failed_step, 0,
+                        (int)(sizeof(space_cases) / sizeof(space_cases[0])));
     suite_add_tcase(s, tc);
     return s;
 }

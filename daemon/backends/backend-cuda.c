@@ -26,6 +26,9 @@
  *             the scratch the engine sized with llep__ffn_scratch_bytes().
  *   combine   the combine kernel into device staging, copied back to pinned memory and into
  *             the caller's output by sync(); result rows on other GPUs travel like a gather's.
+ *             y in a client's device space is copied there from the staging by sync() too,
+ *             device to device, after every stream finished without an error: a GPU failing
+ *             during the combines leaves such y as it was, as it does host y.
  *
  * Rows between GPUs (LLEP_CUDA_DISPATCH=nccl, the default where the communicators started):
  * the rows a gather or combine needs from each other GPU are packed there (the gather kernel,
@@ -187,30 +190,60 @@ static int cu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
         return b->error;
     cudaSetDevice(g->id);
     /* y in device memory (a client's space) gets the output by a device copy, not through
-     * pinned memory and sync(). */
+     * pinned memory; both are issued or done by sync() only when everything succeeded. */
     void *ydev = llep__cuda_where(b, c->y) >= 0 ? c->y : NULL;
     char *h = llep__cuda_stage_get(b, &dv->hstage, tbytes + wbytes);
     void *hy = ydev ? h : llep__cuda_stage_get(b, &dv->hstage, ybytes);
     char *dvm = llep__cuda_stage_get(b, &g->dstage, tbytes + wbytes);
     void *dy = llep__cuda_step_block(b, dv->gpu, ybytes);
     if (!h || !hy || !dvm || !dy ||
-        grow(&b->copies, &b->capcopies, b->ncopies + 1, sizeof(*b->copies)) < 0)
+        grow(&b->copies, &b->capcopies, b->ncopies + 1, sizeof(*b->copies)) < 0 ||
+        grow(&b->ycopies, &b->capycopies, b->nycopies + 1, sizeof(*b->ycopies)) < 0)
         return cu_fail(b, -ENOMEM);
     memcpy(h, c->src, tbytes);
     memcpy(h + tbytes, c->topk_w, wbytes);
     if (remote && llep__cuda_collect_remote(b, dev, (const void **)h, slots, c->hidden * sizeof(float)) < 0)
         return b->error;
     /* sync() copies the output only when every queued operation succeeded. */
-    if (!ydev)
+    if (ydev)
+        b->ycopies[b->nycopies++] = (space_copy){ ydev, dy, ybytes, dev };
+    else
         b->copies[b->ncopies++] = (host_copy){ c->y, hy, ybytes };
     deferred op = { .dev = dev, .combine = 1, .htable = h, .dtable = dvm,
                     .table_bytes = tbytes + wbytes, .dst = dy, .tokens = c->tokens,
                     .top_k = c->top_k, .hidden = c->hidden, .dtype = c->dtype,
-                    .hy = ydev ? NULL : hy, .ydev = ydev, .ybytes = ybytes };
+                    .hy = ydev ? NULL : hy, .ybytes = ybytes };
     return llep__cuda_queue_op(b, &op, remote);
 }
 
 /* ---- sync, busy time ---- */
+
+/* The combines' outputs into clients' device spaces, once every stream finished without an
+ * error: a GPU failing during the combines leaves y there as it was (only an error in these
+ * copies themselves could still leave it partly written). Each copy is timed as its device's
+ * work, on its compute stream; returns 0 or -EIO. */
+static int space_copies(cuda_backend *b) {
+    int r = 0;
+    uint8_t used[LLEP_SPEC_MAX_GPUS] = { 0 };
+
+    for (size_t i = 0; i < b->nycopies && r == 0; i++) {
+        const space_copy *c = &b->ycopies[i];
+        gpu_ctx *g = &b->gpus[b->dev[c->dev].gpu];
+        cudaSetDevice(g->id);
+        op_time *t = llep__cuda_time_begin(b, c->dev);
+        r = cu_check(b, cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyDefault,
+                                        g->compute));
+        llep__cuda_time_end(b, c->dev, t);
+        used[b->dev[c->dev].gpu] = 1;
+    }
+    for (uint32_t g = 0; g < b->ngpus; g++)
+        if (used[g] && !b->gpus[g].failed) {
+            cudaSetDevice(b->gpus[g].id);
+            if (cu_check(b, cudaStreamSynchronize(b->gpus[g].compute)) < 0)
+                r = -EIO;
+        }
+    return r < 0 ? -EIO : 0;
+}
 
 static int cu_sync(llep_backend *base) {
     cuda_backend *b = (cuda_backend *)base;
@@ -227,6 +260,9 @@ static int cu_sync(llep_backend *base) {
             cu_check(b, cudaStreamSynchronize(b->gpus[g].compute)) < 0)
             r = -EIO;
     }
+    if (r == 0 && b->error == 0 && b->nycopies && space_copies(b) < 0)
+        r = -EIO;
+    b->nycopies = 0;
     for (uint32_t d = 0; d < base->num_devices; d++) {
         cuda_device *dv = &b->dev[d];
         for (size_t i = 0; i < dv->ntimes; i++) {
@@ -401,6 +437,7 @@ static void cu_destroy(llep_backend *base) {
     free(b->dev);
     free(b->blocks);
     free(b->copies);
+    free(b->ycopies);
     free(b->xfers);
     free(b->packs);
     free(b->defer);

@@ -119,6 +119,15 @@ typedef struct host_copy {
     size_t bytes;
 } host_copy;
 
+/* A combine's output on its device, copied to y in a client's device space by sync() once
+ * every queued operation succeeded (on logical device dev's compute stream). */
+typedef struct space_copy {
+    void *dst;
+    const void *src;
+    size_t bytes;
+    uint32_t dev;
+} space_copy;
+
 typedef struct xfer {
     const void *src;
     void *dst;
@@ -149,8 +158,8 @@ typedef struct deferred {
     size_t n, row_bytes;     /* gather */
     uint32_t tokens, top_k, hidden; /* combine */
     enum llep_dtype dtype;
-    void *hy;                /* combine: pinned copy of the output */
-    void *ydev;              /* combine: or y itself, in device memory (a client's space) */
+    void *hy;                /* combine: pinned copy of the output; NULL: y is in a client's
+                              * device space, which sync() fills from dst */
     size_t ybytes;
 } deferred;
 
@@ -164,6 +173,8 @@ typedef struct cuda_backend {
     uint64_t free_seq;
     host_copy *copies;
     size_t ncopies, capcopies;
+    space_copy *ycopies;     /* combines' outputs for clients' device spaces, until sync() */
+    size_t nycopies, capycopies;
     xfer *xfers;             /* NCCL transfers waiting for the group to be issued */
     size_t nxfers, capxfers;
     enum row_path path;

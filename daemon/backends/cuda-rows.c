@@ -91,10 +91,7 @@ static int issue_op(cuda_backend *b, const deferred *op) {
         const float *w = (const float *)((const char *)op->dtable + slots * sizeof(float *));
         r = cu_fail(b, llep__cu_combine((const float *const *)op->dtable, w, op->tokens,
                                         op->top_k, op->hidden, op->dst, op->dtype, g->compute));
-        if (r == 0 && op->ydev)
-            r = cu_check(b, cudaMemcpyAsync(op->ydev, op->dst, op->ybytes, cudaMemcpyDefault,
-                                            g->compute));
-        else if (r == 0)
+        if (r == 0 && op->hy)
             r = cu_check(b, cudaMemcpyAsync(op->hy, op->dst, op->ybytes, cudaMemcpyDeviceToHost,
                                             g->compute));
     }

@@ -7,6 +7,12 @@
  * (CLOCK_THREAD_CPUTIME_ID), which is the device's busy time even when more devices than
  * cores share the machine (DESIGN.md section 7).
  *
+ * A combine writes its output into a block of its device's and sync() copies it to y only when
+ * every operation of that sync ran, as the CUDA backend does: a device failing during the
+ * combines (the test hook below) must not leave y partly written, since y may be memory a
+ * client reads directly (a device space, docs/ARCHITECTURE.md section 5.3). It costs one
+ * memcpy of y per step, on the thread that calls sync().
+ *
  * Freed device memory is kept in a small per-device cache and handed out again, as GPU
  * runtimes' caching allocators do: a step's buffers are much alike from one step to the next,
  * and fresh pages would cost every step its page faults. The engine's budget accounting is by
@@ -19,8 +25,10 @@
  * sync() (from 1) in which it has token rows gathered and expert chunks queued (a step that
  * computes on it; calibration's bare chunks do not count), as a GPU whose context took a sticky
  * error does: that sync drops D's queue and returns -EIO, and from then on every operation
- * queued on D and every allocation there fails with -EIO (device_failed() says so). Only the
- * tests set it (docs/ARCHITECTURE.md, "Test hooks"). */
+ * queued on D and every allocation there fails with -EIO (device_failed() says so). With
+ * D@N:combine it fails D at the N-th sync in which D has a combine queued instead (a step's
+ * last sync: D's combine is dropped while the other devices' run, as when a GPU fails during
+ * the combines). Only the tests set it (docs/ARCHITECTURE.md, "Test hooks"). */
 #include "backend.h"
 #include "xnode.h"
 #include "grow.h"
@@ -72,6 +80,12 @@ typedef struct cpu_op {
     } u;
 } cpu_op;
 
+/* A combine's output, staged in a block of its device until sync() publishes it. */
+typedef struct staged_out {
+    void *y, *stage;
+    size_t bytes;
+} staged_out;
+
 /* Freed blocks kept per device; beyond either limit the oldest are released. */
 #define CACHE_BLOCKS 16u
 #define CACHE_BYTES (UINT64_C(1) << 30)
@@ -86,6 +100,8 @@ typedef struct cpu_device {
     uint32_t ncache;
     uint64_t cache_bytes;
     bool failed;                /* the test hook failed it: nothing runs here any more */
+    staged_out *outs;           /* its combines' outputs since the last sync */
+    size_t nouts, capouts;
 } cpu_device;
 
 typedef struct cpu_backend {
@@ -101,9 +117,11 @@ typedef struct cpu_backend {
     int stop;
     atomic_uint next_dev; /* next device to take in the current generation */
     /* LLEP_TEST_FAIL_DEVICE: the device to fail (UINT32_MAX: none), at its fail_at-th sync
-     * computing a step; chunk_syncs counts those so far. */
+     * computing a step (fail_combine: combining one); chunk_syncs counts those so far. */
     uint32_t fail_dev;
+    bool fail_combine;
     uint64_t fail_at, chunk_syncs;
+    bool queue_failed;    /* an operation could not be queued since the last sync */
 } cpu_backend;
 
 static uint64_t thread_cpu_ns(void) {
@@ -195,6 +213,9 @@ static void cpu_destroy(llep_backend *base) {
     if (b->dev)
         for (uint32_t d = 0; d < b->base.num_devices; d++) {
             free(b->dev[d].ops);
+            for (size_t i = 0; i < b->dev[d].nouts; i++)
+                free((char *)b->dev[d].outs[i].stage - BLOCK_HEADER);
+            free(b->dev[d].outs);
             for (uint32_t i = 0; i < b->dev[d].ncache; i++)
                 free(b->dev[d].cache[i]);
         }
@@ -203,18 +224,20 @@ static void cpu_destroy(llep_backend *base) {
     free(b);
 }
 
-/* LLEP_TEST_FAIL_DEVICE=D@N (see the top of the file); anything else leaves devices alone. */
+/* LLEP_TEST_FAIL_DEVICE=D@N or D@N:combine (see the top of the file); anything else leaves
+ * devices alone. */
 static void read_fail_hook(cpu_backend *b) {
     const char *v = getenv("LLEP_TEST_FAIL_DEVICE");
     unsigned dev;
     uint64_t at;
-    char end;
+    int end = 0;
 
     b->fail_dev = UINT32_MAX;
-    if (v && sscanf(v, "%u@%" SCNu64 "%c", &dev, &at, &end) == 2 && at > 0 &&
-        dev < b->base.num_devices) {
+    if (v && sscanf(v, "%u@%" SCNu64 "%n", &dev, &at, &end) == 2 && at > 0 &&
+        dev < b->base.num_devices && (v[end] == '\0' || strcmp(v + end, ":combine") == 0)) {
         b->fail_dev = dev;
         b->fail_at = at;
+        b->fail_combine = v[end] != '\0';
     }
 }
 
@@ -339,11 +362,14 @@ static void cpu_free(llep_backend *base, uint32_t dev, void *ptr) {
 static cpu_op *push(llep_backend *base, uint32_t dev) {
     cpu_backend *b = (cpu_backend *)base;
 
-    if (dev >= base->num_devices || b->dev[dev].failed)
+    b->queue_failed |= dev >= base->num_devices;
+    if (dev >= base->num_devices)
         return NULL;
     cpu_device *d = &b->dev[dev];
-    if (llep__grow(&d->ops, &d->cap, d->n + 1, sizeof(*d->ops), 64) < 0)
+    if (d->failed || llep__grow(&d->ops, &d->cap, d->n + 1, sizeof(*d->ops), 64) < 0) {
+        b->queue_failed = true;
         return NULL;
+    }
     return &d->ops[d->n++];
 }
 
@@ -389,14 +415,47 @@ static int cpu_run_chunk(llep_backend *base, uint32_t dev, const llep_expert_chu
     return 0;
 }
 
+/* Into a block of dev's, which sync() copies to c->y when the whole sync succeeded. */
 static int cpu_combine(llep_backend *base, uint32_t dev, const llep_combine *c) {
-    cpu_op *op = push(base, dev);
+    cpu_backend *b = (cpu_backend *)base;
+    size_t bytes = (size_t)c->tokens * c->hidden * (c->dtype == LLEP_DTYPE_BF16 ? 2 : 4);
+    void *stage = NULL;
 
-    if (!op)
+    b->queue_failed |= dev >= base->num_devices;
+    if (dev >= base->num_devices)
+        return -EINVAL;
+    cpu_device *d = &b->dev[dev];
+    int r = llep__grow(&d->outs, &d->capouts, d->nouts + 1, sizeof(*d->outs), 16) < 0 ? -ENOMEM
+            : cpu_alloc(base, dev, bytes, &stage);
+    if (r < 0) {
+        b->queue_failed = true;
+        return r;
+    }
+    cpu_op *op = push(base, dev);
+    if (!op) {
+        cpu_free(base, dev, stage);
         return push_error(base, dev);
+    }
     op->kind = OP_COMBINE;
     op->u.combine = *c;
+    op->u.combine.y = stage;
+    d->outs[d->nouts++] = (staged_out){ c->y, stage, bytes };
     return 0;
+}
+
+/* The combines' outputs to their y when `ok` (every operation of the sync was queued and
+ * ran), else nowhere; their blocks go back either way. */
+static void publish_outputs(cpu_backend *b, bool ok) {
+    for (uint32_t d = 0; d < b->base.num_devices; d++) {
+        cpu_device *dv = &b->dev[d];
+        for (size_t i = 0; i < dv->nouts; i++) {
+            if (ok)
+                memcpy(dv->outs[i].y, dv->outs[i].stage, dv->outs[i].bytes);
+            cpu_free(&b->base, d, dv->outs[i].stage);
+        }
+        dv->nouts = 0;
+    }
+    b->queue_failed = false;
 }
 
 /* Work below this many FLOPs in the expert chunks runs on the calling thread alone. */
@@ -416,30 +475,28 @@ static double queued_flops(const cpu_backend *b) {
     return flops;
 }
 
-/* Runs the queued work: this thread takes devices too, and wakes only as many workers as
- * there are other devices with work, none when the work is tiny. On an idle machine a
- * sleeping thread takes tens of microseconds to wake, more than a few-token step's work; each
- * device's busy time is its own thread CPU time either way. */
-/* Whether the device computes a step's rows in this sync: rows gathered and chunks run. */
-static bool computes_step(const cpu_device *d) {
-    bool gather = false, chunk = false;
+/* Whether the device computes a step's rows in this sync (rows gathered and chunks run), or
+ * with `combine`, whether it combines a step's results. */
+static bool computes_step(const cpu_device *d, bool combine) {
+    bool gather = false, chunk = false, comb = false;
 
     for (size_t i = 0; i < d->n; i++) {
         gather |= d->ops[i].kind == OP_GATHER;
         chunk |= d->ops[i].kind == OP_CHUNK;
+        comb |= d->ops[i].kind == OP_COMBINE;
     }
-    return gather && chunk;
+    return combine ? comb : gather && chunk;
 }
 
-/* The test hook: the device to fail fails at its fail_at-th sync computing a step; a failed
- * device's queue is dropped unrun. -EIO when it dropped work. */
+/* The test hook: the device to fail fails at its fail_at-th sync computing (or combining) a
+ * step; a failed device's queue is dropped unrun. -EIO when it dropped work. */
 static int apply_fail_hook(cpu_backend *b) {
     int r = 0;
 
     if (b->fail_dev == UINT32_MAX)
         return 0;
     cpu_device *d = &b->dev[b->fail_dev];
-    if (!d->failed && computes_step(d) && ++b->chunk_syncs == b->fail_at)
+    if (!d->failed && computes_step(d, b->fail_combine) && ++b->chunk_syncs == b->fail_at)
         d->failed = true;
     if (d->failed && d->n > 0) {
         d->n = 0;
@@ -448,15 +505,18 @@ static int apply_fail_hook(cpu_backend *b) {
     return r;
 }
 
-static int cpu_sync(llep_backend *base) {
-    cpu_backend *b = (cpu_backend *)base;
+/* Runs the queued work: this thread takes devices too, and wakes only as many workers as
+ * there are other devices with work, none when the work is tiny. On an idle machine a
+ * sleeping thread takes tens of microseconds to wake, more than a few-token step's work; each
+ * device's busy time is its own thread CPU time either way. */
+static void run_queued(cpu_backend *b) {
+    llep_backend *base = &b->base;
     uint32_t busy = 0;
-    int r = apply_fail_hook(b);
 
     for (uint32_t d = 0; d < base->num_devices; d++)
         busy += b->dev[d].n > 0;
     if (busy == 0)
-        return r;
+        return;
     uint32_t helpers = busy - 1 < b->nworkers ? busy - 1 : b->nworkers;
     if (helpers > 0 && queued_flops(b) < INLINE_FLOPS)
         helpers = 0;
@@ -481,6 +541,14 @@ static int cpu_sync(llep_backend *base) {
 
     for (uint32_t d = 0; d < base->num_devices; d++)
         b->dev[d].n = 0;
+}
+
+static int cpu_sync(llep_backend *base) {
+    cpu_backend *b = (cpu_backend *)base;
+    int r = apply_fail_hook(b);
+
+    run_queued(b);
+    publish_outputs(b, r == 0 && !b->queue_failed);
     return r;
 }
 

@@ -46,7 +46,11 @@ typedef struct llep_backend_ops {
 
     /* Queued on `dev`. copy: bytes from src (memory of any device, or the host) to dst on
      * dev. gather: n rows of row_bytes into dst on dev from src[i] (any device). The pointer
-     * arrays and structs are read when the operation runs, so they must live until sync(). */
+     * arrays and structs are read when the operation runs, so they must live until sync().
+     * combine: its output reaches c->y (host memory, or a client's device space) only in a
+     * sync() that returns 0 after every operation since the last sync was queued: a device
+     * failing in the combines, or a combine that could not be queued, leaves every y of that
+     * sync as it was (both backends stage the output and copy it at the end of sync()). */
     int (*copy)(llep_backend *b, uint32_t dev, void *dst, const void *src, size_t bytes);
     int (*gather)(llep_backend *b, uint32_t dev, void *dst, const void *const *src, size_t n,
                   size_t row_bytes);

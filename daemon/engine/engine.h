@@ -150,11 +150,10 @@ void llep__engine_free(llep_engine *e);
  * failed (devices.h): in this step (the message names it) or before, when its experts could
  * not be put back on the device serving it (every later step fails the same way; steps of
  * other layers go on). On failure llep__engine_error() says why. Every check and every
- * device allocation comes before the combine, and the combines start only after every
- * device's expert work succeeded, so a failed step writes no y; the exceptions are the host
- * running out of memory while the combines themselves are queued, and a device failing
- * during the combines on a backend that writes y from them directly (the CPU backend; CUDA
- * copies y out only when every operation succeeded). ret_stats may be NULL. */
+ * device allocation comes before the combine, the combines start only after every device's
+ * expert work succeeded, and the backend writes their output to y only in a sync() that
+ * succeeded (backend.h), so a failed step writes no y, even a device failing during the
+ * combines or the host running out of memory while they are queued. ret_stats may be NULL. */
 int llep__engine_step(llep_engine *e, const llep_engine_batch *batches,
                       const llep_plan_params *params, llep_engine_stats *ret_stats);
 
