@@ -103,8 +103,9 @@ static unsigned drop_nodes;
 
 /* Nodes started with --metrics-listen on 127.0.0.1 at these ports (0: none). */
 static uint16_t metrics_ports[NODES];
-/* Nodes started with llepd's default planner (cost) rather than --planner lla. */
-static bool cost_planner;
+/* Nodes started with llepd's default planner (cost) rather than --planner lla; with
+ * shape_models, and calibrate-shapes on (llepd's default; else off with the cost planner). */
+static bool cost_planner, shape_models;
 /* A node started with LLEP_TEST_FAIL_DEVICE=fail_at (-1: none), and nodes started with
  * --keep-host-weights yes. */
 static int fail_node = -1;
@@ -118,6 +119,7 @@ static void setup(void) {
 static void teardown(void) {
     llep_test_nodes_teardown(&nodes);
     cost_planner = false;
+    shape_models = false;
     fail_node = -1;
     keep_nodes = 0;
     xnode_nodes = 0;
@@ -144,7 +146,7 @@ static void start_node(int node, bool mismatch) {
     if (!cost_planner) {
         args[a++] = "--planner";
         args[a++] = "lla";
-    } else {
+    } else if (!shape_models) {
         args[a++] = "--calibrate-shapes";
         args[a++] = "no";
     }
@@ -646,6 +648,53 @@ START_TEST(cost_planner_steps) {
     run_exact(nc, slots);
     for (int i = 0; i < NODES; i++)
         ck_assert_uint_eq(plan_transfers(i, pi, sizeof(pi)), all);
+    end_cluster(nc);
+}
+END_TEST
+
+/* The origin has a model of the layer's shape (a node-scope layer of that shape made it
+ * calibrate, or it loaded the stored one): the cluster layer plans with that model on every
+ * node, sent with ClusterLayer, and the nodes' plans agree and stay exact. */
+START_TEST(shape_model_sent) {
+    node_client nc[NODES];
+    int32_t slots[NODES * TOKENS * K];
+    char sock[128], p0[8192], pi[8192];
+    llep_client *c;
+    llep_layer *local;
+
+    cost_planner = shape_models = true;
+    weights_init();
+    for (int i = 0; i < NODES; i++)
+        start_node(i, false);
+    wait_cluster_up();
+    llep_test_node_sock(&nodes, 0, sock, sizeof(sock));
+    ck_assert_int_eq(llep_connect(sock, &c), 0);
+    llep_layer_desc d = layer_desc(true, 0);
+    d.scope = LLEP_SCOPE_NODE;
+    ck_assert_msg(llep_layer_create(c, "local", &d, &local) == 0, "%s", llep_client_error(c));
+    /* Not a timing check: up to 60 s for the measurement under ASan on a busy machine. */
+    const char *ready = "of layer shape 16 x 8 f32";
+    for (int i = 0; i < 6000 && !llep_test_node_log_has(&nodes, 0, ready); i++)
+        usleep(10000);
+    ck_assert(llep_test_node_log_has(&nodes, 0, ready));
+    client_open(&nc[0], 0, true, 1);
+    for (int i = 1; i < NODES; i++)
+        client_open(&nc[i], i, false, 1);
+    ck_assert(llep_test_node_log_has(&nodes, 0, "cluster layer 'moe' plans with the device cost "
+                                                "model of its shape"));
+    for (int round = 0; round < 4; round++) {
+        skewed_slots(round == 3 ? 0.9 : 0.7, slots);
+        run_exact(nc, slots);
+        plan_transfers(0, p0, sizeof(p0));
+        for (int i = 1; i < NODES; i++) {
+            plan_transfers(i, pi, sizeof(pi));
+            ck_assert_str_eq(pi, p0);
+        }
+    }
+    for (int i = 0; i < NODES; i++)
+        ck_assert_int_eq(layer_field(i, "moe", "failed_steps"), 0);
+    llep_layer_release(local);
+    llep_disconnect(c);
     end_cluster(nc);
 }
 END_TEST
@@ -1332,6 +1381,7 @@ static Suite *cluster_layer_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, exact);
     tcase_add_test(tc, cost_planner_steps);
+    tcase_add_test(tc, shape_model_sent);
     tcase_add_test(tc, collective);
     tcase_add_test(tc, node_killed);
     tcase_add_loop_test(tc, node_stopped, 0, 2);
