@@ -97,7 +97,8 @@ static void note_restart_only(const daemon_state *d, const llep_config *next) {
 
 /* SIGHUP re-reads the config file and applies what can change while clients are connected:
  * alpha, lambda, min_tokens, scale_min_tokens, planner, the log level, metrics-expert-loads,
- * keep-host-weights (for layers created later) and the models (loaded and unloaded as the file now lists them). The settings are rebuilt as at
+ * keep-host-weights (for layers created later), calibrate-shapes (for shapes new after it)
+ * and the models (loaded and unloaded as the file now lists them). The settings are rebuilt as at
  * start, the file first and the command line over it, so an option given to llepd keeps
  * winning. A file with any error is refused whole and the settings in force stay. */
 static void on_reload(uv_signal_t *h, int signum) {
