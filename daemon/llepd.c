@@ -218,6 +218,26 @@ static int inherited_socket(llep_config *cfg) {
     return fd;
 }
 
+static volatile sig_atomic_t early_signal;
+
+static void on_early_signal(int signum) {
+    early_signal = signum;
+}
+
+/* Until start_signals() runs, SIGTERM, SIGINT and SIGHUP are only noted (the last one wins;
+ * they all come to one stop or reload). uv_signal_start() puts libuv's own handler in place of
+ * this one. */
+static void note_early_signals(void) {
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_early_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
 static int start_signals(daemon_state *d, uv_loop_t *loop) {
     uv_signal_init(loop, &d->sigterm);
     uv_signal_init(loop, &d->sigint);
@@ -317,7 +337,14 @@ static int run(llep_config *cfg, const llep_backend_ops *ops, int argc, char **a
         return 1;
     }
     d->activated = fd >= 0;
+    /* The socket accepts before setup() has started the signal handles, and whoever connected
+     * may send SIGTERM at once (a supervisor, a test): noted until the handles run, it stops
+     * llepd cleanly instead of killing it. Blocking the signals would not do: threads that
+     * exist before main() (OpenBLAS's) would take them with the default action. */
+    note_early_signals();
     r = setup(d, loop, cfg, ops, fd, err, sizeof(err));
+    if (r == 0 && early_signal)
+        kill(getpid(), early_signal);  /* to the loop's handles, which replaced ours */
     if (r < 0) {
         log_error("%s", err[0] ? err : strerror(-r));
         teardown(d, loop);

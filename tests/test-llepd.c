@@ -823,6 +823,19 @@ START_TEST(sigterm_ends_connections)
 }
 END_TEST
 
+/* SIGTERM the moment the socket accepts, before llepd's loop runs: still a clean stop (exit 0),
+ * not a death by the signal. The socket listens before the signal handles start; llepd holds
+ * the signals back until they run. A race, so several rounds. */
+START_TEST(sigterm_right_after_listening)
+{
+    for (int i = 0; i < 10; i++) {
+        start_daemon("2");
+        ck_assert_int_eq(kill(daemon_pid, SIGTERM), 0);
+        stop_daemon();
+    }
+}
+END_TEST
+
 static Suite *llepd_suite(void) {
     Suite *s = suite_create("llepd");
     TCase *tc = tcase_create("protocol");
@@ -837,6 +850,7 @@ static Suite *llepd_suite(void) {
     tcase_add_test(tc, eight_clients_share_a_layer);
     tcase_add_test(tc, collective_batching);
     tcase_add_test(tc, sigterm_ends_connections);
+    tcase_add_test(tc, sigterm_right_after_listening);
     suite_add_tcase(s, tc);
     return s;
 }
