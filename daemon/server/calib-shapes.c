@@ -117,39 +117,51 @@ static bool load_stored(llepd_server *srv, llepd_calib_shape *e, const char *pat
 
 /* ---- measuring a new shape --------------------------------------------------------------- */
 
+void llepd_shape_job_init(llepd_server *srv, uint32_t hidden, uint32_t inter,
+                          enum llep_dtype dtype, llepd_shape_job *j) {
+    memset(j, 0, sizeof(*j));
+    j->hidden = hidden;
+    j->inter = inter;
+    j->dtype = dtype;
+    llepd_calib_shape_options(srv->backend_ops->name, hidden, inter, dtype, &j->opt);
+    llepd_calib_shape_path(srv, hidden, inter, dtype, j->path, sizeof(j->path));
+}
+
+void llepd_shape_job_run(llep_devices *dv, llepd_shape_job *j) {
+    j->r = llepd_calib_measure_at(dv, &j->opt, j->path, &j->cal, &j->stored, j->err,
+                                  sizeof(j->err), j->note, sizeof(j->note));
+}
+
+void llepd_shape_job_finish(llepd_server *srv, llepd_shape_job *j, int status) {
+    llepd_calib_shape *e = llepd_calib_shape_find(srv, j->hidden, j->inter, j->dtype);
+
+    if (status < 0 && j->r == 0) {
+        j->r = status;
+        snprintf(j->err, sizeof(j->err), "the calibration did not run: %s",
+                 uv_strerror(status));
+    }
+    if (e)
+        llepd_calib_shape_done(srv, e, j->r, &j->cal, j->stored, j->err, j->note);
+}
+
 typedef struct shape_work {
     uv_work_t req;
     llepd_server *srv;
-    uint32_t hidden, inter;
-    enum llep_dtype dtype;
-    llep_calibrate_options opt;
-    char path[512];
-    llep_calibration cal;
-    bool stored;
-    int r;
-    char err[512], note[512];
+    llepd_shape_job job;
 } shape_work;
 
 static void shape_run(uv_work_t *req) {
     shape_work *w = req->data;
 
-    w->r = llepd_calib_measure_at(w->srv->devs, &w->opt, w->path, &w->cal, &w->stored, w->err,
-                                  sizeof(w->err), w->note, sizeof(w->note));
+    llepd_shape_job_run(w->srv->devs, &w->job);
 }
 
 static void shape_after(uv_work_t *req, int status) {
     shape_work *w = req->data;
     llepd_server *srv = w->srv;
-    llepd_calib_shape *e = llepd_calib_shape_find(srv, w->hidden, w->inter, w->dtype);
 
     srv->running_shape_calibs--;
-    if (status < 0 && w->r == 0) {
-        w->r = status;
-        snprintf(w->err, sizeof(w->err), "the calibration did not run: %s",
-                 uv_strerror(status));
-    }
-    if (e)
-        llepd_calib_shape_done(srv, e, w->r, &w->cal, w->stored, w->err, w->note);
+    llepd_shape_job_finish(srv, &w->job, status);
     free(w);
     srv->hooks.work_done(srv);
 }
@@ -174,11 +186,7 @@ void llepd_calib_shape_want(llepd_server *srv, uint32_t hidden, uint32_t inter,
         return;
     }
     w->srv = srv;
-    w->hidden = hidden;
-    w->inter = inter;
-    w->dtype = dtype;
-    llepd_calib_shape_options(srv->backend_ops->name, hidden, inter, dtype, &w->opt);
-    snprintf(w->path, sizeof(w->path), "%s", path);
+    llepd_shape_job_init(srv, hidden, inter, dtype, &w->job);
     w->req.data = w;
     int r = uv_queue_work(srv->loop, &w->req, shape_run, shape_after);
     if (r < 0) {
@@ -191,7 +199,7 @@ void llepd_calib_shape_want(llepd_server *srv, uint32_t hidden, uint32_t inter,
     srv->running_shape_calibs++;
     log_info("calibrating the devices at layer shape %u x %u %s (copies of %llu bytes); its "
              "layers plan with the reference model until it is done", hidden, inter,
-             dtype_name(dtype), (unsigned long long)w->opt.transfer_bytes);
+             dtype_name(dtype), (unsigned long long)w->job.opt.transfer_bytes);
 }
 
 /* ---- the stored ones ---------------------------------------------------------------------- */

@@ -54,6 +54,27 @@ void llepd_calib_shape_done(llepd_server *srv, llepd_calib_shape *e, int r,
                             const llep_calibration *cal, bool stored, const char *err,
                             const char *note);
 
+/* One measurement of a shape on the thread pool, for a new shape here and for every known one
+ * in `llepctl tune` (handlers-tune.c): prepared on the loop thread (llepd_shape_job_init: the
+ * backend's options and the file for the shape), run on the pool (llepd_shape_job_run, under
+ * the devices' turn), put in force on the loop thread (llepd_shape_job_finish, status the
+ * pool's: llepd_calib_shape_done() when the shape still has its entry). */
+typedef struct llepd_shape_job {
+    uint32_t hidden, inter;
+    enum llep_dtype dtype;
+    llep_calibrate_options opt;
+    char path[512];
+    llep_calibration cal;
+    bool stored;
+    int r;
+    char err[512], note[512];
+} llepd_shape_job;
+
+void llepd_shape_job_init(llepd_server *srv, uint32_t hidden, uint32_t inter,
+                          enum llep_dtype dtype, llepd_shape_job *j);
+void llepd_shape_job_run(llep_devices *dv, llepd_shape_job *j);
+void llepd_shape_job_finish(llepd_server *srv, llepd_shape_job *j, int status);
+
 /* "measured", "loaded", "measuring" or "failed". */
 const char *llepd_calib_shape_source(const llepd_calib_shape *e);
 

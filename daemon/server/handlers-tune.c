@@ -17,18 +17,6 @@
 
 #define MSG_MAX 512
 
-/* A shape measured again by tune (calib-shapes.h). */
-typedef struct tune_shape {
-    uint32_t hidden, inter;
-    enum llep_dtype dtype;
-    llep_calibrate_options opt;
-    char path[512];
-    llep_calibration cal;
-    bool stored;
-    int r;
-    char err[MSG_MAX], note[MSG_MAX];
-} tune_shape;
-
 typedef struct tune_work {
     uv_work_t req;
     llepd_server *srv;
@@ -39,7 +27,7 @@ typedef struct tune_work {
     bool stored;
     int r;
     char err[MSG_MAX], note[MSG_MAX];
-    tune_shape shapes[LLEP_DEVICES_COST_SHAPES];
+    llepd_shape_job shapes[LLEP_DEVICES_COST_SHAPES];
     uint32_t nshapes;
 } tune_work;
 
@@ -144,26 +132,14 @@ static void tune_run(uv_work_t *req) {
 
     w->r = llepd_calib_measure(w->srv->devs, w->path, &w->cal, &w->stored, w->err,
                                sizeof(w->err), w->note, sizeof(w->note));
-    for (uint32_t i = 0; i < w->nshapes; i++) {
-        tune_shape *t = &w->shapes[i];
-        t->r = llepd_calib_measure_at(w->srv->devs, &t->opt, t->path, &t->cal, &t->stored,
-                                      t->err, sizeof(t->err), t->note, sizeof(t->note));
-    }
+    for (uint32_t i = 0; i < w->nshapes; i++)
+        llepd_shape_job_run(w->srv->devs, &w->shapes[i]);
 }
 
 /* Every shape measured again put in force (or its failure logged). */
 static void tune_shapes_done(tune_work *w, int status) {
-    for (uint32_t i = 0; i < w->nshapes; i++) {
-        tune_shape *t = &w->shapes[i];
-        llepd_calib_shape *e = llepd_calib_shape_find(w->srv, t->hidden, t->inter, t->dtype);
-        if (status < 0 && t->r == 0) {
-            t->r = status;
-            snprintf(t->err, sizeof(t->err), "the calibration did not run: %s",
-                     uv_strerror(status));
-        }
-        if (e)
-            llepd_calib_shape_done(w->srv, e, t->r, &t->cal, t->stored, t->err, t->note);
-    }
+    for (uint32_t i = 0; i < w->nshapes; i++)
+        llepd_shape_job_finish(w->srv, &w->shapes[i], status);
 }
 
 /* The shapes tune measures again: those in force or failed (one measuring finishes on its
@@ -175,13 +151,7 @@ static void tune_shapes_take(tune_work *w) {
         const llepd_calib_shape *e = &srv->shapes[i];
         if (e->state == LLEPD_SHAPE_MEASURING)
             continue;
-        tune_shape *t = &w->shapes[w->nshapes++];
-        t->hidden = e->hidden;
-        t->inter = e->inter;
-        t->dtype = e->dtype;
-        llepd_calib_shape_options(srv->backend_ops->name, e->hidden, e->inter, e->dtype,
-                                  &t->opt);
-        llepd_calib_shape_path(srv, e->hidden, e->inter, e->dtype, t->path, sizeof(t->path));
+        llepd_shape_job_init(srv, e->hidden, e->inter, e->dtype, &w->shapes[w->nshapes++]);
     }
 }
 
