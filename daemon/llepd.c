@@ -50,12 +50,34 @@ static daemon_state *state_of(llepd_server *srv) {
     return llepd_container_of(srv, daemon_state, srv);
 }
 
+static volatile sig_atomic_t early_signal;
+
+static void on_early_signal(int signum) {
+    early_signal = signum;
+}
+
+/* Until start_signals() runs, SIGTERM, SIGINT and SIGHUP are only noted (the last one wins;
+ * they all come to one stop or reload). uv_signal_start() puts libuv's own handler in place of
+ * this one; closing the handles puts back the default action, so close_handles() notes them
+ * again: a second SIGTERM while llepd tears down must not kill it half way. */
+static void note_early_signals(void) {
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_early_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
 /* Once stopped and idle, the handles main() opened are closed so the loop runs dry. */
 static void close_handles(llepd_server *srv) {
     daemon_state *d = state_of(srv);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->sighup, NULL);
+    note_early_signals();  /* stopping already: later ones change nothing */
     llepd_notify_close(&d->notify);
     llepd_metrics_close(srv);
     llepd_cluster_close(srv->cluster);
@@ -216,26 +238,6 @@ static int inherited_socket(llep_config *cfg) {
         }
     }
     return fd;
-}
-
-static volatile sig_atomic_t early_signal;
-
-static void on_early_signal(int signum) {
-    early_signal = signum;
-}
-
-/* Until start_signals() runs, SIGTERM, SIGINT and SIGHUP are only noted (the last one wins;
- * they all come to one stop or reload). uv_signal_start() puts libuv's own handler in place of
- * this one. */
-static void note_early_signals(void) {
-    struct sigaction sa;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_early_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
 }
 
 static int start_signals(daemon_state *d, uv_loop_t *loop) {

@@ -823,9 +823,10 @@ START_TEST(sigterm_ends_connections)
 }
 END_TEST
 
-/* SIGTERM the moment the socket accepts, before llepd's loop runs: still a clean stop (exit 0),
- * not a death by the signal. The socket listens before the signal handles start; llepd holds
- * the signals back until they run. A race, so several rounds. */
+/* SIGTERM the moment the socket accepts, before llepd's loop runs, and a second one from
+ * stop_daemon() while it stops: still a clean stop (exit 0), not a death by the signal. The
+ * socket listens before the signal handles start, and closing them at the end puts back the
+ * default action; llepd notes the signals in both windows. Races, so several rounds. */
 START_TEST(sigterm_right_after_listening)
 {
     for (int i = 0; i < 10; i++) {
