@@ -7,11 +7,10 @@
  * (its time so far plus the copy of the expert's weights, free where it holds a copy), which
  * takes the rows that fit under tau; a helper whose room does not cover one row's chunk plus
  * the copy takes nothing. The native device's outgoing copies (those that leave its physical
- * device) must fit under tau as well. If
- * every overloaded device can be relieved, tau is reachable. A bisection on tau between the
- * ideal bound and EP's makespan (or LLA's, when reachable) finds about the least reachable
- * one, within 1/64: each halving is one pass over the overloaded devices, and the plan must
- * stay within 10 us at N 128. The plan for it is the refinement. Only overloaded devices are
+ * device) must fit under tau as well. If every overloaded device can be relieved, tau is
+ * reachable. A bisection on tau between the ideal bound and EP's makespan (or LLA's, when
+ * reachable) finds about the least reachable one, within 1/64: each halving is one pass over
+ * the overloaded devices, and the plan must stay within 10 us at N 128. The plan for it is the refinement. Only overloaded devices are
  * visited, so a balanced step costs little beyond EP's N chunk times.
  *
  * Chunk sizes follow from the model: a spill is made only where the rows it moves save more
@@ -326,7 +325,8 @@ static int emit(cost_ctx *c, uint32_t x, uint32_t d, uint64_t start, uint64_t n)
 }
 
 /* Of candidate helper d (UINT32_MAX: none) for expert x of `native`, keeps it in *best when
- * it can start sooner than the best so far; its copy must fit the native's outgoing room. */
+ * it can start sooner than the best so far; its copy, where it leaves the native's physical
+ * device, must fit the native's outgoing room. */
 static void consider(const cost_ctx *c, uint32_t x, uint32_t native, uint32_t d, double tau,
                      uint32_t *best, double *best_start) {
     if (d == UINT32_MAX)
