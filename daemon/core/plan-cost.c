@@ -10,8 +10,9 @@
  * device) must fit under tau as well. If every overloaded device can be relieved, tau is
  * reachable. A bisection on tau between the ideal bound and EP's makespan (or LLA's, when
  * reachable) finds about the least reachable one, within 1/64: each halving is one pass over
- * the overloaded devices, and the plan must stay within 10 us at N 128. The plan for it is the refinement. Only overloaded devices are
- * visited, so a balanced step costs little beyond EP's N chunk times.
+ * the overloaded devices, and the plan must stay within 10 us at N 128. The plan for it is the
+ * refinement. Only overloaded devices are visited, so a balanced step costs little beyond
+ * EP's N chunk times.
  *
  * Chunk sizes follow from the model: a spill is made only where the rows it moves save more
  * than the copy and the extra chunk cost, which is how the fixed cost per chunk and the
