@@ -26,6 +26,7 @@
 #include "calibrate.h"
 #include "devices.h"
 #include "fixtures.h"
+#include "json-fixtures.h"
 #include "test-nodes.h"
 
 static char tmpdir[64];
@@ -281,22 +282,11 @@ START_TEST(test_llepd_start) {
 }
 END_TEST
 
+/* `llepctl --json tune [--show]`, parsed. */
 static json_object *ctl_json(const char *llepctl, bool show) {
     const char *argv[] = { llepctl, "--socket", sock, "--json", "tune", show ? "--show" : NULL,
                            NULL };
-    llep_test_output o = llep_test_run(argv, NULL);
-
-    ck_assert_msg(o.status == 0, "llepctl tune: %s", o.err);
-    json_object *j = json_tokener_parse(o.out);
-    ck_assert_msg(j && json_object_is_type(j, json_type_object), "not JSON: %s", o.out);
-    llep_test_output_free(&o);
-    return j;
-}
-
-static json_object *jget(json_object *o, const char *key) {
-    json_object *v = NULL;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
-    return v;
+    return llep_test_run_json(argv);
 }
 
 START_TEST(test_llepctl_tune) {
@@ -317,34 +307,34 @@ START_TEST(test_llepctl_tune) {
     ck_assert(llep_test_file_contains(log_path, "measured again and stored (llepctl tune)"));
     /* --json: the model as stored. */
     json_object *j = ctl_json(llepctl, false);
-    ck_assert(json_object_get_boolean(jget(j, "stored")));
-    ck_assert_str_eq(json_object_get_string(jget(j, "path")), file);
-    json_object *c = jget(j, "calibration");
+    ck_assert(json_object_get_boolean(llep_test_jget(j, "stored")));
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(j, "path")), file);
+    json_object *c = llep_test_jget(j, "calibration");
     ck_assert_msg(llep__calib_load(file, &stored, err, sizeof(err)) == 0, "%s", err);
     char hash[32];
     snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)llep__cost_hash(&stored.model));
-    ck_assert_str_eq(json_object_get_string(jget(c, "hash")), hash);
-    ck_assert_str_eq(json_object_get_string(jget(c, "backend")), "cpu");
-    ck_assert_int_eq(json_object_get_int(jget(c, "devices")), 2);
-    json_object *curve = jget(c, "curve");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(c, "hash")), hash);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(c, "backend")), "cpu");
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(c, "devices")), 2);
+    json_object *curve = llep_test_jget(c, "curve");
     ck_assert_uint_eq(json_object_array_length(curve), stored.model.num_points);
     double prev = 0;
     for (size_t i = 0; i < json_object_array_length(curve); i++) {
         json_object *pt = json_object_array_get_idx(curve, i);
-        double rate = json_object_get_double(jget(pt, "rate_flops_per_ns"));
-        double eff = json_object_get_double(jget(pt, "efficiency"));
+        double rate = json_object_get_double(llep_test_jget(pt, "rate_flops_per_ns"));
+        double eff = json_object_get_double(llep_test_jget(pt, "efficiency"));
         ck_assert(rate > 0 && rate >= prev);
         ck_assert(eff > 0 && eff <= 1.0);
-        ck_assert(json_object_get_double(jget(pt, "chunk_ns")) > 0);
+        ck_assert(json_object_get_double(llep_test_jget(pt, "chunk_ns")) > 0);
         prev = rate;
     }
-    ck_assert_uint_eq(json_object_array_length(jget(c, "links")), LLEP_LINK_KINDS);
+    ck_assert_uint_eq(json_object_array_length(llep_test_jget(c, "links")), LLEP_LINK_KINDS);
     json_object_put(j);
     /* --show: the same calibration, not measured again. */
     ck_assert_int_eq(truncate(log_path, 0), 0);
     j = ctl_json(llepctl, true);
-    c = jget(j, "calibration");
-    ck_assert_str_eq(json_object_get_string(jget(c, "hash")), hash);
+    c = llep_test_jget(j, "calibration");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(c, "hash")), hash);
     ck_assert(!llep_test_file_contains(log_path, "measuring"));
     json_object_put(j);
     /* --show with another verb is a usage error. */
@@ -405,8 +395,8 @@ START_TEST(test_state_dir_off) {
     pid_t pid = llep_test_llepd_start(&o);
     ck_assert(llep_test_file_contains(log_path, "device cost model measured:"));
     json_object *j = ctl_json(llepctl, true);
-    ck_assert(!json_object_get_boolean(jget(j, "stored")));
-    ck_assert_str_eq(json_object_get_string(jget(j, "path")), "");
+    ck_assert(!json_object_get_boolean(llep_test_jget(j, "stored")));
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(j, "path")), "");
     json_object_put(j);
     stop(&pid);
     struct stat st;

@@ -29,6 +29,7 @@
 #include "devices.h"
 #include "engine-fixtures.h"
 #include "fixtures.h"
+#include "json-fixtures.h"
 #include "llep/client.h"
 #include "test-nodes.h"
 
@@ -150,35 +151,23 @@ static bool exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
-static json_object *jget(json_object *o, const char *key) {
-    json_object *v = NULL;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
-    return v;
-}
-
 /* `llepctl --json tune [--show]`, parsed. */
 static json_object *tune_json(bool show) {
     const char *argv[] = { llepctl, "--socket", sock, "--json", "tune", show ? "--show" : NULL,
                            NULL };
-    llep_test_output o = llep_test_run(argv, NULL);
-
-    ck_assert_msg(o.status == 0, "llepctl tune: %s", o.err);
-    json_object *j = json_tokener_parse(o.out);
-    ck_assert_msg(j && json_object_is_type(j, json_type_object), "not JSON: %s", o.out);
-    llep_test_output_free(&o);
-    return j;
+    return llep_test_run_json(argv);
 }
 
 /* The entry of shape D x H f32 in tune's "shapes" (NULL: none), and how many there are. */
 static json_object *shape_entry(json_object *j, size_t *count) {
-    json_object *a = jget(j, "shapes"), *found = NULL;
+    json_object *a = llep_test_jget(j, "shapes"), *found = NULL;
 
     *count = json_object_array_length(a);
     for (size_t i = 0; i < *count; i++) {
         json_object *e = json_object_array_get_idx(a, i);
-        if (json_object_get_int(jget(e, "hidden")) == (int)D &&
-            json_object_get_int(jget(e, "inter")) == (int)H &&
-            strcmp(json_object_get_string(jget(e, "dtype")), "f32") == 0)
+        if (json_object_get_int(llep_test_jget(e, "hidden")) == (int)D &&
+            json_object_get_int(llep_test_jget(e, "inter")) == (int)H &&
+            strcmp(json_object_get_string(llep_test_jget(e, "dtype")), "f32") == 0)
             found = e;
     }
     return found;
@@ -193,16 +182,16 @@ static const char *check_entry(json_object *e) {
     ck_assert_uint_eq(cal.hidden, D);
     ck_assert_uint_eq(cal.inter, H);
     ck_assert_int_eq(cal.dtype, LLEP_DTYPE_F32);
-    ck_assert(json_object_get_boolean(jget(e, "stored")));
-    ck_assert_str_eq(json_object_get_string(jget(e, "path")), shape_file);
+    ck_assert(json_object_get_boolean(llep_test_jget(e, "stored")));
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(e, "path")), shape_file);
     snprintf(hash, sizeof(hash), "%016llx", (unsigned long long)llep__cost_hash(&cal.model));
-    json_object *c = jget(e, "calibration");
-    ck_assert_str_eq(json_object_get_string(jget(c, "hash")), hash);
-    ck_assert_int_eq(json_object_get_int(jget(c, "hidden")), (int)D);
-    ck_assert(json_object_get_double(jget(e, "top_rate_flops_per_ns")) > 0);
-    ck_assert(json_object_get_double(jget(e, "chunk_1row_ns")) > 0);
-    ck_assert(json_object_get_double(jget(e, "expert_copy_ns")) > 0);
-    return json_object_get_string(jget(e, "source"));
+    json_object *c = llep_test_jget(e, "calibration");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(c, "hash")), hash);
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(c, "hidden")), (int)D);
+    ck_assert(json_object_get_double(llep_test_jget(e, "top_rate_flops_per_ns")) > 0);
+    ck_assert(json_object_get_double(llep_test_jget(e, "chunk_1row_ns")) > 0);
+    ck_assert(json_object_get_double(llep_test_jget(e, "expert_copy_ns")) > 0);
+    return json_object_get_string(llep_test_jget(e, "source"));
 }
 
 static llep_layer *create(llep_client *c, const llep_test_layer *l) {

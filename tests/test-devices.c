@@ -27,6 +27,7 @@
 #include "engine-fixtures.h"
 #include "engine.h"
 #include "fixtures.h"
+#include "json-fixtures.h"
 #include "llep/client.h"
 #include "test-nodes.h"
 
@@ -489,24 +490,11 @@ static void forward_ok(llep_layer *h, batch *b) {
 /* `llepctl --json VERB`, parsed. */
 static json_object *ctl_json(const char *verb) {
     const char *argv[] = { llepctl, "--socket", sock_path, "--json", verb, NULL };
-    llep_test_output o = llep_test_run(argv, NULL);
-
-    ck_assert_msg(o.status == 0, "llepctl %s: %s", verb, o.err);
-    json_object *j = json_tokener_parse(o.out);
-    ck_assert_msg(j != NULL, "llepctl %s: not JSON: %s", verb, o.out);
-    llep_test_output_free(&o);
-    return j;
-}
-
-static json_object *jget(json_object *o, const char *key) {
-    json_object *v;
-
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
-    return v;
+    return llep_test_run_json(argv);
 }
 
 static uint64_t ju64(json_object *o, const char *key) {
-    return (uint64_t)json_object_get_int64(jget(o, key));
+    return (uint64_t)json_object_get_int64(llep_test_jget(o, key));
 }
 
 /* The thread count of llepd: with 60 layers it is what it was with one, at most the devices'
@@ -541,7 +529,7 @@ START_TEST(test_threads_60_layers) {
     json_object *dev = ctl_json("devices");
     uint64_t held = expert_bytes(&l) * 60;
     for (size_t d = 0; d < 8; d++) {
-        json_object *v = json_object_array_get_idx(jget(dev, "devices"), d);
+        json_object *v = json_object_array_get_idx(llep_test_jget(dev, "devices"), d);
         ck_assert_uint_eq(ju64(v, "memory_used") - ju64(v, "cache_bytes"), held);
     }
     json_object_put(dev);
@@ -577,7 +565,7 @@ START_TEST(test_devices_exact) {
 
     json_object *dev = ctl_json("devices");
     for (uint32_t d = 0; d < p; d++) {
-        json_object *v = json_object_array_get_idx(jget(dev, "devices"), d);
+        json_object *v = json_object_array_get_idx(llep_test_jget(dev, "devices"), d);
         ck_assert_uint_eq(ju64(v, "memory_budget"), budget);
         ck_assert_uint_eq(ju64(v, "memory_used"), ha + hb);
         ck_assert_uint_eq(ju64(v, "memory_peak"), ha + hb);
@@ -590,18 +578,18 @@ START_TEST(test_devices_exact) {
     forward_ok(la, &ba);
     llep_test_assert_exact(&a, &ba, "layer a");
     json_object *stats = ctl_json("stats");
-    json_object *sa = json_object_array_get_idx(jget(stats, "layers"), 0);
-    ck_assert_str_eq(json_object_get_string(jget(sa, "name")), "a");
+    json_object *sa = json_object_array_get_idx(llep_test_jget(stats, "layers"), 0);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(sa, "name")), "a");
     uint64_t peak_a[4];
     dev = ctl_json("devices");
     for (uint32_t d = 0; d < p; d++) {
         peak_a[d] = (uint64_t)json_object_get_int64(
-            json_object_array_get_idx(jget(sa, "device_peak_memory"), d));
-        json_object *v = json_object_array_get_idx(jget(dev, "devices"), d);
+            json_object_array_get_idx(llep_test_jget(sa, "device_peak_memory"), d));
+        json_object *v = json_object_array_get_idx(llep_test_jget(dev, "devices"), d);
         ck_assert_uint_eq(ju64(v, "memory_used"), ha + hb);
         ck_assert_uint_eq(ju64(v, "memory_peak"), hb + peak_a[d]);
         ck_assert_uint_eq((uint64_t)json_object_get_int64(
-                              json_object_array_get_idx(jget(stats, "device_peak_memory"), d)),
+                              json_object_array_get_idx(llep_test_jget(stats, "device_peak_memory"), d)),
                           hb + peak_a[d]);
     }
     json_object_put(stats);
@@ -622,12 +610,12 @@ START_TEST(test_devices_exact) {
     llep_test_assert_exact(&a, &ba, "layer a again");
     stats = ctl_json("stats");
     dev = ctl_json("devices");
-    json_object *sb = json_object_array_get_idx(jget(stats, "layers"), 1);
-    ck_assert_str_eq(json_object_get_string(jget(sb, "name")), "b");
+    json_object *sb = json_object_array_get_idx(llep_test_jget(stats, "layers"), 1);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(sb, "name")), "b");
     for (uint32_t k = 0; k < p; k++) {
         uint64_t pb = (uint64_t)json_object_get_int64(
-            json_object_array_get_idx(jget(sb, "device_peak_memory"), k));
-        json_object *v = json_object_array_get_idx(jget(dev, "devices"), k);
+            json_object_array_get_idx(llep_test_jget(sb, "device_peak_memory"), k));
+        json_object *v = json_object_array_get_idx(llep_test_jget(dev, "devices"), k);
         uint64_t want = hb + peak_a[k] > ha + pb ? hb + peak_a[k] : ha + pb;
         ck_assert_uint_eq(ju64(v, "memory_used"), ha + hb);
         ck_assert_uint_eq(ju64(v, "memory_peak"), want);
@@ -725,10 +713,10 @@ START_TEST(test_fair_interleaving) {
             "at most %u\n", f->slow_steps, nfast, waited, worst);
 
     json_object *stats = ctl_json("stats");
-    json_object *ls = jget(stats, "layers");
+    json_object *ls = llep_test_jget(stats, "layers");
     for (size_t i = 0; i < json_object_array_length(ls); i++) {
         json_object *l = json_object_array_get_idx(ls, i);
-        const char *name = json_object_get_string(jget(l, "name"));
+        const char *name = json_object_get_string(llep_test_jget(l, "name"));
         if (strcmp(name, "fast") == 0)
             ck_assert_uint_eq(ju64(l, "steps"), nfast);
     }

@@ -30,6 +30,7 @@
 #include "engine-fixtures.h"
 #include "engine.h"
 #include "fixtures.h"
+#include "json-fixtures.h"
 #include "llep/client.h"
 #include "test-nodes.h"
 
@@ -366,13 +367,6 @@ static llep_test_output ctl(const char *verb, const char *opt) {
     return o;
 }
 
-static json_object *jget(json_object *o, const char *key) {
-    json_object *v;
-
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
-    return v;
-}
-
 static void forward_exact(llep_layer *h, const llep_test_f32_weights *w, const layer *shape,
                           uint64_t seed, const char *what) {
     batch b;
@@ -479,16 +473,16 @@ START_TEST(test_llepd_failover) {
 
     /* llepctl devices: device 1 failed, served by a survivor. */
     llep_test_output out = ctl("devices", "--json");
-    json_object *j = json_tokener_parse(out.out), *devs = jget(j, "devices");
+    json_object *j = json_tokener_parse(out.out), *devs = llep_test_jget(j, "devices");
     ck_assert_uint_eq(json_object_array_length(devs), 4);
     json_object *d1 = json_object_array_get_idx(devs, 1);
-    ck_assert_str_eq(json_object_get_string(jget(d1, "state")), "failed");
-    uint32_t by = (uint32_t)json_object_get_int(jget(d1, "served_by"));
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(d1, "state")), "failed");
+    uint32_t by = (uint32_t)json_object_get_int(llep_test_jget(d1, "served_by"));
     ck_assert_uint_ne(by, 1);
     ck_assert_uint_lt(by, 4);
-    ck_assert_ptr_nonnull(strstr(json_object_get_string(jget(d1, "failure")),
+    ck_assert_ptr_nonnull(strstr(json_object_get_string(llep_test_jget(d1, "failure")),
                                  "LLEP_TEST_FAIL_DEVICE"));
-    ck_assert_str_eq(json_object_get_string(jget(json_object_array_get_idx(devs, 0), "state")),
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(json_object_array_get_idx(devs, 0), "state")),
                      "ok");
     json_object_put(j);
     llep_test_output_free(&out);
@@ -513,8 +507,8 @@ START_TEST(test_llepd_failover) {
     /* Every block on the failed device was given back. */
     out = ctl("devices", "--json");
     j = json_tokener_parse(out.out);
-    d1 = json_object_array_get_idx(jget(j, "devices"), 1);
-    ck_assert_int_eq(json_object_get_int64(jget(d1, "memory_used")), 0);
+    d1 = json_object_array_get_idx(llep_test_jget(j, "devices"), 1);
+    ck_assert_int_eq(json_object_get_int64(llep_test_jget(d1, "memory_used")), 0);
     json_object_put(j);
     llep_test_output_free(&out);
     ck_assert(llep_test_file_contains(log_path, "device 1 failed"));

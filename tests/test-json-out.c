@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json-fixtures.h"
 #include "json-out.h"
 
 /* Control characters (all of them, DEL too), a quote, a backslash, a slash and UTF-8. */
@@ -80,13 +81,6 @@ static json_object *parse_strict(const char *text) {
     return o;
 }
 
-static json_object *get(json_object *o, const char *key) {
-    json_object *v = NULL;
-
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "no '%s'", key);
-    return v;
-}
-
 static void check_document(json_object *o) {
     static const char *const keys[] = { "odd", "none", "u64_max", "i64_min", "two", "tenth",
                                         "tiny", "nan", "inf", "minus_inf", "f32_1.3", "f32_2",
@@ -102,43 +96,43 @@ static void check_document(json_object *o) {
         i++;
     }
     ck_assert_uint_eq(i, sizeof(keys) / sizeof(keys[0]));
-    ck_assert_str_eq(json_object_get_string(get(o, "odd")), odd);
-    ck_assert_str_eq(json_object_get_string(get(o, "none")), "");
-    v = get(o, "u64_max");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "odd")), odd);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "none")), "");
+    v = llep_test_jget(o, "u64_max");
     ck_assert(json_object_is_type(v, json_type_int));
     ck_assert_uint_eq(json_object_get_uint64(v), UINT64_MAX);
-    v = get(o, "i64_min");
+    v = llep_test_jget(o, "i64_min");
     ck_assert(json_object_is_type(v, json_type_int));
     ck_assert_int_eq(json_object_get_int64(v), INT64_MIN);
     /* 2.0 stays a double rather than becoming the integer 2, and doubles read back exactly. */
-    v = get(o, "two");
+    v = llep_test_jget(o, "two");
     ck_assert(json_object_is_type(v, json_type_double));
     ck_assert(json_object_get_double(v) == 2.0);
-    ck_assert(json_object_get_double(get(o, "tenth")) == 0.1);
-    ck_assert(json_object_get_double(get(o, "tiny")) == 1e-300);
-    ck_assert(json_object_is_type(get(o, "nan"), json_type_null));
-    ck_assert(json_object_is_type(get(o, "inf"), json_type_null));
-    ck_assert(json_object_is_type(get(o, "minus_inf"), json_type_null));
+    ck_assert(json_object_get_double(llep_test_jget(o, "tenth")) == 0.1);
+    ck_assert(json_object_get_double(llep_test_jget(o, "tiny")) == 1e-300);
+    ck_assert(json_object_is_type(llep_test_jget(o, "nan"), json_type_null));
+    ck_assert(json_object_is_type(llep_test_jget(o, "inf"), json_type_null));
+    ck_assert(json_object_is_type(llep_test_jget(o, "minus_inf"), json_type_null));
     /* Floats: the same float back, 2.0f still a real number. */
-    v = get(o, "f32_1.3");
+    v = llep_test_jget(o, "f32_1.3");
     ck_assert(json_object_is_type(v, json_type_double));
     ck_assert((float)json_object_get_double(v) == 1.3f);
-    v = get(o, "f32_2");
+    v = llep_test_jget(o, "f32_2");
     ck_assert(json_object_is_type(v, json_type_double));
     ck_assert((float)json_object_get_double(v) == 2.0f);
-    ck_assert((float)json_object_get_double(get(o, "f32_tiny")) == 1e-30f);
-    ck_assert((float)json_object_get_double(get(o, "f32_max")) == FLT_MAX);
-    ck_assert(json_object_is_type(get(o, "f32_nan"), json_type_null));
-    ck_assert(json_object_get_boolean(get(o, "flag")));
-    ck_assert(json_object_is_type(get(o, "null"), json_type_null));
-    a = get(o, "u64s");
+    ck_assert((float)json_object_get_double(llep_test_jget(o, "f32_tiny")) == 1e-30f);
+    ck_assert((float)json_object_get_double(llep_test_jget(o, "f32_max")) == FLT_MAX);
+    ck_assert(json_object_is_type(llep_test_jget(o, "f32_nan"), json_type_null));
+    ck_assert(json_object_get_boolean(llep_test_jget(o, "flag")));
+    ck_assert(json_object_is_type(llep_test_jget(o, "null"), json_type_null));
+    a = llep_test_jget(o, "u64s");
     ck_assert_uint_eq(json_object_array_length(a), 3);
     ck_assert_uint_eq(json_object_get_uint64(json_object_array_get_idx(a, 2)), UINT64_MAX);
-    a = get(o, "u32s");
+    a = llep_test_jget(o, "u32s");
     ck_assert_uint_eq(json_object_array_length(a), 2);
     ck_assert_int_eq(json_object_get_int64(json_object_array_get_idx(a, 1)), UINT32_MAX);
-    a = get(o, "array");
-    ck_assert_str_eq(json_object_get_string(get(json_object_array_get_idx(a, 0), odd)),
+    a = llep_test_jget(o, "array");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(json_object_array_get_idx(a, 0), odd)),
                      "a key may be odd too");
     ck_assert_int_eq(json_object_get_int64(json_object_array_get_idx(a, 1)), 42);
 }

@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "fixtures.h"
+#include "json-fixtures.h"
 
 #define TINY "--preset", "gpt-oss-20b", "--scale", "64", "--tokens", "16", "--repeat", "1"
 
@@ -29,12 +30,6 @@ static llep_test_output run_bench(const char *const *args) {
         argv[n++] = *args++;
     argv[n] = NULL;
     return llep_test_run(argv, NULL);
-}
-
-static json_object *get(json_object *o, const char *key) {
-    json_object *v;
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
-    return v;
 }
 
 /* ---- usage errors ----------------------------------------------------------------------- */
@@ -92,31 +87,31 @@ START_TEST(planners_json)
     ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     json_object *root = json_tokener_parse(r.out);
     ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
-    ck_assert_int_eq(json_object_get_int(get(root, "min_tokens")), 1024);
-    json_object *sc = json_object_array_get_idx(get(root, "scenarios"), 0);
-    ck_assert_str_eq(json_object_get_string(get(sc, "scenario")), "95%-1");
-    json_object *runs = get(sc, "runs");
-    json_object *ep = get(runs, "ep"), *lla = get(runs, "lla"), *scaled = get(runs, "lla-scaled");
-    ck_assert_str_eq(json_object_get_string(get(ep, "mode")), "ep");
-    ck_assert_int_eq(json_object_get_int64(get(ep, "weight_bytes_moved")), 0);
-    ck_assert_double_eq_tol(json_object_get_double(get(ep, "speedup")), 1.0, 1e-9);
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(root, "min_tokens")), 1024);
+    json_object *sc = json_object_array_get_idx(llep_test_jget(root, "scenarios"), 0);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(sc, "scenario")), "95%-1");
+    json_object *runs = llep_test_jget(sc, "runs");
+    json_object *ep = llep_test_jget(runs, "ep"), *lla = llep_test_jget(runs, "lla"), *scaled = llep_test_jget(runs, "lla-scaled");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(ep, "mode")), "ep");
+    ck_assert_int_eq(json_object_get_int64(llep_test_jget(ep, "weight_bytes_moved")), 0);
+    ck_assert_double_eq_tol(json_object_get_double(llep_test_jget(ep, "speedup")), 1.0, 1e-9);
     /* The measured bound is EP's mean device busy time: above zero, and EP's own makespan
      * (its largest device) reaches at most all of it, here far less (one hot device). */
-    int64_t work = json_object_get_int64(get(sc, "work_bound_ns"));
-    double ep_work = json_object_get_double(get(ep, "fraction_of_work"));
+    int64_t work = json_object_get_int64(llep_test_jget(sc, "work_bound_ns"));
+    double ep_work = json_object_get_double(llep_test_jget(ep, "fraction_of_work"));
     ck_assert_int_gt(work, 0);
     ck_assert_double_eq_tol(ep_work, (double)work /
-                            (double)json_object_get_int64(get(ep, "makespan_ns")), 1e-9);
+                            (double)json_object_get_int64(llep_test_jget(ep, "makespan_ns")), 1e-9);
     ck_assert_msg(ep_work > 0 && ep_work < 0.9, "ep's fraction of the work bound %g", ep_work);
     /* 95 % into one expert is far over lambda: both LLA planners spill it, and copy weights. */
-    ck_assert_str_eq(json_object_get_string(get(lla, "mode")), "llep");
-    ck_assert_str_eq(json_object_get_string(get(scaled, "mode")), "llep");
-    ck_assert_int_gt(json_object_get_int64(get(scaled, "weight_bytes_moved")), 0);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(lla, "mode")), "llep");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(scaled, "mode")), "llep");
+    ck_assert_int_gt(json_object_get_int64(llep_test_jget(scaled, "weight_bytes_moved")), 0);
     /* m 1024 over 16 tokens per device forces the remainder onto one helper; the scaled m
      * spreads it, so it moves the expert to more helpers. */
-    ck_assert_int_gt(json_object_get_int(get(scaled, "transfers")),
-                     json_object_get_int(get(lla, "transfers")));
-    const char *v = json_object_get_string(get(scaled, "verdict"));
+    ck_assert_int_gt(json_object_get_int(llep_test_jget(scaled, "transfers")),
+                     json_object_get_int(llep_test_jget(lla, "transfers")));
+    const char *v = json_object_get_string(llep_test_jget(scaled, "verdict"));
     ck_assert_msg(strcmp(v, "ok") == 0 || strcmp(v, "SLOWER") == 0, "verdict '%s'", v);
     json_object_put(root);
     llep_test_output_free(&r);
@@ -134,11 +129,11 @@ START_TEST(planners_cost)
     ck_assert_msg(strstr(r.err, "cost planner: calibrated") != NULL, "stderr: %s", r.err);
     json_object *root = json_tokener_parse(r.out);
     ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
-    json_object *sc = json_object_array_get_idx(get(root, "scenarios"), 0);
-    json_object *cost = get(get(sc, "runs"), "cost");
-    const char *mode = json_object_get_string(get(cost, "mode"));
+    json_object *sc = json_object_array_get_idx(llep_test_jget(root, "scenarios"), 0);
+    json_object *cost = llep_test_jget(llep_test_jget(sc, "runs"), "cost");
+    const char *mode = json_object_get_string(llep_test_jget(cost, "mode"));
     ck_assert_msg(strcmp(mode, "ep") == 0 || strcmp(mode, "llep") == 0, "mode '%s'", mode);
-    ck_assert_int_gt(json_object_get_int64(get(cost, "makespan_ns")), 0);
+    ck_assert_int_gt(json_object_get_int64(llep_test_jget(cost, "makespan_ns")), 0);
     json_object_put(root);
     llep_test_output_free(&r);
 }
@@ -153,21 +148,21 @@ START_TEST(trace_json)
     ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     json_object *root = json_tokener_parse(r.out);
     ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
-    json_object *off = get(root, "cache_off"), *on = get(root, "cache_on");
-    double w_off = json_object_get_double(get(off, "mean_weight_bytes"));
-    double w_on = json_object_get_double(get(on, "mean_weight_bytes"));
+    json_object *off = llep_test_jget(root, "cache_off"), *on = llep_test_jget(root, "cache_on");
+    double w_off = json_object_get_double(llep_test_jget(off, "mean_weight_bytes"));
+    double w_on = json_object_get_double(llep_test_jget(on, "mean_weight_bytes"));
     /* One hot expert replaced at step 0 only within 30 steps of drift: the cache moves it once
      * per helper, without the cache every step moves it. */
     ck_assert_msg(w_off > 0 && w_on < w_off / 5, "weight bytes off %g, on %g", w_off, w_on);
-    ck_assert_int_eq(json_object_get_int64(get(off, "cache_hits")), 0);
-    ck_assert_int_gt(json_object_get_int64(get(on, "cache_hits")), 0);
+    ck_assert_int_eq(json_object_get_int64(llep_test_jget(off, "cache_hits")), 0);
+    ck_assert_int_gt(json_object_get_int64(llep_test_jget(on, "cache_hits")), 0);
     for (int i = 0; i < 2; i++) {
         json_object *s = i ? on : off;
-        ck_assert_int_le(json_object_get_int64(get(s, "peak_bytes")),
-                         json_object_get_int64(get(s, "budget_bytes")));
+        ck_assert_int_le(json_object_get_int64(llep_test_jget(s, "peak_bytes")),
+                         json_object_get_int64(llep_test_jget(s, "budget_bytes")));
     }
-    json_object *ps = get(root, "per_step");
-    ck_assert_uint_eq(json_object_array_length(get(ps, "weight_bytes_on")), 30);
+    json_object *ps = llep_test_jget(root, "per_step");
+    ck_assert_uint_eq(json_object_array_length(llep_test_jget(ps, "weight_bytes_on")), 30);
     json_object_put(root);
     llep_test_output_free(&r);
 }
@@ -184,12 +179,12 @@ START_TEST(trace_tight_budget)
     ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     json_object *root = json_tokener_parse(r.out);
     ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
-    json_object *on = get(root, "cache_on");
-    ck_assert_int_eq(json_object_get_int64(get(on, "budget_bytes")), 320 * 1024);
-    ck_assert_int_le(json_object_get_int64(get(on, "peak_bytes")), 320 * 1024);
+    json_object *on = llep_test_jget(root, "cache_on");
+    ck_assert_int_eq(json_object_get_int64(llep_test_jget(on, "budget_bytes")), 320 * 1024);
+    ck_assert_int_le(json_object_get_int64(llep_test_jget(on, "peak_bytes")), 320 * 1024);
     /* Copies were kept while they fitted, and the hot set's jumps made the cache evict. */
-    ck_assert_int_gt(json_object_get_int64(get(on, "cache_hits")), 0);
-    ck_assert_int_gt(json_object_get_int64(get(get(root, "cache_end"), "evictions")), 0);
+    ck_assert_int_gt(json_object_get_int64(llep_test_jget(on, "cache_hits")), 0);
+    ck_assert_int_gt(json_object_get_int64(llep_test_jget(llep_test_jget(root, "cache_end"), "evictions")), 0);
     json_object_put(root);
     llep_test_output_free(&r);
 }
@@ -222,24 +217,24 @@ START_TEST(tune_writes_config)
     ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     json_object *root = json_tokener_parse(r.out);
     ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
-    json_object *best = get(root, "best"), *def = get(root, "defaults");
-    ck_assert_double_eq_tol(json_object_get_double(get(best, "vs_best")), 1.0, 1e-9);
-    ck_assert(json_object_get_double(get(def, "vs_best")) >= 1.0);
-    ck_assert_int_eq(json_object_get_int(get(def, "min_tokens")), 1024);
-    ck_assert_int_gt(json_object_get_int(get(root, "plans_measured")), 1);
+    json_object *best = llep_test_jget(root, "best"), *def = llep_test_jget(root, "defaults");
+    ck_assert_double_eq_tol(json_object_get_double(llep_test_jget(best, "vs_best")), 1.0, 1e-9);
+    ck_assert(json_object_get_double(llep_test_jget(def, "vs_best")) >= 1.0);
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(def, "min_tokens")), 1024);
+    ck_assert_int_gt(json_object_get_int(llep_test_jget(root, "plans_measured")), 1);
     /* --tune-top's default, 8, and the defaults' plan. */
-    ck_assert_int_eq(json_object_get_int(get(root, "tune_top")), 8);
-    ck_assert_int_le(json_object_get_int(get(root, "plans_measured")), 9);
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(root, "tune_top")), 8);
+    ck_assert_int_le(json_object_get_int(llep_test_jget(root, "plans_measured")), 9);
 
     /* llepd's parser takes the file, with the best point's values. */
     llep_config c;
     llep__config_init(&c);
     int rc = llep__config_load_file(&c, path, err, sizeof(err));
     ck_assert_msg(rc == 0, "llepd refuses the written config: %s", err);
-    ck_assert_double_eq_tol(c.alpha, json_object_get_double(get(best, "alpha")), 1e-12);
-    ck_assert_double_eq_tol(c.lambda, json_object_get_double(get(best, "lambda")), 1e-12);
-    ck_assert_uint_eq(c.min_tokens, (uint32_t)json_object_get_int(get(best, "min_tokens")));
-    const char *cache = json_object_get_string(get(best, "replica_cache"));
+    ck_assert_double_eq_tol(c.alpha, json_object_get_double(llep_test_jget(best, "alpha")), 1e-12);
+    ck_assert_double_eq_tol(c.lambda, json_object_get_double(llep_test_jget(best, "lambda")), 1e-12);
+    ck_assert_uint_eq(c.min_tokens, (uint32_t)json_object_get_int(llep_test_jget(best, "min_tokens")));
+    const char *cache = json_object_get_string(llep_test_jget(best, "replica_cache"));
     ck_assert_uint_eq(c.replica_cache,
                       strcmp(cache, "auto") == 0 ? LLEP_CONFIG_CACHE_AUTO : 0);
     /* The other lines stay as they were. */
@@ -310,25 +305,25 @@ END_TEST
 /* The distinct plans in the model's order: ranks 1, 2, ... with modelled makespans that never
  * fall; returns how many of them were measured, and checks each measured one's figures. */
 static int check_by_model(json_object *root) {
-    json_object *by_model = get(root, "by_model");
+    json_object *by_model = llep_test_jget(root, "by_model");
     int n = (int)json_object_array_length(by_model), measured = 0;
     double last = 0;
 
-    ck_assert_int_eq(n, json_object_get_int(get(root, "distinct_plans")));
+    ck_assert_int_eq(n, json_object_get_int(llep_test_jget(root, "distinct_plans")));
     for (int i = 0; i < n; i++) {
         json_object *pl = json_object_array_get_idx(by_model, (size_t)i);
-        double model = json_object_get_double(get(pl, "model_ns"));
-        ck_assert_int_eq(json_object_get_int(get(pl, "model_rank")), i + 1);
+        double model = json_object_get_double(llep_test_jget(pl, "model_ns"));
+        ck_assert_int_eq(json_object_get_int(llep_test_jget(pl, "model_rank")), i + 1);
         ck_assert_msg(model > 0 && model >= last, "plan %d: model %g after %g", i, model, last);
         last = model;
-        if (!json_object_get_boolean(get(pl, "measured")))
+        if (!json_object_get_boolean(llep_test_jget(pl, "measured")))
             continue;
         measured++;
-        ck_assert_int_gt(json_object_get_int64(get(pl, "makespan_ns")), 0);
-        ck_assert(json_object_get_double(get(pl, "vs_best")) >= 1.0);
+        ck_assert_int_gt(json_object_get_int64(llep_test_jget(pl, "makespan_ns")), 0);
+        ck_assert(json_object_get_double(llep_test_jget(pl, "vs_best")) >= 1.0);
     }
-    ck_assert_int_eq(measured, json_object_get_int(get(root, "plans_measured")));
-    ck_assert_int_eq((int)json_object_array_length(get(root, "ranked")), measured);
+    ck_assert_int_eq(measured, json_object_get_int(llep_test_jget(root, "plans_measured")));
+    ck_assert_int_eq((int)json_object_array_length(llep_test_jget(root, "ranked")), measured);
     return measured;
 }
 
@@ -342,23 +337,23 @@ START_TEST(tune_top_prunes)
     ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     json_object *root = json_tokener_parse(r.out);
     ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
-    ck_assert_int_eq(json_object_get_int(get(root, "tune_top")), 2);
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(root, "tune_top")), 2);
     int measured = check_by_model(root);
     ck_assert_int_le(measured, 3);
     ck_assert_int_ge(measured, 2);
-    ck_assert_int_gt(json_object_get_int(get(root, "distinct_plans")), 3);
+    ck_assert_int_gt(json_object_get_int(llep_test_jget(root, "distinct_plans")), 3);
     /* The model's two best are among the measured, and so are the defaults. */
-    json_object *by_model = get(root, "by_model");
+    json_object *by_model = llep_test_jget(root, "by_model");
     for (size_t i = 0; i < 2; i++)
-        ck_assert(json_object_get_boolean(get(json_object_array_get_idx(by_model, i),
+        ck_assert(json_object_get_boolean(llep_test_jget(json_object_array_get_idx(by_model, i),
                                               "measured")));
-    ck_assert(json_object_get_boolean(get(get(root, "defaults"), "measured")));
-    json_object *model = get(root, "model");
-    ck_assert_str_eq(json_object_get_string(get(model, "backend")), "cpu");
-    int pick = json_object_get_int(get(model, "top_pick_measured_rank"));
+    ck_assert(json_object_get_boolean(llep_test_jget(llep_test_jget(root, "defaults"), "measured")));
+    json_object *model = llep_test_jget(root, "model");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(model, "backend")), "cpu");
+    int pick = json_object_get_int(llep_test_jget(model, "top_pick_measured_rank"));
     ck_assert_int_ge(pick, 1);
     ck_assert_int_le(pick, measured);
-    ck_assert_int_eq(json_object_get_int(get(get(model, "top_pick"), "model_rank")), 1);
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(llep_test_jget(model, "top_pick"), "model_rank")), 1);
     /* Whether pruning kept the best is only said when everything was measured. */
     json_object *v;
     ck_assert(!json_object_object_get_ex(model, "pruned_contains_best", &v));
@@ -379,27 +374,27 @@ START_TEST(tune_top_all)
     ck_assert_msg(r.status == 0, "exit %d: %s", r.status, r.err);
     json_object *root = json_tokener_parse(r.out);
     ck_assert_msg(root != NULL, "not JSON: %.300s", r.out);
-    ck_assert_int_eq(json_object_get_int(get(root, "tune_top")), 0);
-    ck_assert_int_eq(check_by_model(root), json_object_get_int(get(root, "distinct_plans")));
-    json_object *model = get(root, "model");
-    int top = json_object_get_int(get(model, "pruned_top"));
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(root, "tune_top")), 0);
+    ck_assert_int_eq(check_by_model(root), json_object_get_int(llep_test_jget(root, "distinct_plans")));
+    json_object *model = llep_test_jget(root, "model");
+    int top = json_object_get_int(llep_test_jget(model, "pruned_top"));
     ck_assert_int_eq(top, 8);
-    int best_rank = json_object_get_int(get(get(root, "best"), "model_rank"));
-    int def_rank = json_object_get_int(get(get(root, "defaults"), "model_rank"));
-    ck_assert_int_eq(json_object_get_int(get(model, "best_model_rank")), best_rank);
-    ck_assert(json_object_get_boolean(get(model, "pruned_contains_best")) ==
+    int best_rank = json_object_get_int(llep_test_jget(llep_test_jget(root, "best"), "model_rank"));
+    int def_rank = json_object_get_int(llep_test_jget(llep_test_jget(root, "defaults"), "model_rank"));
+    ck_assert_int_eq(json_object_get_int(llep_test_jget(model, "best_model_rank")), best_rank);
+    ck_assert(json_object_get_boolean(llep_test_jget(model, "pruned_contains_best")) ==
               (best_rank <= top || best_rank == def_rank));
     /* The best the pruned run would have measured, against the best. */
-    json_object *by_model = get(root, "by_model");
+    json_object *by_model = llep_test_jget(root, "by_model");
     double kept = 0;
     for (size_t i = 0; i < json_object_array_length(by_model); i++) {
         json_object *pl = json_object_array_get_idx(by_model, i);
-        int rank = json_object_get_int(get(pl, "model_rank"));
-        double vs = json_object_get_double(get(pl, "vs_best"));
+        int rank = json_object_get_int(llep_test_jget(pl, "model_rank"));
+        double vs = json_object_get_double(llep_test_jget(pl, "vs_best"));
         if ((rank <= top || rank == def_rank) && (kept == 0 || vs < kept))
             kept = vs;
     }
-    ck_assert_double_eq_tol(json_object_get_double(get(model, "pruned_best_vs_best")), kept,
+    ck_assert_double_eq_tol(json_object_get_double(llep_test_jget(model, "pruned_best_vs_best")), kept,
                             1e-4);
     json_object_put(root);
     llep_test_output_free(&r);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "fixtures.h"
+#include "json-fixtures.h"
 #include "llep/client.h"
 #include "test-nodes.h"
 
@@ -73,15 +74,8 @@ static json_object *parse_json(const char *text) {
     return o;
 }
 
-static json_object *jget(json_object *o, const char *key) {
-    json_object *v;
-
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "JSON lacks '%s'", key);
-    return v;
-}
-
 static int64_t jint(json_object *o, const char *key) {
-    json_object *v = jget(o, key);
+    json_object *v = llep_test_jget(o, key);
 
     ck_assert_msg(json_object_is_type(v, json_type_int), "'%s' is not an integer", key);
     return json_object_get_int64(v);
@@ -227,13 +221,13 @@ START_TEST(test_status) {
     ctl(r, "--json", "status", NULL);
     ck_assert_msg(r->status == 0, "%s", r->err);
     o = parse_json(r->out);
-    ck_assert_str_eq(json_object_get_string(jget(o, "backend")), "cpu");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "backend")), "cpu");
     ck_assert_int_eq(jint(o, "devices"), 4);
     ck_assert_int_eq(jint(o, "layers"), 1);
     ck_assert_int_ge(jint(o, "clients"), 1);
     ck_assert_int_eq(jint(o, "protocol_version"), 1);
     ck_assert_int_eq(jint(o, "pid"), llepd_pid);
-    ck_assert(!json_object_get_boolean(jget(o, "draining")));
+    ck_assert(!json_object_get_boolean(llep_test_jget(o, "draining")));
     json_object_put(o);
     free(r);
 }
@@ -250,14 +244,14 @@ START_TEST(test_devices) {
     ctl(r, "devices", "--json", NULL);
     ck_assert_msg(r->status == 0, "%s", r->err);
     o = parse_json(r->out);
-    devs = jget(o, "devices");
+    devs = llep_test_jget(o, "devices");
     ck_assert_int_eq(json_object_array_length(devs), 4);
     for (size_t i = 0; i < 4; i++) {
         json_object *d = json_object_array_get_idx(devs, i);
 
         ck_assert_int_eq(jint(d, "index"), (int64_t)i);
         ck_assert_int_ge(jint(d, "memory_peak"), jint(d, "memory_used"));
-        ck_assert(json_object_is_type(jget(d, "foreign_experts"), json_type_array));
+        ck_assert(json_object_is_type(llep_test_jget(d, "foreign_experts"), json_type_array));
     }
     json_object_put(o);
     free(r);
@@ -275,16 +269,16 @@ START_TEST(test_layers) {
     ctl(r, "--json", "layers", NULL);
     ck_assert_msg(r->status == 0, "%s", r->err);
     o = parse_json(r->out);
-    ls = jget(o, "layers");
+    ls = llep_test_jget(o, "layers");
     ck_assert_int_eq(json_object_array_length(ls), 1);
     l = json_object_array_get_idx(ls, 0);
-    ck_assert_str_eq(json_object_get_string(jget(l, "name")), "moe");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(l, "name")), "moe");
     ck_assert_int_eq(jint(l, "num_experts"), N);
     ck_assert_int_eq(jint(l, "top_k"), K);
     ck_assert_int_eq(jint(l, "hidden"), D);
     ck_assert_int_eq(jint(l, "inter"), H);
-    ck_assert_str_eq(json_object_get_string(jget(l, "policy")), "llep");
-    ck_assert_str_eq(json_object_get_string(jget(l, "dtype")), "f32");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(l, "policy")), "llep");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(l, "dtype")), "f32");
     ck_assert_int_eq(jint(l, "refs"), 1);
     ck_assert_int_eq(jint(l, "steps"), STEPS);
     ck_assert_int_eq(jint(l, "min_tokens"), 1);
@@ -305,9 +299,9 @@ START_TEST(test_experts) {
     ctl(r, "--json", "experts", "moe", NULL);
     ck_assert_msg(r->status == 0, "%s", r->err);
     o = parse_json(r->out);
-    ck_assert_str_eq(json_object_get_string(jget(o, "layer")), "moe");
-    loads = jget(o, "loads");
-    last = jget(o, "last_loads");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "layer")), "moe");
+    loads = llep_test_jget(o, "loads");
+    last = llep_test_jget(o, "last_loads");
     ck_assert_int_eq(json_object_array_length(loads), N);
     ck_assert_int_eq(json_object_array_length(last), N);
     for (size_t i = 0; i < N; i++) {
@@ -349,9 +343,9 @@ START_TEST(test_plan) {
         ck_assert_msg(strcmp(key, keys[nkeys - 1]) == 0, "key %d is '%s'", nkeys, key);
     }
     ck_assert_int_eq(nkeys, 7);
-    ck_assert_str_eq(json_object_get_string(jget(o, "mode")), "llep");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "mode")), "llep");
     ck_assert_int_eq(jint(o, "devices"), 4);
-    ck_assert_int_gt(json_object_array_length(jget(o, "transfers")), 0);
+    ck_assert_int_gt(json_object_array_length(llep_test_jget(o, "transfers")), 0);
     json_object_put(o);
 
     /* The same loads through llep-plan: the same bytes. */
@@ -359,7 +353,7 @@ START_TEST(test_plan) {
         ctl(ref, "--json", "experts", "moe", NULL);
         ck_assert_msg(ref->status == 0, "%s", ref->err);
         ex = parse_json(ref->out);
-        last = jget(ex, "last_loads");
+        last = llep_test_jget(ex, "last_loads");
         argv[n++] = (char *)llep_plan;
         argv[n++] = "--json";
         argv[n++] = "--devices=4";
@@ -402,12 +396,12 @@ START_TEST(test_stats) {
     ck_assert_int_eq(jint(o, "ep_steps") + jint(o, "llep_steps"), STEPS);
     ck_assert_int_eq(jint(o, "llep_steps"), STEPS);
     ck_assert_int_le(jint(o, "latency_p50_us"), jint(o, "latency_p99_us"));
-    ck_assert_int_eq(json_object_array_length(jget(o, "device_peak_memory")), 4);
+    ck_assert_int_eq(json_object_array_length(llep_test_jget(o, "device_peak_memory")), 4);
     ck_assert_int_gt(jint(o, "weight_bytes_moved"), 0);
-    layers = jget(o, "layers");
+    layers = llep_test_jget(o, "layers");
     ck_assert_int_eq(json_object_array_length(layers), 1);
     l = json_object_array_get_idx(layers, 0);
-    ck_assert_str_eq(json_object_get_string(jget(l, "name")), "moe");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(l, "name")), "moe");
     ck_assert_int_eq(jint(l, "tokens"), STEPS * TOKENS);
     json_object_put(o);
     free(r);
@@ -424,15 +418,15 @@ START_TEST(test_set) {
     ctl(r, "--json", "set", "alpha=1.25", NULL);
     ck_assert_msg(r->status == 0, "%s", r->err);
     o = parse_json(r->out);
-    ck_assert(json_object_is_type(jget(o, "layer"), json_type_null));
-    ck_assert_str_eq(json_object_get_string(jget(o, "key")), "alpha");
-    ck_assert_str_eq(json_object_get_string(jget(o, "value")), "1.25");
+    ck_assert(json_object_is_type(llep_test_jget(o, "layer"), json_type_null));
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "key")), "alpha");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "value")), "1.25");
     json_object_put(o);
     ctl(r, "--json", "set", "moe", "policy=ep", NULL);
     ck_assert_msg(r->status == 0, "%s", r->err);
     o = parse_json(r->out);
-    ck_assert_str_eq(json_object_get_string(jget(o, "layer")), "moe");
-    ck_assert_str_eq(json_object_get_string(jget(o, "value")), "ep");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "layer")), "moe");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(o, "value")), "ep");
     json_object_put(o);
     ctl(r, "--json", "layers", NULL);
     ck_assert_ptr_nonnull(strstr(r->out, "\"policy\": \"ep\""));
@@ -465,7 +459,7 @@ START_TEST(test_drain) {
     ctl(r, "--json", "status", NULL);
     if (r->status == 0) {
         o = parse_json(r->out);
-        ck_assert(json_object_get_boolean(jget(o, "draining")));
+        ck_assert(json_object_get_boolean(llep_test_jget(o, "draining")));
         json_object_put(o);
     } else
         ck_assert_int_eq(r->status, 1);

@@ -22,6 +22,7 @@
 
 #include "client-fixtures.h"
 #include "fixtures.h"
+#include "json-fixtures.h"
 #include "layout.h"
 #include "llep/bf16.h"
 #include "llep/client.h"
@@ -508,13 +509,6 @@ static json_object *parse_line(const char *text) {
     return o;
 }
 
-static json_object *jget(json_object *o, const char *key) {
-    json_object *v = NULL;
-
-    ck_assert_msg(json_object_object_get_ex(o, key, &v), "no '%s'", key);
-    return v;
-}
-
 /* Names and paths JSON must escape: model q"b\s (a quote and a backslash, which names may
  * have) from a directory whose path has a quote, a backslash, a newline and a tab. load,
  * models, layers and unload --json each print one line json-c parses strictly, with the name
@@ -549,8 +543,8 @@ START_TEST(test_llepctl_json_odd_names) {
                                              NULL }, NULL);
     ck_assert_msg(o.status == 0, "llepctl load: %s", o.err);
     j = parse_line(o.out);
-    ck_assert_str_eq(json_object_get_string(jget(j, "name")), name);
-    ck_assert(json_object_is_type(jget(j, "layers"), json_type_int));
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(j, "name")), name);
+    ck_assert(json_object_is_type(llep_test_jget(j, "layers"), json_type_int));
     json_object_put(j);
     llep_test_output_free(&o);
 
@@ -558,12 +552,12 @@ START_TEST(test_llepctl_json_odd_names) {
                       NULL);
     ck_assert_int_eq(o.status, 0);
     j = parse_line(o.out);
-    v = jget(j, "models");
+    v = llep_test_jget(j, "models");
     ck_assert_int_eq(json_object_array_length(v), 1);
     v = json_object_array_get_idx(v, 0);
-    ck_assert_str_eq(json_object_get_string(jget(v, "name")), name);
-    ck_assert_str_eq(json_object_get_string(jget(v, "path")), real);
-    ck_assert_str_eq(json_object_get_string(jget(v, "state")), "ready");
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(v, "name")), name);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(v, "path")), real);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(v, "state")), "ready");
     json_object_put(j);
     llep_test_output_free(&o);
 
@@ -571,10 +565,10 @@ START_TEST(test_llepctl_json_odd_names) {
                       NULL);
     ck_assert_int_eq(o.status, 0);
     j = parse_line(o.out);
-    v = json_object_array_get_idx(jget(j, "layers"), 0);
+    v = json_object_array_get_idx(llep_test_jget(j, "layers"), 0);
     ck_assert_ptr_nonnull(v);
     snprintf(layer0, sizeof(layer0), "%s/0", name);
-    ck_assert_str_eq(json_object_get_string(jget(v, "name")), layer0);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(v, "name")), layer0);
     json_object_put(j);
     llep_test_output_free(&o);
 
@@ -582,7 +576,7 @@ START_TEST(test_llepctl_json_odd_names) {
                                              NULL }, NULL);
     ck_assert_msg(o.status == 0, "llepctl unload: %s", o.err);
     j = parse_line(o.out);
-    ck_assert_str_eq(json_object_get_string(jget(j, "unloaded")), name);
+    ck_assert_str_eq(json_object_get_string(llep_test_jget(j, "unloaded")), name);
     json_object_put(j);
     llep_test_output_free(&o);
     daemon_stop(&d);
